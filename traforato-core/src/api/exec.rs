@@ -1,0 +1,227 @@
+//! Exec and run-code bodies, exec records and output frames.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// `POST /sandboxes/{id}/exec`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExecRequest {
+    /// A shell command, run through `/bin/sh -c`. Empty with no `args` means `true`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub command: String,
+    /// An argument vector run without a shell (additive); takes precedence over `command`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    /// Working directory inside the sandbox.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub cwd: String,
+    /// Extra environment variables.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Kill the process group after this long (exit code 124); ≤ 0 means the default.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub timeout_ms: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+/// `202` from exec: the exec has started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecAccepted {
+    /// Id of the exec.
+    pub exec_id: String,
+    /// Sandbox (additive).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sandbox_id: String,
+    /// `running` (additive).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub status: String,
+    /// Relative URL of the exec record (additive).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub poll_url: String,
+    /// Relative URL of the frames (additive).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub frames_url: String,
+}
+
+/// `GET /sandboxes/{id}/exec/{exec_id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRecord {
+    /// Id.
+    pub exec_id: String,
+    /// Sandbox.
+    pub sandbox_id: String,
+    /// `python` or `node` for run-code.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub runtime: String,
+    /// `running` or `exited`.
+    pub status: String,
+    /// Present once exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The command, for plain exec.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub command: String,
+    /// Collected stdout (lossy UTF-8).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stdout: String,
+    /// Collected stderr (lossy UTF-8).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stderr: String,
+    /// stdout followed by stderr.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub output: String,
+    /// Wall time; 0 while running.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub duration_ms: u64,
+    /// Start time.
+    #[serde(with = "super::timestamp")]
+    pub started_at: DateTime<Utc>,
+    /// End time, once exited.
+    #[serde(
+        default,
+        with = "super::timestamp::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub completed_at: Option<DateTime<Utc>>,
+    /// True when the exec was killed by its timeout (additive).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub timed_out: bool,
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
+}
+
+/// One piece of exec output, or the final exit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame {
+    /// `stdout`, `stderr` or `exit`.
+    #[serde(rename = "type")]
+    pub kind: FrameKind,
+    /// Text (lossy UTF-8), or the decimal exit code for `exit`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub data: String,
+    /// When the output was read.
+    #[serde(with = "super::timestamp")]
+    pub ts: DateTime<Utc>,
+}
+
+/// What a frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FrameKind {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+    /// The exit code; always the last frame.
+    Exit,
+}
+
+/// `GET /sandboxes/{id}/exec/{exec_id}/frames?cursor=N&wait=...`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FramesResponse {
+    /// Frames from the cursor on; `[]`, never null.
+    pub frames: Vec<Frame>,
+    /// The cursor for the next call: the total number of frames so far.
+    pub next_cursor: u64,
+    /// True until the exit frame has been returned.
+    pub has_more: bool,
+    /// True when the call long-polled (a non-empty `wait` was given).
+    pub wait_applied: bool,
+}
+
+/// `POST /sandboxes/{id}/exec/code`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunCodeRequest {
+    /// Source code.
+    pub code: String,
+    /// `python` or `node`.
+    pub runtime: String,
+    /// ≤ 0 means 30000.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub timeout_ms: i64,
+    /// Working directory inside the sandbox.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub cwd: String,
+    /// Extra environment variables.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Wait for the result (default true); `false` answers 202 at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait: Option<bool>,
+}
+
+/// `200` from run-code with `wait: true`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunCodeResponse {
+    /// Id.
+    pub exec_id: String,
+    /// Sandbox.
+    pub sandbox_id: String,
+    /// `python` or `node`.
+    pub runtime: String,
+    /// `exited`.
+    pub status: String,
+    /// stdout (lossy UTF-8).
+    pub stdout: String,
+    /// stderr (lossy UTF-8).
+    pub stderr: String,
+    /// stdout followed by stderr.
+    pub output: String,
+    /// Exit code; 124 on timeout.
+    pub exit_code: i32,
+    /// Wall time.
+    pub duration_ms: u64,
+    /// Start time.
+    #[serde(with = "super::timestamp")]
+    pub started_at: DateTime<Utc>,
+    /// End time.
+    #[serde(with = "super::timestamp")]
+    pub completed_at: DateTime<Utc>,
+}
+
+/// `202` from run-code with `wait: false`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunCodeAccepted {
+    /// Id.
+    pub exec_id: String,
+    /// Sandbox.
+    pub sandbox_id: String,
+    /// `running`.
+    pub status: String,
+    /// `/sandboxes/<sid>/exec/<eid>`.
+    pub poll_url: String,
+    /// `/sandboxes/<sid>/exec/<eid>/frames`.
+    pub frames_url: String,
+}
+
+/// `422` from run-code: the code does not compile. `error` is `syntax_error`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyntaxErrorBody {
+    /// Always `syntax_error`.
+    pub error: String,
+    /// Id.
+    pub exec_id: String,
+    /// Runtime.
+    pub runtime: String,
+    /// Empty.
+    pub stdout: String,
+    /// The interpreter's message.
+    pub stderr: String,
+    /// The interpreter's exit code for the check (non-zero).
+    pub exit_code: i32,
+    /// `exited` (additive).
+    #[serde(default)]
+    pub status: String,
+    /// How long the check took (additive).
+    #[serde(default)]
+    pub duration_ms: u64,
+}

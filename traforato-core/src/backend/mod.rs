@@ -1,0 +1,396 @@
+//! The sandbox backend trait: how a worker provisions, drives and destroys sandboxes.
+//!
+//! A [`VmBackend`] boots sandboxes for a tuple; each boot yields a [`Vm`], the handle through
+//! which the worker runs commands and code, touches files, connects to ports and finally
+//! destroys it. Backends: `fake` (test double, `test-util` feature), `container` (Linux
+//! namespaces), `vetu` (VMs over SSH). Everything here is HTTP-free.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+
+use crate::id::LocalVmId;
+use crate::path::SandboxPath;
+use crate::tuple::SandboxTuple;
+
+#[cfg(feature = "test-util")]
+pub mod fake;
+
+/// A bidirectional byte stream to a port inside a sandbox.
+pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for T {}
+
+/// A boxed [`ByteStream`].
+pub type BoxedStream = Box<dyn ByteStream>;
+
+/// A boxed reader of file content.
+pub type BoxedReader = Box<dyn AsyncRead + Send + Unpin + 'static>;
+
+/// What to boot.
+#[derive(Debug, Clone)]
+pub struct ProvisionSpec {
+    /// The id the VM will carry; part of the sandbox id.
+    pub vm_id: LocalVmId,
+    /// Virtualization, image and cpu count.
+    pub tuple: SandboxTuple,
+    /// Memory limit.
+    pub memory_mib: u64,
+}
+
+/// Why a backend operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The image does not exist or cannot be used.
+    #[error("image {image:?} is not available: {reason}")]
+    ImageUnavailable {
+        /// The image reference.
+        image: String,
+        /// Why.
+        reason: String,
+    },
+    /// The backend cannot run on this host (missing privileges, kernel features, tools).
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    /// The sandbox no longer exists (destroyed, crashed).
+    #[error("sandbox is gone")]
+    Gone,
+    /// Nothing listens on the port, or the connection failed.
+    #[error("connection to port {port} failed")]
+    ConnectFailed {
+        /// Port inside the sandbox.
+        port: u16,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Connecting to the port timed out.
+    #[error("connection to port {port} timed out")]
+    ConnectTimeout {
+        /// Port inside the sandbox.
+        port: u16,
+    },
+    /// The command could not be started (e.g. program not found).
+    #[error("exec failed: {0}")]
+    ExecFailed(String),
+    /// An I/O operation of the backend itself failed.
+    #[error("{op} failed")]
+    Io {
+        /// What was being done.
+        op: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Any other failure, described.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl BackendError {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(op: impl Into<String>, source: io::Error) -> Self {
+        Self::Io {
+            op: op.into(),
+            source,
+        }
+    }
+}
+
+/// Why a file operation failed. The worker maps each to the contract's status and message.
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    /// Nothing exists at the path (or a parent is missing for a read/list/remove).
+    #[error("not found")]
+    NotFound,
+    /// The path is a directory where a file was needed.
+    #[error("path points to a directory")]
+    IsDirectory,
+    /// The path, or one of its ancestors, is a file where a directory was needed.
+    #[error("path points to a file")]
+    NotDirectory,
+    /// The directory is not empty and the removal was not recursive.
+    #[error("directory is not empty")]
+    NotEmpty,
+    /// The parent directory does not exist (non-recursive mkdir).
+    #[error("parent directory not found")]
+    ParentNotFound,
+    /// The sandbox denies the operation (read-only image path, permissions).
+    #[error("permission denied")]
+    PermissionDenied,
+    /// The content is larger than allowed.
+    #[error("file too large")]
+    TooLarge,
+    /// The sandbox no longer exists.
+    #[error("sandbox is gone")]
+    Gone,
+    /// Another I/O failure.
+    #[error("{op} failed")]
+    Io {
+        /// What was being done.
+        op: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The kind of a filesystem entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// A regular file (or anything that is not a directory: devices, sockets, dangling links).
+    File,
+    /// A directory.
+    Directory,
+}
+
+impl FileKind {
+    /// `file` or `directory`, as the contract writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileKind::File => "file",
+            FileKind::Directory => "directory",
+        }
+    }
+}
+
+/// Metadata of an existing path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStat {
+    /// File or directory.
+    pub kind: FileKind,
+    /// Size in bytes; 0 for directories.
+    pub size: u64,
+    /// Last modification.
+    pub modified_at: DateTime<Utc>,
+}
+
+/// An entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileEntry {
+    /// Absolute path inside the sandbox.
+    pub path: SandboxPath,
+    /// File or directory.
+    pub kind: FileKind,
+    /// Size in bytes; 0 for directories.
+    pub size: u64,
+}
+
+/// An open file to read.
+pub struct FileReader {
+    /// Size at open time.
+    pub size: u64,
+    /// The content.
+    pub body: BoxedReader,
+}
+
+/// Whether a write replaces or extends the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Truncate, then write.
+    Replace,
+    /// Write at the end.
+    Append,
+}
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Program {
+    /// A shell command line, run as `/bin/sh -c <line>`.
+    Shell(String),
+    /// An argument vector, run without a shell; `argv[0]` is looked up in `PATH`.
+    Argv(Vec<String>),
+}
+
+/// A command to run in a sandbox.
+#[derive(Debug, Clone)]
+pub struct ExecSpec {
+    /// The program.
+    pub program: Program,
+    /// Working directory; `None` means the sandbox's default (e.g. `/workspace`).
+    pub cwd: Option<String>,
+    /// Extra environment, on top of the sandbox's base environment.
+    pub env: BTreeMap<String, String>,
+    /// Bytes written to stdin, which is then closed. `None` means an empty stdin.
+    pub stdin: Option<Bytes>,
+    /// After this long the whole process group is killed and the exit code is 124.
+    pub timeout: Duration,
+}
+
+/// Which output stream a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// A piece of output, sent as soon as it is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputChunk {
+    /// stdout or stderr.
+    pub stream: OutputStream,
+    /// The bytes.
+    pub data: Bytes,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecExit {
+    /// Exit code; 128+signal when killed by a signal; 124 on timeout.
+    pub exit_code: i32,
+    /// True when the timeout killed it.
+    pub timed_out: bool,
+}
+
+/// The exit code reported for a command killed by its timeout.
+pub const TIMEOUT_EXIT_CODE: i32 = 124;
+
+/// A code interpreter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Runtime {
+    /// CPython 3.
+    Python,
+    /// Node.js.
+    Node,
+}
+
+impl Runtime {
+    /// Parses `python` / `node` (trimmed, case-insensitive).
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "python" => Some(Self::Python),
+            "node" => Some(Self::Node),
+            _ => None,
+        }
+    }
+
+    /// `python` or `node`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Python => "python",
+            Runtime::Node => "node",
+        }
+    }
+}
+
+/// Code to run.
+#[derive(Debug, Clone)]
+pub struct CodeSpec {
+    /// Interpreter.
+    pub runtime: Runtime,
+    /// Source.
+    pub code: String,
+    /// Working directory.
+    pub cwd: Option<String>,
+    /// Extra environment.
+    pub env: BTreeMap<String, String>,
+    /// Kill after this long (exit code 124).
+    pub timeout: Duration,
+}
+
+/// How run-code ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeOutcome {
+    /// The code did not compile; it was not run. `message` is the interpreter's own text.
+    SyntaxError {
+        /// The interpreter's message.
+        message: String,
+        /// The checker's exit code.
+        exit_code: i32,
+    },
+    /// The code ran.
+    Finished(ExecExit),
+}
+
+/// Boots sandboxes of one virtualization.
+///
+/// Contract: a failed `provision` leaves nothing behind (no mount, cgroup, process, directory).
+#[async_trait]
+pub trait VmBackend: Send + Sync + 'static {
+    /// The virtualization name this backend serves (`container`, `vetu`, `fake`).
+    fn virtualization(&self) -> &str;
+
+    /// Boots a sandbox for `spec` and returns once it can run commands.
+    async fn provision(&self, spec: ProvisionSpec) -> Result<Arc<dyn Vm>, BackendError>;
+
+    /// Removes what a previous, crashed run of this backend left behind. Called once at
+    /// worker start, before any provision. Returns how many sandboxes were cleaned up.
+    async fn cleanup_leftovers(&self) -> Result<usize, BackendError> {
+        Ok(0)
+    }
+}
+
+/// One live sandbox.
+///
+/// Contract for every method: an error leaves the sandbox usable (or reports
+/// [`BackendError::Gone`]); paths never resolve outside the sandbox's root, whatever
+/// `..` or symlinks they contain.
+#[async_trait]
+pub trait Vm: Send + Sync + 'static {
+    /// The VM's id.
+    fn vm_id(&self) -> LocalVmId;
+
+    /// Runs a command. Output chunks are sent to `output` as they are produced; the call
+    /// returns when the command has exited and all its output has been sent. On timeout the
+    /// whole process group is killed and the exit code is [`TIMEOUT_EXIT_CODE`].
+    async fn exec(
+        &self,
+        spec: ExecSpec,
+        output: mpsc::Sender<OutputChunk>,
+    ) -> Result<ExecExit, BackendError>;
+
+    /// Checks the code's syntax without running it; on success runs it like [`Vm::exec`].
+    async fn run_code(
+        &self,
+        spec: CodeSpec,
+        output: mpsc::Sender<OutputChunk>,
+    ) -> Result<CodeOutcome, BackendError>;
+
+    /// Opens a file for reading. Directories give [`FilesError::IsDirectory`].
+    async fn read_file(&self, path: &SandboxPath) -> Result<FileReader, FilesError>;
+
+    /// Writes a file, creating missing ancestor directories. Returns the bytes written.
+    /// A directory at `path` gives [`FilesError::IsDirectory`]; a file among the ancestors
+    /// gives [`FilesError::NotDirectory`].
+    async fn write_file(
+        &self,
+        path: &SandboxPath,
+        content: BoxedReader,
+        mode: WriteMode,
+    ) -> Result<u64, FilesError>;
+
+    /// Metadata of a path, or `None` when nothing is there.
+    async fn stat(&self, path: &SandboxPath) -> Result<Option<FileStat>, FilesError>;
+
+    /// Entries below a directory: immediate children, or every descendant when `recursive`.
+    /// A missing path gives [`FilesError::NotFound`], a file [`FilesError::NotDirectory`].
+    /// Order is unspecified.
+    async fn list_dir(
+        &self,
+        path: &SandboxPath,
+        recursive: bool,
+    ) -> Result<Vec<FileEntry>, FilesError>;
+
+    /// Creates a directory; returns false when it already existed. Not recursive: a missing
+    /// parent gives [`FilesError::ParentNotFound`]. A file at the path or among the ancestors
+    /// gives [`FilesError::NotDirectory`].
+    async fn mkdir(&self, path: &SandboxPath, recursive: bool) -> Result<bool, FilesError>;
+
+    /// Removes a file or directory. A missing path gives [`FilesError::NotFound`]; a
+    /// non-empty directory without `recursive` gives [`FilesError::NotEmpty`].
+    async fn remove(&self, path: &SandboxPath, recursive: bool) -> Result<(), FilesError>;
+
+    /// Opens a TCP connection to `port` inside the sandbox's network namespace.
+    async fn connect(&self, port: u16) -> Result<BoxedStream, BackendError>;
+
+    /// Destroys the sandbox: every process, mount, cgroup and directory it had. Idempotent.
+    async fn destroy(&self) -> Result<(), BackendError>;
+}

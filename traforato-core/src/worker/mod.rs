@@ -1,0 +1,468 @@
+//! The worker (data plane): owns the sandboxes of one host. Creates them cold or from the warm
+//! pool, runs execs and code, serves files, connects to ports, enforces TTLs, and keeps the
+//! broker informed through a [`BrokerLink`].
+//!
+//! State sits behind short `std::sync::Mutex` sections, never held across an `.await`; slow
+//! work (provisioning, destroying, exec) happens outside them.
+
+mod link;
+
+pub use link::{BrokerLink, InProcessBrokerLink, LinkError};
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::api::{
+    CreateSandboxRequest, CreateSandboxResponse, ExecAccepted, ExecRecord, ExecRequest,
+    FramesResponse, LeaseResponse, ListResponse, MkdirRequest, MkdirResponse, PortUrlResponse,
+    ReadFileResponse, RunCodeAccepted, RunCodeRequest, RunCodeResponse, SandboxResponse,
+    StatResponse, SyntaxErrorBody, WriteFileResponse,
+};
+use crate::auth::{AuthMode, Principal};
+use crate::backend::{BackendError, BoxedReader, BoxedStream, FileReader, VmBackend};
+use crate::clock::Clock;
+use crate::id::{ComponentId, SandboxId};
+use crate::path::PathError;
+use crate::telemetry::Metrics;
+use crate::tuple::SandboxTuple;
+
+/// A warm-pool floor from the worker YAML's `pre-pull` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrePullTarget {
+    /// The tuple to keep warm.
+    pub tuple: SandboxTuple,
+    /// How many to keep ready at least.
+    pub target_count: u32,
+    /// Shell script run in each warm sandbox before it counts as ready (empty: none).
+    pub warmup_script: String,
+    /// Budget for the warm-up script.
+    pub warmup_timeout: Duration,
+}
+
+/// Worker settings. All values are final (defaults already applied by the caller).
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The broker this worker serves; sandbox ids name it.
+    pub broker_id: ComponentId,
+    /// This worker.
+    pub worker_id: ComponentId,
+    /// Host name, sent at registration.
+    pub hostname: String,
+    /// Where clients reach this worker, sent at registration.
+    pub advertise_url: String,
+    /// Where clients reach the broker; the target of placement retries (`None`: retries give
+    /// 503 `unable to retry placement`).
+    pub broker_public_url: Option<String>,
+    /// SKU, sent at registration.
+    pub hardware_sku: String,
+    /// Cores offered.
+    pub total_cores: u32,
+    /// Memory offered.
+    pub total_memory_mib: u64,
+    /// Most live sandboxes at once.
+    pub max_live_sandboxes: u32,
+    /// TTL of sandboxes created without `ttl_seconds`.
+    pub default_ttl: Duration,
+    /// Longest TTL a create or lease may ask for.
+    pub max_ttl: Duration,
+    /// Virtualization of creates that name none.
+    pub default_virtualization: String,
+    /// Heartbeat period (renewal of the registration lease).
+    pub registration_heartbeat: Duration,
+    /// Heartbeat jitter, percent in [0, 95].
+    pub registration_jitter_percent: u8,
+    /// How often the TTL reaper looks for expired sandboxes.
+    pub reap_interval: Duration,
+    /// Warm-pool floors.
+    pub pre_pull: Vec<PrePullTarget>,
+    /// Dev or prod: prod enforces sandbox ownership.
+    pub auth_mode: AuthMode,
+}
+
+/// Why the worker refused a request. Each variant has one status code (see the server).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// 400.
+    #[error("malformed sandbox_id")]
+    MalformedSandboxId,
+    /// 404: unknown sandbox, or an id that names another broker or worker.
+    #[error("sandbox not found")]
+    SandboxNotFound,
+    /// 403.
+    #[error("sandbox ownership mismatch")]
+    OwnershipMismatch,
+    /// 400.
+    #[error("image is required")]
+    ImageRequired,
+    /// 400: no backend serves this virtualization here.
+    #[error("unsupported virtualization: {0}")]
+    UnsupportedVirtualization(String),
+    /// 400.
+    #[error("invalid placement_retry")]
+    InvalidPlacementRetry,
+    /// 400.
+    #[error("invalid local_vm_id")]
+    InvalidLocalVmId,
+    /// 503 with the exact message, e.g. `no capacity: max sandbox count reached`.
+    #[error("{0}")]
+    NoCapacity(&'static str),
+    /// 503: a hinted claim failed and there is no broker URL to bounce to.
+    #[error("unable to retry placement")]
+    UnableToRetryPlacement,
+    /// 503: the backend could not boot the sandbox (details logged).
+    #[error("sandbox provisioning failed")]
+    ProvisionFailed(#[source] BackendError),
+    /// 400.
+    #[error("ttl_seconds must be > 0")]
+    InvalidTtl,
+    /// 404.
+    #[error("exec not found")]
+    ExecNotFound,
+    /// 400.
+    #[error("invalid exec request: {0}")]
+    InvalidExec(&'static str),
+    /// 400.
+    #[error("runtime must be one of: node, python")]
+    InvalidRuntime,
+    /// 400.
+    #[error("code is required")]
+    CodeRequired,
+    /// 400.
+    #[error("code exceeds max size")]
+    CodeTooLarge,
+    /// 400.
+    #[error("{0}")]
+    InvalidPath(PathError),
+    /// 400.
+    #[error("encoding must be utf8 or base64")]
+    InvalidEncoding,
+    /// 400.
+    #[error("invalid base64 content")]
+    InvalidBase64,
+    /// 404.
+    #[error("file not found")]
+    FileNotFound,
+    /// 404.
+    #[error("directory not found")]
+    DirectoryNotFound,
+    /// 404.
+    #[error("path not found")]
+    PathNotFound,
+    /// 404.
+    #[error("parent directory not found")]
+    ParentNotFound,
+    /// 400.
+    #[error("path points to a directory")]
+    PathIsDirectory,
+    /// 400.
+    #[error("path points to a file")]
+    PathIsFile,
+    /// 409.
+    #[error("directory is not empty")]
+    DirectoryNotEmpty,
+    /// 400.
+    #[error("cannot remove root directory")]
+    CannotRemoveRoot,
+    /// 400.
+    #[error("recursive must be true or false")]
+    InvalidRecursive,
+    /// 400.
+    #[error("force must be true or false")]
+    InvalidForce,
+    /// 400.
+    #[error("limit must be a positive integer")]
+    InvalidLimit,
+    /// 400.
+    #[error("cursor must be a non-negative integer")]
+    InvalidCursor,
+    /// 413: the file is larger than a JSON read may return.
+    #[error("file too large")]
+    FileTooLarge,
+    /// 403: the sandbox's filesystem refuses (read-only image path).
+    #[error("permission denied")]
+    PermissionDenied,
+    /// 400.
+    #[error("invalid port")]
+    InvalidPort,
+    /// 400.
+    #[error("protocol must be one of: http, https, ws, wss")]
+    InvalidProtocol,
+    /// 502.
+    #[error("upstream not reachable")]
+    UpstreamUnreachable,
+    /// 504.
+    #[error("upstream timeout")]
+    UpstreamTimeout,
+    /// 500: anything else the backend reported (details logged, body generic).
+    #[error("backend failure")]
+    Backend(#[source] BackendError),
+}
+
+/// The result of a create.
+#[derive(Debug)]
+pub enum CreateOutcome {
+    /// 201.
+    Created(CreateSandboxResponse),
+    /// 307 back to the broker: the hinted VM could not be claimed here.
+    RetryPlacement {
+        /// `<broker>/sandboxes?placement_retry=<n+1>`.
+        location: String,
+    },
+}
+
+/// The result of run-code.
+#[derive(Debug)]
+pub enum RunCodeOutcome {
+    /// 200 (`wait: true`).
+    Finished(RunCodeResponse),
+    /// 202 (`wait: false`).
+    Accepted(RunCodeAccepted),
+    /// 422.
+    SyntaxError(SyntaxErrorBody),
+}
+
+/// Query values of a create, raw as received.
+#[derive(Debug, Clone, Default)]
+pub struct CreateQuery<'a> {
+    /// `local_vm_id`: the broker's warm hint.
+    pub local_vm_id: Option<&'a str>,
+    /// `placement_retry`.
+    pub placement_retry: Option<&'a str>,
+}
+
+/// Query values of a list, raw as received.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery<'a> {
+    /// `path`.
+    pub path: Option<&'a str>,
+    /// `recursive`.
+    pub recursive: Option<&'a str>,
+    /// `limit`.
+    pub limit: Option<&'a str>,
+    /// `cursor`.
+    pub cursor: Option<&'a str>,
+}
+
+/// The worker. Build with [`Worker::new`], serve with [`Worker::run`] once listening.
+pub struct Worker {
+    // Implementation fills this in.
+}
+
+impl Worker {
+    /// Builds a worker over `backends` (one per virtualization).
+    pub fn new(
+        config: WorkerConfig,
+        backends: Vec<Arc<dyn VmBackend>>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        broker: Option<Arc<dyn BrokerLink>>,
+    ) -> Arc<Self> {
+        todo!()
+    }
+
+    /// Settings.
+    pub fn config(&self) -> &WorkerConfig {
+        todo!()
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        todo!()
+    }
+
+    /// Runs the background work until `shutdown` completes: leftover cleanup, the registration
+    /// loop, the TTL reaper, the warm-pool filler. Call it once the HTTP listener is bound.
+    /// On shutdown: deregisters, then destroys every sandbox and warm VM.
+    pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()> + Send) {
+        todo!()
+    }
+
+    /// `POST /sandboxes`.
+    pub async fn create_sandbox(
+        &self,
+        principal: &Principal,
+        request: CreateSandboxRequest,
+        query: CreateQuery<'_>,
+    ) -> Result<CreateOutcome, WorkerError> {
+        todo!()
+    }
+
+    /// `GET /sandboxes/{id}`.
+    pub fn get_sandbox(
+        &self,
+        principal: &Principal,
+        id: &str,
+    ) -> Result<SandboxResponse, WorkerError> {
+        todo!()
+    }
+
+    /// `DELETE /sandboxes/{id}`: destroys it.
+    pub async fn delete_sandbox(&self, principal: &Principal, id: &str) -> Result<(), WorkerError> {
+        todo!()
+    }
+
+    /// `PATCH /sandboxes/{id}/lease?ttl_seconds=N`.
+    pub fn renew_lease(
+        &self,
+        principal: &Principal,
+        id: &str,
+        ttl_seconds: Option<&str>,
+    ) -> Result<LeaseResponse, WorkerError> {
+        todo!()
+    }
+
+    /// `POST /sandboxes/{id}/exec`: starts the command, answers at once.
+    pub async fn start_exec(
+        &self,
+        principal: &Principal,
+        id: &str,
+        request: ExecRequest,
+    ) -> Result<ExecAccepted, WorkerError> {
+        todo!()
+    }
+
+    /// `POST /sandboxes/{id}/exec/code`.
+    pub async fn run_code(
+        &self,
+        principal: &Principal,
+        id: &str,
+        request: RunCodeRequest,
+    ) -> Result<RunCodeOutcome, WorkerError> {
+        todo!()
+    }
+
+    /// `GET /sandboxes/{id}/exec/{exec_id}`.
+    pub fn get_exec(
+        &self,
+        principal: &Principal,
+        id: &str,
+        exec_id: &str,
+    ) -> Result<ExecRecord, WorkerError> {
+        todo!()
+    }
+
+    /// `GET /sandboxes/{id}/exec/{exec_id}/frames?cursor=N&wait=...`: with a non-empty `wait`
+    /// (a duration like `30s` or milliseconds; anything else means the default), waits until
+    /// a frame past the cursor exists or the wait ends.
+    pub async fn exec_frames(
+        &self,
+        principal: &Principal,
+        id: &str,
+        exec_id: &str,
+        cursor: Option<&str>,
+        wait: Option<&str>,
+    ) -> Result<FramesResponse, WorkerError> {
+        todo!()
+    }
+
+    /// `PUT /sandboxes/{id}/files?path=P`: `content` is the decoded payload.
+    pub async fn write_file(
+        &self,
+        principal: &Principal,
+        id: &str,
+        path: Option<&str>,
+        content: BoxedReader,
+        append: bool,
+    ) -> Result<WriteFileResponse, WorkerError> {
+        todo!()
+    }
+
+    /// `GET /sandboxes/{id}/files?path=P&encoding=E` (`utf8`, `utf-8` or `base64`).
+    pub async fn read_file(
+        &self,
+        principal: &Principal,
+        id: &str,
+        path: Option<&str>,
+        encoding: Option<&str>,
+    ) -> Result<ReadFileResponse, WorkerError> {
+        todo!()
+    }
+
+    /// Opens a file for a streamed raw download (extension).
+    pub async fn open_file(
+        &self,
+        principal: &Principal,
+        id: &str,
+        path: Option<&str>,
+    ) -> Result<FileReader, WorkerError> {
+        todo!()
+    }
+
+    /// `GET /sandboxes/{id}/files/stat?path=P`.
+    pub async fn stat_file(
+        &self,
+        principal: &Principal,
+        id: &str,
+        path: Option<&str>,
+    ) -> Result<StatResponse, WorkerError> {
+        todo!()
+    }
+
+    /// `GET /sandboxes/{id}/files/list`.
+    pub async fn list_files(
+        &self,
+        principal: &Principal,
+        id: &str,
+        query: ListQuery<'_>,
+    ) -> Result<ListResponse, WorkerError> {
+        todo!()
+    }
+
+    /// `POST /sandboxes/{id}/files/mkdir`.
+    pub async fn mkdir(
+        &self,
+        principal: &Principal,
+        id: &str,
+        request: MkdirRequest,
+    ) -> Result<MkdirResponse, WorkerError> {
+        todo!()
+    }
+
+    /// `DELETE /sandboxes/{id}/files?path=P&recursive=&force=`.
+    pub async fn remove_file(
+        &self,
+        principal: &Principal,
+        id: &str,
+        path: Option<&str>,
+        recursive: Option<&str>,
+        force: Option<&str>,
+    ) -> Result<(), WorkerError> {
+        todo!()
+    }
+
+    /// Opens a byte stream to `port` in the sandbox for the proxy route. Returns the parsed
+    /// sandbox id (for `X-Traforato-Sandbox-Id`) and the stream.
+    pub async fn connect_port(
+        &self,
+        principal: &Principal,
+        id: &str,
+        port: &str,
+    ) -> Result<(SandboxId, BoxedStream), WorkerError> {
+        todo!()
+    }
+
+    /// `GET /sandboxes/{id}/ports/{port}/url?protocol=P`; `host` is the first
+    /// `X-Forwarded-Host` element, else the request's Host, else `localhost`.
+    pub fn port_url(
+        &self,
+        principal: &Principal,
+        id: &str,
+        port: &str,
+        protocol: Option<&str>,
+        host: &str,
+    ) -> Result<PortUrlResponse, WorkerError> {
+        todo!()
+    }
+
+    /// Live sandbox count.
+    pub fn live_sandboxes(&self) -> usize {
+        todo!()
+    }
+
+    /// Ready (warm) sandbox count per tuple.
+    pub fn ready_counts(&self) -> BTreeMap<SandboxTuple, usize> {
+        todo!()
+    }
+}
