@@ -39,15 +39,14 @@ impl WorkerLoad {
     /// Load in parts per million of the tightest reported resource (sandbox slots or cores);
     /// workers that report nothing count as empty.
     pub fn load_ppm(&self, cpu: u32) -> u64 {
-        let mut load = 0u64;
-        if self.max_live_sandboxes > 0 {
-            load = load.max(self.expected_live() * 1_000_000 / self.max_live_sandboxes);
-        }
-        if self.total_cores > 0 {
-            let cores = self.allocated_cores + self.placed_since_heartbeat * u64::from(cpu);
-            load = load.max(cores * 1_000_000 / self.total_cores);
-        }
-        load
+        let cores = self.allocated_cores + self.placed_since_heartbeat * u64::from(cpu);
+        let slots = (self.expected_live() * 1_000_000)
+            .checked_div(self.max_live_sandboxes)
+            .unwrap_or(0);
+        let cpu_load = (cores * 1_000_000)
+            .checked_div(self.total_cores)
+            .unwrap_or(0);
+        slots.max(cpu_load)
     }
 
     /// False when the worker reported limits that one more sandbox of `cpu` would exceed.
@@ -149,7 +148,9 @@ mod tests {
 
     #[test]
     fn full_workers_go_last_but_still_chosen() {
-        let c = [w("a", 0, 2, 2), w("b", 1, 100, 90)];
+        let mut b = w("b", 1, 100, 90);
+        b.total_cores = 128;
+        let c = [w("a", 0, 2, 2), b];
         assert_eq!(LeastLoaded.choose(&tuple(), &c).unwrap().as_str(), "b");
         let c = [w("a", 0, 2, 2)];
         assert_eq!(LeastLoaded.choose(&tuple(), &c).unwrap().as_str(), "a");

@@ -209,7 +209,8 @@ impl Metrics {
     /// An empty registry with `service.auth.mode` set.
     pub fn new(prod_auth: bool) -> Self {
         let m = Self::default();
-        m.set_gauge("service.auth.mode", &[], if prod_auth { 1.0 } else { 0.0 });
+        m.set_gauge("service.auth.mode", &[], if prod_auth { 1.0 } else { 0.0 })
+            .expect("service.auth.mode is in the catalogue");
         m
     }
 

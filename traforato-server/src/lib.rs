@@ -1,1 +1,66 @@
-pub fn x() {}
+//! traforato-server: thin hyper 1.x shells over `traforato-core`'s [`Broker`] and [`Worker`],
+//! and the three binaries built on them (`traforato-broker`, `traforato-worker`,
+//! `traforato-dev`).
+//!
+//! A tour, one file per concern:
+//! - [`http`]: JSON/text/error responses, size-capped bodies, lenient JSON decoding, query
+//!   and path parsing, request ids and W3C trace context.
+//! - [`server`]: the accept loop (HTTP/1.1, read-header timeout, graceful shutdown) and the
+//!   shutdown plumbing.
+//! - [`broker`]: the broker's route table → [`Broker`] methods; [`serve_broker`].
+//! - [`worker`]: the worker's route table → [`Worker`] methods; [`serve_worker`].
+//! - [`proxy`]: HTTP and WebSocket reverse proxy into a sandbox port.
+//! - [`link`]: [`link::HttpBrokerLink`], the worker's HTTP line to its broker.
+//! - [`config`]: flags, environment variables, the worker YAML and derived values.
+//! - [`logging`]: JSON logs to stdout or a size-rotated file.
+//! - [`backends`]: the worker's sandbox backends by virtualization name.
+//!
+//! [`Broker`]: traforato_core::broker::Broker
+//! [`Worker`]: traforato_core::worker::Worker
+
+pub mod backends;
+pub mod broker;
+pub mod config;
+pub mod http;
+pub mod link;
+pub mod logging;
+pub mod proxy;
+pub mod server;
+pub mod worker;
+
+pub use broker::serve_broker;
+pub use worker::serve_worker;
+
+/// Why a binary could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The configuration was refused.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// Logging could not be set up.
+    #[error(transparent)]
+    Logging(#[from] logging::LoggingError),
+    /// A listener could not be bound.
+    #[error("bind {addr}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("serve")]
+    Serve(#[source] std::io::Error),
+    /// No backend exists for this virtualization.
+    #[error("unknown virtualization {0:?}")]
+    UnknownVirtualization(String),
+    /// The backend exists but cannot run here.
+    #[error("virtualization {virtualization:?} is unavailable: {reason}")]
+    BackendUnavailable {
+        /// The virtualization.
+        virtualization: String,
+        /// Why.
+        reason: String,
+    },
+}

@@ -1,1 +1,1882 @@
+//! `FakeBackend`: an in-memory, instant test double of [`VmBackend`] for control-plane tests,
+//! examples and benchmarks. It runs no process, no interpreter and no shell.
+//!
+//! What is real and what is not:
+//! - **Files** live in an in-memory tree per VM ([`FakeFs`]) with the semantics documented on
+//!   the [`Vm`] trait; exec cannot see real files and real files cannot see it.
+//! - **Exec** is answered by a scriptable handler ([`FakeBackend::with_exec_handler`]) or by a
+//!   tiny fake shell ([`fake_shell`]) that knows a handful of commands. It is *not* `/bin/sh`.
+//! - **Run-code** never starts Python or Node: [`fake_code`] recognises `print(...)` /
+//!   `console.log(...)` lines, `raise` / `throw`, and unbalanced brackets as a syntax error.
+//! - **Connect** is a real TCP connection to `127.0.0.1:<port>` on the host (or to a host or
+//!   address configured per backend or per VM), so proxy tests can stand a listener in for a
+//!   sandbox's server.
+//! - **Accounting**: provisions, failures, destroys and the set of live VM ids are counted so
+//!   tests can assert that nothing leaks.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::io::Cursor;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, watch};
+
+use super::{
+    BackendError, BoxedReader, BoxedStream, CodeOutcome, CodeSpec, ExecExit, ExecSpec, FileEntry,
+    FileKind, FileReader, FileStat, FilesError, OutputChunk, OutputStream, Program, ProvisionSpec,
+    Runtime, Vm, VmBackend, WriteMode, TIMEOUT_EXIT_CODE,
+};
+use crate::clock::{Clock, SystemClock};
+use crate::id::LocalVmId;
+use crate::path::SandboxPath;
+
+/// The virtualization name of [`FakeBackend::new`].
+pub const FAKE_VIRTUALIZATION: &str = "fake";
+
+/// The working directory of commands that name none (when it exists; `/` otherwise).
+pub const DEFAULT_CWD: &str = "/workspace";
+
+/// The message of a syntax error reported by [`fake_code`].
+pub const FAKE_SYNTAX_ERROR: &str = "SyntaxError: fake backend: unbalanced brackets";
+
+/// A scripted answer to an exec: `None` falls through to [`fake_shell`]. It runs under the
+/// VM's lock, so it must be quick and must not block.
+pub type ExecHandler = Arc<dyn Fn(&ExecSpec, &mut FakeFs) -> Option<FakeExec> + Send + Sync>;
+
+/// Decides whether a provision fails, and with what error.
+pub type ProvisionFailure = Arc<dyn Fn(&ProvisionSpec) -> Option<BackendError> + Send + Sync>;
+
+// ---------------------------------------------------------------------------------------------
+// Backend
+
+/// The fake backend: a test double that boots in-memory [`FakeVm`]s instantly.
+///
+/// It is cheap to clone and clones share everything (knobs, counters, VMs): hand one clone to
+/// the worker and keep another to script failures and assert on counters.
+#[derive(Clone)]
+pub struct FakeBackend {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    virtualization: String,
+    state: Mutex<BackendState>,
+}
+
+struct BackendState {
+    fail_next: u32,
+    fail_when: Option<ProvisionFailure>,
+    provision_delay: Duration,
+    exec_handler: Option<ExecHandler>,
+    clock: Arc<dyn Clock>,
+    connect_host: IpAddr,
+    leftovers: usize,
+    counters: FakeCounters,
+    vms: BTreeMap<LocalVmId, Weak<FakeVm>>,
+}
+
+/// What a [`FakeBackend`] has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FakeCounters {
+    /// Calls to `provision`, successful or not (cancelled ones included).
+    pub provision_attempts: u64,
+    /// Provisions that returned a VM.
+    pub provisions: u64,
+    /// Provisions that returned an error.
+    pub failed_provisions: u64,
+    /// VMs destroyed (a repeated destroy of the same VM counts once).
+    pub destroys: u64,
+    /// Calls to `cleanup_leftovers`.
+    pub cleanups: u64,
+}
+
+impl Default for FakeBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for FakeBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FakeBackend")
+            .field("virtualization", &self.shared.virtualization)
+            .field("counters", &self.counters())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FakeBackend {
+    /// A fake serving the virtualization `fake`.
+    pub fn new() -> Self {
+        Self::with_virtualization(FAKE_VIRTUALIZATION)
+    }
+
+    /// A fake pretending to serve `virtualization` (e.g. `vetu`, `tart`), for tests of tuple
+    /// routing.
+    pub fn with_virtualization(virtualization: impl Into<String>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                virtualization: virtualization.into(),
+                state: Mutex::new(BackendState {
+                    fail_next: 0,
+                    fail_when: None,
+                    provision_delay: Duration::ZERO,
+                    exec_handler: None,
+                    clock: Arc::new(SystemClock),
+                    connect_host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    leftovers: 0,
+                    counters: FakeCounters::default(),
+                    vms: BTreeMap::new(),
+                }),
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, BackendState> {
+        self.shared.state.lock().expect("fake backend lock")
+    }
+
+    /// Uses `clock` for file modification times of VMs provisioned from now on.
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
+        self.state().clock = clock;
+        self
+    }
+
+    /// Sleeps this long (with `tokio::time::sleep`) in every provision. Default zero.
+    pub fn with_provision_delay(self, delay: Duration) -> Self {
+        self.set_provision_delay(delay);
+        self
+    }
+
+    /// Changes the provision delay; see [`FakeBackend::with_provision_delay`].
+    pub fn set_provision_delay(&self, delay: Duration) {
+        self.state().provision_delay = delay;
+    }
+
+    /// Makes the next `n` provisions fail with [`BackendError::Unavailable`].
+    pub fn fail_next_provisions(&self, n: u32) {
+        self.state().fail_next = n;
+    }
+
+    /// Makes every provision for which `decide` returns an error fail with it (checked after
+    /// [`FakeBackend::fail_next_provisions`]).
+    pub fn with_provision_failure<F>(self, decide: F) -> Self
+    where
+        F: Fn(&ProvisionSpec) -> Option<BackendError> + Send + Sync + 'static,
+    {
+        self.state().fail_when = Some(Arc::new(decide));
+        self
+    }
+
+    /// Answers execs with `handler` first; when it returns `None` the [`fake_shell`] runs.
+    /// Applies to every VM, including those already provisioned.
+    pub fn with_exec_handler<F>(self, handler: F) -> Self
+    where
+        F: Fn(&ExecSpec, &mut FakeFs) -> Option<FakeExec> + Send + Sync + 'static,
+    {
+        self.set_exec_handler(Arc::new(handler));
+        self
+    }
+
+    /// Replaces the exec handler; see [`FakeBackend::with_exec_handler`].
+    pub fn set_exec_handler(&self, handler: ExecHandler) {
+        self.state().exec_handler = Some(handler);
+    }
+
+    /// Makes `connect(port)` of VMs provisioned from now on reach `host:port` instead of
+    /// `127.0.0.1:port`.
+    pub fn with_connect_host(self, host: IpAddr) -> Self {
+        self.state().connect_host = host;
+        self
+    }
+
+    /// Pretends a crashed previous run left `n` sandboxes behind: the next
+    /// `cleanup_leftovers` reports `n` and resets it.
+    pub fn with_leftovers(self, n: usize) -> Self {
+        self.state().leftovers = n;
+        self
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> FakeCounters {
+        self.state().counters
+    }
+
+    /// Ids of VMs provisioned and not yet destroyed (including VMs whose handle was dropped
+    /// without a destroy, which is a leak).
+    pub fn live_vm_ids(&self) -> BTreeSet<LocalVmId> {
+        self.state().vms.keys().copied().collect()
+    }
+
+    /// How many VMs are provisioned and not destroyed.
+    pub fn live_count(&self) -> usize {
+        self.state().vms.len()
+    }
+
+    /// The live VM with this id, if its handle is still held somewhere.
+    pub fn vm(&self, id: &LocalVmId) -> Option<Arc<FakeVm>> {
+        self.state().vms.get(id).and_then(Weak::upgrade)
+    }
+
+    fn exec_handler(&self) -> Option<ExecHandler> {
+        self.state().exec_handler.clone()
+    }
+
+    fn forget(&self, id: &LocalVmId) -> bool {
+        let mut state = self.state();
+        let removed = state.vms.remove(id).is_some();
+        if removed {
+            state.counters.destroys += 1;
+        }
+        removed
+    }
+}
+
+#[async_trait]
+impl VmBackend for FakeBackend {
+    fn virtualization(&self) -> &str {
+        &self.shared.virtualization
+    }
+
+    async fn provision(&self, spec: ProvisionSpec) -> Result<Arc<dyn Vm>, BackendError> {
+        let (failure, delay) = {
+            let mut state = self.state();
+            state.counters.provision_attempts += 1;
+            let failure = if state.fail_next > 0 {
+                state.fail_next -= 1;
+                Some(BackendError::Unavailable(
+                    "fake: injected provision failure".into(),
+                ))
+            } else {
+                state.fail_when.clone().and_then(|decide| decide(&spec))
+            };
+            (failure, state.provision_delay)
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let mut state = self.state();
+        if let Some(err) = failure {
+            state.counters.failed_provisions += 1;
+            return Err(err);
+        }
+        if state.vms.contains_key(&spec.vm_id) {
+            state.counters.failed_provisions += 1;
+            return Err(BackendError::Other(format!(
+                "fake: vm {} already exists",
+                spec.vm_id
+            )));
+        }
+        let (destroyed, _) = watch::channel(false);
+        let vm = Arc::new(FakeVm {
+            id: spec.vm_id,
+            spec,
+            backend: self.clone(),
+            fs: Mutex::new(Some(FakeFs::new(state.clock.clone()))),
+            connect: Mutex::new(ConnectTarget {
+                host: state.connect_host,
+                ports: BTreeMap::new(),
+            }),
+            destroyed,
+        });
+        state.vms.insert(vm.id, Arc::downgrade(&vm));
+        state.counters.provisions += 1;
+        Ok(vm)
+    }
+
+    async fn cleanup_leftovers(&self) -> Result<usize, BackendError> {
+        let mut state = self.state();
+        state.counters.cleanups += 1;
+        Ok(std::mem::take(&mut state.leftovers))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// VM
+
+/// One fake sandbox: an in-memory filesystem, a fake shell and a real TCP connect.
+pub struct FakeVm {
+    id: LocalVmId,
+    spec: ProvisionSpec,
+    backend: FakeBackend,
+    /// `None` once destroyed.
+    fs: Mutex<Option<FakeFs>>,
+    connect: Mutex<ConnectTarget>,
+    destroyed: watch::Sender<bool>,
+}
+
+struct ConnectTarget {
+    host: IpAddr,
+    ports: BTreeMap<u16, SocketAddr>,
+}
+
+impl fmt::Debug for FakeVm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FakeVm")
+            .field("id", &self.id)
+            .field("tuple", &self.spec.tuple)
+            .field("destroyed", &self.is_destroyed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FakeVm {
+    /// What the VM was provisioned with.
+    pub fn spec(&self) -> &ProvisionSpec {
+        &self.spec
+    }
+
+    /// True once destroyed.
+    pub fn is_destroyed(&self) -> bool {
+        *self.destroyed.borrow()
+    }
+
+    /// Runs `f` on the VM's filesystem (e.g. to seed or inspect files in a test); `None` once
+    /// destroyed.
+    pub fn with_fs<R>(&self, f: impl FnOnce(&mut FakeFs) -> R) -> Option<R> {
+        self.fs.lock().expect("fake vm lock").as_mut().map(f)
+    }
+
+    /// Makes `connect(port)` reach `host:port` on the host.
+    pub fn set_connect_host(&self, host: IpAddr) {
+        self.connect.lock().expect("fake vm lock").host = host;
+    }
+
+    /// Makes `connect(port)` reach `target` instead, whatever the host.
+    pub fn map_port(&self, port: u16, target: SocketAddr) {
+        self.connect
+            .lock()
+            .expect("fake vm lock")
+            .ports
+            .insert(port, target);
+    }
+
+    fn fs_op<R>(
+        &self,
+        f: impl FnOnce(&mut FakeFs) -> Result<R, FilesError>,
+    ) -> Result<R, FilesError> {
+        match self.fs.lock().expect("fake vm lock").as_mut() {
+            Some(fs) => f(fs),
+            None => Err(FilesError::Gone),
+        }
+    }
+
+    /// Resolves the working directory and lets `plan` build the run under the lock.
+    fn plan<R>(
+        &self,
+        cwd: Option<&str>,
+        plan: impl FnOnce(&str, &mut FakeFs) -> R,
+    ) -> Result<R, BackendError> {
+        let mut guard = self.fs.lock().expect("fake vm lock");
+        let fs = guard.as_mut().ok_or(BackendError::Gone)?;
+        let cwd = match cwd {
+            Some(raw) => {
+                let path = SandboxPath::parse(raw).map_err(|e| {
+                    BackendError::ExecFailed(format!("working directory {raw:?}: {e}"))
+                })?;
+                if !fs.is_dir(&path) {
+                    return Err(BackendError::ExecFailed(format!(
+                        "working directory {path} does not exist"
+                    )));
+                }
+                path
+            }
+            None => {
+                let default = SandboxPath::parse(DEFAULT_CWD).expect("default cwd is valid");
+                if fs.is_dir(&default) {
+                    default
+                } else {
+                    SandboxPath::root()
+                }
+            }
+        };
+        Ok(plan(cwd.as_str(), fs))
+    }
+
+    /// Plays a plan: sends its output, sleeps its sleeps, honours the timeout and a destroy.
+    async fn play(
+        &self,
+        run: FakeExec,
+        timeout: Duration,
+        output: mpsc::Sender<OutputChunk>,
+    ) -> Result<ExecExit, BackendError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut destroyed = self.destroyed.subscribe();
+        for step in run.steps {
+            if *destroyed.borrow() {
+                return Err(BackendError::Gone);
+            }
+            match step {
+                Step::Output(stream, data) => {
+                    // A receiver that went away only loses the output, as with a real pipe
+                    // nobody reads.
+                    let _ = output.send(OutputChunk { stream, data }).await;
+                }
+                Step::Sleep(d) => {
+                    let wake = tokio::time::Instant::now()
+                        .checked_add(d)
+                        .map_or(deadline, |w| w.min(deadline));
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(wake) => {}
+                        _ = destroyed.wait_for(|d| *d) => return Err(BackendError::Gone),
+                    }
+                    if wake == deadline && tokio::time::Instant::now() >= deadline {
+                        return Ok(ExecExit {
+                            exit_code: TIMEOUT_EXIT_CODE,
+                            timed_out: true,
+                        });
+                    }
+                }
+            }
+        }
+        if *destroyed.borrow() {
+            return Err(BackendError::Gone);
+        }
+        Ok(ExecExit {
+            exit_code: run.exit_code,
+            timed_out: false,
+        })
+    }
+}
+
+#[async_trait]
+impl Vm for FakeVm {
+    fn vm_id(&self) -> LocalVmId {
+        self.id
+    }
+
+    async fn exec(
+        &self,
+        spec: ExecSpec,
+        output: mpsc::Sender<OutputChunk>,
+    ) -> Result<ExecExit, BackendError> {
+        let handler = self.backend.exec_handler();
+        let run = self.plan(spec.cwd.as_deref(), |cwd, fs| {
+            handler
+                .and_then(|h| h(&spec, fs))
+                .unwrap_or_else(|| fake_shell(&spec, cwd, fs))
+        })?;
+        self.play(run, spec.timeout, output).await
+    }
+
+    async fn run_code(
+        &self,
+        spec: CodeSpec,
+        output: mpsc::Sender<OutputChunk>,
+    ) -> Result<CodeOutcome, BackendError> {
+        match self.plan(spec.cwd.as_deref(), |_, _| fake_code(&spec))? {
+            Err(message) => Ok(CodeOutcome::SyntaxError {
+                message,
+                exit_code: 1,
+            }),
+            Ok(run) => self
+                .play(run, spec.timeout, output)
+                .await
+                .map(CodeOutcome::Finished),
+        }
+    }
+
+    async fn read_file(&self, path: &SandboxPath) -> Result<FileReader, FilesError> {
+        let data = self.fs_op(|fs| fs.read(path).map(<[u8]>::to_vec))?;
+        Ok(FileReader {
+            size: data.len() as u64,
+            body: Box::new(Cursor::new(data)),
+        })
+    }
+
+    async fn write_file(
+        &self,
+        path: &SandboxPath,
+        mut content: BoxedReader,
+        mode: WriteMode,
+    ) -> Result<u64, FilesError> {
+        self.fs_op(|_| Ok(()))?;
+        let mut data = Vec::new();
+        content
+            .read_to_end(&mut data)
+            .await
+            .map_err(|source| FilesError::Io {
+                op: "read content".into(),
+                source,
+            })?;
+        self.fs_op(|fs| fs.write(path, &data, mode))
+    }
+
+    async fn stat(&self, path: &SandboxPath) -> Result<Option<FileStat>, FilesError> {
+        self.fs_op(|fs| Ok(fs.stat(path)))
+    }
+
+    async fn list_dir(
+        &self,
+        path: &SandboxPath,
+        recursive: bool,
+    ) -> Result<Vec<FileEntry>, FilesError> {
+        self.fs_op(|fs| fs.list(path, recursive))
+    }
+
+    async fn mkdir(&self, path: &SandboxPath, recursive: bool) -> Result<bool, FilesError> {
+        self.fs_op(|fs| fs.mkdir(path, recursive))
+    }
+
+    async fn remove(&self, path: &SandboxPath, recursive: bool) -> Result<(), FilesError> {
+        self.fs_op(|fs| fs.remove(path, recursive))
+    }
+
+    async fn connect(&self, port: u16) -> Result<BoxedStream, BackendError> {
+        if self.is_destroyed() {
+            return Err(BackendError::Gone);
+        }
+        let target = {
+            let connect = self.connect.lock().expect("fake vm lock");
+            connect
+                .ports
+                .get(&port)
+                .copied()
+                .unwrap_or(SocketAddr::new(connect.host, port))
+        };
+        let stream = tokio::net::TcpStream::connect(target)
+            .await
+            .map_err(|source| BackendError::ConnectFailed { port, source })?;
+        Ok(Box::new(stream))
+    }
+
+    async fn destroy(&self) -> Result<(), BackendError> {
+        self.fs.lock().expect("fake vm lock").take();
+        self.destroyed.send_replace(true);
+        self.backend.forget(&self.id);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scripted runs
+
+/// The scripted run of one exec: output chunks and sleeps played in order, then an exit code.
+/// Sleeps are cut by the exec's timeout (exit 124) and by a destroy (`Gone`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FakeExec {
+    steps: Vec<Step>,
+    exit_code: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Output(OutputStream, Bytes),
+    Sleep(Duration),
+}
+
+impl FakeExec {
+    /// A run with no output that exits 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a stdout chunk.
+    pub fn stdout(mut self, data: impl Into<Bytes>) -> Self {
+        self.push_output(OutputStream::Stdout, data.into());
+        self
+    }
+
+    /// Appends a stderr chunk.
+    pub fn stderr(mut self, data: impl Into<Bytes>) -> Self {
+        self.push_output(OutputStream::Stderr, data.into());
+        self
+    }
+
+    /// Appends a pause (a `tokio::time::sleep`).
+    pub fn sleep(mut self, duration: Duration) -> Self {
+        self.steps.push(Step::Sleep(duration));
+        self
+    }
+
+    /// Sets the exit code.
+    pub fn exit_code(mut self, code: i32) -> Self {
+        self.exit_code = code;
+        self
+    }
+
+    /// The exit code the run ends with unless cut short.
+    pub fn code(&self) -> i32 {
+        self.exit_code
+    }
+
+    /// Everything written to `stream`, concatenated (what a test would expect to receive).
+    pub fn collected(&self, stream: OutputStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        for step in &self.steps {
+            if let Step::Output(s, data) = step {
+                if *s == stream {
+                    out.extend_from_slice(data);
+                }
+            }
+        }
+        out
+    }
+
+    fn push_output(&mut self, stream: OutputStream, data: Bytes) {
+        if !data.is_empty() {
+            self.steps.push(Step::Output(stream, data));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fake shell
+
+/// The default exec interpreter: a **tiny fake shell, not a real one**. It is evaluated
+/// against the filesystem when the exec starts.
+///
+/// Syntax: words separated by blanks, `'single'` and `"double"` quotes, `\` escapes, and lists
+/// joined by `;`, newlines, `&&` and `||`. Pipes, redirections, `$` expansion, globs, `(`/`)`
+/// and background `&` are rejected with exit code 2.
+///
+/// Commands: `echo [-n] ARGS`, `cat [PATHS]` (no path: stdin), `exit [N]`, `sleep SECS`
+/// (fractions allowed), `true`, `false`, `pwd`, `printenv NAME`, and `sh -c LINE` /
+/// `bash -c LINE`. A leading directory in the command (`/bin/echo`) is ignored. Anything else
+/// writes `fake: command not found: X` to stderr and exits 127. [`Program::Argv`] runs its
+/// `argv` as one such command.
+pub fn fake_shell(spec: &ExecSpec, cwd: &str, fs: &FakeFs) -> FakeExec {
+    let mut shell = FakeShell {
+        spec,
+        cwd,
+        fs,
+        run: FakeExec::new(),
+        status: 0,
+    };
+    let flow = match &spec.program {
+        Program::Shell(line) => shell.line(line, 0),
+        Program::Argv(argv) if argv.is_empty() => {
+            shell.fail("fake: empty argv\n", 127);
+            Flow::Continue
+        }
+        Program::Argv(argv) => shell.command(argv, 0),
+    };
+    let status = match flow {
+        Flow::Continue => shell.status,
+        Flow::Exit(code) => code,
+    };
+    shell.run.exit_code(status)
+}
+
+struct FakeShell<'a> {
+    spec: &'a ExecSpec,
+    cwd: &'a str,
+    fs: &'a FakeFs,
+    run: FakeExec,
+    status: i32,
+}
+
+enum Flow {
+    Continue,
+    Exit(i32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Joiner {
+    Always,
+    And,
+    Or,
+}
+
+/// How deep `sh -c` may nest.
+const MAX_NESTING: usize = 8;
+
+impl FakeShell<'_> {
+    fn fail(&mut self, message: &str, code: i32) {
+        self.run
+            .push_output(OutputStream::Stderr, Bytes::from(message.to_string()));
+        self.status = code;
+    }
+
+    fn line(&mut self, line: &str, depth: usize) -> Flow {
+        let list = match parse_list(line) {
+            Ok(list) => list,
+            Err(message) => {
+                self.fail(&format!("fake: {message}\n"), 2);
+                return Flow::Continue;
+            }
+        };
+        for (joiner, argv) in list {
+            let skip = match joiner {
+                Joiner::Always => false,
+                Joiner::And => self.status != 0,
+                Joiner::Or => self.status == 0,
+            };
+            if skip || argv.is_empty() {
+                continue;
+            }
+            if let Flow::Exit(code) = self.command(&argv, depth) {
+                return Flow::Exit(code);
+            }
+        }
+        Flow::Continue
+    }
+
+    fn command(&mut self, argv: &[String], depth: usize) -> Flow {
+        let name = argv[0].rsplit('/').next().unwrap_or_default();
+        let args = &argv[1..];
+        self.status = 0;
+        match name {
+            "echo" => {
+                let (newline, words) = match args.first().map(String::as_str) {
+                    Some("-n") => (false, &args[1..]),
+                    _ => (true, args),
+                };
+                let mut text = words.join(" ");
+                if newline {
+                    text.push('\n');
+                }
+                self.run
+                    .push_output(OutputStream::Stdout, Bytes::from(text));
+            }
+            "cat" => self.cat(args),
+            "true" => {}
+            "false" => self.status = 1,
+            "pwd" => {
+                let text = format!("{}\n", self.cwd);
+                self.run
+                    .push_output(OutputStream::Stdout, Bytes::from(text));
+            }
+            "printenv" => match args.first().and_then(|n| self.spec.env.get(n)) {
+                Some(value) => {
+                    let text = format!("{value}\n");
+                    self.run
+                        .push_output(OutputStream::Stdout, Bytes::from(text));
+                }
+                None => self.status = 1,
+            },
+            "sleep" => match args.first().and_then(|s| parse_seconds(s)) {
+                Some(d) if args.len() == 1 => self.run.steps.push(Step::Sleep(d)),
+                _ => {
+                    let arg = args.first().map(String::as_str).unwrap_or_default();
+                    self.fail(&format!("sleep: invalid time interval '{arg}'\n"), 1);
+                }
+            },
+            "exit" => {
+                let code = match args.first() {
+                    None => self.status,
+                    Some(raw) => match raw.parse::<i64>() {
+                        Ok(n) => n.rem_euclid(256) as i32,
+                        Err(_) => {
+                            self.fail(
+                                &format!("fake: exit: {raw}: numeric argument required\n"),
+                                2,
+                            );
+                            2
+                        }
+                    },
+                };
+                return Flow::Exit(code);
+            }
+            "sh" | "bash" if args.len() >= 2 && args[0] == "-c" => {
+                if depth >= MAX_NESTING {
+                    self.fail("fake: sh -c nested too deeply\n", 2);
+                } else {
+                    // `exit` inside `sh -c` ends only that shell.
+                    if let Flow::Exit(code) = self.line(&args[1], depth + 1) {
+                        self.status = code;
+                    }
+                }
+            }
+            other => self.fail(&format!("fake: command not found: {other}\n"), 127),
+        }
+        Flow::Continue
+    }
+
+    fn cat(&mut self, args: &[String]) {
+        if args.is_empty() {
+            let stdin = self.spec.stdin.clone().unwrap_or_default();
+            self.run.push_output(OutputStream::Stdout, stdin);
+            return;
+        }
+        let mut failed = false;
+        for arg in args {
+            let raw = if arg.starts_with('/') {
+                arg.clone()
+            } else {
+                format!("{}/{arg}", self.cwd)
+            };
+            let read = SandboxPath::parse(&raw)
+                .map_err(|_| FilesError::NotFound)
+                .and_then(|p| self.fs.read(&p).map(<[u8]>::to_vec));
+            match read {
+                Ok(data) => self
+                    .run
+                    .push_output(OutputStream::Stdout, Bytes::from(data)),
+                Err(err) => {
+                    let why = match err {
+                        FilesError::IsDirectory => "Is a directory",
+                        _ => "No such file or directory",
+                    };
+                    let text = format!("cat: {arg}: {why}\n");
+                    self.run
+                        .push_output(OutputStream::Stderr, Bytes::from(text));
+                    failed = true;
+                }
+            }
+        }
+        self.status = i32::from(failed);
+    }
+}
+
+fn parse_seconds(raw: &str) -> Option<Duration> {
+    let secs: f64 = raw.parse().ok()?;
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+/// Splits a command line into commands, each with how it joins the previous one.
+fn parse_list(line: &str) -> Result<Vec<(Joiner, Vec<String>)>, String> {
+    let mut list = Vec::new();
+    let mut joiner = Joiner::Always;
+    let mut argv: Vec<String> = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' => {
+                if let Some(w) = word.take() {
+                    argv.push(w);
+                }
+            }
+            ';' | '\n' | '&' | '|' => {
+                let next = match c {
+                    ';' | '\n' => Joiner::Always,
+                    _ if chars.peek() == Some(&c) => {
+                        chars.next();
+                        if c == '&' {
+                            Joiner::And
+                        } else {
+                            Joiner::Or
+                        }
+                    }
+                    _ => return Err(format!("unsupported shell syntax: {c}")),
+                };
+                if let Some(w) = word.take() {
+                    argv.push(w);
+                }
+                if next != Joiner::Always && argv.is_empty() {
+                    return Err(format!("syntax error near {c}{c}"));
+                }
+                list.push((joiner, std::mem::take(&mut argv)));
+                joiner = next;
+            }
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(ch) => w.push(ch),
+                        None => return Err("unterminated quote".into()),
+                    }
+                }
+            }
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') if matches!(chars.peek(), Some('"' | '\\')) => {
+                            w.push(chars.next().expect("peeked"));
+                        }
+                        Some('$' | '`') => return Err("unsupported shell syntax: expansion".into()),
+                        Some(ch) => w.push(ch),
+                        None => return Err("unterminated quote".into()),
+                    }
+                }
+            }
+            '\\' => match chars.next() {
+                Some('\n') | None => {}
+                Some(ch) => word.get_or_insert_with(String::new).push(ch),
+            },
+            '>' | '<' | '$' | '`' | '(' | ')' | '*' | '?' => {
+                return Err(format!("unsupported shell syntax: {c}"))
+            }
+            ch => word.get_or_insert_with(String::new).push(ch),
+        }
+    }
+    if let Some(w) = word.take() {
+        argv.push(w);
+    }
+    if joiner != Joiner::Always && argv.is_empty() {
+        return Err("syntax error: unexpected end of line".into());
+    }
+    list.push((joiner, argv));
+    Ok(list)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fake run-code
+
+/// The fake run-code: **no interpreter runs**. It exists so control-plane tests can exercise
+/// output frames and the syntax-error path.
+///
+/// - Unbalanced or mis-nested `()[]{}` anywhere (strings and comments included) is a syntax
+///   error: `Err` with [`FAKE_SYNTAX_ERROR`].
+/// - Otherwise lines run in order. Python `print(X)` / Node `console.log(X)` writes `X` with
+///   surrounding quotes stripped, plus `\n`. Python `time.sleep(S)` pauses S seconds. A line
+///   starting with `raise` (Python) or `throw` (Node) writes
+///   `fake backend: uncaught exception: <rest>` to stderr and exits 1. Every other line is
+///   ignored.
+pub fn fake_code(spec: &CodeSpec) -> Result<FakeExec, String> {
+    if !brackets_balanced(&spec.code) {
+        return Err(FAKE_SYNTAX_ERROR.to_string());
+    }
+    let (print, fail) = match spec.runtime {
+        Runtime::Python => ("print(", "raise"),
+        Runtime::Node => ("console.log(", "throw"),
+    };
+    let mut run = FakeExec::new();
+    for line in spec.code.lines().map(str::trim) {
+        if let Some(arg) = call_argument(line, print) {
+            let text = format!("{}\n", strip_quotes(arg));
+            run.push_output(OutputStream::Stdout, Bytes::from(text));
+        } else if spec.runtime == Runtime::Python && line.starts_with("time.sleep(") {
+            if let Some(d) = call_argument(line, "time.sleep(").and_then(parse_seconds) {
+                run.steps.push(Step::Sleep(d));
+            }
+        } else if line == fail || line.starts_with(&format!("{fail} ")) {
+            let what = line[fail.len()..].trim();
+            let text = format!("fake backend: uncaught exception: {what}\n");
+            run.push_output(OutputStream::Stderr, Bytes::from(text));
+            return Ok(run.exit_code(1));
+        }
+    }
+    Ok(run)
+}
+
+/// The text between `call` (which ends in `(`) at the start of the line and the last `)`.
+fn call_argument<'a>(line: &'a str, call: &str) -> Option<&'a str> {
+    let rest = line.strip_prefix(call)?;
+    let end = rest.rfind(')')?;
+    Some(rest[..end].trim())
+}
+
+fn strip_quotes(arg: &str) -> &str {
+    arg.trim_matches(|c| matches!(c, '"' | '\'' | '`'))
+}
+
+fn brackets_balanced(code: &str) -> bool {
+    let mut stack = Vec::new();
+    for c in code.chars() {
+        match c {
+            '(' | '[' | '{' => stack.push(c),
+            ')' | ']' | '}' => {
+                let open = match c {
+                    ')' => '(',
+                    ']' => '[',
+                    _ => '{',
+                };
+                if stack.pop() != Some(open) {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+    }
+    stack.is_empty()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The in-memory filesystem
+
+/// The in-memory filesystem of one [`FakeVm`]: explicit directories and files keyed by
+/// normalised path. It starts with `/` and `/workspace`; modification times come from the
+/// clock it was made with.
+pub struct FakeFs {
+    clock: Arc<dyn Clock>,
+    nodes: BTreeMap<SandboxPath, Node>,
+}
+
+#[derive(Debug, Clone)]
+enum Node {
+    Dir {
+        modified_at: DateTime<Utc>,
+    },
+    File {
+        data: Vec<u8>,
+        modified_at: DateTime<Utc>,
+    },
+}
+
+impl Node {
+    fn kind(&self) -> FileKind {
+        match self {
+            Node::Dir { .. } => FileKind::Directory,
+            Node::File { .. } => FileKind::File,
+        }
+    }
+
+    fn size(&self) -> u64 {
+        match self {
+            Node::Dir { .. } => 0,
+            Node::File { data, .. } => data.len() as u64,
+        }
+    }
+
+    fn touch(&mut self, now: DateTime<Utc>) {
+        match self {
+            Node::Dir { modified_at } | Node::File { modified_at, .. } => *modified_at = now,
+        }
+    }
+}
+
+impl fmt::Debug for FakeFs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(
+                self.nodes
+                    .iter()
+                    .map(|(p, n)| (p.as_str(), n.kind().as_str())),
+            )
+            .finish()
+    }
+}
+
+impl FakeFs {
+    /// A filesystem holding `/` and `/workspace`, timed by `clock`.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        let now = clock.now();
+        let mut nodes = BTreeMap::new();
+        nodes.insert(SandboxPath::root(), Node::Dir { modified_at: now });
+        nodes.insert(
+            SandboxPath::parse(DEFAULT_CWD).expect("default cwd is valid"),
+            Node::Dir { modified_at: now },
+        );
+        Self { clock, nodes }
+    }
+
+    /// True when `path` is a directory.
+    pub fn is_dir(&self, path: &SandboxPath) -> bool {
+        matches!(self.nodes.get(path), Some(Node::Dir { .. }))
+    }
+
+    /// True when `path` is a file.
+    pub fn is_file(&self, path: &SandboxPath) -> bool {
+        matches!(self.nodes.get(path), Some(Node::File { .. }))
+    }
+
+    /// Content of the file at `path`: `NotFound` when nothing is there, `IsDirectory` for a
+    /// directory.
+    pub fn read(&self, path: &SandboxPath) -> Result<&[u8], FilesError> {
+        match self.nodes.get(path) {
+            Some(Node::File { data, .. }) => Ok(data),
+            Some(Node::Dir { .. }) => Err(FilesError::IsDirectory),
+            None => Err(FilesError::NotFound),
+        }
+    }
+
+    /// Writes (or appends to) the file at `path`, creating missing ancestors, and returns
+    /// the length of `data`. The file, its parent and created ancestors get the current time.
+    pub fn write(
+        &mut self,
+        path: &SandboxPath,
+        data: &[u8],
+        mode: WriteMode,
+    ) -> Result<u64, FilesError> {
+        if self.is_dir(path) {
+            return Err(FilesError::IsDirectory);
+        }
+        let now = self.clock.now();
+        self.create_ancestors(path, now)?;
+        match self.nodes.get_mut(path) {
+            Some(Node::File {
+                data: existing,
+                modified_at,
+            }) => {
+                if mode == WriteMode::Replace {
+                    existing.clear();
+                }
+                existing.extend_from_slice(data);
+                *modified_at = now;
+            }
+            _ => {
+                self.nodes.insert(
+                    path.clone(),
+                    Node::File {
+                        data: data.to_vec(),
+                        modified_at: now,
+                    },
+                );
+            }
+        }
+        self.touch(&path.parent(), now);
+        Ok(data.len() as u64)
+    }
+
+    /// Metadata of `path`, or `None` when nothing is there.
+    pub fn stat(&self, path: &SandboxPath) -> Option<FileStat> {
+        self.nodes.get(path).map(|node| FileStat {
+            kind: node.kind(),
+            size: node.size(),
+            modified_at: match node {
+                Node::Dir { modified_at } | Node::File { modified_at, .. } => *modified_at,
+            },
+        })
+    }
+
+    /// Entries below the directory `path`, sorted by path: immediate children, or every
+    /// descendant when `recursive`.
+    pub fn list(&self, path: &SandboxPath, recursive: bool) -> Result<Vec<FileEntry>, FilesError> {
+        match self.nodes.get(path) {
+            None => return Err(FilesError::NotFound),
+            Some(Node::File { .. }) => return Err(FilesError::NotDirectory),
+            Some(Node::Dir { .. }) => {}
+        }
+        let depth = path.components().count();
+        Ok(self
+            .descendants(path)
+            .filter(|(p, _)| recursive || p.components().count() == depth + 1)
+            .map(|(p, node)| FileEntry {
+                path: p.clone(),
+                kind: node.kind(),
+                size: node.size(),
+            })
+            .collect())
+    }
+
+    /// Creates the directory `path`; `Ok(false)` when it already exists. See [`Vm::mkdir`].
+    pub fn mkdir(&mut self, path: &SandboxPath, recursive: bool) -> Result<bool, FilesError> {
+        match self.nodes.get(path) {
+            Some(Node::Dir { .. }) => return Ok(false),
+            Some(Node::File { .. }) => return Err(FilesError::NotDirectory),
+            None => {}
+        }
+        // Check every ancestor before creating anything, so a failure leaves no trace.
+        for ancestor in ancestors(path) {
+            match self.nodes.get(&ancestor) {
+                Some(Node::Dir { .. }) => {}
+                Some(Node::File { .. }) => return Err(FilesError::NotDirectory),
+                None if !recursive => return Err(FilesError::ParentNotFound),
+                None => {}
+            }
+        }
+        let now = self.clock.now();
+        self.create_ancestors(path, now)?;
+        self.nodes
+            .insert(path.clone(), Node::Dir { modified_at: now });
+        self.touch(&path.parent(), now);
+        Ok(true)
+    }
+
+    /// Removes `path` (and, when `recursive`, everything below it). See [`Vm::remove`]; the
+    /// root cannot be removed (`PermissionDenied`).
+    pub fn remove(&mut self, path: &SandboxPath, recursive: bool) -> Result<(), FilesError> {
+        if path.is_root() {
+            return Err(FilesError::PermissionDenied);
+        }
+        match self.nodes.get(path) {
+            None => return Err(FilesError::NotFound),
+            Some(Node::File { .. }) => {}
+            Some(Node::Dir { .. }) => {
+                let below: Vec<SandboxPath> =
+                    self.descendants(path).map(|(p, _)| p.clone()).collect();
+                if !below.is_empty() && !recursive {
+                    return Err(FilesError::NotEmpty);
+                }
+                for p in below {
+                    self.nodes.remove(&p);
+                }
+            }
+        }
+        self.nodes.remove(path);
+        let now = self.clock.now();
+        self.touch(&path.parent(), now);
+        Ok(())
+    }
+
+    /// How many files and directories exist (`/` included).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Never true: `/` always exists.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    fn descendants<'a>(
+        &'a self,
+        dir: &'a SandboxPath,
+    ) -> impl Iterator<Item = (&'a SandboxPath, &'a Node)> + 'a {
+        // Paths below `dir` all start with `dir/`, which sorts after `dir` itself; the range
+        // may also hold siblings such as `dir-x`, hence the filter.
+        self.nodes
+            .range(dir.clone()..)
+            .skip(1)
+            .take_while(move |(p, _)| p.as_str().starts_with(dir.as_str()))
+            .filter(move |(p, _)| p.starts_with(dir) && *p != dir)
+    }
+
+    fn create_ancestors(
+        &mut self,
+        path: &SandboxPath,
+        now: DateTime<Utc>,
+    ) -> Result<(), FilesError> {
+        for ancestor in ancestors(path) {
+            match self.nodes.get(&ancestor) {
+                Some(Node::Dir { .. }) => {}
+                Some(Node::File { .. }) => return Err(FilesError::NotDirectory),
+                None => {
+                    let parent = ancestor.parent();
+                    self.nodes.insert(ancestor, Node::Dir { modified_at: now });
+                    self.touch(&parent, now);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn touch(&mut self, path: &SandboxPath, now: DateTime<Utc>) {
+        if let Some(node) = self.nodes.get_mut(path) {
+            node.touch(now);
+        }
+    }
+}
+
+/// The strict ancestors of `path`, from `/` down to its parent.
+fn ancestors(path: &SandboxPath) -> Vec<SandboxPath> {
+    let mut out = Vec::new();
+    let mut current = path.clone();
+    while !current.is_root() {
+        current = current.parent();
+        out.push(current.clone());
+    }
+    out.reverse();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::tuple::SandboxTuple;
+    use tokio::io::AsyncWriteExt;
+
+    fn p(raw: &str) -> SandboxPath {
+        SandboxPath::parse(raw).unwrap()
+    }
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2025-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn spec() -> ProvisionSpec {
+        ProvisionSpec {
+            vm_id: LocalVmId::new_random(),
+            tuple: SandboxTuple::normalize("fake", "img", 1, "fake"),
+            memory_mib: 512,
+        }
+    }
+
+    fn shell(line: &str) -> ExecSpec {
+        ExecSpec {
+            program: Program::Shell(line.into()),
+            cwd: None,
+            env: BTreeMap::new(),
+            stdin: None,
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    fn code(runtime: Runtime, src: &str) -> CodeSpec {
+        CodeSpec {
+            runtime,
+            code: src.into(),
+            cwd: None,
+            env: BTreeMap::new(),
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    fn reader(data: &'static [u8]) -> BoxedReader {
+        Box::new(data)
+    }
+
+    async fn boot(backend: &FakeBackend) -> Arc<dyn Vm> {
+        backend.provision(spec()).await.unwrap()
+    }
+
+    struct Ran {
+        exit: ExecExit,
+        stdout: String,
+        stderr: String,
+    }
+
+    async fn run(vm: &Arc<dyn Vm>, spec: ExecSpec) -> Ran {
+        let (tx, mut rx) = mpsc::channel(64);
+        let exit = vm.exec(spec, tx).await.unwrap();
+        collect(exit, &mut rx)
+    }
+
+    fn collect(exit: ExecExit, rx: &mut mpsc::Receiver<OutputChunk>) -> Ran {
+        let (mut stdout, mut stderr) = (String::new(), String::new());
+        while let Ok(chunk) = rx.try_recv() {
+            let text = String::from_utf8(chunk.data.to_vec()).unwrap();
+            match chunk.stream {
+                OutputStream::Stdout => stdout.push_str(&text),
+                OutputStream::Stderr => stderr.push_str(&text),
+            }
+        }
+        Ran {
+            exit,
+            stdout,
+            stderr,
+        }
+    }
+
+    async fn read_all(vm: &Arc<dyn Vm>, path: &str) -> Vec<u8> {
+        let mut file = vm.read_file(&p(path)).await.unwrap();
+        let mut out = Vec::new();
+        file.body.read_to_end(&mut out).await.unwrap();
+        assert_eq!(file.size, out.len() as u64);
+        out
+    }
+
+    #[tokio::test]
+    async fn starts_with_root_and_workspace() {
+        let vm = boot(&FakeBackend::new()).await;
+        assert_eq!(
+            vm.stat(&p("/")).await.unwrap().unwrap().kind,
+            FileKind::Directory
+        );
+        assert_eq!(
+            vm.stat(&p("/workspace")).await.unwrap().unwrap().kind,
+            FileKind::Directory
+        );
+        assert!(vm.stat(&p("/tmp")).await.unwrap().is_none());
+        assert_eq!(vm.list_dir(&p("/"), true).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn write_creates_ancestors_and_appends() {
+        let clock = Arc::new(ManualClock::new(t0()));
+        let backend = FakeBackend::new().with_clock(clock.clone());
+        let vm = boot(&backend).await;
+        clock.advance(Duration::from_secs(5));
+        let n = vm
+            .write_file(&p("/a/b/c.txt"), reader(b"hello"), WriteMode::Replace)
+            .await
+            .unwrap();
+        assert_eq!(n, 5);
+        assert_eq!(
+            vm.stat(&p("/a/b")).await.unwrap().unwrap().kind,
+            FileKind::Directory
+        );
+        let n = vm
+            .write_file(&p("/a/b/c.txt"), reader(b" world"), WriteMode::Append)
+            .await
+            .unwrap();
+        assert_eq!(n, 6);
+        assert_eq!(read_all(&vm, "/a/b/c.txt").await, b"hello world");
+        let stat = vm.stat(&p("/a/b/c.txt")).await.unwrap().unwrap();
+        assert_eq!(stat.size, 11);
+        assert_eq!(stat.modified_at, t0() + chrono::Duration::seconds(5));
+        vm.write_file(&p("/a/b/c.txt"), reader(b"x"), WriteMode::Replace)
+            .await
+            .unwrap();
+        assert_eq!(read_all(&vm, "/a/b/c.txt").await, b"x");
+    }
+
+    #[tokio::test]
+    async fn write_rejects_directories_and_file_ancestors() {
+        let vm = boot(&FakeBackend::new()).await;
+        assert!(matches!(
+            vm.write_file(&p("/workspace"), reader(b"x"), WriteMode::Replace)
+                .await,
+            Err(FilesError::IsDirectory)
+        ));
+        assert!(matches!(
+            vm.write_file(&p("/"), reader(b"x"), WriteMode::Replace)
+                .await,
+            Err(FilesError::IsDirectory)
+        ));
+        vm.write_file(&p("/f"), reader(b"x"), WriteMode::Replace)
+            .await
+            .unwrap();
+        assert!(matches!(
+            vm.write_file(&p("/f/g/h"), reader(b"x"), WriteMode::Replace)
+                .await,
+            Err(FilesError::NotDirectory)
+        ));
+        assert!(vm.stat(&p("/f/g")).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn write_touches_parent() {
+        let clock = Arc::new(ManualClock::new(t0()));
+        let vm = boot(&FakeBackend::new().with_clock(clock.clone())).await;
+        clock.advance(Duration::from_secs(60));
+        vm.write_file(&p("/workspace/x"), reader(b""), WriteMode::Replace)
+            .await
+            .unwrap();
+        let ws = vm.stat(&p("/workspace")).await.unwrap().unwrap();
+        assert_eq!(ws.modified_at, t0() + chrono::Duration::seconds(60));
+        let root = vm.stat(&p("/")).await.unwrap().unwrap();
+        assert_eq!(root.modified_at, t0());
+    }
+
+    #[tokio::test]
+    async fn read_errors() {
+        let vm = boot(&FakeBackend::new()).await;
+        assert!(matches!(
+            vm.read_file(&p("/nope")).await,
+            Err(FilesError::NotFound)
+        ));
+        assert!(matches!(
+            vm.read_file(&p("/workspace")).await,
+            Err(FilesError::IsDirectory)
+        ));
+    }
+
+    #[tokio::test]
+    async fn list_immediate_and_recursive() {
+        let vm = boot(&FakeBackend::new()).await;
+        for f in ["/workspace/a.txt", "/workspace/d/b.txt", "/workspace-x/c"] {
+            vm.write_file(&p(f), reader(b"12"), WriteMode::Replace)
+                .await
+                .unwrap();
+        }
+        let names = |entries: Vec<FileEntry>| {
+            entries
+                .into_iter()
+                .map(|e| format!("{}:{}:{}", e.path, e.kind.as_str(), e.size))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(vm.list_dir(&p("/workspace"), false).await.unwrap()),
+            ["/workspace/a.txt:file:2", "/workspace/d:directory:0"]
+        );
+        assert_eq!(
+            names(vm.list_dir(&p("/workspace"), true).await.unwrap()),
+            [
+                "/workspace/a.txt:file:2",
+                "/workspace/d:directory:0",
+                "/workspace/d/b.txt:file:2"
+            ]
+        );
+        assert!(matches!(
+            vm.list_dir(&p("/missing"), false).await,
+            Err(FilesError::NotFound)
+        ));
+        assert!(matches!(
+            vm.list_dir(&p("/workspace/a.txt"), false).await,
+            Err(FilesError::NotDirectory)
+        ));
+    }
+
+    #[tokio::test]
+    async fn mkdir_semantics() {
+        let vm = boot(&FakeBackend::new()).await;
+        assert!(!vm.mkdir(&p("/"), false).await.unwrap());
+        assert!(!vm.mkdir(&p("/workspace"), false).await.unwrap());
+        assert!(vm.mkdir(&p("/workspace/new"), false).await.unwrap());
+        assert!(matches!(
+            vm.mkdir(&p("/x/y/z"), false).await,
+            Err(FilesError::ParentNotFound)
+        ));
+        assert!(vm.mkdir(&p("/x/y/z"), true).await.unwrap());
+        assert_eq!(
+            vm.stat(&p("/x/y")).await.unwrap().unwrap().kind,
+            FileKind::Directory
+        );
+        vm.write_file(&p("/file"), reader(b"1"), WriteMode::Replace)
+            .await
+            .unwrap();
+        assert!(matches!(
+            vm.mkdir(&p("/file"), true).await,
+            Err(FilesError::NotDirectory)
+        ));
+        assert!(matches!(
+            vm.mkdir(&p("/file/sub"), false).await,
+            Err(FilesError::NotDirectory)
+        ));
+        assert!(matches!(
+            vm.mkdir(&p("/file/sub/deeper"), true).await,
+            Err(FilesError::NotDirectory)
+        ));
+    }
+
+    #[tokio::test]
+    async fn remove_semantics() {
+        let vm = boot(&FakeBackend::new()).await;
+        vm.write_file(&p("/workspace/d/f"), reader(b"1"), WriteMode::Replace)
+            .await
+            .unwrap();
+        assert!(matches!(
+            vm.remove(&p("/nope"), false).await,
+            Err(FilesError::NotFound)
+        ));
+        assert!(matches!(
+            vm.remove(&p("/workspace/d"), false).await,
+            Err(FilesError::NotEmpty)
+        ));
+        vm.remove(&p("/workspace/d/f"), false).await.unwrap();
+        vm.remove(&p("/workspace/d"), false).await.unwrap();
+        vm.write_file(&p("/workspace/e/f/g"), reader(b"1"), WriteMode::Replace)
+            .await
+            .unwrap();
+        vm.remove(&p("/workspace"), true).await.unwrap();
+        assert!(vm.stat(&p("/workspace/e/f/g")).await.unwrap().is_none());
+        assert!(vm.stat(&p("/workspace")).await.unwrap().is_none());
+        assert!(matches!(
+            vm.remove(&p("/"), true).await,
+            Err(FilesError::PermissionDenied)
+        ));
+    }
+
+    #[tokio::test]
+    async fn shell_basics() {
+        let vm = boot(&FakeBackend::new()).await;
+        vm.write_file(
+            &p("/workspace/hi.txt"),
+            reader(b"file\n"),
+            WriteMode::Replace,
+        )
+        .await
+        .unwrap();
+        let r = run(&vm, shell("echo hello  'big world'; cat hi.txt && pwd")).await;
+        assert_eq!(r.stdout, "hello big world\nfile\n/workspace\n");
+        assert_eq!(
+            r.exit,
+            ExecExit {
+                exit_code: 0,
+                timed_out: false
+            }
+        );
+
+        let r = run(
+            &vm,
+            shell("false && echo no || echo yes; exit 3; echo never"),
+        )
+        .await;
+        assert_eq!(r.stdout, "yes\n");
+        assert_eq!(r.exit.exit_code, 3);
+
+        let r = run(&vm, shell("frobnicate --now")).await;
+        assert_eq!(r.stderr, "fake: command not found: frobnicate\n");
+        assert_eq!(r.exit.exit_code, 127);
+
+        let r = run(&vm, shell("cat /missing")).await;
+        assert_eq!(r.stderr, "cat: /missing: No such file or directory\n");
+        assert_eq!(r.exit.exit_code, 1);
+
+        let r = run(&vm, shell("echo a | wc")).await;
+        assert_eq!(r.exit.exit_code, 2);
+        assert!(r.stderr.contains("unsupported"));
+    }
+
+    #[tokio::test]
+    async fn argv_env_stdin_and_cwd() {
+        let vm = boot(&FakeBackend::new()).await;
+        let mut spec = shell("");
+        spec.program = Program::Argv(vec!["/bin/echo".into(), "a b".into()]);
+        assert_eq!(run(&vm, spec.clone()).await.stdout, "a b\n");
+
+        spec.program = Program::Argv(vec!["sh".into(), "-c".into(), "exit 4".into()]);
+        assert_eq!(run(&vm, spec.clone()).await.exit.exit_code, 4);
+
+        spec.program = Program::Argv(vec!["nope".into()]);
+        let r = run(&vm, spec.clone()).await;
+        assert_eq!(
+            (r.exit.exit_code, r.stderr.as_str()),
+            (127, "fake: command not found: nope\n")
+        );
+
+        spec.program = Program::Shell("printenv GREETING; cat; pwd".into());
+        spec.env.insert("GREETING".into(), "hi".into());
+        spec.stdin = Some(Bytes::from_static(b"in\n"));
+        spec.cwd = Some("/".into());
+        assert_eq!(run(&vm, spec.clone()).await.stdout, "hi\nin\n/\n");
+
+        spec.cwd = Some("/missing".into());
+        let (tx, _rx) = mpsc::channel(4);
+        assert!(matches!(
+            vm.exec(spec, tx).await,
+            Err(BackendError::ExecFailed(_))
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sleep_honours_timeout() {
+        let vm = boot(&FakeBackend::new()).await;
+        let mut spec = shell("echo before; sleep 10; echo after");
+        spec.timeout = Duration::from_secs(2);
+        let start = tokio::time::Instant::now();
+        let r = run(&vm, spec).await;
+        assert_eq!(
+            r.exit,
+            ExecExit {
+                exit_code: TIMEOUT_EXIT_CODE,
+                timed_out: true
+            }
+        );
+        assert_eq!(r.stdout, "before\n");
+        assert_eq!(tokio::time::Instant::now() - start, Duration::from_secs(2));
+
+        let r = run(&vm, shell("sleep 0.5 && echo done")).await;
+        assert_eq!(r.stdout, "done\n");
+        assert_eq!(
+            r.exit,
+            ExecExit {
+                exit_code: 0,
+                timed_out: false
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn exec_handler_scripts_and_falls_through() {
+        let backend = FakeBackend::new().with_exec_handler(|spec, fs| match &spec.program {
+            Program::Shell(line) if line == "make" => {
+                fs.write(&p("/workspace/out"), b"built", WriteMode::Replace)
+                    .unwrap();
+                Some(FakeExec::new().stdout("ok\n").stderr("warn\n").exit_code(5))
+            }
+            _ => None,
+        });
+        let vm = boot(&backend).await;
+        let r = run(&vm, shell("make")).await;
+        assert_eq!((r.stdout.as_str(), r.stderr.as_str()), ("ok\n", "warn\n"));
+        assert_eq!(r.exit.exit_code, 5);
+        assert_eq!(read_all(&vm, "/workspace/out").await, b"built");
+        assert_eq!(run(&vm, shell("cat /workspace/out")).await.stdout, "built");
+    }
+
+    #[tokio::test]
+    async fn run_code_fakes() {
+        let vm = boot(&FakeBackend::new()).await;
+        let (tx, mut rx) = mpsc::channel(64);
+        let out = vm
+            .run_code(code(Runtime::Python, "print('hi')\nx = 1\nprint(42)\n"), tx)
+            .await
+            .unwrap();
+        let CodeOutcome::Finished(exit) = out else {
+            panic!("expected a run: {out:?}")
+        };
+        let r = collect(exit, &mut rx);
+        assert_eq!((r.stdout.as_str(), r.exit.exit_code), ("hi\n42\n", 0));
+
+        let (tx, _rx) = mpsc::channel(64);
+        let out = vm
+            .run_code(code(Runtime::Python, "print('x'"), tx)
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            CodeOutcome::SyntaxError {
+                message: FAKE_SYNTAX_ERROR.into(),
+                exit_code: 1
+            }
+        );
+
+        let (tx, mut rx) = mpsc::channel(64);
+        let out = vm
+            .run_code(
+                code(
+                    Runtime::Node,
+                    "console.log(\"a\")\nthrow new Error('boom')\nconsole.log(1)",
+                ),
+                tx,
+            )
+            .await
+            .unwrap();
+        let CodeOutcome::Finished(exit) = out else {
+            panic!("expected a run: {out:?}")
+        };
+        let r = collect(exit, &mut rx);
+        assert_eq!(r.stdout, "a\n");
+        assert_eq!(r.exit.exit_code, 1);
+        assert_eq!(
+            r.stderr,
+            "fake backend: uncaught exception: new Error('boom')\n"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn run_code_sleep_times_out() {
+        let vm = boot(&FakeBackend::new()).await;
+        let mut spec = code(
+            Runtime::Python,
+            "import time\ntime.sleep(60)\nprint('late')",
+        );
+        spec.timeout = Duration::from_secs(1);
+        let (tx, _rx) = mpsc::channel(64);
+        assert_eq!(
+            vm.run_code(spec, tx).await.unwrap(),
+            CodeOutcome::Finished(ExecExit {
+                exit_code: TIMEOUT_EXIT_CODE,
+                timed_out: true
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn destroy_is_idempotent_and_everything_is_gone() {
+        let backend = FakeBackend::new();
+        let vm = boot(&backend).await;
+        assert_eq!(backend.live_count(), 1);
+        vm.destroy().await.unwrap();
+        vm.destroy().await.unwrap();
+        assert_eq!(backend.counters().destroys, 1);
+        assert!(backend.live_vm_ids().is_empty());
+        let (tx, _rx) = mpsc::channel(4);
+        assert!(matches!(
+            vm.exec(shell("true"), tx.clone()).await,
+            Err(BackendError::Gone)
+        ));
+        assert!(matches!(
+            vm.run_code(code(Runtime::Python, "print(1)"), tx).await,
+            Err(BackendError::Gone)
+        ));
+        assert!(matches!(
+            vm.read_file(&p("/x")).await,
+            Err(FilesError::Gone)
+        ));
+        assert!(matches!(
+            vm.write_file(&p("/x"), reader(b""), WriteMode::Replace)
+                .await,
+            Err(FilesError::Gone)
+        ));
+        assert!(matches!(vm.stat(&p("/")).await, Err(FilesError::Gone)));
+        assert!(matches!(
+            vm.list_dir(&p("/"), false).await,
+            Err(FilesError::Gone)
+        ));
+        assert!(matches!(
+            vm.mkdir(&p("/d"), false).await,
+            Err(FilesError::Gone)
+        ));
+        assert!(matches!(
+            vm.remove(&p("/d"), false).await,
+            Err(FilesError::Gone)
+        ));
+        assert!(matches!(vm.connect(80).await, Err(BackendError::Gone)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn destroy_during_exec_gives_gone() {
+        let backend = FakeBackend::new();
+        let vm = boot(&backend).await;
+        let (tx, _rx) = mpsc::channel(4);
+        let running = tokio::spawn({
+            let vm = vm.clone();
+            async move { vm.exec(shell("sleep 100"), tx).await }
+        });
+        tokio::task::yield_now().await;
+        vm.destroy().await.unwrap();
+        assert!(matches!(running.await.unwrap(), Err(BackendError::Gone)));
+    }
+
+    #[tokio::test]
+    async fn counters_track_leaks_and_failures() {
+        let backend = FakeBackend::with_virtualization("vetu");
+        assert_eq!(backend.virtualization(), "vetu");
+        backend.fail_next_provisions(2);
+        assert!(matches!(
+            backend.provision(spec()).await,
+            Err(BackendError::Unavailable(_))
+        ));
+        assert!(backend.provision(spec()).await.is_err());
+        let a = boot(&backend).await;
+        let b = boot(&backend).await;
+        let duplicate = ProvisionSpec {
+            vm_id: a.vm_id(),
+            ..spec()
+        };
+        assert!(matches!(
+            backend.provision(duplicate).await,
+            Err(BackendError::Other(_))
+        ));
+        a.destroy().await.unwrap();
+        drop(b);
+        let counters = backend.counters();
+        assert_eq!(counters.provision_attempts, 5);
+        assert_eq!(counters.provisions, 2);
+        assert_eq!(counters.failed_provisions, 3);
+        assert_eq!(counters.destroys, 1);
+        // `b` was dropped without a destroy: the fake still counts it as live (a leak).
+        assert_eq!(backend.live_count(), 1);
+        assert!(!backend.live_vm_ids().contains(&a.vm_id()));
+    }
+
+    #[tokio::test]
+    async fn provision_failure_predicate_and_leftovers() {
+        let backend = FakeBackend::new()
+            .with_leftovers(3)
+            .with_provision_failure(|spec| {
+                (spec.tuple.image == "missing").then(|| BackendError::ImageUnavailable {
+                    image: spec.tuple.image.clone(),
+                    reason: "fake".into(),
+                })
+            });
+        let mut bad = spec();
+        bad.tuple.image = "missing".into();
+        assert!(matches!(
+            backend.provision(bad).await,
+            Err(BackendError::ImageUnavailable { .. })
+        ));
+        let vm = boot(&backend).await;
+        assert!(backend.vm(&vm.vm_id()).is_some());
+        assert_eq!(backend.cleanup_leftovers().await.unwrap(), 3);
+        assert_eq!(backend.cleanup_leftovers().await.unwrap(), 0);
+        assert_eq!(backend.counters().cleanups, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn provision_delay_uses_tokio_time() {
+        let backend = FakeBackend::new().with_provision_delay(Duration::from_secs(3));
+        let start = tokio::time::Instant::now();
+        boot(&backend).await;
+        assert_eq!(tokio::time::Instant::now() - start, Duration::from_secs(3));
+    }
+
+    #[tokio::test]
+    async fn connect_reaches_host_port() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            sock.write_all(b"pong").await.unwrap();
+        });
+        let backend = FakeBackend::new();
+        let vm = boot(&backend).await;
+        let mut stream = vm.connect(port).await.unwrap();
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"pong");
+        server.await.unwrap();
+
+        // A port mapped elsewhere: the mapped listener answers, whatever port was asked.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = listener.local_addr().unwrap();
+        backend.vm(&vm.vm_id()).unwrap().map_port(8080, target);
+        let accept = tokio::spawn(async move { listener.accept().await.map(|_| ()) });
+        vm.connect(8080).await.unwrap();
+        accept.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn connect_refused_is_connect_failed() {
+        // Bind then drop to find a port nothing listens on.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let vm = boot(&FakeBackend::new()).await;
+        assert!(matches!(
+            vm.connect(port).await,
+            Err(BackendError::ConnectFailed { port: p, .. }) if p == port
+        ));
+    }
+}

@@ -22,6 +22,8 @@ use crate::tuple::SandboxTuple;
 
 #[cfg(feature = "test-util")]
 pub mod fake;
+#[cfg(all(feature = "runtime", target_os = "linux"))]
+pub mod container;
 
 /// A bidirectional byte stream to a port inside a sandbox.
 pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}

@@ -3,19 +3,48 @@
 //!
 //! Workers are the source of truth; everything here is soft state that workers re-announce.
 //! All state sits behind one `std::sync::Mutex`, never held across an `.await`.
+//!
+//! Code map: `registry` (worker records, leases, registration validation), `ready` (ready
+//! hints, oldest first), `placement` (retry parsing, cold candidates), `redirect` (redirect
+//! URLs), `availability` (the `/metrics/sandboxes` text). Decisions that differ from the
+//! prototype:
+//! - `placement_retry_max: 0` means no retries.
+//! - Cold placement asks the [`Scheduler`] with the capacity each worker reported at its last
+//!   registration plus the cold placements sent to it since.
+//! - Ready hints are handed out oldest first; a repeated `ready` keeps the hint's age.
+//! - The pending VM-start queue is bounded per worker (oldest dropped first) and cleared when
+//!   the worker deregisters, loses its lease or moves to another base URL.
+//! - Static workers stay static when they register and become unavailable (not forgotten)
+//!   when they deregister.
 
+mod availability;
+mod placement;
+mod ready;
+mod redirect;
+mod registry;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
+use url::Url;
+
+use self::availability::Availability;
+use self::ready::{ReadyIndex, Verdict};
+use self::registry::{Capacity, Registry, WorkerRecord};
 use crate::api::{
-    CreateSandboxRequest, RegistrationRequest, RegistrationResponse, VmEventRequest,
+    timestamp, CreateSandboxRequest, RegistrationRequest, RegistrationResponse, VmEventRequest,
     VmStartResponse,
 };
 use crate::clock::Clock;
-use crate::id::{ComponentId, LocalVmId};
+use crate::id::{ComponentId, LocalVmId, SandboxId};
 use crate::scheduler::Scheduler;
 use crate::telemetry::Metrics;
+use crate::tuple::SandboxTuple;
 
 /// Broker settings.
 #[derive(Debug, Clone)]
@@ -139,7 +168,32 @@ pub struct StaticWorker {
 
 /// The broker. Cheap to share behind an `Arc`.
 pub struct Broker {
-    // Implementation fills this in.
+    config: BrokerConfig,
+    clock: Arc<dyn Clock>,
+    scheduler: Arc<dyn Scheduler>,
+    metrics: Arc<Metrics>,
+    instance_id: String,
+    state: Mutex<State>,
+}
+
+/// Everything mutable, behind the one lock.
+#[derive(Debug, Default)]
+struct State {
+    registry: Registry,
+    ready: ReadyIndex,
+}
+
+/// What a placement decided under the lock; the redirect is built after it is released.
+struct Decision {
+    worker_id: ComponentId,
+    base_url: Url,
+    local_vm_id: Option<LocalVmId>,
+}
+
+/// A validated VM event.
+enum VmAction {
+    Ready(LocalVmId, SandboxTuple),
+    Remove(LocalVmId),
 }
 
 impl Broker {
@@ -150,22 +204,42 @@ impl Broker {
         scheduler: Arc<dyn Scheduler>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        todo!()
+        Self {
+            config,
+            clock,
+            scheduler,
+            metrics,
+            instance_id: ulid::Ulid::new().to_string(),
+            state: Mutex::new(State::default()),
+        }
     }
 
     /// Settings.
     pub fn config(&self) -> &BrokerConfig {
-        todo!()
+        &self.config
     }
 
     /// The metrics registry.
     pub fn metrics(&self) -> &Arc<Metrics> {
-        todo!()
+        &self.metrics
     }
 
     /// A ULID chosen at construction; workers detect broker restarts by it.
     pub fn instance_id(&self) -> &str {
-        todo!()
+        &self.instance_id
+    }
+
+    // The state is soft and every section leaves it consistent, so a panic elsewhere while
+    // holding the lock is no reason to stop serving.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn count_no_capacity(&self, reason: &str) {
+        let _ = self.metrics.inc(
+            "broker.no_capacity.total",
+            &[("status_code", "503"), ("reason", reason)],
+        );
     }
 
     /// Places a create (`POST /sandboxes`): warm hint first (oldest ready VM of the tuple on
@@ -176,7 +250,128 @@ impl Broker {
         request: &CreateSandboxRequest,
         placement_retry: Option<&str>,
     ) -> Result<Placement, BrokerError> {
-        todo!()
+        let started = Instant::now();
+        let retry = placement::parse_placement_retry(placement_retry)?;
+        let _ = self
+            .metrics
+            .observe("broker.placement.retry", &[], f64::from(retry));
+        if retry > self.config.placement_retry_max {
+            self.count_no_capacity("placement_retry_exhausted");
+            return Err(BrokerError::PlacementRetryExhausted);
+        }
+        let sku = request.hardware_sku.trim();
+        let tuple = SandboxTuple::normalize(
+            &request.virtualization,
+            &request.image,
+            request.cpu,
+            &self.config.default_virtualization,
+        );
+        let now = self.clock.now();
+        let decision = {
+            let mut guard = self.lock();
+            let State { registry, ready } = &mut *guard;
+            let mut warm_base = None;
+            let warm = ready.pop_oldest(&tuple, |worker| match registry.get(worker) {
+                Some(w) if w.is_active(now) => {
+                    if !sku.is_empty() && w.hardware_sku != sku {
+                        Verdict::Skip
+                    } else {
+                        warm_base = Some(w.base_url.clone());
+                        Verdict::Take
+                    }
+                }
+                _ => Verdict::Drop,
+            });
+            match (warm, warm_base) {
+                (Some((worker_id, vm)), Some(base_url)) => Ok(Decision {
+                    worker_id,
+                    base_url,
+                    local_vm_id: Some(vm),
+                }),
+                _ => self.place_cold(registry, &tuple, sku, now),
+            }
+        };
+        let decision = decision.inspect_err(|reason| self.count_no_capacity(reason));
+        let Decision {
+            worker_id,
+            base_url,
+            local_vm_id,
+        } = decision.map_err(|_| BrokerError::NoPlacementCapacity)?;
+        let location = redirect::create_location(&base_url, local_vm_id, retry)?;
+        let result = if local_vm_id.is_some() {
+            "ok_ready"
+        } else {
+            "ok_cold"
+        };
+        let _ = self.metrics.observe(
+            "broker.placement.duration_seconds",
+            &[("worker_id", worker_id.as_str()), ("result", result)],
+            started.elapsed().as_secs_f64(),
+        );
+        let hardware_sku = (!sku.is_empty()).then_some(sku);
+        match local_vm_id {
+            Some(vm) => tracing::info!(
+                worker_id = %worker_id,
+                local_vm_id = %vm,
+                placement_retry = retry,
+                hardware_sku,
+                "redirecting create request to worker using ready vm"
+            ),
+            None => tracing::info!(
+                worker_id = %worker_id,
+                placement_retry = retry,
+                hardware_sku,
+                tuple = %tuple,
+                "redirecting create request to worker"
+            ),
+        }
+        Ok(Placement {
+            location,
+            worker_id,
+            local_vm_id,
+            placement_retry: retry,
+        })
+    }
+
+    /// The cold path, under the lock: the scheduler chooses among active (SKU-matching)
+    /// workers; the choice is charged to the worker and one VM start is queued for it. The
+    /// error is the `reason` label of `broker.no_capacity.total`.
+    fn place_cold(
+        &self,
+        registry: &mut Registry,
+        tuple: &SandboxTuple,
+        sku: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Decision, &'static str> {
+        let candidates =
+            placement::cold_candidates(registry, sku, now).map_err(|none| none.reason())?;
+        let chosen = self.scheduler.choose(tuple, &candidates);
+        let Some(worker_id) = chosen.filter(|id| candidates.iter().any(|c| &c.worker_id == id))
+        else {
+            tracing::warn!(
+                candidates = candidates.len(),
+                tuple = %tuple,
+                "scheduler chose no candidate worker"
+            );
+            return Err("scheduler_declined");
+        };
+        let worker = registry.get_mut(&worker_id).ok_or("scheduler_declined")?;
+        worker.placed_since_heartbeat += 1;
+        if !tuple.image.is_empty() {
+            let dropped = worker.enqueue_start(tuple.clone(), self.config.pending_start_queue_max);
+            if dropped > 0 {
+                tracing::debug!(
+                    worker_id = %worker_id,
+                    dropped,
+                    "pending vm start queue full, dropped oldest requests"
+                );
+            }
+        }
+        Ok(Decision {
+            base_url: worker.base_url.clone(),
+            worker_id,
+            local_vm_id: None,
+        })
     }
 
     /// Routes a sandbox-scoped request: `sandbox_id` is path segment 2, `path` the decoded
@@ -187,65 +382,374 @@ impl Broker {
         path: &str,
         raw_query: Option<&str>,
     ) -> Result<SandboxRedirect, BrokerError> {
-        todo!()
+        let id = SandboxId::parse(sandbox_id).map_err(|_| BrokerError::MalformedSandboxId)?;
+        if id.broker_id() != &self.config.broker_id {
+            return Err(BrokerError::BrokerIdMismatch);
+        }
+        let now = self.clock.now();
+        let base_url = {
+            let guard = self.lock();
+            let worker = guard
+                .registry
+                .get(id.worker_id())
+                .ok_or(BrokerError::WorkerUnknown)?;
+            if !worker.is_active(now) {
+                return Err(BrokerError::WorkerUnavailable);
+            }
+            worker.base_url.clone()
+        };
+        let location = redirect::sandbox_location(&base_url, path, raw_query)?;
+        tracing::info!(
+            worker_id = %id.worker_id(),
+            sandbox_id = %id,
+            "redirecting sandbox-scoped request to worker"
+        );
+        Ok(SandboxRedirect {
+            location,
+            worker_id: id.worker_id().clone(),
+        })
     }
 
     /// Registers or renews a worker (`PUT /internal/workers/{id}/registration`).
+    ///
+    /// A new worker is dynamic: it expires unless renewed. A worker added in-process with
+    /// [`Broker::register_static_worker`] stays static (and never expires) when it registers;
+    /// its record takes the reported URL, SKU and capacity. A changed base URL drops the
+    /// worker's ready hints and pending VM starts, which were meant for the old address.
     pub fn register_worker(
         &self,
         worker_id: &str,
         request: RegistrationRequest,
     ) -> Result<RegistrationResponse, BrokerError> {
-        todo!()
+        let id = ComponentId::parse(worker_id).map_err(|_| BrokerError::InvalidWorkerId)?;
+        let valid = registry::validate_registration(&request)?;
+        let now = self.clock.now();
+        let ttl = self.config.worker_lease_ttl;
+        let expires_at = chrono::Duration::from_std(ttl)
+            .ok()
+            .and_then(|ttl| now.checked_add_signed(ttl))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let (dropped_hints, is_static) = {
+            let mut guard = self.lock();
+            let State { registry, ready } = &mut *guard;
+            match registry.get_mut(&id) {
+                Some(worker) => {
+                    let mut dropped = 0;
+                    if worker.base_url != valid.base_url {
+                        dropped = ready.remove_worker(&id);
+                        worker.pending.clear();
+                    }
+                    worker.hostname = valid.hostname.clone();
+                    worker.base_url = valid.base_url.clone();
+                    worker.hardware_sku = valid.hardware_sku.clone();
+                    worker.capacity = valid.capacity;
+                    worker.placed_since_heartbeat = 0;
+                    worker.available = true;
+                    worker.last_seen_at = now;
+                    worker.lease_expires_at = Some(expires_at);
+                    (dropped, worker.is_static)
+                }
+                None => {
+                    let order = registry.next_order();
+                    registry.insert(WorkerRecord {
+                        id: id.clone(),
+                        hostname: valid.hostname.clone(),
+                        base_url: valid.base_url.clone(),
+                        hardware_sku: valid.hardware_sku.clone(),
+                        capacity: valid.capacity,
+                        placed_since_heartbeat: 0,
+                        available: true,
+                        is_static: false,
+                        last_seen_at: now,
+                        lease_expires_at: Some(expires_at),
+                        order,
+                        pending: VecDeque::new(),
+                    });
+                    (0, false)
+                }
+            }
+        };
+        tracing::info!(
+            worker_id = %id,
+            hostname = %valid.hostname,
+            base_url = %valid.base_url,
+            hardware_sku = %valid.hardware_sku,
+            lease_expires_at = %timestamp::format(&expires_at),
+            is_static,
+            dropped_hints,
+            "worker registered"
+        );
+        Ok(RegistrationResponse {
+            worker_id: id.to_string(),
+            lease_ttl_seconds: ttl.as_secs(),
+            heartbeat_interval_seconds: self.config.heartbeat_interval.as_secs(),
+            expires_at,
+            broker_instance_id: self.instance_id.clone(),
+        })
     }
 
     /// Removes a dynamic worker, its hints and its queue. Unknown ids are ignored.
+    ///
+    /// A static worker stays known (its configuration is in-process) but is marked
+    /// unavailable, with its hints and queue dropped, until it registers again: a worker
+    /// that says it is leaving should not receive redirects.
     pub fn deregister_worker(&self, worker_id: &str) {
-        todo!()
+        let Ok(id) = ComponentId::parse(worker_id) else {
+            return;
+        };
+        let mut guard = self.lock();
+        let State { registry, ready } = &mut *guard;
+        let Some(worker) = registry.get_mut(&id) else {
+            return;
+        };
+        let is_static = worker.is_static;
+        if is_static {
+            worker.available = false;
+            worker.pending.clear();
+            worker.placed_since_heartbeat = 0;
+        } else {
+            registry.remove(&id);
+        }
+        let dropped_hints = ready.remove_worker(&id);
+        drop(guard);
+        tracing::info!(worker_id = %id, is_static, dropped_hints, "worker deregistered");
+    }
+
+    /// Checks that an internal caller may use the worker routes: prod refuses unknown and
+    /// inactive workers with `worker must self-register`; dev refuses only unknown ones.
+    fn check_internal_caller(
+        &self,
+        registry: &Registry,
+        worker_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<ComponentId, BrokerError> {
+        match registry.find(worker_id) {
+            None if self.config.prod_mode => Err(BrokerError::WorkerMustSelfRegister),
+            None => Err(BrokerError::WorkerUnknown),
+            Some(w) if self.config.prod_mode && !w.is_active(now) => {
+                Err(BrokerError::WorkerMustSelfRegister)
+            }
+            Some(w) => Ok(w.id.clone()),
+        }
+    }
+
+    fn parse_vm_event(&self, event: &VmEventRequest) -> Result<VmAction, BrokerError> {
+        let vm =
+            LocalVmId::parse(event.local_vm_id.trim()).map_err(|_| BrokerError::InvalidVmEvent)?;
+        let tuple = SandboxTuple::normalize(
+            &event.virtualization,
+            &event.image,
+            event.cpu,
+            &self.config.default_virtualization,
+        );
+        if tuple.image.is_empty() {
+            return Err(BrokerError::InvalidVmEvent);
+        }
+        match event.event.trim() {
+            "ready" => Ok(VmAction::Ready(vm, tuple)),
+            "claimed" | "retired" => Ok(VmAction::Remove(vm)),
+            _ => Err(BrokerError::InvalidVmEvent),
+        }
     }
 
     /// Applies a VM event (`ready` adds a hint, `claimed`/`retired` remove it).
+    ///
+    /// A repeated `ready` for the same VM and tuple keeps the hint's original age, so a
+    /// re-announcement does not push an old ready VM behind newer ones.
     pub fn apply_vm_event(
         &self,
         worker_id: &str,
         event: VmEventRequest,
     ) -> Result<(), BrokerError> {
-        todo!()
+        let action = self.parse_vm_event(&event);
+        let now = self.clock.now();
+        let (id, vm) = {
+            let mut guard = self.lock();
+            let State { registry, ready } = &mut *guard;
+            let id = self.check_internal_caller(registry, worker_id, now)?;
+            match action? {
+                VmAction::Ready(vm, tuple) => {
+                    ready.upsert(id.clone(), vm, tuple);
+                    (id, vm)
+                }
+                VmAction::Remove(vm) => {
+                    ready.remove(&id, &vm);
+                    (id, vm)
+                }
+            }
+        };
+        tracing::info!(
+            worker_id = %id,
+            event = %event.event.trim(),
+            local_vm_id = %vm,
+            "applied worker vm event"
+        );
+        Ok(())
     }
 
     /// Pops the worker's oldest pending VM start, if any.
     pub fn next_vm_start(&self, worker_id: &str) -> Result<Option<VmStartResponse>, BrokerError> {
-        todo!()
+        let now = self.clock.now();
+        let (id, next) = {
+            let mut guard = self.lock();
+            let id = self.check_internal_caller(&guard.registry, worker_id, now)?;
+            let next = guard
+                .registry
+                .get_mut(&id)
+                .and_then(|w| w.pending.pop_front());
+            (id, next)
+        };
+        let Some(tuple) = next else {
+            return Ok(None);
+        };
+        tracing::info!(
+            worker_id = %id,
+            virtualization = %tuple.virtualization,
+            image = %tuple.image,
+            cpu = tuple.cpu,
+            "assigned vm start request to worker"
+        );
+        Ok(Some(VmStartResponse {
+            virtualization: tuple.virtualization,
+            image: tuple.image,
+            cpu: tuple.cpu,
+        }))
     }
 
     /// The `GET /metrics/sandboxes` text.
     pub fn availability_text(&self) -> String {
-        todo!()
+        let now = self.clock.now();
+        let availability = {
+            let guard = self.lock();
+            Availability::collect(&guard.registry, &guard.ready, now)
+        };
+        availability.render(self.config.broker_id.as_str(), now)
     }
 
     /// Marks every dynamic worker whose lease has lapsed unavailable, drops its hints and
     /// queue; returns how many.
     pub fn sweep_expired_leases(&self) -> usize {
-        todo!()
+        let now = self.clock.now();
+        let expired = {
+            let mut guard = self.lock();
+            let State { registry, ready } = &mut *guard;
+            let mut expired = Vec::new();
+            for worker in registry.iter_mut().filter(|w| w.lease_lapsed(now)) {
+                worker.available = false;
+                worker.pending.clear();
+                worker.placed_since_heartbeat = 0;
+                expired.push(worker.id.clone());
+            }
+            for id in &expired {
+                ready.remove_worker(id);
+            }
+            expired.len()
+        };
+        if expired > 0 {
+            tracing::info!(count = expired, "expired worker leases");
+        }
+        expired
     }
 
     /// Sweeps every `lease_sweep_interval` until `shutdown` completes.
     pub async fn run_lease_sweeper(self: Arc<Self>, shutdown: impl Future<Output = ()> + Send) {
-        todo!()
+        // A zero interval would make tokio panic; treat it as "as often as sensible".
+        let period = self
+            .config
+            .lease_sweep_interval
+            .max(Duration::from_millis(1));
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = ticks.tick() => {
+                    self.sweep_expired_leases();
+                }
+            }
+        }
     }
 
     /// Adds or replaces a static worker.
     pub fn register_static_worker(&self, worker: StaticWorker) {
-        todo!()
+        let raw_id = worker.worker_id.trim();
+        if raw_id.is_empty() {
+            tracing::warn!("RegisterWorker called with empty worker_id, ignoring");
+            return;
+        }
+        let id = match ComponentId::parse(raw_id) {
+            Ok(id) => id,
+            Err(error) => {
+                tracing::warn!(%error, "static worker has an invalid worker_id, ignoring");
+                return;
+            }
+        };
+        let base_url = match registry::parse_base_url(&worker.base_url) {
+            Ok(url) => url,
+            Err(error) => {
+                tracing::warn!(worker_id = %id, %error, "static worker has an invalid base_url, ignoring");
+                return;
+            }
+        };
+        let capacity = Capacity {
+            total_cores: worker.total_cores,
+            total_memory_mib: worker.total_memory_mib,
+            max_live_sandboxes: worker.max_live_sandboxes,
+            ..Capacity::default()
+        };
+        let now = self.clock.now();
+        let mut guard = self.lock();
+        let State { registry, ready } = &mut *guard;
+        let (order, pending) = match registry.remove(&id) {
+            Some(old) if old.base_url == base_url => (old.order, old.pending),
+            Some(old) => {
+                ready.remove_worker(&id);
+                (old.order, VecDeque::new())
+            }
+            None => (registry.next_order(), VecDeque::new()),
+        };
+        registry.insert(WorkerRecord {
+            id,
+            hostname: worker.hostname.trim().to_string(),
+            base_url,
+            hardware_sku: worker.hardware_sku.trim().to_string(),
+            capacity,
+            placed_since_heartbeat: 0,
+            available: true,
+            is_static: true,
+            last_seen_at: now,
+            lease_expires_at: None,
+            order,
+            pending,
+        });
     }
 
     /// Marks a worker available or not; unavailable drops its hints and queue.
     pub fn set_worker_available(&self, worker_id: &str, available: bool) {
-        todo!()
+        let Ok(id) = ComponentId::parse(worker_id) else {
+            return;
+        };
+        let mut guard = self.lock();
+        let State { registry, ready } = &mut *guard;
+        let Some(worker) = registry.get_mut(&id) else {
+            return;
+        };
+        worker.available = available;
+        if !available {
+            worker.pending.clear();
+            worker.placed_since_heartbeat = 0;
+            ready.remove_worker(&id);
+        }
     }
 
     /// True when the worker is known and active now.
     pub fn is_worker_active(&self, worker_id: &str) -> bool {
-        todo!()
+        let now = self.clock.now();
+        let guard = self.lock();
+        guard
+            .registry
+            .find(worker_id)
+            .is_some_and(|w| w.is_active(now))
     }
 }

@@ -4,45 +4,137 @@
 //! `0.5^(age_minutes/20)`; capacity is split between tuples in proportion to their weight
 //! (largest remainder), the hottest tuple always getting at least one. Pre-pull targets from
 //! the worker YAML are floors. History is pruned as it ages out of the window.
+//!
+//! Every tie (hottest tuple, equal remainders, which tuple to trim) is broken by tuple order,
+//! the smaller tuple winning, so targets are a pure function of their inputs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use chrono::{DateTime, Utc};
 
 use crate::id::LocalVmId;
 use crate::tuple::SandboxTuple;
 
+/// How far back demand counts.
+pub const DEMAND_WINDOW: chrono::Duration = chrono::Duration::minutes(60);
+
+/// The age, in minutes, at which an event weighs half.
+pub const DEMAND_HALF_LIFE_MINUTES: f64 = 20.0;
+
+/// The most events a [`DemandTracker`] keeps by default; beyond it the oldest are dropped.
+pub const MAX_DEMAND_EVENTS: usize = 100_000;
+
 /// Create history, pruned to the window, bounded in size.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DemandTracker {
-    // Implementation fills this in.
+    /// Per tuple, event times in ascending order.
+    events: BTreeMap<SandboxTuple, VecDeque<DateTime<Utc>>>,
+    len: usize,
+    max_events: usize,
+}
+
+impl Default for DemandTracker {
+    fn default() -> Self {
+        Self::with_max_events(MAX_DEMAND_EVENTS)
+    }
 }
 
 impl DemandTracker {
     /// An empty history.
     pub fn new() -> Self {
-        todo!()
+        Self::default()
+    }
+
+    /// An empty history that keeps at most `max_events` events (at least 1).
+    pub fn with_max_events(max_events: usize) -> Self {
+        Self {
+            events: BTreeMap::new(),
+            len: 0,
+            max_events: max_events.max(1),
+        }
     }
 
     /// Records one create of `tuple` at `at`.
     pub fn record(&mut self, tuple: SandboxTuple, at: DateTime<Utc>) {
-        todo!()
+        let times = self.events.entry(tuple).or_default();
+        // Times arrive almost always in order; an older one is slotted in place.
+        if times.back().is_none_or(|last| *last <= at) {
+            times.push_back(at);
+        } else {
+            let slot = times.partition_point(|t| *t <= at);
+            times.insert(slot, at);
+        }
+        self.len += 1;
+        self.prune(at);
+        while self.len > self.max_events {
+            self.drop_oldest();
+        }
     }
 
     /// Events kept (after pruning at the last call).
     pub fn len(&self) -> usize {
-        todo!()
+        self.len
     }
 
     /// True when no events are kept.
     pub fn is_empty(&self) -> bool {
-        todo!()
+        self.len == 0
     }
 
     /// Prunes events older than the window and computes the targets for `capacity`.
     pub fn targets(&mut self, capacity: u32, now: DateTime<Utc>) -> BTreeMap<SandboxTuple, u32> {
-        todo!()
+        self.prune(now);
+        let weights = self
+            .events
+            .iter()
+            .map(|(tuple, times)| {
+                let weight = times.iter().map(|at| event_weight(*at, now)).sum();
+                (tuple.clone(), weight)
+            })
+            .collect();
+        allocate(capacity, weights)
     }
+
+    /// Drops events before `now - window` (an event exactly at the cutoff stays).
+    fn prune(&mut self, now: DateTime<Utc>) {
+        let cutoff = now - DEMAND_WINDOW;
+        let mut dropped = 0;
+        self.events.retain(|_, times| {
+            while times.front().is_some_and(|at| *at < cutoff) {
+                times.pop_front();
+                dropped += 1;
+            }
+            !times.is_empty()
+        });
+        self.len -= dropped;
+    }
+
+    fn drop_oldest(&mut self) {
+        let oldest = self
+            .events
+            .iter()
+            .filter_map(|(tuple, times)| times.front().map(|at| (*at, tuple)))
+            .min_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)))
+            .map(|(_, tuple)| tuple.clone());
+        let Some(tuple) = oldest else { return };
+        if let Some(times) = self.events.get_mut(&tuple) {
+            times.pop_front();
+            self.len -= 1;
+            if times.is_empty() {
+                self.events.remove(&tuple);
+            }
+        }
+    }
+}
+
+/// The weight of an event at `at` seen from `now`: 0 outside the window, 1 for a future
+/// event, `0.5^(age_minutes/20)` otherwise.
+fn event_weight(at: DateTime<Utc>, now: DateTime<Utc>) -> f64 {
+    if at < now - DEMAND_WINDOW {
+        return 0.0;
+    }
+    let age_minutes = ((now - at).num_milliseconds() as f64 / 60_000.0).max(0.0);
+    0.5_f64.powf(age_minutes / DEMAND_HALF_LIFE_MINUTES)
 }
 
 /// The target computation of the prototype (§5.3), pure.
@@ -51,70 +143,460 @@ pub fn compute_targets(
     events: &[(SandboxTuple, DateTime<Utc>)],
     now: DateTime<Utc>,
 ) -> BTreeMap<SandboxTuple, u32> {
-    todo!()
+    let cutoff = now - DEMAND_WINDOW;
+    let mut weights: BTreeMap<SandboxTuple, f64> = BTreeMap::new();
+    for (tuple, at) in events {
+        if *at >= cutoff {
+            *weights.entry(tuple.clone()).or_default() += event_weight(*at, now);
+        }
+    }
+    allocate(capacity, weights)
+}
+
+/// Splits `capacity` between tuples in proportion to their weights (§5.3 steps 3-8).
+fn allocate(capacity: u32, weights: BTreeMap<SandboxTuple, f64>) -> BTreeMap<SandboxTuple, u32> {
+    let total: f64 = weights.values().sum();
+    if capacity == 0 || weights.is_empty() || total <= 0.0 {
+        return BTreeMap::new();
+    }
+    let entries: Vec<(SandboxTuple, f64)> = weights.into_iter().collect();
+
+    // The hottest: the largest weight, the smallest tuple on a tie (entries are sorted).
+    let mut hottest = 0;
+    for (i, (_, weight)) in entries.iter().enumerate() {
+        if *weight > entries[hottest].1 {
+            hottest = i;
+        }
+    }
+
+    let mut targets = Vec::with_capacity(entries.len());
+    let mut remainders = Vec::with_capacity(entries.len());
+    for (i, (_, weight)) in entries.iter().enumerate() {
+        let raw = weight / total * f64::from(capacity);
+        let base = raw.floor();
+        targets.push(base as u32);
+        remainders.push((raw - base, i));
+    }
+    // Largest remainder first; equal remainders go to the smaller tuple.
+    remainders.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let assigned: u64 = targets.iter().map(|t| u64::from(*t)).sum();
+    let left = u64::from(capacity).saturating_sub(assigned);
+    for (_, i) in remainders
+        .iter()
+        .take(usize::try_from(left).unwrap_or(usize::MAX))
+    {
+        targets[*i] += 1;
+    }
+
+    if targets[hottest] == 0 {
+        targets[hottest] = 1;
+    }
+    let mut sum: u64 = targets.iter().map(|t| u64::from(*t)).sum();
+    while sum > u64::from(capacity) {
+        // The highest positive count other than the hottest; the larger tuple on a tie.
+        let victim = (0..targets.len())
+            .filter(|i| *i != hottest && targets[*i] > 0)
+            .max_by(|a, b| targets[*a].cmp(&targets[*b]).then(a.cmp(b)));
+        let Some(victim) = victim else { break };
+        targets[victim] -= 1;
+        sum -= 1;
+    }
+
+    entries
+        .into_iter()
+        .map(|(tuple, _)| tuple)
+        .zip(targets)
+        .collect()
 }
 
 /// Combines demand targets with pre-pull floors: each tuple gets the larger of the two, and
 /// the total is trimmed to `capacity` by lowering demand-only tuples first (largest first).
+///
+/// Precisely: the part of a target above its floor (all of it for a tuple without a floor) is
+/// lowered first, one at a time from the tuple with the largest such part (the larger tuple
+/// on a tie). Only if the floors alone exceed `capacity` are floors lowered, largest first,
+/// the same way. Every tuple of either map appears in the result, possibly with 0.
 pub fn effective_targets(
     demand: &BTreeMap<SandboxTuple, u32>,
     floors: &BTreeMap<SandboxTuple, u32>,
     capacity: u32,
 ) -> BTreeMap<SandboxTuple, u32> {
-    todo!()
+    let mut rows: Vec<(SandboxTuple, u32, u32)> = Vec::new(); // (tuple, target, floor)
+    let mut tuples: Vec<&SandboxTuple> = demand.keys().chain(floors.keys()).collect();
+    tuples.sort();
+    tuples.dedup();
+    for tuple in tuples {
+        let want = demand.get(tuple).copied().unwrap_or(0);
+        let floor = floors.get(tuple).copied().unwrap_or(0);
+        rows.push((tuple.clone(), want.max(floor), floor));
+    }
+    let mut sum: u64 = rows.iter().map(|r| u64::from(r.1)).sum();
+    let capacity = u64::from(capacity);
+    // Demand above floors first, then the floors themselves.
+    for above_floor in [true, false] {
+        while sum > capacity {
+            let lowerable = |r: &(SandboxTuple, u32, u32)| {
+                if above_floor {
+                    r.1.saturating_sub(r.2)
+                } else {
+                    r.1
+                }
+            };
+            let victim = (0..rows.len())
+                .filter(|i| lowerable(&rows[*i]) > 0)
+                .max_by(|a, b| {
+                    lowerable(&rows[*a])
+                        .cmp(&lowerable(&rows[*b]))
+                        .then(a.cmp(b))
+                });
+            let Some(victim) = victim else { break };
+            rows[victim].1 -= 1;
+            sum -= 1;
+        }
+    }
+    rows.into_iter()
+        .map(|(tuple, target, _)| (tuple, target))
+        .collect()
 }
 
 /// Ready sandboxes per tuple, oldest first. `T` is the worker's handle type.
 #[derive(Debug)]
 pub struct ReadyPool<T> {
-    // Implementation fills this in.
-    _t: std::marker::PhantomData<T>,
+    queues: BTreeMap<SandboxTuple, VecDeque<(LocalVmId, T)>>,
+    index: HashMap<LocalVmId, SandboxTuple>,
 }
 
 impl<T> Default for ReadyPool<T> {
     fn default() -> Self {
-        todo!()
+        Self {
+            queues: BTreeMap::new(),
+            index: HashMap::new(),
+        }
     }
 }
 
 impl<T> ReadyPool<T> {
-    /// Adds a ready sandbox at the back of its tuple's queue.
+    /// Adds a ready sandbox at the back of its tuple's queue. An id already in the pool is
+    /// taken out first (its old handle is dropped).
     pub fn push(&mut self, tuple: SandboxTuple, id: LocalVmId, item: T) {
-        todo!()
+        self.remove(&id);
+        self.index.insert(id, tuple.clone());
+        self.queues.entry(tuple).or_default().push_back((id, item));
     }
 
     /// Takes the sandbox with this id if it is ready and of this tuple.
     pub fn claim(&mut self, id: &LocalVmId, tuple: &SandboxTuple) -> Option<T> {
-        todo!()
+        if self.index.get(id) != Some(tuple) {
+            return None;
+        }
+        self.remove(id).map(|(_, item)| item)
     }
 
     /// Takes the oldest ready sandbox of the tuple.
     pub fn claim_oldest(&mut self, tuple: &SandboxTuple) -> Option<(LocalVmId, T)> {
-        todo!()
+        let queue = self.queues.get_mut(tuple)?;
+        let (id, item) = queue.pop_front()?;
+        if queue.is_empty() {
+            self.queues.remove(tuple);
+        }
+        self.index.remove(&id);
+        Some((id, item))
     }
 
     /// Takes a sandbox by id whatever its tuple (retirement).
     pub fn remove(&mut self, id: &LocalVmId) -> Option<(SandboxTuple, T)> {
-        todo!()
+        let tuple = self.index.remove(id)?;
+        let queue = self.queues.get_mut(&tuple)?;
+        let position = queue.iter().position(|(queued, _)| queued == id)?;
+        let (_, item) = queue.remove(position)?;
+        if queue.is_empty() {
+            self.queues.remove(&tuple);
+        }
+        Some((tuple, item))
     }
 
     /// Ready count of a tuple.
     pub fn count(&self, tuple: &SandboxTuple) -> usize {
-        todo!()
+        self.queues.get(tuple).map_or(0, VecDeque::len)
     }
 
     /// Ready count over all tuples.
     pub fn total(&self) -> usize {
-        todo!()
+        self.index.len()
     }
 
     /// Every ready sandbox's id and tuple, oldest first within a tuple.
     pub fn snapshot(&self) -> Vec<(LocalVmId, SandboxTuple)> {
-        todo!()
+        self.queues
+            .iter()
+            .flat_map(|(tuple, queue)| queue.iter().map(move |(id, _)| (*id, tuple.clone())))
+            .collect()
     }
 
     /// Takes everything (shutdown).
     pub fn drain(&mut self) -> Vec<(LocalVmId, SandboxTuple, T)> {
-        todo!()
+        self.index.clear();
+        std::mem::take(&mut self.queues)
+            .into_iter()
+            .flat_map(|(tuple, queue)| {
+                queue
+                    .into_iter()
+                    .map(move |(id, item)| (id, tuple.clone(), item))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tuple(image: &str) -> SandboxTuple {
+        SandboxTuple::normalize("fake", image, 1, "fake")
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2025-06-01T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn ago(minutes: i64) -> DateTime<Utc> {
+        now() - chrono::Duration::minutes(minutes)
+    }
+
+    fn map(entries: &[(&str, u32)]) -> BTreeMap<SandboxTuple, u32> {
+        entries.iter().map(|(i, n)| (tuple(i), *n)).collect()
+    }
+
+    #[test]
+    fn hot_tuple_wins_the_only_slot() {
+        // §11 item 19.
+        let events = [
+            (tuple("hot"), ago(5)),
+            (tuple("hot"), ago(10)),
+            (tuple("cold"), ago(50)),
+        ];
+        let targets = compute_targets(1, &events, now());
+        assert_eq!(targets, map(&[("hot", 1), ("cold", 0)]));
+    }
+
+    #[test]
+    fn empty_inputs_give_nothing() {
+        assert!(compute_targets(0, &[(tuple("a"), now())], now()).is_empty());
+        assert!(compute_targets(3, &[], now()).is_empty());
+        assert!(compute_targets(3, &[(tuple("a"), ago(61))], now()).is_empty());
+    }
+
+    #[test]
+    fn cutoff_is_inclusive_and_future_weighs_one() {
+        let events = [(tuple("edge"), ago(60)), (tuple("old"), ago(61))];
+        assert_eq!(compute_targets(2, &events, now()), map(&[("edge", 2)]));
+        assert_eq!(
+            event_weight(now() + chrono::Duration::minutes(5), now()),
+            1.0
+        );
+        assert!((event_weight(ago(20), now()) - 0.5).abs() < 1e-12);
+        assert!((event_weight(ago(40), now()) - 0.25).abs() < 1e-12);
+    }
+
+    #[test]
+    fn largest_remainder() {
+        let mut events = Vec::new();
+        for (image, n) in [("a", 3), ("b", 2), ("c", 1)] {
+            for _ in 0..n {
+                events.push((tuple(image), now()));
+            }
+        }
+        // Raw shares 2, 1.33, 0.67: the one seat left goes to the largest remainder, c.
+        assert_eq!(
+            compute_targets(4, &events, now()),
+            map(&[("a", 2), ("b", 1), ("c", 1)])
+        );
+        assert_eq!(
+            compute_targets(12, &events, now()),
+            map(&[("a", 6), ("b", 4), ("c", 2)])
+        );
+    }
+
+    #[test]
+    fn ties_break_by_tuple_order() {
+        let events = [
+            (tuple("c"), now()),
+            (tuple("a"), now()),
+            (tuple("b"), now()),
+        ];
+        assert_eq!(
+            compute_targets(2, &events, now()),
+            map(&[("a", 1), ("b", 1), ("c", 0)])
+        );
+        assert_eq!(
+            compute_targets(1, &events, now()),
+            map(&[("a", 1), ("b", 0), ("c", 0)])
+        );
+    }
+
+    #[test]
+    fn allocation_never_exceeds_capacity() {
+        let mut events = Vec::new();
+        for i in 0..7 {
+            for k in 0..=i {
+                events.push((tuple(&format!("t{i}")), ago(k * 7)));
+            }
+        }
+        for capacity in 1..20 {
+            let targets = compute_targets(capacity, &events, now());
+            assert_eq!(targets.len(), 7);
+            assert_eq!(targets.values().sum::<u32>(), capacity);
+            assert!(targets[&tuple("t6")] >= 1, "hottest gets a seat");
+        }
+    }
+
+    #[test]
+    fn tracker_matches_pure_computation() {
+        let mut tracker = DemandTracker::new();
+        let events = [
+            (tuple("hot"), ago(10)),
+            (tuple("hot"), ago(5)),
+            (tuple("cold"), ago(50)),
+        ];
+        for (t, at) in events.iter().cloned() {
+            tracker.record(t, at);
+        }
+        assert_eq!(tracker.len(), 3);
+        assert_eq!(
+            tracker.targets(1, now()),
+            compute_targets(1, &events, now())
+        );
+    }
+
+    #[test]
+    fn tracker_prunes_old_events() {
+        let mut tracker = DemandTracker::new();
+        tracker.record(tuple("a"), ago(90));
+        assert_eq!(tracker.len(), 1);
+        tracker.record(tuple("b"), ago(20));
+        // Recording at -20 min drops what is older than -80 min.
+        assert_eq!(tracker.len(), 1);
+        tracker.record(tuple("a"), ago(59));
+        assert_eq!(tracker.len(), 2);
+        let targets = tracker.targets(2, now() + chrono::Duration::minutes(2));
+        assert_eq!(tracker.len(), 1);
+        assert_eq!(targets, map(&[("b", 2)]));
+        assert!(tracker
+            .targets(2, now() + chrono::Duration::hours(2))
+            .is_empty());
+        assert!(tracker.is_empty());
+    }
+
+    #[test]
+    fn tracker_is_bounded_and_drops_the_oldest() {
+        let mut tracker = DemandTracker::with_max_events(3);
+        tracker.record(tuple("a"), ago(4));
+        tracker.record(tuple("b"), ago(3));
+        tracker.record(tuple("a"), ago(1));
+        // Out of order: slotted in place, then the oldest (a at -4) goes.
+        tracker.record(tuple("c"), ago(2));
+        assert_eq!(tracker.len(), 3);
+        let targets = tracker.targets(3, now());
+        assert_eq!(targets, map(&[("a", 1), ("b", 1), ("c", 1)]));
+        assert_eq!(DemandTracker::new().max_events, MAX_DEMAND_EVENTS);
+        assert_eq!(DemandTracker::default().max_events, MAX_DEMAND_EVENTS);
+    }
+
+    #[test]
+    fn floors_combine_with_demand() {
+        let demand = map(&[("a", 3), ("b", 1)]);
+        let floors = map(&[("c", 2)]);
+        assert_eq!(
+            effective_targets(&demand, &floors, 10),
+            map(&[("a", 3), ("b", 1), ("c", 2)])
+        );
+        // Over capacity: demand above floors goes first, largest first.
+        assert_eq!(
+            effective_targets(&demand, &floors, 4),
+            map(&[("a", 1), ("b", 1), ("c", 2)])
+        );
+        // A floor below the demand only protects its own part.
+        let floors = map(&[("a", 2)]);
+        assert_eq!(
+            effective_targets(&map(&[("a", 4), ("b", 1)]), &floors, 4),
+            map(&[("a", 3), ("b", 1)])
+        );
+        assert_eq!(
+            effective_targets(&demand, &floors, 2),
+            map(&[("a", 2), ("b", 0)])
+        );
+        // Equal parts above the floors: the larger tuple is lowered.
+        assert_eq!(
+            effective_targets(&demand, &floors, 3),
+            map(&[("a", 3), ("b", 0)])
+        );
+        // Floors alone beyond capacity are lowered last, largest first.
+        let floors = map(&[("a", 3), ("b", 2)]);
+        assert_eq!(
+            effective_targets(&BTreeMap::new(), &floors, 4),
+            map(&[("a", 2), ("b", 2)])
+        );
+        assert_eq!(
+            effective_targets(&demand, &floors, 0),
+            map(&[("a", 0), ("b", 0)])
+        );
+    }
+
+    #[test]
+    fn pool_is_fifo_per_tuple() {
+        let mut pool = ReadyPool::default();
+        let ids: Vec<LocalVmId> = (0..4).map(|_| LocalVmId::new_random()).collect();
+        pool.push(tuple("a"), ids[0], "a0");
+        pool.push(tuple("b"), ids[1], "b0");
+        pool.push(tuple("a"), ids[2], "a1");
+        pool.push(tuple("a"), ids[3], "a2");
+        assert_eq!((pool.count(&tuple("a")), pool.total()), (3, 4));
+        assert_eq!(
+            pool.snapshot(),
+            vec![
+                (ids[0], tuple("a")),
+                (ids[2], tuple("a")),
+                (ids[3], tuple("a")),
+                (ids[1], tuple("b")),
+            ]
+        );
+        assert_eq!(pool.claim_oldest(&tuple("a")), Some((ids[0], "a0")));
+        assert_eq!(pool.claim_oldest(&tuple("a")), Some((ids[2], "a1")));
+        assert_eq!(pool.claim_oldest(&tuple("zzz")), None);
+        assert_eq!(pool.total(), 2);
+    }
+
+    #[test]
+    fn pool_claim_checks_the_tuple() {
+        let mut pool = ReadyPool::default();
+        let (x, y) = (LocalVmId::new_random(), LocalVmId::new_random());
+        pool.push(tuple("a"), x, 1);
+        pool.push(tuple("a"), y, 2);
+        assert_eq!(pool.claim(&x, &tuple("b")), None);
+        assert_eq!(pool.claim(&LocalVmId::new_random(), &tuple("a")), None);
+        assert_eq!(pool.claim(&y, &tuple("a")), Some(2));
+        assert_eq!(pool.claim(&y, &tuple("a")), None);
+        assert_eq!(pool.count(&tuple("a")), 1);
+        assert_eq!(pool.remove(&x), Some((tuple("a"), 1)));
+        assert_eq!(pool.remove(&x), None);
+        assert_eq!(pool.total(), 0);
+        assert!(pool.snapshot().is_empty());
+    }
+
+    #[test]
+    fn pool_push_same_id_replaces_and_drain_empties() {
+        let mut pool = ReadyPool::default();
+        let (x, y) = (LocalVmId::new_random(), LocalVmId::new_random());
+        pool.push(tuple("a"), x, 1);
+        pool.push(tuple("b"), y, 2);
+        pool.push(tuple("c"), x, 3);
+        assert_eq!(pool.total(), 2);
+        assert_eq!(pool.count(&tuple("a")), 0);
+        let drained = pool.drain();
+        assert_eq!(drained, vec![(y, tuple("b"), 2), (x, tuple("c"), 3)]);
+        assert_eq!(pool.total(), 0);
+        assert_eq!(pool.claim_oldest(&tuple("b")), None);
     }
 }

@@ -5,20 +5,35 @@
 //! State sits behind short `std::sync::Mutex` sections, never held across an `.await`; slow
 //! work (provisioning, destroying, exec) happens outside them.
 
+mod create;
+mod exec;
+mod files;
+mod lifecycle;
 mod link;
+mod pool;
+mod ports;
+mod registration;
+mod sandbox;
+mod state;
+// Needs the fake backend, which exists only with the `test-util` feature.
+#[cfg(all(test, feature = "test-util"))]
+mod tests;
 
+pub use files::decode_write_json;
 pub use link::{BrokerLink, InProcessBrokerLink, LinkError};
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify};
 
 use crate::api::{
     CreateSandboxRequest, CreateSandboxResponse, ExecAccepted, ExecRecord, ExecRequest,
     FramesResponse, LeaseResponse, ListResponse, MkdirRequest, MkdirResponse, PortUrlResponse,
     ReadFileResponse, RunCodeAccepted, RunCodeRequest, RunCodeResponse, SandboxResponse,
-    StatResponse, SyntaxErrorBody, WriteFileResponse,
+    StatResponse, SyntaxErrorBody, VmEventRequest, WriteFileResponse,
 };
 use crate::auth::{AuthMode, Principal};
 use crate::backend::{BackendError, BoxedReader, BoxedStream, FileReader, VmBackend};
@@ -247,7 +262,22 @@ pub struct ListQuery<'a> {
 
 /// The worker. Build with [`Worker::new`], serve with [`Worker::run`] once listening.
 pub struct Worker {
-    // Implementation fills this in.
+    config: WorkerConfig,
+    /// Backends by virtualization name.
+    backends: BTreeMap<String, Arc<dyn VmBackend>>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    broker: Option<Arc<dyn BrokerLink>>,
+    /// Pre-pull floors by tuple.
+    floors: BTreeMap<SandboxTuple, u32>,
+    /// Warm-up script and budget by tuple (pre-pull entries with a script).
+    warmups: BTreeMap<SandboxTuple, (String, Duration)>,
+    state: Mutex<state::State>,
+    /// Wakes the warm-pool filler (demand changed, capacity freed, VM start assigned).
+    pool_wake: Notify,
+    /// VM events to the broker, sent in order by one task (none without a broker).
+    events: Option<mpsc::Sender<VmEventRequest>>,
+    events_rx: Mutex<Option<mpsc::Receiver<VmEventRequest>>>,
 }
 
 impl Worker {
@@ -259,24 +289,72 @@ impl Worker {
         metrics: Arc<Metrics>,
         broker: Option<Arc<dyn BrokerLink>>,
     ) -> Arc<Self> {
-        todo!()
+        let backends = backends
+            .into_iter()
+            .map(|b| (b.virtualization().to_string(), b))
+            .collect();
+        let mut floors = BTreeMap::new();
+        let mut warmups = BTreeMap::new();
+        for target in &config.pre_pull {
+            let floor: &mut u32 = floors.entry(target.tuple.clone()).or_default();
+            *floor = (*floor).max(target.target_count);
+            if !target.warmup_script.trim().is_empty() {
+                warmups
+                    .entry(target.tuple.clone())
+                    .or_insert_with(|| (target.warmup_script.clone(), target.warmup_timeout));
+            }
+        }
+        let (events, events_rx) = match broker {
+            Some(_) => {
+                let (tx, rx) = mpsc::channel(pool::EVENT_QUEUE_CAPACITY);
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        let worker = Arc::new(Self {
+            config,
+            backends,
+            clock,
+            metrics,
+            broker,
+            floors,
+            warmups,
+            state: Mutex::new(state::State::new()),
+            pool_wake: Notify::new(),
+            events,
+            events_rx: Mutex::new(events_rx),
+        });
+        let labels = [("worker_id", worker.config.worker_id.as_str())];
+        let _ = worker.metrics.set_gauge(
+            "worker.cpu.total_cores",
+            &labels,
+            f64::from(worker.config.total_cores),
+        );
+        let _ = worker.metrics.set_gauge(
+            "worker.memory.total_mib",
+            &labels,
+            worker.config.total_memory_mib as f64,
+        );
+        worker.update_capacity_gauges();
+        worker.update_warm_gauges();
+        worker
     }
 
     /// Settings.
     pub fn config(&self) -> &WorkerConfig {
-        todo!()
+        &self.config
     }
 
     /// The metrics registry.
     pub fn metrics(&self) -> &Arc<Metrics> {
-        todo!()
+        &self.metrics
     }
 
     /// Runs the background work until `shutdown` completes: leftover cleanup, the registration
     /// loop, the TTL reaper, the warm-pool filler. Call it once the HTTP listener is bound.
     /// On shutdown: deregisters, then destroys every sandbox and warm VM.
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()> + Send) {
-        todo!()
+        self.run_until(shutdown).await
     }
 
     /// `POST /sandboxes`.
@@ -286,7 +364,7 @@ impl Worker {
         request: CreateSandboxRequest,
         query: CreateQuery<'_>,
     ) -> Result<CreateOutcome, WorkerError> {
-        todo!()
+        self.create(principal, request, query).await
     }
 
     /// `GET /sandboxes/{id}`.
@@ -295,12 +373,12 @@ impl Worker {
         principal: &Principal,
         id: &str,
     ) -> Result<SandboxResponse, WorkerError> {
-        todo!()
+        self.describe_sandbox(principal, id)
     }
 
     /// `DELETE /sandboxes/{id}`: destroys it.
     pub async fn delete_sandbox(&self, principal: &Principal, id: &str) -> Result<(), WorkerError> {
-        todo!()
+        self.delete(principal, id).await
     }
 
     /// `PATCH /sandboxes/{id}/lease?ttl_seconds=N`.
@@ -310,7 +388,7 @@ impl Worker {
         id: &str,
         ttl_seconds: Option<&str>,
     ) -> Result<LeaseResponse, WorkerError> {
-        todo!()
+        self.lease(principal, id, ttl_seconds)
     }
 
     /// `POST /sandboxes/{id}/exec`: starts the command, answers at once.
@@ -320,7 +398,7 @@ impl Worker {
         id: &str,
         request: ExecRequest,
     ) -> Result<ExecAccepted, WorkerError> {
-        todo!()
+        self.exec_command(principal, id, request)
     }
 
     /// `POST /sandboxes/{id}/exec/code`.
@@ -330,7 +408,7 @@ impl Worker {
         id: &str,
         request: RunCodeRequest,
     ) -> Result<RunCodeOutcome, WorkerError> {
-        todo!()
+        self.exec_code(principal, id, request).await
     }
 
     /// `GET /sandboxes/{id}/exec/{exec_id}`.
@@ -340,7 +418,7 @@ impl Worker {
         id: &str,
         exec_id: &str,
     ) -> Result<ExecRecord, WorkerError> {
-        todo!()
+        self.exec_record(principal, id, exec_id)
     }
 
     /// `GET /sandboxes/{id}/exec/{exec_id}/frames?cursor=N&wait=...`: with a non-empty `wait`
@@ -354,7 +432,7 @@ impl Worker {
         cursor: Option<&str>,
         wait: Option<&str>,
     ) -> Result<FramesResponse, WorkerError> {
-        todo!()
+        self.frames(principal, id, exec_id, cursor, wait).await
     }
 
     /// `PUT /sandboxes/{id}/files?path=P`: `content` is the decoded payload.
@@ -366,7 +444,7 @@ impl Worker {
         content: BoxedReader,
         append: bool,
     ) -> Result<WriteFileResponse, WorkerError> {
-        todo!()
+        self.files_write(principal, id, path, content, append).await
     }
 
     /// `GET /sandboxes/{id}/files?path=P&encoding=E` (`utf8`, `utf-8` or `base64`).
@@ -377,7 +455,7 @@ impl Worker {
         path: Option<&str>,
         encoding: Option<&str>,
     ) -> Result<ReadFileResponse, WorkerError> {
-        todo!()
+        self.files_read(principal, id, path, encoding).await
     }
 
     /// Opens a file for a streamed raw download (extension).
@@ -387,7 +465,7 @@ impl Worker {
         id: &str,
         path: Option<&str>,
     ) -> Result<FileReader, WorkerError> {
-        todo!()
+        self.files_open(principal, id, path).await
     }
 
     /// `GET /sandboxes/{id}/files/stat?path=P`.
@@ -397,7 +475,7 @@ impl Worker {
         id: &str,
         path: Option<&str>,
     ) -> Result<StatResponse, WorkerError> {
-        todo!()
+        self.files_stat(principal, id, path).await
     }
 
     /// `GET /sandboxes/{id}/files/list`.
@@ -407,7 +485,7 @@ impl Worker {
         id: &str,
         query: ListQuery<'_>,
     ) -> Result<ListResponse, WorkerError> {
-        todo!()
+        self.files_list(principal, id, query).await
     }
 
     /// `POST /sandboxes/{id}/files/mkdir`.
@@ -417,7 +495,7 @@ impl Worker {
         id: &str,
         request: MkdirRequest,
     ) -> Result<MkdirResponse, WorkerError> {
-        todo!()
+        self.files_mkdir(principal, id, request).await
     }
 
     /// `DELETE /sandboxes/{id}/files?path=P&recursive=&force=`.
@@ -429,7 +507,8 @@ impl Worker {
         recursive: Option<&str>,
         force: Option<&str>,
     ) -> Result<(), WorkerError> {
-        todo!()
+        self.files_remove(principal, id, path, recursive, force)
+            .await
     }
 
     /// Opens a byte stream to `port` in the sandbox for the proxy route. Returns the parsed
@@ -440,7 +519,7 @@ impl Worker {
         id: &str,
         port: &str,
     ) -> Result<(SandboxId, BoxedStream), WorkerError> {
-        todo!()
+        self.port_connect(principal, id, port).await
     }
 
     /// `GET /sandboxes/{id}/ports/{port}/url?protocol=P`; `host` is the first
@@ -453,16 +532,32 @@ impl Worker {
         protocol: Option<&str>,
         host: &str,
     ) -> Result<PortUrlResponse, WorkerError> {
-        todo!()
+        self.port_url_for(principal, id, port, protocol, host)
     }
 
     /// Live sandbox count.
     pub fn live_sandboxes(&self) -> usize {
-        todo!()
+        self.lock().sandboxes.len()
     }
 
     /// Ready (warm) sandbox count per tuple.
     pub fn ready_counts(&self) -> BTreeMap<SandboxTuple, usize> {
-        todo!()
+        let mut counts = BTreeMap::new();
+        for (_, tuple) in self.lock().ready.snapshot() {
+            *counts.entry(tuple).or_default() += 1;
+        }
+        counts
+    }
+
+    /// Destroys every sandbox whose `expires_at` has passed (by the worker's clock) and
+    /// returns how many. The TTL reaper calls it every `reap_interval`.
+    pub async fn reap_expired(&self) -> usize {
+        self.reap().await
+    }
+
+    /// Cores and memory held by live sandboxes and creates still provisioning.
+    pub fn allocated(&self) -> (u64, u64) {
+        let state = self.lock();
+        (state.reserved.cores, state.reserved.memory_mib)
     }
 }

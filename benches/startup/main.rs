@@ -1,0 +1,690 @@
+//! `startup`: measures PRODUCT.md's speed targets on this machine, in one run, against floors
+//! measured in the same run, and prints a table of medians, p90s and ratios.
+//!
+//! ```text
+//! cargo run --release -p traforato-benches --bin startup -- [--iterations N]
+//! ```
+//!
+//! It starts the real HTTP shells in this process (broker and workers on `127.0.0.1:0`, the
+//! `container` backend with the `host` image) and drives them with `traforato-client`:
+//! - **warm**: create through the broker (claiming a ready sandbox) + first Python `print`,
+//!   against a pre-warmed Python zygote answering over a unix socket (target: within 3×);
+//! - **cold**: the same with no pool (a fresh worker per sample), against starting the same
+//!   interpreter bare (target: within 1.5×);
+//! - **redirects/s**: `GET /sandboxes/<id>` → `307` with a load generator on loopback,
+//!   against nginx answering `307` (target: at least half);
+//! - **memory**: per idle warm sandbox, interpreter excluded (target: under 1 MiB).
+//!
+//! Samples of the system and of its floor alternate, so that a noisy neighbour hits both.
+//! The `container` backend needs root: without it the benchmark says so and exits 0.
+
+mod floors;
+mod memory;
+mod redirects;
+mod shells;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use traforato_benches::stats::{ms, Summary};
+use traforato_client::{Client, ClientError, CreateSandbox, Runtime};
+use traforato_core::backend::container::{self, ContainerBackend, ContainerConfig};
+use traforato_core::backend::VmBackend;
+use traforato_core::broker::StaticWorker;
+use traforato_core::id::{ComponentId, LocalVmId, SandboxId};
+use traforato_core::tuple::SandboxTuple;
+use traforato_core::worker::PrePullTarget;
+
+use crate::floors::Zygote;
+use crate::shells::{wait_for, BrokerShell, WorkerShell, WorkerSpec, VIRTUALIZATION};
+
+const USAGE: &str = "usage: startup [--iterations N] [--memory-sandboxes N] \
+                     [--redirect-seconds S] [--connections N]";
+
+/// The image of every sandbox: the host's system directories, read-only.
+const IMAGE: &str = "host";
+
+/// Samples taken and thrown away before each latency series.
+const WARMUP: usize = 3;
+
+/// How the container backend starts Python for run-code, as a bare command (the cold floor
+/// must start the same interpreter the same way).
+const SANDBOX_PYTHON_FLAGS: &[&str] = &["-I", "-S"];
+
+/// Why the benchmark could not finish.
+#[derive(Debug, thiserror::Error)]
+enum BenchError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    Client {
+        what: &'static str,
+        #[source]
+        source: ClientError,
+    },
+    #[error("{0}")]
+    Check(String),
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BenchError {
+    let what = what.into();
+    move |source| BenchError::Io { what, source }
+}
+
+fn client_error(what: &'static str) -> impl FnOnce(ClientError) -> BenchError {
+    move |source| BenchError::Client { what, source }
+}
+
+#[derive(Debug, Clone)]
+struct Args {
+    iterations: usize,
+    memory_sandboxes: u32,
+    redirect_window: Duration,
+    connections: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        iterations: 30,
+        memory_sandboxes: 16,
+        redirect_window: Duration::from_secs(5),
+        connections: 32,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = |name: &str| -> Result<u64, String> {
+            let raw = it.next().ok_or(format!("{name} needs a value"))?;
+            match raw.parse::<u64>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(format!("{name} must be a positive integer, got {raw:?}")),
+            }
+        };
+        match flag.as_str() {
+            "--iterations" | "-n" => args.iterations = value("--iterations")? as usize,
+            "--memory-sandboxes" => {
+                args.memory_sandboxes = u32::try_from(value("--memory-sandboxes")?)
+                    .map_err(|_| "--memory-sandboxes is too large".to_string())?
+            }
+            "--redirect-seconds" => {
+                args.redirect_window = Duration::from_secs(value("--redirect-seconds")?)
+            }
+            "--connections" => args.connections = value("--connections")? as usize,
+            // `cargo bench` passes `--bench` to every bench target; this is a bin, but accept it.
+            "--bench" => {}
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(args)
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|rest| rest.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn main() -> ExitCode {
+    // The container backend re-executes this binary as each sandbox's init.
+    container::init_main_if_requested();
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            if !message.is_empty() {
+                eprintln!("startup: {message}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    if !is_root() {
+        println!(
+            "startup: skipped: the container backend needs root (namespaces, cgroups, mounts); \
+             run it as root to measure"
+        );
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("startup: cannot start the tokio runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("startup: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A private scratch directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Self, BenchError> {
+        let dir = std::env::temp_dir().join(format!("traforato-startup-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(io_error("create the scratch dir"))?;
+        Ok(Self(dir))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Whether a measure meets its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Met,
+    NotMet,
+    NotMeasured,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Met => "MET",
+            Verdict::NotMet => "NOT MET",
+            Verdict::NotMeasured => "NOT MEASURED",
+        })
+    }
+}
+
+/// One line of the final table.
+struct Row {
+    measure: &'static str,
+    system: String,
+    floor: String,
+    ratio: String,
+    target: &'static str,
+    verdict: Verdict,
+}
+
+fn tuple() -> SandboxTuple {
+    SandboxTuple::normalize(VIRTUALIZATION, IMAGE, 1, VIRTUALIZATION)
+}
+
+async fn run(args: Args) -> Result<(), BenchError> {
+    let scratch = Scratch::new()?;
+    let config = ContainerConfig {
+        state_dir: scratch.path().join("state"),
+        cgroup_parent: format!("traforato_startup_{}", std::process::id()),
+        ..ContainerConfig::default()
+    };
+    let cgroup_parent = config.cgroup_parent.clone();
+    let backend: Arc<dyn VmBackend> = Arc::new(
+        ContainerBackend::new(config)
+            .map_err(|e| BenchError::Check(format!("the container backend cannot run: {e}")))?,
+    );
+    let broker = BrokerShell::start()
+        .await
+        .map_err(io_error("start the broker"))?;
+    let client = Client::builder(broker.url.as_str())
+        .build()
+        .map_err(client_error("build the client"))?;
+
+    println!(
+        "traforato start-up benchmark: {} samples per latency series (after {WARMUP} thrown away), \
+         {} CPUs, container backend, image {IMAGE:?}",
+        args.iterations,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+
+    let mut rows = Vec::new();
+    println!("\n[1/4] warm: create through the broker + first print, vs a pre-warmed zygote");
+    let warm = warm_series(&args, &broker, &backend, &client, scratch.path()).await?;
+    rows.push(warm.row(
+        "warm create + first print (HTTP via broker)",
+        "pre-warmed python zygote, fork per request",
+        3.0,
+        "<= 3x floor",
+    ));
+
+    println!("\n[2/4] cold: create through the broker with no pool + first print, vs bare python");
+    let cold = cold_series(&args, &broker, &backend, &client).await?;
+    rows.push(cold.row(
+        "cold create + first print (HTTP via broker)",
+        "bare /usr/bin/python3 -I -S -c 'print(1)'",
+        1.5,
+        "<= 1.5x floor",
+    ));
+
+    println!("\n[3/4] memory of idle warm sandboxes");
+    rows.push(memory_row(&args, &broker, &backend, &cgroup_parent).await?);
+
+    println!("\n[4/4] broker redirects per second vs nginx answering 307");
+    rows.push(redirect_row(&args, &broker, scratch.path())?);
+
+    broker.stop().await.map_err(io_error("stop the broker"))?;
+
+    println!("\nsummary (medians; p90 in parentheses)");
+    println!(
+        "| {:<44} | {:<26} | {:<44} | {:<9} | {:<13} | {:<12} |",
+        "measure", "traforato", "floor / yardstick", "ratio", "target", "verdict"
+    );
+    println!("|{:-<46}|{:-<28}|{:-<46}|{:-<11}|{:-<15}|{:-<14}|", "", "", "", "", "", "");
+    for row in &rows {
+        println!(
+            "| {:<44} | {:<26} | {:<44} | {:<9} | {:<13} | {:<12} |",
+            row.measure, row.system, row.floor, row.ratio, row.target, row.verdict
+        );
+    }
+    Ok(())
+}
+
+/// A latency series of the system and of its floor, sampled alternately.
+#[derive(Default)]
+struct Series {
+    create: Vec<Duration>,
+    print: Vec<Duration>,
+    total: Vec<Duration>,
+    floor: Vec<Duration>,
+    /// Creates whose start type was not the one the series is about.
+    wrong_start: Vec<String>,
+}
+
+impl Series {
+    fn print_breakdown(&self, floor_label: &str) {
+        let show = |label: &str, samples: &[Duration]| {
+            if let Some(s) = Summary::of(samples) {
+                println!(
+                    "  {label:<38} median {:>8} ms  p90 {:>8} ms  min {:>8} ms  max {:>8} ms",
+                    ms(s.median),
+                    ms(s.p90),
+                    ms(s.min),
+                    ms(s.max)
+                );
+            }
+        };
+        show("create (POST broker -> 307 -> worker)", &self.create);
+        show("first print (run-code via broker)", &self.print);
+        show("create + first print", &self.total);
+        show(floor_label, &self.floor);
+        if !self.wrong_start.is_empty() {
+            println!(
+                "  note: {} creates had an unexpected start type: {:?}",
+                self.wrong_start.len(),
+                self.wrong_start
+            );
+        }
+    }
+
+    fn row(&self, measure: &'static str, floor_label: &'static str, max_ratio: f64, target: &'static str) -> Row {
+        let (Some(total), Some(floor)) = (Summary::of(&self.total), Summary::of(&self.floor)) else {
+            return Row {
+                measure,
+                system: "-".to_string(),
+                floor: floor_label.to_string(),
+                ratio: "-".to_string(),
+                target,
+                verdict: Verdict::NotMeasured,
+            };
+        };
+        let ratio = total.median.as_secs_f64() / floor.median.as_secs_f64();
+        let verdict = if ratio <= max_ratio && self.wrong_start.is_empty() {
+            Verdict::Met
+        } else {
+            Verdict::NotMet
+        };
+        Row {
+            measure,
+            system: format!("{} ms ({})", ms(total.median), ms(total.p90)),
+            floor: format!("{} ms ({}) {floor_label}", ms(floor.median), ms(floor.p90)),
+            ratio: format!("{ratio:.2}x"),
+            target,
+            verdict,
+        }
+    }
+}
+
+/// One timed create + `print(1)` through the broker; the sandbox is deleted afterwards
+/// (untimed). Returns (create, print, start type).
+async fn create_and_print(client: &Client) -> Result<(Duration, Duration, String), BenchError> {
+    let spec = CreateSandbox {
+        virtualization: VIRTUALIZATION.to_string(),
+        cpu: 1,
+        ..CreateSandbox::new(IMAGE)
+    };
+    let started = Instant::now();
+    let sandbox = client
+        .create_sandbox(spec)
+        .await
+        .map_err(client_error("create a sandbox"))?;
+    let created = Instant::now();
+    let printed = sandbox.run_code(Runtime::Python, "print(1)").await;
+    let done = Instant::now();
+    let start_type = sandbox
+        .created_info()
+        .map(|c| c.start_type.clone())
+        .unwrap_or_default();
+    let deleted = sandbox.delete().await;
+    let out = printed.map_err(client_error("run print(1)"))?;
+    if out.stdout != "1\n" || !out.success() {
+        return Err(BenchError::Check(format!(
+            "print(1) gave stdout {:?}, stderr {:?}, exit code {}",
+            out.stdout, out.stderr, out.exit_code
+        )));
+    }
+    deleted.map_err(client_error("delete the sandbox"))?;
+    Ok((created - started, done - created, start_type))
+}
+
+/// Runs a blocking floor sample off the runtime's threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, BenchError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| BenchError::Check(format!("floor sample panicked: {e}")))
+}
+
+async fn warm_series(
+    args: &Args,
+    broker: &BrokerShell,
+    backend: &Arc<dyn VmBackend>,
+    client: &Client,
+    scratch: &Path,
+) -> Result<Series, BenchError> {
+    // The pool fills every slot, so no sandbox is being warmed while a sample runs.
+    const POOL: u32 = 2;
+    let tuple = tuple();
+    let worker = WorkerShell::start(
+        broker,
+        backend.clone(),
+        WorkerSpec {
+            id: "warm",
+            pre_pull: vec![PrePullTarget {
+                tuple: tuple.clone(),
+                target_count: POOL,
+                warmup_script: String::new(),
+                warmup_timeout: Duration::from_secs(30),
+            }],
+            max_live: POOL,
+        },
+    )
+    .await
+    .map_err(io_error("start the warm worker"))?;
+
+    let result = async {
+        let dir = scratch.to_path_buf();
+        let mut zygote = blocking(move || Zygote::start(&dir))
+            .await?
+            .map_err(io_error("start the python zygote"))?;
+        let mut series = Series::default();
+        for i in 0..WARMUP + args.iterations {
+            wait_for(Duration::from_secs(60), || {
+                worker.ready(&tuple) == POOL as usize && broker.hints(&tuple) == POOL as usize
+            })
+            .await
+            .map_err(io_error("wait for the warm pool to refill"))?;
+            let (back, floor) = blocking(move || {
+                let sample = zygote.sample();
+                (zygote, sample)
+            })
+            .await?;
+            zygote = back;
+            let floor = floor.map_err(io_error("zygote round trip"))?;
+            let (create, print, start_type) = create_and_print(client).await?;
+            if i >= WARMUP {
+                series.create.push(create);
+                series.print.push(print);
+                series.total.push(create + print);
+                series.floor.push(floor);
+                if start_type != "warm" {
+                    series.wrong_start.push(start_type);
+                }
+            }
+        }
+        Ok::<_, BenchError>(series)
+    }
+    .await;
+    worker
+        .stop()
+        .await
+        .map_err(io_error("stop the warm worker"))?;
+    let series = result?;
+    series.print_breakdown("floor: zygote round trip");
+    Ok(series)
+}
+
+async fn cold_series(
+    args: &Args,
+    broker: &BrokerShell,
+    backend: &Arc<dyn VmBackend>,
+    client: &Client,
+) -> Result<Series, BenchError> {
+    let mut series = Series::default();
+    for i in 0..WARMUP + args.iterations {
+        // A fresh worker has no pool and no demand; with one slot it cannot start warming
+        // another sandbox while the sample runs.
+        let id = format!("cold{i}");
+        let worker = WorkerShell::start(
+            broker,
+            backend.clone(),
+            WorkerSpec {
+                id: &id,
+                pre_pull: Vec::new(),
+                max_live: 1,
+            },
+        )
+        .await
+        .map_err(io_error("start a cold worker"))?;
+        let sample = async {
+            let floor = blocking(|| floors::bare_python(SANDBOX_PYTHON_FLAGS))
+                .await?
+                .map_err(io_error("bare python"))?;
+            let (create, print, start_type) = create_and_print(client).await?;
+            Ok::<_, BenchError>((floor, create, print, start_type))
+        }
+        .await;
+        worker
+            .stop()
+            .await
+            .map_err(io_error("stop a cold worker"))?;
+        let (floor, create, print, start_type) = sample?;
+        if i >= WARMUP {
+            series.create.push(create);
+            series.print.push(print);
+            series.total.push(create + print);
+            series.floor.push(floor);
+            if start_type != "cold" {
+                series.wrong_start.push(start_type);
+            }
+        }
+    }
+    series.print_breakdown("floor: bare python3 -I -S -c 'print(1)'");
+    Ok(series)
+}
+
+async fn memory_row(
+    args: &Args,
+    broker: &BrokerShell,
+    backend: &Arc<dyn VmBackend>,
+    cgroup_parent: &str,
+) -> Result<Row, BenchError> {
+    let n = args.memory_sandboxes;
+    let tuple = tuple();
+    let hierarchy = memory::MemoryHierarchy::detect().map_err(io_error("find the memory cgroup"))?;
+    let host_before = memory::host_used().map_err(io_error("read /proc/meminfo"))?;
+    let rss_before = memory::self_rss().map_err(io_error("read /proc/self/status"))?;
+    let worker = WorkerShell::start(
+        broker,
+        backend.clone(),
+        WorkerSpec {
+            id: "memory",
+            pre_pull: vec![PrePullTarget {
+                tuple: tuple.clone(),
+                target_count: n,
+                warmup_script: String::new(),
+                warmup_timeout: Duration::from_secs(30),
+            }],
+            max_live: n,
+        },
+    )
+    .await
+    .map_err(io_error("start the memory worker"))?;
+
+    let measured = async {
+        wait_for(Duration::from_secs(300), || worker.ready(&tuple) == n as usize)
+            .await
+            .map_err(io_error("wait for the warm pool"))?;
+        // Let the sandboxes settle into idleness.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let host_after = memory::host_used().map_err(io_error("read /proc/meminfo"))?;
+        let rss_after = memory::self_rss().map_err(io_error("read /proc/self/status"))?;
+        let cgroups = hierarchy
+            .children(cgroup_parent)
+            .map_err(io_error("list the sandbox cgroups"))?;
+        let (mut charged, mut interpreter, mut other, mut procs) = (0u64, 0u64, 0u64, 0usize);
+        for dir in &cgroups {
+            charged += hierarchy
+                .usage(dir)
+                .map_err(io_error(format!("read the memory usage of {}", dir.display())))?;
+            for p in memory::processes(dir).map_err(io_error("list sandbox processes"))? {
+                procs += 1;
+                if p.is_interpreter() {
+                    interpreter += p.private_bytes;
+                } else {
+                    other += p.private_bytes;
+                }
+            }
+        }
+        Ok::<_, BenchError>((
+            cgroups.len(),
+            charged,
+            interpreter,
+            other,
+            procs,
+            host_after.saturating_sub(host_before),
+            rss_after.saturating_sub(rss_before),
+        ))
+    }
+    .await;
+    worker
+        .stop()
+        .await
+        .map_err(io_error("stop the memory worker"))?;
+    let (count, charged, interpreter, other, procs, host_delta, rss_delta) = measured?;
+    if count == 0 {
+        return Err(BenchError::Check(format!(
+            "no sandbox cgroup found below {cgroup_parent} ({})",
+            hierarchy.version()
+        )));
+    }
+    let per = |bytes: u64| bytes as f64 / count as f64;
+    let excluded = per(charged.saturating_sub(interpreter)) + rss_delta as f64 / count as f64;
+    println!(
+        "  {count} idle warm sandboxes, cgroup {}: {:.1} processes each",
+        hierarchy.version(),
+        procs as f64 / count as f64
+    );
+    println!("  per sandbox: cgroup charge {} MiB", memory::mib(per(charged)));
+    println!(
+        "               private memory of interpreters {} MiB, of other processes {} MiB",
+        memory::mib(per(interpreter)),
+        memory::mib(per(other))
+    );
+    println!(
+        "               worker-side growth (this process's RSS) {} MiB",
+        memory::mib(rss_delta as f64 / count as f64)
+    );
+    println!(
+        "  cross-check: host MemTotal-MemAvailable grew {} MiB per sandbox (all processes, \
+         kernel objects, interpreters included; noisy)",
+        memory::mib(host_delta as f64 / count as f64)
+    );
+    const TARGET: f64 = 1024.0 * 1024.0;
+    Ok(Row {
+        measure: "memory per idle warm sandbox (excl. interp.)",
+        system: format!("{} MiB", memory::mib(excluded)),
+        floor: "cgroup charge - interpreter + worker RSS".to_string(),
+        ratio: "-".to_string(),
+        target: "< 1 MiB",
+        verdict: if excluded < TARGET {
+            Verdict::Met
+        } else {
+            Verdict::NotMet
+        },
+    })
+}
+
+fn redirect_row(args: &Args, broker: &BrokerShell, scratch: &Path) -> Result<Row, BenchError> {
+    // A static worker that only has to exist: the broker answers without contacting it.
+    const TARGET_URL: &str = "http://127.0.0.1:9";
+    broker.broker.register_static_worker(StaticWorker {
+        worker_id: "redirect_target".to_string(),
+        hostname: "localhost".to_string(),
+        base_url: TARGET_URL.to_string(),
+        ..StaticWorker::default()
+    });
+    let id = SandboxId::new(
+        broker.broker.config().broker_id.clone(),
+        ComponentId::parse("redirect_target").map_err(|e| BenchError::Check(e.to_string()))?,
+        LocalVmId::new_random(),
+    );
+    let path = format!("/sandboxes/{id}");
+    let warmup = Duration::from_secs(1);
+    let ours = redirects::measure(broker.addr, &path, args.connections, warmup, args.redirect_window)
+        .map_err(io_error("load the broker"));
+    broker.broker.set_worker_available("redirect_target", false);
+    let ours = ours?;
+    println!(
+        "  broker: {:.0} redirects/s ({} in {:?}, {} errors, {} connections)",
+        ours.per_second, ours.redirects, args.redirect_window, ours.errors, args.connections
+    );
+    if ours.errors > 0 {
+        return Err(BenchError::Check(format!("the broker answered {} requests wrongly", ours.errors)));
+    }
+    let Some(binary) = redirects::nginx_binary() else {
+        println!("  nginx is not installed (apt-get install nginx-light): no yardstick");
+        return Ok(Row {
+            measure: "broker redirects per second",
+            system: format!("{:.0}/s", ours.per_second),
+            floor: "nginx not installed".to_string(),
+            ratio: "-".to_string(),
+            target: ">= 0.5x nginx",
+            verdict: Verdict::NotMeasured,
+        });
+    };
+    let dir = scratch.join("nginx");
+    std::fs::create_dir_all(&dir).map_err(io_error("create the nginx dir"))?;
+    let nginx = redirects::Nginx::start(&binary, &dir, TARGET_URL).map_err(io_error("start nginx"))?;
+    let theirs = redirects::measure(nginx.addr, &path, args.connections, warmup, args.redirect_window)
+        .map_err(io_error("load nginx"));
+    drop(nginx);
+    let theirs = theirs?;
+    println!(
+        "  nginx:  {:.0} redirects/s ({} in {:?}, {} errors; 2 worker processes)",
+        theirs.per_second, theirs.redirects, args.redirect_window, theirs.errors
+    );
+    let ratio = ours.per_second / theirs.per_second;
+    Ok(Row {
+        measure: "broker redirects per second",
+        system: format!("{:.0}/s", ours.per_second),
+        floor: format!("{:.0}/s nginx return 307", theirs.per_second),
+        ratio: format!("{ratio:.2}x"),
+        target: ">= 0.5x nginx",
+        verdict: if ratio >= 0.5 { Verdict::Met } else { Verdict::NotMet },
+    })
+}

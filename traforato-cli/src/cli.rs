@@ -1,0 +1,453 @@
+//! The command line: every command, flag and help text (clap derive), with an example in each
+//! command's `--help`.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const ROOT_EXAMPLES: &str = "\
+Examples:
+  traforato-cli sandbox create --image ubuntu:24.04
+  traforato-cli exec sbx-broker_local-worker_local-... -- uname -a
+  traforato-cli run sbx-... --runtime python --code 'print(6 * 7)'
+  traforato-cli files put sbx-... ./app.py /workspace/app.py
+  traforato-cli --json sandbox get sbx-...
+
+Environment:
+  TRAFORATO_URL     broker URL (default http://localhost:8080)
+  TRAFORATO_TOKEN   bearer token for prod-mode deployments";
+
+/// Command-line client for traforato sandboxes.
+#[derive(Debug, Parser)]
+#[command(name = "traforato-cli", version, about, after_help = ROOT_EXAMPLES)]
+pub struct Cli {
+    /// Broker URL.
+    #[arg(
+        long,
+        global = true,
+        env = "TRAFORATO_URL",
+        default_value = "http://localhost:8080"
+    )]
+    pub url: String,
+
+    /// Bearer token (prod mode).
+    #[arg(long, global = true, env = "TRAFORATO_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Machine-readable JSON output on stdout (errors as JSON on stderr).
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, inspect, renew or delete sandboxes.
+    #[command(
+        subcommand,
+        after_help = "Example:\n  traforato-cli sandbox create --image ubuntu:24.04 --cpu 2"
+    )]
+    Sandbox(SandboxCommand),
+
+    /// Run a command in a sandbox, streaming its output; exits with the command's exit code.
+    #[command(after_help = "\
+Examples:
+  traforato-cli exec sbx-... -- ls -la /workspace
+  traforato-cli exec sbx-... --cwd /workspace --env DEBUG=1 -- 'make test | tail -n 20'
+
+A single CMD word is run by /bin/sh -c (so quoted pipelines work); several words are run as
+an argument vector without a shell.
+
+Exit status: the command's exit code (124 when --timeout killed it), or 125 when
+traforato-cli itself failed (connection, API error).")]
+    Exec(ExecArgs),
+
+    /// Run Python or Node code in a sandbox; exits with the interpreter's exit code.
+    #[command(after_help = "\
+Examples:
+  traforato-cli run sbx-... --runtime python --code 'print(6 * 7)'
+  traforato-cli run sbx-... --runtime node ./script.js
+  echo 'print(1)' | traforato-cli run sbx-... --runtime python -
+
+Exit status: the interpreter's exit code (1 for a syntax error, 124 on timeout), or 125 when
+traforato-cli itself failed.")]
+    Run(RunArgs),
+
+    /// Read and write files in a sandbox.
+    #[command(
+        subcommand,
+        after_help = "Example:\n  traforato-cli files ls sbx-... /workspace -r"
+    )]
+    Files(FilesCommand),
+
+    /// Print the URL that reaches a port inside a sandbox.
+    #[command(after_help = "Example:\n  traforato-cli port-url sbx-... 8000 --protocol http")]
+    PortUrl(PortUrlArgs),
+
+    /// Print a shell completion script.
+    #[command(after_help = "\
+Examples:
+  traforato-cli completions bash > /etc/bash_completion.d/traforato-cli
+  traforato-cli completions zsh > \"${fpath[1]}/_traforato-cli\"")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `sandbox ...`.
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// Create a sandbox and print its id (the whole record with --json).
+    #[command(after_help = "\
+Examples:
+  traforato-cli sandbox create --image ubuntu:24.04
+  SBX=$(traforato-cli sandbox create --image ubuntu:24.04 --cpu 2 --ttl 600)")]
+    Create(CreateArgs),
+
+    /// Show a sandbox.
+    #[command(
+        after_help = "Example:\n  traforato-cli sandbox get sbx-broker_local-worker_local-..."
+    )]
+    Get {
+        /// Sandbox id.
+        id: String,
+    },
+
+    /// Delete a sandbox and everything in it.
+    #[command(after_help = "Example:\n  traforato-cli sandbox delete sbx-...")]
+    Delete {
+        /// Sandbox id.
+        id: String,
+    },
+
+    /// Renew a sandbox's lease: it now expires TTL seconds from now.
+    #[command(after_help = "Example:\n  traforato-cli sandbox lease sbx-... --ttl 3600")]
+    Lease {
+        /// Sandbox id.
+        id: String,
+        /// Seconds from now.
+        #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+        ttl: u64,
+    },
+}
+
+/// `sandbox create` flags.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Image, e.g. ubuntu:24.04 (required except for tart).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// CPUs.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub cpu: Option<u32>,
+    /// Backend, e.g. vetu, tart, container, fake (default: the deployment's).
+    #[arg(long)]
+    pub virtualization: Option<String>,
+    /// Lifetime in seconds (default: the worker's).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub ttl: Option<u64>,
+    /// Only place on workers with this hardware SKU.
+    #[arg(long)]
+    pub hardware_sku: Option<String>,
+}
+
+/// `exec` arguments.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Sandbox id.
+    pub id: String,
+    /// Working directory inside the sandbox.
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// Environment variable (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_key_val)]
+    pub env: Vec<(String, String)>,
+    /// Kill the command after this many milliseconds (exit code 124).
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: Option<u64>,
+    /// The command and its arguments (after `--`).
+    #[arg(
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub command: Vec<String>,
+}
+
+/// An interpreter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeArg {
+    /// Python 3.
+    Python,
+    /// Node.js.
+    Node,
+}
+
+/// `run` arguments.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["code", "file"])))]
+pub struct RunArgs {
+    /// Sandbox id.
+    pub id: String,
+    /// The interpreter.
+    #[arg(long, value_enum)]
+    pub runtime: RuntimeArg,
+    /// The code, inline.
+    #[arg(long, conflicts_with = "file")]
+    pub code: Option<String>,
+    /// A file with the code, or `-` for standard input.
+    #[arg(value_name = "FILE")]
+    pub file: Option<String>,
+    /// Working directory inside the sandbox.
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// Environment variable (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_key_val)]
+    pub env: Vec<(String, String)>,
+    /// Kill the interpreter after this many milliseconds (default 30000; exit code 124).
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: Option<u64>,
+}
+
+/// `files ...`.
+#[derive(Debug, Subcommand)]
+pub enum FilesCommand {
+    /// Upload a local file (or `-` for standard input) to a path in the sandbox.
+    #[command(after_help = "\
+Examples:
+  traforato-cli files put sbx-... ./app.py /workspace/app.py
+  echo hello | traforato-cli files put sbx-... - /workspace/hello.txt")]
+    Put {
+        /// Sandbox id.
+        id: String,
+        /// Local file, or `-` for standard input.
+        local: String,
+        /// Absolute path in the sandbox.
+        remote: String,
+    },
+
+    /// Download a file from the sandbox to LOCAL, or to standard output.
+    #[command(after_help = "\
+Examples:
+  traforato-cli files get sbx-... /workspace/out.csv ./out.csv
+  traforato-cli files get sbx-... /workspace/log.txt | tail")]
+    Get {
+        /// Sandbox id.
+        id: String,
+        /// Absolute path in the sandbox.
+        remote: String,
+        /// Local file; standard output when absent or `-`.
+        local: Option<String>,
+    },
+
+    /// List a directory.
+    #[command(after_help = "Example:\n  traforato-cli files ls sbx-... /workspace -r")]
+    Ls {
+        /// Sandbox id.
+        id: String,
+        /// Directory.
+        #[arg(default_value = "/workspace")]
+        path: String,
+        /// Everything below the directory.
+        #[arg(short, long)]
+        recursive: bool,
+    },
+
+    /// Show a file's or directory's type, size and modification time; exits 1 if missing.
+    #[command(after_help = "Example:\n  traforato-cli files stat sbx-... /workspace/app.py")]
+    Stat {
+        /// Sandbox id.
+        id: String,
+        /// Absolute path in the sandbox.
+        path: String,
+    },
+
+    /// Create a directory.
+    #[command(after_help = "Example:\n  traforato-cli files mkdir sbx-... /workspace/src/pkg -p")]
+    Mkdir {
+        /// Sandbox id.
+        id: String,
+        /// Absolute path in the sandbox.
+        path: String,
+        /// Create missing parents; no error if it exists.
+        #[arg(short, long)]
+        parents: bool,
+    },
+
+    /// Remove a file or directory.
+    #[command(after_help = "Example:\n  traforato-cli files rm sbx-... /workspace/build -r -f")]
+    Rm {
+        /// Sandbox id.
+        id: String,
+        /// Absolute path in the sandbox.
+        path: String,
+        /// Remove directories and their contents.
+        #[arg(short, long)]
+        recursive: bool,
+        /// No error when nothing is there.
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+/// A port URL scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProtocolArg {
+    /// http://
+    Http,
+    /// https://
+    Https,
+    /// ws://
+    Ws,
+    /// wss://
+    Wss,
+}
+
+/// `port-url` arguments.
+#[derive(Debug, Args)]
+pub struct PortUrlArgs {
+    /// Sandbox id.
+    pub id: String,
+    /// Port inside the sandbox.
+    #[arg(value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+    /// URL scheme.
+    #[arg(long, value_enum, default_value = "https")]
+    pub protocol: ProtocolArg,
+}
+
+/// Parses `KEY=VALUE`.
+pub fn parse_key_val(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_has_an_example() {
+        fn walk(cmd: &clap::Command, path: &str) {
+            let name = format!("{path} {}", cmd.get_name());
+            if cmd.get_name() != "help" {
+                let help = cmd
+                    .get_after_help()
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
+                assert!(help.contains("traforato-cli "), "{name} has no example");
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &name);
+            }
+        }
+        walk(&Cli::command(), "");
+    }
+
+    #[test]
+    fn exec_takes_everything_after_the_id() {
+        let cli = Cli::try_parse_from([
+            "traforato-cli",
+            "exec",
+            "sbx-1",
+            "--cwd",
+            "/w",
+            "--env",
+            "A=1=2",
+            "--timeout",
+            "500",
+            "--",
+            "ls",
+            "-la",
+            "--cwd",
+        ])
+        .unwrap();
+        let Command::Exec(args) = cli.command else {
+            panic!("not exec")
+        };
+        assert_eq!(args.id, "sbx-1");
+        assert_eq!(args.cwd.as_deref(), Some("/w"));
+        assert_eq!(args.env, [("A".to_string(), "1=2".to_string())]);
+        assert_eq!(args.timeout, Some(500));
+        assert_eq!(args.command, ["ls", "-la", "--cwd"]);
+    }
+
+    #[test]
+    fn run_needs_exactly_one_source() {
+        let ok = Cli::try_parse_from([
+            "traforato-cli",
+            "run",
+            "sbx-1",
+            "--runtime",
+            "python",
+            "--code",
+            "print(1)",
+        ]);
+        assert!(ok.is_ok());
+        let stdin =
+            Cli::try_parse_from(["traforato-cli", "run", "sbx-1", "--runtime", "node", "-"]);
+        assert!(stdin.is_ok());
+        let none = Cli::try_parse_from(["traforato-cli", "run", "sbx-1", "--runtime", "node"]);
+        assert!(none.is_err());
+        let both = Cli::try_parse_from([
+            "traforato-cli",
+            "run",
+            "sbx-1",
+            "--runtime",
+            "node",
+            "--code",
+            "1",
+            "f.js",
+        ]);
+        assert!(both.is_err());
+        let bad = Cli::try_parse_from([
+            "traforato-cli",
+            "run",
+            "sbx-1",
+            "--runtime",
+            "ruby",
+            "--code",
+            "1",
+        ]);
+        assert!(bad.is_err());
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let cli = Cli::try_parse_from([
+            "traforato-cli",
+            "sandbox",
+            "get",
+            "sbx-1",
+            "--json",
+            "--url",
+            "http://b:1",
+            "--token",
+            "t",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        assert_eq!(cli.url, "http://b:1");
+        assert_eq!(cli.token.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn key_values() {
+        assert_eq!(parse_key_val("A=").unwrap(), ("A".into(), "".into()));
+        assert!(parse_key_val("=x").is_err());
+        assert!(parse_key_val("noequals").is_err());
+    }
+}

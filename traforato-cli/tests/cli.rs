@@ -1,0 +1,595 @@
+//! End-to-end tests of the `traforato-cli` binary against a real broker and worker
+//! (traforato-server shells, fake backend) on `127.0.0.1:0`: every command, exit codes, and
+//! `--json` output parsed back.
+
+use std::future::Future;
+use std::process::{Output, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use traforato_core::auth::AuthMode;
+use traforato_core::backend::fake::FakeBackend;
+use traforato_core::broker::{Broker, BrokerConfig};
+use traforato_core::clock::SystemClock;
+use traforato_core::id::ComponentId;
+use traforato_core::scheduler::LeastLoaded;
+use traforato_core::telemetry::Metrics;
+use traforato_core::worker::{BrokerLink, Worker, WorkerConfig};
+use traforato_server::link::HttpBrokerLink;
+use traforato_server::server::{shutdown_channel, ShutdownTrigger};
+use traforato_server::{serve_broker, serve_worker};
+
+/// A broker and a worker (fake backend) registered with it over HTTP.
+struct Stack {
+    url: String,
+    trigger: ShutdownTrigger,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Stack {
+    async fn start() -> Self {
+        let (trigger, shutdown) = shutdown_channel();
+        let mut tasks = Vec::new();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let broker = Arc::new(Broker::new(
+            BrokerConfig {
+                default_virtualization: "fake".to_string(),
+                ..BrokerConfig::default()
+            },
+            Arc::new(SystemClock),
+            Arc::new(LeastLoaded),
+            Arc::new(Metrics::new(false)),
+        ));
+        let serve = serve_broker(listener, broker.clone(), shutdown.clone().wait());
+        tasks.push(tokio::spawn(async move {
+            serve.await.unwrap();
+        }));
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let worker_url = format!("http://{}", listener.local_addr().unwrap());
+        let config = WorkerConfig {
+            broker_id: ComponentId::parse("broker_local").unwrap(),
+            worker_id: ComponentId::parse("worker_local").unwrap(),
+            hostname: "localhost".to_string(),
+            advertise_url: worker_url,
+            broker_public_url: Some(url.clone()),
+            hardware_sku: String::new(),
+            total_cores: 8,
+            total_memory_mib: 8192,
+            max_live_sandboxes: 8,
+            default_ttl: Duration::from_secs(1800),
+            max_ttl: Duration::from_secs(24 * 3600),
+            default_virtualization: "fake".to_string(),
+            registration_heartbeat: Duration::from_millis(200),
+            registration_jitter_percent: 0,
+            reap_interval: Duration::from_secs(1),
+            pre_pull: Vec::new(),
+            auth_mode: AuthMode::Dev,
+        };
+        let link: Arc<dyn BrokerLink> = Arc::new(HttpBrokerLink::new(&url));
+        let worker = Worker::new(
+            config,
+            vec![Arc::new(FakeBackend::new())],
+            Arc::new(SystemClock),
+            Arc::new(Metrics::new(false)),
+            Some(link),
+        );
+        let serve = serve_worker(listener, worker.clone(), shutdown.clone().wait());
+        tasks.push(tokio::spawn(async move {
+            serve.await.unwrap();
+        }));
+        tasks.push(tokio::spawn(worker.clone().run(shutdown.wait())));
+        wait_until("the worker to register", || {
+            let active = broker.is_worker_active("worker_local");
+            async move { active }
+        })
+        .await;
+        Stack {
+            url,
+            trigger,
+            tasks,
+        }
+    }
+
+    async fn stop(self) {
+        self.trigger.trigger();
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+    }
+
+    /// Runs the CLI with `--url` pointing at this stack.
+    async fn cli(&self, args: &[&str]) -> Run {
+        let mut full = vec!["--url", self.url.as_str()];
+        full.extend_from_slice(args);
+        cli(&full, None, &[]).await
+    }
+
+    /// Runs the CLI with standard input.
+    async fn cli_stdin(&self, args: &[&str], stdin: &[u8]) -> Run {
+        let mut full = vec!["--url", self.url.as_str()];
+        full.extend_from_slice(args);
+        cli(&full, Some(stdin), &[]).await
+    }
+
+    /// Creates a fake sandbox with the CLI and returns its id.
+    async fn create(&self) -> String {
+        let run = self
+            .cli(&[
+                "sandbox",
+                "create",
+                "--image",
+                "ubuntu:24.04",
+                "--virtualization",
+                "fake",
+            ])
+            .await;
+        run.success();
+        run.stdout.trim().to_string()
+    }
+}
+
+async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One finished CLI run.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn success(&self) -> &Self {
+        assert_eq!(self.code, 0, "stdout: {}\nstderr: {}", self.stdout, self.stderr);
+        self
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not json ({e}): {:?}", self.stdout))
+    }
+
+    fn stderr_json(&self) -> Value {
+        serde_json::from_str(self.stderr.trim())
+            .unwrap_or_else(|e| panic!("stderr is not json ({e}): {:?}", self.stderr))
+    }
+}
+
+async fn cli(args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> Run {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_traforato-cli"));
+    cmd.args(args)
+        .env_remove("TRAFORATO_URL")
+        .env_remove("TRAFORATO_TOKEN")
+        .envs(env.iter().copied())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(input).await.unwrap();
+        drop(pipe);
+    }
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the cli did not finish")
+        .unwrap();
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_commands() {
+    let stack = Stack::start().await;
+
+    let id = stack.create().await;
+    assert!(id.starts_with("sbx-broker_local-worker_local-"), "{id}");
+
+    // TRAFORATO_URL works like --url.
+    let run = cli(
+        &[
+            "--json",
+            "sandbox",
+            "create",
+            "--image",
+            "ubuntu:24.04",
+            "--virtualization",
+            "fake",
+            "--cpu",
+            "2",
+            "--ttl",
+            "600",
+        ],
+        None,
+        &[("TRAFORATO_URL", stack.url.as_str())],
+    )
+    .await;
+    run.success();
+    let created = run.json();
+    assert_eq!(created["cpu"], 2);
+    assert_eq!(created["virtualization"], "fake");
+    assert!(created["expires_at"].is_string());
+    let json_id = created["sandbox_id"].as_str().unwrap().to_string();
+
+    let run = stack.cli(&["sandbox", "get", &json_id, "--json"]).await;
+    run.success();
+    let info = run.json();
+    assert_eq!(info["sandbox_id"], json_id.as_str());
+    assert_eq!(info["image"], "ubuntu:24.04");
+    assert_eq!(info["cpu"], 2);
+
+    let run = stack.cli(&["sandbox", "get", &id]).await;
+    run.success();
+    assert!(run.stdout.contains("image           ubuntu:24.04"), "{}", run.stdout);
+
+    let run = stack
+        .cli(&["--json", "sandbox", "lease", &id, "--ttl", "3600"])
+        .await;
+    run.success();
+    assert_eq!(run.json()["sandbox_id"], id.as_str());
+    let run = stack.cli(&["sandbox", "lease", &id, "--ttl", "60"]).await;
+    run.success();
+    assert!(run.stdout.contains(" expires at "), "{}", run.stdout);
+    let run = stack.cli(&["sandbox", "lease", &id, "--ttl", "0"]).await;
+    assert_eq!(run.code, 2, "clap refuses a zero ttl");
+
+    let run = stack.cli(&["--json", "sandbox", "delete", &json_id]).await;
+    run.success();
+    assert_eq!(run.json()["deleted"], true);
+    let run = stack.cli(&["sandbox", "delete", &id]).await;
+    run.success();
+    assert!(run.stdout.is_empty());
+
+    let run = stack.cli(&["sandbox", "get", &id]).await;
+    assert_eq!(run.code, 1);
+    assert_eq!(run.stderr.trim(), "error: sandbox not found (http 404)");
+    let run = stack.cli(&["--json", "sandbox", "get", &id]).await;
+    assert_eq!(run.code, 1);
+    let err = run.stderr_json();
+    assert_eq!(err["error"], "sandbox not found");
+    assert_eq!(err["status"], 404);
+    assert_eq!(err["kind"], "api");
+
+    let run = stack
+        .cli(&["sandbox", "create", "--virtualization", "fake"])
+        .await;
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("image is required"), "{}", run.stderr);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_streams_and_exits_with_the_command_code() {
+    let stack = Stack::start().await;
+    let id = stack.create().await;
+
+    let run = stack.cli(&["exec", &id, "--", "echo hi; exit 3"]).await;
+    assert_eq!(run.code, 3);
+    assert_eq!(run.stdout, "hi\n");
+
+    let run = stack.cli(&["exec", &id, "--", "echo", "a  b", "c"]).await;
+    run.success();
+    assert_eq!(run.stdout, "a  b c\n");
+
+    let run = stack
+        .cli(&[
+            "exec", &id, "--cwd", "/workspace", "--env", "GREETING=hi", "--", "pwd; printenv GREETING",
+        ])
+        .await;
+    run.success();
+    assert_eq!(run.stdout, "/workspace\nhi\n");
+
+    let run = stack.cli(&["exec", &id, "--", "no-such-command"]).await;
+    assert_eq!(run.code, 127);
+    assert!(run.stderr.contains("no-such-command"), "{}", run.stderr);
+
+    let run = stack
+        .cli(&["exec", &id, "--timeout", "200", "--", "sleep 30"])
+        .await;
+    assert_eq!(run.code, 124);
+
+    let run = stack
+        .cli(&["--json", "exec", &id, "--", "echo one; sleep 0.2; echo two; exit 4"])
+        .await;
+    assert_eq!(run.code, 4);
+    let out = run.json();
+    assert_eq!(out["stdout"], "one\ntwo\n");
+    assert_eq!(out["exit_code"], 4);
+    assert_eq!(out["sandbox_id"], id.as_str());
+    assert!(out["exec_id"].as_str().unwrap().starts_with("exec_"));
+
+    // traforato-cli's own failures are 125, apart from any command's code.
+    let run = stack
+        .cli(&[
+            "exec",
+            "sbx-broker_local-worker_local-550e8400-e29b-41d4-a716-446655440000",
+            "--",
+            "true",
+        ])
+        .await;
+    assert_eq!(run.code, 125);
+    assert!(run.stderr.contains("sandbox not found"), "{}", run.stderr);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_executes_code_from_every_source() {
+    let stack = Stack::start().await;
+    let id = stack.create().await;
+
+    let run = stack
+        .cli(&["run", &id, "--runtime", "python", "--code", "print('hello')"])
+        .await;
+    run.success();
+    assert_eq!(run.stdout, "hello\n");
+
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("script.js");
+    std::fs::write(&script, "console.log('from-file')\n").unwrap();
+    let run = stack
+        .cli(&["run", &id, "--runtime", "node", script.to_str().unwrap()])
+        .await;
+    run.success();
+    assert_eq!(run.stdout, "from-file\n");
+
+    let run = stack
+        .cli_stdin(&["run", &id, "--runtime", "python", "-"], b"print('from-stdin')\n")
+        .await;
+    run.success();
+    assert_eq!(run.stdout, "from-stdin\n");
+
+    let run = stack
+        .cli(&["run", &id, "--runtime", "node", "--code", "throw new Error('boom')"])
+        .await;
+    assert_eq!(run.code, 1);
+    assert!(!run.stderr.is_empty());
+
+    let run = stack
+        .cli(&["run", &id, "--runtime", "python", "--code", "print('oops'"])
+        .await;
+    assert_ne!(run.code, 0);
+    assert_ne!(run.code, 125);
+
+    let run = stack
+        .cli(&["--json", "run", &id, "--runtime", "python", "--code", "print('oops'"])
+        .await;
+    assert_ne!(run.code, 0);
+    let out = run.json();
+    assert_eq!(out["syntax_error"], true);
+    assert_eq!(out["runtime"], "python");
+
+    let run = stack
+        .cli(&["--json", "run", &id, "--runtime", "python", "--code", "print(42)"])
+        .await;
+    run.success();
+    assert_eq!(run.json()["stdout"], "42\n");
+    assert_eq!(run.json()["syntax_error"], false);
+
+    let run = stack
+        .cli(&["run", &id, "--runtime", "python", "/no/such/file.py"])
+        .await;
+    assert_eq!(run.code, 125);
+    assert!(run.stderr.contains("/no/such/file.py"), "{}", run.stderr);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_commands() {
+    let stack = Stack::start().await;
+    let id = stack.create().await;
+    let dir = tempfile::tempdir().unwrap();
+
+    let local = dir.path().join("in.bin");
+    let content: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+    std::fs::write(&local, &content).unwrap();
+    let run = stack
+        .cli(&[
+            "--json",
+            "files",
+            "put",
+            &id,
+            local.to_str().unwrap(),
+            "/workspace/data/in.bin",
+        ])
+        .await;
+    run.success();
+    assert_eq!(run.json()["bytes_written"], 3000);
+
+    let run = stack
+        .cli_stdin(&["files", "put", &id, "-", "/workspace/hello.txt"], b"hello\n")
+        .await;
+    run.success();
+    assert!(run.stdout.is_empty());
+
+    let run = stack.cli(&["files", "get", &id, "/workspace/hello.txt"]).await;
+    run.success();
+    assert_eq!(run.stdout, "hello\n");
+
+    let out = dir.path().join("out.bin");
+    let run = stack
+        .cli(&[
+            "--json",
+            "files",
+            "get",
+            &id,
+            "/workspace/data/in.bin",
+            out.to_str().unwrap(),
+        ])
+        .await;
+    run.success();
+    assert_eq!(run.json()["bytes"], 3000);
+    assert_eq!(std::fs::read(&out).unwrap(), content);
+
+    let run = stack
+        .cli(&["files", "get", &id, "/workspace/missing", out.to_str().unwrap()])
+        .await;
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("http 404"), "{}", run.stderr);
+    assert_eq!(std::fs::read(&out).unwrap(), content, "kept the old file");
+
+    let run = stack
+        .cli(&["files", "mkdir", &id, "/workspace/a/b", "-p"])
+        .await;
+    run.success();
+    let run = stack
+        .cli(&["--json", "files", "mkdir", &id, "/workspace/a/b", "-p"])
+        .await;
+    run.success();
+    assert_eq!(run.json()["created"], false);
+    let run = stack.cli(&["files", "mkdir", &id, "/workspace/x/y"]).await;
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("parent directory not found"), "{}", run.stderr);
+
+    let run = stack.cli(&["files", "ls", &id, "/workspace"]).await;
+    run.success();
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "dir           -  a/",
+            "dir           -  data/",
+            "file          6  hello.txt"
+        ]
+    );
+    let run = stack
+        .cli(&["--json", "files", "ls", &id, "/workspace", "-r"])
+        .await;
+    run.success();
+    let entries = run.json();
+    let paths: Vec<&str> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/workspace/a",
+            "/workspace/a/b",
+            "/workspace/data",
+            "/workspace/data/in.bin",
+            "/workspace/hello.txt"
+        ]
+    );
+
+    let run = stack
+        .cli(&["files", "stat", &id, "/workspace/hello.txt"])
+        .await;
+    run.success();
+    assert!(run.stdout.contains("type      file"), "{}", run.stdout);
+    assert!(run.stdout.contains("size      6"), "{}", run.stdout);
+    let run = stack
+        .cli(&["--json", "files", "stat", &id, "/workspace/a"])
+        .await;
+    run.success();
+    assert_eq!(run.json()["type"], "directory");
+    let run = stack.cli(&["files", "stat", &id, "/workspace/nope"]).await;
+    assert_eq!(run.code, 1);
+    assert_eq!(
+        run.stderr.trim(),
+        "error: /workspace/nope: no such file or directory"
+    );
+    let run = stack
+        .cli(&["--json", "files", "stat", &id, "/workspace/nope"])
+        .await;
+    assert_eq!(run.code, 1);
+    assert_eq!(run.json()["exists"], false);
+
+    let run = stack.cli(&["files", "rm", &id, "/workspace/a"]).await;
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("directory is not empty"), "{}", run.stderr);
+    let run = stack.cli(&["files", "rm", &id, "/workspace/a", "-r"]).await;
+    run.success();
+    let run = stack.cli(&["files", "rm", &id, "/workspace/a"]).await;
+    assert_eq!(run.code, 1);
+    let run = stack
+        .cli(&["--json", "files", "rm", &id, "/workspace/a", "-f"])
+        .await;
+    run.success();
+    assert_eq!(run.json()["removed"], true);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_url_and_connection_errors() {
+    let stack = Stack::start().await;
+    let id = stack.create().await;
+
+    let run = stack
+        .cli(&["port-url", &id, "8000", "--protocol", "http"])
+        .await;
+    run.success();
+    let url = run.stdout.trim();
+    assert!(url.starts_with("http://"), "{url}");
+    assert!(url.ends_with(&format!("/sandboxes/{id}/proxy/8000")), "{url}");
+    let run = stack.cli(&["--json", "port-url", &id, "3000"]).await;
+    run.success();
+    let body = run.json();
+    assert_eq!(body["protocol"], "https");
+    assert_eq!(body["port"], 3000);
+    stack.stop().await;
+
+    // Nothing listens any more.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let run = cli(&["--url", &url, "sandbox", "get", &id], None, &[]).await;
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("cannot connect"), "{}", run.stderr);
+    let run = cli(&["--url", &url, "--json", "exec", &id, "--", "true"], None, &[]).await;
+    assert_eq!(run.code, 125);
+    assert_eq!(run.stderr_json()["kind"], "connect");
+}
+
+#[tokio::test]
+async fn help_and_completions() {
+    for args in [
+        &["--help"][..],
+        &["sandbox", "create", "--help"],
+        &["exec", "--help"],
+        &["run", "--help"],
+        &["files", "put", "--help"],
+        &["files", "rm", "--help"],
+        &["port-url", "--help"],
+    ] {
+        let run = cli(args, None, &[]).await;
+        run.success();
+        assert!(run.stdout.contains("Example"), "{args:?}: {}", run.stdout);
+    }
+    let run = cli(&["completions", "bash"], None, &[]).await;
+    run.success();
+    assert!(run.stdout.contains("traforato-cli"));
+    assert!(run.stdout.contains("complete"));
+    let run = cli(&["exec"], None, &[]).await;
+    assert_eq!(run.code, 2, "usage errors exit 2");
+}

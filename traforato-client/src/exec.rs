@@ -1,0 +1,757 @@
+//! Commands and code in a sandbox: [`Command`] and [`RunCode`] describe what to run,
+//! [`Execution`] follows a running exec (frames as a long-polled [`FrameStream`], `wait()` for
+//! the result).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::stream::{BoxStream, Stream, StreamExt};
+use reqwest::Method;
+use traforato_core::api::{
+    ExecAccepted, ExecRecord, ExecRequest, Frame, FrameKind, FramesResponse, RunCodeAccepted,
+    RunCodeRequest, RunCodeResponse, SyntaxErrorBody,
+};
+
+use crate::client::{decode_json, error_from_response, Req};
+use crate::error::ClientError;
+use crate::sandbox::Sandbox;
+
+/// A command to run in a sandbox.
+///
+/// A plain string converts into a shell command (`/bin/sh -c`); [`Command::new`] runs a
+/// program with an argument vector and no shell.
+///
+/// ```
+/// use std::time::Duration;
+/// use traforato_client::Command;
+///
+/// let shell: Command = "ls -la | wc -l".into();
+/// let argv = Command::new("python3")
+///     .arg("-c")
+///     .arg("import sys; print(sys.argv)")
+///     .cwd("/workspace")
+///     .env("DEBUG", "1")
+///     .timeout(Duration::from_secs(30));
+/// # let _ = (shell, argv);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[must_use]
+pub struct Command {
+    req: ExecRequest,
+}
+
+impl Command {
+    /// Runs `program` directly (no shell); add arguments with [`Command::arg`].
+    pub fn new(program: impl Into<String>) -> Self {
+        Command {
+            req: ExecRequest {
+                args: Some(vec![program.into()]),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Runs `script` through `/bin/sh -c`.
+    pub fn shell(script: impl Into<String>) -> Self {
+        Command {
+            req: ExecRequest {
+                command: script.into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Appends an argument. On a shell command this switches to an argument vector of
+    /// `sh -c <script> <args...>`.
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        match &mut self.req.args {
+            Some(args) => args.push(arg.into()),
+            None => {
+                let script = std::mem::take(&mut self.req.command);
+                self.req.args = Some(vec!["/bin/sh".into(), "-c".into(), script, arg.into()]);
+            }
+        }
+        self
+    }
+
+    /// Appends arguments.
+    pub fn args<I, S>(self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        args.into_iter().fold(self, |c, a| c.arg(a))
+    }
+
+    /// The working directory inside the sandbox.
+    pub fn cwd(mut self, dir: impl Into<String>) -> Self {
+        self.req.cwd = dir.into();
+        self
+    }
+
+    /// Sets an environment variable.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.req.env.insert(key.into(), value.into());
+        self
+    }
+
+    /// Kills the command after this long; it then exits with code 124.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.req.timeout_ms = duration_ms(timeout);
+        self
+    }
+
+    /// The request body this command sends.
+    pub fn as_request(&self) -> &ExecRequest {
+        &self.req
+    }
+}
+
+impl From<&str> for Command {
+    fn from(script: &str) -> Self {
+        Command::shell(script)
+    }
+}
+
+impl From<String> for Command {
+    fn from(script: String) -> Self {
+        Command::shell(script)
+    }
+}
+
+impl From<ExecRequest> for Command {
+    fn from(req: ExecRequest) -> Self {
+        Command { req }
+    }
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
+}
+
+/// A code interpreter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Runtime {
+    /// `python`.
+    Python,
+    /// `node`.
+    Node,
+}
+
+impl Runtime {
+    /// The name the API uses.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Runtime::Python => "python",
+            Runtime::Node => "node",
+        }
+    }
+}
+
+impl fmt::Display for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A runtime name other than `python` or `node`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("runtime must be one of: node, python")]
+pub struct ParseRuntimeError;
+
+impl FromStr for Runtime {
+    type Err = ParseRuntimeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "python" => Ok(Runtime::Python),
+            "node" => Ok(Runtime::Node),
+            _ => Err(ParseRuntimeError),
+        }
+    }
+}
+
+/// Code to run, with options.
+///
+/// ```
+/// use std::time::Duration;
+/// use traforato_client::{RunCode, Runtime};
+///
+/// let code = RunCode::new(Runtime::Python, "import os; print(os.getcwd())")
+///     .cwd("/workspace")
+///     .timeout(Duration::from_secs(10));
+/// # let _ = code;
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub struct RunCode {
+    runtime: Runtime,
+    code: String,
+    cwd: String,
+    env: BTreeMap<String, String>,
+    timeout: Option<Duration>,
+}
+
+impl RunCode {
+    /// `code` in `runtime`, with the server's defaults (30 s timeout).
+    pub fn new(runtime: Runtime, code: impl Into<String>) -> Self {
+        RunCode {
+            runtime,
+            code: code.into(),
+            cwd: String::new(),
+            env: BTreeMap::new(),
+            timeout: None,
+        }
+    }
+
+    /// The working directory.
+    pub fn cwd(mut self, dir: impl Into<String>) -> Self {
+        self.cwd = dir.into();
+        self
+    }
+
+    /// Sets an environment variable.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.insert(key.into(), value.into());
+        self
+    }
+
+    /// Kills the interpreter after this long (exit code 124).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    fn to_request(&self, wait: bool) -> RunCodeRequest {
+        RunCodeRequest {
+            code: self.code.clone(),
+            runtime: self.runtime.as_str().to_string(),
+            timeout_ms: self.timeout.map(duration_ms).unwrap_or(0),
+            cwd: self.cwd.clone(),
+            env: self.env.clone(),
+            wait: Some(wait),
+        }
+    }
+
+    /// How long the server may take to answer a waiting run: the code's timeout (30 s by
+    /// default) plus a margin for interpreter start-up.
+    fn server_wait(&self) -> Duration {
+        self.timeout.unwrap_or(Duration::from_secs(30)) + Duration::from_secs(10)
+    }
+}
+
+/// The result of a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// The exec id.
+    pub exec_id: String,
+    /// Everything written to stdout (lossy UTF-8).
+    pub stdout: String,
+    /// Everything written to stderr (lossy UTF-8).
+    pub stderr: String,
+    /// The exit code; 124 when the command's timeout killed it.
+    pub exit_code: i32,
+}
+
+impl ExecOutput {
+    /// True when the exit code is 0.
+    pub fn success(&self) -> bool {
+        self.exit_code == 0
+    }
+}
+
+/// The result of [`Sandbox::run_code`].
+///
+/// A syntax error is an outcome, not a [`ClientError`]: `syntax_error` is true, `exit_code`
+/// is the interpreter's (non-zero) and `stderr` holds its message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunCodeOutput {
+    /// The exec id.
+    pub exec_id: String,
+    /// The runtime that ran the code.
+    pub runtime: String,
+    /// stdout (lossy UTF-8).
+    pub stdout: String,
+    /// stderr (lossy UTF-8).
+    pub stderr: String,
+    /// The exit code; 124 on timeout.
+    pub exit_code: i32,
+    /// Wall time.
+    pub duration_ms: u64,
+    /// The code did not compile (HTTP 422 `syntax_error`).
+    pub syntax_error: bool,
+}
+
+impl RunCodeOutput {
+    /// True when the code ran and exited 0.
+    pub fn success(&self) -> bool {
+        self.exit_code == 0 && !self.syntax_error
+    }
+}
+
+impl From<RunCodeResponse> for RunCodeOutput {
+    fn from(r: RunCodeResponse) -> Self {
+        RunCodeOutput {
+            exec_id: r.exec_id,
+            runtime: r.runtime,
+            stdout: r.stdout,
+            stderr: r.stderr,
+            exit_code: r.exit_code,
+            duration_ms: r.duration_ms,
+            syntax_error: false,
+        }
+    }
+}
+
+impl From<SyntaxErrorBody> for RunCodeOutput {
+    fn from(r: SyntaxErrorBody) -> Self {
+        RunCodeOutput {
+            exec_id: r.exec_id,
+            runtime: r.runtime,
+            stdout: r.stdout,
+            stderr: r.stderr,
+            exit_code: r.exit_code,
+            duration_ms: r.duration_ms,
+            syntax_error: true,
+        }
+    }
+}
+
+/// The exit code an `exit` frame carries, `None` for output frames.
+pub fn frame_exit_code(frame: &Frame) -> Option<i32> {
+    match frame.kind {
+        FrameKind::Exit => Some(frame.data.trim().parse().unwrap_or(-1)),
+        _ => None,
+    }
+}
+
+/// A running (or finished) exec in a sandbox.
+///
+/// ```no_run
+/// # async fn demo(sandbox: traforato_client::Sandbox) -> Result<(), traforato_client::ClientError> {
+/// use futures::StreamExt;
+/// use traforato_client::{frame_exit_code, FrameKind};
+///
+/// let exec = sandbox.exec_stream("for i in 1 2 3; do echo $i; sleep 1; done").await?;
+/// let mut frames = exec.frames();
+/// while let Some(frame) = frames.next().await {
+///     let frame = frame?;
+///     match frame.kind {
+///         FrameKind::Stdout => print!("{}", frame.data),
+///         FrameKind::Stderr => eprint!("{}", frame.data),
+///         FrameKind::Exit => println!("exit {:?}", frame_exit_code(&frame)),
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Execution {
+    sandbox: Sandbox,
+    exec_id: String,
+}
+
+impl Execution {
+    /// The exec id.
+    pub fn id(&self) -> &str {
+        &self.exec_id
+    }
+
+    /// The sandbox it runs in.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    /// The exec's record: status, exit code once exited, collected output, timings.
+    pub async fn record(&self) -> Result<ExecRecord, ClientError> {
+        let req = Req::new(Method::GET, self.sandbox.url(&["exec", &self.exec_id], &[]));
+        self.sandbox.client().send_json(req).await
+    }
+
+    /// All frames from the first, in order, as they come: stdout and stderr chunks, then
+    /// one `exit` frame, after which the stream ends. Uses the server's long-poll, so it waits
+    /// without busy-polling. Each call starts again from the first frame.
+    pub fn frames(&self) -> FrameStream {
+        FrameStream::new(self.clone(), 0)
+    }
+
+    /// Waits for the exec to finish and collects its output.
+    pub async fn wait(&self) -> Result<ExecOutput, ClientError> {
+        let mut out = ExecOutput {
+            exec_id: self.exec_id.clone(),
+            stdout: String::new(),
+            stderr: String::new(),
+            exit_code: 0,
+        };
+        let mut exit = None;
+        let mut frames = self.frames();
+        while let Some(frame) = frames.next().await {
+            let frame = frame?;
+            match frame.kind {
+                FrameKind::Stdout => out.stdout.push_str(&frame.data),
+                FrameKind::Stderr => out.stderr.push_str(&frame.data),
+                FrameKind::Exit => exit = frame_exit_code(&frame),
+            }
+        }
+        out.exit_code = match exit {
+            Some(code) => code,
+            // A server that ends the frames without an exit frame: ask the record.
+            None => self
+                .record()
+                .await?
+                .exit_code
+                .ok_or_else(|| ClientError::MissingExitCode {
+                    exec_id: self.exec_id.clone(),
+                })?,
+        };
+        Ok(out)
+    }
+
+    async fn fetch(&self, cursor: u64) -> Result<FramesResponse, ClientError> {
+        let wait = format!("{}s", self.sandbox.client().long_poll().as_secs());
+        let cursor = cursor.to_string();
+        let req = Req::new(
+            Method::GET,
+            self.sandbox.url(
+                &["exec", &self.exec_id, "frames"],
+                &[("cursor", &cursor), ("wait", &wait)],
+            ),
+        )
+        .extra_timeout(self.sandbox.client().long_poll());
+        self.sandbox.client().send_json(req).await
+    }
+}
+
+/// The frames of an exec as a [`Stream`]; see [`Execution::frames`].
+pub struct FrameStream {
+    inner: BoxStream<'static, Result<Frame, ClientError>>,
+}
+
+impl fmt::Debug for FrameStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FrameStream")
+    }
+}
+
+struct FrameState {
+    exec: Execution,
+    cursor: u64,
+    buffer: VecDeque<Frame>,
+    done: bool,
+    idle: u32,
+}
+
+impl FrameStream {
+    fn new(exec: Execution, cursor: u64) -> Self {
+        let state = FrameState {
+            exec,
+            cursor,
+            buffer: VecDeque::new(),
+            done: false,
+            idle: 0,
+        };
+        let inner = futures::stream::try_unfold(state, |mut st| async move {
+            loop {
+                if let Some(frame) = st.buffer.pop_front() {
+                    if frame.kind == FrameKind::Exit {
+                        st.done = true;
+                        st.buffer.clear();
+                    }
+                    return Ok(Some((frame, st)));
+                }
+                if st.done {
+                    return Ok(None);
+                }
+                let page = st.exec.fetch(st.cursor).await?;
+                let got_frames = !page.frames.is_empty();
+                st.cursor = page.next_cursor.max(st.cursor);
+                st.buffer.extend(page.frames);
+                if !page.has_more {
+                    st.done = true;
+                } else if !got_frames && !page.wait_applied {
+                    // A server that ignored `wait`: back off instead of spinning.
+                    st.idle = (st.idle + 1).min(5);
+                    tokio::time::sleep(Duration::from_millis(50 << st.idle)).await;
+                } else {
+                    st.idle = 0;
+                }
+            }
+        })
+        .boxed();
+        FrameStream { inner }
+    }
+}
+
+impl Stream for FrameStream {
+    type Item = Result<Frame, ClientError>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+impl Sandbox {
+    /// Runs a command and waits for it: its output and exit code. A non-zero exit code is
+    /// not an error.
+    ///
+    /// ```no_run
+    /// # async fn demo(sandbox: traforato_client::Sandbox) -> Result<(), traforato_client::ClientError> {
+    /// use traforato_client::Command;
+    ///
+    /// let out = sandbox.exec("echo hello").await?;
+    /// assert_eq!(out.stdout, "hello\n");
+    /// let out = sandbox.exec(Command::new("ls").arg("-la").cwd("/workspace")).await?;
+    /// println!("{}", out.stdout);
+    /// # Ok(()) }
+    /// ```
+    pub async fn exec(&self, command: impl Into<Command>) -> Result<ExecOutput, ClientError> {
+        self.exec_stream(command).await?.wait().await
+    }
+
+    /// Starts a command and returns at once with a handle to follow it.
+    pub async fn exec_stream(&self, command: impl Into<Command>) -> Result<Execution, ClientError> {
+        let command = command.into();
+        let req = Req::new(Method::POST, self.url(&["exec"], &[])).json(&command.req);
+        let accepted: ExecAccepted = self.client().send_json(req).await?;
+        Ok(self.execution(accepted.exec_id))
+    }
+
+    /// A handle on an existing exec of this sandbox, e.g. one started by another process.
+    pub fn execution(&self, exec_id: impl Into<String>) -> Execution {
+        Execution {
+            sandbox: self.clone(),
+            exec_id: exec_id.into(),
+        }
+    }
+
+    /// Runs code and waits for the result.
+    ///
+    /// ```no_run
+    /// # async fn demo(sandbox: traforato_client::Sandbox) -> Result<(), traforato_client::ClientError> {
+    /// use traforato_client::Runtime;
+    ///
+    /// let out = sandbox.run_code(Runtime::Python, "print(6 * 7)").await?;
+    /// if out.syntax_error {
+    ///     eprintln!("does not compile: {}", out.stderr);
+    /// } else {
+    ///     assert_eq!(out.stdout, "42\n");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn run_code(
+        &self,
+        runtime: Runtime,
+        code: impl Into<String>,
+    ) -> Result<RunCodeOutput, ClientError> {
+        self.run_code_with(RunCode::new(runtime, code)).await
+    }
+
+    /// Runs code with options and waits for the result.
+    pub async fn run_code_with(&self, code: RunCode) -> Result<RunCodeOutput, ClientError> {
+        let req = Req::new(Method::POST, self.url(&["exec", "code"], &[]))
+            .json(&code.to_request(true))
+            .extra_timeout(code.server_wait());
+        let resp = self.client().send(req).await?;
+        match resp.status().as_u16() {
+            200..=299 => Ok(decode_json::<RunCodeResponse>(resp).await?.into()),
+            422 => {
+                let url = resp.url().to_string();
+                let status = resp.status().as_u16();
+                let body = resp
+                    .bytes()
+                    .await
+                    .map_err(|e| ClientError::from_reqwest(&url, e))?;
+                match serde_json::from_slice::<SyntaxErrorBody>(&body) {
+                    Ok(b) if b.error == "syntax_error" => Ok(b.into()),
+                    _ => Err(ClientError::from_error_body(status, &body, None)),
+                }
+            }
+            _ => Err(error_from_response(resp).await),
+        }
+    }
+
+    /// Starts code in the background and returns a handle to stream its output and wait for
+    /// it. A syntax error then shows as a non-zero exit with the message on stderr.
+    pub async fn run_code_background(&self, code: RunCode) -> Result<Execution, ClientError> {
+        let req =
+            Req::new(Method::POST, self.url(&["exec", "code"], &[])).json(&code.to_request(false));
+        let accepted: RunCodeAccepted = self.client().send_json(req).await?;
+        Ok(self.execution(accepted.exec_id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::testing::{Reply, TestServer};
+    use crate::Client;
+
+    #[test]
+    fn commands_build_requests() {
+        let c: Command = "echo hi".into();
+        assert_eq!(c.as_request().command, "echo hi");
+        assert_eq!(c.as_request().args, None);
+        let c = Command::new("ls")
+            .args(["-l", "/"])
+            .env("A", "1")
+            .timeout(Duration::from_millis(1500));
+        assert_eq!(
+            c.as_request().args.as_deref(),
+            Some(&["ls".to_string(), "-l".into(), "/".into()][..])
+        );
+        assert_eq!(c.as_request().timeout_ms, 1500);
+        assert_eq!(c.as_request().env["A"], "1");
+        let c = Command::shell("echo $0 $1").arg("x");
+        assert_eq!(
+            c.as_request().args.as_deref(),
+            Some(
+                &[
+                    "/bin/sh".to_string(),
+                    "-c".into(),
+                    "echo $0 $1".into(),
+                    "x".into()
+                ][..]
+            )
+        );
+        assert!(c.as_request().command.is_empty());
+    }
+
+    #[test]
+    fn runtimes_parse() {
+        assert_eq!(" Python ".parse::<Runtime>().unwrap(), Runtime::Python);
+        assert_eq!("node".parse::<Runtime>().unwrap(), Runtime::Node);
+        assert!("ruby".parse::<Runtime>().is_err());
+    }
+
+    fn frame(kind: &str, data: &str) -> serde_json::Value {
+        serde_json::json!({"type": kind, "data": data, "ts": "2026-02-25T12:00:00Z"})
+    }
+
+    /// A worker whose exec emits frames in three long-poll pages.
+    async fn frames_server() -> TestServer {
+        let pages = Arc::new(Mutex::new(0u32));
+        TestServer::start(move |req| {
+            if req.method == "POST" && req.path().ends_with("/exec") {
+                return Reply::json(202, r#"{"exec_id":"exec_1","frames_url":"/x"}"#);
+            }
+            assert!(
+                req.path().ends_with("/exec/exec_1/frames"),
+                "{}",
+                req.target
+            );
+            assert_eq!(req.query("wait"), Some("25s"));
+            let cursor: u64 = req.query("cursor").unwrap().parse().unwrap();
+            let mut n = pages.lock().unwrap();
+            *n += 1;
+            let body = match cursor {
+                0 => serde_json::json!({"frames": [frame("stdout", "a"), frame("stderr", "b")],
+                    "next_cursor": 2, "has_more": true, "wait_applied": true}),
+                2 if *n < 4 => serde_json::json!({"frames": [],
+                    "next_cursor": 2, "has_more": true, "wait_applied": true}),
+                2 => serde_json::json!({"frames": [frame("stdout", "c"), frame("exit", "3")],
+                    "next_cursor": 4, "has_more": false, "wait_applied": true}),
+                _ => panic!("unexpected cursor {cursor}"),
+            };
+            Reply::json(200, &body.to_string())
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn frames_stream_in_order_across_long_polls() {
+        let server = frames_server().await;
+        let sandbox = Client::new(&server.url()).unwrap().sandbox("s");
+        let exec = sandbox.exec_stream("x").await.unwrap();
+        assert_eq!(exec.id(), "exec_1");
+        let frames: Vec<Frame> = exec.frames().map(|f| f.unwrap()).collect().await;
+        let kinds: Vec<(FrameKind, &str)> =
+            frames.iter().map(|f| (f.kind, f.data.as_str())).collect();
+        assert_eq!(
+            kinds,
+            [
+                (FrameKind::Stdout, "a"),
+                (FrameKind::Stderr, "b"),
+                (FrameKind::Stdout, "c"),
+                (FrameKind::Exit, "3")
+            ]
+        );
+        let cursors: Vec<String> = server
+            .requests()
+            .iter()
+            .filter_map(|r| r.query("cursor").map(str::to_string))
+            .collect();
+        assert_eq!(cursors, ["0", "2", "2", "2"]);
+    }
+
+    #[tokio::test]
+    async fn exec_waits_and_collects_output() {
+        let server = frames_server().await;
+        let sandbox = Client::new(&server.url()).unwrap().sandbox("s");
+        let out = sandbox.exec(Command::new("x").cwd("/w")).await.unwrap();
+        assert_eq!(out.stdout, "ac");
+        assert_eq!(out.stderr, "b");
+        assert_eq!(out.exit_code, 3);
+        assert!(!out.success());
+        let post = &server.requests()[0];
+        let body: serde_json::Value = serde_json::from_slice(&post.body).unwrap();
+        assert_eq!(body, serde_json::json!({"args": ["x"], "cwd": "/w"}));
+    }
+
+    #[tokio::test]
+    async fn run_code_syntax_errors_are_outcomes() {
+        let server = TestServer::start(|req| {
+            let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+            assert_eq!(body["wait"], true);
+            if body["code"] == "print(" {
+                Reply::json(
+                    422,
+                    r#"{"error":"syntax_error","exec_id":"e","runtime":"python","stdout":"","stderr":"SyntaxError: invalid syntax","exit_code":1}"#,
+                )
+            } else if body["runtime"] == "ruby" {
+                Reply::json(400, r#"{"error":"runtime must be one of: node, python"}"#)
+            } else {
+                Reply::json(
+                    200,
+                    r#"{"exec_id":"e","sandbox_id":"s","runtime":"python","status":"exited","stdout":"42\n","stderr":"","output":"42\n","exit_code":0,"duration_ms":5,"started_at":"2026-02-25T12:00:00Z","completed_at":"2026-02-25T12:00:00Z"}"#,
+                )
+            }
+        })
+        .await;
+        let sandbox = Client::new(&server.url()).unwrap().sandbox("s");
+        let ok = sandbox
+            .run_code(Runtime::Python, "print(42)")
+            .await
+            .unwrap();
+        assert!(ok.success());
+        assert_eq!(ok.stdout, "42\n");
+        let bad = sandbox.run_code(Runtime::Python, "print(").await.unwrap();
+        assert!(bad.syntax_error);
+        assert!(!bad.success());
+        assert_eq!(bad.exit_code, 1);
+        assert_eq!(bad.stderr, "SyntaxError: invalid syntax");
+    }
+
+    #[tokio::test]
+    async fn wait_falls_back_to_the_record_without_an_exit_frame() {
+        let server = TestServer::start(|req| {
+            if req.path().ends_with("/frames") {
+                Reply::json(
+                    200,
+                    r#"{"frames":[],"next_cursor":0,"has_more":false,"wait_applied":true}"#,
+                )
+            } else {
+                Reply::json(
+                    200,
+                    r#"{"exec_id":"e","sandbox_id":"s","status":"exited","exit_code":7,"started_at":"2026-02-25T12:00:00Z"}"#,
+                )
+            }
+        })
+        .await;
+        let sandbox = Client::new(&server.url()).unwrap().sandbox("s");
+        let out = sandbox.execution("e").wait().await.unwrap();
+        assert_eq!(out.exit_code, 7);
+    }
+}

@@ -1,0 +1,499 @@
+//! Sandbox cgroups on v1 (one hierarchy per controller) or v2 (unified): detection, limits,
+//! attaching the init, killing every task, and removal.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rustix::process::{kill_process, Pid, Signal};
+
+use super::mounts::{read_mountinfo, MountEntry};
+
+/// The CFS period written with the cpu quota, in microseconds.
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// The controllers every sandbox cgroup needs.
+const CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
+
+/// Which cgroup interface the host offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CgroupVersion {
+    /// Legacy hierarchies, one mount per controller (or co-mounted group).
+    V1,
+    /// The unified hierarchy.
+    V2,
+}
+
+/// One mounted hierarchy that carries some of [`CONTROLLERS`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Hierarchy {
+    /// Mount point of the hierarchy's root.
+    root: PathBuf,
+    /// Which of [`CONTROLLERS`] it carries.
+    controllers: Vec<&'static str>,
+}
+
+/// The limits of one sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// CPUs worth of quota per period.
+    pub cpus: u32,
+    /// Memory (and memory+swap) limit in bytes.
+    pub memory_bytes: u64,
+    /// Maximum number of tasks.
+    pub pids: u64,
+}
+
+/// Finds the hierarchies and creates per-sandbox cgroups below `<root>/<parent>`.
+#[derive(Debug, Clone)]
+pub(crate) struct CgroupDriver {
+    version: CgroupVersion,
+    hierarchies: Vec<Hierarchy>,
+    parent: String,
+}
+
+/// Picks v1 when cpu, memory and pids all have v1 hierarchies, else v2 when one cgroup2 mount
+/// offers all three (its `cgroup.controllers` is read through `controllers_of`).
+fn choose(
+    mounts: &[MountEntry],
+    controllers_of: impl Fn(&Path) -> Option<String>,
+) -> Result<(CgroupVersion, Vec<Hierarchy>), String> {
+    let mut v1: Vec<Hierarchy> = Vec::new();
+    for m in mounts.iter().filter(|m| m.fs_type == "cgroup") {
+        let carried: Vec<&'static str> = CONTROLLERS
+            .iter()
+            .copied()
+            .filter(|c| m.super_options.iter().any(|o| o == c))
+            .collect();
+        if carried.is_empty() || v1.iter().any(|h| h.root == m.mount_point) {
+            continue;
+        }
+        // A controller can be mounted twice; keep the first mount of each.
+        if carried
+            .iter()
+            .any(|c| v1.iter().any(|h| h.controllers.contains(c)))
+        {
+            continue;
+        }
+        v1.push(Hierarchy {
+            root: m.mount_point.clone(),
+            controllers: carried,
+        });
+    }
+    let v1_complete = CONTROLLERS
+        .iter()
+        .all(|c| v1.iter().any(|h| h.controllers.contains(c)));
+    if v1_complete {
+        return Ok((CgroupVersion::V1, v1));
+    }
+    for m in mounts.iter().filter(|m| m.fs_type == "cgroup2") {
+        let Some(available) = controllers_of(&m.mount_point) else {
+            continue;
+        };
+        let words: Vec<&str> = available.split_whitespace().collect();
+        if CONTROLLERS.iter().all(|c| words.contains(c)) {
+            return Ok((
+                CgroupVersion::V2,
+                vec![Hierarchy {
+                    root: m.mount_point.clone(),
+                    controllers: CONTROLLERS.to_vec(),
+                }],
+            ));
+        }
+    }
+    Err("no cgroup hierarchy offers the cpu, memory and pids controllers (need cgroup v1 \
+         hierarchies for all three, or a cgroup2 mount listing them in cgroup.controllers)"
+        .to_string())
+}
+
+/// Writes `value` to a cgroup control file, naming the file on error.
+fn write_file(path: &Path, value: &str) -> io::Result<()> {
+    fs::write(path, value)
+        .map_err(|e| io::Error::new(e.kind(), format!("write {}: {e}", path.display())))
+}
+
+impl CgroupDriver {
+    /// Detects the hierarchies from the mount table.
+    pub(crate) fn detect(parent: &str) -> Result<Self, String> {
+        let mounts = read_mountinfo().map_err(|e| format!("cannot read mountinfo: {e}"))?;
+        let (version, hierarchies) = choose(&mounts, |root| {
+            fs::read_to_string(root.join("cgroup.controllers")).ok()
+        })?;
+        Ok(Self {
+            version,
+            hierarchies,
+            parent: parent.to_string(),
+        })
+    }
+
+    /// v1 or v2.
+    pub(crate) fn version(&self) -> CgroupVersion {
+        self.version
+    }
+
+    /// `<root>/<parent>` of every hierarchy.
+    pub(crate) fn parent_dirs(&self) -> Vec<PathBuf> {
+        self.hierarchies
+            .iter()
+            .map(|h| h.root.join(&self.parent))
+            .collect()
+    }
+
+    /// The directories a sandbox's cgroup has (whether or not they exist).
+    pub(crate) fn sandbox_dirs(&self, name: &str) -> Vec<PathBuf> {
+        self.parent_dirs().into_iter().map(|p| p.join(name)).collect()
+    }
+
+    /// Creates the parent cgroups and, on v2, delegates the controllers down to them.
+    pub(crate) fn prepare(&self) -> io::Result<()> {
+        for h in &self.hierarchies {
+            let parent = h.root.join(&self.parent);
+            if self.version == CgroupVersion::V2 {
+                // Each level from the root down to the parent must pass the controllers on.
+                let mut level = h.root.clone();
+                enable_v2_controllers(&level)?;
+                for seg in self.parent.split('/') {
+                    level.push(seg);
+                    create_dir(&level)?;
+                    enable_v2_controllers(&level)?;
+                }
+            } else {
+                fs::create_dir_all(&parent).map_err(|e| {
+                    io::Error::new(e.kind(), format!("create {}: {e}", parent.display()))
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a sandbox's cgroup with its limits. On error, what was created is removed.
+    pub(crate) fn create(&self, name: &str, limits: Limits) -> io::Result<SandboxCgroup> {
+        let cgroup = SandboxCgroup {
+            version: self.version,
+            dirs: Vec::new(),
+        };
+        let mut cgroup = cgroup;
+        let result = (|| {
+            for h in &self.hierarchies {
+                let dir = h.root.join(&self.parent).join(name);
+                create_dir(&dir)?;
+                cgroup.dirs.push(dir.clone());
+                apply_limits(self.version, &dir, &h.controllers, limits)?;
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => Ok(cgroup),
+            Err(e) => {
+                let _ = cgroup.remove(Duration::from_millis(200));
+                Err(e)
+            }
+        }
+    }
+
+    /// A handle on an existing sandbox cgroup (for leftovers), with the dirs that exist.
+    pub(crate) fn existing(&self, name: &str) -> SandboxCgroup {
+        SandboxCgroup {
+            version: self.version,
+            dirs: self
+                .sandbox_dirs(name)
+                .into_iter()
+                .filter(|d| d.is_dir())
+                .collect(),
+        }
+    }
+
+    /// Names of the sandbox cgroups below the parents.
+    pub(crate) fn children(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for parent in self.parent_dirs() {
+            let Ok(entries) = fs::read_dir(&parent) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    if let Some(name) = entry.file_name().to_str() {
+                        if !names.iter().any(|n| n == name) {
+                            names.push(name.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        names
+    }
+
+    /// Removes the parent cgroups when they are empty (only the last segment of
+    /// `cgroup_parent` is removed).
+    pub(crate) fn remove_parents(&self) -> io::Result<()> {
+        for parent in self.parent_dirs() {
+            match fs::remove_dir(&parent) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("remove {}: {e}", parent.display()),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn create_dir(dir: &Path) -> io::Result<()> {
+    match fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("create {}: {e}", dir.display()),
+        )),
+    }
+}
+
+/// Adds cpu, memory and pids to `dir/cgroup.subtree_control` when missing.
+fn enable_v2_controllers(dir: &Path) -> io::Result<()> {
+    let path = dir.join("cgroup.subtree_control");
+    let current = fs::read_to_string(&path)
+        .map_err(|e| io::Error::new(e.kind(), format!("read {}: {e}", path.display())))?;
+    let missing: Vec<String> = CONTROLLERS
+        .iter()
+        .filter(|c| !current.split_whitespace().any(|w| w == **c))
+        .map(|c| format!("+{c}"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    write_file(&path, &missing.join(" "))
+}
+
+/// The control files and values that set `limits` on a cgroup.
+fn limit_writes(
+    version: CgroupVersion,
+    controllers: &[&str],
+    limits: Limits,
+) -> Vec<(&'static str, String)> {
+    let quota = u64::from(limits.cpus.max(1)) * CPU_PERIOD_US;
+    let mut writes = Vec::new();
+    match version {
+        CgroupVersion::V1 => {
+            if controllers.contains(&"cpu") {
+                writes.push(("cpu.cfs_period_us", CPU_PERIOD_US.to_string()));
+                writes.push(("cpu.cfs_quota_us", quota.to_string()));
+            }
+            if controllers.contains(&"memory") {
+                writes.push(("memory.limit_in_bytes", limits.memory_bytes.to_string()));
+                // Only present with swap accounting; written after the plain limit because
+                // memsw must never be below it.
+                writes.push((
+                    "memory.memsw.limit_in_bytes",
+                    limits.memory_bytes.to_string(),
+                ));
+            }
+            if controllers.contains(&"pids") {
+                writes.push(("pids.max", limits.pids.to_string()));
+            }
+        }
+        CgroupVersion::V2 => {
+            writes.push(("cpu.max", format!("{quota} {CPU_PERIOD_US}")));
+            writes.push(("memory.max", limits.memory_bytes.to_string()));
+            writes.push(("memory.swap.max", "0".to_string()));
+            writes.push(("pids.max", limits.pids.to_string()));
+        }
+    }
+    writes
+}
+
+/// Files that are written only when the kernel offers them.
+const OPTIONAL_FILES: [&str; 2] = ["memory.memsw.limit_in_bytes", "memory.swap.max"];
+
+fn apply_limits(
+    version: CgroupVersion,
+    dir: &Path,
+    controllers: &[&str],
+    limits: Limits,
+) -> io::Result<()> {
+    for (file, value) in limit_writes(version, controllers, limits) {
+        let path = dir.join(file);
+        if OPTIONAL_FILES.contains(&file) && !path.exists() {
+            continue;
+        }
+        write_file(&path, &value)?;
+    }
+    Ok(())
+}
+
+/// The cgroup directories of one sandbox.
+#[derive(Debug)]
+pub(crate) struct SandboxCgroup {
+    version: CgroupVersion,
+    dirs: Vec<PathBuf>,
+}
+
+impl SandboxCgroup {
+    /// Moves a process (and so its future children) into the sandbox's cgroups.
+    pub(crate) fn attach(&self, pid: u32) -> io::Result<()> {
+        for dir in &self.dirs {
+            write_file(&dir.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The tasks in the cgroup (host pids).
+    pub(crate) fn procs(&self) -> Vec<i32> {
+        let mut pids = Vec::new();
+        for dir in &self.dirs {
+            if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
+                for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    if !pids.contains(&pid) {
+                        pids.push(pid);
+                    }
+                }
+            }
+        }
+        pids
+    }
+
+    /// Sends SIGKILL to every task (v2: `cgroup.kill` when available).
+    pub(crate) fn kill_all(&self) {
+        if self.version == CgroupVersion::V2 {
+            if let Some(dir) = self.dirs.first() {
+                let kill = dir.join("cgroup.kill");
+                if kill.exists() && fs::write(&kill, "1").is_ok() {
+                    return;
+                }
+            }
+        }
+        for pid in self.procs() {
+            if let Some(pid) = Pid::from_raw(pid) {
+                let _ = kill_process(pid, Signal::KILL);
+            }
+        }
+    }
+
+    /// Kills every task until none is left, or `timeout` passes. Returns true when empty.
+    pub(crate) fn kill_and_wait_empty(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.procs().is_empty() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            self.kill_all();
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Removes the directories, retrying while exiting tasks still pin them.
+    pub(crate) fn remove(&mut self, timeout: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while let Some(dir) = self.dirs.last().cloned() {
+            match fs::remove_dir(&dir) {
+                Ok(()) => {
+                    self.dirs.pop();
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.dirs.pop();
+                }
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("remove {}: {e}", dir.display()),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::mounts::parse_mountinfo;
+    use super::*;
+
+    const HYBRID: &str = "\
+30 27 0:26 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu
+31 27 0:27 / /sys/fs/cgroup/cpuacct rw - cgroup cgroup rw,cpuacct
+32 27 0:28 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+33 27 0:29 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids
+34 27 0:30 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd
+35 27 0:31 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+";
+
+    #[test]
+    fn hybrid_host_uses_v1() {
+        let mounts = parse_mountinfo(HYBRID);
+        let (version, h) = choose(&mounts, |_| Some("hugetlb".into())).unwrap();
+        assert_eq!(version, CgroupVersion::V1);
+        let roots: Vec<_> = h.iter().map(|h| h.root.to_str().unwrap()).collect();
+        assert_eq!(
+            roots,
+            vec![
+                "/sys/fs/cgroup/cpu",
+                "/sys/fs/cgroup/memory",
+                "/sys/fs/cgroup/pids"
+            ]
+        );
+    }
+
+    #[test]
+    fn comounted_v1_controllers_share_a_hierarchy() {
+        let text = "\
+1 0 0:1 / /cg/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
+2 0 0:2 / /cg/memory rw - cgroup cgroup rw,memory
+3 0 0:3 / /cg/pids rw - cgroup cgroup rw,pids
+";
+        let (_, h) = choose(&parse_mountinfo(text), |_| None).unwrap();
+        assert_eq!(h.len(), 3);
+        assert_eq!(h[0].controllers, vec!["cpu"]);
+    }
+
+    #[test]
+    fn pure_v2_host_uses_unified() {
+        let text = "35 27 0:31 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
+        let (version, h) = choose(&parse_mountinfo(text), |p| {
+            assert_eq!(p, Path::new("/sys/fs/cgroup"));
+            Some("cpuset cpu io memory hugetlb pids rdma misc\n".into())
+        })
+        .unwrap();
+        assert_eq!(version, CgroupVersion::V2);
+        assert_eq!(h[0].root, PathBuf::from("/sys/fs/cgroup"));
+    }
+
+    #[test]
+    fn missing_controllers_are_reported() {
+        let text = "35 27 0:31 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        let err = choose(&parse_mountinfo(text), |_| Some("cpu io".into())).unwrap_err();
+        assert!(err.contains("cpu, memory and pids"));
+    }
+
+    #[test]
+    fn limits_per_version() {
+        let limits = Limits {
+            cpus: 2,
+            memory_bytes: 64 << 20,
+            pids: 100,
+        };
+        let v1 = limit_writes(CgroupVersion::V1, &["cpu", "memory", "pids"], limits);
+        assert!(v1.contains(&("cpu.cfs_quota_us", "200000".to_string())));
+        assert!(v1.contains(&("memory.limit_in_bytes", "67108864".to_string())));
+        assert!(v1.contains(&("pids.max", "100".to_string())));
+        let only_pids = limit_writes(CgroupVersion::V1, &["pids"], limits);
+        assert_eq!(only_pids, vec![("pids.max", "100".to_string())]);
+        let v2 = limit_writes(CgroupVersion::V2, &CONTROLLERS, limits);
+        assert!(v2.contains(&("cpu.max", "200000 100000".to_string())));
+        assert!(v2.contains(&("memory.max", "67108864".to_string())));
+        assert!(v2.contains(&("memory.swap.max", "0".to_string())));
+    }
+}

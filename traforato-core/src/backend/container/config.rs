@@ -1,0 +1,142 @@
+//! Configuration of the `container` backend: where its state lives, images, limits and the
+//! program that becomes each sandbox's init.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The first argument that makes a binary act as the sandbox init (see
+/// [`super::init_main_if_requested`]).
+pub const INIT_ARG: &str = "__traforato-sandbox-init";
+
+/// The default first host uid (and gid) of the range that sandbox uids 0..65535 map to.
+///
+/// `0x7000_0000` lies just above systemd's container range (`0x80000..=0x6fffffff`) and below
+/// 2^31, so it neither collides with nspawn containers nor upsets tools that keep uids signed.
+pub const DEFAULT_UID_BASE: u32 = 0x7000_0000;
+
+/// How many uids (and gids) each sandbox's user namespace maps.
+pub const UID_COUNT: u32 = 65_536;
+
+/// Settings of a [`super::ContainerBackend`]. Plain data: the server builds it from its own
+/// configuration; nothing here is read from the environment.
+#[derive(Debug, Clone)]
+pub struct ContainerConfig {
+    /// Holds one directory per sandbox (`<vm_id>/scratch` is a tmpfs with the writable layer,
+    /// `<vm_id>/rootfs` the overlay root) and `images/` (generated image skeletons).
+    /// Default `/run/traforato`. One backend per state dir: `cleanup_leftovers` removes every
+    /// sandbox directory it finds there.
+    pub state_dir: PathBuf,
+    /// Local directory images: name → directory used read-only as the overlay's lower layer.
+    /// Files owned by host uids outside the mapped range appear as `nobody` inside and are
+    /// read-only to the sandbox; `chown -R` the tree to [`ContainerConfig::uid_base`] to make
+    /// it writable through the overlay.
+    pub images: BTreeMap<String, PathBuf>,
+    /// The image used when a create names none. Default `host`.
+    pub default_image: String,
+    /// Name of the cgroup directory, below the root of each cgroup hierarchy, that holds the
+    /// sandboxes' cgroups (`<hierarchy>/<cgroup_parent>/<vm_id>`). Default `traforato`.
+    pub cgroup_parent: String,
+    /// The program run as each sandbox's init, always with [`INIT_ARG`] as first argument.
+    /// Default `/proc/self/exe`: the worker binary itself, which must then call
+    /// [`super::init_main_if_requested`] first thing in `main`. The `traforato-sandbox-init`
+    /// binary of this crate works too.
+    pub init_program: PathBuf,
+    /// Maximum number of tasks in a sandbox (`pids.max`). Default 512.
+    pub pids_limit: u64,
+    /// Size cap of each sandbox's writable layer (a tmpfs), in MiB. Pages written by the
+    /// sandbox also count against its memory limit. Default 1024.
+    pub scratch_size_mib: u64,
+    /// First host uid/gid of the range that sandbox uids/gids 0..65535 map to. Default
+    /// [`DEFAULT_UID_BASE`]. All sandboxes share the range; they cannot see each other's
+    /// processes or files anyway.
+    pub uid_base: u32,
+    /// Host name inside every sandbox. Default `sandbox`.
+    pub hostname: String,
+    /// How long a sandbox may take to come up before provisioning fails. Default 10 s.
+    pub setup_timeout: Duration,
+}
+
+impl Default for ContainerConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from("/run/traforato"),
+            images: BTreeMap::new(),
+            default_image: "host".to_string(),
+            cgroup_parent: "traforato".to_string(),
+            init_program: PathBuf::from("/proc/self/exe"),
+            pids_limit: 512,
+            scratch_size_mib: 1024,
+            uid_base: DEFAULT_UID_BASE,
+            hostname: "sandbox".to_string(),
+            setup_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ContainerConfig {
+    /// Checks values that would otherwise fail late; returns what is wrong.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if !self.state_dir.is_absolute() {
+            return Err(format!(
+                "state_dir {} must be an absolute path",
+                self.state_dir.display()
+            ));
+        }
+        let parent_ok = !self.cgroup_parent.is_empty()
+            && self
+                .cgroup_parent
+                .split('/')
+                .all(|seg| !seg.is_empty() && seg != "." && seg != "..");
+        if !parent_ok {
+            return Err(format!(
+                "cgroup_parent {:?} must be a relative path without empty, `.` or `..` segments",
+                self.cgroup_parent
+            ));
+        }
+        if self.pids_limit < 8 {
+            return Err("pids_limit must be at least 8".to_string());
+        }
+        if self.scratch_size_mib == 0 {
+            return Err("scratch_size_mib must be positive".to_string());
+        }
+        if self.uid_base == 0 || self.uid_base.checked_add(UID_COUNT).is_none() {
+            return Err("uid_base must be positive and leave room for 65536 uids".to_string());
+        }
+        let host_ok = !self.hostname.is_empty()
+            && self.hostname.len() <= 64
+            && self
+                .hostname
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !host_ok {
+            return Err(format!("hostname {:?} is not a valid host name", self.hostname));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        assert_eq!(ContainerConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let bad = |f: fn(&mut ContainerConfig)| {
+            let mut c = ContainerConfig::default();
+            f(&mut c);
+            c.validate().unwrap_err()
+        };
+        assert!(bad(|c| c.state_dir = PathBuf::from("rel")).contains("absolute"));
+        assert!(bad(|c| c.cgroup_parent = "../x".into()).contains("cgroup_parent"));
+        assert!(bad(|c| c.cgroup_parent = String::new()).contains("cgroup_parent"));
+        assert!(bad(|c| c.pids_limit = 1).contains("pids_limit"));
+        assert!(bad(|c| c.uid_base = u32::MAX - 5).contains("uid_base"));
+        assert!(bad(|c| c.hostname = "a b".into()).contains("hostname"));
+    }
+}

@@ -1,0 +1,222 @@
+//! Running one command in a sandbox, worker side: pipes for stdio, the exec request to the
+//! init, output streamed as it is read, the timeout that kills the process group.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rustix::pipe::{pipe_with, PipeFlags};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::sync::{mpsc, Mutex};
+use tokio::time::Instant;
+
+use super::agent::{AgentConn, ExecEvent};
+use super::protocol::Request;
+use crate::backend::{
+    BackendError, ExecExit, OutputChunk, OutputStream, TIMEOUT_EXIT_CODE,
+};
+
+/// After the command exits, how long output is still forwarded while background processes
+/// keep its stdout/stderr open. Later output is read and dropped, so those processes never
+/// block or get SIGPIPE.
+const DRAIN_GRACE: Duration = Duration::from_millis(100);
+
+/// Chunk size for reading output.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// A fully resolved command.
+#[derive(Debug, Clone)]
+pub(crate) struct Command {
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// The complete environment.
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the sandbox.
+    pub cwd: String,
+    /// Bytes for stdin, then EOF.
+    pub stdin: Option<Bytes>,
+    /// Kill the process group after this long.
+    pub timeout: Duration,
+}
+
+/// Where output goes; `None` once the exec has returned.
+type Sink = Arc<Mutex<Option<mpsc::Sender<OutputChunk>>>>;
+
+/// Kills the exec's process group if the exec future is dropped before the command ended.
+struct KillOnDrop {
+    agent: Arc<AgentConn>,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            self.agent.kill_now(self.id);
+            self.agent.unregister(self.id);
+        }
+    }
+}
+
+fn io_error(op: &str) -> impl FnOnce(std::io::Error) -> BackendError + '_ {
+    move |e| BackendError::io(op, e)
+}
+
+fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd), BackendError> {
+    pipe_with(PipeFlags::CLOEXEC).map_err(|e| BackendError::io("create pipe", e.into()))
+}
+
+/// Runs `command` through the sandbox's init and streams its output to `output`.
+pub(crate) async fn run(
+    agent: &Arc<AgentConn>,
+    command: Command,
+    output: mpsc::Sender<OutputChunk>,
+) -> Result<ExecExit, BackendError> {
+    if command.argv.is_empty() {
+        return Err(BackendError::ExecFailed("empty command".to_string()));
+    }
+    if !agent.is_alive() {
+        return Err(BackendError::Gone);
+    }
+    let (stdin_r, stdin_w) = cloexec_pipe()?;
+    let (out_r, out_w) = cloexec_pipe()?;
+    let (err_r, err_w) = cloexec_pipe()?;
+    let (id, mut events) = agent.register();
+    let request = Request::Exec {
+        id,
+        argv: command.argv,
+        env: command.env,
+        cwd: command.cwd,
+    };
+    let sent = agent
+        .send(&request, &[stdin_r.as_fd(), out_w.as_fd(), err_w.as_fd()])
+        .await;
+    drop((stdin_r, out_w, err_w));
+    if let Err(e) = sent {
+        agent.unregister(id);
+        return Err(if agent.is_alive() {
+            BackendError::io("send exec request", e)
+        } else {
+            BackendError::Gone
+        });
+    }
+    let mut guard = KillOnDrop {
+        agent: Arc::clone(agent),
+        id,
+        armed: true,
+    };
+    match events.recv().await {
+        Some(ExecEvent::Started) => {}
+        Some(ExecEvent::Failed(message)) => {
+            guard.armed = false;
+            return Err(BackendError::ExecFailed(message));
+        }
+        Some(ExecEvent::Exited(_)) | None => {
+            guard.armed = false;
+            return Err(BackendError::Gone);
+        }
+    }
+
+    let sink: Sink = Arc::new(Mutex::new(Some(output)));
+    let out = pipe::Receiver::from_owned_fd(out_r).map_err(io_error("open stdout pipe"))?;
+    let err = pipe::Receiver::from_owned_fd(err_r).map_err(io_error("open stderr pipe"))?;
+    let input = pipe::Sender::from_owned_fd(stdin_w).map_err(io_error("open stdin pipe"))?;
+    let mut out_task = tokio::spawn(pump(out, OutputStream::Stdout, Arc::clone(&sink)));
+    let mut err_task = tokio::spawn(pump(err, OutputStream::Stderr, Arc::clone(&sink)));
+    let stdin_task = tokio::spawn(feed(input, command.stdin));
+
+    let deadline = Instant::now() + command.timeout;
+    let exit = match tokio::time::timeout_at(deadline, wait_exit(&mut events)).await {
+        Ok(Some(code)) => Some(ExecExit {
+            exit_code: code,
+            timed_out: false,
+        }),
+        Ok(None) => None,
+        Err(_elapsed) => {
+            // The agent processes requests in order: the kill lands before any later exec.
+            let _ = agent.send(&Request::Kill { id }, &[]).await;
+            wait_exit(&mut events).await.map(|_| ExecExit {
+                exit_code: TIMEOUT_EXIT_CODE,
+                timed_out: true,
+            })
+        }
+    };
+    guard.armed = false;
+    stdin_task.abort();
+    let Some(exit) = exit else {
+        return Err(BackendError::Gone);
+    };
+    let drained = tokio::time::timeout(DRAIN_GRACE, async {
+        let _ = (&mut out_task).await;
+        let _ = (&mut err_task).await;
+    })
+    .await;
+    if drained.is_err() {
+        // Background processes hold the pipes: stop forwarding, keep draining detached.
+        *sink.lock().await = None;
+    }
+    Ok(exit)
+}
+
+/// Waits for the exit code; `None` if the sandbox died first.
+async fn wait_exit(events: &mut mpsc::UnboundedReceiver<ExecEvent>) -> Option<i32> {
+    while let Some(event) = events.recv().await {
+        if let ExecEvent::Exited(code) = event {
+            return Some(code);
+        }
+    }
+    None
+}
+
+/// Reads a pipe to its end, forwarding chunks while the exec still listens.
+async fn pump(mut reader: pipe::Receiver, stream: OutputStream, sink: Sink) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let guard = sink.lock().await;
+        if let Some(tx) = guard.as_ref() {
+            let chunk = OutputChunk {
+                stream,
+                data: Bytes::copy_from_slice(&buf[..n]),
+            };
+            // A gone receiver only means nobody reads the output; keep draining.
+            let _ = tx.send(chunk).await;
+        }
+    }
+}
+
+/// Writes stdin (if any) and closes it.
+async fn feed(mut writer: pipe::Sender, data: Option<Bytes>) {
+    if let Some(data) = data {
+        let _ = writer.write_all(&data).await;
+    }
+}
+
+/// Runs a command and collects its output instead of streaming it (for short helper runs).
+pub(crate) async fn run_collect(
+    agent: &Arc<AgentConn>,
+    command: Command,
+) -> Result<(ExecExit, Vec<u8>, Vec<u8>), BackendError> {
+    let (tx, mut rx) = mpsc::channel::<OutputChunk>(16);
+    let collector = tokio::spawn(async move {
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            match chunk.stream {
+                OutputStream::Stdout => stdout.extend_from_slice(&chunk.data),
+                OutputStream::Stderr => stderr.extend_from_slice(&chunk.data),
+            }
+        }
+        (stdout, stderr)
+    });
+    let exit = run(agent, command, tx).await;
+    let (stdout, stderr) = collector
+        .await
+        .map_err(|e| BackendError::Other(format!("output collector failed: {e}")))?;
+    exit.map(|exit| (exit, stdout, stderr))
+}

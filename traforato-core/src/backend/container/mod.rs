@@ -1,0 +1,670 @@
+//! The `container` backend: isolated sandboxes on a plain Linux host, built by the worker
+//! itself with syscalls (no daemon, no external runtime).
+//!
+//! # How a sandbox is made
+//!
+//! Host side (worker, as root):
+//! 1. `<state_dir>/<vm_id>/scratch` gets a size-capped tmpfs holding the overlay's `upper` and
+//!    `work` dirs; `<state_dir>/<vm_id>/rootfs` gets the overlay (lower = the image's dirs),
+//!    then the image's read-only binds (the `host` image binds `/usr`). These mounts live in
+//!    the host mount namespace so the files API can reach the sandbox's real filesystem.
+//! 2. A cgroup per hierarchy at `<hierarchy>/<cgroup_parent>/<vm_id>` with cpu quota
+//!    (cpus × period), memory (and memory+swap) limit and `pids.max` (cgroup v1 or v2).
+//! 3. The init program is spawned (`<init_program> __traforato-sandbox-init`, empty
+//!    environment, a `SOCK_SEQPACKET` control socket as stdin) and moved into the cgroups.
+//!
+//! Init side (a fresh single-threaded process, see `init.rs`): it enters the root directory,
+//! unshares user, mount, uts, ipc, net, cgroup and pid namespaces, lets the worker write the
+//! uid/gid maps (sandbox 0..65535 → host `uid_base`..), and forks the sandbox's pid 1 (the
+//! agent). The agent becomes root of the user namespace, mounts `/proc`, a tmpfs `/dev` with
+//! host devices bound in, devpts and `/dev/shm`, sets the host name, brings up `lo`,
+//! `pivot_root`s into the overlay, shrinks the capability bounding set to a container-like
+//! set, sets `no_new_privs`, becomes non-dumpable and installs the seccomp filter
+//! (`seccomp.rs`). It then serves exec requests: each command is forked into its own session
+//! (so a timeout kills the whole process group) with the stdio fds passed over the socket.
+//! As pid 1 it reaps every orphan. When the worker's end of the socket closes, the agent
+//! exits and the kernel kills everything left in the pid namespace.
+//!
+//! # Isolation choices
+//!
+//! - **User namespace always.** Sandbox root is host uid `uid_base`, unprivileged on the host;
+//!   its capabilities apply only to its own namespaces and files. The image's host-owned files
+//!   appear as `nobody` and are read-only to it; `/usr` of the `host` image is additionally a
+//!   read-only bind.
+//! - **No `/sys`, no cgroupfs inside.** Limits cannot be changed from inside; `mount` is
+//!   denied by both the missing capability and seccomp.
+//! - **Network:** a private namespace with only `lo` up. [`crate::backend::Vm::connect`]
+//!   reaches `127.0.0.1:port` inside by joining the namespace from a short-lived thread; no
+//!   host port is published.
+//! - **Files API:** `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)` on an fd of the root,
+//!   with the thread's fsuid/fsgid switched to the sandbox's root (`files.rs`). `/proc`,
+//!   `/dev` and `/dev/shm` are mounted only inside the sandbox's mount namespace and are not
+//!   visible through the files API; `/tmp` is part of the overlay and is.
+//!
+//! # Warm pool
+//!
+//! A provisioned sandbox is complete and idle (two small processes, three mounts); claiming
+//! it does no mount or namespace work.
+
+mod agent;
+mod cgroup;
+mod config;
+mod exec;
+mod files;
+mod fscreds;
+mod image;
+mod init;
+mod mounts;
+mod netns;
+mod protocol;
+mod seccomp;
+mod vm;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rustix::fs::{chownat, openat, openat2, AtFlags, Gid, Mode, OFlags, ResolveFlags, Uid, CWD};
+use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+use tokio::io::unix::AsyncFd;
+use tokio::io::AsyncReadExt;
+use tokio::process::Child;
+
+pub use config::{ContainerConfig, DEFAULT_UID_BASE, INIT_ARG, UID_COUNT};
+pub use image::{ImageLayout, ImageSource, ReadOnlyBind, HOST_IMAGE};
+pub use init::{init_main, init_main_if_requested};
+pub use vm::ContainerVm;
+
+use self::agent::AgentConn;
+use self::cgroup::{CgroupDriver, CgroupVersion, Limits, SandboxCgroup};
+use self::files::SandboxRoot;
+use self::image::ImageStore;
+use self::protocol::{Event, Request, Setup, MAX_MESSAGE};
+use self::vm::Teardown;
+use crate::backend::{BackendError, ProvisionSpec, Vm, VmBackend};
+use crate::id::LocalVmId;
+
+/// Directories prepared in every sandbox's writable layer: mount points and the usual
+/// writable places, owned by the sandbox's root.
+const UPPER_DIRS: [(&str, u32); 5] = [
+    ("proc", 0o555),
+    ("dev", 0o755),
+    ("tmp", 0o1777),
+    ("root", 0o700),
+    ("workspace", 0o755),
+];
+
+/// How long destroy waits for a sandbox's tasks to disappear.
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long destroy retries removing a cgroup that exiting tasks still pin.
+const CGROUP_REMOVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The `container` [`VmBackend`]. See the module docs for what a sandbox is made of.
+pub struct ContainerBackend {
+    config: ContainerConfig,
+    cgroups: CgroupDriver,
+    images: ImageStore,
+}
+
+impl std::fmt::Debug for ContainerBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerBackend")
+            .field("config", &self.config)
+            .field("cgroups", &self.cgroups.version())
+            .finish()
+    }
+}
+
+fn unavailable(message: impl Into<String>) -> BackendError {
+    BackendError::Unavailable(message.into())
+}
+
+/// Checks what the backend needs from the host; the error says what is missing and how to
+/// get it.
+fn check_prerequisites(config: &ContainerConfig) -> Result<(), BackendError> {
+    if !rustix::process::geteuid().is_root() {
+        return Err(unavailable(
+            "the container backend needs root (run the worker as root, or pick another \
+             virtualization)",
+        ));
+    }
+    let filesystems = fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    if !filesystems.lines().any(|l| l.trim_end().ends_with("\toverlay")) {
+        return Err(unavailable(
+            "overlayfs is not available (load it with `modprobe overlay`)",
+        ));
+    }
+    match openat2(
+        CWD,
+        "/",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT,
+    ) {
+        Ok(_) => {}
+        Err(rustix::io::Errno::NOSYS) => {
+            return Err(unavailable(
+                "the kernel lacks openat2 (needs Linux 5.6 or newer)",
+            ))
+        }
+        Err(e) => {
+            return Err(unavailable(format!(
+                "openat2 does not work: {}",
+                io::Error::from(e)
+            )))
+        }
+    }
+    if let Ok(max) = fs::read_to_string("/proc/sys/user/max_user_namespaces") {
+        if max.trim() == "0" {
+            return Err(unavailable(
+                "user namespaces are disabled (set the sysctl user.max_user_namespaces above 0)",
+            ));
+        }
+    }
+    if config.init_program != Path::new("/proc/self/exe") && !config.init_program.is_file() {
+        return Err(unavailable(format!(
+            "init program {} does not exist (build traforato-sandbox-init, or use \
+             /proc/self/exe with init_main_if_requested)",
+            config.init_program.display()
+        )));
+    }
+    seccomp::programs().map_err(unavailable)?;
+    Ok(())
+}
+
+/// Creates `dir` (and parents) with `mode` if missing.
+fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::DirBuilder::new().recursive(true).mode(mode).create(dir)
+}
+
+impl ContainerBackend {
+    /// Checks the host (root, overlayfs, openat2, user namespaces, cgroups, the init
+    /// program), creates the state dir and cgroup parents and builds the `host` image.
+    /// [`BackendError::Unavailable`] says what is missing.
+    pub fn new(config: ContainerConfig) -> Result<Self, BackendError> {
+        config.validate().map_err(unavailable)?;
+        check_prerequisites(&config)?;
+        let cgroups = CgroupDriver::detect(&config.cgroup_parent).map_err(unavailable)?;
+        cgroups.prepare().map_err(|e| {
+            unavailable(format!(
+                "cannot set up the cgroup parent {:?}: {e} (the worker needs write access to \
+                 the cgroup hierarchies; on cgroup v2 its parent must delegate cpu, memory and \
+                 pids)",
+                config.cgroup_parent
+            ))
+        })?;
+        let images_dir = config.state_dir.join("images");
+        // 0711: the sandbox's user may traverse to its root but not list other sandboxes.
+        ensure_dir(&config.state_dir, 0o711)
+            .and_then(|()| ensure_dir(&images_dir, 0o711))
+            .map_err(|e| {
+                unavailable(format!(
+                    "cannot create the state dir {}: {e}",
+                    config.state_dir.display()
+                ))
+            })?;
+        let host = image::host_image(&images_dir, config.uid_base, &config.hostname)
+            .map_err(|e| unavailable(format!("cannot build the host image: {e}")))?;
+        let images = ImageStore::new(host, config.images.clone(), config.default_image.clone());
+        tracing::info!(
+            state_dir = %config.state_dir.display(),
+            cgroup = ?cgroups.version(),
+            "container backend ready"
+        );
+        Ok(Self {
+            config,
+            cgroups,
+            images,
+        })
+    }
+
+    /// Adds an image source asked after the built-in images (e.g. an OCI registry client).
+    pub fn with_image_source(mut self, source: Arc<dyn ImageSource>) -> Self {
+        self.images.add_source(source);
+        self
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ContainerConfig {
+        &self.config
+    }
+
+    /// True when the host uses cgroup v2 (unified), false for v1.
+    pub fn uses_cgroup_v2(&self) -> bool {
+        self.cgroups.version() == CgroupVersion::V2
+    }
+
+    /// The cgroup directories a sandbox has (one per hierarchy), for inspection.
+    pub fn cgroup_dirs(&self, vm_id: &LocalVmId) -> Vec<PathBuf> {
+        self.cgroups.sandbox_dirs(&vm_id.to_string())
+    }
+
+    /// Removes the (empty) cgroup parents this backend created; call after every sandbox was
+    /// destroyed, e.g. at shutdown. A later provision would need a new backend.
+    pub fn remove_cgroup_parents(&self) -> Result<(), BackendError> {
+        self.cgroups
+            .remove_parents()
+            .map_err(|e| BackendError::io("remove cgroup parents", e))
+    }
+
+    /// Provision steps; resources are recorded in `guard` as they are made.
+    async fn boot(
+        &self,
+        spec: &ProvisionSpec,
+        guard: &mut ProvisionGuard,
+    ) -> Result<Arc<dyn Vm>, BackendError> {
+        let layout = self.images.resolve(&spec.tuple.image).await?;
+        let name = spec.vm_id.to_string();
+        let dir = guard.dir.clone();
+        let uid = self.config.uid_base;
+        let scratch_mib = self.config.scratch_size_mib;
+        guard.started = true;
+        let host_dir = dir.clone();
+        tokio::task::spawn_blocking(move || prepare_root(&host_dir, &layout, uid, scratch_mib))
+            .await
+            .map_err(|e| BackendError::Other(format!("root setup task failed: {e}")))?
+            .map_err(|e| BackendError::io("prepare sandbox root", e))?;
+
+        let limits = Limits {
+            cpus: spec.tuple.cpu.max(1),
+            memory_bytes: spec.memory_mib.saturating_mul(1 << 20),
+            pids: self.config.pids_limit,
+        };
+        let cgroups = self.cgroups.clone();
+        let cgroup_name = name.clone();
+        let cgroup = tokio::task::spawn_blocking(move || cgroups.create(&cgroup_name, limits))
+            .await
+            .map_err(|e| BackendError::Other(format!("cgroup task failed: {e}")))?
+            .map_err(|e| BackendError::io("create cgroup", e))?;
+        let cgroup = Arc::new(cgroup);
+        guard.cgroup = Some(Arc::clone(&cgroup));
+
+        let (worker_end, init_end) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )
+        .map_err(|e| BackendError::io("create control socket", e.into()))?;
+        // Room for the largest exec request in one packet (unix sockets account packets
+        // against the sender's buffer).
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size_force(&worker_end, 2 * MAX_MESSAGE);
+        // The init's end must block: it is the init's stdin and it reads synchronously.
+        rustix::fs::fcntl_setfl(&init_end, OFlags::RDWR)
+            .map_err(|e| BackendError::io("configure control socket", e.into()))?;
+
+        let mut command = tokio::process::Command::new(&self.config.init_program);
+        command
+            .arg(INIT_ARG)
+            .env_clear()
+            .stdin(Stdio::from(init_end))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(false);
+        let child = command.spawn().map_err(|e| {
+            BackendError::io(
+                format!("start init {}", self.config.init_program.display()),
+                e,
+            )
+        })?;
+        // Our copy of the init's end must close, or its exit would never read as EOF.
+        drop(command);
+        let pid = child
+            .id()
+            .ok_or_else(|| BackendError::Other("init exited at once".to_string()))?;
+        guard.child = Some(child);
+        let attach_to = Arc::clone(&cgroup);
+        tokio::task::spawn_blocking(move || attach_to.attach(pid))
+            .await
+            .map_err(|e| BackendError::Other(format!("cgroup task failed: {e}")))?
+            .map_err(|e| BackendError::io("attach init to cgroup", e))?;
+
+        let sock = agent::register(worker_end)
+            .map_err(|e| BackendError::io("register control socket", e))?;
+        let setup = Setup {
+            rootfs: dir.join("rootfs").to_string_lossy().into_owned(),
+            hostname: self.config.hostname.clone(),
+        };
+        let handshake = handshake(&sock, setup, pid, self.config.uid_base);
+        match tokio::time::timeout(self.config.setup_timeout, handshake).await {
+            Ok(Ok(())) => {}
+            Ok(Err(HandshakeError::Failed(message))) => {
+                return Err(BackendError::Other(format!("sandbox setup failed: {message}")))
+            }
+            Ok(Err(HandshakeError::Closed)) => {
+                let stderr = guard.child_stderr().await;
+                return Err(BackendError::Other(format!(
+                    "sandbox init exited during setup{}",
+                    if stderr.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {stderr}")
+                    }
+                )));
+            }
+            Ok(Err(HandshakeError::Io(e))) => return Err(BackendError::io("sandbox setup", e)),
+            Err(_) => {
+                return Err(BackendError::Other(format!(
+                    "sandbox setup timed out after {:?}",
+                    self.config.setup_timeout
+                )))
+            }
+        }
+
+        let netns = fs::File::open(format!("/proc/{pid}/ns/net"))
+            .map(OwnedFd::from)
+            .map_err(|e| BackendError::io("open sandbox network namespace", e))?;
+        let root = openat(
+            CWD,
+            dir.join("rootfs"),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| BackendError::io("open sandbox root", e.into()))?;
+        let mut child = guard.child.take().expect("child recorded above");
+        // The init's stderr is only read on failed setups.
+        drop(child.stderr.take());
+        guard.cgroup = None;
+        let cgroup = Arc::try_unwrap(cgroup)
+            .map_err(|_| BackendError::Other("cgroup handle still shared".to_string()))?;
+        guard.disarm();
+        let vm = ContainerVm::new(
+            spec.vm_id.clone(),
+            AgentConn::start(sock),
+            SandboxRoot::new(root, uid),
+            netns,
+            Teardown { child, cgroup, dir },
+        );
+        Ok(Arc::new(vm))
+    }
+}
+
+/// Why the setup handshake failed.
+enum HandshakeError {
+    /// The init reported a failure.
+    Failed(String),
+    /// The init closed the socket.
+    Closed,
+    /// Socket or map-writing error.
+    Io(io::Error),
+}
+
+/// Setup → (init unshares) → worker writes uid/gid maps → init builds the sandbox → ready.
+async fn handshake(
+    sock: &AsyncFd<OwnedFd>,
+    setup: Setup,
+    pid: u32,
+    uid_base: u32,
+) -> Result<(), HandshakeError> {
+    agent::send(sock, &Request::Setup(setup), &[])
+        .await
+        .map_err(HandshakeError::Io)?;
+    let mut maps_written = false;
+    loop {
+        match agent::recv(sock).await {
+            Ok(Some(Event::UsernsCreated)) if !maps_written => {
+                let map = format!("0 {uid_base} {UID_COUNT}\n");
+                tokio::task::spawn_blocking(move || {
+                    fs::write(format!("/proc/{pid}/uid_map"), &map)?;
+                    fs::write(format!("/proc/{pid}/gid_map"), &map)
+                })
+                .await
+                .map_err(|e| HandshakeError::Io(io::Error::other(e.to_string())))?
+                .map_err(HandshakeError::Io)?;
+                maps_written = true;
+                agent::send(sock, &Request::MapsWritten, &[])
+                    .await
+                    .map_err(HandshakeError::Io)?;
+            }
+            Ok(Some(Event::Ready)) if maps_written => return Ok(()),
+            Ok(Some(Event::SetupFailed { message })) => return Err(HandshakeError::Failed(message)),
+            Ok(Some(other)) => {
+                return Err(HandshakeError::Failed(format!(
+                    "unexpected message from init: {other:?}"
+                )))
+            }
+            Ok(None) => return Err(HandshakeError::Closed),
+            Err(e) => return Err(HandshakeError::Io(e)),
+        }
+    }
+}
+
+/// Host-side root: scratch tmpfs, writable layer skeleton, overlay, read-only binds.
+fn prepare_root(dir: &Path, layout: &ImageLayout, uid: u32, scratch_mib: u64) -> io::Result<()> {
+    for lower in &layout.lower_dirs {
+        if !mounts::overlay_safe(lower) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("image layer path {} cannot be used by overlayfs", lower.display()),
+            ));
+        }
+    }
+    fs::DirBuilder::new().mode(0o711).create(dir)?;
+    let scratch = dir.join("scratch");
+    let rootfs = dir.join("rootfs");
+    fs::DirBuilder::new().mode(0o700).create(&scratch)?;
+    fs::DirBuilder::new().mode(0o755).create(&rootfs)?;
+    mounts::mount_tmpfs(&scratch, scratch_mib, 0o700)?;
+    let upper = scratch.join("upper");
+    let work = scratch.join("work");
+    fs::DirBuilder::new().mode(0o755).create(&upper)?;
+    fs::DirBuilder::new().mode(0o700).create(&work)?;
+    let owner = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(uid)));
+    chownat(CWD, &upper, owner.0, owner.1, AtFlags::empty())?;
+    for (name, mode) in UPPER_DIRS {
+        let p = upper.join(name);
+        fs::create_dir(&p)?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode))?;
+        chownat(CWD, &p, owner.0, owner.1, AtFlags::empty())?;
+    }
+    mounts::mount_overlay(&rootfs, &layout.lower_dirs, &upper, &work)?;
+    for bind in &layout.read_only_binds {
+        let target = rootfs.join(&bind.target);
+        if !target.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("image has no directory to mount {} on", bind.target),
+            ));
+        }
+        mounts::bind_read_only(&bind.source, &target)?;
+    }
+    Ok(())
+}
+
+/// Removes a sandbox's host resources: kills its tasks, unmounts, removes its directory and
+/// cgroups. Safe on partial state; the directory is removed only once nothing is mounted in it.
+pub(crate) fn teardown_host(dir: &Path, cgroup: Option<SandboxCgroup>) -> Result<(), String> {
+    let mut problems = Vec::new();
+    if let Some(cgroup) = &cgroup {
+        if !cgroup.kill_and_wait_empty(KILL_TIMEOUT) {
+            problems.push("tasks survived SIGKILL".to_string());
+        }
+    }
+    match mounts::unmount_all_under(dir) {
+        Ok(()) => match fs::remove_dir_all(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => problems.push(format!("remove {}: {e}", dir.display())),
+        },
+        Err(e) => problems.push(format!("unmount below {}: {e}", dir.display())),
+    }
+    if let Some(mut cgroup) = cgroup {
+        if let Err(e) = cgroup.remove(CGROUP_REMOVE_TIMEOUT) {
+            problems.push(e.to_string());
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("sandbox teardown incomplete: {}", problems.join("; ")))
+    }
+}
+
+/// Undoes a provision that did not finish (error or cancellation).
+struct ProvisionGuard {
+    dir: PathBuf,
+    /// Whether anything may exist at `dir` that this provision made.
+    started: bool,
+    cgroup: Option<Arc<SandboxCgroup>>,
+    child: Option<Child>,
+    cgroups: CgroupDriver,
+    name: String,
+    armed: bool,
+}
+
+impl ProvisionGuard {
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    /// What the init wrote to stderr before it died (bounded, best effort).
+    async fn child_stderr(&mut self) -> String {
+        let Some(stderr) = self.child.as_mut().and_then(|c| c.stderr.as_mut()) else {
+            return String::new();
+        };
+        let mut buf = Vec::new();
+        let mut limited = (&mut *stderr).take(4096);
+        let read = limited.read_to_end(&mut buf);
+        let _ = tokio::time::timeout(Duration::from_millis(500), read).await;
+        String::from_utf8_lossy(&buf).trim().to_string()
+    }
+
+    /// Takes what must be undone, leaving the guard inert.
+    fn take(&mut self) -> Option<Rollback> {
+        if !self.armed {
+            return None;
+        }
+        self.armed = false;
+        Some(Rollback {
+            dir: self.started.then(|| self.dir.clone()),
+            child: self.child.take(),
+            cgroups: self.cgroups.clone(),
+            name: self.name.clone(),
+            had_cgroup: self.cgroup.take().is_some(),
+        })
+    }
+}
+
+impl Drop for ProvisionGuard {
+    fn drop(&mut self) {
+        // Cancelled mid-provision: finish the cleanup in the background.
+        if let Some(rollback) = self.take() {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(rollback.run());
+            }
+        }
+    }
+}
+
+/// The cleanup of a failed provision.
+struct Rollback {
+    dir: Option<PathBuf>,
+    child: Option<Child>,
+    cgroups: CgroupDriver,
+    name: String,
+    had_cgroup: bool,
+}
+
+impl Rollback {
+    async fn run(mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+        let result = tokio::task::spawn_blocking(move || {
+            let cgroup = self.had_cgroup.then(|| self.cgroups.existing(&self.name));
+            match &self.dir {
+                Some(dir) => teardown_host(dir, cgroup),
+                None => Ok(()),
+            }
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "failed provision left resources behind"),
+            Err(e) => tracing::warn!(error = %e, "provision rollback task failed"),
+        }
+    }
+}
+
+#[async_trait]
+impl VmBackend for ContainerBackend {
+    fn virtualization(&self) -> &str {
+        "container"
+    }
+
+    async fn provision(&self, spec: ProvisionSpec) -> Result<Arc<dyn Vm>, BackendError> {
+        let name = spec.vm_id.to_string();
+        let mut guard = ProvisionGuard {
+            dir: self.config.state_dir.join(&name),
+            started: false,
+            cgroup: None,
+            child: None,
+            cgroups: self.cgroups.clone(),
+            name,
+            armed: true,
+        };
+        match self.boot(&spec, &mut guard).await {
+            Ok(vm) => Ok(vm),
+            Err(e) => {
+                if let Some(rollback) = guard.take() {
+                    rollback.run().await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn cleanup_leftovers(&self) -> Result<usize, BackendError> {
+        let state_dir = self.config.state_dir.clone();
+        let cgroups = self.cgroups.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut names = BTreeSet::new();
+            if let Ok(entries) = fs::read_dir(&state_dir) {
+                for entry in entries.flatten() {
+                    if let Some(name) = entry.file_name().to_str() {
+                        if LocalVmId::parse(name).is_ok() {
+                            names.insert(name.to_string());
+                        }
+                    }
+                }
+            }
+            for name in cgroups.children() {
+                if LocalVmId::parse(&name).is_ok() {
+                    names.insert(name);
+                }
+            }
+            let mut failures = Vec::new();
+            for name in &names {
+                let cgroup = cgroups.existing(name);
+                if let Err(e) = teardown_host(&state_dir.join(name), Some(cgroup)) {
+                    failures.push(format!("{name}: {e}"));
+                }
+            }
+            if failures.is_empty() {
+                if !names.is_empty() {
+                    tracing::info!(count = names.len(), "removed leftover container sandboxes");
+                }
+                Ok(names.len())
+            } else {
+                Err(BackendError::Other(format!(
+                    "cleanup of leftover sandboxes failed: {}",
+                    failures.join("; ")
+                )))
+            }
+        })
+        .await
+        .map_err(|e| BackendError::Other(format!("cleanup task failed: {e}")))?
+    }
+}

@@ -1,0 +1,239 @@
+//! The worker ↔ sandbox-init protocol: JSON messages over a `SOCK_SEQPACKET` socketpair, one
+//! message per packet; an exec request carries the command's stdin/stdout/stderr as
+//! `SCM_RIGHTS` file descriptors.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+use rustix::io::Errno;
+use rustix::net::{
+    recvmsg, sendmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
+};
+use serde::{Deserialize, Serialize};
+
+/// Largest message either side sends (an exec request with a long command line).
+pub(crate) const MAX_MESSAGE: usize = 4 << 20;
+
+/// Largest message the init sends to the worker.
+pub(crate) const MAX_EVENT: usize = 64 << 10;
+
+/// What the init needs to build the sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct Setup {
+    /// Host path of the mounted root (the overlay), entered before the namespaces are made.
+    pub rootfs: String,
+    /// Host name inside the sandbox.
+    pub hostname: String,
+}
+
+/// Worker → init.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(crate) enum Request {
+    /// First message: build the sandbox.
+    Setup(Setup),
+    /// The worker wrote the user namespace's uid/gid maps.
+    MapsWritten,
+    /// Run a command; three fds follow: stdin, stdout, stderr.
+    Exec {
+        /// Chosen by the worker, echoed in the events.
+        id: u64,
+        /// Program and arguments; `argv[0]` without `/` is looked up in the env's `PATH`.
+        argv: Vec<String>,
+        /// The complete environment.
+        env: Vec<(String, String)>,
+        /// Working directory.
+        cwd: String,
+    },
+    /// SIGKILL the process group of a running command.
+    Kill {
+        /// The exec's id.
+        id: u64,
+    },
+}
+
+/// Init → worker.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(crate) enum Event {
+    /// The user namespace exists; the worker may write its maps.
+    UsernsCreated,
+    /// The sandbox is up; the init now serves exec requests.
+    Ready,
+    /// Building the sandbox failed; the init exits.
+    SetupFailed {
+        /// What failed.
+        message: String,
+    },
+    /// The command runs.
+    Started {
+        /// The exec's id.
+        id: u64,
+    },
+    /// The command could not be started.
+    ExecFailed {
+        /// The exec's id.
+        id: u64,
+        /// Why.
+        message: String,
+    },
+    /// The command ended.
+    Exited {
+        /// The exec's id.
+        id: u64,
+        /// Exit code, or 128 + signal.
+        code: i32,
+    },
+}
+
+/// Sends one message with `fds` attached. Never raises SIGPIPE.
+pub(crate) fn send<T: Serialize>(
+    socket: BorrowedFd<'_>,
+    message: &T,
+    fds: &[BorrowedFd<'_>],
+    nonblocking: bool,
+) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(message).map_err(std::io::Error::other)?;
+    if bytes.len() > MAX_MESSAGE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "message too large",
+        ));
+    }
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "too many fds",
+        ));
+    }
+    let mut flags = SendFlags::NOSIGNAL;
+    if nonblocking {
+        flags |= SendFlags::DONTWAIT;
+    }
+    loop {
+        match sendmsg(socket, &[IoSlice::new(&bytes)], &mut control, flags) {
+            Ok(_) => return Ok(()),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Receives one message and the fds attached to it (up to 3; with `accept_fds` false none
+/// are accepted and any sent are closed by the kernel). `Ok(None)` is end of stream.
+pub(crate) fn recv<T: for<'de> Deserialize<'de>>(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+    accept_fds: bool,
+    nonblocking: bool,
+) -> std::io::Result<Option<(T, Vec<OwnedFd>)>> {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
+    let mut control = if accept_fds {
+        RecvAncillaryBuffer::new(&mut space)
+    } else {
+        RecvAncillaryBuffer::new(&mut [])
+    };
+    let mut flags = RecvFlags::CMSG_CLOEXEC;
+    if nonblocking {
+        flags |= RecvFlags::DONTWAIT;
+    }
+    let received = loop {
+        match recvmsg(socket, &mut [IoSliceMut::new(buf)], &mut control, flags) {
+            Ok(r) => break r,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let mut fds = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received_fds) = message {
+            fds.extend(received_fds);
+        }
+    }
+    if received.bytes == 0 {
+        return Ok(None);
+    }
+    // Fds sent where none are accepted are closed by the kernel (CTRUNC): not an error.
+    let truncated = received.flags.contains(ReturnFlags::TRUNC)
+        || (accept_fds && received.flags.contains(ReturnFlags::CTRUNC));
+    if truncated {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "message truncated",
+        ));
+    }
+    let message = serde_json::from_slice(&buf[..received.bytes])
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    Ok(Some((message, fds)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+    use std::io::{Read, Write};
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn round_trips_messages_and_fds() {
+        let (a, b) = pair();
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        let req = Request::Exec {
+            id: 7,
+            argv: vec!["/bin/true".into()],
+            env: vec![("A".into(), "b".into())],
+            cwd: "/".into(),
+        };
+        send(a.as_fd(), &req, &[r.as_fd(), w.as_fd(), w.as_fd()], false).unwrap();
+        drop(w);
+        let mut buf = vec![0u8; 4096];
+        let (got, fds): (Request, _) = recv(b.as_fd(), &mut buf, true, false).unwrap().unwrap();
+        assert_eq!(got, req);
+        assert_eq!(fds.len(), 3);
+        // The received write end talks to our read end.
+        let mut writer = std::fs::File::from(fds.into_iter().nth(1).unwrap());
+        writer.write_all(b"hi").unwrap();
+        drop(writer);
+        let mut reader = std::fs::File::from(r);
+        let mut s = String::new();
+        reader.read_to_string(&mut s).unwrap_or_default();
+        assert!(s.starts_with("hi"));
+    }
+
+    #[test]
+    fn fds_are_refused_when_not_accepted_and_eof_is_none() {
+        let (a, b) = pair();
+        let (r, _w) = rustix::pipe::pipe().unwrap();
+        send(a.as_fd(), &Event::Ready, &[r.as_fd()], false).unwrap();
+        let mut buf = vec![0u8; 1024];
+        let got: Option<(Event, Vec<OwnedFd>)> = recv(b.as_fd(), &mut buf, false, false).unwrap();
+        let (event, fds) = got.unwrap();
+        assert_eq!(event, Event::Ready);
+        assert!(fds.is_empty());
+        drop(a);
+        let eof: Option<(Event, Vec<OwnedFd>)> = recv(b.as_fd(), &mut buf, false, false).unwrap();
+        assert!(eof.is_none());
+    }
+
+    #[test]
+    fn nonblocking_recv_would_block() {
+        let (_a, b) = pair();
+        let mut buf = vec![0u8; 64];
+        let err = recv::<Event>(b.as_fd(), &mut buf, false, true).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+    }
+}

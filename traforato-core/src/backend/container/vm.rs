@@ -1,0 +1,372 @@
+//! One live container sandbox: the [`Vm`] implementation over its init (exec, run-code), its
+//! root (files), its network namespace (connect), and its teardown.
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::process::Child;
+use tokio::sync::mpsc;
+
+use super::agent::AgentConn;
+use super::cgroup::SandboxCgroup;
+use super::exec::{self, Command};
+use super::files::SandboxRoot;
+use super::init::DEFAULT_PATH;
+use super::netns;
+use super::teardown_host;
+use crate::backend::{
+    BackendError, BoxedReader, BoxedStream, CodeOutcome, CodeSpec, ExecExit, ExecSpec, FileEntry,
+    FileReader, FileStat, FilesError, OutputChunk, Program, Runtime, Vm, WriteMode,
+};
+use crate::id::LocalVmId;
+use crate::path::SandboxPath;
+
+/// Working directory when a request names none.
+pub(crate) const DEFAULT_CWD: &str = "/workspace";
+
+/// Compiles the code from stdin without running it; prints only the exception on failure.
+const PYTHON_CHECK: &str = "import sys, traceback
+src = sys.stdin.buffer.read()
+try:
+    compile(src, '<stdin>', 'exec')
+except (SyntaxError, ValueError) as e:
+    sys.stderr.write(''.join(traceback.format_exception_only(type(e), e)))
+    sys.exit(1)
+";
+
+/// What ops need while the sandbox lives; cloned out of a short lock.
+#[derive(Clone)]
+struct Live {
+    agent: Arc<AgentConn>,
+    root: Arc<SandboxRoot>,
+    netns: Arc<OwnedFd>,
+}
+
+/// What destroy tears down.
+pub(crate) struct Teardown {
+    /// The outer init, the worker's child.
+    pub child: Child,
+    /// The sandbox's cgroups.
+    pub cgroup: SandboxCgroup,
+    /// `<state_dir>/<vm_id>`.
+    pub dir: PathBuf,
+}
+
+/// A sandbox of the `container` backend.
+pub struct ContainerVm {
+    vm_id: LocalVmId,
+    live: Mutex<Option<Live>>,
+    /// Held for the whole destroy, so a concurrent destroy returns only when it is done.
+    teardown: tokio::sync::Mutex<Option<Teardown>>,
+}
+
+impl ContainerVm {
+    pub(crate) fn new(
+        vm_id: LocalVmId,
+        agent: AgentConn,
+        root: SandboxRoot,
+        netns: OwnedFd,
+        teardown: Teardown,
+    ) -> Self {
+        Self {
+            vm_id,
+            live: Mutex::new(Some(Live {
+                agent: Arc::new(agent),
+                root: Arc::new(root),
+                netns: Arc::new(netns),
+            })),
+            teardown: tokio::sync::Mutex::new(Some(teardown)),
+        }
+    }
+
+    fn live(&self) -> Option<Live> {
+        self.live.lock().expect("live lock").clone()
+    }
+
+    fn agent(&self) -> Result<Arc<AgentConn>, BackendError> {
+        self.live().map(|l| l.agent).ok_or(BackendError::Gone)
+    }
+
+    fn root(&self) -> Result<Arc<SandboxRoot>, FilesError> {
+        self.live().map(|l| l.root).ok_or(FilesError::Gone)
+    }
+
+    /// Runs a blocking file operation on the sandbox root.
+    async fn with_root<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&SandboxRoot) -> Result<T, FilesError> + Send + 'static,
+    ) -> Result<T, FilesError> {
+        let root = self.root()?;
+        tokio::task::spawn_blocking(move || op(&root))
+            .await
+            .map_err(|e| FilesError::Io {
+                op: "file task".to_string(),
+                source: std::io::Error::other(e.to_string()),
+            })?
+    }
+}
+
+impl Drop for ContainerVm {
+    fn drop(&mut self) {
+        let undestroyed = self
+            .teardown
+            .try_lock()
+            .map(|t| t.is_some())
+            .unwrap_or(false);
+        if undestroyed {
+            // Closing the control socket ends the sandbox's processes; mounts and cgroups
+            // stay until `cleanup_leftovers`.
+            tracing::warn!(vm_id = %self.vm_id, "container sandbox dropped without destroy");
+        }
+    }
+}
+
+/// The base environment plus the request's (which wins). Nothing of the worker's own
+/// environment reaches a sandbox.
+fn environment(extra: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    let mut env: BTreeMap<String, String> = [
+        ("PATH", DEFAULT_PATH),
+        ("HOME", "/root"),
+        ("LANG", "C.UTF-8"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    env.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.into_iter().collect()
+}
+
+fn cwd_or_default(cwd: &Option<String>) -> String {
+    match cwd.as_deref().map(str::trim) {
+        Some(c) if !c.is_empty() => c.to_string(),
+        _ => DEFAULT_CWD.to_string(),
+    }
+}
+
+/// The interpreter's syntax-error text, without node's internal stack frames and version
+/// banner.
+pub(crate) fn syntax_message(runtime: Runtime, stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let kept: Vec<&str> = match runtime {
+        Runtime::Python => text.lines().collect(),
+        Runtime::Node => text
+            .lines()
+            .filter(|l| !l.starts_with("    at ") && !l.starts_with("Node.js v"))
+            .collect(),
+    };
+    kept.join("\n").trim().to_string()
+}
+
+#[async_trait]
+impl Vm for ContainerVm {
+    fn vm_id(&self) -> LocalVmId {
+        self.vm_id.clone()
+    }
+
+    async fn exec(
+        &self,
+        spec: ExecSpec,
+        output: mpsc::Sender<OutputChunk>,
+    ) -> Result<ExecExit, BackendError> {
+        let agent = self.agent()?;
+        let argv = match spec.program {
+            Program::Shell(line) => vec!["/bin/sh".to_string(), "-c".to_string(), line],
+            Program::Argv(argv) => argv,
+        };
+        let command = Command {
+            argv,
+            env: environment(&spec.env),
+            cwd: cwd_or_default(&spec.cwd),
+            stdin: spec.stdin,
+            timeout: spec.timeout,
+        };
+        exec::run(&agent, command, output).await
+    }
+
+    async fn run_code(
+        &self,
+        spec: CodeSpec,
+        output: mpsc::Sender<OutputChunk>,
+    ) -> Result<CodeOutcome, BackendError> {
+        let agent = self.agent()?;
+        let started = Instant::now();
+        let code = Bytes::from(spec.code.into_bytes());
+        let cwd = cwd_or_default(&spec.cwd);
+        let env = environment(&spec.env);
+        let (check, run): (Vec<&str>, Vec<&str>) = match spec.runtime {
+            Runtime::Python => (vec!["python3", "-I", "-c", PYTHON_CHECK], vec!["python3", "-"]),
+            Runtime::Node => (vec!["node", "--check", "-"], vec!["node", "-"]),
+        };
+        let to_argv = |v: Vec<&str>| v.into_iter().map(str::to_string).collect::<Vec<_>>();
+        let (checked, _stdout, stderr) = exec::run_collect(
+            &agent,
+            Command {
+                argv: to_argv(check),
+                env: env.clone(),
+                cwd: cwd.clone(),
+                stdin: Some(code.clone()),
+                timeout: spec.timeout,
+            },
+        )
+        .await?;
+        if checked.timed_out {
+            return Ok(CodeOutcome::Finished(checked));
+        }
+        if checked.exit_code != 0 {
+            return Ok(CodeOutcome::SyntaxError {
+                message: syntax_message(spec.runtime, &stderr),
+                exit_code: checked.exit_code,
+            });
+        }
+        let remaining = spec
+            .timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(1));
+        let exit = exec::run(
+            &agent,
+            Command {
+                argv: to_argv(run),
+                env,
+                cwd,
+                stdin: Some(code),
+                timeout: remaining,
+            },
+            output,
+        )
+        .await?;
+        Ok(CodeOutcome::Finished(exit))
+    }
+
+    async fn read_file(&self, path: &SandboxPath) -> Result<FileReader, FilesError> {
+        let path = path.clone();
+        let (file, size) = self.with_root(move |root| root.open_read(&path)).await?;
+        Ok(FileReader {
+            size,
+            body: Box::new(tokio::fs::File::from_std(file)),
+        })
+    }
+
+    async fn write_file(
+        &self,
+        path: &SandboxPath,
+        mut content: BoxedReader,
+        mode: WriteMode,
+    ) -> Result<u64, FilesError> {
+        let target = path.clone();
+        let file = self
+            .with_root(move |root| root.open_write(&target, mode))
+            .await?;
+        let mut file = tokio::fs::File::from_std(file);
+        let written = tokio::io::copy(&mut content, &mut file)
+            .await
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOSPC) | Some(libc::EFBIG) | Some(libc::EDQUOT) => FilesError::TooLarge,
+                _ => FilesError::Io {
+                    op: "write file".to_string(),
+                    source: e,
+                },
+            })?;
+        file.flush().await.map_err(|e| FilesError::Io {
+            op: "write file".to_string(),
+            source: e,
+        })?;
+        Ok(written)
+    }
+
+    async fn stat(&self, path: &SandboxPath) -> Result<Option<FileStat>, FilesError> {
+        let path = path.clone();
+        self.with_root(move |root| root.stat(&path)).await
+    }
+
+    async fn list_dir(
+        &self,
+        path: &SandboxPath,
+        recursive: bool,
+    ) -> Result<Vec<FileEntry>, FilesError> {
+        let path = path.clone();
+        self.with_root(move |root| root.list_dir(&path, recursive))
+            .await
+    }
+
+    async fn mkdir(&self, path: &SandboxPath, recursive: bool) -> Result<bool, FilesError> {
+        let path = path.clone();
+        self.with_root(move |root| root.mkdir(&path, recursive)).await
+    }
+
+    async fn remove(&self, path: &SandboxPath, recursive: bool) -> Result<(), FilesError> {
+        let path = path.clone();
+        self.with_root(move |root| root.remove(&path, recursive))
+            .await
+    }
+
+    async fn connect(&self, port: u16) -> Result<BoxedStream, BackendError> {
+        let netns = self.live().map(|l| l.netns).ok_or(BackendError::Gone)?;
+        let stream = netns::connect(netns, port).await?;
+        Ok(Box::new(stream))
+    }
+
+    async fn destroy(&self) -> Result<(), BackendError> {
+        let mut teardown = self.teardown.lock().await;
+        // New operations see Gone from here on; in-flight ones end as the processes die.
+        self.live.lock().expect("live lock").take();
+        let Some(Teardown {
+            mut child,
+            cgroup,
+            dir,
+        }) = teardown.take()
+        else {
+            return Ok(());
+        };
+        // The agent dies with the outer init (parent-death signal) and takes the whole pid
+        // namespace with it; the cgroup sweep below catches anything in between.
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        tokio::task::spawn_blocking(move || teardown_host(&dir, Some(cgroup)))
+            .await
+            .map_err(|e| BackendError::Other(format!("teardown task failed: {e}")))?
+            .map_err(BackendError::Other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_is_base_plus_request() {
+        let mut extra = BTreeMap::new();
+        extra.insert("HOME".to_string(), "/workspace".to_string());
+        extra.insert("A".to_string(), "1".to_string());
+        let env = environment(&extra);
+        assert!(env.contains(&("HOME".to_string(), "/workspace".to_string())));
+        assert!(env.contains(&("A".to_string(), "1".to_string())));
+        assert!(env.contains(&("LANG".to_string(), "C.UTF-8".to_string())));
+        assert_eq!(env.iter().filter(|(k, _)| k == "HOME").count(), 1);
+    }
+
+    #[test]
+    fn cwd_defaults_to_workspace() {
+        assert_eq!(cwd_or_default(&None), "/workspace");
+        assert_eq!(cwd_or_default(&Some(" ".into())), "/workspace");
+        assert_eq!(cwd_or_default(&Some("/tmp".into())), "/tmp");
+    }
+
+    #[test]
+    fn node_syntax_message_drops_internal_frames() {
+        let raw = b"[stdin]:1\nconsole.log((\n\n\nSyntaxError: Unexpected end of input\n    at wrapSafe (node:internal/modules/cjs/loader:1464:18)\n    at checkSyntax (node:internal/main/check_syntax:78:3)\n\nNode.js v20.20.2\n";
+        assert_eq!(
+            syntax_message(Runtime::Node, raw),
+            "[stdin]:1\nconsole.log((\n\n\nSyntaxError: Unexpected end of input"
+        );
+        assert_eq!(
+            syntax_message(Runtime::Python, b"  File \"<stdin>\", line 1\nSyntaxError: x\n"),
+            "File \"<stdin>\", line 1\nSyntaxError: x"
+        );
+    }
+}

@@ -1,0 +1,88 @@
+//! Placement helpers: the `placement_retry` query value and the candidate list handed to the
+//! scheduler for a cold create.
+
+use chrono::{DateTime, Utc};
+
+use super::registry::Registry;
+use super::BrokerError;
+use crate::scheduler::WorkerLoad;
+
+/// Parses the raw `placement_retry` query value: trimmed, empty or absent means 0, otherwise
+/// a non-negative integer (values beyond `u32` saturate; they are exhausted anyway).
+pub(super) fn parse_placement_retry(raw: Option<&str>) -> Result<u32, BrokerError> {
+    let raw = raw.map(str::trim).unwrap_or("");
+    if raw.is_empty() {
+        return Ok(0);
+    }
+    let value: i64 = raw
+        .parse()
+        .map_err(|_| BrokerError::InvalidPlacementRetry)?;
+    if value < 0 {
+        return Err(BrokerError::InvalidPlacementRetry);
+    }
+    Ok(u32::try_from(value).unwrap_or(u32::MAX))
+}
+
+/// Why no cold candidate exists; the `reason` label of `broker.no_capacity.total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NoCandidate {
+    /// No worker is active.
+    NoWorker,
+    /// Workers are active, but none has the requested SKU.
+    NoMatchingSku,
+}
+
+impl NoCandidate {
+    pub fn reason(self) -> &'static str {
+        match self {
+            NoCandidate::NoWorker => "no_worker",
+            NoCandidate::NoMatchingSku => "no_matching_hardware_sku",
+        }
+    }
+}
+
+/// The active workers (with `sku`, when one is requested) in registration order.
+pub(super) fn cold_candidates(
+    registry: &Registry,
+    sku: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<WorkerLoad>, NoCandidate> {
+    let mut any_active = false;
+    let mut candidates: Vec<WorkerLoad> = registry
+        .iter()
+        .filter(|w| w.is_active(now))
+        .inspect(|_| any_active = true)
+        .filter(|w| sku.is_empty() || w.hardware_sku == sku)
+        .map(|w| w.load())
+        .collect();
+    if !any_active {
+        return Err(NoCandidate::NoWorker);
+    }
+    if candidates.is_empty() {
+        return Err(NoCandidate::NoMatchingSku);
+    }
+    candidates.sort_by_key(|w| w.order);
+    Ok(candidates)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_values() {
+        assert_eq!(parse_placement_retry(None), Ok(0));
+        assert_eq!(parse_placement_retry(Some("")), Ok(0));
+        assert_eq!(parse_placement_retry(Some("  ")), Ok(0));
+        assert_eq!(parse_placement_retry(Some(" 2 ")), Ok(2));
+        assert_eq!(parse_placement_retry(Some("+1")), Ok(1));
+        assert_eq!(parse_placement_retry(Some("99999999999")), Ok(u32::MAX));
+        for bad in ["-1", "x", "1.5", "0x1", "1 2"] {
+            assert_eq!(
+                parse_placement_retry(Some(bad)),
+                Err(BrokerError::InvalidPlacementRetry),
+                "{bad}"
+            );
+        }
+    }
+}

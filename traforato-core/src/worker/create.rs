@@ -1,0 +1,470 @@
+//! Sandbox creation: validation, capacity reserved under the lock, warm claims (hinted or
+//! not), cold provisioning outside the lock, and bounces back to the broker.
+//!
+//! Invariant: whatever path a create takes, a failure leaves the reservation released, no VM
+//! behind, and any hinted VM back in the pool and announced ready again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::task::JoinHandle;
+
+use super::sandbox::{destroy_vm, expiry};
+use super::state::{SandboxEntry, StartType, State, Usage};
+use super::{CreateOutcome, CreateQuery, Worker, WorkerError};
+use crate::api::{CreateSandboxRequest, CreateSandboxResponse, VmEventKind};
+use crate::auth::Principal;
+use crate::backend::{BackendError, ProvisionSpec, Vm, VmBackend};
+use crate::id::{LocalVmId, SandboxId};
+use crate::tuple::SandboxTuple;
+
+/// Memory per cpu when the configuration gives none.
+const FALLBACK_MIB_PER_CPU: u64 = 512;
+
+/// A validated create.
+struct CreateSpec {
+    tuple: SandboxTuple,
+    ttl: Duration,
+    memory_mib: u64,
+    owner: String,
+    started: tokio::time::Instant,
+}
+
+impl CreateSpec {
+    fn usage(&self) -> Usage {
+        Usage::one(self.tuple.cpu, self.memory_mib)
+    }
+}
+
+/// A committed sandbox, described for the response.
+struct Committed {
+    id: SandboxId,
+    expires_at: DateTime<Utc>,
+}
+
+fn parse_placement_retry(raw: Option<&str>) -> Result<u64, WorkerError> {
+    let raw = raw.unwrap_or("").trim();
+    if raw.is_empty() {
+        return Ok(0);
+    }
+    match raw.parse::<i64>() {
+        Ok(n) if n >= 0 => Ok(n as u64),
+        _ => Err(WorkerError::InvalidPlacementRetry),
+    }
+}
+
+fn parse_hint(raw: Option<&str>) -> Result<Option<LocalVmId>, WorkerError> {
+    let raw = raw.unwrap_or("").trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    LocalVmId::parse(raw)
+        .map(Some)
+        .map_err(|_| WorkerError::InvalidLocalVmId)
+}
+
+/// The error of a create that races shutdown.
+pub(super) fn shutting_down() -> WorkerError {
+    WorkerError::ProvisionFailed(BackendError::Unavailable(
+        "worker is shutting down".to_string(),
+    ))
+}
+
+/// Capacity held for a create still provisioning; released on drop unless committed.
+struct Reservation<'a> {
+    worker: &'a Worker,
+    usage: Usage,
+    armed: bool,
+}
+
+impl Reservation<'_> {
+    /// Releases the capacity. Must not be called with the state lock held.
+    fn release(&mut self) {
+        if std::mem::take(&mut self.armed) {
+            self.worker.lock().reserved.sub(self.usage);
+            self.worker.update_capacity_gauges();
+        }
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+type ProvisionResult = Result<Arc<dyn Vm>, BackendError>;
+
+/// A provision running in its own task. If the create is dropped (the client hung up) before
+/// the result was taken, the VM is destroyed once it exists.
+struct ProvisionTask {
+    handle: Option<JoinHandle<ProvisionResult>>,
+}
+
+impl ProvisionTask {
+    fn spawn(backend: Arc<dyn VmBackend>, spec: ProvisionSpec) -> Self {
+        Self {
+            handle: Some(tokio::spawn(async move { backend.provision(spec).await })),
+        }
+    }
+
+    async fn wait(&mut self) -> ProvisionResult {
+        let Some(handle) = self.handle.as_mut() else {
+            return Err(BackendError::Other("provision already awaited".to_string()));
+        };
+        let result = handle.await;
+        self.handle = None;
+        match result {
+            Ok(result) => result,
+            Err(error) => Err(BackendError::Other(format!(
+                "provision task failed: {error}"
+            ))),
+        }
+    }
+}
+
+impl Drop for ProvisionTask {
+    fn drop(&mut self) {
+        let Some(handle) = self.handle.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Ok(Ok(vm)) = handle.await {
+                    tracing::info!(local_vm_id = %vm.vm_id(), "destroying vm of an abandoned create");
+                    destroy_vm(vm, "abandoned create").await;
+                }
+            });
+        }
+    }
+}
+
+impl Worker {
+    pub(super) async fn create(
+        &self,
+        principal: &Principal,
+        request: CreateSandboxRequest,
+        query: CreateQuery<'_>,
+    ) -> Result<CreateOutcome, WorkerError> {
+        let started = tokio::time::Instant::now();
+        let tuple = SandboxTuple::normalize(
+            &request.virtualization,
+            &request.image,
+            request.cpu,
+            &self.config.default_virtualization,
+        );
+        if tuple.image.is_empty() {
+            return Err(WorkerError::ImageRequired);
+        }
+        let retry = parse_placement_retry(query.placement_retry)?;
+        let hint = parse_hint(query.local_vm_id)?;
+        let backend = self
+            .backends
+            .get(&tuple.virtualization)
+            .cloned()
+            .ok_or_else(|| WorkerError::UnsupportedVirtualization(tuple.virtualization.clone()))?;
+        let ttl = if request.ttl_seconds > 0 {
+            Duration::from_secs(request.ttl_seconds as u64).min(self.config.max_ttl)
+        } else {
+            self.config.default_ttl
+        };
+        let spec = CreateSpec {
+            memory_mib: self.memory_for(tuple.cpu),
+            tuple,
+            ttl,
+            owner: principal.client_id.clone(),
+            started,
+        };
+        match hint {
+            Some(vm_id) => self.create_hinted(spec, vm_id, retry).await,
+            None => self.create_unhinted(spec, backend).await,
+        }
+    }
+
+    /// `cpu × (total_memory / total_cores)`, with 512 MiB per cpu when that is 0.
+    pub(super) fn memory_for(&self, cpu: u32) -> u64 {
+        let per_cpu = match self.config.total_cores {
+            0 => 0,
+            cores => self.config.total_memory_mib / u64::from(cores),
+        };
+        let per_cpu = if per_cpu == 0 {
+            FALLBACK_MIB_PER_CPU
+        } else {
+            per_cpu
+        };
+        u64::from(cpu).saturating_mul(per_cpu)
+    }
+
+    fn check_capacity(&self, state: &State, usage: Usage) -> Result<(), WorkerError> {
+        if state.reserved.count >= self.config.max_live_sandboxes {
+            return Err(WorkerError::NoCapacity(
+                "no capacity: max sandbox count reached",
+            ));
+        }
+        if state.reserved.cores.saturating_add(usage.cores) > u64::from(self.config.total_cores) {
+            return Err(WorkerError::NoCapacity("no capacity: cpu limit reached"));
+        }
+        if state.reserved.memory_mib.saturating_add(usage.memory_mib) > self.config.total_memory_mib
+        {
+            return Err(WorkerError::NoCapacity("no capacity: memory limit reached"));
+        }
+        Ok(())
+    }
+
+    /// Records the sandbox (its capacity is already reserved) and the demand.
+    fn commit(
+        &self,
+        state: &mut State,
+        spec: &CreateSpec,
+        vm_id: LocalVmId,
+        vm: Arc<dyn Vm>,
+    ) -> Committed {
+        let now = self.clock.now();
+        let id = SandboxId::new(
+            self.config.broker_id.clone(),
+            self.config.worker_id.clone(),
+            vm_id,
+        );
+        let expires_at = expiry(now, spec.ttl);
+        state.sandboxes.insert(
+            vm_id,
+            SandboxEntry {
+                id: id.clone(),
+                vm,
+                tuple: spec.tuple.clone(),
+                memory_mib: spec.memory_mib,
+                owner: spec.owner.clone(),
+                created_at: now,
+                expires_at,
+                first_exec_seen: false,
+                execs: Default::default(),
+            },
+        );
+        state.demand.record(spec.tuple.clone(), now);
+        Committed { id, expires_at }
+    }
+
+    /// Metrics, gauges, log and response of a committed create.
+    fn created(&self, spec: &CreateSpec, done: Committed, start: StartType) -> CreateOutcome {
+        let wid = self.config.worker_id.as_str();
+        let cpu = spec.tuple.cpu.to_string();
+        let counter = match start {
+            StartType::Warm => "worker.warm.hit.total",
+            StartType::Cold => "worker.warm.miss.total",
+        };
+        let _ = self
+            .metrics
+            .inc(counter, &[("worker_id", wid), ("cpu", &cpu)]);
+        let _ = self.metrics.observe(
+            "worker.sandbox.ready.duration_seconds",
+            &[
+                ("worker_id", wid),
+                ("start_type", start.as_str()),
+                ("cpu", &cpu),
+            ],
+            spec.started.elapsed().as_secs_f64(),
+        );
+        self.update_capacity_gauges();
+        self.update_warm_gauges();
+        self.pool_wake.notify_one();
+        tracing::info!(
+            worker_id = %self.config.worker_id,
+            sandbox_id = %done.id,
+            virtualization = %spec.tuple.virtualization,
+            cpu = spec.tuple.cpu,
+            start_type = start.as_str(),
+            "sandbox created"
+        );
+        CreateOutcome::Created(CreateSandboxResponse {
+            sandbox_id: done.id.to_string(),
+            expires_at: done.expires_at,
+            cpu: spec.tuple.cpu,
+            memory_mib: spec.memory_mib,
+            virtualization: spec.tuple.virtualization.clone(),
+            start_type: start.as_str().to_string(),
+        })
+    }
+
+    /// A create the broker hinted at one ready VM: claim exactly that VM, or send the client
+    /// back to the broker.
+    async fn create_hinted(
+        &self,
+        spec: CreateSpec,
+        vm_id: LocalVmId,
+        retry: u64,
+    ) -> Result<CreateOutcome, WorkerError> {
+        let bounce_reason = {
+            let mut state = self.lock();
+            if state.shutting_down {
+                return Err(shutting_down());
+            }
+            let pooled = state
+                .ready
+                .snapshot()
+                .into_iter()
+                .find(|(id, _)| *id == vm_id)
+                .map(|(_, tuple)| tuple);
+            let reason = match self.check_capacity(&state, spec.usage()) {
+                Err(WorkerError::NoCapacity(reason)) => reason,
+                Err(other) => return Err(other),
+                Ok(()) => match state.ready.claim(&vm_id, &spec.tuple) {
+                    Some(vm) => {
+                        state.reserved.add(spec.usage());
+                        let done = self.commit(&mut state, &spec, vm_id, vm);
+                        self.send_vm_event(VmEventKind::Claimed, vm_id, &spec.tuple);
+                        drop(state);
+                        return Ok(self.created(&spec, done, StartType::Warm));
+                    }
+                    None if pooled.is_some() => "hinted vm has another tuple",
+                    None => "hinted vm is not ready",
+                },
+            };
+            // The broker dropped its hint when it redirected; the VM is still ours and idle.
+            if let Some(tuple) = &pooled {
+                self.send_vm_event(VmEventKind::Ready, vm_id, tuple);
+            }
+            reason
+        };
+        tracing::info!(
+            worker_id = %self.config.worker_id,
+            local_vm_id = %vm_id,
+            placement_retry = retry,
+            reason = bounce_reason,
+            "hinted create bounced back to broker"
+        );
+        self.retry_placement(retry)
+    }
+
+    /// `RetryPlacement` to the broker with the next retry count.
+    fn retry_placement(&self, retry: u64) -> Result<CreateOutcome, WorkerError> {
+        let base = self
+            .config
+            .broker_public_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .ok_or(WorkerError::UnableToRetryPlacement)?;
+        Ok(CreateOutcome::RetryPlacement {
+            location: format!(
+                "{}/sandboxes?placement_retry={}",
+                base.trim_end_matches('/'),
+                retry.saturating_add(1)
+            ),
+        })
+    }
+
+    /// A create without a hint: the oldest ready VM of the tuple, else a cold boot.
+    async fn create_unhinted(
+        &self,
+        spec: CreateSpec,
+        backend: Arc<dyn VmBackend>,
+    ) -> Result<CreateOutcome, WorkerError> {
+        let retiree = {
+            let mut state = self.lock();
+            if state.shutting_down {
+                return Err(shutting_down());
+            }
+            self.check_capacity(&state, spec.usage())?;
+            state.reserved.add(spec.usage());
+            if let Some((vm_id, vm)) = state.ready.claim_oldest(&spec.tuple) {
+                let done = self.commit(&mut state, &spec, vm_id, vm);
+                self.send_vm_event(VmEventKind::Claimed, vm_id, &spec.tuple);
+                drop(state);
+                return Ok(self.created(&spec, done, StartType::Warm));
+            }
+            // Ready VMs of other tuples take the slots this boot needs: give one up.
+            if state.slots_in_use() > self.config.max_live_sandboxes as usize {
+                self.take_retiree(&mut state)
+            } else {
+                None
+            }
+        };
+        let mut reservation = Reservation {
+            worker: self,
+            usage: spec.usage(),
+            armed: true,
+        };
+        if let Some((vm_id, tuple, vm)) = retiree {
+            tracing::info!(
+                worker_id = %self.config.worker_id,
+                local_vm_id = %vm_id,
+                tuple = %tuple,
+                "retiring ready vm to make room"
+            );
+            destroy_vm(vm, "retired").await;
+            self.update_warm_gauges();
+        }
+
+        let vm_id = LocalVmId::new_random();
+        let mut task = ProvisionTask::spawn(
+            backend,
+            ProvisionSpec {
+                vm_id,
+                tuple: spec.tuple.clone(),
+                memory_mib: spec.memory_mib,
+            },
+        );
+        let vm = match task.wait().await {
+            Ok(vm) => vm,
+            Err(error) => {
+                reservation.release();
+                tracing::warn!(
+                    worker_id = %self.config.worker_id,
+                    virtualization = %spec.tuple.virtualization,
+                    cpu = spec.tuple.cpu,
+                    error = %error,
+                    "sandbox provisioning failed"
+                );
+                return Err(WorkerError::ProvisionFailed(error));
+            }
+        };
+        let committed = {
+            let mut state = self.lock();
+            if state.shutting_down {
+                None
+            } else {
+                reservation.armed = false;
+                Some(self.commit(&mut state, &spec, vm_id, vm.clone()))
+            }
+        };
+        match committed {
+            Some(done) => Ok(self.created(&spec, done, StartType::Cold)),
+            None => {
+                reservation.release();
+                destroy_vm(vm, "create during shutdown").await;
+                Err(shutting_down())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn placement_retry_parsing() {
+        assert_eq!(parse_placement_retry(None).unwrap(), 0);
+        assert_eq!(parse_placement_retry(Some(" 2 ")).unwrap(), 2);
+        assert!(matches!(
+            parse_placement_retry(Some("-1")),
+            Err(WorkerError::InvalidPlacementRetry)
+        ));
+        assert!(matches!(
+            parse_placement_retry(Some("x")),
+            Err(WorkerError::InvalidPlacementRetry)
+        ));
+    }
+
+    #[test]
+    fn hint_parsing() {
+        assert!(parse_hint(Some("  ")).unwrap().is_none());
+        let id = "550e8400-e29b-41d4-a716-446655440000";
+        assert_eq!(parse_hint(Some(id)).unwrap().unwrap().to_string(), id);
+        assert!(matches!(
+            parse_hint(Some("550E8400-E29B-41D4-A716-446655440000")),
+            Err(WorkerError::InvalidLocalVmId)
+        ));
+    }
+}

@@ -1,0 +1,911 @@
+//! Execs and run-code: records, output frames appended as the backend produces them, and
+//! long-polled frame reads.
+//!
+//! Bounds, so that a chatty command cannot exhaust the worker: the record keeps the first
+//! [`MAX_CAPTURE_BYTES`] of stdout and of stderr; the frame log keeps the latest
+//! [`MAX_FRAMES`] frames and at most [`MAX_FRAME_BYTES`] of frame data, dropping the oldest
+//! (cursors stay absolute, so a reader that fell behind resumes at the oldest frame kept); a
+//! frames response carries at most [`MAX_FRAMES_PER_RESPONSE`] frames; a sandbox keeps its
+//! latest [`MAX_EXECS_PER_SANDBOX`] exited execs.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, watch};
+use tokio::task::{AbortHandle, JoinHandle};
+use tokio::time::Instant;
+
+use super::{RunCodeOutcome, Worker, WorkerError};
+use crate::api::{
+    parse_query_bool, ExecAccepted, ExecRecord, ExecRequest, Frame, FrameKind, FramesResponse,
+    RunCodeAccepted, RunCodeRequest, RunCodeResponse, SyntaxErrorBody,
+};
+use crate::auth::Principal;
+use crate::backend::{
+    BackendError, CodeOutcome, CodeSpec, ExecExit, ExecSpec, OutputChunk, OutputStream, Program,
+    Runtime, Vm,
+};
+use crate::clock::Clock;
+use crate::id::{ExecId, SandboxId};
+use crate::telemetry::Metrics;
+
+/// stdout (and, separately, stderr) bytes kept in an exec record.
+pub(super) const MAX_CAPTURE_BYTES: usize = 1 << 20;
+/// Frames kept per exec.
+pub(super) const MAX_FRAMES: usize = 10_000;
+/// Frame data bytes kept per exec.
+pub(super) const MAX_FRAME_BYTES: usize = 8 << 20;
+/// Frames returned by one frames call.
+pub(super) const MAX_FRAMES_PER_RESPONSE: usize = 1_000;
+/// Exited execs kept per sandbox.
+pub(super) const MAX_EXECS_PER_SANDBOX: usize = 1_000;
+/// Timeout of an exec that names none.
+pub(super) const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// Timeout of run-code that names none.
+pub(super) const DEFAULT_CODE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest timeout accepted.
+pub(super) const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+/// Largest run-code source.
+pub(super) const MAX_CODE_BYTES: usize = 1_048_576;
+/// Long-poll of a frames call whose `wait` is not a duration.
+pub(super) const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+/// Longest long-poll.
+pub(super) const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Exit code recorded when the backend could not run the command at all.
+pub(super) const BACKEND_ERROR_EXIT_CODE: i32 = 127;
+/// Output chunks buffered between the backend and the frame log.
+const OUTPUT_CHANNEL: usize = 64;
+
+/// What the frame log looks like to waiters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Progress {
+    /// Frames ever appended (absolute cursor of the next one).
+    total: u64,
+    /// Exited, or abandoned with its sandbox: nothing more will come.
+    finished: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ExitInfo {
+    code: i32,
+    timed_out: bool,
+    duration_ms: u64,
+    completed_at: DateTime<Utc>,
+}
+
+struct ExecData {
+    runtime: Option<Runtime>,
+    command: String,
+    started_at: DateTime<Utc>,
+    exit: Option<ExitInfo>,
+    stdout: String,
+    stderr: String,
+    frames: VecDeque<Frame>,
+    /// Frames dropped from the front.
+    dropped: u64,
+    frame_bytes: usize,
+    /// Incomplete UTF-8 sequences at the end of the last stdout / stderr chunk.
+    carry: [Vec<u8>; 2],
+    syntax_error: bool,
+}
+
+impl ExecData {
+    fn total(&self) -> u64 {
+        self.dropped + self.frames.len() as u64
+    }
+
+    fn push_frame(&mut self, kind: FrameKind, data: String, ts: DateTime<Utc>) {
+        self.frame_bytes += data.len();
+        self.frames.push_back(Frame { kind, data, ts });
+        while self.frames.len() > 1
+            && (self.frames.len() > MAX_FRAMES || self.frame_bytes > MAX_FRAME_BYTES)
+        {
+            if let Some(old) = self.frames.pop_front() {
+                self.frame_bytes -= old.data.len();
+                self.dropped += 1;
+            }
+        }
+    }
+
+    fn push_text(&mut self, stream: OutputStream, text: String, ts: DateTime<Utc>) {
+        if text.is_empty() {
+            return;
+        }
+        let (kind, capture) = match stream {
+            OutputStream::Stdout => (FrameKind::Stdout, &mut self.stdout),
+            OutputStream::Stderr => (FrameKind::Stderr, &mut self.stderr),
+        };
+        push_capped(capture, &text, MAX_CAPTURE_BYTES);
+        self.push_frame(kind, text, ts);
+    }
+}
+
+/// Appends as much of `text` as fits in `cap` bytes, on a character boundary.
+fn push_capped(out: &mut String, text: &str, cap: usize) {
+    let room = cap.saturating_sub(out.len());
+    if room >= text.len() {
+        out.push_str(text);
+        return;
+    }
+    let mut cut = room;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    out.push_str(&text[..cut]);
+}
+
+/// Decodes `data` as UTF-8 after the bytes carried over from the previous chunk. Invalid
+/// bytes become U+FFFD; an incomplete sequence at the end is carried over to the next chunk.
+pub(super) fn decode_utf8(carry: &mut Vec<u8>, data: &[u8]) -> String {
+    let joined;
+    let bytes: &[u8] = if carry.is_empty() {
+        data
+    } else {
+        carry.extend_from_slice(data);
+        joined = std::mem::take(carry);
+        &joined
+    };
+    let mut out = String::with_capacity(bytes.len());
+    let mut rest = bytes;
+    loop {
+        match std::str::from_utf8(rest) {
+            Ok(text) => {
+                out.push_str(text);
+                return out;
+            }
+            Err(error) => {
+                let (valid, after) = rest.split_at(error.valid_up_to());
+                out.push_str(&String::from_utf8_lossy(valid));
+                match error.error_len() {
+                    Some(len) => {
+                        out.push(char::REPLACEMENT_CHARACTER);
+                        rest = &after[len..];
+                    }
+                    None => {
+                        carry.extend_from_slice(after);
+                        return out;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One exec (plain command or run-code).
+pub(super) struct Exec {
+    id: ExecId,
+    sandbox_id: String,
+    data: Mutex<ExecData>,
+    progress: watch::Sender<Progress>,
+    task: Mutex<Option<AbortHandle>>,
+}
+
+/// A finished exec, as run-code answers it.
+struct Summary {
+    runtime: String,
+    exit_code: i32,
+    stdout: String,
+    stderr: String,
+    duration_ms: u64,
+    started_at: DateTime<Utc>,
+    completed_at: DateTime<Utc>,
+    syntax_error: bool,
+}
+
+impl Exec {
+    fn new(
+        id: ExecId,
+        sandbox_id: String,
+        runtime: Option<Runtime>,
+        command: String,
+        started_at: DateTime<Utc>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            id,
+            sandbox_id,
+            data: Mutex::new(ExecData {
+                runtime,
+                command,
+                started_at,
+                exit: None,
+                stdout: String::new(),
+                stderr: String::new(),
+                frames: VecDeque::new(),
+                dropped: 0,
+                frame_bytes: 0,
+                carry: [Vec::new(), Vec::new()],
+                syntax_error: false,
+            }),
+            progress: watch::channel(Progress::default()).0,
+            task: Mutex::new(None),
+        })
+    }
+
+    fn data(&self) -> std::sync::MutexGuard<'_, ExecData> {
+        self.data.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes the frame count to waiters. Called with the data lock held, so that counts
+    /// are published in order.
+    fn publish(&self, data: &ExecData) {
+        let total = data.total();
+        let finished = data.exit.is_some();
+        self.progress.send_modify(|p| {
+            p.total = total;
+            p.finished |= finished;
+        });
+    }
+
+    fn is_exited(&self) -> bool {
+        self.data().exit.is_some()
+    }
+
+    /// Appends a chunk of output.
+    fn push_chunk(&self, chunk: OutputChunk, ts: DateTime<Utc>) {
+        let mut data = self.data();
+        let slot = match chunk.stream {
+            OutputStream::Stdout => 0,
+            OutputStream::Stderr => 1,
+        };
+        let text = decode_utf8(&mut data.carry[slot], &chunk.data);
+        data.push_text(chunk.stream, text, ts);
+        self.publish(&data);
+    }
+
+    /// Appends text of the worker's own (an error message).
+    fn push_text(&self, stream: OutputStream, text: String, ts: DateTime<Utc>) {
+        let mut data = self.data();
+        data.push_text(stream, text, ts);
+        self.publish(&data);
+    }
+
+    fn mark_syntax_error(&self) {
+        self.data().syntax_error = true;
+    }
+
+    /// Flushes carried bytes, appends the exit frame and marks the exec exited.
+    fn finish(&self, code: i32, timed_out: bool, elapsed: Duration, ts: DateTime<Utc>) {
+        let mut data = self.data();
+        for (slot, stream) in [(0, OutputStream::Stdout), (1, OutputStream::Stderr)] {
+            let rest = std::mem::take(&mut data.carry[slot]);
+            if !rest.is_empty() {
+                let text = String::from_utf8_lossy(&rest).into_owned();
+                data.push_text(stream, text, ts);
+            }
+        }
+        data.push_frame(FrameKind::Exit, code.to_string(), ts);
+        data.exit = Some(ExitInfo {
+            code,
+            timed_out,
+            duration_ms: u64::try_from(elapsed.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+            completed_at: ts,
+        });
+        self.publish(&data);
+    }
+
+    /// Stops the exec's task (its sandbox is gone) and releases waiters.
+    pub(super) fn abort(&self) {
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+        self.progress.send_modify(|p| p.finished = true);
+    }
+
+    fn record(&self) -> ExecRecord {
+        let data = self.data();
+        ExecRecord {
+            exec_id: self.id.to_string(),
+            sandbox_id: self.sandbox_id.clone(),
+            runtime: data
+                .runtime
+                .map(|r| r.as_str().to_string())
+                .unwrap_or_default(),
+            status: if data.exit.is_some() {
+                "exited"
+            } else {
+                "running"
+            }
+            .to_string(),
+            exit_code: data.exit.map(|e| e.code),
+            command: data.command.clone(),
+            stdout: data.stdout.clone(),
+            stderr: data.stderr.clone(),
+            output: format!("{}{}", data.stdout, data.stderr),
+            duration_ms: data.exit.map(|e| e.duration_ms).unwrap_or(0),
+            started_at: data.started_at,
+            completed_at: data.exit.map(|e| e.completed_at),
+            timed_out: data.exit.is_some_and(|e| e.timed_out),
+        }
+    }
+
+    fn summary(&self) -> Option<Summary> {
+        let data = self.data();
+        let exit = data.exit?;
+        Some(Summary {
+            runtime: data
+                .runtime
+                .map(|r| r.as_str().to_string())
+                .unwrap_or_default(),
+            exit_code: exit.code,
+            stdout: data.stdout.clone(),
+            stderr: data.stderr.clone(),
+            duration_ms: exit.duration_ms,
+            started_at: data.started_at,
+            completed_at: exit.completed_at,
+            syntax_error: data.syntax_error,
+        })
+    }
+
+    /// Frames from the absolute `cursor` on (clamped to the count).
+    fn frames_from(&self, cursor: u64) -> (Vec<Frame>, u64, bool) {
+        let data = self.data();
+        let total = data.total();
+        let start = cursor.min(total).max(data.dropped);
+        let from = (start - data.dropped) as usize;
+        let to = from
+            .saturating_add(MAX_FRAMES_PER_RESPONSE)
+            .min(data.frames.len());
+        let frames: Vec<Frame> = data.frames.range(from..to).cloned().collect();
+        let next = data.dropped + to as u64;
+        let has_more = !(data.exit.is_some() && next == total);
+        (frames, next, has_more)
+    }
+}
+
+/// How a job ended, before the exit frame is written.
+enum Ended {
+    Exit(ExecExit),
+    SyntaxError { message: String, exit_code: i32 },
+}
+
+/// Runs `job` while moving the output it sends into `sink`; returns the job's result once
+/// it is done and all the output it buffered has been moved.
+pub(super) async fn pump<T>(
+    job: impl Future<Output = T>,
+    mut output: mpsc::Receiver<OutputChunk>,
+    mut sink: impl FnMut(OutputChunk),
+) -> T {
+    tokio::pin!(job);
+    let result = loop {
+        tokio::select! {
+            biased;
+            chunk = output.recv() => match chunk {
+                Some(chunk) => sink(chunk),
+                None => break (&mut job).await,
+            },
+            result = &mut job => break result,
+        }
+    };
+    while let Ok(chunk) = output.try_recv() {
+        sink(chunk);
+    }
+    result
+}
+
+/// Labels of the exec metrics.
+struct ExecLabels {
+    worker_id: String,
+    cpu: String,
+}
+
+async fn run_exec(
+    exec: Arc<Exec>,
+    job: impl Future<Output = Result<Ended, BackendError>>,
+    output: mpsc::Receiver<OutputChunk>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    labels: ExecLabels,
+) {
+    let started = Instant::now();
+    let result = pump(job, output, |chunk| exec.push_chunk(chunk, clock.now())).await;
+    let (code, timed_out) = match result {
+        Ok(Ended::Exit(exit)) => (exit.exit_code, exit.timed_out),
+        Ok(Ended::SyntaxError { message, exit_code }) => {
+            exec.mark_syntax_error();
+            exec.push_text(OutputStream::Stderr, message, clock.now());
+            (exit_code, false)
+        }
+        Err(error) => {
+            tracing::warn!(
+                worker_id = %labels.worker_id,
+                sandbox_id = %exec.sandbox_id,
+                exec_id = %exec.id,
+                error = %error,
+                "exec failed to run"
+            );
+            exec.push_text(OutputStream::Stderr, format!("{error}\n"), clock.now());
+            (BACKEND_ERROR_EXIT_CODE, false)
+        }
+    };
+    let elapsed = started.elapsed();
+    exec.finish(code, timed_out, elapsed, clock.now());
+    let _ = metrics.observe(
+        "worker.exec.duration_seconds",
+        &[("worker_id", &labels.worker_id), ("cpu", &labels.cpu)],
+        elapsed.as_secs_f64(),
+    );
+}
+
+/// `timeout_ms` ≤ 0 means `default`; longer than a day is a day.
+fn timeout_from(ms: i64, default: Duration) -> Duration {
+    if ms <= 0 {
+        default
+    } else {
+        Duration::from_millis(ms as u64).min(MAX_TIMEOUT)
+    }
+}
+
+fn check_cwd_env(cwd: &str, env: &BTreeMap<String, String>) -> Result<Option<String>, WorkerError> {
+    if cwd.contains('\0') {
+        return Err(WorkerError::InvalidExec("cwd must not contain NUL bytes"));
+    }
+    for (name, value) in env {
+        if name.is_empty() || name.contains('=') || name.contains('\0') {
+            return Err(WorkerError::InvalidExec(
+                "env names must be non-empty, without '=' or NUL bytes",
+            ));
+        }
+        if value.contains('\0') {
+            return Err(WorkerError::InvalidExec(
+                "env values must not contain NUL bytes",
+            ));
+        }
+    }
+    Ok((!cwd.is_empty()).then(|| cwd.to_string()))
+}
+
+/// `cursor`: an integer, untrimmed; anything else or a negative value is 0.
+fn parse_cursor(raw: Option<&str>) -> u64 {
+    raw.and_then(|raw| raw.parse::<i64>().ok())
+        .filter(|c| *c > 0)
+        .map(|c| c as u64)
+        .unwrap_or(0)
+}
+
+/// How long a frames call waits for a non-empty `wait` value: boolean-like values (`1`,
+/// `true`, ...) mean the default and `0`/`false` no wait; an integer is milliseconds; a Go
+/// duration (`30s`, `500ms`, `1m30s`) is itself; anything else is the default. At most
+/// [`MAX_WAIT`].
+pub(super) fn parse_wait(raw: &str) -> Duration {
+    let raw = raw.trim();
+    let wait = match parse_query_bool(Some(raw)) {
+        Some(true) => DEFAULT_WAIT,
+        Some(false) => Duration::ZERO,
+        None => match raw.parse::<u64>() {
+            Ok(ms) => Duration::from_millis(ms),
+            Err(_) => parse_go_duration(raw).unwrap_or(DEFAULT_WAIT),
+        },
+    };
+    wait.min(MAX_WAIT)
+}
+
+/// Parses a Go duration such as `1h2m3.5s` or `250ms`; negative durations are zero.
+fn parse_go_duration(raw: &str) -> Option<Duration> {
+    let (negative, mut rest) = match raw.as_bytes().first() {
+        Some(b'-') => (true, &raw[1..]),
+        Some(b'+') => (false, &raw[1..]),
+        _ => (false, raw),
+    };
+    if rest.is_empty() {
+        return None;
+    }
+    let mut nanos = 0f64;
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number = &rest[..number_end];
+        if number.is_empty() || number == "." {
+            return None;
+        }
+        let value: f64 = number.parse().ok()?;
+        rest = &rest[number_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        nanos += value * scale;
+        rest = &rest[unit_end..];
+    }
+    if negative {
+        return Some(Duration::ZERO);
+    }
+    Some(Duration::from_nanos(nanos.min(u64::MAX as f64) as u64))
+}
+
+fn exec_urls(sandbox_id: &str, exec_id: &str) -> (String, String) {
+    let poll = format!("/sandboxes/{sandbox_id}/exec/{exec_id}");
+    let frames = format!("{poll}/frames");
+    (poll, frames)
+}
+
+impl Worker {
+    /// Registers an exec on the sandbox and spawns `job` for it.
+    fn launch<F, Fut>(
+        &self,
+        principal: &Principal,
+        id: &SandboxId,
+        runtime: Option<Runtime>,
+        command: String,
+        received: Instant,
+        job: F,
+    ) -> Result<(Arc<Exec>, JoinHandle<()>), WorkerError>
+    where
+        F: FnOnce(Arc<dyn Vm>, mpsc::Sender<OutputChunk>) -> Fut,
+        Fut: Future<Output = Result<Ended, BackendError>> + Send + 'static,
+    {
+        let now = self.clock.now();
+        let exec_id = ExecId::new();
+        let exec = Exec::new(exec_id, id.to_string(), runtime, command, now);
+        let (handle, cpu, tti) = self.with_sandbox(principal, id, |entry| {
+            let tti = (!entry.first_exec_seen).then(|| {
+                entry.first_exec_seen = true;
+                (now - entry.created_at).to_std().unwrap_or_default()
+            });
+            let cpu = entry.tuple.cpu.to_string();
+            let (tx, rx) = mpsc::channel(OUTPUT_CHANNEL);
+            let labels = ExecLabels {
+                worker_id: self.config.worker_id.to_string(),
+                cpu: cpu.clone(),
+            };
+            // Spawned under the lock: a delete that follows finds the task to abort.
+            let handle = tokio::spawn(run_exec(
+                exec.clone(),
+                job(entry.vm.clone(), tx),
+                rx,
+                self.clock.clone(),
+                self.metrics.clone(),
+                labels,
+            ));
+            *exec.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle.abort_handle());
+            entry.execs.insert(exec_id, exec.clone());
+            prune_execs(&mut entry.execs);
+            (handle, cpu, tti)
+        })?;
+        let wid = self.config.worker_id.as_str();
+        let labels = [("worker_id", wid), ("cpu", cpu.as_str())];
+        if let Some(tti) = tti {
+            let _ = self.metrics.observe(
+                "worker.sandbox.first_exec.tti_seconds",
+                &labels,
+                tti.as_secs_f64(),
+            );
+        }
+        let _ = self.metrics.observe(
+            "worker.exec.start.duration_seconds",
+            &labels,
+            received.elapsed().as_secs_f64(),
+        );
+        Ok((exec, handle))
+    }
+
+    pub(super) fn exec_command(
+        &self,
+        principal: &Principal,
+        raw_id: &str,
+        request: ExecRequest,
+    ) -> Result<ExecAccepted, WorkerError> {
+        let received = Instant::now();
+        let id = self.parse_id(raw_id)?;
+        self.sandbox(principal, &id)?;
+        let (program, command) = match request.args {
+            Some(args) if !args.is_empty() => {
+                if args[0].is_empty() {
+                    return Err(WorkerError::InvalidExec("args[0] must not be empty"));
+                }
+                if args.iter().any(|a| a.contains('\0')) {
+                    return Err(WorkerError::InvalidExec("args must not contain NUL bytes"));
+                }
+                let command = args.join(" ");
+                (Program::Argv(args), command)
+            }
+            _ => {
+                let command = if request.command.is_empty() {
+                    "true".to_string()
+                } else {
+                    request.command
+                };
+                if command.contains('\0') {
+                    return Err(WorkerError::InvalidExec(
+                        "command must not contain NUL bytes",
+                    ));
+                }
+                (Program::Shell(command.clone()), command)
+            }
+        };
+        let cwd = check_cwd_env(&request.cwd, &request.env)?;
+        let spec = ExecSpec {
+            program,
+            cwd,
+            env: request.env,
+            stdin: None,
+            timeout: timeout_from(request.timeout_ms, DEFAULT_EXEC_TIMEOUT),
+        };
+        let (exec, _task) = self.launch(
+            principal,
+            &id,
+            None,
+            command,
+            received,
+            |vm, tx| async move { vm.exec(spec, tx).await.map(Ended::Exit) },
+        )?;
+        let sandbox_id = id.to_string();
+        let exec_id = exec.id.to_string();
+        let (poll_url, frames_url) = exec_urls(&sandbox_id, &exec_id);
+        tracing::debug!(sandbox_id = %sandbox_id, exec_id = %exec_id, "exec started");
+        Ok(ExecAccepted {
+            exec_id,
+            sandbox_id,
+            status: "running".to_string(),
+            poll_url,
+            frames_url,
+        })
+    }
+
+    pub(super) async fn exec_code(
+        &self,
+        principal: &Principal,
+        raw_id: &str,
+        request: RunCodeRequest,
+    ) -> Result<RunCodeOutcome, WorkerError> {
+        let received = Instant::now();
+        let id = self.parse_id(raw_id)?;
+        self.sandbox(principal, &id)?;
+        let runtime = Runtime::parse(&request.runtime).ok_or(WorkerError::InvalidRuntime)?;
+        if request.code.is_empty() {
+            return Err(WorkerError::CodeRequired);
+        }
+        if request.code.len() > MAX_CODE_BYTES {
+            return Err(WorkerError::CodeTooLarge);
+        }
+        let cwd = check_cwd_env(&request.cwd, &request.env)?;
+        let spec = CodeSpec {
+            runtime,
+            code: request.code,
+            cwd,
+            env: request.env,
+            timeout: timeout_from(request.timeout_ms, DEFAULT_CODE_TIMEOUT),
+        };
+        let (exec, task) = self.launch(
+            principal,
+            &id,
+            Some(runtime),
+            String::new(),
+            received,
+            |vm, tx| async move {
+                vm.run_code(spec, tx).await.map(|outcome| match outcome {
+                    CodeOutcome::Finished(exit) => Ended::Exit(exit),
+                    CodeOutcome::SyntaxError { message, exit_code } => {
+                        Ended::SyntaxError { message, exit_code }
+                    }
+                })
+            },
+        )?;
+        let sandbox_id = id.to_string();
+        let exec_id = exec.id.to_string();
+        if request.wait == Some(false) {
+            let (poll_url, frames_url) = exec_urls(&sandbox_id, &exec_id);
+            return Ok(RunCodeOutcome::Accepted(RunCodeAccepted {
+                exec_id,
+                sandbox_id,
+                status: "running".to_string(),
+                poll_url,
+                frames_url,
+            }));
+        }
+        // Awaiting the handle does not tie the task to this call: if the client hangs up,
+        // the code still runs to completion and its record stays readable.
+        if let Err(error) = task.await {
+            if error.is_cancelled() {
+                return Err(WorkerError::SandboxNotFound);
+            }
+            return Err(WorkerError::Backend(BackendError::Other(format!(
+                "run-code task failed: {error}"
+            ))));
+        }
+        let summary = exec.summary().ok_or_else(|| {
+            WorkerError::Backend(BackendError::Other("run-code ended without exit".into()))
+        })?;
+        if summary.syntax_error {
+            return Ok(RunCodeOutcome::SyntaxError(SyntaxErrorBody {
+                error: "syntax_error".to_string(),
+                exec_id,
+                runtime: summary.runtime,
+                stdout: summary.stdout,
+                stderr: summary.stderr,
+                exit_code: summary.exit_code,
+                status: "exited".to_string(),
+                duration_ms: summary.duration_ms,
+            }));
+        }
+        Ok(RunCodeOutcome::Finished(RunCodeResponse {
+            exec_id,
+            sandbox_id,
+            runtime: summary.runtime,
+            status: "exited".to_string(),
+            output: format!("{}{}", summary.stdout, summary.stderr),
+            stdout: summary.stdout,
+            stderr: summary.stderr,
+            exit_code: summary.exit_code,
+            duration_ms: summary.duration_ms,
+            started_at: summary.started_at,
+            completed_at: summary.completed_at,
+        }))
+    }
+
+    /// The exec `raw_exec` of a sandbox the principal may use.
+    fn find_exec(
+        &self,
+        principal: &Principal,
+        id: &SandboxId,
+        raw_exec: &str,
+    ) -> Result<Arc<Exec>, WorkerError> {
+        let exec_id = ExecId::parse(raw_exec).ok();
+        self.with_sandbox(principal, id, |entry| {
+            exec_id.and_then(|x| entry.execs.get(&x).cloned())
+        })?
+        .ok_or(WorkerError::ExecNotFound)
+    }
+
+    pub(super) fn exec_record(
+        &self,
+        principal: &Principal,
+        raw_id: &str,
+        raw_exec: &str,
+    ) -> Result<ExecRecord, WorkerError> {
+        let id = self.parse_id(raw_id)?;
+        Ok(self.find_exec(principal, &id, raw_exec)?.record())
+    }
+
+    pub(super) async fn frames(
+        &self,
+        principal: &Principal,
+        raw_id: &str,
+        raw_exec: &str,
+        cursor: Option<&str>,
+        wait: Option<&str>,
+    ) -> Result<FramesResponse, WorkerError> {
+        let id = self.parse_id(raw_id)?;
+        let exec = self.find_exec(principal, &id, raw_exec)?;
+        let cursor = parse_cursor(cursor);
+        let wait = wait.filter(|w| !w.is_empty());
+        if let Some(wait) = wait {
+            let limit = parse_wait(wait);
+            let mut progress = exec.progress.subscribe();
+            let from = cursor.min(progress.borrow().total);
+            // Not holding any lock: the watch channel wakes this call on every new frame.
+            let _ =
+                tokio::time::timeout(limit, progress.wait_for(|p| p.total > from || p.finished))
+                    .await;
+        }
+        let (frames, next_cursor, has_more) = exec.frames_from(cursor);
+        Ok(FramesResponse {
+            frames,
+            next_cursor,
+            has_more,
+            wait_applied: wait.is_some(),
+        })
+    }
+}
+
+/// Drops the oldest exited execs beyond [`MAX_EXECS_PER_SANDBOX`].
+fn prune_execs(execs: &mut BTreeMap<ExecId, Arc<Exec>>) {
+    if execs.len() <= MAX_EXECS_PER_SANDBOX {
+        return;
+    }
+    let excess = execs.len() - MAX_EXECS_PER_SANDBOX;
+    let victims: Vec<ExecId> = execs
+        .iter()
+        .filter(|(_, e)| e.is_exited())
+        .map(|(id, _)| *id)
+        .take(excess)
+        .collect();
+    for id in victims {
+        execs.remove(&id);
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn utf8_split_across_chunks_is_kept() {
+        let text = "héllo €𝄞";
+        let bytes = text.as_bytes();
+        for split in 0..=bytes.len() {
+            let mut carry = Vec::new();
+            let mut out = decode_utf8(&mut carry, &bytes[..split]);
+            out.push_str(&decode_utf8(&mut carry, &bytes[split..]));
+            assert!(carry.is_empty(), "split {split}");
+            assert_eq!(out, text, "split {split}");
+        }
+        let mut carry = Vec::new();
+        let mut out = String::new();
+        for b in bytes {
+            out.push_str(&decode_utf8(&mut carry, std::slice::from_ref(b)));
+        }
+        assert_eq!(out, text);
+    }
+
+    #[test]
+    fn invalid_utf8_becomes_replacement() {
+        let mut carry = Vec::new();
+        assert_eq!(decode_utf8(&mut carry, b"a\xffb"), "a\u{fffd}b");
+        assert!(carry.is_empty());
+        assert_eq!(decode_utf8(&mut carry, b"x\xe2\x82"), "x");
+        assert_eq!(carry, b"\xe2\x82");
+        // A carried prefix followed by a non-continuation byte is invalid, not swallowed.
+        assert_eq!(decode_utf8(&mut carry, b"y"), "\u{fffd}y");
+        assert!(carry.is_empty());
+    }
+
+    #[test]
+    fn wait_values() {
+        assert_eq!(parse_wait("30s"), Duration::from_secs(30));
+        assert_eq!(parse_wait("500ms"), Duration::from_millis(500));
+        assert_eq!(parse_wait("1m30s"), MAX_WAIT);
+        assert_eq!(parse_wait("1.5s"), Duration::from_millis(1500));
+        assert_eq!(parse_wait("250"), Duration::from_millis(250));
+        assert_eq!(parse_wait("true"), DEFAULT_WAIT);
+        assert_eq!(parse_wait("1"), DEFAULT_WAIT);
+        assert_eq!(parse_wait("0"), Duration::ZERO);
+        assert_eq!(parse_wait("-3s"), Duration::ZERO);
+        assert_eq!(parse_wait("soon"), DEFAULT_WAIT);
+        assert_eq!(parse_wait("5x"), DEFAULT_WAIT);
+        assert_eq!(parse_wait("10m"), MAX_WAIT);
+    }
+
+    #[test]
+    fn cursors() {
+        assert_eq!(parse_cursor(None), 0);
+        assert_eq!(parse_cursor(Some("3")), 3);
+        assert_eq!(parse_cursor(Some(" 3")), 0);
+        assert_eq!(parse_cursor(Some("-2")), 0);
+        assert_eq!(parse_cursor(Some("abc")), 0);
+    }
+
+    #[test]
+    fn capture_is_capped_on_char_boundary() {
+        let mut s = String::from("ab");
+        push_capped(&mut s, "cé", 4);
+        assert_eq!(s, "abc");
+        push_capped(&mut s, "zzz", 4);
+        assert_eq!(s, "abcz");
+    }
+
+    #[test]
+    fn frame_log_is_bounded_and_cursors_stay_absolute() {
+        let exec = Exec::new(ExecId::new(), "sbx".into(), None, "true".into(), Utc::now());
+        let ts = Utc::now();
+        for i in 0..(MAX_FRAMES + 5) {
+            exec.push_text(OutputStream::Stdout, format!("{i}\n"), ts);
+        }
+        let (frames, next, more) = exec.frames_from(0);
+        assert_eq!(frames.len(), MAX_FRAMES_PER_RESPONSE);
+        assert_eq!(frames[0].data, "5\n");
+        assert_eq!(next, 5 + MAX_FRAMES_PER_RESPONSE as u64);
+        assert!(more);
+        exec.finish(0, false, Duration::from_millis(3), ts);
+        let total = (MAX_FRAMES + 6) as u64;
+        let (frames, next, more) = exec.frames_from(total - 1);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].kind, FrameKind::Exit);
+        assert_eq!(next, total);
+        assert!(!more);
+        assert!(exec.record().stdout.len() <= MAX_CAPTURE_BYTES);
+    }
+}

@@ -1,0 +1,128 @@
+//! The worker's run: leftover cleanup, the background tasks (TTL reaper, warm-pool filler,
+//! VM events, registration loop), and the orderly shutdown that deregisters and destroys
+//! every sandbox and warm VM.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
+
+use super::sandbox::{destroy_vm, DESTROY_CONCURRENCY};
+use super::state::SandboxEntry;
+use super::Worker;
+
+/// Shortest reap period (a zero interval would spin).
+const MIN_REAP_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Completes once `stop` says so (or its sender is gone).
+pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+impl Worker {
+    pub(super) async fn run_until(self: Arc<Self>, shutdown: impl Future<Output = ()> + Send) {
+        self.cleanup_leftovers().await;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = vec![
+            tokio::spawn(self.clone().run_reaper(stop_rx.clone())),
+            tokio::spawn(self.clone().run_filler(stop_rx.clone())),
+        ];
+        let events = self
+            .events_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(events) = events {
+            tasks.push(tokio::spawn(
+                self.clone().run_events(events, stop_rx.clone()),
+            ));
+        }
+        let registration = self
+            .broker
+            .is_some()
+            .then(|| tokio::spawn(self.clone().run_registration(stop_rx.clone())));
+        tracing::info!(
+            worker_id = %self.config.worker_id,
+            backends = ?self.backends.keys().collect::<Vec<_>>(),
+            "worker running"
+        );
+
+        shutdown.await;
+
+        tracing::info!(worker_id = %self.config.worker_id, "worker shutting down");
+        self.lock().shutting_down = true;
+        let _ = stop_tx.send(true);
+        if let Some(registration) = registration {
+            let _ = registration.await;
+            self.deregister().await;
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        self.destroy_everything().await;
+    }
+
+    async fn cleanup_leftovers(&self) {
+        for (virtualization, backend) in &self.backends {
+            match backend.cleanup_leftovers().await {
+                Ok(0) => {}
+                Ok(count) => tracing::info!(
+                    worker_id = %self.config.worker_id,
+                    virtualization = %virtualization,
+                    count,
+                    "cleaned up leftover sandboxes"
+                ),
+                Err(error) => tracing::warn!(
+                    worker_id = %self.config.worker_id,
+                    virtualization = %virtualization,
+                    error = %error,
+                    "leftover cleanup failed"
+                ),
+            }
+        }
+    }
+
+    async fn run_reaper(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval(self.config.reap_interval.max(MIN_REAP_INTERVAL));
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stopped(&mut stop) => break,
+                _ = ticker.tick() => {
+                    self.reap().await;
+                }
+            }
+        }
+    }
+
+    /// Destroys every sandbox and ready VM (shutdown).
+    async fn destroy_everything(&self) {
+        let (sandboxes, ready): (Vec<SandboxEntry>, _) = {
+            let mut state = self.lock();
+            let ids: Vec<_> = state.sandboxes.keys().copied().collect();
+            let sandboxes = ids
+                .iter()
+                .filter_map(|id| state.remove_sandbox(id))
+                .collect();
+            (sandboxes, state.ready.drain())
+        };
+        let (sandbox_count, ready_count) = (sandboxes.len(), ready.len());
+        self.update_capacity_gauges();
+        self.update_warm_gauges();
+        futures::stream::iter(sandboxes)
+            .for_each_concurrent(DESTROY_CONCURRENCY, |entry| self.teardown(entry))
+            .await;
+        futures::stream::iter(ready)
+            .for_each_concurrent(DESTROY_CONCURRENCY, |(_, _, vm)| destroy_vm(vm, "warm"))
+            .await;
+        tracing::info!(
+            worker_id = %self.config.worker_id,
+            sandboxes = sandbox_count,
+            ready_vms = ready_count,
+            "worker stopped"
+        );
+    }
+}

@@ -1,0 +1,169 @@
+//! Sandbox lifecycle after create: describe, lease renewal, delete, TTL expiry and teardown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+
+use super::state::SandboxEntry;
+use super::{Worker, WorkerError};
+use crate::api::{LeaseResponse, SandboxResponse};
+use crate::auth::Principal;
+use crate::backend::Vm;
+
+/// How many sandboxes are destroyed at once (expiry sweeps, shutdown).
+pub(super) const DESTROY_CONCURRENCY: usize = 8;
+
+/// `now + ttl`, saturating at the largest representable time.
+pub(super) fn expiry(now: DateTime<Utc>, ttl: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(ttl)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// Destroys a VM in its own task, so that a dropped caller (a client that hung up) cannot
+/// interrupt the teardown half-way. Errors are logged.
+pub(super) async fn destroy_vm(vm: Arc<dyn Vm>, what: &'static str) {
+    let vm_id = vm.vm_id();
+    let task = tokio::spawn(async move { vm.destroy().await });
+    match task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::error!(local_vm_id = %vm_id, what, error = %error, "vm destroy failed");
+        }
+        Err(error) => {
+            tracing::error!(local_vm_id = %vm_id, what, error = %error, "vm destroy task failed");
+        }
+    }
+}
+
+impl Worker {
+    pub(super) fn describe_sandbox(
+        &self,
+        principal: &Principal,
+        raw_id: &str,
+    ) -> Result<SandboxResponse, WorkerError> {
+        let id = self.parse_id(raw_id)?;
+        self.with_sandbox(principal, &id, |e| SandboxResponse {
+            sandbox_id: e.id.to_string(),
+            image: e.tuple.image.clone(),
+            cpu: e.tuple.cpu,
+            memory_mib: e.memory_mib,
+            virtualization: e.tuple.virtualization.clone(),
+            created_at: e.created_at,
+            expires_at: e.expires_at,
+        })
+    }
+
+    pub(super) fn lease(
+        &self,
+        principal: &Principal,
+        raw_id: &str,
+        ttl_seconds: Option<&str>,
+    ) -> Result<LeaseResponse, WorkerError> {
+        let id = self.parse_id(raw_id)?;
+        // As the contract: no trimming, a parse failure counts as 0, checked before lookup.
+        let ttl = ttl_seconds
+            .and_then(|raw| raw.parse::<i64>().ok())
+            .unwrap_or(0);
+        if ttl <= 0 {
+            return Err(WorkerError::InvalidTtl);
+        }
+        let ttl = Duration::from_secs(ttl as u64).min(self.config.max_ttl);
+        let expires_at = expiry(self.clock.now(), ttl);
+        self.with_sandbox(principal, &id, |e| {
+            e.expires_at = expires_at;
+            LeaseResponse {
+                sandbox_id: e.id.to_string(),
+                expires_at,
+            }
+        })
+    }
+
+    pub(super) async fn delete(
+        &self,
+        principal: &Principal,
+        raw_id: &str,
+    ) -> Result<(), WorkerError> {
+        let id = self.parse_id(raw_id)?;
+        // Ownership first, then removal in the same section so that two deletes cannot both
+        // succeed.
+        let entry = {
+            if !self.is_own(&id) {
+                return Err(WorkerError::SandboxNotFound);
+            }
+            let now = self.clock.now();
+            let mut state = self.lock();
+            let entry = state
+                .sandboxes
+                .get(&id.local_vm_id())
+                .filter(|e| e.expires_at > now)
+                .ok_or(WorkerError::SandboxNotFound)?;
+            if self.config.auth_mode.is_prod() && entry.owner != principal.client_id {
+                return Err(WorkerError::OwnershipMismatch);
+            }
+            state
+                .remove_sandbox(&id.local_vm_id())
+                .ok_or(WorkerError::SandboxNotFound)?
+        };
+        self.sandboxes_removed();
+        tracing::info!(
+            worker_id = %self.config.worker_id,
+            sandbox_id = %entry.id,
+            "sandbox deleted"
+        );
+        self.teardown(entry).await;
+        Ok(())
+    }
+
+    /// Gauges and the warm pool after sandboxes left the state.
+    fn sandboxes_removed(&self) {
+        self.update_capacity_gauges();
+        self.update_warm_gauges();
+        self.pool_wake.notify_one();
+    }
+
+    /// Destroys a removed sandbox's VM and stops its execs.
+    pub(super) async fn teardown(&self, entry: SandboxEntry) {
+        let SandboxEntry { vm, execs, .. } = entry;
+        destroy_vm(vm, "sandbox").await;
+        for exec in execs.values() {
+            exec.abort();
+        }
+    }
+
+    pub(super) async fn reap(&self) -> usize {
+        let now = self.clock.now();
+        let expired: Vec<SandboxEntry> = {
+            let mut state = self.lock();
+            let ids: Vec<_> = state
+                .sandboxes
+                .iter()
+                .filter(|(_, e)| e.expires_at <= now)
+                .map(|(k, _)| *k)
+                .collect();
+            ids.iter()
+                .filter_map(|id| state.remove_sandbox(id))
+                .collect()
+        };
+        let count = expired.len();
+        if count == 0 {
+            return 0;
+        }
+        self.sandboxes_removed();
+        futures::stream::iter(expired)
+            .for_each_concurrent(DESTROY_CONCURRENCY, |entry| async move {
+                tracing::info!(
+                    worker_id = %self.config.worker_id,
+                    sandbox_id = %entry.id,
+                    expires_at = %crate::api::timestamp::format(&entry.expires_at),
+                    "sandbox expired"
+                );
+                self.teardown(entry).await;
+            })
+            .await;
+        count
+    }
+}

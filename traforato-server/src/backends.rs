@@ -1,0 +1,63 @@
+//! Builds the worker's sandbox backends from the enabled virtualization names.
+
+use std::sync::Arc;
+
+use traforato_core::backend::fake::{FakeBackend, FAKE_VIRTUALIZATION};
+use traforato_core::backend::VmBackend;
+
+use crate::ServeError;
+
+/// The virtualization served by the Linux container backend.
+pub const CONTAINER_VIRTUALIZATION: &str = "container";
+
+/// One backend per distinct name in `virtualizations`, in order.
+///
+/// `fake` is the in-memory test double; enabling it logs a loud warning, because nothing a
+/// user runs in it is real.
+pub fn build_backends(virtualizations: &[String]) -> Result<Vec<Arc<dyn VmBackend>>, ServeError> {
+    let mut names: Vec<&str> = Vec::new();
+    for name in virtualizations.iter().map(|v| v.trim()) {
+        if !name.is_empty() && !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names.into_iter().map(build_backend).collect()
+}
+
+fn build_backend(name: &str) -> Result<Arc<dyn VmBackend>, ServeError> {
+    match name {
+        FAKE_VIRTUALIZATION => {
+            tracing::warn!(
+                virtualization = name,
+                "the fake backend is enabled: it is an in-memory TEST DOUBLE; exec, run-code and \
+                 files are simulated and nothing runs in a real sandbox"
+            );
+            Ok(Arc::new(FakeBackend::new()))
+        }
+        CONTAINER_VIRTUALIZATION => Err(ServeError::BackendUnavailable {
+            virtualization: name.to_string(),
+            reason: "container backend not built into this binary yet".to_string(),
+        }),
+        other => Err(ServeError::UnknownVirtualization(other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fake_is_built_once() {
+        let backends =
+            build_backends(&["fake".to_string(), " fake ".to_string(), String::new()]).unwrap();
+        assert_eq!(backends.len(), 1);
+        assert_eq!(backends[0].virtualization(), "fake");
+    }
+
+    #[test]
+    fn unknown_virtualization_is_an_error() {
+        let err = build_backends(&["qemu".to_string()]).err().unwrap();
+        assert!(matches!(err, ServeError::UnknownVirtualization(ref v) if v == "qemu"));
+        assert_eq!(err.to_string(), "unknown virtualization \"qemu\"");
+    }
+}

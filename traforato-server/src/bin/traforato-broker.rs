@@ -1,0 +1,72 @@
+//! `traforato-broker`: parses flags and `TRAFORATO_BROKER_*` variables, installs JSON logging,
+//! builds the [`Broker`] and serves it until SIGINT or SIGTERM.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use traforato_core::broker::Broker;
+use traforato_core::clock::SystemClock;
+use traforato_core::scheduler::LeastLoaded;
+use traforato_core::telemetry::Metrics;
+use traforato_server::config::{parse_or_exit, BrokerArgs, BrokerSettings};
+use traforato_server::http::error_chain;
+use traforato_server::logging::{self, LogSettings};
+use traforato_server::server::{shutdown_channel, shutdown_signal};
+use traforato_server::{serve_broker, ServeError};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: BrokerArgs = parse_or_exit("broker");
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("broker: {}", error_chain(&err));
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(args: BrokerArgs) -> Result<(), ServeError> {
+    let settings = BrokerSettings::from_args(&args)?;
+    logging::init("broker", &LogSettings::default())?;
+    tracing::warn!(
+        auth_mode = "dev",
+        "auth disabled: running broker in development no-auth mode"
+    );
+    let config = settings.config.clone();
+    let broker = Arc::new(Broker::new(
+        settings.config,
+        Arc::new(SystemClock),
+        Arc::new(LeastLoaded),
+        Arc::new(Metrics::new(false)),
+    ));
+    tracing::info!(
+        auth_mode = "dev",
+        broker_id = %config.broker_id,
+        worker_lease_ttl = ?config.worker_lease_ttl,
+        worker_lease_sweep_interval = ?config.lease_sweep_interval,
+        placement_retry_max = config.placement_retry_max,
+        default_virtualization = %config.default_virtualization,
+        "broker configured"
+    );
+    let listener = TcpListener::bind(&settings.bind)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: settings.bind.clone(),
+            source,
+        })?;
+
+    let (trigger, shutdown) = shutdown_channel();
+    let trigger = Arc::new(trigger);
+    let on_signal = trigger.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        on_signal.trigger();
+    });
+    let sweeper = tokio::spawn(broker.clone().run_lease_sweeper(shutdown.clone().wait()));
+    let served = serve_broker(listener, broker, shutdown.wait()).await;
+    trigger.trigger();
+    let _ = sweeper.await;
+    served.map_err(ServeError::Serve)
+}

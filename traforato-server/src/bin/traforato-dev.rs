@@ -1,0 +1,121 @@
+//! `traforato-dev`: a broker and a worker in one process, for development. Flags and
+//! `TRAFORATO_DEV_*` variables (and an optional worker YAML) configure both.
+//!
+//! The worker talks to the broker in-process ([`InProcessBrokerLink`]): no HTTP hop, no wait
+//! for the broker's health check. `--broker-control-url` is only where clients are sent back
+//! on placement retries (default: derived from `--broker-listen`).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use traforato_core::broker::Broker;
+use traforato_core::clock::SystemClock;
+use traforato_core::scheduler::LeastLoaded;
+use traforato_core::telemetry::Metrics;
+use traforato_core::worker::{InProcessBrokerLink, Worker};
+use traforato_server::backends::build_backends;
+use traforato_server::config::{
+    bind_address, local_url, parse_or_exit, DevArgs, DevSettings, DEFAULT_BROKER_PORT,
+    DEFAULT_WORKER_PORT,
+};
+use traforato_server::http::error_chain;
+use traforato_server::logging;
+use traforato_server::server::{shutdown_channel, shutdown_signal};
+use traforato_server::{serve_broker, serve_worker, ServeError};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: DevArgs = parse_or_exit("dev");
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("dev: {}", error_chain(&err));
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn bind(listen: &str) -> Result<TcpListener, ServeError> {
+    let addr = bind_address(listen)?;
+    TcpListener::bind(&addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+async fn run(args: DevArgs) -> Result<(), ServeError> {
+    let settings = DevSettings::load(&args)?;
+    logging::init("dev", &settings.worker.log_settings()?)?;
+    tracing::warn!(
+        auth_mode = "dev",
+        "auth disabled: running broker and worker in development no-auth mode"
+    );
+    let backends = build_backends(&settings.worker.virtualizations())?;
+    let clock = Arc::new(SystemClock);
+
+    let broker_listener = bind(&settings.broker_listen).await?;
+    let broker_port = broker_listener.local_addr().ok().map(|a| a.port());
+    let broker_url = settings
+        .worker
+        .broker_control_url()
+        .unwrap_or_else(|| local_url(&settings.broker_listen, DEFAULT_BROKER_PORT, broker_port));
+    let broker = Arc::new(Broker::new(
+        settings.broker_config()?,
+        clock.clone(),
+        Arc::new(LeastLoaded),
+        Arc::new(Metrics::new(false)),
+    ));
+
+    let worker_listener = bind(&settings.worker.listen).await?;
+    let worker_port = worker_listener.local_addr().ok().map(|a| a.port());
+    let mut values = settings.worker.clone();
+    if values.advertise_url.trim().is_empty() {
+        values.advertise_url = local_url(&values.listen, DEFAULT_WORKER_PORT, worker_port);
+    }
+    values.broker_control_url = broker_url.clone();
+    let config = values.worker_config(worker_port)?;
+    let worker_url = config.advertise_url.clone();
+    tracing::info!(
+        broker_id = %config.broker_id,
+        worker_id = %config.worker_id,
+        broker_url = %broker_url,
+        worker_url = %worker_url,
+        default_virtualization = %config.default_virtualization,
+        "dev environment configured"
+    );
+    let worker = Worker::new(
+        config,
+        backends,
+        clock,
+        Arc::new(Metrics::new(false)),
+        Some(Arc::new(InProcessBrokerLink::new(broker.clone()))),
+    );
+    eprintln!(
+        "traforato-dev: broker listening on {broker_url} (send creates there), worker on {worker_url}"
+    );
+
+    let (trigger, shutdown) = shutdown_channel();
+    let trigger = Arc::new(trigger);
+    let on_signal = trigger.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        on_signal.trigger();
+    });
+    let sweeper = tokio::spawn(broker.clone().run_lease_sweeper(shutdown.clone().wait()));
+    let background = tokio::spawn(worker.clone().run(shutdown.clone().wait()));
+    // The first server to stop (error or shutdown) stops the other.
+    let broker_served = async {
+        let result = serve_broker(broker_listener, broker, shutdown.clone().wait()).await;
+        trigger.trigger();
+        result
+    };
+    let worker_served = async {
+        let result = serve_worker(worker_listener, worker, shutdown.clone().wait()).await;
+        trigger.trigger();
+        result
+    };
+    let (broker_result, worker_result) = tokio::join!(broker_served, worker_served);
+    let _ = background.await;
+    let _ = sweeper.await;
+    broker_result.and(worker_result).map_err(ServeError::Serve)
+}

@@ -1,0 +1,97 @@
+//! `traforato-worker`: parses flags, `TRAFORATO_WORKER_*` variables and the worker YAML,
+//! installs logging, builds the backends and the [`Worker`], binds its listener, and only then
+//! starts the worker's background work (registration included) and serves it until SIGINT or
+//! SIGTERM. On shutdown the worker deregisters and destroys its sandboxes.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use traforato_core::clock::SystemClock;
+use traforato_core::telemetry::Metrics;
+use traforato_core::worker::{BrokerLink, Worker};
+use traforato_server::backends::build_backends;
+use traforato_server::config::{bind_address, parse_or_exit, WorkerArgs, WorkerValues};
+use traforato_server::http::error_chain;
+use traforato_server::link::HttpBrokerLink;
+use traforato_server::logging;
+use traforato_server::server::{shutdown_channel, shutdown_signal};
+use traforato_server::{serve_worker, ServeError};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: WorkerArgs = parse_or_exit("worker");
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("worker: {}", error_chain(&err));
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(args: WorkerArgs) -> Result<(), ServeError> {
+    let values = WorkerValues::load_worker(&args)?;
+    logging::init("worker", &values.log_settings()?)?;
+    tracing::warn!(
+        auth_mode = "dev",
+        "auth disabled: running worker in development no-auth mode"
+    );
+    let backends = build_backends(&values.virtualizations())?;
+
+    // Bind before anything registers, so the broker never redirects to a dead port.
+    let bind = bind_address(&values.listen)?;
+    let listener = TcpListener::bind(&bind)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: bind.clone(),
+            source,
+        })?;
+    let bound_port = listener.local_addr().ok().map(|a| a.port());
+    let config = values.worker_config(bound_port)?;
+    let link: Option<Arc<dyn BrokerLink>> = config
+        .broker_public_url
+        .as_deref()
+        .map(|url| Arc::new(HttpBrokerLink::new(url)) as Arc<dyn BrokerLink>);
+    tracing::info!(
+        broker_id = %config.broker_id,
+        worker_id = %config.worker_id,
+        hostname = %config.hostname,
+        advertise_url = %config.advertise_url,
+        broker_control_url = config.broker_public_url.as_deref().unwrap_or(""),
+        hardware_sku = %config.hardware_sku,
+        total_cores = config.total_cores,
+        total_memory_mib = config.total_memory_mib,
+        max_live_sandboxes = config.max_live_sandboxes,
+        default_ttl = ?config.default_ttl,
+        max_ttl = ?config.max_ttl,
+        default_virtualization = %config.default_virtualization,
+        registration_heartbeat = ?config.registration_heartbeat,
+        registration_jitter_percent = config.registration_jitter_percent,
+        pre_pull = config.pre_pull.len(),
+        "worker configured"
+    );
+    if link.is_none() {
+        tracing::warn!("no broker control URL: running standalone, without registration");
+    }
+    let worker = Worker::new(
+        config,
+        backends,
+        Arc::new(SystemClock),
+        Arc::new(Metrics::new(false)),
+        link,
+    );
+
+    let (trigger, shutdown) = shutdown_channel();
+    let trigger = Arc::new(trigger);
+    let on_signal = trigger.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        on_signal.trigger();
+    });
+    let background = tokio::spawn(worker.clone().run(shutdown.clone().wait()));
+    let served = serve_worker(listener, worker, shutdown.wait()).await;
+    trigger.trigger();
+    let _ = background.await;
+    served.map_err(ServeError::Serve)
+}

@@ -1,0 +1,222 @@
+//! The accept loop shared by the shells (HTTP/1.1 over hyper-util with a read-header timeout
+//! and graceful shutdown), and the shutdown plumbing: a cloneable [`Shutdown`] future and the
+//! process's SIGINT/SIGTERM signal.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::Request;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::http::HttpResponse;
+
+/// How long a client may take to send a request's headers.
+pub const READ_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long in-flight requests may run after shutdown was requested.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
+const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// A cloneable view of a shutdown request; [`Shutdown::wait`] completes once it is triggered.
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    rx: watch::Receiver<bool>,
+}
+
+/// Triggers every [`Shutdown`] made from the same channel. Dropping it triggers them too.
+#[derive(Debug)]
+pub struct ShutdownTrigger {
+    tx: watch::Sender<bool>,
+}
+
+/// A new trigger and its first [`Shutdown`] view.
+pub fn shutdown_channel() -> (ShutdownTrigger, Shutdown) {
+    let (tx, rx) = watch::channel(false);
+    (ShutdownTrigger { tx }, Shutdown { rx })
+}
+
+impl ShutdownTrigger {
+    /// Requests shutdown.
+    pub fn trigger(&self) {
+        let _ = self.tx.send(true);
+    }
+
+    /// Another view of this trigger.
+    pub fn subscribe(&self) -> Shutdown {
+        Shutdown {
+            rx: self.tx.subscribe(),
+        }
+    }
+}
+
+impl Shutdown {
+    /// Completes once shutdown has been requested (or the trigger is gone).
+    pub async fn wait(mut self) {
+        let _ = self.rx.wait_for(|requested| *requested).await;
+    }
+
+    /// True once shutdown has been requested.
+    pub fn is_triggered(&self) -> bool {
+        *self.rx.borrow()
+    }
+}
+
+/// Completes on SIGINT or SIGTERM (Ctrl-C on other platforms).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM; only SIGINT stops the process");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// What a handler knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The address the request was accepted on.
+    pub local: SocketAddr,
+    /// The server's shutdown, for work that outlives the request (proxied upgrades).
+    pub shutdown: Shutdown,
+}
+
+/// Accepts connections on `listener` and serves each request with `handler` until `shutdown`
+/// completes; then stops accepting, lets in-flight requests finish for [`SHUTDOWN_GRACE`] and
+/// closes what is left.
+pub(crate) async fn serve<F, Fut>(
+    listener: TcpListener,
+    handler: F,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()>
+where
+    F: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = HttpResponse> + Send + 'static,
+{
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, "listening");
+    let (trigger, conn_shutdown) = shutdown_channel();
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        while connections.try_join_next().is_some() {}
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let info = ConnInfo {
+            peer,
+            local,
+            shutdown: conn_shutdown.clone(),
+        };
+        let handler = handler.clone();
+        connections.spawn(serve_connection(stream, info, handler));
+    }
+    tracing::info!(addr = %local, "shutdown requested");
+    drop(listener);
+    trigger.trigger();
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = connections.len(),
+            "grace period over, closing remaining connections"
+        );
+        connections.shutdown().await;
+    }
+    Ok(())
+}
+
+async fn serve_connection<F, Fut>(stream: tokio::net::TcpStream, info: ConnInfo, handler: F)
+where
+    F: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = HttpResponse> + Send + 'static,
+{
+    let shutdown = info.shutdown.clone();
+    let peer = info.peer;
+    let service = service_fn(move |req| {
+        let handler = handler.clone();
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(handler(req, info).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(READ_HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    let mut stopping = false;
+    let result = loop {
+        tokio::select! {
+            result = conn.as_mut() => break result,
+            _ = &mut stop, if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(peer = %peer, error = %err, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn shutdown_views_complete_once_triggered() {
+        let (trigger, view) = shutdown_channel();
+        let other = trigger.subscribe();
+        assert!(!view.is_triggered());
+        trigger.trigger();
+        assert!(view.is_triggered());
+        view.wait().await;
+        other.wait().await;
+    }
+
+    #[tokio::test]
+    async fn dropping_the_trigger_releases_waiters() {
+        let (trigger, view) = shutdown_channel();
+        drop(trigger);
+        view.wait().await;
+    }
+}

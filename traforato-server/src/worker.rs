@@ -1,0 +1,673 @@
+//! The worker shell: the route table of the contract (§4.3) mapped onto [`Worker`] methods,
+//! plus `/healthz`, `/metrics` and the raw file download extension
+//! `GET /sandboxes/{id}/files/raw?path=`.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::net::TcpListener;
+use tracing::Instrument;
+use traforato_core::api::{
+    CreateSandboxRequest, ExecRequest, HealthResponse, MkdirRequest, RunCodeRequest, WriteFileJson,
+};
+use traforato_core::auth::Principal;
+use traforato_core::backend::BoxedReader;
+use traforato_core::id::SandboxId;
+use traforato_core::path::SandboxPath;
+use traforato_core::worker::{
+    decode_write_json, CreateOutcome, CreateQuery, ListQuery, RunCodeOutcome, Worker, WorkerError,
+};
+
+use crate::http::{
+    decode_json, error_for, error_response, first_header_element, header_str, json_response,
+    percent_decode, read_body, redirect, segments, status_only, text_response, BodyError,
+    HttpResponse, Query, ReaderBody, RequestContext, CREATE_BODY_MAX, EXEC_BODY_MAX, FILE_BODY_MAX,
+    MKDIR_BODY_MAX, PROMETHEUS_TEXT, RUN_CODE_BODY_MAX,
+};
+use crate::server::{serve, ConnInfo};
+
+/// Serves the worker on `listener` until `shutdown` completes. Start [`Worker::run`] once
+/// this listener is bound, so the worker registers only when it can be reached.
+pub async fn serve_worker(
+    listener: TcpListener,
+    worker: Arc<Worker>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    serve(
+        listener,
+        move |req, conn| handle(worker.clone(), req, conn),
+        shutdown,
+    )
+    .await
+}
+
+/// The status code of each worker error.
+pub fn status_for(err: &WorkerError) -> StatusCode {
+    match err {
+        WorkerError::MalformedSandboxId => StatusCode::BAD_REQUEST,
+        WorkerError::SandboxNotFound => StatusCode::NOT_FOUND,
+        WorkerError::OwnershipMismatch => StatusCode::FORBIDDEN,
+        WorkerError::ImageRequired => StatusCode::BAD_REQUEST,
+        WorkerError::UnsupportedVirtualization(_) => StatusCode::BAD_REQUEST,
+        WorkerError::InvalidPlacementRetry => StatusCode::BAD_REQUEST,
+        WorkerError::InvalidLocalVmId => StatusCode::BAD_REQUEST,
+        WorkerError::NoCapacity(_) => StatusCode::SERVICE_UNAVAILABLE,
+        WorkerError::UnableToRetryPlacement => StatusCode::SERVICE_UNAVAILABLE,
+        WorkerError::ProvisionFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
+        WorkerError::InvalidTtl => StatusCode::BAD_REQUEST,
+        WorkerError::ExecNotFound => StatusCode::NOT_FOUND,
+        WorkerError::InvalidExec(_) => StatusCode::BAD_REQUEST,
+        WorkerError::InvalidRuntime => StatusCode::BAD_REQUEST,
+        WorkerError::CodeRequired => StatusCode::BAD_REQUEST,
+        WorkerError::CodeTooLarge => StatusCode::BAD_REQUEST,
+        WorkerError::InvalidPath(_) => StatusCode::BAD_REQUEST,
+        WorkerError::InvalidEncoding => StatusCode::BAD_REQUEST,
+        WorkerError::InvalidBase64 => StatusCode::BAD_REQUEST,
+        WorkerError::FileNotFound => StatusCode::NOT_FOUND,
+        WorkerError::DirectoryNotFound => StatusCode::NOT_FOUND,
+        WorkerError::PathNotFound => StatusCode::NOT_FOUND,
+        WorkerError::ParentNotFound => StatusCode::NOT_FOUND,
+        WorkerError::PathIsDirectory => StatusCode::BAD_REQUEST,
+        WorkerError::PathIsFile => StatusCode::BAD_REQUEST,
+        WorkerError::DirectoryNotEmpty => StatusCode::CONFLICT,
+        WorkerError::CannotRemoveRoot => StatusCode::BAD_REQUEST,
+        WorkerError::InvalidRecursive => StatusCode::BAD_REQUEST,
+        WorkerError::InvalidForce => StatusCode::BAD_REQUEST,
+        WorkerError::InvalidLimit => StatusCode::BAD_REQUEST,
+        WorkerError::InvalidCursor => StatusCode::BAD_REQUEST,
+        WorkerError::FileTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        WorkerError::PermissionDenied => StatusCode::FORBIDDEN,
+        WorkerError::InvalidPort => StatusCode::BAD_REQUEST,
+        WorkerError::InvalidProtocol => StatusCode::BAD_REQUEST,
+        WorkerError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+        WorkerError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        WorkerError::Backend(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The error response of a worker error: its status and its (generic) message; 5xx causes
+/// are logged.
+pub fn worker_error(err: &WorkerError) -> HttpResponse {
+    error_for(status_for(err), err)
+}
+
+/// An operation on one sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxOp<'a> {
+    /// `GET /sandboxes/{id}`.
+    Get,
+    /// `DELETE /sandboxes/{id}`.
+    Delete,
+    /// `PATCH /sandboxes/{id}/lease`.
+    RenewLease,
+    /// `PUT /sandboxes/{id}/files`.
+    WriteFile,
+    /// `GET /sandboxes/{id}/files`.
+    ReadFile,
+    /// `DELETE /sandboxes/{id}/files`.
+    RemoveFile,
+    /// `GET /sandboxes/{id}/files/raw` (extension: streamed download).
+    ReadFileRaw,
+    /// `GET /sandboxes/{id}/files/stat`.
+    Stat,
+    /// `GET /sandboxes/{id}/files/list`.
+    List,
+    /// `POST /sandboxes/{id}/files/mkdir`.
+    Mkdir,
+    /// `POST /sandboxes/{id}/exec`.
+    Exec,
+    /// `POST /sandboxes/{id}/exec/code`.
+    RunCode,
+    /// `GET /sandboxes/{id}/exec/ws`: 501.
+    ExecWebSocket,
+    /// `GET /sandboxes/{id}/exec/{exec_id}`.
+    GetExec(&'a str),
+    /// `GET /sandboxes/{id}/exec/{exec_id}/frames`.
+    Frames(&'a str),
+    /// `ANY /sandboxes/{id}/proxy/{port}[/rest]`.
+    Proxy(&'a str),
+    /// `GET /sandboxes/{id}/ports/{port}/url`.
+    PortUrl(&'a str),
+}
+
+/// What a request asks of the worker: the route table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerRoute<'a> {
+    /// `GET /healthz`.
+    Health,
+    /// `GET /metrics`.
+    Metrics,
+    /// `POST /sandboxes` (or `/sandboxes/`).
+    Create,
+    /// Segment 2 is not a sandbox id: 400.
+    MalformedSandboxId(&'a str),
+    /// An operation on a sandbox (segment 2, parsed).
+    Sandbox(&'a str, SandboxOp<'a>),
+    /// Anything else: 404.
+    NotFound,
+}
+
+impl<'a> WorkerRoute<'a> {
+    /// Routes a request by method and percent-decoded path.
+    pub fn parse(method: &Method, path: &'a str) -> Self {
+        if method == Method::GET {
+            match path {
+                "/healthz" => return Self::Health,
+                "/metrics" => return Self::Metrics,
+                _ => {}
+            }
+        }
+        let segs = segments(path);
+        if segs.as_slice() == ["sandboxes"] && method == Method::POST {
+            return Self::Create;
+        }
+        if segs.len() < 2 || segs[0] != "sandboxes" {
+            return Self::NotFound;
+        }
+        let id = segs[1];
+        if SandboxId::parse(id).is_err() {
+            return Self::MalformedSandboxId(id);
+        }
+        let op = match (method, &segs[2..]) {
+            (&Method::GET, []) => SandboxOp::Get,
+            (&Method::DELETE, []) => SandboxOp::Delete,
+            (&Method::PATCH, ["lease"]) => SandboxOp::RenewLease,
+            (&Method::PUT, ["files"]) => SandboxOp::WriteFile,
+            (&Method::GET, ["files"]) => SandboxOp::ReadFile,
+            (&Method::DELETE, ["files"]) => SandboxOp::RemoveFile,
+            (&Method::GET, ["files", "raw"]) => SandboxOp::ReadFileRaw,
+            (&Method::GET, ["files", "stat"]) => SandboxOp::Stat,
+            (&Method::GET, ["files", "list"]) => SandboxOp::List,
+            (&Method::POST, ["files", "mkdir"]) => SandboxOp::Mkdir,
+            (&Method::POST, ["exec"]) => SandboxOp::Exec,
+            (&Method::POST, ["exec", "code"]) => SandboxOp::RunCode,
+            (&Method::GET, ["exec", "ws"]) => SandboxOp::ExecWebSocket,
+            (&Method::GET, ["exec", exec_id]) => SandboxOp::GetExec(exec_id),
+            (&Method::GET, ["exec", exec_id, "frames"]) => SandboxOp::Frames(exec_id),
+            (_, ["proxy", port, ..]) => SandboxOp::Proxy(port),
+            (&Method::GET, ["ports", port, "url"]) => SandboxOp::PortUrl(port),
+            _ => return Self::NotFound,
+        };
+        Self::Sandbox(id, op)
+    }
+}
+
+async fn handle(worker: Arc<Worker>, req: Request<Incoming>, conn: ConnInfo) -> HttpResponse {
+    let ctx = RequestContext::from_headers(req.headers());
+    let span = tracing::info_span!(
+        "worker.request",
+        request_id = %ctx.request_id,
+        trace_id = %ctx.trace.trace_id,
+        span_id = %ctx.trace.span_id,
+        auth_mode = worker.config().auth_mode.as_str(),
+        worker_id = %worker.config().worker_id,
+    );
+    let mut resp = dispatch(&worker, req, &conn).instrument(span).await;
+    ctx.stamp(&mut resp);
+    resp
+}
+
+/// The principal of a request. Only development (no-auth) mode exists so far; a worker
+/// configured for prod answers 401 rather than silently skipping authentication.
+fn authenticate(worker: &Worker) -> Result<Principal, &'static str> {
+    if worker.config().auth_mode.is_prod() {
+        return Err("unauthorized: prod auth is not implemented yet");
+    }
+    Ok(Principal::dev())
+}
+
+async fn dispatch(worker: &Worker, req: Request<Incoming>, conn: &ConnInfo) -> HttpResponse {
+    let path = percent_decode(req.uri().path());
+    let route = WorkerRoute::parse(req.method(), &path);
+    // Every route but the health check is authenticated.
+    let principal = if route == WorkerRoute::Health {
+        Principal::dev()
+    } else {
+        match authenticate(worker) {
+            Ok(principal) => principal,
+            Err(message) => return error_response(StatusCode::UNAUTHORIZED, message),
+        }
+    };
+    let query = Query::parse(req.uri().query());
+    let p = &principal;
+    match route {
+        WorkerRoute::Health => json_response(
+            StatusCode::OK,
+            &HealthResponse {
+                status: "ok".to_string(),
+            },
+        ),
+        WorkerRoute::Metrics => text_response(
+            StatusCode::OK,
+            PROMETHEUS_TEXT,
+            worker.metrics().render_prometheus(),
+        ),
+        WorkerRoute::NotFound => error_response(StatusCode::NOT_FOUND, "route not found"),
+        WorkerRoute::MalformedSandboxId(id) => {
+            tracing::warn!(sandbox_id = id, "malformed sandbox id");
+            worker_error(&WorkerError::MalformedSandboxId)
+        }
+        WorkerRoute::Create => create(worker, p, req, &query).await,
+        WorkerRoute::Sandbox(id, op) => match op {
+            SandboxOp::Get => reply(StatusCode::OK, worker.get_sandbox(p, id)),
+            SandboxOp::Delete => match worker.delete_sandbox(p, id).await {
+                Ok(()) => status_only(StatusCode::NO_CONTENT),
+                Err(err) => worker_error(&err),
+            },
+            SandboxOp::RenewLease => reply(
+                StatusCode::OK,
+                worker.renew_lease(p, id, query.get("ttl_seconds")),
+            ),
+            SandboxOp::WriteFile => write_file(worker, p, id, req, &query).await,
+            SandboxOp::ReadFile => reply(
+                StatusCode::OK,
+                worker
+                    .read_file(p, id, query.get("path"), query.get("encoding"))
+                    .await,
+            ),
+            SandboxOp::RemoveFile => {
+                let result = worker
+                    .remove_file(
+                        p,
+                        id,
+                        query.get("path"),
+                        query.get("recursive"),
+                        query.get("force"),
+                    )
+                    .await;
+                match result {
+                    Ok(()) => status_only(StatusCode::NO_CONTENT),
+                    Err(err) => worker_error(&err),
+                }
+            }
+            SandboxOp::ReadFileRaw => match worker.open_file(p, id, query.get("path")).await {
+                Ok(file) => raw_download(file.size, file.body),
+                Err(err) => worker_error(&err),
+            },
+            SandboxOp::Stat => reply(
+                StatusCode::OK,
+                worker.stat_file(p, id, query.get("path")).await,
+            ),
+            SandboxOp::List => {
+                let list = ListQuery {
+                    path: query.get("path"),
+                    recursive: query.get("recursive"),
+                    limit: query.get("limit"),
+                    cursor: query.get("cursor"),
+                };
+                reply(StatusCode::OK, worker.list_files(p, id, list).await)
+            }
+            SandboxOp::Mkdir => match body_json::<MkdirRequest>(req, MKDIR_BODY_MAX, false).await {
+                Ok(request) => reply(StatusCode::OK, worker.mkdir(p, id, request).await),
+                Err(resp) => resp,
+            },
+            SandboxOp::Exec => match body_json::<ExecRequest>(req, EXEC_BODY_MAX, true).await {
+                Ok(request) => reply(
+                    StatusCode::ACCEPTED,
+                    worker.start_exec(p, id, request).await,
+                ),
+                Err(resp) => resp,
+            },
+            SandboxOp::RunCode => run_code(worker, p, id, req).await,
+            SandboxOp::ExecWebSocket => error_response(
+                StatusCode::NOT_IMPLEMENTED,
+                "websocket exec is optional and not enabled",
+            ),
+            SandboxOp::GetExec(exec_id) => reply(StatusCode::OK, worker.get_exec(p, id, exec_id)),
+            SandboxOp::Frames(exec_id) => reply(
+                StatusCode::OK,
+                worker
+                    .exec_frames(p, id, exec_id, query.get("cursor"), query.get("wait"))
+                    .await,
+            ),
+            SandboxOp::Proxy(port) => crate::proxy::forward(worker, p, id, port, req, conn).await,
+            SandboxOp::PortUrl(port) => {
+                let host = request_host(req.headers(), req.uri());
+                reply(
+                    StatusCode::OK,
+                    worker.port_url(p, id, port, query.get("protocol"), &host),
+                )
+            }
+        },
+    }
+}
+
+fn reply<T: serde::Serialize>(status: StatusCode, result: Result<T, WorkerError>) -> HttpResponse {
+    match result {
+        Ok(value) => json_response(status, &value),
+        Err(err) => worker_error(&err),
+    }
+}
+
+/// The host clients used: the first `X-Forwarded-Host` element, else `Host`, else the URI's
+/// authority, else `localhost`.
+pub fn request_host(headers: &HeaderMap, uri: &hyper::Uri) -> String {
+    first_header_element(headers, "x-forwarded-host")
+        .or_else(|| {
+            header_str(headers, "host")
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(String::from)
+        })
+        .or_else(|| uri.authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Reads and decodes a JSON body. Over the cap: `body exceeds max size` when
+/// `distinct_too_large`, else (as the contract has it for older routes) `invalid request
+/// body`; any decode error is `invalid request body`.
+async fn body_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+    max: usize,
+    distinct_too_large: bool,
+) -> Result<T, HttpResponse> {
+    let invalid = || error_response(StatusCode::BAD_REQUEST, "invalid request body");
+    let bytes = match read_body(req.into_body(), max).await {
+        Ok(bytes) => bytes,
+        Err(err @ BodyError::TooLarge) if distinct_too_large => {
+            return Err(error_response(StatusCode::BAD_REQUEST, &err.to_string()))
+        }
+        Err(BodyError::TooLarge) => return Err(invalid()),
+        Err(err @ BodyError::Read(_)) => {
+            return Err(error_response(StatusCode::BAD_REQUEST, &err.to_string()))
+        }
+    };
+    decode_json(&bytes).map_err(|_| invalid())
+}
+
+async fn create(
+    worker: &Worker,
+    principal: &Principal,
+    req: Request<Incoming>,
+    query: &Query,
+) -> HttpResponse {
+    let request: CreateSandboxRequest = match body_json(req, CREATE_BODY_MAX, true).await {
+        Ok(request) => request,
+        Err(resp) => return resp,
+    };
+    let create_query = CreateQuery {
+        local_vm_id: query.get("local_vm_id"),
+        placement_retry: query.get("placement_retry"),
+    };
+    let result = worker
+        .create_sandbox(principal, request, create_query)
+        .instrument(tracing::info_span!("worker.sandbox.create"))
+        .await;
+    match result {
+        Ok(CreateOutcome::Created(created)) => json_response(StatusCode::CREATED, &created),
+        Ok(CreateOutcome::RetryPlacement { location }) => {
+            tracing::info!(location = %location, "hinted vm not claimable, sending create back to the broker");
+            redirect(&location)
+        }
+        Err(err) => worker_error(&err),
+    }
+}
+
+/// Why an upload body was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// Read or size failure.
+    #[error(transparent)]
+    Body(#[from] BodyError),
+    /// The JSON form did not decode.
+    #[error("invalid request body")]
+    InvalidJson,
+    /// The JSON form's content did not decode.
+    #[error(transparent)]
+    Content(#[from] WorkerError),
+}
+
+/// The content and append flag of a file upload: with a JSON `Content-Type`, the
+/// `{content, encoding, append}` form (encoding `base64` by default, or `utf8`/`utf-8`);
+/// otherwise the raw body, replacing the file.
+pub fn decode_upload(headers: &HeaderMap, body: &[u8]) -> Result<(Vec<u8>, bool), UploadError> {
+    let is_json = header_str(headers, "content-type")
+        .map(|ct| ct.to_ascii_lowercase().contains("application/json"))
+        .unwrap_or(false);
+    if !is_json {
+        return Ok((body.to_vec(), false));
+    }
+    let form: WriteFileJson = decode_json(body).map_err(|_| UploadError::InvalidJson)?;
+    Ok(decode_write_json(&form)?)
+}
+
+async fn write_file(
+    worker: &Worker,
+    principal: &Principal,
+    id: &str,
+    req: Request<Incoming>,
+    query: &Query,
+) -> HttpResponse {
+    let path = query.get("path");
+    // The path is checked before the body is read, as in the contract.
+    if let Err(err) = SandboxPath::parse(path.unwrap_or("")) {
+        return worker_error(&WorkerError::InvalidPath(err));
+    }
+    let (parts, body) = req.into_parts();
+    let upload = match read_body(body, FILE_BODY_MAX).await {
+        Ok(bytes) => decode_upload(&parts.headers, &bytes),
+        Err(err) => Err(UploadError::Body(err)),
+    };
+    let (content, append) = match upload {
+        Ok(upload) => upload,
+        Err(UploadError::Content(err)) => return worker_error(&err),
+        Err(err) => return error_response(StatusCode::BAD_REQUEST, &err.to_string()),
+    };
+    let reader: BoxedReader = Box::new(std::io::Cursor::new(content));
+    reply(
+        StatusCode::OK,
+        worker.write_file(principal, id, path, reader, append).await,
+    )
+}
+
+fn raw_download(size: u64, body: BoxedReader) -> HttpResponse {
+    let mut resp = Response::new(ReaderBody::new(body).boxed());
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    resp
+}
+
+async fn run_code(
+    worker: &Worker,
+    principal: &Principal,
+    id: &str,
+    req: Request<Incoming>,
+) -> HttpResponse {
+    // Ownership is checked before the body is read, as in the contract.
+    if let Err(err) = worker.get_sandbox(principal, id) {
+        return worker_error(&err);
+    }
+    let request: RunCodeRequest = match body_json(req, RUN_CODE_BODY_MAX, false).await {
+        Ok(request) => request,
+        Err(resp) => return resp,
+    };
+    match worker.run_code(principal, id, request).await {
+        Ok(RunCodeOutcome::Finished(done)) => json_response(StatusCode::OK, &done),
+        Ok(RunCodeOutcome::Accepted(accepted)) => json_response(StatusCode::ACCEPTED, &accepted),
+        Ok(RunCodeOutcome::SyntaxError(body)) => {
+            json_response(StatusCode::UNPROCESSABLE_ENTITY, &body)
+        }
+        Err(err) => worker_error(&err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use traforato_core::backend::BackendError;
+    use traforato_core::path::PathError;
+
+    const ID: &str = "sbx-broker_local-worker_local-550e8400-e29b-41d4-a716-446655440000";
+
+    fn route<'a>(method: Method, path: &'a str) -> WorkerRoute<'a> {
+        WorkerRoute::parse(&method, path)
+    }
+
+    fn op(method: Method, rest: &str) -> Option<SandboxOp<'static>> {
+        let path: &'static str = Box::leak(format!("/sandboxes/{ID}{rest}").into_boxed_str());
+        match WorkerRoute::parse(&method, path) {
+            WorkerRoute::Sandbox(id, op) => {
+                assert_eq!(id, ID);
+                Some(op)
+            }
+            WorkerRoute::NotFound => None,
+            other => panic!("unexpected route {other:?}"),
+        }
+    }
+
+    #[test]
+    fn top_level_routes() {
+        assert_eq!(route(Method::GET, "/healthz"), WorkerRoute::Health);
+        assert_eq!(route(Method::GET, "/metrics"), WorkerRoute::Metrics);
+        assert_eq!(route(Method::POST, "/sandboxes"), WorkerRoute::Create);
+        assert_eq!(route(Method::POST, "/sandboxes/"), WorkerRoute::Create);
+        assert_eq!(route(Method::GET, "/sandboxes"), WorkerRoute::NotFound);
+        assert_eq!(route(Method::GET, "/"), WorkerRoute::NotFound);
+        assert_eq!(route(Method::GET, "/other/x"), WorkerRoute::NotFound);
+        assert_eq!(
+            route(Method::GET, "/sandboxes/not-an-id/anything"),
+            WorkerRoute::MalformedSandboxId("not-an-id")
+        );
+    }
+
+    #[test]
+    fn sandbox_route_table() {
+        assert_eq!(op(Method::GET, ""), Some(SandboxOp::Get));
+        assert_eq!(op(Method::DELETE, ""), Some(SandboxOp::Delete));
+        assert_eq!(op(Method::POST, ""), None);
+        assert_eq!(op(Method::PATCH, "/lease"), Some(SandboxOp::RenewLease));
+        assert_eq!(op(Method::PUT, "/files"), Some(SandboxOp::WriteFile));
+        assert_eq!(op(Method::GET, "/files"), Some(SandboxOp::ReadFile));
+        assert_eq!(op(Method::DELETE, "/files"), Some(SandboxOp::RemoveFile));
+        assert_eq!(op(Method::GET, "/files/raw"), Some(SandboxOp::ReadFileRaw));
+        assert_eq!(op(Method::GET, "/files/stat"), Some(SandboxOp::Stat));
+        assert_eq!(op(Method::GET, "/files/list"), Some(SandboxOp::List));
+        assert_eq!(op(Method::POST, "/files/mkdir"), Some(SandboxOp::Mkdir));
+        assert_eq!(op(Method::GET, "/files/mkdir"), None);
+        assert_eq!(op(Method::POST, "/exec"), Some(SandboxOp::Exec));
+        assert_eq!(op(Method::POST, "/exec/code"), Some(SandboxOp::RunCode));
+        assert_eq!(op(Method::GET, "/exec/ws"), Some(SandboxOp::ExecWebSocket));
+        assert_eq!(op(Method::POST, "/exec/ws"), None);
+        assert_eq!(
+            op(Method::GET, "/exec/code"),
+            Some(SandboxOp::GetExec("code"))
+        );
+        assert_eq!(
+            op(Method::GET, "/exec/exec_1/frames"),
+            Some(SandboxOp::Frames("exec_1"))
+        );
+        assert_eq!(
+            op(Method::POST, "/proxy/3000"),
+            Some(SandboxOp::Proxy("3000"))
+        );
+        assert_eq!(
+            op(Method::DELETE, "/proxy/3000/a/b/"),
+            Some(SandboxOp::Proxy("3000"))
+        );
+        assert_eq!(op(Method::GET, "/proxy"), None);
+        assert_eq!(
+            op(Method::GET, "/ports/3000/url"),
+            Some(SandboxOp::PortUrl("3000"))
+        );
+        assert_eq!(op(Method::GET, "/unknown"), None);
+    }
+
+    #[test]
+    fn uploads() {
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            decode_upload(&h, b"raw bytes").unwrap(),
+            (b"raw bytes".to_vec(), false)
+        );
+        h.insert(
+            "content-type",
+            HeaderValue::from_static("Application/JSON; charset=utf-8"),
+        );
+        assert_eq!(
+            decode_upload(&h, br#"{"content":"Hello","encoding":"utf8"}"#).unwrap(),
+            (b"Hello".to_vec(), false)
+        );
+        assert_eq!(
+            decode_upload(&h, br#"{"content":"IQ==","append":true}"#).unwrap(),
+            (b"!".to_vec(), true)
+        );
+        assert!(matches!(
+            decode_upload(&h, b"{"),
+            Err(UploadError::InvalidJson)
+        ));
+        let err = decode_upload(&h, br#"{"content":"!!!","encoding":"base64"}"#).unwrap_err();
+        assert_eq!(err.to_string(), "invalid base64 content");
+        let err = decode_upload(&h, br#"{"content":"x","encoding":"latin1"}"#).unwrap_err();
+        assert_eq!(err.to_string(), "encoding must be utf8 or base64");
+    }
+
+    #[test]
+    fn hosts() {
+        let uri: hyper::Uri = "/x".parse().unwrap();
+        let mut h = HeaderMap::new();
+        assert_eq!(request_host(&h, &uri), "localhost");
+        h.insert("host", HeaderValue::from_static("worker:8081"));
+        assert_eq!(request_host(&h, &uri), "worker:8081");
+        h.insert(
+            "x-forwarded-host",
+            HeaderValue::from_static("broker.example.com, proxy"),
+        );
+        assert_eq!(request_host(&h, &uri), "broker.example.com");
+    }
+
+    #[test]
+    fn error_statuses() {
+        let cases: Vec<(WorkerError, u16)> = vec![
+            (WorkerError::MalformedSandboxId, 400),
+            (WorkerError::SandboxNotFound, 404),
+            (WorkerError::OwnershipMismatch, 403),
+            (WorkerError::ImageRequired, 400),
+            (
+                WorkerError::NoCapacity("no capacity: cpu limit reached"),
+                503,
+            ),
+            (WorkerError::UnableToRetryPlacement, 503),
+            (
+                WorkerError::ProvisionFailed(BackendError::Other("boom".into())),
+                503,
+            ),
+            (WorkerError::InvalidTtl, 400),
+            (WorkerError::ExecNotFound, 404),
+            (WorkerError::InvalidPath(PathError::NotAbsolute), 400),
+            (WorkerError::FileNotFound, 404),
+            (WorkerError::DirectoryNotEmpty, 409),
+            (WorkerError::FileTooLarge, 413),
+            (WorkerError::PermissionDenied, 403),
+            (WorkerError::UpstreamUnreachable, 502),
+            (WorkerError::UpstreamTimeout, 504),
+            (WorkerError::Backend(BackendError::Gone), 500),
+        ];
+        for (err, status) in cases {
+            assert_eq!(status_for(&err).as_u16(), status, "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn server_errors_have_generic_bodies() {
+        use http_body_util::BodyExt;
+        let err = WorkerError::Backend(BackendError::Other("secret detail".into()));
+        let resp = worker_error(&err);
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"{\"error\":\"backend failure\"}\n");
+        let resp = worker_error(&WorkerError::InvalidPath(PathError::Required));
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            &body[..],
+            b"{\"error\":\"path query parameter is required\"}\n"
+        );
+    }
+}

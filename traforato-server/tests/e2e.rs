@@ -1,0 +1,1779 @@
+//! End-to-end tests: real broker and worker shells on `127.0.0.1:0` with the fake backend,
+//! the worker linked to the broker over HTTP, driven with reqwest the way `curl -L` would.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::TimeZone;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use traforato_core::auth::AuthMode;
+use traforato_core::backend::fake::FakeBackend;
+use traforato_core::backend::VmBackend;
+use traforato_core::broker::{Broker, BrokerConfig};
+use traforato_core::clock::{Clock, ManualClock, SystemClock};
+use traforato_core::id::{ComponentId, LocalVmId};
+use traforato_core::scheduler::LeastLoaded;
+use traforato_core::telemetry::Metrics;
+use traforato_core::tuple::SandboxTuple;
+use traforato_core::worker::{BrokerLink, PrePullTarget, Worker, WorkerConfig};
+use traforato_server::link::HttpBrokerLink;
+use traforato_server::server::{shutdown_channel, ShutdownTrigger};
+use traforato_server::{serve_broker, serve_worker};
+
+const WAIT: Duration = Duration::from_secs(20);
+const VALID_UUID: &str = "550e8400-e29b-41d4-a716-446655440000";
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+
+/// Polls `check` until it is true, failing the test after [`WAIT`].
+async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn follow() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+fn no_follow() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+async fn body_json(resp: reqwest::Response) -> Value {
+    let text = resp.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not json ({e}): {text:?}"))
+}
+
+async fn expect_error(resp: reqwest::Response, status: u16, message: &str) {
+    assert_eq!(resp.status().as_u16(), status, "status for {message:?}");
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/json",
+        "content type for {message:?}"
+    );
+    assert_eq!(body_json(resp).await, json!({ "error": message }));
+}
+
+fn broker_config() -> BrokerConfig {
+    BrokerConfig {
+        default_virtualization: "fake".to_string(),
+        ..BrokerConfig::default()
+    }
+}
+
+struct RunningBroker {
+    addr: SocketAddr,
+    url: String,
+    broker: Arc<Broker>,
+    trigger: ShutdownTrigger,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningBroker {
+    async fn start(config: BrokerConfig) -> Self {
+        Self::start_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    async fn start_with_clock(config: BrokerConfig, clock: Arc<dyn Clock>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, config, clock)
+    }
+
+    /// Starts on a given address (a restart), retrying while the port is still held.
+    async fn start_on(addr: SocketAddr, config: BrokerConfig) -> Self {
+        let mut listener = None;
+        wait_until("the broker port to be free", || {
+            let bound = std::net::TcpListener::bind(addr).ok();
+            let ok = bound.is_some();
+            if let Some(l) = bound {
+                l.set_nonblocking(true).unwrap();
+                listener = Some(TcpListener::from_std(l).unwrap());
+            }
+            async move { ok }
+        })
+        .await;
+        Self::serve(listener.unwrap(), config, Arc::new(SystemClock))
+    }
+
+    fn serve(listener: TcpListener, config: BrokerConfig, clock: Arc<dyn Clock>) -> Self {
+        let addr = listener.local_addr().unwrap();
+        let broker = Arc::new(Broker::new(
+            config,
+            clock,
+            Arc::new(LeastLoaded),
+            Arc::new(Metrics::new(false)),
+        ));
+        let (trigger, shutdown) = shutdown_channel();
+        let task = tokio::spawn(serve_broker(listener, broker.clone(), shutdown.wait()));
+        Self {
+            addr,
+            url: format!("http://{addr}"),
+            broker,
+            trigger,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        self.trigger.trigger();
+        self.task.await.unwrap().unwrap();
+    }
+
+    fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    async fn availability(&self) -> String {
+        follow()
+            .get(self.at("/metrics/sandboxes"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Registers a worker that does not exist (placement tests look only at redirects).
+    async fn register_remote(&self, worker_id: &str, base_url: &str, sku: &str) -> Value {
+        let resp = follow()
+            .put(self.at(&format!("/internal/workers/{worker_id}/registration")))
+            .json(&json!({
+                "hostname": format!("{worker_id}.local"),
+                "base_url": base_url,
+                "hardware_sku": sku,
+                "total_cores": 16,
+                "total_memory_mib": 32768,
+                "max_live_sandboxes": 8,
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        body_json(resp).await
+    }
+}
+
+fn worker_config(advertise_url: String, broker_url: Option<String>) -> WorkerConfig {
+    WorkerConfig {
+        broker_id: ComponentId::parse("broker_local").unwrap(),
+        worker_id: ComponentId::parse("worker_local").unwrap(),
+        hostname: "localhost".to_string(),
+        advertise_url,
+        broker_public_url: broker_url,
+        hardware_sku: String::new(),
+        total_cores: 8,
+        total_memory_mib: 8192,
+        max_live_sandboxes: 8,
+        default_ttl: Duration::from_secs(30 * 60),
+        max_ttl: Duration::from_secs(24 * 3600),
+        default_virtualization: "fake".to_string(),
+        registration_heartbeat: Duration::from_millis(200),
+        registration_jitter_percent: 0,
+        reap_interval: Duration::from_secs(1),
+        pre_pull: Vec::new(),
+        auth_mode: AuthMode::Dev,
+    }
+}
+
+struct RunningWorker {
+    url: String,
+    worker: Arc<Worker>,
+    trigger: ShutdownTrigger,
+    serve_task: JoinHandle<std::io::Result<()>>,
+    run_task: JoinHandle<()>,
+}
+
+impl RunningWorker {
+    /// Binds first, then builds the worker (its advertise URL needs the port), then serves
+    /// and starts its background work.
+    async fn start(
+        broker_url: Option<&str>,
+        tweak: impl FnOnce(&mut WorkerConfig),
+        backends: Vec<Arc<dyn VmBackend>>,
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let mut config = worker_config(url.clone(), broker_url.map(String::from));
+        tweak(&mut config);
+        let link: Option<Arc<dyn BrokerLink>> =
+            broker_url.map(|u| Arc::new(HttpBrokerLink::new(u)) as Arc<dyn BrokerLink>);
+        let worker = Worker::new(
+            config,
+            backends,
+            Arc::new(SystemClock),
+            Arc::new(Metrics::new(false)),
+            link,
+        );
+        let (trigger, shutdown) = shutdown_channel();
+        let serve_task = tokio::spawn(serve_worker(
+            listener,
+            worker.clone(),
+            shutdown.clone().wait(),
+        ));
+        let run_task = tokio::spawn(worker.clone().run(shutdown.wait()));
+        Self {
+            url,
+            worker,
+            trigger,
+            serve_task,
+            run_task,
+        }
+    }
+
+    async fn stop(self) {
+        self.trigger.trigger();
+        self.serve_task.await.unwrap().unwrap();
+        self.run_task.await.unwrap();
+    }
+
+    fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+}
+
+fn fake() -> Vec<Arc<dyn VmBackend>> {
+    vec![Arc::new(FakeBackend::new())]
+}
+
+/// A broker and a worker registered with it over HTTP.
+struct Stack {
+    broker: RunningBroker,
+    worker: RunningWorker,
+}
+
+impl Stack {
+    async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    async fn start_with(tweak: impl FnOnce(&mut WorkerConfig)) -> Self {
+        let broker = RunningBroker::start(broker_config()).await;
+        let worker = RunningWorker::start(Some(&broker.url), tweak, fake()).await;
+        let b = broker.broker.clone();
+        wait_until("the worker to register", || {
+            let active = b.is_worker_active("worker_local");
+            async move { active }
+        })
+        .await;
+        Self { broker, worker }
+    }
+
+    async fn stop(self) {
+        self.worker.stop().await;
+        self.broker.stop().await;
+    }
+
+    /// Creates a sandbox through the broker, following its redirect; returns the 201 body.
+    async fn create(&self, body: Value) -> Value {
+        let resp = follow()
+            .post(self.broker.at("/sandboxes"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201, "create {body}");
+        body_json(resp).await
+    }
+
+    async fn create_id(&self) -> String {
+        let created = self
+            .create(json!({"virtualization": "fake", "image": "ubuntu:24.04", "cpu": 1}))
+            .await;
+        created["sandbox_id"].as_str().unwrap().to_string()
+    }
+
+    /// A sandbox URL at the broker (requests to it are redirected to the worker).
+    fn sandbox(&self, id: &str, rest: &str) -> String {
+        self.broker.at(&format!("/sandboxes/{id}{rest}"))
+    }
+}
+
+fn sandbox_id_on(worker: &str) -> String {
+    format!("sbx-broker_local-{worker}-{VALID_UUID}")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream test servers for the proxy
+
+/// Serves `127.0.0.1:0`: answers every request with a JSON echo of what it received, and
+/// switches protocols (echoing raw bytes) when asked to upgrade.
+async fn start_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service_fn(upstream_handler))
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn upstream_handler(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    };
+    if header("upgrade").is_some() {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let mut io = TokioIo::new(upgraded);
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let resp = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-accept", "test-accept")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        return Ok(resp);
+    }
+    let echo = json!({
+        "method": req.method().as_str(),
+        "path": req.uri().path(),
+        "query": req.uri().query(),
+        "host": header("host"),
+        "authorization": header("authorization"),
+        "sandbox_id": header("x-traforato-sandbox-id"),
+        "forwarded_for": header("x-forwarded-for"),
+        "forwarded_proto": header("x-forwarded-proto"),
+        "custom": header("x-custom"),
+    });
+    let sandbox_id = header("x-traforato-sandbox-id").unwrap_or_default();
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    let mut echo = echo;
+    echo["body"] = Value::String(String::from_utf8_lossy(&body).into_owned());
+    let resp = Response::builder()
+        .header("content-type", "application/json")
+        .header("x-traforato-sandbox-id", sandbox_id)
+        .body(Full::new(Bytes::from(echo.to_string())))
+        .unwrap();
+    Ok(resp)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Broker routes
+
+#[tokio::test]
+async fn health_metrics_and_request_ids() {
+    let stack = Stack::start().await;
+    for url in [stack.broker.at("/healthz"), stack.worker.at("/healthz")] {
+        let resp = follow()
+            .get(&url)
+            .header("x-request-id", "  my-request  ")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        assert_eq!(resp.headers()["x-request-id"], "my-request");
+        assert_eq!(body_json(resp).await, json!({"status": "ok"}));
+    }
+    // A fresh ULID on every response without one: errors, redirects, 204s.
+    let not_found = follow().get(stack.broker.at("/nope")).send().await.unwrap();
+    let redirect = no_follow()
+        .get(stack.sandbox(&sandbox_id_on("worker_local"), ""))
+        .send()
+        .await
+        .unwrap();
+    let no_content = follow()
+        .delete(stack.broker.at("/internal/workers/nobody/registration"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(redirect.status(), 307);
+    assert_eq!(no_content.status(), 204);
+    for resp in [&not_found, &redirect, &no_content] {
+        let id = resp.headers()["x-request-id"].to_str().unwrap();
+        assert_eq!(id.len(), 26);
+        assert!(ulid::Ulid::from_string(id).is_ok());
+    }
+    expect_error(not_found, 404, "route not found").await;
+
+    for url in [stack.broker.at("/metrics"), stack.worker.at("/metrics")] {
+        let resp = follow().get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "text/plain; version=0.0.4");
+        let text = resp.text().await.unwrap();
+        assert!(
+            text.contains("# TYPE traforato_service_auth_mode gauge"),
+            "{text}"
+        );
+        assert!(text.contains("traforato_service_auth_mode 0"), "{text}");
+    }
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn availability_text_shape() {
+    let now = chrono::Utc.with_ymd_and_hms(2026, 2, 25, 12, 0, 0).unwrap();
+    let broker =
+        RunningBroker::start_with_clock(broker_config(), Arc::new(ManualClock::new(now))).await;
+    let resp = follow()
+        .get(broker.at("/metrics/sandboxes"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/plain; charset=utf-8");
+    let text = resp.text().await.unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "# traforato broker sandbox availability");
+    assert!(
+        text.contains("\ngenerated_at=2026-02-25T12:00:00Z\n"),
+        "{text}"
+    );
+    assert!(text.contains("\nbroker_id=broker_local\n"), "{text}");
+    for key in [
+        "workers_registered_total",
+        "workers_active_total",
+        "workers_unavailable_total",
+        "workers_static_total",
+        "workers_dynamic_total",
+        "available_sandboxes_total",
+        "available_sandbox_kinds_total",
+    ] {
+        assert!(text.contains(&format!("\n{key}=")), "{key} in {text}");
+    }
+    assert!(
+        text.contains("\n\nvirtualization\timage\tcpu\tavailable\n"),
+        "{text}"
+    );
+    // Only GET is served.
+    let head = follow()
+        .head(broker.at("/metrics/sandboxes"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 404);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn sandbox_scoped_requests_redirect_to_the_owner() {
+    let broker = RunningBroker::start(broker_config()).await;
+    broker
+        .register_remote("worker_a", "http://worker-a.local:8081", "")
+        .await;
+    let id = sandbox_id_on("worker_a");
+    let resp = no_follow()
+        .get(broker.at(&format!("/sandboxes/{id}")))
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 307);
+    assert_eq!(
+        resp.headers()["location"],
+        format!("http://worker-a.local:8081/sandboxes/{id}").as_str()
+    );
+    let traceparent = resp.headers()["traceparent"].to_str().unwrap();
+    assert!(traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+    assert!(!traceparent.contains("00f067aa0ba902b7"));
+
+    // Method and query are kept; the query verbatim.
+    let resp = no_follow()
+        .delete(broker.at(&format!("/sandboxes/{id}/files?path=%2Fa&recursive=true")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 307);
+    assert_eq!(
+        resp.headers()["location"],
+        format!("http://worker-a.local:8081/sandboxes/{id}/files?path=%2Fa&recursive=true")
+            .as_str()
+    );
+
+    expect_error(
+        no_follow()
+            .get(broker.at("/sandboxes/not-an-id"))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "malformed sandbox_id",
+    )
+    .await;
+    expect_error(
+        no_follow()
+            .get(broker.at(&format!("/sandboxes/{}", sandbox_id_on("worker_zz"))))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "worker id unknown",
+    )
+    .await;
+    expect_error(
+        no_follow()
+            .get(broker.at(&format!(
+                "/sandboxes/sbx-other_broker-worker_a-{VALID_UUID}"
+            )))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "broker id mismatch",
+    )
+    .await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn registration_and_placement_by_sku() {
+    let broker = RunningBroker::start(broker_config()).await;
+    let registered = broker
+        .register_remote("worker_a", "http://worker-a.local:8081", "cpu-standard")
+        .await;
+    assert_eq!(registered["worker_id"], "worker_a");
+    assert_eq!(registered["lease_ttl_seconds"], 120);
+    assert_eq!(registered["heartbeat_interval_seconds"], 30);
+    assert!(registered["expires_at"].is_string());
+    broker
+        .register_remote("worker_b", "http://worker-b.local:8081", "gpu-a100")
+        .await;
+
+    let resp = no_follow()
+        .post(broker.at("/sandboxes"))
+        .json(&json!({"image": "ubuntu:24.04", "cpu": 1, "hardware_sku": "gpu-a100"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 307);
+    assert_eq!(
+        resp.headers()["location"],
+        "http://worker-b.local:8081/sandboxes"
+    );
+    assert!(resp.headers().contains_key("traceparent"));
+
+    expect_error(
+        no_follow()
+            .post(broker.at("/sandboxes"))
+            .json(&json!({"image": "ubuntu:24.04", "hardware_sku": "tpu-v9"}))
+            .send()
+            .await
+            .unwrap(),
+        503,
+        "no placement capacity",
+    )
+    .await;
+
+    let resp = follow()
+        .put(broker.at("/internal/workers/worker_c/registration"))
+        .json(&json!({"hostname": "c", "base_url": "tcp://worker-a.local:8081"}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(resp, 400, "base_url must use http or https").await;
+    let resp = follow()
+        .put(broker.at("/internal/workers/worker-c/registration"))
+        .json(&json!({"hostname": "c", "base_url": "http://c:1"}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(resp, 400, "invalid worker id").await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn ready_hints_and_vm_start_queue() {
+    let broker = RunningBroker::start(broker_config()).await;
+    broker
+        .register_remote("worker_a", "http://worker-a.local:8081", "cpu-standard")
+        .await;
+    let resp = follow()
+        .post(broker.at("/internal/workers/worker_a/vm-events"))
+        .json(&json!({
+            "event": "ready",
+            "local_vm_id": VALID_UUID,
+            "virtualization": "vetu",
+            "image": "ubuntu:24.04",
+            "cpu": 2,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+
+    let resp = no_follow()
+        .post(broker.at("/sandboxes"))
+        .json(&json!({"virtualization": "vetu", "image": "ubuntu:24.04", "cpu": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 307);
+    let location = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
+    assert_eq!(location.host_str(), Some("worker-a.local"));
+    assert_eq!(location.port(), Some(8081));
+    assert_eq!(location.path(), "/sandboxes");
+    assert_eq!(
+        location.query(),
+        Some(format!("local_vm_id={VALID_UUID}").as_str())
+    );
+
+    // The hint is used up: the next create is cold and queues one VM start.
+    let resp = no_follow()
+        .post(broker.at("/sandboxes"))
+        .json(&json!({
+            "virtualization": "vetu", "image": "ubuntu:24.04", "cpu": 2,
+            "hardware_sku": "cpu-standard"
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 307);
+    assert_eq!(
+        resp.headers()["location"],
+        "http://worker-a.local:8081/sandboxes"
+    );
+    let resp = follow()
+        .post(broker.at("/internal/workers/worker_a/vm-start"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        body_json(resp).await,
+        json!({"virtualization": "vetu", "image": "ubuntu:24.04", "cpu": 2})
+    );
+    let resp = follow()
+        .post(broker.at("/internal/workers/worker_a/vm-start"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+
+    // Bad events.
+    let resp = follow()
+        .post(broker.at("/internal/workers/worker_a/vm-events"))
+        .json(&json!({"event": "exploded", "local_vm_id": VALID_UUID, "image": "x"}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(resp, 400, "invalid vm event").await;
+    let resp = follow()
+        .post(broker.at("/internal/workers/worker_a/vm-events"))
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    expect_error(resp, 400, "invalid request body").await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn placement_retry_limits() {
+    let broker = RunningBroker::start(BrokerConfig {
+        placement_retry_max: 1,
+        ..broker_config()
+    })
+    .await;
+    broker
+        .register_remote("worker_a", "http://worker-a.local:8081", "")
+        .await;
+    let create = |query: &'static str| {
+        no_follow()
+            .post(broker.at(&format!("/sandboxes{query}")))
+            .json(&json!({"image": "ubuntu:24.04"}))
+            .send()
+    };
+    expect_error(
+        create("?placement_retry=2").await.unwrap(),
+        503,
+        "placement retry exhausted",
+    )
+    .await;
+    expect_error(
+        create("?placement_retry=abc").await.unwrap(),
+        400,
+        "invalid placement_retry",
+    )
+    .await;
+    let resp = create("?placement_retry=1").await.unwrap();
+    assert_eq!(resp.status(), 307);
+    assert_eq!(
+        resp.headers()["location"],
+        "http://worker-a.local:8081/sandboxes?placement_retry=1"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn internal_routes_refuse_other_methods_and_query_does_not_route() {
+    let broker = RunningBroker::start(broker_config()).await;
+    broker
+        .register_remote("worker_a", "http://worker-a.local:8081", "")
+        .await;
+    for (method, leaf) in [
+        (reqwest::Method::GET, "registration"),
+        (reqwest::Method::POST, "registration"),
+        (reqwest::Method::GET, "vm-events"),
+        (reqwest::Method::DELETE, "vm-start"),
+    ] {
+        let resp = follow()
+            .request(
+                method,
+                broker.at(&format!("/internal/workers/worker_a/{leaf}")),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(!resp.headers().contains_key("allow"));
+        expect_error(resp, 405, "method not allowed").await;
+    }
+    // No `?sandbox_id=` shortcut: a create stays a create.
+    let sandbox = sandbox_id_on("worker_a");
+    let resp = no_follow()
+        .post(broker.at(&format!("/sandboxes?sandbox_id={sandbox}")))
+        .json(&json!({"image": "ubuntu:24.04"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 307);
+    assert_eq!(
+        resp.headers()["location"],
+        "http://worker-a.local:8081/sandboxes"
+    );
+    let resp = no_follow()
+        .get(broker.at(&format!("/elsewhere?sandbox_id={sandbox}")))
+        .send()
+        .await
+        .unwrap();
+    expect_error(resp, 404, "route not found").await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn lapsed_worker_lease_gives_503() {
+    let start = chrono::Utc.with_ymd_and_hms(2026, 2, 25, 12, 0, 0).unwrap();
+    let clock = Arc::new(ManualClock::new(start));
+    let broker = RunningBroker::start_with_clock(
+        BrokerConfig {
+            worker_lease_ttl: Duration::from_secs(2),
+            ..broker_config()
+        },
+        clock.clone(),
+    )
+    .await;
+    broker
+        .register_remote("worker_a", "http://worker-a.local:8081", "")
+        .await;
+    let id = sandbox_id_on("worker_a");
+    let resp = no_follow()
+        .get(broker.at(&format!("/sandboxes/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 307);
+    clock.advance(Duration::from_secs(3));
+    let resp = no_follow()
+        .get(broker.at(&format!("/sandboxes/{id}")))
+        .send()
+        .await
+        .unwrap();
+    expect_error(resp, 503, "worker temporarily unavailable").await;
+    assert_eq!(broker.broker.sweep_expired_leases(), 1);
+    let text = broker.availability().await;
+    assert!(text.contains("\nworkers_registered_total=1\n"), "{text}");
+    assert!(text.contains("\nworkers_active_total=0\n"), "{text}");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn body_caps_and_decoding() {
+    let stack = Stack::start().await;
+    let big = vec![b' '; (1 << 20) + 1];
+    expect_error(
+        follow()
+            .post(stack.broker.at("/sandboxes"))
+            .body(big.clone())
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "body exceeds max size",
+    )
+    .await;
+    expect_error(
+        follow()
+            .put(stack.broker.at("/internal/workers/worker_x/registration"))
+            .body(big.clone())
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "invalid request body",
+    )
+    .await;
+    for body in ["", "[1,2]", "{\"cpu\":\"2\"}", "{\"cpu\":1.5}"] {
+        expect_error(
+            follow()
+                .post(stack.broker.at("/sandboxes"))
+                .body(body)
+                .send()
+                .await
+                .unwrap(),
+            400,
+            "invalid request body",
+        )
+        .await;
+    }
+    // `null` means defaults; unknown fields are ignored; trailing bytes are ignored.
+    let resp = no_follow()
+        .post(stack.broker.at("/sandboxes"))
+        .body("null")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 307);
+    let resp = follow()
+        .post(stack.broker.at("/sandboxes"))
+        .body(r#"{"image":"ubuntu:24.04","virtualization":"fake","colour":"red"} trailing"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+
+    let id = stack.create_id().await;
+    expect_error(
+        follow()
+            .put(stack.sandbox(&id, "/files?path=/workspace/big.bin"))
+            .body(vec![0u8; (10 << 20) + 1])
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "body exceeds max size",
+    )
+    .await;
+    let ok = follow()
+        .put(stack.sandbox(&id, "/files?path=/workspace/ok.bin"))
+        .body(vec![0u8; 10 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    expect_error(
+        follow()
+            .post(stack.sandbox(&id, "/exec"))
+            .body(big.clone())
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "body exceeds max size",
+    )
+    .await;
+    expect_error(
+        follow()
+            .post(stack.sandbox(&id, "/exec/code"))
+            .body(vec![b' '; (1 << 20) + 1025])
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "invalid request body",
+    )
+    .await;
+    expect_error(
+        follow()
+            .post(stack.sandbox(&id, "/files/mkdir"))
+            .body(big)
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "invalid request body",
+    )
+    .await;
+    stack.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Worker routes through the broker
+
+#[tokio::test]
+async fn sandbox_lifecycle_through_the_broker() {
+    let stack = Stack::start().await;
+    let created = stack
+        .create(json!({"image": "ubuntu:24.04", "cpu": 2, "virtualization": "fake"}))
+        .await;
+    assert!(created.get("worker_hash").is_none());
+    assert_eq!(created["cpu"], 2);
+    assert_eq!(created["virtualization"], "fake");
+    let id = created["sandbox_id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("sbx-broker_local-worker_local-"));
+
+    let resp = follow().get(stack.sandbox(&id, "")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = body_json(resp).await;
+    assert_eq!(got["sandbox_id"], id.as_str());
+    assert_eq!(got["image"], "ubuntu:24.04");
+    assert!(got["created_at"].is_string() && got["expires_at"].is_string());
+
+    let resp = follow()
+        .patch(stack.sandbox(&id, "/lease?ttl_seconds=600"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body_json(resp).await["sandbox_id"], id.as_str());
+    expect_error(
+        follow()
+            .patch(stack.sandbox(&id, "/lease?ttl_seconds=0"))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "ttl_seconds must be > 0",
+    )
+    .await;
+
+    expect_error(
+        follow()
+            .post(stack.broker.at("/sandboxes"))
+            .json(&json!({"virtualization": "fake", "cpu": 1}))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "image is required",
+    )
+    .await;
+
+    let resp = follow()
+        .delete(stack.sandbox(&id, ""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert!(resp.headers().contains_key("x-request-id"));
+    expect_error(
+        follow().get(stack.sandbox(&id, "")).send().await.unwrap(),
+        404,
+        "sandbox not found",
+    )
+    .await;
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn worker_routing_errors() {
+    let stack = Stack::start().await;
+    let w = &stack.worker;
+    expect_error(
+        follow()
+            .get(w.at("/sandboxes/not-an-id/files"))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "malformed sandbox_id",
+    )
+    .await;
+    expect_error(
+        follow().get(w.at("/nothing")).send().await.unwrap(),
+        404,
+        "route not found",
+    )
+    .await;
+    let id = stack.create_id().await;
+    expect_error(
+        follow()
+            .post(w.at(&format!("/sandboxes/{id}")))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "route not found",
+    )
+    .await;
+    expect_error(
+        follow()
+            .get(w.at(&format!("/sandboxes/{id}/exec/ws")))
+            .send()
+            .await
+            .unwrap(),
+        501,
+        "websocket exec is optional and not enabled",
+    )
+    .await;
+    // Ids naming another broker or worker are not this worker's.
+    let foreign = id.replace("worker_local", "worker_other");
+    expect_error(
+        follow()
+            .get(w.at(&format!("/sandboxes/{foreign}")))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "sandbox not found",
+    )
+    .await;
+    let foreign = id.replace("broker_local", "broker_other");
+    expect_error(
+        follow()
+            .get(w.at(&format!("/sandboxes/{foreign}")))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "sandbox not found",
+    )
+    .await;
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn tart_gets_its_default_image() {
+    let broker = RunningBroker::start(broker_config()).await;
+    let backends: Vec<Arc<dyn VmBackend>> = vec![
+        Arc::new(FakeBackend::new()),
+        Arc::new(FakeBackend::with_virtualization("tart")),
+    ];
+    let worker = RunningWorker::start(Some(&broker.url), |_| {}, backends).await;
+    let resp = follow()
+        .post(worker.at("/sandboxes"))
+        .json(&json!({"virtualization": "tart", "cpu": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let created = body_json(resp).await;
+    assert_eq!(created["virtualization"], "tart");
+    let id = created["sandbox_id"].as_str().unwrap();
+    let got = body_json(
+        follow()
+            .get(worker.at(&format!("/sandboxes/{id}")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(got["image"], "ghcr.io/cirruslabs/macos-tahoe-base:latest");
+    worker.stop().await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn files_api() {
+    let stack = Stack::start().await;
+    let id = stack.create_id().await;
+    let put_json = |path: &str, body: Value| {
+        follow()
+            .put(stack.sandbox(&id, &format!("/files?path={path}")))
+            .json(&body)
+            .send()
+    };
+    let get = |rest: String| follow().get(stack.sandbox(&id, &rest)).send();
+
+    let resp = put_json(
+        "/workspace/a.txt",
+        json!({"content": "Hello", "encoding": "utf8"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let written = body_json(resp).await;
+    assert_eq!(written["bytes_written"], 5);
+    assert_eq!(written["path"], "/workspace/a.txt");
+
+    expect_error(
+        put_json(
+            "/workspace/a.txt/child.txt",
+            json!({"content": "x", "encoding": "utf8"}),
+        )
+        .await
+        .unwrap(),
+        400,
+        "path points to a file",
+    )
+    .await;
+
+    let read = body_json(get("/files?path=/workspace/a.txt".into()).await.unwrap()).await;
+    assert_eq!(read["content"], "Hello");
+    assert_eq!(read["type"], "file");
+
+    let resp = put_json(
+        "/workspace/a.txt",
+        json!({"content": "IQ==", "encoding": "base64", "append": true}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let read = body_json(
+        get("/files?path=/workspace/a.txt&encoding=base64".into())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(read["content"], "SGVsbG8h");
+    assert_eq!(read["bytes"], 6);
+    let read = body_json(
+        get("/files?path=/workspace/a.txt&encoding=utf-8".into())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(read["content"], "Hello!");
+
+    // Raw download (extension) and raw upload.
+    let resp = get("/files/raw?path=/workspace/a.txt".into())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/octet-stream");
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), b"Hello!");
+    let resp = follow()
+        .put(stack.sandbox(&id, "/files?path=/workspace/raw.bin"))
+        .body(vec![0u8, 1, 2, 255])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body_json(resp).await["bytes_written"], 4);
+    let resp = get("/files/raw?path=/workspace/raw.bin".into())
+        .await
+        .unwrap();
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &[0u8, 1, 2, 255]);
+
+    // Dev base64 write, then stat.
+    let resp = put_json("/workspace/dev.txt", json!({"content": "RGV2"}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let stat = body_json(
+        get("/files/stat?path=/workspace/dev.txt".into())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(stat["exists"], true);
+    assert_eq!(stat["type"], "file");
+    assert_eq!(stat["size"], 3);
+    expect_error(
+        put_json(
+            "/workspace/x",
+            json!({"content": "!!", "encoding": "base64"}),
+        )
+        .await
+        .unwrap(),
+        400,
+        "invalid base64 content",
+    )
+    .await;
+    expect_error(
+        put_json(
+            "/workspace/x",
+            json!({"content": "x", "encoding": "latin1"}),
+        )
+        .await
+        .unwrap(),
+        400,
+        "encoding must be utf8 or base64",
+    )
+    .await;
+    expect_error(
+        put_json("relative", json!({"content": "x"})).await.unwrap(),
+        400,
+        "path must be an absolute path",
+    )
+    .await;
+
+    let stat = body_json(
+        get("/files/stat?path=/workspace/missing".into())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(stat["exists"], false);
+
+    let resp = follow()
+        .post(stack.sandbox(&id, "/files/mkdir"))
+        .json(&json!({"path": "/workspace/src", "recursive": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body_json(resp).await["created"], true);
+    let resp = put_json(
+        "/workspace/src/main.txt",
+        json!({"content": "fn main", "encoding": "utf8"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    let list = body_json(get("/files/list?path=/workspace".into()).await.unwrap()).await;
+    let entries = list["entries"].as_array().unwrap();
+    assert!(entries.len() >= 2);
+    assert!(entries
+        .iter()
+        .any(|e| e["path"] == "/workspace/a.txt" && e["type"] == "file"));
+    assert!(entries
+        .iter()
+        .any(|e| e["path"] == "/workspace/src" && e["type"] == "directory"));
+    assert!(list["next_cursor"].is_null());
+
+    expect_error(
+        follow()
+            .delete(stack.sandbox(&id, "/files?path=/workspace/src&recursive=false"))
+            .send()
+            .await
+            .unwrap(),
+        409,
+        "directory is not empty",
+    )
+    .await;
+    let resp = follow()
+        .delete(stack.sandbox(&id, "/files?path=/workspace/src&recursive=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let stat = body_json(
+        get("/files/stat?path=/workspace/src/main.txt".into())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(stat["exists"], false);
+    expect_error(
+        follow()
+            .delete(stack.sandbox(&id, "/files?path=/"))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "cannot remove root directory",
+    )
+    .await;
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn exec_and_frames() {
+    let stack = Stack::start().await;
+    let id = stack.create_id().await;
+    let mut exec_ids = Vec::new();
+    for command in ["echo hi", "echo again"] {
+        let resp = follow()
+            .post(stack.sandbox(&id, "/exec"))
+            .json(&json!({ "command": command }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+        let accepted = body_json(resp).await;
+        let exec_id = accepted["exec_id"].as_str().unwrap().to_string();
+        assert!(exec_id.starts_with("exec_"));
+        exec_ids.push(exec_id);
+    }
+    assert_eq!(
+        stack
+            .worker
+            .worker
+            .metrics()
+            .histogram_total_count("worker.sandbox.first_exec.tti_seconds"),
+        1
+    );
+    let metrics = follow()
+        .get(stack.worker.at("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("traforato_worker_sandbox_first_exec_tti_seconds_count")
+            && l.ends_with(" 1")),
+        "{metrics}"
+    );
+
+    // Long-poll the frames until the exit frame.
+    let exec_id = &exec_ids[0];
+    let mut cursor = 0;
+    let mut stdout = String::new();
+    let mut exit = None;
+    for _ in 0..100 {
+        let resp = follow()
+            .get(stack.sandbox(
+                &id,
+                &format!("/exec/{exec_id}/frames?cursor={cursor}&wait=5s"),
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let page = body_json(resp).await;
+        assert!(page["frames"].is_array());
+        assert_eq!(page["wait_applied"], true);
+        for frame in page["frames"].as_array().unwrap() {
+            match frame["type"].as_str().unwrap() {
+                "stdout" => stdout.push_str(frame["data"].as_str().unwrap()),
+                "exit" => exit = Some(frame["data"].as_str().unwrap_or("").to_string()),
+                _ => {}
+            }
+        }
+        cursor = page["next_cursor"].as_u64().unwrap();
+        if page["has_more"] == false {
+            break;
+        }
+    }
+    assert_eq!(stdout, "hi\n");
+    assert_eq!(exit.as_deref(), Some("0"));
+
+    let record = body_json(
+        follow()
+            .get(stack.sandbox(&id, &format!("/exec/{exec_id}")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(record["status"], "exited");
+    assert_eq!(record["exit_code"], 0);
+    assert_eq!(record["sandbox_id"], id.as_str());
+    expect_error(
+        follow()
+            .get(stack.sandbox(&id, "/exec/exec_01HZY3J5K6M7N8P9Q0R1S2T3V4"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "exec not found",
+    )
+    .await;
+    expect_error(
+        follow()
+            .post(stack.sandbox(&id, "/exec"))
+            .body("")
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "invalid request body",
+    )
+    .await;
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn run_code_statuses() {
+    let stack = Stack::start().await;
+    let id = stack.create_id().await;
+    let run = |body: Value| {
+        follow()
+            .post(stack.sandbox(&id, "/exec/code"))
+            .json(&body)
+            .send()
+    };
+
+    let resp = run(json!({"runtime": "python", "code": "print('hello-python')"}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let done = body_json(resp).await;
+    assert_eq!(done["runtime"], "python");
+    assert_eq!(done["status"], "exited");
+    assert_eq!(done["stdout"], "hello-python\n");
+    assert_eq!(done["exit_code"], 0);
+
+    let done = body_json(
+        run(json!({"runtime": "node", "code": "console.log('hello-node')", "wait": true}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(done["runtime"], "node");
+    assert_eq!(done["stdout"], "hello-node\n");
+    assert_eq!(done["exit_code"], 0);
+
+    let resp = run(json!({"runtime": "node", "code": "throw new Error('boom')"}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_ne!(body_json(resp).await["exit_code"], 0);
+
+    let resp = run(json!({"runtime": "python", "code": "print('oops'"}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    let failed = body_json(resp).await;
+    assert_eq!(failed["error"], "syntax_error");
+    assert!(failed["exec_id"].as_str().unwrap().starts_with("exec_"));
+    assert_ne!(failed["exit_code"], 0);
+
+    let resp = run(json!({"runtime": "python", "code": "print('dev')"}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.unwrap().contains("dev"));
+
+    let resp = run(json!({"runtime": "python", "code": "print('later')", "wait": false}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let accepted = body_json(resp).await;
+    assert_eq!(accepted["status"], "running");
+    let exec_id = accepted["exec_id"].as_str().unwrap();
+    let poll_url = accepted["poll_url"].as_str().unwrap();
+    assert_eq!(poll_url, format!("/sandboxes/{id}/exec/{exec_id}"));
+    assert_eq!(
+        accepted["frames_url"].as_str().unwrap(),
+        format!("/sandboxes/{id}/exec/{exec_id}/frames")
+    );
+    let poll = stack.broker.at(poll_url);
+    wait_until("the async run-code to exit", || {
+        let poll = poll.clone();
+        async move {
+            let record = body_json(follow().get(poll).send().await.unwrap()).await;
+            record["status"] == "exited"
+        }
+    })
+    .await;
+
+    expect_error(
+        run(json!({"runtime": "ruby", "code": "puts 1"}))
+            .await
+            .unwrap(),
+        400,
+        "runtime must be one of: node, python",
+    )
+    .await;
+    expect_error(
+        run(json!({"runtime": "python", "code": ""})).await.unwrap(),
+        400,
+        "code is required",
+    )
+    .await;
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn port_urls() {
+    let stack = Stack::start().await;
+    let id = stack.create_id().await;
+    let resp = follow()
+        .get(
+            stack
+                .worker
+                .at(&format!("/sandboxes/{id}/ports/3000/url?protocol=https")),
+        )
+        .header("host", "broker.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let url = body_json(resp).await;
+    assert_eq!(
+        url["url"],
+        format!("https://broker.example.com/sandboxes/{id}/proxy/3000").as_str()
+    );
+    assert_eq!(url["port"], 3000);
+    assert_eq!(url["protocol"], "https");
+
+    let resp = follow()
+        .get(stack.sandbox(&id, "/ports/3000/url?protocol=http"))
+        .header("x-forwarded-host", "public.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        body_json(resp).await["url"],
+        format!("http://public.example.com/sandboxes/{id}/proxy/3000").as_str()
+    );
+    expect_error(
+        follow()
+            .get(stack.sandbox(&id, "/ports/3000/url?protocol=ftp"))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "protocol must be one of: http, https, ws, wss",
+    )
+    .await;
+    expect_error(
+        follow()
+            .get(stack.sandbox(&id, "/ports/0/url"))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "invalid port",
+    )
+    .await;
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn proxy_forwards_http_without_the_client_token() {
+    let stack = Stack::start().await;
+    let id = stack.create_id().await;
+    let upstream = start_upstream().await;
+    let port = upstream.port();
+
+    // Directly at the worker: reqwest itself drops Authorization on cross-port redirects.
+    let resp = follow()
+        .post(
+            stack
+                .worker
+                .at(&format!("/sandboxes/{id}/proxy/{port}/hello/world?x=1")),
+        )
+        .header("authorization", "Bearer client-secret")
+        .header("x-custom", "kept")
+        .body("ping")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-traforato-sandbox-id"], id.as_str());
+    let seen = body_json(resp).await;
+    assert_eq!(seen["method"], "POST");
+    assert_eq!(seen["path"], "/hello/world");
+    assert_eq!(seen["query"], "x=1");
+    assert_eq!(seen["body"], "ping");
+    assert_eq!(seen["sandbox_id"], id.as_str());
+    assert!(seen["authorization"].is_null(), "{seen}");
+    assert_eq!(seen["custom"], "kept");
+    assert_eq!(seen["host"], format!("localhost:{port}").as_str());
+    assert_eq!(seen["forwarded_proto"], "http");
+    assert_eq!(seen["forwarded_for"], "127.0.0.1");
+
+    // Through the broker, trailing slash kept.
+    let resp = follow()
+        .get(stack.sandbox(&id, &format!("/proxy/{port}/app/?x=2")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = body_json(resp).await;
+    assert_eq!(seen["path"], "/app/");
+    assert_eq!(seen["query"], "x=2");
+
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    expect_error(
+        follow()
+            .get(stack.worker.at(&format!("/sandboxes/{id}/proxy/{closed}/")))
+            .send()
+            .await
+            .unwrap(),
+        502,
+        "upstream not reachable",
+    )
+    .await;
+    expect_error(
+        follow()
+            .get(stack.worker.at(&format!("/sandboxes/{id}/proxy/abc")))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "invalid port",
+    )
+    .await;
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn proxy_tunnels_websocket_upgrades() {
+    let stack = Stack::start().await;
+    let id = stack.create_id().await;
+    let upstream = start_upstream().await;
+
+    let worker_addr = stack.worker.url.trim_start_matches("http://").to_string();
+    let stream = tokio::net::TcpStream::connect(&worker_addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn.with_upgrades());
+    let req = Request::builder()
+        .uri(format!("/sandboxes/{id}/proxy/{}/ws", upstream.port()))
+        .header("host", &worker_addr)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(resp.headers()["upgrade"], "websocket");
+    assert_eq!(resp.headers()["sec-websocket-accept"], "test-accept");
+    let upgraded = hyper::upgrade::on(resp).await.unwrap();
+    let mut io = TokioIo::new(upgraded);
+    io.write_all(b"hello through the tunnel").await.unwrap();
+    let mut buf = vec![0u8; 24];
+    io.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"hello through the tunnel");
+    drop(io);
+    stack.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Warm hints, retries, restarts
+
+fn warm_target() -> PrePullTarget {
+    PrePullTarget {
+        tuple: SandboxTuple {
+            virtualization: "fake".into(),
+            image: "warm-img".into(),
+            cpu: 1,
+        },
+        target_count: 1,
+        warmup_script: String::new(),
+        warmup_timeout: Duration::from_secs(120),
+    }
+}
+
+const WARM_ROW: &str = "\nfake\twarm-img\t1\t1\n";
+
+#[tokio::test]
+async fn hinted_create_claims_the_ready_sandbox() {
+    let stack = Stack::start_with(|c| c.pre_pull = vec![warm_target()]).await;
+    wait_until("the warm sandbox to be announced", || {
+        let broker = &stack.broker;
+        async move { broker.availability().await.contains(WARM_ROW) }
+    })
+    .await;
+    let body = json!({"virtualization": "fake", "image": "warm-img", "cpu": 1});
+    let resp = no_follow()
+        .post(stack.broker.at("/sandboxes"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 307);
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    let hinted = url::Url::parse(&location)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "local_vm_id")
+        .map(|(_, v)| v.into_owned())
+        .expect("a local_vm_id hint");
+    let resp = follow().post(&location).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let created = body_json(resp).await;
+    let id = created["sandbox_id"].as_str().unwrap();
+    assert!(id.ends_with(&hinted), "{id} vs {hinted}");
+    assert_eq!(created["start_type"], "warm");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_hint_bounces_back_to_the_broker() {
+    let stack = Stack::start().await;
+    let unknown = LocalVmId::new_random();
+    let resp = no_follow()
+        .post(stack.worker.at(&format!(
+            "/sandboxes?local_vm_id={unknown}&placement_retry=1"
+        )))
+        .json(&json!({"virtualization": "fake", "image": "ubuntu:24.04", "cpu": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 307);
+    assert_eq!(
+        resp.headers()["location"],
+        format!("{}/sandboxes?placement_retry=2", stack.broker.url).as_str()
+    );
+    expect_error(
+        no_follow()
+            .post(stack.worker.at("/sandboxes?local_vm_id=nope"))
+            .json(&json!({"image": "ubuntu:24.04"}))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "invalid local_vm_id",
+    )
+    .await;
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn worker_reannounces_after_a_broker_restart() {
+    let stack = Stack::start_with(|c| c.pre_pull = vec![warm_target()]).await;
+    wait_until("the warm sandbox to be announced", || {
+        let broker = &stack.broker;
+        async move { broker.availability().await.contains(WARM_ROW) }
+    })
+    .await;
+    let Stack { broker, worker } = stack;
+    let addr = broker.addr;
+    broker.stop().await;
+
+    let restarted = RunningBroker::start_on(addr, broker_config()).await;
+    wait_until("the worker to re-register and re-announce", || {
+        let broker = &restarted;
+        async move {
+            let text = broker.availability().await;
+            text.contains("\nworkers_active_total=1\n") && text.contains(WARM_ROW)
+        }
+    })
+    .await;
+    assert!(restarted.broker.is_worker_active("worker_local"));
+    worker.stop().await;
+    restarted.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_stops_serving() {
+    let broker = RunningBroker::start(broker_config()).await;
+    let url = broker.at("/healthz");
+    assert_eq!(follow().get(&url).send().await.unwrap().status(), 200);
+    broker.stop().await;
+    assert!(reqwest::Client::new().get(&url).send().await.is_err());
+}
