@@ -180,3 +180,41 @@ fn check_print(out: &[u8], status: i32) -> io::Result<()> {
         )))
     }
 }
+
+/// One timed bare equivalent of a run-code as the `container` backend does it today: a
+/// syntax check (`python3 -I -c <compile stdin>`), then the run (`python3 -` reading the code
+/// from stdin), both with `site`. For the report only: it shows where a cold print goes.
+pub fn bare_check_and_run() -> io::Result<Duration> {
+    let started = Instant::now();
+    let check = with_stdin(
+        Command::new(PYTHON).args([
+            "-I",
+            "-c",
+            "import sys; compile(sys.stdin.buffer.read(), '<stdin>', 'exec')",
+        ]),
+        b"print(1)\n",
+    )?;
+    if !check.status.success() {
+        return Err(io::Error::other(format!(
+            "bare syntax check failed: {}",
+            String::from_utf8_lossy(&check.stderr)
+        )));
+    }
+    let run = with_stdin(Command::new(PYTHON).arg("-"), b"print(1)\n")?;
+    let took = started.elapsed();
+    check_print(&run.stdout, run.status.code().unwrap_or(-1))?;
+    Ok(took)
+}
+
+/// Runs `command` with `input` on its stdin; collects its output.
+fn with_stdin(command: &mut Command, input: &[u8]) -> io::Result<std::process::Output> {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input)?;
+    }
+    child.wait_with_output()
+}

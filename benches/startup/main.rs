@@ -50,9 +50,12 @@ const IMAGE: &str = "host";
 /// Samples taken and thrown away before each latency series.
 const WARMUP: usize = 3;
 
-/// How the container backend starts Python for run-code, as a bare command (the cold floor
-/// must start the same interpreter the same way).
-const SANDBOX_PYTHON_FLAGS: &[&str] = &["-I", "-S"];
+/// The cold floor of PRODUCT.md / startup-limits.md: the host interpreter started bare,
+/// isolated and without `site`.
+const COLD_FLOOR_FLAGS: &[&str] = &["-I", "-S"];
+
+/// Samples of the informational "bare run-code" figure (see [`bare_run_code`]).
+const BARE_RUN_CODE_SAMPLES: usize = 10;
 
 /// Why the benchmark could not finish.
 #[derive(Debug, thiserror::Error)]
@@ -283,7 +286,10 @@ async fn run(args: Args) -> Result<(), BenchError> {
         "| {:<44} | {:<26} | {:<44} | {:<9} | {:<13} | {:<12} |",
         "measure", "traforato", "floor / yardstick", "ratio", "target", "verdict"
     );
-    println!("|{:-<46}|{:-<28}|{:-<46}|{:-<11}|{:-<15}|{:-<14}|", "", "", "", "", "", "");
+    println!(
+        "|{:-<46}|{:-<28}|{:-<46}|{:-<11}|{:-<15}|{:-<14}|",
+        "", "", "", "", "", ""
+    );
     for row in &rows {
         println!(
             "| {:<44} | {:<26} | {:<44} | {:<9} | {:<13} | {:<12} |",
@@ -330,8 +336,15 @@ impl Series {
         }
     }
 
-    fn row(&self, measure: &'static str, floor_label: &'static str, max_ratio: f64, target: &'static str) -> Row {
-        let (Some(total), Some(floor)) = (Summary::of(&self.total), Summary::of(&self.floor)) else {
+    fn row(
+        &self,
+        measure: &'static str,
+        floor_label: &'static str,
+        max_ratio: f64,
+        target: &'static str,
+    ) -> Row {
+        let (Some(total), Some(floor)) = (Summary::of(&self.total), Summary::of(&self.floor))
+        else {
             return Row {
                 measure,
                 system: "-".to_string(),
@@ -491,7 +504,7 @@ async fn cold_series(
         .await
         .map_err(io_error("start a cold worker"))?;
         let sample = async {
-            let floor = blocking(|| floors::bare_python(SANDBOX_PYTHON_FLAGS))
+            let floor = blocking(|| floors::bare_python(COLD_FLOOR_FLAGS))
                 .await?
                 .map_err(io_error("bare python"))?;
             let (create, print, start_type) = create_and_print(client).await?;
@@ -514,7 +527,30 @@ async fn cold_series(
         }
     }
     series.print_breakdown("floor: bare python3 -I -S -c 'print(1)'");
+    bare_run_code().await?;
     Ok(series)
+}
+
+/// For the report: the same interpreter starts as the container backend's run-code does
+/// them (syntax check, then run, both with `site`), bare on the host.
+async fn bare_run_code() -> Result<(), BenchError> {
+    let mut samples = Vec::with_capacity(BARE_RUN_CODE_SAMPLES);
+    for _ in 0..BARE_RUN_CODE_SAMPLES {
+        samples.push(
+            blocking(floors::bare_check_and_run)
+                .await?
+                .map_err(io_error("bare check and run"))?,
+        );
+    }
+    if let Some(s) = Summary::of(&samples) {
+        println!(
+            "  for reference, bare on the host, run-code's two interpreter starts (check with \
+             `python3 -I`, run with `python3 -`): median {} ms, p90 {} ms",
+            ms(s.median),
+            ms(s.p90)
+        );
+    }
+    Ok(())
 }
 
 async fn memory_row(
@@ -525,7 +561,8 @@ async fn memory_row(
 ) -> Result<Row, BenchError> {
     let n = args.memory_sandboxes;
     let tuple = tuple();
-    let hierarchy = memory::MemoryHierarchy::detect().map_err(io_error("find the memory cgroup"))?;
+    let hierarchy =
+        memory::MemoryHierarchy::detect().map_err(io_error("find the memory cgroup"))?;
     let host_before = memory::host_used().map_err(io_error("read /proc/meminfo"))?;
     let rss_before = memory::self_rss().map_err(io_error("read /proc/self/status"))?;
     let worker = WorkerShell::start(
@@ -546,9 +583,11 @@ async fn memory_row(
     .map_err(io_error("start the memory worker"))?;
 
     let measured = async {
-        wait_for(Duration::from_secs(300), || worker.ready(&tuple) == n as usize)
-            .await
-            .map_err(io_error("wait for the warm pool"))?;
+        wait_for(Duration::from_secs(300), || {
+            worker.ready(&tuple) == n as usize
+        })
+        .await
+        .map_err(io_error("wait for the warm pool"))?;
         // Let the sandboxes settle into idleness.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let host_after = memory::host_used().map_err(io_error("read /proc/meminfo"))?;
@@ -558,9 +597,10 @@ async fn memory_row(
             .map_err(io_error("list the sandbox cgroups"))?;
         let (mut charged, mut interpreter, mut other, mut procs) = (0u64, 0u64, 0u64, 0usize);
         for dir in &cgroups {
-            charged += hierarchy
-                .usage(dir)
-                .map_err(io_error(format!("read the memory usage of {}", dir.display())))?;
+            charged += hierarchy.usage(dir).map_err(io_error(format!(
+                "read the memory usage of {}",
+                dir.display()
+            )))?;
             for p in memory::processes(dir).map_err(io_error("list sandbox processes"))? {
                 procs += 1;
                 if p.is_interpreter() {
@@ -599,7 +639,10 @@ async fn memory_row(
         hierarchy.version(),
         procs as f64 / count as f64
     );
-    println!("  per sandbox: cgroup charge {} MiB", memory::mib(per(charged)));
+    println!(
+        "  per sandbox: cgroup charge {} MiB",
+        memory::mib(per(charged))
+    );
     println!(
         "               private memory of interpreters {} MiB, of other processes {} MiB",
         memory::mib(per(interpreter)),
@@ -645,8 +688,14 @@ fn redirect_row(args: &Args, broker: &BrokerShell, scratch: &Path) -> Result<Row
     );
     let path = format!("/sandboxes/{id}");
     let warmup = Duration::from_secs(1);
-    let ours = redirects::measure(broker.addr, &path, args.connections, warmup, args.redirect_window)
-        .map_err(io_error("load the broker"));
+    let ours = redirects::measure(
+        broker.addr,
+        &path,
+        args.connections,
+        warmup,
+        args.redirect_window,
+    )
+    .map_err(io_error("load the broker"));
     broker.broker.set_worker_available("redirect_target", false);
     let ours = ours?;
     println!(
@@ -654,7 +703,10 @@ fn redirect_row(args: &Args, broker: &BrokerShell, scratch: &Path) -> Result<Row
         ours.per_second, ours.redirects, args.redirect_window, ours.errors, args.connections
     );
     if ours.errors > 0 {
-        return Err(BenchError::Check(format!("the broker answered {} requests wrongly", ours.errors)));
+        return Err(BenchError::Check(format!(
+            "the broker answered {} requests wrongly",
+            ours.errors
+        )));
     }
     let Some(binary) = redirects::nginx_binary() else {
         println!("  nginx is not installed (apt-get install nginx-light): no yardstick");
@@ -669,9 +721,16 @@ fn redirect_row(args: &Args, broker: &BrokerShell, scratch: &Path) -> Result<Row
     };
     let dir = scratch.join("nginx");
     std::fs::create_dir_all(&dir).map_err(io_error("create the nginx dir"))?;
-    let nginx = redirects::Nginx::start(&binary, &dir, TARGET_URL).map_err(io_error("start nginx"))?;
-    let theirs = redirects::measure(nginx.addr, &path, args.connections, warmup, args.redirect_window)
-        .map_err(io_error("load nginx"));
+    let nginx =
+        redirects::Nginx::start(&binary, &dir, TARGET_URL).map_err(io_error("start nginx"))?;
+    let theirs = redirects::measure(
+        nginx.addr,
+        &path,
+        args.connections,
+        warmup,
+        args.redirect_window,
+    )
+    .map_err(io_error("load nginx"));
     drop(nginx);
     let theirs = theirs?;
     println!(
@@ -685,6 +744,10 @@ fn redirect_row(args: &Args, broker: &BrokerShell, scratch: &Path) -> Result<Row
         floor: format!("{:.0}/s nginx return 307", theirs.per_second),
         ratio: format!("{ratio:.2}x"),
         target: ">= 0.5x nginx",
-        verdict: if ratio >= 0.5 { Verdict::Met } else { Verdict::NotMet },
+        verdict: if ratio >= 0.5 {
+            Verdict::Met
+        } else {
+            Verdict::NotMet
+        },
     })
 }

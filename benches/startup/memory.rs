@@ -83,14 +83,10 @@ impl MemoryHierarchy {
 /// One process of a sandbox.
 #[derive(Debug, Clone)]
 pub struct ProcessMemory {
-    /// Host pid.
-    pub pid: i32,
     /// File name of its executable.
     pub exe: String,
     /// Private (unshared) resident memory: `Private_Clean + Private_Dirty`.
     pub private_bytes: u64,
-    /// Resident set.
-    pub rss_bytes: u64,
 }
 
 impl ProcessMemory {
@@ -117,14 +113,18 @@ pub fn processes(dir: &Path) -> io::Result<Vec<ProcessMemory>> {
             rollup
                 .lines()
                 .find_map(|l| l.strip_prefix(name))
-                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
                 .map_or(0, |kib| kib * 1024)
         };
         out.push(ProcessMemory {
-            pid,
             exe,
             private_bytes: field("Private_Clean:") + field("Private_Dirty:"),
-            rss_bytes: field("Rss:"),
         });
     }
     Ok(out)
@@ -137,7 +137,13 @@ pub fn host_used() -> io::Result<u64> {
         meminfo
             .lines()
             .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
             .map(|kib| kib * 1024)
             .ok_or_else(|| io::Error::other(format!("/proc/meminfo has no {name}")))
     };
@@ -150,7 +156,13 @@ pub fn self_rss() -> io::Result<u64> {
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
         .map(|kib| kib * 1024)
         .ok_or_else(|| io::Error::other("/proc/self/status has no VmRSS"))
 }

@@ -147,10 +147,7 @@ async fn connection_loop(
 
 /// nginx's binary, if installed.
 pub fn nginx_binary() -> Option<PathBuf> {
-    NGINX_PATHS
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
+    NGINX_PATHS.iter().map(PathBuf::from).find(|p| p.is_file())
 }
 
 /// An nginx answering every request with `307` to `<target><request_uri>`, stopped on drop.

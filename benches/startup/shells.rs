@@ -136,7 +136,11 @@ impl WorkerShell {
             Some(Arc::new(InProcessBrokerLink::new(broker.broker.clone()))),
         );
         let (trigger, shutdown) = shutdown_channel();
-        let served = tokio::spawn(serve_worker(listener, worker.clone(), shutdown.clone().wait()));
+        let served = tokio::spawn(serve_worker(
+            listener,
+            worker.clone(),
+            shutdown.clone().wait(),
+        ));
         let running = tokio::spawn(worker.clone().run(shutdown.wait()));
         let shell = Self {
             worker,
@@ -145,9 +149,15 @@ impl WorkerShell {
             running,
         };
         let id = spec.id;
-        if let Err(error) = wait_for(Duration::from_secs(30), || broker.broker.is_worker_active(id)).await {
+        if let Err(error) = wait_for(Duration::from_secs(30), || {
+            broker.broker.is_worker_active(id)
+        })
+        .await
+        {
             shell.stop().await?;
-            return Err(io::Error::other(format!("worker {id} did not register: {error}")));
+            return Err(io::Error::other(format!(
+                "worker {id} did not register: {error}"
+            )));
         }
         Ok(shell)
     }

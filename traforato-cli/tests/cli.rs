@@ -158,7 +158,11 @@ struct Run {
 
 impl Run {
     fn success(&self) -> &Self {
-        assert_eq!(self.code, 0, "stdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "stdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         self
     }
 
@@ -249,7 +253,11 @@ async fn sandbox_commands() {
 
     let run = stack.cli(&["sandbox", "get", &id]).await;
     run.success();
-    assert!(run.stdout.contains("image           ubuntu:24.04"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("image           ubuntu:24.04"),
+        "{}",
+        run.stdout
+    );
 
     let run = stack
         .cli(&["--json", "sandbox", "lease", &id, "--ttl", "3600"])
@@ -302,7 +310,14 @@ async fn exec_streams_and_exits_with_the_command_code() {
 
     let run = stack
         .cli(&[
-            "exec", &id, "--cwd", "/workspace", "--env", "GREETING=hi", "--", "pwd; printenv GREETING",
+            "exec",
+            &id,
+            "--cwd",
+            "/workspace",
+            "--env",
+            "GREETING=hi",
+            "--",
+            "pwd; printenv GREETING",
         ])
         .await;
     run.success();
@@ -318,7 +333,13 @@ async fn exec_streams_and_exits_with_the_command_code() {
     assert_eq!(run.code, 124);
 
     let run = stack
-        .cli(&["--json", "exec", &id, "--", "echo one; sleep 0.2; echo two; exit 4"])
+        .cli(&[
+            "--json",
+            "exec",
+            &id,
+            "--",
+            "echo one; sleep 0.2; echo two; exit 4",
+        ])
         .await;
     assert_eq!(run.code, 4);
     let out = run.json();
@@ -347,7 +368,14 @@ async fn run_executes_code_from_every_source() {
     let id = stack.create().await;
 
     let run = stack
-        .cli(&["run", &id, "--runtime", "python", "--code", "print('hello')"])
+        .cli(&[
+            "run",
+            &id,
+            "--runtime",
+            "python",
+            "--code",
+            "print('hello')",
+        ])
         .await;
     run.success();
     assert_eq!(run.stdout, "hello\n");
@@ -362,13 +390,23 @@ async fn run_executes_code_from_every_source() {
     assert_eq!(run.stdout, "from-file\n");
 
     let run = stack
-        .cli_stdin(&["run", &id, "--runtime", "python", "-"], b"print('from-stdin')\n")
+        .cli_stdin(
+            &["run", &id, "--runtime", "python", "-"],
+            b"print('from-stdin')\n",
+        )
         .await;
     run.success();
     assert_eq!(run.stdout, "from-stdin\n");
 
     let run = stack
-        .cli(&["run", &id, "--runtime", "node", "--code", "throw new Error('boom')"])
+        .cli(&[
+            "run",
+            &id,
+            "--runtime",
+            "node",
+            "--code",
+            "throw new Error('boom')",
+        ])
         .await;
     assert_eq!(run.code, 1);
     assert!(!run.stderr.is_empty());
@@ -380,7 +418,15 @@ async fn run_executes_code_from_every_source() {
     assert_ne!(run.code, 125);
 
     let run = stack
-        .cli(&["--json", "run", &id, "--runtime", "python", "--code", "print('oops'"])
+        .cli(&[
+            "--json",
+            "run",
+            &id,
+            "--runtime",
+            "python",
+            "--code",
+            "print('oops'",
+        ])
         .await;
     assert_ne!(run.code, 0);
     let out = run.json();
@@ -388,7 +434,15 @@ async fn run_executes_code_from_every_source() {
     assert_eq!(out["runtime"], "python");
 
     let run = stack
-        .cli(&["--json", "run", &id, "--runtime", "python", "--code", "print(42)"])
+        .cli(&[
+            "--json",
+            "run",
+            &id,
+            "--runtime",
+            "python",
+            "--code",
+            "print(42)",
+        ])
         .await;
     run.success();
     assert_eq!(run.json()["stdout"], "42\n");
@@ -425,12 +479,17 @@ async fn files_commands() {
     assert_eq!(run.json()["bytes_written"], 3000);
 
     let run = stack
-        .cli_stdin(&["files", "put", &id, "-", "/workspace/hello.txt"], b"hello\n")
+        .cli_stdin(
+            &["files", "put", &id, "-", "/workspace/hello.txt"],
+            b"hello\n",
+        )
         .await;
     run.success();
     assert!(run.stdout.is_empty());
 
-    let run = stack.cli(&["files", "get", &id, "/workspace/hello.txt"]).await;
+    let run = stack
+        .cli(&["files", "get", &id, "/workspace/hello.txt"])
+        .await;
     run.success();
     assert_eq!(run.stdout, "hello\n");
 
@@ -450,7 +509,13 @@ async fn files_commands() {
     assert_eq!(std::fs::read(&out).unwrap(), content);
 
     let run = stack
-        .cli(&["files", "get", &id, "/workspace/missing", out.to_str().unwrap()])
+        .cli(&[
+            "files",
+            "get",
+            &id,
+            "/workspace/missing",
+            out.to_str().unwrap(),
+        ])
         .await;
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("http 404"), "{}", run.stderr);
@@ -467,7 +532,11 @@ async fn files_commands() {
     assert_eq!(run.json()["created"], false);
     let run = stack.cli(&["files", "mkdir", &id, "/workspace/x/y"]).await;
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains("parent directory not found"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("parent directory not found"),
+        "{}",
+        run.stderr
+    );
 
     let run = stack.cli(&["files", "ls", &id, "/workspace"]).await;
     run.success();
@@ -527,7 +596,11 @@ async fn files_commands() {
 
     let run = stack.cli(&["files", "rm", &id, "/workspace/a"]).await;
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains("directory is not empty"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("directory is not empty"),
+        "{}",
+        run.stderr
+    );
     let run = stack.cli(&["files", "rm", &id, "/workspace/a", "-r"]).await;
     run.success();
     let run = stack.cli(&["files", "rm", &id, "/workspace/a"]).await;
@@ -551,7 +624,10 @@ async fn port_url_and_connection_errors() {
     run.success();
     let url = run.stdout.trim();
     assert!(url.starts_with("http://"), "{url}");
-    assert!(url.ends_with(&format!("/sandboxes/{id}/proxy/8000")), "{url}");
+    assert!(
+        url.ends_with(&format!("/sandboxes/{id}/proxy/8000")),
+        "{url}"
+    );
     let run = stack.cli(&["--json", "port-url", &id, "3000"]).await;
     run.success();
     let body = run.json();
@@ -566,7 +642,12 @@ async fn port_url_and_connection_errors() {
     let run = cli(&["--url", &url, "sandbox", "get", &id], None, &[]).await;
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("cannot connect"), "{}", run.stderr);
-    let run = cli(&["--url", &url, "--json", "exec", &id, "--", "true"], None, &[]).await;
+    let run = cli(
+        &["--url", &url, "--json", "exec", &id, "--", "true"],
+        None,
+        &[],
+    )
+    .await;
     assert_eq!(run.code, 125);
     assert_eq!(run.stderr_json()["kind"], "connect");
 }

@@ -180,6 +180,8 @@ pub(crate) struct Req {
     pub(crate) headers: HeaderMap,
     pub(crate) body: Option<(Bytes, HeaderValue)>,
     pub(crate) extra_timeout: Duration,
+    /// No bound on the whole exchange (a streamed download); the caller bounds idle time.
+    pub(crate) streaming: bool,
     pub(crate) follow: Follow,
 }
 
@@ -191,6 +193,7 @@ impl Req {
             headers: HeaderMap::new(),
             body: None,
             extra_timeout: Duration::ZERO,
+            streaming: false,
             follow: Follow::All,
         }
     }
@@ -212,6 +215,11 @@ impl Req {
 
     pub(crate) fn extra_timeout(mut self, extra: Duration) -> Self {
         self.extra_timeout = extra;
+        self
+    }
+
+    pub(crate) fn streaming(mut self) -> Self {
+        self.streaming = true;
         self
     }
 }
@@ -267,6 +275,11 @@ impl Client {
         self.inner.long_poll
     }
 
+    /// The per-request timeout, also the longest pause allowed inside a streamed body.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
     /// `base` + path segments (each percent-encoded) + query.
     pub(crate) fn endpoint(&self, segments: &[&str], query: &[(&str, &str)]) -> Url {
         let mut url = self.inner.base.clone();
@@ -293,19 +306,26 @@ impl Client {
                 })?;
                 headers.insert(AUTHORIZATION, value);
             }
-            let mut rb = inner
-                .http
-                .request(req.method.clone(), url.clone())
-                .timeout(inner.timeout + req.extra_timeout);
+            let mut rb = inner.http.request(req.method.clone(), url.clone());
+            if !req.streaming {
+                rb = rb.timeout(inner.timeout + req.extra_timeout);
+            }
             if let Some((body, content_type)) = &req.body {
                 headers.insert(CONTENT_TYPE, content_type.clone());
                 rb = rb.body(body.clone());
             }
-            let resp = rb
-                .headers(headers)
-                .send()
-                .await
-                .map_err(|e| ClientError::from_reqwest(url.as_str(), e))?;
+            let sent = rb.headers(headers).send();
+            let sent = if req.streaming {
+                // Only the response head is bounded here; the caller bounds pauses in the body.
+                tokio::time::timeout(inner.timeout, sent)
+                    .await
+                    .map_err(|_| ClientError::Timeout {
+                        url: url.to_string(),
+                    })?
+            } else {
+                sent.await
+            };
+            let resp = sent.map_err(|e| ClientError::from_reqwest(url.as_str(), e))?;
             let status = resp.status();
             if status != StatusCode::TEMPORARY_REDIRECT && status != StatusCode::PERMANENT_REDIRECT
             {

@@ -137,13 +137,25 @@ impl Files {
 
     /// Streams a file's raw bytes (`GET /files/raw`), for files too big to hold in memory.
     pub async fn download(&self, path: &str) -> Result<ByteStream, ClientError> {
-        let req = Req::new(Method::GET, self.url(Some("raw"), &[("path", path)]));
+        let req = Req::new(Method::GET, self.url(Some("raw"), &[("path", path)])).streaming();
         let resp = self.sandbox.client().send_ok(req).await?;
         let url = resp.url().to_string();
-        let inner = resp
-            .bytes_stream()
-            .map(move |r| r.map_err(|e| ClientError::from_reqwest(&url, e)))
-            .boxed();
+        let idle = self.sandbox.client().timeout();
+        // No bound on the whole transfer, but a stall longer than the request timeout fails.
+        let body = resp.bytes_stream().boxed();
+        let inner = futures::stream::unfold(Some(body), move |body| {
+            let url = url.clone();
+            async move {
+                let mut body = body?;
+                match tokio::time::timeout(idle, body.next()).await {
+                    Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(body))),
+                    Ok(Some(Err(e))) => Some((Err(ClientError::from_reqwest(&url, e)), None)),
+                    Ok(None) => None,
+                    Err(_) => Some((Err(ClientError::Timeout { url }), None)),
+                }
+            }
+        })
+        .boxed();
         Ok(ByteStream { inner })
     }
 
@@ -370,6 +382,31 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.is_not_found());
+    }
+
+    #[tokio::test]
+    async fn stalled_downloads_time_out_after_the_data_that_came() {
+        let server = TestServer::start(|req| {
+            if req.query("path") == Some("/slow-head") {
+                Reply::status(200).hang()
+            } else {
+                Reply::bytes(200, "application/octet-stream", b"abc").stall_after_body(7)
+            }
+        })
+        .await;
+        let client = Client::builder(server.url())
+            .timeout(std::time::Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let files = client.sandbox("s").files();
+        let mut stream = files.download("/stalled").await.unwrap();
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(&first[..], b"abc");
+        let err = stream.next().await.unwrap().unwrap_err();
+        assert!(err.is_timeout(), "{err:?}");
+        assert!(stream.next().await.is_none());
+        let err = files.download("/slow-head").await.unwrap_err();
+        assert!(err.is_timeout(), "{err:?}");
     }
 
     #[tokio::test]

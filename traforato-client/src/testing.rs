@@ -49,6 +49,8 @@ pub(crate) struct Reply {
     headers: Vec<(String, String)>,
     body: Vec<u8>,
     hang: bool,
+    /// Announce this many more body bytes than sent, then stall.
+    stall: usize,
 }
 
 impl Reply {
@@ -58,6 +60,7 @@ impl Reply {
             headers: Vec::new(),
             body: Vec::new(),
             hang: false,
+            stall: 0,
         }
     }
 
@@ -71,6 +74,7 @@ impl Reply {
             headers: vec![("Content-Type".into(), content_type.into())],
             body: body.to_vec(),
             hang: false,
+            stall: 0,
         }
     }
 
@@ -86,6 +90,12 @@ impl Reply {
     /// Never answer (to provoke client timeouts).
     pub(crate) fn hang(mut self) -> Self {
         self.hang = true;
+        self
+    }
+
+    /// Send the head and the body, promise `missing` more bytes, and stall.
+    pub(crate) fn stall_after_body(mut self, missing: usize) -> Self {
+        self.stall = missing;
         self
     }
 }
@@ -219,11 +229,15 @@ async fn serve_one(
     }
     out.push_str(&format!(
         "Content-Length: {}\r\nConnection: close\r\n\r\n",
-        reply.body.len()
+        reply.body.len() + reply.stall
     ));
     let mut bytes = out.into_bytes();
     bytes.extend_from_slice(&reply.body);
     let _ = stream.write_all(&bytes).await;
+    if reply.stall > 0 {
+        let _ = stream.flush().await;
+        std::future::pending::<()>().await;
+    }
     let _ = stream.shutdown().await;
 }
 

@@ -208,7 +208,11 @@ async fn exec_waits_streams_and_reports_exit_codes() {
     assert!(out.success());
 
     let out = sandbox
-        .exec(Command::shell("pwd; printenv GREETING").cwd("/workspace").env("GREETING", "hi"))
+        .exec(
+            Command::shell("pwd; printenv GREETING")
+                .cwd("/workspace")
+                .env("GREETING", "hi"),
+        )
         .await
         .unwrap();
     assert_eq!(out.stdout, "/workspace\nhi\n");
@@ -279,7 +283,10 @@ async fn run_code_waiting_and_in_the_background() {
     assert_ne!(out.exit_code, 0);
     assert!(!out.syntax_error);
 
-    let out = sandbox.run_code(Runtime::Python, "print('oops'").await.unwrap();
+    let out = sandbox
+        .run_code(Runtime::Python, "print('oops'")
+        .await
+        .unwrap();
     assert!(out.syntax_error, "{out:?}");
     assert_ne!(out.exit_code, 0);
     assert!(!out.success());
@@ -316,7 +323,10 @@ async fn files_round_trip() {
     assert_eq!(files.read_text("/workspace/a.txt").await.unwrap(), "Hello!");
 
     let binary: Vec<u8> = (0..=255u8).collect();
-    files.write("/workspace/bin/data", binary.clone()).await.unwrap();
+    files
+        .write("/workspace/bin/data", binary.clone())
+        .await
+        .unwrap();
     assert_eq!(files.read("/workspace/bin/data").await.unwrap(), binary);
     let downloaded: Vec<bytes::Bytes> = files
         .download("/workspace/bin/data")

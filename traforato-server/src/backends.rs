@@ -34,12 +34,33 @@ fn build_backend(name: &str) -> Result<Arc<dyn VmBackend>, ServeError> {
             );
             Ok(Arc::new(FakeBackend::new()))
         }
-        CONTAINER_VIRTUALIZATION => Err(ServeError::BackendUnavailable {
-            virtualization: name.to_string(),
-            reason: "container backend not built into this binary yet".to_string(),
-        }),
+        CONTAINER_VIRTUALIZATION => container_backend(),
         other => Err(ServeError::UnknownVirtualization(other.to_string())),
     }
+}
+
+/// The Linux container backend with its default settings (state under `/run/traforato`,
+/// the `host` image, the worker binary itself as sandbox init: the binary's `main` must call
+/// `init_main_if_requested` first). [`ServeError::BackendUnavailable`] says what the host
+/// lacks.
+#[cfg(target_os = "linux")]
+fn container_backend() -> Result<Arc<dyn VmBackend>, ServeError> {
+    use traforato_core::backend::container::{ContainerBackend, ContainerConfig};
+    match ContainerBackend::new(ContainerConfig::default()) {
+        Ok(backend) => Ok(Arc::new(backend)),
+        Err(err) => Err(ServeError::BackendUnavailable {
+            virtualization: CONTAINER_VIRTUALIZATION.to_string(),
+            reason: crate::http::error_chain(&err),
+        }),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn container_backend() -> Result<Arc<dyn VmBackend>, ServeError> {
+    Err(ServeError::BackendUnavailable {
+        virtualization: CONTAINER_VIRTUALIZATION.to_string(),
+        reason: "the container backend runs on Linux only".to_string(),
+    })
 }
 
 #[cfg(test)]

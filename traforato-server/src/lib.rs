@@ -49,6 +49,9 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// The async runtime could not start.
+    #[error("start async runtime")]
+    Runtime(#[source] std::io::Error),
     /// Serving failed.
     #[error("serve")]
     Serve(#[source] std::io::Error),

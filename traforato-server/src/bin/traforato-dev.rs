@@ -24,10 +24,17 @@ use traforato_server::logging;
 use traforato_server::server::{shutdown_channel, shutdown_signal};
 use traforato_server::{serve_broker, serve_worker, ServeError};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // With the container backend, this binary is also each sandbox's init: that must happen
+    // before any thread (the async runtime) exists.
+    #[cfg(target_os = "linux")]
+    traforato_core::backend::container::init_main_if_requested();
     let args: DevArgs = parse_or_exit("dev");
-    match run(args).await {
+    let result = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(run(args)),
+        Err(err) => Err(ServeError::Runtime(err)),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("dev: {}", error_chain(&err));

@@ -18,10 +18,17 @@ use traforato_server::logging;
 use traforato_server::server::{shutdown_channel, shutdown_signal};
 use traforato_server::{serve_worker, ServeError};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // With the container backend, this binary is also each sandbox's init: that must happen
+    // before any thread (the async runtime) exists.
+    #[cfg(target_os = "linux")]
+    traforato_core::backend::container::init_main_if_requested();
     let args: WorkerArgs = parse_or_exit("worker");
-    match run(args).await {
+    let result = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(run(args)),
+        Err(err) => Err(ServeError::Runtime(err)),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("worker: {}", error_chain(&err));

@@ -24,7 +24,10 @@ use std::path::Path;
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::fs::{mkdirat, symlinkat, Mode, CWD};
 use rustix::io::Errno;
-use rustix::mount::{mount, mount_bind, mount_change, unmount, MountFlags, MountPropagationFlags, UnmountFlags};
+use rustix::mount::{
+    mount, mount_bind, mount_bind_recursive, mount_change, unmount, MountFlags,
+    MountPropagationFlags, UnmountFlags,
+};
 use rustix::net::{socket, AddressFamily, SocketType};
 use rustix::process::{
     kill_process_group, pivot_root, set_parent_process_death_signal, waitpid, Pid, Signal,
@@ -219,7 +222,15 @@ fn build_sandbox(setup: &Setup) -> Result<OwnedFd, String> {
         "make mounts private",
         mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC),
     )?;
-    // The cwd is the root overlay; everything below is mounted relative to it.
+    // The overlay came from the host's mount namespace, so it is locked here and cannot be
+    // the new root; a recursive bind of it onto itself is a mount of our own. The state dirs
+    // on the way are searchable (0711) for the sandbox's uid.
+    errno(
+        "bind root",
+        mount_bind_recursive(setup.rootfs.as_str(), setup.rootfs.as_str()),
+    )?;
+    errno("enter root", rustix::process::chdir(setup.rootfs.as_str()))?;
+    // The cwd is the root; everything below is mounted relative to it.
     errno(
         "mount /proc",
         mount(
