@@ -91,7 +91,18 @@ impl Harness {
 impl Drop for Harness {
     fn drop(&mut self) {
         if let Some(backend) = self.backend.take() {
-            let _ = backend.remove_cgroup_parents();
+            // Also after a failed assertion: reclaim every sandbox of this harness. Drop runs
+            // inside the test's runtime, so the async cleanup gets its own thread.
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let _ = rt.block_on(backend.cleanup_leftovers());
+                let _ = backend.remove_cgroup_parents();
+            })
+            .join()
+            .unwrap();
         }
         let _ = std::fs::remove_dir_all(&self.state_dir);
     }
@@ -220,9 +231,730 @@ async fn provision_exec_files_destroy_leaves_nothing() {
         run_spec(&vm, shell("true")).await,
         Err(BackendError::Gone)
     ));
-    assert!(matches!(
-        vm.stat(&path("/")).await,
-        Err(FilesError::Gone)
-    ));
+    assert!(matches!(vm.stat(&path("/")).await, Err(FilesError::Gone)));
     assert_no_leftovers(&h, &id);
+}
+
+#[tokio::test]
+async fn argv_programs_and_errors() {
+    let Some(h) = Harness::new("argv") else {
+        return;
+    };
+    let vm = h.provision(256).await;
+    let mut spec = shell("");
+    spec.program = Program::Argv(vec![
+        "printf".into(),
+        "%s-%s".into(),
+        "a b".into(),
+        "c".into(),
+    ]);
+    spec.cwd = Some("/tmp".into());
+    let ran = run_spec(&vm, spec).await.unwrap();
+    assert_eq!(ran.stdout, "a b-c");
+    let mut spec = shell("");
+    spec.program = Program::Argv(vec!["no-such-program".into()]);
+    match run_spec(&vm, spec).await {
+        Err(BackendError::ExecFailed(m)) => assert!(m.contains("not found"), "{m}"),
+        other => panic!("expected ExecFailed, got {:?}", other.map(|r| r.exit)),
+    }
+    let mut spec = shell("pwd");
+    spec.cwd = Some("/nowhere".into());
+    assert!(matches!(
+        run_spec(&vm, spec).await,
+        Err(BackendError::ExecFailed(_))
+    ));
+    // stdin is delivered, then closed; env reaches the command.
+    let mut spec = shell("tr a-z A-Z; echo \"$GREETING\"");
+    spec.stdin = Some(Bytes::from_static(b"hello\n"));
+    spec.env.insert("GREETING".into(), "hi there".into());
+    let ran = run_spec(&vm, spec).await.unwrap();
+    assert_eq!(ran.stdout, "HELLO\nhi there\n");
+    // Two commands at once.
+    let slow = run_spec(&vm, shell("sleep 0.2; echo slow"));
+    let fast = run_spec(&vm, shell("echo fast"));
+    let (slow, fast) = tokio::join!(slow, fast);
+    assert_eq!(slow.unwrap().stdout, "slow\n");
+    assert_eq!(fast.unwrap().stdout, "fast\n");
+    vm.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn sandbox_is_isolated_from_the_host() {
+    let Some(h) = Harness::new("iso") else {
+        return;
+    };
+    let marker = format!("traforato-marker-{}", uuid::Uuid::new_v4().simple());
+    let host_marker = std::env::temp_dir().join(&marker);
+    std::fs::write(&host_marker, "host").unwrap();
+    let vm = h.provision(256).await;
+
+    // Only the sandbox's own processes are visible, and the agent is pid 1.
+    let ran = sh(&vm, "ls /proc | grep -E '^[0-9]+$'").await;
+    let pids: Vec<u32> = ran.stdout.lines().map(|l| l.parse().unwrap()).collect();
+    assert!(pids.contains(&1), "{pids:?}");
+    assert!(pids.len() <= 4, "unexpected processes: {pids:?}");
+
+    // The host's /tmp is not there; the host name is the sandbox's.
+    let ran = sh(&vm, &format!("test -e /tmp/{marker}")).await;
+    assert_ne!(ran.exit.exit_code, 0);
+    assert_eq!(
+        sh(&vm, "cat /proc/sys/kernel/hostname").await.stdout,
+        "sandbox\n"
+    );
+    assert_eq!(sh(&vm, "id -u; id -g").await.stdout, "0\n0\n");
+
+    // Only loopback.
+    let ran = sh(&vm, "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '").await;
+    assert_eq!(ran.stdout, "lo\n");
+
+    // The worker's environment does not leak (cargo sets CARGO_* for this test process).
+    let ran = sh(&vm, "env | cut -d= -f1 | sort").await;
+    assert!(!ran.stdout.contains("CARGO"), "{}", ran.stdout);
+    assert!(ran.stdout.lines().any(|l| l == "PATH"));
+
+    // The image is read-only, for commands and for the files API.
+    assert_ne!(sh(&vm, "touch /usr/traforato-x").await.exit.exit_code, 0);
+    assert!(matches!(
+        write(&vm, "/usr/traforato-x", "x").await,
+        Err(FilesError::PermissionDenied)
+    ));
+    assert!(matches!(
+        vm.remove(&path("/usr/bin"), true).await,
+        Err(FilesError::PermissionDenied)
+    ));
+    assert!(std::path::Path::new("/usr/bin/env").exists());
+
+    // Limits cannot be raised: no mount, no new user namespace, no /sys, no kernel knobs.
+    for cmd in [
+        "mount -t tmpfs none /mnt",
+        "unshare -U true",
+        "unshare -m true",
+        "ls /sys/fs/cgroup",
+        "echo 1 > /proc/sys/vm/drop_caches",
+        "echo 0 > /proc/sys/kernel/randomize_va_space",
+    ] {
+        let ran = sh(&vm, cmd).await;
+        assert_ne!(ran.exit.exit_code, 0, "{cmd} succeeded");
+    }
+    let status = sh(
+        &vm,
+        "grep -E '^(NoNewPrivs|Seccomp|CapEff|CapBnd):' /proc/self/status",
+    )
+    .await;
+    assert!(
+        status.stdout.contains("NoNewPrivs:\t1"),
+        "{}",
+        status.stdout
+    );
+    assert!(status.stdout.contains("Seccomp:\t2"), "{}", status.stdout);
+    // CAP_SYS_ADMIN (bit 21) is gone from the effective and bounding sets.
+    for line in status.stdout.lines().filter(|l| l.starts_with("Cap")) {
+        let hex = line.split('\t').nth(1).unwrap();
+        let caps = u64::from_str_radix(hex, 16).unwrap();
+        assert_eq!(caps & (1 << 21), 0, "{line}");
+    }
+    vm.destroy().await.unwrap();
+    std::fs::remove_file(&host_marker).unwrap();
+}
+
+#[tokio::test]
+async fn memory_hog_is_killed_by_the_limit() {
+    let Some(h) = Harness::new("mem") else {
+        return;
+    };
+    let vm = h.provision(64).await;
+    let ran = sh(
+        &vm,
+        "python3 -c \"x = b'a' * (512 << 20); print('survived')\"",
+    )
+    .await;
+    assert_eq!(
+        ran.exit.exit_code, 137,
+        "stdout {:?} stderr {:?}",
+        ran.stdout, ran.stderr
+    );
+    assert!(!ran.stdout.contains("survived"));
+    // The sandbox is still usable.
+    assert_eq!(sh(&vm, "echo ok").await.stdout, "ok\n");
+    vm.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn fork_bomb_stops_at_the_pids_limit() {
+    let Some(h) = Harness::new("pids") else {
+        return;
+    };
+    let vm = h.provision(256).await;
+    let id = vm.vm_id();
+    let mut spec = shell("bomb() { bomb | bomb & }; bomb; wait");
+    spec.timeout = Duration::from_secs(2);
+    // The shell may give up when it cannot fork, or run into the timeout; either way the
+    // exec returns and the bomb's processes stay within the limit.
+    run_spec(&vm, spec).await.unwrap();
+    let pids_dir = h
+        .backend()
+        .cgroup_dirs(&id)
+        .into_iter()
+        .find(|d| d.join("pids.max").exists())
+        .expect("pids cgroup");
+    let read_num = |file: &str| -> u64 {
+        std::fs::read_to_string(pids_dir.join(file))
+            .unwrap()
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(read_num("pids.max"), 64);
+    assert!(read_num("pids.current") <= 64);
+    // pids.events counts forks refused at the limit.
+    assert!(read_num("pids.events") > 0);
+    // Destroy ends whatever the bomb left running.
+    vm.destroy().await.unwrap();
+    assert_no_leftovers(&h, &id);
+}
+
+/// Retries a command while the sandbox is still at its task limit.
+async fn sh_retrying(vm: &Arc<dyn Vm>, line: &str) -> Ran {
+    for _ in 0..200 {
+        match run_spec(vm, shell(line)).await {
+            Ok(ran) if ran.exit.exit_code == 0 => return ran,
+            Ok(_) | Err(BackendError::ExecFailed(_)) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("exec failed: {e}"),
+        }
+    }
+    panic!("{line} never succeeded");
+}
+
+#[tokio::test]
+async fn timeout_of_a_fork_bomb_frees_the_sandbox() {
+    let Some(h) = Harness::new("pids2") else {
+        return;
+    };
+    let vm = h.provision(256).await;
+    // A bomb whose leader keeps running: the timeout kills the whole group, after which
+    // the sandbox has room again.
+    let mut spec = shell("bomb() { bomb | bomb & }; (bomb) & exec sleep 100");
+    spec.timeout = Duration::from_secs(1);
+    let ran = run_spec(&vm, spec).await.unwrap();
+    assert!(ran.exit.timed_out);
+    assert_eq!(sh_retrying(&vm, "echo ok").await.stdout, "ok\n");
+    vm.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn timeout_kills_the_whole_process_group() {
+    let Some(h) = Harness::new("timeout") else {
+        return;
+    };
+    let vm = h.provision(256).await;
+    let mut spec = shell("sleep 100 & echo $!; sleep 100");
+    spec.timeout = Duration::from_millis(500);
+    let ran = run_spec(&vm, spec).await.unwrap();
+    assert_eq!(
+        ran.exit,
+        ExecExit {
+            exit_code: 124,
+            timed_out: true
+        }
+    );
+    let grandchild: u32 = ran.stdout.trim().parse().unwrap();
+    let check = sh(&vm, &format!("test -d /proc/{grandchild}")).await;
+    assert_ne!(check.exit.exit_code, 0, "grandchild {grandchild} survived");
+    vm.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn output_streams_before_the_command_ends() {
+    let Some(h) = Harness::new("stream") else {
+        return;
+    };
+    let vm = h.provision(256).await;
+    let (tx, mut rx) = mpsc::channel::<OutputChunk>(16);
+    let runner = Arc::clone(&vm);
+    let task = tokio::spawn(async move {
+        runner
+            .exec(
+                shell("echo a; while [ ! -e /tmp/go ]; do sleep 0.01; done; echo b"),
+                tx,
+            )
+            .await
+    });
+    let first = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("first chunk")
+        .expect("a chunk");
+    assert_eq!(first.stream, OutputStream::Stdout);
+    assert_eq!(&first.data[..], b"a\n");
+    // The command cannot finish before /tmp/go exists.
+    assert!(!task.is_finished());
+    write(&vm, "/tmp/go", "").await.unwrap();
+    let exit = task.await.unwrap().unwrap();
+    assert_eq!(exit.exit_code, 0);
+    let mut rest = Vec::new();
+    while let Some(chunk) = rx.recv().await {
+        rest.extend_from_slice(&chunk.data);
+    }
+    assert_eq!(rest, b"b\n");
+    vm.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn files_and_exec_see_the_same_filesystem() {
+    let Some(h) = Harness::new("files") else {
+        return;
+    };
+    let vm = h.provision(256).await;
+    // exec → files API
+    sh(
+        &vm,
+        "mkdir -p /workspace/x && printf 'from exec' > /workspace/x/y.txt",
+    )
+    .await;
+    assert_eq!(read(&vm, "/workspace/x/y.txt").await.unwrap(), "from exec");
+    let st = vm.stat(&path("/workspace/x/y.txt")).await.unwrap().unwrap();
+    assert_eq!((st.kind, st.size), (FileKind::File, 9));
+    let dir = vm.stat(&path("/workspace/x")).await.unwrap().unwrap();
+    assert_eq!((dir.kind, dir.size), (FileKind::Directory, 0));
+    assert!(vm.stat(&path("/workspace/none")).await.unwrap().is_none());
+
+    // files API → exec, with ancestors created and owned by the sandbox's root.
+    write(&vm, "/workspace/new/deep/f.txt", "api")
+        .await
+        .unwrap();
+    let ran = sh(&vm, "cat /workspace/new/deep/f.txt; echo ' more' >> /workspace/new/deep/f.txt; stat -c %u /workspace/new/deep/f.txt /workspace/new").await;
+    assert_eq!(ran.stdout, "api0\n0\n", "{}", ran.stderr);
+    assert_eq!(
+        read(&vm, "/workspace/new/deep/f.txt").await.unwrap(),
+        "api more\n"
+    );
+    let reader: traforato_core::backend::BoxedReader =
+        Box::new(std::io::Cursor::new(b"+".to_vec()));
+    vm.write_file(
+        &path("/workspace/new/deep/f.txt"),
+        reader,
+        WriteMode::Append,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        sh(&vm, "cat /workspace/new/deep/f.txt").await.stdout,
+        "api more\n+"
+    );
+
+    // Listing.
+    let entries = vm.list_dir(&path("/workspace"), false).await.unwrap();
+    let mut names: Vec<(String, FileKind)> = entries
+        .iter()
+        .map(|e| (e.path.as_str().to_string(), e.kind))
+        .collect();
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        names,
+        vec![
+            ("/workspace/new".to_string(), FileKind::Directory),
+            ("/workspace/x".to_string(), FileKind::Directory)
+        ]
+    );
+    let all = vm.list_dir(&path("/workspace"), true).await.unwrap();
+    assert!(all
+        .iter()
+        .any(|e| e.path.as_str() == "/workspace/new/deep/f.txt" && e.size == 10));
+    assert_eq!(all.len(), 5);
+
+    // Error semantics.
+    assert!(matches!(
+        write(&vm, "/workspace/x", "no").await,
+        Err(FilesError::IsDirectory)
+    ));
+    assert!(matches!(
+        write(&vm, "/workspace/x/y.txt/child", "no").await,
+        Err(FilesError::NotDirectory)
+    ));
+    assert!(matches!(
+        read(&vm, "/workspace/x").await,
+        Err(FilesError::IsDirectory)
+    ));
+    assert!(matches!(
+        read(&vm, "/workspace/none").await,
+        Err(FilesError::NotFound)
+    ));
+    assert!(matches!(
+        vm.list_dir(&path("/workspace/none"), false).await,
+        Err(FilesError::NotFound)
+    ));
+    assert!(matches!(
+        vm.list_dir(&path("/workspace/x/y.txt"), false).await,
+        Err(FilesError::NotDirectory)
+    ));
+    assert!(matches!(
+        vm.mkdir(&path("/workspace/a/b"), false).await,
+        Err(FilesError::ParentNotFound)
+    ));
+    assert!(matches!(
+        vm.mkdir(&path("/workspace/x/y.txt"), false).await,
+        Err(FilesError::NotDirectory)
+    ));
+    assert!(vm.mkdir(&path("/workspace/a/b"), true).await.unwrap());
+    assert!(!vm.mkdir(&path("/workspace/a/b"), true).await.unwrap());
+    assert!(!vm.mkdir(&path("/workspace/a"), false).await.unwrap());
+    assert_eq!(
+        sh(&vm, "test -d /workspace/a/b && echo yes").await.stdout,
+        "yes\n"
+    );
+    assert!(matches!(
+        vm.remove(&path("/workspace/new"), false).await,
+        Err(FilesError::NotEmpty)
+    ));
+    vm.remove(&path("/workspace/new"), true).await.unwrap();
+    vm.remove(&path("/workspace/x/y.txt"), false).await.unwrap();
+    assert!(matches!(
+        vm.remove(&path("/workspace/none"), false).await,
+        Err(FilesError::NotFound)
+    ));
+    assert_eq!(
+        sh(
+            &vm,
+            "ls -A /workspace/x; test -e /workspace/new || echo gone"
+        )
+        .await
+        .stdout,
+        "gone\n"
+    );
+    vm.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn symlinks_and_dotdot_stay_inside_the_sandbox() {
+    let Some(h) = Harness::new("escape") else {
+        return;
+    };
+    let marker = format!("traforato-escape-{}", uuid::Uuid::new_v4().simple());
+    let host_tmp = std::env::temp_dir();
+    std::fs::write(host_tmp.join(&marker), "HOST").unwrap();
+    let vm = h.provision(256).await;
+    let tmp = host_tmp.display();
+    let ran = sh(
+        &vm,
+        &format!(
+            "ln -s / /workspace/rootlink && ln -s ../../../../../../../..{tmp} /workspace/rel && \
+             ln -s {tmp} /workspace/abs && ln -s /proc/1/root /workspace/magic && \
+             mkdir -p {tmp} && echo sandbox > {tmp}/{marker}"
+        ),
+    )
+    .await;
+    assert_eq!(ran.exit.exit_code, 0, "{}", ran.stderr);
+    // Every route lands on the sandbox's file, never the host's.
+    assert_eq!(
+        read(&vm, &format!("/workspace/rel/{marker}"))
+            .await
+            .unwrap(),
+        "sandbox\n"
+    );
+    assert_eq!(
+        read(&vm, &format!("/workspace/abs/{marker}"))
+            .await
+            .unwrap(),
+        "sandbox\n"
+    );
+    assert_eq!(
+        read(&vm, &format!("/workspace/rootlink{tmp}/{marker}"))
+            .await
+            .unwrap(),
+        "sandbox\n"
+    );
+    // `..` above the root is clamped by the path itself.
+    let passwd = read(&vm, "/../../../etc/passwd").await.unwrap();
+    assert!(passwd.starts_with("root:x:0:0:"));
+    assert!(passwd.lines().count() <= 2, "host passwd leaked: {passwd}");
+    // Magic links and the sandbox's /proc are not followed from the host.
+    assert!(read(&vm, "/workspace/magic/etc/hostname").await.is_err());
+    // Writes through links land inside too.
+    let escaped = format!("{marker}-w");
+    write(&vm, &format!("/workspace/rel/{escaped}"), "w")
+        .await
+        .unwrap();
+    assert!(!host_tmp.join(&escaped).exists());
+    assert_eq!(sh(&vm, &format!("cat {tmp}/{escaped}")).await.stdout, "w");
+    // Removing a link removes the link, not its target.
+    vm.remove(&path("/workspace/rootlink"), true).await.unwrap();
+    assert!(vm.stat(&path("/workspace")).await.unwrap().is_some());
+    assert_eq!(
+        std::fs::read_to_string(host_tmp.join(&marker)).unwrap(),
+        "HOST"
+    );
+    vm.destroy().await.unwrap();
+    std::fs::remove_file(host_tmp.join(&marker)).unwrap();
+}
+
+#[tokio::test]
+async fn connects_to_a_server_inside_the_sandbox() {
+    let Some(h) = Harness::new("net") else {
+        return;
+    };
+    let vm = h.provision(256).await;
+    let port = 20_000 + (uuid::Uuid::new_v4().as_u128() % 20_000) as u16;
+    // Started in the background without redirecting its output: the exec must still return.
+    let start = tokio::time::timeout(
+        Duration::from_secs(20),
+        run_spec(
+            &vm,
+            shell(&format!("python3 -m http.server {port} --bind 127.0.0.1 &")),
+        ),
+    )
+    .await
+    .expect("exec with a background server returns")
+    .unwrap();
+    assert_eq!(start.exit.exit_code, 0);
+    let mut stream = None;
+    for _ in 0..200 {
+        match vm.connect(port).await {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(BackendError::ConnectFailed { .. }) => {
+                tokio::time::sleep(Duration::from_millis(25)).await
+            }
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+    let mut stream = stream.expect("server came up");
+    stream
+        .write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.0 200"), "{response}");
+    assert!(response.contains("workspace") || response.contains("Directory listing"));
+    // The port is not on the host; closed ports inside fail fast.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    assert!(matches!(
+        vm.connect(1).await,
+        Err(BackendError::ConnectFailed { port: 1, .. })
+    ));
+    vm.destroy().await.unwrap();
+}
+
+async fn code(vm: &Arc<dyn Vm>, runtime: Runtime, src: &str) -> (CodeOutcome, String, String) {
+    code_with(vm, runtime, src, None, BTreeMap::new()).await
+}
+
+async fn code_with(
+    vm: &Arc<dyn Vm>,
+    runtime: Runtime,
+    src: &str,
+    cwd: Option<&str>,
+    env: BTreeMap<String, String>,
+) -> (CodeOutcome, String, String) {
+    let (tx, mut rx) = mpsc::channel::<OutputChunk>(64);
+    let collect = tokio::spawn(async move {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        while let Some(c) = rx.recv().await {
+            match c.stream {
+                OutputStream::Stdout => out.extend_from_slice(&c.data),
+                OutputStream::Stderr => err.extend_from_slice(&c.data),
+            }
+        }
+        (out, err)
+    });
+    let outcome = vm
+        .run_code(
+            CodeSpec {
+                runtime,
+                code: src.to_string(),
+                cwd: cwd.map(str::to_string),
+                env,
+                timeout: Duration::from_secs(30),
+            },
+            tx,
+        )
+        .await
+        .unwrap();
+    let (out, err) = collect.await.unwrap();
+    (
+        outcome,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
+}
+
+fn finished(code: i32) -> CodeOutcome {
+    CodeOutcome::Finished(ExecExit {
+        exit_code: code,
+        timed_out: false,
+    })
+}
+
+#[tokio::test]
+async fn runs_python_and_node_code() {
+    let Some(h) = Harness::new("code") else {
+        return;
+    };
+    let vm = h.provision(512).await;
+
+    let (outcome, out, _) = code(&vm, Runtime::Python, "print('hi')\nprint(6 * 7)").await;
+    assert_eq!((outcome, out.as_str()), (finished(0), "hi\n42\n"));
+    let (outcome, _, err) = code(&vm, Runtime::Python, "x = 1\n1/0").await;
+    assert_eq!(outcome, finished(1));
+    assert!(err.contains("ZeroDivisionError: division by zero"), "{err}");
+    let (outcome, out, _) = code(&vm, Runtime::Python, "print('oops'").await;
+    match outcome {
+        CodeOutcome::SyntaxError { message, exit_code } => {
+            assert!(
+                message.contains("SyntaxError: '(' was never closed"),
+                "{message}"
+            );
+            assert_ne!(exit_code, 0);
+        }
+        other => panic!("expected a syntax error, got {other:?}"),
+    }
+    assert!(out.is_empty(), "syntax errors run nothing: {out}");
+    let mut env = BTreeMap::new();
+    env.insert("WHO".to_string(), "you".to_string());
+    let (outcome, out, _) = code_with(
+        &vm,
+        Runtime::Python,
+        "import os\nprint(os.getcwd(), os.environ['WHO'])",
+        Some("/tmp"),
+        env,
+    )
+    .await;
+    assert_eq!((outcome, out.as_str()), (finished(0), "/tmp you\n"));
+
+    let (outcome, out, _) = code(&vm, Runtime::Node, "console.log(1 + 1)").await;
+    assert_eq!((outcome, out.as_str()), (finished(0), "2\n"));
+    let (outcome, _, err) = code(&vm, Runtime::Node, "throw new Error('boom')").await;
+    assert_eq!(outcome, finished(1));
+    assert!(err.contains("Error: boom"), "{err}");
+    let (outcome, _, _) = code(&vm, Runtime::Node, "console.log((").await;
+    match outcome {
+        CodeOutcome::SyntaxError { message, .. } => {
+            assert!(message.contains("SyntaxError"), "{message}");
+            assert!(!message.contains("    at "), "{message}");
+        }
+        other => panic!("expected a syntax error, got {other:?}"),
+    }
+    vm.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn crashed_run_is_cleaned_up_by_the_next_backend() {
+    let config = Harness::config("crash");
+    let Some(first) = Harness::with_config(config.clone()) else {
+        return;
+    };
+    let vm = first.provision(256).await;
+    let id = vm.vm_id();
+    sh(&vm, "sleep 1000 >/dev/null 2>&1 &").await;
+    // Simulate a crash: SIGKILL every process of the sandbox, forget the handles.
+    let procs = h_procs(&first, &id);
+    assert!(procs.len() >= 2, "{procs:?}");
+    for pid in procs {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+    }
+    drop(vm);
+    let mut first = first;
+    drop(first.backend.take());
+    std::mem::forget(first);
+
+    let second = Harness::with_config(config).expect("second backend");
+    assert!(second.state_dir.join(id.to_string()).exists());
+    assert_eq!(second.backend().cleanup_leftovers().await.unwrap(), 1);
+    assert_no_leftovers(&second, &id);
+    assert_eq!(second.backend().cleanup_leftovers().await.unwrap(), 0);
+}
+
+/// Host pids in a sandbox's cgroup.
+fn h_procs(h: &Harness, id: &LocalVmId) -> Vec<i32> {
+    let dir = h.backend().cgroup_dirs(id).into_iter().next().unwrap();
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn dropped_sandbox_is_cleaned_up_too() {
+    let config = Harness::config("dropped");
+    let Some(h) = Harness::with_config(config) else {
+        return;
+    };
+    let vm = h.provision(256).await;
+    let id = vm.vm_id();
+    drop(vm);
+    assert_eq!(h.backend().cleanup_leftovers().await.unwrap(), 1);
+    assert_no_leftovers(&h, &id);
+}
+
+#[tokio::test]
+async fn failed_provisions_leave_nothing() {
+    let Some(h) = Harness::new("fail") else {
+        return;
+    };
+    match h.provision_image("ubuntu:24.04", 256).await {
+        Err(BackendError::ImageUnavailable { image, .. }) => assert_eq!(image, "ubuntu:24.04"),
+        other => panic!(
+            "expected ImageUnavailable, got {:?}",
+            other.map(|v| v.vm_id())
+        ),
+    }
+    let mut config = Harness::config("failinit");
+    config.init_program = PathBuf::from("/bin/true");
+    let Some(broken) = Harness::with_config(config) else {
+        return;
+    };
+    let err = broken
+        .provision_image("host", 256)
+        .await
+        .err()
+        .expect("init fails");
+    assert!(matches!(err, BackendError::Other(_)), "{err:?}");
+    for harness in [&h, &broken] {
+        let left: Vec<_> = std::fs::read_dir(&harness.state_dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "images")
+            .collect();
+        assert!(left.is_empty(), "left in state dir: {left:?}");
+        assert!(mounts_below(&harness.state_dir).is_empty());
+        assert_eq!(harness.backend().cleanup_leftovers().await.unwrap(), 0);
+    }
+}
+
+#[tokio::test]
+async fn directory_images_are_lower_layers() {
+    let image = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(image.path().join("etc")).unwrap();
+    std::fs::write(image.path().join("etc/motd"), "welcome").unwrap();
+    let mut config = Harness::config("dirimg");
+    config
+        .images
+        .insert("mini".into(), image.path().to_path_buf());
+    let Some(h) = Harness::with_config(config) else {
+        return;
+    };
+    let vm = h
+        .provision_image("mini", 128)
+        .await
+        .expect("provision mini");
+    assert_eq!(read(&vm, "/etc/motd").await.unwrap(), "welcome");
+    write(&vm, "/workspace/w.txt", "upper").await.unwrap();
+    // Writes go to the sandbox's layer, never to the image directory.
+    assert!(!image.path().join("workspace").exists());
+    vm.destroy().await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(image.path().join("etc/motd")).unwrap(),
+        "welcome"
+    );
 }

@@ -246,6 +246,13 @@ async fn vm_event(broker: &Broker, worker_id: &str, req: Request<Incoming>) -> H
 }
 
 async fn create(broker: &Broker, req: Request<Incoming>, ctx: &RequestContext) -> HttpResponse {
+    // Client authentication (prod mode) is not implemented yet: refuse rather than skip it.
+    if broker.config().prod_mode {
+        return error_response(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized: prod auth is not implemented yet",
+        );
+    }
     let query = Query::parse(req.uri().query());
     let bytes = match read_body(req.into_body(), CREATE_BODY_MAX).await {
         Ok(bytes) => bytes,

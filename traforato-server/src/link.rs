@@ -150,3 +150,184 @@ impl BrokerLink for HttpBrokerLink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use tokio::net::TcpListener;
+
+    /// What the stub broker saw: method, path, body.
+    type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
+
+    /// A broker stand-in answering every request with `status` and `body`.
+    async fn stub(status: u16, body: String) -> (HttpBrokerLink, Seen) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let seen: Seen = Arc::default();
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let record = record.clone();
+                let body = body.clone();
+                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let record = record.clone();
+                    let body = body.clone();
+                    async move {
+                        let method = req.method().to_string();
+                        let path = req.uri().path().to_string();
+                        let sent = req.into_body().collect().await.unwrap().to_bytes();
+                        record.lock().unwrap().push((
+                            method,
+                            path,
+                            String::from_utf8_lossy(&sent).into_owned(),
+                        ));
+                        let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
+                        *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        (HttpBrokerLink::new(&url), seen)
+    }
+
+    fn worker() -> ComponentId {
+        ComponentId::parse("worker_a").unwrap()
+    }
+
+    #[tokio::test]
+    async fn registers_with_a_put() {
+        let answer = r#"{"worker_id":"worker_a","lease_ttl_seconds":120,"heartbeat_interval_seconds":30,"expires_at":"2026-02-25T12:02:00Z"}"#;
+        let (link, seen) = stub(200, answer.to_string()).await;
+        assert!(!link.control_url().ends_with('/'));
+        let request = RegistrationRequest {
+            hostname: "worker-a.local".into(),
+            base_url: "http://worker-a.local:9090".into(),
+            hardware_sku: "gpu-a100".into(),
+            total_cores: 8,
+            ..Default::default()
+        };
+        let resp = link.register(&worker(), &request).await.unwrap();
+        assert_eq!(resp.lease_ttl_seconds, 120);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[0].0, "PUT");
+        assert_eq!(seen[0].1, "/internal/workers/worker_a/registration");
+        let sent: serde_json::Value = serde_json::from_str(&seen[0].2).unwrap();
+        assert_eq!(sent["base_url"], "http://worker-a.local:9090");
+        assert_eq!(sent["hardware_sku"], "gpu-a100");
+        assert_eq!(sent["total_cores"], 8);
+    }
+
+    #[tokio::test]
+    async fn registration_needs_200_and_keeps_4_kib_of_the_answer() {
+        let (link, _) = stub(503, "x".repeat(5000)).await;
+        match link
+            .register(&worker(), &RegistrationRequest::default())
+            .await
+        {
+            Err(LinkError::Status { status, body }) => {
+                assert_eq!(status, 503);
+                assert_eq!(body.len(), ERROR_BODY_MAX);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let (link, _) = stub(200, "not json".into()).await;
+        assert!(matches!(
+            link.register(&worker(), &RegistrationRequest::default())
+                .await,
+            Err(LinkError::InvalidResponse(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn deregisters_and_reports_events() {
+        let (link, seen) = stub(204, String::new()).await;
+        link.deregister(&worker()).await.unwrap();
+        let event = VmEventRequest {
+            event: "ready".into(),
+            local_vm_id: "550e8400-e29b-41d4-a716-446655440000".into(),
+            virtualization: "fake".into(),
+            image: "img".into(),
+            cpu: 1,
+            timestamp: None,
+        };
+        link.vm_event(&worker(), &event).await.unwrap();
+        {
+            let seen = seen.lock().unwrap();
+            assert_eq!(
+                (seen[0].0.as_str(), seen[0].1.as_str()),
+                ("DELETE", "/internal/workers/worker_a/registration")
+            );
+            assert_eq!(
+                (seen[1].0.as_str(), seen[1].1.as_str()),
+                ("POST", "/internal/workers/worker_a/vm-events")
+            );
+            assert!(seen[1].2.contains("\"event\":\"ready\""));
+        }
+        let (link, _) = stub(200, "{}".into()).await;
+        assert!(matches!(
+            link.deregister(&worker()).await,
+            Err(LinkError::Status { status: 200, .. })
+        ));
+        assert!(matches!(
+            link.vm_event(&worker(), &event).await,
+            Err(LinkError::Status { status: 200, .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn vm_start_answers() {
+        let (link, seen) = stub(204, String::new()).await;
+        assert_eq!(link.vm_start(&worker()).await.unwrap(), None);
+        assert_eq!(
+            seen.lock().unwrap()[0].1,
+            "/internal/workers/worker_a/vm-start"
+        );
+        let (link, _) = stub(
+            200,
+            r#"{"virtualization":"vetu","image":"ubuntu:24.04","cpu":2}"#.into(),
+        )
+        .await;
+        assert_eq!(
+            link.vm_start(&worker()).await.unwrap(),
+            Some(VmStartResponse {
+                virtualization: "vetu".into(),
+                image: "ubuntu:24.04".into(),
+                cpu: 2,
+            })
+        );
+        let (link, _) = stub(404, r#"{"error":"worker id unknown"}"#.into()).await;
+        match link.vm_start(&worker()).await {
+            Err(LinkError::Status { status, body }) => {
+                assert_eq!(status, 404);
+                assert!(body.contains("worker id unknown"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn unreachable_broker() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let link = HttpBrokerLink::new(&format!("http://127.0.0.1:{port}"));
+        assert!(matches!(
+            link.deregister(&worker()).await,
+            Err(LinkError::Unreachable(_))
+        ));
+    }
+}

@@ -506,6 +506,7 @@ async fn sandbox_scoped_requests_redirect_to_the_owner() {
             "traceparent",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         )
+        .header("tracestate", "vendor=opaque")
         .send()
         .await
         .unwrap();
@@ -517,6 +518,7 @@ async fn sandbox_scoped_requests_redirect_to_the_owner() {
     let traceparent = resp.headers()["traceparent"].to_str().unwrap();
     assert!(traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
     assert!(!traceparent.contains("00f067aa0ba902b7"));
+    assert_eq!(resp.headers()["tracestate"], "vendor=opaque");
 
     // Method and query are kept; the query verbatim.
     let resp = no_follow()
@@ -1770,10 +1772,172 @@ async fn worker_reannounces_after_a_broker_restart() {
 }
 
 #[tokio::test]
+async fn prod_mode_is_refused_not_skipped() {
+    let broker = RunningBroker::start(BrokerConfig {
+        prod_mode: true,
+        ..broker_config()
+    })
+    .await;
+    expect_error(
+        no_follow()
+            .post(broker.at("/sandboxes"))
+            .json(&json!({"image": "ubuntu:24.04"}))
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "unauthorized: prod auth is not implemented yet",
+    )
+    .await;
+    let worker = RunningWorker::start(None, |c| c.auth_mode = AuthMode::Prod, fake()).await;
+    assert_eq!(
+        follow()
+            .get(worker.at("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    expect_error(
+        follow()
+            .post(worker.at("/sandboxes"))
+            .json(&json!({"image": "ubuntu:24.04"}))
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "unauthorized: prod auth is not implemented yet",
+    )
+    .await;
+    worker.stop().await;
+    broker.stop().await;
+}
+
+#[tokio::test]
 async fn shutdown_stops_serving() {
     let broker = RunningBroker::start(broker_config()).await;
     let url = broker.at("/healthz");
     assert_eq!(follow().get(&url).send().await.unwrap().status(), 200);
     broker.stop().await;
     assert!(reqwest::Client::new().get(&url).send().await.is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The binaries
+
+#[tokio::test]
+async fn dev_binary_serves_and_stops_on_sigterm() {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_traforato-dev"))
+        .args([
+            "-broker-listen",
+            "127.0.0.1:0",
+            "--worker-listen=127.0.0.1:0",
+            "--default-virtualization",
+            "fake",
+        ])
+        .env_clear()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("the startup line")
+        .unwrap()
+        .unwrap();
+    // "traforato-dev: broker listening on <url> (send creates there), worker on <url>"
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let broker_url = words[4].to_string();
+    let worker_url = words[words.len() - 1].to_string();
+    assert!(broker_url.starts_with("http://127.0.0.1:"), "{line}");
+    assert!(!broker_url.ends_with(":0"), "{line}");
+    assert!(!worker_url.ends_with(":0"), "{line}");
+
+    let resp = follow()
+        .post(format!("{broker_url}/sandboxes"))
+        .json(&json!({"image": "ubuntu:24.04"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(body_json(resp).await["virtualization"], "fake");
+
+    let pid = child.id().unwrap().to_string();
+    let killed = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("exit after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn binaries_report_configuration_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("worker.yaml");
+    std::fs::write(&file, "bogus-key: 1\n").unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_traforato-worker"))
+        .args(["--file", file.to_str().unwrap()])
+        .env_clear()
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("worker: invalid worker config: "),
+        "{stderr}"
+    );
+    assert!(stderr.contains("bogus-key"), "{stderr}");
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_traforato-broker"))
+        .env_clear()
+        .env("TRAFORATO_JWT_SECRET", "s3cr3t")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("broker: prod auth is not implemented yet"),
+        "{stderr}"
+    );
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_traforato-broker"))
+        .arg("positional")
+        .env_clear()
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("broker: "));
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_traforato-worker"))
+        .arg("-h")
+        .env_clear()
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--file",
+        "--listen",
+        "--broker-control-url",
+        "--default-ttl",
+        "--max-ttl",
+        "--default-virtualization",
+        "TRAFORATO_WORKER_REGISTRATION_JITTER_PERCENT",
+    ] {
+        assert!(help.contains(flag), "{flag} in {help}");
+    }
 }

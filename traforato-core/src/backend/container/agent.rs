@@ -125,7 +125,12 @@ impl AgentConn {
 
     /// Asks the init to SIGKILL an exec's process group without waiting (for drop paths).
     pub(crate) fn kill_now(&self, id: u64) {
-        let _ = protocol::send(self.sock.get_ref().as_fd(), &Request::Kill { id }, &[], true);
+        let _ = protocol::send(
+            self.sock.get_ref().as_fd(),
+            &Request::Kill { id },
+            &[],
+            true,
+        );
     }
 }
 

@@ -103,9 +103,11 @@ fn choose(
             ));
         }
     }
-    Err("no cgroup hierarchy offers the cpu, memory and pids controllers (need cgroup v1 \
+    Err(
+        "no cgroup hierarchy offers the cpu, memory and pids controllers (need cgroup v1 \
          hierarchies for all three, or a cgroup2 mount listing them in cgroup.controllers)"
-        .to_string())
+            .to_string(),
+    )
 }
 
 /// Writes `value` to a cgroup control file, naming the file on error.
@@ -143,7 +145,10 @@ impl CgroupDriver {
 
     /// The directories a sandbox's cgroup has (whether or not they exist).
     pub(crate) fn sandbox_dirs(&self, name: &str) -> Vec<PathBuf> {
-        self.parent_dirs().into_iter().map(|p| p.join(name)).collect()
+        self.parent_dirs()
+            .into_iter()
+            .map(|p| p.join(name))
+            .collect()
     }
 
     /// Creates the parent cgroups and, on v2, delegates the controllers down to them.

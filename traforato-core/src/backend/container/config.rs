@@ -110,7 +110,10 @@ impl ContainerConfig {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
         if !host_ok {
-            return Err(format!("hostname {:?} is not a valid host name", self.hostname));
+            return Err(format!(
+                "hostname {:?} is not a valid host name",
+                self.hostname
+            ));
         }
         Ok(())
     }

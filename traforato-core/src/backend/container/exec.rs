@@ -14,9 +14,7 @@ use tokio::time::Instant;
 
 use super::agent::{AgentConn, ExecEvent};
 use super::protocol::Request;
-use crate::backend::{
-    BackendError, ExecExit, OutputChunk, OutputStream, TIMEOUT_EXIT_CODE,
-};
+use crate::backend::{BackendError, ExecExit, OutputChunk, OutputStream, TIMEOUT_EXIT_CODE};
 
 /// After the command exits, how long output is still forwarded while background processes
 /// keep its stdout/stderr open. Later output is read and dropped, so those processes never

@@ -97,7 +97,13 @@ impl SandboxRoot {
     fn open(&self, rel: &str, flags: OFlags, mode: Mode) -> Result<OwnedFd, Errno> {
         let mut tries = 0;
         loop {
-            match openat2(&self.fd, rel, flags | OFlags::CLOEXEC, mode, resolve_flags()) {
+            match openat2(
+                &self.fd,
+                rel,
+                flags | OFlags::CLOEXEC,
+                mode,
+                resolve_flags(),
+            ) {
                 Err(Errno::AGAIN) if tries < 16 => tries += 1,
                 other => return other,
             }
@@ -129,7 +135,11 @@ impl SandboxRoot {
     }
 
     /// Opens (creating it and its ancestors) a regular file for writing.
-    pub(crate) fn open_write(&self, path: &SandboxPath, mode: WriteMode) -> Result<File, FilesError> {
+    pub(crate) fn open_write(
+        &self,
+        path: &SandboxPath,
+        mode: WriteMode,
+    ) -> Result<File, FilesError> {
         if path.is_root() {
             return Err(FilesError::IsDirectory);
         }
@@ -150,7 +160,12 @@ impl SandboxRoot {
         if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
             return Err(FilesError::PermissionDenied);
         }
-        let keep = OFlags::WRONLY | if mode == WriteMode::Append { OFlags::APPEND } else { OFlags::empty() };
+        let keep = OFlags::WRONLY
+            | if mode == WriteMode::Append {
+                OFlags::APPEND
+            } else {
+                OFlags::empty()
+            };
         rustix::fs::fcntl_setfl(&fd, keep).map_err(|e| map(e, "open file", not_directory))?;
         Ok(File::from(fd))
     }
@@ -334,7 +349,8 @@ impl SandboxRoot {
         let st = statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| map(e, "stat", not_found))?;
         if !is_dir(&st) {
-            return unlinkat(&parent, name, AtFlags::empty()).map_err(|e| map(e, "remove", not_found));
+            return unlinkat(&parent, name, AtFlags::empty())
+                .map_err(|e| map(e, "remove", not_found));
         }
         if recursive {
             let name = CString::new(name).map_err(|_| FilesError::NotFound)?;

@@ -106,8 +106,7 @@ impl ImageStore {
         }
         Err(BackendError::ImageUnavailable {
             image: name.to_string(),
-            reason: "unknown image (known: host and the configured local directories)"
-                .to_string(),
+            reason: "unknown image (known: host and the configured local directories)".to_string(),
         })
     }
 }
@@ -237,14 +236,26 @@ fn build_skeleton(
 fn chown_tree(root: &Path, uid: u32) -> io::Result<()> {
     let owner = Uid::from_raw(uid);
     let group = Gid::from_raw(uid);
-    chownat(CWD, root, Some(owner), Some(group), AtFlags::SYMLINK_NOFOLLOW)?;
+    chownat(
+        CWD,
+        root,
+        Some(owner),
+        Some(group),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?;
     for entry in fs::read_dir(root)? {
         let entry = entry?;
         let path = entry.path();
         if entry.file_type()?.is_dir() {
             chown_tree(&path, uid)?;
         } else {
-            chownat(CWD, &path, Some(owner), Some(group), AtFlags::SYMLINK_NOFOLLOW)?;
+            chownat(
+                CWD,
+                &path,
+                Some(owner),
+                Some(group),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )?;
         }
     }
     Ok(())
@@ -272,7 +283,9 @@ mod tests {
         let files = skeleton_files("box");
         let hosts = &files.iter().find(|(n, _)| *n == "etc/hosts").unwrap().1;
         assert!(hosts.contains("127.0.1.1\tbox"));
-        assert!(files.iter().any(|(n, c)| *n == "etc/hostname" && c == "box\n"));
+        assert!(files
+            .iter()
+            .any(|(n, c)| *n == "etc/hostname" && c == "box\n"));
     }
 
     #[tokio::test]

@@ -30,7 +30,7 @@ use rustix::mount::{
 };
 use rustix::net::{socket, AddressFamily, SocketType};
 use rustix::process::{
-    kill_process_group, pivot_root, set_parent_process_death_signal, waitpid, Pid, Signal,
+    kill_process_group, pivot_root, set_parent_process_death_signal, wait, waitpid, Pid, Signal,
     WaitOptions,
 };
 use rustix::thread::{
@@ -43,7 +43,8 @@ use super::protocol::{self, Event, Request, Setup, MAX_MESSAGE};
 use super::seccomp;
 
 /// `PATH` when the environment has none.
-pub(crate) const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Capabilities sandbox root keeps (inside its user namespace only): file ownership and
 /// permission overrides on its own files, setuid/setgid to its own uids, kill, low ports and
@@ -97,9 +98,48 @@ pub fn init_main() -> ! {
     std::process::exit(code)
 }
 
+/// Sets close-on-exec on every descriptor from 3 up.
+fn mark_inherited_fds_cloexec() {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes descriptor flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
+        )
+    };
+    if rc == 0 {
+        return;
+    }
+    // Kernels before 5.11: walk the descriptor table.
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .filter(|fd| *fd >= 3)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_SETFD on a descriptor number only changes its flags (or fails with
+        // EBADF for the directory fd already closed above).
+        unsafe {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+}
+
 /// Sends `SetupFailed` (best effort) and returns the error for the exit path.
 fn fail(control: BorrowedFd<'_>, message: String) -> String {
-    let _ = protocol::send(control, &Event::SetupFailed { message: message.clone() }, &[], false);
+    let _ = protocol::send(
+        control,
+        &Event::SetupFailed {
+            message: message.clone(),
+        },
+        &[],
+        false,
+    );
     message
 }
 
@@ -113,8 +153,14 @@ fn errno<T>(what: &str, result: Result<T, Errno>) -> Result<T, String> {
 
 /// The outer init: namespaces, uid maps, fork of the agent, wait.
 fn outer_init() -> Result<i32, String> {
+    // Descriptors the worker leaked without close-on-exec (a parent's jobserver pipe, ...)
+    // must never reach sandboxed commands.
+    mark_inherited_fds_cloexec();
     // The control socket arrives as stdin; keep a close-on-exec copy, put /dev/null on fd 0.
-    let control = step("dup control socket", io::stdin().as_fd().try_clone_to_owned())?;
+    let control = step(
+        "dup control socket",
+        io::stdin().as_fd().try_clone_to_owned(),
+    )?;
     let null = step("open /dev/null", File::open("/dev/null"))?;
     errno("dup2 stdin", rustix::stdio::dup2_stdin(&null))?;
     drop(null);
@@ -128,8 +174,11 @@ fn outer_init() -> Result<i32, String> {
 
     // Enter the root while still privileged on the host: the state dir is not searchable
     // from inside the user namespace. unshare(NEWNS) carries the cwd over to the new copy.
-    errno("enter rootfs", rustix::process::chdir(setup.rootfs.as_str()))
-        .map_err(|m| fail(control.as_fd(), m))?;
+    errno(
+        "enter rootfs",
+        rustix::process::chdir(setup.rootfs.as_str()),
+    )
+    .map_err(|m| fail(control.as_fd(), m))?;
     let flags = UnshareFlags::NEWUSER
         | UnshareFlags::NEWNS
         | UnshareFlags::NEWUTS
@@ -139,8 +188,10 @@ fn outer_init() -> Result<i32, String> {
         | UnshareFlags::NEWPID;
     // SAFETY: no FILES/FS/VM sharing changes are requested, and this process is
     // single-threaded, so no other thread can observe a changed resource.
-    errno("unshare namespaces", unsafe { rustix::thread::unshare_unsafe(flags) })
-        .map_err(|m| fail(control.as_fd(), m))?;
+    errno("unshare namespaces", unsafe {
+        rustix::thread::unshare_unsafe(flags)
+    })
+    .map_err(|m| fail(control.as_fd(), m))?;
 
     step(
         "report user namespace",
@@ -220,7 +271,10 @@ fn build_sandbox(setup: &Setup) -> Result<OwnedFd, String> {
 
     errno(
         "make mounts private",
-        mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC),
+        mount_change(
+            "/",
+            MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+        ),
     )?;
     // The overlay came from the host's mount namespace, so it is locked here and cannot be
     // the new root; a recursive bind of it onto itself is a mount of our own. The state dirs
@@ -430,10 +484,7 @@ fn serve(control: OwnedFd, sigfd: OwnedFd) -> i32 {
                 Err(Errno::INTR) => continue,
                 Err(_) => return 1,
             }
-            (
-                !fds[0].revents().is_empty(),
-                !fds[1].revents().is_empty(),
-            )
+            (!fds[0].revents().is_empty(), !fds[1].revents().is_empty())
         };
         if child_ready {
             drain_signalfd(&sigfd);
@@ -480,7 +531,8 @@ fn drain_signalfd(sigfd: &OwnedFd) {
 /// Reaps every exited child; reports the ones that are exec leaders.
 fn reap(control: &OwnedFd, pid_to_id: &mut HashMap<i32, u64>, id_to_pid: &mut HashMap<u64, i32>) {
     loop {
-        match waitpid(None, WaitOptions::NOHANG) {
+        // `wait` is waitpid(-1): commands run in their own process groups.
+        match wait(WaitOptions::NOHANG) {
             Ok(Some((pid, status))) => {
                 let code = status
                     .exit_status()
@@ -488,7 +540,8 @@ fn reap(control: &OwnedFd, pid_to_id: &mut HashMap<i32, u64>, id_to_pid: &mut Ha
                 let Some(code) = code else { continue };
                 if let Some(id) = pid_to_id.remove(&pid.as_raw_nonzero().get()) {
                     id_to_pid.remove(&id);
-                    let _ = protocol::send(control.as_fd(), &Event::Exited { id, code }, &[], false);
+                    let _ =
+                        protocol::send(control.as_fd(), &Event::Exited { id, code }, &[], false);
                 }
             }
             Ok(None) | Err(_) => return,

@@ -137,7 +137,10 @@ fn check_prerequisites(config: &ContainerConfig) -> Result<(), BackendError> {
         ));
     }
     let filesystems = fs::read_to_string("/proc/filesystems").unwrap_or_default();
-    if !filesystems.lines().any(|l| l.trim_end().ends_with("\toverlay")) {
+    if !filesystems
+        .lines()
+        .any(|l| l.trim_end().ends_with("\toverlay"))
+    {
         return Err(unavailable(
             "overlayfs is not available (load it with `modprobe overlay`)",
         ));
@@ -299,7 +302,8 @@ impl ContainerBackend {
         .map_err(|e| BackendError::io("create control socket", e.into()))?;
         // Room for the largest exec request in one packet (unix sockets account packets
         // against the sender's buffer).
-        let _ = rustix::net::sockopt::set_socket_send_buffer_size_force(&worker_end, 2 * MAX_MESSAGE);
+        let _ =
+            rustix::net::sockopt::set_socket_send_buffer_size_force(&worker_end, 2 * MAX_MESSAGE);
         // The init's end must block: it is the init's stdin and it reads synchronously.
         rustix::fs::fcntl_setfl(&init_end, OFlags::RDWR)
             .map_err(|e| BackendError::io("configure control socket", e.into()))?;
@@ -340,7 +344,9 @@ impl ContainerBackend {
         match tokio::time::timeout(self.config.setup_timeout, handshake).await {
             Ok(Ok(())) => {}
             Ok(Err(HandshakeError::Failed(message))) => {
-                return Err(BackendError::Other(format!("sandbox setup failed: {message}")))
+                return Err(BackendError::Other(format!(
+                    "sandbox setup failed: {message}"
+                )))
             }
             Ok(Err(HandshakeError::Closed)) => {
                 let stderr = guard.child_stderr().await;
@@ -380,7 +386,7 @@ impl ContainerBackend {
             .map_err(|_| BackendError::Other("cgroup handle still shared".to_string()))?;
         guard.disarm();
         let vm = ContainerVm::new(
-            spec.vm_id.clone(),
+            spec.vm_id,
             AgentConn::start(sock),
             SandboxRoot::new(root, uid),
             netns,
@@ -400,6 +406,14 @@ enum HandshakeError {
     Io(io::Error),
 }
 
+/// A send that failed because the init is gone reads as [`HandshakeError::Closed`].
+fn closed_or_io(e: io::Error) -> HandshakeError {
+    match e.kind() {
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => HandshakeError::Closed,
+        _ => HandshakeError::Io(e),
+    }
+}
+
 /// Setup → (init unshares) → worker writes uid/gid maps → init builds the sandbox → ready.
 async fn handshake(
     sock: &AsyncFd<OwnedFd>,
@@ -409,7 +423,7 @@ async fn handshake(
 ) -> Result<(), HandshakeError> {
     agent::send(sock, &Request::Setup(setup), &[])
         .await
-        .map_err(HandshakeError::Io)?;
+        .map_err(closed_or_io)?;
     let mut maps_written = false;
     loop {
         match agent::recv(sock).await {
@@ -425,17 +439,19 @@ async fn handshake(
                 maps_written = true;
                 agent::send(sock, &Request::MapsWritten, &[])
                     .await
-                    .map_err(HandshakeError::Io)?;
+                    .map_err(closed_or_io)?;
             }
             Ok(Some(Event::Ready)) if maps_written => return Ok(()),
-            Ok(Some(Event::SetupFailed { message })) => return Err(HandshakeError::Failed(message)),
+            Ok(Some(Event::SetupFailed { message })) => {
+                return Err(HandshakeError::Failed(message))
+            }
             Ok(Some(other)) => {
                 return Err(HandshakeError::Failed(format!(
                     "unexpected message from init: {other:?}"
                 )))
             }
             Ok(None) => return Err(HandshakeError::Closed),
-            Err(e) => return Err(HandshakeError::Io(e)),
+            Err(e) => return Err(closed_or_io(e)),
         }
     }
 }
@@ -446,7 +462,10 @@ fn prepare_root(dir: &Path, layout: &ImageLayout, uid: u32, scratch_mib: u64) ->
         if !mounts::overlay_safe(lower) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("image layer path {} cannot be used by overlayfs", lower.display()),
+                format!(
+                    "image layer path {} cannot be used by overlayfs",
+                    lower.display()
+                ),
             ));
         }
     }
@@ -507,7 +526,10 @@ pub(crate) fn teardown_host(dir: &Path, cgroup: Option<SandboxCgroup>) -> Result
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(format!("sandbox teardown incomplete: {}", problems.join("; ")))
+        Err(format!(
+            "sandbox teardown incomplete: {}",
+            problems.join("; ")
+        ))
     }
 }
 

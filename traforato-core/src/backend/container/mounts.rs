@@ -137,7 +137,8 @@ pub(crate) fn mount_overlay(
     upper: &Path,
     work: &Path,
 ) -> io::Result<()> {
-    let all_safe = lowers.iter().all(|p| overlay_safe(p)) && overlay_safe(upper) && overlay_safe(work);
+    let all_safe =
+        lowers.iter().all(|p| overlay_safe(p)) && overlay_safe(upper) && overlay_safe(work);
     if lowers.is_empty() || !all_safe {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -195,7 +196,10 @@ mod tests {
         assert_eq!(e.len(), 6);
         assert_eq!(e[1].fs_type, "cgroup");
         assert_eq!(e[1].super_options, vec!["rw", "cpu"]);
-        assert_eq!(e[2].mount_point, PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"));
+        assert_eq!(
+            e[2].mount_point,
+            PathBuf::from("/sys/fs/cgroup/cpu,cpuacct")
+        );
         assert_eq!(e[2].super_options, vec!["rw", "cpu", "cpuacct"]);
         assert_eq!(e[3].fs_type, "cgroup2");
         assert_eq!(e[4].mount_point, PathBuf::from("/run/tf/a b/rootfs"));

@@ -37,7 +37,8 @@ pub(crate) async fn connect(
             }
             _ => BackendError::ConnectFailed { port, source: e },
         })?;
-    tokio::net::TcpStream::from_std(stream).map_err(|e| BackendError::ConnectFailed { port, source: e })
+    tokio::net::TcpStream::from_std(stream)
+        .map_err(|e| BackendError::ConnectFailed { port, source: e })
 }
 
 /// Runs on a dedicated thread that ends right after, so its namespace never leaks into other

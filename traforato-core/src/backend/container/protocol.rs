@@ -174,9 +174,9 @@ pub(crate) fn recv<T: for<'de> Deserialize<'de>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsFd;
     use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
     use std::io::{Read, Write};
+    use std::os::fd::AsFd;
 
     fn pair() -> (OwnedFd, OwnedFd) {
         socketpair(

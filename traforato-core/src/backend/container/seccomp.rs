@@ -71,8 +71,12 @@ const DENIED_ARCH: &[i64] = &[];
 const X32_BIT: i64 = 0x4000_0000;
 
 fn target_arch() -> Result<TargetArch, String> {
-    TargetArch::try_from(std::env::consts::ARCH)
-        .map_err(|_| format!("seccomp filters are not supported on {}", std::env::consts::ARCH))
+    TargetArch::try_from(std::env::consts::ARCH).map_err(|_| {
+        format!(
+            "seccomp filters are not supported on {}",
+            std::env::consts::ARCH
+        )
+    })
 }
 
 /// Every number a call can be made with on this architecture.

@@ -166,7 +166,7 @@ pub(crate) fn syntax_message(runtime: Runtime, stderr: &[u8]) -> String {
 #[async_trait]
 impl Vm for ContainerVm {
     fn vm_id(&self) -> LocalVmId {
-        self.vm_id.clone()
+        self.vm_id
     }
 
     async fn exec(
@@ -200,7 +200,10 @@ impl Vm for ContainerVm {
         let cwd = cwd_or_default(&spec.cwd);
         let env = environment(&spec.env);
         let (check, run): (Vec<&str>, Vec<&str>) = match spec.runtime {
-            Runtime::Python => (vec!["python3", "-I", "-c", PYTHON_CHECK], vec!["python3", "-"]),
+            Runtime::Python => (
+                vec!["python3", "-I", "-c", PYTHON_CHECK],
+                vec!["python3", "-"],
+            ),
             Runtime::Node => (vec!["node", "--check", "-"], vec!["node", "-"]),
         };
         let to_argv = |v: Vec<&str>| v.into_iter().map(str::to_string).collect::<Vec<_>>();
@@ -296,7 +299,8 @@ impl Vm for ContainerVm {
 
     async fn mkdir(&self, path: &SandboxPath, recursive: bool) -> Result<bool, FilesError> {
         let path = path.clone();
-        self.with_root(move |root| root.mkdir(&path, recursive)).await
+        self.with_root(move |root| root.mkdir(&path, recursive))
+            .await
     }
 
     async fn remove(&self, path: &SandboxPath, recursive: bool) -> Result<(), FilesError> {
@@ -365,7 +369,10 @@ mod tests {
             "[stdin]:1\nconsole.log((\n\n\nSyntaxError: Unexpected end of input"
         );
         assert_eq!(
-            syntax_message(Runtime::Python, b"  File \"<stdin>\", line 1\nSyntaxError: x\n"),
+            syntax_message(
+                Runtime::Python,
+                b"  File \"<stdin>\", line 1\nSyntaxError: x\n"
+            ),
             "File \"<stdin>\", line 1\nSyntaxError: x"
         );
     }
