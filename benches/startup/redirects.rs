@@ -16,6 +16,7 @@ use hyper::client::conn::http1;
 use hyper::header::{HOST, LOCATION};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use rustix::process::{kill_process, Pid, Signal};
 use tokio::net::TcpStream;
 
 /// Where nginx lives on Debian.
@@ -220,12 +221,12 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        // SIGKILL to the master only would orphan its workers; ask it to quit fast (SIGTERM),
-        // which stops the workers too, then reap it.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
+        // SIGKILL to the master alone would orphan its workers; SIGTERM makes it stop them
+        // and exit. Then reap it (SIGKILL if it lingers).
+        let pid = i32::try_from(self.child.id()).ok().and_then(Pid::from_raw);
+        if let Some(pid) = pid {
+            let _ = kill_process(pid, Signal::TERM);
+        }
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {

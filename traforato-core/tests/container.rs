@@ -958,3 +958,49 @@ async fn directory_images_are_lower_layers() {
         "welcome"
     );
 }
+
+#[tokio::test]
+async fn cancelled_provisions_leave_nothing() {
+    let Some(mut h) = Harness::new("cancel") else {
+        return;
+    };
+    let backend = Arc::new(h.backend.take().expect("backend"));
+    // Stop the provision at different points: before, during and after host setup.
+    for delay_us in [
+        0u64, 200, 1_000, 2_000, 3_000, 4_000, 5_000, 7_000, 10_000, 50_000,
+    ] {
+        let b = Arc::clone(&backend);
+        let task = tokio::spawn(async move {
+            b.provision(ProvisionSpec {
+                vm_id: LocalVmId::new_random(),
+                tuple: SandboxTuple::normalize("container", "host", 1, "container"),
+                memory_mib: 128,
+            })
+            .await
+        });
+        tokio::time::sleep(Duration::from_micros(delay_us)).await;
+        task.abort();
+        let outcome = task.await;
+        if let Ok(Ok(vm)) = outcome {
+            vm.destroy().await.unwrap();
+        }
+    }
+    // Rollbacks of dropped provisions finish in the background.
+    let mut clean = false;
+    for _ in 0..500 {
+        let entries: Vec<String> = std::fs::read_dir(&h.state_dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "images")
+            .collect();
+        if entries.is_empty() && mounts_below(&h.state_dir).is_empty() {
+            clean = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(clean, "cancelled provisions left state behind");
+    assert_eq!(backend.cleanup_leftovers().await.unwrap(), 0);
+    h.backend = Some(Arc::try_unwrap(backend).expect("sole owner"));
+}

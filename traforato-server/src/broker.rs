@@ -1,6 +1,10 @@
 //! The broker shell: the route table of the contract (§3.2) mapped onto [`Broker`] methods,
 //! plus `/healthz`, `/metrics` and `/metrics/sandboxes`. Creates and sandbox-scoped requests
 //! are answered with `307` redirects that carry this span's `traceparent`/`tracestate`.
+//!
+//! Authentication ([`BrokerAuth`]): in prod, a client JWT on `POST /sandboxes` only (the
+//! broker never sees sandbox traffic, it only redirects it); an internal token on every
+//! `/internal/workers/{id}/...` call whenever a secret is configured.
 
 use std::future::Future;
 use std::io;
@@ -13,28 +17,116 @@ use tracing::Instrument;
 use traforato_core::api::{
     CreateSandboxRequest, HealthResponse, RegistrationRequest, VmEventRequest,
 };
+use traforato_core::auth::{
+    AuthConfig, AuthMode, ClientAuthenticator, InternalAuthError, InternalVerifier,
+};
 use traforato_core::broker::{Broker, BrokerError};
+use traforato_core::clock::{Clock, SystemClock};
 use traforato_core::id::ComponentId;
 
 use crate::http::{
-    decode_json, error_for, error_response, json_response, percent_decode, read_body, redirect,
-    segments, status_only, text_response, BodyError, HttpResponse, Query, RequestContext,
-    CREATE_BODY_MAX, INTERNAL_BODY_MAX, PLAIN_TEXT, PROMETHEUS_TEXT,
+    decode_json, error_for, error_response, header_str, json_response, percent_decode, read_body,
+    redirect, segments, status_only, text_response, BodyError, HttpResponse, Query,
+    RequestContext, CREATE_BODY_MAX, INTERNAL_BODY_MAX, PLAIN_TEXT, PROMETHEUS_TEXT,
 };
 use crate::server::{serve, ConnInfo};
 
-/// Serves the broker on `listener` until `shutdown` completes.
+/// The broker's authentication: the client token check of creates and the internal token
+/// check of worker calls, each with its own replay cache (one for all internal routes).
+pub struct BrokerAuth {
+    clients: ClientAuthenticator,
+    internal: InternalVerifier,
+}
+
+impl BrokerAuth {
+    /// Authentication for `config` (prod when its secret is not empty), with time from
+    /// `clock`: use the broker's clock.
+    pub fn new(config: &AuthConfig, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            clients: ClientAuthenticator::new(config, clock.clone()),
+            internal: InternalVerifier::new(config, clock),
+        }
+    }
+
+    /// No authentication at all (development mode).
+    pub fn dev() -> Self {
+        Self::new(&AuthConfig::default(), Arc::new(SystemClock))
+    }
+
+    /// Dev or prod (client tokens).
+    pub fn mode(&self) -> AuthMode {
+        self.clients.mode()
+    }
+
+    /// Whether internal worker calls must carry a token.
+    pub fn internal_enabled(&self) -> bool {
+        self.internal.is_enabled()
+    }
+}
+
+impl std::fmt::Debug for BrokerAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerAuth")
+            .field("mode", &self.mode())
+            .field("internal_enabled", &self.internal_enabled())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Serves the broker on `listener` in development mode (no authentication) until `shutdown`
+/// completes. A broker configured for prod (`prod_mode`) is refused: use
+/// [`serve_broker_with_auth`].
 pub async fn serve_broker(
     listener: TcpListener,
     broker: Arc<Broker>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    serve_broker_with_auth(listener, broker, BrokerAuth::dev(), shutdown).await
+}
+
+/// Serves the broker on `listener` with `auth` until `shutdown` completes. The broker's
+/// `prod_mode` must agree with the mode of `auth` (an `InvalidInput` error otherwise), so a
+/// prod broker is never served without client authentication.
+pub async fn serve_broker_with_auth(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    auth: BrokerAuth,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    if broker.config().prod_mode != auth.mode().is_prod() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "broker prod_mode is {} but its authentication is in {} mode",
+                broker.config().prod_mode,
+                auth.mode().as_str()
+            ),
+        ));
+    }
+    let auth = Arc::new(auth);
     serve(
         listener,
-        move |req, conn| handle(broker.clone(), req, conn),
+        move |req, conn| handle(broker.clone(), auth.clone(), req, conn),
         shutdown,
     )
     .await
+}
+
+/// Logs the startup warnings of a broker's auth settings: the loud development-mode warning,
+/// and that internal worker calls are not authenticated. Secrets are never logged.
+pub fn log_auth_warnings(auth: &BrokerAuth) {
+    if auth.mode() == AuthMode::Dev {
+        tracing::warn!(
+            auth_mode = "dev",
+            "auth disabled: running broker in development no-auth mode"
+        );
+    }
+    if !auth.internal_enabled() {
+        tracing::warn!(
+            endpoint = "/internal/workers/{worker_id}/vm-events",
+            "internal worker callback auth disabled"
+        );
+    }
 }
 
 /// The status code of each broker error.
@@ -139,13 +231,14 @@ impl BrokerRoute {
     }
 }
 
-async fn handle(broker: Arc<Broker>, req: Request<Incoming>, _conn: ConnInfo) -> HttpResponse {
+async fn handle(
+    broker: Arc<Broker>,
+    auth: Arc<BrokerAuth>,
+    req: Request<Incoming>,
+    _conn: ConnInfo,
+) -> HttpResponse {
     let ctx = RequestContext::from_headers(req.headers());
-    let auth_mode = if broker.config().prod_mode {
-        "prod"
-    } else {
-        "dev"
-    };
+    let auth_mode = auth.mode().as_str();
     let span = tracing::info_span!(
         "broker.request",
         request_id = %ctx.request_id,
@@ -153,14 +246,61 @@ async fn handle(broker: Arc<Broker>, req: Request<Incoming>, _conn: ConnInfo) ->
         span_id = %ctx.trace.span_id,
         auth_mode,
     );
-    let mut resp = dispatch(&broker, req, &ctx).instrument(span).await;
+    let mut resp = dispatch(&broker, &auth, req, &ctx).instrument(span).await;
     ctx.stamp(&mut resp);
     resp
 }
 
-async fn dispatch(broker: &Broker, req: Request<Incoming>, ctx: &RequestContext) -> HttpResponse {
+/// The 401 message of each internal route: it names the route, never the cause.
+fn internal_denial(route: &BrokerRoute) -> Option<&'static str> {
+    match route {
+        BrokerRoute::Register(_) => Some("unauthorized registration"),
+        BrokerRoute::Deregister(_) => Some("unauthorized deregistration"),
+        BrokerRoute::VmEvent(_) => Some("unauthorized internal callback"),
+        BrokerRoute::VmStart(_) => Some("unauthorized vm start request"),
+        _ => None,
+    }
+}
+
+/// Checks the internal token of a worker call on `/internal/workers/{worker_id}/...`.
+fn check_internal(
+    auth: &BrokerAuth,
+    req: &Request<Incoming>,
+    worker_id: &str,
+) -> Result<(), InternalAuthError> {
+    auth.internal
+        .verify(header_str(req.headers(), "authorization"), worker_id)
+}
+
+async fn dispatch(
+    broker: &Broker,
+    auth: &BrokerAuth,
+    req: Request<Incoming>,
+    ctx: &RequestContext,
+) -> HttpResponse {
     let path = percent_decode(req.uri().path());
-    match BrokerRoute::parse(req.method(), &path) {
+    let route = BrokerRoute::parse(req.method(), &path);
+    if let (
+        Some(denial),
+        BrokerRoute::Register(id)
+        | BrokerRoute::Deregister(id)
+        | BrokerRoute::VmEvent(id)
+        | BrokerRoute::VmStart(id),
+    ) = (internal_denial(&route), &route)
+    {
+        if let Err(err) = check_internal(auth, &req, id) {
+            // The cause is logged (it never quotes the token); the answer hides it.
+            tracing::warn!(
+                worker_id = %id,
+                path = %path,
+                auth_error = %err,
+                answer = denial,
+                "internal worker call refused"
+            );
+            return error_response(StatusCode::UNAUTHORIZED, denial);
+        }
+    }
+    match route {
         BrokerRoute::Health => json_response(
             StatusCode::OK,
             &HealthResponse {
@@ -195,7 +335,7 @@ async fn dispatch(broker: &Broker, req: Request<Incoming>, ctx: &RequestContext)
                 Err(err) => broker_error(&err),
             }
         }
-        BrokerRoute::Create => create(broker, req, ctx).await,
+        BrokerRoute::Create => create(broker, auth, req, ctx).await,
         BrokerRoute::NotFound => error_response(StatusCode::NOT_FOUND, "route not found"),
     }
 }
@@ -245,13 +385,24 @@ async fn vm_event(broker: &Broker, worker_id: &str, req: Request<Incoming>) -> H
     }
 }
 
-async fn create(broker: &Broker, req: Request<Incoming>, ctx: &RequestContext) -> HttpResponse {
-    // Client authentication (prod mode) is not implemented yet: refuse rather than skip it.
-    if broker.config().prod_mode {
-        return error_response(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized: prod auth is not implemented yet",
+async fn create(
+    broker: &Broker,
+    auth: &BrokerAuth,
+    req: Request<Incoming>,
+    ctx: &RequestContext,
+) -> HttpResponse {
+    // The broker checks client tokens here only; in dev mode this always succeeds.
+    if let Err(err) = auth
+        .clients
+        .authenticate(header_str(req.headers(), "authorization"))
+    {
+        tracing::warn!(
+            method = %req.method(),
+            path = req.uri().path(),
+            auth_error = %err,
+            "authentication failed"
         );
+        return error_response(StatusCode::UNAUTHORIZED, &err.to_string());
     }
     let query = Query::parse(req.uri().query());
     let bytes = match read_body(req.into_body(), CREATE_BODY_MAX).await {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::{Args, Parser};
 use serde::{Deserialize, Deserializer};
 use tracing_subscriber::filter::LevelFilter;
-use traforato_core::auth::AuthMode;
+use traforato_core::auth::{AuthConfig, AuthMode};
 use traforato_core::broker::BrokerConfig;
 use traforato_core::id::{ComponentId, IdError};
 use traforato_core::tuple::SandboxTuple;
@@ -78,9 +78,6 @@ pub enum ConfigError {
         #[source]
         source: IdError,
     },
-    /// A JWT secret was given, but prod auth does not exist yet.
-    #[error("prod auth is not implemented yet: unset --jwt-secret / TRAFORATO_JWT_SECRET to run in development no-auth mode")]
-    ProdAuthNotImplemented,
     /// A listen address is empty.
     #[error("listen address is required")]
     EmptyListen,
@@ -352,11 +349,13 @@ pub fn parse_or_exit<T: Parser>(service: &str) -> T {
     }
 }
 
-/// Client authentication settings shared by all binaries.
-#[derive(Debug, Clone, Args)]
+/// Authentication settings shared by all binaries. `Debug` never shows the secret.
+#[derive(Clone, Args)]
 pub struct AuthArgs {
-    /// HS256 secret of client JWTs; empty runs in development no-auth mode. Prod auth is not
-    /// implemented yet, so a non-empty secret is refused at startup.
+    /// Shared HS256 secret of client JWTs and of the worker -> broker internal tokens (prefer
+    /// the environment variable: flags show up in process listings). Surrounding whitespace
+    /// is trimmed. Empty runs in development no-auth mode: no client tokens, no sandbox
+    /// ownership, no internal tokens.
     #[arg(
         long,
         env = "TRAFORATO_JWT_SECRET",
@@ -374,13 +373,27 @@ pub struct AuthArgs {
 }
 
 impl AuthArgs {
-    /// The auth mode, refusing prod (not implemented yet).
-    pub fn mode(&self) -> Result<AuthMode, ConfigError> {
-        if self.jwt_secret.trim().is_empty() {
-            Ok(AuthMode::Dev)
-        } else {
-            Err(ConfigError::ProdAuthNotImplemented)
+    /// The library's auth settings (secret, issuer, audience).
+    pub fn auth_config(&self) -> AuthConfig {
+        AuthConfig {
+            secret: self.jwt_secret.clone(),
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
         }
+    }
+
+    /// Dev when the secret is empty after trimming, prod otherwise.
+    pub fn mode(&self) -> AuthMode {
+        self.auth_config().mode()
+    }
+}
+
+impl std::fmt::Debug for AuthArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The same redaction as the library's config.
+        f.debug_struct("AuthArgs")
+            .field("auth", &self.auth_config())
+            .finish()
     }
 }
 
@@ -425,12 +438,15 @@ pub struct BrokerSettings {
     pub bind: String,
     /// The library configuration.
     pub config: BrokerConfig,
+    /// Client and internal token settings (`Debug` redacts the secret).
+    pub auth: AuthConfig,
 }
 
 impl BrokerSettings {
     /// Validates the command line.
     pub fn from_args(args: &BrokerArgs) -> Result<Self, ConfigError> {
-        let mode = args.auth.mode()?;
+        let auth = args.auth.auth_config();
+        let mode = auth.mode();
         Ok(Self {
             bind: bind_address(&args.listen)?,
             config: broker_config(
@@ -441,6 +457,7 @@ impl BrokerSettings {
                 &args.default_virtualization,
                 mode,
             )?,
+            auth,
         })
     }
 }
@@ -722,6 +739,8 @@ pub struct WorkerValues {
     pub pre_pull_warmup_script: String,
     /// `pre-pull.warmup-timeout-seconds`.
     pub pre_pull_warmup_timeout_seconds: i64,
+    /// Dev or prod, from the JWT secret (not a YAML key).
+    pub auth_mode: AuthMode,
 }
 
 impl WorkerValues {
@@ -751,6 +770,7 @@ impl WorkerValues {
             pre_pull_images: Vec::new(),
             pre_pull_warmup_script: String::new(),
             pre_pull_warmup_timeout_seconds: 0,
+            auth_mode: args.auth.mode(),
         }
     }
 
@@ -780,13 +800,13 @@ impl WorkerValues {
             pre_pull_images: Vec::new(),
             pre_pull_warmup_script: String::new(),
             pre_pull_warmup_timeout_seconds: 0,
+            auth_mode: args.auth.mode(),
         }
     }
 
     /// Loads a `traforato-worker` configuration: flags and environment, then the YAML file,
     /// then validation.
     pub fn load_worker(args: &WorkerArgs) -> Result<Self, ConfigError> {
-        args.auth.mode()?;
         let mut values = Self::from_worker_args(args);
         values.apply_file(&args.file)?;
         values.validate()?;
@@ -1010,7 +1030,7 @@ impl WorkerValues {
             registration_jitter_percent: self.registration_jitter_percent.clamp(0, 95) as u8,
             reap_interval: REAP_INTERVAL,
             pre_pull: self.pre_pull_targets(),
-            auth_mode: AuthMode::Dev,
+            auth_mode: self.auth_mode,
         })
     }
 }
@@ -1022,12 +1042,13 @@ pub struct DevSettings {
     pub broker_listen: String,
     /// The worker's values (the YAML applied); its broker id is the broker's too.
     pub worker: WorkerValues,
+    /// Token settings of both services (`Debug` redacts the secret).
+    pub auth: AuthConfig,
 }
 
 impl DevSettings {
     /// Loads a `traforato-dev` configuration: flags and environment, then the YAML file.
     pub fn load(args: &DevArgs) -> Result<Self, ConfigError> {
-        args.auth.mode()?;
         let mut worker = WorkerValues::from_dev_args(args);
         worker.apply_file(&args.file)?;
         worker.validate()?;
@@ -1035,6 +1056,7 @@ impl DevSettings {
         Ok(Self {
             broker_listen: args.broker_listen.clone(),
             worker,
+            auth: args.auth.auth_config(),
         })
     }
 
@@ -1047,7 +1069,7 @@ impl DevSettings {
             defaults.worker_lease_ttl,
             defaults.lease_sweep_interval,
             &self.worker.default_virtualization,
-            AuthMode::Dev,
+            self.auth.mode(),
         )
     }
 }
@@ -1490,15 +1512,57 @@ log:
     }
 
     #[test]
-    fn prod_auth_is_refused() {
+    fn auth_settings_pick_the_mode_and_hide_the_secret() {
         let _guard = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        let args = worker_args(&["--jwt-secret", "s3cr3t"]);
-        assert!(matches!(
-            WorkerValues::load_worker(&args),
-            Err(ConfigError::ProdAuthNotImplemented)
-        ));
+        // No secret: dev everywhere, default issuer and audience.
+        let values = WorkerValues::load_worker(&worker_args(&[])).unwrap();
+        assert_eq!(values.auth_mode, AuthMode::Dev);
+        assert_eq!(values.worker_config(None).unwrap().auth_mode, AuthMode::Dev);
         let args = BrokerArgs::try_parse_from(["traforato-broker", "--jwt-secret", " "]).unwrap();
-        assert!(BrokerSettings::from_args(&args).is_ok());
+        let settings = BrokerSettings::from_args(&args).unwrap();
+        assert_eq!(settings.auth.mode(), AuthMode::Dev);
+        assert!(!settings.config.prod_mode);
+        assert_eq!(settings.auth.issuer, "traforato");
+        assert_eq!(settings.auth.audience, "traforato-api");
+
+        // A secret: prod, on the worker, the broker and both halves of dev.
+        let args = worker_args(&["--jwt-secret", "hunter2-secret"]);
+        let values = WorkerValues::load_worker(&args).unwrap();
+        assert_eq!(values.auth_mode, AuthMode::Prod);
+        assert_eq!(
+            values.worker_config(None).unwrap().auth_mode,
+            AuthMode::Prod
+        );
+        assert_eq!(args.auth.auth_config().mode(), AuthMode::Prod);
+        let args = BrokerArgs::try_parse_from([
+            "traforato-broker",
+            "--jwt-secret=hunter2-secret",
+            "--jwt-issuer",
+            "iss-x",
+            "--jwt-audience",
+            "aud-y",
+        ])
+        .unwrap();
+        let settings = BrokerSettings::from_args(&args).unwrap();
+        assert!(settings.config.prod_mode);
+        assert_eq!(settings.auth.issuer, "iss-x");
+        assert_eq!(settings.auth.audience, "aud-y");
+        let shown = format!("{args:?} {settings:?} {:#?}", args.auth);
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+
+        std::env::set_var("TRAFORATO_JWT_SECRET", "hunter2-secret");
+        let args = DevArgs::try_parse_from(["traforato-dev"]);
+        std::env::remove_var("TRAFORATO_JWT_SECRET");
+        let settings = DevSettings::load(&args.unwrap()).unwrap();
+        assert_eq!(settings.auth.mode(), AuthMode::Prod);
+        assert!(settings.broker_config().unwrap().prod_mode);
+        assert_eq!(
+            settings.worker.worker_config(None).unwrap().auth_mode,
+            AuthMode::Prod
+        );
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 
     #[test]

@@ -7,10 +7,21 @@
 //!   and path parsing, request ids and W3C trace context.
 //! - [`server`]: the accept loop (HTTP/1.1, read-header timeout, graceful shutdown) and the
 //!   shutdown plumbing.
-//! - [`broker`]: the broker's route table → [`Broker`] methods; [`serve_broker`].
-//! - [`worker`]: the worker's route table → [`Worker`] methods; [`serve_worker`].
+//! - [`broker`]: the broker's route table → [`Broker`] methods; [`serve_broker`] (dev) and
+//!   [`serve_broker_with_auth`] (client and internal tokens).
+//! - [`worker`]: the worker's route table → [`Worker`] methods; [`serve_worker`] (dev) and
+//!   [`serve_worker_with_auth`] (client tokens, checked before routing).
 //! - [`proxy`]: HTTP and WebSocket reverse proxy into a sandbox port.
-//! - [`link`]: [`link::HttpBrokerLink`], the worker's HTTP line to its broker.
+//! - [`link`]: [`link::HttpBrokerLink`], the worker's HTTP line to its broker, signing each
+//!   call with a fresh internal token.
+//!
+//! # Auth modes
+//!
+//! One secret (`--jwt-secret` / `TRAFORATO_JWT_SECRET`, trimmed) decides everything: empty is
+//! development mode (no tokens, no ownership, a loud startup warning, `service.auth.mode` 0);
+//! otherwise prod, where clients need a fresh HS256 token per request and service (each
+//! service keeps a replay cache), sandboxes belong to the `client_id` that created them, and
+//! worker -> broker calls carry internal tokens. Tokens and secrets are never logged.
 //! - [`config`]: flags, environment variables, the worker YAML and derived values.
 //! - [`logging`]: JSON logs to stdout or a size-rotated file.
 //! - [`backends`]: the worker's sandbox backends by virtualization name.
@@ -28,8 +39,8 @@ pub mod proxy;
 pub mod server;
 pub mod worker;
 
-pub use broker::serve_broker;
-pub use worker::serve_worker;
+pub use broker::{serve_broker, serve_broker_with_auth, BrokerAuth};
+pub use worker::{serve_worker, serve_worker_with_auth};
 
 /// Why a binary could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,8 @@
 //! [`HttpBrokerLink`]: the worker's line to a broker over HTTP (registration, VM events,
-//! VM-start requests), with a 3 s timeout per call.
+//! VM-start requests), with a 3 s timeout per call and, when a secret is configured, a fresh
+//! internal token on every call.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -9,6 +11,7 @@ use serde::de::DeserializeOwned;
 use traforato_core::api::{
     RegistrationRequest, RegistrationResponse, VmEventRequest, VmStartResponse,
 };
+use traforato_core::auth::InternalTokenSigner;
 use traforato_core::id::ComponentId;
 use traforato_core::worker::{BrokerLink, LinkError};
 
@@ -20,12 +23,15 @@ pub const ERROR_BODY_MAX: usize = 4096;
 
 /// A [`BrokerLink`] over HTTP to `<control_url>/internal/workers/<id>/...`.
 ///
-/// It sends no `Authorization` header: internal worker tokens come with prod auth, which is
-/// not implemented yet (the binaries refuse to start with a JWT secret).
+/// With a signer ([`HttpBrokerLink::with_signer`]) every call carries
+/// `Authorization: Bearer <token>`, a token minted for that call alone (`sub` = the worker id,
+/// `aud` = `traforato-internal`, 45 s): the broker's replay cache accepts each token once.
+/// Without one (or with a signer for an empty secret) no `Authorization` is sent.
 #[derive(Debug, Clone)]
 pub struct HttpBrokerLink {
     client: reqwest::Client,
     control_url: String,
+    signer: Option<Arc<InternalTokenSigner>>,
 }
 
 impl HttpBrokerLink {
@@ -39,7 +45,14 @@ impl HttpBrokerLink {
         Self {
             client,
             control_url: control_url.trim().trim_end_matches('/').to_string(),
+            signer: None,
         }
+    }
+
+    /// Signs every call with a fresh internal token from `signer`.
+    pub fn with_signer(mut self, signer: InternalTokenSigner) -> Self {
+        self.signer = Some(Arc::new(signer));
+        self
     }
 
     /// The broker URL.
@@ -47,12 +60,35 @@ impl HttpBrokerLink {
         &self.control_url
     }
 
-    fn url(&self, worker_id: &ComponentId, leaf: &str) -> String {
-        format!(
+    /// A request to `leaf` of this worker's internal routes, signed when a signer is set.
+    fn request(
+        &self,
+        method: reqwest::Method,
+        worker_id: &ComponentId,
+        leaf: &str,
+    ) -> reqwest::RequestBuilder {
+        let url = format!(
             "{}/internal/workers/{}/{leaf}",
             self.control_url,
             worker_id.as_str()
-        )
+        );
+        let builder = self.client.request(method, url);
+        match self
+            .signer
+            .as_ref()
+            .and_then(|signer| signer.authorization_header(worker_id.as_str()))
+        {
+            Some(header) => match reqwest::header::HeaderValue::from_str(&header) {
+                Ok(mut value) => {
+                    // Kept out of any Debug output of the request.
+                    value.set_sensitive(true);
+                    builder.header(reqwest::header::AUTHORIZATION, value)
+                }
+                // A JWT is always a valid header value; if not, the broker answers 401.
+                Err(_) => builder,
+            },
+            None => builder,
+        }
     }
 }
 
@@ -90,8 +126,7 @@ impl BrokerLink for HttpBrokerLink {
         request: &RegistrationRequest,
     ) -> Result<RegistrationResponse, LinkError> {
         let resp = self
-            .client
-            .put(self.url(worker_id, "registration"))
+            .request(reqwest::Method::PUT, worker_id, "registration")
             .json(request)
             .send()
             .await
@@ -104,8 +139,7 @@ impl BrokerLink for HttpBrokerLink {
 
     async fn deregister(&self, worker_id: &ComponentId) -> Result<(), LinkError> {
         let resp = self
-            .client
-            .delete(self.url(worker_id, "registration"))
+            .request(reqwest::Method::DELETE, worker_id, "registration")
             .send()
             .await
             .map_err(unreachable)?;
@@ -121,8 +155,7 @@ impl BrokerLink for HttpBrokerLink {
         event: &VmEventRequest,
     ) -> Result<(), LinkError> {
         let resp = self
-            .client
-            .post(self.url(worker_id, "vm-events"))
+            .request(reqwest::Method::POST, worker_id, "vm-events")
             .json(event)
             .send()
             .await
@@ -138,8 +171,7 @@ impl BrokerLink for HttpBrokerLink {
         worker_id: &ComponentId,
     ) -> Result<Option<VmStartResponse>, LinkError> {
         let resp = self
-            .client
-            .post(self.url(worker_id, "vm-start"))
+            .request(reqwest::Method::POST, worker_id, "vm-start")
             .send()
             .await
             .map_err(unreachable)?;
@@ -155,6 +187,7 @@ impl BrokerLink for HttpBrokerLink {
 mod tests {
     use super::*;
     use std::convert::Infallible;
+    use traforato_core::auth::{AuthConfig, InternalAuthError, InternalVerifier};
     use std::sync::{Arc, Mutex};
 
     use bytes::Bytes;
@@ -163,8 +196,8 @@ mod tests {
     use hyper_util::rt::TokioIo;
     use tokio::net::TcpListener;
 
-    /// What the stub broker saw: method, path, body.
-    type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
+    /// What the stub broker saw: method, path, body, `Authorization`.
+    type Seen = Arc<Mutex<Vec<(String, String, String, Option<String>)>>>;
 
     /// A broker stand-in answering every request with `status` and `body`.
     async fn stub(status: u16, body: String) -> (HttpBrokerLink, Seen) {
@@ -182,11 +215,16 @@ mod tests {
                     async move {
                         let method = req.method().to_string();
                         let path = req.uri().path().to_string();
+                        let authorization = req
+                            .headers()
+                            .get("authorization")
+                            .map(|v| v.to_str().unwrap().to_string());
                         let sent = req.into_body().collect().await.unwrap().to_bytes();
                         record.lock().unwrap().push((
                             method,
                             path,
                             String::from_utf8_lossy(&sent).into_owned(),
+                            authorization,
                         ));
                         let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
                         *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
@@ -329,5 +367,79 @@ mod tests {
             link.deregister(&worker()).await,
             Err(LinkError::Unreachable(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn unsigned_link_sends_no_authorization() {
+        let (link, seen) = stub(204, String::new()).await;
+        link.deregister(&worker()).await.unwrap();
+        assert_eq!(seen.lock().unwrap()[0].3, None);
+        // A signer for an empty secret (dev mode) signs nothing either.
+        let (link, seen) = stub(204, String::new()).await;
+        let clock = Arc::new(traforato_core::clock::SystemClock);
+        let link = link.with_signer(InternalTokenSigner::new(&AuthConfig::default(), clock));
+        link.deregister(&worker()).await.unwrap();
+        assert_eq!(seen.lock().unwrap()[0].3, None);
+    }
+
+    #[tokio::test]
+    async fn every_call_carries_a_fresh_internal_token() {
+        let clock = Arc::new(traforato_core::clock::SystemClock);
+        let config = AuthConfig::with_secret("secret");
+        let (link, seen) = stub(204, String::new()).await;
+        let link = link.with_signer(InternalTokenSigner::new(&config, clock.clone()));
+        let event = VmEventRequest {
+            event: "claimed".into(),
+            local_vm_id: "550e8400-e29b-41d4-a716-446655440000".into(),
+            virtualization: "fake".into(),
+            image: "img".into(),
+            cpu: 1,
+            timestamp: None,
+        };
+        link.vm_event(&worker(), &event).await.unwrap();
+        link.vm_start(&worker()).await.unwrap();
+        link.deregister(&worker()).await.unwrap();
+        // A registration answer must decode, so it goes to its own stub.
+        let answer = r#"{"worker_id":"worker_a","lease_ttl_seconds":120,"heartbeat_interval_seconds":30,"expires_at":"2026-02-25T12:02:00Z"}"#;
+        let (register_link, register_seen) = stub(200, answer.into()).await;
+        let register_link =
+            register_link.with_signer(InternalTokenSigner::new(&config, clock.clone()));
+        register_link
+            .register(&worker(), &RegistrationRequest::default())
+            .await
+            .unwrap();
+
+        let mut headers: Vec<String> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.3.clone().expect("an Authorization header"))
+            .collect();
+        headers.push(register_seen.lock().unwrap()[0].3.clone().unwrap());
+        assert_eq!(headers.len(), 4);
+        // One verifier (one replay cache) accepts each exactly once: every call had its own.
+        let verifier = InternalVerifier::new(&config, clock);
+        for header in &headers {
+            assert!(header.starts_with("Bearer "), "{header}");
+            verifier.verify(Some(header), "worker_a").unwrap();
+        }
+        assert!(verifier.verify(Some(&headers[0]), "worker_a").is_err());
+        // Tokens are for this worker only.
+        let other = InternalVerifier::new(&config, Arc::new(traforato_core::clock::SystemClock));
+        assert_eq!(
+            other.verify(Some(&headers[1]), "worker_b"),
+            Err(InternalAuthError::SubjectMismatch)
+        );
+    }
+
+    #[test]
+    fn debug_shows_no_key() {
+        let clock = Arc::new(traforato_core::clock::SystemClock);
+        let link = HttpBrokerLink::new("http://b:1").with_signer(InternalTokenSigner::new(
+            &AuthConfig::with_secret("hunter2-secret"),
+            clock,
+        ));
+        let shown = format!("{link:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 }

@@ -1,6 +1,10 @@
 //! The worker shell: the route table of the contract (§4.3) mapped onto [`Worker`] methods,
 //! plus `/healthz`, `/metrics` and the raw file download extension
 //! `GET /sandboxes/{id}/files/raw?path=`.
+//!
+//! Authentication: every request but `GET /healthz` and `GET /metrics` is authenticated
+//! **before** routing (so in prod an unknown route without a token is 401, not 404), and the
+//! resulting [`Principal`] is handed to every [`Worker`] method, which enforces ownership.
 
 use std::future::Future;
 use std::io;
@@ -14,8 +18,9 @@ use tracing::Instrument;
 use traforato_core::api::{
     CreateSandboxRequest, ExecRequest, HealthResponse, MkdirRequest, RunCodeRequest, WriteFileJson,
 };
-use traforato_core::auth::Principal;
+use traforato_core::auth::{AuthConfig, AuthMode, ClientAuthenticator, Principal};
 use traforato_core::backend::BoxedReader;
+use traforato_core::clock::SystemClock;
 use traforato_core::id::SandboxId;
 use traforato_core::path::SandboxPath;
 use traforato_core::worker::{
@@ -30,19 +35,56 @@ use crate::http::{
 };
 use crate::server::{serve, ConnInfo};
 
-/// Serves the worker on `listener` until `shutdown` completes. Start [`Worker::run`] once
-/// this listener is bound, so the worker registers only when it can be reached.
+/// Serves the worker on `listener` in development mode (no authentication) until
+/// `shutdown` completes. A worker configured for prod is refused: use
+/// [`serve_worker_with_auth`]. Start [`Worker::run`] once this listener is bound, so the
+/// worker registers only when it can be reached.
 pub async fn serve_worker(
     listener: TcpListener,
     worker: Arc<Worker>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    let clients = ClientAuthenticator::new(&AuthConfig::default(), Arc::new(SystemClock));
+    serve_worker_with_auth(listener, worker, clients, shutdown).await
+}
+
+/// Serves the worker on `listener`, authenticating clients with `clients` (built with the
+/// worker's clock; it owns the worker's replay cache), until `shutdown` completes. The worker's `auth_mode` must agree with the mode of `clients` (an
+/// `InvalidInput` error otherwise), so ownership is never enforced against anonymous
+/// principals nor skipped in prod.
+pub async fn serve_worker_with_auth(
+    listener: TcpListener,
+    worker: Arc<Worker>,
+    clients: ClientAuthenticator,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    if worker.config().auth_mode != clients.mode() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "worker auth_mode is {} but its authenticator is in {} mode",
+                worker.config().auth_mode.as_str(),
+                clients.mode().as_str()
+            ),
+        ));
+    }
+    let clients = Arc::new(clients);
     serve(
         listener,
-        move |req, conn| handle(worker.clone(), req, conn),
+        move |req, conn| handle(worker.clone(), clients.clone(), req, conn),
         shutdown,
     )
     .await
+}
+
+/// Logs the loud startup warning of a worker in development (no-auth) mode.
+pub fn log_auth_warnings(mode: AuthMode) {
+    if mode == AuthMode::Dev {
+        tracing::warn!(
+            auth_mode = "dev",
+            "auth disabled: running worker in development no-auth mode"
+        );
+    }
 }
 
 /// The status code of each worker error.
@@ -196,7 +238,12 @@ impl<'a> WorkerRoute<'a> {
     }
 }
 
-async fn handle(worker: Arc<Worker>, req: Request<Incoming>, conn: ConnInfo) -> HttpResponse {
+async fn handle(
+    worker: Arc<Worker>,
+    clients: Arc<ClientAuthenticator>,
+    req: Request<Incoming>,
+    conn: ConnInfo,
+) -> HttpResponse {
     let ctx = RequestContext::from_headers(req.headers());
     let span = tracing::info_span!(
         "worker.request",
@@ -206,32 +253,65 @@ async fn handle(worker: Arc<Worker>, req: Request<Incoming>, conn: ConnInfo) -> 
         auth_mode = worker.config().auth_mode.as_str(),
         worker_id = %worker.config().worker_id,
     );
-    let mut resp = dispatch(&worker, req, &conn).instrument(span).await;
+    let mut resp = dispatch(&worker, &clients, req, &conn)
+        .instrument(span)
+        .await;
     ctx.stamp(&mut resp);
     resp
 }
 
-/// The principal of a request. Only development (no-auth) mode exists so far; a worker
-/// configured for prod answers 401 rather than silently skipping authentication.
-fn authenticate(worker: &Worker) -> Result<Principal, &'static str> {
-    if worker.config().auth_mode.is_prod() {
-        return Err("unauthorized: prod auth is not implemented yet");
-    }
-    Ok(Principal::dev())
+/// The principal of a request: [`Principal::dev`] in dev mode, else the `client_id` of a
+/// valid, unused client token. A failure is counted, logged (method, path and the reason,
+/// never the token) and answered with 401 and the reason.
+fn authenticate(
+    worker: &Worker,
+    clients: &ClientAuthenticator,
+    req: &Request<Incoming>,
+) -> Result<Principal, HttpResponse> {
+    clients
+        .authenticate(header_str(req.headers(), "authorization"))
+        .map_err(|err| {
+            let worker_id = worker.config().worker_id.as_str();
+            let _ = worker.metrics().inc(
+                "worker.auth.failures.total",
+                &[
+                    ("worker_id", worker_id),
+                    ("status_code", "401"),
+                    ("reason", "jwt"),
+                ],
+            );
+            tracing::warn!(
+                method = %req.method(),
+                path = req.uri().path(),
+                auth_error = %err,
+                "authentication failed"
+            );
+            error_response(StatusCode::UNAUTHORIZED, &err.to_string())
+        })
 }
 
-async fn dispatch(worker: &Worker, req: Request<Incoming>, conn: &ConnInfo) -> HttpResponse {
+/// Whether a request is served without authentication: the health check and the metrics.
+fn is_public(method: &Method, path: &str) -> bool {
+    method == Method::GET && (path == "/healthz" || path == "/metrics")
+}
+
+async fn dispatch(
+    worker: &Worker,
+    clients: &ClientAuthenticator,
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+) -> HttpResponse {
     let path = percent_decode(req.uri().path());
-    let route = WorkerRoute::parse(req.method(), &path);
-    // Every route but the health check is authenticated.
-    let principal = if route == WorkerRoute::Health {
+    // Authentication comes before routing: in prod an unknown route without a token is 401.
+    let principal = if is_public(req.method(), &path) {
         Principal::dev()
     } else {
-        match authenticate(worker) {
+        match authenticate(worker, clients, &req) {
             Ok(principal) => principal,
-            Err(message) => return error_response(StatusCode::UNAUTHORIZED, message),
+            Err(resp) => return resp,
         }
     };
+    let route = WorkerRoute::parse(req.method(), &path);
     let query = Query::parse(req.uri().query());
     let p = &principal;
     match route {

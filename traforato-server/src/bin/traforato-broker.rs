@@ -9,11 +9,12 @@ use traforato_core::broker::Broker;
 use traforato_core::clock::SystemClock;
 use traforato_core::scheduler::LeastLoaded;
 use traforato_core::telemetry::Metrics;
+use traforato_server::broker::log_auth_warnings;
 use traforato_server::config::{parse_or_exit, BrokerArgs, BrokerSettings};
 use traforato_server::http::error_chain;
 use traforato_server::logging::{self, LogSettings};
 use traforato_server::server::{shutdown_channel, shutdown_signal};
-use traforato_server::{serve_broker, ServeError};
+use traforato_server::{serve_broker_with_auth, BrokerAuth, ServeError};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -30,19 +31,22 @@ async fn main() -> ExitCode {
 async fn run(args: BrokerArgs) -> Result<(), ServeError> {
     let settings = BrokerSettings::from_args(&args)?;
     logging::init("broker", &LogSettings::default())?;
-    tracing::warn!(
-        auth_mode = "dev",
-        "auth disabled: running broker in development no-auth mode"
-    );
+    let clock = Arc::new(SystemClock);
+    let auth = BrokerAuth::new(&settings.auth, clock.clone());
+    let mode = auth.mode();
+    log_auth_warnings(&auth);
     let config = settings.config.clone();
     let broker = Arc::new(Broker::new(
         settings.config,
-        Arc::new(SystemClock),
+        clock,
         Arc::new(LeastLoaded),
-        Arc::new(Metrics::new(false)),
+        Arc::new(Metrics::new(mode.is_prod())),
     ));
+    // Never the secret: only the mode, issuer and audience.
     tracing::info!(
-        auth_mode = "dev",
+        auth_mode = mode.as_str(),
+        jwt_issuer = %settings.auth.issuer,
+        jwt_audience = %settings.auth.audience,
         broker_id = %config.broker_id,
         worker_lease_ttl = ?config.worker_lease_ttl,
         worker_lease_sweep_interval = ?config.lease_sweep_interval,
@@ -65,7 +69,7 @@ async fn run(args: BrokerArgs) -> Result<(), ServeError> {
         on_signal.trigger();
     });
     let sweeper = tokio::spawn(broker.clone().run_lease_sweeper(shutdown.clone().wait()));
-    let served = serve_broker(listener, broker, shutdown.wait()).await;
+    let served = serve_broker_with_auth(listener, broker, auth, shutdown.wait()).await;
     trigger.trigger();
     let _ = sweeper.await;
     served.map_err(ServeError::Serve)

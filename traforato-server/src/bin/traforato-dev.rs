@@ -1,15 +1,19 @@
 //! `traforato-dev`: a broker and a worker in one process, for development. Flags and
 //! `TRAFORATO_DEV_*` variables (and an optional worker YAML) configure both.
 //!
-//! The worker talks to the broker in-process ([`InProcessBrokerLink`]): no HTTP hop, no wait
-//! for the broker's health check. `--broker-control-url` is only where clients are sent back
-//! on placement retries (default: derived from `--broker-listen`).
+//! The worker talks to the broker in-process ([`InProcessBrokerLink`]): no HTTP hop (so no
+//! internal tokens), no wait for the broker's health check. `--broker-control-url` is only
+//! where clients are sent back on placement retries (default: derived from `--broker-listen`).
+//!
+//! With a JWT secret both services run in prod mode, each with its own replay cache: a client
+//! token is good for one request at the broker and one at the worker.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use traforato_core::broker::Broker;
+use traforato_core::auth::ClientAuthenticator;
 use traforato_core::clock::SystemClock;
 use traforato_core::scheduler::LeastLoaded;
 use traforato_core::telemetry::Metrics;
@@ -22,7 +26,7 @@ use traforato_server::config::{
 use traforato_server::http::error_chain;
 use traforato_server::logging;
 use traforato_server::server::{shutdown_channel, shutdown_signal};
-use traforato_server::{serve_broker, serve_worker, ServeError};
+use traforato_server::{serve_broker_with_auth, serve_worker_with_auth, BrokerAuth, ServeError};
 
 fn main() -> ExitCode {
     // With the container backend, this binary is also each sandbox's init: that must happen
@@ -53,12 +57,13 @@ async fn bind(listen: &str) -> Result<TcpListener, ServeError> {
 async fn run(args: DevArgs) -> Result<(), ServeError> {
     let settings = DevSettings::load(&args)?;
     logging::init("dev", &settings.worker.log_settings()?)?;
-    tracing::warn!(
-        auth_mode = "dev",
-        "auth disabled: running broker and worker in development no-auth mode"
-    );
-    let backends = build_backends(&settings.worker.virtualizations())?;
     let clock = Arc::new(SystemClock);
+    let mode = settings.auth.mode();
+    let broker_auth = BrokerAuth::new(&settings.auth, clock.clone());
+    traforato_server::broker::log_auth_warnings(&broker_auth);
+    traforato_server::worker::log_auth_warnings(mode);
+    let worker_auth = ClientAuthenticator::new(&settings.auth, clock.clone());
+    let backends = build_backends(&settings.worker.virtualizations())?;
 
     let broker_listener = bind(&settings.broker_listen).await?;
     let broker_port = broker_listener.local_addr().ok().map(|a| a.port());
@@ -70,7 +75,7 @@ async fn run(args: DevArgs) -> Result<(), ServeError> {
         settings.broker_config()?,
         clock.clone(),
         Arc::new(LeastLoaded),
-        Arc::new(Metrics::new(false)),
+        Arc::new(Metrics::new(mode.is_prod())),
     ));
 
     let worker_listener = bind(&settings.worker.listen).await?;
@@ -82,7 +87,11 @@ async fn run(args: DevArgs) -> Result<(), ServeError> {
     values.broker_control_url = broker_url.clone();
     let config = values.worker_config(worker_port)?;
     let worker_url = config.advertise_url.clone();
+    // Never the secret: only the mode, issuer and audience.
     tracing::info!(
+        auth_mode = mode.as_str(),
+        jwt_issuer = %settings.auth.issuer,
+        jwt_audience = %settings.auth.audience,
         broker_id = %config.broker_id,
         worker_id = %config.worker_id,
         broker_url = %broker_url,
@@ -94,7 +103,7 @@ async fn run(args: DevArgs) -> Result<(), ServeError> {
         config,
         backends,
         clock,
-        Arc::new(Metrics::new(false)),
+        Arc::new(Metrics::new(mode.is_prod())),
         Some(Arc::new(InProcessBrokerLink::new(broker.clone()))),
     );
     eprintln!(
@@ -112,12 +121,20 @@ async fn run(args: DevArgs) -> Result<(), ServeError> {
     let background = tokio::spawn(worker.clone().run(shutdown.clone().wait()));
     // The first server to stop (error or shutdown) stops the other.
     let broker_served = async {
-        let result = serve_broker(broker_listener, broker, shutdown.clone().wait()).await;
+        let result = serve_broker_with_auth(
+            broker_listener,
+            broker,
+            broker_auth,
+            shutdown.clone().wait(),
+        )
+        .await;
         trigger.trigger();
         result
     };
     let worker_served = async {
-        let result = serve_worker(worker_listener, worker, shutdown.clone().wait()).await;
+        let result =
+            serve_worker_with_auth(worker_listener, worker, worker_auth, shutdown.clone().wait())
+                .await;
         trigger.trigger();
         result
     };

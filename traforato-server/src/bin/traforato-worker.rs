@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use traforato_core::auth::{ClientAuthenticator, InternalTokenSigner};
 use traforato_core::clock::SystemClock;
 use traforato_core::telemetry::Metrics;
 use traforato_core::worker::{BrokerLink, Worker};
@@ -15,8 +16,9 @@ use traforato_server::config::{bind_address, parse_or_exit, WorkerArgs, WorkerVa
 use traforato_server::http::error_chain;
 use traforato_server::link::HttpBrokerLink;
 use traforato_server::logging;
+use traforato_server::worker::log_auth_warnings;
 use traforato_server::server::{shutdown_channel, shutdown_signal};
-use traforato_server::{serve_worker, ServeError};
+use traforato_server::{serve_worker_with_auth, ServeError};
 
 fn main() -> ExitCode {
     // With the container backend, this binary is also each sandbox's init: that must happen
@@ -40,10 +42,10 @@ fn main() -> ExitCode {
 async fn run(args: WorkerArgs) -> Result<(), ServeError> {
     let values = WorkerValues::load_worker(&args)?;
     logging::init("worker", &values.log_settings()?)?;
-    tracing::warn!(
-        auth_mode = "dev",
-        "auth disabled: running worker in development no-auth mode"
-    );
+    let auth = args.auth.auth_config();
+    let mode = auth.mode();
+    log_auth_warnings(mode);
+    let clock = Arc::new(SystemClock);
     let backends = build_backends(&values.virtualizations())?;
 
     // Bind before anything registers, so the broker never redirects to a dead port.
@@ -59,8 +61,15 @@ async fn run(args: WorkerArgs) -> Result<(), ServeError> {
     let link: Option<Arc<dyn BrokerLink>> = config
         .broker_public_url
         .as_deref()
-        .map(|url| Arc::new(HttpBrokerLink::new(url)) as Arc<dyn BrokerLink>);
+        .map(|url| {
+            let signer = InternalTokenSigner::new(&auth, clock.clone());
+            Arc::new(HttpBrokerLink::new(url).with_signer(signer)) as Arc<dyn BrokerLink>
+        });
+    // Never the secret: only the mode, issuer and audience.
     tracing::info!(
+        auth_mode = mode.as_str(),
+        jwt_issuer = %auth.issuer,
+        jwt_audience = %auth.audience,
         broker_id = %config.broker_id,
         worker_id = %config.worker_id,
         hostname = %config.hostname,
@@ -84,10 +93,11 @@ async fn run(args: WorkerArgs) -> Result<(), ServeError> {
     let worker = Worker::new(
         config,
         backends,
-        Arc::new(SystemClock),
-        Arc::new(Metrics::new(false)),
+        clock.clone(),
+        Arc::new(Metrics::new(mode.is_prod())),
         link,
     );
+    let clients = ClientAuthenticator::new(&auth, clock);
 
     let (trigger, shutdown) = shutdown_channel();
     let trigger = Arc::new(trigger);
@@ -97,7 +107,7 @@ async fn run(args: WorkerArgs) -> Result<(), ServeError> {
         on_signal.trigger();
     });
     let background = tokio::spawn(worker.clone().run(shutdown.clone().wait()));
-    let served = serve_worker(listener, worker, shutdown.wait()).await;
+    let served = serve_worker_with_auth(listener, worker, clients, shutdown.wait()).await;
     trigger.trigger();
     let _ = background.await;
     served.map_err(ServeError::Serve)

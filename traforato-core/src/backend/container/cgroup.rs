@@ -40,7 +40,7 @@ struct Hierarchy {
 pub(crate) struct Limits {
     /// CPUs worth of quota per period.
     pub cpus: u32,
-    /// Memory (and memory+swap) limit in bytes.
+    /// Memory (and memory+swap) limit in bytes; 0 leaves memory unlimited.
     pub memory_bytes: u64,
     /// Maximum number of tasks.
     pub pids: u64,
@@ -183,7 +183,10 @@ impl CgroupDriver {
         let result = (|| {
             for h in &self.hierarchies {
                 let dir = h.root.join(&self.parent).join(name);
-                create_dir(&dir)?;
+                // Never adopt an existing cgroup: it would belong to another sandbox.
+                fs::create_dir(&dir).map_err(|e| {
+                    io::Error::new(e.kind(), format!("create {}: {e}", dir.display()))
+                })?;
                 cgroup.dirs.push(dir.clone());
                 apply_limits(self.version, &dir, &h.controllers, limits)?;
             }
@@ -290,7 +293,7 @@ fn limit_writes(
                 writes.push(("cpu.cfs_period_us", CPU_PERIOD_US.to_string()));
                 writes.push(("cpu.cfs_quota_us", quota.to_string()));
             }
-            if controllers.contains(&"memory") {
+            if controllers.contains(&"memory") && limits.memory_bytes > 0 {
                 writes.push(("memory.limit_in_bytes", limits.memory_bytes.to_string()));
                 // Only present with swap accounting; written after the plain limit because
                 // memsw must never be below it.
@@ -305,8 +308,10 @@ fn limit_writes(
         }
         CgroupVersion::V2 => {
             writes.push(("cpu.max", format!("{quota} {CPU_PERIOD_US}")));
-            writes.push(("memory.max", limits.memory_bytes.to_string()));
-            writes.push(("memory.swap.max", "0".to_string()));
+            if limits.memory_bytes > 0 {
+                writes.push(("memory.max", limits.memory_bytes.to_string()));
+                writes.push(("memory.swap.max", "0".to_string()));
+            }
             writes.push(("pids.max", limits.pids.to_string()));
         }
     }
@@ -483,6 +488,81 @@ mod tests {
         assert!(err.contains("cpu, memory and pids"));
     }
 
+    /// A directory tree standing in for a cgroup2 mount: control files exist up front, as
+    /// the kernel would make them.
+    fn fake_v2(root: &Path, parent: &str) -> CgroupDriver {
+        fs::write(root.join("cgroup.subtree_control"), "cpu").unwrap();
+        fs::create_dir_all(root.join(parent)).unwrap();
+        fs::write(root.join(parent).join("cgroup.subtree_control"), "").unwrap();
+        CgroupDriver {
+            version: CgroupVersion::V2,
+            hierarchies: vec![Hierarchy {
+                root: root.to_path_buf(),
+                controllers: CONTROLLERS.to_vec(),
+            }],
+            parent: parent.to_string(),
+        }
+    }
+
+    #[test]
+    fn v2_delegates_controllers_and_writes_limits() {
+        let tmp = tempfile::tempdir().unwrap();
+        let driver = fake_v2(tmp.path(), "traforato");
+        driver.prepare().unwrap();
+        let read = |p: &str| fs::read_to_string(tmp.path().join(p)).unwrap();
+        // Only the missing controllers are added.
+        assert_eq!(read("cgroup.subtree_control"), "+memory +pids");
+        assert_eq!(
+            read("traforato/cgroup.subtree_control"),
+            "+cpu +memory +pids"
+        );
+        let limits = Limits {
+            cpus: 2,
+            memory_bytes: 1 << 30,
+            pids: 99,
+        };
+        let cgroup = driver.create("vm1", limits).unwrap();
+        assert_eq!(read("traforato/vm1/cpu.max"), "200000 100000");
+        assert_eq!(read("traforato/vm1/memory.max"), "1073741824");
+        assert_eq!(read("traforato/vm1/pids.max"), "99");
+        // Optional files the kernel does not offer are skipped.
+        assert!(!tmp.path().join("traforato/vm1/memory.swap.max").exists());
+        cgroup.attach(42).unwrap();
+        assert_eq!(read("traforato/vm1/cgroup.procs"), "42");
+        assert_eq!(driver.children(), vec!["vm1".to_string()]);
+        // An existing cgroup is never adopted.
+        assert!(driver.create("vm1", limits).is_err());
+    }
+
+    #[test]
+    fn failed_create_removes_what_it_made() {
+        let tmp = tempfile::tempdir().unwrap();
+        let driver = CgroupDriver {
+            version: CgroupVersion::V1,
+            hierarchies: vec![
+                // No limits to write here, so the plain directory stays removable the way a
+                // cgroup directory with its control files is.
+                Hierarchy {
+                    root: tmp.path().join("pids"),
+                    controllers: vec![],
+                },
+                Hierarchy {
+                    root: tmp.path().join("missing"),
+                    controllers: vec!["memory"],
+                },
+            ],
+            parent: "tf".to_string(),
+        };
+        fs::create_dir_all(tmp.path().join("pids/tf")).unwrap();
+        let limits = Limits {
+            cpus: 1,
+            memory_bytes: 1 << 20,
+            pids: 10,
+        };
+        assert!(driver.create("vm", limits).is_err());
+        assert!(!tmp.path().join("pids/tf/vm").exists());
+    }
+
     #[test]
     fn limits_per_version() {
         let limits = Limits {
@@ -500,5 +580,11 @@ mod tests {
         assert!(v2.contains(&("cpu.max", "200000 100000".to_string())));
         assert!(v2.contains(&("memory.max", "67108864".to_string())));
         assert!(v2.contains(&("memory.swap.max", "0".to_string())));
+        let unlimited = Limits {
+            memory_bytes: 0,
+            ..limits
+        };
+        let v1 = limit_writes(CgroupVersion::V1, &["memory"], unlimited);
+        assert!(v1.is_empty());
     }
 }

@@ -29,8 +29,8 @@ fn resolve_flags() -> ResolveFlags {
     ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS
 }
 
-/// What an errno means for the files API. `missing_parent` decides what `ENOTDIR` (a file
-/// among the ancestors) becomes.
+/// What an errno means for the files API. `not_dir` decides what `ENOTDIR` (a file among the
+/// ancestors) becomes: `NotFound` for reads, `NotDirectory` where the caller creates.
 fn map(e: Errno, op: &str, not_dir: fn() -> FilesError) -> FilesError {
     match e {
         Errno::NOENT | Errno::LOOP => FilesError::NotFound,

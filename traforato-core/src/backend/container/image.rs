@@ -232,7 +232,7 @@ fn build_skeleton(
 }
 
 /// Gives every entry below `root` (symlinks themselves, not their targets) to `uid:uid`.
-/// Bind-mount targets stay owned by the host's root: they are covered by the host dirs.
+/// Bind-mount targets are included; the read-only host dirs mounted on them hide them.
 fn chown_tree(root: &Path, uid: u32) -> io::Result<()> {
     let owner = Uid::from_raw(uid);
     let group = Gid::from_raw(uid);

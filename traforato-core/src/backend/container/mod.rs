@@ -13,17 +13,32 @@
 //! 3. The init program is spawned (`<init_program> __traforato-sandbox-init`, empty
 //!    environment, a `SOCK_SEQPACKET` control socket as stdin) and moved into the cgroups.
 //!
-//! Init side (a fresh single-threaded process, see `init.rs`): it enters the root directory,
-//! unshares user, mount, uts, ipc, net, cgroup and pid namespaces, lets the worker write the
-//! uid/gid maps (sandbox 0..65535 → host `uid_base`..), and forks the sandbox's pid 1 (the
-//! agent). The agent becomes root of the user namespace, mounts `/proc`, a tmpfs `/dev` with
-//! host devices bound in, devpts and `/dev/shm`, sets the host name, brings up `lo`,
-//! `pivot_root`s into the overlay, shrinks the capability bounding set to a container-like
-//! set, sets `no_new_privs`, becomes non-dumpable and installs the seccomp filter
-//! (`seccomp.rs`). It then serves exec requests: each command is forked into its own session
-//! (so a timeout kills the whole process group) with the stdio fds passed over the socket.
-//! As pid 1 it reaps every orphan. When the worker's end of the socket closes, the agent
-//! exits and the kernel kills everything left in the pid namespace.
+//! Init side (a fresh single-threaded process, see `init.rs`; the worker never forks itself):
+//! it enters the root directory, unshares user, mount, uts, ipc, net, cgroup and pid
+//! namespaces, lets the worker write the uid/gid maps (sandbox 0..65535 → host
+//! `uid_base`..), and forks the sandbox's pid 1 (the agent). The agent becomes root of the
+//! user namespace, re-binds the root onto itself (mounts inherited from the host are locked in
+//! a user namespace and cannot become the new root; this is why the state dir and its parents
+//! must be searchable by others), mounts `/proc`, a tmpfs `/dev` with host devices bound in,
+//! devpts and `/dev/shm`, sets the host name, brings up `lo`, `pivot_root`s into the root,
+//! shrinks the capability bounding set to a container-like set, sets `no_new_privs`, becomes
+//! non-dumpable and installs the seccomp filter (`seccomp.rs`). It then serves exec requests
+//! (`protocol.rs`): each command is forked into its own session (so a timeout kills the whole
+//! process group) with the stdio fds passed over the socket, its `argv[0]` looked up in the
+//! request's `PATH`. As pid 1 it reaps every orphan. When the worker's end of the socket
+//! closes, the agent exits and the kernel kills everything left in the pid namespace.
+//!
+//! # Entry points for binaries
+//!
+//! The init runs `<init_program> __traforato-sandbox-init`. Two ways to provide it:
+//! - default `init_program = /proc/self/exe`: the server binary calls
+//!   [`init_main_if_requested`] first thing in `main` (before any runtime or thread), so the
+//!   worker needs no second file;
+//! - the `traforato-sandbox-init` binary of this crate (it calls [`init_main`]), e.g. for
+//!   tests (`env!("CARGO_BIN_EXE_traforato-sandbox-init")`).
+//!
+//! One backend per `state_dir` and `cgroup_parent`: `cleanup_leftovers` treats every sandbox
+//! directory and cgroup it finds there as its own.
 //!
 //! # Isolation choices
 //!
@@ -67,6 +82,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -137,10 +153,19 @@ fn check_prerequisites(config: &ContainerConfig) -> Result<(), BackendError> {
         ));
     }
     let filesystems = fs::read_to_string("/proc/filesystems").unwrap_or_default();
-    if !filesystems
+    let listed = filesystems
         .lines()
-        .any(|l| l.trim_end().ends_with("\toverlay"))
-    {
+        .any(|l| l.trim_end().ends_with("\toverlay"));
+    // Not loaded yet is fine when the module exists: the first mount loads it.
+    let release = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    let module = Path::new("/lib/modules")
+        .join(release)
+        .join("kernel/fs/overlayfs")
+        .is_dir();
+    if !listed && !module {
         return Err(unavailable(
             "overlayfs is not available (load it with `modprobe overlay`)",
         ));
@@ -183,6 +208,23 @@ fn check_prerequisites(config: &ContainerConfig) -> Result<(), BackendError> {
     Ok(())
 }
 
+/// The sandbox's init enters its root through the state dir from inside its user namespace,
+/// as an unprivileged uid: every existing ancestor must be searchable by others.
+fn check_searchable(state_dir: &Path) -> Result<(), BackendError> {
+    for dir in state_dir.ancestors() {
+        let Ok(meta) = fs::metadata(dir) else {
+            continue;
+        };
+        if meta.permissions().mode() & 0o001 == 0 {
+            return Err(unavailable(format!(
+                "{} must be searchable by others for the sandboxes to reach their roots                  (chmod o+x it, or pick another state_dir)",
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Creates `dir` (and parents) with `mode` if missing.
 fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
     if dir.is_dir() {
@@ -207,6 +249,7 @@ impl ContainerBackend {
                 config.cgroup_parent
             ))
         })?;
+        check_searchable(&config.state_dir)?;
         let images_dir = config.state_dir.join("images");
         // 0711: the sandbox's user may traverse to its root but not list other sandboxes.
         ensure_dir(&config.state_dir, 0o711)
@@ -268,30 +311,27 @@ impl ContainerBackend {
         guard: &mut ProvisionGuard,
     ) -> Result<Arc<dyn Vm>, BackendError> {
         let layout = self.images.resolve(&spec.tuple.image).await?;
-        let name = spec.vm_id.to_string();
         let dir = guard.dir.clone();
         let uid = self.config.uid_base;
-        let scratch_mib = self.config.scratch_size_mib;
-        guard.started = true;
-        let host_dir = dir.clone();
-        tokio::task::spawn_blocking(move || prepare_root(&host_dir, &layout, uid, scratch_mib))
-            .await
-            .map_err(|e| BackendError::Other(format!("root setup task failed: {e}")))?
-            .map_err(|e| BackendError::io("prepare sandbox root", e))?;
-
         let limits = Limits {
             cpus: spec.tuple.cpu.max(1),
             memory_bytes: spec.memory_mib.saturating_mul(1 << 20),
             pids: self.config.pids_limit,
         };
+        let setup = Arc::clone(&guard.setup);
         let cgroups = self.cgroups.clone();
-        let cgroup_name = name.clone();
-        let cgroup = tokio::task::spawn_blocking(move || cgroups.create(&cgroup_name, limits))
-            .await
-            .map_err(|e| BackendError::Other(format!("cgroup task failed: {e}")))?
-            .map_err(|e| BackendError::io("create cgroup", e))?;
-        let cgroup = Arc::new(cgroup);
-        guard.cgroup = Some(Arc::clone(&cgroup));
+        let name = guard.name.clone();
+        let scratch_mib = self.config.scratch_size_mib;
+        let host_dir = dir.clone();
+        let cgroup = tokio::task::spawn_blocking(move || {
+            setup.run(&host_dir, &cgroups, &name, || {
+                prepare_root(&host_dir, &layout, uid, scratch_mib)?;
+                cgroups.create(&name, limits)
+            })
+        })
+        .await
+        .map_err(|e| BackendError::Other(format!("host setup task failed: {e}")))?
+        .map_err(|e| BackendError::io("prepare sandbox", e))?;
 
         let (worker_end, init_end) = socketpair(
             AddressFamily::UNIX,
@@ -328,8 +368,8 @@ impl ContainerBackend {
             .id()
             .ok_or_else(|| BackendError::Other("init exited at once".to_string()))?;
         guard.child = Some(child);
-        let attach_to = Arc::clone(&cgroup);
-        tokio::task::spawn_blocking(move || attach_to.attach(pid))
+        // Before the init unshares its cgroup namespace, whose root is the cgroup it is in.
+        let cgroup = tokio::task::spawn_blocking(move || cgroup.attach(pid).map(|()| cgroup))
             .await
             .map_err(|e| BackendError::Other(format!("cgroup task failed: {e}")))?
             .map_err(|e| BackendError::io("attach init to cgroup", e))?;
@@ -378,13 +418,10 @@ impl ContainerBackend {
             Mode::empty(),
         )
         .map_err(|e| BackendError::io("open sandbox root", e.into()))?;
+        guard.disarm();
         let mut child = guard.child.take().expect("child recorded above");
         // The init's stderr is only read on failed setups.
         drop(child.stderr.take());
-        guard.cgroup = None;
-        let cgroup = Arc::try_unwrap(cgroup)
-            .map_err(|_| BackendError::Other("cgroup handle still shared".to_string()))?;
-        guard.disarm();
         let vm = ContainerVm::new(
             spec.vm_id,
             AgentConn::start(sock),
@@ -469,7 +506,6 @@ fn prepare_root(dir: &Path, layout: &ImageLayout, uid: u32, scratch_mib: u64) ->
             ));
         }
     }
-    fs::DirBuilder::new().mode(0o711).create(dir)?;
     let scratch = dir.join("scratch");
     let rootfs = dir.join("rootfs");
     fs::DirBuilder::new().mode(0o700).create(&scratch)?;
@@ -533,15 +569,56 @@ pub(crate) fn teardown_host(dir: &Path, cgroup: Option<SandboxCgroup>) -> Result
     }
 }
 
+/// Shared by a provision and its blocking host-setup step: after a cancellation, whichever
+/// of the two finishes last removes what the step created.
+#[derive(Default)]
+struct HostSetup {
+    /// The sandbox directory was created by this provision (never an existing one).
+    created: AtomicBool,
+    /// The blocking step has returned.
+    finished: AtomicBool,
+    /// The provision gave up (error or dropped future).
+    cancelled: AtomicBool,
+}
+
+impl HostSetup {
+    /// Creates the sandbox directory, then runs `rest`; tears down on its own if the
+    /// provision was cancelled meanwhile.
+    fn run<T>(
+        &self,
+        dir: &Path,
+        cgroups: &CgroupDriver,
+        name: &str,
+        rest: impl FnOnce() -> io::Result<T>,
+    ) -> io::Result<T> {
+        let result = fs::DirBuilder::new()
+            .mode(0o711)
+            .create(dir)
+            .and_then(|()| {
+                self.created.store(true, Ordering::SeqCst);
+                rest()
+            });
+        self.finished.store(true, Ordering::SeqCst);
+        if self.cancelled.load(Ordering::SeqCst) && self.created.load(Ordering::SeqCst) {
+            if let Err(e) = teardown_host(dir, Some(cgroups.existing(name))) {
+                tracing::warn!(error = %e, "cancelled provision left resources behind");
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "provision cancelled",
+            ));
+        }
+        result
+    }
+}
+
 /// Undoes a provision that did not finish (error or cancellation).
 struct ProvisionGuard {
     dir: PathBuf,
-    /// Whether anything may exist at `dir` that this provision made.
-    started: bool,
-    cgroup: Option<Arc<SandboxCgroup>>,
+    name: String,
+    setup: Arc<HostSetup>,
     child: Option<Child>,
     cgroups: CgroupDriver,
-    name: String,
     armed: bool,
 }
 
@@ -568,12 +645,13 @@ impl ProvisionGuard {
             return None;
         }
         self.armed = false;
+        self.setup.cancelled.store(true, Ordering::SeqCst);
+        // If the host step is still running it cleans up after itself (see HostSetup::run).
+        let ours =
+            self.setup.finished.load(Ordering::SeqCst) && self.setup.created.load(Ordering::SeqCst);
         Some(Rollback {
-            dir: self.started.then(|| self.dir.clone()),
+            host: ours.then(|| (self.dir.clone(), self.cgroups.clone(), self.name.clone())),
             child: self.child.take(),
-            cgroups: self.cgroups.clone(),
-            name: self.name.clone(),
-            had_cgroup: self.cgroup.take().is_some(),
         })
     }
 }
@@ -591,11 +669,9 @@ impl Drop for ProvisionGuard {
 
 /// The cleanup of a failed provision.
 struct Rollback {
-    dir: Option<PathBuf>,
+    /// Sandbox dir, cgroup driver and name, when this provision made them.
+    host: Option<(PathBuf, CgroupDriver, String)>,
     child: Option<Child>,
-    cgroups: CgroupDriver,
-    name: String,
-    had_cgroup: bool,
 }
 
 impl Rollback {
@@ -604,14 +680,12 @@ impl Rollback {
             let _ = child.start_kill();
             let _ = child.wait().await;
         }
-        let result = tokio::task::spawn_blocking(move || {
-            let cgroup = self.had_cgroup.then(|| self.cgroups.existing(&self.name));
-            match &self.dir {
-                Some(dir) => teardown_host(dir, cgroup),
-                None => Ok(()),
-            }
-        })
-        .await;
+        let Some((dir, cgroups, name)) = self.host else {
+            return;
+        };
+        let result =
+            tokio::task::spawn_blocking(move || teardown_host(&dir, Some(cgroups.existing(&name))))
+                .await;
         match result {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "failed provision left resources behind"),
@@ -630,11 +704,10 @@ impl VmBackend for ContainerBackend {
         let name = spec.vm_id.to_string();
         let mut guard = ProvisionGuard {
             dir: self.config.state_dir.join(&name),
-            started: false,
-            cgroup: None,
+            name,
+            setup: Arc::default(),
             child: None,
             cgroups: self.cgroups.clone(),
-            name,
             armed: true,
         };
         match self.boot(&spec, &mut guard).await {
