@@ -1,13 +1,14 @@
 //! Criterion micro benches of the hot paths that need nothing external: broker placement
 //! (warm: pop a ready hint; cold: ask the scheduler), the sandbox-scoped redirect decision,
 //! a worker's warm claim through `Worker::create_sandbox` with the fake backend and a
-//! pre-filled pool, the availability text, and sandbox id parsing.
+//! pre-filled pool, warm-pool targets from a demand history, the availability text, and
+//! sandbox id parsing.
 //!
 //! Run with `cargo bench -p traforato-benches` (add `-- <filter>` to pick some).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::Utc;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
@@ -16,6 +17,7 @@ use traforato_core::auth::Principal;
 use traforato_core::backend::fake::FakeBackend;
 use traforato_core::id::{ComponentId, LocalVmId, SandboxId};
 use traforato_core::tuple::SandboxTuple;
+use traforato_core::warm::DemandTracker;
 use traforato_core::worker::{CreateOutcome, CreateQuery, Worker};
 
 fn broker_placement(c: &mut Criterion) {
@@ -100,15 +102,21 @@ async fn wait_for_pool(worker: &Worker, n: usize) {
     }
 }
 
-/// Times `iters` warm claims: each batch waits (untimed) for a full pool, claims from it,
-/// then deletes what it claimed (untimed) so that the pool refills.
-async fn timed_claims(worker: Arc<Worker>, iters: u64) -> Duration {
+/// Times `iters` warm claims. Each batch gets a fresh worker (so that its demand history
+/// stays short; see the `warm/demand_targets` benches for long histories) whose pool was
+/// filled beforehand (untimed); with no free slot, nothing is refilled while claims run.
+async fn timed_claims(iters: u64) -> Duration {
     let principal = Principal::dev();
     let mut total = Duration::ZERO;
     let mut left = iters;
     let mut created = Vec::with_capacity(POOL as usize);
     while left > 0 {
         let batch = left.min(u64::from(POOL));
+        let worker = fixtures::worker(FakeBackend::new(), POOL, POOL);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let running = tokio::spawn(worker.clone().run(async {
+            let _ = stopped.await;
+        }));
         wait_for_pool(&worker, batch as usize).await;
         let started = Instant::now();
         for _ in 0..batch {
@@ -126,14 +134,12 @@ async fn timed_claims(worker: Arc<Worker>, iters: u64) -> Duration {
             match outcome {
                 Ok(CreateOutcome::Created(sandbox)) => {
                     assert_eq!(sandbox.start_type, "warm", "a claim booted a sandbox");
-                    worker
-                        .delete_sandbox(&principal, &sandbox.sandbox_id)
-                        .await
-                        .expect("deleted");
                 }
                 other => panic!("create failed: {other:?}"),
             }
         }
+        let _ = stop.send(());
+        running.await.expect("worker stopped");
         left -= batch;
     }
     total
@@ -141,23 +147,39 @@ async fn timed_claims(worker: Arc<Worker>, iters: u64) -> Duration {
 
 fn worker_claim(c: &mut Criterion) {
     let runtime = Runtime::new().expect("tokio runtime");
-    let worker = fixtures::worker(FakeBackend::new(), POOL, POOL * 2);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let running = runtime.spawn(worker.clone().run(async {
-        let _ = stopped.await;
-    }));
-
     let mut group = c.benchmark_group("worker");
     group.sample_size(30);
     group.bench_function("create_sandbox/warm_claim", |b| {
-        b.to_async(&runtime)
-            .iter_custom(|iters| timed_claims(worker.clone(), iters))
+        b.to_async(&runtime).iter_custom(timed_claims)
     });
     group.finish();
-
-    let _ = stop.send(());
-    runtime.block_on(running).expect("worker stopped");
 }
 
-criterion_group!(benches, broker_placement, sandbox_id_parse, worker_claim);
+/// Warm targets from a demand history of `events` creates spread over the last hour and
+/// four tuples: the worker computes them on every create and pool change.
+fn demand_targets(c: &mut Criterion) {
+    let mut group = c.benchmark_group("warm");
+    let now = Utc::now();
+    for events in [1_000u32, 10_000, 100_000] {
+        let mut tracker = DemandTracker::new();
+        let window_ms = 3_600_000 / i64::from(events);
+        for n in 0..events {
+            let tuple = SandboxTuple::normalize("fake", &format!("image{}", n % 4), 1, "fake");
+            let age = chrono::Duration::milliseconds(i64::from(events - n) * window_ms);
+            tracker.record(tuple, now - age);
+        }
+        group.bench_function(format!("demand_targets/{events}_events"), |b| {
+            b.iter(|| tracker.targets(black_box(64), now))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    broker_placement,
+    sandbox_id_parse,
+    worker_claim,
+    demand_targets
+);
 criterion_main!(benches);

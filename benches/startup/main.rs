@@ -16,7 +16,11 @@
 //! - **memory**: per idle warm sandbox, interpreter excluded (target: under 1 MiB).
 //!
 //! Samples of the system and of its floor alternate, so that a noisy neighbour hits both.
-//! The `container` backend needs root: without it the benchmark says so and exits 0.
+//! The `container` backend needs root: without it the benchmark says so and exits 0. One run
+//! at a time: sandboxes live in `/run/traforato-startup` and the cgroup `traforato_startup`;
+//! a run that is interrupted leaves its sandboxes there and the next run removes them. The
+//! shells log as deployed (JSON at info, here to a file in a scratch dir); `--no-logs` turns
+//! that off.
 
 mod floors;
 mod memory;
@@ -37,15 +41,23 @@ use traforato_core::broker::StaticWorker;
 use traforato_core::id::{ComponentId, LocalVmId, SandboxId};
 use traforato_core::tuple::SandboxTuple;
 use traforato_core::worker::PrePullTarget;
+use traforato_server::logging::{self, LogSettings};
 
 use crate::floors::Zygote;
 use crate::shells::{wait_for, BrokerShell, WorkerShell, WorkerSpec, VIRTUALIZATION};
 
 const USAGE: &str = "usage: startup [--iterations N] [--memory-sandboxes N] \
-                     [--redirect-seconds S] [--connections N]";
+                     [--redirect-seconds S] [--connections N] [--no-logs]";
 
 /// The image of every sandbox: the host's system directories, read-only.
 const IMAGE: &str = "host";
+
+/// The container backend's state dir. One run at a time: each worker removes every sandbox
+/// it finds there when it starts.
+const STATE_DIR: &str = "/run/traforato-startup";
+
+/// The cgroup (below each hierarchy's root) that holds the sandboxes' cgroups.
+const CGROUP_PARENT: &str = "traforato_startup";
 
 /// Samples taken and thrown away before each latency series.
 const WARMUP: usize = 3;
@@ -91,6 +103,8 @@ struct Args {
     memory_sandboxes: u32,
     redirect_window: Duration,
     connections: usize,
+    /// Write the shells' JSON logs (to a file in the scratch dir), as a deployment does.
+    logs: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -99,6 +113,7 @@ fn parse_args() -> Result<Args, String> {
         memory_sandboxes: 16,
         redirect_window: Duration::from_secs(5),
         connections: 32,
+        logs: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -119,6 +134,7 @@ fn parse_args() -> Result<Args, String> {
                 args.redirect_window = Duration::from_secs(value("--redirect-seconds")?)
             }
             "--connections" => args.connections = value("--connections")? as usize,
+            "--no-logs" => args.logs = false,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -131,11 +147,13 @@ fn main() -> ExitCode {
     container::init_main_if_requested();
     let args = match parse_args() {
         Ok(args) => args,
+        // An empty message is a request for help.
+        Err(message) if message.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
         Err(message) => {
-            if !message.is_empty() {
-                eprintln!("startup: {message}");
-            }
-            eprintln!("{USAGE}");
+            eprintln!("startup: {message}\n{USAGE}");
             return ExitCode::from(2);
         }
     };
@@ -179,8 +197,30 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        remove_unless_mounted(&self.0);
     }
+}
+
+/// Removes `dir` recursively, unless something is mounted below it: a sandbox that was not
+/// torn down leaves its root there, with host directories bound in, and nothing must be
+/// deleted through those.
+fn remove_unless_mounted(dir: &Path) {
+    let prefix = format!("{}/", dir.display());
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|info| {
+            info.lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .any(|mount_point| mount_point.starts_with(&prefix))
+        })
+        .unwrap_or(true);
+    if mounted {
+        eprintln!(
+            "startup: mounts remain below {}; leaving it in place",
+            dir.display()
+        );
+        return;
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Whether a measure meets its target.
@@ -217,9 +257,21 @@ fn tuple() -> SandboxTuple {
 
 async fn run(args: Args) -> Result<(), BenchError> {
     let scratch = Scratch::new()?;
+    if args.logs {
+        let settings = LogSettings {
+            file: Some(scratch.path().join("traforato.log")),
+            rotate_size_mib: 64,
+            max_rotations: 1,
+            ..LogSettings::default()
+        };
+        logging::init("startup", &settings)
+            .map_err(|e| BenchError::Check(format!("cannot set up logging: {e}")))?;
+    }
+    // Fixed names: a run that was interrupted leaves sandboxes there, and the next run's
+    // workers remove them when they start (the backend's leftover cleanup).
     let config = ContainerConfig {
-        state_dir: scratch.path().join("state"),
-        cgroup_parent: format!("traforato_startup_{}", std::process::id()),
+        state_dir: PathBuf::from(STATE_DIR),
+        cgroup_parent: CGROUP_PARENT.to_string(),
         ..ContainerConfig::default()
     };
     let cgroup_parent = config.cgroup_parent.clone();
@@ -245,6 +297,14 @@ async fn run(args: Args) -> Result<(), BenchError> {
             "v1"
         },
     );
+    println!(
+        "shells' JSON logs at info level: {}",
+        if args.logs {
+            "on, to a file (as deployed)"
+        } else {
+            "off (--no-logs)"
+        }
+    );
     println!("load average at start: {}", load_average());
 
     let backend: Arc<dyn VmBackend> = container.clone();
@@ -258,8 +318,21 @@ async fn run(args: Args) -> Result<(), BenchError> {
     )
     .await;
     let stopped = broker.stop().await.map_err(io_error("stop the broker"));
+    // Every worker destroyed its sandboxes when it stopped; wait until their directories are
+    // gone (a destroy may still be finishing), then remove this run's cgroup parents.
+    let state_dir = PathBuf::from(STATE_DIR);
+    let _ = wait_for(Duration::from_secs(10), || sandbox_dirs(&state_dir) == 0).await;
     if let Err(error) = container.remove_cgroup_parents() {
         eprintln!("startup: could not remove the cgroup parents {cgroup_parent}: {error}");
+    }
+    let left = sandbox_dirs(&state_dir);
+    if left > 0 {
+        eprintln!(
+            "startup: {left} sandboxes were left in {} (the next run removes them)",
+            state_dir.display()
+        );
+    } else {
+        remove_unless_mounted(&state_dir);
     }
     let rows = rows?;
     stopped?;
@@ -297,7 +370,8 @@ async fn run(args: Args) -> Result<(), BenchError> {
     }
     println!(
         "\nfloors: zygote = a pre-warmed /usr/bin/python3 -I -S forking per request over a unix \
-         socket (startup-limits 7a); bare python = /usr/bin/python3 -I -S -c 'print(1)' spawned \
+         socket (startup-limits 7a), sampled with idle gaps like the system (7a: 0.83 ms back to \
+         back, ~1.2 ms after a gap); bare python = /usr/bin/python3 -I -S -c 'print(1)' spawned \
          and waited for; nginx = nginx-light, 2 workers, `return 307`, driven by the same load \
          generator. Memory = the sandboxes' cgroup charge plus the worker's RSS growth, less \
          interpreters' private memory, per sandbox; host-wide growth (noisy) for comparison."
@@ -339,6 +413,22 @@ async fn phases(
     println!("\n[4/4] broker redirects per second vs nginx answering 307");
     rows.push(redirect_row(args, broker, scratch)?);
     Ok(rows)
+}
+
+/// How many sandbox directories (named by VM id) the backend's state dir holds.
+fn sandbox_dirs(state_dir: &Path) -> usize {
+    std::fs::read_dir(state_dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|name| LocalVmId::parse(name).is_ok())
+                })
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 /// `/proc/loadavg`'s first three fields, to show how busy the machine was.
@@ -723,8 +813,8 @@ async fn memory_row(
         measure: "memory per idle warm sandbox (excl. interp.)",
         system: format!("{} MiB", memory::mib(excluded)),
         floor: format!(
-            "host-wide growth {} MiB",
-            memory::mib(per(growth[0].1.max(0) as f64))
+            "host-wide {} MiB (noisy)",
+            memory::mib(per(growth[0].1 as f64))
         ),
         ratio: "-".to_string(),
         target: "< 1 MiB",

@@ -393,10 +393,14 @@ async fn dispatch(
                 Err(resp) => resp,
             },
             SandboxOp::RunCode => run_code(worker, p, id, req).await,
-            SandboxOp::ExecWebSocket => error_response(
-                StatusCode::NOT_IMPLEMENTED,
-                "websocket exec is optional and not enabled",
-            ),
+            // The sandbox and its owner are checked first, like every sandbox route.
+            SandboxOp::ExecWebSocket => match worker.get_sandbox(p, id) {
+                Ok(_) => error_response(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "websocket exec is optional and not enabled",
+                ),
+                Err(err) => worker_error(&err),
+            },
             SandboxOp::GetExec(exec_id) => reply(StatusCode::OK, worker.get_exec(p, id, exec_id)),
             SandboxOp::Frames(exec_id) => reply(
                 StatusCode::OK,

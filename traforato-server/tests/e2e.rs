@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use traforato_core::auth::AuthMode;
+use traforato_core::auth::{AuthConfig, AuthMode, ClientAuthenticator, InternalTokenSigner};
 use traforato_core::backend::fake::FakeBackend;
 use traforato_core::backend::VmBackend;
 use traforato_core::broker::{Broker, BrokerConfig};
@@ -30,7 +30,9 @@ use traforato_core::tuple::SandboxTuple;
 use traforato_core::worker::{BrokerLink, PrePullTarget, Worker, WorkerConfig};
 use traforato_server::link::HttpBrokerLink;
 use traforato_server::server::{shutdown_channel, ShutdownTrigger};
-use traforato_server::{serve_broker, serve_worker};
+use traforato_server::{
+    serve_broker, serve_broker_with_auth, serve_worker, serve_worker_with_auth, BrokerAuth,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 const VALID_UUID: &str = "550e8400-e29b-41d4-a716-446655440000";
@@ -102,7 +104,17 @@ impl RunningBroker {
 
     async fn start_with_clock(config: BrokerConfig, clock: Arc<dyn Clock>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::serve(listener, config, clock)
+        Self::serve(listener, config, clock, &AuthConfig::default())
+    }
+
+    /// A prod broker (secret [`SECRET`], default issuer and audience).
+    async fn start_prod() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let config = BrokerConfig {
+            prod_mode: true,
+            ..broker_config()
+        };
+        Self::serve(listener, config, Arc::new(SystemClock), &prod_auth())
     }
 
     /// Starts on a given address (a restart), retrying while the port is still held.
@@ -118,19 +130,34 @@ impl RunningBroker {
             async move { ok }
         })
         .await;
-        Self::serve(listener.unwrap(), config, Arc::new(SystemClock))
+        Self::serve(
+            listener.unwrap(),
+            config,
+            Arc::new(SystemClock),
+            &AuthConfig::default(),
+        )
     }
 
-    fn serve(listener: TcpListener, config: BrokerConfig, clock: Arc<dyn Clock>) -> Self {
+    fn serve(
+        listener: TcpListener,
+        config: BrokerConfig,
+        clock: Arc<dyn Clock>,
+        auth: &AuthConfig,
+    ) -> Self {
         let addr = listener.local_addr().unwrap();
         let broker = Arc::new(Broker::new(
             config,
-            clock,
+            clock.clone(),
             Arc::new(LeastLoaded),
-            Arc::new(Metrics::new(false)),
+            Arc::new(Metrics::new(auth.mode().is_prod())),
         ));
         let (trigger, shutdown) = shutdown_channel();
-        let task = tokio::spawn(serve_broker(listener, broker.clone(), shutdown.wait()));
+        let task = tokio::spawn(serve_broker_with_auth(
+            listener,
+            broker.clone(),
+            BrokerAuth::new(auth, clock),
+            shutdown.wait(),
+        ));
         Self {
             addr,
             url: format!("http://{addr}"),
@@ -160,10 +187,12 @@ impl RunningBroker {
             .unwrap()
     }
 
-    /// Registers a worker that does not exist (placement tests look only at redirects).
+    /// Registers a worker that does not exist (placement tests look only at redirects). The
+    /// call carries an internal token for [`SECRET`] (a dev broker ignores it).
     async fn register_remote(&self, worker_id: &str, base_url: &str, sku: &str) -> Value {
         let resp = follow()
             .put(self.at(&format!("/internal/workers/{worker_id}/registration")))
+            .header("authorization", internal_bearer(worker_id))
             .json(&json!({
                 "hostname": format!("{worker_id}.local"),
                 "base_url": base_url,
@@ -218,23 +247,39 @@ impl RunningWorker {
         tweak: impl FnOnce(&mut WorkerConfig),
         backends: Vec<Arc<dyn VmBackend>>,
     ) -> Self {
+        Self::start_with_auth(broker_url, tweak, backends, &AuthConfig::default()).await
+    }
+
+    /// As [`RunningWorker::start`], with `auth` for client tokens and for the internal tokens
+    /// its link signs its broker calls with.
+    async fn start_with_auth(
+        broker_url: Option<&str>,
+        tweak: impl FnOnce(&mut WorkerConfig),
+        backends: Vec<Arc<dyn VmBackend>>,
+        auth: &AuthConfig,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let mut config = worker_config(url.clone(), broker_url.map(String::from));
+        config.auth_mode = auth.mode();
         tweak(&mut config);
-        let link: Option<Arc<dyn BrokerLink>> =
-            broker_url.map(|u| Arc::new(HttpBrokerLink::new(u)) as Arc<dyn BrokerLink>);
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let link: Option<Arc<dyn BrokerLink>> = broker_url.map(|u| {
+            let signer = InternalTokenSigner::new(auth, clock.clone());
+            Arc::new(HttpBrokerLink::new(u).with_signer(signer)) as Arc<dyn BrokerLink>
+        });
         let worker = Worker::new(
             config,
             backends,
-            Arc::new(SystemClock),
-            Arc::new(Metrics::new(false)),
+            clock.clone(),
+            Arc::new(Metrics::new(auth.mode().is_prod())),
             link,
         );
         let (trigger, shutdown) = shutdown_channel();
-        let serve_task = tokio::spawn(serve_worker(
+        let serve_task = tokio::spawn(serve_worker_with_auth(
             listener,
             worker.clone(),
+            ClientAuthenticator::new(auth, clock),
             shutdown.clone().wait(),
         ));
         let run_task = tokio::spawn(worker.clone().run(shutdown.wait()));
@@ -276,6 +321,19 @@ impl Stack {
     async fn start_with(tweak: impl FnOnce(&mut WorkerConfig)) -> Self {
         let broker = RunningBroker::start(broker_config()).await;
         let worker = RunningWorker::start(Some(&broker.url), tweak, fake()).await;
+        Self::registered(broker, worker).await
+    }
+
+    /// A prod broker and a prod worker (secret [`SECRET`]): the worker registers with
+    /// internal tokens over HTTP.
+    async fn start_prod_with(tweak: impl FnOnce(&mut WorkerConfig)) -> Self {
+        let broker = RunningBroker::start_prod().await;
+        let worker =
+            RunningWorker::start_with_auth(Some(&broker.url), tweak, fake(), &prod_auth()).await;
+        Self::registered(broker, worker).await
+    }
+
+    async fn registered(broker: RunningBroker, worker: RunningWorker) -> Self {
         let b = broker.broker.clone();
         wait_until("the worker to register", || {
             let active = b.is_worker_active("worker_local");
@@ -1772,46 +1830,51 @@ async fn worker_reannounces_after_a_broker_restart() {
 }
 
 #[tokio::test]
-async fn prod_mode_is_refused_not_skipped() {
-    let broker = RunningBroker::start(BrokerConfig {
-        prod_mode: true,
-        ..broker_config()
-    })
-    .await;
-    expect_error(
-        no_follow()
-            .post(broker.at("/sandboxes"))
-            .json(&json!({"image": "ubuntu:24.04"}))
-            .send()
-            .await
-            .unwrap(),
-        401,
-        "unauthorized: prod auth is not implemented yet",
-    )
-    .await;
-    let worker = RunningWorker::start(None, |c| c.auth_mode = AuthMode::Prod, fake()).await;
-    assert_eq!(
-        follow()
-            .get(worker.at("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
+async fn dev_shells_refuse_prod_configurations() {
+    // serve_broker and serve_worker have no authenticator: a prod core is refused, never
+    // served without authentication.
+    let broker = Arc::new(Broker::new(
+        BrokerConfig {
+            prod_mode: true,
+            ..broker_config()
+        },
+        Arc::new(SystemClock),
+        Arc::new(LeastLoaded),
+        Arc::new(Metrics::new(true)),
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = serve_broker(listener, broker.clone(), std::future::pending())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    // Nor may a dev broker be served with prod authentication.
+    let dev_broker = Arc::new(Broker::new(
+        broker_config(),
+        Arc::new(SystemClock),
+        Arc::new(LeastLoaded),
+        Arc::new(Metrics::new(false)),
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let auth = BrokerAuth::new(&prod_auth(), Arc::new(SystemClock));
+    let err = serve_broker_with_auth(listener, dev_broker, auth, std::future::pending())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+
+    let mut config = worker_config("http://127.0.0.1:1".into(), None);
+    config.auth_mode = AuthMode::Prod;
+    let worker = Worker::new(
+        config,
+        fake(),
+        Arc::new(SystemClock),
+        Arc::new(Metrics::new(true)),
+        None,
     );
-    expect_error(
-        follow()
-            .post(worker.at("/sandboxes"))
-            .json(&json!({"image": "ubuntu:24.04"}))
-            .send()
-            .await
-            .unwrap(),
-        401,
-        "unauthorized: prod auth is not implemented yet",
-    )
-    .await;
-    worker.stop().await;
-    broker.stop().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = serve_worker(listener, worker, std::future::pending())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
 }
 
 #[tokio::test]
@@ -1900,19 +1963,6 @@ async fn binaries_report_configuration_errors() {
     assert!(stderr.contains("bogus-key"), "{stderr}");
 
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_traforato-broker"))
-        .env_clear()
-        .env("TRAFORATO_JWT_SECRET", "s3cr3t")
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.starts_with("broker: prod auth is not implemented yet"),
-        "{stderr}"
-    );
-
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_traforato-broker"))
         .arg("positional")
         .env_clear()
         .output()
@@ -1924,6 +1974,7 @@ async fn binaries_report_configuration_errors() {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_traforato-worker"))
         .arg("-h")
         .env_clear()
+        .env("TRAFORATO_JWT_SECRET", "hunter2-in-env")
         .output()
         .await
         .unwrap();
@@ -1937,7 +1988,1027 @@ async fn binaries_report_configuration_errors() {
         "--max-ttl",
         "--default-virtualization",
         "TRAFORATO_WORKER_REGISTRATION_JITTER_PERCENT",
+        "--jwt-secret",
+        "TRAFORATO_JWT_SECRET",
+        "--jwt-issuer",
+        "--jwt-audience",
     ] {
         assert!(help.contains(flag), "{flag} in {help}");
     }
+    // The secret's value is never shown, even when the environment sets it.
+    assert!(!help.contains("hunter2"), "{help}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prod mode: client tokens, ownership, internal worker tokens
+
+/// The prod secret of §11's tests.
+const SECRET: &str = "secret";
+
+fn prod_auth() -> AuthConfig {
+    AuthConfig::with_secret(SECRET)
+}
+
+fn now_secs() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// A fresh client token for `client_id`, valid for 10 minutes.
+fn token(client_id: &str) -> String {
+    mint_client_token(
+        SECRET,
+        client_id,
+        "traforato",
+        "traforato-api",
+        Duration::from_secs(600),
+        chrono::Utc::now(),
+    )
+}
+
+/// `Bearer <fresh token>`.
+fn bearer(client_id: &str) -> String {
+    format!("Bearer {}", token(client_id))
+}
+
+/// An internal token header for calls by `worker_id`, as a worker with [`SECRET`] signs them.
+fn internal_bearer(worker_id: &str) -> String {
+    InternalTokenSigner::new(&prod_auth(), Arc::new(SystemClock))
+        .authorization_header(worker_id)
+        .unwrap()
+}
+
+/// An HS256 token with exactly `claims`, signed with `secret`.
+fn signed(secret: &str, claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A token with header `{"alg": alg}` and an arbitrary signature (`none`, RS256, ...).
+fn with_algorithm(alg: &str, claims: &Value) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    let header = URL_SAFE_NO_PAD.encode(json!({"alg": alg, "typ": "JWT"}).to_string());
+    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let signature = if alg == "none" {
+        String::new()
+    } else {
+        URL_SAFE_NO_PAD.encode([7u8; 256])
+    };
+    format!("{header}.{payload}.{signature}")
+}
+
+/// Client claims as §11's prod tests have them: exp = now + 10 min, iat = now - 1 min.
+fn client_claims(client_id: &str) -> Value {
+    let now = now_secs();
+    json!({
+        "client_id": client_id,
+        "iss": "traforato",
+        "aud": "traforato-api",
+        "exp": now + 600,
+        "iat": now - 60,
+        "jti": ulid::Ulid::new().to_string(),
+    })
+}
+
+/// [`client_claims`] with `key` set to `value` (`Value::Null` removes it).
+fn client_claims_with(key: &str, value: Value) -> Value {
+    let mut claims = client_claims("client-a");
+    if value.is_null() {
+        claims.as_object_mut().unwrap().remove(key);
+    } else {
+        claims[key] = value;
+    }
+    claims
+}
+
+/// Internal claims as §11 has them: aud list, iss, sub, exp = now + 45 s, iat = now.
+fn internal_claims(sub: &str) -> Value {
+    let now = now_secs();
+    json!({
+        "sub": sub,
+        "iss": "traforato",
+        "aud": ["traforato-internal"],
+        "exp": now + 45,
+        "iat": now,
+        "jti": ulid::Ulid::new().to_string(),
+    })
+}
+
+fn sandbox_body() -> Value {
+    json!({"virtualization": "fake", "image": "ubuntu:24.04", "cpu": 1})
+}
+
+fn ready_event(local_vm_id: &str) -> Value {
+    json!({
+        "event": "ready",
+        "local_vm_id": local_vm_id,
+        "virtualization": "vetu",
+        "image": "ubuntu:24.04",
+        "cpu": 2,
+    })
+}
+
+impl Stack {
+    async fn start_prod() -> Self {
+        Self::start_prod_with(|_| {}).await
+    }
+
+    /// Creates a sandbox as `client_id` through the broker, a fresh token on each hop (the
+    /// way the client's token provider does it); returns its id.
+    async fn create_as(&self, client_id: &str) -> String {
+        let resp = no_follow()
+            .post(self.broker.at("/sandboxes"))
+            .header("authorization", bearer(client_id))
+            .json(&sandbox_body())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 307);
+        let location = resp.headers()["location"].to_str().unwrap().to_string();
+        let resp = no_follow()
+            .post(&location)
+            .header("authorization", bearer(client_id))
+            .json(&sandbox_body())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        body_json(resp).await["sandbox_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+#[tokio::test]
+async fn prod_broker_checks_client_tokens_on_create_only() {
+    let broker = RunningBroker::start_prod().await;
+    // §11.30 and friends: no token needed for health, metrics and availability.
+    for path in ["/healthz", "/metrics", "/metrics/sandboxes"] {
+        let resp = follow().get(broker.at(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+    }
+    let metrics = follow()
+        .get(broker.at("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("\ntraforato_service_auth_mode 1\n"),
+        "{metrics}"
+    );
+    broker
+        .register_remote("worker_a", "http://worker-a.local:8081", "")
+        .await;
+
+    // §11.36: sandbox-scoped requests are redirected without any token.
+    let id = sandbox_id_on("worker_a");
+    let resp = no_follow()
+        .get(broker.at(&format!("/sandboxes/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 307);
+    assert_eq!(
+        resp.headers()["location"],
+        format!("http://worker-a.local:8081/sandboxes/{id}").as_str()
+    );
+
+    // §11.37: create needs a token.
+    let create = |authorization: Option<String>| {
+        let mut req = no_follow()
+            .post(broker.at("/sandboxes"))
+            .json(&json!({"image": "ubuntu:24.04"}));
+        if let Some(value) = authorization {
+            req = req.header("authorization", value);
+        }
+        req.send()
+    };
+    expect_error(
+        create(None).await.unwrap(),
+        401,
+        "unauthorized: missing bearer token",
+    )
+    .await;
+    let resp = create(Some(bearer("client-a"))).await.unwrap();
+    assert_eq!(resp.status(), 307);
+    assert_eq!(
+        resp.headers()["location"],
+        "http://worker-a.local:8081/sandboxes"
+    );
+    // A `?sandbox_id=` query does not turn a create into a redirect without auth (§10.26).
+    expect_error(
+        no_follow()
+            .post(broker.at(&format!("/sandboxes?sandbox_id={id}")))
+            .json(&json!({"image": "ubuntu:24.04"}))
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "unauthorized: missing bearer token",
+    )
+    .await;
+
+    let now = now_secs();
+    let refused: Vec<(String, &str)> = vec![
+        ("Basic Y2xpZW50OnNlY3JldA==".into(), "unauthorized: missing bearer token"),
+        ("Bearer ".into(), "unauthorized: missing bearer token"),
+        ("bearer x.y.z".into(), "unauthorized: missing bearer token"),
+        ("Bearer not-a-jwt".into(), "unauthorized: token is malformed"),
+        (
+            format!("Bearer {}", with_algorithm("none", &client_claims("client-a"))),
+            "unauthorized: token signing algorithm is not allowed",
+        ),
+        (
+            format!("Bearer {}", with_algorithm("RS256", &client_claims("client-a"))),
+            "unauthorized: token signing algorithm is not allowed",
+        ),
+        (
+            format!("Bearer {}", signed("other-secret", &client_claims("client-a"))),
+            "unauthorized: token signature is invalid",
+        ),
+        (
+            format!("Bearer {}", signed(SECRET, &client_claims_with("exp", json!(now - 10)))),
+            "unauthorized: expired token",
+        ),
+        (
+            format!("Bearer {}", signed(SECRET, &client_claims_with("iat", json!(now + 60)))),
+            "unauthorized: invalid issued-at",
+        ),
+        (
+            format!("Bearer {}", signed(SECRET, &client_claims_with("client_id", Value::Null))),
+            "unauthorized: missing client_id claim",
+        ),
+        (
+            format!("Bearer {}", signed(SECRET, &client_claims_with("iss", Value::Null))),
+            "unauthorized: missing iss claim",
+        ),
+        (
+            format!("Bearer {}", signed(SECRET, &client_claims_with("aud", Value::Null))),
+            "unauthorized: missing aud claim",
+        ),
+        (
+            format!("Bearer {}", signed(SECRET, &client_claims_with("exp", Value::Null))),
+            "unauthorized: missing exp claim",
+        ),
+        (
+            format!("Bearer {}", signed(SECRET, &client_claims_with("iat", Value::Null))),
+            "unauthorized: missing iat claim",
+        ),
+        (
+            format!("Bearer {}", signed(SECRET, &client_claims_with("jti", Value::Null))),
+            "unauthorized: missing jti claim",
+        ),
+        (
+            format!("Bearer {}", signed(SECRET, &client_claims_with("iss", json!("someone-else")))),
+            "unauthorized: invalid issuer",
+        ),
+        (
+            format!("Bearer {}", signed(SECRET, &client_claims_with("aud", json!("traforato-internal")))),
+            "unauthorized: invalid audience",
+        ),
+        // An internal token is no client token.
+        (internal_bearer("worker_a"), "unauthorized: missing client_id claim"),
+    ];
+    for (authorization, message) in refused {
+        expect_error(create(Some(authorization)).await.unwrap(), 401, message).await;
+    }
+
+    // `aud` may be a list; one entry must match.
+    let listed = client_claims_with("aud", json!(["other", "traforato-api"]));
+    let resp = create(Some(format!("Bearer {}", signed(SECRET, &listed))))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 307);
+
+    // Replay at the same service.
+    let claims = client_claims("client-a");
+    let jti = claims["jti"].as_str().unwrap().to_string();
+    let once = format!("Bearer {}", signed(SECRET, &claims));
+    assert_eq!(create(Some(once.clone())).await.unwrap().status(), 307);
+    expect_error(
+        create(Some(once)).await.unwrap(),
+        401,
+        &format!("jwt replay detected: {jti}"),
+    )
+    .await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn prod_internal_routes_need_worker_tokens() {
+    let broker = RunningBroker::start_prod().await;
+    let at = |leaf: &str| broker.at(&format!("/internal/workers/worker_a/{leaf}"));
+    let registration = json!({
+        "hostname": "worker-a.local",
+        "base_url": "http://worker-a.local:8081",
+    });
+
+    // §11.53: a valid token does not make an unknown worker known.
+    expect_error(
+        follow()
+            .post(at("vm-events"))
+            .header("authorization", internal_bearer("worker_a"))
+            .json(&ready_event(VALID_UUID))
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "worker must self-register",
+    )
+    .await;
+    expect_error(
+        follow()
+            .post(at("vm-start"))
+            .header("authorization", internal_bearer("worker_a"))
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "worker must self-register",
+    )
+    .await;
+
+    // No token: a route-specific 401 that does not say why.
+    expect_error(
+        follow()
+            .put(at("registration"))
+            .json(&registration)
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "unauthorized registration",
+    )
+    .await;
+    expect_error(
+        follow().delete(at("registration")).send().await.unwrap(),
+        401,
+        "unauthorized deregistration",
+    )
+    .await;
+    expect_error(
+        follow()
+            .post(at("vm-events"))
+            .json(&ready_event(VALID_UUID))
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "unauthorized internal callback",
+    )
+    .await;
+    expect_error(
+        follow().post(at("vm-start")).send().await.unwrap(),
+        401,
+        "unauthorized vm start request",
+    )
+    .await;
+    // The token is checked before the worker id.
+    expect_error(
+        follow()
+            .put(broker.at("/internal/workers/worker-a/registration"))
+            .json(&registration)
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "unauthorized registration",
+    )
+    .await;
+
+    let resp = follow()
+        .put(at("registration"))
+        .header("authorization", internal_bearer("worker_a"))
+        .json(&registration)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // §11.45 and §11.47 and the other defects: each one 401 on vm-events.
+    let now = now_secs();
+    let mut wrong_audience = internal_claims("worker_a");
+    wrong_audience["aud"] = json!("traforato-api");
+    let mut expired = internal_claims("worker_a");
+    expired["exp"] = json!(now - 1);
+    let mut future = internal_claims("worker_a");
+    future["iat"] = json!(now + 60);
+    let mut wrong_issuer = internal_claims("worker_a");
+    wrong_issuer["iss"] = json!("someone-else");
+    let refused = [
+        internal_bearer("worker_b"),
+        format!("Bearer {}", signed(SECRET, &internal_claims("worker_b"))),
+        format!("Bearer {}", signed(SECRET, &wrong_audience)),
+        format!("Bearer {}", signed(SECRET, &expired)),
+        format!("Bearer {}", signed(SECRET, &future)),
+        format!("Bearer {}", signed(SECRET, &wrong_issuer)),
+        format!("Bearer {}", signed("other-secret", &internal_claims("worker_a"))),
+        format!("Bearer {}", with_algorithm("none", &internal_claims("worker_a"))),
+        bearer("client-a"),
+        internal_bearer("worker_a").replace("Bearer ", "Basic "),
+    ];
+    for authorization in refused {
+        expect_error(
+            follow()
+                .post(at("vm-events"))
+                .header("authorization", &authorization)
+                .json(&ready_event(VALID_UUID))
+                .send()
+                .await
+                .unwrap(),
+            401,
+            "unauthorized internal callback",
+        )
+        .await;
+    }
+    assert!(!broker.availability().await.contains("ubuntu:24.04"));
+
+    // A valid token (aud as a list, §11's shape) is accepted once, on any internal route.
+    let valid = format!("Bearer {}", signed(SECRET, &internal_claims("worker_a")));
+    let resp = follow()
+        .post(at("vm-events"))
+        .header("authorization", &valid)
+        .json(&ready_event(VALID_UUID))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert!(broker
+        .availability()
+        .await
+        .contains("\nvetu\tubuntu:24.04\t2\t1\n"));
+    expect_error(
+        follow()
+            .post(at("vm-start"))
+            .header("authorization", &valid)
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "unauthorized vm start request",
+    )
+    .await;
+    let resp = follow()
+        .post(at("vm-start"))
+        .header("authorization", internal_bearer("worker_a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+
+    // Deregistered, the worker must register again before posting events.
+    let resp = follow()
+        .delete(at("registration"))
+        .header("authorization", internal_bearer("worker_a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    expect_error(
+        follow()
+            .post(at("vm-events"))
+            .header("authorization", internal_bearer("worker_a"))
+            .json(&ready_event(VALID_UUID))
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "worker must self-register",
+    )
+    .await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn dev_mode_needs_no_tokens() {
+    // §11.46: without a secret, internal calls need no token (static worker).
+    let broker = RunningBroker::start(broker_config()).await;
+    broker
+        .broker
+        .register_static_worker(traforato_core::broker::StaticWorker {
+            worker_id: "worker_a".into(),
+            hostname: "worker-a.local".into(),
+            base_url: "http://worker-a.local:8081".into(),
+            ..Default::default()
+        });
+    let resp = follow()
+        .post(broker.at("/internal/workers/worker_a/vm-events"))
+        .json(&ready_event(VALID_UUID))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let metrics = follow()
+        .get(broker.at("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("\ntraforato_service_auth_mode 0\n"),
+        "{metrics}"
+    );
+    broker.stop().await;
+
+    // §11.56: broker create 307 and worker create 201 without a token; any header is ignored.
+    let stack = Stack::start().await;
+    let resp = no_follow()
+        .post(stack.broker.at("/sandboxes"))
+        .json(&sandbox_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 307);
+    let resp = follow()
+        .post(stack.worker.at("/sandboxes"))
+        .header("authorization", "Bearer garbage")
+        .json(&sandbox_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn prod_worker_authenticates_every_route_before_routing() {
+    let stack = Stack::start_prod().await;
+    let w = &stack.worker;
+    let failures = || {
+        w.worker.metrics().value(
+            "worker.auth.failures.total",
+            &[
+                ("worker_id", "worker_local"),
+                ("status_code", "401"),
+                ("reason", "jwt"),
+            ],
+        )
+    };
+    // §11.57: health and metrics need no token.
+    let resp = follow().get(w.at("/healthz")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body_json(resp).await["status"], "ok");
+    let metrics = follow()
+        .get(w.at("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("\ntraforato_service_auth_mode 1\n"),
+        "{metrics}"
+    );
+    assert_eq!(failures(), None);
+
+    // Authentication before routing: unknown routes and malformed ids are 401 without a token.
+    for (method, path) in [
+        (reqwest::Method::GET, "/nothing"),
+        (reqwest::Method::POST, "/healthz"),
+        (reqwest::Method::POST, "/sandboxes"),
+        (reqwest::Method::GET, "/sandboxes/not-an-id"),
+    ] {
+        expect_error(
+            follow().request(method, w.at(path)).send().await.unwrap(),
+            401,
+            "unauthorized: missing bearer token",
+        )
+        .await;
+    }
+    assert_eq!(failures(), Some(4.0));
+    expect_error(
+        follow()
+            .get(w.at("/nothing"))
+            .header("authorization", bearer("client-a"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "route not found",
+    )
+    .await;
+    expect_error(
+        follow()
+            .get(w.at("/sandboxes/not-an-id"))
+            .header("authorization", bearer("client-a"))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "malformed sandbox_id",
+    )
+    .await;
+    expect_error(
+        follow()
+            .post(w.at("/sandboxes"))
+            .header(
+                "authorization",
+                format!("Bearer {}", signed(SECRET, &client_claims_with("exp", json!(now_secs() - 1)))),
+            )
+            .json(&sandbox_body())
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "unauthorized: expired token",
+    )
+    .await;
+    assert_eq!(failures(), Some(5.0));
+
+    // One token, one request per service: it passes the broker and then the worker once (the
+    // caches are separate, as in the prototype), and is refused on its next use.
+    let claims = client_claims("client-a");
+    let jti = claims["jti"].as_str().unwrap().to_string();
+    let shared = format!("Bearer {}", signed(SECRET, &claims));
+    let resp = no_follow()
+        .post(stack.broker.at("/sandboxes"))
+        .header("authorization", &shared)
+        .json(&sandbox_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 307);
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    let resp = no_follow()
+        .post(&location)
+        .header("authorization", &shared)
+        .json(&sandbox_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let id = body_json(resp).await["sandbox_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    expect_error(
+        follow()
+            .get(w.at(&format!("/sandboxes/{id}")))
+            .header("authorization", &shared)
+            .send()
+            .await
+            .unwrap(),
+        401,
+        &format!("jwt replay detected: {jti}"),
+    )
+    .await;
+    assert_eq!(failures(), Some(6.0));
+    // A fresh token works.
+    let resp = follow()
+        .get(w.at(&format!("/sandboxes/{id}")))
+        .header("authorization", bearer("client-a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn prod_sandboxes_belong_to_their_creator_on_every_route() {
+    let stack = Stack::start_prod().await;
+    let id = stack.create_as("client-a").await;
+    let upstream = start_upstream().await.port();
+    let w = &stack.worker;
+    let send = |client: &str, method: reqwest::Method, rest: &str, body: Option<Value>| {
+        let mut req = follow()
+            .request(method, w.at(&format!("/sandboxes/{id}{rest}")))
+            .header("authorization", bearer(client));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        req.send()
+    };
+    use reqwest::Method as M;
+
+    // The owner sets the stage: a file and an exec.
+    let resp = send(
+        "client-a",
+        M::PUT,
+        "/files?path=/workspace/a.txt",
+        Some(json!({"content": "Hello", "encoding": "utf8"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = send("client-a", M::POST, "/exec", Some(json!({"command": "echo hi"})))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let exec_id = body_json(resp).await["exec_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // (method, route, body, the owner's status). The owner's own requests come after the
+    // stranger's, so a 403 cannot be a side effect of anything the stranger did.
+    let routes: Vec<(M, String, Option<Value>, u16)> = vec![
+        (M::GET, String::new(), None, 200),
+        (M::PATCH, "/lease?ttl_seconds=600".into(), None, 200),
+        (
+            M::PUT,
+            "/files?path=/workspace/b.txt".into(),
+            Some(json!({"content": "x", "encoding": "utf8"})),
+            200,
+        ),
+        (M::GET, "/files?path=/workspace/a.txt".into(), None, 200),
+        (M::GET, "/files/raw?path=/workspace/a.txt".into(), None, 200),
+        (M::GET, "/files/stat?path=/workspace/a.txt".into(), None, 200),
+        (M::GET, "/files/list?path=/workspace".into(), None, 200),
+        (M::POST, "/files/mkdir".into(), Some(json!({"path": "/"})), 200),
+        (
+            M::POST,
+            "/files/mkdir".into(),
+            Some(json!({"path": "/workspace/src", "recursive": true})),
+            200,
+        ),
+        (M::POST, "/exec".into(), Some(json!({"command": "echo hi"})), 202),
+        (
+            M::POST,
+            "/exec/code".into(),
+            Some(json!({"runtime": "python", "code": "print(1)"})),
+            200,
+        ),
+        (M::GET, "/exec/ws".into(), None, 501),
+        (M::GET, format!("/exec/{exec_id}"), None, 200),
+        (M::GET, format!("/exec/{exec_id}/frames"), None, 200),
+        (M::GET, format!("/proxy/{upstream}/x"), None, 200),
+        (M::POST, format!("/proxy/{upstream}"), None, 200),
+        (M::GET, format!("/ports/{upstream}/url"), None, 200),
+        (M::DELETE, "/files?path=/workspace/b.txt".into(), None, 204),
+        (M::DELETE, String::new(), None, 204),
+    ];
+    for (method, rest, body, _) in &routes {
+        expect_error(
+            send("client-b", method.clone(), rest, body.clone())
+                .await
+                .unwrap(),
+            403,
+            "sandbox ownership mismatch",
+        )
+        .await;
+    }
+    for (method, rest, body, status) in routes {
+        let resp = send("client-a", method.clone(), &rest, body).await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{method} {rest}");
+    }
+    // Deleted: missing for everyone.
+    expect_error(
+        send("client-b", M::GET, "", None).await.unwrap(),
+        404,
+        "sandbox not found",
+    )
+    .await;
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn prod_proxy_strips_the_client_token() {
+    let stack = Stack::start_prod().await;
+    let id = stack.create_as("client-a").await;
+    let port = start_upstream().await.port();
+    let resp = follow()
+        .post(
+            stack
+                .worker
+                .at(&format!("/sandboxes/{id}/proxy/{port}/hello?x=1")),
+        )
+        .header("authorization", bearer("client-a"))
+        .header("proxy-authorization", "Basic c2VjcmV0")
+        .body("ping")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = body_json(resp).await;
+    assert_eq!(seen["path"], "/hello");
+    assert_eq!(seen["body"], "ping");
+    assert_eq!(seen["sandbox_id"], id.as_str());
+    assert!(seen["authorization"].is_null(), "{seen}");
+    assert!(!seen.to_string().contains("Bearer"), "{seen}");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn prod_worker_and_broker_work_together_over_http() {
+    // Registration, ready events and the claimed event all cross HTTP with internal tokens.
+    let stack = Stack::start_prod_with(|c| c.pre_pull = vec![warm_target()]).await;
+    wait_until("the warm sandbox to be announced", || {
+        let broker = &stack.broker;
+        async move { broker.availability().await.contains(WARM_ROW) }
+    })
+    .await;
+    let body = json!({"virtualization": "fake", "image": "warm-img", "cpu": 1});
+    let resp = no_follow()
+        .post(stack.broker.at("/sandboxes"))
+        .header("authorization", bearer("client-a"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 307);
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.contains("local_vm_id="), "{location}");
+    let resp = no_follow()
+        .post(&location)
+        .header("authorization", bearer("client-a"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(body_json(resp).await["start_type"], "warm");
+
+    // A link without a signer is turned away by the prod broker.
+    let unsigned = HttpBrokerLink::new(&stack.broker.url);
+    let err = unsigned
+        .register(
+            &ComponentId::parse("worker_local").unwrap(),
+            &traforato_core::api::RegistrationRequest {
+                hostname: "localhost".into(),
+                base_url: stack.worker.url.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, traforato_core::worker::LinkError::Status { status: 401, body } if body.contains("unauthorized registration")),
+        "{err:?}"
+    );
+    stack.stop().await;
+}
+
+/// What a stub broker saw: method, path, JSON body (or null) and `Authorization`.
+#[derive(Debug, Clone)]
+struct SeenCall {
+    method: String,
+    path: String,
+    body: Value,
+    authorization: Option<String>,
+}
+
+/// A broker stand-in that accepts every internal call and records it.
+async fn start_stub_broker() -> (String, Arc<std::sync::Mutex<Vec<SeenCall>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen: Arc<std::sync::Mutex<Vec<SeenCall>>> = Arc::default();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let record = record.clone();
+            let service = service_fn(move |req: Request<Incoming>| {
+                let record = record.clone();
+                async move {
+                    let method = req.method().to_string();
+                    let path = req.uri().path().to_string();
+                    let authorization = req
+                        .headers()
+                        .get("authorization")
+                        .map(|v| v.to_str().unwrap().to_string());
+                    let bytes = req.into_body().collect().await.unwrap().to_bytes();
+                    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                    record.lock().unwrap().push(SeenCall {
+                        method: method.clone(),
+                        path: path.clone(),
+                        body,
+                        authorization,
+                    });
+                    let resp = if method == "PUT" {
+                        let answer = json!({
+                            "worker_id": "worker_local",
+                            "lease_ttl_seconds": 120,
+                            "heartbeat_interval_seconds": 30,
+                            "expires_at": "2030-01-01T00:00:00Z",
+                        });
+                        Response::builder()
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from(answer.to_string())))
+                            .unwrap()
+                    } else {
+                        Response::builder()
+                            .status(StatusCode::NO_CONTENT)
+                            .body(Full::new(Bytes::new()))
+                            .unwrap()
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn worker_callbacks_carry_internal_tokens() {
+    let (broker_url, seen) = start_stub_broker().await;
+    let worker = RunningWorker::start_with_auth(
+        Some(&broker_url),
+        |c| c.pre_pull = vec![warm_target()],
+        fake(),
+        &prod_auth(),
+    )
+    .await;
+    let ready_event = || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .find(|c| c.path.ends_with("/vm-events") && c.body["event"] == "ready")
+            .cloned()
+    };
+    wait_until("a ready event", || {
+        let found = ready_event().is_some();
+        async move { found }
+    })
+    .await;
+    let hinted = ready_event().unwrap().body["local_vm_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // §11.63: a hinted create claims the VM and tells the broker, with an internal token.
+    let resp = follow()
+        .post(worker.at(&format!("/sandboxes?local_vm_id={hinted}")))
+        .header("authorization", bearer("client-a"))
+        .json(&json!({"virtualization": "fake", "image": "warm-img", "cpu": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let created = body_json(resp).await;
+    assert!(created["sandbox_id"].as_str().unwrap().ends_with(&hinted));
+    let claimed = || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .find(|c| c.path.ends_with("/vm-events") && c.body["event"] == "claimed")
+            .cloned()
+    };
+    wait_until("the claimed event", || {
+        let found = claimed().is_some();
+        async move { found }
+    })
+    .await;
+    let claimed = claimed().unwrap();
+    assert_eq!(claimed.method, "POST");
+    assert_eq!(claimed.path, "/internal/workers/worker_local/vm-events");
+    assert_eq!(claimed.body["local_vm_id"], hinted.as_str());
+    let header = claimed.authorization.expect("a token on the callback");
+    let token = header.strip_prefix("Bearer ").expect("a Bearer token");
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.set_audience(&["traforato-internal"]);
+    validation.set_issuer(&["traforato"]);
+    validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+    let decoded = jsonwebtoken::decode::<Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_secret(SECRET.as_bytes()),
+        &validation,
+    )
+    .unwrap();
+    assert_eq!(decoded.claims["sub"], "worker_local");
+    assert_eq!(decoded.claims["aud"], "traforato-internal");
+    let iat = decoded.claims["iat"].as_i64().unwrap();
+    assert_eq!(decoded.claims["exp"].as_i64().unwrap() - iat, 45);
+    assert!(decoded.claims["jti"].as_str().is_some_and(|j| !j.is_empty()));
+
+    // §11.68: deregistration on shutdown, signed too.
+    worker.stop().await;
+    let calls = seen.lock().unwrap().clone();
+    let deletes: Vec<&SeenCall> = calls.iter().filter(|c| c.method == "DELETE").collect();
+    assert_eq!(deletes.len(), 1, "{calls:?}");
+    assert_eq!(
+        deletes[0].path,
+        "/internal/workers/worker_local/registration"
+    );
+    // §11.65 and the rest: every call (registrations, vm-start, events, deregistration)
+    // carries its own token.
+    assert!(calls.iter().any(|c| c.method == "PUT"
+        && c.path == "/internal/workers/worker_local/registration"));
+    assert!(calls.iter().any(|c| c.path.ends_with("/vm-start")));
+    let tokens: Vec<&str> = calls
+        .iter()
+        .map(|c| {
+            c.authorization
+                .as_deref()
+                .and_then(|h| h.strip_prefix("Bearer "))
+                .unwrap_or_else(|| panic!("unsigned call {c:?}"))
+        })
+        .collect();
+    let distinct: std::collections::HashSet<&str> = tokens.iter().copied().collect();
+    assert_eq!(distinct.len(), tokens.len(), "a token was reused");
 }
