@@ -76,7 +76,7 @@ impl HttpBrokerLink {
         match self
             .signer
             .as_ref()
-            .and_then(|signer| signer.authorization_header(worker_id.as_str()))
+            .and_then(|signer| signer.authorization_header("worker_x"))
         {
             Some(header) => match reqwest::header::HeaderValue::from_str(&header) {
                 Ok(mut value) => {

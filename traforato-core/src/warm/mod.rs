@@ -25,13 +25,20 @@ pub const DEMAND_HALF_LIFE_MINUTES: f64 = 20.0;
 pub const MAX_DEMAND_EVENTS: usize = 100_000;
 
 /// Create history, pruned to the window, bounded in size.
+///
+/// Events of one tuple less than a second apart share a bucket (the first event's time), so
+/// computing targets costs at most one weight per tuple-second of the window however many
+/// creates there were.
 #[derive(Debug)]
 pub struct DemandTracker {
-    /// Per tuple, event times in ascending order.
-    events: BTreeMap<SandboxTuple, VecDeque<DateTime<Utc>>>,
+    /// Per tuple, buckets `(time of the first event, event count)` in ascending time.
+    events: BTreeMap<SandboxTuple, VecDeque<(DateTime<Utc>, u32)>>,
     len: usize,
     max_events: usize,
 }
+
+/// Events closer than this to the previous bucket's time join that bucket.
+const BUCKET: chrono::Duration = chrono::Duration::seconds(1);
 
 impl Default for DemandTracker {
     fn default() -> Self {
@@ -56,13 +63,15 @@ impl DemandTracker {
 
     /// Records one create of `tuple` at `at`.
     pub fn record(&mut self, tuple: SandboxTuple, at: DateTime<Utc>) {
-        let times = self.events.entry(tuple).or_default();
-        // Times arrive almost always in order; an older one is slotted in place.
-        if times.back().is_none_or(|last| *last <= at) {
-            times.push_back(at);
-        } else {
-            let slot = times.partition_point(|t| *t <= at);
-            times.insert(slot, at);
+        let buckets = self.events.entry(tuple).or_default();
+        match buckets.back_mut() {
+            Some((first, count)) if *first <= at && at - *first < BUCKET => *count += 1,
+            Some((last, _)) if *last > at => {
+                // Out of order (rare): slot it in as its own bucket.
+                let slot = buckets.partition_point(|(t, _)| *t <= at);
+                buckets.insert(slot, (at, 1));
+            }
+            _ => buckets.push_back((at, 1)),
         }
         self.len += 1;
         self.prune(at);
@@ -88,7 +97,10 @@ impl DemandTracker {
             .events
             .iter()
             .map(|(tuple, times)| {
-                let weight = times.iter().map(|at| event_weight(*at, now)).sum();
+                let weight = times
+                    .iter()
+                    .map(|(at, count)| event_weight(*at, now) * f64::from(*count))
+                    .sum();
                 (tuple.clone(), weight)
             })
             .collect();
@@ -100,9 +112,10 @@ impl DemandTracker {
         let cutoff = now - DEMAND_WINDOW;
         let mut dropped = 0;
         self.events.retain(|_, times| {
-            while times.front().is_some_and(|at| *at < cutoff) {
-                times.pop_front();
-                dropped += 1;
+            while times.front().is_some_and(|(at, _)| *at < cutoff) {
+                if let Some((_, count)) = times.pop_front() {
+                    dropped += count as usize;
+                }
             }
             !times.is_empty()
         });
@@ -113,12 +126,17 @@ impl DemandTracker {
         let oldest = self
             .events
             .iter()
-            .filter_map(|(tuple, times)| times.front().map(|at| (*at, tuple)))
+            .filter_map(|(tuple, times)| times.front().map(|(at, _)| (*at, tuple)))
             .min_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)))
             .map(|(_, tuple)| tuple.clone());
         let Some(tuple) = oldest else { return };
         if let Some(times) = self.events.get_mut(&tuple) {
-            times.pop_front();
+            if let Some((_, count)) = times.front_mut() {
+                *count -= 1;
+                if *count == 0 {
+                    times.pop_front();
+                }
+            }
             self.len -= 1;
             if times.is_empty() {
                 self.events.remove(&tuple);
@@ -468,6 +486,24 @@ mod tests {
             tracker.targets(1, now()),
             compute_targets(1, &events, now())
         );
+    }
+
+    #[test]
+    fn events_within_a_second_share_a_bucket_and_keep_their_weight() {
+        let mut tracker = DemandTracker::new();
+        let hot = tuple("hot");
+        let cold = tuple("cold");
+        for i in 0..1000 {
+            tracker.record(hot.clone(), ago(5) + chrono::Duration::microseconds(i));
+        }
+        for _ in 0..3 {
+            tracker.record(cold.clone(), ago(5));
+        }
+        assert_eq!(tracker.len(), 1003);
+        assert_eq!(tracker.events[&hot].len(), 1);
+        let targets = tracker.targets(10, now());
+        assert_eq!(targets[&hot], 10);
+        assert_eq!(targets[&cold], 0);
     }
 
     #[test]
