@@ -1,6 +1,8 @@
 //! The command line: every command, flag and help text (clap derive), with an example in each
 //! command's `--help`.
 
+use std::time::Duration;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const ROOT_EXAMPLES: &str = "\
@@ -12,8 +14,22 @@ Examples:
   traforato-cli --json sandbox get sbx-...
 
 Environment:
-  TRAFORATO_URL     broker URL (default http://localhost:8080)
-  TRAFORATO_TOKEN   bearer token for prod-mode deployments";
+  TRAFORATO_URL         broker URL (default http://localhost:8080)
+  TRAFORATO_TOKEN       a bearer token for prod-mode deployments (see below)
+  TRAFORATO_CLIENT_ID   with TRAFORATO_JWT_SECRET: mint a fresh token for every request
+  TRAFORATO_JWT_SECRET  the deployment's JWT secret (operators only; never printed)
+  TRAFORATO_JWT_ISSUER, TRAFORATO_JWT_AUDIENCE
+                        claims of minted tokens (default traforato, traforato-api)
+
+Prod mode: a broker or worker started with a JWT secret accepts each token once (it keeps a
+replay cache of token ids), and the broker's create redirect means one create is two
+requests, one per service. So a static --token is good for exactly ONE command that creates
+a sandbox, after which it is spent; for anything more, either pass a new --token each time
+(`traforato-cli token mint`), or, as an operator holding the secret, set
+TRAFORATO_JWT_SECRET and --client-id: every request then carries a freshly minted token.
+  export TRAFORATO_JWT_SECRET=...   # the deployment's secret
+  traforato-cli --client-id alice sandbox create --image ubuntu:24.04
+  traforato-cli --client-id alice exec sbx-... -- uname -a";
 
 /// Command-line client for traforato sandboxes.
 #[derive(Debug, Parser)]
@@ -28,9 +44,14 @@ pub struct Cli {
     )]
     pub url: String,
 
-    /// Bearer token (prod mode).
+    /// Bearer token (prod mode); each token is good for one request per service.
     #[arg(long, global = true, env = "TRAFORATO_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+
+    /// Act as this client, minting a fresh token per request (needs TRAFORATO_JWT_SECRET);
+    /// also the client of `token mint`.
+    #[arg(long, global = true, env = "TRAFORATO_CLIENT_ID", value_name = "ID")]
+    pub client_id: Option<String>,
 
     /// Machine-readable JSON output on stdout (errors as JSON on stderr).
     #[arg(long, global = true)]
@@ -85,6 +106,13 @@ traforato-cli itself failed.")]
     #[command(after_help = "Example:\n  traforato-cli port-url sbx-... 8000 --protocol http")]
     PortUrl(PortUrlArgs),
 
+    /// Mint client tokens for a prod-mode deployment (reads TRAFORATO_JWT_SECRET).
+    #[command(
+        subcommand,
+        after_help = "Example:\n  TOKEN=$(traforato-cli token mint --client-id alice --ttl 10m)"
+    )]
+    Token(TokenCommand),
+
     /// Print a shell completion script.
     #[command(after_help = "\
 Examples:
@@ -94,6 +122,65 @@ Examples:
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+/// `token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a client token (HS256) signed with the secret in TRAFORATO_JWT_SECRET.
+    #[command(after_help = MINT_HELP)]
+    Mint(MintArgs),
+}
+
+const MINT_HELP: &str = "\
+Examples:
+  export TRAFORATO_JWT_SECRET=...   # the deployment's secret, as given to the services
+  traforato-cli token mint --client-id alice
+  traforato-cli token mint --client-id alice --ttl 30s
+  curl --location-trusted -X POST http://localhost:8080/sandboxes \\
+    -H \"Authorization: Bearer $(traforato-cli token mint --client-id alice)\" \\
+    -d '{\"image\":\"ubuntu:24.04\"}'
+
+The token carries client_id (the owner of the sandboxes it creates), iss, aud, iat, exp and a
+unique jti. Each service accepts a jti once, so mint a new token for every request; a create
+through the broker may use one token for both hops (broker, then worker), which is why curl
+needs --location-trusted (it drops Authorization on a redirect to another host or port).
+The secret is read from the environment only, and never printed.";
+
+/// `token mint` flags. The client is the global `--client-id` (or TRAFORATO_CLIENT_ID).
+#[derive(Debug, Args)]
+pub struct MintArgs {
+    /// Lifetime: seconds, or a number with a unit s, m, h or d (30s, 5m, 2h).
+    #[arg(long, default_value = "5m", value_parser = parse_ttl)]
+    pub ttl: Duration,
+    /// The `iss` claim; must match the services' --jwt-issuer.
+    #[arg(long, env = "TRAFORATO_JWT_ISSUER", default_value = "traforato")]
+    pub issuer: String,
+    /// The `aud` claim; must match the services' --jwt-audience.
+    #[arg(long, env = "TRAFORATO_JWT_AUDIENCE", default_value = "traforato-api")]
+    pub audience: String,
+}
+
+/// Parses a token lifetime: `300`, `300s`, `5m`, `2h`, `1d`; more than zero.
+pub fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("expected a duration like 300, 30s, 5m or 2h, got {s:?}"))?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => return Err(format!("unknown unit {other:?} (use s, m, h or d)")),
+    };
+    match number.checked_mul(scale) {
+        Some(0) => Err("the ttl must be more than zero".to_string()),
+        Some(seconds) => Ok(Duration::from_secs(seconds)),
+        None => Err(format!("ttl {s:?} is too long")),
+    }
 }
 
 /// `sandbox ...`.
@@ -442,6 +529,46 @@ mod tests {
         assert!(cli.json);
         assert_eq!(cli.url, "http://b:1");
         assert_eq!(cli.token.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn ttls() {
+        assert_eq!(parse_ttl("300").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_ttl("45s").unwrap(), Duration::from_secs(45));
+        assert_eq!(parse_ttl("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_ttl("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_ttl("1d").unwrap(), Duration::from_secs(86_400));
+        for bad in [
+            "",
+            "0",
+            "0s",
+            "5x",
+            "m",
+            "-5",
+            "1.5h",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_ttl(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn token_mint_uses_the_global_client_id() {
+        let cli = Cli::try_parse_from([
+            "traforato-cli",
+            "token",
+            "mint",
+            "--client-id",
+            "alice",
+            "--ttl",
+            "10m",
+        ])
+        .unwrap();
+        assert_eq!(cli.client_id.as_deref(), Some("alice"));
+        let Command::Token(TokenCommand::Mint(args)) = cli.command else {
+            panic!("not token mint")
+        };
+        assert_eq!(args.ttl, Duration::from_secs(600));
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub enum CliError {
     /// A path in the sandbox does not exist.
     #[error("{0}: no such file or directory")]
     NotFound(String),
+    /// Credentials are missing or contradictory (e.g. `--client-id` without a secret).
+    #[error("{0}")]
+    Auth(String),
 }
 
 impl CliError {
@@ -69,6 +72,7 @@ impl CliError {
             CliError::Client(_) => "client",
             CliError::Io { .. } => "io",
             CliError::NotFound(_) => "not_found",
+            CliError::Auth(_) => "auth",
         }
     }
 }

@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use traforato_core::auth::AuthMode;
+use traforato_core::auth::{AuthConfig, ClientAuthenticator, InternalTokenSigner};
 use traforato_core::backend::fake::FakeBackend;
 use traforato_core::broker::{Broker, BrokerConfig};
 use traforato_core::clock::SystemClock;
@@ -21,7 +21,7 @@ use traforato_core::telemetry::Metrics;
 use traforato_core::worker::{BrokerLink, Worker, WorkerConfig};
 use traforato_server::link::HttpBrokerLink;
 use traforato_server::server::{shutdown_channel, ShutdownTrigger};
-use traforato_server::{serve_broker, serve_worker};
+use traforato_server::{serve_broker_with_auth, serve_worker_with_auth, BrokerAuth};
 
 /// A broker and a worker (fake backend) registered with it over HTTP.
 struct Stack {
@@ -31,7 +31,19 @@ struct Stack {
 }
 
 impl Stack {
+    /// A development-mode stack (no tokens).
     async fn start() -> Self {
+        Self::start_with(&AuthConfig::default()).await
+    }
+
+    /// A prod stack with secret [`SECRET`].
+    async fn start_prod() -> Self {
+        Self::start_with(&AuthConfig::with_secret(SECRET)).await
+    }
+
+    async fn start_with(auth: &AuthConfig) -> Self {
+        let prod = auth.mode().is_prod();
+        let clock = Arc::new(SystemClock);
         let (trigger, shutdown) = shutdown_channel();
         let mut tasks = Vec::new();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -39,13 +51,19 @@ impl Stack {
         let broker = Arc::new(Broker::new(
             BrokerConfig {
                 default_virtualization: "fake".to_string(),
+                prod_mode: prod,
                 ..BrokerConfig::default()
             },
-            Arc::new(SystemClock),
+            clock.clone(),
             Arc::new(LeastLoaded),
-            Arc::new(Metrics::new(false)),
+            Arc::new(Metrics::new(prod)),
         ));
-        let serve = serve_broker(listener, broker.clone(), shutdown.clone().wait());
+        let serve = serve_broker_with_auth(
+            listener,
+            broker.clone(),
+            BrokerAuth::new(auth, clock.clone()),
+            shutdown.clone().wait(),
+        );
         tasks.push(tokio::spawn(async move {
             serve.await.unwrap();
         }));
@@ -69,17 +87,23 @@ impl Stack {
             registration_jitter_percent: 0,
             reap_interval: Duration::from_secs(1),
             pre_pull: Vec::new(),
-            auth_mode: AuthMode::Dev,
+            auth_mode: auth.mode(),
         };
-        let link: Arc<dyn BrokerLink> = Arc::new(HttpBrokerLink::new(&url));
+        let signer = InternalTokenSigner::new(auth, clock.clone());
+        let link: Arc<dyn BrokerLink> = Arc::new(HttpBrokerLink::new(&url).with_signer(signer));
         let worker = Worker::new(
             config,
             vec![Arc::new(FakeBackend::new())],
-            Arc::new(SystemClock),
-            Arc::new(Metrics::new(false)),
+            clock.clone(),
+            Arc::new(Metrics::new(prod)),
             Some(link),
         );
-        let serve = serve_worker(listener, worker.clone(), shutdown.clone().wait());
+        let serve = serve_worker_with_auth(
+            listener,
+            worker.clone(),
+            ClientAuthenticator::new(auth, clock),
+            shutdown.clone().wait(),
+        );
         tasks.push(tokio::spawn(async move {
             serve.await.unwrap();
         }));
@@ -182,6 +206,10 @@ async fn cli(args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> Run {
     cmd.args(args)
         .env_remove("TRAFORATO_URL")
         .env_remove("TRAFORATO_TOKEN")
+        .env_remove("TRAFORATO_CLIENT_ID")
+        .env_remove("TRAFORATO_JWT_SECRET")
+        .env_remove("TRAFORATO_JWT_ISSUER")
+        .env_remove("TRAFORATO_JWT_AUDIENCE")
         .envs(env.iter().copied())
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -673,4 +701,262 @@ async fn help_and_completions() {
     assert!(run.stdout.contains("complete"));
     let run = cli(&["exec"], None, &[]).await;
     assert_eq!(run.code, 2, "usage errors exit 2");
+}
+
+/// The prod secret of the tests; distinctive, so a leak into any output is unmistakable.
+const SECRET: &str = "cli-secret-5e1d";
+
+/// Runs the CLI in operator mode: the secret in the environment and `--client-id`.
+async fn operator(url: &str, client_id: &str, args: &[&str]) -> Run {
+    let mut full = vec!["--url", url, "--client-id", client_id];
+    full.extend_from_slice(args);
+    cli(&full, None, &[("TRAFORATO_JWT_SECRET", SECRET)]).await
+}
+
+/// Runs `traforato-cli token mint` with the secret in the environment.
+async fn mint(client_id: &str) -> String {
+    let run = cli(
+        &["token", "mint", "--client-id", client_id],
+        None,
+        &[("TRAFORATO_JWT_SECRET", SECRET)],
+    )
+    .await;
+    run.success();
+    run.stdout.trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_mint() {
+    let run = cli(
+        &["token", "mint", "--client-id", "alice", "--ttl", "10m"],
+        None,
+        &[("TRAFORATO_JWT_SECRET", SECRET)],
+    )
+    .await;
+    run.success();
+    let token = run.stdout.trim();
+    assert_eq!(run.stdout, format!("{token}\n"));
+    assert_eq!(token.split('.').count(), 3, "{token}");
+    // The token a prod service accepts (once), for that client.
+    let services =
+        ClientAuthenticator::new(&AuthConfig::with_secret(SECRET), Arc::new(SystemClock));
+    let principal = services
+        .authenticate(Some(&format!("Bearer {token}")))
+        .unwrap();
+    assert_eq!(principal.client_id, "alice");
+    assert!(services
+        .authenticate(Some(&format!("Bearer {token}")))
+        .is_err());
+    // A fresh token each time.
+    assert_ne!(mint("alice").await, mint("alice").await);
+
+    // Claims: issuer, audience and lifetime as asked, also from the environment.
+    let run = cli(
+        &[
+            "--json",
+            "token",
+            "mint",
+            "--ttl",
+            "90",
+            "--audience",
+            "aud-y",
+        ],
+        None,
+        &[
+            ("TRAFORATO_JWT_SECRET", SECRET),
+            ("TRAFORATO_CLIENT_ID", "bob"),
+            ("TRAFORATO_JWT_ISSUER", "iss-x"),
+        ],
+    )
+    .await;
+    run.success();
+    let minted = run.json();
+    assert_eq!(minted["client_id"], "bob");
+    assert!(minted["expires_at"].is_string());
+    let token = minted["token"].as_str().unwrap();
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["client_id"], "bob");
+    assert_eq!(claims["iss"], "iss-x");
+    assert_eq!(claims["aud"], "aud-y");
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        90
+    );
+    assert!(claims["jti"].as_str().is_some_and(|j| !j.is_empty()));
+
+    // Refusals: no secret (or a blank one), no client id, a bad ttl. Never the secret.
+    for env in [&[][..], &[("TRAFORATO_JWT_SECRET", "  ")][..]] {
+        let run = cli(&["token", "mint", "--client-id", "alice"], None, env).await;
+        assert_eq!(run.code, 1);
+        assert!(run.stdout.is_empty(), "{}", run.stdout);
+        assert!(
+            run.stderr.contains("TRAFORATO_JWT_SECRET"),
+            "{}",
+            run.stderr
+        );
+    }
+    let run = cli(
+        &["token", "mint"],
+        None,
+        &[("TRAFORATO_JWT_SECRET", SECRET)],
+    )
+    .await;
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("--client-id"), "{}", run.stderr);
+    assert!(!run.stderr.contains(SECRET));
+    let run = cli(
+        &["token", "mint", "--client-id", "a", "--ttl", "0"],
+        None,
+        &[("TRAFORATO_JWT_SECRET", SECRET)],
+    )
+    .await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+
+    // The help explains minting and shows an example; the secret stays hidden.
+    let run = cli(
+        &["token", "mint", "--help"],
+        None,
+        &[("TRAFORATO_JWT_SECRET", SECRET)],
+    )
+    .await;
+    run.success();
+    assert!(run
+        .stdout
+        .contains("traforato-cli token mint --client-id alice"));
+    assert!(run.stdout.contains("--location-trusted"));
+    assert!(!run.stdout.contains(SECRET));
+    let run = cli(&["--help"], None, &[("TRAFORATO_JWT_SECRET", SECRET)]).await;
+    run.success();
+    assert!(run.stdout.contains("TRAFORATO_CLIENT_ID"), "{}", run.stdout);
+    assert!(!run.stdout.contains(SECRET));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prod_mode_commands() {
+    let stack = Stack::start_prod().await;
+    let url = stack.url.as_str();
+    // Operator mode: a fresh token per request, so any number of commands work.
+    let run = operator(
+        url,
+        "alice",
+        &[
+            "sandbox",
+            "create",
+            "--image",
+            "ubuntu:24.04",
+            "--virtualization",
+            "fake",
+        ],
+    )
+    .await;
+    run.success();
+    let id = run.stdout.trim().to_string();
+    let id = id.as_str();
+    operator(url, "alice", &["sandbox", "get", id])
+        .await
+        .success();
+    let run = operator(url, "alice", &["exec", id, "--", "echo hello"]).await;
+    run.success();
+    assert_eq!(run.stdout, "hello\n");
+    operator(
+        url,
+        "alice",
+        &["files", "mkdir", id, "/workspace/src", "-p"],
+    )
+    .await
+    .success();
+    operator(url, "alice", &["files", "stat", id, "/workspace/src"])
+        .await
+        .success();
+
+    // Another client is refused on alice's sandbox.
+    let run = operator(url, "bob", &["--json", "sandbox", "get", id]).await;
+    assert_eq!(run.code, 1);
+    let err = run.stderr_json();
+    assert_eq!(err["error"], "sandbox ownership mismatch");
+    assert_eq!(err["status"], 403);
+    let run = operator(url, "bob", &["exec", id, "--", "true"]).await;
+    assert_eq!(run.code, 125);
+    assert!(
+        run.stderr.contains("sandbox ownership mismatch"),
+        "{}",
+        run.stderr
+    );
+
+    // No credentials: 401.
+    let run = stack.cli(&["sandbox", "get", id]).await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("unauthorized: missing bearer token"),
+        "{}",
+        run.stderr
+    );
+
+    // A static token is good for one create (broker, then worker) and then spent.
+    let token = mint("carol").await;
+    let run = stack
+        .cli(&[
+            "--token",
+            &token,
+            "sandbox",
+            "create",
+            "--image",
+            "ubuntu:24.04",
+            "--virtualization",
+            "fake",
+        ])
+        .await;
+    run.success();
+    let carols = run.stdout.trim().to_string();
+    let run = stack
+        .cli(&["--token", &token, "sandbox", "get", &carols])
+        .await;
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("jwt replay detected"), "{}", run.stderr);
+    // A fresh one works.
+    let fresh = mint("carol").await;
+    stack
+        .cli(&["--token", &fresh, "sandbox", "get", &carols])
+        .await
+        .success();
+
+    // Contradictory or incomplete credentials are refused before any request.
+    let run = stack
+        .cli(&["--client-id", "alice", "sandbox", "get", id])
+        .await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("TRAFORATO_JWT_SECRET"),
+        "{}",
+        run.stderr
+    );
+    let run = cli(
+        &[
+            "--url",
+            url,
+            "--token",
+            "t",
+            "--client-id",
+            "alice",
+            "sandbox",
+            "get",
+            id,
+        ],
+        None,
+        &[("TRAFORATO_JWT_SECRET", SECRET)],
+    )
+    .await;
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("exclusive"), "{}", run.stderr);
+    assert!(!run.stderr.contains(SECRET));
+
+    operator(url, "alice", &["sandbox", "delete", id])
+        .await
+        .success();
+    stack.stop().await;
 }

@@ -16,17 +16,19 @@ use traforato_client::{
     BoxError, Client, ClientError, Command, CreateSandbox, FrameKind, ListOptions, Protocol,
     ProxyRequest, RemoveOptions, RunCode, Runtime,
 };
-use traforato_core::auth::AuthMode;
+use traforato_core::auth::{
+    mint_client_token, AuthConfig, ClientAuthenticator, InternalTokenSigner,
+};
 use traforato_core::backend::fake::FakeBackend;
 use traforato_core::broker::{Broker, BrokerConfig};
-use traforato_core::clock::SystemClock;
+use traforato_core::clock::{Clock, SystemClock};
 use traforato_core::id::{ComponentId, LocalVmId};
 use traforato_core::scheduler::LeastLoaded;
 use traforato_core::telemetry::Metrics;
 use traforato_core::worker::{BrokerLink, Worker, WorkerConfig};
 use traforato_server::link::HttpBrokerLink;
 use traforato_server::server::{shutdown_channel, ShutdownTrigger};
-use traforato_server::{serve_broker, serve_worker};
+use traforato_server::{serve_broker_with_auth, serve_worker_with_auth, BrokerAuth};
 
 /// A broker and a worker (fake backend) registered with it over HTTP.
 struct Stack {
@@ -37,7 +39,19 @@ struct Stack {
 }
 
 impl Stack {
+    /// A development-mode stack (no tokens).
     async fn start() -> Self {
+        Self::start_with(&AuthConfig::default()).await
+    }
+
+    /// A prod stack with secret [`SECRET`]: client tokens, ownership, internal tokens.
+    async fn start_prod() -> Self {
+        Self::start_with(&AuthConfig::with_secret(SECRET)).await
+    }
+
+    async fn start_with(auth: &AuthConfig) -> Self {
+        let prod = auth.mode().is_prod();
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let (trigger, shutdown) = shutdown_channel();
         let mut tasks = Vec::new();
 
@@ -46,13 +60,19 @@ impl Stack {
         let broker = Arc::new(Broker::new(
             BrokerConfig {
                 default_virtualization: "fake".to_string(),
+                prod_mode: prod,
                 ..BrokerConfig::default()
             },
-            Arc::new(SystemClock),
+            clock.clone(),
             Arc::new(LeastLoaded),
-            Arc::new(Metrics::new(false)),
+            Arc::new(Metrics::new(prod)),
         ));
-        let serve = serve_broker(listener, broker.clone(), shutdown.clone().wait());
+        let serve = serve_broker_with_auth(
+            listener,
+            broker.clone(),
+            BrokerAuth::new(auth, clock.clone()),
+            shutdown.clone().wait(),
+        );
         tasks.push(tokio::spawn(async move {
             serve.await.unwrap();
         }));
@@ -76,17 +96,24 @@ impl Stack {
             registration_jitter_percent: 0,
             reap_interval: Duration::from_secs(1),
             pre_pull: Vec::new(),
-            auth_mode: AuthMode::Dev,
+            auth_mode: auth.mode(),
         };
-        let link: Arc<dyn BrokerLink> = Arc::new(HttpBrokerLink::new(&broker_url));
+        let signer = InternalTokenSigner::new(auth, clock.clone());
+        let link: Arc<dyn BrokerLink> =
+            Arc::new(HttpBrokerLink::new(&broker_url).with_signer(signer));
         let worker = Worker::new(
             config,
             vec![Arc::new(FakeBackend::new())],
-            Arc::new(SystemClock),
-            Arc::new(Metrics::new(false)),
+            clock.clone(),
+            Arc::new(Metrics::new(prod)),
             Some(link),
         );
-        let serve = serve_worker(listener, worker.clone(), shutdown.clone().wait());
+        let serve = serve_worker_with_auth(
+            listener,
+            worker.clone(),
+            ClientAuthenticator::new(auth, clock),
+            shutdown.clone().wait(),
+        );
         tasks.push(tokio::spawn(async move {
             serve.await.unwrap();
         }));
@@ -636,5 +663,98 @@ async fn errors_are_matchable() {
         .await
         .unwrap_err();
     assert!(err.is_connect(), "{err:?}");
+    stack.stop().await;
+}
+
+/// The prod secret of the tests.
+const SECRET: &str = "secret";
+
+/// A fresh 5-minute token for `client_id`, as an operator's token service would mint it.
+fn mint(client_id: &str) -> String {
+    mint_client_token(
+        SECRET,
+        client_id,
+        "traforato",
+        "traforato-api",
+        Duration::from_secs(300),
+        SystemClock.now(),
+    )
+}
+
+/// A client that mints a fresh token for every request and hop, counting them.
+fn minting_client(url: &str, client_id: &'static str, minted: Arc<AtomicUsize>) -> Client {
+    Client::builder(url)
+        .token_provider(move || -> Result<String, BoxError> {
+            minted.fetch_add(1, Ordering::SeqCst);
+            Ok(mint(client_id))
+        })
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn prod_mode_with_a_fresh_token_per_request() {
+    let stack = Stack::start_prod().await;
+    let minted = Arc::new(AtomicUsize::new(0));
+    let alice = minting_client(&stack.broker_url, "alice", minted.clone());
+
+    let sandbox = alice.create_sandbox(fake_sandbox()).await.unwrap();
+    // One token for the broker, one for the worker.
+    assert_eq!(minted.load(Ordering::SeqCst), 2);
+    assert_eq!(sandbox.info().await.unwrap().sandbox_id, sandbox.id());
+    let out = sandbox.exec("echo hello").await.unwrap();
+    assert_eq!(out.stdout, "hello\n");
+    sandbox
+        .files()
+        .write_text("/workspace/a.txt", "Hello")
+        .await
+        .unwrap();
+    assert_eq!(
+        sandbox.files().read_text("/workspace/a.txt").await.unwrap(),
+        "Hello"
+    );
+    let url = sandbox.port_url(8000, Protocol::Http).await.unwrap();
+    assert!(url.url.ends_with("/proxy/8000"), "{}", url.url);
+    let upstream = start_upstream().await;
+    let resp = sandbox
+        .proxy_request(ProxyRequest::get(upstream.port(), "/app/"))
+        .await
+        .unwrap();
+    assert_eq!(resp.text(), "GET /app/ ");
+    // The sandbox never sees the client's token.
+    assert_eq!(resp.headers.get("x-seen-auth").unwrap(), "false");
+
+    // Another client is refused on alice's sandbox; so is a client without tokens.
+    let bob = minting_client(&stack.broker_url, "bob", Arc::default());
+    let theirs = bob.sandbox(sandbox.id());
+    let err = theirs.info().await.unwrap_err();
+    assert_eq!(api_error(&err), (403, "sandbox ownership mismatch"));
+    let err = theirs.exec("true").await.unwrap_err();
+    assert_eq!(api_error(&err), (403, "sandbox ownership mismatch"));
+    let err = theirs.files().stat("/workspace").await.unwrap_err();
+    assert_eq!(api_error(&err), (403, "sandbox ownership mismatch"));
+    let err = theirs.delete().await.unwrap_err();
+    assert_eq!(api_error(&err), (403, "sandbox ownership mismatch"));
+    let anonymous = stack.client();
+    let err = anonymous.create_sandbox(fake_sandbox()).await.unwrap_err();
+    assert_eq!(api_error(&err), (401, "unauthorized: missing bearer token"));
+    let err = anonymous.sandbox(sandbox.id()).info().await.unwrap_err();
+    assert_eq!(api_error(&err), (401, "unauthorized: missing bearer token"));
+
+    // A static token is good for one request per service: a create (broker, then worker)
+    // succeeds, and the next request replays it at the worker.
+    let once = Client::builder(&stack.broker_url)
+        .token(mint("carol"))
+        .build()
+        .unwrap();
+    let carols = once.create_sandbox(fake_sandbox()).await.unwrap();
+    let err = carols.info().await.unwrap_err();
+    let (status, message) = api_error(&err);
+    assert_eq!(status, 401);
+    assert!(message.starts_with("jwt replay detected: "), "{message}");
+
+    sandbox.delete().await.unwrap();
+    let err = sandbox.info().await.unwrap_err();
+    assert_eq!(api_error(&err), (404, "sandbox not found"));
     stack.stop().await;
 }

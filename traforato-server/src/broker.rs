@@ -17,17 +17,15 @@ use tracing::Instrument;
 use traforato_core::api::{
     CreateSandboxRequest, HealthResponse, RegistrationRequest, VmEventRequest,
 };
-use traforato_core::auth::{
-    AuthConfig, AuthMode, ClientAuthenticator, InternalAuthError, InternalVerifier,
-};
+use traforato_core::auth::{AuthConfig, AuthMode, ClientAuthenticator, InternalVerifier};
 use traforato_core::broker::{Broker, BrokerError};
 use traforato_core::clock::{Clock, SystemClock};
 use traforato_core::id::ComponentId;
 
 use crate::http::{
     decode_json, error_for, error_response, header_str, json_response, percent_decode, read_body,
-    redirect, segments, status_only, text_response, BodyError, HttpResponse, Query,
-    RequestContext, CREATE_BODY_MAX, INTERNAL_BODY_MAX, PLAIN_TEXT, PROMETHEUS_TEXT,
+    redirect, segments, status_only, text_response, BodyError, HttpResponse, Query, RequestContext,
+    CREATE_BODY_MAX, INTERNAL_BODY_MAX, PLAIN_TEXT, PROMETHEUS_TEXT,
 };
 use crate::server::{serve, ConnInfo};
 
@@ -251,25 +249,16 @@ async fn handle(
     resp
 }
 
-/// The 401 message of each internal route: it names the route, never the cause.
-fn internal_denial(route: &BrokerRoute) -> Option<&'static str> {
+/// The worker id of an internal route, and its 401 message (which names the route, never
+/// the cause).
+fn internal_call(route: &BrokerRoute) -> Option<(&str, &'static str)> {
     match route {
-        BrokerRoute::Register(_) => Some("unauthorized registration"),
-        BrokerRoute::Deregister(_) => Some("unauthorized deregistration"),
-        BrokerRoute::VmEvent(_) => Some("unauthorized internal callback"),
-        BrokerRoute::VmStart(_) => Some("unauthorized vm start request"),
+        BrokerRoute::Register(id) => Some((id, "unauthorized registration")),
+        BrokerRoute::Deregister(id) => Some((id, "unauthorized deregistration")),
+        BrokerRoute::VmEvent(id) => Some((id, "unauthorized internal callback")),
+        BrokerRoute::VmStart(id) => Some((id, "unauthorized vm start request")),
         _ => None,
     }
-}
-
-/// Checks the internal token of a worker call on `/internal/workers/{worker_id}/...`.
-fn check_internal(
-    auth: &BrokerAuth,
-    req: &Request<Incoming>,
-    worker_id: &str,
-) -> Result<(), InternalAuthError> {
-    auth.internal
-        .verify(header_str(req.headers(), "authorization"), worker_id)
 }
 
 async fn dispatch(
@@ -280,18 +269,13 @@ async fn dispatch(
 ) -> HttpResponse {
     let path = percent_decode(req.uri().path());
     let route = BrokerRoute::parse(req.method(), &path);
-    if let (
-        Some(denial),
-        BrokerRoute::Register(id)
-        | BrokerRoute::Deregister(id)
-        | BrokerRoute::VmEvent(id)
-        | BrokerRoute::VmStart(id),
-    ) = (internal_denial(&route), &route)
-    {
-        if let Err(err) = check_internal(auth, &req, id) {
+    // Every internal call carries a token for the worker of its path (unless disabled).
+    if let Some((worker_id, denial)) = internal_call(&route) {
+        let authorization = header_str(req.headers(), "authorization");
+        if let Err(err) = auth.internal.verify(authorization, worker_id) {
             // The cause is logged (it never quotes the token); the answer hides it.
             tracing::warn!(
-                worker_id = %id,
+                worker_id,
                 path = %path,
                 auth_error = %err,
                 answer = denial,

@@ -364,10 +364,12 @@ pub struct AuthArgs {
         hide_default_value = true
     )]
     pub jwt_secret: String,
-    /// Required `iss` claim of client JWTs (prod mode).
+    /// Required `iss` claim of client JWTs, and the `iss` of internal worker tokens; empty
+    /// means any issuer (prod mode).
     #[arg(long, env = "TRAFORATO_JWT_ISSUER", default_value = "traforato")]
     pub jwt_issuer: String,
-    /// Required `aud` claim of client JWTs (prod mode).
+    /// Required `aud` claim (one entry of it) of client JWTs; empty means any audience
+    /// (prod mode). Internal worker tokens always use `traforato-internal`.
     #[arg(long, env = "TRAFORATO_JWT_AUDIENCE", default_value = "traforato-api")]
     pub jwt_audience: String,
 }

@@ -76,7 +76,7 @@ impl HttpBrokerLink {
         match self
             .signer
             .as_ref()
-            .and_then(|signer| signer.authorization_header("worker_x"))
+            .and_then(|signer| signer.authorization_header(worker_id.as_str()))
         {
             Some(header) => match reqwest::header::HeaderValue::from_str(&header) {
                 Ok(mut value) => {
@@ -187,8 +187,8 @@ impl BrokerLink for HttpBrokerLink {
 mod tests {
     use super::*;
     use std::convert::Infallible;
-    use traforato_core::auth::{AuthConfig, InternalAuthError, InternalVerifier};
     use std::sync::{Arc, Mutex};
+    use traforato_core::auth::{AuthConfig, InternalAuthError, InternalVerifier};
 
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full};

@@ -18,7 +18,7 @@ use tracing::Instrument;
 use traforato_core::api::{
     CreateSandboxRequest, ExecRequest, HealthResponse, MkdirRequest, RunCodeRequest, WriteFileJson,
 };
-use traforato_core::auth::{AuthConfig, AuthMode, ClientAuthenticator, Principal};
+use traforato_core::auth::{AuthConfig, AuthError, AuthMode, ClientAuthenticator, Principal};
 use traforato_core::backend::BoxedReader;
 use traforato_core::clock::SystemClock;
 use traforato_core::id::SandboxId;
@@ -261,13 +261,13 @@ async fn handle(
 }
 
 /// The principal of a request: [`Principal::dev`] in dev mode, else the `client_id` of a
-/// valid, unused client token. A failure is counted, logged (method, path and the reason,
-/// never the token) and answered with 401 and the reason.
+/// valid, unused client token. A failure is counted and logged (method, path and the
+/// reason, never the token); the caller answers 401 with the reason.
 fn authenticate(
     worker: &Worker,
     clients: &ClientAuthenticator,
     req: &Request<Incoming>,
-) -> Result<Principal, HttpResponse> {
+) -> Result<Principal, AuthError> {
     clients
         .authenticate(header_str(req.headers(), "authorization"))
         .map_err(|err| {
@@ -286,7 +286,7 @@ fn authenticate(
                 auth_error = %err,
                 "authentication failed"
             );
-            error_response(StatusCode::UNAUTHORIZED, &err.to_string())
+            err
         })
 }
 
@@ -308,7 +308,7 @@ async fn dispatch(
     } else {
         match authenticate(worker, clients, &req) {
             Ok(principal) => principal,
-            Err(resp) => return resp,
+            Err(err) => return error_response(StatusCode::UNAUTHORIZED, &err.to_string()),
         }
     };
     let route = WorkerRoute::parse(req.method(), &path);

@@ -2260,64 +2260,115 @@ async fn prod_broker_checks_client_tokens_on_create_only() {
 
     let now = now_secs();
     let refused: Vec<(String, &str)> = vec![
-        ("Basic Y2xpZW50OnNlY3JldA==".into(), "unauthorized: missing bearer token"),
+        (
+            "Basic Y2xpZW50OnNlY3JldA==".into(),
+            "unauthorized: missing bearer token",
+        ),
         ("Bearer ".into(), "unauthorized: missing bearer token"),
         ("bearer x.y.z".into(), "unauthorized: missing bearer token"),
-        ("Bearer not-a-jwt".into(), "unauthorized: token is malformed"),
         (
-            format!("Bearer {}", with_algorithm("none", &client_claims("client-a"))),
+            "Bearer not-a-jwt".into(),
+            "unauthorized: token is malformed",
+        ),
+        (
+            format!(
+                "Bearer {}",
+                with_algorithm("none", &client_claims("client-a"))
+            ),
             "unauthorized: token signing algorithm is not allowed",
         ),
         (
-            format!("Bearer {}", with_algorithm("RS256", &client_claims("client-a"))),
+            format!(
+                "Bearer {}",
+                with_algorithm("RS256", &client_claims("client-a"))
+            ),
             "unauthorized: token signing algorithm is not allowed",
         ),
         (
-            format!("Bearer {}", signed("other-secret", &client_claims("client-a"))),
+            format!(
+                "Bearer {}",
+                signed("other-secret", &client_claims("client-a"))
+            ),
             "unauthorized: token signature is invalid",
         ),
         (
-            format!("Bearer {}", signed(SECRET, &client_claims_with("exp", json!(now - 10)))),
+            format!(
+                "Bearer {}",
+                signed(SECRET, &client_claims_with("exp", json!(now - 10)))
+            ),
             "unauthorized: expired token",
         ),
         (
-            format!("Bearer {}", signed(SECRET, &client_claims_with("iat", json!(now + 60)))),
+            format!(
+                "Bearer {}",
+                signed(SECRET, &client_claims_with("iat", json!(now + 60)))
+            ),
             "unauthorized: invalid issued-at",
         ),
         (
-            format!("Bearer {}", signed(SECRET, &client_claims_with("client_id", Value::Null))),
+            format!(
+                "Bearer {}",
+                signed(SECRET, &client_claims_with("client_id", Value::Null))
+            ),
             "unauthorized: missing client_id claim",
         ),
         (
-            format!("Bearer {}", signed(SECRET, &client_claims_with("iss", Value::Null))),
+            format!(
+                "Bearer {}",
+                signed(SECRET, &client_claims_with("iss", Value::Null))
+            ),
             "unauthorized: missing iss claim",
         ),
         (
-            format!("Bearer {}", signed(SECRET, &client_claims_with("aud", Value::Null))),
+            format!(
+                "Bearer {}",
+                signed(SECRET, &client_claims_with("aud", Value::Null))
+            ),
             "unauthorized: missing aud claim",
         ),
         (
-            format!("Bearer {}", signed(SECRET, &client_claims_with("exp", Value::Null))),
+            format!(
+                "Bearer {}",
+                signed(SECRET, &client_claims_with("exp", Value::Null))
+            ),
             "unauthorized: missing exp claim",
         ),
         (
-            format!("Bearer {}", signed(SECRET, &client_claims_with("iat", Value::Null))),
+            format!(
+                "Bearer {}",
+                signed(SECRET, &client_claims_with("iat", Value::Null))
+            ),
             "unauthorized: missing iat claim",
         ),
         (
-            format!("Bearer {}", signed(SECRET, &client_claims_with("jti", Value::Null))),
+            format!(
+                "Bearer {}",
+                signed(SECRET, &client_claims_with("jti", Value::Null))
+            ),
             "unauthorized: missing jti claim",
         ),
         (
-            format!("Bearer {}", signed(SECRET, &client_claims_with("iss", json!("someone-else")))),
+            format!(
+                "Bearer {}",
+                signed(SECRET, &client_claims_with("iss", json!("someone-else")))
+            ),
             "unauthorized: invalid issuer",
         ),
         (
-            format!("Bearer {}", signed(SECRET, &client_claims_with("aud", json!("traforato-internal")))),
+            format!(
+                "Bearer {}",
+                signed(
+                    SECRET,
+                    &client_claims_with("aud", json!("traforato-internal"))
+                )
+            ),
             "unauthorized: invalid audience",
         ),
         // An internal token is no client token.
-        (internal_bearer("worker_a"), "unauthorized: missing client_id claim"),
+        (
+            internal_bearer("worker_a"),
+            "unauthorized: missing client_id claim",
+        ),
     ];
     for (authorization, message) in refused {
         expect_error(create(Some(authorization)).await.unwrap(), 401, message).await;
@@ -2452,8 +2503,14 @@ async fn prod_internal_routes_need_worker_tokens() {
         format!("Bearer {}", signed(SECRET, &expired)),
         format!("Bearer {}", signed(SECRET, &future)),
         format!("Bearer {}", signed(SECRET, &wrong_issuer)),
-        format!("Bearer {}", signed("other-secret", &internal_claims("worker_a"))),
-        format!("Bearer {}", with_algorithm("none", &internal_claims("worker_a"))),
+        format!(
+            "Bearer {}",
+            signed("other-secret", &internal_claims("worker_a"))
+        ),
+        format!(
+            "Bearer {}",
+            with_algorithm("none", &internal_claims("worker_a"))
+        ),
         bearer("client-a"),
         internal_bearer("worker_a").replace("Bearer ", "Basic "),
     ];
@@ -2656,7 +2713,10 @@ async fn prod_worker_authenticates_every_route_before_routing() {
             .post(w.at("/sandboxes"))
             .header(
                 "authorization",
-                format!("Bearer {}", signed(SECRET, &client_claims_with("exp", json!(now_secs() - 1)))),
+                format!(
+                    "Bearer {}",
+                    signed(SECRET, &client_claims_with("exp", json!(now_secs() - 1)))
+                ),
             )
             .json(&sandbox_body())
             .send()
@@ -2744,9 +2804,14 @@ async fn prod_sandboxes_belong_to_their_creator_on_every_route() {
     .await
     .unwrap();
     assert_eq!(resp.status(), 200);
-    let resp = send("client-a", M::POST, "/exec", Some(json!({"command": "echo hi"})))
-        .await
-        .unwrap();
+    let resp = send(
+        "client-a",
+        M::POST,
+        "/exec",
+        Some(json!({"command": "echo hi"})),
+    )
+    .await
+    .unwrap();
     assert_eq!(resp.status(), 202);
     let exec_id = body_json(resp).await["exec_id"]
         .as_str()
@@ -2766,16 +2831,31 @@ async fn prod_sandboxes_belong_to_their_creator_on_every_route() {
         ),
         (M::GET, "/files?path=/workspace/a.txt".into(), None, 200),
         (M::GET, "/files/raw?path=/workspace/a.txt".into(), None, 200),
-        (M::GET, "/files/stat?path=/workspace/a.txt".into(), None, 200),
+        (
+            M::GET,
+            "/files/stat?path=/workspace/a.txt".into(),
+            None,
+            200,
+        ),
         (M::GET, "/files/list?path=/workspace".into(), None, 200),
-        (M::POST, "/files/mkdir".into(), Some(json!({"path": "/"})), 200),
+        (
+            M::POST,
+            "/files/mkdir".into(),
+            Some(json!({"path": "/"})),
+            200,
+        ),
         (
             M::POST,
             "/files/mkdir".into(),
             Some(json!({"path": "/workspace/src", "recursive": true})),
             200,
         ),
-        (M::POST, "/exec".into(), Some(json!({"command": "echo hi"})), 202),
+        (
+            M::POST,
+            "/exec".into(),
+            Some(json!({"command": "echo hi"})),
+            202,
+        ),
         (
             M::POST,
             "/exec/code".into(),
@@ -3026,7 +3106,9 @@ async fn worker_callbacks_carry_internal_tokens() {
     assert_eq!(decoded.claims["aud"], "traforato-internal");
     let iat = decoded.claims["iat"].as_i64().unwrap();
     assert_eq!(decoded.claims["exp"].as_i64().unwrap() - iat, 45);
-    assert!(decoded.claims["jti"].as_str().is_some_and(|j| !j.is_empty()));
+    assert!(decoded.claims["jti"]
+        .as_str()
+        .is_some_and(|j| !j.is_empty()));
 
     // §11.68: deregistration on shutdown, signed too.
     worker.stop().await;
@@ -3039,8 +3121,9 @@ async fn worker_callbacks_carry_internal_tokens() {
     );
     // §11.65 and the rest: every call (registrations, vm-start, events, deregistration)
     // carries its own token.
-    assert!(calls.iter().any(|c| c.method == "PUT"
-        && c.path == "/internal/workers/worker_local/registration"));
+    assert!(calls
+        .iter()
+        .any(|c| c.method == "PUT" && c.path == "/internal/workers/worker_local/registration"));
     assert!(calls.iter().any(|c| c.path.ends_with("/vm-start")));
     let tokens: Vec<&str> = calls
         .iter()
@@ -3154,8 +3237,14 @@ fn assert_no_secrets(lines: &[String], secret: &str, tokens: &[String]) {
             assert!(!line.contains(signature), "a token part was logged: {line}");
         }
         // Every JWT starts with a base64url JSON object, `eyJ`.
-        assert!(!line.contains("eyJ"), "something like a JWT was logged: {line}");
-        assert!(!line.contains("Bearer"), "an authorization was logged: {line}");
+        assert!(
+            !line.contains("eyJ"),
+            "something like a JWT was logged: {line}"
+        );
+        assert!(
+            !line.contains("Bearer"),
+            "an authorization was logged: {line}"
+        );
     }
 }
 
@@ -3180,7 +3269,12 @@ fn bin_bearer(client_id: &str) -> String {
 async fn prod_broker_and_worker_binaries_cooperate_and_log_no_secrets() {
     let broker = Bin::spawn(
         env!("CARGO_BIN_EXE_traforato-broker"),
-        &["--listen", "127.0.0.1:0", "--default-virtualization", "fake"],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--default-virtualization",
+            "fake",
+        ],
         &[("TRAFORATO_JWT_SECRET", BIN_SECRET)],
     );
     let broker_url = broker.first_url().await;
@@ -3200,13 +3294,23 @@ async fn prod_broker_and_worker_binaries_cooperate_and_log_no_secrets() {
         &[("TRAFORATO_JWT_SECRET", &format!("{BIN_SECRET}\n"))],
     );
     let worker_url = worker.first_url().await;
-    wait_until("the worker to register over HTTP with internal tokens", || {
-        let url = format!("{broker_url}/metrics/sandboxes");
-        async move {
-            let text = follow().get(&url).send().await.unwrap().text().await.unwrap();
-            text.contains("\nworkers_active_total=1\n")
-        }
-    })
+    wait_until(
+        "the worker to register over HTTP with internal tokens",
+        || {
+            let url = format!("{broker_url}/metrics/sandboxes");
+            async move {
+                let text = follow()
+                    .get(&url)
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                text.contains("\nworkers_active_total=1\n")
+            }
+        },
+    )
     .await;
 
     let mut used = Vec::new();

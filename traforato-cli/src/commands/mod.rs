@@ -5,11 +5,12 @@ mod exec;
 mod files;
 mod port;
 mod sandbox;
+mod token;
 
 use clap::CommandFactory;
 use traforato_client::Client;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, TokenCommand};
 use crate::output::{CliError, Output, EXIT_FAILURE, EXIT_TOOL_FAILURE};
 
 /// Shared by every command.
@@ -28,20 +29,29 @@ pub async fn run(cli: Cli) -> u8 {
         clap_complete::generate(shell, &mut cmd, "traforato-cli", &mut std::io::stdout());
         return 0;
     }
+    // Minting needs no broker.
+    if let Command::Token(TokenCommand::Mint(args)) = cli.command {
+        return match token::mint(&out, cli.client_id.as_deref(), args) {
+            Ok(code) => code,
+            Err(e) => {
+                out.error(&e);
+                EXIT_FAILURE
+            }
+        };
+    }
     // exec and run exit with the remote command's code, so their own failures use 125.
     let failure = match cli.command {
         Command::Exec(_) | Command::Run(_) => EXIT_TOOL_FAILURE,
         _ => EXIT_FAILURE,
     };
-    let mut builder = Client::builder(cli.url.clone())
+    let builder = Client::builder(cli.url.clone())
         .user_agent(concat!("traforato-cli/", env!("CARGO_PKG_VERSION")));
-    if let Some(token) = &cli.token {
-        builder = builder.token(token.clone());
-    }
-    let client = match builder.build() {
+    let built = token::with_credentials(builder, cli.token.as_deref(), cli.client_id.as_deref())
+        .and_then(|builder| builder.build().map_err(CliError::Client));
+    let client = match built {
         Ok(c) => c,
         Err(e) => {
-            out.error(&CliError::Client(e));
+            out.error(&e);
             return failure;
         }
     };
@@ -56,7 +66,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Run(args) => exec::run_code(&ctx, args).await,
         Command::Files(cmd) => files::run(&ctx, cmd).await,
         Command::PortUrl(args) => port::run(&ctx, args).await,
-        Command::Completions { .. } => Ok(0),
+        Command::Completions { .. } | Command::Token(_) => Ok(0),
     };
     match result {
         Ok(code) => code,

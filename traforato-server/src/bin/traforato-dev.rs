@@ -12,8 +12,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use traforato_core::broker::Broker;
 use traforato_core::auth::ClientAuthenticator;
+use traforato_core::broker::Broker;
 use traforato_core::clock::SystemClock;
 use traforato_core::scheduler::LeastLoaded;
 use traforato_core::telemetry::Metrics;
@@ -132,9 +132,13 @@ async fn run(args: DevArgs) -> Result<(), ServeError> {
         result
     };
     let worker_served = async {
-        let result =
-            serve_worker_with_auth(worker_listener, worker, worker_auth, shutdown.clone().wait())
-                .await;
+        let result = serve_worker_with_auth(
+            worker_listener,
+            worker,
+            worker_auth,
+            shutdown.clone().wait(),
+        )
+        .await;
         trigger.trigger();
         result
     };

@@ -16,8 +16,8 @@ use traforato_server::config::{bind_address, parse_or_exit, WorkerArgs, WorkerVa
 use traforato_server::http::error_chain;
 use traforato_server::link::HttpBrokerLink;
 use traforato_server::logging;
-use traforato_server::worker::log_auth_warnings;
 use traforato_server::server::{shutdown_channel, shutdown_signal};
+use traforato_server::worker::log_auth_warnings;
 use traforato_server::{serve_worker_with_auth, ServeError};
 
 fn main() -> ExitCode {
@@ -58,13 +58,10 @@ async fn run(args: WorkerArgs) -> Result<(), ServeError> {
         })?;
     let bound_port = listener.local_addr().ok().map(|a| a.port());
     let config = values.worker_config(bound_port)?;
-    let link: Option<Arc<dyn BrokerLink>> = config
-        .broker_public_url
-        .as_deref()
-        .map(|url| {
-            let signer = InternalTokenSigner::new(&auth, clock.clone());
-            Arc::new(HttpBrokerLink::new(url).with_signer(signer)) as Arc<dyn BrokerLink>
-        });
+    let link: Option<Arc<dyn BrokerLink>> = config.broker_public_url.as_deref().map(|url| {
+        let signer = InternalTokenSigner::new(&auth, clock.clone());
+        Arc::new(HttpBrokerLink::new(url).with_signer(signer)) as Arc<dyn BrokerLink>
+    });
     // Never the secret: only the mode, issuer and audience.
     tracing::info!(
         auth_mode = mode.as_str(),
