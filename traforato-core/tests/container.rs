@@ -288,11 +288,12 @@ async fn sandbox_is_isolated_from_the_host() {
     std::fs::write(&host_marker, "host").unwrap();
     let vm = h.provision(256).await;
 
-    // Only the sandbox's own processes are visible, and the agent is pid 1.
+    // Only the sandbox's own processes are visible, and the agent is pid 1 (then the Python
+    // zygote, sh, ls and grep).
     let ran = sh(&vm, "ls /proc | grep -E '^[0-9]+$'").await;
     let pids: Vec<u32> = ran.stdout.lines().map(|l| l.parse().unwrap()).collect();
     assert!(pids.contains(&1), "{pids:?}");
-    assert!(pids.len() <= 4, "unexpected processes: {pids:?}");
+    assert!(pids.len() <= 5, "unexpected processes: {pids:?}");
 
     // The host's /tmp is not there; the host name is the sandbox's.
     let ran = sh(&vm, &format!("test -e /tmp/{marker}")).await;
@@ -1003,4 +1004,245 @@ async fn cancelled_provisions_leave_nothing() {
     assert!(clean, "cancelled provisions left state behind");
     assert_eq!(backend.cleanup_leftovers().await.unwrap(), 0);
     h.backend = Some(Arc::try_unwrap(backend).expect("sole owner"));
+}
+
+/// Python code that says whether it was forked by the zygote (its parent is not the agent).
+const VIA_ZYGOTE: &str = "import os\nprint('zygote' if os.getppid() != 1 else 'one-shot')";
+
+async fn code_timeout(vm: &Arc<dyn Vm>, src: &str, timeout: Duration) -> CodeOutcome {
+    let (tx, mut rx) = mpsc::channel::<OutputChunk>(64);
+    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let outcome = vm
+        .run_code(
+            CodeSpec {
+                runtime: Runtime::Python,
+                code: src.to_string(),
+                cwd: None,
+                env: BTreeMap::new(),
+                timeout,
+            },
+            tx,
+        )
+        .await
+        .unwrap();
+    drain.await.unwrap();
+    outcome
+}
+
+#[tokio::test]
+async fn python_runs_through_the_warm_zygote() {
+    let Some(h) = Harness::new("zygote") else {
+        return;
+    };
+    let vm = h.provision(256).await;
+
+    let (outcome, out, err) = code(&vm, Runtime::Python, VIA_ZYGOTE).await;
+    assert_eq!((outcome, out.as_str()), (finished(0), "zygote\n"), "{err}");
+    let (outcome, out, _) = code(&vm, Runtime::Python, "print(__name__, 6 * 7)").await;
+    assert_eq!((outcome, out.as_str()), (finished(0), "__main__ 42\n"));
+
+    // A runtime error's traceback looks like `python3 -`'s, without bootstrap frames.
+    let (outcome, out, err) = code(&vm, Runtime::Python, "print('a')\nx = 1\n1/0").await;
+    assert_eq!((outcome, out.as_str()), (finished(1), "a\n"));
+    assert_eq!(
+        err,
+        "Traceback (most recent call last):\n  File \"<stdin>\", line 3, in <module>\n\
+         ZeroDivisionError: division by zero\n"
+    );
+    let (outcome, _, err) = code(&vm, Runtime::Python, "raise SystemExit('bye')").await;
+    assert_eq!((outcome, err.as_str()), (finished(1), "bye\n"));
+    let (outcome, _, _) = code(&vm, Runtime::Python, "print(1)\nexit(3)").await;
+    assert_eq!(outcome, finished(3));
+
+    // Syntax errors carry the interpreter's own message and run nothing.
+    let (outcome, out, err) = code(&vm, Runtime::Python, "print('x')\nprint((").await;
+    match outcome {
+        CodeOutcome::SyntaxError { message, exit_code } => {
+            assert!(message.starts_with("File \"<stdin>\", line 2"), "{message}");
+            assert!(
+                message.contains("SyntaxError: '(' was never closed"),
+                "{message}"
+            );
+            assert_eq!(exit_code, 1);
+        }
+        other => panic!("expected a syntax error, got {other:?}"),
+    }
+    assert_eq!((out.as_str(), err.as_str()), ("", ""));
+
+    // cwd and env are the request's; cwd is on sys.path like for `python3 -`.
+    write(&vm, "/tmp/helper_mod.py", "VALUE = 'from cwd'\n")
+        .await
+        .unwrap();
+    let mut env = BTreeMap::new();
+    env.insert("WHO".to_string(), "you".to_string());
+    let (outcome, out, err) = code_with(
+        &vm,
+        Runtime::Python,
+        "import os, helper_mod\nprint(os.getcwd(), os.environ['WHO'], helper_mod.VALUE)\n\
+         print(os.environ.get('HOME'), 'PYTHONPATH' in os.environ)",
+        Some("/tmp"),
+        env,
+    )
+    .await;
+    assert_eq!(
+        (outcome, out.as_str()),
+        (finished(0), "/tmp you from cwd\n/root False\n"),
+        "{err}"
+    );
+    match vm
+        .run_code(
+            CodeSpec {
+                runtime: Runtime::Python,
+                code: "print(1)".to_string(),
+                cwd: Some("/nonexistent".to_string()),
+                env: BTreeMap::new(),
+                timeout: Duration::from_secs(10),
+            },
+            mpsc::channel(4).0,
+        )
+        .await
+    {
+        Err(BackendError::ExecFailed(m)) => assert!(m.contains("/nonexistent"), "{m}"),
+        other => panic!("expected a failed start, got {other:?}"),
+    }
+
+    // Runs share nothing: globals, imported modules and builtins stay in their child.
+    let (outcome, _, _) = code(
+        &vm,
+        Runtime::Python,
+        "import json, builtins\nleaked = 1\nbuiltins.leaked_too = 2",
+    )
+    .await;
+    assert_eq!(outcome, finished(0));
+    let (outcome, out, _) = code(
+        &vm,
+        Runtime::Python,
+        "import sys, builtins\nprint('leaked' in globals(), 'json' in sys.modules, \
+         hasattr(builtins, 'leaked_too'))",
+    )
+    .await;
+    assert_eq!(
+        (outcome, out.as_str()),
+        (finished(0), "False False False\n")
+    );
+
+    // A timeout kills the run's whole process group; the zygote keeps serving.
+    let outcome = code_timeout(
+        &vm,
+        "import subprocess, time\nsubprocess.Popen(['sleep', '300'])\ntime.sleep(300)",
+        Duration::from_millis(700),
+    )
+    .await;
+    assert_eq!(
+        outcome,
+        CodeOutcome::Finished(ExecExit {
+            exit_code: 124,
+            timed_out: true
+        })
+    );
+    let left = sh_retrying(
+        &vm,
+        "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done | grep -c '^sleep 300' \
+         | grep -x 0",
+    )
+    .await;
+    assert_eq!(
+        left.exit.exit_code, 0,
+        "the run's child survived its timeout"
+    );
+    let (outcome, out, _) = code(&vm, Runtime::Python, VIA_ZYGOTE).await;
+    assert_eq!((outcome, out.as_str()), (finished(0), "zygote\n"));
+    vm.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn python_falls_back_to_one_shot_without_a_zygote() {
+    let Some(h) = Harness::new("fallback") else {
+        return;
+    };
+    let vm = h.provision(256).await;
+    let (_, out, _) = code(&vm, Runtime::Python, "import os\nprint(os.getppid())").await;
+    let zygote_pid: u32 = out.trim().parse().expect("zygote pid");
+    assert_ne!(zygote_pid, 1);
+    let killed = sh(&vm, &format!("kill -9 {zygote_pid}")).await;
+    assert_eq!(killed.exit.exit_code, 0, "{}", killed.stderr);
+    for _ in 0..2 {
+        let (outcome, out, err) = code(&vm, Runtime::Python, VIA_ZYGOTE).await;
+        assert_eq!(
+            (outcome, out.as_str()),
+            (finished(0), "one-shot\n"),
+            "{err}"
+        );
+    }
+    // The one-shot path checks syntax and reports errors the same way.
+    let (outcome, _, err) = code(&vm, Runtime::Python, "1/0").await;
+    assert_eq!(outcome, finished(1));
+    assert!(
+        err.starts_with("Traceback (most recent call last):\n  File \"<stdin>\", line 1"),
+        "{err}"
+    );
+    match code(&vm, Runtime::Python, "def f(:\n  pass").await.0 {
+        CodeOutcome::SyntaxError { message, .. } => {
+            assert!(message.contains("SyntaxError: invalid syntax"), "{message}")
+        }
+        other => panic!("expected a syntax error, got {other:?}"),
+    }
+    vm.destroy().await.unwrap();
+
+    let config = ContainerConfig {
+        python_zygote: false,
+        ..Harness::config("nozygote")
+    };
+    let Some(h) = Harness::with_config(config) else {
+        return;
+    };
+    let vm = h.provision(256).await;
+    let (outcome, out, _) = code(&vm, Runtime::Python, VIA_ZYGOTE).await;
+    assert_eq!((outcome, out.as_str()), (finished(0), "one-shot\n"));
+    vm.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn node_runs_in_one_interpreter_like_a_script() {
+    let Some(h) = Harness::new("node") else {
+        return;
+    };
+    let vm = h.provision(512).await;
+    let (outcome, out, err) = code_with(
+        &vm,
+        Runtime::Node,
+        "const path = require('path');\nconsole.log(path.join('a', 'b'), __filename, \
+         process.cwd(), process.env.WHO);\nreturn;\nconsole.log('not reached');",
+        Some("/tmp"),
+        BTreeMap::from([("WHO".to_string(), "me".to_string())]),
+    )
+    .await;
+    assert_eq!(
+        (outcome, out.as_str()),
+        (finished(0), "a/b [stdin] /tmp me\n"),
+        "{err}"
+    );
+    let (outcome, out, err) = code(
+        &vm,
+        Runtime::Node,
+        "console.log('before');\nthrow new Error('boom');",
+    )
+    .await;
+    assert_eq!((outcome, out.as_str()), (finished(1), "before\n"));
+    assert!(err.contains("Error: boom\n    at "), "{err}");
+    assert!(err.contains("[stdin]:2"), "{err}");
+    let (outcome, out, err) = code(&vm, Runtime::Node, "console.log('x');\nconsole.log((").await;
+    match outcome {
+        CodeOutcome::SyntaxError { message, exit_code } => {
+            assert!(
+                message.contains("SyntaxError: Unexpected end of input"),
+                "{message}"
+            );
+            assert!(!message.contains("    at "), "{message}");
+            assert_eq!(exit_code, 1);
+        }
+        other => panic!("expected a syntax error, got {other:?}"),
+    }
+    assert_eq!((out.as_str(), err.as_str()), ("", ""));
+    vm.destroy().await.unwrap();
 }

@@ -20,10 +20,10 @@ use crate::id::LocalVmId;
 use crate::path::SandboxPath;
 use crate::tuple::SandboxTuple;
 
-#[cfg(feature = "test-util")]
-pub mod fake;
 #[cfg(all(feature = "runtime", target_os = "linux"))]
 pub mod container;
+#[cfg(feature = "test-util")]
+pub mod fake;
 
 /// A bidirectional byte stream to a port inside a sandbox.
 pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}

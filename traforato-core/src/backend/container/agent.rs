@@ -123,6 +123,16 @@ impl AgentConn {
         send(&self.sock, message, fds).await
     }
 
+    /// Asks the init to SIGKILL a process group by id without waiting (for drop paths).
+    pub(crate) fn kill_group_now(&self, pgid: i32) {
+        let _ = protocol::send(
+            self.sock.get_ref().as_fd(),
+            &Request::KillGroup { pgid },
+            &[],
+            true,
+        );
+    }
+
     /// Asks the init to SIGKILL an exec's process group without waiting (for drop paths).
     pub(crate) fn kill_now(&self, id: u64) {
         let _ = protocol::send(

@@ -19,7 +19,7 @@ use crate::backend::{BackendError, ExecExit, OutputChunk, OutputStream, TIMEOUT_
 /// After the command exits, how long output is still forwarded while background processes
 /// keep its stdout/stderr open. Later output is read and dropped, so those processes never
 /// block or get SIGPIPE.
-const DRAIN_GRACE: Duration = Duration::from_millis(100);
+pub(crate) const DRAIN_GRACE: Duration = Duration::from_millis(100);
 
 /// Chunk size for reading output.
 const READ_CHUNK: usize = 64 * 1024;
@@ -40,7 +40,7 @@ pub(crate) struct Command {
 }
 
 /// Where output goes; `None` once the exec has returned.
-type Sink = Arc<Mutex<Option<mpsc::Sender<OutputChunk>>>>;
+pub(crate) type Sink = Arc<Mutex<Option<mpsc::Sender<OutputChunk>>>>;
 
 /// Kills the exec's process group if the exec future is dropped before the command ended.
 struct KillOnDrop {
@@ -58,11 +58,11 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn io_error(op: &str) -> impl FnOnce(std::io::Error) -> BackendError + '_ {
+pub(crate) fn io_error(op: &str) -> impl FnOnce(std::io::Error) -> BackendError + '_ {
     move |e| BackendError::io(op, e)
 }
 
-fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd), BackendError> {
+pub(crate) fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd), BackendError> {
     pipe_with(PipeFlags::CLOEXEC).map_err(|e| BackendError::io("create pipe", e.into()))
 }
 
@@ -169,7 +169,7 @@ async fn wait_exit(events: &mut mpsc::UnboundedReceiver<ExecEvent>) -> Option<i3
 }
 
 /// Reads a pipe to its end, forwarding chunks while the exec still listens.
-async fn pump(mut reader: pipe::Receiver, stream: OutputStream, sink: Sink) {
+pub(crate) async fn pump(mut reader: pipe::Receiver, stream: OutputStream, sink: Sink) {
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
         let n = match reader.read(&mut buf).await {
@@ -189,32 +189,8 @@ async fn pump(mut reader: pipe::Receiver, stream: OutputStream, sink: Sink) {
 }
 
 /// Writes stdin (if any) and closes it.
-async fn feed(mut writer: pipe::Sender, data: Option<Bytes>) {
+pub(crate) async fn feed(mut writer: pipe::Sender, data: Option<Bytes>) {
     if let Some(data) = data {
         let _ = writer.write_all(&data).await;
     }
-}
-
-/// Runs a command and collects its output instead of streaming it (for short helper runs).
-pub(crate) async fn run_collect(
-    agent: &Arc<AgentConn>,
-    command: Command,
-) -> Result<(ExecExit, Vec<u8>, Vec<u8>), BackendError> {
-    let (tx, mut rx) = mpsc::channel::<OutputChunk>(16);
-    let collector = tokio::spawn(async move {
-        let mut stdout = Vec::new();
-        let mut stderr = Vec::new();
-        while let Some(chunk) = rx.recv().await {
-            match chunk.stream {
-                OutputStream::Stdout => stdout.extend_from_slice(&chunk.data),
-                OutputStream::Stderr => stderr.extend_from_slice(&chunk.data),
-            }
-        }
-        (stdout, stderr)
-    });
-    let exit = run(agent, command, tx).await;
-    let (stdout, stderr) = collector
-        .await
-        .map_err(|e| BackendError::Other(format!("output collector failed: {e}")))?;
-    exit.map(|exit| (exit, stdout, stderr))
 }

@@ -512,6 +512,14 @@ fn serve(control: OwnedFd, sigfd: OwnedFd) -> i32 {
                     let _ = kill_process_group(pid, Signal::KILL);
                 }
             }
+            Ok(Some((Request::KillGroup { pgid }, _))) => {
+                // Never 1 (that would signal every process) nor 0 (our own group).
+                if pgid > 1 {
+                    if let Some(pid) = Pid::from_raw(pgid) {
+                        let _ = kill_process_group(pid, Signal::KILL);
+                    }
+                }
+            }
             Ok(Some(_)) => {}
             // The worker is gone (or broke the protocol): ending pid 1 ends the sandbox.
             Ok(None) | Err(_) => return 0,
@@ -566,7 +574,8 @@ fn cstring(s: &str, what: &str) -> Result<CString, String> {
     CString::new(s).map_err(|_| format!("{what} contains a NUL byte"))
 }
 
-/// Forks and execs a command in its own session with `fds` as stdin/stdout/stderr. Returns
+/// Forks and execs a command in its own session with `fds` as stdin/stdout/stderr (and fd 3
+/// when a fourth is given). Returns
 /// its pid once the exec succeeded, or why it could not start.
 fn spawn(
     argv: &[String],
@@ -574,7 +583,7 @@ fn spawn(
     cwd: &str,
     fds: Vec<OwnedFd>,
 ) -> Result<i32, String> {
-    if fds.len() != 3 {
+    if fds.len() != 3 && fds.len() != 4 {
         return Err("exec request without its 3 stdio descriptors".to_string());
     }
     let Some(argv0) = argv.first() else {
@@ -668,7 +677,14 @@ fn exec_child(
             child_fail(err_write, STAGE_SETUP);
         }
         for (target, fd) in fds.iter().enumerate() {
-            if libc::dup2(fd.as_raw_fd(), target as libc::c_int) < 0 {
+            let target = target as libc::c_int;
+            // dup2 onto itself keeps close-on-exec; clear it instead.
+            let rc = if fd.as_raw_fd() == target {
+                libc::fcntl(target, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd.as_raw_fd(), target)
+            };
+            if rc < 0 {
                 child_fail(err_write, STAGE_SETUP);
             }
         }

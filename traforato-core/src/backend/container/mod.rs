@@ -56,13 +56,24 @@
 //!   `/dev` and `/dev/shm` are mounted only inside the sandbox's mount namespace and are not
 //!   visible through the files API; `/tmp` is part of the overlay and is.
 //!
+//! # Run-code and the Python zygote
+//!
+//! Each run is one interpreter that checks the syntax before running anything (`code.rs`).
+//! With [`ContainerConfig::python_zygote`] (default), provisioning also starts a pre-warmed
+//! Python zygote inside the sandbox, as a child of the agent and so under the sandbox's
+//! namespaces, cgroup and seccomp filter; Python runs are forked from it (`zygote.rs`).
+//! Provisioning does not wait for it: a run that comes first waits for it to be warm (about
+//! one interpreter start), and runs without it (no `python3`, zygote dead) start a fresh
+//! interpreter.
+//!
 //! # Warm pool
 //!
-//! A provisioned sandbox is complete and idle (two small processes, three mounts); claiming
-//! it does no mount or namespace work.
+//! A provisioned sandbox is complete and idle (three small processes with the Python zygote,
+//! three mounts); claiming it does no mount or namespace work.
 
 mod agent;
 mod cgroup;
+mod code;
 mod config;
 mod exec;
 mod files;
@@ -74,6 +85,7 @@ mod netns;
 mod protocol;
 mod seccomp;
 mod vm;
+mod zygote;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -422,9 +434,22 @@ impl ContainerBackend {
         let mut child = guard.child.take().expect("child recorded above");
         // The init's stderr is only read on failed setups.
         drop(child.stderr.take());
+        let agent = Arc::new(AgentConn::start(sock));
+        let zygote = if self.config.python_zygote {
+            match zygote::Zygote::start(&agent, vm::environment(&Default::default())).await {
+                Ok(zygote) => Some(zygote),
+                Err(e) => {
+                    tracing::debug!(error = %e, "python zygote not started");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let vm = ContainerVm::new(
             spec.vm_id,
-            AgentConn::start(sock),
+            agent,
+            zygote,
             SandboxRoot::new(root, uid),
             netns,
             Teardown { child, cgroup, dir },

@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 /// Largest message either side sends (an exec request with a long command line).
 pub(crate) const MAX_MESSAGE: usize = 4 << 20;
 
+/// Most fds one message carries.
+pub(crate) const MAX_FDS: usize = 4;
+
 /// Largest message the init sends to the worker.
 pub(crate) const MAX_EVENT: usize = 64 << 10;
 
@@ -36,7 +39,8 @@ pub(crate) enum Request {
     Setup(Setup),
     /// The worker wrote the user namespace's uid/gid maps.
     MapsWritten,
-    /// Run a command; three fds follow: stdin, stdout, stderr.
+    /// Run a command; three or four fds follow: stdin, stdout, stderr and optionally one
+    /// that becomes the command's fd 3.
     Exec {
         /// Chosen by the worker, echoed in the events.
         id: u64,
@@ -51,6 +55,12 @@ pub(crate) enum Request {
     Kill {
         /// The exec's id.
         id: u64,
+    },
+    /// SIGKILL a process group by its id inside the sandbox (a code run forked by the Python
+    /// zygote, which is not the agent's child). Ids below 2 are ignored.
+    KillGroup {
+        /// The process group id, as the sandbox's pid namespace numbers it.
+        pgid: i32,
     },
 }
 
@@ -102,7 +112,7 @@ pub(crate) fn send<T: Serialize>(
             "message too large",
         ));
     }
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
         return Err(std::io::Error::new(
@@ -123,7 +133,7 @@ pub(crate) fn send<T: Serialize>(
     }
 }
 
-/// Receives one message and the fds attached to it (up to 3; with `accept_fds` false none
+/// Receives one message and the fds attached to it (up to [`MAX_FDS`]; with `accept_fds` false none
 /// are accepted and any sent are closed by the kernel). `Ok(None)` is end of stream.
 pub(crate) fn recv<T: for<'de> Deserialize<'de>>(
     socket: BorrowedFd<'_>,
@@ -131,7 +141,7 @@ pub(crate) fn recv<T: for<'de> Deserialize<'de>>(
     accept_fds: bool,
     nonblocking: bool,
 ) -> std::io::Result<Option<(T, Vec<OwnedFd>)>> {
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = if accept_fds {
         RecvAncillaryBuffer::new(&mut space)
     } else {

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -15,14 +14,16 @@ use tokio::sync::mpsc;
 
 use super::agent::AgentConn;
 use super::cgroup::SandboxCgroup;
+use super::code::{self, CodeRun};
 use super::exec::{self, Command};
 use super::files::SandboxRoot;
 use super::init::DEFAULT_PATH;
 use super::netns;
 use super::teardown_host;
+use super::zygote::Zygote;
 use crate::backend::{
     BackendError, BoxedReader, BoxedStream, CodeOutcome, CodeSpec, ExecExit, ExecSpec, FileEntry,
-    FileReader, FileStat, FilesError, OutputChunk, Program, Runtime, Vm, WriteMode,
+    FileReader, FileStat, FilesError, OutputChunk, Program, Vm, WriteMode,
 };
 use crate::id::LocalVmId;
 use crate::path::SandboxPath;
@@ -30,20 +31,11 @@ use crate::path::SandboxPath;
 /// Working directory when a request names none.
 pub(crate) const DEFAULT_CWD: &str = "/workspace";
 
-/// Compiles the code from stdin without running it; prints only the exception on failure.
-const PYTHON_CHECK: &str = "import sys, traceback
-src = sys.stdin.buffer.read()
-try:
-    compile(src, '<stdin>', 'exec')
-except (SyntaxError, ValueError) as e:
-    sys.stderr.write(''.join(traceback.format_exception_only(type(e), e)))
-    sys.exit(1)
-";
-
 /// What ops need while the sandbox lives; cloned out of a short lock.
 #[derive(Clone)]
 struct Live {
     agent: Arc<AgentConn>,
+    zygote: Option<Arc<Zygote>>,
     root: Arc<SandboxRoot>,
     netns: Arc<OwnedFd>,
 }
@@ -69,7 +61,8 @@ pub struct ContainerVm {
 impl ContainerVm {
     pub(crate) fn new(
         vm_id: LocalVmId,
-        agent: AgentConn,
+        agent: Arc<AgentConn>,
+        zygote: Option<Zygote>,
         root: SandboxRoot,
         netns: OwnedFd,
         teardown: Teardown,
@@ -77,7 +70,8 @@ impl ContainerVm {
         Self {
             vm_id,
             live: Mutex::new(Some(Live {
-                agent: Arc::new(agent),
+                agent,
+                zygote: zygote.map(Arc::new),
                 root: Arc::new(root),
                 netns: Arc::new(netns),
             })),
@@ -129,7 +123,7 @@ impl Drop for ContainerVm {
 
 /// The base environment plus the request's (which wins). Nothing of the worker's own
 /// environment reaches a sandbox.
-fn environment(extra: &BTreeMap<String, String>) -> Vec<(String, String)> {
+pub(crate) fn environment(extra: &BTreeMap<String, String>) -> Vec<(String, String)> {
     let mut env: BTreeMap<String, String> = [
         ("PATH", DEFAULT_PATH),
         ("HOME", "/root"),
@@ -147,20 +141,6 @@ fn cwd_or_default(cwd: &Option<String>) -> String {
         Some(c) if !c.is_empty() => c.to_string(),
         _ => DEFAULT_CWD.to_string(),
     }
-}
-
-/// The interpreter's syntax-error text, without node's internal stack frames and version
-/// banner.
-pub(crate) fn syntax_message(runtime: Runtime, stderr: &[u8]) -> String {
-    let text = String::from_utf8_lossy(stderr);
-    let kept: Vec<&str> = match runtime {
-        Runtime::Python => text.lines().collect(),
-        Runtime::Node => text
-            .lines()
-            .filter(|l| !l.starts_with("    at ") && !l.starts_with("Node.js v"))
-            .collect(),
-    };
-    kept.join("\n").trim().to_string()
 }
 
 #[async_trait]
@@ -194,56 +174,15 @@ impl Vm for ContainerVm {
         spec: CodeSpec,
         output: mpsc::Sender<OutputChunk>,
     ) -> Result<CodeOutcome, BackendError> {
-        let agent = self.agent()?;
-        let started = Instant::now();
-        let code = Bytes::from(spec.code.into_bytes());
-        let cwd = cwd_or_default(&spec.cwd);
-        let env = environment(&spec.env);
-        let (check, run): (Vec<&str>, Vec<&str>) = match spec.runtime {
-            Runtime::Python => (
-                vec!["python3", "-I", "-c", PYTHON_CHECK],
-                vec!["python3", "-"],
-            ),
-            Runtime::Node => (vec!["node", "--check", "-"], vec!["node", "-"]),
+        let live = self.live().ok_or(BackendError::Gone)?;
+        let run = CodeRun {
+            runtime: spec.runtime,
+            code: Bytes::from(spec.code.into_bytes()),
+            cwd: cwd_or_default(&spec.cwd),
+            env: environment(&spec.env),
+            timeout: spec.timeout,
         };
-        let to_argv = |v: Vec<&str>| v.into_iter().map(str::to_string).collect::<Vec<_>>();
-        let (checked, _stdout, stderr) = exec::run_collect(
-            &agent,
-            Command {
-                argv: to_argv(check),
-                env: env.clone(),
-                cwd: cwd.clone(),
-                stdin: Some(code.clone()),
-                timeout: spec.timeout,
-            },
-        )
-        .await?;
-        if checked.timed_out {
-            return Ok(CodeOutcome::Finished(checked));
-        }
-        if checked.exit_code != 0 {
-            return Ok(CodeOutcome::SyntaxError {
-                message: syntax_message(spec.runtime, &stderr),
-                exit_code: checked.exit_code,
-            });
-        }
-        let remaining = spec
-            .timeout
-            .saturating_sub(started.elapsed())
-            .max(Duration::from_millis(1));
-        let exit = exec::run(
-            &agent,
-            Command {
-                argv: to_argv(run),
-                env,
-                cwd,
-                stdin: Some(code),
-                timeout: remaining,
-            },
-            output,
-        )
-        .await?;
-        Ok(CodeOutcome::Finished(exit))
+        code::run(&live.agent, live.zygote.as_deref(), run, output).await
     }
 
     async fn read_file(&self, path: &SandboxPath) -> Result<FileReader, FilesError> {
@@ -359,21 +298,5 @@ mod tests {
         assert_eq!(cwd_or_default(&None), "/workspace");
         assert_eq!(cwd_or_default(&Some(" ".into())), "/workspace");
         assert_eq!(cwd_or_default(&Some("/tmp".into())), "/tmp");
-    }
-
-    #[test]
-    fn node_syntax_message_drops_internal_frames() {
-        let raw = b"[stdin]:1\nconsole.log((\n\n\nSyntaxError: Unexpected end of input\n    at wrapSafe (node:internal/modules/cjs/loader:1464:18)\n    at checkSyntax (node:internal/main/check_syntax:78:3)\n\nNode.js v20.20.2\n";
-        assert_eq!(
-            syntax_message(Runtime::Node, raw),
-            "[stdin]:1\nconsole.log((\n\n\nSyntaxError: Unexpected end of input"
-        );
-        assert_eq!(
-            syntax_message(
-                Runtime::Python,
-                b"  File \"<stdin>\", line 1\nSyntaxError: x\n"
-            ),
-            "File \"<stdin>\", line 1\nSyntaxError: x"
-        );
     }
 }

@@ -1,0 +1,407 @@
+//! Run-code, worker side: one interpreter per run, started either by the agent (one-shot
+//! `python3 -I -S -c <bootstrap>` / `node -e <bootstrap>`) or forked by the sandbox's warm
+//! Python zygote (`zygote.rs`).
+//!
+//! The bootstrap (`python_run.py`, `node_run.js`) reads the code from stdin and compiles it
+//! before anything of it runs. Its fd 3 is a status pipe: on a syntax error it writes `S`
+//! there and the interpreter's own message to stderr; on success it closes fd 3 and runs the
+//! code. The worker forwards no output until the status is known, so a syntax error's
+//! message never leaks into the output stream and user code never sees fd 3.
+//!
+//! Python runs with `-I -S`: the standard library is importable at once; `site` (Debian's
+//! dist-packages and their `.pth` files) is loaded the first time an import is not found
+//! (the zygote loads it once it has been idle briefly, so warm runs have it already).
+//! `sys.path[0]` is `''` (the cwd) and `PYTHONPATH` is honoured as `python3 -` does; other
+//! `PYTHON*` variables are not, though they stay in the environment. `exit()`/`quit()` exist.
+//! At the end, non-daemon threads are joined, `atexit` handlers run and output is flushed,
+//! then the process exits without tearing every module down.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+use tokio::sync::{mpsc, Mutex};
+use tokio::time::Instant;
+
+use super::agent::{AgentConn, ExecEvent};
+use super::exec::{cloexec_pipe, feed, io_error, pump, Sink, DRAIN_GRACE};
+use super::protocol::Request;
+use super::zygote::{RunEvent, StartError, Zygote};
+use crate::backend::{
+    BackendError, CodeOutcome, ExecExit, OutputChunk, Runtime, TIMEOUT_EXIT_CODE,
+};
+
+/// One-shot Python: the bootstrap, then the call that runs it.
+const PYTHON_ONE_SHOT: &str = concat!(include_str!("python_run.py"), "_run()\n");
+
+/// One-shot Node.js bootstrap.
+const NODE_ONE_SHOT: &str = include_str!("node_run.js");
+
+/// What a syntax-error run may print before the worker stops collecting it.
+const SYNTAX_MESSAGE_LIMIT: u64 = 64 * 1024;
+
+/// The argv of a one-shot run.
+pub(crate) fn one_shot_argv(runtime: Runtime) -> Vec<String> {
+    let argv: &[&str] = match runtime {
+        Runtime::Python => &["python3", "-I", "-S", "-c", PYTHON_ONE_SHOT],
+        Runtime::Node => &["node", "-e", NODE_ONE_SHOT],
+    };
+    argv.iter().map(|a| a.to_string()).collect()
+}
+
+/// A run to start.
+pub(crate) struct CodeRun {
+    /// Interpreter.
+    pub runtime: Runtime,
+    /// Source, fed on stdin.
+    pub code: Bytes,
+    /// Working directory.
+    pub cwd: String,
+    /// The complete environment.
+    pub env: Vec<(String, String)>,
+    /// Kill after this long (exit code 124).
+    pub timeout: Duration,
+}
+
+/// How the run's process group is killed.
+#[derive(Clone, Copy)]
+enum Target {
+    /// An exec of the agent.
+    Exec(u64),
+    /// A process group forked by the zygote.
+    Group(i32),
+}
+
+impl Target {
+    fn request(self) -> Request {
+        match self {
+            Target::Exec(id) => Request::Kill { id },
+            Target::Group(pgid) => Request::KillGroup { pgid },
+        }
+    }
+}
+
+/// Where the exit code comes from.
+enum Exits {
+    Agent(mpsc::UnboundedReceiver<ExecEvent>),
+    Zygote(mpsc::UnboundedReceiver<RunEvent>),
+}
+
+impl Exits {
+    /// The exit code; `None` if the sandbox (or the zygote) died first.
+    async fn wait(&mut self) -> Option<i32> {
+        match self {
+            Exits::Agent(events) => {
+                while let Some(event) = events.recv().await {
+                    if let ExecEvent::Exited(code) = event {
+                        return Some(code);
+                    }
+                }
+                None
+            }
+            Exits::Zygote(events) => events.recv().await.map(|RunEvent::Exited(code)| code),
+        }
+    }
+}
+
+/// Kills the run if the future is dropped before it ended.
+struct KillOnDrop {
+    agent: Arc<AgentConn>,
+    target: Target,
+    armed: bool,
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            match self.target {
+                Target::Exec(id) => {
+                    self.agent.kill_now(id);
+                    self.agent.unregister(id);
+                }
+                Target::Group(pgid) => self.agent.kill_group_now(pgid),
+            }
+        }
+    }
+}
+
+/// The run's pipes, worker ends.
+struct Pipes {
+    stdin: OwnedFd,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    status: OwnedFd,
+}
+
+/// Runs code: through the zygote when one is given and usable, else one-shot.
+pub(crate) async fn run(
+    agent: &Arc<AgentConn>,
+    zygote: Option<&Zygote>,
+    run: CodeRun,
+    output: mpsc::Sender<OutputChunk>,
+) -> Result<CodeOutcome, BackendError> {
+    if !agent.is_alive() {
+        return Err(BackendError::Gone);
+    }
+    let started = Instant::now();
+    let deadline = started + run.timeout;
+    let (stdin_r, stdin_w) = cloexec_pipe()?;
+    let (out_r, out_w) = cloexec_pipe()?;
+    let (err_r, err_w) = cloexec_pipe()?;
+    let (status_r, status_w) = cloexec_pipe()?;
+    let theirs = [
+        stdin_r.as_fd(),
+        out_w.as_fd(),
+        err_w.as_fd(),
+        status_w.as_fd(),
+    ];
+
+    let mut launched = None;
+    if let (Runtime::Python, Some(zygote)) = (run.runtime, zygote) {
+        if zygote.wait_ready(run.timeout).await {
+            match zygote.start_run(&run.cwd, &run.env, theirs).await {
+                Ok((pid, events)) => launched = Some((Target::Group(pid), Exits::Zygote(events))),
+                Err(StartError::Failed(message)) => return Err(BackendError::ExecFailed(message)),
+                Err(StartError::Unavailable) => {}
+            }
+        }
+    }
+    let (target, exits) = match launched {
+        Some(launched) => launched,
+        None => launch_one_shot(agent, &run, theirs).await?,
+    };
+    drop((stdin_r, out_w, err_w, status_w));
+    let mut guard = KillOnDrop {
+        agent: Arc::clone(agent),
+        target,
+        armed: true,
+    };
+    let pipes = Pipes {
+        stdin: stdin_w,
+        stdout: out_r,
+        stderr: err_r,
+        status: status_r,
+    };
+    let result = supervise(agent, target, exits, pipes, run, deadline, output).await;
+    guard.armed = false;
+    result
+}
+
+/// Starts a one-shot interpreter through the agent.
+async fn launch_one_shot(
+    agent: &Arc<AgentConn>,
+    run: &CodeRun,
+    fds: [std::os::fd::BorrowedFd<'_>; 4],
+) -> Result<(Target, Exits), BackendError> {
+    let (id, mut events) = agent.register();
+    let request = Request::Exec {
+        id,
+        argv: one_shot_argv(run.runtime),
+        env: run.env.clone(),
+        cwd: run.cwd.clone(),
+    };
+    if let Err(e) = agent.send(&request, &fds).await {
+        agent.unregister(id);
+        return Err(if agent.is_alive() {
+            BackendError::io("send exec request", e)
+        } else {
+            BackendError::Gone
+        });
+    }
+    match events.recv().await {
+        Some(ExecEvent::Started) => Ok((Target::Exec(id), Exits::Agent(events))),
+        Some(ExecEvent::Failed(message)) => Err(BackendError::ExecFailed(message)),
+        Some(ExecEvent::Exited(_)) | None => Err(BackendError::Gone),
+    }
+}
+
+/// Reads the status pipe: `Some(true)` for a syntax error, `Some(false)` once it closed
+/// without a report.
+async fn read_status(status: OwnedFd) -> std::io::Result<bool> {
+    let mut reader = pipe::Receiver::from_owned_fd(status)?;
+    let mut byte = [0u8; 1];
+    Ok(reader.read(&mut byte).await? == 1 && byte[0] == b'S')
+}
+
+/// Reads a pipe to its end, keeping at most `limit` bytes.
+async fn collect(fd: OwnedFd, limit: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    if let Ok(reader) = pipe::Receiver::from_owned_fd(fd) {
+        let mut limited = reader.take(limit);
+        let _ = limited.read_to_end(&mut out).await;
+    }
+    out
+}
+
+/// Feeds the code, waits for the compile verdict, then streams output until the exit (or
+/// kills on timeout).
+async fn supervise(
+    agent: &Arc<AgentConn>,
+    target: Target,
+    mut exits: Exits,
+    pipes: Pipes,
+    run: CodeRun,
+    deadline: Instant,
+    output: mpsc::Sender<OutputChunk>,
+) -> Result<CodeOutcome, BackendError> {
+    let input = pipe::Sender::from_owned_fd(pipes.stdin).map_err(io_error("open stdin pipe"))?;
+    let stdin_task = tokio::spawn(feed(input, Some(run.code)));
+    let verdict = tokio::time::timeout_at(deadline, read_status(pipes.status)).await;
+    let syntax_error = match verdict {
+        Ok(Ok(syntax_error)) => syntax_error,
+        Ok(Err(e)) => {
+            stdin_task.abort();
+            let _ = agent.send(&target.request(), &[]).await;
+            return Err(BackendError::io("read run status", e));
+        }
+        Err(_elapsed) => {
+            stdin_task.abort();
+            return timed_out(agent, target, &mut exits).await;
+        }
+    };
+    if syntax_error {
+        stdin_task.abort();
+        let stderr = tokio::spawn(collect(pipes.stderr, SYNTAX_MESSAGE_LIMIT));
+        drop(pipes.stdout);
+        let code = match tokio::time::timeout_at(deadline, exits.wait()).await {
+            Ok(Some(code)) => code,
+            Ok(None) => return Err(gone(agent)),
+            Err(_elapsed) => return timed_out(agent, target, &mut exits).await,
+        };
+        let stderr = tokio::time::timeout(DRAIN_GRACE, stderr)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        return Ok(CodeOutcome::SyntaxError {
+            message: syntax_message(run.runtime, &stderr),
+            exit_code: code,
+        });
+    }
+
+    let sink: Sink = Arc::new(Mutex::new(Some(output)));
+    let out = pipe::Receiver::from_owned_fd(pipes.stdout).map_err(io_error("open stdout pipe"))?;
+    let err = pipe::Receiver::from_owned_fd(pipes.stderr).map_err(io_error("open stderr pipe"))?;
+    let mut out_task = tokio::spawn(pump(
+        out,
+        crate::backend::OutputStream::Stdout,
+        Arc::clone(&sink),
+    ));
+    let mut err_task = tokio::spawn(pump(
+        err,
+        crate::backend::OutputStream::Stderr,
+        Arc::clone(&sink),
+    ));
+    let exit = match tokio::time::timeout_at(deadline, exits.wait()).await {
+        Ok(Some(code)) => ExecExit {
+            exit_code: code,
+            timed_out: false,
+        },
+        Ok(None) => {
+            stdin_task.abort();
+            // The zygote may have died with the run still going: stop it too.
+            let _ = agent.send(&target.request(), &[]).await;
+            return Err(gone(agent));
+        }
+        Err(_elapsed) => {
+            stdin_task.abort();
+            let outcome = timed_out(agent, target, &mut exits).await;
+            drain(&sink, &mut out_task, &mut err_task).await;
+            return outcome;
+        }
+    };
+    stdin_task.abort();
+    drain(&sink, &mut out_task, &mut err_task).await;
+    Ok(CodeOutcome::Finished(exit))
+}
+
+/// Waits a little for the output to end; leaves the pumps draining detached after that.
+async fn drain(
+    sink: &Sink,
+    out_task: &mut tokio::task::JoinHandle<()>,
+    err_task: &mut tokio::task::JoinHandle<()>,
+) {
+    let drained = tokio::time::timeout(DRAIN_GRACE, async {
+        let _ = out_task.await;
+        let _ = err_task.await;
+    })
+    .await;
+    if drained.is_err() {
+        *sink.lock().await = None;
+    }
+}
+
+/// Kills the run's process group and reports the timeout once it is gone.
+async fn timed_out(
+    agent: &Arc<AgentConn>,
+    target: Target,
+    exits: &mut Exits,
+) -> Result<CodeOutcome, BackendError> {
+    // The agent processes requests in order: the kill lands before any later exec.
+    let _ = agent.send(&target.request(), &[]).await;
+    match exits.wait().await {
+        Some(_) => Ok(CodeOutcome::Finished(ExecExit {
+            exit_code: TIMEOUT_EXIT_CODE,
+            timed_out: true,
+        })),
+        None => Err(gone(agent)),
+    }
+}
+
+/// The error for a run whose exit was never reported.
+fn gone(agent: &AgentConn) -> BackendError {
+    if agent.is_alive() {
+        BackendError::Other("the python zygote exited before the run ended".to_string())
+    } else {
+        BackendError::Gone
+    }
+}
+
+/// The interpreter's syntax-error text, without node's internal stack frames and version
+/// banner.
+pub(crate) fn syntax_message(runtime: Runtime, stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let kept: Vec<&str> = match runtime {
+        Runtime::Python => text.lines().collect(),
+        Runtime::Node => text
+            .lines()
+            .filter(|l| !l.starts_with("    at ") && !l.starts_with("Node.js v"))
+            .collect(),
+    };
+    kept.join("\n").trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_shot_commands() {
+        let py = one_shot_argv(Runtime::Python);
+        assert_eq!(&py[..4], ["python3", "-I", "-S", "-c"]);
+        assert!(py[4].trim_end().ends_with("_run()"));
+        let node = one_shot_argv(Runtime::Node);
+        assert_eq!(&node[..2], ["node", "-e"]);
+        assert!(node[2].contains("vm.compileFunction"));
+        assert_eq!(node.len(), 3);
+    }
+
+    #[test]
+    fn node_syntax_message_drops_internal_frames() {
+        let raw = b"[stdin]:1\nconsole.log((\n\n\nSyntaxError: Unexpected end of input\n    at wrapSafe (node:internal/modules/cjs/loader:1464:18)\n    at checkSyntax (node:internal/main/check_syntax:78:3)\n\nNode.js v20.20.2\n";
+        assert_eq!(
+            syntax_message(Runtime::Node, raw),
+            "[stdin]:1\nconsole.log((\n\n\nSyntaxError: Unexpected end of input"
+        );
+        assert_eq!(
+            syntax_message(
+                Runtime::Python,
+                b"  File \"<stdin>\", line 1\nSyntaxError: x\n"
+            ),
+            "File \"<stdin>\", line 1\nSyntaxError: x"
+        );
+    }
+}
