@@ -210,6 +210,37 @@ fn assert_no_leftovers(h: &Harness, vm_id: &LocalVmId) {
     assert!(processes_of(vm_id).is_empty(), "processes left");
 }
 
+#[test]
+fn state_dir_writable_by_others_is_refused() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipping: needs root (runs in CI as root)");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let config = Harness::config("perm");
+    std::fs::create_dir_all(&config.state_dir).unwrap();
+    std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let state_dir = config.state_dir.clone();
+    let cgroup_parent = config.cgroup_parent.clone();
+    let result = ContainerBackend::new(config);
+    let _ = std::fs::remove_dir_all(&state_dir);
+    match result {
+        Err(BackendError::Unavailable(why)) => {
+            assert!(why.contains("not writable by group or others"), "{why}")
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("a world-writable state dir was accepted"),
+    }
+    // The refusal came before the cgroup parent was made.
+    let leftovers: Vec<_> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|h| h.path().join(&cgroup_parent))
+        .filter(|p| p.exists())
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
 #[tokio::test]
 async fn provision_exec_files_destroy_leaves_nothing() {
     let Some(h) = Harness::new("basic") else {
@@ -348,12 +379,20 @@ async fn sandbox_is_isolated_from_the_host() {
         status.stdout
     );
     assert!(status.stdout.contains("Seccomp:\t2"), "{}", status.stdout);
-    // CAP_SYS_ADMIN (bit 21) is gone from the effective and bounding sets.
+    // CAP_SYS_ADMIN (bit 21) and CAP_NET_RAW (bit 13) are gone from the effective and
+    // bounding sets.
     for line in status.stdout.lines().filter(|l| l.starts_with("Cap")) {
         let hex = line.split('\t').nth(1).unwrap();
         let caps = u64::from_str_radix(hex, 16).unwrap();
         assert_eq!(caps & (1 << 21), 0, "{line}");
+        assert_eq!(caps & (1 << 13), 0, "{line}");
     }
+    let raw = sh(
+        &vm,
+        "python3 -I -c 'import socket; socket.socket(socket.AF_PACKET, socket.SOCK_RAW)'",
+    )
+    .await;
+    assert_ne!(raw.exit.exit_code, 0, "a raw socket was opened");
     vm.destroy().await.unwrap();
     std::fs::remove_file(&host_marker).unwrap();
 }

@@ -103,18 +103,44 @@ fn unreachable(err: reqwest::Error) -> LinkError {
     LinkError::Unreachable(text)
 }
 
+/// Largest broker response body the worker reads.
+const RESPONSE_BODY_MAX: usize = 1 << 20;
+
+/// Reads at most `cap` bytes of the body; the flag is true when the body was longer.
+async fn read_capped(
+    mut resp: reqwest::Response,
+    cap: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = cap - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, false))
+}
+
 async fn unexpected(resp: reqwest::Response) -> LinkError {
     let status = resp.status().as_u16();
-    let bytes = resp.bytes().await.unwrap_or_default();
-    let kept = &bytes[..bytes.len().min(ERROR_BODY_MAX)];
+    let (kept, _) = read_capped(resp, ERROR_BODY_MAX).await.unwrap_or_default();
     LinkError::Status {
         status,
-        body: String::from_utf8_lossy(kept).into_owned(),
+        body: String::from_utf8_lossy(&kept).into_owned(),
     }
 }
 
 async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, LinkError> {
-    let bytes = resp.bytes().await.map_err(unreachable)?;
+    let (bytes, truncated) = read_capped(resp, RESPONSE_BODY_MAX)
+        .await
+        .map_err(unreachable)?;
+    if truncated {
+        return Err(LinkError::InvalidResponse(format!(
+            "response body exceeds {RESPONSE_BODY_MAX} bytes"
+        )));
+    }
     serde_json::from_slice(&bytes).map_err(|err| LinkError::InvalidResponse(err.to_string()))
 }
 
@@ -286,6 +312,15 @@ mod tests {
                 .await,
             Err(LinkError::InvalidResponse(_))
         ));
+        // A huge answer is refused after the cap, not read whole.
+        let (link, _) = stub(200, " ".repeat(RESPONSE_BODY_MAX + 10)).await;
+        match link
+            .register(&worker(), &RegistrationRequest::default())
+            .await
+        {
+            Err(LinkError::InvalidResponse(why)) => assert!(why.contains("exceeds"), "{why}"),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[tokio::test]

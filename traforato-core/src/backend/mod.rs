@@ -129,6 +129,9 @@ pub enum FilesError {
     /// The content is larger than allowed.
     #[error("file too large")]
     TooLarge,
+    /// A listing would return more entries than a backend walks in one request.
+    #[error("too many entries")]
+    TooManyEntries,
     /// The sandbox no longer exists.
     #[error("sandbox is gone")]
     Gone,

@@ -6,7 +6,8 @@
 //! [`MAX_FRAMES`] frames and at most [`MAX_FRAME_BYTES`] of frame data, dropping the oldest
 //! (cursors stay absolute, so a reader that fell behind resumes at the oldest frame kept); a
 //! frames response carries at most [`MAX_FRAMES_PER_RESPONSE`] frames; a sandbox keeps its
-//! latest [`MAX_EXECS_PER_SANDBOX`] exited execs.
+//! latest [`MAX_EXECS_PER_SANDBOX`] exited execs and at most
+//! [`MAX_EXITED_EXEC_BYTES_PER_SANDBOX`] of their output.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -42,6 +43,9 @@ pub(super) const MAX_FRAME_BYTES: usize = 8 << 20;
 pub(super) const MAX_FRAMES_PER_RESPONSE: usize = 1_000;
 /// Exited execs kept per sandbox.
 pub(super) const MAX_EXECS_PER_SANDBOX: usize = 1_000;
+/// Most output bytes (captures and frames) a sandbox keeps for its exited execs; the oldest
+/// exited execs are forgotten first.
+pub(super) const MAX_EXITED_EXEC_BYTES_PER_SANDBOX: usize = 64 << 20;
 /// Timeout of an exec that names none.
 pub(super) const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// Timeout of run-code that names none.
@@ -241,6 +245,12 @@ impl Exec {
 
     fn is_exited(&self) -> bool {
         self.data().exit.is_some()
+    }
+
+    /// Bytes of output this exec keeps (captured stdout/stderr and frame data).
+    fn retained_bytes(&self) -> usize {
+        let data = self.data();
+        data.stdout.len() + data.stderr.len() + data.frame_bytes
     }
 
     /// Appends a chunk of output.
@@ -803,24 +813,68 @@ impl Worker {
 
 /// Drops the oldest exited execs beyond [`MAX_EXECS_PER_SANDBOX`].
 fn prune_execs(execs: &mut BTreeMap<ExecId, Arc<Exec>>) {
-    if execs.len() <= MAX_EXECS_PER_SANDBOX {
-        return;
-    }
-    let excess = execs.len() - MAX_EXECS_PER_SANDBOX;
-    let victims: Vec<ExecId> = execs
+    // Exec ids are ULIDs, so map order is start order: the oldest exited execs go first, until
+    // both the count and the bytes retained by exited execs are within bounds.
+    let exited: Vec<(ExecId, usize)> = execs
         .iter()
         .filter(|(_, e)| e.is_exited())
-        .map(|(id, _)| *id)
-        .take(excess)
+        .map(|(id, e)| (*id, e.retained_bytes()))
         .collect();
-    for id in victims {
+    let mut count = execs.len();
+    let mut bytes: usize = exited.iter().map(|(_, b)| b).sum();
+    for (id, size) in exited {
+        if count <= MAX_EXECS_PER_SANDBOX && bytes <= MAX_EXITED_EXEC_BYTES_PER_SANDBOX {
+            break;
+        }
         execs.remove(&id);
+        count -= 1;
+        bytes -= size;
     }
 }
 
 #[cfg(test)]
 mod unit {
     use super::*;
+
+    fn exec_with_output(bytes: usize, exited: bool) -> (ExecId, Arc<Exec>) {
+        let id = ExecId::new();
+        let exec = Exec::new(id, "sbx".into(), None, "cmd".into(), Utc::now());
+        exec.push_chunk(
+            OutputChunk {
+                stream: OutputStream::Stdout,
+                data: bytes::Bytes::from(vec![b'x'; bytes]),
+            },
+            Utc::now(),
+        );
+        if exited {
+            exec.finish(0, false, Duration::from_millis(1), Utc::now());
+        }
+        (id, exec)
+    }
+
+    #[test]
+    fn exited_exec_output_is_bounded_per_sandbox() {
+        let mut execs = BTreeMap::new();
+        // 40 exited execs of 1 MiB output each retain 2 MiB apiece (capture + frames).
+        for _ in 0..40 {
+            let (id, exec) = exec_with_output(1 << 20, true);
+            execs.insert(id, exec);
+        }
+        let (running_id, running) = exec_with_output(1 << 20, false);
+        execs.insert(running_id, running);
+        prune_execs(&mut execs);
+        let exited_bytes: usize = execs
+            .values()
+            .filter(|e| e.is_exited())
+            .map(|e| e.retained_bytes())
+            .sum();
+        assert!(exited_bytes <= MAX_EXITED_EXEC_BYTES_PER_SANDBOX);
+        assert!(execs.len() < 41, "nothing was pruned");
+        assert!(execs.contains_key(&running_id), "a running exec was pruned");
+        // The newest exited execs are the ones kept.
+        let newest = *execs.keys().filter(|id| **id != running_id).last().unwrap();
+        assert!(execs.contains_key(&newest));
+    }
 
     #[test]
     fn utf8_split_across_chunks_is_kept() {

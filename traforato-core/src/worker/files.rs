@@ -91,6 +91,7 @@ fn common(error: FilesError) -> WorkerError {
         FilesError::Gone => WorkerError::SandboxNotFound,
         FilesError::PermissionDenied => WorkerError::PermissionDenied,
         FilesError::TooLarge => WorkerError::FileTooLarge,
+        FilesError::TooManyEntries => WorkerError::ListingTooLarge,
         FilesError::IsDirectory => WorkerError::PathIsDirectory,
         FilesError::NotDirectory => WorkerError::PathIsFile,
         FilesError::NotEmpty => WorkerError::DirectoryNotEmpty,

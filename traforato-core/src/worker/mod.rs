@@ -195,6 +195,9 @@ pub enum WorkerError {
     /// 413: the file is larger than a JSON read may return.
     #[error("file too large")]
     FileTooLarge,
+    /// 400: a listing would walk more entries than a request may.
+    #[error("listing has too many entries: list a subdirectory, or without recursive")]
+    ListingTooLarge,
     /// 403: the sandbox's filesystem refuses (read-only image path).
     #[error("permission denied")]
     PermissionDenied,

@@ -24,6 +24,9 @@ use crate::path::SandboxPath;
 /// How deep a recursive listing or removal descends.
 const MAX_DEPTH: usize = 256;
 
+/// Most entries one listing walks; a larger tree answers [`FilesError::TooManyEntries`].
+pub(crate) const MAX_LIST_ENTRIES: usize = 100_000;
+
 /// The resolution every lookup uses.
 fn resolve_flags() -> ResolveFlags {
     ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS
@@ -274,6 +277,16 @@ impl SandboxRoot {
         Ok(out)
     }
 
+    /// Records one entry, refusing to grow a listing past [`MAX_LIST_ENTRIES`] (a recursive
+    /// walk of a large tree must not tie up the worker).
+    fn push_entry(out: &mut Vec<FileEntry>, entry: FileEntry) -> Result<(), FilesError> {
+        if out.len() >= MAX_LIST_ENTRIES {
+            return Err(FilesError::TooManyEntries);
+        }
+        out.push(entry);
+        Ok(())
+    }
+
     fn walk(
         &self,
         dir: &OwnedFd,
@@ -298,11 +311,14 @@ impl SandboxRoot {
             };
             let child = base.join(&name);
             if is_dir(&st) {
-                out.push(FileEntry {
-                    path: child.clone(),
-                    kind: FileKind::Directory,
-                    size: 0,
-                });
+                Self::push_entry(
+                    out,
+                    FileEntry {
+                        path: child.clone(),
+                        kind: FileKind::Directory,
+                        size: 0,
+                    },
+                )?;
                 if recursive && depth < MAX_DEPTH {
                     let sub = openat(
                         dir,
@@ -327,11 +343,14 @@ impl SandboxRoot {
                 }
             }
             let stat = to_stat(&shown);
-            out.push(FileEntry {
-                path: child,
-                kind: stat.kind,
-                size: stat.size,
-            });
+            Self::push_entry(
+                out,
+                FileEntry {
+                    path: child,
+                    kind: stat.kind,
+                    size: stat.size,
+                },
+            )?;
         }
         Ok(())
     }

@@ -47,9 +47,10 @@ pub(crate) const DEFAULT_PATH: &str =
     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Capabilities sandbox root keeps (inside its user namespace only): file ownership and
-/// permission overrides on its own files, setuid/setgid to its own uids, kill, low ports and
-/// raw sockets in its own network namespace, chroot. Everything else (mount, net admin, ptrace,
-/// sys admin, ...) leaves the bounding set for good.
+/// permission overrides on its own files, setuid/setgid to its own uids, kill, low ports in
+/// its own network namespace, chroot. Everything else (mount, net admin, raw sockets, ptrace,
+/// sys admin, ...) leaves the bounding set for good. Raw sockets are dropped: the network is
+/// loopback only, and `AF_PACKET` has a history of kernel bugs.
 const KEPT_CAPABILITIES: CapabilitySet = CapabilitySet::CHOWN
     .union(CapabilitySet::DAC_OVERRIDE)
     .union(CapabilitySet::FOWNER)
@@ -59,7 +60,6 @@ const KEPT_CAPABILITIES: CapabilitySet = CapabilitySet::CHOWN
     .union(CapabilitySet::SETUID)
     .union(CapabilitySet::SETPCAP)
     .union(CapabilitySet::NET_BIND_SERVICE)
-    .union(CapabilitySet::NET_RAW)
     .union(CapabilitySet::SYS_CHROOT)
     .union(CapabilitySet::SETFCAP)
     .union(CapabilitySet::AUDIT_WRITE);

@@ -91,7 +91,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -227,7 +227,17 @@ fn check_searchable(state_dir: &Path) -> Result<(), BackendError> {
         let Ok(meta) = fs::metadata(dir) else {
             continue;
         };
-        if meta.permissions().mode() & 0o001 == 0 {
+        let mode = meta.permissions().mode();
+        // Root does path work under the state dir: nobody else may be able to swap a
+        // component for a symlink (a sticky directory such as /tmp is fine above it).
+        if meta.uid() != 0 || (mode & 0o022 != 0 && mode & 0o1000 == 0) {
+            return Err(unavailable(format!(
+                "{} must be owned by root and not writable by group or others \
+                 (chown root and chmod go-w it, or pick another state_dir)",
+                dir.display()
+            )));
+        }
+        if mode & 0o001 == 0 {
             return Err(unavailable(format!(
                 "{} must be searchable by others for the sandboxes to reach their roots                  (chmod o+x it, or pick another state_dir)",
                 dir.display()
@@ -252,6 +262,8 @@ impl ContainerBackend {
     pub fn new(config: ContainerConfig) -> Result<Self, BackendError> {
         config.validate().map_err(unavailable)?;
         check_prerequisites(&config)?;
+        // Before anything is created, so that a refusal leaves nothing behind.
+        check_searchable(&config.state_dir)?;
         let cgroups = CgroupDriver::detect(&config.cgroup_parent).map_err(unavailable)?;
         cgroups.prepare().map_err(|e| {
             unavailable(format!(
@@ -261,7 +273,6 @@ impl ContainerBackend {
                 config.cgroup_parent
             ))
         })?;
-        check_searchable(&config.state_dir)?;
         let images_dir = config.state_dir.join("images");
         // 0711: the sandbox's user may traverse to its root but not list other sandboxes.
         ensure_dir(&config.state_dir, 0o711)
