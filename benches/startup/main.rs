@@ -66,9 +66,6 @@ const WARMUP: usize = 3;
 /// isolated and without `site`.
 const COLD_FLOOR_FLAGS: &[&str] = &["-I", "-S"];
 
-/// Samples of the informational "bare run-code" figure (see [`bare_run_code`]).
-const BARE_RUN_CODE_SAMPLES: usize = 10;
-
 /// Why the benchmark could not finish.
 #[derive(Debug, thiserror::Error)]
 enum BenchError {
@@ -666,30 +663,7 @@ async fn cold_series(
         }
     }
     series.print_breakdown("floor: bare python3 -I -S -c 'print(1)'");
-    bare_run_code().await?;
     Ok(series)
-}
-
-/// For the report: the same interpreter starts as the container backend's run-code does
-/// them (syntax check, then run, both with `site`), bare on the host.
-async fn bare_run_code() -> Result<(), BenchError> {
-    let mut samples = Vec::with_capacity(BARE_RUN_CODE_SAMPLES);
-    for _ in 0..BARE_RUN_CODE_SAMPLES {
-        samples.push(
-            blocking(floors::bare_check_and_run)
-                .await?
-                .map_err(io_error("bare check and run"))?,
-        );
-    }
-    if let Some(s) = Summary::of(&samples) {
-        println!(
-            "  for reference, bare on the host, run-code's two interpreter starts (check with \
-             `python3 -I`, run with `python3 -`): median {} ms, p90 {} ms",
-            ms(s.median),
-            ms(s.p90)
-        );
-    }
-    Ok(())
 }
 
 async fn memory_row(
