@@ -180,4 +180,3 @@ fn check_print(out: &[u8], status: i32) -> io::Result<()> {
         )))
     }
 }
-

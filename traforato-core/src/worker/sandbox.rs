@@ -125,13 +125,16 @@ impl Worker {
         self.pool_wake.notify_one();
     }
 
-    /// Destroys a removed sandbox's VM and stops its execs.
+    /// Destroys a removed sandbox's VM, stops its execs, then releases its capacity.
     pub(super) async fn teardown(&self, entry: SandboxEntry) {
+        let usage = entry.usage();
         let SandboxEntry { vm, execs, .. } = entry;
         destroy_vm(vm, "sandbox").await;
         for exec in execs.values() {
             exec.abort();
         }
+        self.lock().reserved.sub(usage);
+        self.sandboxes_removed();
     }
 
     pub(super) async fn reap(&self) -> usize {

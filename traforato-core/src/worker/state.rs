@@ -154,11 +154,11 @@ impl State {
         }
     }
 
-    /// Removes a sandbox and releases what it held.
+    /// Removes a sandbox from the live set. What it holds stays reserved until its
+    /// teardown has finished (see `Worker::teardown`), so a new create is not admitted while
+    /// the old sandbox still holds its memory.
     pub fn remove_sandbox(&mut self, vm_id: &LocalVmId) -> Option<SandboxEntry> {
-        let entry = self.sandboxes.remove(vm_id)?;
-        self.reserved.sub(entry.usage());
-        Some(entry)
+        self.sandboxes.remove(vm_id)
     }
 }
 
