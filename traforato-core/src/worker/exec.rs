@@ -872,7 +872,7 @@ mod unit {
         assert!(execs.len() < 41, "nothing was pruned");
         assert!(execs.contains_key(&running_id), "a running exec was pruned");
         // The newest exited execs are the ones kept.
-        let newest = *execs.keys().filter(|id| **id != running_id).last().unwrap();
+        let newest = *execs.keys().rfind(|id| **id != running_id).unwrap();
         assert!(execs.contains_key(&newest));
     }
 
