@@ -4,6 +4,7 @@
 //!
 //! Precedence: YAML file > flag > environment variable > default.
 
+use std::collections::BTreeMap;
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::io;
@@ -672,6 +673,36 @@ struct WorkerFile {
     registration_jitter_percent: Option<i64>,
     log: Option<LogFile>,
     pre_pull: Option<PrePullFile>,
+    container: Option<ContainerFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ContainerFile {
+    state_dir: Option<String>,
+    cgroup_parent: Option<String>,
+    images: Option<BTreeMap<String, String>>,
+    pids_limit: Option<u64>,
+    scratch_size_mib: Option<u64>,
+    python_zygote: Option<bool>,
+}
+
+/// The worker YAML's `container` section: settings of the `container` backend. `None` or an
+/// empty value keeps the backend's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerSettings {
+    /// `state-dir`: where sandbox roots and images live (default `/run/traforato`).
+    pub state_dir: Option<PathBuf>,
+    /// `cgroup-parent`: the cgroup under which sandboxes are made (default `traforato`).
+    pub cgroup_parent: Option<String>,
+    /// `images`: local directory images, name → directory used as the read-only lower layer.
+    pub images: BTreeMap<String, PathBuf>,
+    /// `pids-limit`: most processes per sandbox (default 512).
+    pub pids_limit: Option<u64>,
+    /// `scratch-size-mib`: size of each sandbox's writable layer (default 1024).
+    pub scratch_size_mib: Option<u64>,
+    /// `python-zygote`: keep a pre-warmed Python in each sandbox (default true).
+    pub python_zygote: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -743,6 +774,8 @@ pub struct WorkerValues {
     pub pre_pull_warmup_timeout_seconds: i64,
     /// Dev or prod, from the JWT secret (not a YAML key).
     pub auth_mode: AuthMode,
+    /// The YAML `container` section.
+    pub container: ContainerSettings,
 }
 
 impl WorkerValues {
@@ -773,6 +806,7 @@ impl WorkerValues {
             pre_pull_warmup_script: String::new(),
             pre_pull_warmup_timeout_seconds: 0,
             auth_mode: args.auth.mode(),
+            container: ContainerSettings::default(),
         }
     }
 
@@ -803,6 +837,7 @@ impl WorkerValues {
             pre_pull_warmup_script: String::new(),
             pre_pull_warmup_timeout_seconds: 0,
             auth_mode: args.auth.mode(),
+            container: ContainerSettings::default(),
         }
     }
 
@@ -887,6 +922,24 @@ impl WorkerValues {
             if let Some(v) = log.max_rotations {
                 self.log_max_rotations = v;
             }
+        }
+        if let Some(container) = file.container {
+            let settings = &mut self.container;
+            if let Some(dir) = container.state_dir.filter(|d| !d.trim().is_empty()) {
+                settings.state_dir = Some(PathBuf::from(dir.trim()));
+            }
+            if let Some(parent) = container.cgroup_parent.filter(|p| !p.trim().is_empty()) {
+                settings.cgroup_parent = Some(parent.trim().to_string());
+            }
+            if let Some(images) = container.images {
+                settings.images = images
+                    .into_iter()
+                    .map(|(name, dir)| (name.trim().to_string(), PathBuf::from(dir.trim())))
+                    .collect();
+            }
+            settings.pids_limit = container.pids_limit.or(settings.pids_limit);
+            settings.scratch_size_mib = container.scratch_size_mib.or(settings.scratch_size_mib);
+            settings.python_zygote = container.python_zygote.or(settings.python_zygote);
         }
         if let Some(pre_pull) = file.pre_pull {
             if let Some(images) = pre_pull.images {
@@ -1328,6 +1381,29 @@ log:
         assert!(chain(&err).contains("colour"), "{}", chain(&err));
         let err = values.apply_yaml("pre-pull:\n  imagez: [a]\n").unwrap_err();
         assert!(chain(&err).contains("imagez"), "{}", chain(&err));
+    }
+
+    #[test]
+    fn yaml_container_section() {
+        let mut values = WorkerValues::from_worker_args(&worker_args(&[]));
+        values
+            .apply_yaml(
+                "container:\n  state-dir: /srv/traforato\n  cgroup-parent: sbx\n  images:\n    \
+                 py: /srv/images/py\n  pids-limit: 64\n  scratch-size-mib: 256\n  \
+                 python-zygote: false\n",
+            )
+            .unwrap();
+        let c = &values.container;
+        assert_eq!(c.state_dir, Some(PathBuf::from("/srv/traforato")));
+        assert_eq!(c.cgroup_parent.as_deref(), Some("sbx"));
+        assert_eq!(c.images.get("py"), Some(&PathBuf::from("/srv/images/py")));
+        assert_eq!(c.pids_limit, Some(64));
+        assert_eq!(c.scratch_size_mib, Some(256));
+        assert_eq!(c.python_zygote, Some(false));
+        let err = values
+            .apply_yaml("container:\n  statedir: /x\n")
+            .unwrap_err();
+        assert!(chain(&err).contains("statedir"), "{}", chain(&err));
     }
 
     #[test]

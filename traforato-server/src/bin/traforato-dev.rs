@@ -63,7 +63,10 @@ async fn run(args: DevArgs) -> Result<(), ServeError> {
     traforato_server::broker::log_auth_warnings(&broker_auth);
     traforato_server::worker::log_auth_warnings(mode);
     let worker_auth = ClientAuthenticator::new(&settings.auth, clock.clone());
-    let backends = build_backends(&settings.worker.virtualizations())?;
+    let backends = build_backends(
+        &settings.worker.virtualizations(),
+        &settings.worker.container,
+    )?;
 
     let broker_listener = bind(&settings.broker_listen).await?;
     let broker_port = broker_listener.local_addr().ok().map(|a| a.port());

@@ -46,7 +46,7 @@ async fn run(args: WorkerArgs) -> Result<(), ServeError> {
     let mode = auth.mode();
     log_auth_warnings(mode);
     let clock = Arc::new(SystemClock);
-    let backends = build_backends(&values.virtualizations())?;
+    let backends = build_backends(&values.virtualizations(), &values.container)?;
 
     // Bind before anything registers, so the broker never redirects to a dead port.
     let bind = bind_address(&values.listen)?;
