@@ -343,6 +343,11 @@ pub trait Vm: Send + Sync + 'static {
     /// The VM's id.
     fn vm_id(&self) -> LocalVmId;
 
+    /// Waits (bounded by the backend) until what provisioning left starting in the
+    /// background, such as a pre-warmed interpreter, is ready, so that the sandbox is fully
+    /// warm. The warm pool calls it before offering a sandbox. The default returns at once.
+    async fn settle(&self) {}
+
     /// Runs a command. Output chunks are sent to `output` as they are produced; the call
     /// returns when the command has exited and all its output has been sent. On timeout the
     /// whole process group is killed and the exit code is [`TIMEOUT_EXIT_CODE`].

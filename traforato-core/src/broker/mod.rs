@@ -399,7 +399,9 @@ impl Broker {
             worker.base_url.clone()
         };
         let location = redirect::sandbox_location(&base_url, path, raw_query)?;
-        tracing::info!(
+        // Every request about a sandbox passes here: at debug level, so that the redirect hot
+        // path is not bound by log formatting (creates and worker events stay at info).
+        tracing::debug!(
             worker_id = %id.worker_id(),
             sandbox_id = %id,
             "redirecting sandbox-scoped request to worker"

@@ -321,6 +321,17 @@ impl Worker {
                 return;
             }
         };
+        // Offered only once fully warm: a claim must not wait for (or compete with) an
+        // interpreter that is still starting.
+        let settled = tokio::select! {
+            () = vm.settle() => true,
+            () = stopped(stop) => false,
+        };
+        if !settled {
+            destroy_vm(vm, "shutdown").await;
+            self.lock().stop_warming(&tuple);
+            return;
+        }
         if let Some((script, timeout)) = self.warmups.get(&tuple) {
             let warmed = tokio::select! {
                 result = warm_up(vm.as_ref(), script, *timeout) => Some(result),

@@ -64,7 +64,8 @@
 //! namespaces, cgroup and seccomp filter; Python runs are forked from it (`zygote.rs`).
 //! Provisioning does not wait for it: a run that comes first waits for it to be warm (about
 //! one interpreter start), and runs without it (no `python3`, zygote dead) start a fresh
-//! interpreter.
+//! interpreter. The warm pool waits for it ([`Vm::settle`](crate::backend::Vm::settle))
+//! before offering the sandbox, so a claim never competes with a starting interpreter.
 //!
 //! # Warm pool
 //!

@@ -2,7 +2,8 @@
 # stdin, compiles it (nothing runs before that), reports a syntax error by writing `S` to fd 3
 # and the interpreter's own message to stderr, else closes fd 3 and runs the code as
 # `__main__`. Used alone for one-shot runs, and by the zygote in each forked child.
-import sys, posix
+# `atexit` is imported here so that `_finish` finds it loaded (the zygote's children inherit it).
+import sys, posix, atexit
 _boot = sys.modules['__main__']
 
 
@@ -78,7 +79,6 @@ def _finish(status):
         threading = sys.modules.get('threading')
         if threading is not None:
             threading._shutdown()
-        import atexit
         atexit._run_exitfuncs()
     except BaseException:
         pass

@@ -20,7 +20,7 @@ use super::files::SandboxRoot;
 use super::init::DEFAULT_PATH;
 use super::netns;
 use super::teardown_host;
-use super::zygote::Zygote;
+use super::zygote::{Zygote, READY_WAIT};
 use crate::backend::{
     BackendError, BoxedReader, BoxedStream, CodeOutcome, CodeSpec, ExecExit, ExecSpec, FileEntry,
     FileReader, FileStat, FilesError, OutputChunk, Program, Vm, WriteMode,
@@ -167,6 +167,13 @@ impl Vm for ContainerVm {
             timeout: spec.timeout,
         };
         exec::run(&agent, command, output).await
+    }
+
+    async fn settle(&self) {
+        let zygote = self.live().and_then(|live| live.zygote);
+        if let Some(zygote) = zygote {
+            zygote.wait_ready(READY_WAIT).await;
+        }
     }
 
     async fn run_code(

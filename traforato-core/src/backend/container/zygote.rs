@@ -41,7 +41,7 @@ pub(crate) const ZYGOTE_SCRIPT: &str = concat!(
 pub(crate) const MAX_REQUEST: usize = 256 * 1024;
 
 /// How long a run waits for a zygote that is still starting before it runs one-shot.
-const READY_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const READY_WAIT: Duration = Duration::from_secs(5);
 
 /// Where the zygote is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
