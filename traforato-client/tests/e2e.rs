@@ -2,7 +2,6 @@
 //! `127.0.0.1:0`, driven only through `traforato-client`: every client method, redirects and
 //! placement retries, streaming frames, and errors.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -11,31 +10,22 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use traforato_client::{
     BoxError, Client, ClientError, Command, CreateSandbox, FrameKind, ListOptions, Protocol,
     ProxyRequest, RemoveOptions, RunCode, Runtime,
 };
-use traforato_core::auth::{
-    mint_client_token, AuthConfig, ClientAuthenticator, InternalTokenSigner,
-};
+use traforato_core::auth::{mint_client_token, AuthConfig};
 use traforato_core::backend::fake::FakeBackend;
-use traforato_core::broker::{Broker, BrokerConfig};
+use traforato_core::broker::Broker;
 use traforato_core::clock::{Clock, SystemClock};
-use traforato_core::id::{ComponentId, LocalVmId};
-use traforato_core::scheduler::LeastLoaded;
-use traforato_core::telemetry::Metrics;
-use traforato_core::worker::{BrokerLink, Worker, WorkerConfig};
-use traforato_server::link::HttpBrokerLink;
-use traforato_server::server::{shutdown_channel, ShutdownTrigger};
-use traforato_server::{serve_broker_with_auth, serve_worker_with_auth, BrokerAuth};
+use traforato_core::id::LocalVmId;
+use traforato_server::testing::LocalStack;
 
 /// A broker and a worker (fake backend) registered with it over HTTP.
 struct Stack {
     broker_url: String,
     broker: Arc<Broker>,
-    trigger: ShutdownTrigger,
-    tasks: Vec<JoinHandle<()>>,
+    inner: LocalStack,
 }
 
 impl Stack {
@@ -50,85 +40,13 @@ impl Stack {
     }
 
     async fn start_with(auth: &AuthConfig) -> Self {
-        let prod = auth.mode().is_prod();
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let (trigger, shutdown) = shutdown_channel();
-        let mut tasks = Vec::new();
-
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let broker_url = format!("http://{}", listener.local_addr().unwrap());
-        let broker = Arc::new(Broker::new(
-            BrokerConfig {
-                default_virtualization: "fake".to_string(),
-                prod_mode: prod,
-                ..BrokerConfig::default()
-            },
-            clock.clone(),
-            Arc::new(LeastLoaded),
-            Arc::new(Metrics::new(prod)),
-        ));
-        let serve = serve_broker_with_auth(
-            listener,
-            broker.clone(),
-            BrokerAuth::new(auth, clock.clone()),
-            shutdown.clone().wait(),
-        );
-        tasks.push(tokio::spawn(async move {
-            serve.await.unwrap();
-        }));
-
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let worker_url = format!("http://{}", listener.local_addr().unwrap());
-        let config = WorkerConfig {
-            broker_id: ComponentId::parse("broker_local").unwrap(),
-            worker_id: ComponentId::parse("worker_local").unwrap(),
-            hostname: "localhost".to_string(),
-            advertise_url: worker_url,
-            broker_public_url: Some(broker_url.clone()),
-            hardware_sku: String::new(),
-            total_cores: 8,
-            total_memory_mib: 8192,
-            max_live_sandboxes: 8,
-            default_ttl: Duration::from_secs(1800),
-            max_ttl: Duration::from_secs(24 * 3600),
-            default_virtualization: "fake".to_string(),
-            registration_heartbeat: Duration::from_millis(200),
-            registration_jitter_percent: 0,
-            reap_interval: Duration::from_secs(1),
-            pre_pull: Vec::new(),
-            auth_mode: auth.mode(),
-        };
-        let signer = InternalTokenSigner::new(auth, clock.clone());
-        let link: Arc<dyn BrokerLink> =
-            Arc::new(HttpBrokerLink::new(&broker_url).with_signer(signer));
-        let worker = Worker::new(
-            config,
-            vec![Arc::new(FakeBackend::new())],
-            clock.clone(),
-            Arc::new(Metrics::new(prod)),
-            Some(link),
-        );
-        let serve = serve_worker_with_auth(
-            listener,
-            worker.clone(),
-            ClientAuthenticator::new(auth, clock),
-            shutdown.clone().wait(),
-        );
-        tasks.push(tokio::spawn(async move {
-            serve.await.unwrap();
-        }));
-        tasks.push(tokio::spawn(worker.clone().run(shutdown.wait())));
-
-        wait_until("the worker to register", || {
-            let active = broker.is_worker_active("worker_local");
-            async move { active }
-        })
-        .await;
+        let inner = LocalStack::start(auth, "fake", vec![Arc::new(FakeBackend::new())])
+            .await
+            .unwrap();
         Stack {
-            broker_url,
-            broker,
-            trigger,
-            tasks,
+            broker_url: inner.broker_url.clone(),
+            broker: inner.broker.clone(),
+            inner,
         }
     }
 
@@ -137,25 +55,7 @@ impl Stack {
     }
 
     async fn stop(self) {
-        self.trigger.trigger();
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-    }
-}
-
-async fn wait_until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.inner.stop().await.unwrap();
     }
 }
 

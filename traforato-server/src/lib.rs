@@ -25,6 +25,7 @@
 //! - [`config`]: flags, environment variables, the worker YAML and derived values.
 //! - [`logging`]: JSON logs to stdout or a size-rotated file.
 //! - [`backends`]: the worker's sandbox backends by virtualization name.
+//! - [`testing`]: a broker and a worker on loopback in one process, for client tests.
 //!
 //! [`Broker`]: traforato_core::broker::Broker
 //! [`Worker`]: traforato_core::worker::Worker
@@ -37,6 +38,7 @@ pub mod link;
 pub mod logging;
 pub mod proxy;
 pub mod server;
+pub mod testing;
 pub mod worker;
 
 pub use broker::{serve_broker, serve_broker_with_auth, BrokerAuth};
