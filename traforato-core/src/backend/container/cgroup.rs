@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rustix::process::{kill_process, Pid, Signal};
+use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
 
 use super::mounts::{read_mountinfo, MountEntry};
 
@@ -379,9 +379,23 @@ impl SandboxCgroup {
             }
         }
         for pid in self.procs() {
-            if let Some(pid) = Pid::from_raw(pid) {
-                let _ = kill_process(pid, Signal::KILL);
-            }
+            self.kill_member(pid);
+        }
+    }
+
+    /// Kills `pid` only if it is still a member: the pid is pinned with a pidfd first and the
+    /// membership checked after, so a pid reused by an unrelated host process after the
+    /// `cgroup.procs` read is never signalled (a signal through a pidfd of an exited process
+    /// fails harmlessly).
+    fn kill_member(&self, pid: i32) {
+        let Some(raw) = Pid::from_raw(pid) else {
+            return;
+        };
+        let Ok(pidfd) = pidfd_open(raw, PidfdFlags::empty()) else {
+            return;
+        };
+        if self.procs().contains(&pid) {
+            let _ = pidfd_send_signal(&pidfd, Signal::KILL);
         }
     }
 

@@ -21,6 +21,9 @@ use crate::backend::{BackendError, ExecExit, OutputChunk, OutputStream, TIMEOUT_
 /// block or get SIGPIPE.
 pub(crate) const DRAIN_GRACE: Duration = Duration::from_millis(100);
 
+/// How long an exec waits for its process group to die after the timeout kill.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
 /// Chunk size for reading output.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -135,10 +138,23 @@ pub(crate) async fn run(
         Err(_elapsed) => {
             // The agent processes requests in order: the kill lands before any later exec.
             let _ = agent.send(&Request::Kill { id }, &[]).await;
-            wait_exit(&mut events).await.map(|_| ExecExit {
+            // SIGKILL normally lands at once; a process stuck in the kernel (D state) must
+            // not pin the exec forever: after KILL_WAIT the timeout is reported anyway.
+            let timed_out = ExecExit {
                 exit_code: TIMEOUT_EXIT_CODE,
                 timed_out: true,
-            })
+            };
+            match tokio::time::timeout(KILL_WAIT, wait_exit(&mut events)).await {
+                Ok(Some(_)) => Some(timed_out),
+                Ok(None) => None,
+                Err(_) => {
+                    tracing::warn!(
+                        exec = id,
+                        "exec did not exit after its kill; reporting the timeout"
+                    );
+                    Some(timed_out)
+                }
+            }
         }
     };
     guard.armed = false;
