@@ -6,6 +6,8 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -17,7 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::http::HttpResponse;
+use crate::http::{error_chain, HttpResponse};
+use crate::ServeError;
 
 /// How long a client may take to send a request's headers.
 pub const READ_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -93,6 +96,44 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// A shutdown channel that SIGINT or SIGTERM also triggers (for binaries; needs a runtime).
+pub fn shutdown_on_signal() -> (Arc<ShutdownTrigger>, Shutdown) {
+    let (trigger, shutdown) = shutdown_channel();
+    let trigger = Arc::new(trigger);
+    let on_signal = trigger.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        on_signal.trigger();
+    });
+    (trigger, shutdown)
+}
+
+/// Binds a listener on `addr` (a resolved address, see `config::bind_address`).
+pub async fn bind(addr: &str) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+/// A binary's `main` after argument parsing: runs `run` on a multi-threaded runtime and maps
+/// an error to `<service>: <error chain>` on stderr and exit code 1.
+pub fn run_to_exit(service: &str, run: impl Future<Output = Result<(), ServeError>>) -> ExitCode {
+    let result = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(run),
+        Err(err) => Err(ServeError::Runtime(err)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{service}: {}", error_chain(&err));
+            ExitCode::from(1)
+        }
     }
 }
 

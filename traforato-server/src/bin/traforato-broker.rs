@@ -4,28 +4,19 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
 use traforato_core::broker::Broker;
 use traforato_core::clock::SystemClock;
 use traforato_core::scheduler::LeastLoaded;
 use traforato_core::telemetry::Metrics;
 use traforato_server::broker::log_auth_warnings;
 use traforato_server::config::{parse_or_exit, BrokerArgs, BrokerSettings};
-use traforato_server::http::error_chain;
 use traforato_server::logging::{self, LogSettings};
-use traforato_server::server::{shutdown_channel, shutdown_signal};
+use traforato_server::server::{bind, run_to_exit, shutdown_on_signal};
 use traforato_server::{serve_broker_with_auth, BrokerAuth, ServeError};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args: BrokerArgs = parse_or_exit("broker");
-    match run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("broker: {}", error_chain(&err));
-            ExitCode::from(1)
-        }
-    }
+    run_to_exit("broker", run(args))
 }
 
 async fn run(args: BrokerArgs) -> Result<(), ServeError> {
@@ -54,20 +45,9 @@ async fn run(args: BrokerArgs) -> Result<(), ServeError> {
         default_virtualization = %config.default_virtualization,
         "broker configured"
     );
-    let listener = TcpListener::bind(&settings.bind)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: settings.bind.clone(),
-            source,
-        })?;
+    let listener = bind(&settings.bind).await?;
 
-    let (trigger, shutdown) = shutdown_channel();
-    let trigger = Arc::new(trigger);
-    let on_signal = trigger.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        on_signal.trigger();
-    });
+    let (trigger, shutdown) = shutdown_on_signal();
     let sweeper = tokio::spawn(broker.clone().run_lease_sweeper(shutdown.clone().wait()));
     let served = serve_broker_with_auth(listener, broker, auth, shutdown.wait()).await;
     trigger.trigger();

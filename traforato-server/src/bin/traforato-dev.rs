@@ -11,7 +11,6 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
 use traforato_core::auth::ClientAuthenticator;
 use traforato_core::broker::Broker;
 use traforato_core::clock::SystemClock;
@@ -23,9 +22,8 @@ use traforato_server::config::{
     bind_address, local_url, parse_or_exit, DevArgs, DevSettings, DEFAULT_BROKER_PORT,
     DEFAULT_WORKER_PORT,
 };
-use traforato_server::http::error_chain;
 use traforato_server::logging;
-use traforato_server::server::{shutdown_channel, shutdown_signal};
+use traforato_server::server::{bind, run_to_exit, shutdown_on_signal};
 use traforato_server::{serve_broker_with_auth, serve_worker_with_auth, BrokerAuth, ServeError};
 
 fn main() -> ExitCode {
@@ -34,24 +32,7 @@ fn main() -> ExitCode {
     #[cfg(target_os = "linux")]
     traforato_core::backend::container::init_main_if_requested();
     let args: DevArgs = parse_or_exit("dev");
-    let result = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime.block_on(run(args)),
-        Err(err) => Err(ServeError::Runtime(err)),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("dev: {}", error_chain(&err));
-            ExitCode::from(1)
-        }
-    }
-}
-
-async fn bind(listen: &str) -> Result<TcpListener, ServeError> {
-    let addr = bind_address(listen)?;
-    TcpListener::bind(&addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, source })
+    run_to_exit("dev", run(args))
 }
 
 async fn run(args: DevArgs) -> Result<(), ServeError> {
@@ -68,7 +49,7 @@ async fn run(args: DevArgs) -> Result<(), ServeError> {
         &settings.worker.container,
     )?;
 
-    let broker_listener = bind(&settings.broker_listen).await?;
+    let broker_listener = bind(&bind_address(&settings.broker_listen)?).await?;
     let broker_port = broker_listener.local_addr().ok().map(|a| a.port());
     let broker_url = settings
         .worker
@@ -81,7 +62,7 @@ async fn run(args: DevArgs) -> Result<(), ServeError> {
         Arc::new(Metrics::new(mode.is_prod())),
     ));
 
-    let worker_listener = bind(&settings.worker.listen).await?;
+    let worker_listener = bind(&bind_address(&settings.worker.listen)?).await?;
     let worker_port = worker_listener.local_addr().ok().map(|a| a.port());
     let mut values = settings.worker.clone();
     if values.advertise_url.trim().is_empty() {
@@ -113,13 +94,7 @@ async fn run(args: DevArgs) -> Result<(), ServeError> {
         "traforato-dev: broker listening on {broker_url} (send creates there), worker on {worker_url}"
     );
 
-    let (trigger, shutdown) = shutdown_channel();
-    let trigger = Arc::new(trigger);
-    let on_signal = trigger.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        on_signal.trigger();
-    });
+    let (trigger, shutdown) = shutdown_on_signal();
     let sweeper = tokio::spawn(broker.clone().run_lease_sweeper(shutdown.clone().wait()));
     let background = tokio::spawn(worker.clone().run(shutdown.clone().wait()));
     // The first server to stop (error or shutdown) stops the other.

@@ -6,17 +6,15 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
 use traforato_core::auth::{ClientAuthenticator, InternalTokenSigner};
 use traforato_core::clock::SystemClock;
 use traforato_core::telemetry::Metrics;
 use traforato_core::worker::{BrokerLink, Worker};
 use traforato_server::backends::build_backends;
 use traforato_server::config::{bind_address, parse_or_exit, WorkerArgs, WorkerValues};
-use traforato_server::http::error_chain;
 use traforato_server::link::HttpBrokerLink;
 use traforato_server::logging;
-use traforato_server::server::{shutdown_channel, shutdown_signal};
+use traforato_server::server::{bind, run_to_exit, shutdown_on_signal};
 use traforato_server::worker::log_auth_warnings;
 use traforato_server::{serve_worker_with_auth, ServeError};
 
@@ -26,17 +24,7 @@ fn main() -> ExitCode {
     #[cfg(target_os = "linux")]
     traforato_core::backend::container::init_main_if_requested();
     let args: WorkerArgs = parse_or_exit("worker");
-    let result = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime.block_on(run(args)),
-        Err(err) => Err(ServeError::Runtime(err)),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("worker: {}", error_chain(&err));
-            ExitCode::from(1)
-        }
-    }
+    run_to_exit("worker", run(args))
 }
 
 async fn run(args: WorkerArgs) -> Result<(), ServeError> {
@@ -49,13 +37,7 @@ async fn run(args: WorkerArgs) -> Result<(), ServeError> {
     let backends = build_backends(&values.virtualizations(), &values.container)?;
 
     // Bind before anything registers, so the broker never redirects to a dead port.
-    let bind = bind_address(&values.listen)?;
-    let listener = TcpListener::bind(&bind)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: bind.clone(),
-            source,
-        })?;
+    let listener = bind(&bind_address(&values.listen)?).await?;
     let bound_port = listener.local_addr().ok().map(|a| a.port());
     let config = values.worker_config(bound_port)?;
     let link: Option<Arc<dyn BrokerLink>> = config.broker_public_url.as_deref().map(|url| {
@@ -96,13 +78,7 @@ async fn run(args: WorkerArgs) -> Result<(), ServeError> {
     );
     let clients = ClientAuthenticator::new(&auth, clock);
 
-    let (trigger, shutdown) = shutdown_channel();
-    let trigger = Arc::new(trigger);
-    let on_signal = trigger.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        on_signal.trigger();
-    });
+    let (trigger, shutdown) = shutdown_on_signal();
     let background = tokio::spawn(worker.clone().run(shutdown.clone().wait()));
     let served = serve_worker_with_auth(listener, worker, clients, shutdown.wait()).await;
     trigger.trigger();
