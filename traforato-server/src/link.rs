@@ -90,6 +90,21 @@ impl HttpBrokerLink {
             None => builder,
         }
     }
+
+    /// Sends a signed request with an optional JSON body.
+    async fn send<B: serde::Serialize + ?Sized>(
+        &self,
+        method: reqwest::Method,
+        worker_id: &ComponentId,
+        leaf: &str,
+        body: Option<&B>,
+    ) -> Result<reqwest::Response, LinkError> {
+        let mut builder = self.request(method, worker_id, leaf);
+        if let Some(body) = body {
+            builder = builder.json(body);
+        }
+        builder.send().await.map_err(unreachable)
+    }
 }
 
 fn unreachable(err: reqwest::Error) -> LinkError {
@@ -152,27 +167,26 @@ impl BrokerLink for HttpBrokerLink {
         request: &RegistrationRequest,
     ) -> Result<RegistrationResponse, LinkError> {
         let resp = self
-            .request(reqwest::Method::PUT, worker_id, "registration")
-            .json(request)
-            .send()
-            .await
-            .map_err(unreachable)?;
-        if resp.status() != StatusCode::OK {
-            return Err(unexpected(resp).await);
-        }
-        decode(resp).await
+            .send(
+                reqwest::Method::PUT,
+                worker_id,
+                "registration",
+                Some(request),
+            )
+            .await?;
+        decode(expect(resp, StatusCode::OK).await?).await
     }
 
     async fn deregister(&self, worker_id: &ComponentId) -> Result<(), LinkError> {
         let resp = self
-            .request(reqwest::Method::DELETE, worker_id, "registration")
-            .send()
-            .await
-            .map_err(unreachable)?;
-        if resp.status() != StatusCode::NO_CONTENT {
-            return Err(unexpected(resp).await);
-        }
-        Ok(())
+            .send(
+                reqwest::Method::DELETE,
+                worker_id,
+                "registration",
+                None::<&()>,
+            )
+            .await?;
+        expect(resp, StatusCode::NO_CONTENT).await.map(drop)
     }
 
     async fn vm_event(
@@ -181,15 +195,9 @@ impl BrokerLink for HttpBrokerLink {
         event: &VmEventRequest,
     ) -> Result<(), LinkError> {
         let resp = self
-            .request(reqwest::Method::POST, worker_id, "vm-events")
-            .json(event)
-            .send()
-            .await
-            .map_err(unreachable)?;
-        if resp.status() != StatusCode::NO_CONTENT {
-            return Err(unexpected(resp).await);
-        }
-        Ok(())
+            .send(reqwest::Method::POST, worker_id, "vm-events", Some(event))
+            .await?;
+        expect(resp, StatusCode::NO_CONTENT).await.map(drop)
     }
 
     async fn vm_start(
@@ -197,15 +205,22 @@ impl BrokerLink for HttpBrokerLink {
         worker_id: &ComponentId,
     ) -> Result<Option<VmStartResponse>, LinkError> {
         let resp = self
-            .request(reqwest::Method::POST, worker_id, "vm-start")
-            .send()
-            .await
-            .map_err(unreachable)?;
+            .send(reqwest::Method::POST, worker_id, "vm-start", None::<&()>)
+            .await?;
         match resp.status() {
             StatusCode::NO_CONTENT => Ok(None),
             StatusCode::OK => decode(resp).await.map(Some),
             _ => Err(unexpected(resp).await),
         }
+    }
+}
+
+/// The response when its status is `want`, else the status error.
+async fn expect(resp: reqwest::Response, want: StatusCode) -> Result<reqwest::Response, LinkError> {
+    if resp.status() == want {
+        Ok(resp)
+    } else {
+        Err(unexpected(resp).await)
     }
 }
 
