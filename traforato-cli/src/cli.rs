@@ -150,7 +150,8 @@ The secret is read from the environment only, and never printed.";
 /// `token mint` flags. The client is the global `--client-id` (or TRAFORATO_CLIENT_ID).
 #[derive(Debug, Args)]
 pub struct MintArgs {
-    /// Lifetime: seconds, or a number with a unit s, m, h or d (30s, 5m, 2h).
+    /// Lifetime: seconds, or a number with a unit s, m, h or d (30s, 5m, 2h). Services refuse
+    /// tokens that live longer than their --jwt-max-lifetime (1h by default).
     #[arg(long, default_value = "5m", value_parser = parse_ttl)]
     pub ttl: Duration,
     /// The `iss` claim; must match the services' --jwt-issuer.

@@ -942,11 +942,8 @@ async fn failed_provisions_leave_nothing() {
         return;
     };
     match h.provision_image("ubuntu:24.04", 256).await {
-        Err(BackendError::ImageUnavailable { image, .. }) => assert_eq!(image, "ubuntu:24.04"),
-        other => panic!(
-            "expected ImageUnavailable, got {:?}",
-            other.map(|v| v.vm_id())
-        ),
+        Err(BackendError::ImageNotFound { image }) => assert_eq!(image, "ubuntu:24.04"),
+        other => panic!("expected ImageNotFound, got {:?}", other.map(|v| v.vm_id())),
     }
     let mut config = Harness::config("failinit");
     config.init_program = PathBuf::from("/bin/true");

@@ -82,6 +82,18 @@ pub enum ConfigError {
     /// A listen address is empty.
     #[error("listen address is required")]
     EmptyListen,
+    /// Development mode (no JWT secret, so no authentication) was asked to listen on an
+    /// address other than loopback without `--insecure-dev-mode-on-network`.
+    #[error(
+        "refusing to listen on {listen} in development mode: without a JWT secret there is no \
+         authentication, so anyone who can reach the port could run code in sandboxes; listen \
+         on a loopback address (127.0.0.1, ::1, localhost), set TRAFORATO_JWT_SECRET for prod \
+         mode, or pass --insecure-dev-mode-on-network"
+    )]
+    DevModeOnNetwork {
+        /// The listen address as configured.
+        listen: String,
+    },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -213,6 +225,58 @@ pub fn bind_address(listen: &str) -> Result<String, ConfigError> {
     } else {
         listen.to_string()
     })
+}
+
+/// The listen address to use: `listen` as configured, or when that is empty the default of
+/// the mode: `127.0.0.1:<port>` in development mode (no authentication, so loopback only),
+/// `:<port>` (every interface) in prod.
+pub fn listen_or_default(listen: &str, default_port: u16, mode: AuthMode) -> String {
+    let listen = listen.trim();
+    match (listen.is_empty(), mode) {
+        (false, _) => listen.to_string(),
+        (true, AuthMode::Dev) => format!("127.0.0.1:{default_port}"),
+        (true, AuthMode::Prod) => format!(":{default_port}"),
+    }
+}
+
+/// Refuses a development-mode (`mode` = dev) listen address that is not loopback unless
+/// `allow_network` (`--insecure-dev-mode-on-network`). A host name counts as loopback only if
+/// every address it resolves to is; `:port`, `0.0.0.0` and `::` are every interface. Prod mode
+/// may listen anywhere.
+pub fn check_exposure(
+    listen: &str,
+    mode: AuthMode,
+    allow_network: bool,
+) -> Result<(), ConfigError> {
+    if mode.is_prod() || allow_network {
+        return Ok(());
+    }
+    let refused = || ConfigError::DevModeOnNetwork {
+        listen: listen.trim().to_string(),
+    };
+    let addr = bind_address(listen)?;
+    let Some((host, port)) = split_host_port(&addr) else {
+        return Err(refused());
+    };
+    if host.eq_ignore_ascii_case("localhost") {
+        return Ok(());
+    }
+    let loopback = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.to_canonical().is_loopback(),
+        Err(_) => {
+            use std::net::ToSocketAddrs;
+            let resolved: Vec<_> = (host.as_str(), port.parse::<u16>().unwrap_or(0))
+                .to_socket_addrs()
+                .map(Iterator::collect)
+                .unwrap_or_default();
+            !resolved.is_empty() && resolved.iter().all(|a| a.ip().to_canonical().is_loopback())
+        }
+    };
+    if loopback {
+        Ok(())
+    } else {
+        Err(refused())
+    }
 }
 
 /// Splits `host:port` like Go's `net.SplitHostPort`: `[v6]:port`, `:port` (empty host),
@@ -369,19 +433,40 @@ pub struct AuthArgs {
     /// means any issuer (prod mode).
     #[arg(long, env = "TRAFORATO_JWT_ISSUER", default_value = "traforato")]
     pub jwt_issuer: String,
+    /// Let development mode (no JWT secret: no authentication at all) listen on addresses
+    /// other than loopback. Anyone who can reach the port can then run code in sandboxes.
+    #[arg(long, env = "TRAFORATO_INSECURE_DEV_MODE_ON_NETWORK")]
+    pub insecure_dev_mode_on_network: bool,
     /// Required `aud` claim (one entry of it) of client JWTs; empty means any audience
     /// (prod mode). Internal worker tokens always use `traforato-internal`.
     #[arg(long, env = "TRAFORATO_JWT_AUDIENCE", default_value = "traforato-api")]
     pub jwt_audience: String,
+    /// Longest lifetime (exp - iat) of a client or internal token (Go duration); longer
+    /// tokens are refused with 401.
+    #[arg(long, env = "TRAFORATO_JWT_MAX_LIFETIME", default_value = "1h", value_parser = parse_duration)]
+    pub jwt_max_lifetime: Duration,
+    /// Secret of the worker -> broker internal tokens, the same on the broker and every
+    /// worker; empty derives their key from the JWT secret. Set it so that whoever holds the
+    /// JWT secret (to mint client tokens) cannot speak for a worker.
+    #[arg(
+        long,
+        env = "TRAFORATO_INTERNAL_SECRET",
+        default_value = "",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub internal_secret: String,
 }
 
 impl AuthArgs {
-    /// The library's auth settings (secret, issuer, audience).
+    /// The library's auth settings (secrets, issuer, audience, token lifetime).
     pub fn auth_config(&self) -> AuthConfig {
         AuthConfig {
             secret: self.jwt_secret.clone(),
+            internal_secret: self.internal_secret.clone(),
             issuer: self.jwt_issuer.clone(),
             audience: self.jwt_audience.clone(),
+            max_token_lifetime: self.jwt_max_lifetime,
         }
     }
 
@@ -408,8 +493,14 @@ impl std::fmt::Debug for AuthArgs {
     about = "traforato broker: places sandbox creates on workers and redirects sandbox requests to the worker that owns them"
 )]
 pub struct BrokerArgs {
-    /// Address to listen on; `:8080` means every interface.
-    #[arg(long, env = "TRAFORATO_BROKER_LISTEN_ADDR", default_value = ":8080")]
+    /// Address to listen on; `:8080` means every interface. Default: 127.0.0.1:8080 without
+    /// a JWT secret (development mode listens on loopback only), :8080 with one.
+    #[arg(
+        long,
+        env = "TRAFORATO_BROKER_LISTEN_ADDR",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub listen: String,
     /// This broker's id ([A-Za-z0-9_]+); sandbox ids name it.
     #[arg(long, env = "TRAFORATO_BROKER_ID", default_value = "broker_local")]
@@ -450,8 +541,10 @@ impl BrokerSettings {
     pub fn from_args(args: &BrokerArgs) -> Result<Self, ConfigError> {
         let auth = args.auth.auth_config();
         let mode = auth.mode();
+        let listen = listen_or_default(&args.listen, DEFAULT_BROKER_PORT, mode);
+        check_exposure(&listen, mode, args.auth.insecure_dev_mode_on_network)?;
         Ok(Self {
-            bind: bind_address(&args.listen)?,
+            bind: bind_address(&listen)?,
             config: broker_config(
                 &args.broker_id,
                 args.placement_retry_max,
@@ -508,8 +601,14 @@ pub struct WorkerArgs {
     /// Worker YAML file; its keys override flags and environment variables.
     #[arg(long, env = "TRAFORATO_WORKER_CONFIG", default_value = "")]
     pub file: String,
-    /// Address to listen on; `:8081` means every interface.
-    #[arg(long, env = "TRAFORATO_WORKER_LISTEN_ADDR", default_value = ":8081")]
+    /// Address to listen on; `:8081` means every interface. Default: 127.0.0.1:8081 without
+    /// a JWT secret (development mode listens on loopback only), :8081 with one.
+    #[arg(
+        long,
+        env = "TRAFORATO_WORKER_LISTEN_ADDR",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub listen: String,
     /// Id of the broker this worker serves.
     #[arg(
@@ -573,11 +672,13 @@ pub struct DevArgs {
     /// Worker YAML file; its keys override flags and environment variables (broker-id too).
     #[arg(long, env = "TRAFORATO_DEV_WORKER_CONFIG", default_value = "")]
     pub file: String,
-    /// Broker listen address; `:8080` means every interface.
+    /// Broker listen address; `:8080` means every interface. Default: 127.0.0.1:8080 without
+    /// a JWT secret (development mode listens on loopback only), :8080 with one.
     #[arg(
         long,
         env = "TRAFORATO_DEV_BROKER_LISTEN_ADDR",
-        default_value = ":8080"
+        default_value = "",
+        hide_default_value = true
     )]
     pub broker_listen: String,
     /// Id of the broker.
@@ -587,11 +688,13 @@ pub struct DevArgs {
     /// --broker-listen.
     #[arg(long, env = "TRAFORATO_DEV_BROKER_CONTROL_URL", default_value = "")]
     pub broker_control_url: String,
-    /// Worker listen address; `:8081` means every interface.
+    /// Worker listen address; `:8081` means every interface. Default: 127.0.0.1:8081 without
+    /// a JWT secret (development mode listens on loopback only), :8081 with one.
     #[arg(
         long,
         env = "TRAFORATO_DEV_WORKER_LISTEN_ADDR",
-        default_value = ":8081"
+        default_value = "",
+        hide_default_value = true
     )]
     pub worker_listen: String,
     /// URL clients use to reach the worker; empty derives it from --worker-listen.
@@ -774,6 +877,8 @@ pub struct WorkerValues {
     pub pre_pull_warmup_timeout_seconds: i64,
     /// Dev or prod, from the JWT secret (not a YAML key).
     pub auth_mode: AuthMode,
+    /// `--insecure-dev-mode-on-network`: a dev-mode worker may listen beyond loopback.
+    pub insecure_dev_mode_on_network: bool,
     /// The YAML `container` section.
     pub container: ContainerSettings,
 }
@@ -782,7 +887,7 @@ impl WorkerValues {
     /// The values of a `traforato-worker` command line (no YAML yet).
     pub fn from_worker_args(args: &WorkerArgs) -> Self {
         Self {
-            listen: args.listen.clone(),
+            listen: listen_or_default(&args.listen, DEFAULT_WORKER_PORT, args.auth.mode()),
             broker_id: args.broker_id.clone(),
             broker_control_url: args.broker_control_url.clone(),
             worker_id: args.worker_id.clone(),
@@ -806,6 +911,7 @@ impl WorkerValues {
             pre_pull_warmup_script: String::new(),
             pre_pull_warmup_timeout_seconds: 0,
             auth_mode: args.auth.mode(),
+            insecure_dev_mode_on_network: args.auth.insecure_dev_mode_on_network,
             container: ContainerSettings::default(),
         }
     }
@@ -813,7 +919,7 @@ impl WorkerValues {
     /// The worker values of a `traforato-dev` command line (no YAML yet).
     pub fn from_dev_args(args: &DevArgs) -> Self {
         Self {
-            listen: args.worker_listen.clone(),
+            listen: listen_or_default(&args.worker_listen, DEFAULT_WORKER_PORT, args.auth.mode()),
             broker_id: args.broker_id.clone(),
             broker_control_url: args.broker_control_url.clone(),
             worker_id: args.worker_id.clone(),
@@ -837,6 +943,7 @@ impl WorkerValues {
             pre_pull_warmup_script: String::new(),
             pre_pull_warmup_timeout_seconds: 0,
             auth_mode: args.auth.mode(),
+            insecure_dev_mode_on_network: args.auth.insecure_dev_mode_on_network,
             container: ContainerSettings::default(),
         }
     }
@@ -959,6 +1066,11 @@ impl WorkerValues {
         self.worker_id()?;
         self.log_settings()?;
         bind_address(&self.listen)?;
+        check_exposure(
+            &self.listen,
+            self.auth_mode,
+            self.insecure_dev_mode_on_network,
+        )?;
         Ok(())
     }
 
@@ -1107,9 +1219,12 @@ impl DevSettings {
         let mut worker = WorkerValues::from_dev_args(args);
         worker.apply_file(&args.file)?;
         worker.validate()?;
-        bind_address(&args.broker_listen)?;
+        let mode = args.auth.mode();
+        let broker_listen = listen_or_default(&args.broker_listen, DEFAULT_BROKER_PORT, mode);
+        bind_address(&broker_listen)?;
+        check_exposure(&broker_listen, mode, args.auth.insecure_dev_mode_on_network)?;
         Ok(Self {
-            broker_listen: args.broker_listen.clone(),
+            broker_listen,
             worker,
             auth: args.auth.auth_config(),
         })
@@ -1530,8 +1645,12 @@ log:
         std::env::remove_var("TRAFORATO_WORKER_ID");
         std::env::remove_var("TRAFORATO_WORKER_BROKER_ID");
         let args = args.unwrap();
-        // Default (nothing set): listen.
-        assert_eq!(args.listen, ":8081");
+        // Default (nothing set): listen, chosen by the mode.
+        assert_eq!(args.listen, "");
+        assert_eq!(
+            WorkerValues::from_worker_args(&args).listen,
+            "127.0.0.1:8081"
+        );
         // Env over default.
         assert_eq!(args.hostname, "env-host");
         // Flag over env.
@@ -1657,7 +1776,8 @@ log:
         ])
         .unwrap();
         let settings = BrokerSettings::from_args(&args).unwrap();
-        assert_eq!(settings.bind, "0.0.0.0:8080");
+        // Development mode (no secret) listens on loopback by default.
+        assert_eq!(settings.bind, "127.0.0.1:8080");
         assert_eq!(settings.config.placement_retry_max, 0);
         assert_eq!(settings.config.worker_lease_ttl, Duration::from_secs(90));
         assert_eq!(
@@ -1702,12 +1822,145 @@ log:
         let worker = settings.worker.worker_config(None).unwrap();
         assert_eq!(worker.broker_id.as_str(), "broker_yaml");
         assert_eq!(worker.advertise_url, "http://w:1");
-        assert_eq!(settings.broker_listen, ":8080");
+        assert_eq!(settings.broker_listen, "127.0.0.1:8080");
+        assert_eq!(settings.worker.listen, "127.0.0.1:8081");
         let missing =
             DevArgs::try_parse_from(["traforato-dev", "--file", "/nonexistent/x.yaml"]).unwrap();
         assert!(matches!(
             DevSettings::load(&missing),
             Err(ConfigError::ReadFile { .. })
         ));
+    }
+
+    #[test]
+    fn listen_defaults_follow_the_mode() {
+        assert_eq!(listen_or_default("", 8080, AuthMode::Dev), "127.0.0.1:8080");
+        assert_eq!(
+            listen_or_default("  ", 8081, AuthMode::Dev),
+            "127.0.0.1:8081"
+        );
+        assert_eq!(listen_or_default("", 8080, AuthMode::Prod), ":8080");
+        assert_eq!(listen_or_default(" :9000 ", 8080, AuthMode::Dev), ":9000");
+    }
+
+    #[test]
+    fn dev_mode_listens_on_loopback_only_unless_told_otherwise() {
+        let dev = AuthMode::Dev;
+        for loopback in [
+            "127.0.0.1:8080",
+            "127.0.0.2:0",
+            "[::1]:8080",
+            "localhost:8080",
+            "LOCALHOST:1",
+            "[::ffff:127.0.0.1]:8080",
+        ] {
+            assert!(check_exposure(loopback, dev, false).is_ok(), "{loopback}");
+        }
+        for network in [
+            ":8080",
+            "0.0.0.0:8080",
+            "[::]:8080",
+            "198.18.0.1:8080",
+            "[2001:db8::1]:8080",
+        ] {
+            let err = check_exposure(network, dev, false).unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::DevModeOnNetwork { listen } if listen == network),
+                "{network}: {err}"
+            );
+            assert!(err.to_string().contains("--insecure-dev-mode-on-network"));
+            // The explicit flag allows it, and so does prod mode.
+            assert!(check_exposure(network, dev, true).is_ok(), "{network}");
+            assert!(
+                check_exposure(network, AuthMode::Prod, false).is_ok(),
+                "{network}"
+            );
+        }
+        // A name that does not resolve cannot be shown to be loopback.
+        assert!(check_exposure("no-such-host.invalid:8080", dev, false).is_err());
+    }
+
+    #[test]
+    fn binaries_refuse_network_listens_in_dev_mode() {
+        let _guard = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let args = BrokerArgs::try_parse_from(["traforato-broker", "--listen", ":8080"]).unwrap();
+        assert!(matches!(
+            BrokerSettings::from_args(&args),
+            Err(ConfigError::DevModeOnNetwork { .. })
+        ));
+        let args = BrokerArgs::try_parse_from([
+            "traforato-broker",
+            "--listen",
+            ":8080",
+            "--insecure-dev-mode-on-network",
+        ])
+        .unwrap();
+        assert_eq!(
+            BrokerSettings::from_args(&args).unwrap().bind,
+            "0.0.0.0:8080"
+        );
+        let args = BrokerArgs::try_parse_from(["traforato-broker", "--jwt-secret", "s"]).unwrap();
+        assert_eq!(
+            BrokerSettings::from_args(&args).unwrap().bind,
+            "0.0.0.0:8080"
+        );
+
+        let args =
+            WorkerArgs::try_parse_from(["traforato-worker", "--listen", "0.0.0.0:8081"]).unwrap();
+        assert!(matches!(
+            WorkerValues::load_worker(&args),
+            Err(ConfigError::DevModeOnNetwork { .. })
+        ));
+        let args = WorkerArgs::try_parse_from(["traforato-worker", "--jwt-secret", "s"]).unwrap();
+        assert_eq!(WorkerValues::load_worker(&args).unwrap().listen, ":8081");
+
+        for flags in [
+            &["traforato-dev", "--broker-listen", ":8080"][..],
+            &["traforato-dev", "--worker-listen", ":8081"][..],
+        ] {
+            let args = DevArgs::try_parse_from(flags).unwrap();
+            assert!(
+                matches!(
+                    DevSettings::load(&args),
+                    Err(ConfigError::DevModeOnNetwork { .. })
+                ),
+                "{flags:?}"
+            );
+        }
+        let args = DevArgs::try_parse_from([
+            "traforato-dev",
+            "--broker-listen",
+            ":8080",
+            "--worker-listen",
+            ":8081",
+            "--insecure-dev-mode-on-network",
+        ])
+        .unwrap();
+        let settings = DevSettings::load(&args).unwrap();
+        assert_eq!(settings.broker_listen, ":8080");
+    }
+
+    #[test]
+    fn token_lifetime_and_internal_secret_flags() {
+        let _guard = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let args = BrokerArgs::try_parse_from(["traforato-broker"]).unwrap();
+        let auth = args.auth.auth_config();
+        assert_eq!(auth.max_token_lifetime, Duration::from_secs(3600));
+        assert!(auth.internal_secret.is_empty());
+        let args = BrokerArgs::try_parse_from([
+            "traforato-broker",
+            "--jwt-max-lifetime",
+            "10m",
+            "--internal-secret",
+            "int-secret",
+        ])
+        .unwrap();
+        let auth = args.auth.auth_config();
+        assert_eq!(auth.max_token_lifetime, Duration::from_secs(600));
+        assert_eq!(auth.internal_secret, "int-secret");
+        assert!(!format!("{:?}", args.auth).contains("int-secret"));
+        assert!(
+            BrokerArgs::try_parse_from(["traforato-broker", "--jwt-max-lifetime", "3600"]).is_err()
+        );
     }
 }

@@ -185,11 +185,15 @@ pub enum DecodeError {
     /// The body was not JSON of the expected shape.
     #[error("invalid json")]
     Json(#[source] serde_json::Error),
+    /// The body's top-level value is an array, string, number or boolean, not an object.
+    #[error("json body must be an object")]
+    NotAnObject,
 }
 
 /// Decodes a JSON body leniently, as the prototype did: only the first JSON value is read
 /// (trailing bytes are ignored), unknown fields are ignored, a literal `null` means all
-/// defaults, and an empty body is an error. Type mismatches are errors.
+/// defaults, and an empty body is an error. Type mismatches are errors, and so is any
+/// top-level value other than an object or `null` (an array, string, number or boolean).
 pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     let mut stream = serde_json::Deserializer::from_slice(bytes).into_iter::<serde_json::Value>();
     let value = match stream.next() {
@@ -199,7 +203,10 @@ pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> 
         }
         Some(Err(err)) => return Err(DecodeError::Json(err)),
         Some(Ok(serde_json::Value::Null)) => serde_json::Value::Object(Default::default()),
-        Some(Ok(value)) => value,
+        // A derived `Deserialize` of a struct also accepts an array of its fields in order
+        // (`["host",2]`); the contract's records are objects only.
+        Some(Ok(value @ serde_json::Value::Object(_))) => value,
+        Some(Ok(_)) => return Err(DecodeError::NotAnObject),
     };
     serde_json::from_value(value).map_err(DecodeError::Json)
 }
@@ -432,6 +439,18 @@ mod tests {
         assert!(decode_json::<Sample>(br#"{"cpu":"2"}"#).is_err());
         assert!(decode_json::<Sample>(br#"{"cpu":1.5}"#).is_err());
         assert!(decode_json::<Sample>(br#"{"cpu":"#).is_err());
+    }
+
+    #[test]
+    fn decode_rejects_top_level_values_that_are_not_objects() {
+        // Derived struct decoding alone would take `[2,"x"]` as `{"cpu":2,"image":"x"}`.
+        for body in [&br#"[2,"x"]"#[..], b"[]", b"\"host\"", b"2", b"true"] {
+            assert!(
+                matches!(decode_json::<Sample>(body), Err(DecodeError::NotAnObject)),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 
     #[tokio::test]

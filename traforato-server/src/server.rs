@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use traforato_core::auth::AuthMode;
 
 use crate::http::{error_chain, HttpResponse};
 use crate::ServeError;
@@ -109,6 +110,28 @@ pub fn shutdown_on_signal() -> (Arc<ShutdownTrigger>, Shutdown) {
         on_signal.trigger();
     });
     (trigger, shutdown)
+}
+
+/// Logs how far a service's listen address is exposed when it runs without authentication
+/// (development mode): loopback only, or, with `--insecure-dev-mode-on-network`, a loud
+/// warning. Prod mode logs nothing here.
+pub fn log_listen_exposure(service: &str, listen: &str, mode: AuthMode, allow_network: bool) {
+    if mode.is_prod() {
+        return;
+    }
+    if crate::config::check_exposure(listen, mode, false).is_ok() {
+        tracing::info!(
+            service,
+            listen,
+            "development mode listens on loopback only; set TRAFORATO_JWT_SECRET (prod mode) to serve other hosts"
+        );
+    } else if allow_network {
+        tracing::warn!(
+            service,
+            listen,
+            "INSECURE: development mode (no authentication) listening beyond loopback (--insecure-dev-mode-on-network): anyone who can reach this port can run code in sandboxes"
+        );
+    }
 }
 
 /// Binds a listener on `addr` (a resolved address, see `config::bind_address`).

@@ -99,6 +99,8 @@ pub fn status_for(err: &WorkerError) -> StatusCode {
         WorkerError::InvalidLocalVmId => StatusCode::BAD_REQUEST,
         WorkerError::NoCapacity(_) => StatusCode::SERVICE_UNAVAILABLE,
         WorkerError::UnableToRetryPlacement => StatusCode::SERVICE_UNAVAILABLE,
+        WorkerError::ImageNotFound(_) => StatusCode::NOT_FOUND,
+        WorkerError::InvalidCreate(_) => StatusCode::BAD_REQUEST,
         WorkerError::ProvisionFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
         WorkerError::InvalidTtl => StatusCode::BAD_REQUEST,
         WorkerError::ExecNotFound => StatusCode::NOT_FOUND,
@@ -720,6 +722,8 @@ mod tests {
                 503,
             ),
             (WorkerError::UnableToRetryPlacement, 503),
+            (WorkerError::ImageNotFound("ubuntu:24.04".into()), 404),
+            (WorkerError::InvalidCreate("cpu 64 exceeds 8".into()), 400),
             (
                 WorkerError::ProvisionFailed(BackendError::Other("boom".into())),
                 503,
@@ -749,6 +753,13 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"{\"error\":\"backend failure\"}\n");
+        let resp = worker_error(&WorkerError::ImageNotFound("ubuntu:24.04".into()));
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            &body[..],
+            b"{\"error\":\"image not found: ubuntu:24.04\"}\n"
+        );
         let resp = worker_error(&WorkerError::InvalidPath(PathError::Required));
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(

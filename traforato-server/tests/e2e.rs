@@ -1984,6 +1984,71 @@ async fn dev_binary_serves_and_stops_on_sigterm() {
         .find(|r| r["msg"] == "dev environment configured")
         .unwrap();
     assert_eq!(configured["auth_mode"], "dev");
+    // Hardening II: the startup log says that development mode stays on loopback.
+    let loopback: Vec<&Value> = logs
+        .iter()
+        .filter(|r| {
+            r["msg"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("development mode listens on loopback only"))
+        })
+        .collect();
+    assert_eq!(loopback.len(), 2, "{logs:?}");
+}
+
+/// Hardening II: without a secret (no authentication) no binary listens beyond loopback
+/// unless told to with `--insecure-dev-mode-on-network`.
+#[tokio::test]
+async fn dev_mode_binaries_refuse_to_listen_on_the_network() {
+    let cases: [(&str, &[&str]); 5] = [
+        (
+            env!("CARGO_BIN_EXE_traforato-dev"),
+            &["--broker-listen", ":0"],
+        ),
+        (
+            env!("CARGO_BIN_EXE_traforato-dev"),
+            &["--worker-listen", "0.0.0.0:0"],
+        ),
+        (env!("CARGO_BIN_EXE_traforato-broker"), &["--listen", ":0"]),
+        (
+            env!("CARGO_BIN_EXE_traforato-broker"),
+            &["-listen", "[::]:0"],
+        ),
+        (env!("CARGO_BIN_EXE_traforato-worker"), &["--listen", ":0"]),
+    ];
+    for (bin, args) in cases {
+        let out = tokio::process::Command::new(bin)
+            .args(args)
+            .args(["--default-virtualization", "fake"])
+            .env_clear()
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bin} {args:?}: {stderr}");
+        assert!(
+            stderr.contains("refusing to listen on")
+                && stderr.contains("in development mode")
+                && stderr.contains("--insecure-dev-mode-on-network"),
+            "{bin} {args:?}: {stderr}"
+        );
+    }
+
+    // With the explicit flag (here from its variable) it listens, and warns loudly.
+    let broker = Bin::spawn(
+        env!("CARGO_BIN_EXE_traforato-broker"),
+        &["--listen", ":0", "--default-virtualization", "fake"],
+        &[("TRAFORATO_INSECURE_DEV_MODE_ON_NETWORK", "true")],
+    );
+    let warning = broker
+        .record("INSECURE: development mode (no authentication) listening beyond loopback (--insecure-dev-mode-on-network): anyone who can reach this port can run code in sandboxes")
+        .await;
+    assert_eq!(warning["level"], "WARN");
+    assert_eq!(warning["listen"], "0.0.0.0:0");
+    let url = broker.first_url().await.replace("0.0.0.0", "127.0.0.1");
+    let resp = follow().get(format!("{url}/healthz")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    broker.stop().await;
 }
 
 #[tokio::test]
@@ -2035,6 +2100,13 @@ async fn binaries_report_configuration_errors() {
         "TRAFORATO_JWT_SECRET",
         "--jwt-issuer",
         "--jwt-audience",
+        "--jwt-max-lifetime",
+        "TRAFORATO_JWT_MAX_LIFETIME",
+        "--internal-secret",
+        "TRAFORATO_INTERNAL_SECRET",
+        "--insecure-dev-mode-on-network",
+        "TRAFORATO_INSECURE_DEV_MODE_ON_NETWORK",
+        "127.0.0.1:8081 without a JWT secret",
     ] {
         assert!(help.contains(flag), "{flag} in {help}");
     }
@@ -2086,6 +2158,17 @@ fn signed(secret: &str, claims: &Value) -> String {
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         claims,
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// An HS256 token with exactly `claims`, signed with the internal key of [`SECRET`] (as a
+/// worker's tokens are).
+fn signed_internal(claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(&prod_auth().internal_key()),
     )
     .unwrap()
 }
@@ -2295,6 +2378,16 @@ async fn prod_broker_checks_client_tokens_on_create_only() {
         (
             format!(
                 "Bearer {}",
+                signed(
+                    SECRET,
+                    &client_claims_with("exp", json!(now + 10 * 365 * 86_400))
+                )
+            ),
+            "unauthorized: token lifetime (exp - iat) exceeds the maximum of 3600s",
+        ),
+        (
+            format!(
+                "Bearer {}",
                 signed(SECRET, &client_claims_with("exp", json!(now - 10)))
             ),
             "unauthorized: expired token",
@@ -2365,10 +2458,10 @@ async fn prod_broker_checks_client_tokens_on_create_only() {
             ),
             "unauthorized: invalid audience",
         ),
-        // An internal token is no client token.
+        // An internal token is no client token: it is not even signed with the client key.
         (
             internal_bearer("worker_a"),
-            "unauthorized: missing client_id claim",
+            "unauthorized: token signature is invalid",
         ),
     ];
     for (authorization, message) in refused {
@@ -2497,13 +2590,19 @@ async fn prod_internal_routes_need_worker_tokens() {
     future["iat"] = json!(now + 60);
     let mut wrong_issuer = internal_claims("worker_a");
     wrong_issuer["iss"] = json!("someone-else");
+    let mut ten_years = internal_claims("worker_a");
+    ten_years["exp"] = json!(now + 10 * 365 * 86_400);
     let refused = [
         internal_bearer("worker_b"),
-        format!("Bearer {}", signed(SECRET, &internal_claims("worker_b"))),
-        format!("Bearer {}", signed(SECRET, &wrong_audience)),
-        format!("Bearer {}", signed(SECRET, &expired)),
-        format!("Bearer {}", signed(SECRET, &future)),
-        format!("Bearer {}", signed(SECRET, &wrong_issuer)),
+        format!("Bearer {}", signed_internal(&internal_claims("worker_b"))),
+        format!("Bearer {}", signed_internal(&wrong_audience)),
+        format!("Bearer {}", signed_internal(&expired)),
+        format!("Bearer {}", signed_internal(&future)),
+        format!("Bearer {}", signed_internal(&wrong_issuer)),
+        // Hardening II: a lifetime past the maximum, and the client key (whoever mints
+        // client tokens must not be able to speak for a worker).
+        format!("Bearer {}", signed_internal(&ten_years)),
+        format!("Bearer {}", signed(SECRET, &internal_claims("worker_a"))),
         format!(
             "Bearer {}",
             signed("other-secret", &internal_claims("worker_a"))
@@ -2532,7 +2631,7 @@ async fn prod_internal_routes_need_worker_tokens() {
     assert!(!broker.availability().await.contains("ubuntu:24.04"));
 
     // A valid token (aud as a list, §11's shape) is accepted once, on any internal route.
-    let valid = format!("Bearer {}", signed(SECRET, &internal_claims("worker_a")));
+    let valid = format!("Bearer {}", signed_internal(&internal_claims("worker_a")));
     let resp = follow()
         .post(at("vm-events"))
         .header("authorization", &valid)
@@ -3099,7 +3198,7 @@ async fn worker_callbacks_carry_internal_tokens() {
     validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
     let decoded = jsonwebtoken::decode::<Value>(
         token,
-        &jsonwebtoken::DecodingKey::from_secret(SECRET.as_bytes()),
+        &jsonwebtoken::DecodingKey::from_secret(&prod_auth().internal_key()),
         &validation,
     )
     .unwrap();

@@ -171,6 +171,17 @@ pub(crate) fn sign(key: &EncodingKey, claims: &MintClaims<'_>) -> String {
         .expect("HS256 signing of plain claims cannot fail")
 }
 
+/// True when a token issued at `issued_at` and expiring at `expires_at` lives longer than
+/// `max` (an `exp` before `iat` is a lifetime of zero; the expiry check refuses it).
+pub(crate) fn lifetime_exceeds(
+    issued_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    max: std::time::Duration,
+) -> bool {
+    let lifetime = (expires_at - issued_at).to_std().unwrap_or_default();
+    lifetime > max
+}
+
 /// A fresh ULID for `jti`, its time part taken from the (possibly injected) `now`.
 pub(crate) fn fresh_jti(now: DateTime<Utc>) -> String {
     ulid::Ulid::from_datetime(now.into()).to_string()
@@ -188,6 +199,16 @@ pub(crate) mod test_tokens {
             &Header::new(Algorithm::HS256),
             claims,
             &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("sign")
+    }
+
+    /// A token with any payload, HS256-signed with raw key bytes (e.g. the internal key).
+    pub fn hs256_key(key: &[u8], claims: &serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(key),
         )
         .expect("sign")
     }

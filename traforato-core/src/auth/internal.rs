@@ -1,12 +1,15 @@
 //! Internal (worker -> broker) tokens: the worker signs each call with a fresh short-lived
 //! token for `aud=traforato-internal`, `sub=<worker_id>`; the broker verifies it per route.
+//! Both use the internal key ([`AuthConfig`] derives it; never the client key).
 
 use std::fmt;
 use std::sync::Arc;
 
 use jsonwebtoken::EncodingKey;
 
-use super::claims::{fresh_jti, non_blank, sign, Hs256Decoder, MintClaims, TokenDefect};
+use super::claims::{
+    fresh_jti, lifetime_exceeds, non_blank, sign, Hs256Decoder, MintClaims, TokenDefect,
+};
 use super::replay::ReplayCache;
 use super::{AuthConfig, INTERNAL_AUDIENCE};
 use crate::clock::Clock;
@@ -58,12 +61,15 @@ pub enum InternalAuthError {
     /// `iat` more than 5 s after now.
     #[error("internal token issued in the future")]
     InvalidIssuedAt,
+    /// `exp - iat` is longer than the configured maximum token lifetime.
+    #[error("internal token lifetime exceeds the maximum")]
+    LifetimeTooLong,
     /// The broker already accepted this `jti`.
     #[error("internal token replayed")]
     Replay,
 }
 
-/// Mints the worker's internal tokens. Disabled (no header sent) when the secret is empty.
+/// Mints the worker's internal tokens. Disabled (no header sent) when no secret is set.
 pub struct InternalTokenSigner {
     enabled: bool,
     key: EncodingKey,
@@ -74,9 +80,10 @@ pub struct InternalTokenSigner {
 impl InternalTokenSigner {
     /// A signer for `config`, with time from `clock`.
     pub fn new(config: &AuthConfig, clock: Arc<dyn Clock>) -> Self {
+        let key = config.internal_key();
         Self {
-            enabled: !config.key().is_empty(),
-            key: EncodingKey::from_secret(config.key()),
+            enabled: !key.is_empty(),
+            key: EncodingKey::from_secret(&key),
             issuer: config.issuer().to_string(),
             clock,
         }
@@ -123,10 +130,11 @@ impl fmt::Debug for InternalTokenSigner {
 }
 
 /// Verifies internal tokens at the broker. One instance (and so one replay cache) serves
-/// every internal route. Disabled, accepting everything, when the secret is empty.
+/// every internal route. Disabled, accepting everything, when no secret is set.
 pub struct InternalVerifier {
     enabled: bool,
     issuer: String,
+    max_lifetime: std::time::Duration,
     decoder: Hs256Decoder,
     replay: ReplayCache,
     clock: Arc<dyn Clock>,
@@ -135,10 +143,12 @@ pub struct InternalVerifier {
 impl InternalVerifier {
     /// A verifier for `config`, with time from `clock`.
     pub fn new(config: &AuthConfig, clock: Arc<dyn Clock>) -> Self {
+        let key = config.internal_key();
         Self {
-            enabled: !config.key().is_empty(),
+            enabled: !key.is_empty(),
             issuer: config.issuer().to_string(),
-            decoder: Hs256Decoder::new(config.key()),
+            max_lifetime: config.max_token_lifetime,
+            decoder: Hs256Decoder::new(&key),
             replay: ReplayCache::new(),
             clock,
         }
@@ -154,7 +164,8 @@ impl InternalVerifier {
     /// Order: header present (after trimming), `Bearer ` prefix, non-empty token; HS256 shape
     /// and signature and `nbf`; `aud` contains `traforato-internal`; `exp` present and after
     /// now; `iss` equal to the configured issuer when there is one; trimmed `sub` equal to
-    /// the path's worker id; `jti` present; `iat` present and at most 5 s ahead; and last the
+    /// the path's worker id; `jti` present; `iat` present and at most 5 s ahead; `exp - iat`
+    /// at most the configured maximum lifetime; and last the
     /// replay guard, so a token refused for any other reason does not use up its `jti`.
     pub fn verify(
         &self,
@@ -198,6 +209,9 @@ impl InternalVerifier {
         if issued_at > now + IAT_SKEW {
             return Err(InternalAuthError::InvalidIssuedAt);
         }
+        if lifetime_exceeds(issued_at, expires_at, self.max_lifetime) {
+            return Err(InternalAuthError::LifetimeTooLong);
+        }
         if !self.replay.check_and_record(jti, expires_at, now) {
             return Err(InternalAuthError::Replay);
         }
@@ -222,7 +236,7 @@ mod tests {
     use chrono::{DateTime, Utc};
     use serde_json::{json, Value};
 
-    use super::super::claims::test_tokens::{hs256, raw};
+    use super::super::claims::test_tokens::{hs256, hs256_key, raw};
     use super::*;
     use crate::clock::ManualClock;
 
@@ -253,8 +267,18 @@ mod tests {
         })
     }
 
+    /// The internal key of `SECRET`.
+    fn internal_key() -> Vec<u8> {
+        AuthConfig::with_secret(SECRET).internal_key()
+    }
+
+    /// A token signed with the internal key, as a worker's would be.
+    fn internal_token(claims: &Value) -> String {
+        hs256_key(&internal_key(), claims)
+    }
+
     fn header_for(claims: &Value) -> String {
-        format!("Bearer {}", hs256(SECRET, claims))
+        format!("Bearer {}", internal_token(claims))
     }
 
     fn verify(verifier: &InternalVerifier, claims: &Value) -> Result<(), InternalAuthError> {
@@ -282,7 +306,7 @@ mod tests {
         let (clock, signer, _) = setup();
         clock.advance(Duration::from_millis(700));
         let token = signer.mint("worker_a");
-        let decoded = Hs256Decoder::new(SECRET.as_bytes())
+        let decoded = Hs256Decoder::new(&internal_key())
             .decode(&token, clock.now())
             .expect("valid");
         assert_eq!(decoded.sub.as_deref(), Some("worker_a"));
@@ -309,11 +333,12 @@ mod tests {
             secret: SECRET.to_string(),
             issuer: String::new(),
             audience: String::new(),
+            ..AuthConfig::default()
         };
         let signer = InternalTokenSigner::new(&config, clock.clone());
         let verifier = InternalVerifier::new(&config, clock.clone());
         let token = signer.mint("worker_a");
-        let decoded = Hs256Decoder::new(SECRET.as_bytes())
+        let decoded = Hs256Decoder::new(&internal_key())
             .decode(&token, clock.now())
             .expect("valid");
         assert!(decoded.iss.is_none());
@@ -324,9 +349,80 @@ mod tests {
     }
 
     #[test]
+    fn a_token_signed_with_the_client_secret_is_not_an_internal_token() {
+        // Whoever can mint client tokens holds the client secret: an internal-looking token
+        // signed with it must not pass, or they could register a fake worker.
+        let (_, signer, verifier) = setup();
+        let forged = format!("Bearer {}", hs256(SECRET, &claims("client-key")));
+        assert_eq!(
+            verifier.verify(Some(&forged), "worker_a"),
+            Err(InternalAuthError::InvalidToken(
+                TokenDefect::InvalidSignature
+            ))
+        );
+        // The worker's own tokens do not verify with the client key either.
+        let minted = signer.mint("worker_a");
+        assert_eq!(
+            Hs256Decoder::new(SECRET.as_bytes())
+                .decode(&minted, start())
+                .unwrap_err(),
+            TokenDefect::InvalidSignature
+        );
+    }
+
+    #[test]
+    fn a_separate_internal_secret_gives_its_own_key() {
+        let clock = Arc::new(ManualClock::new(start()));
+        let separate = AuthConfig {
+            internal_secret: "internal-only".to_string(),
+            ..AuthConfig::with_secret(SECRET)
+        };
+        let signer = InternalTokenSigner::new(&separate, clock.clone());
+        let verifier = InternalVerifier::new(&separate, clock.clone());
+        let header = signer.authorization_header("worker_a").expect("enabled");
+        assert_eq!(verifier.verify(Some(&header), "worker_a"), Ok(()));
+        // A broker keyed from the client secret alone refuses it, and the other way round.
+        let (_, derived_signer, derived_verifier) = setup();
+        let header = signer.authorization_header("worker_a").expect("enabled");
+        assert!(matches!(
+            derived_verifier.verify(Some(&header), "worker_a"),
+            Err(InternalAuthError::InvalidToken(_))
+        ));
+        let header = derived_signer
+            .authorization_header("worker_a")
+            .expect("enabled");
+        assert!(matches!(
+            verifier.verify(Some(&header), "worker_a"),
+            Err(InternalAuthError::InvalidToken(_))
+        ));
+        // An internal secret alone turns internal auth on (the client side stays dev).
+        let internal_only = AuthConfig {
+            internal_secret: "internal-only".to_string(),
+            ..AuthConfig::default()
+        };
+        assert!(InternalVerifier::new(&internal_only, clock.clone()).is_enabled());
+        assert!(!InternalVerifier::new(&AuthConfig::default(), clock).is_enabled());
+    }
+
+    #[test]
+    fn long_lived_internal_tokens_are_rejected() {
+        let (_, _, verifier) = setup();
+        let mut long = claims("long");
+        long["exp"] = json!(start().timestamp() + 10 * 365 * 86_400);
+        assert_eq!(
+            verify(&verifier, &long),
+            Err(InternalAuthError::LifetimeTooLong)
+        );
+        assert_eq!(verifier.replay.len(), 0);
+        let mut edge = claims("edge");
+        edge["exp"] = json!(start().timestamp() + 3600);
+        assert_eq!(verify(&verifier, &edge), Ok(()));
+    }
+
+    #[test]
     fn header_shape_errors() {
         let (_, _, verifier) = setup();
-        let token = hs256(SECRET, &claims("h"));
+        let token = internal_token(&claims("h"));
         let cases = [
             (None, InternalAuthError::MissingAuthorization),
             (

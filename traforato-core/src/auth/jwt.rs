@@ -8,7 +8,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use jsonwebtoken::EncodingKey;
 
-use super::claims::{fresh_jti, non_blank, sign, Hs256Decoder, MintClaims, TokenDefect};
+use super::claims::{
+    fresh_jti, lifetime_exceeds, non_blank, sign, Hs256Decoder, MintClaims, TokenDefect,
+};
 use super::replay::ReplayCache;
 use super::{AuthConfig, AuthMode, Principal};
 use crate::clock::Clock;
@@ -52,6 +54,12 @@ pub enum AuthError {
     /// `iat` more than 5 s after now.
     #[error("unauthorized: invalid issued-at")]
     InvalidIssuedAt,
+    /// `exp - iat` is longer than the configured maximum token lifetime.
+    #[error("unauthorized: token lifetime (exp - iat) exceeds the maximum of {max_seconds}s")]
+    LifetimeTooLong {
+        /// The configured maximum, in seconds.
+        max_seconds: u64,
+    },
     /// `jti` absent or blank.
     #[error("unauthorized: missing jti claim")]
     MissingTokenId,
@@ -66,6 +74,7 @@ pub struct ClientAuthenticator {
     mode: AuthMode,
     issuer: String,
     audience: String,
+    max_lifetime: Duration,
     decoder: Hs256Decoder,
     replay: ReplayCache,
     clock: Arc<dyn Clock>,
@@ -78,6 +87,7 @@ impl ClientAuthenticator {
             mode: config.mode(),
             issuer: config.issuer().to_string(),
             audience: config.audience().to_string(),
+            max_lifetime: config.max_token_lifetime,
             decoder: Hs256Decoder::new(config.key()),
             replay: ReplayCache::new(),
             clock,
@@ -99,9 +109,10 @@ impl ClientAuthenticator {
     ///    after now;
     /// 3. `client_id`; 4. `iss` (equal to the configured issuer, if any); 5. `aud` (one entry
     ///    equal to the configured audience, if any); 6. `exp` present; 7. `iat` present and
-    ///    at most 5 s in the future; 8. `jti`;
-    /// 9. the `jti` must not have been accepted before by this authenticator; it is then
-    ///    remembered until `exp`.
+    ///    at most 5 s in the future; 8. `exp - iat` at most the configured maximum lifetime;
+    ///    9. `jti`;
+    /// 10. the `jti` must not have been accepted before by this authenticator; it is then
+    ///    remembered until `exp` (so at most the maximum lifetime).
     ///
     /// A successful prod authentication consumes the token: every request needs a fresh one.
     pub fn authenticate(&self, authorization_header: Option<&str>) -> Result<Principal, AuthError> {
@@ -140,6 +151,11 @@ impl ClientAuthenticator {
         if issued_at > now + IAT_SKEW {
             return Err(AuthError::InvalidIssuedAt);
         }
+        if lifetime_exceeds(issued_at, expires_at, self.max_lifetime) {
+            return Err(AuthError::LifetimeTooLong {
+                max_seconds: self.max_lifetime.as_secs(),
+            });
+        }
 
         let jti = non_blank(&claims.jti).ok_or(AuthError::MissingTokenId)?;
         if !self.replay.check_and_record(jti, expires_at, now) {
@@ -158,6 +174,7 @@ impl fmt::Debug for ClientAuthenticator {
             .field("mode", &self.mode)
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
+            .field("max_lifetime", &self.max_lifetime)
             .field("replay_cache_entries", &self.replay.len())
             .finish_non_exhaustive()
     }
@@ -385,6 +402,42 @@ mod tests {
     }
 
     #[test]
+    fn tokens_living_longer_than_the_maximum_are_rejected() {
+        let (_, auth) = prod();
+        let now = start().timestamp();
+        // The review's token: valid for ten years.
+        let ten_years = with("long", "exp", json!(now + 10 * 365 * 86_400));
+        let err = check(&auth, &ten_years).unwrap_err();
+        assert_eq!(err, AuthError::LifetimeTooLong { max_seconds: 3600 });
+        assert_eq!(
+            err.to_string(),
+            "unauthorized: token lifetime (exp - iat) exceeds the maximum of 3600s"
+        );
+        // The limit is exp - iat, inclusive: iat = now - 60, so exp = now + 3540 is 1 h.
+        assert!(check(&auth, &with("edge", "exp", json!(now + 3540))).is_ok());
+        assert_eq!(
+            check(&auth, &with("over", "exp", json!(now + 3541))).unwrap_err(),
+            AuthError::LifetimeTooLong { max_seconds: 3600 }
+        );
+        // A refused token does not use up its jti, and nothing of it is cached.
+        assert!(check(&auth, &good_claims("long")).is_ok());
+        // The maximum is configurable.
+        let clock = Arc::new(ManualClock::new(start()));
+        let config = AuthConfig {
+            max_token_lifetime: Duration::from_secs(24 * 3600),
+            ..AuthConfig::with_secret(SECRET)
+        };
+        let relaxed = ClientAuthenticator::new(&config, clock);
+        assert!(check(&relaxed, &with("day", "exp", json!(now + 20 * 3600))).is_ok());
+        assert_eq!(
+            check(&relaxed, &ten_years).unwrap_err(),
+            AuthError::LifetimeTooLong {
+                max_seconds: 86_400
+            }
+        );
+    }
+
+    #[test]
     fn each_missing_claim_has_its_message() {
         let (_, auth) = prod();
         let cases = [
@@ -438,6 +491,7 @@ mod tests {
             secret: SECRET.to_string(),
             issuer: String::new(),
             audience: " ".to_string(),
+            ..AuthConfig::default()
         };
         let auth = ClientAuthenticator::new(&config, clock);
         let claims = with("p", "iss", json!("anyone"));

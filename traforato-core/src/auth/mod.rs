@@ -7,11 +7,20 @@
 //!
 //! # Secret handling
 //!
-//! One rule everywhere: the configured secret is **trimmed** of surrounding whitespace, and the
-//! trimmed bytes are the HMAC key of both client and internal tokens. An empty trimmed secret
-//! means dev mode (no client auth) and disables internal auth. (The Go prototype trimmed only
-//! for the mode and the internal key; a secret read from a file with a trailing newline then
-//! gave two different keys.) Secrets never appear in `Debug` output or error messages.
+//! One rule everywhere: a configured secret is **trimmed** of surrounding whitespace. The
+//! trimmed client secret is the HMAC key of client tokens (the contract). An empty trimmed
+//! secret means dev mode (no client auth). (The Go prototype trimmed only for the mode and the
+//! internal key; a secret read from a file with a trailing newline then gave two different
+//! keys.) Secrets never appear in `Debug` output or error messages.
+//!
+//! Internal (worker -> broker) tokens are signed with a **different key**, so that whoever can
+//! mint client tokens cannot sign an internal one with that key and register a fake worker:
+//! HKDF-SHA256 of the internal secret when one is configured, else of the client secret, with
+//! the fixed label [`INTERNAL_KEY_LABEL`]. Internal auth is on when either secret is set.
+//!
+//! Every token's lifetime (`exp - iat`) is capped ([`AuthConfig::max_token_lifetime`], 1 h by
+//! default): the replay caches hold each accepted `jti` until its `exp`, so a long-lived token
+//! would let a client grow them without bound.
 //!
 //! Nothing here logs: callers decide what to log, and must never log a token.
 
@@ -21,6 +30,7 @@ mod jwt;
 mod replay;
 
 use std::fmt;
+use std::time::Duration;
 
 pub use claims::TokenDefect;
 pub use internal::{InternalAuthError, InternalTokenSigner, InternalVerifier};
@@ -33,6 +43,10 @@ pub const DEFAULT_ISSUER: &str = "traforato";
 pub const DEFAULT_AUDIENCE: &str = "traforato-api";
 /// The fixed audience of internal (worker -> broker) tokens.
 pub const INTERNAL_AUDIENCE: &str = "traforato-internal";
+/// The HKDF label (`info`) that derives the internal token key from a secret.
+pub const INTERNAL_KEY_LABEL: &[u8] = b"traforato internal token key v1";
+/// The longest token lifetime (`exp - iat`) accepted by default.
+pub const DEFAULT_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// The client a request acts for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -74,29 +88,53 @@ impl AuthMode {
     }
 }
 
-/// Auth settings shared by a broker and a worker: the secret, issuer and audience.
+/// Auth settings shared by a broker and a worker: the secrets, issuer, audience and the
+/// longest token lifetime.
 ///
-/// `Debug` never prints the secret, and there is deliberately no `PartialEq` (no secret is
+/// `Debug` never prints a secret, and there is deliberately no `PartialEq` (no secret is
 /// ever compared with `==`).
 #[derive(Clone)]
 pub struct AuthConfig {
-    /// The shared HMAC secret, as configured. It is trimmed before use (see the module docs);
-    /// empty after trimming means dev mode.
+    /// The shared HMAC secret of client tokens, as configured. It is trimmed before use (see
+    /// the module docs); empty after trimming means dev mode.
     pub secret: String,
+    /// The secret internal token keys are derived from; empty (after trimming) derives them
+    /// from `secret`. Set it (the same on the broker and every worker) to keep whoever holds
+    /// the client secret from deriving the internal key too.
+    pub internal_secret: String,
     /// The expected `iss` of client tokens, and the `iss` of internal tokens. Empty: client
     /// tokens need some issuer, internal tokens carry none.
     pub issuer: String,
     /// The expected client `aud`. Empty: client tokens need some audience.
     pub audience: String,
+    /// The longest lifetime (`exp - iat`) a client or internal token may have. Longer ones
+    /// are refused, so no `jti` stays in a replay cache longer than this.
+    pub max_token_lifetime: Duration,
 }
 
 impl AuthConfig {
-    /// A config with the given secret and the default issuer and audience.
+    /// A config with the given secret and the default issuer, audience and lifetime.
     pub fn with_secret(secret: impl Into<String>) -> Self {
         Self {
             secret: secret.into(),
             ..Self::default()
         }
+    }
+
+    /// The key of internal tokens: HKDF-SHA256 (no salt, [`INTERNAL_KEY_LABEL`]) of the
+    /// trimmed internal secret, or of the trimmed client secret when there is none. Empty
+    /// when both are empty (internal auth disabled). Never equal to the client key.
+    pub fn internal_key(&self) -> Vec<u8> {
+        let internal = self.internal_secret.trim();
+        let root = if internal.is_empty() {
+            self.key()
+        } else {
+            internal.as_bytes()
+        };
+        if root.is_empty() {
+            return Vec::new();
+        }
+        derive_key(root, INTERNAL_KEY_LABEL)
     }
 
     /// Dev when the secret is empty after trimming, prod otherwise.
@@ -124,28 +162,48 @@ impl AuthConfig {
     }
 }
 
+/// HKDF-SHA256 (RFC 5869) of `secret` with no salt and `label` as `info`: 32 bytes.
+fn derive_key(secret: &[u8], label: &[u8]) -> Vec<u8> {
+    use ring::hkdf::{Salt, HKDF_SHA256};
+    let info = [label];
+    let mut key = vec![0u8; 32];
+    // 32 bytes is well within HKDF-SHA256's 255 * 32 limit, so neither step can fail.
+    Salt::new(HKDF_SHA256, &[])
+        .extract(secret)
+        .expand(&info, HKDF_SHA256)
+        .and_then(|okm| okm.fill(&mut key))
+        .expect("32 bytes of HKDF-SHA256 output");
+    key
+}
+
 impl Default for AuthConfig {
-    /// Dev mode with the default issuer and audience.
+    /// Dev mode with the default issuer, audience and lifetime.
     fn default() -> Self {
         Self {
             secret: String::new(),
+            internal_secret: String::new(),
             issuer: DEFAULT_ISSUER.to_string(),
             audience: DEFAULT_AUDIENCE.to_string(),
+            max_token_lifetime: DEFAULT_MAX_TOKEN_LIFETIME,
         }
     }
 }
 
 impl fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secret = if self.key().is_empty() {
-            "<empty>"
-        } else {
-            "<redacted>"
-        };
+        fn shown(secret: &str) -> &'static str {
+            if secret.trim().is_empty() {
+                "<empty>"
+            } else {
+                "<redacted>"
+            }
+        }
         f.debug_struct("AuthConfig")
-            .field("secret", &secret)
+            .field("secret", &shown(&self.secret))
+            .field("internal_secret", &shown(&self.internal_secret))
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
+            .field("max_token_lifetime", &self.max_token_lifetime)
             .finish()
     }
 }
@@ -172,13 +230,59 @@ mod tests {
     fn debug_of_config_does_not_contain_the_secret() {
         let config = AuthConfig {
             secret: "hunter2-very-secret".to_string(),
+            internal_secret: "swordfish-internal".to_string(),
             issuer: "iss-x".to_string(),
             audience: "aud-y".to_string(),
+            ..AuthConfig::default()
         };
         let shown = format!("{config:?} {config:#?}");
         assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("swordfish"), "{shown}");
         assert!(shown.contains("<redacted>"));
         assert!(shown.contains("iss-x") && shown.contains("aud-y"));
         assert!(format!("{:?}", AuthConfig::default()).contains("<empty>"));
+    }
+
+    #[test]
+    fn internal_key_is_derived_and_never_the_client_key() {
+        let config = AuthConfig::with_secret(" s3cr3t\n");
+        let internal = config.internal_key();
+        assert_eq!(internal.len(), 32);
+        assert_ne!(internal, config.key());
+        // Deterministic, and the client secret is trimmed first.
+        assert_eq!(internal, AuthConfig::with_secret("s3cr3t").internal_key());
+        // RFC 5869 shape: HKDF-SHA256, no salt, our label; pinned so that brokers and
+        // workers of different builds agree.
+        assert_eq!(
+            internal,
+            derive_key(b"s3cr3t", b"traforato internal token key v1")
+        );
+        // A separate internal secret replaces the client secret as the root.
+        let separate = AuthConfig {
+            internal_secret: "other".to_string(),
+            ..AuthConfig::with_secret("s3cr3t")
+        };
+        assert_ne!(separate.internal_key(), internal);
+        assert_eq!(
+            separate.internal_key(),
+            derive_key(b"other", INTERNAL_KEY_LABEL)
+        );
+        // Nothing configured: no key, internal auth off.
+        assert!(AuthConfig::default().internal_key().is_empty());
+        let internal_only = AuthConfig {
+            internal_secret: "other".to_string(),
+            ..AuthConfig::default()
+        };
+        assert_eq!(internal_only.mode(), AuthMode::Dev);
+        assert!(!internal_only.internal_key().is_empty());
+    }
+
+    #[test]
+    fn hkdf_matches_rfc_5869_test_case_3() {
+        // RFC 5869 A.3: SHA-256, IKM = 22 x 0x0b, no salt, no info; the first 32 bytes of OKM.
+        let okm = derive_key(&[0x0b; 22], b"");
+        let expected = "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d";
+        let hex: String = okm.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, expected);
     }
 }

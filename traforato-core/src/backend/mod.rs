@@ -49,7 +49,19 @@ pub struct ProvisionSpec {
 /// Why a backend operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    /// The image does not exist or cannot be used.
+    /// The request names an image this backend does not have: a fault of the request, which
+    /// the worker answers with `404 image not found: <image>`.
+    #[error("image not found: {image}")]
+    ImageNotFound {
+        /// The image reference, as the request gave it (trimmed).
+        image: String,
+    },
+    /// The request asks for something this backend cannot do (a fault of the request, not of
+    /// the host); the worker answers 400 with this cause, so it must be safe to show.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// An image the backend knows cannot be used (a configured directory is missing): a
+    /// fault of the host, answered with a generic 5xx.
     #[error("image {image:?} is not available: {reason}")]
     ImageUnavailable {
         /// The image reference.
@@ -96,6 +108,12 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// True when the request caused this error (unknown image, impossible request), so the
+    /// caller may show it; every other variant is a fault of the host or the sandbox.
+    pub fn is_request_fault(&self) -> bool {
+        matches!(self, Self::ImageNotFound { .. } | Self::InvalidRequest(_))
+    }
+
     /// Wraps an I/O error with what was being done.
     pub fn io(op: impl Into<String>, source: io::Error) -> Self {
         Self::Io {

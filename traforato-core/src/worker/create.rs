@@ -407,6 +407,20 @@ impl Worker {
         );
         let vm = match task.wait().await {
             Ok(vm) => vm,
+            Err(error) if error.is_request_fault() => {
+                reservation.release();
+                tracing::info!(
+                    worker_id = %self.config.worker_id,
+                    virtualization = %spec.tuple.virtualization,
+                    image = %spec.tuple.image,
+                    error = %error,
+                    "sandbox create refused by the backend"
+                );
+                return Err(match error {
+                    BackendError::ImageNotFound { image } => WorkerError::ImageNotFound(image),
+                    other => WorkerError::InvalidCreate(other.to_string()),
+                });
+            }
             Err(error) => {
                 reservation.release();
                 tracing::warn!(

@@ -126,6 +126,13 @@ pub enum WorkerError {
     /// 503: a hinted claim failed and there is no broker URL to bounce to.
     #[error("unable to retry placement")]
     UnableToRetryPlacement,
+    /// 404: the backend does not have the requested image (`image not found: <reference>`;
+    /// the worker's other images are not listed).
+    #[error("image not found: {0}")]
+    ImageNotFound(String),
+    /// 400: the backend refused the create as impossible, with a cause safe to show.
+    #[error("{0}")]
+    InvalidCreate(String),
     /// 503: the backend could not boot the sandbox (details logged).
     #[error("sandbox provisioning failed")]
     ProvisionFailed(#[source] BackendError),

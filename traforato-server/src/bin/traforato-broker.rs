@@ -11,7 +11,7 @@ use traforato_core::telemetry::Metrics;
 use traforato_server::broker::log_auth_warnings;
 use traforato_server::config::{parse_or_exit, BrokerArgs, BrokerSettings};
 use traforato_server::logging::{self, LogSettings};
-use traforato_server::server::{bind, run_to_exit, shutdown_on_signal};
+use traforato_server::server::{bind, log_listen_exposure, run_to_exit, shutdown_on_signal};
 use traforato_server::{serve_broker_with_auth, BrokerAuth, ServeError};
 
 fn main() -> ExitCode {
@@ -44,6 +44,12 @@ async fn run(args: BrokerArgs) -> Result<(), ServeError> {
         placement_retry_max = config.placement_retry_max,
         default_virtualization = %config.default_virtualization,
         "broker configured"
+    );
+    log_listen_exposure(
+        "broker",
+        &settings.bind,
+        mode,
+        args.auth.insecure_dev_mode_on_network,
     );
     let listener = bind(&settings.bind).await?;
 

@@ -23,7 +23,7 @@ use traforato_server::config::{
     DEFAULT_WORKER_PORT,
 };
 use traforato_server::logging;
-use traforato_server::server::{bind, run_to_exit, shutdown_on_signal};
+use traforato_server::server::{bind, log_listen_exposure, run_to_exit, shutdown_on_signal};
 use traforato_server::{serve_broker_with_auth, serve_worker_with_auth, BrokerAuth, ServeError};
 
 fn main() -> ExitCode {
@@ -49,6 +49,9 @@ async fn run(args: DevArgs) -> Result<(), ServeError> {
         &settings.worker.container,
     )?;
 
+    let allow_network = settings.worker.insecure_dev_mode_on_network;
+    log_listen_exposure("broker", &settings.broker_listen, mode, allow_network);
+    log_listen_exposure("worker", &settings.worker.listen, mode, allow_network);
     let broker_listener = bind(&bind_address(&settings.broker_listen)?).await?;
     let broker_port = broker_listener.local_addr().ok().map(|a| a.port());
     let broker_url = settings

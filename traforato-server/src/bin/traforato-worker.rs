@@ -14,7 +14,7 @@ use traforato_server::backends::build_backends;
 use traforato_server::config::{bind_address, parse_or_exit, WorkerArgs, WorkerValues};
 use traforato_server::link::HttpBrokerLink;
 use traforato_server::logging;
-use traforato_server::server::{bind, run_to_exit, shutdown_on_signal};
+use traforato_server::server::{bind, log_listen_exposure, run_to_exit, shutdown_on_signal};
 use traforato_server::worker::log_auth_warnings;
 use traforato_server::{serve_worker_with_auth, ServeError};
 
@@ -37,6 +37,12 @@ async fn run(args: WorkerArgs) -> Result<(), ServeError> {
     let backends = build_backends(&values.virtualizations(), &values.container)?;
 
     // Bind before anything registers, so the broker never redirects to a dead port.
+    log_listen_exposure(
+        "worker",
+        &values.listen,
+        mode,
+        values.insecure_dev_mode_on_network,
+    );
     let listener = bind(&bind_address(&values.listen)?).await?;
     let bound_port = listener.local_addr().ok().map(|a| a.port());
     let config = values.worker_config(bound_port)?;

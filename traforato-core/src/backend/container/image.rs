@@ -104,9 +104,9 @@ impl ImageStore {
                 return Ok(layout);
             }
         }
-        Err(BackendError::ImageUnavailable {
+        // The operator's image names are not listed: the error reaches the client.
+        Err(BackendError::ImageNotFound {
             image: name.to_string(),
-            reason: "unknown image (known: host and the configured local directories)".to_string(),
         })
     }
 }
@@ -309,10 +309,10 @@ mod tests {
             store.resolve("gone").await,
             Err(BackendError::ImageUnavailable { .. })
         ));
-        assert!(matches!(
-            store.resolve("ubuntu:24.04").await,
-            Err(BackendError::ImageUnavailable { .. })
-        ));
+        match store.resolve("ubuntu:24.04").await {
+            Err(BackendError::ImageNotFound { image }) => assert_eq!(image, "ubuntu:24.04"),
+            other => panic!("expected ImageNotFound, got {other:?}"),
+        }
     }
 
     struct OneImage;
