@@ -10,7 +10,6 @@ use std::future::Future;
 use std::io;
 use std::sync::Arc;
 
-use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 use tokio::net::TcpListener;
 use tracing::Instrument;
@@ -27,6 +26,7 @@ use crate::http::{
     redirect, segments, status_only, text_response, BodyError, HttpResponse, Query, RequestContext,
     CREATE_BODY_MAX, INTERNAL_BODY_MAX, PLAIN_TEXT, PROMETHEUS_TEXT,
 };
+use crate::linger::RequestBody;
 use crate::server::{serve, ConnInfo};
 
 /// The broker's authentication: the client token check of creates and the internal token
@@ -232,7 +232,7 @@ impl BrokerRoute {
 async fn handle(
     broker: Arc<Broker>,
     auth: Arc<BrokerAuth>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     _conn: ConnInfo,
 ) -> HttpResponse {
     let ctx = RequestContext::from_headers(req.headers());
@@ -264,7 +264,7 @@ fn internal_call(route: &BrokerRoute) -> Option<(&str, &'static str)> {
 async fn dispatch(
     broker: &Broker,
     auth: &BrokerAuth,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     ctx: &RequestContext,
 ) -> HttpResponse {
     let path = percent_decode(req.uri().path());
@@ -335,7 +335,7 @@ fn traced_redirect(location: &str, ctx: &RequestContext) -> HttpResponse {
 /// Reads and decodes a JSON body; every failure is 400 `invalid request body`, as the
 /// internal routes of the contract have it.
 async fn internal_body<T: serde::de::DeserializeOwned>(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<T, HttpResponse> {
     let invalid = || error_response(StatusCode::BAD_REQUEST, "invalid request body");
     let bytes = read_body(req.into_body(), INTERNAL_BODY_MAX)
@@ -344,7 +344,7 @@ async fn internal_body<T: serde::de::DeserializeOwned>(
     decode_json(&bytes).map_err(|_| invalid())
 }
 
-async fn register(broker: &Broker, worker_id: &str, req: Request<Incoming>) -> HttpResponse {
+async fn register(broker: &Broker, worker_id: &str, req: Request<RequestBody>) -> HttpResponse {
     if ComponentId::parse(worker_id).is_err() {
         return broker_error(&BrokerError::InvalidWorkerId);
     }
@@ -358,7 +358,7 @@ async fn register(broker: &Broker, worker_id: &str, req: Request<Incoming>) -> H
     }
 }
 
-async fn vm_event(broker: &Broker, worker_id: &str, req: Request<Incoming>) -> HttpResponse {
+async fn vm_event(broker: &Broker, worker_id: &str, req: Request<RequestBody>) -> HttpResponse {
     let event: VmEventRequest = match internal_body(req).await {
         Ok(event) => event,
         Err(resp) => return resp,
@@ -372,7 +372,7 @@ async fn vm_event(broker: &Broker, worker_id: &str, req: Request<Incoming>) -> H
 async fn create(
     broker: &Broker,
     auth: &BrokerAuth,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     ctx: &RequestContext,
 ) -> HttpResponse {
     // The broker checks client tokens here only; in dev mode this always succeeds.

@@ -7,6 +7,8 @@
 //!   and path parsing, request ids and W3C trace context.
 //! - [`server`]: the accept loop (HTTP/1.1, read-header timeout, graceful shutdown) and the
 //!   shutdown plumbing.
+//! - [`linger`]: the request body type of the handlers; a body a handler leaves unread is
+//!   drained (bounded) before the answer goes out, so clients that send first still read it.
 //! - [`broker`]: the broker's route table → [`Broker`] methods; [`serve_broker`] (dev) and
 //!   [`serve_broker_with_auth`] (client and internal tokens).
 //! - [`worker`]: the worker's route table → [`Worker`] methods; [`serve_worker`] (dev) and
@@ -34,6 +36,7 @@ pub mod backends;
 pub mod broker;
 pub mod config;
 pub mod http;
+pub mod linger;
 pub mod link;
 pub mod logging;
 pub mod proxy;

@@ -6,7 +6,6 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Version};
@@ -15,6 +14,7 @@ use traforato_core::auth::Principal;
 use traforato_core::worker::{Worker, WorkerError};
 
 use crate::http::{error_response, first_header_element, header_str, status_only, HttpResponse};
+use crate::linger::RequestBody;
 use crate::server::{ConnInfo, Shutdown};
 use crate::worker::worker_error;
 
@@ -43,7 +43,7 @@ pub(crate) async fn forward(
     principal: &Principal,
     id: &str,
     port: &str,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     conn: &ConnInfo,
 ) -> HttpResponse {
     let (sandbox_id, stream) = match worker.connect_port(principal, id, port).await {

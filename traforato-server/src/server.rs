@@ -10,7 +10,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::Request;
@@ -21,6 +20,7 @@ use tokio::task::JoinSet;
 use traforato_core::auth::AuthMode;
 
 use crate::http::{error_chain, HttpResponse};
+use crate::linger::{self, Drained, Leftover, RequestBody, DRAIN_MAX, DRAIN_TIMEOUT};
 use crate::ServeError;
 
 /// How long a client may take to send a request's headers.
@@ -180,7 +180,7 @@ pub(crate) async fn serve<F, Fut>(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()>
 where
-    F: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<RequestBody>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = HttpResponse> + Send + 'static,
 {
     let local = listener.local_addr()?;
@@ -229,15 +229,32 @@ where
 
 async fn serve_connection<F, Fut>(stream: tokio::net::TcpStream, info: ConnInfo, handler: F)
 where
-    F: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<RequestBody>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = HttpResponse> + Send + 'static,
 {
     let shutdown = info.shutdown.clone();
     let peer = info.peer;
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
         let handler = handler.clone();
         let info = info.clone();
-        async move { Ok::<_, Infallible>(handler(req, info).await) }
+        async move {
+            let drain = linger::should_drain(req.headers());
+            let leftover = Leftover::default();
+            let (parts, body) = req.into_parts();
+            let resp = handler(Request::from_parts(parts, leftover.wrap(body)), info).await;
+            // A body the handler left unread is read before the answer goes out (a
+            // lingering close): a client that writes all of it first then reads the answer
+            // instead of a reset. Not for a protocol switch: the connection is handed over.
+            if let Some(rest) = leftover.take() {
+                if drain && resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+                    let drained = linger::drain(rest, DRAIN_MAX, DRAIN_TIMEOUT).await;
+                    if drained != Drained::Complete {
+                        tracing::debug!(peer = %peer, ?drained, "unread request body not drained; the connection will close");
+                    }
+                }
+            }
+            Ok::<_, Infallible>(resp)
+        }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())

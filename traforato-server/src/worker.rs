@@ -10,7 +10,6 @@ use std::future::Future;
 use std::io;
 use std::sync::Arc;
 
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
@@ -33,6 +32,7 @@ use crate::http::{
     HttpResponse, Query, ReaderBody, RequestContext, CREATE_BODY_MAX, EXEC_BODY_MAX, FILE_BODY_MAX,
     MKDIR_BODY_MAX, PROMETHEUS_TEXT, RUN_CODE_BODY_MAX,
 };
+use crate::linger::RequestBody;
 use crate::server::{serve, ConnInfo};
 
 /// Serves the worker on `listener` in development mode (no authentication) until
@@ -244,7 +244,7 @@ impl<'a> WorkerRoute<'a> {
 async fn handle(
     worker: Arc<Worker>,
     clients: Arc<ClientAuthenticator>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     conn: ConnInfo,
 ) -> HttpResponse {
     let ctx = RequestContext::from_headers(req.headers());
@@ -269,7 +269,7 @@ async fn handle(
 fn authenticate(
     worker: &Worker,
     clients: &ClientAuthenticator,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
 ) -> Result<Principal, AuthError> {
     clients
         .authenticate(header_str(req.headers(), "authorization"))
@@ -301,7 +301,7 @@ fn is_public(method: &Method, path: &str) -> bool {
 async fn dispatch(
     worker: &Worker,
     clients: &ClientAuthenticator,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     conn: &ConnInfo,
 ) -> HttpResponse {
     let path = percent_decode(req.uri().path());
@@ -448,7 +448,7 @@ pub fn request_host(headers: &HeaderMap, uri: &hyper::Uri) -> String {
 /// `distinct_too_large`, else (as the contract has it for older routes) `invalid request
 /// body`; any decode error is `invalid request body`.
 async fn body_json<T: serde::de::DeserializeOwned>(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     max: usize,
     distinct_too_large: bool,
 ) -> Result<T, HttpResponse> {
@@ -469,7 +469,7 @@ async fn body_json<T: serde::de::DeserializeOwned>(
 async fn create(
     worker: &Worker,
     principal: &Principal,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     query: &Query,
 ) -> HttpResponse {
     let request: CreateSandboxRequest = match body_json(req, CREATE_BODY_MAX, true).await {
@@ -526,7 +526,7 @@ async fn write_file(
     worker: &Worker,
     principal: &Principal,
     id: &str,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     query: &Query,
 ) -> HttpResponse {
     let path = query.get("path");
@@ -566,7 +566,7 @@ async fn run_code(
     worker: &Worker,
     principal: &Principal,
     id: &str,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> HttpResponse {
     // Ownership is checked before the body is read, as in the contract.
     if let Err(err) = worker.get_sandbox(principal, id) {

@@ -112,7 +112,7 @@ impl ClientAuthenticator {
     ///    at most 5 s in the future; 8. `exp - iat` at most the configured maximum lifetime;
     ///    9. `jti`;
     /// 10. the `jti` must not have been accepted before by this authenticator; it is then
-    ///    remembered until `exp` (so at most the maximum lifetime).
+    ///     remembered until `exp` (so at most the maximum lifetime).
     ///
     /// A successful prod authentication consumes the token: every request needs a fresh one.
     pub fn authenticate(&self, authorization_header: Option<&str>) -> Result<Principal, AuthError> {
