@@ -2,7 +2,8 @@
 //!
 //! A tour:
 //! - [`id`], [`tuple`], [`path`] and [`api`]: identifiers, the warm-pool key, sandbox paths and
-//!   the wire types shared with clients. These build without the `runtime` feature.
+//!   the wire types shared with clients; [`duration`]: Go-style durations. These build without
+//!   the `runtime` feature.
 //! - [`broker`]: the control plane: worker registry and leases, ready-VM hints, placement
 //!   through a [`scheduler::Scheduler`], sandbox-scoped redirects.
 //! - [`worker`]: the data plane: sandboxes, execs, files, ports, TTLs, the registration loop.
@@ -11,6 +12,7 @@
 //! - [`telemetry`]: the metric catalogue, label policy and trace context.
 
 pub mod api;
+pub mod duration;
 pub mod id;
 pub mod path;
 pub mod tuple;

@@ -2214,7 +2214,7 @@ async fn binaries_report_configuration_errors() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.starts_with("worker: invalid worker config: "),
+        stderr.starts_with("worker: invalid worker config at bogus-key: "),
         "{stderr}"
     );
     assert!(stderr.contains("bogus-key"), "{stderr}");

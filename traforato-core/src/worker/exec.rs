@@ -30,6 +30,7 @@ use crate::backend::{
     Runtime, Vm,
 };
 use crate::clock::Clock;
+use crate::duration::{parse_duration, DurationError};
 use crate::id::{ExecId, SandboxId};
 use crate::telemetry::Metrics;
 
@@ -488,52 +489,15 @@ pub(super) fn parse_wait(raw: &str) -> Duration {
         Some(false) => Duration::ZERO,
         None => match raw.parse::<u64>() {
             Ok(ms) => Duration::from_millis(ms),
-            Err(_) => parse_go_duration(raw).unwrap_or(DEFAULT_WAIT),
+            // A negative duration waits not at all; anything unparsable, the default.
+            Err(_) => match parse_duration(raw) {
+                Ok(wait) => wait,
+                Err(DurationError::Negative(_)) => Duration::ZERO,
+                Err(_) => DEFAULT_WAIT,
+            },
         },
     };
     wait.min(MAX_WAIT)
-}
-
-/// Parses a Go duration such as `1h2m3.5s` or `250ms`; negative durations are zero.
-fn parse_go_duration(raw: &str) -> Option<Duration> {
-    let (negative, mut rest) = match raw.as_bytes().first() {
-        Some(b'-') => (true, &raw[1..]),
-        Some(b'+') => (false, &raw[1..]),
-        _ => (false, raw),
-    };
-    if rest.is_empty() {
-        return None;
-    }
-    let mut nanos = 0f64;
-    while !rest.is_empty() {
-        let number_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let number = &rest[..number_end];
-        if number.is_empty() || number == "." {
-            return None;
-        }
-        let value: f64 = number.parse().ok()?;
-        rest = &rest[number_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_end] {
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return None,
-        };
-        nanos += value * scale;
-        rest = &rest[unit_end..];
-    }
-    if negative {
-        return Some(Duration::ZERO);
-    }
-    Some(Duration::from_nanos(nanos.min(u64::MAX as f64) as u64))
 }
 
 fn exec_urls(sandbox_id: &str, exec_id: &str) -> (String, String) {

@@ -37,7 +37,7 @@ fn main() -> ExitCode {
 
 async fn run(args: DevArgs) -> Result<(), ServeError> {
     let settings = DevSettings::load(&args)?;
-    logging::init("dev", &settings.worker.log_settings()?)?;
+    logging::init("dev", &settings.worker.log)?;
     let clock = Arc::new(SystemClock);
     let mode = settings.auth.mode();
     let broker_auth = BrokerAuth::new(&settings.auth, clock.clone());
@@ -56,10 +56,11 @@ async fn run(args: DevArgs) -> Result<(), ServeError> {
     let broker_port = broker_listener.local_addr().ok().map(|a| a.port());
     let broker_url = settings
         .worker
-        .broker_control_url()
+        .broker_control_url
+        .clone()
         .unwrap_or_else(|| local_url(&settings.broker_listen, DEFAULT_BROKER_PORT, broker_port));
     let broker = Arc::new(Broker::new(
-        settings.broker_config()?,
+        settings.broker_config(),
         clock.clone(),
         Arc::new(LeastLoaded),
         Arc::new(Metrics::new(mode.is_prod())),
@@ -68,11 +69,11 @@ async fn run(args: DevArgs) -> Result<(), ServeError> {
     let worker_listener = bind(&bind_address(&settings.worker.listen)?).await?;
     let worker_port = worker_listener.local_addr().ok().map(|a| a.port());
     let mut values = settings.worker.clone();
-    if values.advertise_url.trim().is_empty() {
-        values.advertise_url = local_url(&values.listen, DEFAULT_WORKER_PORT, worker_port);
+    if values.advertise_url.is_none() {
+        values.advertise_url = Some(local_url(&values.listen, DEFAULT_WORKER_PORT, worker_port));
     }
-    values.broker_control_url = broker_url.clone();
-    let config = values.worker_config(worker_port)?;
+    values.broker_control_url = Some(broker_url.clone());
+    let config = values.worker_config(worker_port);
     let worker_url = config.advertise_url.clone();
     // Never the secret: only the mode, issuer and audience.
     tracing::info!(

@@ -11,7 +11,7 @@ use traforato_core::clock::SystemClock;
 use traforato_core::telemetry::Metrics;
 use traforato_core::worker::{BrokerLink, Worker};
 use traforato_server::backends::build_backends;
-use traforato_server::config::{bind_address, parse_or_exit, WorkerArgs, WorkerValues};
+use traforato_server::config::{bind_address, parse_or_exit, WorkerArgs, WorkerSettings};
 use traforato_server::link::HttpBrokerLink;
 use traforato_server::logging;
 use traforato_server::server::{bind, log_listen_exposure, run_to_exit, shutdown_on_signal};
@@ -28,8 +28,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: WorkerArgs) -> Result<(), ServeError> {
-    let values = WorkerValues::load_worker(&args)?;
-    logging::init("worker", &values.log_settings()?)?;
+    let values = WorkerSettings::load_worker(&args)?;
+    logging::init("worker", &values.log)?;
     let auth = args.auth.auth_config();
     let mode = auth.mode();
     log_auth_warnings(mode);
@@ -45,7 +45,7 @@ async fn run(args: WorkerArgs) -> Result<(), ServeError> {
     );
     let listener = bind(&bind_address(&values.listen)?).await?;
     let bound_port = listener.local_addr().ok().map(|a| a.port());
-    let config = values.worker_config(bound_port)?;
+    let config = values.worker_config(bound_port);
     let link: Option<Arc<dyn BrokerLink>> = config.broker_public_url.as_deref().map(|url| {
         let signer = InternalTokenSigner::new(&auth, clock.clone());
         Arc::new(HttpBrokerLink::new(url).with_signer(signer)) as Arc<dyn BrokerLink>

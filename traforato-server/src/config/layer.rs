@@ -1,0 +1,173 @@
+//! Configuration layers: the worker's settings as optional values, decoded strictly from the
+//! worker YAML (unknown keys are errors, named) or made from the command line, and merged
+//! field by field, the upper layer winning where it has a value.
+//!
+//! A section that another part of the product needs (`images:`, `network:`, ...) is one more
+//! field of [`WorkerLayer`] whose type is declared with [`layer!`]: decoding and merging come
+//! with it, nothing else changes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer};
+use traforato_core::id::ComponentId;
+
+use super::values::{AutoCount, AutoMib, ByteSize, GoDuration, LogLevel};
+
+/// Merging of two layers of the same settings.
+pub trait Layer {
+    /// `self` over `lower`: each value of `self` that is set wins, the rest comes from
+    /// `lower`.
+    fn over(self, lower: Self) -> Self;
+}
+
+impl<T> Layer for Option<T> {
+    fn over(self, lower: Self) -> Self {
+        self.or(lower)
+    }
+}
+
+/// Declares a layer: a struct whose fields are optional values or other layers, decoded from
+/// YAML with kebab-case keys (unknown keys refused) and merged field by field.
+macro_rules! layer {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $( $(#[$field_meta:meta])* pub $field:ident: $ty:ty, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+        #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+        pub struct $name {
+            $( $(#[$field_meta])* pub $field: $ty, )*
+        }
+
+        impl $crate::config::layer::Layer for $name {
+            fn over(self, lower: Self) -> Self {
+                Self {
+                    $( $field: $crate::config::layer::Layer::over(self.$field, lower.$field), )*
+                }
+            }
+        }
+    };
+}
+
+/// A section given as `key:` with nothing (`null`) is the same as leaving it out.
+pub(crate) fn section<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Option::<T>::deserialize(d).map(Option::unwrap_or_default)
+}
+
+/// A size that may be given as an empty string, meaning "not set".
+fn optional_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ByteSize>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(u64),
+        Text(String),
+    }
+    match Option::<Raw>::deserialize(d)? {
+        None => Ok(None),
+        Some(Raw::Number(n)) => Ok(Some(ByteSize(n))),
+        Some(Raw::Text(text)) if text.trim().is_empty() => Ok(None),
+        Some(Raw::Text(text)) => super::values::parse_size(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
+layer! {
+    /// The worker's settings, as one layer (the YAML file, or the command line).
+    pub struct WorkerLayer {
+        /// Listen address (command line only).
+        #[serde(skip)]
+        pub listen: Option<String>,
+        /// `broker-id`.
+        pub broker_id: Option<ComponentId>,
+        /// `broker-control-url` (empty: standalone).
+        pub broker_control_url: Option<String>,
+        /// `worker-id`.
+        pub worker_id: Option<ComponentId>,
+        /// `hostname`.
+        pub hostname: Option<String>,
+        /// `hardware-sku` (YAML only).
+        pub hardware_sku: Option<String>,
+        /// `virtualization`: of the pre-pull targets, and enabled beside the default (YAML only).
+        pub virtualization: Option<String>,
+        /// `default-virtualization`.
+        pub default_virtualization: Option<String>,
+        /// `advertise-url` (empty: derived from the listen address and host name).
+        pub advertise_url: Option<String>,
+        /// `total-cores` (0: the CPUs).
+        pub total_cores: Option<AutoCount>,
+        /// `total-memory-mib` (0: 1024 per core).
+        pub total_memory_mib: Option<AutoMib>,
+        /// `max-live-sandboxes` (0: the cores; 2 on macOS).
+        pub max_live_sandboxes: Option<AutoCount>,
+        /// `default-ttl`.
+        pub default_ttl: Option<GoDuration>,
+        /// `max-ttl`.
+        pub max_ttl: Option<GoDuration>,
+        /// `registration-heartbeat`.
+        pub registration_heartbeat: Option<GoDuration>,
+        /// `registration-jitter-percent` (clamped to [0, 95]).
+        pub registration_jitter_percent: Option<i64>,
+        /// `log:`.
+        #[serde(deserialize_with = "section")]
+        pub log: LogLayer,
+        /// `pre-pull:`.
+        #[serde(deserialize_with = "section")]
+        pub pre_pull: PrePullLayer,
+        /// `container:`.
+        #[serde(deserialize_with = "section")]
+        pub container: ContainerLayer,
+    }
+}
+
+layer! {
+    /// The `log` section.
+    pub struct LogLayer {
+        /// `level`.
+        pub level: Option<LogLevel>,
+        /// `file` (empty: stdout).
+        pub file: Option<String>,
+        /// `rotate-size` (default 100 MB).
+        #[serde(deserialize_with = "optional_size")]
+        pub rotate_size: Option<ByteSize>,
+        /// `max-rotations`.
+        pub max_rotations: Option<u32>,
+    }
+}
+
+layer! {
+    /// The `pre-pull` section: warm-pool floors.
+    pub struct PrePullLayer {
+        /// `images`.
+        pub images: Option<Vec<String>>,
+        /// `warmup-script`.
+        pub warmup_script: Option<String>,
+        /// `warmup-timeout-seconds` (0: the default).
+        pub warmup_timeout_seconds: Option<u64>,
+    }
+}
+
+layer! {
+    /// The `container` section: settings of the `container` backend.
+    pub struct ContainerLayer {
+        /// `state-dir`.
+        pub state_dir: Option<String>,
+        /// `cgroup-parent`.
+        pub cgroup_parent: Option<String>,
+        /// `images`: name -> directory of a read-only lower layer.
+        pub images: Option<BTreeMap<String, String>>,
+        /// `pids-limit`.
+        pub pids_limit: Option<u64>,
+        /// `scratch-size-mib`.
+        pub scratch_size_mib: Option<u64>,
+        /// `python-zygote`.
+        pub python_zygote: Option<bool>,
+    }
+}

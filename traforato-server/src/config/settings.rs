@@ -1,0 +1,452 @@
+//! What each binary runs with, validated and typed: [`BrokerSettings`], [`WorkerSettings`]
+//! (command line, then the worker YAML over it) and [`DevSettings`], and the library
+//! configurations made from them.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tracing_subscriber::filter::LevelFilter;
+use traforato_core::auth::{AuthConfig, AuthMode};
+use traforato_core::broker::BrokerConfig;
+use traforato_core::id::ComponentId;
+use traforato_core::tuple::SandboxTuple;
+use traforato_core::worker::{PrePullTarget, WorkerConfig};
+
+use super::address::{advertise_url, bind_address, check_exposure, listen_or_default};
+use super::args::{BrokerArgs, DevArgs, WorkerArgs, WorkerFlags};
+use super::layer::{ContainerLayer, Layer, LogLayer, PrePullLayer, WorkerLayer};
+use super::values::{AutoCount, AutoMib, ByteSize, LogLevel};
+use super::{
+    ConfigError, DEFAULT_BROKER_PORT, DEFAULT_ROTATE_SIZE_MIB, DEFAULT_VIRTUALIZATION,
+    DEFAULT_WARMUP_TIMEOUT, DEFAULT_WORKER_PORT, HEARTBEAT_HINT, REAP_INTERVAL,
+};
+use crate::logging::LogSettings;
+
+/// Everything `traforato-broker` needs, validated.
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    /// Address to bind.
+    pub bind: String,
+    /// The library configuration.
+    pub config: BrokerConfig,
+    /// Client and internal token settings (`Debug` redacts the secrets).
+    pub auth: AuthConfig,
+}
+
+impl BrokerSettings {
+    /// Validates the command line.
+    pub fn from_args(args: &BrokerArgs) -> Result<Self, ConfigError> {
+        let auth = args.auth.auth_config();
+        let mode = auth.mode();
+        let listen = listen_or_default(&args.listen, DEFAULT_BROKER_PORT, mode);
+        check_exposure(&listen, mode, args.auth.insecure_dev_mode_on_network)?;
+        Ok(Self {
+            bind: bind_address(&listen)?,
+            config: broker_config(
+                args.broker_id.clone(),
+                args.placement_retry_max,
+                args.worker_lease_ttl,
+                args.worker_lease_sweep_interval,
+                &args.default_virtualization,
+                mode,
+            ),
+            auth,
+        })
+    }
+}
+
+fn broker_config(
+    broker_id: ComponentId,
+    placement_retry_max: u32,
+    lease_ttl: Duration,
+    sweep_interval: Duration,
+    default_virtualization: &str,
+    mode: AuthMode,
+) -> BrokerConfig {
+    BrokerConfig {
+        broker_id,
+        placement_retry_max,
+        worker_lease_ttl: lease_ttl,
+        lease_sweep_interval: sweep_interval,
+        heartbeat_interval: HEARTBEAT_HINT,
+        default_virtualization: non_empty_or(default_virtualization, DEFAULT_VIRTUALIZATION),
+        prod_mode: mode.is_prod(),
+        ..BrokerConfig::default()
+    }
+}
+
+fn non_empty_or(value: &str, default: &str) -> String {
+    let value = value.trim();
+    if value.is_empty() {
+        default.to_string()
+    } else {
+        value.to_string()
+    }
+}
+
+fn non_empty(value: Option<String>) -> Option<String> {
+    value
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// The YAML `container` section: settings of the `container` backend. `None` or an empty
+/// value keeps the backend's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerSettings {
+    /// `state-dir`: where sandbox roots and images live (default `/run/traforato`).
+    pub state_dir: Option<PathBuf>,
+    /// `cgroup-parent`: the cgroup under which sandboxes are made (default `traforato`).
+    pub cgroup_parent: Option<String>,
+    /// `images`: local directory images, name → directory used as the read-only lower layer.
+    pub images: BTreeMap<String, PathBuf>,
+    /// `pids-limit`: most processes per sandbox (default 512).
+    pub pids_limit: Option<u64>,
+    /// `scratch-size-mib`: size of each sandbox's writable layer (default 1024).
+    pub scratch_size_mib: Option<u64>,
+    /// `python-zygote`: keep a pre-warmed Python in each sandbox (default true).
+    pub python_zygote: Option<bool>,
+}
+
+impl From<ContainerLayer> for ContainerSettings {
+    fn from(layer: ContainerLayer) -> Self {
+        Self {
+            state_dir: non_empty(layer.state_dir).map(PathBuf::from),
+            cgroup_parent: non_empty(layer.cgroup_parent),
+            images: layer
+                .images
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(name, dir)| (name.trim().to_string(), PathBuf::from(dir.trim())))
+                .collect(),
+            pids_limit: layer.pids_limit,
+            scratch_size_mib: layer.scratch_size_mib,
+            python_zygote: layer.python_zygote,
+        }
+    }
+}
+
+/// The YAML `pre-pull` section: warm-pool floors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrePullSettings {
+    /// Images kept warm (one ready sandbox each), trimmed, without empties or duplicates.
+    pub images: Vec<String>,
+    /// Script run in each warm sandbox before it counts as ready.
+    pub warmup_script: String,
+    /// Budget of the script.
+    pub warmup_timeout: Duration,
+}
+
+impl From<PrePullLayer> for PrePullSettings {
+    fn from(layer: PrePullLayer) -> Self {
+        let mut seen = HashSet::new();
+        Self {
+            images: layer
+                .images
+                .unwrap_or_default()
+                .iter()
+                .map(|image| image.trim())
+                .filter(|image| !image.is_empty() && seen.insert(image.to_string()))
+                .map(String::from)
+                .collect(),
+            warmup_script: layer.warmup_script.unwrap_or_default(),
+            warmup_timeout: layer
+                .warmup_timeout_seconds
+                .filter(|s| *s > 0)
+                .map(Duration::from_secs)
+                .unwrap_or(DEFAULT_WARMUP_TIMEOUT),
+        }
+    }
+}
+
+fn log_settings(layer: LogLayer) -> Result<LogSettings, ConfigError> {
+    let file = non_empty(layer.file).map(PathBuf::from);
+    let rotate_size_mib = match layer.rotate_size {
+        None => DEFAULT_ROTATE_SIZE_MIB,
+        Some(ByteSize(0)) => return Err(ConfigError::InvalidRotateSize("0".to_string())),
+        Some(size) => size.mib_ceil().max(1),
+    };
+    Ok(LogSettings {
+        level: layer
+            .level
+            .map_or(LevelFilter::INFO, |LogLevel(level)| level),
+        file,
+        rotate_size_mib,
+        max_rotations: layer.max_rotations.unwrap_or(0),
+    })
+}
+
+/// The worker's settings: the command line (flags over variables over defaults) with the
+/// worker YAML over it, typed and validated; runtime defaults (cores, memory, the advertise
+/// URL) are applied by [`WorkerSettings::worker_config`].
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Listen address (the mode's default when none was given).
+    pub listen: String,
+    /// The broker this worker serves.
+    pub broker_id: ComponentId,
+    /// Broker control URL, trimmed, without a trailing `/` (`None`: standalone).
+    pub broker_control_url: Option<String>,
+    /// This worker's id.
+    pub worker_id: ComponentId,
+    /// Host name sent at registration.
+    pub hostname: String,
+    /// Hardware SKU (YAML only).
+    pub hardware_sku: String,
+    /// YAML `virtualization`: of the pre-pull targets, and enabled beside the default.
+    pub virtualization: Option<String>,
+    /// The deployment's default virtualization (never empty).
+    pub default_virtualization: String,
+    /// Explicit advertise URL (`None`: derived).
+    pub advertise_url: Option<String>,
+    /// Cores offered (automatic: the CPUs).
+    pub total_cores: AutoCount,
+    /// Memory offered in MiB (automatic: 1024 per core).
+    pub total_memory_mib: AutoMib,
+    /// Most live sandboxes (automatic: the cores).
+    pub max_live_sandboxes: AutoCount,
+    /// TTL of creates without `ttl_seconds`.
+    pub default_ttl: Duration,
+    /// Longest TTL.
+    pub max_ttl: Duration,
+    /// Heartbeat period.
+    pub registration_heartbeat: Duration,
+    /// Heartbeat jitter in percent, in [0, 95].
+    pub registration_jitter_percent: u8,
+    /// The `log` section.
+    pub log: LogSettings,
+    /// The `pre-pull` section.
+    pub pre_pull: PrePullSettings,
+    /// The `container` section.
+    pub container: ContainerSettings,
+    /// Dev or prod, from the JWT secret (not a YAML key).
+    pub auth_mode: AuthMode,
+    /// `--insecure-dev-mode-on-network`: a dev-mode worker may listen beyond loopback.
+    pub insecure_dev_mode_on_network: bool,
+}
+
+/// Reads and decodes the worker YAML at `path` (an empty layer when `path` is empty).
+pub fn read_worker_file(path: &str) -> Result<WorkerLayer, ConfigError> {
+    let path = path.trim();
+    if path.is_empty() {
+        return Ok(WorkerLayer::default());
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: PathBuf::from(path),
+        source,
+    })?;
+    parse_worker_yaml(&text)
+}
+
+/// Decodes a worker YAML document. Unknown keys (also nested) are errors that name the key;
+/// an empty document is an empty layer; a key present overrides even with a zero value.
+pub fn parse_worker_yaml(text: &str) -> Result<WorkerLayer, ConfigError> {
+    let mut documents = serde_norway::Deserializer::from_str(text);
+    let Some(first) = documents.next() else {
+        return Ok(WorkerLayer::default());
+    };
+    let layer: Option<WorkerLayer> =
+        serde_path_to_error::deserialize(first).map_err(|err| ConfigError::Yaml {
+            key: err.path().to_string(),
+            source: err.into_inner(),
+        })?;
+    if documents.next().is_some() {
+        return Err(ConfigError::MultipleDocuments);
+    }
+    Ok(layer.unwrap_or_default())
+}
+
+impl WorkerSettings {
+    /// Loads a `traforato-worker` configuration: command line, then the YAML file over it.
+    pub fn load_worker(args: &WorkerArgs) -> Result<Self, ConfigError> {
+        let mut flags = args.worker.layer();
+        flags.broker_control_url = Some(args.broker_control_url.clone());
+        let file = read_worker_file(&args.file)?;
+        Self::resolve(
+            file.over(flags),
+            args.auth.mode(),
+            args.auth.insecure_dev_mode_on_network,
+        )
+    }
+
+    /// The settings of the layers merged (YAML over command line), validated.
+    pub fn resolve(
+        layer: WorkerLayer,
+        auth_mode: AuthMode,
+        insecure_dev_mode_on_network: bool,
+    ) -> Result<Self, ConfigError> {
+        // The command-line layer sets every flag-backed value; the fallbacks below only
+        // matter for a layer built by hand.
+        let defaults = WorkerLayer {
+            broker_id: ComponentId::parse("broker_local").ok(),
+            worker_id: ComponentId::parse("worker_local").ok(),
+            ..WorkerLayer::default()
+        };
+        let layer = layer.over(defaults);
+        let listen = listen_or_default(
+            layer.listen.as_deref().unwrap_or_default(),
+            DEFAULT_WORKER_PORT,
+            auth_mode,
+        );
+        bind_address(&listen)?;
+        check_exposure(&listen, auth_mode, insecure_dev_mode_on_network)?;
+        let settings = Self {
+            listen,
+            broker_id: layer.broker_id.ok_or(ConfigError::MissingId("broker-id"))?,
+            broker_control_url: non_empty(layer.broker_control_url)
+                .map(|url| url.trim_end_matches('/').to_string())
+                .filter(|url| !url.is_empty()),
+            worker_id: layer.worker_id.ok_or(ConfigError::MissingId("worker-id"))?,
+            hostname: layer.hostname.unwrap_or_default().trim().to_string(),
+            hardware_sku: layer.hardware_sku.unwrap_or_default().trim().to_string(),
+            virtualization: non_empty(layer.virtualization),
+            default_virtualization: non_empty_or(
+                layer.default_virtualization.as_deref().unwrap_or_default(),
+                DEFAULT_VIRTUALIZATION,
+            ),
+            advertise_url: non_empty(layer.advertise_url)
+                .map(|url| url.trim_end_matches('/').to_string()),
+            total_cores: layer.total_cores.unwrap_or_default(),
+            total_memory_mib: layer.total_memory_mib.unwrap_or_default(),
+            max_live_sandboxes: layer.max_live_sandboxes.unwrap_or_default(),
+            default_ttl: layer.default_ttl.map_or(Duration::from_secs(1800), |d| d.0),
+            max_ttl: layer.max_ttl.map_or(Duration::from_secs(86_400), |d| d.0),
+            registration_heartbeat: layer
+                .registration_heartbeat
+                .map_or(Duration::from_secs(30), |d| d.0),
+            registration_jitter_percent: layer
+                .registration_jitter_percent
+                .unwrap_or(20)
+                .clamp(0, 95) as u8,
+            log: log_settings(layer.log)?,
+            pre_pull: layer.pre_pull.into(),
+            container: layer.container.into(),
+            auth_mode,
+            insecure_dev_mode_on_network,
+        };
+        Ok(settings)
+    }
+
+    /// The virtualizations to enable: the default one and the YAML `virtualization`.
+    pub fn virtualizations(&self) -> Vec<String> {
+        let mut out = vec![self.default_virtualization.clone()];
+        if let Some(extra) = &self.virtualization {
+            if !out.contains(extra) {
+                out.push(extra.clone());
+            }
+        }
+        out
+    }
+
+    /// The pre-pull targets (§5.4): each image with the YAML virtualization (default: the
+    /// deployment's), cpu 1, target 1 and the warm-up script and timeout.
+    pub fn pre_pull_targets(&self) -> Vec<PrePullTarget> {
+        let virtualization = self
+            .virtualization
+            .as_deref()
+            .unwrap_or(&self.default_virtualization);
+        self.pre_pull
+            .images
+            .iter()
+            .map(|image| PrePullTarget {
+                tuple: SandboxTuple::normalize(
+                    virtualization,
+                    image,
+                    1,
+                    &self.default_virtualization,
+                ),
+                target_count: 1,
+                warmup_script: self.pre_pull.warmup_script.clone(),
+                warmup_timeout: self.pre_pull.warmup_timeout,
+            })
+            .collect()
+    }
+
+    /// The library configuration. `bound_port` is the port actually bound (it replaces a
+    /// configured port 0 in the derived advertise URL).
+    pub fn worker_config(&self, bound_port: Option<u16>) -> WorkerConfig {
+        let total_cores = self.total_cores.or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+                .unwrap_or(1)
+        });
+        let total_memory_mib = self
+            .total_memory_mib
+            .or_else(|| u64::from(total_cores) * 1024);
+        let max_live_sandboxes = self.max_live_sandboxes.or_else(|| {
+            if cfg!(target_os = "macos") {
+                2
+            } else {
+                total_cores
+            }
+        });
+        let advertise_url = self
+            .advertise_url
+            .clone()
+            .unwrap_or_else(|| advertise_url(&self.listen, &self.hostname, bound_port));
+        WorkerConfig {
+            broker_id: self.broker_id.clone(),
+            worker_id: self.worker_id.clone(),
+            hostname: self.hostname.clone(),
+            advertise_url,
+            broker_public_url: self.broker_control_url.clone(),
+            hardware_sku: self.hardware_sku.clone(),
+            total_cores,
+            total_memory_mib,
+            max_live_sandboxes,
+            default_ttl: self.default_ttl,
+            max_ttl: self.max_ttl,
+            default_virtualization: self.default_virtualization.clone(),
+            registration_heartbeat: self.registration_heartbeat,
+            registration_jitter_percent: self.registration_jitter_percent,
+            reap_interval: REAP_INTERVAL,
+            pre_pull: self.pre_pull_targets(),
+            auth_mode: self.auth_mode,
+        }
+    }
+}
+
+/// Everything `traforato-dev` needs: the broker part and the worker settings.
+#[derive(Debug, Clone)]
+pub struct DevSettings {
+    /// Broker listen address.
+    pub broker_listen: String,
+    /// The worker's settings (the YAML applied); its broker id is the broker's too.
+    pub worker: WorkerSettings,
+    /// Token settings of both services (`Debug` redacts the secrets).
+    pub auth: AuthConfig,
+}
+
+impl DevSettings {
+    /// Loads a `traforato-dev` configuration: command line, then the YAML file.
+    pub fn load(args: &DevArgs) -> Result<Self, ConfigError> {
+        let mode = args.auth.mode();
+        let allow_network = args.auth.insecure_dev_mode_on_network;
+        let mut flags = WorkerFlags::from(args.worker.clone()).layer();
+        flags.broker_control_url = Some(args.broker_control_url.clone());
+        let file = read_worker_file(&args.file)?;
+        let worker = WorkerSettings::resolve(file.over(flags), mode, allow_network)?;
+        let broker_listen = listen_or_default(&args.broker_listen, DEFAULT_BROKER_PORT, mode);
+        bind_address(&broker_listen)?;
+        check_exposure(&broker_listen, mode, allow_network)?;
+        Ok(Self {
+            broker_listen,
+            worker,
+            auth: args.auth.auth_config(),
+        })
+    }
+
+    /// The broker's library configuration (retry max 2, default lease and sweep).
+    pub fn broker_config(&self) -> BrokerConfig {
+        let defaults = BrokerConfig::default();
+        broker_config(
+            self.worker.broker_id.clone(),
+            2,
+            defaults.worker_lease_ttl,
+            defaults.lease_sweep_interval,
+            &self.worker.default_virtualization,
+            self.auth.mode(),
+        )
+    }
+}
