@@ -583,6 +583,324 @@ mod tests {
         assert!(text.contains("traforato_broker_placement_retry_count 1"));
     }
 
+    /// Drives every metric of the catalogue with known values: label sets in several orders,
+    /// a value to escape, one too long, and observations across the histogram buckets.
+    fn drive_catalogue(m: &Metrics) {
+        let w = [("worker_id", "worker_a")];
+        m.set_gauge("worker.cpu.total_cores", &w, 8.0).unwrap();
+        m.set_gauge("worker.memory.total_mib", &w, 16384.0).unwrap();
+        m.set_gauge("worker.cpu.allocated_cores", &w, 3.0).unwrap();
+        m.set_gauge("worker.memory.allocated_mib", &w, 1536.5)
+            .unwrap();
+        m.set_gauge("worker.sandboxes.live", &w, 2.0).unwrap();
+        for (cpu, target, ready) in [("2", 4.0, 1.0), ("1", 2.0, 2.0)] {
+            let l = [("worker_id", "worker_a"), ("cpu", cpu)];
+            m.set_gauge("worker.sandboxes.warm.target", &l, target)
+                .unwrap();
+            m.set_gauge("worker.sandboxes.warm.ready", &l, ready)
+                .unwrap();
+            m.set_gauge("worker.sandboxes.warm.deficit", &l, target - ready)
+                .unwrap();
+        }
+        for (start, secs) in [("warm", 0.003), ("cold", 0.25), ("cold", 42.0)] {
+            let l = [
+                ("worker_id", "worker_a"),
+                ("start_type", start),
+                ("cpu", "1"),
+            ];
+            m.observe("worker.sandbox.ready.duration_seconds", &l, secs)
+                .unwrap();
+        }
+        let wc = [("cpu", "1"), ("worker_id", "worker_a")];
+        m.observe("worker.sandbox.first_exec.tti_seconds", &wc, 0.0004)
+            .unwrap();
+        m.observe("worker.exec.start.duration_seconds", &wc, 0.001)
+            .unwrap();
+        m.observe("worker.exec.start.duration_seconds", &wc, 0.0011)
+            .unwrap();
+        m.observe("worker.exec.duration_seconds", &wc, 100.0)
+            .unwrap();
+        for (worker, result, secs) in [("worker_b", "ok_cold", 0.02), ("worker_a", "ok_ready", 1.5)]
+        {
+            let l = [("worker_id", worker), ("result", result)];
+            m.observe("broker.placement.duration_seconds", &l, secs)
+                .unwrap();
+        }
+        m.observe("broker.placement.retry", &[], 0.0).unwrap();
+        m.observe("broker.placement.retry", &[], 2.0).unwrap();
+        for reason in ["no_worker", "placement_retry_exhausted", "no_worker"] {
+            m.inc(
+                "broker.no_capacity.total",
+                &[("status_code", "503"), ("reason", reason)],
+            )
+            .unwrap();
+        }
+        m.inc(
+            "worker.warmup.failures.total",
+            &[
+                ("worker_id", "worker_a"),
+                ("cpu", "1"),
+                ("reason", "say \"hi\"\\\n"),
+            ],
+        )
+        .unwrap();
+        m.inc("worker.ssh.reconnects.total", &w).unwrap();
+        let long = "c".repeat(MAX_LABEL_VALUE_LEN + 5);
+        m.inc(
+            "worker.warm.hit.total",
+            &[("worker_id", "worker_a"), ("cpu", &long)],
+        )
+        .unwrap();
+        for _ in 0..3 {
+            m.inc(
+                "worker.warm.miss.total",
+                &[("worker_id", "worker_a"), ("cpu", "1")],
+            )
+            .unwrap();
+        }
+        m.inc(
+            "worker.auth.failures.total",
+            &[
+                ("worker_id", "worker_a"),
+                ("status_code", "401"),
+                ("reason", "jwt"),
+            ],
+        )
+        .unwrap();
+        m.inc("worker.network.ip_resolve.failures.total", &w)
+            .unwrap();
+    }
+
+    #[test]
+    fn render_snapshot_of_the_whole_catalogue() {
+        let m = Metrics::new(true);
+        drive_catalogue(&m);
+        let text = m.render_prometheus();
+        assert_eq!(text, RENDER_SNAPSHOT);
+    }
+
+    /// Captured from the name-keyed registry before metrics became typed; must not change.
+    const RENDER_SNAPSHOT: &str = r#"# HELP traforato_service_auth_mode 1 in prod (JWT) mode, 0 in dev mode
+# TYPE traforato_service_auth_mode gauge
+traforato_service_auth_mode 1
+# HELP traforato_worker_cpu_total_cores cores the worker offers
+# TYPE traforato_worker_cpu_total_cores gauge
+traforato_worker_cpu_total_cores{worker_id="worker_a"} 8
+# HELP traforato_worker_memory_total_mib memory the worker offers
+# TYPE traforato_worker_memory_total_mib gauge
+traforato_worker_memory_total_mib{worker_id="worker_a"} 16384
+# HELP traforato_worker_cpu_allocated_cores cores allocated to live sandboxes
+# TYPE traforato_worker_cpu_allocated_cores gauge
+traforato_worker_cpu_allocated_cores{worker_id="worker_a"} 3
+# HELP traforato_worker_memory_allocated_mib memory allocated to live sandboxes
+# TYPE traforato_worker_memory_allocated_mib gauge
+traforato_worker_memory_allocated_mib{worker_id="worker_a"} 1536.5
+# HELP traforato_worker_sandboxes_live live sandboxes
+# TYPE traforato_worker_sandboxes_live gauge
+traforato_worker_sandboxes_live{worker_id="worker_a"} 2
+# HELP traforato_worker_sandboxes_warm_target warm pool target per cpu
+# TYPE traforato_worker_sandboxes_warm_target gauge
+traforato_worker_sandboxes_warm_target{cpu="1",worker_id="worker_a"} 2
+traforato_worker_sandboxes_warm_target{cpu="2",worker_id="worker_a"} 4
+# HELP traforato_worker_sandboxes_warm_ready ready warm sandboxes per cpu
+# TYPE traforato_worker_sandboxes_warm_ready gauge
+traforato_worker_sandboxes_warm_ready{cpu="1",worker_id="worker_a"} 2
+traforato_worker_sandboxes_warm_ready{cpu="2",worker_id="worker_a"} 1
+# HELP traforato_worker_sandboxes_warm_deficit max(target - ready, 0) per cpu
+# TYPE traforato_worker_sandboxes_warm_deficit gauge
+traforato_worker_sandboxes_warm_deficit{cpu="1",worker_id="worker_a"} 0
+traforato_worker_sandboxes_warm_deficit{cpu="2",worker_id="worker_a"} 3
+# HELP traforato_worker_sandbox_ready_duration_seconds create to ready
+# TYPE traforato_worker_sandbox_ready_duration_seconds histogram
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="cold",worker_id="worker_a",le="0.0005"} 0
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="cold",worker_id="worker_a",le="0.001"} 0
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="cold",worker_id="worker_a",le="0.0025"} 0
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="cold",worker_id="worker_a",le="0.005"} 0
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="cold",worker_id="worker_a",le="0.01"} 0
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="cold",worker_id="worker_a",le="0.025"} 0
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="cold",worker_id="worker_a",le="0.05"} 0
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="cold",worker_id="worker_a",le="0.1"} 0
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="cold",worker_id="worker_a",le="0.25"} 1
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="cold",worker_id="worker_a",le="0.5"} 1
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="cold",worker_id="worker_a",le="1"} 1
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="cold",worker_id="worker_a",le="2.5"} 1
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="cold",worker_id="worker_a",le="5"} 1
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="cold",worker_id="worker_a",le="10"} 1
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="cold",worker_id="worker_a",le="30"} 1
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="cold",worker_id="worker_a",le="60"} 2
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="cold",worker_id="worker_a",le="+Inf"} 2
+traforato_worker_sandbox_ready_duration_seconds_sum{cpu="1",start_type="cold",worker_id="worker_a"} 42.25
+traforato_worker_sandbox_ready_duration_seconds_count{cpu="1",start_type="cold",worker_id="worker_a"} 2
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="warm",worker_id="worker_a",le="0.0005"} 0
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="warm",worker_id="worker_a",le="0.001"} 0
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="warm",worker_id="worker_a",le="0.0025"} 0
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="warm",worker_id="worker_a",le="0.005"} 1
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="warm",worker_id="worker_a",le="0.01"} 1
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="warm",worker_id="worker_a",le="0.025"} 1
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="warm",worker_id="worker_a",le="0.05"} 1
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="warm",worker_id="worker_a",le="0.1"} 1
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="warm",worker_id="worker_a",le="0.25"} 1
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="warm",worker_id="worker_a",le="0.5"} 1
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="warm",worker_id="worker_a",le="1"} 1
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="warm",worker_id="worker_a",le="2.5"} 1
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="warm",worker_id="worker_a",le="5"} 1
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="warm",worker_id="worker_a",le="10"} 1
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="warm",worker_id="worker_a",le="30"} 1
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="warm",worker_id="worker_a",le="60"} 1
+traforato_worker_sandbox_ready_duration_seconds_bucket{cpu="1",start_type="warm",worker_id="worker_a",le="+Inf"} 1
+traforato_worker_sandbox_ready_duration_seconds_sum{cpu="1",start_type="warm",worker_id="worker_a"} 0.003
+traforato_worker_sandbox_ready_duration_seconds_count{cpu="1",start_type="warm",worker_id="worker_a"} 1
+# HELP traforato_worker_sandbox_first_exec_tti_seconds create to first exec
+# TYPE traforato_worker_sandbox_first_exec_tti_seconds histogram
+traforato_worker_sandbox_first_exec_tti_seconds_bucket{cpu="1",worker_id="worker_a",le="0.0005"} 1
+traforato_worker_sandbox_first_exec_tti_seconds_bucket{cpu="1",worker_id="worker_a",le="0.001"} 1
+traforato_worker_sandbox_first_exec_tti_seconds_bucket{cpu="1",worker_id="worker_a",le="0.0025"} 1
+traforato_worker_sandbox_first_exec_tti_seconds_bucket{cpu="1",worker_id="worker_a",le="0.005"} 1
+traforato_worker_sandbox_first_exec_tti_seconds_bucket{cpu="1",worker_id="worker_a",le="0.01"} 1
+traforato_worker_sandbox_first_exec_tti_seconds_bucket{cpu="1",worker_id="worker_a",le="0.025"} 1
+traforato_worker_sandbox_first_exec_tti_seconds_bucket{cpu="1",worker_id="worker_a",le="0.05"} 1
+traforato_worker_sandbox_first_exec_tti_seconds_bucket{cpu="1",worker_id="worker_a",le="0.1"} 1
+traforato_worker_sandbox_first_exec_tti_seconds_bucket{cpu="1",worker_id="worker_a",le="0.25"} 1
+traforato_worker_sandbox_first_exec_tti_seconds_bucket{cpu="1",worker_id="worker_a",le="0.5"} 1
+traforato_worker_sandbox_first_exec_tti_seconds_bucket{cpu="1",worker_id="worker_a",le="1"} 1
+traforato_worker_sandbox_first_exec_tti_seconds_bucket{cpu="1",worker_id="worker_a",le="2.5"} 1
+traforato_worker_sandbox_first_exec_tti_seconds_bucket{cpu="1",worker_id="worker_a",le="5"} 1
+traforato_worker_sandbox_first_exec_tti_seconds_bucket{cpu="1",worker_id="worker_a",le="10"} 1
+traforato_worker_sandbox_first_exec_tti_seconds_bucket{cpu="1",worker_id="worker_a",le="30"} 1
+traforato_worker_sandbox_first_exec_tti_seconds_bucket{cpu="1",worker_id="worker_a",le="60"} 1
+traforato_worker_sandbox_first_exec_tti_seconds_bucket{cpu="1",worker_id="worker_a",le="+Inf"} 1
+traforato_worker_sandbox_first_exec_tti_seconds_sum{cpu="1",worker_id="worker_a"} 0.0004
+traforato_worker_sandbox_first_exec_tti_seconds_count{cpu="1",worker_id="worker_a"} 1
+# HELP traforato_worker_exec_start_duration_seconds exec request to start
+# TYPE traforato_worker_exec_start_duration_seconds histogram
+traforato_worker_exec_start_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="0.0005"} 0
+traforato_worker_exec_start_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="0.001"} 1
+traforato_worker_exec_start_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="0.0025"} 2
+traforato_worker_exec_start_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="0.005"} 2
+traforato_worker_exec_start_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="0.01"} 2
+traforato_worker_exec_start_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="0.025"} 2
+traforato_worker_exec_start_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="0.05"} 2
+traforato_worker_exec_start_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="0.1"} 2
+traforato_worker_exec_start_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="0.25"} 2
+traforato_worker_exec_start_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="0.5"} 2
+traforato_worker_exec_start_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="1"} 2
+traforato_worker_exec_start_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="2.5"} 2
+traforato_worker_exec_start_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="5"} 2
+traforato_worker_exec_start_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="10"} 2
+traforato_worker_exec_start_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="30"} 2
+traforato_worker_exec_start_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="60"} 2
+traforato_worker_exec_start_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="+Inf"} 2
+traforato_worker_exec_start_duration_seconds_sum{cpu="1",worker_id="worker_a"} 0.0021000000000000003
+traforato_worker_exec_start_duration_seconds_count{cpu="1",worker_id="worker_a"} 2
+# HELP traforato_worker_exec_duration_seconds exec wall time
+# TYPE traforato_worker_exec_duration_seconds histogram
+traforato_worker_exec_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="0.0005"} 0
+traforato_worker_exec_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="0.001"} 0
+traforato_worker_exec_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="0.0025"} 0
+traforato_worker_exec_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="0.005"} 0
+traforato_worker_exec_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="0.01"} 0
+traforato_worker_exec_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="0.025"} 0
+traforato_worker_exec_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="0.05"} 0
+traforato_worker_exec_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="0.1"} 0
+traforato_worker_exec_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="0.25"} 0
+traforato_worker_exec_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="0.5"} 0
+traforato_worker_exec_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="1"} 0
+traforato_worker_exec_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="2.5"} 0
+traforato_worker_exec_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="5"} 0
+traforato_worker_exec_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="10"} 0
+traforato_worker_exec_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="30"} 0
+traforato_worker_exec_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="60"} 0
+traforato_worker_exec_duration_seconds_bucket{cpu="1",worker_id="worker_a",le="+Inf"} 1
+traforato_worker_exec_duration_seconds_sum{cpu="1",worker_id="worker_a"} 100
+traforato_worker_exec_duration_seconds_count{cpu="1",worker_id="worker_a"} 1
+# HELP traforato_broker_placement_duration_seconds placement decision time
+# TYPE traforato_broker_placement_duration_seconds histogram
+traforato_broker_placement_duration_seconds_bucket{result="ok_cold",worker_id="worker_b",le="0.0005"} 0
+traforato_broker_placement_duration_seconds_bucket{result="ok_cold",worker_id="worker_b",le="0.001"} 0
+traforato_broker_placement_duration_seconds_bucket{result="ok_cold",worker_id="worker_b",le="0.0025"} 0
+traforato_broker_placement_duration_seconds_bucket{result="ok_cold",worker_id="worker_b",le="0.005"} 0
+traforato_broker_placement_duration_seconds_bucket{result="ok_cold",worker_id="worker_b",le="0.01"} 0
+traforato_broker_placement_duration_seconds_bucket{result="ok_cold",worker_id="worker_b",le="0.025"} 1
+traforato_broker_placement_duration_seconds_bucket{result="ok_cold",worker_id="worker_b",le="0.05"} 1
+traforato_broker_placement_duration_seconds_bucket{result="ok_cold",worker_id="worker_b",le="0.1"} 1
+traforato_broker_placement_duration_seconds_bucket{result="ok_cold",worker_id="worker_b",le="0.25"} 1
+traforato_broker_placement_duration_seconds_bucket{result="ok_cold",worker_id="worker_b",le="0.5"} 1
+traforato_broker_placement_duration_seconds_bucket{result="ok_cold",worker_id="worker_b",le="1"} 1
+traforato_broker_placement_duration_seconds_bucket{result="ok_cold",worker_id="worker_b",le="2.5"} 1
+traforato_broker_placement_duration_seconds_bucket{result="ok_cold",worker_id="worker_b",le="5"} 1
+traforato_broker_placement_duration_seconds_bucket{result="ok_cold",worker_id="worker_b",le="10"} 1
+traforato_broker_placement_duration_seconds_bucket{result="ok_cold",worker_id="worker_b",le="30"} 1
+traforato_broker_placement_duration_seconds_bucket{result="ok_cold",worker_id="worker_b",le="60"} 1
+traforato_broker_placement_duration_seconds_bucket{result="ok_cold",worker_id="worker_b",le="+Inf"} 1
+traforato_broker_placement_duration_seconds_sum{result="ok_cold",worker_id="worker_b"} 0.02
+traforato_broker_placement_duration_seconds_count{result="ok_cold",worker_id="worker_b"} 1
+traforato_broker_placement_duration_seconds_bucket{result="ok_ready",worker_id="worker_a",le="0.0005"} 0
+traforato_broker_placement_duration_seconds_bucket{result="ok_ready",worker_id="worker_a",le="0.001"} 0
+traforato_broker_placement_duration_seconds_bucket{result="ok_ready",worker_id="worker_a",le="0.0025"} 0
+traforato_broker_placement_duration_seconds_bucket{result="ok_ready",worker_id="worker_a",le="0.005"} 0
+traforato_broker_placement_duration_seconds_bucket{result="ok_ready",worker_id="worker_a",le="0.01"} 0
+traforato_broker_placement_duration_seconds_bucket{result="ok_ready",worker_id="worker_a",le="0.025"} 0
+traforato_broker_placement_duration_seconds_bucket{result="ok_ready",worker_id="worker_a",le="0.05"} 0
+traforato_broker_placement_duration_seconds_bucket{result="ok_ready",worker_id="worker_a",le="0.1"} 0
+traforato_broker_placement_duration_seconds_bucket{result="ok_ready",worker_id="worker_a",le="0.25"} 0
+traforato_broker_placement_duration_seconds_bucket{result="ok_ready",worker_id="worker_a",le="0.5"} 0
+traforato_broker_placement_duration_seconds_bucket{result="ok_ready",worker_id="worker_a",le="1"} 0
+traforato_broker_placement_duration_seconds_bucket{result="ok_ready",worker_id="worker_a",le="2.5"} 1
+traforato_broker_placement_duration_seconds_bucket{result="ok_ready",worker_id="worker_a",le="5"} 1
+traforato_broker_placement_duration_seconds_bucket{result="ok_ready",worker_id="worker_a",le="10"} 1
+traforato_broker_placement_duration_seconds_bucket{result="ok_ready",worker_id="worker_a",le="30"} 1
+traforato_broker_placement_duration_seconds_bucket{result="ok_ready",worker_id="worker_a",le="60"} 1
+traforato_broker_placement_duration_seconds_bucket{result="ok_ready",worker_id="worker_a",le="+Inf"} 1
+traforato_broker_placement_duration_seconds_sum{result="ok_ready",worker_id="worker_a"} 1.5
+traforato_broker_placement_duration_seconds_count{result="ok_ready",worker_id="worker_a"} 1
+# HELP traforato_broker_placement_retry placement_retry of create requests
+# TYPE traforato_broker_placement_retry histogram
+traforato_broker_placement_retry_bucket{le="0.0005"} 1
+traforato_broker_placement_retry_bucket{le="0.001"} 1
+traforato_broker_placement_retry_bucket{le="0.0025"} 1
+traforato_broker_placement_retry_bucket{le="0.005"} 1
+traforato_broker_placement_retry_bucket{le="0.01"} 1
+traforato_broker_placement_retry_bucket{le="0.025"} 1
+traforato_broker_placement_retry_bucket{le="0.05"} 1
+traforato_broker_placement_retry_bucket{le="0.1"} 1
+traforato_broker_placement_retry_bucket{le="0.25"} 1
+traforato_broker_placement_retry_bucket{le="0.5"} 1
+traforato_broker_placement_retry_bucket{le="1"} 1
+traforato_broker_placement_retry_bucket{le="2.5"} 2
+traforato_broker_placement_retry_bucket{le="5"} 2
+traforato_broker_placement_retry_bucket{le="10"} 2
+traforato_broker_placement_retry_bucket{le="30"} 2
+traforato_broker_placement_retry_bucket{le="60"} 2
+traforato_broker_placement_retry_bucket{le="+Inf"} 2
+traforato_broker_placement_retry_sum 2
+traforato_broker_placement_retry_count 2
+# HELP traforato_broker_no_capacity_total creates refused with 503
+# TYPE traforato_broker_no_capacity_total counter
+traforato_broker_no_capacity_total{reason="no_worker",status_code="503"} 2
+traforato_broker_no_capacity_total{reason="placement_retry_exhausted",status_code="503"} 1
+# HELP traforato_worker_warmup_failures_total warm sandbox provisioning failures
+# TYPE traforato_worker_warmup_failures_total counter
+traforato_worker_warmup_failures_total{cpu="1",reason="say \"hi\"\\\n",worker_id="worker_a"} 1
+# HELP traforato_worker_ssh_reconnects_total SSH reconnections
+# TYPE traforato_worker_ssh_reconnects_total counter
+traforato_worker_ssh_reconnects_total{worker_id="worker_a"} 1
+# HELP traforato_worker_warm_hit_total creates served from the warm pool
+# TYPE traforato_worker_warm_hit_total counter
+traforato_worker_warm_hit_total{cpu="cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc",worker_id="worker_a"} 1
+# HELP traforato_worker_warm_miss_total creates that booted a sandbox
+# TYPE traforato_worker_warm_miss_total counter
+traforato_worker_warm_miss_total{cpu="1",worker_id="worker_a"} 3
+# HELP traforato_worker_auth_failures_total requests refused by authentication
+# TYPE traforato_worker_auth_failures_total counter
+traforato_worker_auth_failures_total{reason="jwt",status_code="401",worker_id="worker_a"} 1
+# HELP traforato_worker_network_ip_resolve_failures_total sandbox address resolution failures
+# TYPE traforato_worker_network_ip_resolve_failures_total counter
+traforato_worker_network_ip_resolve_failures_total{worker_id="worker_a"} 1
+# HELP traforato_metrics_dropped_samples_total samples refused by the series bound
+# TYPE traforato_metrics_dropped_samples_total counter
+traforato_metrics_dropped_samples_total 0
+"#;
+
     #[test]
     fn trace_context() {
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
