@@ -499,18 +499,12 @@ async fn placement_retry_is_followed_back_through_the_broker() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 204);
-    let before = stack
-        .broker
-        .metrics()
-        .histogram_total_count("broker.placement.retry");
+    let before = stack.broker.metrics().broker.placement_retry.total_count();
     let sandbox = stack.client().create_sandbox(fake_sandbox()).await.unwrap();
     assert!(!sandbox.id().ends_with(&unknown.to_string()));
     sandbox.info().await.unwrap();
     // Two placements for one create: the first, and the retry.
-    let after = stack
-        .broker
-        .metrics()
-        .histogram_total_count("broker.placement.retry");
+    let after = stack.broker.metrics().broker.placement_retry.total_count();
     assert_eq!(after - before, 2);
     stack.stop().await;
 }

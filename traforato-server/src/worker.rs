@@ -22,6 +22,7 @@ use traforato_core::backend::BoxedReader;
 use traforato_core::clock::SystemClock;
 use traforato_core::id::SandboxId;
 use traforato_core::path::SandboxPath;
+use traforato_core::telemetry::AuthFailureLabels;
 use traforato_core::worker::{
     decode_write_json, CreateOutcome, CreateQuery, ListQuery, RunCodeOutcome, Worker, WorkerError,
 };
@@ -274,15 +275,15 @@ fn authenticate(
     clients
         .authenticate(header_str(req.headers(), "authorization"))
         .map_err(|err| {
-            let worker_id = worker.config().worker_id.as_str();
-            let _ = worker.metrics().inc(
-                "worker.auth.failures.total",
-                &[
-                    ("worker_id", worker_id),
-                    ("status_code", "401"),
-                    ("reason", "jwt"),
-                ],
-            );
+            worker
+                .metrics()
+                .worker
+                .auth_failures
+                .inc(&AuthFailureLabels {
+                    worker_id: worker.config().worker_id.as_str(),
+                    status_code: 401,
+                    reason: "jwt",
+                });
             tracing::warn!(
                 method = %req.method(),
                 path = req.uri().path(),

@@ -28,7 +28,7 @@ use traforato_core::broker::{Broker, BrokerConfig};
 use traforato_core::clock::{Clock, ManualClock, SystemClock};
 use traforato_core::id::{ComponentId, LocalVmId};
 use traforato_core::scheduler::LeastLoaded;
-use traforato_core::telemetry::Metrics;
+use traforato_core::telemetry::{AuthFailureLabels, Metrics};
 use traforato_core::tuple::SandboxTuple;
 use traforato_core::worker::{BrokerLink, PrePullTarget, Worker, WorkerConfig};
 use traforato_server::link::HttpBrokerLink;
@@ -1532,7 +1532,9 @@ async fn exec_and_frames() {
             .worker
             .worker
             .metrics()
-            .histogram_total_count("worker.sandbox.first_exec.tti_seconds"),
+            .worker
+            .first_exec_tti
+            .total_count(),
         1
     );
     let metrics = follow()
@@ -2893,14 +2895,15 @@ async fn prod_worker_authenticates_every_route_before_routing() {
     let stack = Stack::start_prod().await;
     let w = &stack.worker;
     let failures = || {
-        w.worker.metrics().value(
-            "worker.auth.failures.total",
-            &[
-                ("worker_id", "worker_local"),
-                ("status_code", "401"),
-                ("reason", "jwt"),
-            ],
-        )
+        w.worker
+            .metrics()
+            .worker
+            .auth_failures
+            .value(&AuthFailureLabels {
+                worker_id: "worker_local",
+                status_code: 401,
+                reason: "jwt",
+            })
     };
     // §11.57: health and metrics need no token.
     let resp = follow().get(w.at("/healthz")).send().await.unwrap();

@@ -43,7 +43,7 @@ use crate::api::{
 use crate::clock::Clock;
 use crate::id::{ComponentId, LocalVmId, SandboxId};
 use crate::scheduler::Scheduler;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, NoCapacityLabels, PlacementLabels};
 use crate::tuple::SandboxTuple;
 
 /// Broker settings.
@@ -236,10 +236,10 @@ impl Broker {
     }
 
     fn count_no_capacity(&self, reason: &str) {
-        let _ = self.metrics.inc(
-            "broker.no_capacity.total",
-            &[("status_code", "503"), ("reason", reason)],
-        );
+        self.metrics.broker.no_capacity.inc(&NoCapacityLabels {
+            status_code: 503,
+            reason,
+        });
     }
 
     /// Places a create (`POST /sandboxes`): warm hint first (oldest ready VM of the tuple on
@@ -252,9 +252,10 @@ impl Broker {
     ) -> Result<Placement, BrokerError> {
         let started = Instant::now();
         let retry = placement::parse_placement_retry(placement_retry)?;
-        let _ = self
-            .metrics
-            .observe("broker.placement.retry", &[], f64::from(retry));
+        self.metrics
+            .broker
+            .placement_retry
+            .observe(&(), f64::from(retry));
         if retry > self.config.placement_retry_max {
             self.count_no_capacity("placement_retry_exhausted");
             return Err(BrokerError::PlacementRetryExhausted);
@@ -303,9 +304,11 @@ impl Broker {
         } else {
             "ok_cold"
         };
-        let _ = self.metrics.observe(
-            "broker.placement.duration_seconds",
-            &[("worker_id", worker_id.as_str()), ("result", result)],
+        self.metrics.broker.placement_duration.observe(
+            &PlacementLabels {
+                worker_id: worker_id.as_str(),
+                result,
+            },
             started.elapsed().as_secs_f64(),
         );
         let hardware_sku = (!sku.is_empty()).then_some(sku);

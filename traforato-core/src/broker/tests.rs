@@ -107,10 +107,14 @@ fn hint_count(broker: &Broker) -> usize {
 }
 
 fn no_capacity(broker: &Broker, reason: &str) -> Option<f64> {
-    broker.metrics().value(
-        "broker.no_capacity.total",
-        &[("status_code", "503"), ("reason", reason)],
-    )
+    broker
+        .metrics()
+        .broker
+        .no_capacity
+        .value(&NoCapacityLabels {
+            status_code: 503,
+            reason,
+        })
 }
 
 fn line_value<'a>(text: &'a str, key: &str) -> &'a str {
@@ -404,18 +408,18 @@ fn ready_hint_is_used_once() {
         .unwrap();
     assert_eq!(again.local_vm_id, None);
     assert_eq!(again.location, "http://worker-a.local:8081/sandboxes");
-    let m = f.broker.metrics();
-    let labels = |result| [("worker_id", "worker_a"), ("result", result)];
-    assert_eq!(
-        m.histogram("broker.placement.duration_seconds", &labels("ok_ready"))
-            .map(|(count, _)| count),
-        Some(1)
-    );
-    assert_eq!(
-        m.histogram("broker.placement.duration_seconds", &labels("ok_cold"))
-            .map(|(count, _)| count),
-        Some(1)
-    );
+    let durations = &f.broker.metrics().broker.placement_duration;
+    for result in ["ok_ready", "ok_cold"] {
+        let labels = PlacementLabels {
+            worker_id: "worker_a",
+            result,
+        };
+        assert_eq!(
+            durations.count_and_sum(&labels).map(|(count, _)| count),
+            Some(1),
+            "{result}"
+        );
+    }
 }
 
 // §11 item 42.
@@ -616,7 +620,7 @@ fn placement_retry_is_observed() {
         .unwrap();
     assert_eq!(p.placement_retry, 1);
     assert_eq!(
-        f.broker.metrics().histogram("broker.placement.retry", &[]),
+        f.broker.metrics().broker.placement_retry.count_and_sum(&()),
         Some((1, 1.0))
     );
 }

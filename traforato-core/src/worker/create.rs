@@ -17,6 +17,7 @@ use crate::api::{CreateSandboxRequest, CreateSandboxResponse, VmEventKind};
 use crate::auth::Principal;
 use crate::backend::{BackendError, ProvisionSpec, Vm, VmBackend};
 use crate::id::{LocalVmId, SandboxId};
+use crate::telemetry::{SandboxReadyLabels, WorkerCpuLabels};
 use crate::tuple::SandboxTuple;
 
 /// Memory per cpu when the configuration gives none.
@@ -247,22 +248,23 @@ impl Worker {
 
     /// Metrics, gauges, log and response of a committed create.
     fn created(&self, spec: &CreateSpec, done: Committed, start: StartType) -> CreateOutcome {
-        let wid = self.config.worker_id.as_str();
+        let worker_id = self.config.worker_id.as_str();
         let cpu = spec.tuple.cpu.to_string();
+        let metrics = &self.metrics.worker;
         let counter = match start {
-            StartType::Warm => "worker.warm.hit.total",
-            StartType::Cold => "worker.warm.miss.total",
+            StartType::Warm => &metrics.warm_hit,
+            StartType::Cold => &metrics.warm_miss,
         };
-        let _ = self
-            .metrics
-            .inc(counter, &[("worker_id", wid), ("cpu", &cpu)]);
-        let _ = self.metrics.observe(
-            "worker.sandbox.ready.duration_seconds",
-            &[
-                ("worker_id", wid),
-                ("start_type", start.as_str()),
-                ("cpu", &cpu),
-            ],
+        counter.inc(&WorkerCpuLabels {
+            worker_id,
+            cpu: &cpu,
+        });
+        metrics.ready_duration.observe(
+            &SandboxReadyLabels {
+                worker_id,
+                start_type: start.as_str(),
+                cpu: &cpu,
+            },
             spec.started.elapsed().as_secs_f64(),
         );
         self.update_capacity_gauges();

@@ -32,7 +32,7 @@ use crate::backend::{
 use crate::clock::Clock;
 use crate::duration::{parse_duration, DurationError};
 use crate::id::{ExecId, SandboxId};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, WorkerCpuLabels};
 
 /// stdout (and, separately, stderr) bytes kept in an exec record.
 pub(super) const MAX_CAPTURE_BYTES: usize = 1 << 20;
@@ -435,9 +435,11 @@ async fn run_exec(
     };
     let elapsed = started.elapsed();
     exec.finish(code, timed_out, elapsed, clock.now());
-    let _ = metrics.observe(
-        "worker.exec.duration_seconds",
-        &[("worker_id", &labels.worker_id), ("cpu", &labels.cpu)],
+    metrics.worker.exec_duration.observe(
+        &WorkerCpuLabels {
+            worker_id: &labels.worker_id,
+            cpu: &labels.cpu,
+        },
         elapsed.as_secs_f64(),
     );
 }
@@ -549,20 +551,20 @@ impl Worker {
             prune_execs(&mut entry.execs);
             (handle, cpu, tti)
         })?;
-        let wid = self.config.worker_id.as_str();
-        let labels = [("worker_id", wid), ("cpu", cpu.as_str())];
+        let labels = WorkerCpuLabels {
+            worker_id: self.config.worker_id.as_str(),
+            cpu: &cpu,
+        };
         if let Some(tti) = tti {
-            let _ = self.metrics.observe(
-                "worker.sandbox.first_exec.tti_seconds",
-                &labels,
-                tti.as_secs_f64(),
-            );
+            self.metrics
+                .worker
+                .first_exec_tti
+                .observe(&labels, tti.as_secs_f64());
         }
-        let _ = self.metrics.observe(
-            "worker.exec.start.duration_seconds",
-            &labels,
-            received.elapsed().as_secs_f64(),
-        );
+        self.metrics
+            .worker
+            .exec_start_duration
+            .observe(&labels, received.elapsed().as_secs_f64());
         Ok((exec, handle))
     }
 

@@ -40,7 +40,7 @@ use crate::backend::{BackendError, BoxedReader, BoxedStream, FileReader, VmBacke
 use crate::clock::Clock;
 use crate::id::{ComponentId, SandboxId};
 use crate::path::PathError;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, WorkerLabels};
 use crate::tuple::SandboxTuple;
 
 /// A warm-pool floor from the worker YAML's `pre-pull` section.
@@ -334,17 +334,16 @@ impl Worker {
             events,
             events_rx: Mutex::new(events_rx),
         });
-        let labels = [("worker_id", worker.config.worker_id.as_str())];
-        let _ = worker.metrics.set_gauge(
-            "worker.cpu.total_cores",
-            &labels,
-            f64::from(worker.config.total_cores),
-        );
-        let _ = worker.metrics.set_gauge(
-            "worker.memory.total_mib",
-            &labels,
-            worker.config.total_memory_mib as f64,
-        );
+        let labels = WorkerLabels {
+            worker_id: worker.config.worker_id.as_str(),
+        };
+        let metrics = &worker.metrics.worker;
+        metrics
+            .cpu_total_cores
+            .set(&labels, f64::from(worker.config.total_cores));
+        metrics
+            .memory_total_mib
+            .set(&labels, worker.config.total_memory_mib as f64);
         worker.update_capacity_gauges();
         worker.update_warm_gauges();
         worker

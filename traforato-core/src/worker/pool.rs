@@ -22,6 +22,7 @@ use super::Worker;
 use crate::api::{VmEventKind, VmEventRequest, VmStartResponse};
 use crate::backend::{BackendError, ExecSpec, OutputStream, Program, ProvisionSpec, Vm};
 use crate::id::LocalVmId;
+use crate::telemetry::{WarmupFailureLabels, WorkerCpuLabels};
 use crate::tuple::SandboxTuple;
 use crate::warm::effective_targets;
 
@@ -182,23 +183,20 @@ impl Worker {
             state.gauge_cpus.extend(ready.keys().copied());
             (targets, ready, state.gauge_cpus.clone())
         };
-        let wid = self.config.worker_id.as_str();
+        let metrics = &self.metrics.worker;
         for cpu in cpus {
             let label = cpu.to_string();
-            let labels = [("worker_id", wid), ("cpu", label.as_str())];
+            let labels = WorkerCpuLabels {
+                worker_id: self.config.worker_id.as_str(),
+                cpu: &label,
+            };
             let target = targets.get(&cpu).copied().unwrap_or(0);
             let have = ready.get(&cpu).copied().unwrap_or(0);
-            let _ = self
-                .metrics
-                .set_gauge("worker.sandboxes.warm.target", &labels, target as f64);
-            let _ = self
-                .metrics
-                .set_gauge("worker.sandboxes.warm.ready", &labels, have as f64);
-            let _ = self.metrics.set_gauge(
-                "worker.sandboxes.warm.deficit",
-                &labels,
-                target.saturating_sub(have) as f64,
-            );
+            metrics.warm_target.set(&labels, target as f64);
+            metrics.warm_ready.set(&labels, have as f64);
+            metrics
+                .warm_deficit
+                .set(&labels, target.saturating_sub(have) as f64);
         }
     }
 
@@ -392,14 +390,14 @@ impl Worker {
             pause
         };
         let cpu = tuple.cpu.to_string();
-        let _ = self.metrics.inc(
-            "worker.warmup.failures.total",
-            &[
-                ("worker_id", self.config.worker_id.as_str()),
-                ("cpu", &cpu),
-                ("reason", reason),
-            ],
-        );
+        self.metrics
+            .worker
+            .warmup_failures
+            .inc(&WarmupFailureLabels {
+                worker_id: self.config.worker_id.as_str(),
+                cpu: &cpu,
+                reason,
+            });
         tracing::warn!(
             worker_id = %self.config.worker_id,
             tuple = %tuple,

@@ -12,6 +12,7 @@ use super::{Worker, WorkerError};
 use crate::auth::Principal;
 use crate::backend::Vm;
 use crate::id::{ExecId, LocalVmId, SandboxId};
+use crate::telemetry::WorkerLabels;
 use crate::tuple::SandboxTuple;
 use crate::warm::{DemandTracker, ReadyPool};
 
@@ -221,18 +222,14 @@ impl Worker {
             let state = self.lock();
             (state.reserved, state.sandboxes.len())
         };
-        let wid = self.config.worker_id.as_str();
-        let labels = [("worker_id", wid)];
-        let _ = self
-            .metrics
-            .set_gauge("worker.cpu.allocated_cores", &labels, usage.cores as f64);
-        let _ = self.metrics.set_gauge(
-            "worker.memory.allocated_mib",
-            &labels,
-            usage.memory_mib as f64,
-        );
-        let _ = self
-            .metrics
-            .set_gauge("worker.sandboxes.live", &labels, live as f64);
+        let labels = WorkerLabels {
+            worker_id: self.config.worker_id.as_str(),
+        };
+        let metrics = &self.metrics.worker;
+        metrics.cpu_allocated_cores.set(&labels, usage.cores as f64);
+        metrics
+            .memory_allocated_mib
+            .set(&labels, usage.memory_mib as f64);
+        metrics.sandboxes_live.set(&labels, live as f64);
     }
 }

@@ -19,6 +19,7 @@ use crate::backend::fake::{FakeBackend, FakeExec, FAKE_SYNTAX_ERROR};
 use crate::backend::{BackendError, ProvisionSpec};
 use crate::clock::ManualClock;
 use crate::id::LocalVmId;
+use crate::telemetry::{SandboxReadyLabels, WarmupFailureLabels, WorkerCpuLabels};
 
 // ---------------------------------------------------------------------------------------------
 // Harness
@@ -333,27 +334,26 @@ async fn create_then_get() {
     assert_eq!(h.fake.live_count(), 1);
     assert_eq!(h.worker.allocated(), (2, 4096));
     let m = h.worker.metrics();
+    let (worker_id, cpu) = ("worker_a", "2");
     assert_eq!(
-        m.value(
-            "worker.warm.miss.total",
-            &[("worker_id", "worker_a"), ("cpu", "2")]
-        ),
+        m.worker
+            .warm_miss
+            .value(&WorkerCpuLabels { worker_id, cpu }),
         Some(1.0)
     );
     assert_eq!(
-        m.value("worker.sandboxes.live", &[("worker_id", "worker_a")]),
+        m.worker.sandboxes_live.value(&WorkerLabels { worker_id }),
         Some(1.0)
     );
     assert_eq!(
-        m.histogram(
-            "worker.sandbox.ready.duration_seconds",
-            &[
-                ("worker_id", "worker_a"),
-                ("start_type", "cold"),
-                ("cpu", "2")
-            ]
-        )
-        .map(|(n, _)| n),
+        m.worker
+            .ready_duration
+            .count_and_sum(&SandboxReadyLabels {
+                worker_id,
+                start_type: "cold",
+                cpu
+            })
+            .map(|(n, _)| n),
         Some(1)
     );
 }
@@ -505,7 +505,11 @@ async fn failed_provision_leaks_nothing() {
     assert_eq!(
         h.worker
             .metrics()
-            .value("worker.cpu.allocated_cores", &[("worker_id", "worker_a")]),
+            .worker
+            .cpu_allocated_cores
+            .value(&WorkerLabels {
+                worker_id: "worker_a"
+            }),
         Some(0.0)
     );
     // The capacity is really free again.
@@ -557,21 +561,13 @@ async fn delete_destroys_and_releases() {
         h.worker.delete_sandbox(&dev(), &sid).await,
         Err(WorkerError::SandboxNotFound)
     ));
-    let m = h.worker.metrics();
-    assert_eq!(
-        m.value(
-            "worker.sandboxes.warm.target",
-            &[("worker_id", "worker_a"), ("cpu", "2")]
-        ),
-        Some(6.0)
-    );
-    assert_eq!(
-        m.value(
-            "worker.sandboxes.warm.deficit",
-            &[("worker_id", "worker_a"), ("cpu", "2")]
-        ),
-        Some(6.0)
-    );
+    let m = &h.worker.metrics().worker;
+    let labels = WorkerCpuLabels {
+        worker_id: "worker_a",
+        cpu: "2",
+    };
+    assert_eq!(m.warm_target.value(&labels), Some(6.0));
+    assert_eq!(m.warm_deficit.value(&labels), Some(6.0));
 }
 
 #[tokio::test(start_paused = true)]
@@ -869,10 +865,10 @@ async fn hinted_create_claims_the_ready_vm() {
     assert_eq!(events[0].event, "claimed");
     assert_eq!(events[0].local_vm_id, hint);
     assert_eq!(
-        h.worker.metrics().value(
-            "worker.warm.hit.total",
-            &[("worker_id", "worker_a"), ("cpu", "1")]
-        ),
+        h.worker.metrics().worker.warm_hit.value(&WorkerCpuLabels {
+            worker_id: "worker_a",
+            cpu: "1"
+        }),
         Some(1.0)
     );
 }
@@ -1057,11 +1053,14 @@ async fn pre_pull_floor_fills_with_warmup() {
     assert!(events.iter().all(|e| e.event == "ready"
         && e.image == "alpine:3.20"
         && LocalVmId::parse(&e.local_vm_id).is_ok()));
-    let m = h.worker.metrics();
-    let labels = [("worker_id", "worker_a"), ("cpu", "1")];
-    assert_eq!(m.value("worker.sandboxes.warm.target", &labels), Some(2.0));
-    assert_eq!(m.value("worker.sandboxes.warm.ready", &labels), Some(2.0));
-    assert_eq!(m.value("worker.sandboxes.warm.deficit", &labels), Some(0.0));
+    let m = &h.worker.metrics().worker;
+    let labels = WorkerCpuLabels {
+        worker_id: "worker_a",
+        cpu: "1",
+    };
+    assert_eq!(m.warm_target.value(&labels), Some(2.0));
+    assert_eq!(m.warm_ready.value(&labels), Some(2.0));
+    assert_eq!(m.warm_deficit.value(&labels), Some(0.0));
 }
 
 #[tokio::test]
@@ -1091,14 +1090,15 @@ async fn failing_warmup_destroys_the_vm_and_backs_off() {
     assert_eq!(h.fake.counters().destroys, 1);
     assert!(h.queued_events().is_empty());
     assert_eq!(
-        h.worker.metrics().value(
-            "worker.warmup.failures.total",
-            &[
-                ("worker_id", "worker_a"),
-                ("cpu", "1"),
-                ("reason", "warmup")
-            ]
-        ),
+        h.worker
+            .metrics()
+            .worker
+            .warmup_failures
+            .value(&WarmupFailureLabels {
+                worker_id: "worker_a",
+                cpu: "1",
+                reason: "warmup"
+            }),
         Some(1.0)
     );
     // A provision failure counts too.
@@ -1114,14 +1114,15 @@ async fn failing_warmup_destroys_the_vm_and_backs_off() {
     let job = h.worker.next_warm_job().unwrap();
     h.worker.fill_one(job, &mut stop).await;
     assert_eq!(
-        h.worker.metrics().value(
-            "worker.warmup.failures.total",
-            &[
-                ("worker_id", "worker_a"),
-                ("cpu", "1"),
-                ("reason", "provision")
-            ]
-        ),
+        h.worker
+            .metrics()
+            .worker
+            .warmup_failures
+            .value(&WarmupFailureLabels {
+                worker_id: "worker_a",
+                cpu: "1",
+                reason: "provision"
+            }),
         Some(1.0)
     );
     assert_eq!(h.fake.live_count(), 0);
@@ -1463,19 +1464,10 @@ async fn first_exec_tti_is_observed_once() {
             .await
             .unwrap();
     }
-    let m = h.worker.metrics();
-    assert_eq!(
-        m.histogram_total_count("worker.sandbox.first_exec.tti_seconds"),
-        1
-    );
-    assert_eq!(
-        m.histogram_total_count("worker.exec.start.duration_seconds"),
-        2
-    );
-    eventually("both done", || {
-        m.histogram_total_count("worker.exec.duration_seconds") == 2
-    })
-    .await;
+    let m = &h.worker.metrics().worker;
+    assert_eq!(m.first_exec_tti.total_count(), 1);
+    assert_eq!(m.exec_start_duration.total_count(), 2);
+    eventually("both done", || m.exec_duration.total_count() == 2).await;
 }
 
 #[tokio::test(start_paused = true)]
