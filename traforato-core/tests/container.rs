@@ -492,6 +492,65 @@ async fn seccomp_allowlist_refuses_what_sandboxes_never_need() {
     vm.destroy().await.unwrap();
 }
 
+/// Bytes the sandbox's memory cgroup is charged for.
+fn memory_charged(h: &Harness, vm_id: &LocalVmId) -> u64 {
+    let dirs = h.backend().cgroup_dirs(vm_id);
+    let file = if h.backend().uses_cgroup_v2() {
+        dirs[0].join("memory.current")
+    } else {
+        dirs.iter()
+            .find(|d| d.components().any(|c| c.as_os_str() == "memory"))
+            .expect("a memory cgroup")
+            .join("memory.usage_in_bytes")
+    };
+    std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+async fn write_bytes(vm: &Arc<dyn Vm>, p: &str, len: usize) -> Result<u64, FilesError> {
+    let reader: traforato_core::backend::BoxedReader =
+        Box::new(std::io::Cursor::new(vec![7u8; len]));
+    vm.write_file(&path(p), reader, WriteMode::Replace).await
+}
+
+/// Hardening I: what the files API writes lives in the sandbox's memory (its writable layer
+/// is a tmpfs) and is charged to the sandbox, not to the worker; a write that does not fit
+/// fails cleanly and leaves the sandbox working.
+#[tokio::test]
+async fn files_api_writes_are_charged_to_the_sandbox() {
+    let Some(h) = Harness::new("charge") else {
+        return;
+    };
+    let vm = h.provision(96).await;
+    let id = vm.vm_id();
+    let before = memory_charged(&h, &id);
+    for i in 0..3 {
+        let written = write_bytes(&vm, &format!("/workspace/f{i}"), 8 << 20).await;
+        assert_eq!(written.unwrap(), 8 << 20);
+    }
+    let after = memory_charged(&h, &id);
+    assert!(
+        after >= before + (20 << 20),
+        "24 MiB written, the sandbox was charged {} KiB more",
+        after.saturating_sub(before) >> 10
+    );
+    assert_eq!(sh(&vm, "wc -c < /workspace/f2").await.stdout, "8388608\n");
+    // More than the limit: refused, and the sandbox lives on.
+    let err = write_bytes(&vm, "/workspace/big", 128 << 20)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FilesError::TooLarge), "{err:?}");
+    assert_eq!(
+        sh(&vm, "rm -f /workspace/big; echo ok").await.stdout,
+        "ok\n"
+    );
+    assert_eq!(read(&vm, "/workspace/f0").await.unwrap().len(), 8 << 20);
+    vm.destroy().await.unwrap();
+}
+
 #[tokio::test]
 async fn memory_hog_is_killed_by_the_limit() {
     let Some(h) = Harness::new("mem") else {

@@ -344,7 +344,65 @@ pub(crate) struct SandboxCgroup {
     dirs: Vec<PathBuf>,
 }
 
+/// Reads how much memory a sandbox's cgroup has left, for writes made on its behalf.
+#[derive(Debug, Clone)]
+pub(crate) struct MemoryGauge {
+    version: CgroupVersion,
+    dir: PathBuf,
+}
+
+impl MemoryGauge {
+    /// Bytes the sandbox can still take before it reaches its limit less a reserve for its
+    /// processes (an eighth of the limit, at least 8 MiB): its anonymous and tmpfs memory
+    /// count, page cache (which the kernel can reclaim) does not. `None` without a limit or
+    /// when the files cannot be read.
+    pub(crate) fn room(&self) -> Option<u64> {
+        let read = |name: &str| fs::read_to_string(self.dir.join(name)).ok();
+        let limit: u64 = match self.version {
+            CgroupVersion::V2 => read("memory.max")?.trim().parse().ok()?,
+            CgroupVersion::V1 => read("memory.limit_in_bytes")?.trim().parse().ok()?,
+        };
+        // v1 reports "no limit" as a huge number.
+        if limit >= 1 << 60 {
+            return None;
+        }
+        let stat = read("memory.stat")?;
+        let field = |key: &str| {
+            stat.lines()
+                .find_map(|l| {
+                    l.strip_prefix(key)?
+                        .strip_prefix(' ')?
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+                .unwrap_or(0)
+        };
+        let used = match self.version {
+            CgroupVersion::V2 => field("anon") + field("shmem") + field("kernel"),
+            CgroupVersion::V1 => field("rss") + field("shmem"),
+        };
+        let reserve = (limit / 8).max(8 << 20);
+        Some(limit.saturating_sub(used).saturating_sub(reserve))
+    }
+}
+
 impl SandboxCgroup {
+    /// The gauge of the memory controller's directory, if the sandbox has one.
+    pub(crate) fn memory_gauge(&self) -> Option<MemoryGauge> {
+        let marker = match self.version {
+            CgroupVersion::V2 => "memory.max",
+            CgroupVersion::V1 => "memory.limit_in_bytes",
+        };
+        self.dirs
+            .iter()
+            .find(|d| d.join(marker).exists())
+            .map(|dir| MemoryGauge {
+                version: self.version,
+                dir: dir.clone(),
+            })
+    }
+
     /// Moves a process (and so its future children) into the sandbox's cgroups.
     pub(crate) fn attach(&self, pid: u32) -> io::Result<()> {
         for dir in &self.dirs {

@@ -14,7 +14,9 @@ use tokio::time::Instant;
 
 use super::agent::{AgentConn, ExecEvent};
 use super::protocol::Request;
-use crate::backend::{BackendError, ExecExit, OutputChunk, OutputStream, TIMEOUT_EXIT_CODE};
+use crate::backend::{
+    BackendError, BoxedReader, ExecExit, FilesError, OutputChunk, OutputStream, TIMEOUT_EXIT_CODE,
+};
 
 /// After the command exits, how long output is still forwarded while background processes
 /// keep its stdout/stderr open. Later output is read and dropped, so those processes never
@@ -209,4 +211,102 @@ pub(crate) async fn feed(mut writer: pipe::Sender, data: Option<Bytes>) {
     if let Some(data) = data {
         let _ = writer.write_all(&data).await;
     }
+}
+
+/// Writes `content` into `file` (opened by the worker in the sandbox root) through a process
+/// of the sandbox, so that the sandbox's memory cgroup pays for the pages: the bytes go
+/// through a pipe to the init's copy process (see `Request::Copy`). At most `room` bytes are
+/// written (the memory the sandbox has left, see `MemoryGauge::room`): a larger upload is
+/// [`FilesError::TooLarge`], and the file is cut back to its length before the write, so the
+/// memory is given back. Returns the bytes written.
+pub(crate) async fn copy_in(
+    agent: &Arc<AgentConn>,
+    file: OwnedFd,
+    mut content: BoxedReader,
+    room: Option<u64>,
+) -> Result<u64, FilesError> {
+    let io = |op: &str| {
+        let op = op.to_string();
+        move |source: std::io::Error| FilesError::Io { op, source }
+    };
+    if !agent.is_alive() {
+        return Err(FilesError::Gone);
+    }
+    // Kept to cut the file back if the write does not fit.
+    let file = std::fs::File::from(file);
+    let original_len = file.metadata().map(|m| m.len()).map_err(io("stat file"))?;
+    let (read_end, write_end) =
+        pipe_with(PipeFlags::CLOEXEC).map_err(|e| io("create pipe")(e.into()))?;
+    let (id, mut events) = agent.register();
+    let sent = agent
+        .send(&Request::Copy { id }, &[read_end.as_fd(), file.as_fd()])
+        .await;
+    drop(read_end);
+    if let Err(e) = sent {
+        agent.unregister(id);
+        return Err(io("send copy request")(e));
+    }
+    let mut guard = KillOnDrop {
+        agent: Arc::clone(agent),
+        id,
+        armed: true,
+    };
+    match events.recv().await {
+        Some(ExecEvent::Started) => {}
+        Some(ExecEvent::Failed(message)) => {
+            guard.armed = false;
+            return Err(io("start copy")(std::io::Error::other(message)));
+        }
+        Some(ExecEvent::Exited(_)) | None => {
+            guard.armed = false;
+            return Err(FilesError::Gone);
+        }
+    }
+    let mut writer = pipe::Sender::from_owned_fd(write_end).map_err(io("open pipe"))?;
+    let mut written: u64 = 0;
+    let mut buf = vec![0u8; READ_CHUNK];
+    // Ends with None when the content was all handed over, else with why not.
+    let stopped: Option<FilesError> = loop {
+        let n = match content.read(&mut buf).await {
+            Ok(0) => break None,
+            Ok(n) => n,
+            Err(e) => break Some(io("read upload")(e)),
+        };
+        if room.is_some_and(|room| written + n as u64 > room) {
+            break Some(FilesError::TooLarge);
+        }
+        // A failed write of the pipe means the copy process stopped: its exit says why.
+        if writer.write_all(&buf[..n]).await.is_err() {
+            break None;
+        }
+        written += n as u64;
+    };
+    if stopped.is_some() {
+        let _ = agent.send(&Request::Kill { id }, &[]).await;
+    }
+    drop(writer);
+    let code = wait_exit(&mut events).await;
+    guard.armed = false;
+    let result = match (stopped, code) {
+        (_, None) => Err(FilesError::Gone),
+        (Some(err), _) => Err(err),
+        (None, Some(0)) => Ok(written),
+        // Out of space, or out of the sandbox's memory (the copy is the OOM victim).
+        (None, Some(libc::ENOSPC | libc::EFBIG | libc::EDQUOT | libc::ENOMEM)) => {
+            Err(FilesError::TooLarge)
+        }
+        (None, Some(code)) if code == 128 + libc::SIGKILL => Err(FilesError::TooLarge),
+        (None, Some(code)) if code < 128 => {
+            Err(io("write file")(std::io::Error::from_raw_os_error(code)))
+        }
+        (None, Some(code)) => Err(io("write file")(std::io::Error::other(format!(
+            "copy ended by signal {}",
+            code - 128
+        )))),
+    };
+    if matches!(result, Err(FilesError::TooLarge)) {
+        // Give the memory back: a replaced file ends empty, an appended one as it was.
+        let _ = file.set_len(original_len);
+    }
+    result
 }

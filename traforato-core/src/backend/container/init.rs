@@ -507,6 +507,19 @@ fn serve(control: OwnedFd, sigfd: OwnedFd) -> i32 {
                     return 0;
                 }
             }
+            Ok(Some((Request::Copy { id }, fds))) => {
+                let event = match spawn_copy(fds) {
+                    Ok(pid) => {
+                        pid_to_id.insert(pid, id);
+                        id_to_pid.insert(id, pid);
+                        Event::Started { id }
+                    }
+                    Err(message) => Event::ExecFailed { id, message },
+                };
+                if protocol::send(control.as_fd(), &event, &[], false).is_err() {
+                    return 0;
+                }
+            }
             Ok(Some((Request::Kill { id }, _))) => {
                 if let Some(pid) = id_to_pid.get(&id).and_then(|p| Pid::from_raw(*p)) {
                     let _ = kill_process_group(pid, Signal::KILL);
@@ -653,6 +666,57 @@ fn spawn(
         STAGE_EXEC => format!("cannot execute {argv0}: {err}"),
         _ => format!("cannot set up {argv0}: {err}"),
     })
+}
+
+/// Forks a process that copies the first of `fds` (a pipe) into the second (a file) and exits
+/// with 0, or with the errno of the read or write that failed. It runs in the sandbox's cgroup
+/// (so the sandbox pays for the pages) and volunteers to be the first victim of the sandbox's
+/// memory limit: a write that does not fit kills the copy, not the sandbox's other processes.
+fn spawn_copy(fds: Vec<OwnedFd>) -> Result<i32, String> {
+    let [source, target] = <[OwnedFd; 2]>::try_from(fds)
+        .map_err(|_| "copy request without its 2 descriptors".to_string())?;
+    // Allocated before the fork: the child only reads and writes.
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: the agent is single-threaded, so the child may run ordinary code; it only uses
+    // the two descriptors and the buffer made before the fork, and ends in `_exit`.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!("fork: {}", io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // SAFETY: plain syscalls on live descriptors and a live buffer; `_exit` never returns.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            libc::setsid();
+            let _ = std::fs::write("/proc/self/oom_score_adj", "1000");
+            let code = copy_all(&source, &target, &mut buf);
+            libc::_exit(code)
+        }
+    }
+    Ok(pid)
+}
+
+/// Copies `source` to its end into `target`: 0, or the errno that stopped it.
+fn copy_all(source: &OwnedFd, target: &OwnedFd, buf: &mut [u8]) -> i32 {
+    loop {
+        let n = match rustix::io::read(source, &mut *buf) {
+            Ok(0) => return 0,
+            Ok(n) => n,
+            Err(Errno::INTR) => continue,
+            Err(e) => return e.raw_os_error(),
+        };
+        let mut done = 0;
+        while done < n {
+            match rustix::io::write(target, &buf[done..n]) {
+                Ok(0) => return libc::EIO,
+                Ok(w) => done += w,
+                Err(Errno::INTR) => {}
+                Err(e) => return e.raw_os_error(),
+            }
+        }
+    }
 }
 
 /// In the forked child: reset signals, new session, stdio, cwd, exec. Never returns.

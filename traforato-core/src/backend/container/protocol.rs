@@ -51,6 +51,14 @@ pub(crate) enum Request {
         /// Working directory.
         cwd: String,
     },
+    /// Copy everything from the first fd (a pipe) into the second (a file the worker opened
+    /// in the sandbox root), in a process of the sandbox: the pages it writes are charged to
+    /// the sandbox's memory cgroup, not the worker's. Answered like an exec: `Started`, then
+    /// `Exited` with 0, the errno of a failed read or write, or 128 + signal.
+    Copy {
+        /// Chosen by the worker, echoed in the events.
+        id: u64,
+    },
     /// SIGKILL the process group of a running command.
     Kill {
         /// The exec's id.

@@ -8,12 +8,11 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
 use tokio::process::Child;
 use tokio::sync::mpsc;
 
 use super::agent::AgentConn;
-use super::cgroup::SandboxCgroup;
+use super::cgroup::{MemoryGauge, SandboxCgroup};
 use super::code::{self, CodeRun};
 use super::exec::{self, Command};
 use super::files::SandboxRoot;
@@ -35,6 +34,7 @@ pub(crate) const DEFAULT_CWD: &str = "/workspace";
 #[derive(Clone)]
 struct Live {
     agent: Arc<AgentConn>,
+    memory: Option<MemoryGauge>,
     zygote: Option<Arc<Zygote>>,
     root: Arc<SandboxRoot>,
     netns: Arc<OwnedFd>,
@@ -67,10 +67,12 @@ impl ContainerVm {
         netns: OwnedFd,
         teardown: Teardown,
     ) -> Self {
+        let memory = teardown.cgroup.memory_gauge();
         Self {
             vm_id,
             live: Mutex::new(Some(Live {
                 agent,
+                memory,
                 zygote: zygote.map(Arc::new),
                 root: Arc::new(root),
                 netns: Arc::new(netns),
@@ -204,28 +206,18 @@ impl Vm for ContainerVm {
     async fn write_file(
         &self,
         path: &SandboxPath,
-        mut content: BoxedReader,
+        content: BoxedReader,
         mode: WriteMode,
     ) -> Result<u64, FilesError> {
         let target = path.clone();
         let file = self
             .with_root(move |root| root.open_write(&target, mode))
             .await?;
-        let mut file = tokio::fs::File::from_std(file);
-        let written = tokio::io::copy(&mut content, &mut file)
-            .await
-            .map_err(|e| match e.raw_os_error() {
-                Some(libc::ENOSPC) | Some(libc::EFBIG) | Some(libc::EDQUOT) => FilesError::TooLarge,
-                _ => FilesError::Io {
-                    op: "write file".to_string(),
-                    source: e,
-                },
-            })?;
-        file.flush().await.map_err(|e| FilesError::Io {
-            op: "write file".to_string(),
-            source: e,
-        })?;
-        Ok(written)
+        // The bytes are written by a process of the sandbox, which pays for their pages, up
+        // to the memory the sandbox has left.
+        let live = self.live().ok_or(FilesError::Gone)?;
+        let room = live.memory.as_ref().and_then(MemoryGauge::room);
+        super::exec::copy_in(&live.agent, file.into(), content, room).await
     }
 
     async fn stat(&self, path: &SandboxPath) -> Result<Option<FileStat>, FilesError> {
