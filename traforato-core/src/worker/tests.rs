@@ -115,23 +115,15 @@ fn t0() -> DateTime<Utc> {
 
 fn config() -> WorkerConfig {
     WorkerConfig {
-        broker_id: ComponentId::parse("broker_local").unwrap(),
         worker_id: ComponentId::parse("worker_a").unwrap(),
         hostname: "worker-a.local".into(),
         advertise_url: "http://worker-a.local:9090".into(),
         broker_public_url: Some("http://broker.example.com".into()),
         hardware_sku: "gpu-a100".into(),
-        total_cores: 8,
         total_memory_mib: 16384,
         max_live_sandboxes: 6,
-        default_ttl: Duration::from_secs(30 * 60),
-        max_ttl: Duration::from_secs(24 * 60 * 60),
-        default_virtualization: "fake".into(),
         registration_heartbeat: Duration::from_millis(20),
-        registration_jitter_percent: 0,
-        reap_interval: Duration::from_secs(1),
-        pre_pull: vec![],
-        auth_mode: AuthMode::Dev,
+        ..WorkerConfig::for_tests()
     }
 }
 
