@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use traforato_core::api::{CreateSandboxRequest, VmEventRequest};
-use traforato_core::auth::AuthMode;
 use traforato_core::backend::fake::FakeBackend;
 use traforato_core::backend::VmBackend;
 use traforato_core::broker::{Broker, BrokerConfig, StaticWorker};
@@ -90,12 +89,7 @@ pub fn add_ready_hint(broker: &Broker, worker: usize, tuple: &SandboxTuple) -> L
 /// ready and has room for `max_live` sandboxes in all.
 pub fn worker(backend: FakeBackend, warm: u32, max_live: u32) -> Arc<Worker> {
     let config = WorkerConfig {
-        broker_id: ComponentId::parse("broker_local").expect("valid id"),
         worker_id: ComponentId::parse("worker_bench").expect("valid id"),
-        hostname: "localhost".to_string(),
-        advertise_url: "http://127.0.0.1:8081".to_string(),
-        broker_public_url: None,
-        hardware_sku: String::new(),
         total_cores: max_live,
         total_memory_mib: u64::from(max_live) * 256,
         max_live_sandboxes: max_live,
@@ -103,7 +97,6 @@ pub fn worker(backend: FakeBackend, warm: u32, max_live: u32) -> Arc<Worker> {
         max_ttl: Duration::from_secs(3600),
         default_virtualization: VIRTUALIZATION.to_string(),
         registration_heartbeat: Duration::from_secs(30),
-        registration_jitter_percent: 0,
         reap_interval: Duration::from_secs(60),
         pre_pull: vec![PrePullTarget {
             tuple: tuple(),
@@ -111,7 +104,7 @@ pub fn worker(backend: FakeBackend, warm: u32, max_live: u32) -> Arc<Worker> {
             warmup_script: String::new(),
             warmup_timeout: Duration::from_secs(10),
         }],
-        auth_mode: AuthMode::Dev,
+        ..WorkerConfig::for_tests()
     };
     Worker::new(
         config,

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use traforato_core::auth::AuthMode;
 use traforato_core::backend::VmBackend;
 use traforato_core::broker::{Broker, BrokerConfig};
 use traforato_core::clock::SystemClock;
@@ -111,10 +110,8 @@ impl WorkerShell {
         let config = WorkerConfig {
             broker_id: broker.broker.config().broker_id.clone(),
             worker_id: id,
-            hostname: "localhost".to_string(),
             advertise_url: format!("http://{addr}"),
             broker_public_url: Some(broker.url.clone()),
-            hardware_sku: String::new(),
             total_cores: spec.max_live,
             total_memory_mib: u64::from(spec.max_live) * 512,
             max_live_sandboxes: spec.max_live,
@@ -123,10 +120,9 @@ impl WorkerShell {
             default_virtualization: VIRTUALIZATION.to_string(),
             // Long, so that no heartbeat (and no VM start it would fetch) lands mid-sample.
             registration_heartbeat: Duration::from_secs(60),
-            registration_jitter_percent: 0,
             reap_interval: Duration::from_secs(30),
             pre_pull: spec.pre_pull,
-            auth_mode: AuthMode::Dev,
+            ..WorkerConfig::for_tests()
         };
         let worker = Worker::new(
             config,

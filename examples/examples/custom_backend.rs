@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 use traforato_core::api::{CreateSandboxRequest, RunCodeRequest};
-use traforato_core::auth::{AuthMode, Principal};
+use traforato_core::auth::Principal;
 use traforato_core::backend::fake::FakeBackend;
 use traforato_core::backend::{
     BackendError, BoxedReader, BoxedStream, CodeOutcome, CodeSpec, ExecExit, ExecSpec, FileEntry,
@@ -256,23 +256,15 @@ impl Vm for AuditVm {
 
 fn worker_config() -> Result<WorkerConfig, BoxError> {
     Ok(WorkerConfig {
-        broker_id: ComponentId::parse("broker_local")?,
         worker_id: ComponentId::parse("worker_audit")?,
-        hostname: "localhost".to_string(),
         advertise_url: "http://localhost:8081".to_string(),
-        broker_public_url: None,
-        hardware_sku: String::new(),
         total_cores: 2,
         total_memory_mib: 2048,
         max_live_sandboxes: 2,
         default_ttl: Duration::from_secs(600),
         max_ttl: Duration::from_secs(3600),
-        default_virtualization: "fake".to_string(),
         registration_heartbeat: Duration::from_secs(30),
-        registration_jitter_percent: 0,
-        reap_interval: Duration::from_secs(1),
-        pre_pull: Vec::new(),
-        auth_mode: AuthMode::Dev,
+        ..WorkerConfig::for_tests()
     })
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use traforato_core::api::{CreateSandboxRequest, ExecRequest, FrameKind, RunCodeRequest};
-use traforato_core::auth::{AuthMode, Principal};
+use traforato_core::auth::Principal;
 use traforato_core::backend::fake::FakeBackend;
 use traforato_core::backend::VmBackend;
 use traforato_core::broker::{Broker, BrokerConfig};
@@ -39,27 +39,24 @@ fn worker_config(broker_id: &ComponentId) -> Result<WorkerConfig, BoxError> {
     Ok(WorkerConfig {
         broker_id: broker_id.clone(),
         worker_id: ComponentId::parse("worker_a")?,
-        hostname: "localhost".to_string(),
         // Where clients would reach the worker over HTTP; here it only appears in placements.
         advertise_url: "http://worker-a.example:8081".to_string(),
-        broker_public_url: None,
         hardware_sku: "general".to_string(),
         total_cores: 4,
         total_memory_mib: 4096,
         max_live_sandboxes: 4,
         default_ttl: Duration::from_secs(600),
         max_ttl: Duration::from_secs(3600),
-        default_virtualization: "fake".to_string(),
         registration_heartbeat: Duration::from_secs(30),
-        registration_jitter_percent: 0,
-        reap_interval: Duration::from_secs(1),
         pre_pull: vec![PrePullTarget {
             tuple: SandboxTuple::normalize("fake", IMAGE, 1, "fake"),
             target_count: 1,
             warmup_script: String::new(),
             warmup_timeout: Duration::from_secs(10),
         }],
-        auth_mode: AuthMode::Dev,
+        // The rest (dev mode, `fake` virtualization, ...) from the test-util defaults; a real
+        // deployment sets every field (see `WorkerConfig`).
+        ..WorkerConfig::for_tests()
     })
 }
 

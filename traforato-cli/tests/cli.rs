@@ -35,7 +35,7 @@ impl Stack {
             .await
             .unwrap();
         Stack {
-            url: inner.broker_url.clone(),
+            url: inner.broker.url.clone(),
             inner,
         }
     }

@@ -46,7 +46,7 @@ async fn client_drives_container_sandboxes() {
     let stack = LocalStack::start(&AuthConfig::default(), "container", backends)
         .await
         .expect("stack");
-    let client = Client::new(&stack.broker_url).expect("client");
+    let client = Client::new(&stack.broker.url).expect("client");
 
     let sandbox = client
         .create_sandbox(CreateSandbox::new("host"))

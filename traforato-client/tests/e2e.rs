@@ -44,8 +44,8 @@ impl Stack {
             .await
             .unwrap();
         Stack {
-            broker_url: inner.broker_url.clone(),
-            broker: inner.broker.clone(),
+            broker_url: inner.broker.url.clone(),
+            broker: inner.broker.broker.clone(),
             inner,
         }
     }

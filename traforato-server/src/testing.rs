@@ -1,10 +1,12 @@
-//! A broker and a worker serving on loopback in this process, for end-to-end tests of clients
-//! (the client and CLI crates use it) and for trying things out.
+//! Brokers and workers serving on loopback in this process, for end-to-end tests (this crate's,
+//! the client's and the CLI's) and for trying things out: [`TestBroker`], [`TestWorker`], and
+//! [`LocalStack`], one of each with the worker registered.
 //!
 //! The worker registers with the broker over HTTP (signed with internal tokens in prod mode)
 //! and runs with the backends it is given, typically the `fake` test double.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +16,6 @@ use traforato_core::auth::{AuthConfig, ClientAuthenticator, InternalTokenSigner}
 use traforato_core::backend::VmBackend;
 use traforato_core::broker::{Broker, BrokerConfig};
 use traforato_core::clock::{Clock, SystemClock};
-use traforato_core::id::ComponentId;
 use traforato_core::scheduler::LeastLoaded;
 use traforato_core::telemetry::Metrics;
 use traforato_core::worker::{BrokerLink, Worker, WorkerConfig};
@@ -23,22 +24,158 @@ use crate::link::HttpBrokerLink;
 use crate::server::{shutdown_channel, ShutdownTrigger};
 use crate::{serve_broker_with_auth, serve_worker_with_auth, BrokerAuth};
 
-/// How long [`LocalStack::start`] waits for the worker to register.
+/// How long [`LocalStack::registered`] waits for the worker to register.
 const REGISTRATION_WAIT: Duration = Duration::from_secs(20);
 
-/// A running broker (`broker_local`) and worker (`worker_local`) on `127.0.0.1:0`.
-pub struct LocalStack {
-    /// The broker's base URL, e.g. `http://127.0.0.1:41234`.
-    pub broker_url: String,
-    /// The worker's base URL.
-    pub worker_url: String,
+/// A broker serving HTTP (the default scheduler) until [`TestBroker::stop`].
+pub struct TestBroker {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its base URL, e.g. `http://127.0.0.1:41234`.
+    pub url: String,
     /// The broker library object.
     pub broker: Arc<Broker>,
+    trigger: ShutdownTrigger,
+    task: JoinHandle<io::Result<()>>,
+}
+
+impl TestBroker {
+    /// Serves a broker of `config` on `127.0.0.1:0`, reading time from `clock` and checking
+    /// tokens as `auth` says (dev when its secret is empty).
+    pub async fn start(
+        config: BrokerConfig,
+        clock: Arc<dyn Clock>,
+        auth: &AuthConfig,
+    ) -> io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::serve(listener, config, clock, auth)
+    }
+
+    /// As [`TestBroker::start`], on `listener` (a restart on the same address, say).
+    pub fn serve(
+        listener: TcpListener,
+        config: BrokerConfig,
+        clock: Arc<dyn Clock>,
+        auth: &AuthConfig,
+    ) -> io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let broker = Arc::new(Broker::new(
+            config,
+            clock.clone(),
+            Arc::new(LeastLoaded),
+            Arc::new(Metrics::new(auth.mode().is_prod())),
+        ));
+        let (trigger, shutdown) = shutdown_channel();
+        let task = tokio::spawn(serve_broker_with_auth(
+            listener,
+            broker.clone(),
+            BrokerAuth::new(auth, clock),
+            shutdown.wait(),
+        ));
+        Ok(Self {
+            addr,
+            url: format!("http://{addr}"),
+            broker,
+            trigger,
+            task,
+        })
+    }
+
+    /// The URL of `path` (which starts with `/`) at this broker.
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// Stops serving and returns the serving error, if any.
+    pub async fn stop(self) -> io::Result<()> {
+        self.trigger.trigger();
+        self.task.await.map_err(io::Error::other)?
+    }
+}
+
+/// A worker serving HTTP and running its background work (registration, warm pool, TTL
+/// reaper) until [`TestWorker::stop`].
+pub struct TestWorker {
+    /// Its base URL, also its advertise URL.
+    pub url: String,
     /// The worker library object.
     pub worker: Arc<Worker>,
     trigger: ShutdownTrigger,
-    tasks: Vec<JoinHandle<io::Result<()>>>,
-    run: JoinHandle<()>,
+    serve_task: JoinHandle<io::Result<()>>,
+    run_task: JoinHandle<()>,
+}
+
+impl TestWorker {
+    /// Binds `127.0.0.1:0`, then serves a worker of [`WorkerConfig::for_tests`] with that
+    /// address as its advertise URL, `broker_url` as its broker's public URL and `auth`'s mode,
+    /// as changed by `tweak`. The worker reaches `broker_url` over HTTP, its calls signed with
+    /// internal tokens of `auth`; without a broker it stands alone.
+    pub async fn start(
+        broker_url: Option<&str>,
+        auth: &AuthConfig,
+        backends: Vec<Arc<dyn VmBackend>>,
+        tweak: impl FnOnce(&mut WorkerConfig),
+    ) -> io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let mut config = WorkerConfig {
+            advertise_url: url.clone(),
+            broker_public_url: broker_url.map(String::from),
+            auth_mode: auth.mode(),
+            ..WorkerConfig::for_tests()
+        };
+        tweak(&mut config);
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let link = broker_url.map(|broker_url| {
+            let signer = InternalTokenSigner::new(auth, clock.clone());
+            Arc::new(HttpBrokerLink::new(broker_url).with_signer(signer)) as Arc<dyn BrokerLink>
+        });
+        let worker = Worker::new(
+            config,
+            backends,
+            clock.clone(),
+            Arc::new(Metrics::new(auth.mode().is_prod())),
+            link,
+        );
+        let (trigger, shutdown) = shutdown_channel();
+        let serve_task = tokio::spawn(serve_worker_with_auth(
+            listener,
+            worker.clone(),
+            ClientAuthenticator::new(auth, clock),
+            shutdown.clone().wait(),
+        ));
+        let run_task = tokio::spawn(worker.clone().run(shutdown.wait()));
+        Ok(Self {
+            url,
+            worker,
+            trigger,
+            serve_task,
+            run_task,
+        })
+    }
+
+    /// The URL of `path` (which starts with `/`) at this worker.
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// Stops serving and its background work (it deregisters and destroys its sandboxes),
+    /// and returns the serving error, if any.
+    pub async fn stop(self) -> io::Result<()> {
+        self.trigger.trigger();
+        let served = self.serve_task.await.map_err(io::Error::other)?;
+        self.run_task.await.map_err(io::Error::other)?;
+        served
+    }
+}
+
+/// A broker (`broker_local`) and a worker (`worker_local`) on `127.0.0.1:0`, the worker
+/// registered with the broker.
+pub struct LocalStack {
+    /// The broker.
+    pub broker: TestBroker,
+    /// The worker.
+    pub worker: TestWorker,
 }
 
 impl LocalStack {
@@ -49,79 +186,44 @@ impl LocalStack {
         default_virtualization: &str,
         backends: Vec<Arc<dyn VmBackend>>,
     ) -> io::Result<Self> {
-        let prod = auth.mode().is_prod();
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let (trigger, shutdown) = shutdown_channel();
-
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let broker_url = format!("http://{}", listener.local_addr()?);
-        let broker = Arc::new(Broker::new(
-            BrokerConfig {
-                default_virtualization: default_virtualization.to_string(),
-                prod_mode: prod,
-                ..BrokerConfig::default()
-            },
-            clock.clone(),
-            Arc::new(LeastLoaded),
-            Arc::new(Metrics::new(prod)),
-        ));
-        let mut tasks = vec![tokio::spawn(serve_broker_with_auth(
-            listener,
-            broker.clone(),
-            BrokerAuth::new(auth, clock.clone()),
-            shutdown.clone().wait(),
-        ))];
-
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let worker_url = format!("http://{}", listener.local_addr()?);
-        let config = WorkerConfig {
-            broker_id: ComponentId::parse("broker_local").expect("valid id"),
-            worker_id: ComponentId::parse("worker_local").expect("valid id"),
-            hostname: "localhost".to_string(),
-            advertise_url: worker_url.clone(),
-            broker_public_url: Some(broker_url.clone()),
-            hardware_sku: String::new(),
-            total_cores: 8,
-            total_memory_mib: 8192,
-            max_live_sandboxes: 8,
-            default_ttl: Duration::from_secs(30 * 60),
-            max_ttl: Duration::from_secs(24 * 3600),
+        let broker = BrokerConfig {
             default_virtualization: default_virtualization.to_string(),
-            registration_heartbeat: Duration::from_millis(200),
-            registration_jitter_percent: 0,
-            reap_interval: Duration::from_secs(1),
-            pre_pull: Vec::new(),
-            auth_mode: auth.mode(),
+            ..BrokerConfig::default()
         };
-        let signer = InternalTokenSigner::new(auth, clock.clone());
-        let link: Arc<dyn BrokerLink> =
-            Arc::new(HttpBrokerLink::new(&broker_url).with_signer(signer));
-        let worker = Worker::new(
-            config,
-            backends,
-            clock.clone(),
-            Arc::new(Metrics::new(prod)),
-            Some(link),
-        );
-        tasks.push(tokio::spawn(serve_worker_with_auth(
-            listener,
-            worker.clone(),
-            ClientAuthenticator::new(auth, clock),
-            shutdown.clone().wait(),
-        )));
-        let run = tokio::spawn(worker.clone().run(shutdown.wait()));
+        Self::start_with(broker, auth, backends, |worker| {
+            worker.default_virtualization = default_virtualization.to_string();
+        })
+        .await
+    }
 
-        let stack = Self {
-            broker_url,
-            worker_url,
-            broker,
-            worker,
-            trigger,
-            tasks,
-            run,
+    /// Starts a broker of `broker` (prod when `auth` has a secret) and a worker as
+    /// [`TestWorker::start`] makes it, and returns once the worker has registered.
+    pub async fn start_with(
+        broker: BrokerConfig,
+        auth: &AuthConfig,
+        backends: Vec<Arc<dyn VmBackend>>,
+        tweak: impl FnOnce(&mut WorkerConfig),
+    ) -> io::Result<Self> {
+        let config = BrokerConfig {
+            prod_mode: auth.mode().is_prod(),
+            ..broker
         };
+        let broker = TestBroker::start(config, Arc::new(SystemClock), auth).await?;
+        match TestWorker::start(Some(&broker.url), auth, backends, tweak).await {
+            Ok(worker) => Self::registered(broker, worker).await,
+            Err(err) => {
+                broker.stop().await?;
+                Err(err)
+            }
+        }
+    }
+
+    /// Waits until `broker` counts `worker` as active; stops both and fails after 20 s.
+    pub async fn registered(broker: TestBroker, worker: TestWorker) -> io::Result<Self> {
+        let stack = Self { broker, worker };
+        let worker_id = stack.worker.worker.config().worker_id.to_string();
         let deadline = tokio::time::Instant::now() + REGISTRATION_WAIT;
-        while !stack.broker.is_worker_active("worker_local") {
+        while !stack.broker.broker.is_worker_active(&worker_id) {
             if tokio::time::Instant::now() >= deadline {
                 stack.stop().await?;
                 return Err(io::Error::new(
@@ -134,18 +236,11 @@ impl LocalStack {
         Ok(stack)
     }
 
-    /// Shuts both services down (the worker deregisters and destroys its sandboxes) and
+    /// Stops the worker (it deregisters and destroys its sandboxes), then the broker, and
     /// returns the first serving error, if any.
     pub async fn stop(self) -> io::Result<()> {
-        self.trigger.trigger();
-        let mut result = Ok(());
-        for task in self.tasks {
-            let served = task.await.map_err(io::Error::other).and_then(|r| r);
-            if result.is_ok() {
-                result = served;
-            }
-        }
-        self.run.await.map_err(io::Error::other)?;
-        result
+        let worker = self.worker.stop().await;
+        let broker = self.broker.stop().await;
+        worker.and(broker)
     }
 }

@@ -96,6 +96,35 @@ pub struct WorkerConfig {
     pub auth_mode: AuthMode,
 }
 
+#[cfg(any(test, feature = "test-util"))]
+impl WorkerConfig {
+    /// A small dev-mode worker for tests, examples and benches, meant to be changed with
+    /// struct-update syntax: `worker_local` of `broker_local` at `http://127.0.0.1:8081`, no
+    /// broker URL, 8 cores, 8 GiB and 8 sandboxes, TTL 30 min (at most 24 h), `fake`
+    /// virtualization, a 200 ms heartbeat without jitter, a reaper every second, no pre-pull.
+    pub fn for_tests() -> Self {
+        Self {
+            broker_id: ComponentId::parse("broker_local").expect("valid id"),
+            worker_id: ComponentId::parse("worker_local").expect("valid id"),
+            hostname: "localhost".to_string(),
+            advertise_url: "http://127.0.0.1:8081".to_string(),
+            broker_public_url: None,
+            hardware_sku: String::new(),
+            total_cores: 8,
+            total_memory_mib: 8192,
+            max_live_sandboxes: 8,
+            default_ttl: Duration::from_secs(30 * 60),
+            max_ttl: Duration::from_secs(24 * 3600),
+            default_virtualization: "fake".to_string(),
+            registration_heartbeat: Duration::from_millis(200),
+            registration_jitter_percent: 0,
+            reap_interval: Duration::from_secs(1),
+            pre_pull: Vec::new(),
+            auth_mode: AuthMode::Dev,
+        }
+    }
+}
+
 /// Why the worker refused a request. Each variant has one status code (see the server).
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {

@@ -1,0 +1,197 @@
+//! Worker tests: creates that claim a ready VM, and hinted creates that bounce back to the broker.
+
+use super::*;
+
+#[tokio::test]
+async fn hinted_create_claims_the_ready_vm() {
+    let h = Harness::new();
+    let vm = h.warm("vetu", "ubuntu:24.04", 1).await;
+    assert_eq!(h.queued_events().len(), 1);
+    let hint = vm.to_string();
+    let outcome = h
+        .worker
+        .create_sandbox(
+            &dev(),
+            CreateSandboxRequest {
+                virtualization: "vetu".into(),
+                image: " ubuntu:24.04 ".into(),
+                cpu: 0,
+                ..Default::default()
+            },
+            CreateQuery {
+                local_vm_id: Some(&hint),
+                placement_retry: Some("1"),
+            },
+        )
+        .await
+        .unwrap();
+    let CreateOutcome::Created(created) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(vm_of(&created.sandbox_id), vm);
+    assert_eq!(created.start_type, "warm");
+    assert!(h.worker.ready_counts().is_empty());
+    assert_eq!(h.vetu.counters().provisions, 1);
+    let events = h.queued_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event, "claimed");
+    assert_eq!(events[0].local_vm_id, hint);
+    assert_eq!(
+        h.worker.metrics().worker.warm_hit.value(&WorkerCpuLabels {
+            worker_id: "worker_a",
+            cpu: "1"
+        }),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn unhinted_create_claims_the_oldest_ready_vm() {
+    let h = Harness::new();
+    let first = h.warm("fake", "img", 1).await;
+    let second = h.warm("fake", "img", 1).await;
+    h.queued_events();
+    let created = h.create(&dev(), req("img", 1)).await;
+    assert_eq!(created.start_type, "warm");
+    assert_eq!(vm_of(&created.sandbox_id), first);
+    assert_eq!(h.worker.ready_counts().values().sum::<usize>(), 1);
+    assert_eq!(h.worker.lock().ready.snapshot()[0].0, second);
+    let events = h.queued_events();
+    assert_eq!(
+        (events[0].event.as_str(), events[0].local_vm_id.clone()),
+        ("claimed", first.to_string())
+    );
+    assert_eq!(h.fake.counters().provisions, 2);
+}
+
+#[tokio::test]
+async fn unknown_hint_bounces_with_next_retry() {
+    let h = Harness::new();
+    let outcome = h
+        .worker
+        .create_sandbox(
+            &dev(),
+            req("ubuntu:24.04", 1),
+            CreateQuery {
+                local_vm_id: Some("550e8400-e29b-41d4-a716-446655440000"),
+                placement_retry: Some("1"),
+            },
+        )
+        .await
+        .unwrap();
+    match outcome {
+        CreateOutcome::RetryPlacement { location } => assert_eq!(
+            location,
+            "http://broker.example.com/sandboxes?placement_retry=2"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(h.queued_events().is_empty());
+    assert_eq!(h.live_vms(), 0);
+
+    let h = Harness::with(|c| c.broker_public_url = None);
+    let err = h
+        .worker
+        .create_sandbox(
+            &dev(),
+            req("img", 1),
+            CreateQuery {
+                local_vm_id: Some("550e8400-e29b-41d4-a716-446655440000"),
+                placement_retry: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, WorkerError::UnableToRetryPlacement));
+}
+
+#[tokio::test]
+async fn hinted_tuple_mismatch_bounces_and_reannounces() {
+    let h = Harness::with(|c| c.broker_public_url = Some("http://broker.example.com/".into()));
+    let vm = h.warm("fake", "img-a", 1).await;
+    h.queued_events();
+    let hint = vm.to_string();
+    let outcome = h
+        .worker
+        .create_sandbox(
+            &dev(),
+            req("img-b", 1),
+            CreateQuery {
+                local_vm_id: Some(&hint),
+                placement_retry: None,
+            },
+        )
+        .await
+        .unwrap();
+    match outcome {
+        CreateOutcome::RetryPlacement { location } => assert_eq!(
+            location,
+            "http://broker.example.com/sandboxes?placement_retry=1"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let events = h.queued_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event, "ready");
+    assert_eq!(events[0].local_vm_id, hint);
+    assert_eq!(events[0].image, "img-a");
+    assert_eq!(h.worker.ready_counts().values().sum::<usize>(), 1);
+    assert_eq!(h.worker.live_sandboxes(), 0);
+    assert_eq!(h.fake.live_count(), 1);
+}
+
+#[tokio::test]
+async fn hinted_create_without_capacity_bounces_and_keeps_the_vm() {
+    let h = Harness::with(|c| c.total_cores = 2);
+    let vm = h.warm("fake", "img", 2).await;
+    h.create(&dev(), req("other", 2)).await;
+    h.queued_events();
+    let hint = vm.to_string();
+    let outcome = h
+        .worker
+        .create_sandbox(
+            &dev(),
+            req("img", 2),
+            CreateQuery {
+                local_vm_id: Some(&hint),
+                placement_retry: Some("2"),
+            },
+        )
+        .await
+        .unwrap();
+    match outcome {
+        CreateOutcome::RetryPlacement { location } => assert_eq!(
+            location,
+            "http://broker.example.com/sandboxes?placement_retry=3"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let events = h.queued_events();
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.event.as_str(), e.local_vm_id.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("ready", hint.as_str())]
+    );
+    assert_eq!(h.worker.ready_counts().values().sum::<usize>(), 1);
+    assert_eq!(h.worker.live_sandboxes(), 1);
+    assert_eq!(h.worker.allocated().0, 2);
+}
+
+#[tokio::test]
+async fn cold_create_retires_a_ready_vm_of_another_tuple_when_full() {
+    let h = Harness::with(|c| c.max_live_sandboxes = 2);
+    let a1 = h.warm("fake", "a", 1).await;
+    h.warm("fake", "a", 1).await;
+    assert!(h.worker.next_warm_job().is_none(), "pool is full");
+    h.queued_events();
+    let created = h.create(&dev(), req("b", 1)).await;
+    assert_eq!(created.start_type, "cold");
+    let events = h.queued_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event, "retired");
+    assert_eq!(events[0].local_vm_id, a1.to_string());
+    assert_eq!(h.fake.live_count(), 2);
+    assert_eq!(h.worker.ready_counts().values().sum::<usize>(), 1);
+}

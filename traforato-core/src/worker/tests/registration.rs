@@ -1,0 +1,211 @@
+//! Worker tests: the registration loop: registration, heartbeats, VM starts, events, broker restarts.
+
+use super::*;
+
+#[tokio::test(start_paused = true)]
+async fn registration_body_and_deregistration() {
+    let h = Harness::with(|c| c.total_memory_mib = 16384);
+    let (run, stop) = h.start();
+    eventually("registered", || h.link.registration_count() >= 2).await;
+    let (_, body) = h.link.registrations.lock().unwrap()[0].clone();
+    assert_eq!(body.hostname, "worker-a.local");
+    assert_eq!(body.base_url, "http://worker-a.local:9090");
+    assert_eq!(body.hardware_sku, "gpu-a100");
+    assert_eq!(
+        (
+            body.total_cores,
+            body.total_memory_mib,
+            body.max_live_sandboxes
+        ),
+        (8, 16384, 6)
+    );
+    assert_eq!(body.live_sandboxes, 0);
+    let sid = h.sandbox().await;
+    let n = h.link.registration_count();
+    eventually("heartbeat with load", || {
+        h.link.registration_count() > n + 1
+    })
+    .await;
+    let (_, body) = h.link.registrations.lock().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (
+            body.live_sandboxes,
+            body.allocated_cores,
+            body.allocated_memory_mib
+        ),
+        (1, 1, 2048)
+    );
+    assert_eq!(h.link.deregistrations.load(Ordering::SeqCst), 0);
+    stop.send(()).unwrap();
+    run.await.unwrap();
+    assert_eq!(h.link.deregistrations.load(Ordering::SeqCst), 1);
+    assert_eq!(h.live_vms(), 0, "shutdown destroys everything");
+    assert!(h.worker.get_sandbox(&dev(), &sid).is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeat_stays_within_half_the_lease() {
+    let h = Harness::with(|c| c.registration_heartbeat = Duration::from_secs(300));
+    *h.link.lease_ttl_seconds.lock().unwrap() = 10;
+    let (run, stop) = h.start();
+    eventually("three registrations", || h.link.registration_count() >= 3).await;
+    let times: Vec<_> = h
+        .link
+        .registrations
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(times[1] - times[0], Duration::from_secs(5));
+    stop.send(()).unwrap();
+    run.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn registration_failure_backs_off_then_reannounces() {
+    let h = Harness::new();
+    h.link.fail_register.store(true, Ordering::SeqCst);
+    let (run, stop) = h.start();
+    eventually("four attempts", || h.link.registration_count() >= 4).await;
+    let times: Vec<_> = h
+        .link
+        .registrations
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(times[1] - times[0], Duration::from_secs(1));
+    assert_eq!(times[2] - times[1], Duration::from_secs(2));
+    assert_eq!(times[3] - times[2], Duration::from_secs(4));
+    assert_eq!(h.link.vm_start_calls.load(Ordering::SeqCst), 0);
+    h.link.fail_register.store(false, Ordering::SeqCst);
+    eventually("registered", || {
+        h.link.vm_start_calls.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    stop.send(()).unwrap();
+    run.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn vm_starts_are_drained_promptly_and_announced_ready() {
+    let h = Harness::with(|c| c.registration_heartbeat = Duration::from_secs(30));
+    {
+        let mut starts = h.link.starts.lock().unwrap();
+        for image in ["ubuntu:24.04", "alpine:3.20", "ubuntu:24.04"] {
+            starts.push_back(VmStartResponse {
+                virtualization: "vetu".into(),
+                image: image.into(),
+                cpu: 2,
+            });
+        }
+    }
+    let (run, stop) = h.start();
+    eventually("three ready events", || {
+        h.link.events_of("ready").len() == 3
+    })
+    .await;
+    assert!(h.link.starts.lock().unwrap().is_empty());
+    assert_eq!(
+        h.link.registration_count(),
+        1,
+        "one heartbeat drained them all"
+    );
+    let ready = h.link.events_of("ready");
+    assert!(ready.iter().all(|e| e.virtualization == "vetu"
+        && e.cpu == 2
+        && LocalVmId::parse(&e.local_vm_id).is_ok()));
+    assert_eq!(h.worker.ready_counts().values().sum::<usize>(), 3);
+    assert_eq!(h.vetu.live_count(), 3);
+    stop.send(()).unwrap();
+    run.await.unwrap();
+    assert_eq!(h.live_vms(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn broker_restart_triggers_reannouncement() {
+    let h = Harness::new();
+    h.link.starts.lock().unwrap().push_back(VmStartResponse {
+        virtualization: "fake".into(),
+        image: "img".into(),
+        cpu: 1,
+    });
+    let (run, stop) = h.start();
+    eventually("ready", || h.link.events_of("ready").len() == 1).await;
+    let n = h.link.registration_count();
+    eventually("more heartbeats", || h.link.registration_count() >= n + 5).await;
+    assert_eq!(
+        h.link.events_of("ready").len(),
+        1,
+        "same broker: no re-announce"
+    );
+
+    *h.link.instance_id.lock().unwrap() = "instance_two".into();
+    eventually("re-announced", || h.link.events_of("ready").len() == 2).await;
+    let ready = h.link.events_of("ready");
+    assert_eq!(ready[0].local_vm_id, ready[1].local_vm_id);
+    let n = h.link.registration_count();
+    eventually("more heartbeats", || h.link.registration_count() >= n + 5).await;
+    assert_eq!(h.link.events_of("ready").len(), 2);
+    stop.send(()).unwrap();
+    run.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn claimed_event_reaches_the_broker_and_reaper_runs() {
+    let h = Harness::with(|c| c.max_live_sandboxes = 1);
+    h.link.starts.lock().unwrap().push_back(VmStartResponse {
+        virtualization: "fake".into(),
+        image: "img".into(),
+        cpu: 1,
+    });
+    let (run, stop) = h.start();
+    eventually("ready", || h.link.events_of("ready").len() == 1).await;
+    let hint = h.link.events_of("ready")[0].local_vm_id.clone();
+    let mut r = req("img", 1);
+    r.ttl_seconds = 30;
+    let outcome = h
+        .worker
+        .create_sandbox(
+            &dev(),
+            r,
+            CreateQuery {
+                local_vm_id: Some(&hint),
+                placement_retry: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(outcome, CreateOutcome::Created(_)));
+    eventually("claimed", || h.link.events_of("claimed").len() == 1).await;
+    assert_eq!(h.link.events_of("claimed")[0].local_vm_id, hint);
+
+    h.clock.advance(Duration::from_secs(31));
+    eventually("reaped", || h.worker.live_sandboxes() == 0).await;
+    let claimed = LocalVmId::parse(&hint).unwrap();
+    assert!(!h.fake.live_vm_ids().contains(&claimed));
+    stop.send(()).unwrap();
+    run.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_cleans_leftovers_first() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let fake = FakeBackend::new().with_leftovers(2);
+    let worker = Worker::new(
+        config(),
+        vec![Arc::new(fake.clone())],
+        clock,
+        Arc::new(Metrics::new(false)),
+        None,
+    );
+    let (tx, rx) = oneshot::channel::<()>();
+    let run = tokio::spawn(worker.clone().run(async move {
+        let _ = rx.await;
+    }));
+    eventually("cleanup", || fake.counters().cleanups == 1).await;
+    tx.send(()).unwrap();
+    run.await.unwrap();
+}

@@ -1,0 +1,124 @@
+//! Worker tests: run code: waiting, syntax errors, background runs, validation.
+
+use super::*;
+use crate::api::FrameKind;
+use crate::backend::fake::FAKE_SYNTAX_ERROR;
+
+#[tokio::test(start_paused = true)]
+async fn run_code_waits_for_the_result() {
+    let h = Harness::new();
+    let sid = h.sandbox().await;
+    let Ok(RunCodeOutcome::Finished(r)) =
+        code(&h, &sid, "node", "console.log('hello-node')", None).await
+    else {
+        panic!("node run")
+    };
+    assert_eq!(
+        (
+            r.runtime.as_str(),
+            r.status.as_str(),
+            r.stdout.as_str(),
+            r.exit_code
+        ),
+        ("node", "exited", "hello-node\n", 0)
+    );
+    assert_eq!(r.output, "hello-node\n");
+    let Ok(RunCodeOutcome::Finished(r)) =
+        code(&h, &sid, " Python ", "print('hello-python')", Some(true)).await
+    else {
+        panic!("python run")
+    };
+    assert_eq!(
+        (r.runtime.as_str(), r.stdout.as_str(), r.exit_code),
+        ("python", "hello-python\n", 0)
+    );
+    let Ok(RunCodeOutcome::Finished(r)) =
+        code(&h, &sid, "node", "throw new Error('boom')", None).await
+    else {
+        panic!("node throw")
+    };
+    assert_ne!(r.exit_code, 0);
+    assert!(!r.stderr.is_empty());
+    // The exec record matches.
+    let record = h.worker.get_exec(&dev(), &sid, &r.exec_id).unwrap();
+    assert_eq!(record.runtime, "node");
+    assert_eq!(record.exit_code, Some(r.exit_code));
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_code_syntax_error_is_reported() {
+    let h = Harness::new();
+    let sid = h.sandbox().await;
+    let Ok(RunCodeOutcome::SyntaxError(body)) =
+        code(&h, &sid, "python", "print('oops'", None).await
+    else {
+        panic!("syntax error expected")
+    };
+    assert_eq!(body.error, "syntax_error");
+    assert_eq!(body.stderr, FAKE_SYNTAX_ERROR);
+    assert_eq!(body.status, "exited");
+    assert_ne!(body.exit_code, 0);
+    let frames = all_frames(&h, &dev(), &sid, &body.exec_id).await;
+    assert_eq!(
+        frames.iter().map(|f| f.kind).collect::<Vec<_>>(),
+        vec![FrameKind::Stderr, FrameKind::Exit]
+    );
+
+    // Asynchronously, a syntax error just ends the exec.
+    let Ok(RunCodeOutcome::Accepted(a)) = code(&h, &sid, "python", "print(", Some(false)).await
+    else {
+        panic!("accepted expected")
+    };
+    let frames = all_frames(&h, &dev(), &sid, &a.exec_id).await;
+    assert_eq!(frames.last().unwrap().data, "1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_code_in_background() {
+    let h = Harness::new();
+    let sid = h.sandbox().await;
+    let Ok(RunCodeOutcome::Accepted(a)) = code(
+        &h,
+        &sid,
+        "python",
+        "import time\ntime.sleep(0.05)\nprint('later')",
+        Some(false),
+    )
+    .await
+    else {
+        panic!("accepted expected")
+    };
+    assert_eq!(a.status, "running");
+    assert!(!a.exec_id.is_empty() && !a.poll_url.is_empty() && !a.frames_url.is_empty());
+    assert_eq!(
+        h.worker.get_exec(&dev(), &sid, &a.exec_id).unwrap().status,
+        "running"
+    );
+    eventually("exited", || {
+        h.worker.get_exec(&dev(), &sid, &a.exec_id).unwrap().status == "exited"
+    })
+    .await;
+    assert_eq!(
+        h.worker.get_exec(&dev(), &sid, &a.exec_id).unwrap().stdout,
+        "later\n"
+    );
+}
+
+#[tokio::test]
+async fn run_code_validation() {
+    let h = Harness::new();
+    let sid = h.sandbox().await;
+    assert!(matches!(
+        code(&h, &sid, "ruby", "puts 1", None).await,
+        Err(WorkerError::InvalidRuntime)
+    ));
+    assert!(matches!(
+        code(&h, &sid, "python", "", None).await,
+        Err(WorkerError::CodeRequired)
+    ));
+    let big = "#".repeat(1_048_577);
+    assert!(matches!(
+        code(&h, &sid, "python", &big, None).await,
+        Err(WorkerError::CodeTooLarge)
+    ));
+}

@@ -1,0 +1,589 @@
+//! The binaries: `traforato-dev`, `traforato-broker` and `traforato-worker` as processes, in dev
+//! and prod mode, their configuration errors, and their logs (which hold no secrets).
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn dev_binary_serves_and_stops_on_sigterm() {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_traforato-dev"))
+        .args([
+            "-broker-listen",
+            "127.0.0.1:0",
+            "--worker-listen=127.0.0.1:0",
+            "--default-virtualization",
+            "fake",
+        ])
+        .env_clear()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let logs = tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Ok(Some(line)) = stdout.next_line().await {
+            all.push(line);
+        }
+        all
+    });
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("the startup line")
+        .unwrap()
+        .unwrap();
+    // "traforato-dev: broker listening on <url> (send creates there), worker on <url>"
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let broker_url = words[4].to_string();
+    let worker_url = words[words.len() - 1].to_string();
+    assert!(broker_url.starts_with("http://127.0.0.1:"), "{line}");
+    assert!(!broker_url.ends_with(":0"), "{line}");
+    assert!(!worker_url.ends_with(":0"), "{line}");
+
+    let resp = follow()
+        .post(format!("{broker_url}/sandboxes"))
+        .json(&json!({"image": "ubuntu:24.04"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(body_json(resp).await["virtualization"], "fake");
+
+    let pid = child.id().unwrap().to_string();
+    let killed = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("exit after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+
+    // Development mode is announced loudly, for both services and for internal calls.
+    let logs: Vec<Value> = logs
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for msg in [
+        "auth disabled: running broker in development no-auth mode",
+        "auth disabled: running worker in development no-auth mode",
+    ] {
+        let record = logs
+            .iter()
+            .find(|r| r["msg"] == msg)
+            .unwrap_or_else(|| panic!("{msg} in {logs:?}"));
+        assert_eq!(record["level"], "WARN");
+        assert_eq!(record["auth_mode"], "dev");
+    }
+    let record = logs
+        .iter()
+        .find(|r| r["msg"] == "internal worker callback auth disabled")
+        .expect("the internal auth warning");
+    assert_eq!(
+        record["endpoint"],
+        "/internal/workers/{worker_id}/vm-events"
+    );
+    let configured = logs
+        .iter()
+        .find(|r| r["msg"] == "dev environment configured")
+        .unwrap();
+    assert_eq!(configured["auth_mode"], "dev");
+    // Hardening II: the startup log says that development mode stays on loopback.
+    let loopback: Vec<&Value> = logs
+        .iter()
+        .filter(|r| {
+            r["msg"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("development mode listens on loopback only"))
+        })
+        .collect();
+    assert_eq!(loopback.len(), 2, "{logs:?}");
+}
+
+/// Hardening II: without a secret (no authentication) no binary listens beyond loopback
+/// unless told to with `--insecure-dev-mode-on-network`.
+#[tokio::test]
+async fn dev_mode_binaries_refuse_to_listen_on_the_network() {
+    let cases: [(&str, &[&str]); 5] = [
+        (
+            env!("CARGO_BIN_EXE_traforato-dev"),
+            &["--broker-listen", ":0"],
+        ),
+        (
+            env!("CARGO_BIN_EXE_traforato-dev"),
+            &["--worker-listen", "0.0.0.0:0"],
+        ),
+        (env!("CARGO_BIN_EXE_traforato-broker"), &["--listen", ":0"]),
+        (
+            env!("CARGO_BIN_EXE_traforato-broker"),
+            &["-listen", "[::]:0"],
+        ),
+        (env!("CARGO_BIN_EXE_traforato-worker"), &["--listen", ":0"]),
+    ];
+    for (bin, args) in cases {
+        let out = tokio::process::Command::new(bin)
+            .args(args)
+            .args(["--default-virtualization", "fake"])
+            .env_clear()
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bin} {args:?}: {stderr}");
+        assert!(
+            stderr.contains("refusing to listen on")
+                && stderr.contains("in development mode")
+                && stderr.contains("--insecure-dev-mode-on-network"),
+            "{bin} {args:?}: {stderr}"
+        );
+    }
+
+    // With the explicit flag (here from its variable) it listens, and warns loudly.
+    let broker = Bin::spawn(
+        env!("CARGO_BIN_EXE_traforato-broker"),
+        &["--listen", ":0", "--default-virtualization", "fake"],
+        &[("TRAFORATO_INSECURE_DEV_MODE_ON_NETWORK", "true")],
+    );
+    let warning = broker
+        .record("INSECURE: development mode (no authentication) listening beyond loopback (--insecure-dev-mode-on-network): anyone who can reach this port can run code in sandboxes")
+        .await;
+    assert_eq!(warning["level"], "WARN");
+    assert_eq!(warning["listen"], "0.0.0.0:0");
+    let url = broker.first_url().await.replace("0.0.0.0", "127.0.0.1");
+    let resp = follow().get(format!("{url}/healthz")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn binaries_report_configuration_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("worker.yaml");
+    std::fs::write(&file, "bogus-key: 1\n").unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_traforato-worker"))
+        .args(["--file", file.to_str().unwrap()])
+        .env_clear()
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("worker: invalid worker config at bogus-key: "),
+        "{stderr}"
+    );
+    assert!(stderr.contains("bogus-key"), "{stderr}");
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_traforato-broker"))
+        .arg("positional")
+        .env_clear()
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("broker: "));
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_traforato-worker"))
+        .arg("-h")
+        .env_clear()
+        .env("TRAFORATO_JWT_SECRET", "hunter2-in-env")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--file",
+        "--listen",
+        "--broker-control-url",
+        "--default-ttl",
+        "--max-ttl",
+        "--default-virtualization",
+        "TRAFORATO_WORKER_REGISTRATION_JITTER_PERCENT",
+        "--jwt-secret",
+        "TRAFORATO_JWT_SECRET",
+        "--jwt-issuer",
+        "--jwt-audience",
+        "--jwt-max-lifetime",
+        "TRAFORATO_JWT_MAX_LIFETIME",
+        "--internal-secret",
+        "TRAFORATO_INTERNAL_SECRET",
+        "--insecure-dev-mode-on-network",
+        "TRAFORATO_INSECURE_DEV_MODE_ON_NETWORK",
+        "127.0.0.1:8081 without a JWT secret",
+    ] {
+        assert!(help.contains(flag), "{flag} in {help}");
+    }
+    // The secret's value is never shown, even when the environment sets it.
+    assert!(!help.contains("hunter2"), "{help}");
+}
+
+/// A running binary whose stdout (JSON log lines) is collected as it comes.
+struct Bin {
+    child: tokio::process::Child,
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+    reader: JoinHandle<()>,
+}
+
+impl Bin {
+    fn spawn(path: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(path)
+            .args(args)
+            .env_clear()
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let lines: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let sink = lines.clone();
+        let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let reader = tokio::spawn(async move {
+            while let Ok(Some(line)) = stdout.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self {
+            child,
+            lines,
+            reader,
+        }
+    }
+
+    /// The first log record with `msg` (waiting for it).
+    async fn record(&self, msg: &str) -> Value {
+        let find = || {
+            self.lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|r| r["msg"] == msg)
+        };
+        wait_until(&format!("log record {msg:?}"), || {
+            let found = find().is_some();
+            async move { found }
+        })
+        .await;
+        find().unwrap()
+    }
+
+    /// The URL of its first `listening` record.
+    async fn first_url(&self) -> String {
+        let record = self.record("listening").await;
+        format!("http://{}", record["addr"].as_str().unwrap())
+    }
+
+    /// SIGTERM, wait for a clean exit, and return every log line.
+    async fn stop(mut self) -> Vec<String> {
+        let pid = self.child.id().unwrap().to_string();
+        let killed = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(killed.success());
+        let status = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("exit after SIGTERM")
+            .unwrap();
+        assert!(status.success(), "{status:?}");
+        self.reader.await.unwrap();
+        let lines = self.lines.lock().unwrap().clone();
+        for line in &lines {
+            assert!(
+                serde_json::from_str::<Value>(line).is_ok(),
+                "not a JSON log line: {line}"
+            );
+        }
+        lines
+    }
+}
+
+/// Asserts no log line holds the secret, any of `tokens`, or anything shaped like a JWT.
+fn assert_no_secrets(lines: &[String], secret: &str, tokens: &[String]) {
+    for line in lines {
+        assert!(!line.contains(secret), "the secret was logged: {line}");
+        for token in tokens {
+            let bare = token.trim_start_matches("Bearer ");
+            assert!(!line.contains(bare), "a token was logged: {line}");
+            // Not even the signature part on its own.
+            let signature = bare.rsplit('.').next().unwrap();
+            assert!(!line.contains(signature), "a token part was logged: {line}");
+        }
+        // Every JWT starts with a base64url JSON object, `eyJ`.
+        assert!(
+            !line.contains("eyJ"),
+            "something like a JWT was logged: {line}"
+        );
+        assert!(
+            !line.contains("Bearer"),
+            "an authorization was logged: {line}"
+        );
+    }
+}
+
+/// A distinctive secret, so that a leak is unmistakable.
+const BIN_SECRET: &str = "bin-secret-7f3a9c";
+
+/// `Bearer <fresh token>` for the binaries' secret [`BIN_SECRET`].
+fn bin_bearer(client_id: &str) -> String {
+    format!("Bearer {}", token_with(BIN_SECRET, client_id))
+}
+
+#[tokio::test]
+async fn prod_broker_and_worker_binaries_cooperate_and_log_no_secrets() {
+    let broker = Bin::spawn(
+        env!("CARGO_BIN_EXE_traforato-broker"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--default-virtualization",
+            "fake",
+        ],
+        &[("TRAFORATO_JWT_SECRET", BIN_SECRET)],
+    );
+    let broker_url = broker.first_url().await;
+    let worker = Bin::spawn(
+        env!("CARGO_BIN_EXE_traforato-worker"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--broker-control-url",
+            &broker_url,
+            "--default-virtualization",
+            "fake",
+            "--registration-heartbeat",
+            "200ms",
+        ],
+        // The secret from a file-like value with a trailing newline is the same secret.
+        &[("TRAFORATO_JWT_SECRET", &format!("{BIN_SECRET}\n"))],
+    );
+    let worker_url = worker.first_url().await;
+    wait_until(
+        "the worker to register over HTTP with internal tokens",
+        || {
+            let url = format!("{broker_url}/metrics/sandboxes");
+            async move {
+                let text = follow()
+                    .get(&url)
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                text.contains("\nworkers_active_total=1\n")
+            }
+        },
+    )
+    .await;
+
+    let mut used = Vec::new();
+    // Anonymous: refused at both services.
+    let resp = no_follow()
+        .post(format!("{broker_url}/sandboxes"))
+        .json(&sandbox_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    // A token good for one request per service: the create, then one replay attempt.
+    let shared = bin_bearer("client-a");
+    used.push(shared.clone());
+    let resp = no_follow()
+        .post(format!("{broker_url}/sandboxes"))
+        .header("authorization", &shared)
+        .json(&sandbox_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 307);
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.starts_with(&worker_url), "{location}");
+    let resp = no_follow()
+        .post(&location)
+        .header("authorization", &shared)
+        .json(&sandbox_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let id = body_json(resp).await["sandbox_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let resp = follow()
+        .get(format!("{worker_url}/sandboxes/{id}"))
+        .header("authorization", &shared)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    // A foreign client, a bad signature, and the owner.
+    let foreign = bin_bearer("client-b");
+    used.push(foreign.clone());
+    let resp = follow()
+        .get(format!("{worker_url}/sandboxes/{id}"))
+        .header("authorization", &foreign)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let forged = format!("Bearer {}", token("client-a"));
+    used.push(forged.clone());
+    let resp = follow()
+        .get(format!("{worker_url}/sandboxes/{id}"))
+        .header("authorization", &forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let owner = bin_bearer("client-a");
+    used.push(owner.clone());
+    let resp = follow()
+        .get(format!("{worker_url}/sandboxes/{id}"))
+        .header("authorization", &owner)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    let failed = worker.record("authentication failed").await;
+    assert_eq!(failed["level"], "WARN");
+    assert_eq!(failed["method"], "GET");
+    assert_eq!(failed["path"], format!("/sandboxes/{id}").as_str());
+    assert!(
+        failed["auth_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("jwt replay detected: "),
+        "{failed}"
+    );
+    let configured = worker.record("worker configured").await;
+    assert_eq!(configured["auth_mode"], "prod");
+    let configured = broker.record("broker configured").await;
+    assert_eq!(configured["auth_mode"], "prod");
+
+    let worker_lines = worker.stop().await;
+    let broker_lines = broker.stop().await;
+    let all: Vec<String> = worker_lines.into_iter().chain(broker_lines).collect();
+    assert!(!all.iter().any(|l| l.contains("auth disabled")), "{all:?}");
+    assert!(
+        all.iter().any(|l| l.contains("\"auth_mode\":\"prod\"")),
+        "{all:?}"
+    );
+    assert_no_secrets(&all, BIN_SECRET, &used);
+}
+
+#[tokio::test]
+async fn prod_dev_binary_refuses_anonymous_and_foreign_requests() {
+    let dev = Bin::spawn(
+        env!("CARGO_BIN_EXE_traforato-dev"),
+        &[
+            "--broker-listen",
+            "127.0.0.1:0",
+            "--worker-listen",
+            "127.0.0.1:0",
+            "--default-virtualization",
+            "fake",
+        ],
+        &[("TRAFORATO_JWT_SECRET", BIN_SECRET)],
+    );
+    let configured = dev.record("dev environment configured").await;
+    assert_eq!(configured["auth_mode"], "prod");
+    let broker_url = configured["broker_url"].as_str().unwrap().to_string();
+    let worker_url = configured["worker_url"].as_str().unwrap().to_string();
+    // Both servers listen once two `listening` records are out.
+    wait_until("both servers to listen", || {
+        let n = dev
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("\"msg\":\"listening\""))
+            .count();
+        async move { n == 2 }
+    })
+    .await;
+
+    let mut used = Vec::new();
+    let resp = no_follow()
+        .post(format!("{broker_url}/sandboxes"))
+        .json(&sandbox_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let resp = no_follow()
+        .post(format!("{worker_url}/sandboxes"))
+        .json(&sandbox_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let mut fresh = |client: &str| {
+        let header = bin_bearer(client);
+        used.push(header.clone());
+        header
+    };
+    let resp = no_follow()
+        .post(format!("{broker_url}/sandboxes"))
+        .header("authorization", fresh("client-a"))
+        .json(&sandbox_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 307);
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    let resp = no_follow()
+        .post(&location)
+        .header("authorization", fresh("client-a"))
+        .json(&sandbox_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let id = body_json(resp).await["sandbox_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sandbox = format!("{worker_url}/sandboxes/{id}");
+    let resp = follow()
+        .get(&sandbox)
+        .header("authorization", fresh("client-b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let resp = follow().get(&sandbox).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let resp = follow()
+        .get(&sandbox)
+        .header("authorization", fresh("client-a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    let lines = dev.stop().await;
+    assert!(
+        !lines.iter().any(|l| l.contains("auth disabled")),
+        "{lines:?}"
+    );
+    assert_no_secrets(&lines, BIN_SECRET, &used);
+}

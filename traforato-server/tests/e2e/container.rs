@@ -1,0 +1,207 @@
+//! The container backend end to end (needs root; runs in CI as root).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use traforato_core::backend::container::{ContainerBackend, ContainerConfig};
+use traforato_core::backend::VmBackend;
+use traforato_core::broker::BrokerConfig;
+use traforato_core::tuple::SandboxTuple;
+use traforato_core::worker::PrePullTarget;
+
+use crate::harness::*;
+
+/// A container backend with its own state dir and cgroup parent; the worker binary is the
+/// sandbox init (it calls `init_main_if_requested` first thing).
+fn container_backend(tag: &str) -> Option<(Arc<ContainerBackend>, std::path::PathBuf)> {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipping: needs root (runs in CI as root)");
+        return None;
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let state_dir = std::env::temp_dir().join(format!("traforato-e2e-{tag}-{}", &id[..8]));
+    let config = ContainerConfig {
+        state_dir: state_dir.clone(),
+        cgroup_parent: format!("traforato-e2e-{}", &id[..12]),
+        init_program: std::path::PathBuf::from(env!("CARGO_BIN_EXE_traforato-worker")),
+        ..ContainerConfig::default()
+    };
+    match ContainerBackend::new(config) {
+        Ok(backend) => Some((Arc::new(backend), state_dir)),
+        Err(e) => panic!("container backend unavailable as root: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn container_sandboxes_through_the_broker() {
+    let Some((backend, state_dir)) = container_backend("flow") else {
+        return;
+    };
+    let broker = TestBroker::dev(BrokerConfig {
+        default_virtualization: "container".to_string(),
+        ..BrokerConfig::default()
+    })
+    .await;
+    let backends: Vec<Arc<dyn VmBackend>> = vec![backend.clone()];
+    let worker = dev_worker(Some(&broker.url), backends, |c| {
+        c.default_virtualization = "container".to_string();
+        c.max_live_sandboxes = 4;
+        c.pre_pull = vec![PrePullTarget {
+            tuple: SandboxTuple::normalize("container", "host", 1, "container"),
+            target_count: 1,
+            warmup_script: "python3 -I -c 'import json'".to_string(),
+            warmup_timeout: Duration::from_secs(30),
+        }];
+    })
+    .await;
+    let stack = Stack::registered(broker, worker).await.unwrap();
+
+    // The pre-pull floor gives one ready sandbox; the create claims it.
+    let b = stack.broker.broker.clone();
+    wait_until("a warm container sandbox", || {
+        let text = b.availability_text();
+        async move { text.contains("container\thost\t1\t1") }
+    })
+    .await;
+    let created = stack.create(json!({"image": "host"})).await;
+    assert_eq!(created["virtualization"], "container");
+    assert_eq!(created["start_type"], "warm");
+    let id = created["sandbox_id"].as_str().unwrap().to_string();
+
+    // Real Python, with the README's words.
+    let resp = follow()
+        .post(stack.sandbox(&id, "/exec/code"))
+        .json(&json!({"runtime": "python", "code": "print('hello from traforato')"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let ran = body_json(resp).await;
+    assert_eq!(ran["stdout"], "hello from traforato\n", "{ran}");
+    assert_eq!(ran["exit_code"], 0);
+    let resp = follow()
+        .post(stack.sandbox(&id, "/exec/code"))
+        .json(&json!({"runtime": "node", "code": "console.log(1+"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    assert_eq!(body_json(resp).await["error"], "syntax_error");
+
+    // What exec writes, the files API reads.
+    let resp = follow()
+        .post(stack.sandbox(&id, "/exec"))
+        .json(&json!({"command": "echo made-by-exec > /workspace/e.txt; hostname"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let exec_id = body_json(resp).await["exec_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut cursor = 0;
+    let mut frames = Vec::new();
+    loop {
+        let page = body_json(
+            follow()
+                .get(stack.sandbox(
+                    &id,
+                    &format!("/exec/{exec_id}/frames?cursor={cursor}&wait=5s"),
+                ))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        frames.extend(page["frames"].as_array().unwrap().iter().cloned());
+        cursor = page["next_cursor"].as_u64().unwrap();
+        if !page["has_more"].as_bool().unwrap() {
+            break;
+        }
+    }
+    assert_eq!(frames.last().unwrap()["type"], "exit");
+    assert_eq!(frames.last().unwrap()["data"], "0");
+    let read = body_json(
+        follow()
+            .get(stack.sandbox(&id, "/files?path=/workspace/e.txt"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(read["content"], "made-by-exec\n");
+
+    // A server started in the sandbox answers through the proxy; no host port is opened.
+    let resp = follow()
+        .put(stack.sandbox(&id, "/files?path=/workspace/site/index.html"))
+        .body("<p>inside</p>")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = follow()
+        .post(stack.sandbox(&id, "/exec"))
+        .json(&json!({
+            "command": "cd /workspace/site && python3 -m http.server 8000 >/dev/null 2>&1 &"
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let url = stack.sandbox(&id, "/proxy/8000/index.html");
+    wait_until("the sandbox's http server", || {
+        let url = url.clone();
+        async move {
+            match follow().get(&url).send().await {
+                Ok(resp) if resp.status() == 200 => resp.text().await.unwrap() == "<p>inside</p>",
+                _ => false,
+            }
+        }
+    })
+    .await;
+
+    // Hardening II: an image the worker does not have is the client's mistake, said so
+    // (404 with the reference), not a generic provisioning failure; the operator's own
+    // image names are not listed.
+    for image in ["ubuntu:24.04", "python:3.12-slim"] {
+        expect_error(
+            follow()
+                .post(stack.broker.at("/sandboxes"))
+                .json(&json!({"image": image}))
+                .send()
+                .await
+                .unwrap(),
+            404,
+            &format!("image not found: {image}"),
+        )
+        .await;
+    }
+
+    // Delete destroys it: nothing of it stays in the state dir.
+    let vm_id = traforato_core::id::SandboxId::parse(&id)
+        .unwrap()
+        .local_vm_id();
+    let vm_dir = state_dir.join(vm_id.to_string());
+    assert!(vm_dir.exists(), "{}", vm_dir.display());
+    let resp = follow()
+        .delete(stack.sandbox(&id, ""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert!(!vm_dir.exists(), "{} is left", vm_dir.display());
+
+    stack.stop().await.unwrap();
+    // Shutdown destroyed the warm sandboxes too.
+    let left: Vec<_> = std::fs::read_dir(&state_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name != "images")
+        .collect();
+    assert!(left.is_empty(), "left in the state dir: {left:?}");
+    backend.remove_cgroup_parents().unwrap();
+    std::fs::remove_dir_all(&state_dir).unwrap();
+}

@@ -1,0 +1,173 @@
+//! Sandbox lifecycle through the broker (create, get, lease, delete) and the worker's routing
+//! errors.
+
+use std::sync::Arc;
+
+use serde_json::json;
+use traforato_core::backend::fake::FakeBackend;
+use traforato_core::backend::VmBackend;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn sandbox_lifecycle_through_the_broker() {
+    let stack = Stack::dev().await;
+    let created = stack
+        .create(json!({"image": "ubuntu:24.04", "cpu": 2, "virtualization": "fake"}))
+        .await;
+    assert!(created.get("worker_hash").is_none());
+    assert_eq!(created["cpu"], 2);
+    assert_eq!(created["virtualization"], "fake");
+    let id = created["sandbox_id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("sbx-broker_local-worker_local-"));
+
+    let resp = follow().get(stack.sandbox(&id, "")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = body_json(resp).await;
+    assert_eq!(got["sandbox_id"], id.as_str());
+    assert_eq!(got["image"], "ubuntu:24.04");
+    assert!(got["created_at"].is_string() && got["expires_at"].is_string());
+
+    let resp = follow()
+        .patch(stack.sandbox(&id, "/lease?ttl_seconds=600"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body_json(resp).await["sandbox_id"], id.as_str());
+    expect_error(
+        follow()
+            .patch(stack.sandbox(&id, "/lease?ttl_seconds=0"))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "ttl_seconds must be > 0",
+    )
+    .await;
+
+    expect_error(
+        follow()
+            .post(stack.broker.at("/sandboxes"))
+            .json(&json!({"virtualization": "fake", "cpu": 1}))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "image is required",
+    )
+    .await;
+
+    let resp = follow()
+        .delete(stack.sandbox(&id, ""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert!(resp.headers().contains_key("x-request-id"));
+    expect_error(
+        follow().get(stack.sandbox(&id, "")).send().await.unwrap(),
+        404,
+        "sandbox not found",
+    )
+    .await;
+    stack.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn worker_routing_errors() {
+    let stack = Stack::dev().await;
+    let w = &stack.worker;
+    expect_error(
+        follow()
+            .get(w.at("/sandboxes/not-an-id/files"))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "malformed sandbox_id",
+    )
+    .await;
+    expect_error(
+        follow().get(w.at("/nothing")).send().await.unwrap(),
+        404,
+        "route not found",
+    )
+    .await;
+    let id = stack.create_id().await;
+    expect_error(
+        follow()
+            .post(w.at(&format!("/sandboxes/{id}")))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "route not found",
+    )
+    .await;
+    expect_error(
+        follow()
+            .get(w.at(&format!("/sandboxes/{id}/exec/ws")))
+            .send()
+            .await
+            .unwrap(),
+        501,
+        "websocket exec is optional and not enabled",
+    )
+    .await;
+    // Ids naming another broker or worker are not this worker's.
+    let foreign = id.replace("worker_local", "worker_other");
+    expect_error(
+        follow()
+            .get(w.at(&format!("/sandboxes/{foreign}")))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "sandbox not found",
+    )
+    .await;
+    let foreign = id.replace("broker_local", "broker_other");
+    expect_error(
+        follow()
+            .get(w.at(&format!("/sandboxes/{foreign}")))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "sandbox not found",
+    )
+    .await;
+    stack.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn tart_gets_its_default_image() {
+    let broker = TestBroker::dev(broker_config()).await;
+    let backends: Vec<Arc<dyn VmBackend>> = vec![
+        Arc::new(FakeBackend::new()),
+        Arc::new(FakeBackend::with_virtualization("tart")),
+    ];
+    let worker = dev_worker(Some(&broker.url), backends, |_| {}).await;
+    let resp = follow()
+        .post(worker.at("/sandboxes"))
+        .json(&json!({"virtualization": "tart", "cpu": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let created = body_json(resp).await;
+    assert_eq!(created["virtualization"], "tart");
+    let id = created["sandbox_id"].as_str().unwrap();
+    let got = body_json(
+        follow()
+            .get(worker.at(&format!("/sandboxes/{id}")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(got["image"], "ghcr.io/cirruslabs/macos-tahoe-base:latest");
+    worker.stop().await.unwrap();
+    broker.stop().await.unwrap();
+}
