@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
 
+use super::exec::{OutputBudget, MAX_OUTPUT_BYTES_PER_SANDBOX};
 use super::sandbox::{destroy_vm, expiry};
 use super::state::{SandboxEntry, StartType, State, Usage};
 use super::{CreateOutcome, CreateQuery, Worker, WorkerError};
@@ -240,6 +241,7 @@ impl Worker {
                 expires_at,
                 first_exec_seen: false,
                 execs: Default::default(),
+                output: Arc::new(OutputBudget::new(MAX_OUTPUT_BYTES_PER_SANDBOX)),
             },
         );
         state.demand.record(spec.tuple.clone(), now);

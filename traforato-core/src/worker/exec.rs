@@ -5,12 +5,16 @@
 //! [`MAX_CAPTURE_BYTES`] of stdout and of stderr; the frame log keeps the latest
 //! [`MAX_FRAMES`] frames and at most [`MAX_FRAME_BYTES`] of frame data, dropping the oldest
 //! (cursors stay absolute, so a reader that fell behind resumes at the oldest frame kept); a
-//! frames response carries at most [`MAX_FRAMES_PER_RESPONSE`] frames; a sandbox keeps its
-//! latest [`MAX_EXECS_PER_SANDBOX`] exited execs and at most
-//! [`MAX_EXITED_EXEC_BYTES_PER_SANDBOX`] of their output.
+//! frames response carries at most [`MAX_FRAMES_PER_RESPONSE`] frames. A sandbox runs at most
+//! [`MAX_RUNNING_EXECS_PER_SANDBOX`] execs at once, keeps its latest
+//! [`MAX_EXECS_PER_SANDBOX`] execs, and all its execs together, running or exited, keep at
+//! most [`MAX_OUTPUT_BYTES_PER_SANDBOX`] of output ([`OutputBudget`]): past it, the oldest
+//! exited execs are forgotten, captures stop growing and running execs keep only their
+//! latest frames.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,7 +50,9 @@ pub(super) const MAX_FRAMES_PER_RESPONSE: usize = 1_000;
 pub(super) const MAX_EXECS_PER_SANDBOX: usize = 1_000;
 /// Most output bytes (captures and frames) a sandbox keeps for its exited execs; the oldest
 /// exited execs are forgotten first.
-pub(super) const MAX_EXITED_EXEC_BYTES_PER_SANDBOX: usize = 64 << 20;
+pub(super) const MAX_OUTPUT_BYTES_PER_SANDBOX: usize = 64 << 20;
+/// Most execs (commands and code runs) one sandbox runs at the same time.
+pub(super) const MAX_RUNNING_EXECS_PER_SANDBOX: usize = 32;
 /// Timeout of an exec that names none.
 pub(super) const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// Timeout of run-code that names none.
@@ -63,6 +69,45 @@ pub(super) const MAX_WAIT: Duration = Duration::from_secs(60);
 pub(super) const BACKEND_ERROR_EXIT_CODE: i32 = 127;
 /// Output chunks buffered between the backend and the frame log.
 const OUTPUT_CHANNEL: usize = 64;
+
+/// The bytes of output one sandbox's execs keep together (captured stdout and stderr, frame
+/// data). Shared by the execs; each gives back what it holds when it is dropped.
+#[derive(Debug)]
+pub(crate) struct OutputBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl OutputBudget {
+    /// A budget of `limit` bytes.
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    /// Bytes held.
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn room(&self) -> usize {
+        self.limit.saturating_sub(self.used())
+    }
+
+    fn is_over(&self) -> bool {
+        self.used() > self.limit
+    }
+
+    fn take(&self, bytes: usize) {
+        self.used.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn give(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
 
 /// What the frame log looks like to waiters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -95,6 +140,9 @@ struct ExecData {
     /// Incomplete UTF-8 sequences at the end of the last stdout / stderr chunk.
     carry: [Vec<u8>; 2],
     syntax_error: bool,
+    /// The sandbox's output budget, and what this exec holds of it.
+    budget: Arc<OutputBudget>,
+    charged: usize,
 }
 
 impl ExecData {
@@ -102,14 +150,30 @@ impl ExecData {
         self.dropped + self.frames.len() as u64
     }
 
+    fn charge(&mut self, bytes: usize) {
+        self.budget.take(bytes);
+        self.charged += bytes;
+    }
+
+    fn refund(&mut self, bytes: usize) {
+        self.budget.give(bytes);
+        self.charged -= bytes;
+    }
+
+    /// Appends a frame, then drops the oldest ones beyond this exec's bounds or while the
+    /// sandbox's budget is exceeded (the newest frame always stays).
     fn push_frame(&mut self, kind: FrameKind, data: String, ts: DateTime<Utc>) {
         self.frame_bytes += data.len();
+        self.charge(data.len());
         self.frames.push_back(Frame { kind, data, ts });
         while self.frames.len() > 1
-            && (self.frames.len() > MAX_FRAMES || self.frame_bytes > MAX_FRAME_BYTES)
+            && (self.frames.len() > MAX_FRAMES
+                || self.frame_bytes > MAX_FRAME_BYTES
+                || self.budget.is_over())
         {
             if let Some(old) = self.frames.pop_front() {
                 self.frame_bytes -= old.data.len();
+                self.refund(old.data.len());
                 self.dropped += 1;
             }
         }
@@ -123,23 +187,27 @@ impl ExecData {
             OutputStream::Stdout => (FrameKind::Stdout, &mut self.stdout),
             OutputStream::Stderr => (FrameKind::Stderr, &mut self.stderr),
         };
-        push_capped(capture, &text, MAX_CAPTURE_BYTES);
+        let room = self.budget.room();
+        let added = push_capped(capture, &text, MAX_CAPTURE_BYTES, room);
+        self.charge(added);
         self.push_frame(kind, text, ts);
     }
 }
 
-/// Appends as much of `text` as fits in `cap` bytes, on a character boundary.
-fn push_capped(out: &mut String, text: &str, cap: usize) {
-    let room = cap.saturating_sub(out.len());
+/// Appends as much of `text` as fits in `cap` bytes of `out` and in `room` more bytes, on a
+/// character boundary; returns the bytes appended.
+fn push_capped(out: &mut String, text: &str, cap: usize, room: usize) -> usize {
+    let room = cap.saturating_sub(out.len()).min(room);
     if room >= text.len() {
         out.push_str(text);
-        return;
+        return text.len();
     }
     let mut cut = room;
     while !text.is_char_boundary(cut) {
         cut -= 1;
     }
     out.push_str(&text[..cut]);
+    cut
 }
 
 /// Decodes `data` as UTF-8 after the bytes carried over from the previous chunk. Invalid
@@ -200,6 +268,12 @@ struct Summary {
     syntax_error: bool,
 }
 
+impl Drop for ExecData {
+    fn drop(&mut self) {
+        self.budget.give(self.charged);
+    }
+}
+
 impl Exec {
     fn new(
         id: ExecId,
@@ -207,6 +281,7 @@ impl Exec {
         runtime: Option<Runtime>,
         command: String,
         started_at: DateTime<Utc>,
+        budget: Arc<OutputBudget>,
     ) -> Arc<Self> {
         Arc::new(Self {
             id,
@@ -223,6 +298,8 @@ impl Exec {
                 frame_bytes: 0,
                 carry: [Vec::new(), Vec::new()],
                 syntax_error: false,
+                budget,
+                charged: 0,
             }),
             progress: watch::channel(Progress::default()).0,
             task: Mutex::new(None),
@@ -250,8 +327,7 @@ impl Exec {
 
     /// Bytes of output this exec keeps (captured stdout/stderr and frame data).
     fn retained_bytes(&self) -> usize {
-        let data = self.data();
-        data.stdout.len() + data.stderr.len() + data.frame_bytes
+        self.data().charged
     }
 
     /// Appends a chunk of output.
@@ -525,8 +601,19 @@ impl Worker {
     {
         let now = self.clock.now();
         let exec_id = ExecId::new();
-        let exec = Exec::new(exec_id, id.to_string(), runtime, command, now);
-        let (handle, cpu, tti) = self.with_sandbox(principal, id, |entry| {
+        let (handle, cpu, tti, exec) = self.with_sandbox(principal, id, |entry| {
+            let running = entry.execs.values().filter(|e| !e.is_exited()).count();
+            if running >= MAX_RUNNING_EXECS_PER_SANDBOX {
+                return Err(WorkerError::TooManyExecs(MAX_RUNNING_EXECS_PER_SANDBOX));
+            }
+            let exec = Exec::new(
+                exec_id,
+                id.to_string(),
+                runtime,
+                command,
+                now,
+                entry.output.clone(),
+            );
             let tti = (!entry.first_exec_seen).then(|| {
                 entry.first_exec_seen = true;
                 (now - entry.created_at).to_std().unwrap_or_default()
@@ -548,9 +635,9 @@ impl Worker {
             ));
             *exec.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle.abort_handle());
             entry.execs.insert(exec_id, exec.clone());
-            prune_execs(&mut entry.execs);
-            (handle, cpu, tti)
-        })?;
+            prune_execs(&mut entry.execs, &entry.output);
+            Ok((handle, cpu, tti, exec))
+        })??;
         let labels = WorkerCpuLabels {
             worker_id: self.config.worker_id.as_str(),
             cpu: &cpu,
@@ -777,24 +864,25 @@ impl Worker {
     }
 }
 
-/// Drops the oldest exited execs beyond [`MAX_EXECS_PER_SANDBOX`].
-fn prune_execs(execs: &mut BTreeMap<ExecId, Arc<Exec>>) {
+/// Forgets the oldest exited execs beyond [`MAX_EXECS_PER_SANDBOX`] and while the sandbox's
+/// output budget is exceeded.
+fn prune_execs(execs: &mut BTreeMap<ExecId, Arc<Exec>>, budget: &OutputBudget) {
     // Exec ids are ULIDs, so map order is start order: the oldest exited execs go first, until
-    // both the count and the bytes retained by exited execs are within bounds.
+    // both the count and the bytes retained by all execs are within bounds.
     let exited: Vec<(ExecId, usize)> = execs
         .iter()
         .filter(|(_, e)| e.is_exited())
         .map(|(id, e)| (*id, e.retained_bytes()))
         .collect();
     let mut count = execs.len();
-    let mut bytes: usize = exited.iter().map(|(_, b)| b).sum();
+    let mut bytes = budget.used();
     for (id, size) in exited {
-        if count <= MAX_EXECS_PER_SANDBOX && bytes <= MAX_EXITED_EXEC_BYTES_PER_SANDBOX {
+        if count <= MAX_EXECS_PER_SANDBOX && bytes <= budget.limit {
             break;
         }
         execs.remove(&id);
         count -= 1;
-        bytes -= size;
+        bytes = bytes.saturating_sub(size);
     }
 }
 
@@ -802,9 +890,24 @@ fn prune_execs(execs: &mut BTreeMap<ExecId, Arc<Exec>>) {
 mod unit {
     use super::*;
 
-    fn exec_with_output(bytes: usize, exited: bool) -> (ExecId, Arc<Exec>) {
+    fn budget(limit: usize) -> Arc<OutputBudget> {
+        Arc::new(OutputBudget::new(limit))
+    }
+
+    fn new_exec(budget: &Arc<OutputBudget>) -> (ExecId, Arc<Exec>) {
         let id = ExecId::new();
-        let exec = Exec::new(id, "sbx".into(), None, "cmd".into(), Utc::now());
+        let exec = Exec::new(
+            id,
+            "sbx".into(),
+            None,
+            "cmd".into(),
+            Utc::now(),
+            budget.clone(),
+        );
+        (id, exec)
+    }
+
+    fn stdout(exec: &Exec, bytes: usize) {
         exec.push_chunk(
             OutputChunk {
                 stream: OutputStream::Stdout,
@@ -812,6 +915,15 @@ mod unit {
             },
             Utc::now(),
         );
+    }
+
+    fn exec_with_output(
+        budget: &Arc<OutputBudget>,
+        bytes: usize,
+        exited: bool,
+    ) -> (ExecId, Arc<Exec>) {
+        let (id, exec) = new_exec(budget);
+        stdout(&exec, bytes);
         if exited {
             exec.finish(0, false, Duration::from_millis(1), Utc::now());
         }
@@ -820,26 +932,54 @@ mod unit {
 
     #[test]
     fn exited_exec_output_is_bounded_per_sandbox() {
+        let budget = budget(MAX_OUTPUT_BYTES_PER_SANDBOX);
         let mut execs = BTreeMap::new();
         // 40 exited execs of 1 MiB output each retain 2 MiB apiece (capture + frames).
         for _ in 0..40 {
-            let (id, exec) = exec_with_output(1 << 20, true);
+            let (id, exec) = exec_with_output(&budget, 1 << 20, true);
             execs.insert(id, exec);
         }
-        let (running_id, running) = exec_with_output(1 << 20, false);
+        let (running_id, running) = exec_with_output(&budget, 1 << 20, false);
         execs.insert(running_id, running);
-        prune_execs(&mut execs);
-        let exited_bytes: usize = execs
-            .values()
-            .filter(|e| e.is_exited())
-            .map(|e| e.retained_bytes())
-            .sum();
-        assert!(exited_bytes <= MAX_EXITED_EXEC_BYTES_PER_SANDBOX);
+        prune_execs(&mut execs, &budget);
+        assert!(budget.used() <= MAX_OUTPUT_BYTES_PER_SANDBOX);
+        let held: usize = execs.values().map(|e| e.retained_bytes()).sum();
+        assert_eq!(held, budget.used());
         assert!(execs.len() < 41, "nothing was pruned");
         assert!(execs.contains_key(&running_id), "a running exec was pruned");
         // The newest exited execs are the ones kept.
         let newest = *execs.keys().rfind(|id| **id != running_id).unwrap();
         assert!(execs.contains_key(&newest));
+    }
+
+    /// Hardening I: the review's 40 concurrent execs printing 7 MB each grew the worker by
+    /// 370 MB; running execs now share the sandbox's budget (scaled down here).
+    #[test]
+    fn running_execs_share_the_sandbox_budget() {
+        const LIMIT: usize = 4 << 20;
+        const CHUNK: usize = 64 << 10;
+        let budget = budget(LIMIT);
+        let execs: Vec<_> = (0..40).map(|_| new_exec(&budget).1).collect();
+        for _ in 0..32 {
+            for exec in &execs {
+                stdout(exec, CHUNK);
+            }
+        }
+        // 80 MiB printed; at most the budget plus each exec's newest frame is kept.
+        assert!(
+            budget.used() <= LIMIT + execs.len() * CHUNK,
+            "{} bytes kept",
+            budget.used()
+        );
+        for exec in &execs {
+            let (frames, next, has_more) = exec.frames_from(0);
+            assert!(!frames.is_empty(), "the newest output is kept");
+            assert_eq!(next, 32);
+            assert!(has_more);
+        }
+        // Everything goes back when the execs are forgotten.
+        drop(execs);
+        assert_eq!(budget.used(), 0);
     }
 
     #[test]
@@ -901,15 +1041,26 @@ mod unit {
     #[test]
     fn capture_is_capped_on_char_boundary() {
         let mut s = String::from("ab");
-        push_capped(&mut s, "cé", 4);
+        assert_eq!(push_capped(&mut s, "cé", 4, usize::MAX), 1);
         assert_eq!(s, "abc");
-        push_capped(&mut s, "zzz", 4);
+        assert_eq!(push_capped(&mut s, "zzz", 4, usize::MAX), 1);
         assert_eq!(s, "abcz");
+        // The sandbox's budget bounds it too.
+        let mut s = String::new();
+        assert_eq!(push_capped(&mut s, "hello", 100, 2), 2);
+        assert_eq!(s, "he");
     }
 
     #[test]
     fn frame_log_is_bounded_and_cursors_stay_absolute() {
-        let exec = Exec::new(ExecId::new(), "sbx".into(), None, "true".into(), Utc::now());
+        let exec = Exec::new(
+            ExecId::new(),
+            "sbx".into(),
+            None,
+            "true".into(),
+            Utc::now(),
+            budget(MAX_OUTPUT_BYTES_PER_SANDBOX),
+        );
         let ts = Utc::now();
         for i in 0..(MAX_FRAMES + 5) {
             exec.push_text(OutputStream::Stdout, format!("{i}\n"), ts);

@@ -174,6 +174,9 @@ pub enum WorkerError {
     /// 400.
     #[error("invalid exec request: {0}")]
     InvalidExec(&'static str),
+    /// 429: the sandbox already runs as many execs as it may.
+    #[error("too many running execs in this sandbox (at most {0}); wait for one to finish")]
+    TooManyExecs(usize),
     /// 400.
     #[error("runtime must be one of: node, python")]
     InvalidRuntime,

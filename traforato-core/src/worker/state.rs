@@ -7,7 +7,7 @@ use std::sync::{Arc, MutexGuard};
 
 use chrono::{DateTime, Utc};
 
-use super::exec::Exec;
+use super::exec::{Exec, OutputBudget};
 use super::{Worker, WorkerError};
 use crate::auth::Principal;
 use crate::backend::Vm;
@@ -80,6 +80,8 @@ pub(super) struct SandboxEntry {
     pub first_exec_seen: bool,
     /// Execs, oldest first (exec ids are ULIDs, so they sort by creation time).
     pub execs: BTreeMap<ExecId, Arc<Exec>>,
+    /// The bytes of output all its execs, running or exited, may keep.
+    pub output: Arc<OutputBudget>,
 }
 
 impl SandboxEntry {

@@ -278,3 +278,48 @@ async fn utf8_split_across_chunks_is_not_mangled() {
         .collect();
     assert_eq!(stdout, "price: €\n");
 }
+
+/// Hardening I: a sandbox runs at most 32 execs at once; the next is refused until one ends.
+#[tokio::test(start_paused = true)]
+async fn concurrent_execs_per_sandbox_are_capped() {
+    let h = Harness::new();
+    h.fake.set_exec_handler(Arc::new(|_, _| {
+        Some(FakeExec::new().sleep(Duration::from_secs(60)))
+    }));
+    let sid = h.sandbox().await;
+    let mut ids = Vec::new();
+    for _ in 0..32 {
+        let accepted = h
+            .worker
+            .start_exec(&dev(), &sid, ExecRequest::default())
+            .await
+            .unwrap();
+        ids.push(accepted.exec_id);
+    }
+    let err = h
+        .worker
+        .start_exec(&dev(), &sid, ExecRequest::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, WorkerError::TooManyExecs(32)), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "too many running execs in this sandbox (at most 32); wait for one to finish"
+    );
+    // Another sandbox is not affected; once the execs end, this one runs again.
+    let other = h.sandbox().await;
+    assert!(h
+        .worker
+        .start_exec(&dev(), &other, ExecRequest::default())
+        .await
+        .is_ok());
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    let last = ids.last().unwrap().clone();
+    let record = h.worker.get_exec(&dev(), &sid, &last).unwrap();
+    assert_eq!(record.status, "exited");
+    assert!(h
+        .worker
+        .start_exec(&dev(), &sid, ExecRequest::default())
+        .await
+        .is_ok());
+}
