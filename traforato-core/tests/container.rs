@@ -551,6 +551,47 @@ async fn files_api_writes_are_charged_to_the_sandbox() {
     vm.destroy().await.unwrap();
 }
 
+/// Hardening I: the sandbox's root is mounted in the host's mount namespace; no host user
+/// but root (and the sandbox itself) can read or plant files in it.
+#[tokio::test]
+async fn other_host_users_cannot_reach_a_sandbox_root() {
+    use std::os::unix::process::CommandExt;
+    let Some(h) = Harness::new("hostusers") else {
+        return;
+    };
+    let vm = h.provision(128).await;
+    write(&vm, "/workspace/secret.txt", "s3cret").await.unwrap();
+    let root = h.state_dir.join(vm.vm_id().to_string()).join("rootfs");
+    assert!(root.join("workspace/secret.txt").exists());
+    let script = format!(
+        "cat {0}/workspace/secret.txt; ls {0}/workspace; touch {0}/workspace/planted; echo done",
+        root.display()
+    );
+    // `nobody`, as the review did.
+    let out = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(&script)
+        .uid(65534)
+        .gid(65534)
+        .env_clear()
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("s3cret"), "nobody read the file: {stdout}");
+    assert!(
+        !stdout.contains("secret.txt"),
+        "nobody listed the dir: {stdout}"
+    );
+    assert!(stdout.contains("done"), "{stdout}");
+    assert!(
+        !root.join("workspace/planted").exists(),
+        "nobody planted a file"
+    );
+    // The sandbox itself still works with its files.
+    assert_eq!(sh(&vm, "cat /workspace/secret.txt").await.stdout, "s3cret");
+    vm.destroy().await.unwrap();
+}
+
 #[tokio::test]
 async fn memory_hog_is_killed_by_the_limit() {
     let Some(h) = Harness::new("mem") else {

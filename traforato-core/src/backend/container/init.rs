@@ -278,7 +278,8 @@ fn build_sandbox(setup: &Setup) -> Result<OwnedFd, String> {
     )?;
     // The overlay came from the host's mount namespace, so it is locked here and cannot be
     // the new root; a recursive bind of it onto itself is a mount of our own. The state dirs
-    // on the way are searchable (0711) for the sandbox's uid.
+    // on the way are searchable for the sandbox: the state dir is 0711, the sandbox's own
+    // dir 0710 with the sandbox's gid (no other host user gets in).
     errno(
         "bind root",
         mount_bind_recursive(setup.rootfs.as_str(), setup.rootfs.as_str()),

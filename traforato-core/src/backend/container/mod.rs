@@ -348,7 +348,7 @@ impl ContainerBackend {
         let scratch_mib = self.config.scratch_size_mib;
         let host_dir = dir.clone();
         let cgroup = tokio::task::spawn_blocking(move || {
-            setup.run(&host_dir, &cgroups, &name, || {
+            setup.run(&host_dir, uid, &cgroups, &name, || {
                 prepare_root(&host_dir, &layout, uid, scratch_mib)?;
                 cgroups.create(&name, limits)
             })
@@ -621,18 +621,31 @@ struct HostSetup {
 impl HostSetup {
     /// Creates the sandbox directory, then runs `rest`; tears down on its own if the
     /// provision was cancelled meanwhile.
+    ///
+    /// The directory is `0710 root:<sandbox gid>`: the sandbox's init (that gid on the host)
+    /// can pass through it to its root, and no other host user can reach the sandbox's
+    /// files (its root is mounted in the host's mount namespace).
     fn run<T>(
         &self,
         dir: &Path,
+        sandbox_gid: u32,
         cgroups: &CgroupDriver,
         name: &str,
         rest: impl FnOnce() -> io::Result<T>,
     ) -> io::Result<T> {
         let result = fs::DirBuilder::new()
-            .mode(0o711)
+            .mode(0o700)
             .create(dir)
             .and_then(|()| {
                 self.created.store(true, Ordering::SeqCst);
+                chownat(
+                    CWD,
+                    dir,
+                    None,
+                    Some(Gid::from_raw(sandbox_gid)),
+                    AtFlags::empty(),
+                )?;
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o710))?;
                 rest()
             });
         self.finished.store(true, Ordering::SeqCst);
