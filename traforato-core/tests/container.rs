@@ -592,6 +592,48 @@ async fn other_host_users_cannot_reach_a_sandbox_root() {
     vm.destroy().await.unwrap();
 }
 
+/// Hardening I: `/proc` tells nothing of the host's kernel command line, configuration,
+/// keys or hardware, and the mount table does not name the host's state directory or the
+/// sandbox's id; `df` and the mount table still work.
+#[tokio::test]
+async fn host_information_in_proc_is_masked() {
+    let Some(h) = Harness::new("proc") else {
+        return;
+    };
+    let vm = h.provision(128).await;
+    assert!(!std::fs::read_to_string("/proc/cmdline").unwrap().is_empty());
+    for path in [
+        "/proc/cmdline",
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/timer_list",
+        "/proc/sched_debug",
+        "/proc/config.gz",
+        "/proc/interrupts",
+    ] {
+        let ran = sh(&vm, &format!("cat {path} 2>/dev/null | wc -c")).await;
+        assert_eq!(ran.stdout, "0\n", "{path} is readable in the sandbox");
+    }
+    for dir in ["/proc/acpi", "/proc/scsi", "/proc/asound"] {
+        let ran = sh(&vm, &format!("ls -A {dir} 2>/dev/null | wc -l")).await;
+        assert_eq!(ran.stdout, "0\n", "{dir} lists host entries");
+    }
+    for write in [
+        "echo h > /proc/sysrq-trigger",
+        "echo 1 > /proc/sys/kernel/ns_last_pid",
+    ] {
+        assert_ne!(sh(&vm, write).await.exit.exit_code, 0, "{write} succeeded");
+    }
+    let mountinfo = sh(&vm, "cat /proc/self/mountinfo").await.stdout;
+    assert!(mountinfo.contains(" / / "), "{mountinfo}");
+    let state = h.state_dir.to_string_lossy().into_owned();
+    let id = vm.vm_id().to_string();
+    assert!(!mountinfo.contains(&state), "{mountinfo}");
+    assert!(!mountinfo.contains(&id), "{mountinfo}");
+    assert_eq!(sh(&vm, "df / >/dev/null && echo ok").await.stdout, "ok\n");
+    vm.destroy().await.unwrap();
+}
+
 #[tokio::test]
 async fn memory_hog_is_killed_by_the_limit() {
     let Some(h) = Harness::new("mem") else {

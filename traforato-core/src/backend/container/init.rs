@@ -297,6 +297,7 @@ fn build_sandbox(setup: &Setup) -> Result<OwnedFd, String> {
         ),
     )?;
     build_dev()?;
+    mask_proc()?;
     errno(
         "set hostname",
         rustix::system::sethostname(setup.hostname.as_bytes()),
@@ -315,6 +316,68 @@ fn build_sandbox(setup: &Setup) -> Result<OwnedFd, String> {
     )?;
     seccomp::install()?;
     sigchld_fd()
+}
+
+/// `/proc` entries that tell about the host or its hardware, hidden as Docker and runc hide
+/// them, plus the kernel's command line and configuration: files get `/dev/null` bound over
+/// them, directories an empty read-only tmpfs.
+const MASKED_PROC: &[&str] = &[
+    "proc/acpi",
+    "proc/asound",
+    "proc/interrupts",
+    "proc/kcore",
+    "proc/keys",
+    "proc/latency_stats",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "proc/sched_debug",
+    "proc/scsi",
+    "proc/cmdline",
+    "proc/config.gz",
+];
+
+/// `/proc` entries that stay readable but become read-only.
+const READ_ONLY_PROC: &[&str] = &[
+    "proc/bus",
+    "proc/fs",
+    "proc/irq",
+    "proc/sys",
+    "proc/sysrq-trigger",
+];
+
+/// Masks [`MASKED_PROC`] and makes [`READ_ONLY_PROC`] read-only, where they exist.
+fn mask_proc() -> Result<(), String> {
+    let locked = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    for path in MASKED_PROC {
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            errno(
+                &format!("mask /{path}"),
+                mount(
+                    "tmpfs",
+                    *path,
+                    "tmpfs",
+                    locked | MountFlags::RDONLY,
+                    Some(c"size=0,mode=555"),
+                ),
+            )?;
+        } else {
+            errno(&format!("mask /{path}"), mount_bind("/dev/null", *path))?;
+        }
+    }
+    for path in READ_ONLY_PROC {
+        if std::fs::symlink_metadata(path).is_err() {
+            continue;
+        }
+        errno(&format!("bind /{path}"), mount_bind(*path, *path))?;
+        errno(
+            &format!("make /{path} read-only"),
+            rustix::mount::mount_remount(*path, MountFlags::BIND | MountFlags::RDONLY | locked, ""),
+        )?;
+    }
+    Ok(())
 }
 
 /// A small tmpfs `/dev` with host devices bound in, a private devpts and `/dev/shm`.

@@ -560,7 +560,7 @@ fn prepare_root(dir: &Path, layout: &ImageLayout, uid: u32, scratch_mib: u64) ->
         fs::set_permissions(&p, fs::Permissions::from_mode(mode))?;
         chownat(CWD, &p, owner.0, owner.1, AtFlags::empty())?;
     }
-    mounts::mount_overlay(&rootfs, &layout.lower_dirs, &upper, &work)?;
+    mounts::mount_overlay(dir, &layout.lower_dirs)?;
     for bind in &layout.read_only_binds {
         let target = rootfs.join(&bind.target);
         if !target.is_dir() {

@@ -130,40 +130,74 @@ pub(crate) fn overlay_safe(path: &Path) -> bool {
         .is_some_and(|s| !s.contains([',', ':', '\\', '\n']))
 }
 
-/// Mounts an overlay at `target` (nosuid, nodev). `lowers` are topmost first.
-pub(crate) fn mount_overlay(
-    target: &Path,
-    lowers: &[PathBuf],
-    upper: &Path,
-    work: &Path,
-) -> io::Result<()> {
+/// Mounts the overlay root at `base/rootfs` from `lowers` (read-only) and
+/// `base/scratch/{upper,work}`.
+///
+/// The layer paths are given relative to `base` (`../` for the other directories of the state
+/// dir), from a thread of its own whose working directory is `base`: the sandbox sees the
+/// overlay's options in its `/proc/self/mountinfo`, and relative paths do not tell it where
+/// the host keeps sandboxes or which id it has. Layers outside the state dir (configured
+/// image directories) keep their absolute paths.
+pub(crate) fn mount_overlay(base: &Path, lowers: &[PathBuf]) -> io::Result<()> {
+    let upper = base.join("scratch/upper");
+    let work = base.join("scratch/work");
     let all_safe =
-        lowers.iter().all(|p| overlay_safe(p)) && overlay_safe(upper) && overlay_safe(work);
+        lowers.iter().all(|p| overlay_safe(p)) && overlay_safe(&upper) && overlay_safe(&work);
     if lowers.is_empty() || !all_safe {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "overlay layer paths must be non-empty and free of `,` `:` `\\`",
         ));
     }
+    let state_dir = base.parent().unwrap_or(base);
+    let shown = |p: &Path| -> String {
+        if let Ok(rel) = p.strip_prefix(base) {
+            rel.to_string_lossy().into_owned()
+        } else if let Ok(rel) = p.strip_prefix(state_dir) {
+            format!("../{}", rel.to_string_lossy())
+        } else {
+            p.to_string_lossy().into_owned()
+        }
+    };
     let lower = lowers
         .iter()
-        .map(|p| p.to_string_lossy().into_owned())
+        .map(|p| shown(p))
         .collect::<Vec<_>>()
         .join(":");
     let data = CString::new(format!(
         "lowerdir={lower},upperdir={},workdir={}",
-        upper.display(),
-        work.display()
+        shown(&upper),
+        shown(&work)
     ))
     .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    mount(
-        "overlay",
-        target,
-        "overlay",
-        MountFlags::NOSUID | MountFlags::NODEV,
-        Some(data.as_c_str()),
-    )?;
-    Ok(())
+    let target = base.join("rootfs");
+    // The working directory is per process; a thread that unshares its filesystem context
+    // may change its own without touching the worker's other threads.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                private_fs_context()?;
+                rustix::process::chdir(base)?;
+                mount(
+                    "overlay",
+                    &target,
+                    "overlay",
+                    MountFlags::NOSUID | MountFlags::NODEV,
+                    Some(data.as_c_str()),
+                )
+            })
+            .join()
+            .map_err(|_| io::Error::other("overlay mount thread panicked"))?
+            .map_err(io::Error::from)
+    })
+}
+
+/// Gives the calling thread its own working directory, root and umask.
+#[allow(unsafe_code)]
+fn private_fs_context() -> rustix::io::Result<()> {
+    // SAFETY: `FS` unshares only the cwd, root and umask; the descriptor table stays shared,
+    // so every fd remains usable by every thread (the hazard `unshare_unsafe` warns of).
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) }
 }
 
 /// Bind-mounts `source` at `target`, then makes the bind read-only, nosuid and nodev.
