@@ -634,6 +634,48 @@ async fn host_information_in_proc_is_masked() {
     vm.destroy().await.unwrap();
 }
 
+fn parents_of(h: &Harness, vm: &Arc<dyn Vm>) -> Vec<PathBuf> {
+    h.backend()
+        .cgroup_dirs(&vm.vm_id())
+        .iter()
+        .map(|d| d.parent().unwrap().to_path_buf())
+        .collect()
+}
+
+/// Hardening I: at shutdown a backend removes the cgroup parent it created, once empty, and
+/// never one it found (another worker may share it).
+#[tokio::test]
+async fn shutdown_removes_the_cgroup_parent_it_created_only() {
+    let config = Harness::config("cgshare");
+    let mut other = config.clone();
+    other.state_dir = config.state_dir.with_extension("b");
+    let Some(first) = Harness::with_config(config) else {
+        return;
+    };
+    // The second backend finds the parent the first one made.
+    let Some(second) = Harness::with_config(other) else {
+        return;
+    };
+    let vm = second.provision(64).await;
+    let parents = parents_of(&second, &vm);
+    assert!(parents.iter().all(|p| p.is_dir()));
+    // In use by the second backend's sandbox: the first one leaves it.
+    first.backend().shutdown().await;
+    assert!(parents.iter().all(|p| p.is_dir()), "removed while in use");
+    vm.destroy().await.unwrap();
+    // Empty now, but the second backend did not create it.
+    second.backend().shutdown().await;
+    assert!(
+        parents.iter().all(|p| p.is_dir()),
+        "removed by a backend that found it"
+    );
+    // The creator removes it.
+    first.backend().shutdown().await;
+    for p in &parents {
+        assert!(!p.exists(), "{} is left", p.display());
+    }
+}
+
 #[tokio::test]
 async fn memory_hog_is_killed_by_the_limit() {
     let Some(h) = Harness::new("mem") else {

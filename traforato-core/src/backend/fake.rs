@@ -94,6 +94,8 @@ pub struct FakeCounters {
     pub destroys: u64,
     /// Calls to `cleanup_leftovers`.
     pub cleanups: u64,
+    /// Calls to `shutdown`.
+    pub shutdowns: u64,
 }
 
 impl Default for FakeBackend {
@@ -294,6 +296,10 @@ impl VmBackend for FakeBackend {
         let mut state = self.state();
         state.counters.cleanups += 1;
         Ok(std::mem::take(&mut state.leftovers))
+    }
+
+    async fn shutdown(&self) {
+        self.state().counters.shutdowns += 1;
     }
 }
 

@@ -349,6 +349,12 @@ pub trait VmBackend: Send + Sync + 'static {
     async fn cleanup_leftovers(&self) -> Result<usize, BackendError> {
         Ok(0)
     }
+
+    /// Releases what the backend holds for itself once the worker stops, after every
+    /// sandbox of this backend was destroyed (the container backend removes the cgroup
+    /// parent it created, when it is empty). Errors are the backend's to log. The default
+    /// does nothing.
+    async fn shutdown(&self) {}
 }
 
 /// One live sandbox.

@@ -63,6 +63,9 @@ impl Worker {
             let _ = task.await;
         }
         self.destroy_everything().await;
+        for backend in self.backends.values() {
+            backend.shutdown().await;
+        }
     }
 
     async fn cleanup_leftovers(&self) {

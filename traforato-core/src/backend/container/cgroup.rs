@@ -152,25 +152,27 @@ impl CgroupDriver {
     }
 
     /// Creates the parent cgroups and, on v2, delegates the controllers down to them.
-    pub(crate) fn prepare(&self) -> io::Result<()> {
+    /// Returns the directories it created (not those that existed), outermost first.
+    pub(crate) fn prepare(&self) -> io::Result<Vec<PathBuf>> {
+        let mut created = Vec::new();
         for h in &self.hierarchies {
-            let parent = h.root.join(&self.parent);
+            // Each level from the root down to the parent (on v2 each must pass the
+            // controllers on).
+            let mut level = h.root.clone();
             if self.version == CgroupVersion::V2 {
-                // Each level from the root down to the parent must pass the controllers on.
-                let mut level = h.root.clone();
                 enable_v2_controllers(&level)?;
-                for seg in self.parent.split('/') {
-                    level.push(seg);
-                    create_dir(&level)?;
+            }
+            for seg in self.parent.split('/').filter(|s| !s.is_empty()) {
+                level.push(seg);
+                if create_dir(&level)? {
+                    created.push(level.clone());
+                }
+                if self.version == CgroupVersion::V2 {
                     enable_v2_controllers(&level)?;
                 }
-            } else {
-                fs::create_dir_all(&parent).map_err(|e| {
-                    io::Error::new(e.kind(), format!("create {}: {e}", parent.display()))
-                })?;
             }
         }
-        Ok(())
+        Ok(created)
     }
 
     /// Creates a sandbox's cgroup with its limits. On error, what was created is removed.
@@ -183,8 +185,16 @@ impl CgroupDriver {
         let result = (|| {
             for h in &self.hierarchies {
                 let dir = h.root.join(&self.parent).join(name);
-                // Never adopt an existing cgroup: it would belong to another sandbox.
-                fs::create_dir(&dir).map_err(|e| {
+                // Never adopt an existing cgroup: it would belong to another sandbox. A parent
+                // that vanished (removed by a worker sharing it, at its shutdown) is made again.
+                let made = match fs::create_dir(&dir) {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        self.prepare()?;
+                        fs::create_dir(&dir)
+                    }
+                    other => other,
+                };
+                made.map_err(|e| {
                     io::Error::new(e.kind(), format!("create {}: {e}", dir.display()))
                 })?;
                 cgroup.dirs.push(dir.clone());
@@ -233,29 +243,36 @@ impl CgroupDriver {
         names
     }
 
-    /// Removes the parent cgroups when they are empty (only the last segment of
-    /// `cgroup_parent` is removed).
-    pub(crate) fn remove_parents(&self) -> io::Result<()> {
-        for parent in self.parent_dirs() {
-            match fs::remove_dir(&parent) {
+    /// Removes `created` (directories [`CgroupDriver::prepare`] made, outermost first),
+    /// innermost first, each only while it is empty: a parent another worker still uses
+    /// stays. Returns the directories left in place.
+    pub(crate) fn remove_parents(&self, created: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
+        let mut kept = Vec::new();
+        for dir in created.iter().rev() {
+            match fs::remove_dir(dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                // Tasks or child cgroups in it: someone else's, or not yet gone.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::ENOTEMPTY)) => {
+                    kept.push(dir.clone());
+                }
                 Err(e) => {
                     return Err(io::Error::new(
                         e.kind(),
-                        format!("remove {}: {e}", parent.display()),
+                        format!("remove {}: {e}", dir.display()),
                     ))
                 }
             }
         }
-        Ok(())
+        Ok(kept)
     }
 }
 
-fn create_dir(dir: &Path) -> io::Result<()> {
+/// Creates `dir`; true when it did not exist before.
+fn create_dir(dir: &Path) -> io::Result<bool> {
     match fs::create_dir(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
         Err(e) => Err(io::Error::new(
             e.kind(),
             format!("create {}: {e}", dir.display()),

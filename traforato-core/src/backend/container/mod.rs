@@ -141,6 +141,8 @@ pub struct ContainerBackend {
     config: ContainerConfig,
     cgroups: CgroupDriver,
     images: ImageStore,
+    /// The cgroup parent directories `new` created (removed again at shutdown).
+    created_parents: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for ContainerBackend {
@@ -266,7 +268,7 @@ impl ContainerBackend {
         // Before anything is created, so that a refusal leaves nothing behind.
         check_searchable(&config.state_dir)?;
         let cgroups = CgroupDriver::detect(&config.cgroup_parent).map_err(unavailable)?;
-        cgroups.prepare().map_err(|e| {
+        let created_parents = cgroups.prepare().map_err(|e| {
             unavailable(format!(
                 "cannot set up the cgroup parent {:?}: {e} (the worker needs write access to \
                  the cgroup hierarchies; on cgroup v2 its parent must delegate cpu, memory and \
@@ -296,6 +298,7 @@ impl ContainerBackend {
             config,
             cgroups,
             images,
+            created_parents,
         })
     }
 
@@ -320,12 +323,18 @@ impl ContainerBackend {
         self.cgroups.sandbox_dirs(&vm_id.to_string())
     }
 
-    /// Removes the (empty) cgroup parents this backend created; call after every sandbox was
-    /// destroyed, e.g. at shutdown. A later provision would need a new backend.
+    /// Removes the cgroup parents this backend created (not those that existed before), as
+    /// far as they are empty: another worker may share them. [`VmBackend::shutdown`] calls
+    /// it; a later provision makes them again.
     pub fn remove_cgroup_parents(&self) -> Result<(), BackendError> {
-        self.cgroups
-            .remove_parents()
-            .map_err(|e| BackendError::io("remove cgroup parents", e))
+        let kept = self
+            .cgroups
+            .remove_parents(&self.created_parents)
+            .map_err(|e| BackendError::io("remove cgroup parents", e))?;
+        if !kept.is_empty() {
+            tracing::debug!(kept = ?kept, "cgroup parents still in use, left in place");
+        }
+        Ok(())
     }
 
     /// Provision steps; resources are recorded in `guard` as they are made.
@@ -811,5 +820,11 @@ impl VmBackend for ContainerBackend {
         })
         .await
         .map_err(|e| BackendError::Other(format!("cleanup task failed: {e}")))?
+    }
+
+    async fn shutdown(&self) {
+        if let Err(error) = self.remove_cgroup_parents() {
+            tracing::warn!(error = %error, "cgroup parent not removed");
+        }
     }
 }

@@ -206,6 +206,9 @@ async fn run_cleans_leftovers_first() {
         let _ = rx.await;
     }));
     eventually("cleanup", || fake.counters().cleanups == 1).await;
+    assert_eq!(fake.counters().shutdowns, 0);
     tx.send(()).unwrap();
     run.await.unwrap();
+    // Once stopped, after its sandboxes are gone, each backend is told to release its own.
+    assert_eq!(fake.counters().shutdowns, 1);
 }
