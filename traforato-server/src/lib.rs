@@ -71,6 +71,20 @@ pub enum ServeError {
     /// Serving failed.
     #[error("serve")]
     Serve(#[source] std::io::Error),
+    /// The process may not open as many files as its sandboxes need.
+    #[error(
+        "the open-file limit is {limit} but {needed} are needed for {sandboxes} live sandboxes \
+         (raise it with `ulimit -n {needed}` or LimitNOFILE={needed}, or lower \
+         --max-live-sandboxes)"
+    )]
+    OpenFileLimit {
+        /// The limit that could be had.
+        limit: u64,
+        /// What is needed.
+        needed: u64,
+        /// For how many sandboxes.
+        sandboxes: u32,
+    },
     /// No backend exists for this virtualization.
     #[error("unknown virtualization {0:?}")]
     UnknownVirtualization(String),

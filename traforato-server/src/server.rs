@@ -134,6 +134,56 @@ pub fn log_listen_exposure(service: &str, listen: &str, mode: AuthMode, allow_ne
     }
 }
 
+/// Descriptors a worker process needs beside its sandboxes (listeners, connections, logs).
+const BASE_OPEN_FILES: u64 = 1024;
+
+/// Descriptors one live sandbox holds in the worker (control socket, root, network
+/// namespace, pipes of its running commands), with room to spare.
+const OPEN_FILES_PER_SANDBOX: u64 = 8;
+
+/// Raises the process's open-file limit to what `sandboxes` live sandboxes need (raising the
+/// hard limit too where the process may), and refuses to run when it cannot: running out of
+/// descriptors mid-flight fails creates and connections in confusing ways. Returns the limit.
+pub fn ensure_open_file_limit(sandboxes: u32) -> Result<u64, ServeError> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let needed = BASE_OPEN_FILES + u64::from(sandboxes) * OPEN_FILES_PER_SANDBOX;
+    let current = getrlimit(Resource::Nofile);
+    let soft = current.current.unwrap_or(u64::MAX);
+    if soft >= needed {
+        return Ok(soft);
+    }
+    let hard = current.maximum.unwrap_or(u64::MAX);
+    // The hard limit may only grow with CAP_SYS_RESOURCE (the container backend runs as root).
+    let wanted = Rlimit {
+        current: Some(needed),
+        maximum: Some(hard.max(needed)),
+    };
+    if setrlimit(Resource::Nofile, wanted).is_ok() {
+        return Ok(needed);
+    }
+    let limit = if hard >= needed {
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(needed),
+                maximum: Some(hard),
+            },
+        )
+        .map(|()| needed)
+        .unwrap_or(soft)
+    } else {
+        soft
+    };
+    if limit >= needed {
+        return Ok(limit);
+    }
+    Err(ServeError::OpenFileLimit {
+        limit,
+        needed,
+        sandboxes,
+    })
+}
+
 /// Binds a listener on `addr` (a resolved address, see `config::bind_address`).
 pub async fn bind(addr: &str) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr)

@@ -77,6 +77,8 @@ struct BackendState {
     clock: Arc<dyn Clock>,
     connect_host: IpAddr,
     leftovers: usize,
+    overcommits: bool,
+    memory_per_vm: Option<u64>,
     counters: FakeCounters,
     vms: BTreeMap<LocalVmId, Weak<FakeVm>>,
 }
@@ -133,6 +135,8 @@ impl FakeBackend {
                     clock: Arc::new(SystemClock),
                     connect_host: IpAddr::V4(Ipv4Addr::LOCALHOST),
                     leftovers: 0,
+                    overcommits: false,
+                    memory_per_vm: None,
                     counters: FakeCounters::default(),
                     vms: BTreeMap::new(),
                 }),
@@ -198,6 +202,19 @@ impl FakeBackend {
         self
     }
 
+    /// Pretends to overcommit like the container backend (see
+    /// [`VmBackend::overcommits`]).
+    pub fn with_overcommit(self) -> Self {
+        self.state().overcommits = true;
+        self
+    }
+
+    /// Reports `bytes` of memory in use per live VM (see [`VmBackend::memory_in_use`]).
+    pub fn with_memory_per_vm(self, bytes: u64) -> Self {
+        self.state().memory_per_vm = Some(bytes);
+        self
+    }
+
     /// Pretends a crashed previous run left `n` sandboxes behind: the next
     /// `cleanup_leftovers` reports `n` and resets it.
     pub fn with_leftovers(self, n: usize) -> Self {
@@ -244,6 +261,16 @@ impl FakeBackend {
 impl VmBackend for FakeBackend {
     fn virtualization(&self) -> &str {
         &self.shared.virtualization
+    }
+
+    fn overcommits(&self) -> bool {
+        self.state().overcommits
+    }
+
+    fn memory_in_use(&self) -> Option<u64> {
+        let state = self.state();
+        let per_vm = state.memory_per_vm?;
+        Some(per_vm.saturating_mul(state.vms.len() as u64))
     }
 
     async fn provision(&self, spec: ProvisionSpec) -> Result<Arc<dyn Vm>, BackendError> {

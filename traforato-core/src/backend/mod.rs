@@ -341,6 +341,20 @@ pub trait VmBackend: Send + Sync + 'static {
     /// The virtualization name this backend serves (`container`, `vetu`, `fake`).
     fn virtualization(&self) -> &str;
 
+    /// True when a sandbox's cpu is a quota and its memory a limit that the host may hand out
+    /// more of than it has (containers), false when they are reserved (VMs). See
+    /// [`crate::worker::CapacityConfig`].
+    fn overcommits(&self) -> bool {
+        false
+    }
+
+    /// Memory the backend's sandboxes actually use now, in bytes, if it can tell. Checked
+    /// against [`crate::worker::CapacityConfig::memory_high_watermark_mib`] before each new
+    /// sandbox; keep it cheap.
+    fn memory_in_use(&self) -> Option<u64> {
+        None
+    }
+
     /// Boots a sandbox for `spec` and returns once it can run commands.
     async fn provision(&self, spec: ProvisionSpec) -> Result<Arc<dyn Vm>, BackendError>;
 

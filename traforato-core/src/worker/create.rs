@@ -29,13 +29,15 @@ struct CreateSpec {
     tuple: SandboxTuple,
     ttl: Duration,
     memory_mib: u64,
+    /// What the sandbox is charged against the worker's capacity.
+    charge: Usage,
     owner: String,
     started: tokio::time::Instant,
 }
 
 impl CreateSpec {
     fn usage(&self) -> Usage {
-        Usage::one(self.tuple.cpu, self.memory_mib)
+        self.charge
     }
 }
 
@@ -171,8 +173,10 @@ impl Worker {
         } else {
             self.config.default_ttl
         };
+        let memory_mib = self.memory_for(tuple.cpu);
         let spec = CreateSpec {
-            memory_mib: self.memory_for(tuple.cpu),
+            charge: self.charge(&tuple, memory_mib),
+            memory_mib,
             tuple,
             ttl,
             owner: principal.client_id.clone(),
@@ -198,18 +202,90 @@ impl Worker {
         u64::from(cpu).saturating_mul(per_cpu)
     }
 
+    /// Cores sandboxes may be charged in all (see [`super::CapacityConfig`]).
+    pub(super) fn capacity_cores(&self) -> u64 {
+        u64::from(self.config.total_cores)
+            .saturating_mul(u64::from(self.config.capacity.cpu_overcommit.max(1)))
+    }
+
+    /// Memory sandboxes may be charged in all.
+    pub(super) fn capacity_memory_mib(&self) -> u64 {
+        self.config
+            .total_memory_mib
+            .saturating_mul(u64::from(self.config.capacity.memory_overcommit.max(1)))
+    }
+
+    /// What one sandbox of `tuple` with `memory_mib` is charged: its cpu and memory where the
+    /// backend overcommits, the same times the overcommit factors where it reserves.
+    pub(super) fn charge(&self, tuple: &SandboxTuple, memory_mib: u64) -> Usage {
+        let overcommits = self
+            .backends
+            .get(&tuple.virtualization)
+            .is_some_and(|b| b.overcommits());
+        let (cpu_factor, memory_factor) = if overcommits {
+            (1, 1)
+        } else {
+            (
+                u64::from(self.config.capacity.cpu_overcommit.max(1)),
+                u64::from(self.config.capacity.memory_overcommit.max(1)),
+            )
+        };
+        Usage {
+            count: 1,
+            cores: u64::from(tuple.cpu).saturating_mul(cpu_factor),
+            memory_mib: memory_mib.saturating_mul(memory_factor),
+        }
+    }
+
     fn check_capacity(&self, state: &State, usage: Usage) -> Result<(), WorkerError> {
         if state.reserved.count >= self.config.max_live_sandboxes {
             return Err(WorkerError::NoCapacity(
                 "no capacity: max sandbox count reached",
             ));
         }
-        if state.reserved.cores.saturating_add(usage.cores) > u64::from(self.config.total_cores) {
+        if state.reserved.cores.saturating_add(usage.cores) > self.capacity_cores() {
             return Err(WorkerError::NoCapacity("no capacity: cpu limit reached"));
         }
-        if state.reserved.memory_mib.saturating_add(usage.memory_mib) > self.config.total_memory_mib
-        {
+        if state.reserved.memory_mib.saturating_add(usage.memory_mib) > self.capacity_memory_mib() {
             return Err(WorkerError::NoCapacity("no capacity: memory limit reached"));
+        }
+        Ok(())
+    }
+
+    /// True while the memory the sandboxes actually use is above the high watermark.
+    pub(super) fn above_memory_watermark(&self) -> bool {
+        let Some(limit_mib) = self.config.capacity.memory_high_watermark_mib else {
+            return false;
+        };
+        let used: u64 = self
+            .backends
+            .values()
+            .filter_map(|b| b.memory_in_use())
+            .sum();
+        used > limit_mib.saturating_mul(1 << 20)
+    }
+
+    /// Retires idle warm sandboxes, oldest first, while the memory in use is above the
+    /// watermark; an error when it stays above with none left to retire.
+    async fn make_room_below_watermark(&self) -> Result<(), WorkerError> {
+        while self.above_memory_watermark() {
+            let retiree = {
+                let mut state = self.lock();
+                self.take_retiree(&mut state)
+            };
+            let Some((vm_id, tuple, vm)) = retiree else {
+                return Err(WorkerError::NoCapacity(
+                    "no capacity: memory high watermark reached",
+                ));
+            };
+            tracing::info!(
+                worker_id = %self.config.worker_id,
+                local_vm_id = %vm_id,
+                tuple = %tuple,
+                "retiring ready vm: memory above the high watermark"
+            );
+            destroy_vm(vm, "retired").await;
+            self.update_warm_gauges();
         }
         Ok(())
     }
@@ -236,6 +312,7 @@ impl Worker {
                 vm,
                 tuple: spec.tuple.clone(),
                 memory_mib: spec.memory_mib,
+                charge: spec.charge,
                 owner: spec.owner.clone(),
                 created_at: now,
                 expires_at,
@@ -364,6 +441,11 @@ impl Worker {
         spec: CreateSpec,
         backend: Arc<dyn VmBackend>,
     ) -> Result<CreateOutcome, WorkerError> {
+        // A cold boot needs memory: above the watermark, idle warm sandboxes go first.
+        let warm_available = self.lock().ready.count(&spec.tuple) > 0;
+        if !warm_available {
+            self.make_room_below_watermark().await?;
+        }
         let retiree = {
             let mut state = self.lock();
             if state.shutting_down {

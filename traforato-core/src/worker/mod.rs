@@ -94,6 +94,41 @@ pub struct WorkerConfig {
     pub pre_pull: Vec<PrePullTarget>,
     /// Dev or prod: prod enforces sandbox ownership.
     pub auth_mode: AuthMode,
+    /// How sandboxes are counted against the cores and memory (overcommit, watermark, warm
+    /// ceiling).
+    pub capacity: CapacityConfig,
+}
+
+/// How sandboxes are counted against a worker's cores and memory.
+///
+/// Backends that [overcommit](crate::backend::VmBackend::overcommits) (the `container`
+/// backend: a cpu count is a quota, a memory size a limit) are charged their `cpu` and memory
+/// limit against `total_cores × cpu_overcommit` and `total_memory_mib × memory_overcommit`;
+/// the others (VMs) reserve what they ask for, so they are charged the same amounts times the
+/// factors. With both factors at 1 (the default) every sandbox reserves what it asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapacityConfig {
+    /// Cpu quota handed out per physical core, at least 1.
+    pub cpu_overcommit: u32,
+    /// Memory limits handed out per MiB of `total_memory_mib`, at least 1.
+    pub memory_overcommit: u32,
+    /// New sandboxes (cold or warm) are refused while the memory the backends' sandboxes
+    /// actually use exceeds this (idle warm sandboxes are retired first, oldest first).
+    pub memory_high_watermark_mib: Option<u64>,
+    /// Most idle warm sandboxes of one tuple, whatever the demand (floors excepted).
+    pub max_warm_per_tuple: Option<u32>,
+}
+
+impl Default for CapacityConfig {
+    /// Reservation semantics: no overcommit, no watermark, no ceiling.
+    fn default() -> Self {
+        Self {
+            cpu_overcommit: 1,
+            memory_overcommit: 1,
+            memory_high_watermark_mib: None,
+            max_warm_per_tuple: None,
+        }
+    }
 }
 
 #[cfg(any(test, feature = "test-util"))]
@@ -121,6 +156,7 @@ impl WorkerConfig {
             reap_interval: Duration::from_secs(1),
             pre_pull: Vec::new(),
             auth_mode: AuthMode::Dev,
+            capacity: CapacityConfig::default(),
         }
     }
 }
@@ -372,10 +408,10 @@ impl Worker {
         let metrics = &worker.metrics.worker;
         metrics
             .cpu_total_cores
-            .set(&labels, f64::from(worker.config.total_cores));
+            .set(&labels, worker.capacity_cores() as f64);
         metrics
             .memory_total_mib
-            .set(&labels, worker.config.total_memory_mib as f64);
+            .set(&labels, worker.capacity_memory_mib() as f64);
         worker.update_capacity_gauges();
         worker.update_warm_gauges();
         worker

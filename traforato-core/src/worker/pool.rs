@@ -163,7 +163,12 @@ impl Worker {
     /// Warm targets per tuple: demand within `max_live_sandboxes`, raised to the floors.
     pub(super) fn warm_targets(&self, state: &mut State) -> BTreeMap<SandboxTuple, u32> {
         let capacity = self.config.max_live_sandboxes;
-        let demand = state.demand.targets(capacity, self.clock.now());
+        let mut demand = state.demand.targets(capacity, self.clock.now());
+        if let Some(ceiling) = self.config.capacity.max_warm_per_tuple {
+            for target in demand.values_mut() {
+                *target = (*target).min(ceiling);
+            }
+        }
         effective_targets(&demand, &self.floors, capacity)
     }
 
@@ -226,9 +231,10 @@ impl Worker {
     /// True when a VM of the tuple could ever be claimed here: a backend serves it and one
     /// sandbox of it fits in the worker's cores and memory.
     fn can_warm(&self, tuple: &SandboxTuple) -> bool {
+        let charge = self.charge(tuple, self.memory_for(tuple.cpu));
         self.backends.contains_key(&tuple.virtualization)
-            && tuple.cpu <= self.config.total_cores
-            && self.memory_for(tuple.cpu) <= self.config.total_memory_mib
+            && charge.cores <= self.capacity_cores()
+            && charge.memory_mib <= self.capacity_memory_mib()
     }
 
     /// The next warm VM to provision, marked as warming; `None` when the pool is complete,
@@ -415,7 +421,13 @@ impl Worker {
             if *stop.borrow() {
                 break;
             }
-            if let Some(job) = self.next_warm_job() {
+            // Above the memory watermark no sandbox is warmed: real creates come first.
+            let job = if self.above_memory_watermark() {
+                None
+            } else {
+                self.next_warm_job()
+            };
+            if let Some(job) = job {
                 self.fill_one(job, &mut stop).await;
                 continue;
             }

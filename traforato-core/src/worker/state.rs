@@ -28,15 +28,6 @@ pub(super) struct Usage {
 }
 
 impl Usage {
-    /// The usage of one sandbox.
-    pub fn one(cpu: u32, memory_mib: u64) -> Self {
-        Self {
-            count: 1,
-            cores: u64::from(cpu),
-            memory_mib,
-        }
-    }
-
     pub fn add(&mut self, other: Usage) {
         self.count = self.count.saturating_add(other.count);
         self.cores = self.cores.saturating_add(other.cores);
@@ -74,6 +65,8 @@ pub(super) struct SandboxEntry {
     pub vm: Arc<dyn Vm>,
     pub tuple: SandboxTuple,
     pub memory_mib: u64,
+    /// What it is charged against the worker's capacity (see `Worker::charge`).
+    pub charge: Usage,
     pub owner: String,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
@@ -86,7 +79,7 @@ pub(super) struct SandboxEntry {
 
 impl SandboxEntry {
     pub fn usage(&self) -> Usage {
-        Usage::one(self.tuple.cpu, self.memory_mib)
+        self.charge
     }
 }
 

@@ -23,7 +23,9 @@ use traforato_server::config::{
     DEFAULT_WORKER_PORT,
 };
 use traforato_server::logging;
-use traforato_server::server::{bind, log_listen_exposure, run_to_exit, shutdown_on_signal};
+use traforato_server::server::{
+    bind, ensure_open_file_limit, log_listen_exposure, run_to_exit, shutdown_on_signal,
+};
 use traforato_server::{serve_broker_with_auth, serve_worker_with_auth, BrokerAuth, ServeError};
 
 fn main() -> ExitCode {
@@ -74,6 +76,7 @@ async fn run(args: DevArgs) -> Result<(), ServeError> {
     }
     values.broker_control_url = Some(broker_url.clone());
     let config = values.worker_config(worker_port);
+    let open_files = ensure_open_file_limit(config.max_live_sandboxes)?;
     let worker_url = config.advertise_url.clone();
     // Never the secret: only the mode, issuer and audience.
     tracing::info!(
@@ -85,6 +88,11 @@ async fn run(args: DevArgs) -> Result<(), ServeError> {
         broker_url = %broker_url,
         worker_url = %worker_url,
         default_virtualization = %config.default_virtualization,
+        max_live_sandboxes = config.max_live_sandboxes,
+        cpu_overcommit = config.capacity.cpu_overcommit,
+        memory_overcommit = config.capacity.memory_overcommit,
+        memory_high_watermark_mib = config.capacity.memory_high_watermark_mib,
+        open_files,
         "dev environment configured"
     );
     let worker = Worker::new(

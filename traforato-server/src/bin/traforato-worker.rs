@@ -14,7 +14,9 @@ use traforato_server::backends::build_backends;
 use traforato_server::config::{bind_address, parse_or_exit, WorkerArgs, WorkerSettings};
 use traforato_server::link::HttpBrokerLink;
 use traforato_server::logging;
-use traforato_server::server::{bind, log_listen_exposure, run_to_exit, shutdown_on_signal};
+use traforato_server::server::{
+    bind, ensure_open_file_limit, log_listen_exposure, run_to_exit, shutdown_on_signal,
+};
 use traforato_server::worker::log_auth_warnings;
 use traforato_server::{serve_worker_with_auth, ServeError};
 
@@ -46,6 +48,7 @@ async fn run(args: WorkerArgs) -> Result<(), ServeError> {
     let listener = bind(&bind_address(&values.listen)?).await?;
     let bound_port = listener.local_addr().ok().map(|a| a.port());
     let config = values.worker_config(bound_port);
+    let open_files = ensure_open_file_limit(config.max_live_sandboxes)?;
     let link: Option<Arc<dyn BrokerLink>> = config.broker_public_url.as_deref().map(|url| {
         let signer = InternalTokenSigner::new(&auth, clock.clone());
         Arc::new(HttpBrokerLink::new(url).with_signer(signer)) as Arc<dyn BrokerLink>
@@ -64,6 +67,10 @@ async fn run(args: WorkerArgs) -> Result<(), ServeError> {
         total_cores = config.total_cores,
         total_memory_mib = config.total_memory_mib,
         max_live_sandboxes = config.max_live_sandboxes,
+        cpu_overcommit = config.capacity.cpu_overcommit,
+        memory_overcommit = config.capacity.memory_overcommit,
+        memory_high_watermark_mib = config.capacity.memory_high_watermark_mib,
+        open_files,
         default_ttl = ?config.default_ttl,
         max_ttl = ?config.max_ttl,
         default_virtualization = %config.default_virtualization,

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer};
 use traforato_core::id::ComponentId;
 
-use super::values::{AutoCount, AutoMib, ByteSize, GoDuration, LogLevel};
+use super::values::{AutoCount, AutoMib, ByteSize, GoDuration, LogLevel, MemoryShare};
 
 /// Merging of two layers of the same settings.
 pub trait Layer {
@@ -124,6 +124,23 @@ layer! {
         /// `container:`.
         #[serde(deserialize_with = "section")]
         pub container: ContainerLayer,
+        /// `capacity:`.
+        #[serde(deserialize_with = "section")]
+        pub capacity: CapacityLayer,
+    }
+}
+
+layer! {
+    /// The `capacity` section: how sandboxes count against the worker's cores and memory.
+    pub struct CapacityLayer {
+        /// `cpu-overcommit`: cpu quota handed out per core to containers.
+        pub cpu_overcommit: Option<u32>,
+        /// `memory-overcommit`: memory limits handed out per MiB to containers.
+        pub memory_overcommit: Option<u32>,
+        /// `memory-high-watermark`: refuse new sandboxes above this actual use.
+        pub memory_high_watermark: Option<MemoryShare>,
+        /// `max-warm-per-tuple`: most idle warm sandboxes of one tuple.
+        pub max_warm_per_tuple: Option<u32>,
     }
 }
 

@@ -11,15 +11,17 @@ use traforato_core::auth::{AuthConfig, AuthMode};
 use traforato_core::broker::BrokerConfig;
 use traforato_core::id::ComponentId;
 use traforato_core::tuple::SandboxTuple;
-use traforato_core::worker::{PrePullTarget, WorkerConfig};
+use traforato_core::worker::{CapacityConfig, PrePullTarget, WorkerConfig};
 
 use super::address::{advertise_url, bind_address, check_exposure, listen_or_default};
 use super::args::{BrokerArgs, DevArgs, WorkerArgs, WorkerFlags};
-use super::layer::{ContainerLayer, Layer, LogLayer, PrePullLayer, WorkerLayer};
-use super::values::{AutoCount, AutoMib, ByteSize, LogLevel};
+use super::layer::{CapacityLayer, ContainerLayer, Layer, LogLayer, PrePullLayer, WorkerLayer};
+use super::values::{AutoCount, AutoMib, ByteSize, LogLevel, MemoryShare};
 use super::{
-    ConfigError, DEFAULT_BROKER_PORT, DEFAULT_ROTATE_SIZE_MIB, DEFAULT_VIRTUALIZATION,
-    DEFAULT_WARMUP_TIMEOUT, DEFAULT_WORKER_PORT, HEARTBEAT_HINT, REAP_INTERVAL,
+    ConfigError, DEFAULT_BROKER_PORT, DEFAULT_CPU_OVERCOMMIT, DEFAULT_MAX_WARM_PER_TUPLE,
+    DEFAULT_MEMORY_HIGH_WATERMARK_PERCENT, DEFAULT_MEMORY_OVERCOMMIT, DEFAULT_ROTATE_SIZE_MIB,
+    DEFAULT_VIRTUALIZATION, DEFAULT_WARMUP_TIMEOUT, DEFAULT_WORKER_PORT, HEARTBEAT_HINT,
+    REAP_INTERVAL,
 };
 use crate::logging::LogSettings;
 
@@ -160,6 +162,53 @@ impl From<PrePullLayer> for PrePullSettings {
     }
 }
 
+/// The YAML `capacity` section (see README: the capacity model).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CapacitySettings {
+    /// Cpu quota per core handed out to container sandboxes.
+    pub cpu_overcommit: u32,
+    /// Memory limits per MiB handed out to container sandboxes.
+    pub memory_overcommit: u32,
+    /// Refuse new sandboxes while their actual memory use is above this.
+    pub memory_high_watermark: MemoryShare,
+    /// Most idle warm sandboxes of one tuple.
+    pub max_warm_per_tuple: u32,
+}
+
+impl From<CapacityLayer> for CapacitySettings {
+    fn from(layer: CapacityLayer) -> Self {
+        Self {
+            cpu_overcommit: layer
+                .cpu_overcommit
+                .unwrap_or(DEFAULT_CPU_OVERCOMMIT)
+                .max(1),
+            memory_overcommit: layer
+                .memory_overcommit
+                .unwrap_or(DEFAULT_MEMORY_OVERCOMMIT)
+                .max(1),
+            memory_high_watermark: layer
+                .memory_high_watermark
+                .unwrap_or(MemoryShare::Percent(DEFAULT_MEMORY_HIGH_WATERMARK_PERCENT)),
+            max_warm_per_tuple: layer
+                .max_warm_per_tuple
+                .unwrap_or(DEFAULT_MAX_WARM_PER_TUPLE),
+        }
+    }
+}
+
+/// The host's memory in MiB (`MemTotal` of `/proc/meminfo`), if it can be read.
+pub fn host_memory_mib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib >> 10)
+}
+
 fn log_settings(layer: LogLayer) -> Result<LogSettings, ConfigError> {
     let file = non_empty(layer.file).map(PathBuf::from);
     let rotate_size_mib = match layer.rotate_size {
@@ -220,6 +269,8 @@ pub struct WorkerSettings {
     pub pre_pull: PrePullSettings,
     /// The `container` section.
     pub container: ContainerSettings,
+    /// The `capacity` section.
+    pub capacity: CapacitySettings,
     /// Dev or prod, from the JWT secret (not a YAML key).
     pub auth_mode: AuthMode,
     /// `--insecure-dev-mode-on-network`: a dev-mode worker may listen beyond loopback.
@@ -322,6 +373,7 @@ impl WorkerSettings {
             log: log_settings(layer.log)?,
             pre_pull: layer.pre_pull.into(),
             container: layer.container.into(),
+            capacity: layer.capacity.into(),
             auth_mode,
             insecure_dev_mode_on_network,
         };
@@ -374,13 +426,33 @@ impl WorkerSettings {
         let total_memory_mib = self
             .total_memory_mib
             .or_else(|| u64::from(total_cores) * 1024);
+        // Containers overcommit cpu and memory (a quota and a limit, not a reservation);
+        // a worker that serves them holds as many sandboxes as its overcommitted cores.
+        let serves_containers = self.virtualizations().iter().any(|v| v == "container");
+        let (cpu_overcommit, memory_overcommit) = if serves_containers {
+            (
+                self.capacity.cpu_overcommit,
+                self.capacity.memory_overcommit,
+            )
+        } else {
+            (1, 1)
+        };
         let max_live_sandboxes = self.max_live_sandboxes.or_else(|| {
             if cfg!(target_os = "macos") {
                 2
             } else {
-                total_cores
+                total_cores.saturating_mul(cpu_overcommit)
             }
         });
+        let capacity = CapacityConfig {
+            cpu_overcommit,
+            memory_overcommit,
+            memory_high_watermark_mib: serves_containers
+                .then(host_memory_mib)
+                .flatten()
+                .map(|host| self.capacity.memory_high_watermark.mib(host)),
+            max_warm_per_tuple: Some(self.capacity.max_warm_per_tuple),
+        };
         let advertise_url = self
             .advertise_url
             .clone()
@@ -403,6 +475,7 @@ impl WorkerSettings {
             reap_interval: REAP_INTERVAL,
             pre_pull: self.pre_pull_targets(),
             auth_mode: self.auth_mode,
+            capacity,
         }
     }
 }

@@ -779,3 +779,57 @@ traforato-dev --worker-hostname TRAFORATO_DEV_WORKER_HOSTNAME ["localhost"]
 traforato-dev --worker-id TRAFORATO_DEV_WORKER_ID ["worker_local"]
 traforato-dev --worker-listen TRAFORATO_DEV_WORKER_LISTEN_ADDR [""]
 "#;
+
+#[test]
+fn capacity_defaults_follow_the_backends() {
+    let _guard = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    // Containers (the default virtualization): overcommitted, a watermark, a warm ceiling.
+    let config = worker(&["--total-cores", "2"], "")
+        .unwrap()
+        .worker_config(None);
+    assert_eq!(config.capacity.cpu_overcommit, DEFAULT_CPU_OVERCOMMIT);
+    assert_eq!(config.capacity.memory_overcommit, DEFAULT_MEMORY_OVERCOMMIT);
+    assert_eq!(config.max_live_sandboxes, 2 * DEFAULT_CPU_OVERCOMMIT);
+    assert!(config.max_live_sandboxes >= 50);
+    let host = settings::host_memory_mib().unwrap();
+    assert_eq!(
+        config.capacity.memory_high_watermark_mib,
+        Some((host as f64 * 0.9) as u64)
+    );
+    assert_eq!(
+        config.capacity.max_warm_per_tuple,
+        Some(DEFAULT_MAX_WARM_PER_TUPLE)
+    );
+    // The YAML section sets each key.
+    let config = worker(
+        &["--total-cores", "2"],
+        "capacity:\n  cpu-overcommit: 4\n  memory-overcommit: 2\n  memory-high-watermark: 1 GiB\n  max-warm-per-tuple: 3\n",
+    )
+    .unwrap()
+    .worker_config(None);
+    assert_eq!(config.capacity.cpu_overcommit, 4);
+    assert_eq!(config.capacity.memory_overcommit, 2);
+    assert_eq!(config.capacity.memory_high_watermark_mib, Some(1024));
+    assert_eq!(config.capacity.max_warm_per_tuple, Some(3));
+    assert_eq!(config.max_live_sandboxes, 8);
+    assert!(parse_worker_yaml("capacity:\n  memory-high-watermark: 120%\n").is_err());
+    assert!(parse_worker_yaml("capacity:\n  cpu-overcomit: 2\n").is_err());
+    // A worker without containers reserves, as the prototype did.
+    let config = worker(
+        &["--total-cores", "2", "--default-virtualization", "fake"],
+        "",
+    )
+    .unwrap()
+    .worker_config(None);
+    assert_eq!(config.capacity.cpu_overcommit, 1);
+    assert_eq!(config.max_live_sandboxes, 2);
+    assert_eq!(config.capacity.memory_high_watermark_mib, None);
+}
+
+#[test]
+fn open_file_limit_is_raised_for_the_sandboxes() {
+    let limit = crate::server::ensure_open_file_limit(64).unwrap();
+    assert!(limit >= 1024 + 64 * 8, "{limit}");
+    let now = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    assert!(now.current.unwrap_or(u64::MAX) >= 1024 + 64 * 8);
+}

@@ -42,6 +42,9 @@ pub enum ValueError {
     /// Not a log level.
     #[error("invalid log level {0:?} (debug, info, warn or error)")]
     LogLevel(String),
+    /// Not a share of memory.
+    #[error("invalid memory share {0:?} (a percentage in (0, 100] such as 90%, or a size)")]
+    Share(String),
 }
 
 macro_rules! auto_count {
@@ -146,6 +149,46 @@ impl<'de> Deserialize<'de> for ByteSize {
             Raw::Number(n) => Ok(ByteSize(n)),
             Raw::Text(text) => parse_size(&text).map_err(serde::de::Error::custom),
         }
+    }
+}
+
+/// A memory amount given as a share of the host's memory (`90%`) or as a size (`20 GiB`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MemoryShare {
+    /// Percent of the host's memory, in (0, 100].
+    Percent(f64),
+    /// An absolute size.
+    Size(ByteSize),
+}
+
+impl MemoryShare {
+    /// The amount in MiB for a host with `host_mib` of memory.
+    pub fn mib(self, host_mib: u64) -> u64 {
+        match self {
+            MemoryShare::Percent(p) => (host_mib as f64 * p / 100.0) as u64,
+            MemoryShare::Size(size) => size.0 >> 20,
+        }
+    }
+}
+
+impl FromStr for MemoryShare {
+    type Err = ValueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().strip_suffix('%') {
+            Some(number) => match number.trim().parse::<f64>() {
+                Ok(p) if p > 0.0 && p <= 100.0 => Ok(MemoryShare::Percent(p)),
+                _ => Err(ValueError::Share(s.to_string())),
+            },
+            None => parse_size(s).map(MemoryShare::Size),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MemoryShare {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -205,3 +205,97 @@ async fn container_sandboxes_through_the_broker() {
     backend.remove_cgroup_parents().unwrap();
     std::fs::remove_dir_all(&state_dir).unwrap();
 }
+
+/// Issue "capacity": with the default configuration of this host, at least 50 idle `cpu: 1`
+/// container sandboxes run at once, and a `cpu: 2` one fits next to them and the warm pool.
+#[tokio::test]
+async fn default_capacity_holds_fifty_idle_sandboxes_and_a_bigger_one() {
+    use clap::Parser;
+    let Some((backend, state_dir)) = container_backend("capacity") else {
+        return;
+    };
+    let args = traforato_server::config::WorkerArgs::try_parse_from(["traforato-worker"]).unwrap();
+    let defaults = traforato_server::config::WorkerSettings::load_worker(&args)
+        .unwrap()
+        .worker_config(None);
+    assert!(defaults.max_live_sandboxes >= 51, "{defaults:?}");
+    let broker = TestBroker::dev(BrokerConfig {
+        default_virtualization: "container".to_string(),
+        ..BrokerConfig::default()
+    })
+    .await;
+    let backends: Vec<Arc<dyn VmBackend>> = vec![backend.clone()];
+    let worker = dev_worker(Some(&broker.url), backends, |c| {
+        c.default_virtualization = "container".to_string();
+        c.total_cores = defaults.total_cores;
+        c.total_memory_mib = defaults.total_memory_mib;
+        c.max_live_sandboxes = defaults.max_live_sandboxes;
+        c.capacity = defaults.capacity.clone();
+    })
+    .await;
+    let stack = Stack::registered(broker, worker).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..50 {
+        let created = stack.create(json!({"image": "host", "cpu": 1})).await;
+        ids.push(created["sandbox_id"].as_str().unwrap().to_string());
+    }
+    // Demand makes the worker warm more `cpu: 1` sandboxes meanwhile; a `cpu: 2` create fits
+    // next to the live and the warm ones.
+    let b = stack.broker.broker.clone();
+    wait_until("a warm cpu 1 sandbox", || {
+        let text = b.availability_text();
+        async move { text.contains("container\thost\t1\t") && !text.contains("container\thost\t1\t0") }
+    })
+    .await;
+    let created = stack.create(json!({"image": "host", "cpu": 2})).await;
+    ids.push(created["sandbox_id"].as_str().unwrap().to_string());
+    let resp = follow()
+        .post(stack.sandbox(&ids[0], "/exec/code"))
+        .json(&json!({"runtime": "python", "code": "print(6*7)"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body_json(resp).await["stdout"], "42\n");
+    for id in &ids {
+        let resp = follow().delete(stack.sandbox(id, "")).send().await.unwrap();
+        assert_eq!(resp.status(), 204);
+    }
+    // The review's loop: 4 clients, each create -> run code -> delete, never a capacity error.
+    let clients = (0..4).map(|_| {
+        let create_url = stack.broker.at("/sandboxes");
+        let broker_url = stack.broker.url.clone();
+        tokio::spawn(async move {
+            for _ in 0..10 {
+                let resp = follow()
+                    .post(&create_url)
+                    .json(&json!({"image": "host", "cpu": 1}))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = resp.status();
+                let body = body_json(resp).await;
+                assert_eq!(status, 201, "{body}");
+                let id = body["sandbox_id"].as_str().unwrap().to_string();
+                let ran = follow()
+                    .post(format!("{broker_url}/sandboxes/{id}/exec/code"))
+                    .json(&json!({"runtime": "python", "code": "print(1)"}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(ran.status(), 200);
+                let gone = follow()
+                    .delete(format!("{broker_url}/sandboxes/{id}"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(gone.status(), 204);
+            }
+        })
+    });
+    for client in clients.collect::<Vec<_>>() {
+        client.await.unwrap();
+    }
+    stack.stop().await.unwrap();
+    backend.remove_cgroup_parents().unwrap();
+    std::fs::remove_dir_all(&state_dir).unwrap();
+}

@@ -151,6 +151,16 @@ impl CgroupDriver {
             .collect()
     }
 
+    /// What the sandboxes below the parent use of memory they cannot give back (see
+    /// [`unreclaimable`]); `None` without a memory hierarchy.
+    pub(crate) fn parent_memory_in_use(&self) -> Option<u64> {
+        let h = self
+            .hierarchies
+            .iter()
+            .find(|h| h.controllers.contains(&"memory"))?;
+        unreclaimable(self.version, &h.root.join(&self.parent))
+    }
+
     /// Creates the parent cgroups and, on v2, delegates the controllers down to them.
     /// Returns the directories it created (not those that existed), outermost first.
     pub(crate) fn prepare(&self) -> io::Result<Vec<PathBuf>> {
@@ -383,25 +393,32 @@ impl MemoryGauge {
         if limit >= 1 << 60 {
             return None;
         }
-        let stat = read("memory.stat")?;
-        let field = |key: &str| {
-            stat.lines()
-                .find_map(|l| {
-                    l.strip_prefix(key)?
-                        .strip_prefix(' ')?
-                        .trim()
-                        .parse::<u64>()
-                        .ok()
-                })
-                .unwrap_or(0)
-        };
-        let used = match self.version {
-            CgroupVersion::V2 => field("anon") + field("shmem") + field("kernel"),
-            CgroupVersion::V1 => field("rss") + field("shmem"),
-        };
+        let used = unreclaimable(self.version, &self.dir)?;
         let reserve = (limit / 8).max(8 << 20);
         Some(limit.saturating_sub(used).saturating_sub(reserve))
     }
+}
+
+/// Memory of a cgroup and its children that the kernel cannot simply drop: anonymous
+/// memory, tmpfs/shmem (the sandboxes' files) and, on v2, kernel memory; page cache, which
+/// is reclaimable, does not count. From `memory.stat` (hierarchical on v2, `total_*` on v1).
+fn unreclaimable(version: CgroupVersion, dir: &Path) -> Option<u64> {
+    let stat = fs::read_to_string(dir.join("memory.stat")).ok()?;
+    let field = |key: &str| {
+        stat.lines()
+            .find_map(|l| {
+                l.strip_prefix(key)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    Some(match version {
+        CgroupVersion::V2 => field("anon") + field("shmem") + field("kernel"),
+        CgroupVersion::V1 => field("total_rss") + field("total_shmem"),
+    })
 }
 
 impl SandboxCgroup {

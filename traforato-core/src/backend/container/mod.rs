@@ -759,6 +759,16 @@ impl VmBackend for ContainerBackend {
         "container"
     }
 
+    /// A container's cpu is a CFS quota and its memory a cgroup limit: both may be handed
+    /// out beyond the host's cores and memory.
+    fn overcommits(&self) -> bool {
+        true
+    }
+
+    fn memory_in_use(&self) -> Option<u64> {
+        self.cgroups.parent_memory_in_use()
+    }
+
     async fn provision(&self, spec: ProvisionSpec) -> Result<Arc<dyn Vm>, BackendError> {
         let name = spec.vm_id.to_string();
         let mut guard = ProvisionGuard {

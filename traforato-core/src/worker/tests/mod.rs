@@ -1,6 +1,7 @@
 //! Worker tests over the fake backend, a manual clock and a recording broker link: the shared
 //! harness and request helpers here, the tests in one module per area.
 
+mod capacity;
 mod claims;
 mod exec;
 mod files;
