@@ -1517,6 +1517,197 @@ async fn python_falls_back_to_one_shot_without_a_zygote() {
     vm.destroy().await.unwrap();
 }
 
+/// Runs Python code with `timeout`; fails the test (instead of hanging it) if the run is
+/// still open well after that.
+async fn code_bounded(
+    vm: &Arc<dyn Vm>,
+    src: &str,
+    timeout: Duration,
+) -> (CodeOutcome, String, String) {
+    let (tx, mut rx) = mpsc::channel::<OutputChunk>(64);
+    let collect = tokio::spawn(async move {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        while let Some(c) = rx.recv().await {
+            match c.stream {
+                OutputStream::Stdout => out.extend_from_slice(&c.data),
+                OutputStream::Stderr => err.extend_from_slice(&c.data),
+            }
+        }
+        (out, err)
+    });
+    let spec = CodeSpec {
+        runtime: Runtime::Python,
+        code: src.to_string(),
+        cwd: None,
+        env: BTreeMap::new(),
+        timeout,
+    };
+    let limit = timeout + Duration::from_secs(15);
+    let outcome = tokio::time::timeout(limit, vm.run_code(spec, tx))
+        .await
+        .unwrap_or_else(|_| panic!("run-code still open {limit:?} after it started"))
+        .unwrap();
+    let (out, err) = collect.await.unwrap();
+    (
+        outcome,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
+}
+
+const TIMED_OUT: CodeOutcome = CodeOutcome::Finished(ExecExit {
+    exit_code: 124,
+    timed_out: true,
+});
+
+#[tokio::test]
+async fn a_stopped_zygote_does_not_hang_runs() {
+    let Some(h) = Harness::new("stopped") else {
+        return;
+    };
+    let short = Duration::from_secs(2);
+
+    // A run stops its own zygote: its exit is never reported, the run ends at its timeout
+    // and the zygote is replaced by one-shot interpreters.
+    let vm = h.provision(256).await;
+    let (outcome, out, err) = code_bounded(&vm, VIA_ZYGOTE, short).await;
+    assert_eq!((outcome, out.as_str()), (finished(0), "zygote\n"), "{err}");
+    let (outcome, _, err) = code_bounded(
+        &vm,
+        "import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)",
+        short,
+    )
+    .await;
+    assert_eq!(outcome, TIMED_OUT, "{err}");
+    for _ in 0..2 {
+        let (outcome, out, err) = code_bounded(&vm, VIA_ZYGOTE, short).await;
+        assert_eq!(
+            (outcome, out.as_str()),
+            (finished(0), "one-shot\n"),
+            "{err}"
+        );
+    }
+    vm.destroy().await.unwrap();
+
+    // Stopped between runs: the next run never gets its start reply.
+    let vm = h.provision(256).await;
+    let (_, out, _) = code_bounded(&vm, "import os\nprint(os.getppid())", short).await;
+    let zygote_pid: u32 = out.trim().parse().expect("zygote pid");
+    let stopped = sh(&vm, &format!("kill -STOP {zygote_pid}")).await;
+    assert_eq!(stopped.exit.exit_code, 0, "{}", stopped.stderr);
+    let (outcome, _, err) = code_bounded(&vm, VIA_ZYGOTE, short).await;
+    assert_eq!(outcome, TIMED_OUT, "{err}");
+    let (outcome, out, err) = code_bounded(&vm, VIA_ZYGOTE, short).await;
+    assert_eq!(
+        (outcome, out.as_str()),
+        (finished(0), "one-shot\n"),
+        "{err}"
+    );
+    vm.destroy().await.unwrap();
+}
+
+/// Tries to reach the zygote the way a takeover would: its socket with `pidfd_getfd`, its
+/// memory with `process_vm_readv`, the process itself with `PTRACE_ATTACH`. Prints each
+/// attempt's errno, or `ok` when it worked.
+const PROBE_ZYGOTE: &str = r#"
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+libc.ptrace.restype = ctypes.c_long
+pid = None
+for entry in os.listdir('/proc'):
+    if entry.isdigit():
+        try:
+            with open('/proc/%s/cmdline' % entry, 'rb') as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if cmdline.startswith(b'python3\0-I\0-S\0-c\0') and b'_serve()' in cmdline:
+            pid = int(entry)
+print('zygote', pid is not None)
+
+def report(name, result):
+    print(name, 'ok' if result >= 0 else ctypes.get_errno(), flush=True)
+
+pidfd = libc.syscall(434, pid, 0)  # pidfd_open
+report('pidfd_open', pidfd)
+report('pidfd_getfd', libc.syscall(438, pidfd, 0, 0))  # the zygote's fd 0
+
+class Iovec(ctypes.Structure):
+    _fields_ = [('base', ctypes.c_void_p), ('len', ctypes.c_size_t)]
+buf = ctypes.create_string_buffer(16)
+local = Iovec(ctypes.cast(buf, ctypes.c_void_p), 16)
+addr = None
+try:
+    with open('/proc/%d/maps' % pid) as f:
+        addr = int(f.readline().split('-')[0], 16)
+except OSError:
+    addr = 0x400000
+remote = Iovec(addr, 16)
+libc.process_vm_readv.restype = ctypes.c_ssize_t
+report('process_vm_readv', libc.process_vm_readv(
+    pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0))
+
+attached = libc.ptrace(16, pid, None, None)  # PTRACE_ATTACH
+report('ptrace_attach', attached)
+if attached == 0:
+    os.waitpid(pid, 0x40000000)  # __WALL
+    libc.ptrace(17, pid, None, 0)  # PTRACE_DETACH, no signal
+"#;
+
+#[tokio::test]
+async fn python_zygote_is_unreachable_from_sandbox_code() {
+    let Some(h) = Harness::new("takeover") else {
+        return;
+    };
+    let vm = h.provision(256).await;
+    let (outcome, out, err) = code_bounded(&vm, VIA_ZYGOTE, Duration::from_secs(10)).await;
+    assert_eq!((outcome, out.as_str()), (finished(0), "zygote\n"), "{err}");
+
+    let probe = run_spec(
+        &vm,
+        ExecSpec {
+            program: Program::Argv(vec![
+                "python3".to_string(),
+                "-c".to_string(),
+                PROBE_ZYGOTE.to_string(),
+            ]),
+            ..shell("")
+        },
+    )
+    .await
+    .expect("probe");
+    assert_eq!(probe.exit.exit_code, 0, "{}", probe.stderr);
+    let eperm = rustix::io::Errno::PERM.raw_os_error();
+    assert_eq!(
+        probe.stdout,
+        format!(
+            "zygote True\npidfd_open ok\npidfd_getfd {eperm}\nprocess_vm_readv {eperm}\n\
+             ptrace_attach {eperm}\n"
+        ),
+        "sandbox code reached the zygote"
+    );
+
+    // The zygote still serves, and the output is the run's own.
+    let mut env = BTreeMap::new();
+    env.insert("SECRET".to_string(), "s3cr3t".to_string());
+    let (outcome, out, err) = code_with(
+        &vm,
+        Runtime::Python,
+        "import os\nprint('zygote' if os.getppid() != 1 else 'one-shot', \
+         os.environ['SECRET'], 6 * 7)",
+        None,
+        env,
+    )
+    .await;
+    assert_eq!(
+        (outcome, out.as_str()),
+        (finished(0), "zygote s3cr3t 42\n"),
+        "{err}"
+    );
+    vm.destroy().await.unwrap();
+}
+
 #[tokio::test]
 async fn node_runs_in_one_interpreter_like_a_script() {
     let Some(h) = Harness::new("node") else {

@@ -15,8 +15,12 @@
 //! `PYTHON*` variables are not, though they stay in the environment. `exit()`/`quit()` exist.
 //! At the end, non-daemon threads are joined, `atexit` handlers run and output is flushed,
 //! then the process exits without tearing every module down.
+//!
+//! Every wait on the zygote is bounded: for the fork by the run's deadline plus
+//! [`KILL_GRACE`], for the exit after a timeout's kill by [`KILL_GRACE`]. A zygote that misses
+//! one (stopped, say) is killed; the run ends as timed out, later runs are one-shot.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +46,16 @@ const NODE_ONE_SHOT: &str = include_str!("node_run.js");
 
 /// What a syntax-error run may print before the worker stops collecting it.
 const SYNTAX_MESSAGE_LIMIT: u64 = 64 * 1024;
+
+/// How long the zygote has, past a run's deadline, to report the fork, and after the run's
+/// kill to report its exit.
+pub(crate) const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// The outcome of a run killed at its deadline.
+const TIMED_OUT: CodeOutcome = CodeOutcome::Finished(ExecExit {
+    exit_code: TIMEOUT_EXIT_CODE,
+    timed_out: true,
+});
 
 /// The argv of a one-shot run.
 pub(crate) fn one_shot_argv(runtime: Runtime) -> Vec<String> {
@@ -85,12 +99,12 @@ impl Target {
 }
 
 /// Where the exit code comes from.
-enum Exits {
+enum Exits<'z> {
     Agent(mpsc::UnboundedReceiver<ExecEvent>),
-    Zygote(mpsc::UnboundedReceiver<RunEvent>),
+    Zygote(mpsc::UnboundedReceiver<RunEvent>, &'z Zygote),
 }
 
-impl Exits {
+impl Exits<'_> {
     /// The exit code; `None` if the sandbox (or the zygote) died first.
     async fn wait(&mut self) -> Option<i32> {
         match self {
@@ -102,7 +116,7 @@ impl Exits {
                 }
                 None
             }
-            Exits::Zygote(events) => events.recv().await.map(|RunEvent::Exited(code)| code),
+            Exits::Zygote(events, _) => events.recv().await.map(|RunEvent::Exited(code)| code),
         }
     }
 }
@@ -136,6 +150,21 @@ struct Pipes {
     status: OwnedFd,
 }
 
+/// The run's pipes: the ends the interpreter gets (stdin, stdout, stderr, status) and ours.
+fn pipes() -> Result<([OwnedFd; 4], Pipes), BackendError> {
+    let (stdin_r, stdin) = cloexec_pipe()?;
+    let (stdout, out_w) = cloexec_pipe()?;
+    let (stderr, err_w) = cloexec_pipe()?;
+    let (status, status_w) = cloexec_pipe()?;
+    let ours = Pipes {
+        stdin,
+        stdout,
+        stderr,
+        status,
+    };
+    Ok(([stdin_r, out_w, err_w, status_w], ours))
+}
+
 /// Runs code: through the zygote when one is given and usable, else one-shot.
 pub(crate) async fn run(
     agent: &Arc<AgentConn>,
@@ -146,44 +175,48 @@ pub(crate) async fn run(
     if !agent.is_alive() {
         return Err(BackendError::Gone);
     }
+    // Whatever the runtime: no sandbox code before the zygote is out of reach.
+    let zygote = match zygote {
+        Some(zygote) if zygote.settle().await => Some(zygote),
+        _ => None,
+    };
     let started = Instant::now();
     let deadline = started + run.timeout;
-    let (stdin_r, stdin_w) = cloexec_pipe()?;
-    let (out_r, out_w) = cloexec_pipe()?;
-    let (err_r, err_w) = cloexec_pipe()?;
-    let (status_r, status_w) = cloexec_pipe()?;
-    let theirs = [
-        stdin_r.as_fd(),
-        out_w.as_fd(),
-        err_w.as_fd(),
-        status_w.as_fd(),
-    ];
+    let (mut theirs, mut pipes) = pipes()?;
 
     let mut launched = None;
     if let (Runtime::Python, Some(zygote)) = (run.runtime, zygote) {
-        if zygote.wait_ready(run.timeout).await {
-            match zygote.start_run(&run.cwd, &run.env, theirs).await {
-                Ok((pid, events)) => launched = Some((Target::Group(pid), Exits::Zygote(events))),
-                Err(StartError::Failed(message)) => return Err(BackendError::ExecFailed(message)),
-                Err(StartError::Unavailable) => {}
+        let until = deadline + KILL_GRACE;
+        match zygote
+            .start_run(
+                &run.cwd,
+                &run.env,
+                theirs.each_ref().map(AsFd::as_fd),
+                until,
+            )
+            .await
+        {
+            Ok((pid, events)) => {
+                launched = Some((Target::Group(pid), Exits::Zygote(events, zygote)))
+            }
+            Err(StartError::Failed(message)) => return Err(BackendError::ExecFailed(message)),
+            Err(StartError::Unresponsive) => return Ok(TIMED_OUT),
+            Err(StartError::Unavailable) => {
+                // A zygote that died with the request may have left a child holding these
+                // pipes: the one-shot interpreter gets its own.
+                (theirs, pipes) = self::pipes()?;
             }
         }
     }
     let (target, exits) = match launched {
         Some(launched) => launched,
-        None => launch_one_shot(agent, &run, theirs).await?,
+        None => launch_one_shot(agent, &run, theirs.each_ref().map(AsFd::as_fd)).await?,
     };
-    drop((stdin_r, out_w, err_w, status_w));
+    drop(theirs);
     let mut guard = KillOnDrop {
         agent: Arc::clone(agent),
         target,
         armed: true,
-    };
-    let pipes = Pipes {
-        stdin: stdin_w,
-        stdout: out_r,
-        stderr: err_r,
-        status: status_r,
     };
     let result = supervise(agent, target, exits, pipes, run, deadline, output).await;
     guard.armed = false;
@@ -194,8 +227,8 @@ pub(crate) async fn run(
 async fn launch_one_shot(
     agent: &Arc<AgentConn>,
     run: &CodeRun,
-    fds: [std::os::fd::BorrowedFd<'_>; 4],
-) -> Result<(Target, Exits), BackendError> {
+    fds: [BorrowedFd<'_>; 4],
+) -> Result<(Target, Exits<'static>), BackendError> {
     let (id, mut events) = agent.register();
     let request = Request::Exec {
         id,
@@ -241,7 +274,7 @@ async fn collect(fd: OwnedFd, limit: u64) -> Vec<u8> {
 async fn supervise(
     agent: &Arc<AgentConn>,
     target: Target,
-    mut exits: Exits,
+    mut exits: Exits<'_>,
     pipes: Pipes,
     run: CodeRun,
     deadline: Instant,
@@ -334,19 +367,32 @@ async fn drain(
     }
 }
 
-/// Kills the run's process group and reports the timeout once it is gone.
+/// Kills the run's process group and reports the timeout once it is gone (or, for a
+/// zygote's run, once the zygote failed to report it within [`KILL_GRACE`]; the zygote is
+/// then killed too).
 async fn timed_out(
     agent: &Arc<AgentConn>,
     target: Target,
-    exits: &mut Exits,
+    exits: &mut Exits<'_>,
 ) -> Result<CodeOutcome, BackendError> {
     // The agent processes requests in order: the kill lands before any later exec.
     let _ = agent.send(&target.request(), &[]).await;
-    match exits.wait().await {
-        Some(_) => Ok(CodeOutcome::Finished(ExecExit {
-            exit_code: TIMEOUT_EXIT_CODE,
-            timed_out: true,
-        })),
+    let exited = match exits {
+        Exits::Agent(_) => exits.wait().await,
+        Exits::Zygote(_, zygote) => {
+            let zygote: &Zygote = zygote;
+            match tokio::time::timeout(KILL_GRACE, exits.wait()).await {
+                Ok(exited) => exited,
+                Err(_elapsed) => {
+                    tracing::warn!("python zygote did not report a killed run; killed");
+                    zygote.kill();
+                    Some(TIMEOUT_EXIT_CODE)
+                }
+            }
+        }
+    };
+    match exited {
+        Some(_) => Ok(TIMED_OUT),
         None => Err(gone(agent)),
     }
 }

@@ -5,7 +5,14 @@
 # Replies: `R` once warm, then per request `S id pid` (forked) or `F id message`, and
 # `E id code` when the child ended (128 + signal when killed). After a short idle time it
 # loads `site` once, so later children have the dist-packages without paying for it.
+# First of all it makes itself non-dumpable, so that no other process of the sandbox (same
+# uid, no CAP_SYS_PTRACE) can ptrace it, read its memory or take its fds; without that it
+# exits and the sandbox runs one-shot. Its children inherit it and keep it: their memory is
+# a copy of the zygote's.
 def _serve():
+    import ctypes
+    if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
+        posix._exit(1)
     import _socket, _signal, select
     sock = _socket.socket(fileno=0)
     wake_r, wake_w = posix.pipe()

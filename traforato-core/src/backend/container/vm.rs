@@ -19,7 +19,7 @@ use super::files::SandboxRoot;
 use super::init::DEFAULT_PATH;
 use super::netns;
 use super::teardown_host;
-use super::zygote::{Zygote, READY_WAIT};
+use super::zygote::Zygote;
 use crate::backend::{
     BackendError, BoxedReader, BoxedStream, CodeOutcome, CodeSpec, ExecExit, ExecSpec, FileEntry,
     FileReader, FileStat, FilesError, OutputChunk, Program, Vm, WriteMode,
@@ -157,6 +157,8 @@ impl Vm for ContainerVm {
         output: mpsc::Sender<OutputChunk>,
     ) -> Result<ExecExit, BackendError> {
         let agent = self.agent()?;
+        // No sandbox code before the zygote is out of reach (`zygote.rs`).
+        self.settle().await;
         let argv = match spec.program {
             Program::Shell(line) => vec!["/bin/sh".to_string(), "-c".to_string(), line],
             Program::Argv(argv) => argv,
@@ -174,7 +176,7 @@ impl Vm for ContainerVm {
     async fn settle(&self) {
         let zygote = self.live().and_then(|live| live.zygote);
         if let Some(zygote) = zygote {
-            zygote.wait_ready(READY_WAIT).await;
+            zygote.settle().await;
         }
     }
 

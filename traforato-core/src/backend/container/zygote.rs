@@ -10,7 +10,27 @@
 //! (`KillGroup`), so a zygote killed by user code cannot keep a timeout from working.
 //!
 //! Fork per run means no state is shared between runs. A sandbox whose zygote cannot start
-//! (no `python3`) or died falls back to one-shot interpreters.
+//! (no `python3`), died or stopped answering falls back to one-shot interpreters.
+//!
+//! # Nothing else in the sandbox can reach it
+//!
+//! The zygote holds the socket every later run's request (code, cwd, environment) and reply
+//! go through, so it must not be reachable from sandbox code, which runs as the same uid:
+//! - Before it says `R` it makes itself non-dumpable (`PR_SET_DUMPABLE` 0). `ptrace`,
+//!   `pidfd_getfd`, `process_vm_readv` and `/proc/<pid>/{mem,fd,environ}` on it then need
+//!   `CAP_SYS_PTRACE` in the sandbox's user namespace, which sandbox root does not have. Its
+//!   run children inherit that and keep it: they hold no fd of the zygote, but their memory
+//!   is a copy of its memory (remnants of earlier requests included), so they stay out of
+//!   reach of other processes too (what they exec is dumpable as usual).
+//! - The interpreter is dumpable from its exec until that `prctl`, so no other sandbox code
+//!   may run before it said `R`: execs and runs wait for [`Zygote::settle`] first, which
+//!   kills a zygote not warm within [`READY_WAIT`] of its start.
+//! - The worker's end has `SO_PASSCRED`: every message carries its sender's pid, vouched
+//!   for by the kernel. The sender of `R` is the zygote (nothing else runs yet); a later
+//!   message from any other process is taken as a takeover: the zygote is killed and no
+//!   longer used.
+//! - Every wait for a reply is bounded (`code.rs`): a stopped zygote is killed and the
+//!   sandbox's runs go one-shot.
 
 use std::collections::HashMap;
 use std::io::{self, IoSlice, IoSliceMut};
@@ -22,11 +42,14 @@ use std::time::Duration;
 
 use rustix::io::Errno;
 use rustix::net::{
-    recvmsg, sendmsg, socketpair, AddressFamily, RecvAncillaryBuffer, RecvFlags,
-    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+    recvmsg, sendmsg, socketpair, sockopt, AddressFamily, RecvAncillaryBuffer,
+    RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
+    SocketFlags, SocketType,
 };
+use rustix::process::Pid;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 
 use super::agent::{self, AgentConn, ExecEvent};
 use super::protocol::Request;
@@ -40,7 +63,8 @@ pub(crate) const ZYGOTE_SCRIPT: &str = concat!(
 /// Largest run request the zygote reads (id, cwd and environment); larger ones run one-shot.
 pub(crate) const MAX_REQUEST: usize = 256 * 1024;
 
-/// How long a run waits for a zygote that is still starting before it runs one-shot.
+/// How long the zygote has to become warm before it is killed and the sandbox goes on
+/// without (runs are then one-shot).
 pub(crate) const READY_WAIT: Duration = Duration::from_secs(5);
 
 /// Where the zygote is in its life.
@@ -66,6 +90,8 @@ pub(crate) enum RunEvent {
 pub(crate) enum StartError {
     /// The zygote is not usable (dead, too large a request, ...): run one-shot instead.
     Unavailable,
+    /// The zygote did not answer in time; it has been killed. The run did not start.
+    Unresponsive,
     /// The run itself cannot start (e.g. its working directory is missing).
     Failed(String),
 }
@@ -82,16 +108,22 @@ type Waiters = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Reply>>>>;
 /// A sandbox's zygote, as the worker sees it.
 pub(crate) struct Zygote {
     sock: Arc<AsyncFd<OwnedFd>>,
-    state: watch::Receiver<ZygoteState>,
+    state: Arc<watch::Sender<ZygoteState>>,
     waiters: Waiters,
     next_id: AtomicU64,
+    agent: Arc<AgentConn>,
+    /// The agent's exec id of the zygote, to kill it with.
+    exec_id: u64,
+    /// When it was started.
+    started: Instant,
     /// Dropping it stops the driver task.
     _stop: oneshot::Sender<()>,
 }
 
 impl Zygote {
     /// Asks the agent to start the zygote and returns at once; it becomes ready in the
-    /// background (about as long as one interpreter start).
+    /// background (about as long as one interpreter start). No other code may run in the
+    /// sandbox before [`Zygote::settle`] returned.
     pub(crate) async fn start(
         agent: &Arc<AgentConn>,
         env: Vec<(String, String)>,
@@ -102,6 +134,8 @@ impl Zygote {
             SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
             None,
         )?;
+        // Every message from the zygote's end then carries its sender's pid.
+        sockopt::set_socket_passcred(&ours, true)?;
         // The zygote's end is its stdin and must block.
         rustix::fs::fcntl_setfl(&theirs, rustix::fs::OFlags::RDWR)?;
         let null = OwnedFd::from(std::fs::File::options().write(true).open("/dev/null")?);
@@ -123,21 +157,25 @@ impl Zygote {
             agent.unregister(id);
             return Err(e);
         }
-        let (state_tx, state) = watch::channel(ZygoteState::Starting);
+        let state = Arc::new(watch::Sender::new(ZygoteState::Starting));
         let waiters: Waiters = Arc::default();
         let (stop_tx, stop_rx) = oneshot::channel();
         tokio::spawn(drive(
             Arc::clone(&sock),
             events,
             Arc::clone(&waiters),
-            state_tx,
+            Arc::clone(&state),
             stop_rx,
+            (Arc::clone(agent), id),
         ));
         Ok(Self {
             sock,
             state,
             waiters,
             next_id: AtomicU64::new(1),
+            agent: Arc::clone(agent),
+            exec_id: id,
+            started: Instant::now(),
             _stop: stop_tx,
         })
     }
@@ -147,29 +185,49 @@ impl Zygote {
         *self.state.borrow()
     }
 
-    /// Waits (bounded) while the zygote is starting; true once it is ready.
-    pub(crate) async fn wait_ready(&self, limit: Duration) -> bool {
-        let mut state = self.state.clone();
-        let ready = async move {
+    /// Kills the zygote (runs it forked go on) and stops using it: later runs are one-shot.
+    pub(crate) fn kill(&self) {
+        {
+            // Under the lock start_run registers with, so no waiter is left behind.
+            let mut map = self.waiters.lock().expect("waiters lock");
+            self.state.send_replace(ZygoteState::Dead);
+            map.clear();
+        }
+        self.agent.kill_now(self.exec_id);
+    }
+
+    /// Waits while the zygote is starting, at most until [`READY_WAIT`] after its start, and
+    /// kills it if it is still starting then: once this returned, the zygote is unreachable
+    /// from sandbox code or no longer used. True when it is ready.
+    pub(crate) async fn settle(&self) -> bool {
+        let mut state = self.state.subscribe();
+        let settled = async move {
             state
                 .wait_for(|s| *s != ZygoteState::Starting)
                 .await
                 .map(|s| *s == ZygoteState::Ready)
                 .unwrap_or(false)
         };
-        tokio::time::timeout(limit.min(READY_WAIT), ready)
-            .await
-            .unwrap_or(false)
+        match tokio::time::timeout_at(self.started + READY_WAIT, settled).await {
+            Ok(ready) => ready,
+            Err(_elapsed) => {
+                tracing::warn!("python zygote not warm in time; killed");
+                self.kill();
+                false
+            }
+        }
     }
 
     /// Sends a run request with its four fds (stdin, stdout, stderr, status) and waits for
-    /// the fork. Returns the child's pid (also its process group) and the channel its exit
-    /// arrives on; the channel closes without an event if the zygote dies first.
+    /// the fork, until `until` at most (then the zygote is killed). Returns the child's pid
+    /// (also its process group) and the channel its exit arrives on; the channel closes
+    /// without an event if the zygote dies first.
     pub(crate) async fn start_run(
         &self,
         cwd: &str,
         env: &[(String, String)],
         fds: [BorrowedFd<'_>; 4],
+        until: Instant,
     ) -> Result<(i32, mpsc::UnboundedReceiver<RunEvent>), StartError> {
         if self.state() != ZygoteState::Ready {
             return Err(StartError::Unavailable);
@@ -201,12 +259,17 @@ impl Zygote {
             self.waiters.lock().expect("waiters lock").remove(&id);
             return Err(StartError::Unavailable);
         }
-        let pid = match replies.recv().await {
-            Some(Reply::Started(pid)) => pid,
-            Some(Reply::Failed(message)) => return Err(StartError::Failed(message)),
+        let pid = match tokio::time::timeout_at(until, replies.recv()).await {
+            Ok(Some(Reply::Started(pid))) => pid,
+            Ok(Some(Reply::Failed(message))) => return Err(StartError::Failed(message)),
             // Died before forking (or forked a child that reads an empty program, since the
             // caller feeds stdin only after this returns): safe to run one-shot instead.
-            Some(Reply::Exited(_)) | None => return Err(StartError::Unavailable),
+            Ok(Some(Reply::Exited(_)) | None) => return Err(StartError::Unavailable),
+            Err(_elapsed) => {
+                tracing::warn!("python zygote did not answer a run request; killed");
+                self.kill();
+                return Err(StartError::Unresponsive);
+            }
         };
         let (events_tx, events) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -251,28 +314,45 @@ async fn send(sock: &AsyncFd<OwnedFd>, message: &[u8], fds: &[BorrowedFd<'_>]) -
     }
 }
 
+/// One message from the zygote's end.
+struct Received {
+    len: usize,
+    /// Its sender, in the worker's pid namespace, as the kernel saw it.
+    sender: Option<Pid>,
+}
+
 /// Receives one reply; `Ok(None)` when the zygote closed its end.
-async fn recv(sock: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<Option<usize>> {
+async fn recv(sock: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<Option<Received>> {
     loop {
         let mut guard = sock.readable().await?;
         let got = guard.try_io(|inner| {
-            let mut control = RecvAncillaryBuffer::new(&mut []);
-            loop {
+            let mut space =
+                [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmCredentials(1), ScmRights(4))];
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            let len = loop {
                 match recvmsg(
                     inner.get_ref().as_fd(),
                     &mut [IoSliceMut::new(buf)],
                     &mut control,
                     RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
                 ) {
-                    Ok(r) => return Ok(r.bytes),
+                    Ok(r) => break r.bytes,
                     Err(Errno::INTR) => continue,
                     Err(e) => return Err(io::Error::from(e)),
                 }
+            };
+            let mut sender = None;
+            // Fds nobody asked for are closed here.
+            for message in control.drain() {
+                if let RecvAncillaryMessage::ScmCredentials(creds) = message {
+                    sender = Some(creds.pid);
+                }
             }
+            Ok(Received { len, sender })
         });
         match got {
-            Ok(Ok(0)) => return Ok(None),
-            Ok(Ok(n)) => return Ok(Some(n)),
+            Ok(Ok(Received { len: 0, .. })) => return Ok(None),
+            Ok(Ok(received)) => return Ok(Some(received)),
             Ok(Err(e)) => return Err(e),
             Err(_would_block) => continue,
         }
@@ -296,17 +376,19 @@ fn parse(raw: &[u8]) -> Option<(u64, Reply)> {
 }
 
 /// Follows the zygote: its start (or failure), then its replies, until it or the sandbox
-/// ends or the [`Zygote`] is dropped.
+/// ends or the [`Zygote`] is dropped. A zygote no longer followed is killed.
 async fn drive(
     sock: Arc<AsyncFd<OwnedFd>>,
     mut exec_events: mpsc::UnboundedReceiver<ExecEvent>,
     waiters: Waiters,
-    state: watch::Sender<ZygoteState>,
+    state: Arc<watch::Sender<ZygoteState>>,
     mut stop: oneshot::Receiver<()>,
+    (agent, exec_id): (Arc<AgentConn>, u64),
 ) {
     let started = matches!(exec_events.recv().await, Some(ExecEvent::Started));
     if started {
         serve(&sock, &mut exec_events, &waiters, &state, &mut stop).await;
+        agent.kill_now(exec_id);
     } else {
         tracing::debug!("python zygote did not start; runs use one-shot interpreters");
     }
@@ -325,6 +407,8 @@ async fn serve(
     stop: &mut oneshot::Receiver<()>,
 ) {
     let mut buf = vec![0u8; 4096];
+    // The zygote's pid as this process sees it, from its `R`: only it may send afterwards.
+    let mut zygote: Option<Pid> = None;
     loop {
         let got = tokio::select! {
             _ = &mut *stop => break,
@@ -334,13 +418,24 @@ async fn serve(
             }
             got = recv(sock, &mut buf) => got,
         };
-        let n = match got {
-            Ok(Some(n)) => n,
+        let (n, sender) = match got {
+            Ok(Some(Received { len, sender })) => (len, sender),
             Ok(None) | Err(_) => break,
         };
-        if &buf[..n] == b"R" {
-            state.send_replace(ZygoteState::Ready);
-            continue;
+        match zygote {
+            None if &buf[..n] == b"R" && sender.is_some() => {
+                zygote = sender;
+                state.send_replace(ZygoteState::Ready);
+                continue;
+            }
+            Some(pid) if sender == Some(pid) => {}
+            _ => {
+                tracing::warn!(
+                    sender = sender.map(|pid| pid.as_raw_nonzero().get()),
+                    "python zygote's socket used by another process; no longer used"
+                );
+                break;
+            }
         }
         let Some((id, reply)) = parse(&buf[..n]) else {
             tracing::warn!("python zygote sent an unexpected reply; no longer used");
@@ -372,6 +467,62 @@ mod tests {
         assert!(parse(b"R").is_none());
         assert!(parse(b"X 1 2").is_none());
         assert!(parse(b"S x 2").is_none());
+    }
+
+    /// Replies on the zygote's socket count only from the process that said `R`: one sent
+    /// by another process holding the socket ends the zygote's use.
+    #[tokio::test]
+    async fn replies_from_another_process_are_refused() {
+        let (ours, theirs) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )
+        .unwrap();
+        sockopt::set_socket_passcred(&ours, true).unwrap();
+        let sock = agent::register(ours).unwrap();
+        let (_exec_tx, mut exec_events) = mpsc::unbounded_channel();
+        let waiters: Waiters = Arc::default();
+        let (reply_tx, mut replies) = mpsc::unbounded_channel();
+        waiters.lock().unwrap().insert(1, reply_tx);
+        let state = watch::Sender::new(ZygoteState::Starting);
+        let (_stop_tx, mut stop) = oneshot::channel();
+
+        // This process plays the zygote: its `R` and its replies are taken.
+        let say = |message: &[u8]| {
+            rustix::net::send(&theirs, message, SendFlags::empty()).unwrap();
+        };
+        say(b"R");
+        say(b"S 1 41");
+        let serving = serve(&sock, &mut exec_events, &waiters, &state, &mut stop);
+        tokio::pin!(serving);
+        tokio::select! {
+            () = &mut serving => panic!("stopped serving"),
+            reply = replies.recv() => assert!(matches!(reply, Some(Reply::Started(41)))),
+        }
+        assert_eq!(*state.borrow(), ZygoteState::Ready);
+
+        // Another process with the socket forges the run's exit.
+        let forger = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import socket; socket.socket(fileno=0).send(b'E 1 0')",
+            ])
+            .stdin(std::process::Stdio::from(theirs.try_clone().unwrap()))
+            .status();
+        match forger {
+            Ok(status) => assert!(status.success()),
+            Err(e) => {
+                eprintln!("skipping: no python3 to forge a reply with: {e}");
+                return;
+            }
+        }
+        tokio::time::timeout(Duration::from_secs(30), &mut serving)
+            .await
+            .expect("still serving after a forged reply");
+        waiters.lock().unwrap().clear();
+        assert!(replies.recv().await.is_none(), "forged reply delivered");
     }
 
     #[test]
