@@ -13,6 +13,8 @@ pub struct Summary {
     pub median: Duration,
     /// 90th percentile.
     pub p90: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
     /// Largest.
     pub max: Duration,
 }
@@ -33,6 +35,7 @@ impl Summary {
             min: sorted[0],
             median: percentile(&sorted, 0.5),
             p90: percentile(&sorted, 0.9),
+            p99: percentile(&sorted, 0.99),
             max: sorted[sorted.len() - 1],
         })
     }

@@ -13,7 +13,11 @@
 //!   interpreter bare (target: within 1.5×);
 //! - **redirects/s**: `GET /sandboxes/<id>` → `307` with a load generator on loopback,
 //!   against nginx answering `307` (target: at least half);
-//! - **memory**: per idle warm sandbox, interpreter excluded (target: under 1 MiB).
+//! - **memory**: per idle warm sandbox, interpreter excluded (target: under 1 MiB);
+//! - **capacity**: create → run → delete throughput and p99 with 1, 4, 16 and 64 clients
+//!   under the deployed capacity model (target: no capacity error), warm-claim latency with
+//!   10, 100 and 1000 live sandboxes (target: flat), the worker's RSS and descriptors per live
+//!   sandbox.
 //!
 //! Samples of the system and of its floor alternate, so that a noisy neighbour hits both.
 //! The `container` backend needs root: without it the benchmark says so and exits 0. One run
@@ -22,6 +26,7 @@
 //! shells log as deployed (JSON at info, here to a file in a scratch dir); `--no-logs` turns
 //! that off.
 
+mod capacity;
 mod floors;
 mod memory;
 mod redirects;
@@ -376,7 +381,7 @@ async fn run(args: Args) -> Result<(), BenchError> {
     Ok(())
 }
 
-/// The four measures, in order.
+/// The measures, in order.
 async fn phases(
     args: &Args,
     broker: &BrokerShell,
@@ -386,7 +391,7 @@ async fn phases(
     cgroup_parent: &str,
 ) -> Result<Vec<Row>, BenchError> {
     let mut rows = Vec::new();
-    println!("\n[1/4] warm: create through the broker + first print, vs a pre-warmed zygote");
+    println!("\n[1/6] warm: create through the broker + first print, vs a pre-warmed zygote");
     let warm = warm_series(args, broker, backend, client, scratch).await?;
     rows.push(warm.row(
         "warm create + first print (HTTP via broker)",
@@ -395,7 +400,7 @@ async fn phases(
         "<= 3x floor",
     ));
 
-    println!("\n[2/4] cold: create through the broker with no pool + first print, vs bare python");
+    println!("\n[2/6] cold: create through the broker with no pool + first print, vs bare python");
     let cold = cold_series(args, broker, backend, client).await?;
     rows.push(cold.row(
         "cold create + first print (HTTP via broker)",
@@ -404,11 +409,17 @@ async fn phases(
         "<= 1.5x floor",
     ));
 
-    println!("\n[3/4] memory of idle warm sandboxes");
+    println!("\n[3/6] memory of idle warm sandboxes");
     rows.push(memory_row(args, broker, backend, cgroup_parent).await?);
 
-    println!("\n[4/4] broker redirects per second vs nginx answering 307");
+    println!("\n[4/6] broker redirects per second vs nginx answering 307");
     rows.push(redirect_row(args, broker, scratch)?);
+
+    println!("\n[5/6] create -> run -> delete throughput under the capacity model");
+    rows.extend(capacity::throughput_rows(broker, backend, client).await?);
+
+    println!("\n[6/6] warm-claim latency as live sandboxes grow; worker cost per sandbox");
+    rows.extend(capacity::claim_rows(broker, client).await?);
     Ok(rows)
 }
 
@@ -570,6 +581,7 @@ async fn warm_series(
                 warmup_timeout: Duration::from_secs(30),
             }],
             max_live: POOL,
+            capacity: None,
         },
     )
     .await
@@ -635,6 +647,7 @@ async fn cold_series(
                 id: &id,
                 pre_pull: Vec::new(),
                 max_live: 1,
+                capacity: None,
             },
         )
         .await
@@ -693,6 +706,7 @@ async fn memory_row(
                 warmup_timeout: Duration::from_secs(30),
             }],
             max_live: n,
+            capacity: None,
         },
     )
     .await

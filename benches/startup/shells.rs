@@ -15,7 +15,9 @@ use traforato_core::id::ComponentId;
 use traforato_core::scheduler::LeastLoaded;
 use traforato_core::telemetry::Metrics;
 use traforato_core::tuple::SandboxTuple;
-use traforato_core::worker::{InProcessBrokerLink, PrePullTarget, Worker, WorkerConfig};
+use traforato_core::worker::{
+    CapacityConfig, InProcessBrokerLink, PrePullTarget, Worker, WorkerConfig,
+};
 use traforato_server::server::{shutdown_channel, ShutdownTrigger};
 use traforato_server::{serve_broker, serve_worker};
 
@@ -94,6 +96,9 @@ pub struct WorkerSpec<'a> {
     pub pre_pull: Vec<PrePullTarget>,
     /// Most sandboxes (live + ready) at once; one cpu each.
     pub max_live: u32,
+    /// `None`: `max_live` cores, each sandbox reserving one. `Some`: the host's cores and 1 GiB
+    /// of memory per core, counted with this capacity model (as a deployed worker does).
+    pub capacity: Option<CapacityConfig>,
 }
 
 impl WorkerShell {
@@ -107,14 +112,27 @@ impl WorkerShell {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let id = ComponentId::parse(spec.id).map_err(io::Error::other)?;
+        let (total_cores, capacity) = match spec.capacity {
+            None => (spec.max_live, CapacityConfig::default()),
+            Some(capacity) => (
+                std::thread::available_parallelism()
+                    .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
+                capacity,
+            ),
+        };
+        let total_memory_mib = match capacity.cpu_overcommit {
+            1 => u64::from(spec.max_live) * 512,
+            _ => u64::from(total_cores) * 1024,
+        };
         let config = WorkerConfig {
             broker_id: broker.broker.config().broker_id.clone(),
             worker_id: id,
             advertise_url: format!("http://{addr}"),
             broker_public_url: Some(broker.url.clone()),
-            total_cores: spec.max_live,
-            total_memory_mib: u64::from(spec.max_live) * 512,
+            total_cores,
+            total_memory_mib,
             max_live_sandboxes: spec.max_live,
+            capacity,
             default_ttl: Duration::from_secs(600),
             max_ttl: Duration::from_secs(3600),
             default_virtualization: VIRTUALIZATION.to_string(),
