@@ -135,7 +135,7 @@ pub fn log_listen_exposure(service: &str, listen: &str, mode: AuthMode, allow_ne
 }
 
 /// Descriptors a worker process needs beside its sandboxes (listeners, connections, logs).
-const BASE_OPEN_FILES: u64 = 1024;
+const BASE_OPEN_FILES: u64 = 256;
 
 /// Descriptors one live sandbox holds in the worker (control socket, root, network
 /// namespace, pipes of its running commands), with room to spare.

@@ -829,7 +829,7 @@ fn capacity_defaults_follow_the_backends() {
 #[test]
 fn open_file_limit_is_raised_for_the_sandboxes() {
     let limit = crate::server::ensure_open_file_limit(64).unwrap();
-    assert!(limit >= 1024 + 64 * 8, "{limit}");
+    assert!(limit >= 256 + 64 * 8, "{limit}");
     let now = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-    assert!(now.current.unwrap_or(u64::MAX) >= 1024 + 64 * 8);
+    assert!(now.current.unwrap_or(u64::MAX) >= 256 + 64 * 8);
 }
