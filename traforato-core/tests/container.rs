@@ -67,10 +67,14 @@ impl Harness {
         self.backend.as_ref().expect("backend")
     }
 
+    /// A provisioned sandbox, settled as the warm pool settles it (its Python zygote warm).
     async fn provision(&self, memory_mib: u64) -> Arc<dyn Vm> {
-        self.provision_image("host", memory_mib)
+        let vm = self
+            .provision_image("host", memory_mib)
             .await
-            .expect("provision")
+            .expect("provision");
+        vm.settle().await;
+        vm
     }
 
     async fn provision_image(
@@ -1610,20 +1614,22 @@ async fn a_stopped_zygote_does_not_hang_runs() {
 /// memory with `process_vm_readv`, the process itself with `PTRACE_ATTACH`. Prints each
 /// attempt's errno, or `ok` when it worked.
 const PROBE_ZYGOTE: &str = r#"
-import ctypes, os
+import ctypes, os, time
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 libc.ptrace.restype = ctypes.c_long
 pid = None
-for entry in os.listdir('/proc'):
-    if entry.isdigit():
-        try:
-            with open('/proc/%s/cmdline' % entry, 'rb') as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if cmdline.startswith(b'python3\0-I\0-S\0-c\0') and b'_serve()' in cmdline:
-            pid = int(entry)
+deadline = time.monotonic() + 5
+while pid is None and time.monotonic() < deadline:
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            try:
+                with open('/proc/%s/cmdline' % entry, 'rb') as f:
+                    cmdline = f.read()
+            except OSError:
+                continue
+            if cmdline.startswith(b'python3\0-I\0-S\0-c\0') and b'_serve()' in cmdline:
+                pid = int(entry)
 print('zygote', pid is not None)
 
 def report(name, result):
@@ -1654,6 +1660,62 @@ if attached == 0:
     os.waitpid(pid, 0x40000000)  # __WALL
     libc.ptrace(17, pid, None, 0)  # PTRACE_DETACH, no signal
 "#;
+
+/// The zygote is out of reach from its first instruction: code that runs before it is warm
+/// (an exec right after a cold provision, which does not wait for it) cannot take it either.
+#[tokio::test]
+async fn a_starting_zygote_is_out_of_reach_too() {
+    let Some(h) = Harness::new("early") else {
+        return;
+    };
+    let vm = h.provision_image("host", 256).await.expect("provision");
+    // No settle: this is the cold path.
+    let probe = run_spec(
+        &vm,
+        ExecSpec {
+            program: Program::Argv(vec![
+                "python3".to_string(),
+                "-c".to_string(),
+                PROBE_ZYGOTE.to_string(),
+            ]),
+            ..shell("")
+        },
+    )
+    .await
+    .expect("probe");
+    let eperm = rustix::io::Errno::PERM.raw_os_error();
+    assert_eq!(
+        probe.stdout,
+        format!(
+            "zygote True\npidfd_open ok\npidfd_getfd {eperm}\nprocess_vm_readv {eperm}\n\
+             ptrace_attach {eperm}\n"
+        ),
+        "sandbox code reached the zygote: {}",
+        probe.stderr
+    );
+    // What keeps it out of reach before its own prctl: a real uid of its own.
+    let uid = sh(
+        &vm,
+        "python3 -I -c \"import os\nfor p in os.listdir('/proc'):\n  \
+         c = open('/proc/%s/cmdline' % p, 'rb').read() if p.isdigit() else b''\n  \
+         if c.startswith(b'python3\\0-I\\0-S\\0-c\\0') and b'_serve()' in c:\n    \
+         print([l.split()[1] for l in open('/proc/%s/status' % p) if l.startswith('Uid:')][0])\"",
+    )
+    .await;
+    assert_eq!(uid.stdout, "1\n", "{}", uid.stderr);
+    vm.settle().await;
+    let (outcome, out, err) = code_bounded(&vm, VIA_ZYGOTE, Duration::from_secs(10)).await;
+    assert_eq!((outcome, out.as_str()), (finished(0), "zygote\n"), "{err}");
+    // A run is sandbox root again.
+    let (_, out, _) = code(
+        &vm,
+        Runtime::Python,
+        "import os\nprint(os.getuid(), os.geteuid())",
+    )
+    .await;
+    assert_eq!(out, "0 0\n");
+    vm.destroy().await.unwrap();
+}
 
 #[tokio::test]
 async fn python_zygote_is_unreachable_from_sandbox_code() {

@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use super::agent::{AgentConn, ExecEvent};
 use super::exec::{cloexec_pipe, feed, io_error, pump, Sink, DRAIN_GRACE};
 use super::protocol::Request;
-use super::zygote::{RunEvent, StartError, Zygote};
+use super::zygote::{RunEvent, StartError, Zygote, ZygoteState};
 use crate::backend::{
     BackendError, CodeOutcome, ExecExit, OutputChunk, Runtime, TIMEOUT_EXIT_CODE,
 };
@@ -175,11 +175,9 @@ pub(crate) async fn run(
     if !agent.is_alive() {
         return Err(BackendError::Gone);
     }
-    // Whatever the runtime: no sandbox code before the zygote is out of reach.
-    let zygote = match zygote {
-        Some(zygote) if zygote.settle().await => Some(zygote),
-        _ => None,
-    };
+    // The zygote is out of the sandbox's reach from its first instruction (started with a
+    // real uid of its own): a run that comes before it is warm goes one-shot, not waiting.
+    let zygote = zygote.filter(|z| z.state() == ZygoteState::Ready);
     let started = Instant::now();
     let deadline = started + run.timeout;
     let (mut theirs, mut pipes) = pipes()?;
@@ -235,6 +233,7 @@ async fn launch_one_shot(
         argv: one_shot_argv(run.runtime),
         env: run.env.clone(),
         cwd: run.cwd.clone(),
+        out_of_reach: false,
     };
     if let Err(e) = agent.send(&request, &fds).await {
         agent.unregister(id);

@@ -92,6 +92,7 @@ pub(crate) async fn run(
         argv: command.argv,
         env: command.env,
         cwd: command.cwd,
+        out_of_reach: false,
     };
     let sent = agent
         .send(&request, &[stdin_r.as_fd(), out_w.as_fd(), err_w.as_fd()])

@@ -558,8 +558,17 @@ fn serve(control: OwnedFd, sigfd: OwnedFd) -> i32 {
             continue;
         }
         match protocol::recv::<Request>(control.as_fd(), &mut buf, true, false) {
-            Ok(Some((Request::Exec { id, argv, env, cwd }, fds))) => {
-                let event = match spawn(&argv, &env, &cwd, fds) {
+            Ok(Some((
+                Request::Exec {
+                    id,
+                    argv,
+                    env,
+                    cwd,
+                    out_of_reach,
+                },
+                fds,
+            ))) => {
+                let event = match spawn(&argv, &env, &cwd, fds, out_of_reach) {
                     Ok(pid) => {
                         pid_to_id.insert(pid, id);
                         id_to_pid.insert(id, pid);
@@ -659,6 +668,7 @@ fn spawn(
     env: &[(String, String)],
     cwd: &str,
     fds: Vec<OwnedFd>,
+    out_of_reach: bool,
 ) -> Result<i32, String> {
     if fds.len() != 3 && fds.len() != 4 {
         return Err("exec request without its 3 stdio descriptors".to_string());
@@ -703,7 +713,15 @@ fn spawn(
         return Err(format!("fork: {}", io::Error::last_os_error()));
     }
     if pid == 0 {
-        exec_child(&fds, &dir, &files, &arg_ptrs, &env_ptrs, &err_write);
+        exec_child(
+            &fds,
+            &dir,
+            &files,
+            &arg_ptrs,
+            &env_ptrs,
+            &err_write,
+            out_of_reach,
+        );
     }
     drop(err_write);
     drop(fds);
@@ -791,6 +809,7 @@ fn exec_child(
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
     err_write: &OwnedFd,
+    out_of_reach: bool,
 ) -> ! {
     // SAFETY: plain syscalls on live descriptors and on NUL-terminated strings and
     // null-terminated pointer arrays built before the fork; the child never returns into the
@@ -818,6 +837,11 @@ fn exec_child(
         }
         if libc::chdir(dir.as_ptr()) < 0 {
             child_fail(err_write, STAGE_CWD);
+        }
+        // Real uid 1, effective and saved 0: at execve the kernel sees them differ and leaves
+        // the process non-dumpable, and ptrace-like access by uid 0 needs CAP_SYS_PTRACE.
+        if out_of_reach && libc::setresuid(1, 0, 0) < 0 {
+            child_fail(err_write, STAGE_SETUP);
         }
         let mut last = libc::ENOENT;
         let mut saw_eacces = false;

@@ -50,6 +50,12 @@ pub(crate) enum Request {
         env: Vec<(String, String)>,
         /// Working directory.
         cwd: String,
+        /// Start the program with real uid 1 (effective uid 0): the kernel then makes it
+        /// non-dumpable from its first instruction, and no process of the sandbox (uid 0, no
+        /// `CAP_SYS_PTRACE`) can ptrace it, read its memory or take its descriptors. For the
+        /// worker's own helpers (the Python zygote), never for user commands.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        out_of_reach: bool,
     },
     /// Copy everything from the first fd (a pipe) into the second (a file the worker opened
     /// in the sandbox root), in a process of the sandbox: the pages it writes are charged to
@@ -215,6 +221,7 @@ mod tests {
             argv: vec!["/bin/true".into()],
             env: vec![("A".into(), "b".into())],
             cwd: "/".into(),
+            out_of_reach: false,
         };
         send(a.as_fd(), &req, &[r.as_fd(), w.as_fd(), w.as_fd()], false).unwrap();
         drop(w);

@@ -81,6 +81,9 @@ def _serve():
                         posix.close(wake_w)
                         sock.detach()
                         posix.setsid()
+                        # The zygote runs with real uid 1 (out of the sandbox's reach); the
+                        # run is sandbox root again.
+                        posix.setresuid(0, 0, 0)
                         for target, fd in enumerate(fds):
                             posix.dup2(fd, target)
                         for fd in fds:

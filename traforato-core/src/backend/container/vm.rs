@@ -157,8 +157,6 @@ impl Vm for ContainerVm {
         output: mpsc::Sender<OutputChunk>,
     ) -> Result<ExecExit, BackendError> {
         let agent = self.agent()?;
-        // No sandbox code before the zygote is out of reach (`zygote.rs`).
-        self.settle().await;
         let argv = match spec.program {
             Program::Shell(line) => vec!["/bin/sh".to_string(), "-c".to_string(), line],
             Program::Argv(argv) => argv,

@@ -16,19 +16,21 @@
 //!
 //! The zygote holds the socket every later run's request (code, cwd, environment) and reply
 //! go through, so it must not be reachable from sandbox code, which runs as the same uid:
-//! - Before it says `R` it makes itself non-dumpable (`PR_SET_DUMPABLE` 0). `ptrace`,
-//!   `pidfd_getfd`, `process_vm_readv` and `/proc/<pid>/{mem,fd,environ}` on it then need
-//!   `CAP_SYS_PTRACE` in the sandbox's user namespace, which sandbox root does not have. Its
-//!   run children inherit that and keep it: they hold no fd of the zygote, but their memory
-//!   is a copy of its memory (remnants of earlier requests included), so they stay out of
-//!   reach of other processes too (what they exec is dumpable as usual).
-//! - The interpreter is dumpable from its exec until that `prctl`, so no other sandbox code
-//!   may run before it said `R`: execs and runs wait for [`Zygote::settle`] first, which
-//!   kills a zygote not warm within [`READY_WAIT`] of its start.
+//! - The agent starts it with real uid 1 and effective uid 0 (`out_of_reach`): at its
+//!   execve the kernel sees the two differ and makes it non-dumpable, and `ptrace`,
+//!   `pidfd_getfd`, `process_vm_readv` and `/proc/<pid>/{mem,fd,environ}` on it need
+//!   `CAP_SYS_PTRACE` in the sandbox's user namespace (the real uids differ, and it is not
+//!   dumpable), which sandbox root does not have. So it is out of reach from its first
+//!   instruction, and execs and runs need not wait for it: a run that comes before it is
+//!   warm goes one-shot. It also sets `PR_SET_DUMPABLE` 0 itself before it says `R`. Its run
+//!   children switch back to uid 0 and stay non-dumpable: their memory is a copy of the
+//!   zygote's (remnants of earlier requests included).
 //! - The worker's end has `SO_PASSCRED`: every message carries its sender's pid, vouched
-//!   for by the kernel. The sender of `R` is the zygote (nothing else runs yet); a later
-//!   message from any other process is taken as a takeover: the zygote is killed and no
-//!   longer used.
+//!   for by the kernel. Only the zygote holds its end of the socket (nothing can take it from
+//!   it), and the sender of `R` is pinned; a later message from any other process is taken as
+//!   a takeover: the zygote is killed and no longer used. The warm pool waits for `R`
+//!   ([`Zygote::settle`], which kills a zygote not warm within [`READY_WAIT`]) so that a
+//!   warm sandbox's first run is warm.
 //! - Every wait for a reply is bounded (`code.rs`): a stopped zygote is killed and the
 //!   sandbox's runs go one-shot.
 
@@ -148,6 +150,7 @@ impl Zygote {
                 .to_vec(),
             env,
             cwd: "/".to_string(),
+            out_of_reach: true,
         };
         let sent = agent
             .send(&request, &[theirs.as_fd(), null.as_fd(), null.as_fd()])
