@@ -343,7 +343,7 @@ async fn run(args: Args) -> Result<(), BenchError> {
     println!("\nsummary (medians, p90 in parentheses)");
     let line = |cells: [&str; 6]| {
         println!(
-            "| {:<44} | {:<22} | {:<32} | {:<6} | {:<13} | {:<12} |",
+            "| {:<44} | {:<22} | {:<32} | {:<6} | {:<17} | {:<12} |",
             cells[0], cells[1], cells[2], cells[3], cells[4], cells[5]
         )
     };
@@ -356,7 +356,7 @@ async fn run(args: Args) -> Result<(), BenchError> {
         "verdict",
     ]);
     println!(
-        "|{:-<46}|{:-<24}|{:-<34}|{:-<8}|{:-<15}|{:-<14}|",
+        "|{:-<46}|{:-<24}|{:-<34}|{:-<8}|{:-<19}|{:-<14}|",
         "", "", "", "", "", ""
     );
     for row in &rows {
