@@ -79,6 +79,7 @@ pub fn add_ready_hint(broker: &Broker, worker: usize, tuple: &SandboxTuple) -> L
                 image: tuple.image.clone(),
                 cpu: i64::from(tuple.cpu),
                 timestamp: None,
+                capacity: None,
             },
         )
         .expect("a static worker may announce ready VMs");

@@ -3,7 +3,7 @@
 //! | example | what it shows | needs |
 //! |---|---|---|
 //! | `embed` | a `Broker` and a `Worker` in one process with no HTTP: warm placement, create, exec, run code, files, delete | nothing |
-//! | `custom_scheduler` | a `Scheduler` of your own (SKU preference, then bin-packing) plugged into a `Broker` | nothing |
+//! | `custom_scheduler` | a `Scheduler` of your own (bin-packing, warm where it packs) plugged into a `Broker` | nothing |
 //! | `custom_backend` | a `VmBackend`/`Vm` of your own (an audit wrapper around any backend) plugged into a `Worker` | nothing |
 //! | `client` | `traforato-client` against a running `traforato-dev` | a server at `TRAFORATO_URL` |
 //!

@@ -1,10 +1,12 @@
 //! Plugs a placement policy of your own into a broker: a bin-packing [`Scheduler`].
 //!
-//! The broker asks its scheduler where a *cold* create goes (warm creates follow a ready
-//! hint instead). The default, `LeastLoaded`, spreads sandboxes over workers. `Pack` below
-//! does the opposite: it fills the most loaded worker that still has room, so that idle
-//! workers stay idle (and could be scaled down), and it declines when every worker is full,
-//! which the broker turns into `503 no placement capacity`.
+//! The broker asks its scheduler where each create goes: a ready sandbox on some worker
+//! (warm) or a boot on some worker (cold); and, after a cold one, which worker grows the
+//! tuple's warm pool. The default, `LeastLoaded`, spreads sandboxes over workers, weighing
+//! load against warmth. `Pack` below does the opposite: it fills the most loaded worker that
+//! still has room (taking a ready sandbox there when it has one), so that idle workers stay
+//! idle (and could be scaled down). Both decline when every worker is full, which the broker
+//! turns into `503 no placement capacity`. `Pack` keeps the default for the warm pool.
 //!
 //! Two static workers are registered in-process; the example places the same creates with
 //! both policies and prints where each one went. No worker runs: a placement is only the
@@ -18,28 +20,28 @@ use std::sync::Arc;
 use traforato_core::api::CreateSandboxRequest;
 use traforato_core::broker::{Broker, BrokerConfig, BrokerError, StaticWorker};
 use traforato_core::clock::SystemClock;
-use traforato_core::id::ComponentId;
-use traforato_core::scheduler::{LeastLoaded, Scheduler, WorkerLoad};
+use traforato_core::scheduler::{Choice, LeastLoaded, Scheduler, WorkerLoad};
 use traforato_core::telemetry::Metrics;
 use traforato_core::tuple::SandboxTuple;
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
-/// Bin-packing: the most loaded worker with room for one more sandbox of the tuple's cpu;
-/// ties go to the earliest registered. `None` when no worker has room.
+/// Bin-packing: the most loaded worker with room for one more sandbox of the tuple's cpu,
+/// warm when it has a ready sandbox; ties go to the earliest registered. `None` when no
+/// worker has room.
 ///
 /// Like every scheduler it is pure (no I/O, no clock) and deterministic for its inputs.
 #[derive(Debug, Default, Clone, Copy)]
 struct Pack;
 
 impl Scheduler for Pack {
-    fn choose(&self, tuple: &SandboxTuple, candidates: &[WorkerLoad]) -> Option<ComponentId> {
+    fn place(&self, tuple: &SandboxTuple, candidates: &[WorkerLoad]) -> Option<Choice> {
         candidates
             .iter()
             .filter(|w| w.has_room(tuple.cpu))
             // Highest load first, then lowest registration order.
             .max_by_key(|w| (w.load_ppm(tuple.cpu), std::cmp::Reverse(w.order)))
-            .map(|w| w.worker_id.clone())
+            .map(WorkerLoad::choice)
     }
 }
 
@@ -98,14 +100,15 @@ pub fn main() -> Result<(), BoxError> {
     }
     println!("(- = refused with 503 no placement capacity)");
 
-    // Pack fills `big` first, then `small`, then refuses; LeastLoaded alternates and, once
-    // everything is full, still picks one so that the worker answers with its own error.
+    // Pack fills `big` first, then `small`, then refuses; LeastLoaded keeps both equally
+    // loaded, then refuses too: the broker knows that every worker is full.
     let expected_pack = ["big", "big", "big", "big", "small", "small", "-"];
     if packed != expected_pack {
         return Err(format!("Pack placed {packed:?}, expected {expected_pack:?}").into());
     }
-    if spread.iter().any(|w| w == "-") {
-        return Err("LeastLoaded refused a placement".into());
+    let expected_spread = ["big", "small", "big", "big", "small", "big", "-"];
+    if spread != expected_spread {
+        return Err(format!("LeastLoaded placed {spread:?}, expected {expected_spread:?}").into());
     }
     Ok(())
 }

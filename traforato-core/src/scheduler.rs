@@ -1,8 +1,12 @@
-//! Cold placement policy: which worker boots a sandbox when no ready one is hinted.
+//! Placement policy: whether a create claims a ready sandbox (and whose) or boots one (and
+//! where), and which worker boots the next warm sandbox of a tuple.
 //!
 //! A [`Scheduler`] is pure: no I/O, no clock, and deterministic for its inputs. The broker
 //! hands it the active workers that match the request's hardware SKU, with the capacity they
-//! last reported plus what the broker placed on them since.
+//! last reported (at a heartbeat or in a VM event) plus what the broker placed on them since,
+//! and the ready sandboxes and queued VM starts of the request's tuple on each.
+
+use std::cmp::Ordering;
 
 use crate::id::ComponentId;
 use crate::tuple::SandboxTuple;
@@ -20,79 +24,225 @@ pub struct WorkerLoad {
     pub total_memory_mib: u64,
     /// Most sandboxes at once (0 = not reported).
     pub max_live_sandboxes: u64,
-    /// Sandboxes live at the last heartbeat.
+    /// Sandboxes live at the last report.
     pub live_sandboxes: u64,
-    /// Cores allocated at the last heartbeat.
+    /// Cores allocated at the last report.
     pub allocated_cores: u64,
-    /// Memory allocated at the last heartbeat.
+    /// Memory allocated at the last report.
     pub allocated_memory_mib: u64,
-    /// Cold placements sent to this worker since its last heartbeat.
+    /// Creates (cold or warm) sent to this worker since its last report.
     pub placed_since_heartbeat: u64,
+    /// False when the worker's last report said it takes no new sandboxes.
+    pub accepting: bool,
+    /// Ready sandboxes of the request's tuple on this worker (warm hints).
+    pub ready: u64,
+    /// Arrival position of this worker's oldest ready sandbox of the tuple (lower arrived
+    /// earlier; comparable across workers); `None` without one.
+    pub oldest_ready: Option<u64>,
+    /// VM starts of the tuple queued for this worker and not yet taken.
+    pub starting: u64,
 }
 
 impl WorkerLoad {
+    /// A worker as it registers: `worker_id` at registration position `order`, nothing
+    /// reported, accepting, with no ready sandbox; fill in the rest with struct-update syntax.
+    pub fn new(worker_id: ComponentId, order: u64) -> Self {
+        Self {
+            worker_id,
+            order,
+            total_cores: 0,
+            total_memory_mib: 0,
+            max_live_sandboxes: 0,
+            live_sandboxes: 0,
+            allocated_cores: 0,
+            allocated_memory_mib: 0,
+            placed_since_heartbeat: 0,
+            accepting: true,
+            ready: 0,
+            oldest_ready: None,
+            starting: 0,
+        }
+    }
+
     /// Live plus recently placed sandboxes.
     pub fn expected_live(&self) -> u64 {
         self.live_sandboxes + self.placed_since_heartbeat
     }
 
+    /// Cores allocated plus those of recent placements (counted at `cpu` each).
+    fn expected_cores(&self, cpu: u32) -> u64 {
+        self.allocated_cores
+            .saturating_add(self.placed_since_heartbeat.saturating_mul(u64::from(cpu)))
+    }
+
     /// Load in parts per million of the tightest reported resource (sandbox slots or cores);
     /// workers that report nothing count as empty.
     pub fn load_ppm(&self, cpu: u32) -> u64 {
-        let cores = self.allocated_cores + self.placed_since_heartbeat * u64::from(cpu);
         let slots = (self.expected_live() * 1_000_000)
             .checked_div(self.max_live_sandboxes)
             .unwrap_or(0);
-        let cpu_load = (cores * 1_000_000)
+        let cpu_load = (self.expected_cores(cpu) * 1_000_000)
             .checked_div(self.total_cores)
             .unwrap_or(0);
         slots.max(cpu_load)
     }
 
-    /// False when the worker reported limits that one more sandbox of `cpu` would exceed.
-    pub fn has_room(&self, cpu: u32) -> bool {
-        if self.max_live_sandboxes > 0 && self.expected_live() >= self.max_live_sandboxes {
-            return false;
+    /// How many more sandboxes of `cpu` the worker has room for by its reported limits
+    /// (sandbox slots and cores); `u64::MAX` when it reported none, 0 when it is not
+    /// accepting.
+    pub fn free_slots(&self, cpu: u32) -> u64 {
+        if !self.accepting {
+            return 0;
+        }
+        let mut free = u64::MAX;
+        if self.max_live_sandboxes > 0 {
+            free = free.min(self.max_live_sandboxes.saturating_sub(self.expected_live()));
         }
         if self.total_cores > 0 {
-            let cores = self.allocated_cores + self.placed_since_heartbeat * u64::from(cpu);
-            if cores + u64::from(cpu) > self.total_cores {
-                return false;
-            }
+            let left = self.total_cores.saturating_sub(self.expected_cores(cpu));
+            free = free.min(left / u64::from(cpu.max(1)));
         }
-        true
+        free
+    }
+
+    /// False when the worker is not accepting, or reported limits that one more sandbox of
+    /// `cpu` would exceed.
+    pub fn has_room(&self, cpu: u32) -> bool {
+        self.free_slots(cpu) > 0
+    }
+
+    /// Ready plus starting sandboxes of the tuple: its share of the tuple's warm pool.
+    pub fn warm(&self) -> u64 {
+        self.ready.saturating_add(self.starting)
+    }
+
+    /// A ready sandbox of this worker when it has one, else a cold boot on it.
+    pub fn choice(&self) -> Choice {
+        if self.ready > 0 {
+            Choice::Warm(self.worker_id.clone())
+        } else {
+            Choice::Cold(self.worker_id.clone())
+        }
     }
 }
 
-/// Picks the worker for a cold create.
-pub trait Scheduler: Send + Sync + 'static {
-    /// Chooses one of `candidates` (all active and SKU-matching) for `tuple`, or `None` when
-    /// none should take it. Must be deterministic for its inputs.
-    fn choose(&self, tuple: &SandboxTuple, candidates: &[WorkerLoad]) -> Option<ComponentId>;
+/// Where a create goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Choice {
+    /// Claim the worker's oldest ready sandbox of the tuple (no boot).
+    Warm(ComponentId),
+    /// Boot a sandbox on the worker.
+    Cold(ComponentId),
 }
 
-/// The default policy: the least loaded worker with room; ties go to the earliest registered.
-/// When every worker is full it still picks the least loaded one, so that the worker answers
-/// with its precise capacity error rather than the broker guessing from stale reports.
+impl Choice {
+    /// The chosen worker.
+    pub fn worker_id(&self) -> &ComponentId {
+        match self {
+            Choice::Warm(id) | Choice::Cold(id) => id,
+        }
+    }
+}
+
+/// Decides where creates go and where the warm pool grows.
+pub trait Scheduler: Send + Sync + 'static {
+    /// Chooses, for a create of `tuple`, a ready sandbox on a candidate with `ready > 0`
+    /// ([`Choice::Warm`]) or a cold boot on a candidate ([`Choice::Cold`]); `None` when no
+    /// worker should take it (the broker answers `503 no placement capacity`).
+    /// `candidates` are all active and SKU-matching, in registration order. Must be
+    /// deterministic for its inputs.
+    fn place(&self, tuple: &SandboxTuple, candidates: &[WorkerLoad]) -> Option<Choice>;
+
+    /// Chooses the worker that boots the next warm sandbox of `tuple` (the VM start a cold
+    /// placement queues), or `None` for no start. `candidates` already count the placement
+    /// just made. The default spreads the tuple's warm pool over the workers in proportion
+    /// to their free capacity ([`spread_warm_pool`]).
+    fn warm_start(&self, tuple: &SandboxTuple, candidates: &[WorkerLoad]) -> Option<ComponentId> {
+        spread_warm_pool(tuple, candidates)
+    }
+}
+
+/// The worker with room whose share of the tuple's warm pool, one more sandbox included, is
+/// the smallest relative to its free slots: `(warm + 1) / free` (the D'Hondt rule), so that
+/// successive starts split the pool in proportion to free capacity. Ties go to the earliest
+/// registered.
+pub fn spread_warm_pool(tuple: &SandboxTuple, candidates: &[WorkerLoad]) -> Option<ComponentId> {
+    let cpu = tuple.cpu;
+    let share = |a: &WorkerLoad, b: &WorkerLoad| -> Ordering {
+        let lhs = u128::from(a.warm() + 1) * u128::from(b.free_slots(cpu));
+        let rhs = u128::from(b.warm() + 1) * u128::from(a.free_slots(cpu));
+        lhs.cmp(&rhs).then(a.order.cmp(&b.order))
+    };
+    candidates
+        .iter()
+        .filter(|w| w.has_room(cpu))
+        .min_by(|a, b| share(a, b))
+        .map(|w| w.worker_id.clone())
+}
+
+/// The default policy: weighs load against warmth. Among workers with room, a cold boot on a
+/// worker scores its load; a ready sandbox scores its worker's load less
+/// [`LeastLoaded::WARM_ADVANTAGE_PPM`]; the lowest score wins (a warm claim on ties, then
+/// the oldest ready sandbox, then the earliest registered). So a warm claim wins unless its
+/// worker is busier than the idlest one by more than the advantage, and a create that no
+/// worker has room for is declined.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LeastLoaded;
 
+impl LeastLoaded {
+    /// What a ready sandbox is worth, in parts per million of load: 25 points.
+    pub const WARM_ADVANTAGE_PPM: u64 = 250_000;
+}
+
 impl Scheduler for LeastLoaded {
-    fn choose(&self, tuple: &SandboxTuple, candidates: &[WorkerLoad]) -> Option<ComponentId> {
-        let key = |w: &&WorkerLoad| (!w.has_room(tuple.cpu), w.load_ppm(tuple.cpu), w.order);
-        candidates
-            .iter()
-            .min_by_key(key)
-            .map(|w| w.worker_id.clone())
+    fn place(&self, tuple: &SandboxTuple, candidates: &[WorkerLoad]) -> Option<Choice> {
+        let cpu = tuple.cpu;
+        // (score, cold after warm, oldest ready sandbox first, registration order).
+        type Key = (i64, u8, u64, u64);
+        let mut best: Option<(Key, &WorkerLoad, bool)> = None;
+        let mut consider = |key: Key, worker, warm| {
+            if best.as_ref().is_none_or(|(k, _, _)| key < *k) {
+                best = Some((key, worker, warm));
+            }
+        };
+        for w in candidates.iter().filter(|w| w.has_room(cpu)) {
+            let load = i64::try_from(w.load_ppm(cpu)).unwrap_or(i64::MAX);
+            consider((load, 1, u64::MAX, w.order), w, false);
+            if w.ready > 0 {
+                let advantage = i64::try_from(Self::WARM_ADVANTAGE_PPM).unwrap_or(i64::MAX);
+                let oldest = w.oldest_ready.unwrap_or(u64::MAX);
+                consider((load - advantage, 0, oldest, w.order), w, true);
+            }
+        }
+        best.map(|(_, w, warm)| match warm {
+            true => Choice::Warm(w.worker_id.clone()),
+            false => Choice::Cold(w.worker_id.clone()),
+        })
     }
 }
 
-/// The prototype's policy: the earliest registered candidate, whatever its load.
+/// The prototype's policy, whatever the load: the oldest ready sandbox of the tuple on any
+/// candidate, else a cold boot on the earliest registered candidate, whose warm pool also
+/// grows.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FirstRegistered;
 
 impl Scheduler for FirstRegistered {
-    fn choose(&self, _tuple: &SandboxTuple, candidates: &[WorkerLoad]) -> Option<ComponentId> {
+    fn place(&self, _tuple: &SandboxTuple, candidates: &[WorkerLoad]) -> Option<Choice> {
+        let warm = candidates
+            .iter()
+            .filter_map(|w| w.oldest_ready.filter(|_| w.ready > 0).map(|seq| (seq, w)))
+            .min_by_key(|(seq, _)| *seq)
+            .map(|(_, w)| Choice::Warm(w.worker_id.clone()));
+        warm.or_else(|| {
+            candidates
+                .iter()
+                .min_by_key(|w| w.order)
+                .map(|w| Choice::Cold(w.worker_id.clone()))
+        })
+    }
+
+    fn warm_start(&self, _tuple: &SandboxTuple, candidates: &[WorkerLoad]) -> Option<ComponentId> {
         candidates
             .iter()
             .min_by_key(|w| w.order)
@@ -106,16 +256,29 @@ mod tests {
 
     fn w(id: &str, order: u64, max: u64, live: u64) -> WorkerLoad {
         WorkerLoad {
-            worker_id: ComponentId::parse(id).unwrap(),
-            order,
             total_cores: 8,
             total_memory_mib: 8192,
             max_live_sandboxes: max,
             live_sandboxes: live,
             allocated_cores: live,
             allocated_memory_mib: live * 1024,
-            placed_since_heartbeat: 0,
+            ..WorkerLoad::new(ComponentId::parse(id).unwrap(), order)
         }
+    }
+
+    /// A worker with `cores` cores and as many sandbox slots, `live` of them in use.
+    fn sized(id: &str, order: u64, cores: u64, live: u64) -> WorkerLoad {
+        WorkerLoad {
+            total_cores: cores,
+            max_live_sandboxes: cores,
+            ..w(id, order, cores, live)
+        }
+    }
+
+    fn warm(mut load: WorkerLoad, ready: u64, oldest: u64) -> WorkerLoad {
+        load.ready = ready;
+        load.oldest_ready = Some(oldest);
+        load
     }
 
     fn tuple() -> SandboxTuple {
@@ -126,16 +289,63 @@ mod tests {
         }
     }
 
+    fn cold(id: &str) -> Option<Choice> {
+        Some(Choice::Cold(ComponentId::parse(id).unwrap()))
+    }
+
+    fn warm_on(id: &str) -> Option<Choice> {
+        Some(Choice::Warm(ComponentId::parse(id).unwrap()))
+    }
+
+    /// Asks for `n` VM starts in a row, counting each one as starting on its worker; returns
+    /// how many each candidate got.
+    fn starts(scheduler: &dyn Scheduler, mut candidates: Vec<WorkerLoad>, n: usize) -> Vec<u64> {
+        let before: Vec<u64> = candidates.iter().map(|c| c.starting).collect();
+        for _ in 0..n {
+            let Some(id) = scheduler.warm_start(&tuple(), &candidates) else {
+                break;
+            };
+            let chosen = candidates.iter_mut().find(|c| c.worker_id == id).unwrap();
+            chosen.starting += 1;
+        }
+        candidates
+            .iter()
+            .zip(before)
+            .map(|(c, b)| c.starting - b)
+            .collect()
+    }
+
+    /// Places `n` creates in a row, counting each as placed on its worker (and a warm one as
+    /// a ready sandbox fewer); returns how many each candidate got.
+    fn creates(scheduler: &dyn Scheduler, mut candidates: Vec<WorkerLoad>, n: usize) -> Vec<u64> {
+        let mut got = vec![0; candidates.len()];
+        for _ in 0..n {
+            let Some(choice) = scheduler.place(&tuple(), &candidates) else {
+                break;
+            };
+            let i = candidates
+                .iter()
+                .position(|c| &c.worker_id == choice.worker_id())
+                .unwrap();
+            candidates[i].placed_since_heartbeat += 1;
+            if let Choice::Warm(_) = choice {
+                candidates[i].ready -= 1;
+            }
+            got[i] += 1;
+        }
+        got
+    }
+
     #[test]
     fn least_loaded_wins() {
         let c = [w("a", 0, 4, 3), w("b", 1, 4, 1)];
-        assert_eq!(LeastLoaded.choose(&tuple(), &c).unwrap().as_str(), "b");
+        assert_eq!(LeastLoaded.place(&tuple(), &c), cold("b"));
     }
 
     #[test]
     fn ties_go_to_earliest() {
         let c = [w("b", 1, 4, 1), w("a", 0, 4, 1)];
-        assert_eq!(LeastLoaded.choose(&tuple(), &c).unwrap().as_str(), "a");
+        assert_eq!(LeastLoaded.place(&tuple(), &c), cold("a"));
     }
 
     #[test]
@@ -143,23 +353,120 @@ mod tests {
         let mut a = w("a", 0, 4, 0);
         a.placed_since_heartbeat = 3;
         let c = [a, w("b", 1, 4, 1)];
-        assert_eq!(LeastLoaded.choose(&tuple(), &c).unwrap().as_str(), "b");
+        assert_eq!(LeastLoaded.place(&tuple(), &c), cold("b"));
     }
 
     #[test]
-    fn full_workers_go_last_but_still_chosen() {
+    fn full_workers_are_excluded() {
         let mut b = w("b", 1, 100, 90);
         b.total_cores = 128;
         let c = [w("a", 0, 2, 2), b];
-        assert_eq!(LeastLoaded.choose(&tuple(), &c).unwrap().as_str(), "b");
-        let c = [w("a", 0, 2, 2)];
-        assert_eq!(LeastLoaded.choose(&tuple(), &c).unwrap().as_str(), "a");
-        assert!(LeastLoaded.choose(&tuple(), &[]).is_none());
+        assert_eq!(LeastLoaded.place(&tuple(), &c), cold("b"));
+        // Full by slots, by cores, or not accepting: nobody takes the create.
+        let mut by_cores = w("b", 1, 100, 8);
+        by_cores.allocated_cores = 8;
+        let mut refusing = w("c", 2, 4, 0);
+        refusing.accepting = false;
+        let c = [w("a", 0, 2, 2), by_cores, refusing];
+        assert_eq!(LeastLoaded.place(&tuple(), &c), None);
+        assert_eq!(spread_warm_pool(&tuple(), &c), None);
+        // Not even to claim a ready sandbox.
+        let c = [warm(w("a", 0, 2, 2), 3, 0)];
+        assert_eq!(LeastLoaded.place(&tuple(), &c), None);
+        assert_eq!(LeastLoaded.place(&tuple(), &[]), None);
+        // A worker that reports nothing has room.
+        let c = [WorkerLoad::new(ComponentId::parse("a").unwrap(), 0)];
+        assert_eq!(LeastLoaded.place(&tuple(), &c), cold("a"));
+    }
+
+    #[test]
+    fn warm_claim_wins_unless_its_worker_is_much_busier() {
+        // a: 2 of 10 live (20 %) with a ready sandbox; b idle: the ready sandbox wins.
+        let c = [warm(sized("a", 0, 10, 2), 1, 7), sized("b", 1, 10, 0)];
+        assert_eq!(LeastLoaded.place(&tuple(), &c), warm_on("a"));
+        // Exactly the advantage apart (25 %): still warm.
+        let c = [warm(sized("a", 0, 8, 2), 1, 7), sized("b", 1, 8, 0)];
+        assert_eq!(LeastLoaded.place(&tuple(), &c), warm_on("a"));
+        // a at 50 %, b idle: a cold boot on b beats the claim on a.
+        let c = [warm(w("a", 0, 10, 5), 4, 7), w("b", 1, 10, 0)];
+        assert_eq!(LeastLoaded.place(&tuple(), &c), cold("b"));
+        // Both warm: the less loaded one; equal loads: the older ready sandbox.
+        let c = [warm(w("a", 0, 10, 3), 1, 1), warm(w("b", 1, 10, 1), 1, 9)];
+        assert_eq!(LeastLoaded.place(&tuple(), &c), warm_on("b"));
+        let c = [warm(w("a", 0, 10, 1), 1, 9), warm(w("b", 1, 10, 1), 1, 2)];
+        assert_eq!(LeastLoaded.place(&tuple(), &c), warm_on("b"));
+        // The same inputs, the same answer.
+        for _ in 0..10 {
+            assert_eq!(LeastLoaded.place(&tuple(), &c), warm_on("b"));
+        }
+    }
+
+    #[test]
+    fn creates_spread_over_two_idle_workers_despite_a_warm_pool() {
+        // a holds 16 ready sandboxes, b none: a serves the first creates warm, then b's
+        // idleness outweighs a's warmth.
+        let c = vec![warm(sized("a", 0, 32, 0), 16, 0), sized("b", 1, 32, 0)];
+        let got = creates(&LeastLoaded, c, 16);
+        assert_eq!(got.iter().sum::<u64>(), 16);
+        assert!(got[0] > 0 && got[1] > 0, "{got:?}");
+        // Without a warm pool, two idle workers take turns.
+        let c = vec![sized("a", 0, 8, 0), sized("b", 1, 8, 0)];
+        assert_eq!(creates(&LeastLoaded, c, 16), [8, 8]);
+        // Then they are full.
+        let c = vec![sized("a", 0, 8, 8), sized("b", 1, 8, 8)];
+        assert_eq!(creates(&LeastLoaded, c, 1), [0, 0]);
+    }
+
+    #[test]
+    fn creates_spread_over_five_workers_by_load() {
+        let c = vec![
+            sized("a", 0, 10, 0),
+            sized("b", 1, 10, 6),
+            sized("c", 2, 20, 0),
+            sized("d", 3, 10, 10),
+            sized("e", 4, 40, 0),
+        ];
+        // 35 creates fill a, c and e to half their size, as loaded as b already is; the
+        // full d gets none.
+        let got = creates(&LeastLoaded, c, 35);
+        assert_eq!(got, [5, 0, 10, 0, 20]);
+    }
+
+    #[test]
+    fn warm_pool_spreads_over_two_workers_by_free_capacity() {
+        let c = vec![sized("a", 0, 8, 0), sized("b", 1, 8, 0)];
+        assert_eq!(starts(&LeastLoaded, c, 10), [5, 5]);
+        // b has three times a's free slots: it grows three times the pool.
+        let c = vec![sized("a", 0, 16, 8), sized("b", 1, 24, 0)];
+        assert_eq!(starts(&LeastLoaded, c, 8), [2, 6]);
+        // What a worker already holds counts.
+        let c = vec![warm(sized("a", 0, 8, 0), 4, 0), sized("b", 1, 8, 0)];
+        assert_eq!(starts(&LeastLoaded, c, 4), [0, 4]);
+    }
+
+    #[test]
+    fn warm_pool_spreads_over_five_workers_by_free_capacity() {
+        let c = vec![
+            sized("a", 0, 10, 0),
+            sized("b", 1, 20, 0),
+            sized("c", 2, 40, 10),
+            sized("d", 3, 40, 0),
+            sized("e", 4, 10, 10),
+        ];
+        // Free slots 10, 20, 30, 40 and 0: 20 starts split 2, 4, 6, 8, 0.
+        assert_eq!(starts(&LeastLoaded, c, 20), [2, 4, 6, 8, 0]);
     }
 
     #[test]
     fn first_registered() {
         let c = [w("b", 1, 4, 0), w("a", 0, 4, 4)];
-        assert_eq!(FirstRegistered.choose(&tuple(), &c).unwrap().as_str(), "a");
+        assert_eq!(FirstRegistered.place(&tuple(), &c), cold("a"));
+        assert_eq!(
+            FirstRegistered.warm_start(&tuple(), &c).unwrap().as_str(),
+            "a"
+        );
+        // The oldest ready sandbox anywhere, whatever the load.
+        let c = [warm(w("a", 0, 4, 4), 1, 5), warm(w("b", 1, 4, 0), 1, 3)];
+        assert_eq!(FirstRegistered.place(&tuple(), &c), warm_on("b"));
     }
 }

@@ -349,6 +349,7 @@ mod tests {
             image: "img".into(),
             cpu: 1,
             timestamp: None,
+            capacity: None,
         };
         link.vm_event(&worker(), &event).await.unwrap();
         {
@@ -445,6 +446,7 @@ mod tests {
             image: "img".into(),
             cpu: 1,
             timestamp: None,
+            capacity: None,
         };
         link.vm_event(&worker(), &event).await.unwrap();
         link.vm_start(&worker()).await.unwrap();

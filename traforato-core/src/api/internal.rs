@@ -32,6 +32,10 @@ pub struct RegistrationRequest {
     /// Memory allocated to live sandboxes now (additive).
     #[serde(skip_serializing_if = "is_zero")]
     pub allocated_memory_mib: i64,
+    /// Whether the worker takes new sandboxes now (additive; absent means it does). A worker
+    /// above its memory high watermark or shutting down says `false`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accepting_sandboxes: Option<bool>,
 }
 
 fn is_zero(v: &i64) -> bool {
@@ -93,6 +97,32 @@ pub struct VmEventRequest {
         skip_serializing_if = "Option::is_none"
     )]
     pub timestamp: Option<DateTime<Utc>>,
+    /// The worker's load when the event happened (additive; a prototype event has none and
+    /// leaves the broker's view as it was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<WorkerCapacity>,
+}
+
+/// A worker's load at one moment, carried by VM events so that the broker learns of a full
+/// (or no longer full) worker without waiting for its next heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerCapacity {
+    /// Sandboxes live now.
+    #[serde(default)]
+    pub live_sandboxes: i64,
+    /// Cores allocated to live sandboxes and creates in flight.
+    #[serde(default)]
+    pub allocated_cores: i64,
+    /// Memory allocated to live sandboxes and creates in flight.
+    #[serde(default)]
+    pub allocated_memory_mib: i64,
+    /// Whether the worker takes new sandboxes now (absent means it does).
+    #[serde(default = "accepting_by_default")]
+    pub accepting_sandboxes: bool,
+}
+
+fn accepting_by_default() -> bool {
+    true
 }
 
 /// `200` from `POST /internal/workers/{worker_id}/vm-start`: boot one VM of this tuple.

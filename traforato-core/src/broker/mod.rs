@@ -9,9 +9,13 @@
 //! URLs), `availability` (the `/metrics/sandboxes` text). Decisions that differ from the
 //! prototype:
 //! - `placement_retry_max: 0` means no retries.
-//! - Cold placement asks the [`Scheduler`] with the capacity each worker reported at its last
-//!   registration plus the cold placements sent to it since.
-//! - Ready hints are handed out oldest first; a repeated `ready` keeps the hint's age.
+//! - Every create asks the [`Scheduler`], warm or cold and where, with the load each worker
+//!   last reported (at registration, a heartbeat, or in a VM event that carries it) plus the
+//!   creates sent to it since, and its ready hints of the tuple. A cold create queues one VM
+//!   start on the worker the scheduler picks to grow the tuple's warm pool. When the
+//!   scheduler picks nobody (no worker has room), the broker answers 503 itself.
+//! - A worker's ready hints are handed out oldest first; a repeated `ready` keeps the hint's
+//!   age.
 //! - The pending VM-start queue is bounded per worker (oldest dropped first) and cleared when
 //!   the worker deregisters, loses its lease or moves to another base URL.
 //! - Static workers stay static when they register and become unavailable (not forgotten)
@@ -42,7 +46,7 @@ use crate::api::{
 };
 use crate::clock::Clock;
 use crate::id::{ComponentId, LocalVmId, SandboxId};
-use crate::scheduler::Scheduler;
+use crate::scheduler::{Choice, Scheduler, WorkerLoad};
 use crate::telemetry::{Metrics, NoCapacityLabels, PlacementLabels};
 use crate::tuple::SandboxTuple;
 
@@ -104,7 +108,7 @@ pub enum BrokerError {
     /// 503.
     #[error("placement retry exhausted")]
     PlacementRetryExhausted,
-    /// 503: no active worker (with the SKU).
+    /// 503: no active worker (with the SKU), or none with room the scheduler would use.
     #[error("no placement capacity")]
     NoPlacementCapacity,
     /// 500.
@@ -242,9 +246,10 @@ impl Broker {
         });
     }
 
-    /// Places a create (`POST /sandboxes`): warm hint first (oldest ready VM of the tuple on
-    /// an active, SKU-matching worker), else a cold placement through the scheduler, which
-    /// also queues one VM start for that worker. `placement_retry` is the raw query value.
+    /// Places a create (`POST /sandboxes`) where the scheduler says: a ready VM of the tuple
+    /// on an active, SKU-matching worker (its oldest), or a cold boot, which also queues one
+    /// VM start where the scheduler wants the warm pool to grow. `placement_retry` is the raw
+    /// query value.
     pub fn place_create(
         &self,
         request: &CreateSandboxRequest,
@@ -271,26 +276,7 @@ impl Broker {
         let decision = {
             let mut guard = self.lock();
             let State { registry, ready } = &mut *guard;
-            let mut warm_base = None;
-            let warm = ready.pop_oldest(&tuple, |worker| match registry.get(worker) {
-                Some(w) if w.is_active(now) => {
-                    if !sku.is_empty() && w.hardware_sku != sku {
-                        Verdict::Skip
-                    } else {
-                        warm_base = Some(w.base_url.clone());
-                        Verdict::Take
-                    }
-                }
-                _ => Verdict::Drop,
-            });
-            match (warm, warm_base) {
-                (Some((worker_id, vm)), Some(base_url)) => Ok(Decision {
-                    worker_id,
-                    base_url,
-                    local_vm_id: Some(vm),
-                }),
-                _ => self.place_cold(registry, &tuple, sku, now),
-            }
+            self.decide(registry, ready, &tuple, sku, now)
         };
         let decision = decision.inspect_err(|reason| self.count_no_capacity(reason));
         let Decision {
@@ -336,21 +322,34 @@ impl Broker {
         })
     }
 
-    /// The cold path, under the lock: the scheduler chooses among active (SKU-matching)
-    /// workers; the choice is charged to the worker and one VM start is queued for it. The
-    /// error is the `reason` label of `broker.no_capacity.total`.
-    fn place_cold(
+    /// The placement, under the lock: the scheduler chooses among the active (SKU-matching)
+    /// workers between a ready sandbox and a cold boot; the create is charged to the chosen
+    /// worker, and a cold boot also queues one VM start of the tuple on the worker the
+    /// scheduler picks for it. The error is the `reason` label of `broker.no_capacity.total`.
+    fn decide(
         &self,
         registry: &mut Registry,
+        ready: &mut ReadyIndex,
         tuple: &SandboxTuple,
         sku: &str,
         now: DateTime<Utc>,
     ) -> Result<Decision, &'static str> {
-        let candidates =
-            placement::cold_candidates(registry, sku, now).map_err(|none| none.reason())?;
-        let chosen = self.scheduler.choose(tuple, &candidates);
-        let Some(worker_id) = chosen.filter(|id| candidates.iter().any(|c| &c.worker_id == id))
-        else {
+        let mut candidates = placement::candidates(registry, ready, tuple, sku, now)
+            .map_err(|none| none.reason())?;
+        let chosen = self.scheduler.place(tuple, &candidates);
+        let Some(index) = chosen.as_ref().and_then(|choice| {
+            candidates
+                .iter()
+                .position(|c| &c.worker_id == choice.worker_id())
+        }) else {
+            if candidates.iter().all(|c| !c.has_room(tuple.cpu)) {
+                tracing::info!(
+                    candidates = candidates.len(),
+                    tuple = %tuple,
+                    "no worker has room for the create"
+                );
+                return Err("no_room");
+            }
             tracing::warn!(
                 candidates = candidates.len(),
                 tuple = %tuple,
@@ -358,23 +357,67 @@ impl Broker {
             );
             return Err("scheduler_declined");
         };
+        let worker_id = candidates[index].worker_id.clone();
+        let warm = match chosen {
+            Some(Choice::Warm(_)) => {
+                let vm = ready.pop_oldest(tuple, |worker| {
+                    if !registry.is_active(worker, now) {
+                        Verdict::Drop
+                    } else if worker == &worker_id {
+                        Verdict::Take
+                    } else {
+                        Verdict::Skip
+                    }
+                });
+                if vm.is_none() {
+                    tracing::warn!(
+                        worker_id = %worker_id,
+                        tuple = %tuple,
+                        "scheduler chose a ready vm the worker does not have, placing cold"
+                    );
+                }
+                vm.map(|(_, vm)| vm)
+            }
+            _ => None,
+        };
         let worker = registry.get_mut(&worker_id).ok_or("scheduler_declined")?;
         worker.placed_since_heartbeat += 1;
-        if !tuple.image.is_empty() {
-            let dropped = worker.enqueue_start(tuple.clone(), self.config.pending_start_queue_max);
-            if dropped > 0 {
-                tracing::debug!(
-                    worker_id = %worker_id,
-                    dropped,
-                    "pending vm start queue full, dropped oldest requests"
-                );
-            }
-        }
-        Ok(Decision {
+        let decision = Decision {
             base_url: worker.base_url.clone(),
             worker_id,
-            local_vm_id: None,
-        })
+            local_vm_id: warm,
+        };
+        if warm.is_none() && !tuple.image.is_empty() {
+            candidates[index].placed_since_heartbeat += 1;
+            self.queue_warm_start(registry, tuple, &candidates);
+        }
+        Ok(decision)
+    }
+
+    /// Queues one VM start of `tuple` on the candidate the scheduler picks to grow the
+    /// tuple's warm pool (none when it picks nobody).
+    fn queue_warm_start(
+        &self,
+        registry: &mut Registry,
+        tuple: &SandboxTuple,
+        candidates: &[WorkerLoad],
+    ) {
+        let chosen = self.scheduler.warm_start(tuple, candidates);
+        let Some(worker) = chosen
+            .filter(|id| candidates.iter().any(|c| &c.worker_id == id))
+            .and_then(|id| registry.get_mut(&id))
+        else {
+            tracing::debug!(tuple = %tuple, "no worker chosen to grow the warm pool");
+            return;
+        };
+        let dropped = worker.enqueue_start(tuple.clone(), self.config.pending_start_queue_max);
+        if dropped > 0 {
+            tracing::debug!(
+                worker_id = %worker.id,
+                dropped,
+                "pending vm start queue full, dropped oldest requests"
+            );
+        }
     }
 
     /// Routes a sandbox-scoped request: `sandbox_id` is path segment 2, `path` the decoded
@@ -557,10 +600,13 @@ impl Broker {
         }
     }
 
-    /// Applies a VM event (`ready` adds a hint, `claimed`/`retired` remove it).
+    /// Applies a VM event (`ready` adds a hint, `claimed`/`retired` remove it) and the load
+    /// it carries, if any.
     ///
     /// A repeated `ready` for the same VM and tuple keeps the hint's original age, so a
-    /// re-announcement does not push an old ready VM behind newer ones.
+    /// re-announcement does not push an old ready VM behind newer ones. A reported load
+    /// replaces the worker's last one, like a heartbeat does: what the broker placed on the
+    /// worker since counts from then on.
     pub fn apply_vm_event(
         &self,
         worker_id: &str,
@@ -572,7 +618,15 @@ impl Broker {
             let mut guard = self.lock();
             let State { registry, ready } = &mut *guard;
             let id = self.check_internal_caller(registry, worker_id, now)?;
-            match action? {
+            let action = action?;
+            if let (Some(report), Some(worker)) = (&event.capacity, registry.get_mut(&id)) {
+                worker
+                    .capacity
+                    .update_load(report)
+                    .ok_or(BrokerError::InvalidVmEvent)?;
+                worker.placed_since_heartbeat = 0;
+            }
+            match action {
                 VmAction::Ready(vm, tuple) => {
                     ready.upsert(id.clone(), vm, tuple);
                     (id, vm)

@@ -1,11 +1,13 @@
 //! Placement helpers: the `placement_retry` query value and the candidate list handed to the
-//! scheduler for a cold create.
+//! scheduler for a create.
 
 use chrono::{DateTime, Utc};
 
+use super::ready::ReadyIndex;
 use super::registry::Registry;
 use super::BrokerError;
 use crate::scheduler::WorkerLoad;
+use crate::tuple::SandboxTuple;
 
 /// Parses the raw `placement_retry` query value: trimmed, empty or absent means 0, otherwise
 /// a non-negative integer (values beyond `u32` saturate; they are exhausted anyway).
@@ -41,19 +43,30 @@ impl NoCandidate {
     }
 }
 
-/// The active workers (with `sku`, when one is requested) in registration order.
-pub(super) fn cold_candidates(
+/// The active workers (with `sku`, when one is requested) in registration order, with their
+/// ready sandboxes and queued starts of `tuple`.
+pub(super) fn candidates(
     registry: &Registry,
+    ready: &ReadyIndex,
+    tuple: &SandboxTuple,
     sku: &str,
     now: DateTime<Utc>,
 ) -> Result<Vec<WorkerLoad>, NoCandidate> {
     let mut any_active = false;
+    let hints = ready.per_worker(tuple);
     let mut candidates: Vec<WorkerLoad> = registry
         .iter()
         .filter(|w| w.is_active(now))
         .inspect(|_| any_active = true)
         .filter(|w| sku.is_empty() || w.hardware_sku == sku)
-        .map(|w| w.load())
+        .map(|w| {
+            let mut load = w.load(tuple);
+            if let Some(&(count, oldest)) = hints.get(&w.id) {
+                load.ready = count;
+                load.oldest_ready = Some(oldest);
+            }
+            load
+        })
         .collect();
     if !any_active {
         return Err(NoCandidate::NoWorker);

@@ -128,6 +128,17 @@ impl ReadyIndex {
         taken
     }
 
+    /// For each worker with hints of `tuple`: how many, and the arrival position of its
+    /// oldest.
+    pub fn per_worker(&self, tuple: &SandboxTuple) -> HashMap<&ComponentId, (u64, u64)> {
+        let mut counts: HashMap<&ComponentId, (u64, u64)> = HashMap::new();
+        // Oldest first, so the first position seen for a worker is its oldest.
+        for (seq, (worker, _)) in self.by_tuple.get(tuple).into_iter().flatten() {
+            counts.entry(worker).or_insert((0, *seq)).0 += 1;
+        }
+        counts
+    }
+
     /// Every hint as (worker, tuple), in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&ComponentId, &SandboxTuple)> {
         self.hints
@@ -220,6 +231,20 @@ mod tests {
             vm(2)
         );
         assert!(idx.by_tuple.is_empty() && idx.by_worker.is_empty());
+    }
+
+    #[test]
+    fn per_worker_counts_and_oldest() {
+        let mut idx = ReadyIndex::default();
+        idx.upsert(id("b"), vm(1), tuple(1));
+        idx.upsert(id("a"), vm(2), tuple(1));
+        idx.upsert(id("b"), vm(3), tuple(1));
+        idx.upsert(id("a"), vm(4), tuple(2));
+        let counts = idx.per_worker(&tuple(1));
+        assert_eq!(counts.len(), 2);
+        assert_eq!(counts[&id("b")], (2, 0));
+        assert_eq!(counts[&id("a")], (1, 1));
+        assert!(idx.per_worker(&tuple(3)).is_empty());
     }
 
     #[test]

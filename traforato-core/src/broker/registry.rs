@@ -7,13 +7,14 @@ use chrono::{DateTime, Utc};
 use url::Url;
 
 use super::BrokerError;
-use crate::api::RegistrationRequest;
+use crate::api::{RegistrationRequest, WorkerCapacity};
 use crate::id::ComponentId;
 use crate::scheduler::WorkerLoad;
 use crate::tuple::SandboxTuple;
 
-/// Capacity and load as the worker last reported them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Capacity and load as the worker last reported them (at registration, a heartbeat or in a
+/// VM event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Capacity {
     pub total_cores: u64,
     pub total_memory_mib: u64,
@@ -21,6 +22,37 @@ pub(super) struct Capacity {
     pub live_sandboxes: u64,
     pub allocated_cores: u64,
     pub allocated_memory_mib: u64,
+    /// False when the worker said it takes no new sandboxes.
+    pub accepting: bool,
+}
+
+impl Default for Capacity {
+    /// Nothing reported: no limits known, accepting.
+    fn default() -> Self {
+        Self {
+            total_cores: 0,
+            total_memory_mib: 0,
+            max_live_sandboxes: 0,
+            live_sandboxes: 0,
+            allocated_cores: 0,
+            allocated_memory_mib: 0,
+            accepting: true,
+        }
+    }
+}
+
+impl Capacity {
+    /// Takes the load a VM event reported; `None` (and no change) when a value is negative.
+    pub fn update_load(&mut self, report: &WorkerCapacity) -> Option<()> {
+        let live = u64::try_from(report.live_sandboxes).ok()?;
+        let cores = u64::try_from(report.allocated_cores).ok()?;
+        let memory = u64::try_from(report.allocated_memory_mib).ok()?;
+        self.live_sandboxes = live;
+        self.allocated_cores = cores;
+        self.allocated_memory_mib = memory;
+        self.accepting = report.accepting_sandboxes;
+        Some(())
+    }
 }
 
 /// A registration request that passed validation.
@@ -57,6 +89,7 @@ pub(super) fn validate_registration(
             request.allocated_memory_mib,
             "allocated_memory_mib must be >= 0",
         )?,
+        accepting: request.accepting_sandboxes.unwrap_or(true),
     };
     Ok(ValidRegistration {
         hostname: hostname.to_string(),
@@ -144,11 +177,10 @@ impl WorkerRecord {
         !self.is_static && self.available && self.lease_expires_at.is_some_and(|l| now > l)
     }
 
-    /// The scheduler's view of this worker.
-    pub fn load(&self) -> WorkerLoad {
+    /// The scheduler's view of this worker for a create of `tuple`, without its ready
+    /// sandboxes (the ready index knows those).
+    pub fn load(&self, tuple: &SandboxTuple) -> WorkerLoad {
         WorkerLoad {
-            worker_id: self.id.clone(),
-            order: self.order,
             total_cores: self.capacity.total_cores,
             total_memory_mib: self.capacity.total_memory_mib,
             max_live_sandboxes: self.capacity.max_live_sandboxes,
@@ -156,6 +188,9 @@ impl WorkerRecord {
             allocated_cores: self.capacity.allocated_cores,
             allocated_memory_mib: self.capacity.allocated_memory_mib,
             placed_since_heartbeat: self.placed_since_heartbeat,
+            accepting: self.capacity.accepting,
+            starting: self.pending.iter().filter(|t| *t == tuple).count() as u64,
+            ..WorkerLoad::new(self.id.clone(), self.order)
         }
     }
 

@@ -7,8 +7,9 @@ use std::time::Duration;
 use chrono::TimeZone;
 
 use super::*;
+use crate::api::WorkerCapacity;
 use crate::clock::ManualClock;
-use crate::scheduler::{LeastLoaded, WorkerLoad};
+use crate::scheduler::{Choice, LeastLoaded, WorkerLoad};
 use crate::tuple::TART_DEFAULT_IMAGE;
 
 const VM_A: &str = "550e8400-e29b-41d4-a716-446655440000";
@@ -71,6 +72,7 @@ fn event(kind: &str, vm: &str, virtualization: &str, image: &str, cpu: i64) -> V
         image: image.into(),
         cpu,
         timestamp: None,
+        capacity: None,
     }
 }
 
@@ -1009,7 +1011,7 @@ fn cold_placement_goes_to_least_loaded() {
 fn scheduler_may_decline() {
     struct Nobody;
     impl Scheduler for Nobody {
-        fn choose(&self, _: &SandboxTuple, _: &[WorkerLoad]) -> Option<ComponentId> {
+        fn place(&self, _: &SandboxTuple, _: &[WorkerLoad]) -> Option<Choice> {
             None
         }
     }
@@ -1146,4 +1148,159 @@ async fn lease_sweeper_runs_until_shutdown() {
     );
     stop.send(()).unwrap();
     task.await.unwrap();
+}
+
+/// A registration of a worker at `base_url` with `max` cores and sandbox slots, `live` used.
+fn loaded(base_url: &str, max: i64, live: i64) -> RegistrationRequest {
+    RegistrationRequest {
+        hostname: "h".into(),
+        base_url: base_url.into(),
+        total_cores: max,
+        total_memory_mib: max * 1024,
+        max_live_sandboxes: max,
+        live_sandboxes: live,
+        allocated_cores: live,
+        allocated_memory_mib: live * 1024,
+        ..RegistrationRequest::default()
+    }
+}
+
+/// A VM event of a `vetu/ubuntu:24.04/1` VM carrying the worker's load.
+fn event_with_load(kind: &str, vm: &str, live: i64, accepting: bool) -> VmEventRequest {
+    VmEventRequest {
+        capacity: Some(WorkerCapacity {
+            live_sandboxes: live,
+            allocated_cores: live,
+            allocated_memory_mib: live * 1024,
+            accepting_sandboxes: accepting,
+        }),
+        ..event(kind, vm, "vetu", "ubuntu:24.04", 1)
+    }
+}
+
+#[test]
+fn full_workers_get_503_from_the_broker() {
+    let f = dev();
+    let b = &f.broker;
+    b.register_worker("worker_a", loaded("http://worker-a.local:8081", 2, 2))
+        .unwrap();
+    b.register_worker("worker_b", loaded("http://worker-b.local:8081", 2, 1))
+        .unwrap();
+    ready(b, "worker_a", VM_A, "vetu", "ubuntu:24.04", 1);
+    let req = create("vetu", "ubuntu:24.04", 1, "");
+    // b has one slot left; a, full, does not get the create even for its ready VM.
+    let p = b.place_create(&req, None).unwrap();
+    assert_eq!((p.worker_id.as_str(), p.local_vm_id), ("worker_b", None));
+    // Now both are full: the broker answers itself instead of redirecting into a bounce.
+    assert_eq!(
+        b.place_create(&req, None),
+        Err(BrokerError::NoPlacementCapacity)
+    );
+    assert_eq!(
+        b.place_create(&req, Some("1")),
+        Err(BrokerError::NoPlacementCapacity)
+    );
+    assert_eq!(no_capacity(b, "no_room"), Some(2.0));
+    assert_eq!(hint_count(b), 1, "the full worker keeps its ready vm");
+    // placement_retry_max still applies first.
+    assert_eq!(
+        b.place_create(&req, Some("3")),
+        Err(BrokerError::PlacementRetryExhausted)
+    );
+    // No VM start was queued: once b took the cold create, nobody had room to grow the
+    // warm pool.
+    assert_eq!(b.next_vm_start("worker_a").unwrap(), None);
+    assert_eq!(b.next_vm_start("worker_b").unwrap(), None);
+    // A sandbox on a goes away and a's next event says so: a takes the create again.
+    b.apply_vm_event("worker_a", event_with_load("retired", VM_C, 1, true))
+        .unwrap();
+    let p = b.place_create(&req, None).unwrap();
+    assert_eq!(p.worker_id.as_str(), "worker_a");
+    assert_eq!(p.local_vm_id.unwrap().to_string(), VM_A);
+}
+
+#[test]
+fn vm_events_update_the_workers_load() {
+    let f = dev();
+    let b = &f.broker;
+    b.register_worker("worker_a", loaded("http://worker-a.local:8081", 4, 0))
+        .unwrap();
+    b.register_worker("worker_b", loaded("http://worker-b.local:8081", 4, 0))
+        .unwrap();
+    let req = create("vetu", "ubuntu:24.04", 1, "");
+    let place = || b.place_create(&req, None).unwrap().worker_id.to_string();
+    // a's ready event says it is full now (without a heartbeat): the create goes to b.
+    b.apply_vm_event("worker_a", event_with_load("ready", VM_A, 4, true))
+        .unwrap();
+    assert_eq!(place(), "worker_b");
+    assert_eq!(hint_count(b), 1);
+    // A claim on a says it has room again; it resets what the broker placed since.
+    b.apply_vm_event("worker_a", event_with_load("claimed", VM_B, 0, true))
+        .unwrap();
+    assert_eq!(place(), "worker_a", "a ready vm on an idle worker");
+    // A worker that stops accepting (memory watermark) is left out, whatever its load.
+    b.apply_vm_event("worker_b", event_with_load("retired", VM_C, 0, false))
+        .unwrap();
+    assert_eq!(place(), "worker_a");
+    // A prototype event (no load) changes nothing about the load.
+    b.apply_vm_event(
+        "worker_b",
+        event("retired", VM_C, "vetu", "ubuntu:24.04", 1),
+    )
+    .unwrap();
+    assert_eq!(place(), "worker_a");
+    // A negative load is an invalid event and changes nothing.
+    assert_eq!(
+        b.apply_vm_event("worker_b", event_with_load("ready", VM_B, -1, true)),
+        Err(BrokerError::InvalidVmEvent)
+    );
+    assert_eq!(hint_count(b), 0);
+    // A heartbeat carries the accepting flag too.
+    b.register_worker("worker_b", loaded("http://worker-b.local:8081", 4, 0))
+        .unwrap();
+    assert_eq!(place(), "worker_b");
+}
+
+#[test]
+fn warm_claim_on_a_busy_worker_loses_to_an_idle_one() {
+    let f = dev();
+    let b = &f.broker;
+    b.register_worker("worker_a", loaded("http://worker-a.local:8081", 4, 3))
+        .unwrap();
+    b.register_worker("worker_b", loaded("http://worker-b.local:8081", 4, 0))
+        .unwrap();
+    ready(b, "worker_a", VM_A, "vetu", "ubuntu:24.04", 1);
+    let req = create("vetu", "ubuntu:24.04", 1, "");
+    let p = b.place_create(&req, None).unwrap();
+    assert_eq!((p.worker_id.as_str(), p.local_vm_id), ("worker_b", None));
+    assert_eq!(hint_count(b), 1);
+    // Once a is hardly busier than b, its ready vm wins.
+    b.apply_vm_event("worker_a", event_with_load("claimed", VM_B, 1, true))
+        .unwrap();
+    let p = b.place_create(&req, None).unwrap();
+    assert_eq!(p.worker_id.as_str(), "worker_a");
+    assert_eq!(p.local_vm_id.unwrap().to_string(), VM_A);
+}
+
+#[test]
+fn warm_starts_go_by_free_capacity() {
+    let f = dev();
+    let b = &f.broker;
+    b.register_worker("worker_a", loaded("http://worker-a.local:8081", 4, 0))
+        .unwrap();
+    b.register_worker("worker_b", loaded("http://worker-b.local:8081", 12, 0))
+        .unwrap();
+    let req = create("vetu", "ubuntu:24.04", 1, "");
+    // Four cold creates (no ready vm announced): they spread by load, while the warm pool
+    // they grow goes three to one to b, which has three times a's free slots.
+    let placed: Vec<String> = (0..4)
+        .map(|_| b.place_create(&req, None).unwrap().worker_id.to_string())
+        .collect();
+    assert_eq!(placed, ["worker_a", "worker_b", "worker_b", "worker_b"]);
+    let drain = |w: &str| {
+        std::iter::from_fn(|| b.next_vm_start(w).unwrap())
+            .take(10)
+            .count()
+    };
+    assert_eq!((drain("worker_a"), drain("worker_b")), (1, 3));
 }

@@ -4,6 +4,7 @@
 //! Invariant: whatever path a create takes, a failure leaves the reservation released, no VM
 //! behind, and any hinted VM back in the pool and announced ready again.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -252,7 +253,8 @@ impl Worker {
         Ok(())
     }
 
-    /// True while the memory the sandboxes actually use is above the high watermark.
+    /// True while the memory the sandboxes actually use is above the high watermark. Asks
+    /// the backends (which may read files): never call it under the state lock.
     pub(super) fn above_memory_watermark(&self) -> bool {
         let Some(limit_mib) = self.config.capacity.memory_high_watermark_mib else {
             return false;
@@ -262,7 +264,9 @@ impl Worker {
             .values()
             .filter_map(|b| b.memory_in_use())
             .sum();
-        used > limit_mib.saturating_mul(1 << 20)
+        let above = used > limit_mib.saturating_mul(1 << 20);
+        self.over_watermark.store(above, Ordering::Relaxed);
+        above
     }
 
     /// Retires idle warm sandboxes, oldest first, while the memory in use is above the
@@ -393,7 +397,7 @@ impl Worker {
                     Some(vm) => {
                         state.reserved.add(spec.usage());
                         let done = self.commit(&mut state, &spec, vm_id, vm);
-                        self.send_vm_event(VmEventKind::Claimed, vm_id, &spec.tuple);
+                        self.send_vm_event(&state, VmEventKind::Claimed, vm_id, &spec.tuple);
                         drop(state);
                         return Ok(self.created(&spec, done, StartType::Warm));
                     }
@@ -403,7 +407,7 @@ impl Worker {
             };
             // The broker dropped its hint when it redirected; the VM is still ours and idle.
             if let Some(tuple) = &pooled {
-                self.send_vm_event(VmEventKind::Ready, vm_id, tuple);
+                self.send_vm_event(&state, VmEventKind::Ready, vm_id, tuple);
             }
             reason
         };
@@ -455,7 +459,7 @@ impl Worker {
             state.reserved.add(spec.usage());
             if let Some((vm_id, vm)) = state.ready.claim_oldest(&spec.tuple) {
                 let done = self.commit(&mut state, &spec, vm_id, vm);
-                self.send_vm_event(VmEventKind::Claimed, vm_id, &spec.tuple);
+                self.send_vm_event(&state, VmEventKind::Claimed, vm_id, &spec.tuple);
                 drop(state);
                 return Ok(self.created(&spec, done, StartType::Warm));
             }

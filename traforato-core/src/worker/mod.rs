@@ -24,6 +24,7 @@ pub use link::{BrokerLink, InProcessBrokerLink, LinkError};
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -356,6 +357,14 @@ pub struct Worker {
     /// VM events to the broker, sent in order by one task (none without a broker).
     events: Option<mpsc::Sender<VmEventRequest>>,
     events_rx: Mutex<Option<mpsc::Receiver<VmEventRequest>>>,
+    /// The memory in use was above the high watermark when last measured (measured outside
+    /// the state lock; read by the reports sent under it).
+    over_watermark: AtomicBool,
+    /// The last load sent to the broker said the worker was full.
+    reported_full: AtomicBool,
+    /// Renews the registration at once: the broker's view of the load is wrong (a full
+    /// worker freed capacity, or a create was refused for lack of it).
+    heartbeat_wake: Notify,
 }
 
 impl Worker {
@@ -401,6 +410,9 @@ impl Worker {
             pool_wake: Notify::new(),
             events,
             events_rx: Mutex::new(events_rx),
+            over_watermark: AtomicBool::new(false),
+            reported_full: AtomicBool::new(false),
+            heartbeat_wake: Notify::new(),
         });
         let labels = WorkerLabels {
             worker_id: worker.config.worker_id.as_str(),
@@ -441,7 +453,12 @@ impl Worker {
         request: CreateSandboxRequest,
         query: CreateQuery<'_>,
     ) -> Result<CreateOutcome, WorkerError> {
-        self.create(principal, request, query).await
+        let outcome = self.create(principal, request, query).await;
+        if let Err(WorkerError::NoCapacity(_)) = &outcome {
+            // The broker sent a create this worker cannot take: correct its view now.
+            self.heartbeat_wake.notify_one();
+        }
+        outcome
     }
 
     /// `GET /sandboxes/{id}`.

@@ -8,6 +8,7 @@
 //! stay within it.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use super::lifecycle::stopped;
 use super::sandbox::destroy_vm;
 use super::state::State;
 use super::Worker;
-use crate::api::{VmEventKind, VmEventRequest, VmStartResponse};
+use crate::api::{VmEventKind, VmEventRequest, VmStartResponse, WorkerCapacity};
 use crate::backend::{BackendError, ExecSpec, OutputStream, Program, ProvisionSpec, Vm};
 use crate::id::LocalVmId;
 use crate::telemetry::{WarmupFailureLabels, WorkerCpuLabels};
@@ -57,9 +58,51 @@ pub(super) struct WarmJob {
 }
 
 impl Worker {
-    /// Queues a VM event for the broker. Cheap and synchronous: called under the state lock
-    /// so that events leave in the order the pool changed.
-    pub(super) fn send_vm_event(&self, kind: VmEventKind, vm_id: LocalVmId, tuple: &SandboxTuple) {
+    /// True when the worker takes no new sandbox, or has no slot, core or MiB left.
+    fn is_full(&self, state: &State) -> bool {
+        state.shutting_down
+            || self.over_watermark.load(Ordering::Relaxed)
+            || state.reserved.count >= self.config.max_live_sandboxes
+            || state.reserved.cores >= self.capacity_cores()
+            || state.reserved.memory_mib >= self.capacity_memory_mib()
+    }
+
+    /// The load reported to the broker (in VM events and heartbeats), from `state`. Records
+    /// whether it says the worker is full, so that freeing capacity later renews the
+    /// registration at once.
+    pub(super) fn capacity_report(&self, state: &State) -> WorkerCapacity {
+        let accepting = !state.shutting_down && !self.over_watermark.load(Ordering::Relaxed);
+        self.reported_full
+            .store(self.is_full(state), Ordering::Relaxed);
+        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        WorkerCapacity {
+            live_sandboxes: as_i64(state.sandboxes.len() as u64),
+            allocated_cores: as_i64(state.reserved.cores),
+            allocated_memory_mib: as_i64(state.reserved.memory_mib),
+            accepting_sandboxes: accepting,
+        }
+    }
+
+    /// After sandboxes left (their capacity is freed now or soon): if the worker is full, or
+    /// the broker last heard it was, renew the registration at once rather than at the next
+    /// heartbeat, so that the broker does not turn creates away meanwhile. Call it without
+    /// the state lock.
+    pub(super) fn capacity_freed(&self) {
+        let full = self.is_full(&self.lock());
+        if full || self.reported_full.load(Ordering::Relaxed) {
+            self.heartbeat_wake.notify_one();
+        }
+    }
+
+    /// Queues a VM event for the broker, with the load in `state`. Cheap and synchronous:
+    /// called under the state lock so that events leave in the order the pool changed.
+    pub(super) fn send_vm_event(
+        &self,
+        state: &State,
+        kind: VmEventKind,
+        vm_id: LocalVmId,
+        tuple: &SandboxTuple,
+    ) {
         let Some(events) = &self.events else {
             return;
         };
@@ -70,6 +113,7 @@ impl Worker {
             image: tuple.image.clone(),
             cpu: i64::from(tuple.cpu),
             timestamp: Some(self.clock.now()),
+            capacity: Some(self.capacity_report(state)),
         };
         if events.try_send(event).is_err() {
             tracing::warn!(
@@ -124,7 +168,7 @@ impl Worker {
         let state = self.lock();
         let ready = state.ready.snapshot();
         for (vm_id, tuple) in &ready {
-            self.send_vm_event(VmEventKind::Ready, *vm_id, tuple);
+            self.send_vm_event(&state, VmEventKind::Ready, *vm_id, tuple);
         }
         ready.len()
     }
@@ -224,7 +268,7 @@ impl Worker {
             })
             .map(|(tuple, _)| tuple)?;
         let (vm_id, vm) = state.ready.claim_oldest(&tuple)?;
-        self.send_vm_event(VmEventKind::Retired, vm_id, &tuple);
+        self.send_vm_event(state, VmEventKind::Retired, vm_id, &tuple);
         Some((vm_id, tuple, vm))
     }
 
@@ -363,7 +407,7 @@ impl Worker {
             } else {
                 state.ready.push(tuple.clone(), vm_id, vm);
                 state.warm_backoff.remove(&tuple);
-                self.send_vm_event(VmEventKind::Ready, vm_id, &tuple);
+                self.send_vm_event(&state, VmEventKind::Ready, vm_id, &tuple);
                 None
             }
         };

@@ -53,10 +53,9 @@ fn as_i64(v: u64) -> i64 {
 impl Worker {
     /// The body of a registration, with the current load.
     pub(super) fn registration_request(&self) -> RegistrationRequest {
-        let (live, usage) = {
-            let state = self.lock();
-            (state.sandboxes.len(), state.reserved)
-        };
+        // Measured here, outside the lock, for this report and the events that follow.
+        self.above_memory_watermark();
+        let load = self.capacity_report(&self.lock());
         RegistrationRequest {
             hostname: self.config.hostname.trim().to_string(),
             base_url: self.config.advertise_url.trim().to_string(),
@@ -64,9 +63,10 @@ impl Worker {
             total_cores: as_i64(self.capacity_cores()),
             total_memory_mib: as_i64(self.capacity_memory_mib()),
             max_live_sandboxes: i64::from(self.config.max_live_sandboxes),
-            live_sandboxes: as_i64(live as u64),
-            allocated_cores: as_i64(usage.cores),
-            allocated_memory_mib: as_i64(usage.memory_mib),
+            live_sandboxes: load.live_sandboxes,
+            allocated_cores: load.allocated_cores,
+            allocated_memory_mib: load.allocated_memory_mib,
+            accepting_sandboxes: Some(load.accepting_sandboxes),
         }
     }
 
@@ -124,6 +124,9 @@ impl Worker {
             tokio::select! {
                 _ = stopped(&mut stop) => break,
                 _ = tokio::time::sleep(delay) => {}
+                // The broker's view of the load is wrong: renew now. A refused registration
+                // keeps its backoff.
+                _ = self.heartbeat_wake.notified(), if registered.is_some() => {}
             }
         }
     }

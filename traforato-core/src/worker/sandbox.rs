@@ -123,6 +123,7 @@ impl Worker {
         self.update_capacity_gauges();
         self.update_warm_gauges();
         self.pool_wake.notify_one();
+        self.capacity_freed();
     }
 
     /// Destroys a removed sandbox's VM, stops its execs, then releases its capacity.

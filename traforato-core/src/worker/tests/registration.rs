@@ -1,6 +1,7 @@
 //! Worker tests: the registration loop: registration, heartbeats, VM starts, events, broker restarts.
 
 use super::*;
+use crate::api::WorkerCapacity;
 
 #[tokio::test(start_paused = true)]
 async fn registration_body_and_deregistration() {
@@ -211,4 +212,81 @@ async fn run_cleans_leftovers_first() {
     run.await.unwrap();
     // Once stopped, after its sandboxes are gone, each backend is told to release its own.
     assert_eq!(fake.counters().shutdowns, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_carry_the_load() {
+    let h = Harness::with(|c| c.max_live_sandboxes = 2);
+    h.link.starts.lock().unwrap().push_back(VmStartResponse {
+        virtualization: "fake".into(),
+        image: "img".into(),
+        cpu: 1,
+    });
+    let (run, stop) = h.start();
+    eventually("ready", || h.link.events_of("ready").len() == 1).await;
+    let ready = h.link.events_of("ready")[0].clone();
+    let idle = WorkerCapacity {
+        live_sandboxes: 0,
+        allocated_cores: 0,
+        allocated_memory_mib: 0,
+        accepting_sandboxes: true,
+    };
+    assert_eq!(ready.capacity, Some(idle));
+    let query = CreateQuery {
+        local_vm_id: Some(&ready.local_vm_id),
+        placement_retry: None,
+    };
+    let outcome = h.worker.create_sandbox(&dev(), req("img", 1), query).await;
+    assert!(matches!(outcome, Ok(CreateOutcome::Created(_))));
+    eventually("claimed", || h.link.events_of("claimed").len() == 1).await;
+    // The claim counts itself: one sandbox of 1 cpu and 2 GiB (16 GiB over 8 cores).
+    let loaded = WorkerCapacity {
+        live_sandboxes: 1,
+        allocated_cores: 1,
+        allocated_memory_mib: 2048,
+        accepting_sandboxes: true,
+    };
+    assert_eq!(h.link.events_of("claimed")[0].capacity, Some(loaded));
+    assert_eq!(
+        h.link.registrations.lock().unwrap()[0]
+            .1
+            .accepting_sandboxes,
+        Some(true)
+    );
+    stop.send(()).unwrap();
+    run.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_worker_renews_its_registration_at_once() {
+    // Heartbeats are 5 minutes apart: every registration after the first below is early.
+    let h = Harness::with(|c| {
+        c.max_live_sandboxes = 1;
+        c.registration_heartbeat = Duration::from_secs(300);
+    });
+    *h.link.lease_ttl_seconds.lock().unwrap() = 3600;
+    let (run, stop) = h.start();
+    eventually("registered", || h.link.registration_count() == 1).await;
+    let sid = h.sandbox().await;
+    // A create the worker has no room for: the broker's view was wrong; correct it.
+    let refused = h
+        .worker
+        .create_sandbox(&dev(), req("img", 1), CreateQuery::default())
+        .await;
+    assert!(matches!(refused, Err(WorkerError::NoCapacity(_))));
+    eventually("a renewal after the refusal", || {
+        h.link.registration_count() == 2
+    })
+    .await;
+    let live = |n: usize| h.link.registrations.lock().unwrap()[n].1.live_sandboxes;
+    assert_eq!(live(1), 1);
+    // The full worker frees its slot: the broker hears it now, not in 5 minutes.
+    h.worker.delete_sandbox(&dev(), &sid).await.unwrap();
+    eventually("a renewal saying the slot is free", || {
+        let regs = h.link.registrations.lock().unwrap();
+        regs.len() > 2 && regs.last().unwrap().1.live_sandboxes == 0
+    })
+    .await;
+    stop.send(()).unwrap();
+    run.await.unwrap();
 }
