@@ -137,6 +137,7 @@ pub fn status_for(err: &BrokerError) -> StatusCode {
         BrokerError::InvalidPlacementRetry => StatusCode::BAD_REQUEST,
         BrokerError::PlacementRetryExhausted => StatusCode::SERVICE_UNAVAILABLE,
         BrokerError::NoPlacementCapacity => StatusCode::SERVICE_UNAVAILABLE,
+        BrokerError::VirtualizationUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         BrokerError::RedirectUrl => StatusCode::INTERNAL_SERVER_ERROR,
         BrokerError::InvalidWorkerId => StatusCode::BAD_REQUEST,
         BrokerError::InvalidRegistration(_) => StatusCode::BAD_REQUEST,
@@ -515,6 +516,10 @@ mod tests {
         );
         assert_eq!(
             status_for(&BrokerError::NoPlacementCapacity),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status_for(&BrokerError::VirtualizationUnavailable("tart".into())),
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(

@@ -36,6 +36,10 @@ pub struct RegistrationRequest {
     /// above its memory high watermark or shutting down says `false`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accepting_sandboxes: Option<bool>,
+    /// The virtualizations the worker serves (additive). Absent or empty: any (a prototype
+    /// worker), so the broker may place every create there.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub virtualizations: Vec<String>,
 }
 
 fn is_zero(v: &i64) -> bool {

@@ -111,6 +111,9 @@ pub enum BrokerError {
     /// 503: no active worker (with the SKU), or none with room the scheduler would use.
     #[error("no placement capacity")]
     NoPlacementCapacity,
+    /// 503: active workers exist, but none serves the create's virtualization.
+    #[error("no worker serves virtualization {0}")]
+    VirtualizationUnavailable(String),
     /// 500.
     #[error("failed to build redirect URL")]
     RedirectUrl,
@@ -283,7 +286,12 @@ impl Broker {
             worker_id,
             base_url,
             local_vm_id,
-        } = decision.map_err(|_| BrokerError::NoPlacementCapacity)?;
+        } = decision.map_err(|reason| match reason {
+            "no_worker_for_virtualization" => {
+                BrokerError::VirtualizationUnavailable(tuple.virtualization.clone())
+            }
+            _ => BrokerError::NoPlacementCapacity,
+        })?;
         let location = redirect::create_location(&base_url, local_vm_id, retry)?;
         let result = if local_vm_id.is_some() {
             "ok_ready"
@@ -491,6 +499,7 @@ impl Broker {
                     worker.base_url = valid.base_url.clone();
                     worker.hardware_sku = valid.hardware_sku.clone();
                     worker.capacity = valid.capacity;
+                    worker.virtualizations = valid.virtualizations.clone();
                     worker.placed_since_heartbeat = 0;
                     worker.available = true;
                     worker.last_seen_at = now;
@@ -505,6 +514,7 @@ impl Broker {
                         base_url: valid.base_url.clone(),
                         hardware_sku: valid.hardware_sku.clone(),
                         capacity: valid.capacity,
+                        virtualizations: valid.virtualizations.clone(),
                         placed_since_heartbeat: 0,
                         available: true,
                         is_static: false,
@@ -773,6 +783,7 @@ impl Broker {
             hostname: worker.hostname.trim().to_string(),
             base_url,
             hardware_sku: worker.hardware_sku.trim().to_string(),
+            virtualizations: Vec::new(),
             capacity,
             placed_since_heartbeat: 0,
             available: true,

@@ -29,22 +29,25 @@ pub(super) fn parse_placement_retry(raw: Option<&str>) -> Result<u32, BrokerErro
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum NoCandidate {
     /// No worker is active.
-    NoWorker,
-    /// Workers are active, but none has the requested SKU.
-    NoMatchingSku,
+    AllInactive,
+    /// Workers are active, but none serves the tuple's virtualization.
+    VirtualizationUnserved,
+    /// Workers serve it, but none has the requested SKU.
+    SkuUnmatched,
 }
 
 impl NoCandidate {
     pub fn reason(self) -> &'static str {
         match self {
-            NoCandidate::NoWorker => "no_worker",
-            NoCandidate::NoMatchingSku => "no_matching_hardware_sku",
+            NoCandidate::AllInactive => "no_worker",
+            NoCandidate::VirtualizationUnserved => "no_worker_for_virtualization",
+            NoCandidate::SkuUnmatched => "no_matching_hardware_sku",
         }
     }
 }
 
-/// The active workers (with `sku`, when one is requested) in registration order, with their
-/// ready sandboxes and queued starts of `tuple`.
+/// The active workers that serve the tuple's virtualization (with `sku`, when one is
+/// requested) in registration order, with their ready sandboxes and queued starts of `tuple`.
 pub(super) fn candidates(
     registry: &Registry,
     ready: &ReadyIndex,
@@ -53,11 +56,14 @@ pub(super) fn candidates(
     now: DateTime<Utc>,
 ) -> Result<Vec<WorkerLoad>, NoCandidate> {
     let mut any_active = false;
+    let mut any_serving = false;
     let hints = ready.per_worker(tuple);
     let mut candidates: Vec<WorkerLoad> = registry
         .iter()
         .filter(|w| w.is_active(now))
         .inspect(|_| any_active = true)
+        .filter(|w| w.serves(&tuple.virtualization))
+        .inspect(|_| any_serving = true)
         .filter(|w| sku.is_empty() || w.hardware_sku == sku)
         .map(|w| {
             let mut load = w.load(tuple);
@@ -69,10 +75,13 @@ pub(super) fn candidates(
         })
         .collect();
     if !any_active {
-        return Err(NoCandidate::NoWorker);
+        return Err(NoCandidate::AllInactive);
+    }
+    if !any_serving {
+        return Err(NoCandidate::VirtualizationUnserved);
     }
     if candidates.is_empty() {
-        return Err(NoCandidate::NoMatchingSku);
+        return Err(NoCandidate::SkuUnmatched);
     }
     candidates.sort_by_key(|w| w.order);
     Ok(candidates)

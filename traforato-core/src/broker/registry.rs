@@ -62,6 +62,7 @@ pub(super) struct ValidRegistration {
     pub base_url: Url,
     pub hardware_sku: String,
     pub capacity: Capacity,
+    pub virtualizations: Vec<String>,
 }
 
 /// Checks a registration body; errors carry the exact contract messages.
@@ -96,6 +97,12 @@ pub(super) fn validate_registration(
         base_url,
         hardware_sku: request.hardware_sku.trim().to_string(),
         capacity,
+        virtualizations: request
+            .virtualizations
+            .iter()
+            .map(|v| v.trim().to_ascii_lowercase())
+            .filter(|v| !v.is_empty())
+            .collect(),
     })
 }
 
@@ -151,6 +158,8 @@ pub(super) struct WorkerRecord {
     pub base_url: Url,
     pub hardware_sku: String,
     pub capacity: Capacity,
+    /// What it serves; empty: any virtualization (a prototype worker, a static worker).
+    pub virtualizations: Vec<String>,
     /// Cold placements sent here since the last registration or heartbeat.
     pub placed_since_heartbeat: u64,
     pub available: bool,
@@ -166,6 +175,11 @@ pub(super) struct WorkerRecord {
 }
 
 impl WorkerRecord {
+    /// True when it serves `virtualization` (a worker that did not say, serves any).
+    pub fn serves(&self, virtualization: &str) -> bool {
+        self.virtualizations.is_empty() || self.virtualizations.iter().any(|v| v == virtualization)
+    }
+
     /// Available, and static or within its lease (expiry at the exact instant still counts).
     pub fn is_active(&self, now: DateTime<Utc>) -> bool {
         self.available
@@ -367,6 +381,7 @@ mod tests {
             hostname: "a".into(),
             base_url: Url::parse("http://a").unwrap(),
             hardware_sku: String::new(),
+            virtualizations: Vec::new(),
             capacity: Capacity::default(),
             placed_since_heartbeat: 0,
             available: true,

@@ -1304,3 +1304,79 @@ fn warm_starts_go_by_free_capacity() {
     };
     assert_eq!((drain("worker_a"), drain("worker_b")), (1, 3));
 }
+
+/// Placement by capability: a worker that lists what it serves gets only those creates; one
+/// that does not (a prototype worker) gets any; none serving the virtualization is a 503 that
+/// names it.
+#[test]
+fn cold_creates_go_to_workers_that_serve_the_virtualization() {
+    let f = dev();
+    let register = |id: &str, host: &str, virtualizations: &[&str]| {
+        f.broker
+            .register_worker(
+                id,
+                RegistrationRequest {
+                    hostname: host.into(),
+                    base_url: format!("http://{host}:8081"),
+                    total_cores: 16,
+                    total_memory_mib: 32768,
+                    max_live_sandboxes: 8,
+                    virtualizations: virtualizations.iter().map(|v| v.to_string()).collect(),
+                    ..RegistrationRequest::default()
+                },
+            )
+            .unwrap();
+    };
+    register("worker_c", "containers.local", &["container", " FAKE "]);
+    register("worker_v", "vms.local", &["vetu"]);
+    for _ in 0..3 {
+        let p = f
+            .broker
+            .place_create(&create("vetu", "ubuntu:24.04", 1, ""), None)
+            .unwrap();
+        assert!(
+            p.location.starts_with("http://vms.local:8081/"),
+            "{}",
+            p.location
+        );
+        let p = f
+            .broker
+            .place_create(&create("container", "host", 1, ""), None)
+            .unwrap();
+        assert!(
+            p.location.starts_with("http://containers.local:8081/"),
+            "{}",
+            p.location
+        );
+        let p = f
+            .broker
+            .place_create(&create("fake", "img", 1, ""), None)
+            .unwrap();
+        assert!(
+            p.location.starts_with("http://containers.local:8081/"),
+            "{}",
+            p.location
+        );
+    }
+    let err = f
+        .broker
+        .place_create(&create("tart", "macos", 1, ""), None)
+        .unwrap_err();
+    assert_eq!(err, BrokerError::VirtualizationUnavailable("tart".into()));
+    assert_eq!(err.to_string(), "no worker serves virtualization tart");
+    assert_eq!(
+        no_capacity(&f.broker, "no_worker_for_virtualization"),
+        Some(1.0)
+    );
+    // A worker that does not say what it serves serves anything.
+    register("worker_p", "prototype.local", &[]);
+    let p = f
+        .broker
+        .place_create(&create("tart", "macos", 1, ""), None)
+        .unwrap();
+    assert!(
+        p.location.starts_with("http://prototype.local:8081/"),
+        "{}",
+        p.location
+    );
+}

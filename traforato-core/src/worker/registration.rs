@@ -67,6 +67,7 @@ impl Worker {
             allocated_cores: load.allocated_cores,
             allocated_memory_mib: load.allocated_memory_mib,
             accepting_sandboxes: Some(load.accepting_sandboxes),
+            virtualizations: self.backends.keys().cloned().collect(),
         }
     }
 

@@ -290,3 +290,11 @@ async fn a_full_worker_renews_its_registration_at_once() {
     stop.send(()).unwrap();
     run.await.unwrap();
 }
+
+#[test]
+fn registration_lists_the_virtualizations_served() {
+    let h = Harness::new();
+    let mut served = h.worker.registration_request().virtualizations;
+    served.sort();
+    assert_eq!(served, vec!["fake", "tart", "vetu"]);
+}
