@@ -12,6 +12,7 @@ mod broker;
 mod container;
 mod exec;
 mod files;
+mod interactive;
 mod internal;
 mod proxy;
 mod sandboxes;
