@@ -126,6 +126,9 @@ fn shell(line: &str) -> ExecSpec {
         env: BTreeMap::new(),
         stdin: None,
         timeout: Duration::from_secs(30),
+        exec_id: None,
+        interactive: false,
+        tty: None,
     }
 }
 

@@ -13,6 +13,7 @@
 //!   [`serve_broker_with_auth`] (client and internal tokens).
 //! - [`worker`]: the worker's route table → [`Worker`] methods; [`serve_worker`] (dev) and
 //!   [`serve_worker_with_auth`] (client tokens, checked before routing).
+//! - [`events`]: an exec's frames as Server-Sent Events.
 //! - [`proxy`]: HTTP and WebSocket reverse proxy into a sandbox port.
 //! - [`link`]: [`link::HttpBrokerLink`], the worker's HTTP line to its broker, signing each
 //!   call with a fresh internal token.
@@ -35,6 +36,7 @@
 pub mod backends;
 pub mod broker;
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod linger;
 pub mod link;

@@ -15,7 +15,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tracing::Instrument;
 use traforato_core::api::{
-    CreateSandboxRequest, ExecRequest, HealthResponse, MkdirRequest, RunCodeRequest, WriteFileJson,
+    CreateSandboxRequest, ExecRequest, ExecResizeRequest, ExecSignalRequest, ExecStdinJson,
+    HealthResponse, MkdirRequest, RunCodeRequest, WriteFileJson,
 };
 use traforato_core::auth::{AuthConfig, AuthError, AuthMode, ClientAuthenticator, Principal};
 use traforato_core::backend::BoxedReader;
@@ -24,9 +25,11 @@ use traforato_core::id::SandboxId;
 use traforato_core::path::SandboxPath;
 use traforato_core::telemetry::AuthFailureLabels;
 use traforato_core::worker::{
-    decode_write_json, CreateOutcome, CreateQuery, ListQuery, RunCodeOutcome, Worker, WorkerError,
+    decode_exec_input, decode_write_json, CreateOutcome, CreateQuery, ListQuery, RunCodeOutcome,
+    Worker, WorkerError,
 };
 
+use crate::events::{frame_events, resume_cursor, wants_event_stream};
 use crate::http::{
     decode_json, error_for, error_response, first_header_element, header_str, json_response,
     percent_decode, read_body, redirect, segments, status_only, text_response, BodyError,
@@ -107,6 +110,12 @@ pub fn status_for(err: &WorkerError) -> StatusCode {
         WorkerError::ExecNotFound => StatusCode::NOT_FOUND,
         WorkerError::InvalidExec(_) => StatusCode::BAD_REQUEST,
         WorkerError::TooManyExecs(_) => StatusCode::TOO_MANY_REQUESTS,
+        WorkerError::ExecExited => StatusCode::CONFLICT,
+        WorkerError::StdinClosed => StatusCode::CONFLICT,
+        WorkerError::NotATerminal => StatusCode::CONFLICT,
+        WorkerError::ExecNotControllable => StatusCode::CONFLICT,
+        WorkerError::InvalidSignal => StatusCode::BAD_REQUEST,
+        WorkerError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
         WorkerError::InvalidRuntime => StatusCode::BAD_REQUEST,
         WorkerError::CodeRequired => StatusCode::BAD_REQUEST,
         WorkerError::CodeTooLarge => StatusCode::BAD_REQUEST,
@@ -167,14 +176,23 @@ pub enum SandboxOp<'a> {
     Mkdir,
     /// `POST /sandboxes/{id}/exec`.
     Exec,
+    /// `GET /sandboxes/{id}/exec`: the sandbox's execs.
+    ListExecs,
     /// `POST /sandboxes/{id}/exec/code`.
     RunCode,
     /// `GET /sandboxes/{id}/exec/ws`: 501.
     ExecWebSocket,
     /// `GET /sandboxes/{id}/exec/{exec_id}`.
     GetExec(&'a str),
-    /// `GET /sandboxes/{id}/exec/{exec_id}/frames`.
+    /// `GET /sandboxes/{id}/exec/{exec_id}/frames` (JSON, or Server-Sent Events with
+    /// `Accept: text/event-stream`).
     Frames(&'a str),
+    /// `POST /sandboxes/{id}/exec/{exec_id}/stdin`.
+    ExecStdin(&'a str),
+    /// `POST /sandboxes/{id}/exec/{exec_id}/signal`.
+    SignalExec(&'a str),
+    /// `POST /sandboxes/{id}/exec/{exec_id}/resize`.
+    ResizeExec(&'a str),
     /// `ANY /sandboxes/{id}/proxy/{port}[/rest]`.
     Proxy(&'a str),
     /// `GET /sandboxes/{id}/ports/{port}/url`.
@@ -231,10 +249,14 @@ impl<'a> WorkerRoute<'a> {
             (&Method::GET, ["files", "list"]) => SandboxOp::List,
             (&Method::POST, ["files", "mkdir"]) => SandboxOp::Mkdir,
             (&Method::POST, ["exec"]) => SandboxOp::Exec,
+            (&Method::GET, ["exec"]) => SandboxOp::ListExecs,
             (&Method::POST, ["exec", "code"]) => SandboxOp::RunCode,
             (&Method::GET, ["exec", "ws"]) => SandboxOp::ExecWebSocket,
             (&Method::GET, ["exec", exec_id]) => SandboxOp::GetExec(exec_id),
             (&Method::GET, ["exec", exec_id, "frames"]) => SandboxOp::Frames(exec_id),
+            (&Method::POST, ["exec", exec_id, "stdin"]) => SandboxOp::ExecStdin(exec_id),
+            (&Method::POST, ["exec", exec_id, "signal"]) => SandboxOp::SignalExec(exec_id),
+            (&Method::POST, ["exec", exec_id, "resize"]) => SandboxOp::ResizeExec(exec_id),
             (_, ["proxy", port, ..]) => SandboxOp::Proxy(port),
             (&Method::GET, ["ports", port, "url"]) => SandboxOp::PortUrl(port),
             _ => return Self::NotFound,
@@ -406,13 +428,36 @@ async fn dispatch(
                 ),
                 Err(err) => worker_error(&err),
             },
+            SandboxOp::ListExecs => {
+                reply(StatusCode::OK, worker.list_execs(p, id, query.get("limit")))
+            }
             SandboxOp::GetExec(exec_id) => reply(StatusCode::OK, worker.get_exec(p, id, exec_id)),
+            SandboxOp::Frames(exec_id) if wants_event_stream(req.headers()) => {
+                let cursor = resume_cursor(query.get("cursor"), req.headers());
+                match worker.exec_frame_stream(p, id, exec_id, cursor) {
+                    Ok(frames) => frame_events(frames),
+                    Err(err) => worker_error(&err),
+                }
+            }
             SandboxOp::Frames(exec_id) => reply(
                 StatusCode::OK,
                 worker
                     .exec_frames(p, id, exec_id, query.get("cursor"), query.get("wait"))
                     .await,
             ),
+            SandboxOp::ExecStdin(exec_id) => exec_stdin(worker, p, id, exec_id, req).await,
+            SandboxOp::SignalExec(exec_id) => {
+                match body_json::<ExecSignalRequest>(req, EXEC_BODY_MAX, true).await {
+                    Ok(request) => done(worker.signal_exec(p, id, exec_id, request).await),
+                    Err(resp) => resp,
+                }
+            }
+            SandboxOp::ResizeExec(exec_id) => {
+                match body_json::<ExecResizeRequest>(req, EXEC_BODY_MAX, true).await {
+                    Ok(request) => done(worker.resize_exec(p, id, exec_id, request).await),
+                    Err(resp) => resp,
+                }
+            }
             SandboxOp::Proxy(port) => crate::proxy::forward(worker, p, id, port, req, conn).await,
             SandboxOp::PortUrl(port) => {
                 let host = request_host(req.headers(), req.uri());
@@ -422,6 +467,14 @@ async fn dispatch(
                 )
             }
         },
+    }
+}
+
+/// `204` on success.
+fn done(result: Result<(), WorkerError>) -> HttpResponse {
+    match result {
+        Ok(()) => status_only(StatusCode::NO_CONTENT),
+        Err(err) => worker_error(&err),
     }
 }
 
@@ -553,6 +606,39 @@ async fn write_file(
     )
 }
 
+/// The input of `POST …/exec/{exec_id}/stdin`: with a JSON `Content-Type`, the
+/// `{data, encoding}` form (encoding `utf8` by default, or `base64`); otherwise the raw body.
+/// Empty input means EOF.
+pub fn decode_stdin(headers: &HeaderMap, body: bytes::Bytes) -> Result<bytes::Bytes, UploadError> {
+    let is_json = header_str(headers, "content-type")
+        .map(|ct| ct.to_ascii_lowercase().contains("application/json"))
+        .unwrap_or(false);
+    if !is_json {
+        return Ok(body);
+    }
+    let form: ExecStdinJson = decode_json(&body).map_err(|_| UploadError::InvalidJson)?;
+    Ok(decode_exec_input(&form.data, &form.encoding)?)
+}
+
+async fn exec_stdin(
+    worker: &Worker,
+    principal: &Principal,
+    id: &str,
+    exec_id: &str,
+    req: Request<RequestBody>,
+) -> HttpResponse {
+    let (parts, body) = req.into_parts();
+    let input = match read_body(body, EXEC_BODY_MAX).await {
+        Ok(bytes) => decode_stdin(&parts.headers, bytes),
+        Err(err) => Err(UploadError::Body(err)),
+    };
+    match input {
+        Ok(data) => done(worker.write_exec_stdin(principal, id, exec_id, data).await),
+        Err(UploadError::Content(err)) => worker_error(&err),
+        Err(err) => error_response(StatusCode::BAD_REQUEST, &err.to_string()),
+    }
+}
+
 fn raw_download(size: u64, body: BoxedReader) -> HttpResponse {
     let mut resp = Response::new(ReaderBody::new(body).boxed());
     resp.headers_mut().insert(
@@ -642,6 +728,20 @@ mod tests {
         assert_eq!(op(Method::POST, "/files/mkdir"), Some(SandboxOp::Mkdir));
         assert_eq!(op(Method::GET, "/files/mkdir"), None);
         assert_eq!(op(Method::POST, "/exec"), Some(SandboxOp::Exec));
+        assert_eq!(op(Method::GET, "/exec"), Some(SandboxOp::ListExecs));
+        assert_eq!(
+            op(Method::POST, "/exec/exec_1/stdin"),
+            Some(SandboxOp::ExecStdin("exec_1"))
+        );
+        assert_eq!(
+            op(Method::POST, "/exec/exec_1/signal"),
+            Some(SandboxOp::SignalExec("exec_1"))
+        );
+        assert_eq!(
+            op(Method::POST, "/exec/exec_1/resize"),
+            Some(SandboxOp::ResizeExec("exec_1"))
+        );
+        assert_eq!(op(Method::GET, "/exec/exec_1/stdin"), None);
         assert_eq!(op(Method::POST, "/exec/code"), Some(SandboxOp::RunCode));
         assert_eq!(op(Method::GET, "/exec/ws"), Some(SandboxOp::ExecWebSocket));
         assert_eq!(op(Method::POST, "/exec/ws"), None);
@@ -733,6 +833,11 @@ mod tests {
             (WorkerError::InvalidTtl, 400),
             (WorkerError::ExecNotFound, 404),
             (WorkerError::TooManyExecs(32), 429),
+            (WorkerError::ExecExited, 409),
+            (WorkerError::StdinClosed, 409),
+            (WorkerError::NotATerminal, 409),
+            (WorkerError::InvalidSignal, 400),
+            (WorkerError::Unsupported("x"), 501),
             (WorkerError::InvalidPath(PathError::NotAbsolute), 400),
             (WorkerError::FileNotFound, 404),
             (WorkerError::DirectoryNotEmpty, 409),

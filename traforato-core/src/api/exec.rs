@@ -24,6 +24,63 @@ pub struct ExecRequest {
     /// Kill the process group after this long (exit code 124); ≤ 0 means the default.
     #[serde(skip_serializing_if = "is_zero")]
     pub timeout_ms: i64,
+    /// Input written to the command's stdin first (additive), in `stdin_encoding`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// `utf8` (default, `utf-8` too) or `base64` (additive).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub stdin_encoding: String,
+    /// Keep stdin open after `stdin` for `POST …/exec/{exec_id}/stdin` until an empty body
+    /// (EOF) (additive). Without it stdin is closed after `stdin`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub interactive: bool,
+    /// Run on a pseudo-terminal (additive; implies `interactive`): one output stream
+    /// (`stdout` frames), `TERM=xterm-256color` unless `env` sets it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    /// Terminal lines with `tty` (default 24).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u16>,
+    /// Terminal columns with `tty` (default 80).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cols: Option<u16>,
+}
+
+/// The JSON form of `POST /sandboxes/{id}/exec/{exec_id}/stdin` (with a JSON content type);
+/// other bodies are the raw bytes. Empty `data` closes stdin (EOF).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExecStdinJson {
+    /// The input, in `encoding`.
+    pub data: String,
+    /// `utf8` (default, `utf-8` too) or `base64`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub encoding: String,
+}
+
+/// `POST /sandboxes/{id}/exec/{exec_id}/signal`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExecSignalRequest {
+    /// `TERM`, `KILL`, `INT` or `HUP` (a `SIG` prefix and any case are accepted).
+    pub signal: String,
+}
+
+/// `POST /sandboxes/{id}/exec/{exec_id}/resize`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExecResizeRequest {
+    /// Terminal lines (> 0).
+    pub rows: u16,
+    /// Terminal columns (> 0).
+    pub cols: u16,
+}
+
+/// `GET /sandboxes/{id}/exec`: the sandbox's execs, running first, then newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecList {
+    /// The records.
+    pub execs: Vec<ExecRecord>,
 }
 
 fn is_zero(v: &i64) -> bool {
@@ -92,6 +149,9 @@ pub struct ExecRecord {
     /// True when the exec was killed by its timeout (additive).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub timed_out: bool,
+    /// True when the exec runs on a pseudo-terminal (additive).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
 }
 
 fn is_zero_u64(v: &u64) -> bool {

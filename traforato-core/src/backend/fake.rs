@@ -11,6 +11,10 @@
 //! - **Connect** is a real TCP connection to `127.0.0.1:<port>` on the host (or to a host or
 //!   address configured per backend or per VM), so proxy tests can stand a listener in for a
 //!   sandbox's server.
+//! - **Control of a running exec** ([`Vm::control_exec`]) is recorded, not acted on
+//!   ([`FakeVm::exec_controls`]): input reaches no command and signals stop nothing. Only
+//!   what the worker can observe is honest: controls of an exec that is not running are
+//!   refused, and so is input after stdin was closed (by `CloseStdin`, or not `interactive`).
 //! - **Accounting**: provisions, failures, destroys and the set of live VM ids are counted so
 //!   tests can assert that nothing leaks.
 
@@ -28,12 +32,12 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    BackendError, BoxedReader, BoxedStream, CodeOutcome, CodeSpec, ExecExit, ExecSpec, FileEntry,
-    FileKind, FileReader, FileStat, FilesError, OutputChunk, OutputStream, Program, ProvisionSpec,
-    Runtime, Vm, VmBackend, WriteMode, TIMEOUT_EXIT_CODE,
+    BackendError, BoxedReader, BoxedStream, CodeOutcome, CodeSpec, ExecControl, ExecExit, ExecSpec,
+    FileEntry, FileKind, FileReader, FileStat, FilesError, OutputChunk, OutputStream, Program,
+    ProvisionSpec, Runtime, Vm, VmBackend, WriteMode, TIMEOUT_EXIT_CODE,
 };
 use crate::clock::{Clock, SystemClock};
-use crate::id::LocalVmId;
+use crate::id::{ExecId, LocalVmId};
 use crate::path::SandboxPath;
 
 /// The virtualization name of [`FakeBackend::new`].
@@ -313,6 +317,8 @@ impl VmBackend for FakeBackend {
                 ports: BTreeMap::new(),
             }),
             destroyed,
+            running: Mutex::default(),
+            controls: Mutex::default(),
         });
         state.vms.insert(vm.id, Arc::downgrade(&vm));
         state.counters.provisions += 1;
@@ -342,6 +348,24 @@ pub struct FakeVm {
     fs: Mutex<Option<FakeFs>>,
     connect: Mutex<ConnectTarget>,
     destroyed: watch::Sender<bool>,
+    /// Running controllable execs and whether their stdin is open.
+    running: Mutex<BTreeMap<ExecId, bool>>,
+    /// Every control accepted, in order.
+    controls: Mutex<Vec<(ExecId, ExecControl)>>,
+}
+
+/// Forgets a running exec when its play ends, however it ends.
+struct RunningGuard<'a> {
+    running: &'a Mutex<BTreeMap<ExecId, bool>>,
+    id: Option<ExecId>,
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.running.lock().expect("fake vm lock").remove(&id);
+        }
+    }
 }
 
 struct ConnectTarget {
@@ -374,6 +398,11 @@ impl FakeVm {
     /// destroyed.
     pub fn with_fs<R>(&self, f: impl FnOnce(&mut FakeFs) -> R) -> Option<R> {
         self.fs.lock().expect("fake vm lock").as_mut().map(f)
+    }
+
+    /// Every control of a running exec the VM accepted, in order.
+    pub fn exec_controls(&self) -> Vec<(ExecId, ExecControl)> {
+        self.controls.lock().expect("fake vm lock").clone()
     }
 
     /// Makes `connect(port)` reach `host:port` on the host.
@@ -495,7 +524,37 @@ impl Vm for FakeVm {
                 .and_then(|h| h(&spec, fs))
                 .unwrap_or_else(|| fake_shell(&spec, cwd, fs))
         })?;
+        if let Some(id) = spec.exec_id {
+            let open = spec.interactive || spec.tty.is_some();
+            self.running.lock().expect("fake vm lock").insert(id, open);
+        }
+        let _running = RunningGuard {
+            running: &self.running,
+            id: spec.exec_id,
+        };
         self.play(run, spec.timeout, output).await
+    }
+
+    async fn control_exec(
+        &self,
+        exec_id: &ExecId,
+        control: ExecControl,
+    ) -> Result<(), BackendError> {
+        let mut running = self.running.lock().expect("fake vm lock");
+        let stdin_open = running
+            .get_mut(exec_id)
+            .ok_or(BackendError::ExecNotRunning)?;
+        match control {
+            ExecControl::Stdin(_) if !*stdin_open => return Err(BackendError::StdinClosed),
+            ExecControl::CloseStdin if !*stdin_open => return Err(BackendError::StdinClosed),
+            ExecControl::CloseStdin => *stdin_open = false,
+            _ => {}
+        }
+        self.controls
+            .lock()
+            .expect("fake vm lock")
+            .push((*exec_id, control));
+        Ok(())
     }
 
     async fn run_code(
@@ -1319,6 +1378,9 @@ mod tests {
             env: BTreeMap::new(),
             stdin: None,
             timeout: Duration::from_secs(30),
+            exec_id: None,
+            interactive: false,
+            tty: None,
         }
     }
 

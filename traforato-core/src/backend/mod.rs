@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
-use crate::id::LocalVmId;
+use crate::id::{ExecId, LocalVmId};
 use crate::path::SandboxPath;
 use crate::tuple::SandboxTuple;
 
@@ -102,6 +102,16 @@ pub enum BackendError {
         #[source]
         source: io::Error,
     },
+    /// The exec named in [`Vm::control_exec`] is not running (it exited, or never ran here).
+    #[error("exec is not running")]
+    ExecNotRunning,
+    /// Input for an exec whose stdin was closed (by an EOF, or because the exec was not
+    /// interactive).
+    #[error("exec stdin is closed")]
+    StdinClosed,
+    /// The backend cannot do this at all (e.g. control a running exec).
+    #[error("not supported by this backend: {0}")]
+    Unsupported(&'static str),
     /// Any other failure, described.
     #[error("{0}")]
     Other(String),
@@ -240,10 +250,93 @@ pub struct ExecSpec {
     pub cwd: Option<String>,
     /// Extra environment, on top of the sandbox's base environment.
     pub env: BTreeMap<String, String>,
-    /// Bytes written to stdin, which is then closed. `None` means an empty stdin.
+    /// Bytes written to stdin first. `None` means none.
     pub stdin: Option<Bytes>,
     /// After this long the whole process group is killed and the exit code is 124.
     pub timeout: Duration,
+    /// The worker's id of this exec: while it runs, [`Vm::control_exec`] reaches it by this
+    /// id. `None` for execs nobody controls (warm-up scripts).
+    pub exec_id: Option<ExecId>,
+    /// Keep stdin open after `stdin` was written, for [`ExecControl::Stdin`] until
+    /// [`ExecControl::CloseStdin`]; `false` closes it after `stdin`.
+    pub interactive: bool,
+    /// Run the command on a pseudo-terminal of this size (its stdin, stdout and stderr, as
+    /// session leader with it as controlling terminal); all output then comes as
+    /// [`OutputStream::Stdout`]. Implies `interactive`.
+    pub tty: Option<TerminalSize>,
+}
+
+/// The size of a pseudo-terminal, in characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TerminalSize {
+    /// Lines.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
+}
+
+impl Default for TerminalSize {
+    /// 24 × 80, the classic terminal.
+    fn default() -> Self {
+        Self { rows: 24, cols: 80 }
+    }
+}
+
+/// A signal a client may send to a running exec's process group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecSignal {
+    /// SIGTERM: ask to stop.
+    Term,
+    /// SIGKILL: stop now.
+    Kill,
+    /// SIGINT: what Ctrl-C sends.
+    Int,
+    /// SIGHUP: the terminal went away.
+    Hup,
+}
+
+impl ExecSignal {
+    /// Parses `TERM`, `KILL`, `INT`, `HUP`, with or without `SIG`, in any case.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let upper = raw.trim().to_ascii_uppercase();
+        match upper.strip_prefix("SIG").unwrap_or(&upper) {
+            "TERM" => Some(Self::Term),
+            "KILL" => Some(Self::Kill),
+            "INT" => Some(Self::Int),
+            "HUP" => Some(Self::Hup),
+            _ => None,
+        }
+    }
+
+    /// The signal's number on Linux.
+    pub fn number(self) -> i32 {
+        match self {
+            Self::Hup => 1,
+            Self::Int => 2,
+            Self::Kill => 9,
+            Self::Term => 15,
+        }
+    }
+
+    /// The signal's number if it is one of these (for a backend's wire protocol).
+    pub fn from_number(number: i32) -> Option<Self> {
+        [Self::Hup, Self::Int, Self::Kill, Self::Term]
+            .into_iter()
+            .find(|s| s.number() == number)
+    }
+}
+
+/// What the worker asks of a running exec (see [`Vm::control_exec`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecControl {
+    /// Bytes for its stdin (never empty).
+    Stdin(Bytes),
+    /// Close its stdin: the command reads EOF.
+    CloseStdin,
+    /// Signal its process group.
+    Signal(ExecSignal),
+    /// Resize its terminal.
+    Resize(TerminalSize),
 }
 
 /// Which output stream a chunk came from.
@@ -394,6 +487,21 @@ pub trait Vm: Send + Sync + 'static {
         spec: ExecSpec,
         output: mpsc::Sender<OutputChunk>,
     ) -> Result<ExecExit, BackendError>;
+
+    /// Acts on a running exec started with [`ExecSpec::exec_id`] `Some(exec_id)`. Returns
+    /// once the input was handed to the command's stdin (it may wait while the pipe is full)
+    /// or the signal or size was delivered. Errors: [`BackendError::ExecNotRunning`] when no
+    /// such exec runs, [`BackendError::StdinClosed`] for input after its stdin was closed,
+    /// [`BackendError::InvalidRequest`] for a resize of an exec without a terminal. The
+    /// default answers [`BackendError::Unsupported`].
+    async fn control_exec(
+        &self,
+        exec_id: &ExecId,
+        control: ExecControl,
+    ) -> Result<(), BackendError> {
+        let _ = (exec_id, control);
+        Err(BackendError::Unsupported("control of a running exec"))
+    }
 
     /// Checks the code's syntax without running it; on success runs it like [`Vm::exec`].
     async fn run_code(

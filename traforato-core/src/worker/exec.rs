@@ -24,14 +24,17 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 
 use super::{RunCodeOutcome, Worker, WorkerError};
+use base64::Engine;
+use bytes::Bytes;
+
 use crate::api::{
-    parse_query_bool, ExecAccepted, ExecRecord, ExecRequest, Frame, FrameKind, FramesResponse,
-    RunCodeAccepted, RunCodeRequest, RunCodeResponse, SyntaxErrorBody,
+    parse_query_bool, ExecAccepted, ExecList, ExecRecord, ExecRequest, Frame, FrameKind,
+    FramesResponse, RunCodeAccepted, RunCodeRequest, RunCodeResponse, SyntaxErrorBody,
 };
 use crate::auth::Principal;
 use crate::backend::{
-    BackendError, CodeOutcome, CodeSpec, ExecExit, ExecSpec, OutputChunk, OutputStream, Program,
-    Runtime, Vm,
+    BackendError, CodeOutcome, CodeSpec, ExecControl, ExecExit, ExecSpec, OutputChunk,
+    OutputStream, Program, Runtime, TerminalSize, Vm,
 };
 use crate::clock::Clock;
 use crate::duration::{parse_duration, DurationError};
@@ -69,6 +72,12 @@ pub(super) const MAX_WAIT: Duration = Duration::from_secs(60);
 pub(super) const BACKEND_ERROR_EXIT_CODE: i32 = 127;
 /// Output chunks buffered between the backend and the frame log.
 const OUTPUT_CHANNEL: usize = 64;
+/// How long a control waits for a just-started exec to run in the backend.
+const CONTROL_START_WAIT: Duration = Duration::from_secs(5);
+/// How often a control retries meanwhile.
+const CONTROL_RETRY: Duration = Duration::from_millis(5);
+/// `TERM` of a command on a terminal whose request sets none.
+pub(super) const DEFAULT_TERM: &str = "xterm-256color";
 
 /// The bytes of output one sandbox's execs keep together (captured stdout and stderr, frame
 /// data). Shared by the execs; each gives back what it holds when it is dropped.
@@ -140,6 +149,8 @@ struct ExecData {
     /// Incomplete UTF-8 sequences at the end of the last stdout / stderr chunk.
     carry: [Vec<u8>; 2],
     syntax_error: bool,
+    /// Runs on a pseudo-terminal.
+    tty: bool,
     /// The sandbox's output budget, and what this exec holds of it.
     budget: Arc<OutputBudget>,
     charged: usize,
@@ -281,6 +292,7 @@ impl Exec {
         runtime: Option<Runtime>,
         command: String,
         started_at: DateTime<Utc>,
+        tty: bool,
         budget: Arc<OutputBudget>,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -298,6 +310,7 @@ impl Exec {
                 frame_bytes: 0,
                 carry: [Vec::new(), Vec::new()],
                 syntax_error: false,
+                tty,
                 budget,
                 charged: 0,
             }),
@@ -407,6 +420,7 @@ impl Exec {
             started_at: data.started_at,
             completed_at: data.exit.map(|e| e.completed_at),
             timed_out: data.exit.is_some_and(|e| e.timed_out),
+            tty: data.tty,
         }
     }
 
@@ -578,6 +592,76 @@ pub(super) fn parse_wait(raw: &str) -> Duration {
     wait.min(MAX_WAIT)
 }
 
+/// Decodes input for an exec's stdin: `utf8` (default; `utf-8` too) takes `data` as is,
+/// `base64` decodes it (standard alphabet with padding; CR and LF are ignored).
+pub fn decode_exec_input(data: &str, encoding: &str) -> Result<Bytes, WorkerError> {
+    match encoding.trim().to_ascii_lowercase().as_str() {
+        "" | "utf8" | "utf-8" => Ok(Bytes::copy_from_slice(data.as_bytes())),
+        "base64" => {
+            let cleaned: Vec<u8> = data
+                .bytes()
+                .filter(|b| *b != b'\r' && *b != b'\n')
+                .collect();
+            base64::engine::general_purpose::STANDARD
+                .decode(cleaned)
+                .map(Bytes::from)
+                .map_err(|_| WorkerError::InvalidBase64)
+        }
+        _ => Err(WorkerError::InvalidEncoding),
+    }
+}
+
+/// Execs a listing returns when it names no limit.
+const DEFAULT_EXEC_LIST_LIMIT: usize = 100;
+
+/// The frames of one exec from a cursor on, as they are appended: what a streaming shell
+/// (Server-Sent Events, WebSocket) sends. Ends after the exit frame, or when the exec was
+/// abandoned with its sandbox.
+pub struct FrameStream {
+    exec: Arc<Exec>,
+    progress: watch::Receiver<Progress>,
+    cursor: u64,
+    ready: VecDeque<(Frame, u64)>,
+    done: bool,
+}
+
+impl FrameStream {
+    /// The next frame and the cursor just after it; `None` once the stream has ended.
+    pub async fn next(&mut self) -> Option<(Frame, u64)> {
+        loop {
+            if let Some(next) = self.ready.pop_front() {
+                return Some(next);
+            }
+            if self.done {
+                return None;
+            }
+            let (frames, next, has_more) = self.exec.frames_from(self.cursor);
+            let first = next - frames.len() as u64;
+            for (i, frame) in frames.into_iter().enumerate() {
+                self.ready.push_back((frame, first + i as u64 + 1));
+            }
+            self.cursor = next;
+            self.done = !has_more;
+            if !self.ready.is_empty() || self.done {
+                continue;
+            }
+            let cursor = self.cursor;
+            // No lock held: the watch channel wakes this call on every new frame.
+            let progress = self
+                .progress
+                .wait_for(|p| p.total > cursor || p.finished)
+                .await
+                .ok()
+                .map(|p| *p);
+            match progress {
+                Some(p) if p.total > cursor => {}
+                // Finished without a new frame: abandoned with its sandbox.
+                _ => return None,
+            }
+        }
+    }
+}
+
 fn exec_urls(sandbox_id: &str, exec_id: &str) -> (String, String) {
     let poll = format!("/sandboxes/{sandbox_id}/exec/{exec_id}");
     let frames = format!("{poll}/frames");
@@ -586,12 +670,14 @@ fn exec_urls(sandbox_id: &str, exec_id: &str) -> (String, String) {
 
 impl Worker {
     /// Registers an exec on the sandbox and spawns `job` for it.
+    #[allow(clippy::too_many_arguments)]
     fn launch<F, Fut>(
         &self,
         principal: &Principal,
         id: &SandboxId,
+        exec_id: ExecId,
         runtime: Option<Runtime>,
-        command: String,
+        (command, tty): (String, bool),
         received: Instant,
         job: F,
     ) -> Result<(Arc<Exec>, JoinHandle<()>), WorkerError>
@@ -600,7 +686,6 @@ impl Worker {
         Fut: Future<Output = Result<Ended, BackendError>> + Send + 'static,
     {
         let now = self.clock.now();
-        let exec_id = ExecId::new();
         let (handle, cpu, tti, exec) = self.with_sandbox(principal, id, |entry| {
             let running = entry.execs.values().filter(|e| !e.is_exited()).count();
             if running >= MAX_RUNNING_EXECS_PER_SANDBOX {
@@ -612,6 +697,7 @@ impl Worker {
                 runtime,
                 command,
                 now,
+                tty,
                 entry.output.clone(),
             );
             let tti = (!entry.first_exec_seen).then(|| {
@@ -690,18 +776,46 @@ impl Worker {
             }
         };
         let cwd = check_cwd_env(&request.cwd, &request.env)?;
+        let stdin = match request.stdin.as_deref() {
+            Some(data) => Some(decode_exec_input(data, &request.stdin_encoding)?),
+            None => None,
+        };
+        let tty = match (request.tty, request.rows, request.cols) {
+            (false, None, None) => None,
+            (false, _, _) => return Err(WorkerError::InvalidExec("rows and cols need tty")),
+            (true, Some(0), _) | (true, _, Some(0)) => {
+                return Err(WorkerError::InvalidExec("rows and cols must be > 0"))
+            }
+            (true, rows, cols) => {
+                let default = TerminalSize::default();
+                Some(TerminalSize {
+                    rows: rows.unwrap_or(default.rows),
+                    cols: cols.unwrap_or(default.cols),
+                })
+            }
+        };
+        let mut env = request.env;
+        if tty.is_some() {
+            env.entry("TERM".to_string())
+                .or_insert_with(|| DEFAULT_TERM.to_string());
+        }
+        let exec_id = ExecId::new();
         let spec = ExecSpec {
             program,
             cwd,
-            env: request.env,
-            stdin: None,
+            env,
+            stdin,
             timeout: timeout_from(request.timeout_ms, DEFAULT_EXEC_TIMEOUT),
+            exec_id: Some(exec_id),
+            interactive: request.interactive || tty.is_some(),
+            tty,
         };
         let (exec, _task) = self.launch(
             principal,
             &id,
+            exec_id,
             None,
-            command,
+            (command, tty.is_some()),
             received,
             |vm, tx| async move { vm.exec(spec, tx).await.map(Ended::Exit) },
         )?;
@@ -745,8 +859,9 @@ impl Worker {
         let (exec, task) = self.launch(
             principal,
             &id,
+            ExecId::new(),
             Some(runtime),
-            String::new(),
+            (String::new(), false),
             received,
             |vm, tx| async move {
                 vm.run_code(spec, tx).await.map(|outcome| match outcome {
@@ -864,6 +979,106 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// Hands `control` to a running exec of the sandbox.
+    pub(super) async fn control(
+        &self,
+        principal: &Principal,
+        raw_id: &str,
+        raw_exec: &str,
+        control: ExecControl,
+    ) -> Result<(), WorkerError> {
+        let id = self.parse_id(raw_id)?;
+        let exec = self.find_exec(principal, &id, raw_exec)?;
+        let (exited, runtime, tty) = {
+            let data = exec.data();
+            (data.exit.is_some(), data.runtime, data.tty)
+        };
+        if runtime.is_some() {
+            return Err(WorkerError::ExecNotControllable);
+        }
+        if exited {
+            return Err(WorkerError::ExecExited);
+        }
+        if matches!(control, ExecControl::Resize(_)) && !tty {
+            return Err(WorkerError::NotATerminal);
+        }
+        let vm = self.sandbox(principal, &id)?.vm;
+        // The 202 of a start goes out before the backend has the command running, so a
+        // control that follows at once may find it not running yet: retried briefly while the
+        // worker's record says it runs.
+        let deadline = Instant::now() + CONTROL_START_WAIT;
+        let result = loop {
+            match vm.control_exec(&exec.id, control.clone()).await {
+                Err(BackendError::ExecNotRunning)
+                    if !exec.is_exited() && Instant::now() < deadline =>
+                {
+                    let mut progress = exec.progress.subscribe();
+                    let _ = tokio::time::timeout(CONTROL_RETRY, progress.wait_for(|p| p.finished))
+                        .await;
+                }
+                other => break other,
+            }
+        };
+        result.map_err(|error| match error {
+            BackendError::ExecNotRunning => WorkerError::ExecExited,
+            BackendError::StdinClosed => WorkerError::StdinClosed,
+            BackendError::Unsupported(what) => WorkerError::Unsupported(what),
+            other => WorkerError::Backend(other),
+        })
+    }
+
+    /// The sandbox's execs: running first, then newest first, at most `limit`.
+    pub(super) fn exec_list(
+        &self,
+        principal: &Principal,
+        raw_id: &str,
+        limit: Option<&str>,
+    ) -> Result<ExecList, WorkerError> {
+        let id = self.parse_id(raw_id)?;
+        let limit = match limit.map(str::trim).filter(|l| !l.is_empty()) {
+            None => DEFAULT_EXEC_LIST_LIMIT,
+            Some(raw) => match raw.parse::<usize>() {
+                Ok(n) if n > 0 => n.min(MAX_EXECS_PER_SANDBOX),
+                _ => return Err(WorkerError::InvalidLimit),
+            },
+        };
+        // Exec ids are ULIDs: reverse map order is newest first (to the millisecond).
+        let execs: Vec<Arc<Exec>> = self.with_sandbox(principal, &id, |entry| {
+            entry.execs.values().rev().cloned().collect()
+        })?;
+        let mut records: Vec<ExecRecord> = execs.iter().map(|e| e.record()).collect();
+        // Stable: ties of the same millisecond keep the ids' order.
+        records.sort_by(|a, b| {
+            (a.status != "running")
+                .cmp(&(b.status != "running"))
+                .then(b.started_at.cmp(&a.started_at))
+        });
+        records.truncate(limit);
+        Ok(ExecList { execs: records })
+    }
+
+    /// The frames of an exec from `cursor` on, as they come.
+    pub(super) fn frame_stream(
+        &self,
+        principal: &Principal,
+        raw_id: &str,
+        raw_exec: &str,
+        cursor: Option<&str>,
+    ) -> Result<FrameStream, WorkerError> {
+        let id = self.parse_id(raw_id)?;
+        let exec = self.find_exec(principal, &id, raw_exec)?;
+        let progress = exec.progress.subscribe();
+        Ok(FrameStream {
+            exec,
+            progress,
+            cursor: parse_cursor(cursor),
+            ready: VecDeque::new(),
+            done: false,
+        })
+    }
+}
+
 /// Forgets the oldest exited execs beyond [`MAX_EXECS_PER_SANDBOX`] and while the sandbox's
 /// output budget is exceeded.
 fn prune_execs(execs: &mut BTreeMap<ExecId, Arc<Exec>>, budget: &OutputBudget) {
@@ -902,6 +1117,7 @@ mod unit {
             None,
             "cmd".into(),
             Utc::now(),
+            false,
             budget.clone(),
         );
         (id, exec)
@@ -1059,6 +1275,7 @@ mod unit {
             None,
             "true".into(),
             Utc::now(),
+            false,
             budget(MAX_OUTPUT_BYTES_PER_SANDBOX),
         );
         let ts = Utc::now();

@@ -19,6 +19,7 @@ mod state;
 #[cfg(all(test, feature = "test-util"))]
 mod tests;
 
+pub use exec::{decode_exec_input, FrameStream};
 pub use files::decode_write_json;
 pub use link::{BrokerLink, InProcessBrokerLink, LinkError};
 
@@ -31,13 +32,17 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 
 use crate::api::{
-    CreateSandboxRequest, CreateSandboxResponse, ExecAccepted, ExecRecord, ExecRequest,
-    FramesResponse, LeaseResponse, ListResponse, MkdirRequest, MkdirResponse, PortUrlResponse,
-    ReadFileResponse, RunCodeAccepted, RunCodeRequest, RunCodeResponse, SandboxResponse,
-    StatResponse, SyntaxErrorBody, VmEventRequest, WriteFileResponse,
+    CreateSandboxRequest, CreateSandboxResponse, ExecAccepted, ExecList, ExecRecord, ExecRequest,
+    ExecResizeRequest, ExecSignalRequest, FramesResponse, LeaseResponse, ListResponse,
+    MkdirRequest, MkdirResponse, PortUrlResponse, ReadFileResponse, RunCodeAccepted,
+    RunCodeRequest, RunCodeResponse, SandboxResponse, StatResponse, SyntaxErrorBody,
+    VmEventRequest, WriteFileResponse,
 };
 use crate::auth::{AuthMode, Principal};
-use crate::backend::{BackendError, BoxedReader, BoxedStream, FileReader, VmBackend};
+use crate::backend::{
+    BackendError, BoxedReader, BoxedStream, ExecControl, ExecSignal, FileReader, TerminalSize,
+    VmBackend,
+};
 use crate::clock::Clock;
 use crate::id::{ComponentId, SandboxId};
 use crate::path::PathError;
@@ -211,6 +216,25 @@ pub enum WorkerError {
     /// 400.
     #[error("invalid exec request: {0}")]
     InvalidExec(&'static str),
+    /// 409: the exec has exited, so it takes no more input, signals or resizes.
+    #[error("exec has exited")]
+    ExecExited,
+    /// 409: input for an exec whose stdin was closed (an EOF was sent, or it was started
+    /// without `interactive`).
+    #[error("exec stdin is closed")]
+    StdinClosed,
+    /// 409: a resize for an exec that runs without a terminal.
+    #[error("exec has no terminal")]
+    NotATerminal,
+    /// 409: run-code execs take no input, signals or resizes.
+    #[error("run-code execs take no input, signals or resizes")]
+    ExecNotControllable,
+    /// 400.
+    #[error("signal must be one of: TERM, KILL, INT, HUP")]
+    InvalidSignal,
+    /// 501: the sandbox's backend cannot do it.
+    #[error("not supported by this backend: {0}")]
+    Unsupported(&'static str),
     /// 429: the sandbox already runs as many execs as it may.
     #[error("too many running execs in this sandbox (at most {0}); wait for one to finish")]
     TooManyExecs(usize),
@@ -527,6 +551,78 @@ impl Worker {
         wait: Option<&str>,
     ) -> Result<FramesResponse, WorkerError> {
         self.frames(principal, id, exec_id, cursor, wait).await
+    }
+
+    /// `GET /sandboxes/{id}/exec?limit=N`: the sandbox's execs, running first, then newest
+    /// first (at most `limit`, default 100).
+    pub fn list_execs(
+        &self,
+        principal: &Principal,
+        id: &str,
+        limit: Option<&str>,
+    ) -> Result<ExecList, WorkerError> {
+        self.exec_list(principal, id, limit)
+    }
+
+    /// `GET /sandboxes/{id}/exec/{exec_id}/frames` as a stream (Server-Sent Events): every
+    /// frame from `cursor` on as it is appended, until the exit frame.
+    pub fn exec_frame_stream(
+        &self,
+        principal: &Principal,
+        id: &str,
+        exec_id: &str,
+        cursor: Option<&str>,
+    ) -> Result<FrameStream, WorkerError> {
+        self.frame_stream(principal, id, exec_id, cursor)
+    }
+
+    /// `POST /sandboxes/{id}/exec/{exec_id}/stdin`: hands `data` to the running exec's stdin;
+    /// empty `data` closes it (EOF). 409 once the exec has exited or its stdin was closed.
+    pub async fn write_exec_stdin(
+        &self,
+        principal: &Principal,
+        id: &str,
+        exec_id: &str,
+        data: bytes::Bytes,
+    ) -> Result<(), WorkerError> {
+        let control = if data.is_empty() {
+            ExecControl::CloseStdin
+        } else {
+            ExecControl::Stdin(data)
+        };
+        self.control(principal, id, exec_id, control).await
+    }
+
+    /// `POST /sandboxes/{id}/exec/{exec_id}/signal`: signals the exec's process group.
+    pub async fn signal_exec(
+        &self,
+        principal: &Principal,
+        id: &str,
+        exec_id: &str,
+        request: ExecSignalRequest,
+    ) -> Result<(), WorkerError> {
+        let signal = ExecSignal::parse(&request.signal).ok_or(WorkerError::InvalidSignal)?;
+        self.control(principal, id, exec_id, ExecControl::Signal(signal))
+            .await
+    }
+
+    /// `POST /sandboxes/{id}/exec/{exec_id}/resize`: sets the size of the exec's terminal.
+    pub async fn resize_exec(
+        &self,
+        principal: &Principal,
+        id: &str,
+        exec_id: &str,
+        request: ExecResizeRequest,
+    ) -> Result<(), WorkerError> {
+        if request.rows == 0 || request.cols == 0 {
+            return Err(WorkerError::InvalidExec("rows and cols must be > 0"));
+        }
+        let size = TerminalSize {
+            rows: request.rows,
+            cols: request.cols,
+        };
+        self.control(principal, id, exec_id, ExecControl::Resize(size))
+            .await
     }
 
     /// `PUT /sandboxes/{id}/files?path=P`: `content` is the decoded payload.

@@ -493,6 +493,9 @@ async fn warm_up(vm: &dyn Vm, script: &str, timeout: Duration) -> Result<(), Str
         env: BTreeMap::new(),
         stdin: None,
         timeout,
+        exec_id: None,
+        interactive: false,
+        tty: None,
     };
     let mut stderr: Vec<u8> = Vec::new();
     let result = pump(vm.exec(spec, tx), rx, |chunk| {

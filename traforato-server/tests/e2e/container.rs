@@ -14,7 +14,7 @@ use crate::harness::*;
 
 /// A container backend with its own state dir and cgroup parent; the worker binary is the
 /// sandbox init (it calls `init_main_if_requested` first thing).
-fn container_backend(tag: &str) -> Option<(Arc<ContainerBackend>, std::path::PathBuf)> {
+pub(crate) fn container_backend(tag: &str) -> Option<(Arc<ContainerBackend>, std::path::PathBuf)> {
     if !rustix::process::geteuid().is_root() {
         eprintln!("skipping: needs root (runs in CI as root)");
         return None;

@@ -13,6 +13,7 @@ mod container;
 mod exec;
 mod files;
 mod fleet;
+mod interactive;
 mod internal;
 mod proxy;
 mod sandboxes;

@@ -1,6 +1,8 @@
 //! Running one command in a sandbox, worker side: pipes for stdio, the exec request to the
-//! init, output streamed as it is read, the timeout that kills the process group.
+//! init, output streamed as it is read, the timeout that kills the process group, and the
+//! running execs the worker may still act on (stdin, signals).
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +17,10 @@ use tokio::time::Instant;
 use super::agent::{AgentConn, ExecEvent};
 use super::protocol::Request;
 use crate::backend::{
-    BackendError, BoxedReader, ExecExit, FilesError, OutputChunk, OutputStream, TIMEOUT_EXIT_CODE,
+    BackendError, BoxedReader, ExecControl, ExecExit, FilesError, OutputChunk, OutputStream,
+    TIMEOUT_EXIT_CODE,
 };
+use crate::id::ExecId;
 
 /// After the command exits, how long output is still forwarded while background processes
 /// keep its stdout/stderr open. Later output is read and dropped, so those processes never
@@ -38,10 +42,101 @@ pub(crate) struct Command {
     pub env: Vec<(String, String)>,
     /// Working directory inside the sandbox.
     pub cwd: String,
-    /// Bytes for stdin, then EOF.
+    /// Bytes for stdin first.
     pub stdin: Option<Bytes>,
     /// Kill the process group after this long.
     pub timeout: Duration,
+    /// The worker's id of the exec, by which [`control`] reaches it while it runs.
+    pub exec_id: Option<ExecId>,
+    /// Keep stdin open after `stdin` (else EOF follows it).
+    pub interactive: bool,
+}
+
+/// The write end of a running exec's stdin; `None` once closed.
+type Stdin = Arc<Mutex<Option<pipe::Sender>>>;
+
+/// A running exec the worker may act on.
+struct RunningExec {
+    /// The exec's id in the agent's protocol.
+    agent_id: u64,
+    stdin: Stdin,
+}
+
+/// The running execs of one sandbox, by the worker's exec id.
+#[derive(Default)]
+pub(crate) struct RunningExecs(std::sync::Mutex<HashMap<ExecId, Arc<RunningExec>>>);
+
+impl RunningExecs {
+    fn get(&self, id: &ExecId) -> Option<Arc<RunningExec>> {
+        self.0.lock().expect("running execs lock").get(id).cloned()
+    }
+
+    fn insert(&self, id: ExecId, exec: RunningExec) {
+        self.0
+            .lock()
+            .expect("running execs lock")
+            .insert(id, Arc::new(exec));
+    }
+
+    fn remove(&self, id: &ExecId) {
+        self.0.lock().expect("running execs lock").remove(id);
+    }
+}
+
+/// Forgets a running exec when [`run`] returns or is dropped.
+struct Unlist<'a> {
+    running: &'a RunningExecs,
+    id: Option<ExecId>,
+}
+
+impl Drop for Unlist<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.running.remove(&id);
+        }
+    }
+}
+
+/// Acts on the running exec `id`: writes to or closes its stdin, or signals its process group.
+pub(crate) async fn control(
+    agent: &Arc<AgentConn>,
+    running: &RunningExecs,
+    id: &ExecId,
+    control: ExecControl,
+) -> Result<(), BackendError> {
+    let exec = running.get(id).ok_or(BackendError::ExecNotRunning)?;
+    match control {
+        ExecControl::Stdin(data) => {
+            let mut stdin = exec.stdin.lock().await;
+            let writer = stdin.as_mut().ok_or(BackendError::StdinClosed)?;
+            // Fails once nothing in the sandbox holds the read end any more.
+            if writer.write_all(&data).await.is_err() {
+                *stdin = None;
+                return Err(BackendError::StdinClosed);
+            }
+            Ok(())
+        }
+        ExecControl::CloseStdin => match exec.stdin.lock().await.take() {
+            Some(_) => Ok(()),
+            None => Err(BackendError::StdinClosed),
+        },
+        ExecControl::Signal(signal) => {
+            let request = Request::Signal {
+                id: exec.agent_id,
+                signal: signal.number(),
+            };
+            agent.send(&request, &[]).await.map_err(|e| {
+                if agent.is_alive() {
+                    BackendError::io("send signal request", e)
+                } else {
+                    BackendError::Gone
+                }
+            })
+        }
+        ExecControl::Resize(_) => Err(BackendError::InvalidRequest(
+            "exec has no terminal".to_string(),
+        )),
+    }
 }
 
 /// Where output goes; `None` once the exec has returned.
@@ -74,6 +169,7 @@ pub(crate) fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd), BackendError> {
 /// Runs `command` through the sandbox's init and streams its output to `output`.
 pub(crate) async fn run(
     agent: &Arc<AgentConn>,
+    running: &RunningExecs,
     command: Command,
     output: mpsc::Sender<OutputChunk>,
 ) -> Result<ExecExit, BackendError> {
@@ -127,9 +223,28 @@ pub(crate) async fn run(
     let out = pipe::Receiver::from_owned_fd(out_r).map_err(io_error("open stdout pipe"))?;
     let err = pipe::Receiver::from_owned_fd(err_r).map_err(io_error("open stderr pipe"))?;
     let input = pipe::Sender::from_owned_fd(stdin_w).map_err(io_error("open stdin pipe"))?;
+    let stdin: Stdin = Arc::new(Mutex::new(Some(input)));
+    // Locked before anyone can see it: the first bytes on stdin are the request's.
+    let first = Arc::clone(&stdin)
+        .try_lock_owned()
+        .expect("a new stdin is unlocked");
+    let _unlist = Unlist {
+        running,
+        id: command.exec_id,
+    };
+    if let Some(exec_id) = command.exec_id {
+        running.insert(
+            exec_id,
+            RunningExec {
+                agent_id: id,
+                stdin: Arc::clone(&stdin),
+            },
+        );
+    }
+    drop(stdin);
     let mut out_task = tokio::spawn(pump(out, OutputStream::Stdout, Arc::clone(&sink)));
     let mut err_task = tokio::spawn(pump(err, OutputStream::Stderr, Arc::clone(&sink)));
-    let stdin_task = tokio::spawn(feed(input, command.stdin));
+    let stdin_task = tokio::spawn(feed_first(first, command.stdin, command.interactive));
 
     let deadline = Instant::now() + command.timeout;
     let exit = match tokio::time::timeout_at(deadline, wait_exit(&mut events)).await {
@@ -211,6 +326,22 @@ pub(crate) async fn pump(mut reader: pipe::Receiver, stream: OutputStream, sink:
 pub(crate) async fn feed(mut writer: pipe::Sender, data: Option<Bytes>) {
     if let Some(data) = data {
         let _ = writer.write_all(&data).await;
+    }
+}
+
+/// Writes the first stdin bytes (if any), then closes stdin unless `keep_open`.
+async fn feed_first(
+    mut stdin: tokio::sync::OwnedMutexGuard<Option<pipe::Sender>>,
+    data: Option<Bytes>,
+    keep_open: bool,
+) {
+    if let (Some(data), Some(writer)) = (data, stdin.as_mut()) {
+        if writer.write_all(&data).await.is_err() {
+            *stdin = None;
+        }
+    }
+    if !keep_open {
+        *stdin = None;
     }
 }
 

@@ -41,6 +41,7 @@ use rustix::thread::{
 use super::config::INIT_ARG;
 use super::protocol::{self, Event, Request, Setup, MAX_MESSAGE};
 use super::seccomp;
+use crate::backend::ExecSignal;
 
 /// `PATH` when the environment has none.
 pub(crate) const DEFAULT_PATH: &str =
@@ -596,6 +597,18 @@ fn serve(control: OwnedFd, sigfd: OwnedFd) -> i32 {
             Ok(Some((Request::Kill { id }, _))) => {
                 if let Some(pid) = id_to_pid.get(&id).and_then(|p| Pid::from_raw(*p)) {
                     let _ = kill_process_group(pid, Signal::KILL);
+                }
+            }
+            Ok(Some((Request::Signal { id, signal }, _))) => {
+                let signal = match ExecSignal::from_number(signal) {
+                    Some(ExecSignal::Hup) => Signal::HUP,
+                    Some(ExecSignal::Int) => Signal::INT,
+                    Some(ExecSignal::Kill) => Signal::KILL,
+                    Some(ExecSignal::Term) => Signal::TERM,
+                    None => continue,
+                };
+                if let Some(pid) = id_to_pid.get(&id).and_then(|p| Pid::from_raw(*p)) {
+                    let _ = kill_process_group(pid, signal);
                 }
             }
             Ok(Some((Request::KillGroup { pgid }, _))) => {

@@ -70,6 +70,14 @@ pub(crate) enum Request {
         /// The exec's id.
         id: u64,
     },
+    /// Send a signal to the process group of a running command: SIGHUP, SIGINT, SIGKILL or
+    /// SIGTERM (others are ignored).
+    Signal {
+        /// The exec's id.
+        id: u64,
+        /// The signal's number.
+        signal: i32,
+    },
     /// SIGKILL a process group by its id inside the sandbox (a code run forked by the Python
     /// zygote, which is not the agent's child). Ids below 2 are ignored.
     KillGroup {

@@ -14,17 +14,17 @@ use tokio::sync::mpsc;
 use super::agent::AgentConn;
 use super::cgroup::{MemoryGauge, SandboxCgroup};
 use super::code::{self, CodeRun};
-use super::exec::{self, Command};
+use super::exec::{self, Command, RunningExecs};
 use super::files::SandboxRoot;
 use super::init::DEFAULT_PATH;
 use super::netns;
 use super::teardown_host;
 use super::zygote::Zygote;
 use crate::backend::{
-    BackendError, BoxedReader, BoxedStream, CodeOutcome, CodeSpec, ExecExit, ExecSpec, FileEntry,
-    FileReader, FileStat, FilesError, OutputChunk, Program, Vm, WriteMode,
+    BackendError, BoxedReader, BoxedStream, CodeOutcome, CodeSpec, ExecControl, ExecExit, ExecSpec,
+    FileEntry, FileReader, FileStat, FilesError, OutputChunk, Program, Vm, WriteMode,
 };
-use crate::id::LocalVmId;
+use crate::id::{ExecId, LocalVmId};
 use crate::path::SandboxPath;
 
 /// Working directory when a request names none.
@@ -56,6 +56,8 @@ pub struct ContainerVm {
     live: Mutex<Option<Live>>,
     /// Held for the whole destroy, so a concurrent destroy returns only when it is done.
     teardown: tokio::sync::Mutex<Option<Teardown>>,
+    /// Running execs the worker may act on (stdin, signals).
+    running: RunningExecs,
 }
 
 impl ContainerVm {
@@ -78,6 +80,7 @@ impl ContainerVm {
                 netns: Arc::new(netns),
             })),
             teardown: tokio::sync::Mutex::new(Some(teardown)),
+            running: RunningExecs::default(),
         }
     }
 
@@ -156,6 +159,9 @@ impl Vm for ContainerVm {
         spec: ExecSpec,
         output: mpsc::Sender<OutputChunk>,
     ) -> Result<ExecExit, BackendError> {
+        if spec.tty.is_some() {
+            return Err(BackendError::Unsupported("terminals"));
+        }
         let agent = self.agent()?;
         let argv = match spec.program {
             Program::Shell(line) => vec!["/bin/sh".to_string(), "-c".to_string(), line],
@@ -167,8 +173,19 @@ impl Vm for ContainerVm {
             cwd: cwd_or_default(&spec.cwd),
             stdin: spec.stdin,
             timeout: spec.timeout,
+            exec_id: spec.exec_id,
+            interactive: spec.interactive,
         };
-        exec::run(&agent, command, output).await
+        exec::run(&agent, &self.running, command, output).await
+    }
+
+    async fn control_exec(
+        &self,
+        exec_id: &ExecId,
+        control: ExecControl,
+    ) -> Result<(), BackendError> {
+        let agent = self.agent()?;
+        exec::control(&agent, &self.running, exec_id, control).await
     }
 
     async fn settle(&self) {

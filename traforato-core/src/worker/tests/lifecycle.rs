@@ -436,6 +436,18 @@ async fn prod_ownership_is_enforced_everywhere() {
         w.exec_frames(&b, &sid, eid, None, None).await.map(drop),
         "frames",
     );
+    denied(w.list_execs(&b, &sid, None).map(drop), "list execs");
+    denied(
+        w.exec_frame_stream(&b, &sid, eid, None).map(drop),
+        "frame stream",
+    );
+    denied(w.write_exec_stdin(&b, &sid, eid, "x".into()).await, "stdin");
+    let term = || crate::api::ExecSignalRequest {
+        signal: "TERM".into(),
+    };
+    denied(w.signal_exec(&b, &sid, eid, term()).await, "signal");
+    let size = crate::api::ExecResizeRequest { rows: 5, cols: 5 };
+    denied(w.resize_exec(&b, &sid, eid, size).await, "resize");
     denied(
         w.write_file(&b, &sid, Some("/workspace/x"), reader(b"x"), false)
             .await

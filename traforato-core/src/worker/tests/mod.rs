@@ -6,6 +6,7 @@ mod claims;
 mod exec;
 mod files;
 mod filler;
+mod interactive;
 mod lifecycle;
 mod ports;
 mod provision;
