@@ -87,19 +87,25 @@ impl WorkerLoad {
         slots.max(cpu_load)
     }
 
-    /// How many more sandboxes of `cpu` the worker has room for by its reported limits
-    /// (sandbox slots and cores); `u64::MAX` when it reported none, 0 when it is not
+    /// How many more sandboxes of `cpu` the worker has room for by what it last reported
+    /// (sandbox slots and cores); `u64::MAX` when it reported no limits, 0 when it is not
     /// accepting.
+    ///
+    /// Only the report counts here, not the placements since: most of those sandboxes are
+    /// short-lived and already gone, and counting them would refuse creates (503) that the
+    /// worker has room for until its next report. The worker reports at once when it refuses a
+    /// create for lack of room and when it frees a slot while full; placements since the
+    /// report still weigh in [`WorkerLoad::load_ppm`], for ranking.
     pub fn free_slots(&self, cpu: u32) -> u64 {
         if !self.accepting {
             return 0;
         }
         let mut free = u64::MAX;
         if self.max_live_sandboxes > 0 {
-            free = free.min(self.max_live_sandboxes.saturating_sub(self.expected_live()));
+            free = free.min(self.max_live_sandboxes.saturating_sub(self.live_sandboxes));
         }
         if self.total_cores > 0 {
-            let left = self.total_cores.saturating_sub(self.expected_cores(cpu));
+            let left = self.total_cores.saturating_sub(self.allocated_cores);
             free = free.min(left / u64::from(cpu.max(1)));
         }
         free
