@@ -683,6 +683,80 @@ async fn shutdown_removes_the_cgroup_parent_it_created_only() {
     }
 }
 
+/// Issue "interactive": a command can run on a real terminal of the sandbox (its controlling
+/// terminal, of the asked size), resized and fed while it runs.
+#[tokio::test]
+async fn commands_run_on_a_terminal() {
+    use traforato_core::backend::{ExecControl, TerminalSize};
+    use traforato_core::id::ExecId;
+    let Some(h) = Harness::new("tty") else {
+        return;
+    };
+    let vm = h.provision(256).await;
+    let ran = run_spec(
+        &vm,
+        ExecSpec {
+            tty: Some(TerminalSize {
+                rows: 30,
+                cols: 100,
+            }),
+            ..shell(
+                "tty; stty size; test -t 0 && test -t 1 && echo on-a-terminal; ps -o stat= -p $$",
+            )
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(ran.exit.exit_code, 0, "{} {}", ran.stdout, ran.stderr);
+    assert!(ran.stdout.contains("/dev/pts/"), "{}", ran.stdout);
+    assert!(ran.stdout.contains("30 100"), "{}", ran.stdout);
+    assert!(ran.stdout.contains("on-a-terminal"), "{}", ran.stdout);
+    // Session leader with a controlling terminal: `s` and `+` in ps's state.
+    assert!(ran.stdout.contains("s+"), "{}", ran.stdout);
+
+    // Resized and fed while it runs.
+    let id = ExecId::new();
+    let spec = ExecSpec {
+        exec_id: Some(id),
+        interactive: true,
+        tty: Some(TerminalSize::default()),
+        ..shell("read line; stty size; echo got:$line")
+    };
+    let running = {
+        let vm = vm.clone();
+        tokio::spawn(async move { run_spec(&vm, spec).await })
+    };
+    let mut tries = 0;
+    loop {
+        match vm
+            .control_exec(
+                &id,
+                ExecControl::Resize(TerminalSize {
+                    rows: 40,
+                    cols: 120,
+                }),
+            )
+            .await
+        {
+            Ok(()) => break,
+            Err(BackendError::ExecNotRunning) if tries < 2000 => {
+                tries += 1;
+                tokio::task::yield_now().await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(e) => panic!("resize: {e}"),
+        }
+    }
+    vm.control_exec(&id, ExecControl::Stdin(Bytes::from_static(b"hello\n")))
+        .await
+        .unwrap();
+    let ran = running.await.unwrap().unwrap();
+    assert_eq!(ran.exit.exit_code, 0, "{}", ran.stdout);
+    assert!(ran.stdout.contains("40 120"), "{}", ran.stdout);
+    assert!(ran.stdout.contains("got:hello"), "{}", ran.stdout);
+    vm.destroy().await.unwrap();
+}
+
 #[tokio::test]
 async fn memory_hog_is_killed_by_the_limit() {
     let Some(h) = Harness::new("mem") else {

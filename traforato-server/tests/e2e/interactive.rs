@@ -56,6 +56,10 @@ async fn events(stack: &Stack, id: &str, exec_id: &str) -> Vec<(String, String, 
         .collect()
 }
 
+fn stdin_of(stack: &Stack, id: &str, exec_id: &str) -> String {
+    stack.sandbox(id, &format!("/exec/{exec_id}/stdin"))
+}
+
 fn stdout_of(events: &[(String, String, Value)]) -> String {
     events
         .iter()
@@ -180,12 +184,44 @@ async fn stdin_signals_and_event_streams_in_a_container() {
     assert_eq!(kind, "exit");
     assert_eq!(exit["data"], (128 + 15).to_string());
 
+    // A terminal: `tty` and `stty size` see it; a resize reaches it; input through the stdin
+    // route (echoed by the terminal, as terminals do).
+    let exec_id = start(
+        &stack,
+        &id,
+        json!({"command": "tty; stty size; read line; stty size; echo got:$line", "tty": true, "rows": 30, "cols": 100}),
+    )
+    .await;
+    let resize = stack.sandbox(&id, &format!("/exec/{exec_id}/resize"));
+    let resp = follow()
+        .post(&resize)
+        .json(&json!({"rows": 40, "cols": 120}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let resp = follow()
+        .post(stdin_of(&stack, &id, &exec_id))
+        .body("hi\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let seen = events(&stack, &id, &exec_id).await;
+    let out = stdout_of(&seen);
+    assert!(out.contains("/dev/pts/"), "{out}");
+    assert!(out.contains("30 100"), "{out}");
+    assert!(out.contains("40 120"), "{out}");
+    assert!(out.contains("got:hi"), "{out}");
+    assert!(seen.iter().all(|(kind, _, _)| kind != "stderr"), "{seen:?}");
+
     let resp = follow()
         .delete(stack.sandbox(&id, ""))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 204);
+
     stack.stop().await.unwrap();
     backend.remove_cgroup_parents().unwrap();
     std::fs::remove_dir_all(&state_dir).unwrap();

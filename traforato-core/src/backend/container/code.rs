@@ -234,6 +234,7 @@ async fn launch_one_shot(
         env: run.env.clone(),
         cwd: run.cwd.clone(),
         out_of_reach: false,
+        tty: false,
     };
     if let Err(e) = agent.send(&request, &fds).await {
         agent.unregister(id);

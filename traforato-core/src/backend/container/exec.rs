@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use super::agent::{AgentConn, ExecEvent};
 use super::protocol::Request;
+use super::pty::{self, Terminal};
 use crate::backend::{
     BackendError, BoxedReader, ExecControl, ExecExit, FilesError, OutputChunk, OutputStream,
     TIMEOUT_EXIT_CODE,
@@ -34,7 +35,6 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 const READ_CHUNK: usize = 64 * 1024;
 
 /// A fully resolved command.
-#[derive(Debug, Clone)]
 pub(crate) struct Command {
     /// Program and arguments.
     pub argv: Vec<String>,
@@ -50,6 +50,8 @@ pub(crate) struct Command {
     pub exec_id: Option<ExecId>,
     /// Keep stdin open after `stdin` (else EOF follows it).
     pub interactive: bool,
+    /// Run on this terminal (its slave as stdin, stdout and stderr) instead of pipes.
+    pub terminal: Option<Terminal>,
 }
 
 /// The write end of a running exec's stdin; `None` once closed.
@@ -60,6 +62,8 @@ struct RunningExec {
     /// The exec's id in the agent's protocol.
     agent_id: u64,
     stdin: Stdin,
+    /// The terminal's master, when it runs on one.
+    terminal: Option<Arc<OwnedFd>>,
 }
 
 /// The running execs of one sandbox, by the worker's exec id.
@@ -116,10 +120,15 @@ pub(crate) async fn control(
             }
             Ok(())
         }
-        ExecControl::CloseStdin => match exec.stdin.lock().await.take() {
-            Some(_) => Ok(()),
-            None => Err(BackendError::StdinClosed),
-        },
+        ExecControl::CloseStdin => {
+            let mut stdin = exec.stdin.lock().await;
+            let mut writer = stdin.take().ok_or(BackendError::StdinClosed)?;
+            // A terminal stays open for output: end its input the way a keyboard does.
+            if exec.terminal.is_some() {
+                let _ = writer.write_all(b"\x04").await;
+            }
+            Ok(())
+        }
         ExecControl::Signal(signal) => {
             let request = Request::Signal {
                 id: exec.agent_id,
@@ -133,9 +142,14 @@ pub(crate) async fn control(
                 }
             })
         }
-        ExecControl::Resize(_) => Err(BackendError::InvalidRequest(
-            "exec has no terminal".to_string(),
-        )),
+        ExecControl::Resize(size) => match &exec.terminal {
+            Some(master) => {
+                pty::resize(master, size).map_err(|e| BackendError::io("resize terminal", e))
+            }
+            None => Err(BackendError::InvalidRequest(
+                "exec has no terminal".to_string(),
+            )),
+        },
     }
 }
 
@@ -170,7 +184,7 @@ pub(crate) fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd), BackendError> {
 pub(crate) async fn run(
     agent: &Arc<AgentConn>,
     running: &RunningExecs,
-    command: Command,
+    mut command: Command,
     output: mpsc::Sender<OutputChunk>,
 ) -> Result<ExecExit, BackendError> {
     if command.argv.is_empty() {
@@ -179,9 +193,30 @@ pub(crate) async fn run(
     if !agent.is_alive() {
         return Err(BackendError::Gone);
     }
-    let (stdin_r, stdin_w) = cloexec_pipe()?;
-    let (out_r, out_w) = cloexec_pipe()?;
-    let (err_r, err_w) = cloexec_pipe()?;
+    // The command's stdin, stdout and stderr (theirs), and our ends: pipes, or a terminal
+    // whose master we read and write (its stderr pipe is closed at once: all comes on stdout).
+    let terminal = command.terminal.take();
+    let tty = terminal.is_some();
+    let (theirs, stdin_w, out_r, err_r, master) = match terminal {
+        Some(Terminal { master, slave }) => {
+            let clone = |fd: &OwnedFd| fd.try_clone().map_err(io_error("share terminal"));
+            let (err_r, _) = cloexec_pipe()?;
+            let theirs = [clone(&slave)?, clone(&slave)?, slave];
+            (
+                theirs,
+                clone(&master)?,
+                clone(&master)?,
+                err_r,
+                Some(Arc::new(master)),
+            )
+        }
+        None => {
+            let (stdin_r, stdin_w) = cloexec_pipe()?;
+            let (out_r, out_w) = cloexec_pipe()?;
+            let (err_r, err_w) = cloexec_pipe()?;
+            ([stdin_r, out_w, err_w], stdin_w, out_r, err_r, None)
+        }
+    };
     let (id, mut events) = agent.register();
     let request = Request::Exec {
         id,
@@ -189,11 +224,12 @@ pub(crate) async fn run(
         env: command.env,
         cwd: command.cwd,
         out_of_reach: false,
+        tty,
     };
     let sent = agent
-        .send(&request, &[stdin_r.as_fd(), out_w.as_fd(), err_w.as_fd()])
+        .send(&request, &theirs.each_ref().map(AsFd::as_fd))
         .await;
-    drop((stdin_r, out_w, err_w));
+    drop(theirs);
     if let Err(e) = sent {
         agent.unregister(id);
         return Err(if agent.is_alive() {
@@ -220,9 +256,19 @@ pub(crate) async fn run(
     }
 
     let sink: Sink = Arc::new(Mutex::new(Some(output)));
-    let out = pipe::Receiver::from_owned_fd(out_r).map_err(io_error("open stdout pipe"))?;
+    let (out, input) = if tty {
+        // A terminal master is no pipe but polls like one (it is non-blocking already).
+        (
+            pipe::Receiver::from_owned_fd_unchecked(out_r).map_err(io_error("open terminal"))?,
+            pipe::Sender::from_owned_fd_unchecked(stdin_w).map_err(io_error("open terminal"))?,
+        )
+    } else {
+        (
+            pipe::Receiver::from_owned_fd(out_r).map_err(io_error("open stdout pipe"))?,
+            pipe::Sender::from_owned_fd(stdin_w).map_err(io_error("open stdin pipe"))?,
+        )
+    };
     let err = pipe::Receiver::from_owned_fd(err_r).map_err(io_error("open stderr pipe"))?;
-    let input = pipe::Sender::from_owned_fd(stdin_w).map_err(io_error("open stdin pipe"))?;
     let stdin: Stdin = Arc::new(Mutex::new(Some(input)));
     // Locked before anyone can see it: the first bytes on stdin are the request's.
     let first = Arc::clone(&stdin)
@@ -238,6 +284,7 @@ pub(crate) async fn run(
             RunningExec {
                 agent_id: id,
                 stdin: Arc::clone(&stdin),
+                terminal: master.clone(),
             },
         );
     }

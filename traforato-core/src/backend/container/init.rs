@@ -566,10 +566,11 @@ fn serve(control: OwnedFd, sigfd: OwnedFd) -> i32 {
                     env,
                     cwd,
                     out_of_reach,
+                    tty,
                 },
                 fds,
             ))) => {
-                let event = match spawn(&argv, &env, &cwd, fds, out_of_reach) {
+                let event = match spawn(&argv, &env, &cwd, fds, out_of_reach, tty) {
                     Ok(pid) => {
                         pid_to_id.insert(pid, id);
                         id_to_pid.insert(id, pid);
@@ -682,6 +683,7 @@ fn spawn(
     cwd: &str,
     fds: Vec<OwnedFd>,
     out_of_reach: bool,
+    tty: bool,
 ) -> Result<i32, String> {
     if fds.len() != 3 && fds.len() != 4 {
         return Err("exec request without its 3 stdio descriptors".to_string());
@@ -733,7 +735,7 @@ fn spawn(
             &arg_ptrs,
             &env_ptrs,
             &err_write,
-            out_of_reach,
+            ChildOptions { out_of_reach, tty },
         );
     }
     drop(err_write);
@@ -814,6 +816,15 @@ fn copy_all(source: &OwnedFd, target: &OwnedFd, buf: &mut [u8]) -> i32 {
     }
 }
 
+/// How a command's process is set up beyond its stdio, cwd and program.
+#[derive(Debug, Clone, Copy)]
+struct ChildOptions {
+    /// Real uid 1, effective uid 0: non-dumpable from the exec on (the Python zygote).
+    out_of_reach: bool,
+    /// Its stdin is a terminal to make its controlling terminal.
+    tty: bool,
+}
+
 /// In the forked child: reset signals, new session, stdio, cwd, exec. Never returns.
 fn exec_child(
     fds: &[OwnedFd],
@@ -822,8 +833,9 @@ fn exec_child(
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
     err_write: &OwnedFd,
-    out_of_reach: bool,
+    options: ChildOptions,
 ) -> ! {
+    let ChildOptions { out_of_reach, tty } = options;
     // SAFETY: plain syscalls on live descriptors and on NUL-terminated strings and
     // null-terminated pointer arrays built before the fork; the child never returns into the
     // agent's code (every path ends in execve or _exit).
@@ -847,6 +859,10 @@ fn exec_child(
             if rc < 0 {
                 child_fail(err_write, STAGE_SETUP);
             }
+        }
+        // A terminal on stdin becomes the new session's controlling terminal.
+        if tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+            child_fail(err_write, STAGE_SETUP);
         }
         if libc::chdir(dir.as_ptr()) < 0 {
             child_fail(err_write, STAGE_CWD);

@@ -85,6 +85,7 @@ mod init;
 mod mounts;
 mod netns;
 mod protocol;
+mod pty;
 mod seccomp;
 mod vm;
 mod zygote;
@@ -475,6 +476,7 @@ impl ContainerBackend {
             SandboxRoot::new(root, uid),
             netns,
             Teardown { child, cgroup, dir },
+            pty::agent_pid(pid).map(|agent_pid| (agent_pid, uid)),
         );
         Ok(Arc::new(vm))
     }

@@ -56,6 +56,9 @@ pub(crate) enum Request {
         /// worker's own helpers (the Python zygote), never for user commands.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         out_of_reach: bool,
+        /// The stdio descriptors are a terminal: make it the command's controlling terminal.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        tty: bool,
     },
     /// Copy everything from the first fd (a pipe) into the second (a file the worker opened
     /// in the sandbox root), in a process of the sandbox: the pages it writes are charged to
@@ -230,6 +233,7 @@ mod tests {
             env: vec![("A".into(), "b".into())],
             cwd: "/".into(),
             out_of_reach: false,
+            tty: false,
         };
         send(a.as_fd(), &req, &[r.as_fd(), w.as_fd(), w.as_fd()], false).unwrap();
         drop(w);

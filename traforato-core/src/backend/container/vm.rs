@@ -34,6 +34,8 @@ pub(crate) const DEFAULT_CWD: &str = "/workspace";
 #[derive(Clone)]
 struct Live {
     agent: Arc<AgentConn>,
+    /// Host pid of the agent (to reach the sandbox's devpts) and the sandbox root's host uid.
+    terminals: Option<(u32, u32)>,
     memory: Option<MemoryGauge>,
     zygote: Option<Arc<Zygote>>,
     root: Arc<SandboxRoot>,
@@ -68,12 +70,14 @@ impl ContainerVm {
         root: SandboxRoot,
         netns: OwnedFd,
         teardown: Teardown,
+        terminals: Option<(u32, u32)>,
     ) -> Self {
         let memory = teardown.cgroup.memory_gauge();
         Self {
             vm_id,
             live: Mutex::new(Some(Live {
                 agent,
+                terminals,
                 memory,
                 zygote: zygote.map(Arc::new),
                 root: Arc::new(root),
@@ -159,10 +163,20 @@ impl Vm for ContainerVm {
         spec: ExecSpec,
         output: mpsc::Sender<OutputChunk>,
     ) -> Result<ExecExit, BackendError> {
-        if spec.tty.is_some() {
-            return Err(BackendError::Unsupported("terminals"));
-        }
-        let agent = self.agent()?;
+        let live = self.live().ok_or(BackendError::Gone)?;
+        let agent = live.agent;
+        let terminal = match (spec.tty, live.terminals) {
+            (None, _) => None,
+            (Some(_), None) => return Err(BackendError::Unsupported("terminals")),
+            (Some(size), Some((agent_pid, uid))) => Some(
+                tokio::task::spawn_blocking(move || {
+                    super::pty::open_terminal(agent_pid, uid, size)
+                })
+                .await
+                .map_err(|e| BackendError::Other(format!("terminal task failed: {e}")))?
+                .map_err(|e| BackendError::io("open a terminal", e))?,
+            ),
+        };
         let argv = match spec.program {
             Program::Shell(line) => vec!["/bin/sh".to_string(), "-c".to_string(), line],
             Program::Argv(argv) => argv,
@@ -174,7 +188,8 @@ impl Vm for ContainerVm {
             stdin: spec.stdin,
             timeout: spec.timeout,
             exec_id: spec.exec_id,
-            interactive: spec.interactive,
+            interactive: spec.interactive || terminal.is_some(),
+            terminal,
         };
         exec::run(&agent, &self.running, command, output).await
     }

@@ -151,6 +151,7 @@ impl Zygote {
             env,
             cwd: "/".to_string(),
             out_of_reach: true,
+            tty: false,
         };
         let sent = agent
             .send(&request, &[theirs.as_fd(), null.as_fd(), null.as_fd()])
