@@ -102,13 +102,21 @@ async fn run(args: DevArgs) -> Result<(), ServeError> {
         Arc::new(Metrics::new(mode.is_prod())),
         Some(Arc::new(InProcessBrokerLink::new(broker.clone()))),
     );
-    eprintln!(
-        "traforato-dev: broker listening on {broker_url} (send creates there), worker on {worker_url}"
-    );
-
     let (trigger, shutdown) = shutdown_on_signal();
     let sweeper = tokio::spawn(broker.clone().run_lease_sweeper(shutdown.clone().wait()));
     let background = tokio::spawn(worker.clone().run(shutdown.clone().wait()));
+    // Announce once the worker is registered (in-process: at once), so that the first create
+    // sent after the line finds it.
+    let worker_id = worker.config().worker_id.to_string();
+    for _ in 0..1000 {
+        if broker.is_worker_active(&worker_id) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    eprintln!(
+        "traforato-dev: broker listening on {broker_url} (send creates there), worker on {worker_url}"
+    );
     // The first server to stop (error or shutdown) stops the other.
     let broker_served = async {
         let result = serve_broker_with_auth(

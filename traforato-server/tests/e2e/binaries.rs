@@ -47,12 +47,21 @@ async fn dev_binary_serves_and_stops_on_sigterm() {
     assert!(!broker_url.ends_with(":0"), "{line}");
     assert!(!worker_url.ends_with(":0"), "{line}");
 
-    let resp = follow()
-        .post(format!("{broker_url}/sandboxes"))
-        .json(&json!({"image": "ubuntu:24.04"}))
-        .send()
-        .await
-        .unwrap();
+    // The worker registers with the broker right after both listen: until then a create is
+    // 503 (no worker yet).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let resp = loop {
+        let resp = follow()
+            .post(format!("{broker_url}/sandboxes"))
+            .json(&json!({"image": "ubuntu:24.04"}))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() != 503 || tokio::time::Instant::now() > deadline {
+            break resp;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     assert_eq!(resp.status(), 201);
     assert_eq!(body_json(resp).await["virtualization"], "fake");
 
