@@ -210,6 +210,22 @@ async fn exec_websocket_in_a_container() {
     );
     wait_exited(&stack, &id, "sleep 102").await;
 
+    // A message over 1 MiB: an error frame and a close.
+    let mut ws = connect(&stack, &id, "command=sleep+103&interactive=true").await;
+    let big = "x".repeat(1024 * 1024 + 1);
+    ws.send(Message::text(format!(
+        r#"{{"type":"stdin","data":"{big}"}}"#
+    )))
+    .await
+    .unwrap();
+    let (frames, close) = to_end(&mut ws).await;
+    assert_eq!(
+        frames,
+        vec![json!({"type": "error", "error": "frame exceeds max size"})]
+    );
+    assert_eq!(close.map(|c| c.code), Some(CloseCode::Size));
+    wait_exited(&stack, &id, "sleep 103").await;
+
     // Closing the socket before the command ends kills it.
     let mut ws = connect(&stack, &id, "command=sleep+100").await;
     assert_eq!(exec_of(&stack, &id, "sleep 100").await["status"], "running");
