@@ -237,6 +237,11 @@ impl Query {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
+
+    /// Every `(key, value)` pair, in order (repeated keys included).
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
 }
 
 /// Percent-decodes a URL path. Invalid escapes are kept as written; invalid UTF-8 is

@@ -37,6 +37,7 @@ pub mod backends;
 pub mod broker;
 pub mod config;
 pub mod events;
+pub mod exec_ws;
 pub mod http;
 pub mod linger;
 pub mod link;

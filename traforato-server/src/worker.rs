@@ -180,7 +180,7 @@ pub enum SandboxOp<'a> {
     ListExecs,
     /// `POST /sandboxes/{id}/exec/code`.
     RunCode,
-    /// `GET /sandboxes/{id}/exec/ws`: 501.
+    /// `GET /sandboxes/{id}/exec/ws`: the exec WebSocket ([`crate::exec_ws`]).
     ExecWebSocket,
     /// `GET /sandboxes/{id}/exec/{exec_id}`.
     GetExec(&'a str),
@@ -323,7 +323,7 @@ fn is_public(method: &Method, path: &str) -> bool {
 }
 
 async fn dispatch(
-    worker: &Worker,
+    worker: &Arc<Worker>,
     clients: &ClientAuthenticator,
     req: Request<RequestBody>,
     conn: &ConnInfo,
@@ -421,13 +421,9 @@ async fn dispatch(
             },
             SandboxOp::RunCode => run_code(worker, p, id, req).await,
             // The sandbox and its owner are checked first, like every sandbox route.
-            SandboxOp::ExecWebSocket => match worker.get_sandbox(p, id) {
-                Ok(_) => error_response(
-                    StatusCode::NOT_IMPLEMENTED,
-                    "websocket exec is optional and not enabled",
-                ),
-                Err(err) => worker_error(&err),
-            },
+            SandboxOp::ExecWebSocket => {
+                crate::exec_ws::open(worker, p, id, req, &query, conn).await
+            }
             SandboxOp::ListExecs => {
                 reply(StatusCode::OK, worker.list_execs(p, id, query.get("limit")))
             }

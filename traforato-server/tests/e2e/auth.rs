@@ -458,7 +458,8 @@ async fn prod_sandboxes_belong_to_their_creator_on_every_route() {
             Some(json!({"runtime": "python", "code": "print(1)"})),
             200,
         ),
-        (M::GET, "/exec/ws".into(), None, 501),
+        // The owner passes the ownership check; without an upgrade it is a 400.
+        (M::GET, "/exec/ws?command=true".into(), None, 400),
         (M::GET, format!("/exec/{exec_id}"), None, 200),
         (M::GET, format!("/exec/{exec_id}/frames"), None, 200),
         (M::GET, format!("/proxy/{upstream}/x"), None, 200),

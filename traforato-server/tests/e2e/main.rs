@@ -11,6 +11,7 @@ mod bodies;
 mod broker;
 mod container;
 mod exec;
+mod exec_ws;
 mod files;
 mod fleet;
 mod interactive;

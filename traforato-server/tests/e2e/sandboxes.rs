@@ -105,16 +105,37 @@ async fn worker_routing_errors() {
         "route not found",
     )
     .await;
-    expect_error(
-        follow()
-            .get(w.at(&format!("/sandboxes/{id}/exec/ws")))
-            .send()
-            .await
-            .unwrap(),
-        501,
-        "websocket exec is optional and not enabled",
-    )
-    .await;
+    // The exec WebSocket: query errors and a plain GET are JSON errors before any upgrade.
+    for (query, status, message) in [
+        ("", 400, "command query parameter is required"),
+        (
+            "?command=true&rows=3",
+            400,
+            "rows and cols must be given together",
+        ),
+        (
+            "?command=true&stdin=1&interactive=0",
+            400,
+            "interactive and stdin conflict",
+        ),
+        (
+            "?command=true&session=s1",
+            501,
+            "reconnectable sessions are not supported yet",
+        ),
+        ("?command=true", 400, "websocket upgrade required"),
+    ] {
+        expect_error(
+            follow()
+                .get(w.at(&format!("/sandboxes/{id}/exec/ws{query}")))
+                .send()
+                .await
+                .unwrap(),
+            status,
+            message,
+        )
+        .await;
+    }
     // Ids naming another broker or worker are not this worker's.
     let foreign = id.replace("worker_local", "worker_other");
     expect_error(
