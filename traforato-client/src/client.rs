@@ -170,6 +170,8 @@ pub(crate) enum Follow {
     /// sandbox-scoped redirect. Anything else is the proxied application's own redirect and is
     /// handed back to the caller.
     SamePath,
+    /// None: the first answer, redirect or not, is the caller's.
+    None,
 }
 
 /// One logical request; re-sent as is on every redirect hop.
@@ -271,6 +273,18 @@ impl Client {
         Sandbox::attach(self.clone(), id.into())
     }
 
+    /// A fresh `Authorization` value, when the client has credentials.
+    pub(crate) async fn authorization(&self) -> Result<Option<HeaderValue>, ClientError> {
+        let Some(token) = self.inner.auth.bearer().await? else {
+            return Ok(None);
+        };
+        HeaderValue::from_str(&format!("Bearer {token}"))
+            .map(Some)
+            .map_err(|_| {
+                ClientError::Token("token contains characters not allowed in a header".into())
+            })
+    }
+
     pub(crate) fn long_poll(&self) -> Duration {
         self.inner.long_poll
     }
@@ -300,10 +314,7 @@ impl Client {
         let mut hops = 0usize;
         loop {
             let mut headers = req.headers.clone();
-            if let Some(token) = inner.auth.bearer().await? {
-                let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-                    ClientError::Token("token contains characters not allowed in a header".into())
-                })?;
+            if let Some(value) = self.authorization().await? {
                 headers.insert(AUTHORIZATION, value);
             }
             let mut rb = inner.http.request(req.method.clone(), url.clone());
@@ -329,6 +340,9 @@ impl Client {
             let status = resp.status();
             if status != StatusCode::TEMPORARY_REDIRECT && status != StatusCode::PERMANENT_REDIRECT
             {
+                return Ok(resp);
+            }
+            if req.follow == Follow::None {
                 return Ok(resp);
             }
             let next = redirect_target(&url, &resp)?;
@@ -395,7 +409,7 @@ pub(crate) async fn decode_json<T: DeserializeOwned>(resp: Response) -> Result<T
     })
 }
 
-fn redirect_target(from: &Url, resp: &Response) -> Result<Url, ClientError> {
+pub(crate) fn redirect_target(from: &Url, resp: &Response) -> Result<Url, ClientError> {
     let invalid = |message: &str| ClientError::InvalidRedirect {
         url: from.to_string(),
         message: message.to_string(),

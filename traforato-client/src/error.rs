@@ -91,6 +91,19 @@ pub enum ClientError {
         /// The exec.
         exec_id: String,
     },
+    /// The WebSocket of an interactive exec failed (handshake, transport or protocol).
+    #[error("websocket to {url} failed")]
+    WebSocket {
+        /// The WebSocket URL.
+        url: String,
+        /// The WebSocket error.
+        #[source]
+        source: Box<tokio_tungstenite::tungstenite::Error>,
+    },
+    /// The server ended an interactive exec with an `error` frame, or the socket closed
+    /// before an `exit` frame.
+    #[error("interactive exec failed: {0}")]
+    Interactive(String),
     /// Building the HTTP client failed.
     #[error("cannot build the http client")]
     Build(#[source] reqwest::Error),

@@ -38,6 +38,9 @@
 //!   [`Sandbox::proxy_request`], [`Sandbox::set_lease`], [`Sandbox::delete`].
 //! - [`Execution`]: a running exec; [`Execution::frames`] is a [`futures::Stream`] of output
 //!   frames using the server's long-poll, [`Execution::wait`] collects the result.
+//! - [`InteractiveExec`]: a command over the worker's WebSocket
+//!   ([`Sandbox::exec_interactive`]): stdin, terminal resizes and a stream of
+//!   [`OutputEvent`]s.
 //! - [`Files`]: read, write, append, stat, list (a paging stream), mkdir, remove, download.
 //! - [`ClientError`]: every failure, matchable; API errors carry the HTTP status and the
 //!   server's message, and timeouts and connection failures are their own variants.
@@ -49,6 +52,7 @@ mod client;
 mod error;
 mod exec;
 mod files;
+mod interactive;
 mod sandbox;
 #[cfg(test)]
 mod testing;
@@ -64,6 +68,9 @@ pub use exec::{
     RunCodeOutput, Runtime,
 };
 pub use files::{ByteStream, EntryStream, Files, ListOptions, RemoveOptions};
+pub use interactive::{
+    ExecInput, ExecOutputStream, InteractiveCommand, InteractiveExec, OutputEvent,
+};
 pub use sandbox::{
     CreateSandbox, ParseProtocolError, Protocol, ProxyRequest, ProxyResponse, Sandbox,
 };

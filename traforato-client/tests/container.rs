@@ -6,7 +6,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use traforato_client::{Client, CreateSandbox, Runtime};
+use futures::StreamExt;
+use traforato_client::{Client, CreateSandbox, InteractiveCommand, OutputEvent, Runtime};
 use traforato_core::auth::AuthConfig;
 use traforato_core::backend::container::{
     init_main_if_requested, ContainerBackend, ContainerConfig,
@@ -91,6 +92,8 @@ async fn client_drives_container_sandboxes() {
     assert_eq!(exec.exit_code, 3);
     assert!(exec.stdout.starts_with("from the client\n"), "{exec:?}");
 
+    interactive_execs(&sandbox).await;
+
     let vm_dir: PathBuf = {
         let parsed = traforato_core::id::SandboxId::parse(sandbox.id()).expect("id");
         state_dir.join(parsed.local_vm_id().to_string())
@@ -113,4 +116,55 @@ async fn client_drives_container_sandboxes() {
     assert!(left.is_empty(), "left in the state dir: {left:?}");
     backend.remove_cgroup_parents().expect("cgroup parents");
     std::fs::remove_dir_all(&state_dir).expect("remove state dir");
+}
+
+/// `exec_interactive` through the broker's redirect: `cat` on pipes, and a terminal that
+/// reports its size before and after a resize.
+async fn interactive_execs(sandbox: &traforato_client::Sandbox) {
+    let mut cat = sandbox
+        .exec_interactive(InteractiveCommand::new("cat"))
+        .await
+        .expect("interactive cat");
+    cat.send_stdin(b"hello ").await.expect("stdin");
+    cat.send_stdin(b"over a websocket\n").await.expect("stdin");
+    cat.close_stdin().await.expect("eof");
+    let (out, code) = collect(cat).await;
+    assert_eq!(code, 0);
+    assert_eq!(out, "hello over a websocket\n");
+
+    let mut tty = sandbox
+        .exec_interactive(
+            InteractiveCommand::new("stty size; read line; stty size; exit 7")
+                .tty(33, 101)
+                .env("GREETING", "hi")
+                .cwd("/tmp"),
+        )
+        .await
+        .expect("interactive tty");
+    // The first size is the one asked for; wait for it before resizing.
+    let mut seen = String::new();
+    while !seen.contains("33 101") {
+        match tty.next().await.expect("output").expect("event") {
+            OutputEvent::Stdout(data) => seen.push_str(&String::from_utf8_lossy(&data)),
+            other => panic!("unexpected {other:?} after {seen:?}"),
+        }
+    }
+    tty.resize(40, 120).await.expect("resize");
+    tty.send_stdin(b"go\n").await.expect("stdin");
+    let (rest, code) = collect(tty).await;
+    assert_eq!(code, 7);
+    assert!(rest.contains("40 120"), "{rest:?}");
+}
+
+async fn collect(mut exec: traforato_client::InteractiveExec) -> (String, i32) {
+    let mut out = String::new();
+    while let Some(event) = exec.next().await {
+        match event.expect("event") {
+            OutputEvent::Stdout(data) | OutputEvent::Stderr(data) => {
+                out.push_str(&String::from_utf8_lossy(&data))
+            }
+            OutputEvent::Exit(code) => return (out, code),
+        }
+    }
+    panic!("no exit after {out:?}");
 }

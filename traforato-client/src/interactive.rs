@@ -1,0 +1,459 @@
+//! Interactive execs over the worker's WebSocket (`GET /sandboxes/{id}/exec/ws`, Orchard's
+//! exec protocol): input to the command, terminal resizes, and its output as a stream.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, Stream, StreamExt};
+use reqwest::header::AUTHORIZATION;
+use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use url::Url;
+
+use crate::client::{error_from_response, redirect_target, Follow, Req};
+use crate::error::ClientError;
+use crate::sandbox::Sandbox;
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// What to run interactively: a shell command line, optionally on a terminal.
+///
+/// ```
+/// use traforato_client::InteractiveCommand;
+///
+/// let cmd = InteractiveCommand::new("/bin/sh").tty(24, 80).env("TERM", "xterm");
+/// assert_eq!(cmd.command, "/bin/sh");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[must_use]
+pub struct InteractiveCommand {
+    /// The command line, run by the sandbox's shell.
+    pub command: String,
+    /// Run on a pseudo-terminal of this size (rows, cols); `None` means pipes.
+    pub tty: Option<(u16, u16)>,
+    /// Extra environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Working directory; empty means the sandbox's default.
+    pub cwd: String,
+}
+
+impl InteractiveCommand {
+    /// `command` on pipes, in the default directory, with no extra environment.
+    pub fn new(command: impl Into<String>) -> Self {
+        InteractiveCommand {
+            command: command.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Runs on a pseudo-terminal of `rows` x `cols` (all output comes as stdout).
+    pub fn tty(mut self, rows: u16, cols: u16) -> Self {
+        self.tty = Some((rows, cols));
+        self
+    }
+
+    /// Sets an environment variable.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets the working directory.
+    pub fn cwd(mut self, dir: impl Into<String>) -> Self {
+        self.cwd = dir.into();
+        self
+    }
+
+    fn query(&self) -> Vec<(String, String)> {
+        let mut query = vec![
+            ("command".to_string(), self.command.clone()),
+            ("interactive".to_string(), "true".to_string()),
+        ];
+        if let Some((rows, cols)) = self.tty {
+            query.push(("tty".to_string(), "true".to_string()));
+            query.push(("rows".to_string(), rows.to_string()));
+            query.push(("cols".to_string(), cols.to_string()));
+        }
+        for (k, v) in &self.env {
+            query.push((format!("env[{k}]"), v.clone()));
+        }
+        if !self.cwd.trim().is_empty() {
+            query.push(("workdir".to_string(), self.cwd.clone()));
+        }
+        query
+    }
+}
+
+/// One piece of output of an interactive exec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputEvent {
+    /// Bytes on stdout (everything, on a terminal).
+    Stdout(Bytes),
+    /// Bytes on stderr.
+    Stderr(Bytes),
+    /// The command ended with this code (`128 + n` when killed by signal `n`); the last event.
+    Exit(i32),
+}
+
+/// A frame of the protocol, both ways; empty fields are omitted.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct WsFrame {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    data: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    terminal: Option<TerminalSize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exit: Option<ExitCode>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    error: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct TerminalSize {
+    rows: u16,
+    cols: u16,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ExitCode {
+    code: i32,
+}
+
+impl WsFrame {
+    fn message(self) -> Message {
+        // Serialising this plain struct cannot fail.
+        Message::text(serde_json::to_string(&self).unwrap_or_default())
+    }
+}
+
+/// A running interactive exec: [`InteractiveExec::send_stdin`], [`InteractiveExec::resize`]
+/// and a [`Stream`] of [`OutputEvent`]s. [`InteractiveExec::split`] gives the two halves to
+/// separate tasks. Dropping it closes the socket, which kills the command.
+#[derive(Debug)]
+pub struct InteractiveExec {
+    input: ExecInput,
+    output: ExecOutputStream,
+}
+
+/// The input half of an [`InteractiveExec`].
+#[derive(Debug)]
+pub struct ExecInput {
+    sink: SplitSink<Socket, Message>,
+    url: String,
+}
+
+/// The output half of an [`InteractiveExec`]: a [`Stream`] of [`OutputEvent`]s that ends
+/// after [`OutputEvent::Exit`]; an `error` frame or a socket closed without an exit is an
+/// error item.
+#[derive(Debug)]
+pub struct ExecOutputStream {
+    stream: SplitStream<Socket>,
+    url: String,
+    done: bool,
+}
+
+impl Sandbox {
+    /// Starts `command` over a WebSocket to the worker that owns the sandbox.
+    ///
+    /// The broker is asked where the sandbox lives (its `307` is read, not followed); the
+    /// socket then goes to the worker with a fresh `Authorization` header. `https` URLs need
+    /// the `rustls` feature.
+    pub async fn exec_interactive(
+        &self,
+        command: InteractiveCommand,
+    ) -> Result<InteractiveExec, ClientError> {
+        let client = self.client();
+        let query = command.query();
+        let pairs: Vec<(&str, &str)> = query
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let url = client.endpoint(&["sandboxes", self.id(), "exec", "ws"], &pairs);
+        let mut req = Req::new(Method::GET, url.clone());
+        req.follow = Follow::None;
+        let resp = client.send(req).await?;
+        let status = resp.status();
+        let target = if status == StatusCode::TEMPORARY_REDIRECT
+            || status == StatusCode::PERMANENT_REDIRECT
+        {
+            redirect_target(&url, &resp)?
+        } else if status == StatusCode::BAD_REQUEST {
+            // Not redirected: the base URL is the worker itself (a plain GET is refused for
+            // want of an upgrade); the handshake below reports any other refusal.
+            url
+        } else {
+            return Err(error_from_response(resp).await);
+        };
+        let ws_url = websocket_url(&target)?;
+        let mut request = ws_url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| ws_error(&ws_url, e))?;
+        if let Some(value) = client.authorization().await? {
+            request.headers_mut().insert(AUTHORIZATION, value);
+        }
+        let socket =
+            match tokio::time::timeout(client.timeout(), tokio_tungstenite::connect_async(request))
+                .await
+            {
+                Err(_) => {
+                    return Err(ClientError::Timeout {
+                        url: ws_url.to_string(),
+                    })
+                }
+                Ok(Ok((socket, _))) => socket,
+                Ok(Err(tungstenite::Error::Http(resp))) => {
+                    let body = resp.body().as_deref().unwrap_or_default();
+                    return Err(ClientError::from_error_body(
+                        resp.status().as_u16(),
+                        body,
+                        None,
+                    ));
+                }
+                Ok(Err(e)) => return Err(ws_error(&ws_url, e)),
+            };
+        let (sink, stream) = socket.split();
+        Ok(InteractiveExec {
+            input: ExecInput {
+                sink,
+                url: ws_url.to_string(),
+            },
+            output: ExecOutputStream {
+                stream,
+                url: ws_url.to_string(),
+                done: false,
+            },
+        })
+    }
+}
+
+fn websocket_url(http: &Url) -> Result<Url, ClientError> {
+    let scheme = match http.scheme() {
+        "http" => "ws",
+        "https" if cfg!(feature = "rustls") => "wss",
+        "https" => {
+            return Err(ClientError::InvalidUrl {
+                url: http.to_string(),
+                message: "wss needs traforato-client's rustls feature".to_string(),
+            })
+        }
+        other => {
+            return Err(ClientError::InvalidUrl {
+                url: http.to_string(),
+                message: format!("unsupported scheme {other}"),
+            })
+        }
+    };
+    let mut url = http.clone();
+    // Swapping http(s) for ws(s) keeps a special scheme, which `set_scheme` allows.
+    url.set_scheme(scheme)
+        .map_err(|()| ClientError::InvalidUrl {
+            url: http.to_string(),
+            message: "cannot make a websocket url".to_string(),
+        })?;
+    Ok(url)
+}
+
+fn ws_error(url: &Url, source: tungstenite::Error) -> ClientError {
+    ClientError::WebSocket {
+        url: url.to_string(),
+        source: Box::new(source),
+    }
+}
+
+impl InteractiveExec {
+    /// Sends bytes to the command's stdin (an empty slice sends nothing).
+    pub async fn send_stdin(&mut self, data: &[u8]) -> Result<(), ClientError> {
+        self.input.send_stdin(data).await
+    }
+
+    /// Closes the command's stdin (EOF).
+    pub async fn close_stdin(&mut self) -> Result<(), ClientError> {
+        self.input.close_stdin().await
+    }
+
+    /// Resizes the command's terminal.
+    pub async fn resize(&mut self, rows: u16, cols: u16) -> Result<(), ClientError> {
+        self.input.resize(rows, cols).await
+    }
+
+    /// Splits into the input and output halves.
+    pub fn split(self) -> (ExecInput, ExecOutputStream) {
+        (self.input, self.output)
+    }
+
+    /// Drains the output and returns the exit code.
+    pub async fn wait(self) -> Result<i32, ClientError> {
+        self.output.wait().await
+    }
+}
+
+impl Stream for InteractiveExec {
+    type Item = Result<OutputEvent, ClientError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.output).poll_next(cx)
+    }
+}
+
+impl ExecInput {
+    /// Sends bytes to the command's stdin (an empty slice sends nothing: it would be EOF).
+    pub async fn send_stdin(&mut self, data: &[u8]) -> Result<(), ClientError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.send(WsFrame {
+            kind: "stdin".to_string(),
+            data: base64::engine::general_purpose::STANDARD.encode(data),
+            ..WsFrame::default()
+        })
+        .await
+    }
+
+    /// Closes the command's stdin (EOF).
+    pub async fn close_stdin(&mut self) -> Result<(), ClientError> {
+        self.send(WsFrame {
+            kind: "stdin".to_string(),
+            ..WsFrame::default()
+        })
+        .await
+    }
+
+    /// Resizes the command's terminal.
+    pub async fn resize(&mut self, rows: u16, cols: u16) -> Result<(), ClientError> {
+        self.send(WsFrame {
+            kind: "resize".to_string(),
+            terminal: Some(TerminalSize { rows, cols }),
+            ..WsFrame::default()
+        })
+        .await
+    }
+
+    async fn send(&mut self, frame: WsFrame) -> Result<(), ClientError> {
+        self.sink
+            .send(frame.message())
+            .await
+            .map_err(|e| ClientError::WebSocket {
+                url: self.url.clone(),
+                source: Box::new(e),
+            })
+    }
+}
+
+impl ExecOutputStream {
+    /// Drains the output and returns the exit code.
+    pub async fn wait(mut self) -> Result<i32, ClientError> {
+        while let Some(event) = self.next().await {
+            if let OutputEvent::Exit(code) = event? {
+                return Ok(code);
+            }
+        }
+        Err(ClientError::Interactive(
+            "the connection closed without an exit code".to_string(),
+        ))
+    }
+
+    fn decode(&self, text: &str) -> Result<OutputEvent, ClientError> {
+        let bad = |message: &str| ClientError::Decode {
+            url: self.url.clone(),
+            message: message.to_string(),
+        };
+        let frame: WsFrame = serde_json::from_str(text).map_err(|_| bad("invalid frame"))?;
+        let data = || {
+            base64::engine::general_purpose::STANDARD
+                .decode(frame.data.as_bytes())
+                .map(Bytes::from)
+                .map_err(|_| bad("invalid base64 data"))
+        };
+        match frame.kind.as_str() {
+            "stdout" => data().map(OutputEvent::Stdout),
+            "stderr" => data().map(OutputEvent::Stderr),
+            "exit" => frame
+                .exit
+                .map(|exit| OutputEvent::Exit(exit.code))
+                .ok_or_else(|| bad("exit frame without a code")),
+            "error" => Err(ClientError::Interactive(frame.error)),
+            other => Err(bad(&format!("unknown frame type {other}"))),
+        }
+    }
+}
+
+impl Stream for ExecOutputStream {
+    type Item = Result<OutputEvent, ClientError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            let message = match self.stream.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(message) => message,
+            };
+            let item = match message {
+                Some(Ok(Message::Text(text))) => self.decode(text.as_str()),
+                Some(Ok(Message::Close(_))) | None => Err(ClientError::Interactive(
+                    "the connection closed without an exit code".to_string(),
+                )),
+                // Pings are answered by the socket itself.
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => Err(ClientError::WebSocket {
+                    url: self.url.clone(),
+                    source: Box::new(e),
+                }),
+            };
+            if !matches!(item, Ok(OutputEvent::Stdout(_) | OutputEvent::Stderr(_))) {
+                self.done = true;
+            }
+            return Poll::Ready(Some(item));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn websocket_urls_follow_the_http_scheme() {
+        let ws = websocket_url(&Url::parse("http://127.0.0.1:9/sandboxes/x/exec/ws?a=1").unwrap())
+            .unwrap();
+        assert_eq!(ws.as_str(), "ws://127.0.0.1:9/sandboxes/x/exec/ws?a=1");
+        let wss = websocket_url(&Url::parse("https://w.example/exec/ws").unwrap());
+        if cfg!(feature = "rustls") {
+            assert_eq!(wss.unwrap().scheme(), "wss");
+        } else {
+            assert!(matches!(wss, Err(ClientError::InvalidUrl { .. })));
+        }
+    }
+
+    #[test]
+    fn queries_carry_every_option() {
+        let cmd = InteractiveCommand::new("cat")
+            .tty(24, 80)
+            .env("A", "b")
+            .cwd("/tmp");
+        let query = cmd.query();
+        for (k, v) in [
+            ("command", "cat"),
+            ("interactive", "true"),
+            ("tty", "true"),
+            ("rows", "24"),
+            ("cols", "80"),
+            ("env[A]", "b"),
+            ("workdir", "/tmp"),
+        ] {
+            assert!(query.contains(&(k.to_string(), v.to_string())), "{k}");
+        }
+    }
+}
