@@ -76,6 +76,7 @@ pub enum Command {
 Examples:
   traforato-cli exec sbx-... -- ls -la /workspace
   traforato-cli exec sbx-... --cwd /workspace --env DEBUG=1 -- 'make test | tail -n 20'
+  echo hello | traforato-cli exec -i sbx-... -- tr a-z A-Z
 
 A single CMD word is run by /bin/sh -c (so quoted pipelines work); several words are run as
 an argument vector without a shell.
@@ -83,6 +84,18 @@ an argument vector without a shell.
 Exit status: the command's exit code (124 when --timeout killed it), or 125 when
 traforato-cli itself failed (connection, API error).")]
     Exec(ExecArgs),
+
+    /// Open an interactive terminal in a sandbox; exits with the shell's exit code.
+    #[command(after_help = "\
+Examples:
+  traforato-cli shell sbx-...
+  traforato-cli shell sbx-... --cwd /workspace -- bash -l
+
+Without a command the sandbox's /bin/sh runs. The local terminal is put in raw mode (and
+restored on exit), its size is sent at the start and on every resize.
+
+Exit status: the command's exit code, or 125 when traforato-cli itself failed.")]
+    Shell(ShellArgs),
 
     /// Run Python or Node code in a sandbox; exits with the interpreter's exit code.
     #[command(after_help = "\
@@ -255,6 +268,9 @@ pub struct ExecArgs {
     /// Kill the command after this many milliseconds (exit code 124).
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: Option<u64>,
+    /// Pipe local stdin to the command (over a WebSocket, no terminal).
+    #[arg(short, long, conflicts_with = "timeout")]
+    pub interactive: bool,
     /// The command and its arguments (after `--`).
     #[arg(
         required = true,
@@ -263,6 +279,22 @@ pub struct ExecArgs {
         allow_hyphen_values = true,
         value_name = "CMD"
     )]
+    pub command: Vec<String>,
+}
+
+/// `shell` arguments.
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// Sandbox id.
+    pub id: String,
+    /// Working directory inside the sandbox.
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// Environment variable (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_key_val)]
+    pub env: Vec<(String, String)>,
+    /// The command and its arguments (after `--`); default `/bin/sh`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
 

@@ -5,6 +5,7 @@ mod exec;
 mod files;
 mod port;
 mod sandbox;
+mod shell;
 mod token;
 
 use clap::CommandFactory;
@@ -41,7 +42,7 @@ pub async fn run(cli: Cli) -> u8 {
     }
     // exec and run exit with the remote command's code, so their own failures use 125.
     let failure = match cli.command {
-        Command::Exec(_) | Command::Run(_) => EXIT_TOOL_FAILURE,
+        Command::Exec(_) | Command::Run(_) | Command::Shell(_) => EXIT_TOOL_FAILURE,
         _ => EXIT_FAILURE,
     };
     let builder = Client::builder(cli.url.clone())
@@ -62,7 +63,9 @@ pub async fn run(cli: Cli) -> u8 {
     };
     let result = match cli.command {
         Command::Sandbox(cmd) => sandbox::run(&ctx, cmd).await,
+        Command::Exec(args) if args.interactive => shell::exec_interactive(&ctx, args).await,
         Command::Exec(args) => exec::exec(&ctx, args).await,
+        Command::Shell(args) => shell::shell(&ctx, args).await,
         Command::Run(args) => exec::run_code(&ctx, args).await,
         Command::Files(cmd) => files::run(&ctx, cmd).await,
         Command::PortUrl(args) => port::run(&ctx, args).await,
