@@ -294,7 +294,11 @@ pub struct ShellArgs {
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_key_val)]
     pub env: Vec<(String, String)>,
     /// The command and its arguments (after `--`); default `/bin/sh`.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
     pub command: Vec<String>,
 }
 

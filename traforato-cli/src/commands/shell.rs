@@ -193,11 +193,7 @@ impl RawMode {
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        let _ = termios::tcsetattr(
-            std::io::stdin().as_fd(),
-            OptionalActions::Now,
-            &self.saved,
-        );
+        let _ = termios::tcsetattr(std::io::stdin().as_fd(), OptionalActions::Now, &self.saved);
     }
 }
 
@@ -213,6 +209,9 @@ mod tests {
             r"printf '%s
 ' 'it'\''s'"
         );
-        assert_eq!(command_line(&["tr".into(), "a-z".into(), "A-Z".into()]), "tr a-z A-Z");
+        assert_eq!(
+            command_line(&["tr".into(), "a-z".into(), "A-Z".into()]),
+            "tr a-z A-Z"
+        );
     }
 }
