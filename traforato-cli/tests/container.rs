@@ -86,11 +86,126 @@ async fn exec_interactive_and_shell() {
     assert!(out.contains("24 80"), "{out:?}");
     assert!(out.contains("on-a-2-tty"), "{out:?}");
 
+    shell_under_tmux(&url, &sandbox).await;
+
     let (code, _, _) = cli(&url, &["sandbox", "delete", &sandbox], b"").await;
     assert_eq!(code, 0, "delete");
     stack.stop().await.expect("stop");
     backend.remove_cgroup_parents().expect("cgroup parents");
     std::fs::remove_dir_all(&state_dir).expect("remove state dir");
+}
+
+/// `shell` on a real local terminal (a tmux pane): a command runs, the sandbox follows a
+/// resize of the local window (`SIGWINCH`), Python's prompt works, the exit code comes back
+/// and the local terminal settings are what they were before.
+async fn shell_under_tmux(url: &str, sandbox: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    let script = format!(
+        "stty -a > '{before}'; '{cli}' --url '{url}' shell {sandbox}; echo $? > '{code}'; stty -a > '{after}'",
+        before = file("before"),
+        after = file("after"),
+        code = file("code"),
+        cli = env!("CARGO_BIN_EXE_traforato-cli"),
+    );
+    let tmux = Tmux(format!("traforato-cli-test-{}", std::process::id()));
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "t",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        "sh",
+        "-c",
+        &script,
+    ]);
+
+    tmux.type_line("echo $((6 * 7))-ok");
+    tmux.wait_for("42-ok").await;
+    tmux.run(&["resize-window", "-t", "t", "-x", "120", "-y", "40"]);
+    tmux.type_line("stty size");
+    tmux.wait_for("40 120").await;
+    tmux.type_line("python3 -q");
+    tmux.wait_for(">>>").await;
+    tmux.type_line("print('py-' + str(6 * 7 + 1))");
+    tmux.wait_for("py-43").await;
+    tmux.type_line("exit()");
+    tmux.type_line("exit 4");
+
+    let code_file = dir.path().join("code");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !code_file.exists() || std::fs::read_to_string(dir.path().join("after")).is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the shell did not exit; pane: {}",
+            tmux.capture()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        std::fs::read_to_string(&code_file).expect("code").trim(),
+        "4"
+    );
+    let before = std::fs::read_to_string(dir.path().join("before")).expect("before");
+    let after = std::fs::read_to_string(dir.path().join("after")).expect("after");
+    // The window size changed on purpose; every other setting must be back.
+    let settings = |s: &str| s.lines().skip(1).collect::<Vec<_>>().join("\n");
+    assert_eq!(settings(&before), settings(&after), "terminal not restored");
+    assert!(
+        !before.contains("-icanon"),
+        "the pane starts in canonical mode: {before}"
+    );
+}
+
+/// A private tmux server, killed when dropped.
+struct Tmux(String);
+
+impl Tmux {
+    fn run(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("tmux")
+            .args(["-L", &self.0, "-f", "/dev/null"])
+            .args(args)
+            .output()
+            .expect("tmux (scripts/test installs it)");
+        assert!(out.status.success(), "tmux {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn type_line(&self, line: &str) {
+        self.run(&["send-keys", "-t", "t", "-l", line]);
+        self.run(&["send-keys", "-t", "t", "Enter"]);
+    }
+
+    fn capture(&self) -> String {
+        self.run(&["capture-pane", "-p", "-t", "t"])
+    }
+
+    async fn wait_for(&self, text: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let pane = self.capture();
+            if pane.contains(text) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{text:?} never appeared; pane:\n{pane}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux")
+            .args(["-L", &self.0, "kill-server"])
+            .output();
+    }
 }
 
 /// Runs the CLI against `url` with `stdin` piped in: (exit code, stdout, stderr).
