@@ -236,6 +236,8 @@ async fn exec_websocket_in_a_container() {
         128 + 9
     );
 
+    independent_python_client(&stack, &id).await;
+
     let resp = follow()
         .delete(stack.sandbox(&id, ""))
         .send()
@@ -245,4 +247,61 @@ async fn exec_websocket_in_a_container() {
     stack.stop().await.unwrap();
     backend.remove_cgroup_parents().unwrap();
     std::fs::remove_dir_all(&state_dir).unwrap();
+}
+
+/// An independent client, Python's `websockets` (Debian's `python3-websockets`, which
+/// scripts/test installs): `cat` on pipes echoes its input and ends at EOF with exit 0 and a
+/// normal closure; stderr and the exit code of a script; the Python REPL on a terminal shows
+/// its prompt and answers.
+async fn independent_python_client(stack: &Stack, id: &str) {
+    const SCRIPT: &str = r#"
+import asyncio, base64, json, sys
+import websockets
+
+async def run(url, send, until=None):
+    out = {"stdout": b"", "stderr": b""}
+    async with websockets.connect(url) as ws:
+        for data in send:
+            await ws.send(json.dumps({"type": "stdin", "data": base64.b64encode(data).decode()}))
+            if until:
+                while until not in out["stdout"]:
+                    frame = json.loads(await ws.recv())
+                    out[frame["type"]] += base64.b64decode(frame.get("data", ""))
+        async for message in ws:
+            frame = json.loads(message)
+            if frame["type"] == "exit":
+                code = frame["exit"]["code"]
+            else:
+                out[frame["type"]] += base64.b64decode(frame.get("data", ""))
+        assert ws.close_code == 1000, ws.close_code
+    return out, code
+
+base = sys.argv[1]
+out, code = asyncio.run(run(base + "?command=cat&interactive=true", [b"from ", b"python\n", b""]))
+assert (out["stdout"], code) == (b"from python\n", 0), (out, code)
+out, code = asyncio.run(run(base + "?command=echo+oops+%3E%262%3B+exit+6", []))
+assert (out["stderr"], code) == (b"oops\n", 6), (out, code)
+out, code = asyncio.run(run(base + "?command=python3+-q&tty=true&rows=24&cols=80",
+                            [b"print(6 * 7 - 1)\n", b"exit()\n"], until=b">>>"))
+assert b"41" in out["stdout"] and code == 0, (out, code)
+print("independent client ok")
+"#;
+    let url = stack
+        .worker
+        .at(&format!("/sandboxes/{id}/exec/ws"))
+        .replacen("http://", "ws://", 1);
+    let out = tokio::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(&url)
+        .output()
+        .await
+        .expect("/usr/bin/python3 (scripts/test installs python3-websockets)");
+    assert!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains("independent client ok"),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
