@@ -11,12 +11,13 @@ use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, Stream, StreamExt};
 use reqwest::header::AUTHORIZATION;
 use reqwest::{Method, StatusCode};
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use url::Url;
+
+use traforato_core::api::{ExitFrame, TerminalFrame, WsFrame};
 
 use crate::client::{error_from_response, redirect_target, Follow, Req};
 use crate::error::ClientError;
@@ -103,37 +104,10 @@ pub enum OutputEvent {
     Exit(i32),
 }
 
-/// A frame of the protocol, both ways; empty fields are omitted.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct WsFrame {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    data: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    terminal: Option<TerminalSize>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    exit: Option<ExitCode>,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    error: String,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct TerminalSize {
-    rows: u16,
-    cols: u16,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct ExitCode {
-    code: i32,
-}
-
-impl WsFrame {
-    fn message(self) -> Message {
-        // Serialising this plain struct cannot fail.
-        Message::text(serde_json::to_string(&self).unwrap_or_default())
-    }
+/// The text message of a frame.
+fn message(frame: &WsFrame) -> Message {
+    // Serialising this plain struct cannot fail.
+    Message::text(serde_json::to_string(frame).unwrap_or_default())
 }
 
 /// A running interactive exec: [`InteractiveExec::send_stdin`], [`InteractiveExec::resize`]
@@ -333,7 +307,7 @@ impl ExecInput {
     pub async fn resize(&mut self, rows: u16, cols: u16) -> Result<(), ClientError> {
         self.send(WsFrame {
             kind: "resize".to_string(),
-            terminal: Some(TerminalSize { rows, cols }),
+            terminal: Some(TerminalFrame { rows, cols }),
             ..WsFrame::default()
         })
         .await
@@ -341,7 +315,7 @@ impl ExecInput {
 
     async fn send(&mut self, frame: WsFrame) -> Result<(), ClientError> {
         self.sink
-            .send(frame.message())
+            .send(message(&frame))
             .await
             .map_err(|e| ClientError::WebSocket {
                 url: self.url.clone(),
@@ -380,7 +354,7 @@ impl ExecOutputStream {
             "stderr" => data().map(OutputEvent::Stderr),
             "exit" => frame
                 .exit
-                .map(|exit| OutputEvent::Exit(exit.code))
+                .map(|ExitFrame { code }| OutputEvent::Exit(code))
                 .ok_or_else(|| bad("exit frame without a code")),
             "error" => Err(ClientError::Interactive(frame.error)),
             other => Err(bad(&format!("unknown frame type {other}"))),

@@ -17,13 +17,14 @@ use futures::{SinkExt, StreamExt};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
-use traforato_core::api::{ExecRequest, ExecResizeRequest, ExecSignalRequest, Frame, FrameKind};
+use traforato_core::api::{
+    ExecRequest, ExecResizeRequest, ExecSignalRequest, FrameKind, TerminalFrame, WsFrame,
+};
 use traforato_core::auth::Principal;
 use traforato_core::worker::{FrameStream, Worker, WorkerError};
 
@@ -160,80 +161,10 @@ fn size_param(query: &Query, name: &'static str) -> Result<Option<u16>, ExecWsQu
         .transpose()
 }
 
-/// A terminal size in a frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TerminalFrame {
-    /// Lines.
-    pub rows: u16,
-    /// Columns.
-    pub cols: u16,
-}
-
-/// The exit of the command in an `exit` frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExitFrame {
-    /// Exit code (`128 + n` when killed by signal `n`, `124` on timeout).
-    pub code: i32,
-}
-
-/// One message of the protocol, both ways: `stdin`/`resize` from the client,
-/// `stdout`/`stderr`/`exit`/`error` from the server. Empty fields are omitted.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WsFrame {
-    /// What the frame is.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Bytes, base64 (standard alphabet, padded).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub data: String,
-    /// The terminal size of `resize`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub terminal: Option<TerminalFrame>,
-    /// The exit of `exit`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exit: Option<ExitFrame>,
-    /// The message of `error`.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub error: String,
-}
-
-impl WsFrame {
-    /// The protocol frame of an exec frame.
-    pub fn from_exec(frame: &Frame) -> Self {
-        match frame.kind {
-            FrameKind::Stdout | FrameKind::Stderr => Self {
-                kind: if frame.kind == FrameKind::Stdout {
-                    "stdout"
-                } else {
-                    "stderr"
-                }
-                .to_string(),
-                data: base64::engine::general_purpose::STANDARD.encode(frame.data.as_bytes()),
-                ..Self::default()
-            },
-            FrameKind::Exit => Self {
-                kind: "exit".to_string(),
-                exit: Some(ExitFrame {
-                    code: frame.data.trim().parse().unwrap_or(-1),
-                }),
-                ..Self::default()
-            },
-        }
-    }
-
-    /// An `error` frame.
-    pub fn error(message: impl Into<String>) -> Self {
-        Self {
-            kind: "error".to_string(),
-            error: message.into(),
-            ..Self::default()
-        }
-    }
-
-    /// The text message of the frame.
-    pub fn to_message(&self) -> Message {
-        Message::text(serde_json::to_string(self).unwrap_or_default())
-    }
+/// The text message of a frame.
+pub fn to_message(frame: &WsFrame) -> Message {
+    // Serialising this plain struct cannot fail.
+    Message::text(serde_json::to_string(frame).unwrap_or_default())
 }
 
 /// What a client message asks for.
@@ -440,7 +371,7 @@ async fn session(ws: Ws, mut frames: FrameStream, exec: ExecHandle, shutdown: Sh
                 };
                 let exited = frame.kind == FrameKind::Exit;
                 // One frame at a time: the next is read only once the socket took this one.
-                if sink.send(WsFrame::from_exec(&frame).to_message()).await.is_err() {
+                if sink.send(to_message(&WsFrame::from_exec(&frame))).await.is_err() {
                     break Ending::ClientGone;
                 }
                 if exited {
@@ -451,7 +382,7 @@ async fn session(ws: Ws, mut frames: FrameStream, exec: ExecHandle, shutdown: Sh
                 Some(Ok(Message::Text(text))) => match decode_client_frame(&text) {
                     Ok(frame) => {
                         if let Err(err) = exec.apply(frame).await {
-                            let error = WsFrame::error(err.to_string()).to_message();
+                            let error = to_message(&WsFrame::error(err.to_string()));
                             if sink.send(error).await.is_err() {
                                 break Ending::ClientGone;
                             }
@@ -485,12 +416,12 @@ async fn session(ws: Ws, mut frames: FrameStream, exec: ExecHandle, shutdown: Sh
         Ending::ProtocolError(err, code) => {
             exec.kill().await;
             vec![
-                WsFrame::error(err.to_string()).to_message(),
+                to_message(&WsFrame::error(err.to_string())),
                 close(code, ""),
             ]
         }
         Ending::Abandoned => vec![
-            WsFrame::error("exec ended without an exit").to_message(),
+            to_message(&WsFrame::error("exec ended without an exit")),
             close(CloseCode::Away, ""),
         ],
         Ending::ClientGone => {
@@ -517,6 +448,7 @@ async fn session(ws: Ws, mut frames: FrameStream, exec: ExecHandle, shutdown: Sh
 #[cfg(test)]
 mod tests {
     use super::*;
+    use traforato_core::api::Frame;
 
     fn q(raw: &str) -> Query {
         Query::parse(Some(raw))
@@ -624,16 +556,16 @@ mod tests {
     #[test]
     fn server_frames() {
         let out = WsFrame::from_exec(&frame(FrameKind::Stdout, "hi\n"));
-        assert_eq!(text(out.to_message()), r#"{"type":"stdout","data":"aGkK"}"#);
+        assert_eq!(text(to_message(&out)), r#"{"type":"stdout","data":"aGkK"}"#);
         let err = WsFrame::from_exec(&frame(FrameKind::Stderr, "x"));
-        assert_eq!(text(err.to_message()), r#"{"type":"stderr","data":"eA=="}"#);
+        assert_eq!(text(to_message(&err)), r#"{"type":"stderr","data":"eA=="}"#);
         let exit = WsFrame::from_exec(&frame(FrameKind::Exit, "137"));
         assert_eq!(
-            text(exit.to_message()),
+            text(to_message(&exit)),
             r#"{"type":"exit","exit":{"code":137}}"#
         );
         assert_eq!(
-            text(WsFrame::error("boom").to_message()),
+            text(to_message(&WsFrame::error("boom"))),
             r#"{"type":"error","error":"boom"}"#
         );
     }

@@ -285,3 +285,77 @@ pub struct SyntaxErrorBody {
     #[serde(default)]
     pub duration_ms: u64,
 }
+
+/// A terminal size in an exec WebSocket frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminalFrame {
+    /// Lines.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
+}
+
+/// The exit of the command in an `exit` frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitFrame {
+    /// Exit code (`128 + n` when killed by signal `n`, `124` on timeout).
+    pub code: i32,
+}
+
+/// One message of the exec WebSocket protocol (`GET …/exec/ws`, Orchard's), both ways: `stdin`/`resize` from the client,
+/// `stdout`/`stderr`/`exit`/`error` from the server. Empty fields are omitted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WsFrame {
+    /// What the frame is.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Bytes, base64 (standard alphabet, padded).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub data: String,
+    /// The terminal size of `resize`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminal: Option<TerminalFrame>,
+    /// The exit of `exit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ExitFrame>,
+    /// The message of `error`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+impl WsFrame {
+    /// The protocol frame of an exec frame.
+    pub fn from_exec(frame: &Frame) -> Self {
+        match frame.kind {
+            FrameKind::Stdout | FrameKind::Stderr => Self {
+                kind: if frame.kind == FrameKind::Stdout {
+                    "stdout"
+                } else {
+                    "stderr"
+                }
+                .to_string(),
+                data: base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    frame.data.as_bytes(),
+                ),
+                ..Self::default()
+            },
+            FrameKind::Exit => Self {
+                kind: "exit".to_string(),
+                exit: Some(ExitFrame {
+                    code: frame.data.trim().parse().unwrap_or(-1),
+                }),
+                ..Self::default()
+            },
+        }
+    }
+
+    /// An `error` frame.
+    pub fn error(message: impl Into<String>) -> Self {
+        Self {
+            kind: "error".to_string(),
+            error: message.into(),
+            ..Self::default()
+        }
+    }
+}
