@@ -118,8 +118,8 @@ pub struct CapacityConfig {
     pub cpu_overcommit: u32,
     /// Memory limits handed out per MiB of `total_memory_mib`, at least 1.
     pub memory_overcommit: u32,
-    /// New sandboxes (cold or warm) are refused while the memory the backends' sandboxes
-    /// actually use exceeds this (idle warm sandboxes are retired first, oldest first).
+    /// Cold creates are refused while the memory the backends' sandboxes actually use
+    /// exceeds this (idle warm sandboxes are retired first, oldest first).
     pub memory_high_watermark_mib: Option<u64>,
     /// Most idle warm sandboxes of one tuple, whatever the demand (floors excepted).
     pub max_warm_per_tuple: Option<u32>,

@@ -255,7 +255,7 @@ worker_flags! {
     total_memory_mib: AutoMib = "0",
         worker("total-memory-mib", "TRAFORATO_WORKER_TOTAL_MEMORY_MIB"),
         dev("total-memory-mib", "TRAFORATO_DEV_WORKER_TOTAL_MEMORY_MIB");
-    /// Most live sandboxes; 0 means the number of cores (2 on macOS).
+    /// Most live sandboxes; 0 means the cores × cpu-overcommit with containers, else the cores (2 on macOS).
     max_live_sandboxes: AutoCount = "0",
         worker("max-live-sandboxes", "TRAFORATO_WORKER_MAX_LIVE_SANDBOXES"),
         dev("max-live-sandboxes", "TRAFORATO_DEV_WORKER_MAX_LIVE_SANDBOXES");

@@ -105,7 +105,7 @@ layer! {
         pub total_cores: Option<AutoCount>,
         /// `total-memory-mib` (0: 1024 per core).
         pub total_memory_mib: Option<AutoMib>,
-        /// `max-live-sandboxes` (0: the cores; 2 on macOS).
+        /// `max-live-sandboxes` (0: the cores × cpu-overcommit with containers, else the cores; 2 on macOS).
         pub max_live_sandboxes: Option<AutoCount>,
         /// `default-ttl`.
         pub default_ttl: Option<GoDuration>,

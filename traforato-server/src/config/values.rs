@@ -81,7 +81,7 @@ macro_rules! auto_count {
 }
 
 auto_count!(
-    /// A count where 0 means "work it out" (cores: the CPUs; sandboxes: the cores).
+    /// A count where 0 means "work it out" (cores: the CPUs; sandboxes: the cores, × cpu-overcommit with containers).
     AutoCount(NonZeroU32, u32)
 );
 auto_count!(

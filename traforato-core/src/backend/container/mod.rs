@@ -62,9 +62,8 @@
 //! With [`ContainerConfig::python_zygote`] (default), provisioning also starts a pre-warmed
 //! Python zygote inside the sandbox, as a child of the agent and so under the sandbox's
 //! namespaces, cgroup and seccomp filter; Python runs are forked from it (`zygote.rs`).
-//! Provisioning does not wait for it; the first exec or run does (about one interpreter
-//! start): until it has made itself unreachable no other code runs in the sandbox
-//! (`zygote.rs`). Runs without it (no `python3`, zygote dead or unresponsive) start a fresh
+//! Provisioning does not wait for it, and neither do execs and runs: a run that comes before
+//! the zygote is ready starts its own interpreter (`zygote.rs`). Runs without it (no `python3`, zygote dead or unresponsive) start a fresh
 //! interpreter. The warm pool waits for it ([`Vm::settle`](crate::backend::Vm::settle))
 //! before offering the sandbox, so a claim never competes with a starting interpreter.
 //!

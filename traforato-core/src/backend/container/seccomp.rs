@@ -348,7 +348,8 @@ const NAMESPACE_FLAGS: u64 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWUSER
     | libc::CLONE_NEWPID
     | libc::CLONE_NEWNET
-    | libc::CLONE_NEWCGROUP) as u64;
+    | libc::CLONE_NEWCGROUP
+    | libc::CLONE_NEWTIME) as u64;
 
 /// `personality(PER_LINUX)` and the query `personality(0xffffffff)`: no other persona (no
 /// `ADDR_NO_RANDOMIZE`, `READ_IMPLIES_EXEC`, ...).

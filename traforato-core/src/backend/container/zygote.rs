@@ -124,8 +124,7 @@ pub(crate) struct Zygote {
 
 impl Zygote {
     /// Asks the agent to start the zygote and returns at once; it becomes ready in the
-    /// background (about as long as one interpreter start). No other code may run in the
-    /// sandbox before [`Zygote::settle`] returned.
+    /// background (about as long as one interpreter start).
     pub(crate) async fn start(
         agent: &Arc<AgentConn>,
         env: Vec<(String, String)>,
