@@ -64,11 +64,7 @@ pub fn frame_events(frames: FrameStream) -> HttpResponse {
 
 /// One event; JSON has no raw newline, so `data` is one line.
 fn encode(frame: &traforato_core::api::Frame, cursor: u64) -> Bytes {
-    let kind = match frame.kind {
-        traforato_core::api::FrameKind::Stdout => "stdout",
-        traforato_core::api::FrameKind::Stderr => "stderr",
-        traforato_core::api::FrameKind::Exit => "exit",
-    };
+    let kind = frame.kind.as_str();
     let data = serde_json::to_string(frame).unwrap_or_default();
     Bytes::from(format!("id: {cursor}\nevent: {kind}\ndata: {data}\n\n"))
 }

@@ -23,7 +23,8 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 use traforato_core::api::{
-    ExecRequest, ExecResizeRequest, ExecSignalRequest, FrameKind, TerminalFrame, WsFrame,
+    parse_query_bool, ExecRequest, ExecResizeRequest, ExecSignalRequest, FrameKind, TerminalFrame,
+    WsFrame,
 };
 use traforato_core::auth::Principal;
 use traforato_core::worker::{FrameStream, Worker, WorkerError};
@@ -138,17 +139,19 @@ pub fn parse_query(query: &Query) -> Result<ExecRequest, ExecWsQueryError> {
     })
 }
 
-/// A boolean query parameter as Go's `strconv.ParseBool` reads it (any case); a bare key
+/// A boolean query parameter as Go's `strconv.ParseBool` reads it; a bare key
 /// (`?tty`) is true.
 fn bool_param(query: &Query, name: &'static str) -> Result<Option<bool>, ExecWsQueryError> {
     let Some(raw) = query.get(name) else {
         return Ok(None);
     };
-    match raw.trim().to_ascii_lowercase().as_str() {
-        "" | "1" | "t" | "true" => Ok(Some(true)),
-        "0" | "f" | "false" => Ok(Some(false)),
-        _ => Err(ExecWsQueryError::InvalidBool(name)),
+    // A bare `?tty` means true; otherwise the parser every boolean query option uses.
+    if raw.trim().is_empty() {
+        return Ok(Some(true));
     }
+    parse_query_bool(Some(raw))
+        .map(Some)
+        .ok_or(ExecWsQueryError::InvalidBool(name))
 }
 
 fn size_param(query: &Query, name: &'static str) -> Result<Option<u16>, ExecWsQueryError> {

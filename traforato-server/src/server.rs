@@ -161,24 +161,8 @@ pub fn ensure_open_file_limit(sandboxes: u32) -> Result<u64, ServeError> {
     if setrlimit(Resource::Nofile, wanted).is_ok() {
         return Ok(needed);
     }
-    let limit = if hard >= needed {
-        setrlimit(
-            Resource::Nofile,
-            Rlimit {
-                current: Some(needed),
-                maximum: Some(hard),
-            },
-        )
-        .map(|()| needed)
-        .unwrap_or(soft)
-    } else {
-        soft
-    };
-    if limit >= needed {
-        return Ok(limit);
-    }
     Err(ServeError::OpenFileLimit {
-        limit,
+        limit: soft,
         needed,
         sandboxes,
     })

@@ -184,6 +184,17 @@ pub enum FrameKind {
     Exit,
 }
 
+impl FrameKind {
+    /// The wire name (as serde writes it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrameKind::Stdout => "stdout",
+            FrameKind::Stderr => "stderr",
+            FrameKind::Exit => "exit",
+        }
+    }
+}
+
 /// `GET /sandboxes/{id}/exec/{exec_id}/frames?cursor=N&wait=...`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FramesResponse {
@@ -328,12 +339,7 @@ impl WsFrame {
     pub fn from_exec(frame: &Frame) -> Self {
         match frame.kind {
             FrameKind::Stdout | FrameKind::Stderr => Self {
-                kind: if frame.kind == FrameKind::Stdout {
-                    "stdout"
-                } else {
-                    "stderr"
-                }
-                .to_string(),
+                kind: frame.kind.as_str().to_string(),
                 data: base64::Engine::encode(
                     &base64::engine::general_purpose::STANDARD,
                     frame.data.as_bytes(),
@@ -341,7 +347,7 @@ impl WsFrame {
                 ..Self::default()
             },
             FrameKind::Exit => Self {
-                kind: "exit".to_string(),
+                kind: frame.kind.as_str().to_string(),
                 exit: Some(ExitFrame {
                     code: frame.data.trim().parse().unwrap_or(-1),
                 }),

@@ -108,11 +108,18 @@ async fn run(args: DevArgs) -> Result<(), ServeError> {
     // Announce once the worker is registered (in-process: at once), so that the first create
     // sent after the line finds it.
     let worker_id = worker.config().worker_id.to_string();
+    let mut registered = false;
     for _ in 0..1000 {
-        if broker.is_worker_active(&worker_id) {
+        registered = broker.is_worker_active(&worker_id);
+        if registered {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    if !registered {
+        eprintln!(
+            "traforato-dev: the worker has not registered after 5s (still cleaning up?); creates get 503 until it does"
+        );
     }
     eprintln!(
         "traforato-dev: broker listening on {broker_url} (send creates there), worker on {worker_url}"

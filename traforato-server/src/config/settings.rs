@@ -180,12 +180,12 @@ impl From<CapacityLayer> for CapacitySettings {
         Self {
             cpu_overcommit: layer
                 .cpu_overcommit
-                .unwrap_or(DEFAULT_CPU_OVERCOMMIT)
-                .max(1),
+                .filter(|n| *n > 0)
+                .unwrap_or(DEFAULT_CPU_OVERCOMMIT),
             memory_overcommit: layer
                 .memory_overcommit
-                .unwrap_or(DEFAULT_MEMORY_OVERCOMMIT)
-                .max(1),
+                .filter(|n| *n > 0)
+                .unwrap_or(DEFAULT_MEMORY_OVERCOMMIT),
             memory_high_watermark: layer
                 .memory_high_watermark
                 .unwrap_or(MemoryShare::Percent(DEFAULT_MEMORY_HIGH_WATERMARK_PERCENT)),
@@ -253,7 +253,7 @@ pub struct WorkerSettings {
     pub total_cores: AutoCount,
     /// Memory offered in MiB (automatic: 1024 per core).
     pub total_memory_mib: AutoMib,
-    /// Most live sandboxes (automatic: the cores).
+    /// Most live sandboxes (automatic: the cores × cpu-overcommit with containers, else the cores).
     pub max_live_sandboxes: AutoCount,
     /// TTL of creates without `ttl_seconds`.
     pub default_ttl: Duration,
