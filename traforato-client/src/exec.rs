@@ -9,11 +9,12 @@ use std::str::FromStr;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::stream::{BoxStream, Stream, StreamExt};
 use reqwest::Method;
 use traforato_core::api::{
-    ExecAccepted, ExecRecord, ExecRequest, Frame, FrameKind, FramesResponse, RunCodeAccepted,
-    RunCodeRequest, RunCodeResponse, SyntaxErrorBody,
+    ExecAccepted, ExecRecord, ExecRequest, ExecSignalRequest, Frame, FrameKind, FramesResponse,
+    RunCodeAccepted, RunCodeRequest, RunCodeResponse, SyntaxErrorBody,
 };
 
 use crate::client::{decode_json, error_from_response, Req};
@@ -105,6 +106,21 @@ impl Command {
         self
     }
 
+    /// Writes `data` to the command's stdin first; stdin is then closed unless
+    /// [`Command::interactive`].
+    pub fn stdin(mut self, data: impl AsRef<[u8]>) -> Self {
+        use base64::Engine as _;
+        self.req.stdin = Some(base64::engine::general_purpose::STANDARD.encode(data));
+        self.req.stdin_encoding = "base64".to_string();
+        self
+    }
+
+    /// Keeps stdin open for [`Execution::send_stdin`] until [`Execution::close_stdin`].
+    pub fn interactive(mut self) -> Self {
+        self.req.interactive = true;
+        self
+    }
+
     /// The request body this command sends.
     pub fn as_request(&self) -> &ExecRequest {
         &self.req
@@ -131,6 +147,31 @@ impl From<ExecRequest> for Command {
 
 fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
+}
+
+/// A signal for a running exec's process group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Signal {
+    /// `SIGTERM`: ask it to end.
+    Term,
+    /// `SIGKILL`: end it.
+    Kill,
+    /// `SIGINT`: what Ctrl-C sends.
+    Int,
+    /// `SIGHUP`: its terminal went away.
+    Hup,
+}
+
+impl Signal {
+    /// The name the API uses.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Signal::Term => "TERM",
+            Signal::Kill => "KILL",
+            Signal::Int => "INT",
+            Signal::Hup => "HUP",
+        }
+    }
 }
 
 /// A code interpreter.
@@ -368,6 +409,44 @@ impl Execution {
     pub async fn record(&self) -> Result<ExecRecord, ClientError> {
         let req = Req::new(Method::GET, self.sandbox.url(&["exec", &self.exec_id], &[]));
         self.sandbox.client().send_json(req).await
+    }
+
+    /// Sends `signal` to the exec's process group (`409` once it exited; run-code execs
+    /// take no signals).
+    pub async fn signal(&self, signal: Signal) -> Result<(), ClientError> {
+        let body = ExecSignalRequest {
+            signal: signal.as_str().to_string(),
+        };
+        let req = Req::new(
+            Method::POST,
+            self.sandbox.url(&["exec", &self.exec_id, "signal"], &[]),
+        )
+        .json(&body);
+        self.sandbox.client().send_empty(req).await
+    }
+
+    /// Appends `data` to the stdin of an exec started with `interactive` (an empty slice
+    /// sends nothing: it would be EOF).
+    pub async fn send_stdin(&self, data: impl Into<Bytes>) -> Result<(), ClientError> {
+        let data = data.into();
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.post_stdin(data).await
+    }
+
+    /// Closes the exec's stdin (EOF).
+    pub async fn close_stdin(&self) -> Result<(), ClientError> {
+        self.post_stdin(Bytes::new()).await
+    }
+
+    async fn post_stdin(&self, data: Bytes) -> Result<(), ClientError> {
+        let req = Req::new(
+            Method::POST,
+            self.sandbox.url(&["exec", &self.exec_id, "stdin"], &[]),
+        )
+        .bytes(data, "application/octet-stream");
+        self.sandbox.client().send_empty(req).await
     }
 
     /// All frames from the first, in order, as they come: stdout and stderr chunks, then

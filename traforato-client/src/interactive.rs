@@ -1,5 +1,6 @@
 //! Interactive execs over the worker's WebSocket (`GET /sandboxes/{id}/exec/ws`, Orchard's
-//! exec protocol): input to the command, terminal resizes, and its output as a stream.
+//! exec protocol): input to the command, terminal resizes, signals, reconnectable sessions,
+//! its output as a stream, and the URL a browser opens (`GET …/exec/ws/url`).
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -17,10 +18,11 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use url::Url;
 
-use traforato_core::api::{ExitFrame, TerminalFrame, WsFrame};
+use traforato_core::api::{ExecWsUrlResponse, ExitFrame, TerminalFrame, WsFrame};
 
 use crate::client::{error_from_response, redirect_target, Follow, Req};
 use crate::error::ClientError;
+use crate::exec::{Execution, Signal};
 use crate::sandbox::Sandbox;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -44,6 +46,9 @@ pub struct InteractiveCommand {
     pub env: BTreeMap<String, String>,
     /// Working directory; empty means the sandbox's default.
     pub cwd: String,
+    /// The name of a reconnectable session: the command outlives the connection, and
+    /// [`Sandbox::attach_session`] finds it again.
+    pub session: Option<String>,
 }
 
 impl InteractiveCommand {
@@ -73,11 +78,20 @@ impl InteractiveCommand {
         self
     }
 
+    /// Runs as the reconnectable session `name` (1-64 characters of `A-Z a-z 0-9 . _ : -`):
+    /// the command keeps running when the connection drops or detaches, and opening the same
+    /// name again attaches to it.
+    pub fn session(mut self, name: impl Into<String>) -> Self {
+        self.session = Some(name.into());
+        self
+    }
+
     fn query(&self) -> Vec<(String, String)> {
-        let mut query = vec![
+        let mut query = self.session_query();
+        query.extend([
             ("command".to_string(), self.command.clone()),
             ("interactive".to_string(), "true".to_string()),
-        ];
+        ]);
         if let Some((rows, cols)) = self.tty {
             query.push(("tty".to_string(), "true".to_string()));
             query.push(("rows".to_string(), rows.to_string()));
@@ -91,6 +105,13 @@ impl InteractiveCommand {
         }
         query
     }
+
+    fn session_query(&self) -> Vec<(String, String)> {
+        self.session
+            .iter()
+            .map(|name| ("session".to_string(), name.clone()))
+            .collect()
+    }
 }
 
 /// One piece of output of an interactive exec.
@@ -102,6 +123,9 @@ pub enum OutputEvent {
     Stderr(Bytes),
     /// The command ended with this code (`128 + n` when killed by signal `n`); the last event.
     Exit(i32),
+    /// Sessions: the history asked for with [`ExecInput::history`] was all sent; this is the
+    /// watermark it ended at.
+    HistoryEnd(u64),
 }
 
 /// The text message of a frame.
@@ -124,6 +148,8 @@ pub struct InteractiveExec {
 pub struct ExecInput {
     sink: SplitSink<Socket, Message>,
     url: String,
+    /// The exec, for signals (the worker names it in the handshake).
+    exec: Option<Execution>,
 }
 
 /// The output half of an [`InteractiveExec`]: a [`Stream`] of [`OutputEvent`]s that ends
@@ -134,10 +160,14 @@ pub struct ExecOutputStream {
     stream: SplitStream<Socket>,
     url: String,
     done: bool,
+    /// The watermark of the last output received (sessions).
+    watermark: u64,
 }
 
 impl Sandbox {
-    /// Starts `command` over a WebSocket to the worker that owns the sandbox.
+    /// Starts `command` over a WebSocket to the worker that owns the sandbox (or, with
+    /// [`InteractiveCommand::session`], attaches to that session when it exists and runs the
+    /// same command).
     ///
     /// The broker is asked where the sandbox lives (its `307` is read, not followed); the
     /// socket then goes to the worker with a fresh `Authorization` header. `https` URLs need
@@ -146,13 +176,35 @@ impl Sandbox {
         &self,
         command: InteractiveCommand,
     ) -> Result<InteractiveExec, ClientError> {
-        let client = self.client();
+        self.open_socket(&command.query()).await
+    }
+
+    /// Attaches to the reconnectable session `name`, whatever it runs. Output comes from now
+    /// on; ask for what came before with [`ExecInput::history`]. A session that does not
+    /// exist is a `404`.
+    pub async fn attach_session(&self, name: &str) -> Result<InteractiveExec, ClientError> {
+        self.open_socket(&[("session".to_string(), name.to_string())])
+            .await
+    }
+
+    /// Where a browser opens `command` over a WebSocket: the worker's own `ws(s)://` URL and,
+    /// in prod mode, a single-use access token in it that expires after a minute. Hand the
+    /// URL to the browser; keep the credentials that minted it on the server.
+    pub async fn exec_ws_url(
+        &self,
+        command: &InteractiveCommand,
+    ) -> Result<ExecWsUrlResponse, ClientError> {
         let query = command.query();
-        let pairs: Vec<(&str, &str)> = query
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let url = client.endpoint(&["sandboxes", self.id(), "exec", "ws"], &pairs);
+        let url = self.url(&["exec", "ws", "url"], &pairs(&query));
+        self.client().send_json(Req::new(Method::GET, url)).await
+    }
+
+    async fn open_socket(
+        &self,
+        query: &[(String, String)],
+    ) -> Result<InteractiveExec, ClientError> {
+        let client = self.client();
+        let url = client.endpoint(&["sandboxes", self.id(), "exec", "ws"], &pairs(query));
         let mut req = Req::new(Method::GET, url.clone());
         req.follow = Follow::None;
         let resp = client.send(req).await?;
@@ -176,7 +228,7 @@ impl Sandbox {
         if let Some(value) = client.authorization().await? {
             request.headers_mut().insert(AUTHORIZATION, value);
         }
-        let socket =
+        let (socket, response) =
             match tokio::time::timeout(client.timeout(), tokio_tungstenite::connect_async(request))
                 .await
             {
@@ -185,7 +237,7 @@ impl Sandbox {
                         url: ws_url.to_string(),
                     })
                 }
-                Ok(Ok((socket, _))) => socket,
+                Ok(Ok(opened)) => opened,
                 Ok(Err(tungstenite::Error::Http(resp))) => {
                     let body = resp.body().as_deref().unwrap_or_default();
                     return Err(ClientError::from_error_body(
@@ -196,19 +248,36 @@ impl Sandbox {
                 }
                 Ok(Err(e)) => return Err(ws_error(&ws_url, e)),
             };
+        let exec = response
+            .headers()
+            .get(EXEC_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(|id| self.execution(id));
         let (sink, stream) = socket.split();
         Ok(InteractiveExec {
             input: ExecInput {
                 sink,
                 url: ws_url.to_string(),
+                exec,
             },
             output: ExecOutputStream {
                 stream,
                 url: ws_url.to_string(),
                 done: false,
+                watermark: 0,
             },
         })
     }
+}
+
+/// The header of the worker's `101` that names the exec of the socket.
+const EXEC_ID_HEADER: &str = "x-traforato-exec-id";
+
+fn pairs(query: &[(String, String)]) -> Vec<(&str, &str)> {
+    query
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
 }
 
 fn websocket_url(http: &Url) -> Result<Url, ClientError> {
@@ -259,6 +328,21 @@ impl InteractiveExec {
     /// Resizes the command's terminal.
     pub async fn resize(&mut self, rows: u16, cols: u16) -> Result<(), ClientError> {
         self.input.resize(rows, cols).await
+    }
+
+    /// Sends `signal` to the command's process group.
+    pub async fn signal(&self, signal: Signal) -> Result<(), ClientError> {
+        self.input.signal(signal).await
+    }
+
+    /// The exec's id (also in the sandbox's exec listing), when the worker named it.
+    pub fn exec_id(&self) -> Option<&str> {
+        self.input.exec_id()
+    }
+
+    /// Sessions: leaves the command running and ends the connection.
+    pub async fn detach(mut self) -> Result<(), ClientError> {
+        self.input.detach().await
     }
 
     /// Splits into the input and output halves.
@@ -313,6 +397,61 @@ impl ExecInput {
         .await
     }
 
+    /// Sends `signal` to the command's process group (through the exec's signal route).
+    pub async fn signal(&self, signal: Signal) -> Result<(), ClientError> {
+        match &self.exec {
+            Some(exec) => exec.signal(signal).await,
+            None => Err(ClientError::Interactive(
+                "the worker did not name the exec, so it cannot be signalled".to_string(),
+            )),
+        }
+    }
+
+    /// The exec's id, when the worker named it.
+    pub fn exec_id(&self) -> Option<&str> {
+        self.exec.as_ref().map(Execution::id)
+    }
+
+    /// Sessions: asks for the output after `watermark` (`0`: all that is kept), which comes
+    /// before the live output and ends with [`OutputEvent::HistoryEnd`].
+    pub async fn history(&mut self, watermark: u64) -> Result<(), ClientError> {
+        self.send(WsFrame {
+            kind: "history".to_string(),
+            watermark,
+            ..WsFrame::default()
+        })
+        .await
+    }
+
+    /// Sessions: tells the worker the output up to `watermark` arrived, so it need not keep it
+    /// for a later `history`.
+    pub async fn ack(&mut self, watermark: u64) -> Result<(), ClientError> {
+        self.send(WsFrame {
+            kind: "ack".to_string(),
+            watermark,
+            ..WsFrame::default()
+        })
+        .await
+    }
+
+    /// Sessions: leaves the command running and ends the connection.
+    pub async fn detach(&mut self) -> Result<(), ClientError> {
+        self.send(WsFrame {
+            kind: "detach".to_string(),
+            ..WsFrame::default()
+        })
+        .await
+    }
+
+    /// Sessions: ends the command (killed if still running) and the session.
+    pub async fn close_session(&mut self) -> Result<(), ClientError> {
+        self.send(WsFrame {
+            kind: "close".to_string(),
+            ..WsFrame::default()
+        })
+        .await
+    }
+
     async fn send(&mut self, frame: WsFrame) -> Result<(), ClientError> {
         self.sink
             .send(message(&frame))
@@ -325,6 +464,12 @@ impl ExecInput {
 }
 
 impl ExecOutputStream {
+    /// Sessions: the watermark of the last output received (`0` before any): what to ask
+    /// [`ExecInput::history`] for after reattaching.
+    pub fn watermark(&self) -> u64 {
+        self.watermark
+    }
+
     /// Drains the output and returns the exit code.
     pub async fn wait(mut self) -> Result<i32, ClientError> {
         while let Some(event) = self.next().await {
@@ -337,12 +482,15 @@ impl ExecOutputStream {
         ))
     }
 
-    fn decode(&self, text: &str) -> Result<OutputEvent, ClientError> {
+    fn decode(&mut self, text: &str) -> Result<OutputEvent, ClientError> {
         let bad = |message: &str| ClientError::Decode {
             url: self.url.clone(),
             message: message.to_string(),
         };
         let frame: WsFrame = serde_json::from_str(text).map_err(|_| bad("invalid frame"))?;
+        if frame.kind != "no_more_history" && frame.watermark > self.watermark {
+            self.watermark = frame.watermark;
+        }
         let data = || {
             base64::engine::general_purpose::STANDARD
                 .decode(frame.data.as_bytes())
@@ -357,6 +505,7 @@ impl ExecOutputStream {
                 .map(|ExitFrame { code }| OutputEvent::Exit(code))
                 .ok_or_else(|| bad("exit frame without a code")),
             "error" => Err(ClientError::Interactive(frame.error)),
+            "no_more_history" => Ok(OutputEvent::HistoryEnd(frame.watermark)),
             other => Err(bad(&format!("unknown frame type {other}"))),
         }
     }
@@ -386,7 +535,10 @@ impl Stream for ExecOutputStream {
                     source: Box::new(e),
                 }),
             };
-            if !matches!(item, Ok(OutputEvent::Stdout(_) | OutputEvent::Stderr(_))) {
+            if !matches!(
+                item,
+                Ok(OutputEvent::Stdout(_) | OutputEvent::Stderr(_) | OutputEvent::HistoryEnd(_))
+            ) {
                 self.done = true;
             }
             return Poll::Ready(Some(item));

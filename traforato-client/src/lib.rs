@@ -65,7 +65,7 @@ pub use client::{
 pub use error::{BoxError, ClientError};
 pub use exec::{
     frame_exit_code, Command, ExecOutput, Execution, FrameStream, ParseRuntimeError, RunCode,
-    RunCodeOutput, Runtime,
+    RunCodeOutput, Runtime, Signal,
 };
 pub use files::{ByteStream, EntryStream, Files, ListOptions, RemoveOptions};
 pub use interactive::{

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use traforato_client::{Client, CreateSandbox, InteractiveCommand, OutputEvent, Runtime};
+use traforato_client::{
+    Client, Command, CreateSandbox, InteractiveCommand, OutputEvent, Runtime, Signal,
+};
 use traforato_core::auth::AuthConfig;
 use traforato_core::backend::container::{
     init_main_if_requested, ContainerBackend, ContainerConfig,
@@ -154,6 +156,89 @@ async fn interactive_execs(sandbox: &traforato_client::Sandbox) {
     let (rest, code) = collect(tty).await;
     assert_eq!(code, 7);
     assert!(rest.contains("40 120"), "{rest:?}");
+
+    // Input without a WebSocket: one-shot bytes, then more through the stdin route, then EOF.
+    let cat = sandbox
+        .exec_stream(Command::shell("cat").stdin(b"first ").interactive())
+        .await
+        .expect("cat");
+    cat.send_stdin(&b"second\n"[..]).await.expect("stdin");
+    cat.close_stdin().await.expect("eof");
+    let out = cat.wait().await.expect("cat output");
+    assert_eq!((out.stdout.as_str(), out.exit_code), ("first second\n", 0));
+    let err = cat.send_stdin(&b"late"[..]).await.unwrap_err();
+    assert_eq!(err.status(), Some(409), "{err}");
+
+    // A signal through the handle: the worker names the exec in its handshake.
+    let sleeper = sandbox
+        .exec_interactive(InteractiveCommand::new("sleep 30"))
+        .await
+        .expect("interactive sleep");
+    let exec_id = sleeper.exec_id().expect("an exec id").to_string();
+    assert_eq!(
+        sandbox
+            .execution(&exec_id)
+            .record()
+            .await
+            .expect("record")
+            .command,
+        "sleep 30"
+    );
+    sleeper.signal(Signal::Term).await.expect("signal");
+    assert_eq!(sleeper.wait().await.expect("exit"), 128 + 15);
+
+    // A session: detach, reattach by name, the history of what was missed, then live output.
+    let mut session = sandbox
+        .exec_interactive(
+            InteractiveCommand::new("echo first; read line; echo second:$line")
+                .session("client-s1"),
+        )
+        .await
+        .expect("session");
+    assert_eq!(
+        session.next().await.expect("output").expect("event"),
+        OutputEvent::Stdout("first\n".into())
+    );
+    session.detach().await.expect("detach");
+    let again = sandbox.attach_session("client-s1").await.expect("reattach");
+    let (mut input, mut output) = again.split();
+    input.history(0).await.expect("history");
+    assert_eq!(
+        output.next().await.expect("history").expect("event"),
+        OutputEvent::Stdout("first\n".into())
+    );
+    assert_eq!(
+        output.next().await.expect("end").expect("event"),
+        OutputEvent::HistoryEnd(1)
+    );
+    assert_eq!(output.watermark(), 1);
+    input.send_stdin(b"x\n").await.expect("stdin");
+    assert_eq!(
+        output.next().await.expect("live").expect("event"),
+        OutputEvent::Stdout("second:x\n".into())
+    );
+    assert_eq!(output.wait().await.expect("exit"), 0);
+    let missing = sandbox.attach_session("no-such").await.unwrap_err();
+    assert_eq!(missing.status(), Some(404), "{missing}");
+
+    // The browser URL (dev mode: no token) opens the exec it was made for.
+    let url = sandbox
+        .exec_ws_url(&InteractiveCommand::new("echo via url"))
+        .await
+        .expect("url");
+    assert!(url.url.starts_with("ws://"), "{url:?}");
+    assert_eq!(url.expires_at, None);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.url.as_str())
+        .await
+        .expect("socket");
+    let mut text = String::new();
+    while let Some(Ok(message)) = ws.next().await {
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = message {
+            text.push_str(t.as_str());
+        }
+    }
+    // "via url\n" in base64.
+    assert!(text.contains("dmlhIHVybAo="), "{text}");
 }
 
 async fn collect(mut exec: traforato_client::InteractiveExec) -> (String, i32) {
@@ -164,6 +249,7 @@ async fn collect(mut exec: traforato_client::InteractiveExec) -> (String, i32) {
                 out.push_str(&String::from_utf8_lossy(&data))
             }
             OutputEvent::Exit(code) => return (out, code),
+            OutputEvent::HistoryEnd(_) => {}
         }
     }
     panic!("no exit after {out:?}");

@@ -1,12 +1,18 @@
 //! `GET /sandboxes/{id}/exec/ws`: an exec over a WebSocket, speaking Orchard's exec protocol
-//! (options in the query string, one JSON frame per text message).
+//! (options in the query string, one JSON frame per text message), and
+//! `GET /sandboxes/{id}/exec/ws/url`: where a browser opens one.
 //!
-//! The exec is started before the upgrade, so a bad query or a refused start is a plain JSON
-//! error. After the `101` a session task relays the exec's frames to the socket (one at a time,
-//! as fast as the socket takes them), the client's `stdin` and `resize` frames to the exec,
-//! and pings the client every [`PING_INTERVAL`]. The exec's end is an `exit` frame and a
-//! normal closure; the client going away first kills the exec. Reconnectable sessions
-//! (`session=`) are not supported yet (`501`).
+//! The exec is started (or its session found) before the upgrade, so a bad query or a refused
+//! start is a plain JSON error. After the `101` a session task relays the exec's frames to the
+//! socket (one at a time, as fast as the socket takes them), the client's `stdin` and `resize`
+//! frames to the exec, and pings the client every [`PING_INTERVAL`]. The exec's end is an
+//! `exit` frame and a normal closure; the client going away first kills the exec.
+//!
+//! With `session=NAME` the exec is reconnectable: it outlives its socket, output frames carry a
+//! `watermark`, and the client may ask for `history` after a watermark (replayed, then
+//! `no_more_history`), `ack` what it has, `detach` (leave it running) or `close` it (kill it).
+//! A client that reattaches gets the output from then on, and asks for `history` for what it
+//! missed.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,13 +29,13 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 use traforato_core::api::{
-    parse_query_bool, ExecRequest, ExecResizeRequest, ExecSignalRequest, FrameKind, TerminalFrame,
-    WsFrame,
+    parse_query_bool, ExecRequest, ExecResizeRequest, ExecSignalRequest, ExecWsUrlResponse,
+    FrameKind, TerminalFrame, WsFrame,
 };
 use traforato_core::auth::Principal;
-use traforato_core::worker::{FrameStream, Worker, WorkerError};
+use traforato_core::worker::{FrameStream, OutputFrame, Worker, WorkerError};
 
-use crate::http::{error_response, header_str, status_only, HttpResponse, Query};
+use crate::http::{error_response, header_str, json_response, status_only, HttpResponse, Query};
 use crate::linger::RequestBody;
 use crate::server::{ConnInfo, Shutdown};
 use crate::worker::worker_error;
@@ -71,31 +77,32 @@ pub enum ExecWsQueryError {
     /// `env[]` without a name.
     #[error("invalid env parameter")]
     InvalidEnv,
-    /// `session=`: reconnectable sessions.
-    #[error("reconnectable sessions are not supported yet")]
-    SessionsUnsupported,
 }
 
-impl ExecWsQueryError {
-    /// The status code of the error: `501` for sessions, `400` otherwise.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Self::SessionsUnsupported => StatusCode::NOT_IMPLEMENTED,
-            _ => StatusCode::BAD_REQUEST,
-        }
-    }
+/// What an `exec/ws` query asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsOpen {
+    /// `session`: the name of a reconnectable session.
+    pub session: Option<String>,
+    /// The exec to start; `None` only to reattach to a session.
+    pub request: Option<ExecRequest>,
 }
 
-/// The exec an `exec/ws` query asks for: `command` (required), `interactive`/`stdin`, `tty`
-/// (implies interactive), `rows`+`cols`, repeatable `env[KEY]=VALUE`, `workdir`, and
-/// `timeout_ms` (additive; default a day).
-pub fn parse_query(query: &Query) -> Result<ExecRequest, ExecWsQueryError> {
-    if query.get("session").is_some() {
-        return Err(ExecWsQueryError::SessionsUnsupported);
-    }
+/// Parses an `exec/ws` query: `command` (required unless `session` names one to reattach
+/// to), `interactive`/`stdin`, `tty` (implies interactive), `rows`+`cols`, repeatable
+/// `env[KEY]=VALUE`, `workdir`, `session`, and `timeout_ms` (additive; default a day).
+/// `access_token` is not an option of the exec (see [`binding`]).
+pub fn parse_query(query: &Query) -> Result<WsOpen, ExecWsQueryError> {
+    let session = query.get("session").map(str::to_string);
     let command = query.get("command").unwrap_or("").to_string();
     if command.trim().is_empty() {
-        return Err(ExecWsQueryError::CommandRequired);
+        return match session {
+            Some(session) => Ok(WsOpen {
+                session: Some(session),
+                request: None,
+            }),
+            None => Err(ExecWsQueryError::CommandRequired),
+        };
     }
     let interactive = bool_param(query, "interactive")?;
     let stdin = bool_param(query, "stdin")?;
@@ -126,7 +133,7 @@ pub fn parse_query(query: &Query) -> Result<ExecRequest, ExecWsQueryError> {
             env.insert(name.to_string(), value.to_string());
         }
     }
-    Ok(ExecRequest {
+    let request = ExecRequest {
         command,
         cwd: query.get("workdir").unwrap_or("").to_string(),
         env,
@@ -136,7 +143,34 @@ pub fn parse_query(query: &Query) -> Result<ExecRequest, ExecWsQueryError> {
         rows,
         cols,
         ..ExecRequest::default()
+    };
+    Ok(WsOpen {
+        session,
+        request: Some(request),
     })
+}
+
+/// The query parameter that carries an access ticket.
+pub const ACCESS_TOKEN: &str = "access_token";
+
+/// The options of an `exec/ws` query in a canonical form (every pair but `access_token`,
+/// sorted, form-encoded): what an access ticket is bound to.
+pub fn binding(query: &Query) -> String {
+    let mut pairs: Vec<(&str, &str)> = query.pairs().filter(|(k, _)| *k != ACCESS_TOKEN).collect();
+    pairs.sort();
+    let mut out = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        out.append_pair(k, v);
+    }
+    out.finish()
+}
+
+/// The access ticket of an `exec/ws` request, if it carries a non-empty one.
+pub fn access_token(query: &Query) -> Option<&str> {
+    query
+        .get(ACCESS_TOKEN)
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 /// A boolean query parameter as Go's `strconv.ParseBool` reads it; a bare key
@@ -177,6 +211,35 @@ pub enum ClientFrame {
     Stdin(bytes::Bytes),
     /// A new terminal size.
     Resize(ExecResizeRequest),
+    /// Sessions: replay the output after this watermark.
+    History(u64),
+    /// Sessions: the client has the output up to this watermark.
+    Ack(u64),
+    /// Sessions: leave the exec running and end the connection.
+    Detach,
+    /// Sessions: end the exec and the session.
+    Close,
+}
+
+impl ClientFrame {
+    /// Whether only a reconnectable session takes it.
+    fn needs_session(&self) -> bool {
+        matches!(
+            self,
+            Self::History(_) | Self::Ack(_) | Self::Detach | Self::Close
+        )
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Stdin(_) => "stdin",
+            Self::Resize(_) => "resize",
+            Self::History(_) => "history",
+            Self::Ack(_) => "ack",
+            Self::Detach => "detach",
+            Self::Close => "close",
+        }
+    }
 }
 
 /// Why a client message was refused; each ends the session with an `error` frame.
@@ -213,12 +276,17 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, ClientFrameError> 
             }
             _ => Err(ClientFrameError::InvalidResize),
         },
+        "history" => Ok(ClientFrame::History(frame.watermark)),
+        "ack" => Ok(ClientFrame::Ack(frame.watermark)),
+        "detach" => Ok(ClientFrame::Detach),
+        "close" => Ok(ClientFrame::Close),
         other => Err(ClientFrameError::UnknownType(other.to_string())),
     }
 }
 
 /// Answers `GET /sandboxes/{id}/exec/ws`: checks the sandbox, the query and the upgrade
-/// headers, starts the exec, and hands the upgraded connection to a session task.
+/// headers, starts the exec (or finds its session), and hands the upgraded connection to a
+/// session task.
 pub(crate) async fn open(
     worker: &Arc<Worker>,
     principal: &Principal,
@@ -231,32 +299,56 @@ pub(crate) async fn open(
     if let Err(err) = worker.get_sandbox(principal, id) {
         return worker_error(&err);
     }
-    let request = match parse_query(query) {
-        Ok(request) => request,
-        Err(err) => return error_response(err.status(), &err.to_string()),
+    let open = match parse_query(query) {
+        Ok(open) => open,
+        Err(err) => return error_response(StatusCode::BAD_REQUEST, &err.to_string()),
     };
     let Some(accept) = accept_key(req.headers()) else {
         return error_response(StatusCode::BAD_REQUEST, "websocket upgrade required");
     };
-    let accepted = match worker.start_exec(principal, id, request).await {
-        Ok(accepted) => accepted,
-        Err(err) => return worker_error(&err),
+    let (exec_id, session, start) = match (open.session, open.request) {
+        (None, Some(request)) => match worker.start_exec(principal, id, request).await {
+            Ok(accepted) => (accepted.exec_id, None, 0),
+            Err(err) => return worker_error(&err),
+        },
+        (session, request) => {
+            let name = session.unwrap_or_default();
+            let opened = match worker
+                .open_exec_session(principal, id, &name, request)
+                .await
+            {
+                Ok(opened) => opened,
+                Err(err) => return worker_error(&err),
+            };
+            // A reattached client gets the output from now on, and asks for the rest.
+            let start = if opened.created {
+                0
+            } else {
+                match worker.exec_frame_count(principal, id, &opened.exec_id) {
+                    Ok(count) => count,
+                    Err(err) => return worker_error(&err),
+                }
+            };
+            (opened.exec_id, Some(name), start)
+        }
     };
     let exec = ExecHandle {
         worker: worker.clone(),
         principal: principal.clone(),
         sandbox_id: id.to_string(),
-        exec_id: accepted.exec_id,
+        exec_id,
+        session,
     };
-    let frames = match worker.exec_frame_stream(principal, id, &exec.exec_id, None) {
+    let frames = match worker.exec_frames_from(principal, id, &exec.exec_id, start) {
         Ok(frames) => frames,
         Err(err) => {
-            exec.kill().await;
+            exec.abandon().await;
             return worker_error(&err);
         }
     };
     let upgrade = hyper::upgrade::on(&mut req);
     let shutdown = conn.shutdown.clone();
+    let exec_id = HeaderValue::from_str(&exec.exec_id).ok();
     tokio::spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
@@ -269,11 +361,11 @@ pub(crate) async fn open(
                     Some(config),
                 )
                 .await;
-                session(ws, frames, exec, shutdown).await;
+                relay(ws, frames, exec, shutdown).await;
             }
             Err(err) => {
                 tracing::debug!(error = %err, "exec websocket upgrade failed");
-                exec.kill().await;
+                exec.abandon().await;
             }
         }
     });
@@ -284,7 +376,63 @@ pub(crate) async fn open(
     if let Ok(accept) = HeaderValue::from_str(&accept) {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
+    // An extension: the exec's id, for its other routes (signals, the listing).
+    if let Some(exec_id) = exec_id {
+        headers.insert(EXEC_ID_HEADER, exec_id);
+    }
     resp
+}
+
+/// The header of the `101` that names the socket's exec.
+pub const EXEC_ID_HEADER: &str = "x-traforato-exec-id";
+
+/// Answers `GET /sandboxes/{id}/exec/ws/url` (same query as `exec/ws`): the worker's own
+/// WebSocket URL of that exec, for a caller that can neither follow a redirect nor set
+/// `Authorization` (a browser). In prod mode the URL carries a single-use `access_token`,
+/// bound to this sandbox and these options, good for [`traforato_core::auth::TICKET_LIFETIME`].
+pub(crate) fn url(worker: &Worker, principal: &Principal, id: &str, query: &Query) -> HttpResponse {
+    if let Err(err) = worker.get_sandbox(principal, id) {
+        return worker_error(&err);
+    }
+    if let Err(err) = parse_query(query) {
+        return error_response(StatusCode::BAD_REQUEST, &err.to_string());
+    }
+    let options = binding(query);
+    let ticket = match worker.issue_exec_ticket(principal, id, &options) {
+        Ok(ticket) => ticket,
+        Err(err) => return worker_error(&err),
+    };
+    let base = websocket_base(&worker.config().advertise_url);
+    let mut url = format!("{base}/sandboxes/{id}/exec/ws");
+    let mut query = url::form_urlencoded::Serializer::new(options);
+    if let Some(ticket) = &ticket {
+        query.append_pair(ACCESS_TOKEN, &ticket.token);
+    }
+    let query = query.finish();
+    if !query.is_empty() {
+        url.push('?');
+        url.push_str(&query);
+    }
+    json_response(
+        StatusCode::OK,
+        &ExecWsUrlResponse {
+            sandbox_id: id.to_string(),
+            url,
+            expires_at: ticket.map(|t| t.expires_at),
+        },
+    )
+}
+
+/// The `ws://` or `wss://` form of a worker's `http(s)://` base URL, without a trailing `/`.
+pub fn websocket_base(advertise_url: &str) -> String {
+    let base = advertise_url.trim().trim_end_matches('/');
+    if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        format!("ws://{base}")
+    }
 }
 
 /// The `Sec-WebSocket-Accept` of a valid WebSocket upgrade request (`Connection: upgrade`,
@@ -308,12 +456,14 @@ pub fn accept_key(headers: &HeaderMap) -> Option<String> {
     (!key.is_empty()).then(|| derive_accept_key(key.as_bytes()))
 }
 
-/// The exec a session drives.
+/// The exec a connection drives.
 struct ExecHandle {
     worker: Arc<Worker>,
     principal: Principal,
     sandbox_id: String,
     exec_id: String,
+    /// The session's name, when it is reconnectable.
+    session: Option<String>,
 }
 
 impl ExecHandle {
@@ -331,20 +481,53 @@ impl ExecHandle {
         }
     }
 
+    /// The connection ends without the exec: a plain exec is killed, a session's lives on.
+    async fn abandon(&self) {
+        if self.session.is_none() {
+            self.kill().await;
+        }
+    }
+
     /// Hands a client frame to the exec; the error is the message of an `error` frame.
-    async fn apply(&self, frame: ClientFrame) -> Result<(), WorkerError> {
+    async fn apply(&self, frame: &ClientFrame) -> Result<(), WorkerError> {
         let (p, id, exec_id) = (&self.principal, &self.sandbox_id, &self.exec_id);
         match frame {
-            ClientFrame::Stdin(data) => self.worker.write_exec_stdin(p, id, exec_id, data).await,
-            ClientFrame::Resize(size) => self.worker.resize_exec(p, id, exec_id, size).await,
+            ClientFrame::Stdin(data) => {
+                self.worker
+                    .write_exec_stdin(p, id, exec_id, data.clone())
+                    .await
+            }
+            ClientFrame::Resize(size) => {
+                self.worker.resize_exec(p, id, exec_id, size.clone()).await
+            }
+            ClientFrame::Ack(watermark) => self.worker.ack_exec_frames(p, id, exec_id, *watermark),
+            ClientFrame::Close => match &self.session {
+                Some(name) => self.worker.close_exec_session(p, id, name).await,
+                None => Ok(()),
+            },
+            // Handled by the relay.
+            ClientFrame::History(_) | ClientFrame::Detach => Ok(()),
         }
+    }
+
+    /// The protocol frame of an exec frame: its exact bytes, and its watermark in a session.
+    fn frame(&self, output: &OutputFrame) -> Message {
+        let mut out = WsFrame::from_exec(&output.frame);
+        if let Some(raw) = &output.raw {
+            out.data = base64::engine::general_purpose::STANDARD.encode(raw);
+        }
+        if self.session.is_some() {
+            out.watermark = output.watermark;
+        }
+        to_message(&out)
     }
 }
 
-/// How a session ended.
+/// How a connection ended.
 enum Ending {
-    /// The command exited (its `exit` frame was sent): normal closure.
-    Exited,
+    /// The command exited (its `exit` frame was sent), or a session was detached or closed:
+    /// normal closure.
+    Done,
     /// The client broke the protocol: an `error` frame and a close with `code`.
     ProtocolError(ClientFrameError, CloseCode),
     /// The exec ended without an exit (its sandbox went away).
@@ -356,39 +539,77 @@ enum Ending {
 }
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+type Sink = futures::stream::SplitSink<Ws, Message>;
+
+/// How long a connection to a session whose exec already ended stays open for `history`.
+const FINISHED_SESSION_IDLE: Duration = Duration::from_secs(10);
 
 /// Relays one exec over an upgraded socket until either ends.
-async fn session(ws: Ws, mut frames: FrameStream, exec: ExecHandle, shutdown: Shutdown) {
+async fn relay(ws: Ws, frames: FrameStream, exec: ExecHandle, shutdown: Shutdown) {
     let (mut sink, mut source) = ws.split();
     let mut ping =
         tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
     let stop = shutdown.wait();
     tokio::pin!(stop);
+    // The live stream, until it ends; `live` is the watermark of the last frame it gave.
+    let mut live = frames.position();
+    let mut frames = Some(frames);
+    // Armed once the live stream ended without an exit for this connection (a session
+    // reattached after its exec ended): the connection stays open that long for `history`.
+    let idle = tokio::time::sleep(FINISHED_SESSION_IDLE);
+    tokio::pin!(idle);
     let ending = loop {
         tokio::select! {
-            // Both branches are cancel-safe: `FrameStream::next` keeps its place, and a
-            // message is only taken off the socket when its branch wins.
-            next = frames.next() => {
-                let Some((frame, _cursor)) = next else {
+            // Cancel-safe: `FrameStream::next` keeps its place, and a message is only taken
+            // off the socket when its branch wins.
+            next = next_frame(&mut frames) => {
+                let Some(output) = next else {
+                    frames = None;
+                    if exec.session.is_some() {
+                        idle.as_mut().reset(tokio::time::Instant::now() + FINISHED_SESSION_IDLE);
+                        continue;
+                    }
                     break Ending::Abandoned;
                 };
-                let exited = frame.kind == FrameKind::Exit;
+                live = output.watermark;
+                let exited = output.frame.kind == FrameKind::Exit;
                 // One frame at a time: the next is read only once the socket took this one.
-                if sink.send(to_message(&WsFrame::from_exec(&frame))).await.is_err() {
+                if sink.send(exec.frame(&output)).await.is_err() {
                     break Ending::ClientGone;
                 }
                 if exited {
-                    break Ending::Exited;
+                    break Ending::Done;
                 }
             }
             message = source.next() => match message {
                 Some(Ok(Message::Text(text))) => match decode_client_frame(&text) {
+                    Ok(frame) if frame.needs_session() && exec.session.is_none() => {
+                        let err = ClientFrameError::UnknownType(frame.kind().to_string());
+                        break Ending::ProtocolError(err, CloseCode::Policy);
+                    }
+                    Ok(ClientFrame::History(after)) => {
+                        match replay(&mut sink, &exec, after, live).await {
+                            Ok(()) if frames.is_none() => break Ending::Done,
+                            Ok(()) => {}
+                            Err(Replay::ClientGone) => break Ending::ClientGone,
+                            Err(Replay::Worker(err)) => {
+                                let error = to_message(&WsFrame::error(err.to_string()));
+                                if sink.send(error).await.is_err() {
+                                    break Ending::ClientGone;
+                                }
+                            }
+                        }
+                    }
+                    Ok(ClientFrame::Detach) => break Ending::Done,
                     Ok(frame) => {
-                        if let Err(err) = exec.apply(frame).await {
+                        if let Err(err) = exec.apply(&frame).await {
                             let error = to_message(&WsFrame::error(err.to_string()));
                             if sink.send(error).await.is_err() {
                                 break Ending::ClientGone;
                             }
+                        }
+                        if matches!(frame, ClientFrame::Close) {
+                            break Ending::Done;
                         }
                     }
                     Err(err) => break Ending::ProtocolError(err, CloseCode::Policy),
@@ -405,6 +626,7 @@ async fn session(ws: Ws, mut frames: FrameStream, exec: ExecHandle, shutdown: Sh
                     break Ending::ClientGone;
                 }
             }
+            _ = &mut idle, if frames.is_none() => break Ending::Done,
             _ = &mut stop => break Ending::Shutdown,
         }
     };
@@ -415,9 +637,9 @@ async fn session(ws: Ws, mut frames: FrameStream, exec: ExecHandle, shutdown: Sh
         }))
     };
     let goodbye = match ending {
-        Ending::Exited => vec![close(CloseCode::Normal, "")],
+        Ending::Done => vec![close(CloseCode::Normal, "")],
         Ending::ProtocolError(err, code) => {
-            exec.kill().await;
+            exec.abandon().await;
             vec![
                 to_message(&WsFrame::error(err.to_string())),
                 close(code, ""),
@@ -428,11 +650,11 @@ async fn session(ws: Ws, mut frames: FrameStream, exec: ExecHandle, shutdown: Sh
             close(CloseCode::Away, ""),
         ],
         Ending::ClientGone => {
-            exec.kill().await;
+            exec.abandon().await;
             return;
         }
         Ending::Shutdown => {
-            exec.kill().await;
+            exec.abandon().await;
             vec![close(CloseCode::Away, "server shutting down")]
         }
     };
@@ -448,6 +670,49 @@ async fn session(ws: Ws, mut frames: FrameStream, exec: ExecHandle, shutdown: Sh
     .await;
 }
 
+/// The next frame of the live stream; never, once it ended.
+async fn next_frame(frames: &mut Option<FrameStream>) -> Option<OutputFrame> {
+    match frames {
+        Some(frames) => frames.next_output().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Why a replay stopped.
+enum Replay {
+    ClientGone,
+    Worker(WorkerError),
+}
+
+/// Sends a session's frames after watermark `after` up to `live` (what the live stream
+/// already sent), then `no_more_history` at `live`.
+async fn replay(sink: &mut Sink, exec: &ExecHandle, after: u64, live: u64) -> Result<(), Replay> {
+    let mut from = after;
+    while from < live {
+        let page = exec
+            .worker
+            .exec_history(&exec.principal, &exec.sandbox_id, &exec.exec_id, from, live)
+            .map_err(Replay::Worker)?;
+        let Some(last) = page.last().map(|f| f.watermark) else {
+            break;
+        };
+        for output in page {
+            if sink.send(exec.frame(&output)).await.is_err() {
+                return Err(Replay::ClientGone);
+            }
+        }
+        from = last;
+    }
+    let done = WsFrame {
+        kind: "no_more_history".to_string(),
+        watermark: live,
+        ..WsFrame::default()
+    };
+    sink.send(to_message(&done))
+        .await
+        .map_err(|_| Replay::ClientGone)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -457,17 +722,21 @@ mod tests {
         Query::parse(Some(raw))
     }
 
+    fn parse(raw: &str) -> Result<ExecRequest, ExecWsQueryError> {
+        parse_query(&q(raw)).map(|open| open.request.expect("a request"))
+    }
+
     #[test]
     fn queries() {
-        let req = parse_query(&q("command=echo+hi")).unwrap();
+        let req = parse("command=echo+hi").unwrap();
         assert_eq!(req.command, "echo hi");
         assert!(!req.interactive && !req.tty);
         assert_eq!(req.timeout_ms, SESSION_TIMEOUT_MS);
         assert_eq!((req.rows, req.cols), (None, None));
 
-        let req = parse_query(&q(
+        let req = parse(
             "command=sh&tty=true&rows=30&cols=100&env%5BA%5D=1&env[B]=x%3Dy&workdir=/tmp&timeout_ms=5000",
-        ))
+        )
         .unwrap();
         assert!(req.tty && req.interactive);
         assert_eq!((req.rows, req.cols), (Some(30), Some(100)));
@@ -476,22 +745,14 @@ mod tests {
         assert_eq!(req.cwd, "/tmp");
         assert_eq!(req.timeout_ms, 5000);
 
-        assert!(parse_query(&q("command=cat&stdin=1")).unwrap().interactive);
+        assert!(parse("command=cat&stdin=1").unwrap().interactive);
         assert!(
-            parse_query(&q("command=cat&interactive=TRUE&stdin=t"))
+            parse("command=cat&interactive=TRUE&stdin=t")
                 .unwrap()
                 .interactive
         );
-        assert!(
-            parse_query(&q("command=cat&interactive"))
-                .unwrap()
-                .interactive
-        );
-        assert!(
-            !parse_query(&q("command=cat&interactive=false"))
-                .unwrap()
-                .interactive
-        );
+        assert!(parse("command=cat&interactive").unwrap().interactive);
+        assert!(!parse("command=cat&interactive=false").unwrap().interactive);
     }
 
     #[test]
@@ -528,20 +789,46 @@ mod tests {
                 "command=x&timeout_ms=soon",
                 ExecWsQueryError::InvalidTimeout,
             ),
-            (
-                "command=x&session=abc",
-                ExecWsQueryError::SessionsUnsupported,
-            ),
         ];
         for (raw, want) in cases {
-            assert_eq!(parse_query(&q(raw)), Err(want), "{raw}");
+            assert_eq!(parse(raw), Err(want), "{raw}");
         }
-        assert_eq!(ExecWsQueryError::SessionsUnsupported.status(), 501);
-        assert_eq!(ExecWsQueryError::InteractiveConflict.status(), 400);
+    }
+
+    #[test]
+    fn session_queries() {
+        let open = parse_query(&q("session=build")).unwrap();
+        assert_eq!(open.session.as_deref(), Some("build"));
+        assert_eq!(open.request, None, "reattach without a command");
+        let open = parse_query(&q("session=build&command=make&tty=1")).unwrap();
+        assert_eq!(open.session.as_deref(), Some("build"));
+        assert!(open.request.unwrap().tty);
+        assert_eq!(parse_query(&q("command=ls")).unwrap().session, None);
+    }
+
+    #[test]
+    fn bindings_and_tokens() {
+        // Canonical: order and encoding do not matter, the access token is not part of it.
+        let a = binding(&q("tty=1&command=echo+hi&access_token=abc"));
+        let b = binding(&q("command=echo%20hi&tty=1"));
+        assert_eq!(a, b);
+        assert_eq!(a, "command=echo+hi&tty=1");
+        assert_ne!(a, binding(&q("command=echo+ho&tty=1")));
         assert_eq!(
-            ExecWsQueryError::SessionsUnsupported.to_string(),
-            "reconnectable sessions are not supported yet"
+            access_token(&q("command=x&access_token=+abc+")),
+            Some("abc")
         );
+        assert_eq!(access_token(&q("command=x&access_token=")), None);
+        assert_eq!(access_token(&q("command=x")), None);
+        assert_eq!(
+            websocket_base("http://10.0.0.1:8081/"),
+            "ws://10.0.0.1:8081"
+        );
+        assert_eq!(
+            websocket_base("https://w.example.com"),
+            "wss://w.example.com"
+        );
+        assert_eq!(websocket_base("w:1"), "ws://w:1");
     }
 
     fn frame(kind: FrameKind, data: &str) -> Frame {
@@ -598,6 +885,28 @@ mod tests {
             decode_client_frame(r#"{"type":"stdin","data":"!!"}"#),
             Err(ClientFrameError::InvalidData)
         );
+        assert_eq!(
+            decode_client_frame(r#"{"type":"history","watermark":7}"#),
+            Ok(ClientFrame::History(7))
+        );
+        assert_eq!(
+            decode_client_frame(r#"{"type":"history"}"#),
+            Ok(ClientFrame::History(0))
+        );
+        assert_eq!(
+            decode_client_frame(r#"{"type":"ack","watermark":3}"#),
+            Ok(ClientFrame::Ack(3))
+        );
+        assert_eq!(
+            decode_client_frame(r#"{"type":"detach"}"#),
+            Ok(ClientFrame::Detach)
+        );
+        assert!(decode_client_frame(r#"{"type":"close"}"#)
+            .unwrap()
+            .needs_session());
+        assert!(!decode_client_frame(r#"{"type":"stdin"}"#)
+            .unwrap()
+            .needs_session());
         assert_eq!(
             decode_client_frame(r#"{"type":"stdout","data":""}"#),
             Err(ClientFrameError::UnknownType("stdout".to_string()))

@@ -18,7 +18,9 @@ use traforato_core::api::{
     CreateSandboxRequest, ExecRequest, ExecResizeRequest, ExecSignalRequest, ExecStdinJson,
     HealthResponse, MkdirRequest, RunCodeRequest, WriteFileJson,
 };
-use traforato_core::auth::{AuthConfig, AuthError, AuthMode, ClientAuthenticator, Principal};
+use traforato_core::auth::{
+    AuthConfig, AuthError, AuthMode, ClientAuthenticator, Principal, TicketError,
+};
 use traforato_core::backend::BoxedReader;
 use traforato_core::clock::SystemClock;
 use traforato_core::id::SandboxId;
@@ -110,6 +112,11 @@ pub fn status_for(err: &WorkerError) -> StatusCode {
         WorkerError::ExecNotFound => StatusCode::NOT_FOUND,
         WorkerError::InvalidExec(_) => StatusCode::BAD_REQUEST,
         WorkerError::TooManyExecs(_) => StatusCode::TOO_MANY_REQUESTS,
+        WorkerError::InvalidSession => StatusCode::BAD_REQUEST,
+        WorkerError::SessionNotFound(_) => StatusCode::NOT_FOUND,
+        WorkerError::SessionConflict(_) => StatusCode::CONFLICT,
+        WorkerError::Ticket(TicketError::TooMany) => StatusCode::TOO_MANY_REQUESTS,
+        WorkerError::Ticket(_) => StatusCode::INTERNAL_SERVER_ERROR,
         WorkerError::ExecExited => StatusCode::CONFLICT,
         WorkerError::StdinClosed => StatusCode::CONFLICT,
         WorkerError::NotATerminal => StatusCode::CONFLICT,
@@ -182,6 +189,8 @@ pub enum SandboxOp<'a> {
     RunCode,
     /// `GET /sandboxes/{id}/exec/ws`: the exec WebSocket ([`crate::exec_ws`]).
     ExecWebSocket,
+    /// `GET /sandboxes/{id}/exec/ws/url`: where a browser opens an exec WebSocket.
+    ExecWebSocketUrl,
     /// `GET /sandboxes/{id}/exec/{exec_id}`.
     GetExec(&'a str),
     /// `GET /sandboxes/{id}/exec/{exec_id}/frames` (JSON, or Server-Sent Events with
@@ -252,6 +261,7 @@ impl<'a> WorkerRoute<'a> {
             (&Method::GET, ["exec"]) => SandboxOp::ListExecs,
             (&Method::POST, ["exec", "code"]) => SandboxOp::RunCode,
             (&Method::GET, ["exec", "ws"]) => SandboxOp::ExecWebSocket,
+            (&Method::GET, ["exec", "ws", "url"]) => SandboxOp::ExecWebSocketUrl,
             (&Method::GET, ["exec", exec_id]) => SandboxOp::GetExec(exec_id),
             (&Method::GET, ["exec", exec_id, "frames"]) => SandboxOp::Frames(exec_id),
             (&Method::POST, ["exec", exec_id, "stdin"]) => SandboxOp::ExecStdin(exec_id),
@@ -297,24 +307,32 @@ fn authenticate(
 ) -> Result<Principal, AuthError> {
     clients
         .authenticate(header_str(req.headers(), "authorization"))
-        .map_err(|err| {
-            worker
-                .metrics()
-                .worker
-                .auth_failures
-                .inc(&AuthFailureLabels {
-                    worker_id: worker.config().worker_id.as_str(),
-                    status_code: 401,
-                    reason: "jwt",
-                });
-            tracing::warn!(
-                method = %req.method(),
-                path = req.uri().path(),
-                auth_error = %err,
-                "authentication failed"
-            );
-            err
-        })
+        .inspect_err(|err| count_auth_failure(worker, req, "jwt", err))
+}
+
+/// Counts a refused credential of `kind` (`jwt`, `access_token`) and logs it (method, path
+/// and the reason, never the credential).
+fn count_auth_failure(
+    worker: &Worker,
+    req: &Request<RequestBody>,
+    kind: &str,
+    err: &dyn std::fmt::Display,
+) {
+    worker
+        .metrics()
+        .worker
+        .auth_failures
+        .inc(&AuthFailureLabels {
+            worker_id: worker.config().worker_id.as_str(),
+            status_code: 401,
+            reason: kind,
+        });
+    tracing::warn!(
+        method = %req.method(),
+        path = req.uri().path(),
+        auth_error = %err,
+        "authentication failed"
+    );
 }
 
 /// Whether a request is served without authentication: the health check and the metrics.
@@ -329,17 +347,32 @@ async fn dispatch(
     conn: &ConnInfo,
 ) -> HttpResponse {
     let path = percent_decode(req.uri().path());
-    // Authentication comes before routing: in prod an unknown route without a token is 401.
+    let route = WorkerRoute::parse(req.method(), &path);
+    let query = Query::parse(req.uri().query());
+    // Authentication comes before acting on the route: in prod an unknown route without a
+    // token is 401. An exec WebSocket may carry an access ticket instead of a token.
+    let ticket = match route {
+        WorkerRoute::Sandbox(id, SandboxOp::ExecWebSocket) => {
+            crate::exec_ws::access_token(&query).map(|token| (id, token))
+        }
+        _ => None,
+    };
     let principal = if is_public(req.method(), &path) {
         Principal::dev()
+    } else if let Some((id, token)) = ticket {
+        match worker.redeem_exec_ticket(token, id, &crate::exec_ws::binding(&query)) {
+            Ok(principal) => principal,
+            Err(err) => {
+                count_auth_failure(worker, &req, "access_token", &err);
+                return error_response(StatusCode::UNAUTHORIZED, &err.to_string());
+            }
+        }
     } else {
         match authenticate(worker, clients, &req) {
             Ok(principal) => principal,
             Err(err) => return error_response(StatusCode::UNAUTHORIZED, &err.to_string()),
         }
     };
-    let route = WorkerRoute::parse(req.method(), &path);
-    let query = Query::parse(req.uri().query());
     let p = &principal;
     match route {
         WorkerRoute::Health => json_response(
@@ -424,6 +457,7 @@ async fn dispatch(
             SandboxOp::ExecWebSocket => {
                 crate::exec_ws::open(worker, p, id, req, &query, conn).await
             }
+            SandboxOp::ExecWebSocketUrl => crate::exec_ws::url(worker, p, id, &query),
             SandboxOp::ListExecs => {
                 reply(StatusCode::OK, worker.list_execs(p, id, query.get("limit")))
             }

@@ -108,6 +108,8 @@ async fn relay(
                 Some(Ok(OutputEvent::Stdout(data))) => write_all(&mut std::io::stdout(), &data)?,
                 Some(Ok(OutputEvent::Stderr(data))) => write_all(&mut std::io::stderr(), &data)?,
                 Some(Ok(OutputEvent::Exit(code))) => return Ok(code),
+                // Only sessions send it, after a history this command never asks for.
+                Some(Ok(OutputEvent::HistoryEnd(_))) => {}
                 Some(Err(e)) => return Err(e.into()),
                 None => {
                     return Err(CliError::Client(traforato_client::ClientError::Interactive(

@@ -332,6 +332,24 @@ pub struct WsFrame {
     /// The message of `error`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub error: String,
+    /// Reconnectable sessions: the position of an output frame in the exec's output (1 for
+    /// the first), the position `history` replays after and `ack` confirms, and the position
+    /// `no_more_history` ends at.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub watermark: u64,
+}
+
+/// `GET /sandboxes/{id}/exec/ws/url`: where a browser opens an exec WebSocket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecWsUrlResponse {
+    /// The sandbox.
+    pub sandbox_id: String,
+    /// The worker's own `ws://` or `wss://` URL of the exec, with the exec's options and, in
+    /// prod mode, a single-use `access_token`.
+    pub url: String,
+    /// When the access token expires (prod mode only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 impl WsFrame {

@@ -4,6 +4,8 @@
 //! - [`InternalTokenSigner`] and [`InternalVerifier`] sign and check the worker -> broker calls
 //!   (`aud=traforato-internal`).
 //! - [`mint_client_token`] mints a client token, for operators and tests.
+//! - [`TicketBook`] issues and redeems single-use access tickets for one WebSocket exec
+//!   (browsers cannot send `Authorization`).
 //!
 //! # Secret handling
 //!
@@ -28,6 +30,7 @@ mod claims;
 mod internal;
 mod jwt;
 mod replay;
+mod tickets;
 
 use std::fmt;
 use std::time::Duration;
@@ -36,6 +39,7 @@ pub use claims::TokenDefect;
 pub use internal::{InternalAuthError, InternalTokenSigner, InternalVerifier};
 pub use jwt::{mint_client_token, AuthError, ClientAuthenticator};
 pub use replay::ReplayCache;
+pub use tickets::{Ticket, TicketBook, TicketError, MAX_OUTSTANDING_TICKETS, TICKET_LIFETIME};
 
 /// The issuer configured by default (`--jwt-issuer`).
 pub const DEFAULT_ISSUER: &str = "traforato";

@@ -322,6 +322,7 @@ impl Worker {
                 expires_at,
                 first_exec_seen: false,
                 execs: Default::default(),
+                sessions: Default::default(),
                 output: Arc::new(OutputBudget::new(MAX_OUTPUT_BYTES_PER_SANDBOX)),
             },
         );

@@ -143,6 +143,9 @@ struct ExecData {
     stdout: String,
     stderr: String,
     frames: VecDeque<Frame>,
+    /// Beside each frame: its exact bytes when they differ from its text (output that is not
+    /// valid UTF-8), for the byte-exact WebSocket.
+    raw: VecDeque<Option<Bytes>>,
     /// Frames dropped from the front.
     dropped: u64,
     frame_bytes: usize,
@@ -173,24 +176,39 @@ impl ExecData {
 
     /// Appends a frame, then drops the oldest ones beyond this exec's bounds or while the
     /// sandbox's budget is exceeded (the newest frame always stays).
-    fn push_frame(&mut self, kind: FrameKind, data: String, ts: DateTime<Utc>) {
-        self.frame_bytes += data.len();
-        self.charge(data.len());
+    fn push_frame(&mut self, kind: FrameKind, data: String, raw: Option<Bytes>, ts: DateTime<Utc>) {
+        let size = data.len() + raw.as_ref().map_or(0, Bytes::len);
+        self.frame_bytes += size;
+        self.charge(size);
         self.frames.push_back(Frame { kind, data, ts });
+        self.raw.push_back(raw);
         while self.frames.len() > 1
             && (self.frames.len() > MAX_FRAMES
                 || self.frame_bytes > MAX_FRAME_BYTES
                 || self.budget.is_over())
         {
-            if let Some(old) = self.frames.pop_front() {
-                self.frame_bytes -= old.data.len();
-                self.refund(old.data.len());
-                self.dropped += 1;
-            }
+            self.drop_oldest();
         }
     }
 
-    fn push_text(&mut self, stream: OutputStream, text: String, ts: DateTime<Utc>) {
+    /// Forgets the oldest frame.
+    fn drop_oldest(&mut self) {
+        if let Some(old) = self.frames.pop_front() {
+            let raw = self.raw.pop_front().flatten();
+            let size = old.data.len() + raw.as_ref().map_or(0, Bytes::len);
+            self.frame_bytes -= size;
+            self.refund(size);
+            self.dropped += 1;
+        }
+    }
+
+    fn push_text(
+        &mut self,
+        stream: OutputStream,
+        text: String,
+        raw: Option<Bytes>,
+        ts: DateTime<Utc>,
+    ) {
         if text.is_empty() {
             return;
         }
@@ -201,8 +219,13 @@ impl ExecData {
         let room = self.budget.room();
         let added = push_capped(capture, &text, MAX_CAPTURE_BYTES, room);
         self.charge(added);
-        self.push_frame(kind, text, ts);
+        self.push_frame(kind, text, raw, ts);
     }
+}
+
+/// The exact bytes behind `text` when they differ from it (it was decoded lossily).
+fn raw_unless_same(bytes: Vec<u8>, text: &str) -> Option<Bytes> {
+    (bytes.as_slice() != text.as_bytes()).then(|| Bytes::from(bytes))
 }
 
 /// Appends as much of `text` as fits in `cap` bytes of `out` and in `room` more bytes, on a
@@ -306,6 +329,7 @@ impl Exec {
                 stdout: String::new(),
                 stderr: String::new(),
                 frames: VecDeque::new(),
+                raw: VecDeque::new(),
                 dropped: 0,
                 frame_bytes: 0,
                 carry: [Vec::new(), Vec::new()],
@@ -338,6 +362,19 @@ impl Exec {
         self.data().exit.is_some()
     }
 
+    /// Frames ever appended: the absolute cursor of the next one.
+    pub(super) fn frame_count(&self) -> u64 {
+        self.data().total()
+    }
+
+    /// Forgets the frames before the absolute `cursor` (the newest frame always stays).
+    pub(super) fn discard_before(&self, cursor: u64) {
+        let mut data = self.data();
+        while data.frames.len() > 1 && data.dropped < cursor {
+            data.drop_oldest();
+        }
+    }
+
     /// Bytes of output this exec keeps (captured stdout/stderr and frame data).
     fn retained_bytes(&self) -> usize {
         self.data().charged
@@ -350,15 +387,25 @@ impl Exec {
             OutputStream::Stdout => 0,
             OutputStream::Stderr => 1,
         };
+        let carried = data.carry[slot].clone();
         let text = decode_utf8(&mut data.carry[slot], &chunk.data);
-        data.push_text(chunk.stream, text, ts);
+        // Only output with a replacement character can differ from its exact bytes.
+        let raw = if text.contains(char::REPLACEMENT_CHARACTER) {
+            let mut bytes = carried;
+            bytes.extend_from_slice(&chunk.data);
+            bytes.truncate(bytes.len() - data.carry[slot].len());
+            raw_unless_same(bytes, &text)
+        } else {
+            None
+        };
+        data.push_text(chunk.stream, text, raw, ts);
         self.publish(&data);
     }
 
     /// Appends text of the worker's own (an error message).
     fn push_text(&self, stream: OutputStream, text: String, ts: DateTime<Utc>) {
         let mut data = self.data();
-        data.push_text(stream, text, ts);
+        data.push_text(stream, text, None, ts);
         self.publish(&data);
     }
 
@@ -373,10 +420,11 @@ impl Exec {
             let rest = std::mem::take(&mut data.carry[slot]);
             if !rest.is_empty() {
                 let text = String::from_utf8_lossy(&rest).into_owned();
-                data.push_text(stream, text, ts);
+                let raw = raw_unless_same(rest, &text);
+                data.push_text(stream, text, raw, ts);
             }
         }
-        data.push_frame(FrameKind::Exit, code.to_string(), ts);
+        data.push_frame(FrameKind::Exit, code.to_string(), None, ts);
         data.exit = Some(ExitInfo {
             code,
             timed_out,
@@ -443,7 +491,17 @@ impl Exec {
     }
 
     /// Frames from the absolute `cursor` on (clamped to the count).
-    fn frames_from(&self, cursor: u64) -> (Vec<Frame>, u64, bool) {
+    pub(super) fn frames_from(&self, cursor: u64) -> (Vec<Frame>, u64, bool) {
+        let (frames, next, has_more) = self.output_from(cursor);
+        (
+            frames.into_iter().map(|f| f.frame).collect(),
+            next,
+            has_more,
+        )
+    }
+
+    /// [`Exec::frames_from`] with each frame's exact bytes and watermark.
+    pub(super) fn output_from(&self, cursor: u64) -> (Vec<OutputFrame>, u64, bool) {
         let data = self.data();
         let total = data.total();
         let start = cursor.min(total).max(data.dropped);
@@ -451,7 +509,17 @@ impl Exec {
         let to = from
             .saturating_add(MAX_FRAMES_PER_RESPONSE)
             .min(data.frames.len());
-        let frames: Vec<Frame> = data.frames.range(from..to).cloned().collect();
+        let frames = data
+            .frames
+            .range(from..to)
+            .zip(data.raw.range(from..to))
+            .zip(start + 1..)
+            .map(|((frame, raw), watermark)| OutputFrame {
+                frame: frame.clone(),
+                raw: raw.clone(),
+                watermark,
+            })
+            .collect();
         let next = data.dropped + to as u64;
         let has_more = !(data.exit.is_some() && next == total);
         (frames, next, has_more)
@@ -614,6 +682,28 @@ pub fn decode_exec_input(data: &str, encoding: &str) -> Result<Bytes, WorkerErro
 /// Execs a listing returns when it names no limit.
 const DEFAULT_EXEC_LIST_LIMIT: usize = 100;
 
+/// A frame of an exec's output with what the frames API does not show: its exact bytes and
+/// its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputFrame {
+    /// The frame (its data decoded as UTF-8, invalid bytes replaced).
+    pub frame: Frame,
+    /// Its exact bytes when they are not the UTF-8 of `frame.data`.
+    pub raw: Option<Bytes>,
+    /// Its position in the exec's output: the cursor just after it (1 for the first frame).
+    pub watermark: u64,
+}
+
+impl OutputFrame {
+    /// The frame's exact bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match &self.raw {
+            Some(raw) => raw,
+            None => self.frame.data.as_bytes(),
+        }
+    }
+}
+
 /// The frames of one exec from a cursor on, as they are appended: what a streaming shell
 /// (Server-Sent Events, WebSocket) sends. Ends after the exit frame, or when the exec was
 /// abandoned with its sandbox.
@@ -621,13 +711,34 @@ pub struct FrameStream {
     exec: Arc<Exec>,
     progress: watch::Receiver<Progress>,
     cursor: u64,
-    ready: VecDeque<(Frame, u64)>,
+    ready: VecDeque<OutputFrame>,
     done: bool,
 }
 
 impl FrameStream {
+    /// Moves the stream to the absolute `cursor` (frames already read and not returned are
+    /// dropped).
+    pub(super) fn seek(&mut self, cursor: u64) {
+        self.ready.clear();
+        self.cursor = cursor;
+        self.done = false;
+    }
+
+    /// The absolute cursor of the next frame this stream returns.
+    pub fn position(&self) -> u64 {
+        self.ready
+            .front()
+            .map(|f| f.watermark - 1)
+            .unwrap_or(self.cursor)
+    }
+
     /// The next frame and the cursor just after it; `None` once the stream has ended.
     pub async fn next(&mut self) -> Option<(Frame, u64)> {
+        self.next_output().await.map(|f| (f.frame, f.watermark))
+    }
+
+    /// The next frame with its exact bytes; `None` once the stream has ended.
+    pub async fn next_output(&mut self) -> Option<OutputFrame> {
         loop {
             if let Some(next) = self.ready.pop_front() {
                 return Some(next);
@@ -635,11 +746,8 @@ impl FrameStream {
             if self.done {
                 return None;
             }
-            let (frames, next, has_more) = self.exec.frames_from(self.cursor);
-            let first = next - frames.len() as u64;
-            for (i, frame) in frames.into_iter().enumerate() {
-                self.ready.push_back((frame, first + i as u64 + 1));
-            }
+            let (frames, next, has_more) = self.exec.output_from(self.cursor);
+            self.ready.extend(frames);
             self.cursor = next;
             self.done = !has_more;
             if !self.ready.is_empty() || self.done {
@@ -925,7 +1033,7 @@ impl Worker {
     }
 
     /// The exec `raw_exec` of a sandbox the principal may use.
-    fn find_exec(
+    pub(super) fn find_exec(
         &self,
         principal: &Principal,
         id: &SandboxId,
@@ -1121,6 +1229,76 @@ mod unit {
             budget.clone(),
         );
         (id, exec)
+    }
+
+    fn chunk(exec: &Exec, data: &'static [u8]) {
+        exec.push_chunk(
+            OutputChunk {
+                stream: OutputStream::Stdout,
+                data: bytes::Bytes::from_static(data),
+            },
+            Utc::now(),
+        );
+    }
+
+    #[test]
+    fn output_frames_keep_exact_bytes() {
+        let budget = budget(MAX_OUTPUT_BYTES_PER_SANDBOX);
+        let (_, exec) = new_exec(&budget);
+        // Valid UTF-8, split inside a character: no exact copy needed.
+        chunk(&exec, b"caf\xc3");
+        chunk(&exec, b"\xa9\n");
+        // Invalid bytes, one sequence cut at the end and completed wrongly by the next chunk.
+        chunk(&exec, b"\xff\xfeok\xe2\x82");
+        chunk(&exec, b"!");
+        exec.finish(0, false, Duration::from_millis(1), Utc::now());
+        let (frames, _, _) = exec.output_from(0);
+        let texts: Vec<&str> = frames.iter().map(|f| f.frame.data.as_str()).collect();
+        assert_eq!(
+            texts,
+            ["caf", "é\n", "\u{fffd}\u{fffd}ok", "\u{fffd}!", "0"]
+        );
+        let bytes: Vec<&[u8]> = frames.iter().map(OutputFrame::bytes).collect();
+        assert_eq!(
+            bytes,
+            [
+                &b"caf"[..],
+                b"\xc3\xa9\n",
+                b"\xff\xfeok",
+                b"\xe2\x82!",
+                b"0"
+            ]
+        );
+        assert_eq!(
+            frames.iter().map(|f| f.raw.is_some()).collect::<Vec<_>>(),
+            [false, false, true, true, false]
+        );
+        assert_eq!(
+            frames.iter().map(|f| f.watermark).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+        // The exact copies count against the budget, and are given back with the exec.
+        let text_bytes: usize = frames.iter().map(|f| f.frame.data.len()).sum();
+        assert!(budget.used() > text_bytes);
+        drop(frames);
+        drop(exec);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn acks_forget_frames_but_the_newest() {
+        let budget = budget(MAX_OUTPUT_BYTES_PER_SANDBOX);
+        let (_, exec) = new_exec(&budget);
+        for _ in 0..3 {
+            chunk(&exec, b"abc");
+        }
+        exec.discard_before(2);
+        let (frames, next, _) = exec.output_from(0);
+        assert_eq!(frames.iter().map(|f| f.watermark).collect::<Vec<_>>(), [3]);
+        assert_eq!(next, 3);
+        exec.discard_before(10);
+        assert_eq!(exec.output_from(0).0.len(), 1, "the newest frame stays");
+        assert_eq!(exec.frame_count(), 3);
     }
 
     fn stdout(exec: &Exec, bytes: usize) {

@@ -14,14 +14,16 @@ mod pool;
 mod ports;
 mod registration;
 mod sandbox;
+mod sessions;
 mod state;
 // Needs the fake backend, which exists only with the `test-util` feature.
 #[cfg(all(test, feature = "test-util"))]
 mod tests;
 
-pub use exec::{decode_exec_input, FrameStream};
+pub use exec::{decode_exec_input, FrameStream, OutputFrame};
 pub use files::decode_write_json;
 pub use link::{BrokerLink, InProcessBrokerLink, LinkError};
+pub use sessions::{SessionOpened, MAX_SESSION_NAME};
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -38,7 +40,7 @@ use crate::api::{
     RunCodeRequest, RunCodeResponse, SandboxResponse, StatResponse, SyntaxErrorBody,
     VmEventRequest, WriteFileResponse,
 };
-use crate::auth::{AuthMode, Principal};
+use crate::auth::{AuthMode, Principal, TicketBook, TicketError};
 use crate::backend::{
     BackendError, BoxedReader, BoxedStream, ExecControl, ExecSignal, FileReader, TerminalSize,
     VmBackend,
@@ -235,6 +237,18 @@ pub enum WorkerError {
     /// 501: the sandbox's backend cannot do it.
     #[error("not supported by this backend: {0}")]
     Unsupported(&'static str),
+    /// 400: a session name that is not 1-64 characters of `A-Z a-z 0-9 . _ : -`.
+    #[error("session must be 1-64 characters of A-Z a-z 0-9 . _ : -")]
+    InvalidSession,
+    /// 404: attaching (without a command) to a session that does not exist.
+    #[error("exec session {0:?} does not exist")]
+    SessionNotFound(String),
+    /// 409: a session opened with another command or other options than it runs with.
+    #[error("exec session {0:?} is already running with different options")]
+    SessionConflict(String),
+    /// An access ticket could not be issued: 429 for too many outstanding, else 500.
+    #[error("{0}")]
+    Ticket(TicketError),
     /// 429: the sandbox already runs as many execs as it may.
     #[error("too many running execs in this sandbox (at most {0}); wait for one to finish")]
     TooManyExecs(usize),
@@ -389,6 +403,8 @@ pub struct Worker {
     /// Renews the registration at once: the broker's view of the load is wrong (a full
     /// worker freed capacity, or a create was refused for lack of it).
     heartbeat_wake: Notify,
+    /// Access tickets for the exec WebSocket (browsers).
+    tickets: TicketBook,
 }
 
 impl Worker {
@@ -422,6 +438,7 @@ impl Worker {
             }
             None => (None, None),
         };
+        let tickets = TicketBook::new(clock.clone());
         let worker = Arc::new(Self {
             config,
             backends,
@@ -437,6 +454,7 @@ impl Worker {
             over_watermark: AtomicBool::new(false),
             reported_full: AtomicBool::new(false),
             heartbeat_wake: Notify::new(),
+            tickets,
         });
         let labels = WorkerLabels {
             worker_id: worker.config.worker_id.as_str(),

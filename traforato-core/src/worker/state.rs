@@ -73,6 +73,8 @@ pub(super) struct SandboxEntry {
     pub first_exec_seen: bool,
     /// Execs, oldest first (exec ids are ULIDs, so they sort by creation time).
     pub execs: BTreeMap<ExecId, Arc<Exec>>,
+    /// Reconnectable exec sessions by name.
+    pub sessions: BTreeMap<String, super::sessions::Session>,
     /// The bytes of output all its execs, running or exited, may keep.
     pub output: Arc<OutputBudget>,
 }

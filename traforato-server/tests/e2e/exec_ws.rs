@@ -163,6 +163,26 @@ async fn exec_websocket_in_a_container() {
     assert_eq!(exit_code(&frames), 0);
     assert_normal(close);
 
+    // Output that is not UTF-8 arrives byte for byte (the JSON frames show it decoded).
+    let mut ws = connect(
+        &stack,
+        &id,
+        "command=printf+%27%5C377%5C376ok%5C342%5C202%27",
+    )
+    .await;
+    let (frames, close) = to_end(&mut ws).await;
+    let bytes: Vec<u8> = frames
+        .iter()
+        .filter(|f| f["type"] == "stdout")
+        .flat_map(|f| {
+            base64::engine::general_purpose::STANDARD
+                .decode(f["data"].as_str().unwrap())
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(bytes, b"\xff\xfeok\xe2\x82");
+    assert_normal(close);
+
     // A terminal of the size asked for.
     let mut ws = connect(&stack, &id, "command=stty+size&tty=true&rows=30&cols=100").await;
     let (frames, close) = to_end(&mut ws).await;
@@ -237,6 +257,8 @@ async fn exec_websocket_in_a_container() {
     );
 
     independent_python_client(&stack, &id).await;
+    reconnectable_sessions(&stack, &id).await;
+    browser_url_in_dev(&stack, &id).await;
 
     let resp = follow()
         .delete(stack.sandbox(&id, ""))
@@ -247,6 +269,166 @@ async fn exec_websocket_in_a_container() {
     stack.stop().await.unwrap();
     backend.remove_cgroup_parents().unwrap();
     std::fs::remove_dir_all(&state_dir).unwrap();
+}
+
+/// The next text frame.
+async fn next_frame(ws: &mut Ws) -> Value {
+    loop {
+        match ws.next().await.expect("a frame").unwrap() {
+            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+            Message::Close(close) => panic!("closed early: {close:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// The status of an `exec/ws` open refused before the upgrade, and its error message.
+async fn refused(stack: &Stack, id: &str, query: &str) -> (u16, String) {
+    let url = stack
+        .worker
+        .at(&format!("/sandboxes/{id}/exec/ws?{query}"))
+        .replacen("http://", "ws://", 1);
+    match connect_async(url.as_str()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap_or(b"{}"))
+                .unwrap_or(Value::Null);
+            (
+                resp.status().as_u16(),
+                body["error"].as_str().unwrap_or("").to_string(),
+            )
+        }
+        other => panic!(
+            "{query}: expected a refusal, got {:?}",
+            other.map(|(_, r)| r)
+        ),
+    }
+}
+
+/// Reconnectable sessions: detach and reattach with history, acks, a reattach after the end,
+/// conflicts and unknown names, `close`, and a dropped socket that leaves the process running.
+async fn reconnectable_sessions(stack: &Stack, id: &str) {
+    let command = "echo+one;+read+x;+echo+two:$x";
+    let mut ws = connect(
+        stack,
+        id,
+        &format!("session=s1&interactive=true&command={command}"),
+    )
+    .await;
+    assert_eq!(
+        next_frame(&mut ws).await,
+        json!({"type": "stdout", "data": "b25lCg==", "watermark": 1})
+    );
+    send(&mut ws, json!({"type": "detach"})).await;
+    let (frames, close) = to_end(&mut ws).await;
+    assert_eq!(frames, Vec::<Value>::new());
+    assert_normal(close);
+    assert_eq!(
+        exec_of(stack, id, "echo one; read x; echo two:$x").await["status"],
+        "running"
+    );
+
+    // Another open with other options is a conflict; an unknown name without a command is
+    // not found; a bad name is refused.
+    assert_eq!(
+        refused(stack, id, "session=s1&command=ls").await,
+        (
+            409,
+            "exec session \"s1\" is already running with different options".to_string()
+        )
+    );
+    assert_eq!(
+        refused(stack, id, "session=nope").await,
+        (404, "exec session \"nope\" does not exist".to_string())
+    );
+    assert_eq!(refused(stack, id, "session=a%20b&command=ls").await.0, 400);
+
+    // Reattached (by name alone, or with the same options): the history, then live output.
+    let mut ws = connect(stack, id, "session=s1").await;
+    send(&mut ws, json!({"type": "history", "watermark": 0})).await;
+    assert_eq!(next_frame(&mut ws).await["watermark"], 1);
+    assert_eq!(
+        next_frame(&mut ws).await,
+        json!({"type": "no_more_history", "watermark": 1})
+    );
+    send(&mut ws, stdin("x\n")).await;
+    let (frames, close) = to_end(&mut ws).await;
+    assert_eq!(output(&frames, "stdout"), "two:x\n");
+    assert_eq!(frames.last().unwrap()["watermark"], 3);
+    assert_eq!(exit_code(&frames), 0);
+    assert_normal(close);
+
+    // After the end: nothing live; the history (after an ack, only what follows it), then a
+    // normal closure.
+    let mut ws = connect(
+        stack,
+        id,
+        &format!("session=s1&interactive=true&command={command}"),
+    )
+    .await;
+    send(&mut ws, json!({"type": "ack", "watermark": 2})).await;
+    send(&mut ws, json!({"type": "history", "watermark": 0})).await;
+    let (frames, close) = to_end(&mut ws).await;
+    assert_eq!(
+        frames,
+        vec![
+            json!({"type": "exit", "exit": {"code": 0}, "watermark": 3}),
+            json!({"type": "no_more_history", "watermark": 3}),
+        ]
+    );
+    assert_normal(close);
+
+    // A dropped socket leaves a session's process running; `close` kills it.
+    let mut ws = connect(stack, id, "session=s2&command=sleep+104").await;
+    ws.close(None).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(exec_of(stack, id, "sleep 104").await["status"], "running");
+    let mut ws = connect(stack, id, "session=s2").await;
+    send(&mut ws, json!({"type": "close"})).await;
+    let (_, close) = to_end(&mut ws).await;
+    assert_normal(close);
+    wait_exited(stack, id, "sleep 104").await;
+    assert_eq!(exec_of(stack, id, "sleep 104").await["exit_code"], 128 + 9);
+    assert_eq!(refused(stack, id, "session=s2").await.0, 404, "closed");
+
+    // Session frames on a plain exec are protocol errors.
+    let mut ws = connect(stack, id, "command=sleep+106").await;
+    send(&mut ws, json!({"type": "history"})).await;
+    let (frames, _) = to_end(&mut ws).await;
+    assert_eq!(
+        frames,
+        vec![json!({"type": "error", "error": "unknown frame type: history"})]
+    );
+    wait_exited(stack, id, "sleep 106").await;
+}
+
+/// The browser route in dev mode: the worker's own WebSocket URL, no token, and it works.
+async fn browser_url_in_dev(stack: &Stack, id: &str) {
+    let resp = follow()
+        .get(stack.sandbox(id, "/exec/ws/url?command=echo+from+url&env%5BA%5D=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = body_json(resp).await;
+    let url = body["url"].as_str().unwrap();
+    let worker = stack.worker.at("").replacen("http://", "ws://", 1);
+    assert_eq!(
+        url,
+        format!("{worker}/sandboxes/{id}/exec/ws?command=echo+from+url&env%5BA%5D=1")
+    );
+    assert_eq!(body["sandbox_id"], id);
+    assert!(body.get("expires_at").is_none(), "{body}");
+    let (mut ws, _) = connect_async(url).await.unwrap();
+    let (frames, close) = to_end(&mut ws).await;
+    assert_eq!(output(&frames, "stdout"), "from url\n");
+    assert_normal(close);
+    // Its query is checked like the socket's.
+    let resp = follow()
+        .get(stack.sandbox(id, "/exec/ws/url?tty=maybe&command=x"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(resp, 400, "invalid tty value").await;
 }
 
 /// An independent client, Python's `websockets` (Debian's `python3-websockets`, which
@@ -304,4 +486,102 @@ print("independent client ok")
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The browser route in prod mode (fake backend): the URL carries a single-use access token
+/// that opens that exec of that sandbox once, without `Authorization`; another client gets
+/// no URL for the sandbox.
+#[tokio::test]
+async fn browser_url_in_prod() {
+    let stack = Stack::prod().await;
+    let id = stack.create_as("client-a").await;
+    let url_of = |query: &str| {
+        stack
+            .worker
+            .at(&format!("/sandboxes/{id}/exec/ws/url?{query}"))
+    };
+
+    let resp = follow()
+        .get(url_of("command=echo+hi"))
+        .header("authorization", bearer("client-a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = body_json(resp).await;
+    let url = body["url"].as_str().unwrap().to_string();
+    let prefix = stack
+        .worker
+        .at(&format!(
+            "/sandboxes/{id}/exec/ws?command=echo+hi&access_token="
+        ))
+        .replacen("http://", "ws://", 1);
+    assert!(url.starts_with(&prefix), "{url}");
+    let expires_at: chrono::DateTime<chrono::Utc> =
+        body["expires_at"].as_str().unwrap().parse().unwrap();
+    let lifetime = expires_at - chrono::Utc::now();
+    assert!(lifetime <= chrono::Duration::seconds(60), "{lifetime}");
+    assert!(lifetime > chrono::Duration::seconds(50), "{lifetime}");
+
+    // The exec with the options asked for, the wrong ones with the same token, a replay.
+    let token = url.rsplit_once("access_token=").unwrap().1.to_string();
+    let status_of = |err: tokio_tungstenite::tungstenite::Error| match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => resp.status().as_u16(),
+        other => panic!("{other}"),
+    };
+    let (mut ws, _) = connect_async(url.as_str()).await.unwrap();
+    let (frames, close) = to_end(&mut ws).await;
+    assert_eq!(output(&frames, "stdout"), "hi\n");
+    assert_normal(close);
+    let replay = connect_async(url.as_str()).await.unwrap_err();
+    assert_eq!(status_of(replay), 401);
+
+    let resp = follow()
+        .get(url_of("command=echo+hi"))
+        .header("authorization", bearer("client-a"))
+        .send()
+        .await
+        .unwrap();
+    let url = body_json(resp).await["url"].as_str().unwrap().to_string();
+    let token2 = url.rsplit_once("access_token=").unwrap().1.to_string();
+    assert_ne!(token, token2);
+    let other_command = url.replace("command=echo+hi", "command=cat+%2Fetc%2Fshadow");
+    assert_eq!(
+        status_of(connect_async(other_command).await.unwrap_err()),
+        401
+    );
+    // A wrong use consumed it.
+    assert_eq!(status_of(connect_async(url).await.unwrap_err()), 401);
+
+    // Without token or ticket: 401; another client may not get a URL for the sandbox.
+    let bare = stack
+        .worker
+        .at(&format!("/sandboxes/{id}/exec/ws?command=echo+hi"))
+        .replacen("http://", "ws://", 1);
+    assert_eq!(status_of(connect_async(bare).await.unwrap_err()), 401);
+    let resp = follow()
+        .get(url_of("command=echo+hi"))
+        .header("authorization", bearer("client-b"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(resp, 403, "sandbox ownership mismatch").await;
+    let resp = follow()
+        .get(url_of("command=echo+hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+
+    // The refusals were counted as auth failures of the access-token kind.
+    let metrics = follow()
+        .get(stack.worker.at("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains(r#"reason="access_token""#), "{metrics}");
+    stack.stop().await.unwrap();
 }

@@ -1,0 +1,310 @@
+//! Reconnectable exec sessions and exec access tickets: what the WebSocket exec needs beyond
+//! one exec.
+//!
+//! A session is a client-chosen name for an exec in one sandbox: the first open with a
+//! command starts the exec, later opens with the same name attach to it again (a different
+//! command or options is a conflict), so a client that lost its connection finds its process
+//! and its output. The history a session replays is the exec's frame log, so it counts
+//! against the sandbox's output budget like every exec's output. A session is forgotten when
+//! it is closed, with its sandbox, or when its exec is forgotten.
+
+use super::exec::{FrameStream, OutputFrame};
+use super::{Worker, WorkerError};
+use crate::api::{ExecAccepted, ExecRequest, ExecSignalRequest};
+use crate::auth::{Principal, Ticket, TicketError};
+use crate::id::ExecId;
+
+/// The longest session name.
+pub const MAX_SESSION_NAME: usize = 64;
+
+/// A session of a sandbox: its exec and the options it was started with.
+#[derive(Debug, Clone)]
+pub(super) struct Session {
+    pub exec_id: ExecId,
+    pub spec: ExecRequest,
+}
+
+/// An open of a session: the exec, and whether this open started it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionOpened {
+    /// The session's exec.
+    pub exec_id: String,
+    /// This open started the exec (else it attached to a running or finished one).
+    pub created: bool,
+}
+
+/// A session name: 1 to [`MAX_SESSION_NAME`] characters of `A-Z a-z 0-9 . _ : -`.
+fn check_name(name: &str) -> Result<(), WorkerError> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_SESSION_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(WorkerError::InvalidSession)
+    }
+}
+
+/// Whether two requests ask for the same process: command or argv, working directory,
+/// environment, and the stdin and terminal options (the timeout is not compared).
+fn same_spec(a: &ExecRequest, b: &ExecRequest) -> bool {
+    a.command == b.command
+        && a.args == b.args
+        && a.cwd == b.cwd
+        && a.env == b.env
+        && a.interactive == b.interactive
+        && a.tty == b.tty
+        && a.rows == b.rows
+        && a.cols == b.cols
+}
+
+impl Worker {
+    /// Opens the session `name` of a sandbox. An existing session is attached to when
+    /// `request` is `None` or asks for the same process ([`WorkerError::SessionConflict`]
+    /// otherwise); a missing one is started from `request`
+    /// ([`WorkerError::SessionNotFound`] without one).
+    pub async fn open_exec_session(
+        &self,
+        principal: &Principal,
+        id: &str,
+        name: &str,
+        request: Option<ExecRequest>,
+    ) -> Result<SessionOpened, WorkerError> {
+        check_name(name)?;
+        let sid = self.parse_id(id)?;
+        let existing = self.with_sandbox(principal, &sid, |entry| {
+            let live = entry
+                .sessions
+                .get(name)
+                .filter(|s| entry.execs.contains_key(&s.exec_id))
+                .cloned();
+            if live.is_none() {
+                entry.sessions.remove(name);
+            }
+            live
+        })?;
+        if let Some(session) = existing {
+            return attach(name, &session, request.as_ref());
+        }
+        let Some(request) = request else {
+            return Err(WorkerError::SessionNotFound(name.to_string()));
+        };
+        let spec = request.clone();
+        let accepted: ExecAccepted = self.exec_command(principal, id, request)?;
+        let exec_id = ExecId::parse(&accepted.exec_id).map_err(|_| WorkerError::ExecNotFound)?;
+        // Another open of the same name may have started its exec meanwhile: the first one
+        // recorded wins, the other exec is killed.
+        let raced = self.with_sandbox(principal, &sid, |entry| {
+            let winner = entry
+                .sessions
+                .get(name)
+                .filter(|s| entry.execs.contains_key(&s.exec_id))
+                .cloned();
+            if winner.is_none() {
+                entry
+                    .sessions
+                    .retain(|_, s| entry.execs.contains_key(&s.exec_id));
+                entry.sessions.insert(
+                    name.to_string(),
+                    Session {
+                        exec_id,
+                        spec: spec.clone(),
+                    },
+                );
+            }
+            winner
+        })?;
+        match raced {
+            None => Ok(SessionOpened {
+                exec_id: accepted.exec_id,
+                created: true,
+            }),
+            Some(winner) => {
+                let kill = ExecSignalRequest {
+                    signal: "KILL".to_string(),
+                };
+                // Best effort: the loser's record stays, like any killed exec's.
+                if let Err(err) = self
+                    .signal_exec(principal, id, &accepted.exec_id, kill)
+                    .await
+                {
+                    tracing::debug!(exec_id = %accepted.exec_id, error = %err, "losing session exec kill");
+                }
+                attach(name, &winner, Some(&spec))
+            }
+        }
+    }
+
+    /// Closes the session `name`: its exec is killed (when still running) and the name is
+    /// forgotten. Unknown names are fine.
+    pub async fn close_exec_session(
+        &self,
+        principal: &Principal,
+        id: &str,
+        name: &str,
+    ) -> Result<(), WorkerError> {
+        let sid = self.parse_id(id)?;
+        let removed = self.with_sandbox(principal, &sid, |entry| entry.sessions.remove(name))?;
+        if let Some(session) = removed {
+            let kill = ExecSignalRequest {
+                signal: "KILL".to_string(),
+            };
+            match self
+                .signal_exec(principal, id, &session.exec_id.to_string(), kill)
+                .await
+            {
+                Ok(()) | Err(WorkerError::ExecExited | WorkerError::ExecNotFound) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    /// The frames of an exec from the absolute `cursor` on (a session's history).
+    pub fn exec_frames_from(
+        &self,
+        principal: &Principal,
+        id: &str,
+        exec_id: &str,
+        cursor: u64,
+    ) -> Result<FrameStream, WorkerError> {
+        let mut stream = self.frame_stream(principal, id, exec_id, None)?;
+        stream.seek(cursor);
+        Ok(stream)
+    }
+
+    /// A page of a session's history: the frames of an exec kept between the absolute
+    /// cursors `from` and `to`, each with its watermark (the cursor just after it). Frames
+    /// already forgotten are skipped; an empty page means nothing more up to `to`.
+    pub fn exec_history(
+        &self,
+        principal: &Principal,
+        id: &str,
+        exec_id: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<OutputFrame>, WorkerError> {
+        let sid = self.parse_id(id)?;
+        let exec = self.find_exec(principal, &sid, exec_id)?;
+        let (frames, _, _) = exec.output_from(from);
+        Ok(frames
+            .into_iter()
+            .take_while(|f| f.watermark <= to)
+            .collect())
+    }
+
+    /// The count of frames an exec appended so far (the cursor of its next frame).
+    pub fn exec_frame_count(
+        &self,
+        principal: &Principal,
+        id: &str,
+        exec_id: &str,
+    ) -> Result<u64, WorkerError> {
+        let sid = self.parse_id(id)?;
+        Ok(self.find_exec(principal, &sid, exec_id)?.frame_count())
+    }
+
+    /// Lets the worker forget an exec's frames before the absolute `cursor` (a session's
+    /// `ack`): they no longer count against the sandbox's output budget. The newest frame
+    /// always stays.
+    pub fn ack_exec_frames(
+        &self,
+        principal: &Principal,
+        id: &str,
+        exec_id: &str,
+        cursor: u64,
+    ) -> Result<(), WorkerError> {
+        let sid = self.parse_id(id)?;
+        self.find_exec(principal, &sid, exec_id)?
+            .discard_before(cursor);
+        Ok(())
+    }
+
+    /// Issues a single-use access ticket that lets a caller without `Authorization` (a
+    /// browser) open the exec WebSocket of a sandbox the principal may use, with the options
+    /// `binding` describes (canonicalised by the caller), within
+    /// [`crate::auth::TICKET_LIFETIME`]. `None` in dev mode, where no credential is needed.
+    pub fn issue_exec_ticket(
+        &self,
+        principal: &Principal,
+        id: &str,
+        binding: &str,
+    ) -> Result<Option<Ticket>, WorkerError> {
+        let sid = self.parse_id(id)?;
+        self.sandbox(principal, &sid)?;
+        if !self.config.auth_mode.is_prod() {
+            return Ok(None);
+        }
+        self.tickets
+            .issue(principal, &sid.to_string(), binding)
+            .map(Some)
+            .map_err(WorkerError::Ticket)
+    }
+
+    /// Redeems an access ticket for the exec WebSocket of sandbox `id` with the options
+    /// `binding` describes: the principal it was issued to. It is consumed whatever the
+    /// outcome. In dev mode every caller is [`Principal::dev`].
+    pub fn redeem_exec_ticket(
+        &self,
+        token: &str,
+        id: &str,
+        binding: &str,
+    ) -> Result<Principal, TicketError> {
+        if !self.config.auth_mode.is_prod() {
+            return Ok(Principal::dev());
+        }
+        self.tickets.redeem(token, id, binding)
+    }
+}
+
+fn attach(
+    name: &str,
+    session: &Session,
+    request: Option<&ExecRequest>,
+) -> Result<SessionOpened, WorkerError> {
+    if request.is_some_and(|r| !same_spec(r, &session.spec)) {
+        return Err(WorkerError::SessionConflict(name.to_string()));
+    }
+    Ok(SessionOpened {
+        exec_id: session.exec_id.to_string(),
+        created: false,
+    })
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for good in ["a", "build-1", "x.y_z:0", &"n".repeat(64)] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", " ", "a b", "a/b", "é", &"n".repeat(65)] {
+            assert!(
+                matches!(check_name(bad), Err(WorkerError::InvalidSession)),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn specs() {
+        let a = ExecRequest {
+            command: "sh".into(),
+            tty: true,
+            interactive: true,
+            ..ExecRequest::default()
+        };
+        let mut b = a.clone();
+        b.timeout_ms = 5;
+        assert!(same_spec(&a, &b), "the timeout is not compared");
+        b.rows = Some(10);
+        assert!(!same_spec(&a, &b));
+        let mut c = a.clone();
+        c.env.insert("A".into(), "1".into());
+        assert!(!same_spec(&a, &c));
+    }
+}
