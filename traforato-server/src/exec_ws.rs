@@ -49,8 +49,9 @@ pub const MAX_MESSAGE: usize = 1024 * 1024;
 /// How long the server waits for the client's reply to its close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-/// The exec timeout of a session without `timeout_ms`: the longest the worker allows (a day),
-/// since closing the socket ends the command anyway.
+/// The exec timeout of a connection without `timeout_ms`: the longest the worker allows (a
+/// day), since closing the socket ends a plain exec anyway and a session left alone ends after
+/// [`traforato_core::worker::SESSION_IDLE_TIMEOUT`].
 const SESSION_TIMEOUT_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// Why the query of an `exec/ws` request was refused.
@@ -93,7 +94,11 @@ pub struct WsOpen {
 /// `env[KEY]=VALUE`, `workdir`, `session`, and `timeout_ms` (additive; default a day).
 /// `access_token` is not an option of the exec (see [`binding`]).
 pub fn parse_query(query: &Query) -> Result<WsOpen, ExecWsQueryError> {
-    let session = query.get("session").map(str::to_string);
+    // An empty `session` is no session, as in Orchard.
+    let session = query
+        .get("session")
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
     let command = query.get("command").unwrap_or("").to_string();
     if command.trim().is_empty() {
         return match session {
@@ -313,10 +318,7 @@ pub(crate) async fn open(
         },
         (session, request) => {
             let name = session.unwrap_or_default();
-            let opened = match worker
-                .open_exec_session(principal, id, &name, request)
-                .await
-            {
+            let opened = match worker.open_exec_session(principal, id, &name, request) {
                 Ok(opened) => opened,
                 Err(err) => return worker_error(&err),
             };
@@ -481,10 +483,21 @@ impl ExecHandle {
         }
     }
 
-    /// The connection ends without the exec: a plain exec is killed, a session's lives on.
+    /// The connection ends without the exec: a plain exec is killed, a session's lives on
+    /// (and its idle time starts when this was its last connection).
     async fn abandon(&self) {
-        if self.session.is_none() {
-            self.kill().await;
+        match &self.session {
+            None => self.kill().await,
+            Some(name) => self.leave(name),
+        }
+    }
+
+    fn leave(&self, name: &str) {
+        let result = self
+            .worker
+            .leave_exec_session(&self.principal, &self.sandbox_id, name);
+        if let Err(err) = result {
+            tracing::debug!(session = name, error = %err, "exec session leave");
         }
     }
 
@@ -501,6 +514,7 @@ impl ExecHandle {
                 self.worker.resize_exec(p, id, exec_id, size.clone()).await
             }
             ClientFrame::Ack(watermark) => self.worker.ack_exec_frames(p, id, exec_id, *watermark),
+
             ClientFrame::Close => match &self.session {
                 Some(name) => self.worker.close_exec_session(p, id, name).await,
                 None => Ok(()),
@@ -601,6 +615,16 @@ async fn relay(ws: Ws, frames: FrameStream, exec: ExecHandle, shutdown: Shutdown
                         }
                     }
                     Ok(ClientFrame::Detach) => break Ending::Done,
+                    // Never past what this connection was sent.
+                    Ok(ClientFrame::Ack(watermark)) => {
+                        let frame = ClientFrame::Ack(watermark.min(live));
+                        if let Err(err) = exec.apply(&frame).await {
+                            let error = to_message(&WsFrame::error(err.to_string()));
+                            if sink.send(error).await.is_err() {
+                                break Ending::ClientGone;
+                            }
+                        }
+                    }
                     Ok(frame) => {
                         if let Err(err) = exec.apply(&frame).await {
                             let error = to_message(&WsFrame::error(err.to_string()));
@@ -637,7 +661,12 @@ async fn relay(ws: Ws, frames: FrameStream, exec: ExecHandle, shutdown: Shutdown
         }))
     };
     let goodbye = match ending {
-        Ending::Done => vec![close(CloseCode::Normal, "")],
+        Ending::Done => {
+            if let Some(name) = &exec.session {
+                exec.leave(name);
+            }
+            vec![close(CloseCode::Normal, "")]
+        }
         Ending::ProtocolError(err, code) => {
             exec.abandon().await;
             vec![
@@ -800,6 +829,10 @@ mod tests {
         let open = parse_query(&q("session=build")).unwrap();
         assert_eq!(open.session.as_deref(), Some("build"));
         assert_eq!(open.request, None, "reattach without a command");
+        assert_eq!(
+            parse_query(&q("session=&command=ls")).unwrap().session,
+            None
+        );
         let open = parse_query(&q("session=build&command=make&tty=1")).unwrap();
         assert_eq!(open.session.as_deref(), Some("build"));
         assert!(open.request.unwrap().tty);

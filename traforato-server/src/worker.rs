@@ -352,7 +352,10 @@ async fn dispatch(
     // Authentication comes before acting on the route: in prod an unknown route without a
     // token is 401. An exec WebSocket may carry an access ticket instead of a token.
     let ticket = match route {
-        WorkerRoute::Sandbox(id, SandboxOp::ExecWebSocket) => {
+        // Only a real upgrade spends a ticket (not a link preview's plain GET).
+        WorkerRoute::Sandbox(id, SandboxOp::ExecWebSocket)
+            if crate::exec_ws::accept_key(req.headers()).is_some() =>
+        {
             crate::exec_ws::access_token(&query).map(|token| (id, token))
         }
         _ => None,

@@ -39,7 +39,10 @@ pub use claims::TokenDefect;
 pub use internal::{InternalAuthError, InternalTokenSigner, InternalVerifier};
 pub use jwt::{mint_client_token, AuthError, ClientAuthenticator};
 pub use replay::ReplayCache;
-pub use tickets::{Ticket, TicketBook, TicketError, MAX_OUTSTANDING_TICKETS, TICKET_LIFETIME};
+pub use tickets::{
+    Ticket, TicketBook, TicketError, MAX_OUTSTANDING_TICKETS, MAX_TICKETS_PER_CLIENT,
+    TICKET_LIFETIME,
+};
 
 /// The issuer configured by default (`--jwt-issuer`).
 pub const DEFAULT_ISSUER: &str = "traforato";

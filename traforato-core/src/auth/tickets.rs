@@ -6,7 +6,8 @@
 //! The book keeps only a SHA-256 digest of each ticket, so a lookup compares digests, never
 //! the secret itself. Presenting a ticket consumes it whatever the outcome, so it can be
 //! neither replayed nor probed for its binding. Tickets expire after [`TICKET_LIFETIME`];
-//! at most [`MAX_OUTSTANDING_TICKETS`] are outstanding at once per book.
+//! at most [`MAX_OUTSTANDING_TICKETS`] are outstanding at once per book, and
+//! [`MAX_TICKETS_PER_CLIENT`] per client.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,9 @@ pub const TICKET_LIFETIME: Duration = Duration::from_secs(60);
 
 /// Most unexpired, unused tickets one book holds.
 pub const MAX_OUTSTANDING_TICKETS: usize = 4096;
+
+/// Most unexpired, unused tickets of one client, so that no client can use up the book.
+pub const MAX_TICKETS_PER_CLIENT: usize = 64;
 
 /// A ticket just issued: the secret to hand over, and when it stops being accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,7 +115,11 @@ impl TicketBook {
         let expires_at = now + chrono::Duration::from_std(TICKET_LIFETIME).unwrap_or_default();
         let mut entries = self.entries();
         entries.retain(|_, e| e.expires_at > now);
-        if entries.len() >= MAX_OUTSTANDING_TICKETS {
+        let own = entries
+            .values()
+            .filter(|e| e.principal == *principal)
+            .count();
+        if entries.len() >= MAX_OUTSTANDING_TICKETS || own >= MAX_TICKETS_PER_CLIENT {
             return Err(TicketError::TooMany);
         }
         entries.insert(
@@ -234,13 +242,36 @@ mod tests {
     #[test]
     fn outstanding_tickets_are_bounded_and_expired_ones_make_room() {
         let (clock, book) = book();
-        for _ in 0..MAX_OUTSTANDING_TICKETS {
-            book.issue(&alice(), "sbx", "").unwrap();
+        for i in 0..MAX_OUTSTANDING_TICKETS {
+            let client = Principal {
+                client_id: format!("c{}", i % 100),
+            };
+            book.issue(&client, "sbx", "").unwrap();
         }
         assert_eq!(book.issue(&alice(), "sbx", ""), Err(TicketError::TooMany));
         clock.advance(TICKET_LIFETIME);
         assert!(book.issue(&alice(), "sbx", "").is_ok());
         assert_eq!(book.outstanding(), 1);
+    }
+
+    #[test]
+    fn one_client_cannot_use_up_the_book() {
+        let (_, book) = book();
+        for _ in 1..MAX_TICKETS_PER_CLIENT {
+            book.issue(&alice(), "sbx", "").unwrap();
+        }
+        let last = book.issue(&alice(), "sbx", "").unwrap();
+        assert_eq!(book.issue(&alice(), "sbx", ""), Err(TicketError::TooMany));
+        let bob = Principal {
+            client_id: "bob".to_string(),
+        };
+        assert!(
+            book.issue(&bob, "sbx", "").is_ok(),
+            "others are not refused"
+        );
+        // A used ticket makes room.
+        book.redeem(&last.token, "sbx", "").unwrap();
+        assert!(book.issue(&alice(), "sbx", "").is_ok());
     }
 
     #[test]

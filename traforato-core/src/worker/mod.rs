@@ -23,7 +23,7 @@ mod tests;
 pub use exec::{decode_exec_input, FrameStream, OutputFrame};
 pub use files::decode_write_json;
 pub use link::{BrokerLink, InProcessBrokerLink, LinkError};
-pub use sessions::{SessionOpened, MAX_SESSION_NAME};
+pub use sessions::{SessionOpened, MAX_SESSION_NAME, SESSION_IDLE_TIMEOUT};
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -405,6 +405,8 @@ pub struct Worker {
     heartbeat_wake: Notify,
     /// Access tickets for the exec WebSocket (browsers).
     tickets: TicketBook,
+    /// Held while a session open decides whether its name exists and starts its exec.
+    session_opens: Mutex<()>,
 }
 
 impl Worker {
@@ -455,6 +457,7 @@ impl Worker {
             reported_full: AtomicBool::new(false),
             heartbeat_wake: Notify::new(),
             tickets,
+            session_opens: Mutex::new(()),
         });
         let labels = WorkerLabels {
             worker_id: worker.config.worker_id.as_str(),

@@ -139,6 +139,10 @@ impl Worker {
     }
 
     pub(super) async fn reap(&self) -> usize {
+        let idle = self.reap_idle_sessions().await;
+        if idle > 0 {
+            tracing::info!(sessions = idle, "idle exec sessions closed");
+        }
         let now = self.clock.now();
         let expired: Vec<SandboxEntry> = {
             let mut state = self.lock();

@@ -6,22 +6,37 @@
 //! command or options is a conflict), so a client that lost its connection finds its process
 //! and its output. The history a session replays is the exec's frame log, so it counts
 //! against the sandbox's output budget like every exec's output. A session is forgotten when
-//! it is closed, with its sandbox, or when its exec is forgotten.
+//! it is closed, with its sandbox, or when its exec is forgotten; one that nobody is attached
+//! to for [`SESSION_IDLE_TIMEOUT`] is closed by the reaper (its process killed), so forgotten
+//! sessions do not hold the sandbox's exec slots.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use super::exec::{FrameStream, OutputFrame};
 use super::{Worker, WorkerError};
 use crate::api::{ExecAccepted, ExecRequest, ExecSignalRequest};
 use crate::auth::{Principal, Ticket, TicketError};
+use crate::backend::{BackendError, ExecControl, ExecSignal, Vm};
 use crate::id::ExecId;
 
 /// The longest session name.
 pub const MAX_SESSION_NAME: usize = 64;
+
+/// How long a session may have no connection before the reaper closes it.
+pub const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// A session of a sandbox: its exec and the options it was started with.
 #[derive(Debug, Clone)]
 pub(super) struct Session {
     pub exec_id: ExecId,
     pub spec: ExecRequest,
+    /// Connections attached now.
+    pub attached: usize,
+    /// When the last connection left (`None` while one is attached).
+    pub idle_since: Option<DateTime<Utc>>,
 }
 
 /// An open of a session: the exec, and whether this open started it.
@@ -65,7 +80,9 @@ impl Worker {
     /// `request` is `None` or asks for the same process ([`WorkerError::SessionConflict`]
     /// otherwise); a missing one is started from `request`
     /// ([`WorkerError::SessionNotFound`] without one).
-    pub async fn open_exec_session(
+    ///
+    /// The open counts as an attached connection until [`Worker::leave_exec_session`].
+    pub fn open_exec_session(
         &self,
         principal: &Principal,
         id: &str,
@@ -74,19 +91,17 @@ impl Worker {
     ) -> Result<SessionOpened, WorkerError> {
         check_name(name)?;
         let sid = self.parse_id(id)?;
-        let existing = self.with_sandbox(principal, &sid, |entry| {
-            let live = entry
-                .sessions
-                .get(name)
-                .filter(|s| entry.execs.contains_key(&s.exec_id))
-                .cloned();
-            if live.is_none() {
-                entry.sessions.remove(name);
-            }
-            live
+        // One open at a time decides whether a name exists, so a name never starts two
+        // processes. Nothing below waits: the start only hands the command to a task.
+        let _one_at_a_time = self.session_opens.lock().unwrap_or_else(|e| e.into_inner());
+        let attached = self.with_sandbox(principal, &sid, |entry| {
+            let execs = &entry.execs;
+            entry.sessions.retain(|_, s| execs.contains_key(&s.exec_id));
+            let session = entry.sessions.get_mut(name)?;
+            Some(attach(name, session, request.as_ref()))
         })?;
-        if let Some(session) = existing {
-            return attach(name, &session, request.as_ref());
+        if let Some(attached) = attached {
+            return attached;
         }
         let Some(request) = request else {
             return Err(WorkerError::SessionNotFound(name.to_string()));
@@ -94,47 +109,75 @@ impl Worker {
         let spec = request.clone();
         let accepted: ExecAccepted = self.exec_command(principal, id, request)?;
         let exec_id = ExecId::parse(&accepted.exec_id).map_err(|_| WorkerError::ExecNotFound)?;
-        // Another open of the same name may have started its exec meanwhile: the first one
-        // recorded wins, the other exec is killed.
-        let raced = self.with_sandbox(principal, &sid, |entry| {
-            let winner = entry
-                .sessions
-                .get(name)
-                .filter(|s| entry.execs.contains_key(&s.exec_id))
-                .cloned();
-            if winner.is_none() {
-                entry
-                    .sessions
-                    .retain(|_, s| entry.execs.contains_key(&s.exec_id));
-                entry.sessions.insert(
-                    name.to_string(),
-                    Session {
-                        exec_id,
-                        spec: spec.clone(),
-                    },
-                );
-            }
-            winner
+        self.with_sandbox(principal, &sid, |entry| {
+            entry.sessions.insert(
+                name.to_string(),
+                Session {
+                    exec_id,
+                    spec,
+                    attached: 1,
+                    idle_since: None,
+                },
+            );
         })?;
-        match raced {
-            None => Ok(SessionOpened {
-                exec_id: accepted.exec_id,
-                created: true,
-            }),
-            Some(winner) => {
-                let kill = ExecSignalRequest {
-                    signal: "KILL".to_string(),
-                };
-                // Best effort: the loser's record stays, like any killed exec's.
-                if let Err(err) = self
-                    .signal_exec(principal, id, &accepted.exec_id, kill)
-                    .await
-                {
-                    tracing::debug!(exec_id = %accepted.exec_id, error = %err, "losing session exec kill");
+        Ok(SessionOpened {
+            exec_id: accepted.exec_id,
+            created: true,
+        })
+    }
+
+    /// A connection to the session `name` ended (without closing it): when it was the last,
+    /// the session's idle time starts. Unknown names are fine.
+    pub fn leave_exec_session(
+        &self,
+        principal: &Principal,
+        id: &str,
+        name: &str,
+    ) -> Result<(), WorkerError> {
+        let sid = self.parse_id(id)?;
+        let now = self.clock.now();
+        self.with_sandbox(principal, &sid, |entry| {
+            if let Some(session) = entry.sessions.get_mut(name) {
+                session.attached = session.attached.saturating_sub(1);
+                if session.attached == 0 {
+                    session.idle_since = Some(now);
                 }
-                attach(name, &winner, Some(&spec))
+            }
+        })
+    }
+
+    /// Closes the sessions nobody was attached to for [`SESSION_IDLE_TIMEOUT`]: their
+    /// processes are killed and their names forgotten. Returns how many.
+    pub(super) async fn reap_idle_sessions(&self) -> usize {
+        let now = self.clock.now();
+        let idle = chrono::Duration::from_std(SESSION_IDLE_TIMEOUT).unwrap_or_default();
+        let mut victims: Vec<(Arc<dyn Vm>, ExecId)> = Vec::new();
+        {
+            let mut state = self.lock();
+            for entry in state.sandboxes.values_mut() {
+                let vm = entry.vm.clone();
+                entry.sessions.retain(|_, s| {
+                    let expired = s.idle_since.is_some_and(|t| t + idle <= now);
+                    if expired {
+                        victims.push((vm.clone(), s.exec_id));
+                    }
+                    !expired
+                });
             }
         }
+        let count = victims.len();
+        for (vm, exec_id) in victims {
+            match vm
+                .control_exec(&exec_id, ExecControl::Signal(ExecSignal::Kill))
+                .await
+            {
+                Ok(()) | Err(BackendError::ExecNotRunning) => {}
+                Err(error) => {
+                    tracing::warn!(exec_id = %exec_id, error = %error, "idle session not killed")
+                }
+            }
+        }
+        count
     }
 
     /// Closes the session `name`: its exec is killed (when still running) and the name is
@@ -259,14 +302,17 @@ impl Worker {
     }
 }
 
+/// Attaches one more connection to `session`, when `request` (if any) asks for its process.
 fn attach(
     name: &str,
-    session: &Session,
+    session: &mut Session,
     request: Option<&ExecRequest>,
 ) -> Result<SessionOpened, WorkerError> {
     if request.is_some_and(|r| !same_spec(r, &session.spec)) {
         return Err(WorkerError::SessionConflict(name.to_string()));
     }
+    session.attached += 1;
+    session.idle_since = None;
     Ok(SessionOpened {
         exec_id: session.exec_id.to_string(),
         created: false,

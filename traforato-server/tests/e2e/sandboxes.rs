@@ -120,8 +120,8 @@ async fn worker_routing_errors() {
         ),
         (
             "?command=true&session=s1",
-            501,
-            "reconnectable sessions are not supported yet",
+            400,
+            "websocket upgrade required",
         ),
         ("?command=true", 400, "websocket upgrade required"),
     ] {

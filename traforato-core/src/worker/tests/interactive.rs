@@ -347,3 +347,95 @@ async fn frame_stream_ends_when_the_sandbox_goes() {
     // At most what the exec wrote about its end; then the stream ends.
     assert!(drained.await.unwrap() <= 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn sessions_attach_by_name_and_idle_ones_are_reaped() {
+    let h = Harness::new();
+    // The fake runs on the manual clock, which jumps past the idle timeouts below: the
+    // command and its timeout are longer than all of them.
+    h.fake.set_exec_handler(Arc::new(|_, _| {
+        Some(FakeExec::new().sleep(Duration::from_secs(10 * 86_400)))
+    }));
+    let long = |interactive| ExecRequest {
+        timeout_ms: 5 * 86_400_000,
+        ..long(interactive)
+    };
+    let sid = h.sandbox().await;
+    let w = &h.worker;
+    // Lives through the idle timeouts below.
+    w.renew_lease(&dev(), &sid, Some("86400")).unwrap();
+    let first = w
+        .open_exec_session(&dev(), &sid, "s1", Some(long(true)))
+        .unwrap();
+    assert!(first.created);
+    // By name alone, or with the same process: the same exec; other options conflict.
+    let again = w.open_exec_session(&dev(), &sid, "s1", None).unwrap();
+    assert_eq!(
+        (again.exec_id.as_str(), again.created),
+        (first.exec_id.as_str(), false)
+    );
+    let same = w
+        .open_exec_session(&dev(), &sid, "s1", Some(long(true)))
+        .unwrap();
+    assert_eq!(same.exec_id, first.exec_id);
+    assert!(matches!(
+        w.open_exec_session(&dev(), &sid, "s1", Some(long(false))),
+        Err(WorkerError::SessionConflict(name)) if name == "s1"
+    ));
+    assert!(matches!(
+        w.open_exec_session(&dev(), &sid, "nope", None),
+        Err(WorkerError::SessionNotFound(_))
+    ));
+    assert!(matches!(
+        w.open_exec_session(&dev(), &sid, "a b", None),
+        Err(WorkerError::InvalidSession)
+    ));
+
+    // Let the command start in the backend.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // Three connections attached; idle only once all three left, then reaped after the
+    // idle timeout (not before).
+    for _ in 0..2 {
+        w.leave_exec_session(&dev(), &sid, "s1").unwrap();
+    }
+    h.clock.advance(SESSION_IDLE_TIMEOUT * 2);
+    assert_eq!(w.reap_expired().await, 0);
+    assert!(controls_of(&h, &sid).is_empty(), "still attached");
+    w.leave_exec_session(&dev(), &sid, "s1").unwrap();
+    h.clock
+        .advance(SESSION_IDLE_TIMEOUT - Duration::from_secs(1));
+    w.reap_expired().await;
+    assert!(controls_of(&h, &sid).is_empty(), "not idle long enough");
+    h.clock.advance(Duration::from_secs(1));
+    w.reap_expired().await;
+    assert_eq!(
+        controls_of(&h, &sid),
+        vec![(first.exec_id.clone(), ExecControl::Signal(ExecSignal::Kill))]
+    );
+    assert!(matches!(
+        w.open_exec_session(&dev(), &sid, "s1", None),
+        Err(WorkerError::SessionNotFound(_))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn closing_a_session_kills_it_and_forgets_the_name() {
+    let h = Harness::new();
+    long_running(&h);
+    let sid = h.sandbox().await;
+    let w = &h.worker;
+    let opened = w
+        .open_exec_session(&dev(), &sid, "s2", Some(long(false)))
+        .unwrap();
+    w.close_exec_session(&dev(), &sid, "s2").await.unwrap();
+    assert_eq!(
+        controls_of(&h, &sid),
+        vec![(opened.exec_id, ExecControl::Signal(ExecSignal::Kill))]
+    );
+    assert!(matches!(
+        w.open_exec_session(&dev(), &sid, "s2", None),
+        Err(WorkerError::SessionNotFound(_))
+    ));
+    // Closing an unknown name is fine.
+    w.close_exec_session(&dev(), &sid, "s2").await.unwrap();
+}
