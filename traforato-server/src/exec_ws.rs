@@ -514,7 +514,6 @@ impl ExecHandle {
                 self.worker.resize_exec(p, id, exec_id, size.clone()).await
             }
             ClientFrame::Ack(watermark) => self.worker.ack_exec_frames(p, id, exec_id, *watermark),
-
             ClientFrame::Close => match &self.session {
                 Some(name) => self.worker.close_exec_session(p, id, name).await,
                 None => Ok(()),
@@ -615,17 +614,12 @@ async fn relay(ws: Ws, frames: FrameStream, exec: ExecHandle, shutdown: Shutdown
                         }
                     }
                     Ok(ClientFrame::Detach) => break Ending::Done,
-                    // Never past what this connection was sent.
-                    Ok(ClientFrame::Ack(watermark)) => {
-                        let frame = ClientFrame::Ack(watermark.min(live));
-                        if let Err(err) = exec.apply(&frame).await {
-                            let error = to_message(&WsFrame::error(err.to_string()));
-                            if sink.send(error).await.is_err() {
-                                break Ending::ClientGone;
-                            }
-                        }
-                    }
                     Ok(frame) => {
+                        // An ack never goes past what this connection was sent.
+                        let frame = match frame {
+                            ClientFrame::Ack(watermark) => ClientFrame::Ack(watermark.min(live)),
+                            other => other,
+                        };
                         if let Err(err) = exec.apply(&frame).await {
                             let error = to_message(&WsFrame::error(err.to_string()));
                             if sink.send(error).await.is_err() {
