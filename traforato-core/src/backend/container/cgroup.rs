@@ -52,6 +52,9 @@ pub(crate) struct CgroupDriver {
     version: CgroupVersion,
     hierarchies: Vec<Hierarchy>,
     parent: String,
+    /// The parent directories [`CgroupDriver::prepare`] created (not those that existed),
+    /// outermost first: what [`CgroupDriver::remove_parents`] may remove. Shared by clones.
+    created: std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>>,
 }
 
 /// Picks v1 when cpu, memory and pids all have v1 hierarchies, else v2 when one cgroup2 mount
@@ -127,6 +130,7 @@ impl CgroupDriver {
             version,
             hierarchies,
             parent: parent.to_string(),
+            created: Default::default(),
         })
     }
 
@@ -161,9 +165,11 @@ impl CgroupDriver {
         unreclaimable(self.version, &h.root.join(&self.parent))
     }
 
-    /// Creates the parent cgroups and, on v2, delegates the controllers down to them.
-    /// Returns the directories it created (not those that existed), outermost first.
-    pub(crate) fn prepare(&self) -> io::Result<Vec<PathBuf>> {
+    /// Creates the parent cgroups and, on v2, delegates the controllers down to them. The
+    /// directories it created (not those that existed) are remembered for
+    /// [`CgroupDriver::remove_parents`]: also those a sandbox create makes again after the
+    /// parent vanished.
+    pub(crate) fn prepare(&self) -> io::Result<()> {
         let mut created = Vec::new();
         for h in &self.hierarchies {
             // Each level from the root down to the parent (on v2 each must pass the
@@ -182,7 +188,13 @@ impl CgroupDriver {
                 }
             }
         }
-        Ok(created)
+        let mut record = self.created.lock().unwrap_or_else(|e| e.into_inner());
+        for dir in created {
+            if !record.contains(&dir) {
+                record.push(dir);
+            }
+        }
+        Ok(())
     }
 
     /// Creates a sandbox's cgroup with its limits. On error, what was created is removed.
@@ -253,27 +265,30 @@ impl CgroupDriver {
         names
     }
 
-    /// Removes `created` (directories [`CgroupDriver::prepare`] made, outermost first),
-    /// innermost first, each only while it is empty: a parent another worker still uses
-    /// stays. Returns the directories left in place.
-    pub(crate) fn remove_parents(&self, created: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
+    /// Removes the directories [`CgroupDriver::prepare`] made, innermost first, each only
+    /// while it is empty: a parent another worker still uses stays (and is still
+    /// remembered). Returns the directories left in place.
+    pub(crate) fn remove_parents(&self) -> io::Result<Vec<PathBuf>> {
+        let mut record = self.created.lock().unwrap_or_else(|e| e.into_inner());
         let mut kept = Vec::new();
-        for dir in created.iter().rev() {
-            match fs::remove_dir(dir) {
+        while let Some(dir) = record.pop() {
+            match fs::remove_dir(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 // Tasks or child cgroups in it: someone else's, or not yet gone.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::ENOTEMPTY)) => {
-                    kept.push(dir.clone());
+                    kept.push(dir);
                 }
                 Err(e) => {
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("remove {}: {e}", dir.display()),
-                    ))
+                    let message = format!("remove {}: {e}", dir.display());
+                    record.push(dir);
+                    record.extend(kept.into_iter().rev());
+                    return Err(io::Error::new(e.kind(), message));
                 }
             }
         }
+        // Outermost first again.
+        record.extend(kept.iter().rev().cloned());
         Ok(kept)
     }
 }
@@ -607,6 +622,7 @@ mod tests {
                 controllers: CONTROLLERS.to_vec(),
             }],
             parent: parent.to_string(),
+            created: Default::default(),
         }
     }
 
@@ -641,6 +657,44 @@ mod tests {
     }
 
     #[test]
+    fn parents_made_again_after_vanishing_are_removed_too() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("pids");
+        fs::create_dir(&root).unwrap();
+        let driver = CgroupDriver {
+            version: CgroupVersion::V1,
+            // Plain directories stay removable, as cgroup directories with control files are.
+            hierarchies: vec![Hierarchy {
+                root: root.clone(),
+                controllers: vec![],
+            }],
+            parent: "a/b".to_string(),
+            created: Default::default(),
+        };
+        driver.prepare().unwrap();
+        // Another worker sharing the parent removed it at its shutdown.
+        fs::remove_dir_all(root.join("a")).unwrap();
+        let limits = Limits {
+            cpus: 1,
+            memory_bytes: 1 << 20,
+            pids: 10,
+        };
+        // A clone (as a sandbox holds) makes the parent again; the backend's driver knows.
+        let mut cgroup = driver.clone().create("vm", limits).unwrap();
+        assert!(root.join("a/b/vm").is_dir());
+        // In use: kept (and still remembered).
+        assert_eq!(
+            driver.remove_parents().unwrap(),
+            vec![root.join("a/b"), root.join("a")]
+        );
+        cgroup.remove(Duration::from_millis(200)).unwrap();
+        assert_eq!(driver.remove_parents().unwrap(), Vec::<PathBuf>::new());
+        assert!(!root.join("a").exists(), "nothing left behind");
+        // Nothing more to remove.
+        assert_eq!(driver.remove_parents().unwrap(), Vec::<PathBuf>::new());
+    }
+
+    #[test]
     fn failed_create_removes_what_it_made() {
         let tmp = tempfile::tempdir().unwrap();
         let driver = CgroupDriver {
@@ -658,6 +712,7 @@ mod tests {
                 },
             ],
             parent: "tf".to_string(),
+            created: Default::default(),
         };
         fs::create_dir_all(tmp.path().join("pids/tf")).unwrap();
         let limits = Limits {

@@ -142,8 +142,6 @@ pub struct ContainerBackend {
     config: ContainerConfig,
     cgroups: CgroupDriver,
     images: ImageStore,
-    /// The cgroup parent directories `new` created (removed again at shutdown).
-    created_parents: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for ContainerBackend {
@@ -269,7 +267,7 @@ impl ContainerBackend {
         // Before anything is created, so that a refusal leaves nothing behind.
         check_searchable(&config.state_dir)?;
         let cgroups = CgroupDriver::detect(&config.cgroup_parent).map_err(unavailable)?;
-        let created_parents = cgroups.prepare().map_err(|e| {
+        cgroups.prepare().map_err(|e| {
             unavailable(format!(
                 "cannot set up the cgroup parent {:?}: {e} (the worker needs write access to \
                  the cgroup hierarchies; on cgroup v2 its parent must delegate cpu, memory and \
@@ -299,7 +297,6 @@ impl ContainerBackend {
             config,
             cgroups,
             images,
-            created_parents,
         })
     }
 
@@ -326,11 +323,11 @@ impl ContainerBackend {
 
     /// Removes the cgroup parents this backend created (not those that existed before), as
     /// far as they are empty: another worker may share them. [`VmBackend::shutdown`] calls
-    /// it; a later provision makes them again.
+    /// it; a later provision makes them again (and they are removed again at shutdown).
     pub fn remove_cgroup_parents(&self) -> Result<(), BackendError> {
         let kept = self
             .cgroups
-            .remove_parents(&self.created_parents)
+            .remove_parents()
             .map_err(|e| BackendError::io("remove cgroup parents", e))?;
         if !kept.is_empty() {
             tracing::debug!(kept = ?kept, "cgroup parents still in use, left in place");
