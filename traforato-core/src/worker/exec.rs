@@ -223,11 +223,6 @@ impl ExecData {
     }
 }
 
-/// The exact bytes behind `text` when they differ from it (it was decoded lossily).
-fn raw_unless_same(bytes: Vec<u8>, text: &str) -> Option<Bytes> {
-    (bytes.as_slice() != text.as_bytes()).then(|| Bytes::from(bytes))
-}
-
 /// Appends as much of `text` as fits in `cap` bytes of `out` and in `room` more bytes, on a
 /// character boundary; returns the bytes appended.
 fn push_capped(out: &mut String, text: &str, cap: usize, room: usize) -> usize {
@@ -246,7 +241,8 @@ fn push_capped(out: &mut String, text: &str, cap: usize, room: usize) -> usize {
 
 /// Decodes `data` as UTF-8 after the bytes carried over from the previous chunk. Invalid
 /// bytes become U+FFFD; an incomplete sequence at the end is carried over to the next chunk.
-pub(super) fn decode_utf8(carry: &mut Vec<u8>, data: &[u8]) -> String {
+/// When bytes were replaced, the exact bytes the text stands for come too.
+pub(super) fn decode_utf8(carry: &mut Vec<u8>, data: &[u8]) -> (String, Option<Bytes>) {
     let joined;
     let bytes: &[u8] = if carry.is_empty() {
         data
@@ -257,11 +253,12 @@ pub(super) fn decode_utf8(carry: &mut Vec<u8>, data: &[u8]) -> String {
     };
     let mut out = String::with_capacity(bytes.len());
     let mut rest = bytes;
+    let mut lossy = false;
     loop {
         match std::str::from_utf8(rest) {
             Ok(text) => {
                 out.push_str(text);
-                return out;
+                break;
             }
             Err(error) => {
                 let (valid, after) = rest.split_at(error.valid_up_to());
@@ -269,16 +266,19 @@ pub(super) fn decode_utf8(carry: &mut Vec<u8>, data: &[u8]) -> String {
                 match error.error_len() {
                     Some(len) => {
                         out.push(char::REPLACEMENT_CHARACTER);
+                        lossy = true;
                         rest = &after[len..];
                     }
                     None => {
                         carry.extend_from_slice(after);
-                        return out;
+                        break;
                     }
                 }
             }
         }
     }
+    let raw = lossy.then(|| Bytes::copy_from_slice(&bytes[..bytes.len() - carry.len()]));
+    (out, raw)
 }
 
 /// One exec (plain command or run-code).
@@ -387,17 +387,7 @@ impl Exec {
             OutputStream::Stdout => 0,
             OutputStream::Stderr => 1,
         };
-        let carried = data.carry[slot].clone();
-        let text = decode_utf8(&mut data.carry[slot], &chunk.data);
-        // Only output with a replacement character can differ from its exact bytes.
-        let raw = if text.contains(char::REPLACEMENT_CHARACTER) {
-            let mut bytes = carried;
-            bytes.extend_from_slice(&chunk.data);
-            bytes.truncate(bytes.len() - data.carry[slot].len());
-            raw_unless_same(bytes, &text)
-        } else {
-            None
-        };
+        let (text, raw) = decode_utf8(&mut data.carry[slot], &chunk.data);
         data.push_text(chunk.stream, text, raw, ts);
         self.publish(&data);
     }
@@ -419,9 +409,9 @@ impl Exec {
         for (slot, stream) in [(0, OutputStream::Stdout), (1, OutputStream::Stderr)] {
             let rest = std::mem::take(&mut data.carry[slot]);
             if !rest.is_empty() {
+                // An incomplete sequence: never valid UTF-8 on its own.
                 let text = String::from_utf8_lossy(&rest).into_owned();
-                let raw = raw_unless_same(rest, &text);
-                data.push_text(stream, text, raw, ts);
+                data.push_text(stream, text, Some(Bytes::from(rest)), ts);
             }
         }
         data.push_frame(FrameKind::Exit, code.to_string(), None, ts);
@@ -1382,15 +1372,16 @@ mod unit {
         let bytes = text.as_bytes();
         for split in 0..=bytes.len() {
             let mut carry = Vec::new();
-            let mut out = decode_utf8(&mut carry, &bytes[..split]);
-            out.push_str(&decode_utf8(&mut carry, &bytes[split..]));
+            let (mut out, raw) = decode_utf8(&mut carry, &bytes[..split]);
+            assert_eq!(raw, None);
+            out.push_str(&decode_utf8(&mut carry, &bytes[split..]).0);
             assert!(carry.is_empty(), "split {split}");
             assert_eq!(out, text, "split {split}");
         }
         let mut carry = Vec::new();
         let mut out = String::new();
         for b in bytes {
-            out.push_str(&decode_utf8(&mut carry, std::slice::from_ref(b)));
+            out.push_str(&decode_utf8(&mut carry, std::slice::from_ref(b)).0);
         }
         assert_eq!(out, text);
     }
@@ -1398,12 +1389,27 @@ mod unit {
     #[test]
     fn invalid_utf8_becomes_replacement() {
         let mut carry = Vec::new();
-        assert_eq!(decode_utf8(&mut carry, b"a\xffb"), "a\u{fffd}b");
+        assert_eq!(
+            decode_utf8(&mut carry, b"a\xffb"),
+            (
+                "a\u{fffd}b".to_string(),
+                Some(Bytes::from_static(b"a\xffb"))
+            )
+        );
         assert!(carry.is_empty());
-        assert_eq!(decode_utf8(&mut carry, b"x\xe2\x82"), "x");
+        assert_eq!(
+            decode_utf8(&mut carry, b"x\xe2\x82"),
+            ("x".to_string(), None)
+        );
         assert_eq!(carry, b"\xe2\x82");
         // A carried prefix followed by a non-continuation byte is invalid, not swallowed.
-        assert_eq!(decode_utf8(&mut carry, b"y"), "\u{fffd}y");
+        assert_eq!(
+            decode_utf8(&mut carry, b"y"),
+            (
+                "\u{fffd}y".to_string(),
+                Some(Bytes::from_static(b"\xe2\x82y"))
+            )
+        );
         assert!(carry.is_empty());
     }
 
