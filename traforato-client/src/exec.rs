@@ -13,8 +13,8 @@ use bytes::Bytes;
 use futures::stream::{BoxStream, Stream, StreamExt};
 use reqwest::Method;
 use traforato_core::api::{
-    ExecAccepted, ExecRecord, ExecRequest, ExecSignalRequest, Frame, FrameKind, FramesResponse,
-    RunCodeAccepted, RunCodeRequest, RunCodeResponse, SyntaxErrorBody,
+    ExecAccepted, ExecRecord, ExecRequest, ExecSignal as Signal, ExecSignalRequest, Frame,
+    FrameKind, FramesResponse, RunCodeAccepted, RunCodeRequest, RunCodeResponse, SyntaxErrorBody,
 };
 
 use crate::client::{decode_json, error_from_response, Req};
@@ -147,31 +147,6 @@ impl From<ExecRequest> for Command {
 
 fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
-}
-
-/// A signal for a running exec's process group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Signal {
-    /// `SIGTERM`: ask it to end.
-    Term,
-    /// `SIGKILL`: end it.
-    Kill,
-    /// `SIGINT`: what Ctrl-C sends.
-    Int,
-    /// `SIGHUP`: its terminal went away.
-    Hup,
-}
-
-impl Signal {
-    /// The name the API uses.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Signal::Term => "TERM",
-            Signal::Kill => "KILL",
-            Signal::Int => "INT",
-            Signal::Hup => "HUP",
-        }
-    }
 }
 
 /// A code interpreter.

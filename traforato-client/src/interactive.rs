@@ -18,12 +18,13 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use url::Url;
 
-use traforato_core::api::{ExecWsUrlResponse, ExitFrame, TerminalFrame, WsFrame};
+use traforato_core::api::{ExecWsUrlResponse, ExitFrame, WsFrame, EXEC_ID_HEADER};
 
 use crate::client::{error_from_response, redirect_target, Follow, Req};
 use crate::error::ClientError;
-use crate::exec::{Execution, Signal};
+use crate::exec::Execution;
 use crate::sandbox::Sandbox;
+use crate::Signal;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -270,9 +271,6 @@ impl Sandbox {
     }
 }
 
-/// The header of the worker's `101` that names the exec of the socket.
-const EXEC_ID_HEADER: &str = "x-traforato-exec-id";
-
 fn pairs(query: &[(String, String)]) -> Vec<(&str, &str)> {
     query
         .iter()
@@ -370,31 +368,17 @@ impl ExecInput {
         if data.is_empty() {
             return Ok(());
         }
-        self.send(WsFrame {
-            kind: "stdin".to_string(),
-            data: base64::engine::general_purpose::STANDARD.encode(data),
-            ..WsFrame::default()
-        })
-        .await
+        self.send(WsFrame::stdin(data)).await
     }
 
     /// Closes the command's stdin (EOF).
     pub async fn close_stdin(&mut self) -> Result<(), ClientError> {
-        self.send(WsFrame {
-            kind: "stdin".to_string(),
-            ..WsFrame::default()
-        })
-        .await
+        self.send(WsFrame::stdin(&[])).await
     }
 
     /// Resizes the command's terminal.
     pub async fn resize(&mut self, rows: u16, cols: u16) -> Result<(), ClientError> {
-        self.send(WsFrame {
-            kind: "resize".to_string(),
-            terminal: Some(TerminalFrame { rows, cols }),
-            ..WsFrame::default()
-        })
-        .await
+        self.send(WsFrame::resize(rows, cols)).await
     }
 
     /// Sends `signal` to the command's process group (through the exec's signal route).
@@ -415,41 +399,23 @@ impl ExecInput {
     /// Sessions: asks for the output after `watermark` (`0`: all that is kept), which comes
     /// before the live output and ends with [`OutputEvent::HistoryEnd`].
     pub async fn history(&mut self, watermark: u64) -> Result<(), ClientError> {
-        self.send(WsFrame {
-            kind: "history".to_string(),
-            watermark,
-            ..WsFrame::default()
-        })
-        .await
+        self.send(WsFrame::at_watermark("history", watermark)).await
     }
 
     /// Sessions: tells the worker the output up to `watermark` arrived, so it need not keep it
     /// for a later `history`.
     pub async fn ack(&mut self, watermark: u64) -> Result<(), ClientError> {
-        self.send(WsFrame {
-            kind: "ack".to_string(),
-            watermark,
-            ..WsFrame::default()
-        })
-        .await
+        self.send(WsFrame::at_watermark("ack", watermark)).await
     }
 
     /// Sessions: leaves the command running and ends the connection.
     pub async fn detach(&mut self) -> Result<(), ClientError> {
-        self.send(WsFrame {
-            kind: "detach".to_string(),
-            ..WsFrame::default()
-        })
-        .await
+        self.send(WsFrame::session("detach")).await
     }
 
     /// Sessions: ends the command (killed if still running) and the session.
     pub async fn close_session(&mut self) -> Result<(), ClientError> {
-        self.send(WsFrame {
-            kind: "close".to_string(),
-            ..WsFrame::default()
-        })
-        .await
+        self.send(WsFrame::session("close")).await
     }
 
     async fn send(&mut self, frame: WsFrame) -> Result<(), ClientError> {

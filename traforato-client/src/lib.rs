@@ -65,7 +65,7 @@ pub use client::{
 pub use error::{BoxError, ClientError};
 pub use exec::{
     frame_exit_code, Command, ExecOutput, Execution, FrameStream, ParseRuntimeError, RunCode,
-    RunCodeOutput, Runtime, Signal,
+    RunCodeOutput, Runtime,
 };
 pub use files::{ByteStream, EntryStream, Files, ListOptions, RemoveOptions};
 pub use interactive::{
@@ -75,6 +75,8 @@ pub use sandbox::{
     CreateSandbox, ParseProtocolError, Protocol, ProxyRequest, ProxyResponse, Sandbox,
 };
 pub use traforato_core::api;
+/// A signal for a running exec's process group (`TERM`, `KILL`, `INT`, `HUP`).
+pub use traforato_core::api::ExecSignal as Signal;
 pub use traforato_core::api::{Frame, FrameKind};
 
 /// HTTP types used in [`ProxyRequest`] and [`ProxyResponse`].

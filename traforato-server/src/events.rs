@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::stream;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Response, StatusCode};
+use hyper::StatusCode;
 use traforato_core::worker::FrameStream;
 
 use crate::http::{header_str, HttpResponse};
@@ -50,15 +50,12 @@ pub fn frame_events(frames: FrameStream) -> HttpResponse {
             frames,
         ))
     });
-    let mut resp = Response::new(
-        StreamBody::new(events)
-            .map_err(|e| match e {})
-            .boxed_unsync(),
-    );
-    *resp.status_mut() = StatusCode::OK;
-    let headers = resp.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(EVENT_STREAM));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    let body = StreamBody::new(events)
+        .map_err(|e| match e {})
+        .boxed_unsync();
+    let mut resp = crate::http::with_content_type(StatusCode::OK, EVENT_STREAM, body);
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
 }
 

@@ -30,12 +30,14 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 use traforato_core::api::{
     parse_query_bool, ExecRequest, ExecResizeRequest, ExecSignalRequest, ExecWsUrlResponse,
-    FrameKind, TerminalFrame, WsFrame,
+    FrameKind, TerminalFrame, WsFrame, EXEC_ID_HEADER,
 };
 use traforato_core::auth::Principal;
 use traforato_core::worker::{FrameStream, OutputFrame, Worker, WorkerError};
 
-use crate::http::{error_response, header_str, json_response, status_only, HttpResponse, Query};
+use crate::http::{
+    error_response, header_has_token, header_str, json_response, status_only, HttpResponse, Query,
+};
 use crate::linger::RequestBody;
 use crate::server::{ConnInfo, Shutdown};
 use crate::worker::worker_error;
@@ -82,11 +84,35 @@ pub enum ExecWsQueryError {
 
 /// What an `exec/ws` query asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WsOpen {
-    /// `session`: the name of a reconnectable session.
-    pub session: Option<String>,
-    /// The exec to start; `None` only to reattach to a session.
-    pub request: Option<ExecRequest>,
+pub enum WsOpen {
+    /// An exec that ends with its connection.
+    Plain(ExecRequest),
+    /// The reconnectable session `name`: started from `request`, or attached to (by name
+    /// alone when `request` is `None`).
+    Session {
+        /// The session's name.
+        name: String,
+        /// The exec to start if the session does not exist.
+        request: Option<ExecRequest>,
+    },
+}
+
+impl WsOpen {
+    /// The session's name, if it is one.
+    pub fn session(&self) -> Option<&str> {
+        match self {
+            Self::Plain(_) => None,
+            Self::Session { name, .. } => Some(name),
+        }
+    }
+
+    /// The exec to start, if the query names one.
+    pub fn request(&self) -> Option<&ExecRequest> {
+        match self {
+            Self::Plain(request) => Some(request),
+            Self::Session { request, .. } => request.as_ref(),
+        }
+    }
 }
 
 /// Parses an `exec/ws` query: `command` (required unless `session` names one to reattach
@@ -102,8 +128,8 @@ pub fn parse_query(query: &Query) -> Result<WsOpen, ExecWsQueryError> {
     let command = query.get("command").unwrap_or("").to_string();
     if command.trim().is_empty() {
         return match session {
-            Some(session) => Ok(WsOpen {
-                session: Some(session),
+            Some(name) => Ok(WsOpen::Session {
+                name,
                 request: None,
             }),
             None => Err(ExecWsQueryError::CommandRequired),
@@ -149,9 +175,12 @@ pub fn parse_query(query: &Query) -> Result<WsOpen, ExecWsQueryError> {
         cols,
         ..ExecRequest::default()
     };
-    Ok(WsOpen {
-        session,
-        request: Some(request),
+    Ok(match session {
+        Some(name) => WsOpen::Session {
+            name,
+            request: Some(request),
+        },
+        None => WsOpen::Plain(request),
     })
 }
 
@@ -269,7 +298,8 @@ pub enum ClientFrameError {
 
 /// Decodes a client text message.
 pub fn decode_client_frame(text: &str) -> Result<ClientFrame, ClientFrameError> {
-    let frame: WsFrame = serde_json::from_str(text).map_err(|_| ClientFrameError::NotJson)?;
+    let frame: WsFrame =
+        crate::http::decode_json(text.as_bytes()).map_err(|_| ClientFrameError::NotJson)?;
     match frame.kind.as_str() {
         "stdin" => base64::engine::general_purpose::STANDARD
             .decode(frame.data.as_bytes())
@@ -311,13 +341,12 @@ pub(crate) async fn open(
     let Some(accept) = accept_key(req.headers()) else {
         return error_response(StatusCode::BAD_REQUEST, "websocket upgrade required");
     };
-    let (exec_id, session, start) = match (open.session, open.request) {
-        (None, Some(request)) => match worker.start_exec(principal, id, request).await {
+    let (exec_id, session, start) = match open {
+        WsOpen::Plain(request) => match worker.start_exec(principal, id, request).await {
             Ok(accepted) => (accepted.exec_id, None, 0),
             Err(err) => return worker_error(&err),
         },
-        (session, request) => {
-            let name = session.unwrap_or_default();
+        WsOpen::Session { name, request } => {
             let opened = match worker.open_exec_session(principal, id, &name, request) {
                 Ok(opened) => opened,
                 Err(err) => return worker_error(&err),
@@ -385,9 +414,6 @@ pub(crate) async fn open(
     resp
 }
 
-/// The header of the `101` that names the socket's exec.
-pub const EXEC_ID_HEADER: &str = "x-traforato-exec-id";
-
 /// Answers `GET /sandboxes/{id}/exec/ws/url` (same query as `exec/ws`): the worker's own
 /// WebSocket URL of that exec, for a caller that can neither follow a redirect nor set
 /// `Authorization` (a browser). In prod mode the URL carries a single-use `access_token`,
@@ -440,15 +466,7 @@ pub fn websocket_base(advertise_url: &str) -> String {
 /// The `Sec-WebSocket-Accept` of a valid WebSocket upgrade request (`Connection: upgrade`,
 /// `Upgrade: websocket`, version 13, a key); `None` for anything else.
 pub fn accept_key(headers: &HeaderMap) -> Option<String> {
-    let has_token = |name: &str, token: &str| {
-        headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    if !has_token("connection", "upgrade") || !has_token("upgrade", "websocket") {
+    if !is_upgrade(headers) {
         return None;
     }
     if header_str(headers, "sec-websocket-version").map(str::trim) != Some("13") {
@@ -456,6 +474,13 @@ pub fn accept_key(headers: &HeaderMap) -> Option<String> {
     }
     let key = header_str(headers, "sec-websocket-key")?.trim();
     (!key.is_empty()).then(|| derive_accept_key(key.as_bytes()))
+}
+
+/// Whether a request asks to become a WebSocket (`Connection: upgrade`, `Upgrade:
+/// websocket`); [`accept_key`] checks the rest.
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    header_has_token(headers, "connection", "upgrade")
+        && header_has_token(headers, "upgrade", "websocket")
 }
 
 /// The exec a connection drives.
@@ -514,21 +539,18 @@ impl ExecHandle {
                 self.worker.resize_exec(p, id, exec_id, size.clone()).await
             }
             ClientFrame::Ack(watermark) => self.worker.ack_exec_frames(p, id, exec_id, *watermark),
-            ClientFrame::Close => match &self.session {
-                Some(name) => self.worker.close_exec_session(p, id, name).await,
-                None => Ok(()),
-            },
-            // Handled by the relay.
+            ClientFrame::Close => {
+                let name = self.session.as_deref().unwrap_or_default();
+                self.worker.close_exec_session(p, id, name).await
+            }
+            // `on_frame` serves these itself.
             ClientFrame::History(_) | ClientFrame::Detach => Ok(()),
         }
     }
 
     /// The protocol frame of an exec frame: its exact bytes, and its watermark in a session.
     fn frame(&self, output: &OutputFrame) -> Message {
-        let mut out = WsFrame::from_exec(&output.frame);
-        if let Some(raw) = &output.raw {
-            out.data = base64::engine::general_purpose::STANDARD.encode(raw);
-        }
+        let mut out = WsFrame::from_exec(&output.frame, output.bytes());
         if self.session.is_some() {
             out.watermark = output.watermark;
         }
@@ -596,38 +618,9 @@ async fn relay(ws: Ws, frames: FrameStream, exec: ExecHandle, shutdown: Shutdown
             }
             message = source.next() => match message {
                 Some(Ok(Message::Text(text))) => match decode_client_frame(&text) {
-                    Ok(frame) if frame.needs_session() && exec.session.is_none() => {
-                        let err = ClientFrameError::UnknownType(frame.kind().to_string());
-                        break Ending::ProtocolError(err, CloseCode::Policy);
-                    }
-                    Ok(ClientFrame::History(after)) => {
-                        match replay(&mut sink, &exec, after, live).await {
-                            Ok(()) if frames.is_none() => break Ending::Done,
-                            Ok(()) => {}
-                            Err(Replay::ClientGone) => break Ending::ClientGone,
-                            Err(Replay::Worker(err)) => {
-                                let error = to_message(&WsFrame::error(err.to_string()));
-                                if sink.send(error).await.is_err() {
-                                    break Ending::ClientGone;
-                                }
-                            }
-                        }
-                    }
-                    Ok(ClientFrame::Detach) => break Ending::Done,
                     Ok(frame) => {
-                        // An ack never goes past what this connection was sent.
-                        let frame = match frame {
-                            ClientFrame::Ack(watermark) => ClientFrame::Ack(watermark.min(live)),
-                            other => other,
-                        };
-                        if let Err(err) = exec.apply(&frame).await {
-                            let error = to_message(&WsFrame::error(err.to_string()));
-                            if sink.send(error).await.is_err() {
-                                break Ending::ClientGone;
-                            }
-                        }
-                        if matches!(frame, ClientFrame::Close) {
-                            break Ending::Done;
+                        if let Some(ending) = on_frame(&mut sink, &exec, frame, live, frames.is_none()).await {
+                            break ending;
                         }
                     }
                     Err(err) => break Ending::ProtocolError(err, CloseCode::Policy),
@@ -693,6 +686,55 @@ async fn relay(ws: Ws, frames: FrameStream, exec: ExecHandle, shutdown: Shutdown
     .await;
 }
 
+/// Serves one client frame; `Some` ends the connection. `live` is the watermark the live
+/// stream reached, `finished` whether it ended.
+async fn on_frame(
+    sink: &mut Sink,
+    exec: &ExecHandle,
+    frame: ClientFrame,
+    live: u64,
+    finished: bool,
+) -> Option<Ending> {
+    if frame.needs_session() && exec.session.is_none() {
+        let err = ClientFrameError::UnknownType(frame.kind().to_string());
+        return Some(Ending::ProtocolError(err, CloseCode::Policy));
+    }
+    let result = match frame {
+        ClientFrame::History(after) => match replay(sink, exec, after, live).await {
+            // The history of an ended exec is all this connection is still for.
+            Ok(()) if finished => return Some(Ending::Done),
+            Ok(()) => Ok(()),
+            Err(Replay::ClientGone) => return Some(Ending::ClientGone),
+            Err(Replay::Worker(err)) => Err(err),
+        },
+        ClientFrame::Detach => return Some(Ending::Done),
+        // An ack never goes past what this connection was sent.
+        ClientFrame::Ack(watermark) => exec.apply(&ClientFrame::Ack(watermark.min(live))).await,
+        ClientFrame::Close => {
+            return Some(match send_error(sink, exec.apply(&frame).await).await {
+                Ok(()) => Ending::Done,
+                Err(()) => Ending::ClientGone,
+            })
+        }
+        frame => exec.apply(&frame).await,
+    };
+    send_error(sink, result)
+        .await
+        .err()
+        .map(|()| Ending::ClientGone)
+}
+
+/// Sends the `error` frame of a failed client frame; `Err` when the socket is gone.
+async fn send_error(sink: &mut Sink, result: Result<(), WorkerError>) -> Result<(), ()> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(err) => sink
+            .send(to_message(&WsFrame::error(err.to_string())))
+            .await
+            .map_err(drop),
+    }
+}
+
 /// The next frame of the live stream; never, once it ended.
 async fn next_frame(frames: &mut Option<FrameStream>) -> Option<OutputFrame> {
     match frames {
@@ -726,12 +768,7 @@ async fn replay(sink: &mut Sink, exec: &ExecHandle, after: u64, live: u64) -> Re
         }
         from = last;
     }
-    let done = WsFrame {
-        kind: "no_more_history".to_string(),
-        watermark: live,
-        ..WsFrame::default()
-    };
-    sink.send(to_message(&done))
+    sink.send(to_message(&WsFrame::at_watermark("no_more_history", live)))
         .await
         .map_err(|_| Replay::ClientGone)
 }
@@ -746,7 +783,7 @@ mod tests {
     }
 
     fn parse(raw: &str) -> Result<ExecRequest, ExecWsQueryError> {
-        parse_query(&q(raw)).map(|open| open.request.expect("a request"))
+        parse_query(&q(raw)).map(|open| open.request().cloned().expect("a request"))
     }
 
     #[test]
@@ -821,16 +858,16 @@ mod tests {
     #[test]
     fn session_queries() {
         let open = parse_query(&q("session=build")).unwrap();
-        assert_eq!(open.session.as_deref(), Some("build"));
-        assert_eq!(open.request, None, "reattach without a command");
+        assert_eq!(open.session(), Some("build"));
+        assert_eq!(open.request(), None, "reattach without a command");
         assert_eq!(
-            parse_query(&q("session=&command=ls")).unwrap().session,
+            parse_query(&q("session=&command=ls")).unwrap().session(),
             None
         );
         let open = parse_query(&q("session=build&command=make&tty=1")).unwrap();
-        assert_eq!(open.session.as_deref(), Some("build"));
-        assert!(open.request.unwrap().tty);
-        assert_eq!(parse_query(&q("command=ls")).unwrap().session, None);
+        assert_eq!(open.session(), Some("build"));
+        assert!(open.request().unwrap().tty);
+        assert_eq!(parse_query(&q("command=ls")).unwrap().session(), None);
     }
 
     #[test]
@@ -872,11 +909,11 @@ mod tests {
 
     #[test]
     fn server_frames() {
-        let out = WsFrame::from_exec(&frame(FrameKind::Stdout, "hi\n"));
+        let out = WsFrame::from_exec(&frame(FrameKind::Stdout, "hi\n"), b"hi\n");
         assert_eq!(text(to_message(&out)), r#"{"type":"stdout","data":"aGkK"}"#);
-        let err = WsFrame::from_exec(&frame(FrameKind::Stderr, "x"));
+        let err = WsFrame::from_exec(&frame(FrameKind::Stderr, "x"), b"x");
         assert_eq!(text(to_message(&err)), r#"{"type":"stderr","data":"eA=="}"#);
-        let exit = WsFrame::from_exec(&frame(FrameKind::Exit, "137"));
+        let exit = WsFrame::from_exec(&frame(FrameKind::Exit, "137"), b"");
         assert_eq!(
             text(to_message(&exit)),
             r#"{"type":"exit","exit":{"code":137}}"#

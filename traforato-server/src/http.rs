@@ -129,7 +129,12 @@ pub fn redirect(location: &str) -> HttpResponse {
     }
 }
 
-fn with_content_type(status: StatusCode, content_type: &'static str, body: Body) -> HttpResponse {
+/// A response with `status`, a `Content-Type` and `body`.
+pub(crate) fn with_content_type(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Body,
+) -> HttpResponse {
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     resp.headers_mut()
@@ -242,6 +247,16 @@ impl Query {
     pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
         self.pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
+}
+
+/// Whether a comma-separated header (every `name` line) lists `token`, case-insensitively.
+pub fn header_has_token(headers: &HeaderMap, name: &str, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// Percent-decodes a URL path. Invalid escapes are kept as written; invalid UTF-8 is

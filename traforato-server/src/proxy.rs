@@ -179,13 +179,7 @@ pub fn upstream_target(raw_path: &str, query: Option<&str>) -> String {
 
 /// The `Upgrade` value when the request asks for a protocol switch (`Connection: upgrade`).
 fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
-    let wants = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    if wants {
+    if crate::http::header_has_token(headers, "connection", "upgrade") {
         headers.get(header::UPGRADE).cloned()
     } else {
         None

@@ -354,7 +354,7 @@ async fn dispatch(
     let ticket = match route {
         // Only a real upgrade spends a ticket (not a link preview's plain GET).
         WorkerRoute::Sandbox(id, SandboxOp::ExecWebSocket)
-            if crate::exec_ws::accept_key(req.headers()).is_some() =>
+            if crate::exec_ws::is_upgrade(req.headers()) =>
         {
             crate::exec_ws::access_token(&query).map(|token| (id, token))
         }
@@ -397,10 +397,7 @@ async fn dispatch(
         WorkerRoute::Create => create(worker, p, req, &query).await,
         WorkerRoute::Sandbox(id, op) => match op {
             SandboxOp::Get => reply(StatusCode::OK, worker.get_sandbox(p, id)),
-            SandboxOp::Delete => match worker.delete_sandbox(p, id).await {
-                Ok(()) => status_only(StatusCode::NO_CONTENT),
-                Err(err) => worker_error(&err),
-            },
+            SandboxOp::Delete => done(worker.delete_sandbox(p, id).await),
             SandboxOp::RenewLease => reply(
                 StatusCode::OK,
                 worker.renew_lease(p, id, query.get("ttl_seconds")),
@@ -422,10 +419,7 @@ async fn dispatch(
                         query.get("force"),
                     )
                     .await;
-                match result {
-                    Ok(()) => status_only(StatusCode::NO_CONTENT),
-                    Err(err) => worker_error(&err),
-                }
+                done(result)
             }
             SandboxOp::ReadFileRaw => match worker.open_file(p, id, query.get("path")).await {
                 Ok(file) => raw_download(file.size, file.body),

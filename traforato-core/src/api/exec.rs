@@ -352,17 +352,25 @@ pub struct ExecWsUrlResponse {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
+/// The header of the worker's `101` (exec WebSocket) that names the socket's exec.
+pub const EXEC_ID_HEADER: &str = "x-traforato-exec-id";
+
 impl WsFrame {
-    /// The protocol frame of an exec frame.
-    pub fn from_exec(frame: &Frame) -> Self {
+    /// A frame of `kind` with nothing else.
+    fn of(kind: &str) -> Self {
+        Self {
+            kind: kind.to_string(),
+            ..Self::default()
+        }
+    }
+
+    /// The protocol frame of an exec frame whose exact bytes are `bytes` (for an exit frame
+    /// they are not used).
+    pub fn from_exec(frame: &Frame, bytes: &[u8]) -> Self {
         match frame.kind {
             FrameKind::Stdout | FrameKind::Stderr => Self {
-                kind: frame.kind.as_str().to_string(),
-                data: base64::Engine::encode(
-                    &base64::engine::general_purpose::STANDARD,
-                    frame.data.as_bytes(),
-                ),
-                ..Self::default()
+                data: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes),
+                ..Self::of(frame.kind.as_str())
             },
             FrameKind::Exit => Self {
                 kind: frame.kind.as_str().to_string(),
@@ -377,9 +385,91 @@ impl WsFrame {
     /// An `error` frame.
     pub fn error(message: impl Into<String>) -> Self {
         Self {
-            kind: "error".to_string(),
             error: message.into(),
-            ..Self::default()
+            ..Self::of("error")
         }
+    }
+
+    /// A `stdin` frame; empty `data` is EOF.
+    pub fn stdin(data: &[u8]) -> Self {
+        Self {
+            data: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, data),
+            ..Self::of("stdin")
+        }
+    }
+
+    /// A `resize` frame.
+    pub fn resize(rows: u16, cols: u16) -> Self {
+        Self {
+            terminal: Some(TerminalFrame { rows, cols }),
+            ..Self::of("resize")
+        }
+    }
+
+    /// A session frame that carries a watermark: `history`, `ack`, `no_more_history`.
+    pub fn at_watermark(kind: &str, watermark: u64) -> Self {
+        Self {
+            watermark,
+            ..Self::of(kind)
+        }
+    }
+
+    /// A session frame with nothing else: `detach`, `close`.
+    pub fn session(kind: &str) -> Self {
+        Self::of(kind)
+    }
+}
+
+/// A signal for a running exec's process group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExecSignal {
+    /// SIGTERM: ask to stop.
+    Term,
+    /// SIGKILL: stop now.
+    Kill,
+    /// SIGINT: what Ctrl-C sends.
+    Int,
+    /// SIGHUP: the terminal went away.
+    Hup,
+}
+
+impl ExecSignal {
+    /// Parses `TERM`, `KILL`, `INT`, `HUP`, with or without `SIG`, in any case.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let upper = raw.trim().to_ascii_uppercase();
+        match upper.strip_prefix("SIG").unwrap_or(&upper) {
+            "TERM" => Some(Self::Term),
+            "KILL" => Some(Self::Kill),
+            "INT" => Some(Self::Int),
+            "HUP" => Some(Self::Hup),
+            _ => None,
+        }
+    }
+
+    /// The name the API uses (`TERM`, `KILL`, `INT`, `HUP`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Term => "TERM",
+            Self::Kill => "KILL",
+            Self::Int => "INT",
+            Self::Hup => "HUP",
+        }
+    }
+
+    /// The signal's number on Linux.
+    pub fn number(self) -> i32 {
+        match self {
+            Self::Hup => 1,
+            Self::Int => 2,
+            Self::Kill => 9,
+            Self::Term => 15,
+        }
+    }
+
+    /// The signal's number if it is one of these (for a backend's wire protocol).
+    pub fn from_number(number: i32) -> Option<Self> {
+        [Self::Hup, Self::Int, Self::Kill, Self::Term]
+            .into_iter()
+            .find(|s| s.number() == number)
     }
 }

@@ -282,49 +282,7 @@ impl Default for TerminalSize {
     }
 }
 
-/// A signal a client may send to a running exec's process group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExecSignal {
-    /// SIGTERM: ask to stop.
-    Term,
-    /// SIGKILL: stop now.
-    Kill,
-    /// SIGINT: what Ctrl-C sends.
-    Int,
-    /// SIGHUP: the terminal went away.
-    Hup,
-}
-
-impl ExecSignal {
-    /// Parses `TERM`, `KILL`, `INT`, `HUP`, with or without `SIG`, in any case.
-    pub fn parse(raw: &str) -> Option<Self> {
-        let upper = raw.trim().to_ascii_uppercase();
-        match upper.strip_prefix("SIG").unwrap_or(&upper) {
-            "TERM" => Some(Self::Term),
-            "KILL" => Some(Self::Kill),
-            "INT" => Some(Self::Int),
-            "HUP" => Some(Self::Hup),
-            _ => None,
-        }
-    }
-
-    /// The signal's number on Linux.
-    pub fn number(self) -> i32 {
-        match self {
-            Self::Hup => 1,
-            Self::Int => 2,
-            Self::Kill => 9,
-            Self::Term => 15,
-        }
-    }
-
-    /// The signal's number if it is one of these (for a backend's wire protocol).
-    pub fn from_number(number: i32) -> Option<Self> {
-        [Self::Hup, Self::Int, Self::Kill, Self::Term]
-            .into_iter()
-            .find(|s| s.number() == number)
-    }
-}
+pub use crate::api::ExecSignal;
 
 /// What the worker asks of a running exec (see [`Vm::control_exec`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
