@@ -51,9 +51,12 @@ pub(super) const MAX_FRAME_BYTES: usize = 8 << 20;
 pub(super) const MAX_FRAMES_PER_RESPONSE: usize = 1_000;
 /// Exited execs kept per sandbox.
 pub(super) const MAX_EXECS_PER_SANDBOX: usize = 1_000;
-/// Most output bytes (captures and frames) a sandbox keeps for its exited execs; the oldest
-/// exited execs are forgotten first.
+/// Most output bytes (captures and frames) a sandbox keeps for all its execs, running or
+/// exited; the oldest exited execs are forgotten first.
 pub(super) const MAX_OUTPUT_BYTES_PER_SANDBOX: usize = 64 << 20;
+/// The most output one exec keeps (its two captures and its frames): the room a start makes
+/// in the sandbox's budget by forgetting old exited execs.
+const ONE_EXEC_OUTPUT: usize = 2 * MAX_CAPTURE_BYTES + MAX_FRAME_BYTES;
 /// Most execs (commands and code runs) one sandbox runs at the same time.
 pub(super) const MAX_RUNNING_EXECS_PER_SANDBOX: usize = 32;
 /// Timeout of an exec that names none.
@@ -1087,7 +1090,13 @@ impl Worker {
         control: ExecControl,
     ) -> Result<(), WorkerError> {
         let id = self.parse_id(raw_id)?;
-        let exec = self.find_exec(principal, &id, raw_exec)?;
+        // One look at the state for both the exec and the VM (a stdin frame per keystroke).
+        let exec_id = ExecId::parse(raw_exec).ok();
+        let (exec, vm) = self.with_sandbox(principal, &id, |entry| {
+            let exec = exec_id.and_then(|x| entry.execs.get(&x).cloned());
+            (exec, entry.vm.clone())
+        })?;
+        let exec = exec.ok_or(WorkerError::ExecNotFound)?;
         let (exited, runtime, tty) = {
             let data = exec.data();
             (data.exit.is_some(), data.runtime, data.tty)
@@ -1101,7 +1110,6 @@ impl Worker {
         if matches!(control, ExecControl::Resize(_)) && !tty {
             return Err(WorkerError::NotATerminal);
         }
-        let vm = self.sandbox(principal, &id)?.vm;
         // The 202 of a start goes out before the backend has the command running, so a
         // control that follows at once may find it not running yet: retried briefly while the
         // worker's record says it runs.
@@ -1177,11 +1185,15 @@ impl Worker {
     }
 }
 
-/// Forgets the oldest exited execs beyond [`MAX_EXECS_PER_SANDBOX`] and while the sandbox's
-/// output budget is exceeded.
+/// Forgets the oldest exited execs beyond [`MAX_EXECS_PER_SANDBOX`] and until the sandbox's
+/// output budget has room for one more exec's whole output ([`ONE_EXEC_OUTPUT`]), so that
+/// a new exec does not find it full while old exited execs keep theirs.
 fn prune_execs(execs: &mut BTreeMap<ExecId, Arc<Exec>>, budget: &OutputBudget) {
     // Exec ids are ULIDs, so map order is start order: the oldest exited execs go first, until
     // both the count and the bytes retained by all execs are within bounds.
+    let keep = budget
+        .limit
+        .saturating_sub(ONE_EXEC_OUTPUT.min(budget.limit));
     let exited: Vec<(ExecId, usize)> = execs
         .iter()
         .filter(|(_, e)| e.is_exited())
@@ -1190,7 +1202,7 @@ fn prune_execs(execs: &mut BTreeMap<ExecId, Arc<Exec>>, budget: &OutputBudget) {
     let mut count = execs.len();
     let mut bytes = budget.used();
     for (id, size) in exited {
-        if count <= MAX_EXECS_PER_SANDBOX && bytes <= budget.limit {
+        if count <= MAX_EXECS_PER_SANDBOX && bytes <= keep {
             break;
         }
         execs.remove(&id);
@@ -1334,6 +1346,32 @@ mod unit {
         // The newest exited execs are the ones kept.
         let newest = *execs.keys().rfind(|id| **id != running_id).unwrap();
         assert!(execs.contains_key(&newest));
+    }
+
+    #[test]
+    fn a_start_makes_room_for_its_whole_output() {
+        let budget = budget(MAX_OUTPUT_BYTES_PER_SANDBOX);
+        let mut execs = BTreeMap::new();
+        // Exited execs filling the budget to just under its limit.
+        for _ in 0..31 {
+            let (id, exec) = exec_with_output(&budget, 1 << 20, true);
+            execs.insert(id, exec);
+        }
+        assert!(budget.used() <= MAX_OUTPUT_BYTES_PER_SANDBOX);
+        let (id, fresh) = new_exec(&budget);
+        execs.insert(id, fresh.clone());
+        prune_execs(&mut execs, &budget);
+        assert!(budget.used() + ONE_EXEC_OUTPUT <= MAX_OUTPUT_BYTES_PER_SANDBOX);
+        // So the new exec keeps all it prints, up to its own bounds.
+        for _ in 0..8 {
+            stdout(&fresh, 1 << 20);
+        }
+        assert_eq!(fresh.data().stdout.len(), MAX_CAPTURE_BYTES);
+        assert_eq!(
+            fresh.output_from(0).0.len(),
+            8,
+            "no frame of its own was dropped"
+        );
     }
 
     /// Hardening I: the review's 40 concurrent execs printing 7 MB each grew the worker by

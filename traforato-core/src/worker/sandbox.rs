@@ -108,7 +108,7 @@ impl Worker {
                 .remove_sandbox(&id.local_vm_id())
                 .ok_or(WorkerError::SandboxNotFound)?
         };
-        self.sandboxes_removed();
+        self.sandboxes_left();
         tracing::info!(
             worker_id = %self.config.worker_id,
             sandbox_id = %entry.id,
@@ -118,12 +118,11 @@ impl Worker {
         Ok(())
     }
 
-    /// Gauges and the warm pool after sandboxes left the state.
-    fn sandboxes_removed(&self) {
+    /// The gauges after sandboxes left the state (their capacity is released by
+    /// [`Worker::teardown`]).
+    fn sandboxes_left(&self) {
         self.update_capacity_gauges();
         self.update_warm_gauges();
-        self.pool_wake.notify_one();
-        self.capacity_freed();
     }
 
     /// Destroys a removed sandbox's VM, stops its execs, then releases its capacity.
@@ -135,7 +134,10 @@ impl Worker {
             exec.abort();
         }
         self.lock().reserved.sub(usage);
-        self.sandboxes_removed();
+        // The capacity is free now: gauges, the warm pool and the broker learn it once.
+        self.sandboxes_left();
+        self.pool_wake.notify_one();
+        self.capacity_freed();
     }
 
     pub(super) async fn reap(&self) -> usize {
@@ -160,7 +162,7 @@ impl Worker {
         if count == 0 {
             return 0;
         }
-        self.sandboxes_removed();
+        self.sandboxes_left();
         futures::stream::iter(expired)
             .for_each_concurrent(DESTROY_CONCURRENCY, |entry| async move {
                 tracing::info!(

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 
 use super::exec::{FrameStream, OutputFrame};
 use super::{Worker, WorkerError};
-use crate::api::{ExecAccepted, ExecRequest, ExecSignalRequest};
+use crate::api::{ExecAccepted, ExecRequest};
 use crate::auth::{Principal, Ticket, TicketError};
 use crate::backend::{BackendError, ExecControl, ExecSignal, Vm};
 use crate::id::ExecId;
@@ -191,11 +191,9 @@ impl Worker {
         let sid = self.parse_id(id)?;
         let removed = self.with_sandbox(principal, &sid, |entry| entry.sessions.remove(name))?;
         if let Some(session) = removed {
-            let kill = ExecSignalRequest {
-                signal: "KILL".to_string(),
-            };
+            let kill = ExecControl::Signal(ExecSignal::Kill);
             match self
-                .signal_exec(principal, id, &session.exec_id.to_string(), kill)
+                .control(principal, id, &session.exec_id.to_string(), kill)
                 .await
             {
                 Ok(()) | Err(WorkerError::ExecExited | WorkerError::ExecNotFound) => {}
