@@ -110,6 +110,20 @@ pub async fn serve_broker_with_auth(
     .await
 }
 
+/// Waits until `broker` counts `worker_id` as active, at most `limit`: whether it did.
+pub async fn wait_for_worker(broker: &Broker, worker_id: &str, limit: std::time::Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if broker.is_worker_active(worker_id) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 /// Logs the startup warnings of a broker's auth settings: the loud development-mode warning,
 /// and that internal worker calls are not authenticated. Secrets are never logged.
 pub fn log_auth_warnings(auth: &BrokerAuth) {

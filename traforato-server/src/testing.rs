@@ -222,16 +222,14 @@ impl LocalStack {
     pub async fn registered(broker: TestBroker, worker: TestWorker) -> io::Result<Self> {
         let stack = Self { broker, worker };
         let worker_id = stack.worker.worker.config().worker_id.to_string();
-        let deadline = tokio::time::Instant::now() + REGISTRATION_WAIT;
-        while !stack.broker.broker.is_worker_active(&worker_id) {
-            if tokio::time::Instant::now() >= deadline {
-                stack.stop().await?;
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the worker did not register with the broker",
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        if !crate::broker::wait_for_worker(&stack.broker.broker, &worker_id, REGISTRATION_WAIT)
+            .await
+        {
+            stack.stop().await?;
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the worker did not register with the broker",
+            ));
         }
         Ok(stack)
     }

@@ -18,9 +18,9 @@ use traforato_core::scheduler::LeastLoaded;
 use traforato_core::telemetry::Metrics;
 use traforato_core::worker::{InProcessBrokerLink, Worker};
 use traforato_server::backends::build_backends;
+use traforato_server::broker::wait_for_worker;
 use traforato_server::config::{
     bind_address, local_url, parse_or_exit, DevArgs, DevSettings, DEFAULT_BROKER_PORT,
-    DEFAULT_WORKER_PORT,
 };
 use traforato_server::logging;
 use traforato_server::server::{
@@ -71,9 +71,6 @@ async fn run(args: DevArgs) -> Result<(), ServeError> {
     let worker_listener = bind(&bind_address(&settings.worker.listen)?).await?;
     let worker_port = worker_listener.local_addr().ok().map(|a| a.port());
     let mut values = settings.worker.clone();
-    if values.advertise_url.is_none() {
-        values.advertise_url = Some(local_url(&values.listen, DEFAULT_WORKER_PORT, worker_port));
-    }
     values.broker_control_url = Some(broker_url.clone());
     let config = values.worker_config(worker_port);
     let open_files = ensure_open_file_limit(config.max_live_sandboxes)?;
@@ -108,14 +105,11 @@ async fn run(args: DevArgs) -> Result<(), ServeError> {
     // Announce once the worker is registered (in-process: at once), so that the first create
     // sent after the line finds it.
     let worker_id = worker.config().worker_id.to_string();
-    let mut registered = false;
-    for _ in 0..1000 {
-        registered = broker.is_worker_active(&worker_id);
-        if registered {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    let registered = tokio::select! {
+        registered = wait_for_worker(&broker, &worker_id, std::time::Duration::from_secs(5)) => registered,
+        // Ctrl-C while waiting: no complaint, the servers below stop at once.
+        () = shutdown.clone().wait() => true,
+    };
     if !registered {
         eprintln!(
             "traforato-dev: the worker has not registered after 5s (still cleaning up?); creates get 503 until it does"
