@@ -10,10 +10,10 @@
 //! ```
 //!
 //! and open <http://127.0.0.1:3000>. Environment: `TRAFORATO_URL` (default
-//! `http://localhost:8080`), `TRAFORATO_TOKEN` (a bearer token, for a broker in prod mode;
-//! then every URL the page gets carries an access token good for one connection within a
-//! minute), `TRAFORATO_IMAGE` (default `host`), `BROWSER_TERMINAL_ADDR` (default
-//! `127.0.0.1:3000`). The sandbox is deleted on Ctrl-C.
+//! `http://localhost:8080`), `TRAFORATO_JWT_SECRET` and `TRAFORATO_CLIENT_ID` for a server in
+//! prod mode (the example mints a token per request; every URL the page gets then carries an
+//! access token good for one connection within a minute), `TRAFORATO_IMAGE` (default `host`),
+//! `BROWSER_TERMINAL_ADDR` (default `127.0.0.1:3000`). The sandbox is deleted on Ctrl-C.
 //!
 //! The browser never sees the traforato token: it could not send it anyway (browsers set no
 //! `Authorization` on a WebSocket, nor follow the broker's redirect for one).
@@ -23,24 +23,16 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use traforato_client::{Client, CreateSandbox, InteractiveCommand, Sandbox};
+use traforato_client::{CreateSandbox, InteractiveCommand, Sandbox};
+use traforato_examples::{client_from_env, env_or};
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
 const PAGE: &str = include_str!("browser_terminal.html");
 
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| default.to_string())
-}
-
 #[tokio::main]
 pub async fn main() -> Result<(), BoxError> {
-    let client = Client::builder(env_or("TRAFORATO_URL", "http://localhost:8080").as_str())
-        .token(env_or("TRAFORATO_TOKEN", ""))
-        .build()?;
+    let client = client_from_env()?;
     let spec = CreateSandbox {
         ttl: Some(Duration::from_secs(3600)),
         ..CreateSandbox::new(env_or("TRAFORATO_IMAGE", "host"))

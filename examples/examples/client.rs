@@ -8,31 +8,23 @@
 //! cargo run -p traforato-examples --example client
 //! ```
 //!
-//! Environment: `TRAFORATO_URL` (default `http://localhost:8080`), `TRAFORATO_TOKEN` (a
-//! bearer token, for a broker in prod mode), `TRAFORATO_IMAGE` (default `host`, the
+//! Environment: `TRAFORATO_URL` (default `http://localhost:8080`), `TRAFORATO_JWT_SECRET` and
+//! `TRAFORATO_CLIENT_ID` for a server in prod mode (a fresh token per request), `TRAFORATO_IMAGE` (default `host`, the
 //! container backend's image of the host's system directories) and
 //! `TRAFORATO_VIRTUALIZATION` (default: the deployment's default).
 
 use std::error::Error;
 use std::time::{Duration, Instant};
 
-use traforato_client::{Client, CreateSandbox, Runtime};
+use traforato_client::{CreateSandbox, Runtime};
+use traforato_examples::{client_from_env, env_or};
 
 type BoxError = Box<dyn Error + Send + Sync>;
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| default.to_string())
-}
 
 #[tokio::main]
 pub async fn main() -> Result<(), BoxError> {
     let url = env_or("TRAFORATO_URL", "http://localhost:8080");
-    let client = Client::builder(url.as_str())
-        .token(env_or("TRAFORATO_TOKEN", ""))
-        .build()?;
+    let client = client_from_env()?;
     if let Err(error) = client.health().await {
         return Err(format!(
             "no traforato at {url} ({error}); start one (e.g. traforato-dev) or set TRAFORATO_URL"

@@ -53,7 +53,8 @@ pub struct Cli {
     #[arg(long, global = true, env = "TRAFORATO_CLIENT_ID", value_name = "ID")]
     pub client_id: Option<String>,
 
-    /// Machine-readable JSON output on stdout (errors as JSON on stderr).
+    /// Machine-readable JSON output on stdout (errors as JSON on stderr); not for `shell` and
+    /// `exec -i`, whose output is the command's own bytes.
     #[arg(long, global = true)]
     pub json: bool,
 

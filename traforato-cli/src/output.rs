@@ -34,6 +34,9 @@ pub enum CliError {
     /// Credentials are missing or contradictory (e.g. `--client-id` without a secret).
     #[error("{0}")]
     Auth(String),
+    /// Options that do not go together.
+    #[error("{0}")]
+    Usage(&'static str),
 }
 
 impl CliError {
@@ -73,6 +76,7 @@ impl CliError {
             CliError::Io { .. } => "io",
             CliError::NotFound(_) => "not_found",
             CliError::Auth(_) => "auth",
+            CliError::Usage(_) => "usage",
         }
     }
 }

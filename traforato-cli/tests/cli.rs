@@ -603,6 +603,19 @@ async fn help_and_completions() {
     assert!(run.stdout.contains("complete"));
     let run = cli(&["exec"], None, &[]).await;
     assert_eq!(run.code, 2, "usage errors exit 2");
+    // `--json` promises records; these two pass the command's bytes through.
+    for args in [
+        &["--json", "shell", "sbx-x"][..],
+        &["--json", "exec", "-i", "sbx-x", "--", "cat"],
+    ] {
+        let run = cli(args, None, &[]).await;
+        assert_eq!(run.code, 2, "{args:?}");
+        assert!(
+            run.stderr.contains("--json does not apply"),
+            "{}",
+            run.stderr
+        );
+    }
 }
 
 /// The prod secret of the tests; distinctive, so a leak into any output is unmistakable.

@@ -137,7 +137,8 @@ fn message(frame: &WsFrame) -> Message {
 
 /// A running interactive exec: [`InteractiveExec::send_stdin`], [`InteractiveExec::resize`]
 /// and a [`Stream`] of [`OutputEvent`]s. [`InteractiveExec::split`] gives the two halves to
-/// separate tasks. Dropping it closes the socket, which kills the command.
+/// separate tasks. Dropping it closes the socket, which kills the command, unless it runs as
+/// a session ([`InteractiveCommand::session`]): then the command keeps running.
 #[derive(Debug)]
 pub struct InteractiveExec {
     input: ExecInput,
@@ -205,7 +206,7 @@ impl Sandbox {
         query: &[(String, String)],
     ) -> Result<InteractiveExec, ClientError> {
         let client = self.client();
-        let url = client.endpoint(&["sandboxes", self.id(), "exec", "ws"], &pairs(query));
+        let url = self.url(&["exec", "ws"], &pairs(query));
         let mut req = Req::new(Method::GET, url.clone());
         req.follow = Follow::None;
         let resp = client.send(req).await?;
@@ -341,6 +342,27 @@ impl InteractiveExec {
     /// Sessions: leaves the command running and ends the connection.
     pub async fn detach(mut self) -> Result<(), ClientError> {
         self.input.detach().await
+    }
+
+    /// Sessions: asks for the output after `watermark` (see [`ExecInput::history`]).
+    pub async fn history(&mut self, watermark: u64) -> Result<(), ClientError> {
+        self.input.history(watermark).await
+    }
+
+    /// Sessions: the output up to `watermark` arrived (see [`ExecInput::ack`]).
+    pub async fn ack(&mut self, watermark: u64) -> Result<(), ClientError> {
+        self.input.ack(watermark).await
+    }
+
+    /// Sessions: ends the command and the session (see [`ExecInput::close_session`]).
+    pub async fn close_session(&mut self) -> Result<(), ClientError> {
+        self.input.close_session().await
+    }
+
+    /// Sessions: the watermark of the last output received (see
+    /// [`ExecOutputStream::watermark`]).
+    pub fn watermark(&self) -> u64 {
+        self.output.watermark()
     }
 
     /// Splits into the input and output halves.

@@ -45,6 +45,16 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Exec(_) | Command::Run(_) | Command::Shell(_) => EXIT_TOOL_FAILURE,
         _ => EXIT_FAILURE,
     };
+    // Their output is the remote terminal's bytes, not a record.
+    let raw_output = matches!(&cli.command, Command::Shell(_))
+        || matches!(&cli.command, Command::Exec(args) if args.interactive);
+    if cli.json && raw_output {
+        out.error(&CliError::Usage(
+            "--json does not apply to shell and exec -i: their output is the command's own bytes",
+        ));
+        // Like clap's own usage errors.
+        return 2;
+    }
     let builder = Client::builder(cli.url.clone())
         .user_agent(concat!("traforato-cli/", env!("CARGO_PKG_VERSION")));
     let built = token::with_credentials(builder, cli.token.as_deref(), cli.client_id.as_deref())

@@ -19,20 +19,8 @@ const DEFAULT_SHELL: &str = "/bin/sh";
 
 /// `exec -i`.
 pub async fn exec_interactive(ctx: &Ctx, args: ExecArgs) -> Result<u8, CliError> {
-    let mut command = InteractiveCommand::new(command_line(&args.command));
-    if let Some(cwd) = args.cwd {
-        command = command.cwd(cwd);
-    }
-    for (k, v) in args.env {
-        command = command.env(k, v);
-    }
-    let exec = ctx
-        .client
-        .sandbox(args.id)
-        .exec_interactive(command)
-        .await?;
-    let (input, output) = exec.split();
-    relay(input, output, false).await.map(exit_code)
+    let command = InteractiveCommand::new(command_line(&args.command));
+    run(ctx, args.id, command, args.cwd, args.env, false).await
 }
 
 /// `shell`.
@@ -47,21 +35,30 @@ pub async fn shell(ctx: &Ctx, args: ShellArgs) -> Result<u8, CliError> {
     if let Ok(term) = std::env::var("TERM") {
         command = command.env("TERM", term);
     }
-    if let Some(cwd) = args.cwd {
+    run(ctx, args.id, command, args.cwd, args.env, true).await
+}
+
+/// Runs `command` in sandbox `id` with `cwd` and `env` added; `terminal`: the local terminal
+/// in raw mode and its size followed.
+async fn run(
+    ctx: &Ctx,
+    id: String,
+    mut command: InteractiveCommand,
+    cwd: Option<String>,
+    env: Vec<(String, String)>,
+    terminal: bool,
+) -> Result<u8, CliError> {
+    if let Some(cwd) = cwd {
         command = command.cwd(cwd);
     }
-    for (k, v) in args.env {
+    for (k, v) in env {
         command = command.env(k, v);
     }
-    let exec = ctx
-        .client
-        .sandbox(args.id)
-        .exec_interactive(command)
-        .await?;
+    let exec = ctx.client.sandbox(id).exec_interactive(command).await?;
     let (input, output) = exec.split();
     // Restored when dropped: on return, on error and while unwinding from a panic.
-    let _raw = RawMode::enable();
-    relay(input, output, true).await.map(exit_code)
+    let _raw = if terminal { RawMode::enable() } else { None };
+    relay(input, output, terminal).await.map(exit_code)
 }
 
 /// One word is a shell script; several are quoted into one command line.
