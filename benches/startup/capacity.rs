@@ -12,7 +12,12 @@ use traforato_core::backend::container::{ContainerBackend, ContainerConfig};
 use traforato_core::backend::VmBackend;
 use traforato_core::worker::{CapacityConfig, PrePullTarget};
 
-use crate::shells::{wait_for, BrokerShell, WorkerShell, WorkerSpec, VIRTUALIZATION};
+use traforato_server::config::{
+    settings::host_memory_mib, MemoryShare, DEFAULT_CPU_OVERCOMMIT,
+    DEFAULT_MEMORY_HIGH_WATERMARK_PERCENT, DEFAULT_MEMORY_OVERCOMMIT,
+};
+
+use crate::shells::{cores, wait_for, BrokerShell, WorkerShell, WorkerSpec, VIRTUALIZATION};
 use crate::{client_error, io_error, memory, tuple, BenchError, Row, Verdict, IMAGE};
 
 /// Concurrencies of the throughput rows.
@@ -27,18 +32,16 @@ const LIVE: [usize; 3] = [10, 100, 1000];
 /// Claims timed at each live count.
 const CLAIMS: usize = 30;
 
-/// The deployed defaults of the capacity model (see README).
+/// The deployed defaults of the capacity model (see README), with `max_warm` idle warm
+/// sandboxes per tuple.
 fn deployed(max_warm: u32) -> CapacityConfig {
     CapacityConfig {
-        cpu_overcommit: 32,
-        memory_overcommit: 32,
-        memory_high_watermark_mib: None,
+        cpu_overcommit: DEFAULT_CPU_OVERCOMMIT,
+        memory_overcommit: DEFAULT_MEMORY_OVERCOMMIT,
+        memory_high_watermark_mib: host_memory_mib()
+            .map(|host| MemoryShare::Percent(DEFAULT_MEMORY_HIGH_WATERMARK_PERCENT).mib(host)),
         max_warm_per_tuple: Some(max_warm),
     }
-}
-
-fn cores() -> u32 {
-    std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
 }
 
 /// One create → `print(1)` → delete through the broker; `Ok(false)` when the create was
@@ -120,12 +123,10 @@ pub async fn throughput_rows(
                 summary.map_or("-".into(), |s| ms(s.p99)),
             );
             rows.push(Row {
-                measure: match concurrency {
-                    1 => "create->run->delete, 1 client",
-                    4 => "create->run->delete, 4 clients",
-                    16 => "create->run->delete, 16 clients",
-                    _ => "create->run->delete, 64 clients",
-                },
+                measure: format!(
+                    "create->run->delete, {concurrency} client{}",
+                    if concurrency == 1 { "" } else { "s" }
+                ),
                 system: format!(
                     "{per_second:.0}/s (p99 {} ms)",
                     summary.map_or("-".into(), |s| ms(s.p99))
@@ -254,11 +255,7 @@ pub async fn claim_rows(broker: &BrokerShell, client: &Client) -> Result<Vec<Row
             medians.push(summary.median);
             let ratio = summary.median.as_secs_f64() / medians[0].as_secs_f64();
             rows.push(Row {
-                measure: match target {
-                    10 => "warm claim via broker, 10 live",
-                    100 => "warm claim via broker, 100 live",
-                    _ => "warm claim via broker, 1000 live",
-                },
+                measure: format!("warm claim via broker, {target} live"),
                 system: format!("{} ms ({})", ms(summary.median), ms(summary.p90)),
                 floor: format!("{} ms at {} live", ms(medians[0]), LIVE[0]),
                 ratio: format!("{ratio:.2}x"),
@@ -279,7 +276,7 @@ pub async fn claim_rows(broker: &BrokerShell, client: &Client) -> Result<Vec<Row
                 "  worker process per live sandbox: {rss_per:.0} KiB RSS, {fds_per:.1} descriptors"
             );
             rows.push(Row {
-                measure: "worker RSS, fds per live sandbox",
+                measure: "worker RSS, fds per live sandbox".to_string(),
                 system: format!("{rss_per:.0} KiB, {fds_per:.1} fds"),
                 floor: "-".to_string(),
                 ratio: "-".to_string(),

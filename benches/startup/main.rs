@@ -245,7 +245,7 @@ impl fmt::Display for Verdict {
 
 /// One line of the final table.
 struct Row {
-    measure: &'static str,
+    measure: String,
     system: String,
     floor: String,
     ratio: String,
@@ -362,7 +362,7 @@ async fn run(args: Args) -> Result<(), BenchError> {
     for row in &rows {
         let verdict = row.verdict.to_string();
         line([
-            row.measure,
+            &row.measure,
             &row.system,
             &row.floor,
             &row.ratio,
@@ -493,7 +493,7 @@ impl Series {
         let (Some(total), Some(floor)) = (Summary::of(&self.total), Summary::of(&self.floor))
         else {
             return Row {
-                measure,
+                measure: measure.to_string(),
                 system: "-".to_string(),
                 floor: floor_label.to_string(),
                 ratio: "-".to_string(),
@@ -508,7 +508,7 @@ impl Series {
             Verdict::NotMet
         };
         Row {
-            measure,
+            measure: measure.to_string(),
             system: format!("{} ms ({})", ms(total.median), ms(total.p90)),
             floor: format!("{} ms ({}) {floor_label}", ms(floor.median), ms(floor.p90)),
             ratio: format!("{ratio:.2}x"),
@@ -798,7 +798,7 @@ async fn memory_row(
     let excluded = per((usage.charged + rss_delta).saturating_sub(usage.interpreter) as f64);
     const TARGET: f64 = 1024.0 * 1024.0;
     Ok(Row {
-        measure: "memory per idle warm sandbox (excl. interp.)",
+        measure: "memory per idle warm sandbox (excl. interp.)".to_string(),
         system: format!("{} MiB", memory::mib(excluded)),
         floor: format!(
             "host-wide {} MiB (noisy)",
@@ -863,7 +863,7 @@ fn redirect_row(args: &Args, broker: &BrokerShell, scratch: &Path) -> Result<Row
     let Some(binary) = redirects::nginx_binary() else {
         println!("  nginx is not installed (apt-get install nginx-light): no yardstick");
         return Ok(Row {
-            measure: "broker redirects per second",
+            measure: "broker redirects per second".to_string(),
             system: format!("{:.0}/s", ours.per_second),
             floor: "nginx not installed".to_string(),
             ratio: "-".to_string(),
@@ -891,7 +891,7 @@ fn redirect_row(args: &Args, broker: &BrokerShell, scratch: &Path) -> Result<Row
     );
     let ratio = ours.per_second / theirs.per_second;
     Ok(Row {
-        measure: "broker redirects per second",
+        measure: "broker redirects per second".to_string(),
         system: format!("{:.0}/s", ours.per_second),
         floor: format!("{:.0}/s nginx", theirs.per_second),
         ratio: format!("{ratio:.2}x"),

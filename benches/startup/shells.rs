@@ -112,17 +112,13 @@ impl WorkerShell {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let id = ComponentId::parse(spec.id).map_err(io::Error::other)?;
-        let (total_cores, capacity) = match spec.capacity {
-            None => (spec.max_live, CapacityConfig::default()),
-            Some(capacity) => (
-                std::thread::available_parallelism()
-                    .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
-                capacity,
+        let (total_cores, total_memory_mib, capacity) = match spec.capacity {
+            None => (
+                spec.max_live,
+                u64::from(spec.max_live) * 512,
+                CapacityConfig::default(),
             ),
-        };
-        let total_memory_mib = match capacity.cpu_overcommit {
-            1 => u64::from(spec.max_live) * 512,
-            _ => u64::from(total_cores) * 1024,
+            Some(capacity) => (cores(), u64::from(cores()) * 1024, capacity),
         };
         let config = WorkerConfig {
             broker_id: broker.broker.config().broker_id.clone(),
@@ -199,4 +195,9 @@ pub async fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) -> io::
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     Ok(())
+}
+
+/// The host's cores (1 when unknown).
+pub fn cores() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX))
 }
