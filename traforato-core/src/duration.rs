@@ -1,5 +1,7 @@
-//! Go-style durations (`30s`, `1h2m`, `1.5h`, `300ms`), the one parser of the workspace: the
-//! worker YAML and flags, and the `wait` of a frames call, all read durations with it.
+//! Go-style durations (`30s`, `1h2m`, `1.5h`, `300ms`), the one parser of the services: the
+//! worker YAML and flags, and the `wait` of a frames call, all read durations with it. (The
+//! CLI's `--ttl` of `token mint` takes whole seconds, minutes, hours or days instead: `300`,
+//! `5m`, `1d`.)
 
 use std::time::Duration;
 
