@@ -36,7 +36,7 @@ struct Live {
     agent: Arc<AgentConn>,
     /// Host pid of the agent (to reach the sandbox's devpts) and the sandbox root's host uid.
     terminals: Option<(u32, u32)>,
-    memory: Option<MemoryGauge>,
+    memory: Option<Arc<MemoryGauge>>,
     zygote: Option<Arc<Zygote>>,
     root: Arc<SandboxRoot>,
     netns: Arc<OwnedFd>,
@@ -72,7 +72,7 @@ impl ContainerVm {
         teardown: Teardown,
         terminals: Option<(u32, u32)>,
     ) -> Self {
-        let memory = teardown.cgroup.memory_gauge();
+        let memory = teardown.cgroup.memory_gauge().map(Arc::new);
         Self {
             vm_id,
             live: Mutex::new(Some(Live {
@@ -89,15 +89,21 @@ impl ContainerVm {
     }
 
     fn live(&self) -> Option<Live> {
-        self.live.lock().expect("live lock").clone()
+        self.with_live(Live::clone)
+    }
+
+    /// `f` of what the sandbox has while it lives, under the lock.
+    fn with_live<T>(&self, f: impl FnOnce(&Live) -> T) -> Option<T> {
+        self.live.lock().expect("live lock").as_ref().map(f)
     }
 
     fn agent(&self) -> Result<Arc<AgentConn>, BackendError> {
-        self.live().map(|l| l.agent).ok_or(BackendError::Gone)
+        self.with_live(|l| l.agent.clone())
+            .ok_or(BackendError::Gone)
     }
 
     fn root(&self) -> Result<Arc<SandboxRoot>, FilesError> {
-        self.live().map(|l| l.root).ok_or(FilesError::Gone)
+        self.with_live(|l| l.root.clone()).ok_or(FilesError::Gone)
     }
 
     /// Runs a blocking file operation on the sandbox root.
@@ -248,7 +254,7 @@ impl Vm for ContainerVm {
         // The bytes are written by a process of the sandbox, which pays for their pages, up
         // to the memory the sandbox has left.
         let live = self.live().ok_or(FilesError::Gone)?;
-        let room = live.memory.as_ref().and_then(MemoryGauge::room);
+        let room = live.memory.as_deref().and_then(MemoryGauge::room);
         super::exec::copy_in(&live.agent, file.into(), content, room).await
     }
 

@@ -28,9 +28,9 @@
 //! - The worker's end has `SO_PASSCRED`: every message carries its sender's pid, vouched
 //!   for by the kernel. Only the zygote holds its end of the socket (nothing can take it from
 //!   it), and the sender of `R` is pinned; a later message from any other process is taken as
-//!   a takeover: the zygote is killed and no longer used. The warm pool waits for `R`
-//!   ([`Zygote::settle`], which kills a zygote not warm within [`READY_WAIT`]) so that a
-//!   warm sandbox's first run is warm.
+//!   a takeover: the zygote is killed and no longer used. A zygote not warm within
+//!   [`READY_WAIT`] is killed by its driver, in warm and cold sandboxes alike; the warm pool
+//!   waits for `R` ([`Zygote::settle`]) so that a warm sandbox's first run is warm.
 //! - Every wait for a reply is bounded (`code.rs`): a stopped zygote is killed and the
 //!   sandbox's runs go one-shot.
 
@@ -116,8 +116,6 @@ pub(crate) struct Zygote {
     agent: Arc<AgentConn>,
     /// The agent's exec id of the zygote, to kill it with.
     exec_id: u64,
-    /// When it was started.
-    started: Instant,
     /// Dropping it stops the driver task.
     _stop: oneshot::Sender<()>,
 }
@@ -170,6 +168,7 @@ impl Zygote {
             Arc::clone(&state),
             stop_rx,
             (Arc::clone(agent), id),
+            Instant::now() + READY_WAIT,
         ));
         Ok(Self {
             sock,
@@ -178,7 +177,6 @@ impl Zygote {
             next_id: AtomicU64::new(1),
             agent: Arc::clone(agent),
             exec_id: id,
-            started: Instant::now(),
             _stop: stop_tx,
         })
     }
@@ -199,26 +197,16 @@ impl Zygote {
         self.agent.kill_now(self.exec_id);
     }
 
-    /// Waits while the zygote is starting, at most until [`READY_WAIT`] after its start, and
-    /// kills it if it is still starting then: once this returned, the zygote is unreachable
-    /// from sandbox code or no longer used. True when it is ready.
+    /// Waits while the zygote is starting (its driver kills it when it is not warm within
+    /// [`READY_WAIT`]): once this returned, the zygote is unreachable from sandbox code or no
+    /// longer used. True when it is ready.
     pub(crate) async fn settle(&self) -> bool {
         let mut state = self.state.subscribe();
-        let settled = async move {
-            state
-                .wait_for(|s| *s != ZygoteState::Starting)
-                .await
-                .map(|s| *s == ZygoteState::Ready)
-                .unwrap_or(false)
-        };
-        match tokio::time::timeout_at(self.started + READY_WAIT, settled).await {
-            Ok(ready) => ready,
-            Err(_elapsed) => {
-                tracing::warn!("python zygote not warm in time; killed");
-                self.kill();
-                false
-            }
-        }
+        state
+            .wait_for(|s| *s != ZygoteState::Starting)
+            .await
+            .map(|s| *s == ZygoteState::Ready)
+            .unwrap_or(false)
     }
 
     /// Sends a run request with its four fds (stdin, stdout, stderr, status) and waits for
@@ -379,7 +367,8 @@ fn parse(raw: &[u8]) -> Option<(u64, Reply)> {
 }
 
 /// Follows the zygote: its start (or failure), then its replies, until it or the sandbox
-/// ends or the [`Zygote`] is dropped. A zygote no longer followed is killed.
+/// ends, the [`Zygote`] is dropped, or it is not warm by `ready_by`. A zygote no longer
+/// followed is killed.
 async fn drive(
     sock: Arc<AsyncFd<OwnedFd>>,
     mut exec_events: mpsc::UnboundedReceiver<ExecEvent>,
@@ -387,10 +376,22 @@ async fn drive(
     state: Arc<watch::Sender<ZygoteState>>,
     mut stop: oneshot::Receiver<()>,
     (agent, exec_id): (Arc<AgentConn>, u64),
+    ready_by: Instant,
 ) {
-    let started = matches!(exec_events.recv().await, Some(ExecEvent::Started));
+    let started = matches!(
+        tokio::time::timeout_at(ready_by, exec_events.recv()).await,
+        Ok(Some(ExecEvent::Started))
+    );
     if started {
-        serve(&sock, &mut exec_events, &waiters, &state, &mut stop).await;
+        serve(
+            &sock,
+            &mut exec_events,
+            &waiters,
+            &state,
+            &mut stop,
+            ready_by,
+        )
+        .await;
         agent.kill_now(exec_id);
     } else {
         tracing::debug!("python zygote did not start; runs use one-shot interpreters");
@@ -408,6 +409,7 @@ async fn serve(
     waiters: &Waiters,
     state: &watch::Sender<ZygoteState>,
     stop: &mut oneshot::Receiver<()>,
+    ready_by: Instant,
 ) {
     let mut buf = vec![0u8; 4096];
     // The zygote's pid as this process sees it, from its `R`: only it may send afterwards.
@@ -415,6 +417,10 @@ async fn serve(
     loop {
         let got = tokio::select! {
             _ = &mut *stop => break,
+            _ = tokio::time::sleep_until(ready_by), if zygote.is_none() => {
+                tracing::warn!("python zygote not warm in time; killed");
+                break;
+            }
             event = exec_events.recv() => {
                 tracing::debug!(?event, "python zygote exited");
                 break;
@@ -472,6 +478,41 @@ mod tests {
         assert!(parse(b"S x 2").is_none());
     }
 
+    /// A zygote that never says `R` is given up at its deadline, whoever waits for it.
+    #[tokio::test]
+    async fn a_zygote_not_warm_by_its_deadline_is_given_up() {
+        let (ours, _theirs) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )
+        .unwrap();
+        let sock = agent::register(ours).unwrap();
+        let (_exec_tx, mut exec_events) = mpsc::unbounded_channel();
+        let waiters: Waiters = Arc::default();
+        let state = watch::Sender::new(ZygoteState::Starting);
+        let (_stop_tx, mut stop) = oneshot::channel();
+        let ready_by = Instant::now() + Duration::from_millis(50);
+        let served = tokio::time::timeout(
+            Duration::from_secs(5),
+            serve(
+                &sock,
+                &mut exec_events,
+                &waiters,
+                &state,
+                &mut stop,
+                ready_by,
+            ),
+        )
+        .await;
+        assert!(
+            served.is_ok(),
+            "still waiting for the zygote after its deadline"
+        );
+        assert_eq!(*state.borrow(), ZygoteState::Starting, "never ready");
+    }
+
     /// Replies on the zygote's socket count only from the process that said `R`: one sent
     /// by another process holding the socket ends the zygote's use.
     #[tokio::test]
@@ -498,7 +539,15 @@ mod tests {
         };
         say(b"R");
         say(b"S 1 41");
-        let serving = serve(&sock, &mut exec_events, &waiters, &state, &mut stop);
+        let ready_by = Instant::now() + READY_WAIT;
+        let serving = serve(
+            &sock,
+            &mut exec_events,
+            &waiters,
+            &state,
+            &mut stop,
+            ready_by,
+        );
         tokio::pin!(serving);
         tokio::select! {
             () = &mut serving => panic!("stopped serving"),
