@@ -24,7 +24,6 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 
 use super::{RunCodeOutcome, Worker, WorkerError};
-use base64::Engine;
 use bytes::Bytes;
 
 use crate::api::{
@@ -656,20 +655,7 @@ pub(super) fn parse_wait(raw: &str) -> Duration {
 /// Decodes input for an exec's stdin: `utf8` (default; `utf-8` too) takes `data` as is,
 /// `base64` decodes it (standard alphabet with padding; CR and LF are ignored).
 pub fn decode_exec_input(data: &str, encoding: &str) -> Result<Bytes, WorkerError> {
-    match encoding.trim().to_ascii_lowercase().as_str() {
-        "" | "utf8" | "utf-8" => Ok(Bytes::copy_from_slice(data.as_bytes())),
-        "base64" => {
-            let cleaned: Vec<u8> = data
-                .bytes()
-                .filter(|b| *b != b'\r' && *b != b'\n')
-                .collect();
-            base64::engine::general_purpose::STANDARD
-                .decode(cleaned)
-                .map(Bytes::from)
-                .map_err(|_| WorkerError::InvalidBase64)
-        }
-        _ => Err(WorkerError::InvalidEncoding),
-    }
+    super::files::decode_encoded(data, encoding, "utf8").map(Bytes::from)
 }
 
 /// Execs a listing returns when it names no limit.

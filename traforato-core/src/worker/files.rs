@@ -26,22 +26,37 @@ pub(super) const DEFAULT_LIST_LIMIT: usize = 1000;
 /// to `base64` (standard alphabet with padding; CR and LF are ignored); `utf8` and `utf-8`
 /// take the content as is.
 pub fn decode_write_json(body: &WriteFileJson) -> Result<(Vec<u8>, bool), WorkerError> {
-    let encoding = body.encoding.trim().to_ascii_lowercase();
-    let content = match encoding.as_str() {
-        "" | "base64" => {
-            let cleaned: Vec<u8> = body
-                .content
+    let content = decode_encoded(&body.content, &body.encoding, "base64")?;
+    Ok((content, body.append))
+}
+
+/// Decodes `data` in `encoding` (trimmed, any case; empty means `default`): `utf8` and
+/// `utf-8` take it as is, `base64` decodes it (standard alphabet with padding; CR and LF are
+/// ignored). The one decoder of the API's `encoding` fields.
+pub(super) fn decode_encoded(
+    data: &str,
+    encoding: &str,
+    default: &str,
+) -> Result<Vec<u8>, WorkerError> {
+    let encoding = encoding.trim().to_ascii_lowercase();
+    let encoding = if encoding.is_empty() {
+        default
+    } else {
+        &encoding
+    };
+    match encoding {
+        "base64" => {
+            let cleaned: Vec<u8> = data
                 .bytes()
                 .filter(|b| *b != b'\r' && *b != b'\n')
                 .collect();
             base64::engine::general_purpose::STANDARD
                 .decode(cleaned)
-                .map_err(|_| WorkerError::InvalidBase64)?
+                .map_err(|_| WorkerError::InvalidBase64)
         }
-        "utf8" | "utf-8" => body.content.as_bytes().to_vec(),
-        _ => return Err(WorkerError::InvalidEncoding),
-    };
-    Ok((content, body.append))
+        "utf8" | "utf-8" => Ok(data.as_bytes().to_vec()),
+        _ => Err(WorkerError::InvalidEncoding),
+    }
 }
 
 fn parse_path(raw: Option<&str>) -> Result<SandboxPath, WorkerError> {
