@@ -594,10 +594,7 @@ pub enum UploadError {
 /// `{content, encoding, append}` form (encoding `base64` by default, or `utf8`/`utf-8`);
 /// otherwise the raw body, replacing the file.
 pub fn decode_upload(headers: &HeaderMap, body: &[u8]) -> Result<(Vec<u8>, bool), UploadError> {
-    let is_json = header_str(headers, "content-type")
-        .map(|ct| ct.to_ascii_lowercase().contains("application/json"))
-        .unwrap_or(false);
-    if !is_json {
+    if !has_json_body(headers) {
         return Ok((body.to_vec(), false));
     }
     let form: WriteFileJson = decode_json(body).map_err(|_| UploadError::InvalidJson)?;
@@ -633,14 +630,17 @@ async fn write_file(
     )
 }
 
+/// Whether the body is declared JSON (`Content-Type` mentions `application/json`).
+fn has_json_body(headers: &HeaderMap) -> bool {
+    header_str(headers, "content-type")
+        .is_some_and(|ct| ct.to_ascii_lowercase().contains("application/json"))
+}
+
 /// The input of `POST …/exec/{exec_id}/stdin`: with a JSON `Content-Type`, the
 /// `{data, encoding}` form (encoding `utf8` by default, or `base64`); otherwise the raw body.
 /// Empty input means EOF.
 pub fn decode_stdin(headers: &HeaderMap, body: bytes::Bytes) -> Result<bytes::Bytes, UploadError> {
-    let is_json = header_str(headers, "content-type")
-        .map(|ct| ct.to_ascii_lowercase().contains("application/json"))
-        .unwrap_or(false);
-    if !is_json {
+    if !has_json_body(headers) {
         return Ok(body);
     }
     let form: ExecStdinJson = decode_json(&body).map_err(|_| UploadError::InvalidJson)?;
