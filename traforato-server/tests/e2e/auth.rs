@@ -43,10 +43,8 @@ async fn prod_broker_checks_client_tokens_on_create_only() {
     let id = sandbox_id_on("worker_a");
     let resp = no_follow()
         .get(broker.at(&format!("/sandboxes/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 307);
+        .expect_status(307)
+        .await;
     assert_eq!(
         resp.headers()["location"],
         format!("http://worker-a.local:8081/sandboxes/{id}").as_str()
@@ -75,17 +73,11 @@ async fn prod_broker_checks_client_tokens_on_create_only() {
         "http://worker-a.local:8081/sandboxes"
     );
     // A `?sandbox_id=` query does not turn a create into a redirect without auth (§10.26).
-    expect_error(
-        no_follow()
-            .post(broker.at(&format!("/sandboxes?sandbox_id={id}")))
-            .json(&json!({"image": "ubuntu:24.04"}))
-            .send()
-            .await
-            .unwrap(),
-        401,
-        "unauthorized: missing bearer token",
-    )
-    .await;
+    no_follow()
+        .post(broker.at(&format!("/sandboxes?sandbox_id={id}")))
+        .json(&json!({"image": "ubuntu:24.04"}))
+        .expect_error(401, "unauthorized: missing bearer token")
+        .await;
 
     let now = now_secs();
     let refused: Vec<(String, &str)> = vec![
@@ -250,8 +242,7 @@ async fn prod_worker_authenticates_every_route_before_routing() {
             })
     };
     // §11.57: health and metrics need no token.
-    let resp = follow().get(w.at("/healthz")).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
+    let resp = follow().get(w.at("/healthz")).expect_status(200).await;
     assert_eq!(body_json(resp).await["status"], "ok");
     let metrics = follow()
         .get(w.at("/metrics"))
@@ -274,54 +265,34 @@ async fn prod_worker_authenticates_every_route_before_routing() {
         (reqwest::Method::POST, "/sandboxes"),
         (reqwest::Method::GET, "/sandboxes/not-an-id"),
     ] {
-        expect_error(
-            follow().request(method, w.at(path)).send().await.unwrap(),
-            401,
-            "unauthorized: missing bearer token",
-        )
-        .await;
+        follow()
+            .request(method, w.at(path))
+            .expect_error(401, "unauthorized: missing bearer token")
+            .await;
     }
     assert_eq!(failures(), Some(4.0));
-    expect_error(
-        follow()
-            .get(w.at("/nothing"))
-            .header("authorization", bearer("client-a"))
-            .send()
-            .await
-            .unwrap(),
-        404,
-        "route not found",
-    )
-    .await;
-    expect_error(
-        follow()
-            .get(w.at("/sandboxes/not-an-id"))
-            .header("authorization", bearer("client-a"))
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "malformed sandbox_id",
-    )
-    .await;
-    expect_error(
-        follow()
-            .post(w.at("/sandboxes"))
-            .header(
-                "authorization",
-                format!(
-                    "Bearer {}",
-                    signed(SECRET, &client_claims_with("exp", json!(now_secs() - 1)))
-                ),
-            )
-            .json(&sandbox_body())
-            .send()
-            .await
-            .unwrap(),
-        401,
-        "unauthorized: expired token",
-    )
-    .await;
+    follow()
+        .get(w.at("/nothing"))
+        .header("authorization", bearer("client-a"))
+        .expect_error(404, "route not found")
+        .await;
+    follow()
+        .get(w.at("/sandboxes/not-an-id"))
+        .header("authorization", bearer("client-a"))
+        .expect_error(400, "malformed sandbox_id")
+        .await;
+    follow()
+        .post(w.at("/sandboxes"))
+        .header(
+            "authorization",
+            format!(
+                "Bearer {}",
+                signed(SECRET, &client_claims_with("exp", json!(now_secs() - 1)))
+            ),
+        )
+        .json(&sandbox_body())
+        .expect_error(401, "unauthorized: expired token")
+        .await;
     assert_eq!(failures(), Some(5.0));
 
     // One token, one request per service: it passes the broker and then the worker once (the
@@ -333,43 +304,31 @@ async fn prod_worker_authenticates_every_route_before_routing() {
         .post(stack.broker.at("/sandboxes"))
         .header("authorization", &shared)
         .json(&sandbox_body())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 307);
+        .expect_status(307)
+        .await;
     let location = resp.headers()["location"].to_str().unwrap().to_string();
     let resp = no_follow()
         .post(&location)
         .header("authorization", &shared)
         .json(&sandbox_body())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
+        .expect_status(201)
+        .await;
     let id = body_json(resp).await["sandbox_id"]
         .as_str()
         .unwrap()
         .to_string();
-    expect_error(
-        follow()
-            .get(w.at(&format!("/sandboxes/{id}")))
-            .header("authorization", &shared)
-            .send()
-            .await
-            .unwrap(),
-        401,
-        &format!("jwt replay detected: {jti}"),
-    )
-    .await;
+    follow()
+        .get(w.at(&format!("/sandboxes/{id}")))
+        .header("authorization", &shared)
+        .expect_error(401, &format!("jwt replay detected: {jti}"))
+        .await;
     assert_eq!(failures(), Some(6.0));
     // A fresh token works.
-    let resp = follow()
+    follow()
         .get(w.at(&format!("/sandboxes/{id}")))
         .header("authorization", bearer("client-a"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+        .expect_status(200)
+        .await;
     stack.stop().await.unwrap();
 }
 
@@ -504,13 +463,11 @@ async fn dev_mode_needs_no_tokens() {
             base_url: "http://worker-a.local:8081".into(),
             ..Default::default()
         });
-    let resp = follow()
+    follow()
         .post(broker.at("/internal/workers/worker_a/vm-events"))
         .json(&ready_event(VALID_UUID))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 204);
+        .expect_status(204)
+        .await;
     let metrics = follow()
         .get(broker.at("/metrics"))
         .send()
@@ -527,21 +484,17 @@ async fn dev_mode_needs_no_tokens() {
 
     // §11.56: broker create 307 and worker create 201 without a token; any header is ignored.
     let stack = Stack::dev().await;
-    let resp = no_follow()
+    no_follow()
         .post(stack.broker.at("/sandboxes"))
         .json(&sandbox_body())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 307);
-    let resp = follow()
+        .expect_status(307)
+        .await;
+    follow()
         .post(stack.worker.at("/sandboxes"))
         .header("authorization", "Bearer garbage")
         .json(&sandbox_body())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
+        .expect_status(201)
+        .await;
     stack.stop().await.unwrap();
 }
 

@@ -171,8 +171,10 @@ async fn dev_mode_binaries_refuse_to_listen_on_the_network() {
     assert_eq!(warning["level"], "WARN");
     assert_eq!(warning["listen"], "0.0.0.0:0");
     let url = broker.first_url().await.replace("0.0.0.0", "127.0.0.1");
-    let resp = follow().get(format!("{url}/healthz")).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
+    follow()
+        .get(format!("{url}/healthz"))
+        .expect_status(200)
+        .await;
     broker.stop().await;
 }
 
@@ -404,13 +406,11 @@ async fn prod_broker_and_worker_binaries_cooperate_and_log_no_secrets() {
 
     let mut used = Vec::new();
     // Anonymous: refused at both services.
-    let resp = no_follow()
+    no_follow()
         .post(format!("{broker_url}/sandboxes"))
         .json(&sandbox_body())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 401);
+        .expect_status(401)
+        .await;
     // A token good for one request per service: the create, then one replay attempt.
     let shared = bin_bearer("client-a");
     used.push(shared.clone());
@@ -418,59 +418,47 @@ async fn prod_broker_and_worker_binaries_cooperate_and_log_no_secrets() {
         .post(format!("{broker_url}/sandboxes"))
         .header("authorization", &shared)
         .json(&sandbox_body())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 307);
+        .expect_status(307)
+        .await;
     let location = resp.headers()["location"].to_str().unwrap().to_string();
     assert!(location.starts_with(&worker_url), "{location}");
     let resp = no_follow()
         .post(&location)
         .header("authorization", &shared)
         .json(&sandbox_body())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
+        .expect_status(201)
+        .await;
     let id = body_json(resp).await["sandbox_id"]
         .as_str()
         .unwrap()
         .to_string();
-    let resp = follow()
+    follow()
         .get(format!("{worker_url}/sandboxes/{id}"))
         .header("authorization", &shared)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 401);
+        .expect_status(401)
+        .await;
     // A foreign client, a bad signature, and the owner.
     let foreign = bin_bearer("client-b");
     used.push(foreign.clone());
-    let resp = follow()
+    follow()
         .get(format!("{worker_url}/sandboxes/{id}"))
         .header("authorization", &foreign)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 403);
+        .expect_status(403)
+        .await;
     let forged = format!("Bearer {}", token("client-a"));
     used.push(forged.clone());
-    let resp = follow()
+    follow()
         .get(format!("{worker_url}/sandboxes/{id}"))
         .header("authorization", &forged)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 401);
+        .expect_status(401)
+        .await;
     let owner = bin_bearer("client-a");
     used.push(owner.clone());
-    let resp = follow()
+    follow()
         .get(format!("{worker_url}/sandboxes/{id}"))
         .header("authorization", &owner)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+        .expect_status(200)
+        .await;
 
     let failed = worker.record("authentication failed").await;
     assert_eq!(failed["level"], "WARN");
@@ -531,20 +519,16 @@ async fn prod_dev_binary_refuses_anonymous_and_foreign_requests() {
     .await;
 
     let mut used = Vec::new();
-    let resp = no_follow()
+    no_follow()
         .post(format!("{broker_url}/sandboxes"))
         .json(&sandbox_body())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 401);
-    let resp = no_follow()
+        .expect_status(401)
+        .await;
+    no_follow()
         .post(format!("{worker_url}/sandboxes"))
         .json(&sandbox_body())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 401);
+        .expect_status(401)
+        .await;
     let mut fresh = |client: &str| {
         let header = bin_bearer(client);
         used.push(header.clone());
@@ -554,40 +538,31 @@ async fn prod_dev_binary_refuses_anonymous_and_foreign_requests() {
         .post(format!("{broker_url}/sandboxes"))
         .header("authorization", fresh("client-a"))
         .json(&sandbox_body())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 307);
+        .expect_status(307)
+        .await;
     let location = resp.headers()["location"].to_str().unwrap().to_string();
     let resp = no_follow()
         .post(&location)
         .header("authorization", fresh("client-a"))
         .json(&sandbox_body())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
+        .expect_status(201)
+        .await;
     let id = body_json(resp).await["sandbox_id"]
         .as_str()
         .unwrap()
         .to_string();
     let sandbox = format!("{worker_url}/sandboxes/{id}");
-    let resp = follow()
+    follow()
         .get(&sandbox)
         .header("authorization", fresh("client-b"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 403);
-    let resp = follow().get(&sandbox).send().await.unwrap();
-    assert_eq!(resp.status(), 401);
-    let resp = follow()
+        .expect_status(403)
+        .await;
+    follow().get(&sandbox).expect_status(401).await;
+    follow()
         .get(&sandbox)
         .header("authorization", fresh("client-a"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+        .expect_status(200)
+        .await;
 
     let lines = dev.stop().await;
     assert!(

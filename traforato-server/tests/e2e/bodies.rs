@@ -12,28 +12,16 @@ use crate::harness::*;
 async fn body_caps_and_decoding() {
     let stack = Stack::dev().await;
     let big = vec![b' '; (1 << 20) + 1];
-    expect_error(
-        follow()
-            .post(stack.broker.at("/sandboxes"))
-            .body(big.clone())
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "body exceeds max size",
-    )
-    .await;
-    expect_error(
-        follow()
-            .put(stack.broker.at("/internal/workers/worker_x/registration"))
-            .body(big.clone())
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "invalid request body",
-    )
-    .await;
+    follow()
+        .post(stack.broker.at("/sandboxes"))
+        .body(big.clone())
+        .expect_error(400, "body exceeds max size")
+        .await;
+    follow()
+        .put(stack.broker.at("/internal/workers/worker_x/registration"))
+        .body(big.clone())
+        .expect_error(400, "invalid request body")
+        .await;
     // Hardening II: a top-level array is no record, even one whose items fit the fields in
     // order (derived decoding alone took `["ubuntu:24.04",2]` as image and cpu).
     for body in [
@@ -47,63 +35,41 @@ async fn body_caps_and_decoding() {
         "{\"cpu\":\"2\"}",
         "{\"cpu\":1.5}",
     ] {
-        expect_error(
-            follow()
-                .post(stack.broker.at("/sandboxes"))
-                .body(body)
-                .send()
-                .await
-                .unwrap(),
-            400,
-            "invalid request body",
-        )
-        .await;
+        follow()
+            .post(stack.broker.at("/sandboxes"))
+            .body(body)
+            .expect_error(400, "invalid request body")
+            .await;
     }
     for registration in [
         json!(["worker_x.local", "http://worker-x.local:8081"]),
         json!([]),
         json!("worker_x"),
     ] {
-        expect_error(
-            follow()
-                .put(stack.broker.at("/internal/workers/worker_x/registration"))
-                .json(&registration)
-                .send()
-                .await
-                .unwrap(),
-            400,
-            "invalid request body",
-        )
-        .await;
+        follow()
+            .put(stack.broker.at("/internal/workers/worker_x/registration"))
+            .json(&registration)
+            .expect_error(400, "invalid request body")
+            .await;
     }
     assert!(!stack.broker.broker.is_worker_active("worker_x"));
     // The worker's own create route too.
-    expect_error(
-        follow()
-            .post(stack.worker.at("/sandboxes"))
-            .body("[\"ubuntu:24.04\",1,\"fake\"]")
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "invalid request body",
-    )
-    .await;
+    follow()
+        .post(stack.worker.at("/sandboxes"))
+        .body("[\"ubuntu:24.04\",1,\"fake\"]")
+        .expect_error(400, "invalid request body")
+        .await;
     // `null` means defaults; unknown fields are ignored; trailing bytes are ignored.
-    let resp = no_follow()
+    no_follow()
         .post(stack.broker.at("/sandboxes"))
         .body("null")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 307);
-    let resp = follow()
+        .expect_status(307)
+        .await;
+    follow()
         .post(stack.broker.at("/sandboxes"))
         .body(r#"{"image":"ubuntu:24.04","virtualization":"fake","colour":"red"} trailing"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
+        .expect_status(201)
+        .await;
 
     let id = stack.create_id().await;
     expect_error(
@@ -124,17 +90,11 @@ async fn body_caps_and_decoding() {
         .await
         .unwrap();
     assert_eq!(ok.status(), 200);
-    expect_error(
-        follow()
-            .post(stack.sandbox(&id, "/exec"))
-            .body(big.clone())
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "body exceeds max size",
-    )
-    .await;
+    follow()
+        .post(stack.sandbox(&id, "/exec"))
+        .body(big.clone())
+        .expect_error(400, "body exceeds max size")
+        .await;
     expect_error(
         follow()
             .post(stack.sandbox(&id, "/exec/code"))
@@ -146,17 +106,11 @@ async fn body_caps_and_decoding() {
         "invalid request body",
     )
     .await;
-    expect_error(
-        follow()
-            .post(stack.sandbox(&id, "/files/mkdir"))
-            .body(big)
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "invalid request body",
-    )
-    .await;
+    follow()
+        .post(stack.sandbox(&id, "/files/mkdir"))
+        .body(big)
+        .expect_error(400, "invalid request body")
+        .await;
     stack.stop().await.unwrap();
 }
 

@@ -18,10 +18,8 @@ async fn health_metrics_and_request_ids() {
         let resp = follow()
             .get(&url)
             .header("x-request-id", "  my-request  ")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
+            .expect_status(200)
+            .await;
         assert_eq!(resp.headers()["content-type"], "application/json");
         assert_eq!(resp.headers()["x-request-id"], "my-request");
         assert_eq!(body_json(resp).await, json!({"status": "ok"}));
@@ -48,8 +46,7 @@ async fn health_metrics_and_request_ids() {
     expect_error(not_found, 404, "route not found").await;
 
     for url in [stack.broker.at("/metrics"), stack.worker.at("/metrics")] {
-        let resp = follow().get(&url).send().await.unwrap();
-        assert_eq!(resp.status(), 200);
+        let resp = follow().get(&url).expect_status(200).await;
         assert_eq!(resp.headers()["content-type"], "text/plain; version=0.0.4");
         let text = resp.text().await.unwrap();
         assert!(
@@ -67,10 +64,8 @@ async fn availability_text_shape() {
     let broker = TestBroker::dev_with_clock(broker_config(), Arc::new(ManualClock::new(now))).await;
     let resp = follow()
         .get(broker.at("/metrics/sandboxes"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+        .expect_status(200)
+        .await;
     assert_eq!(resp.headers()["content-type"], "text/plain; charset=utf-8");
     let text = resp.text().await.unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -96,12 +91,10 @@ async fn availability_text_shape() {
         "{text}"
     );
     // Only GET is served.
-    let head = follow()
+    follow()
         .head(broker.at("/metrics/sandboxes"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(head.status(), 404);
+        .expect_status(404)
+        .await;
     broker.stop().await.unwrap();
 }
 
@@ -119,10 +112,8 @@ async fn sandbox_scoped_requests_redirect_to_the_owner() {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         )
         .header("tracestate", "vendor=opaque")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 307);
+        .expect_status(307)
+        .await;
     assert_eq!(
         resp.headers()["location"],
         format!("http://worker-a.local:8081/sandboxes/{id}").as_str()
@@ -135,48 +126,28 @@ async fn sandbox_scoped_requests_redirect_to_the_owner() {
     // Method and query are kept; the query verbatim.
     let resp = no_follow()
         .delete(broker.at(&format!("/sandboxes/{id}/files?path=%2Fa&recursive=true")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 307);
+        .expect_status(307)
+        .await;
     assert_eq!(
         resp.headers()["location"],
         format!("http://worker-a.local:8081/sandboxes/{id}/files?path=%2Fa&recursive=true")
             .as_str()
     );
 
-    expect_error(
-        no_follow()
-            .get(broker.at("/sandboxes/not-an-id"))
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "malformed sandbox_id",
-    )
-    .await;
-    expect_error(
-        no_follow()
-            .get(broker.at(&format!("/sandboxes/{}", sandbox_id_on("worker_zz"))))
-            .send()
-            .await
-            .unwrap(),
-        404,
-        "worker id unknown",
-    )
-    .await;
-    expect_error(
-        no_follow()
-            .get(broker.at(&format!(
-                "/sandboxes/sbx-other_broker-worker_a-{VALID_UUID}"
-            )))
-            .send()
-            .await
-            .unwrap(),
-        404,
-        "broker id mismatch",
-    )
-    .await;
+    no_follow()
+        .get(broker.at("/sandboxes/not-an-id"))
+        .expect_error(400, "malformed sandbox_id")
+        .await;
+    no_follow()
+        .get(broker.at(&format!("/sandboxes/{}", sandbox_id_on("worker_zz"))))
+        .expect_error(404, "worker id unknown")
+        .await;
+    no_follow()
+        .get(broker.at(&format!(
+            "/sandboxes/sbx-other_broker-worker_a-{VALID_UUID}"
+        )))
+        .expect_error(404, "broker id mismatch")
+        .await;
     broker.stop().await.unwrap();
 }
 
@@ -197,27 +168,19 @@ async fn registration_and_placement_by_sku() {
     let resp = no_follow()
         .post(broker.at("/sandboxes"))
         .json(&json!({"image": "ubuntu:24.04", "cpu": 1, "hardware_sku": "gpu-a100"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 307);
+        .expect_status(307)
+        .await;
     assert_eq!(
         resp.headers()["location"],
         "http://worker-b.local:8081/sandboxes"
     );
     assert!(resp.headers().contains_key("traceparent"));
 
-    expect_error(
-        no_follow()
-            .post(broker.at("/sandboxes"))
-            .json(&json!({"image": "ubuntu:24.04", "hardware_sku": "tpu-v9"}))
-            .send()
-            .await
-            .unwrap(),
-        503,
-        "no placement capacity",
-    )
-    .await;
+    no_follow()
+        .post(broker.at("/sandboxes"))
+        .json(&json!({"image": "ubuntu:24.04", "hardware_sku": "tpu-v9"}))
+        .expect_error(503, "no placement capacity")
+        .await;
 
     let resp = follow()
         .put(broker.at("/internal/workers/worker_c/registration"))
@@ -242,7 +205,7 @@ async fn ready_hints_and_vm_start_queue() {
     broker
         .register_remote("worker_a", "http://worker-a.local:8081", "cpu-standard")
         .await;
-    let resp = follow()
+    follow()
         .post(broker.at("/internal/workers/worker_a/vm-events"))
         .json(&json!({
             "event": "ready",
@@ -251,18 +214,14 @@ async fn ready_hints_and_vm_start_queue() {
             "image": "ubuntu:24.04",
             "cpu": 2,
         }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 204);
+        .expect_status(204)
+        .await;
 
     let resp = no_follow()
         .post(broker.at("/sandboxes"))
         .json(&json!({"virtualization": "vetu", "image": "ubuntu:24.04", "cpu": 2}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 307);
+        .expect_status(307)
+        .await;
     let location = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
     assert_eq!(location.host_str(), Some("worker-a.local"));
     assert_eq!(location.port(), Some(8081));
@@ -279,30 +238,24 @@ async fn ready_hints_and_vm_start_queue() {
             "virtualization": "vetu", "image": "ubuntu:24.04", "cpu": 2,
             "hardware_sku": "cpu-standard"
         }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 307);
+        .expect_status(307)
+        .await;
     assert_eq!(
         resp.headers()["location"],
         "http://worker-a.local:8081/sandboxes"
     );
     let resp = follow()
         .post(broker.at("/internal/workers/worker_a/vm-start"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+        .expect_status(200)
+        .await;
     assert_eq!(
         body_json(resp).await,
         json!({"virtualization": "vetu", "image": "ubuntu:24.04", "cpu": 2})
     );
-    let resp = follow()
+    follow()
         .post(broker.at("/internal/workers/worker_a/vm-start"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 204);
+        .expect_status(204)
+        .await;
 
     // Bad events.
     let resp = follow()
@@ -387,10 +340,8 @@ async fn internal_routes_refuse_other_methods_and_query_does_not_route() {
     let resp = no_follow()
         .post(broker.at(&format!("/sandboxes?sandbox_id={sandbox}")))
         .json(&json!({"image": "ubuntu:24.04"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 307);
+        .expect_status(307)
+        .await;
     assert_eq!(
         resp.headers()["location"],
         "http://worker-a.local:8081/sandboxes"
@@ -420,12 +371,10 @@ async fn lapsed_worker_lease_gives_503() {
         .register_remote("worker_a", "http://worker-a.local:8081", "")
         .await;
     let id = sandbox_id_on("worker_a");
-    let resp = no_follow()
+    no_follow()
         .get(broker.at(&format!("/sandboxes/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 307);
+        .expect_status(307)
+        .await;
     clock.advance(Duration::from_secs(3));
     let resp = no_follow()
         .get(broker.at(&format!("/sandboxes/{id}")))

@@ -73,20 +73,16 @@ async fn container_sandboxes_through_the_broker() {
     let resp = follow()
         .post(stack.sandbox(&id, "/exec/code"))
         .json(&json!({"runtime": "python", "code": "print('hello from traforato')"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+        .expect_status(200)
+        .await;
     let ran = body_json(resp).await;
     assert_eq!(ran["stdout"], "hello from traforato\n", "{ran}");
     assert_eq!(ran["exit_code"], 0);
     let resp = follow()
         .post(stack.sandbox(&id, "/exec/code"))
         .json(&json!({"runtime": "node", "code": "console.log(1+"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 422);
+        .expect_status(422)
+        .await;
     assert_eq!(body_json(resp).await["error"], "syntax_error");
 
     // What exec writes, the files API reads.
@@ -134,22 +130,18 @@ async fn container_sandboxes_through_the_broker() {
     assert_eq!(read["content"], "made-by-exec\n");
 
     // A server started in the sandbox answers through the proxy; no host port is opened.
-    let resp = follow()
+    follow()
         .put(stack.sandbox(&id, "/files?path=/workspace/site/index.html"))
         .body("<p>inside</p>")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let resp = follow()
+        .expect_status(200)
+        .await;
+    follow()
         .post(stack.sandbox(&id, "/exec"))
         .json(&json!({
             "command": "cd /workspace/site && python3 -m http.server 8000 >/dev/null 2>&1 &"
         }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+        .expect_status(202)
+        .await;
     let url = stack.sandbox(&id, "/proxy/8000/index.html");
     wait_until("the sandbox's http server", || {
         let url = url.clone();
@@ -166,17 +158,11 @@ async fn container_sandboxes_through_the_broker() {
     // (404 with the reference), not a generic provisioning failure; the operator's own
     // image names are not listed.
     for image in ["ubuntu:24.04", "python:3.12-slim"] {
-        expect_error(
-            follow()
-                .post(stack.broker.at("/sandboxes"))
-                .json(&json!({"image": image}))
-                .send()
-                .await
-                .unwrap(),
-            404,
-            &format!("image not found: {image}"),
-        )
-        .await;
+        follow()
+            .post(stack.broker.at("/sandboxes"))
+            .json(&json!({"image": image}))
+            .expect_error(404, &format!("image not found: {image}"))
+            .await;
     }
 
     // Delete destroys it: nothing of it stays in the state dir.
@@ -185,12 +171,10 @@ async fn container_sandboxes_through_the_broker() {
         .local_vm_id();
     let vm_dir = state_dir.join(vm_id.to_string());
     assert!(vm_dir.exists(), "{}", vm_dir.display());
-    let resp = follow()
+    follow()
         .delete(stack.sandbox(&id, ""))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 204);
+        .expect_status(204)
+        .await;
     assert!(!vm_dir.exists(), "{} is left", vm_dir.display());
 
     stack.stop().await.unwrap();
@@ -257,8 +241,10 @@ async fn default_capacity_holds_fifty_idle_sandboxes_and_a_bigger_one() {
         .unwrap();
     assert_eq!(body_json(resp).await["stdout"], "42\n");
     for id in &ids {
-        let resp = follow().delete(stack.sandbox(id, "")).send().await.unwrap();
-        assert_eq!(resp.status(), 204);
+        follow()
+            .delete(stack.sandbox(id, ""))
+            .expect_status(204)
+            .await;
     }
     // The review's loop: 4 clients, each create -> run code -> delete, never a capacity error.
     let clients = (0..4).map(|_| {
@@ -276,19 +262,15 @@ async fn default_capacity_holds_fifty_idle_sandboxes_and_a_bigger_one() {
                 let body = body_json(resp).await;
                 assert_eq!(status, 201, "{body}");
                 let id = body["sandbox_id"].as_str().unwrap().to_string();
-                let ran = follow()
+                follow()
                     .post(format!("{broker_url}/sandboxes/{id}/exec/code"))
                     .json(&json!({"runtime": "python", "code": "print(1)"}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(ran.status(), 200);
-                let gone = follow()
+                    .expect_status(200)
+                    .await;
+                follow()
                     .delete(format!("{broker_url}/sandboxes/{id}"))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(gone.status(), 204);
+                    .expect_status(204)
+                    .await;
             }
         })
     });

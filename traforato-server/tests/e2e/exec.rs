@@ -13,10 +13,8 @@ async fn exec_and_frames() {
         let resp = follow()
             .post(stack.sandbox(&id, "/exec"))
             .json(&json!({ "command": command }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 202);
+            .expect_status(202)
+            .await;
         let accepted = body_json(resp).await;
         let exec_id = accepted["exec_id"].as_str().unwrap().to_string();
         assert!(exec_id.starts_with("exec_"));
@@ -58,10 +56,8 @@ async fn exec_and_frames() {
                 &id,
                 &format!("/exec/{exec_id}/frames?cursor={cursor}&wait=5s"),
             ))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
+            .expect_status(200)
+            .await;
         let page = body_json(resp).await;
         assert!(page["frames"].is_array());
         assert_eq!(page["wait_applied"], true);
@@ -91,27 +87,15 @@ async fn exec_and_frames() {
     assert_eq!(record["status"], "exited");
     assert_eq!(record["exit_code"], 0);
     assert_eq!(record["sandbox_id"], id.as_str());
-    expect_error(
-        follow()
-            .get(stack.sandbox(&id, "/exec/exec_01HZY3J5K6M7N8P9Q0R1S2T3V4"))
-            .send()
-            .await
-            .unwrap(),
-        404,
-        "exec not found",
-    )
-    .await;
-    expect_error(
-        follow()
-            .post(stack.sandbox(&id, "/exec"))
-            .body("")
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "invalid request body",
-    )
-    .await;
+    follow()
+        .get(stack.sandbox(&id, "/exec/exec_01HZY3J5K6M7N8P9Q0R1S2T3V4"))
+        .expect_error(404, "exec not found")
+        .await;
+    follow()
+        .post(stack.sandbox(&id, "/exec"))
+        .body("")
+        .expect_error(400, "invalid request body")
+        .await;
     stack.stop().await.unwrap();
 }
 

@@ -124,10 +124,8 @@ async fn exec_websocket_in_a_container() {
     // The broker sends the URL to the worker, path and query kept.
     let resp = no_follow()
         .get(stack.sandbox(&id, "/exec/ws?command=cat&interactive=true"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 307);
+        .expect_status(307)
+        .await;
     assert_eq!(
         resp.headers()["location"].to_str().unwrap(),
         stack.worker.at(&format!(
@@ -260,12 +258,10 @@ async fn exec_websocket_in_a_container() {
     reconnectable_sessions(&stack, &id).await;
     browser_url_in_dev(&stack, &id).await;
 
-    let resp = follow()
+    follow()
         .delete(stack.sandbox(&id, ""))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 204);
+        .expect_status(204)
+        .await;
     stack.stop().await.unwrap();
     backend.remove_cgroup_parents().unwrap();
     std::fs::remove_dir_all(&state_dir).unwrap();
@@ -405,10 +401,8 @@ async fn reconnectable_sessions(stack: &Stack, id: &str) {
 async fn browser_url_in_dev(stack: &Stack, id: &str) {
     let resp = follow()
         .get(stack.sandbox(id, "/exec/ws/url?command=echo+from+url&env%5BA%5D=1"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+        .expect_status(200)
+        .await;
     let body = body_json(resp).await;
     let url = body["url"].as_str().unwrap();
     let worker = stack.worker.at("").replacen("http://", "ws://", 1);
@@ -504,10 +498,8 @@ async fn browser_url_in_prod() {
     let resp = follow()
         .get(url_of("command=echo+hi"))
         .header("authorization", bearer("client-a"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+        .expect_status(200)
+        .await;
     let body = body_json(resp).await;
     let url = body["url"].as_str().unwrap().to_string();
     let prefix = stack
@@ -566,12 +558,10 @@ async fn browser_url_in_prod() {
         .await
         .unwrap();
     expect_error(resp, 403, "sandbox ownership mismatch").await;
-    let resp = follow()
+    follow()
         .get(url_of("command=echo+hi"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 401);
+        .expect_status(401)
+        .await;
 
     // The refusals were counted as auth failures of the access-token kind.
     let metrics = follow()

@@ -140,10 +140,8 @@ async fn files_api() {
     let resp = follow()
         .post(stack.sandbox(&id, "/files/mkdir"))
         .json(&json!({"path": "/workspace/src", "recursive": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+        .expect_status(200)
+        .await;
     assert_eq!(body_json(resp).await["created"], true);
     let resp = put_json(
         "/workspace/src/main.txt",
@@ -164,22 +162,14 @@ async fn files_api() {
         .any(|e| e["path"] == "/workspace/src" && e["type"] == "directory"));
     assert!(list["next_cursor"].is_null());
 
-    expect_error(
-        follow()
-            .delete(stack.sandbox(&id, "/files?path=/workspace/src&recursive=false"))
-            .send()
-            .await
-            .unwrap(),
-        409,
-        "directory is not empty",
-    )
-    .await;
-    let resp = follow()
+    follow()
+        .delete(stack.sandbox(&id, "/files?path=/workspace/src&recursive=false"))
+        .expect_error(409, "directory is not empty")
+        .await;
+    follow()
         .delete(stack.sandbox(&id, "/files?path=/workspace/src&recursive=true"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 204);
+        .expect_status(204)
+        .await;
     let stat = body_json(
         get("/files/stat?path=/workspace/src/main.txt".into())
             .await
@@ -187,15 +177,9 @@ async fn files_api() {
     )
     .await;
     assert_eq!(stat["exists"], false);
-    expect_error(
-        follow()
-            .delete(stack.sandbox(&id, "/files?path=/"))
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "cannot remove root directory",
-    )
-    .await;
+    follow()
+        .delete(stack.sandbox(&id, "/files?path=/"))
+        .expect_error(400, "cannot remove root directory")
+        .await;
     stack.stop().await.unwrap();
 }

@@ -47,10 +47,8 @@ async fn sequential_creates_use_both_idle_workers() {
         let resp = follow()
             .post(broker.at("/sandboxes"))
             .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 201);
+            .expect_status(201)
+            .await;
         let created = body_json(resp).await;
         let id = SandboxId::parse(created["sandbox_id"].as_str().unwrap()).unwrap();
         *per_worker.entry(id.worker_id().to_string()).or_default() += 1;
@@ -66,7 +64,7 @@ async fn sequential_creates_use_both_idle_workers() {
 #[tokio::test]
 async fn the_broker_answers_503_when_every_worker_is_full() {
     let broker = TestBroker::dev(broker_config()).await;
-    let resp = follow()
+    follow()
         .put(broker.at("/internal/workers/worker_full/registration"))
         .json(&json!({
             "hostname": "worker-full.local",
@@ -78,10 +76,8 @@ async fn the_broker_answers_503_when_every_worker_is_full() {
             "allocated_cores": 8,
             "allocated_memory_mib": 8192,
         }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+        .expect_status(200)
+        .await;
     let create = || {
         no_follow()
             .post(broker.at("/sandboxes"))

@@ -15,10 +15,8 @@ async fn start(stack: &Stack, id: &str, body: Value) -> String {
     let resp = follow()
         .post(stack.sandbox(id, "/exec"))
         .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+        .expect_status(202)
+        .await;
     body_json(resp).await["exec_id"]
         .as_str()
         .unwrap()
@@ -30,10 +28,8 @@ async fn events(stack: &Stack, id: &str, exec_id: &str) -> Vec<(String, String, 
     let resp = follow()
         .get(stack.sandbox(id, &format!("/exec/{exec_id}/frames")))
         .header("accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+        .expect_status(200)
+        .await;
     assert_eq!(
         resp.headers()["content-type"].to_str().unwrap(),
         "text/event-stream"
@@ -106,15 +102,12 @@ async fn stdin_signals_and_event_streams_in_a_container() {
     )
     .await;
     let stdin = stack.sandbox(&id, &format!("/exec/{exec_id}/stdin"));
-    let resp = follow().post(&stdin).body("raw\n").send().await.unwrap();
-    assert_eq!(resp.status(), 204);
-    let resp = follow()
+    follow().post(&stdin).body("raw\n").expect_status(204).await;
+    follow()
         .post(&stdin)
         .json(&json!({"data": "anNvbgo=", "encoding": "base64"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 204);
+        .expect_status(204)
+        .await;
     let resp = follow().post(&stdin).send().await.unwrap();
     assert_eq!(resp.status(), 204, "EOF");
     let seen = events(&stack, &id, &exec_id).await;
@@ -153,10 +146,8 @@ async fn stdin_signals_and_event_streams_in_a_container() {
     // The listing shows the running one first.
     let resp = follow()
         .get(stack.sandbox(&id, "/exec"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+        .expect_status(200)
+        .await;
     let list = body_json(resp).await;
     let execs = list["execs"].as_array().unwrap();
     assert_eq!(execs.len(), 3);
@@ -172,13 +163,11 @@ async fn stdin_signals_and_event_streams_in_a_container() {
         .await
         .unwrap();
     expect_error(resp, 400, "signal must be one of: TERM, KILL, INT, HUP").await;
-    let resp = follow()
+    follow()
         .post(&signal)
         .json(&json!({"signal": "TERM"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 204);
+        .expect_status(204)
+        .await;
     let seen = events(&stack, &id, &sleeper).await;
     let (kind, _, exit) = seen.last().unwrap();
     assert_eq!(kind, "exit");
@@ -193,20 +182,16 @@ async fn stdin_signals_and_event_streams_in_a_container() {
     )
     .await;
     let resize = stack.sandbox(&id, &format!("/exec/{exec_id}/resize"));
-    let resp = follow()
+    follow()
         .post(&resize)
         .json(&json!({"rows": 40, "cols": 120}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 204);
-    let resp = follow()
+        .expect_status(204)
+        .await;
+    follow()
         .post(stdin_of(&stack, &id, &exec_id))
         .body("hi\n")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 204);
+        .expect_status(204)
+        .await;
     let seen = events(&stack, &id, &exec_id).await;
     let out = stdout_of(&seen);
     assert!(out.contains("/dev/pts/"), "{out}");
@@ -216,12 +201,10 @@ async fn stdin_signals_and_event_streams_in_a_container() {
     assert!(out.contains("got:hi"), "{out}");
     assert!(seen.iter().all(|(kind, _, _)| kind != "stderr"), "{seen:?}");
 
-    let resp = follow()
+    follow()
         .delete(stack.sandbox(&id, ""))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 204);
+        .expect_status(204)
+        .await;
 
     stack.stop().await.unwrap();
     backend.remove_cgroup_parents().unwrap();

@@ -28,86 +28,50 @@ async fn prod_internal_routes_need_worker_tokens() {
     });
 
     // §11.53: a valid token does not make an unknown worker known.
-    expect_error(
-        follow()
-            .post(at("vm-events"))
-            .header("authorization", internal_bearer("worker_a"))
-            .json(&ready_event(VALID_UUID))
-            .send()
-            .await
-            .unwrap(),
-        401,
-        "worker must self-register",
-    )
-    .await;
-    expect_error(
-        follow()
-            .post(at("vm-start"))
-            .header("authorization", internal_bearer("worker_a"))
-            .send()
-            .await
-            .unwrap(),
-        401,
-        "worker must self-register",
-    )
-    .await;
+    follow()
+        .post(at("vm-events"))
+        .header("authorization", internal_bearer("worker_a"))
+        .json(&ready_event(VALID_UUID))
+        .expect_error(401, "worker must self-register")
+        .await;
+    follow()
+        .post(at("vm-start"))
+        .header("authorization", internal_bearer("worker_a"))
+        .expect_error(401, "worker must self-register")
+        .await;
 
     // No token: a route-specific 401 that does not say why.
-    expect_error(
-        follow()
-            .put(at("registration"))
-            .json(&registration)
-            .send()
-            .await
-            .unwrap(),
-        401,
-        "unauthorized registration",
-    )
-    .await;
-    expect_error(
-        follow().delete(at("registration")).send().await.unwrap(),
-        401,
-        "unauthorized deregistration",
-    )
-    .await;
-    expect_error(
-        follow()
-            .post(at("vm-events"))
-            .json(&ready_event(VALID_UUID))
-            .send()
-            .await
-            .unwrap(),
-        401,
-        "unauthorized internal callback",
-    )
-    .await;
-    expect_error(
-        follow().post(at("vm-start")).send().await.unwrap(),
-        401,
-        "unauthorized vm start request",
-    )
-    .await;
+    follow()
+        .put(at("registration"))
+        .json(&registration)
+        .expect_error(401, "unauthorized registration")
+        .await;
+    follow()
+        .delete(at("registration"))
+        .expect_error(401, "unauthorized deregistration")
+        .await;
+    follow()
+        .post(at("vm-events"))
+        .json(&ready_event(VALID_UUID))
+        .expect_error(401, "unauthorized internal callback")
+        .await;
+    follow()
+        .post(at("vm-start"))
+        .expect_error(401, "unauthorized vm start request")
+        .await;
     // The token is checked before the worker id.
-    expect_error(
-        follow()
-            .put(broker.at("/internal/workers/worker-a/registration"))
-            .json(&registration)
-            .send()
-            .await
-            .unwrap(),
-        401,
-        "unauthorized registration",
-    )
-    .await;
+    follow()
+        .put(broker.at("/internal/workers/worker-a/registration"))
+        .json(&registration)
+        .expect_error(401, "unauthorized registration")
+        .await;
 
-    let resp = follow()
+    follow()
         .put(at("registration"))
         .header("authorization", internal_bearer("worker_a"))
         .json(&registration)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+        .expect_status(200)
+        .await;
 
     // §11.45 and §11.47 and the other defects: each one 401 on vm-events.
     let now = now_secs();
@@ -144,74 +108,50 @@ async fn prod_internal_routes_need_worker_tokens() {
         internal_bearer("worker_a").replace("Bearer ", "Basic "),
     ];
     for authorization in refused {
-        expect_error(
-            follow()
-                .post(at("vm-events"))
-                .header("authorization", &authorization)
-                .json(&ready_event(VALID_UUID))
-                .send()
-                .await
-                .unwrap(),
-            401,
-            "unauthorized internal callback",
-        )
-        .await;
+        follow()
+            .post(at("vm-events"))
+            .header("authorization", &authorization)
+            .json(&ready_event(VALID_UUID))
+            .expect_error(401, "unauthorized internal callback")
+            .await;
     }
     assert!(!broker.availability().await.contains("ubuntu:24.04"));
 
     // A valid token (aud as a list, §11's shape) is accepted once, on any internal route.
     let valid = format!("Bearer {}", signed_internal(&internal_claims("worker_a")));
-    let resp = follow()
+    follow()
         .post(at("vm-events"))
         .header("authorization", &valid)
         .json(&ready_event(VALID_UUID))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 204);
+        .expect_status(204)
+        .await;
     assert!(broker
         .availability()
         .await
         .contains("\nvetu\tubuntu:24.04\t2\t1\n"));
-    expect_error(
-        follow()
-            .post(at("vm-start"))
-            .header("authorization", &valid)
-            .send()
-            .await
-            .unwrap(),
-        401,
-        "unauthorized vm start request",
-    )
-    .await;
-    let resp = follow()
+    follow()
+        .post(at("vm-start"))
+        .header("authorization", &valid)
+        .expect_error(401, "unauthorized vm start request")
+        .await;
+    follow()
         .post(at("vm-start"))
         .header("authorization", internal_bearer("worker_a"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 204);
+        .expect_status(204)
+        .await;
 
     // Deregistered, the worker must register again before posting events.
-    let resp = follow()
+    follow()
         .delete(at("registration"))
         .header("authorization", internal_bearer("worker_a"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 204);
-    expect_error(
-        follow()
-            .post(at("vm-events"))
-            .header("authorization", internal_bearer("worker_a"))
-            .json(&ready_event(VALID_UUID))
-            .send()
-            .await
-            .unwrap(),
-        401,
-        "worker must self-register",
-    )
-    .await;
+        .expect_status(204)
+        .await;
+    follow()
+        .post(at("vm-events"))
+        .header("authorization", internal_bearer("worker_a"))
+        .json(&ready_event(VALID_UUID))
+        .expect_error(401, "worker must self-register")
+        .await;
     broker.stop().await.unwrap();
 }
 
@@ -229,20 +169,16 @@ async fn prod_worker_and_broker_work_together_over_http() {
         .post(stack.broker.at("/sandboxes"))
         .header("authorization", bearer("client-a"))
         .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 307);
+        .expect_status(307)
+        .await;
     let location = resp.headers()["location"].to_str().unwrap().to_string();
     assert!(location.contains("local_vm_id="), "{location}");
     let resp = no_follow()
         .post(&location)
         .header("authorization", bearer("client-a"))
         .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
+        .expect_status(201)
+        .await;
     assert_eq!(body_json(resp).await["start_type"], "warm");
 
     // A link without a signer is turned away by the prod broker.
@@ -359,10 +295,8 @@ async fn worker_callbacks_carry_internal_tokens() {
         .post(worker.at(&format!("/sandboxes?local_vm_id={hinted}")))
         .header("authorization", bearer("client-a"))
         .json(&json!({"virtualization": "fake", "image": "warm-img", "cpu": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
+        .expect_status(201)
+        .await;
     let created = body_json(resp).await;
     assert!(created["sandbox_id"].as_str().unwrap().ends_with(&hinted));
     let claimed = || {

@@ -20,10 +20,8 @@ async fn port_urls() {
                 .at(&format!("/sandboxes/{id}/ports/3000/url?protocol=https")),
         )
         .header("host", "broker.example.com")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+        .expect_status(200)
+        .await;
     let url = body_json(resp).await;
     assert_eq!(
         url["url"],
@@ -35,34 +33,20 @@ async fn port_urls() {
     let resp = follow()
         .get(stack.sandbox(&id, "/ports/3000/url?protocol=http"))
         .header("x-forwarded-host", "public.example.com")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+        .expect_status(200)
+        .await;
     assert_eq!(
         body_json(resp).await["url"],
         format!("http://public.example.com/sandboxes/{id}/proxy/3000").as_str()
     );
-    expect_error(
-        follow()
-            .get(stack.sandbox(&id, "/ports/3000/url?protocol=ftp"))
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "protocol must be one of: http, https, ws, wss",
-    )
-    .await;
-    expect_error(
-        follow()
-            .get(stack.sandbox(&id, "/ports/0/url"))
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "invalid port",
-    )
-    .await;
+    follow()
+        .get(stack.sandbox(&id, "/ports/3000/url?protocol=ftp"))
+        .expect_error(400, "protocol must be one of: http, https, ws, wss")
+        .await;
+    follow()
+        .get(stack.sandbox(&id, "/ports/0/url"))
+        .expect_error(400, "invalid port")
+        .await;
     stack.stop().await.unwrap();
 }
 
@@ -83,10 +67,8 @@ async fn proxy_forwards_http_without_the_client_token() {
         .header("authorization", "Bearer client-secret")
         .header("x-custom", "kept")
         .body("ping")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+        .expect_status(200)
+        .await;
     assert_eq!(resp.headers()["x-traforato-sandbox-id"], id.as_str());
     let seen = body_json(resp).await;
     assert_eq!(seen["method"], "POST");
@@ -103,10 +85,8 @@ async fn proxy_forwards_http_without_the_client_token() {
     // Through the broker, trailing slash kept.
     let resp = follow()
         .get(stack.sandbox(&id, &format!("/proxy/{port}/app/?x=2")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+        .expect_status(200)
+        .await;
     let seen = body_json(resp).await;
     assert_eq!(seen["path"], "/app/");
     assert_eq!(seen["query"], "x=2");
@@ -115,26 +95,14 @@ async fn proxy_forwards_http_without_the_client_token() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    expect_error(
-        follow()
-            .get(stack.worker.at(&format!("/sandboxes/{id}/proxy/{closed}/")))
-            .send()
-            .await
-            .unwrap(),
-        502,
-        "upstream not reachable",
-    )
-    .await;
-    expect_error(
-        follow()
-            .get(stack.worker.at(&format!("/sandboxes/{id}/proxy/abc")))
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "invalid port",
-    )
-    .await;
+    follow()
+        .get(stack.worker.at(&format!("/sandboxes/{id}/proxy/{closed}/")))
+        .expect_error(502, "upstream not reachable")
+        .await;
+    follow()
+        .get(stack.worker.at(&format!("/sandboxes/{id}/proxy/abc")))
+        .expect_error(400, "invalid port")
+        .await;
     stack.stop().await.unwrap();
 }
 
@@ -187,10 +155,8 @@ async fn prod_proxy_strips_the_client_token() {
         .header("authorization", bearer("client-a"))
         .header("proxy-authorization", "Basic c2VjcmV0")
         .body("ping")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+        .expect_status(200)
+        .await;
     let seen = body_json(resp).await;
     assert_eq!(seen["path"], "/hello");
     assert_eq!(seen["body"], "ping");

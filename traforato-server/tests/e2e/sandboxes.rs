@@ -21,8 +21,10 @@ async fn sandbox_lifecycle_through_the_broker() {
     let id = created["sandbox_id"].as_str().unwrap().to_string();
     assert!(id.starts_with("sbx-broker_local-worker_local-"));
 
-    let resp = follow().get(stack.sandbox(&id, "")).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
+    let resp = follow()
+        .get(stack.sandbox(&id, ""))
+        .expect_status(200)
+        .await;
     let got = body_json(resp).await;
     assert_eq!(got["sandbox_id"], id.as_str());
     assert_eq!(got["image"], "ubuntu:24.04");
@@ -30,47 +32,29 @@ async fn sandbox_lifecycle_through_the_broker() {
 
     let resp = follow()
         .patch(stack.sandbox(&id, "/lease?ttl_seconds=600"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+        .expect_status(200)
+        .await;
     assert_eq!(body_json(resp).await["sandbox_id"], id.as_str());
-    expect_error(
-        follow()
-            .patch(stack.sandbox(&id, "/lease?ttl_seconds=0"))
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "ttl_seconds must be > 0",
-    )
-    .await;
+    follow()
+        .patch(stack.sandbox(&id, "/lease?ttl_seconds=0"))
+        .expect_error(400, "ttl_seconds must be > 0")
+        .await;
 
-    expect_error(
-        follow()
-            .post(stack.broker.at("/sandboxes"))
-            .json(&json!({"virtualization": "fake", "cpu": 1}))
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "image is required",
-    )
-    .await;
+    follow()
+        .post(stack.broker.at("/sandboxes"))
+        .json(&json!({"virtualization": "fake", "cpu": 1}))
+        .expect_error(400, "image is required")
+        .await;
 
     let resp = follow()
         .delete(stack.sandbox(&id, ""))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 204);
+        .expect_status(204)
+        .await;
     assert!(resp.headers().contains_key("x-request-id"));
-    expect_error(
-        follow().get(stack.sandbox(&id, "")).send().await.unwrap(),
-        404,
-        "sandbox not found",
-    )
-    .await;
+    follow()
+        .get(stack.sandbox(&id, ""))
+        .expect_error(404, "sandbox not found")
+        .await;
     stack.stop().await.unwrap();
 }
 
@@ -78,33 +62,19 @@ async fn sandbox_lifecycle_through_the_broker() {
 async fn worker_routing_errors() {
     let stack = Stack::dev().await;
     let w = &stack.worker;
-    expect_error(
-        follow()
-            .get(w.at("/sandboxes/not-an-id/files"))
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "malformed sandbox_id",
-    )
-    .await;
-    expect_error(
-        follow().get(w.at("/nothing")).send().await.unwrap(),
-        404,
-        "route not found",
-    )
-    .await;
+    follow()
+        .get(w.at("/sandboxes/not-an-id/files"))
+        .expect_error(400, "malformed sandbox_id")
+        .await;
+    follow()
+        .get(w.at("/nothing"))
+        .expect_error(404, "route not found")
+        .await;
     let id = stack.create_id().await;
-    expect_error(
-        follow()
-            .post(w.at(&format!("/sandboxes/{id}")))
-            .send()
-            .await
-            .unwrap(),
-        404,
-        "route not found",
-    )
-    .await;
+    follow()
+        .post(w.at(&format!("/sandboxes/{id}")))
+        .expect_error(404, "route not found")
+        .await;
     // The exec WebSocket: query errors and a plain GET are JSON errors before any upgrade.
     for (query, status, message) in [
         ("", 400, "command query parameter is required"),
@@ -138,27 +108,15 @@ async fn worker_routing_errors() {
     }
     // Ids naming another broker or worker are not this worker's.
     let foreign = id.replace("worker_local", "worker_other");
-    expect_error(
-        follow()
-            .get(w.at(&format!("/sandboxes/{foreign}")))
-            .send()
-            .await
-            .unwrap(),
-        404,
-        "sandbox not found",
-    )
-    .await;
+    follow()
+        .get(w.at(&format!("/sandboxes/{foreign}")))
+        .expect_error(404, "sandbox not found")
+        .await;
     let foreign = id.replace("broker_local", "broker_other");
-    expect_error(
-        follow()
-            .get(w.at(&format!("/sandboxes/{foreign}")))
-            .send()
-            .await
-            .unwrap(),
-        404,
-        "sandbox not found",
-    )
-    .await;
+    follow()
+        .get(w.at(&format!("/sandboxes/{foreign}")))
+        .expect_error(404, "sandbox not found")
+        .await;
     stack.stop().await.unwrap();
 }
 
@@ -173,10 +131,8 @@ async fn tart_gets_its_default_image() {
     let resp = follow()
         .post(worker.at("/sandboxes"))
         .json(&json!({"virtualization": "tart", "cpu": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
+        .expect_status(201)
+        .await;
     let created = body_json(resp).await;
     assert_eq!(created["virtualization"], "tart");
     let id = created["sandbox_id"].as_str().unwrap();

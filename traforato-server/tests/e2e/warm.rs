@@ -17,10 +17,8 @@ async fn hinted_create_claims_the_ready_sandbox() {
     let resp = no_follow()
         .post(stack.broker.at("/sandboxes"))
         .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 307);
+        .expect_status(307)
+        .await;
     let location = resp.headers()["location"].to_str().unwrap().to_string();
     let hinted = url::Url::parse(&location)
         .unwrap()
@@ -28,8 +26,11 @@ async fn hinted_create_claims_the_ready_sandbox() {
         .find(|(k, _)| k == "local_vm_id")
         .map(|(_, v)| v.into_owned())
         .expect("a local_vm_id hint");
-    let resp = follow().post(&location).json(&body).send().await.unwrap();
-    assert_eq!(resp.status(), 201);
+    let resp = follow()
+        .post(&location)
+        .json(&body)
+        .expect_status(201)
+        .await;
     let created = body_json(resp).await;
     let id = created["sandbox_id"].as_str().unwrap();
     assert!(id.ends_with(&hinted), "{id} vs {hinted}");
@@ -46,25 +47,17 @@ async fn unknown_hint_bounces_back_to_the_broker() {
             "/sandboxes?local_vm_id={unknown}&placement_retry=1"
         )))
         .json(&json!({"virtualization": "fake", "image": "ubuntu:24.04", "cpu": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 307);
+        .expect_status(307)
+        .await;
     assert_eq!(
         resp.headers()["location"],
         format!("{}/sandboxes?placement_retry=2", stack.broker.url).as_str()
     );
-    expect_error(
-        no_follow()
-            .post(stack.worker.at("/sandboxes?local_vm_id=nope"))
-            .json(&json!({"image": "ubuntu:24.04"}))
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "invalid local_vm_id",
-    )
-    .await;
+    no_follow()
+        .post(stack.worker.at("/sandboxes?local_vm_id=nope"))
+        .json(&json!({"image": "ubuntu:24.04"}))
+        .expect_error(400, "invalid local_vm_id")
+        .await;
     stack.stop().await.unwrap();
 }
 

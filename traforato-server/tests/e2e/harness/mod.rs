@@ -277,6 +277,26 @@ pub async fn expect_error(resp: reqwest::Response, status: u16, message: &str) {
     assert_eq!(body_json(resp).await, json!({ "error": message }));
 }
 
+/// What the tests do with a request: send it and check the answer in one step.
+pub trait RequestExt {
+    /// Sends the request and asserts its status; the response, for more checks.
+    async fn expect_status(self, status: u16) -> reqwest::Response;
+    /// Sends the request and asserts an error answer (see [`expect_error`]).
+    async fn expect_error(self, status: u16, message: &str);
+}
+
+impl RequestExt for reqwest::RequestBuilder {
+    async fn expect_status(self, status: u16) -> reqwest::Response {
+        let resp = self.send().await.unwrap();
+        assert_eq!(resp.status(), status);
+        resp
+    }
+
+    async fn expect_error(self, status: u16, message: &str) {
+        expect_error(self.send().await.unwrap(), status, message).await;
+    }
+}
+
 /// The broker configuration of these tests: defaults, `fake` virtualization.
 pub fn broker_config() -> BrokerConfig {
     BrokerConfig {
