@@ -289,7 +289,9 @@ pub use crate::api::ExecSignal;
 pub enum ExecControl {
     /// Bytes for its stdin (never empty).
     Stdin(Bytes),
-    /// Close its stdin: the command reads EOF.
+    /// Close its stdin: the command reads EOF. On a terminal, which stays open for output,
+    /// this is the keyboard's end of input (`^D`): an EOF for a program reading lines at the
+    /// start of a line (canonical mode), plain input for one in raw mode.
     CloseStdin,
     /// Signal its process group.
     Signal(ExecSignal),

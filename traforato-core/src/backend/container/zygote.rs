@@ -188,12 +188,7 @@ impl Zygote {
 
     /// Kills the zygote (runs it forked go on) and stops using it: later runs are one-shot.
     pub(crate) fn kill(&self) {
-        {
-            // Under the lock start_run registers with, so no waiter is left behind.
-            let mut map = self.waiters.lock().expect("waiters lock");
-            self.state.send_replace(ZygoteState::Dead);
-            map.clear();
-        }
+        mark_dead(&self.waiters, &self.state);
         self.agent.kill_now(self.exec_id);
     }
 
@@ -396,7 +391,12 @@ async fn drive(
     } else {
         tracing::debug!("python zygote did not start; runs use one-shot interpreters");
     }
-    // Under the lock start_run registers with, so no waiter is left behind.
+    mark_dead(&waiters, &state);
+}
+
+/// Marks the zygote dead and drops every waiter, under the lock `start_run` registers with,
+/// so that no waiter is left behind.
+fn mark_dead(waiters: &Waiters, state: &watch::Sender<ZygoteState>) {
     let mut map = waiters.lock().expect("waiters lock");
     state.send_replace(ZygoteState::Dead);
     map.clear();
