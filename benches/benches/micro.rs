@@ -18,7 +18,7 @@ use traforato_core::backend::fake::FakeBackend;
 use traforato_core::id::{ComponentId, LocalVmId, SandboxId};
 use traforato_core::tuple::SandboxTuple;
 use traforato_core::warm::DemandTracker;
-use traforato_core::worker::{CreateOutcome, CreateQuery, Worker};
+use traforato_core::worker::{CreateOutcome, Placement, Worker};
 
 fn broker_placement(c: &mut Criterion) {
     let mut group = c.benchmark_group("broker");
@@ -121,11 +121,7 @@ async fn timed_claims(iters: u64) -> Duration {
         let started = Instant::now();
         for _ in 0..batch {
             let outcome = worker
-                .create_sandbox(
-                    &principal,
-                    fixtures::create_request(),
-                    CreateQuery::default(),
-                )
+                .create_sandbox(&principal, fixtures::create_request(), Placement::default())
                 .await;
             created.push(outcome);
         }

@@ -13,26 +13,20 @@
 
 use std::error::Error;
 use std::fmt;
-use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
-use traforato_core::api::{CreateSandboxRequest, RunCodeRequest};
-use traforato_core::auth::Principal;
+use traforato_core::api::{CreateSandbox, Runtime};
 use traforato_core::backend::fake::FakeBackend;
 use traforato_core::backend::{
     BackendError, BoxedReader, BoxedStream, CodeOutcome, CodeSpec, ExecExit, ExecSpec, FileEntry,
     FileReader, FileStat, FilesError, OutputChunk, ProvisionSpec, Vm, VmBackend, WriteMode,
 };
-use traforato_core::clock::SystemClock;
-use traforato_core::id::{ComponentId, LocalVmId};
+use traforato_core::id::LocalVmId;
 use traforato_core::path::SandboxPath;
-use traforato_core::telemetry::Metrics;
-use traforato_core::worker::{
-    CreateOutcome, CreateQuery, RunCodeOutcome, Worker, WorkerConfig, WorkerError,
-};
+use traforato_core::worker::{Worker, WorkerError};
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -254,20 +248,6 @@ impl Vm for AuditVm {
     }
 }
 
-fn worker_config() -> Result<WorkerConfig, BoxError> {
-    Ok(WorkerConfig {
-        worker_id: ComponentId::parse("worker_audit")?,
-        advertise_url: "http://localhost:8081".to_string(),
-        total_cores: 2,
-        total_memory_mib: 2048,
-        max_live_sandboxes: 2,
-        default_ttl: Duration::from_secs(600),
-        max_ttl: Duration::from_secs(3600),
-        registration_heartbeat: Duration::from_secs(30),
-        ..WorkerConfig::for_tests()
-    })
-}
-
 #[tokio::main]
 pub async fn main() -> Result<(), BoxError> {
     let log = AuditLog::default();
@@ -276,57 +256,29 @@ pub async fn main() -> Result<(), BoxError> {
         inner: Arc::new(fake.clone()),
         log: log.clone(),
     };
-    // No broker link: a standalone worker, driven directly.
-    let worker = Worker::new(
-        worker_config()?,
-        vec![Arc::new(backend) as Arc<dyn VmBackend>],
-        Arc::new(SystemClock),
-        Arc::new(Metrics::new(false)),
-        None,
-    );
+    // A standalone worker (no broker), driven through sandbox handles.
+    let worker = Worker::builder()
+        .backend(backend)
+        .worker_id("worker_audit")
+        .capacity(2, 2048)
+        .build()?;
 
-    let me = Principal::dev();
-    let request = CreateSandboxRequest {
-        image: "demo".to_string(),
-        ..CreateSandboxRequest::default()
-    };
-    let id = match worker
-        .create_sandbox(&me, request, CreateQuery::default())
-        .await?
-    {
-        CreateOutcome::Created(created) => created.sandbox_id,
-        CreateOutcome::RetryPlacement { location } => {
-            return Err(format!("unexpected bounce to {location}").into())
-        }
-    };
-    println!("created {id} through the audit backend");
+    let sandbox = worker.create(CreateSandbox::new("demo")).await?;
+    println!("created {} through the audit backend", sandbox.id());
 
-    let outcome = worker
-        .run_code(
-            &me,
-            &id,
-            RunCodeRequest {
-                code: "print(6 * 7)".to_string(),
-                runtime: "python".to_string(),
-                wait: Some(true),
-                ..RunCodeRequest::default()
-            },
-        )
-        .await?;
-    if let RunCodeOutcome::Finished(done) = &outcome {
-        println!("run-code exit code {}", done.exit_code);
-    }
+    let out = sandbox.run_code(Runtime::Python, "print(6 * 7)").await?;
+    println!("run-code exit code {}", out.exit_code);
 
-    let note = Box::new(Cursor::new(b"audited\n".to_vec()));
-    worker
-        .write_file(&me, &id, Some("/workspace/note.txt"), note, false)
+    sandbox
+        .files()
+        .write("/workspace/note.txt", "audited\n")
         .await?;
     println!("wrote /workspace/note.txt");
 
     // The policy of the wrapper: the worker maps the refusal to its 403.
-    let forged = Box::new(Cursor::new(b"root::0:0::/:/bin/sh\n".to_vec()));
-    match worker
-        .write_file(&me, &id, Some("/etc/passwd"), forged, false)
+    match sandbox
+        .files()
+        .write("/etc/passwd", "root::0:0::/:/bin/sh\n")
         .await
     {
         Err(WorkerError::PermissionDenied) => {
@@ -335,8 +287,8 @@ pub async fn main() -> Result<(), BoxError> {
         other => return Err(format!("the policy did not apply: {other:?}").into()),
     }
 
-    worker.delete_sandbox(&me, &id).await?;
-    println!("deleted {id}\n\naudit log:");
+    sandbox.delete().await?;
+    println!("deleted {}\n\naudit log:", sandbox.id());
     let entries = log.entries();
     for entry in &entries {
         println!("  {entry}");

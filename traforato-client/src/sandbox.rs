@@ -8,66 +8,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
+pub use traforato_core::api::CreateSandbox;
 use traforato_core::api::{
-    CreateSandboxRequest, CreateSandboxResponse, LeaseResponse, PortUrlResponse, SandboxResponse,
+    ceil_seconds, CreateSandboxResponse, LeaseResponse, PortUrlResponse, SandboxResponse,
 };
 
 use crate::client::{Client, Follow, Req};
 use crate::error::ClientError;
 use crate::files::Files;
-
-/// What to create. Every field is optional: empty or zero means the deployment's default.
-///
-/// ```
-/// use std::time::Duration;
-/// use traforato_client::CreateSandbox;
-///
-/// let spec = CreateSandbox {
-///     cpu: 2,
-///     ttl: Some(Duration::from_secs(600)),
-///     ..CreateSandbox::new("ubuntu:24.04")
-/// };
-/// assert_eq!(spec.image, "ubuntu:24.04");
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CreateSandbox {
-    /// Image reference, e.g. `ubuntu:24.04`. Required except for `tart`.
-    pub image: String,
-    /// CPUs; 0 means 1.
-    pub cpu: u32,
-    /// Backend (`vetu`, `tart`, `container`, `fake`, ...); empty means the default.
-    pub virtualization: String,
-    /// Only place on workers with exactly this hardware SKU.
-    pub hardware_sku: String,
-    /// Lifetime before the sandbox is reclaimed unless its lease is renewed; `None` means the
-    /// worker's default. Rounded up to whole seconds.
-    pub ttl: Option<Duration>,
-}
-
-impl CreateSandbox {
-    /// A sandbox of `image` with every other setting at its default.
-    pub fn new(image: impl Into<String>) -> Self {
-        CreateSandbox {
-            image: image.into(),
-            ..Default::default()
-        }
-    }
-
-    pub(crate) fn into_request(self) -> CreateSandboxRequest {
-        CreateSandboxRequest {
-            image: self.image.trim().to_string(),
-            cpu: i64::from(self.cpu),
-            virtualization: self.virtualization.trim().to_string(),
-            hardware_sku: self.hardware_sku.trim().to_string(),
-            ttl_seconds: self.ttl.map(ceil_secs).unwrap_or(0),
-        }
-    }
-}
-
-fn ceil_secs(d: Duration) -> i64 {
-    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    i64::try_from(secs).unwrap_or(i64::MAX)
-}
 
 /// The scheme of a port URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -267,7 +215,7 @@ impl Sandbox {
     /// Sets the lease: the sandbox now expires `ttl` from now (rounded up to whole seconds;
     /// must be at least one second).
     pub async fn set_lease(&self, ttl: Duration) -> Result<LeaseResponse, ClientError> {
-        let secs = ceil_secs(ttl).to_string();
+        let secs = ceil_seconds(ttl).to_string();
         let req = Req::new(
             Method::PATCH,
             self.url(&["lease"], &[("ttl_seconds", &secs)]),

@@ -1,7 +1,7 @@
 //! Integration tests of the `container` backend on the real host: isolation, limits, exec,
 //! run-code, files, connect and cleanup. They need root (CI runs them as root) and skip with a
 //! message otherwise.
-#![cfg(all(target_os = "linux", feature = "runtime"))]
+#![cfg(all(target_os = "linux", feature = "container"))]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -1328,7 +1328,7 @@ async fn failed_provisions_leave_nothing() {
         .await
         .err()
         .expect("init fails");
-    assert!(matches!(err, BackendError::Other(_)), "{err:?}");
+    assert!(matches!(err, BackendError::Setup(_)), "{err:?}");
     for harness in [&h, &broken] {
         let left: Vec<_> = std::fs::read_dir(&harness.state_dir)
             .unwrap()

@@ -1,8 +1,8 @@
-//! Builds the worker's sandbox backends from the enabled virtualization names.
+//! Builds the worker's sandbox backends from the enabled virtualization names: each name is
+//! parsed into a [`BackendKind`] (the backends this binary was built with), which builds it.
 
 use std::sync::Arc;
 
-use traforato_core::backend::fake::{FakeBackend, FAKE_VIRTUALIZATION};
 use traforato_core::backend::VmBackend;
 
 use crate::config::ContainerSettings;
@@ -11,50 +11,108 @@ use crate::ServeError;
 /// The virtualization served by the Linux container backend.
 pub const CONTAINER_VIRTUALIZATION: &str = "container";
 
-/// One backend per distinct name in `virtualizations`, in order; `container` takes the
-/// YAML `container` settings.
-///
-/// `fake` is the in-memory test double; enabling it logs a loud warning, because nothing a
-/// user runs in it is real.
+/// The virtualization of the in-memory test double.
+pub const FAKE_VIRTUALIZATION: &str = "fake";
+
+/// A backend a worker can serve, by type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// Linux namespaces (`container`; cargo feature `container`, on by default).
+    Container,
+    /// The in-memory test double (`fake`; cargo feature `fake`, for tests and demos).
+    Fake,
+}
+
+impl BackendKind {
+    /// The backend of a virtualization name (trimmed). Names of backends this binary was
+    /// built without are [`ServeError::BackendNotBuilt`].
+    pub fn parse(name: &str) -> Result<Self, ServeError> {
+        let (kind, feature) = match name.trim() {
+            CONTAINER_VIRTUALIZATION => (Self::Container, "container"),
+            FAKE_VIRTUALIZATION => (Self::Fake, "fake"),
+            other => return Err(ServeError::UnknownVirtualization(other.to_string())),
+        };
+        if kind.is_built() {
+            Ok(kind)
+        } else {
+            Err(ServeError::BackendNotBuilt {
+                name: name.trim().to_string(),
+                feature,
+            })
+        }
+    }
+
+    /// The virtualization name it serves.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Container => CONTAINER_VIRTUALIZATION,
+            Self::Fake => FAKE_VIRTUALIZATION,
+        }
+    }
+
+    /// Whether this binary was built with it.
+    pub fn is_built(self) -> bool {
+        match self {
+            Self::Container => cfg!(feature = "container"),
+            Self::Fake => cfg!(feature = "fake"),
+        }
+    }
+
+    /// Builds the backend; `container` takes the YAML `container` settings.
+    pub fn build(self, container: &ContainerSettings) -> Result<Arc<dyn VmBackend>, ServeError> {
+        match self {
+            Self::Container => container_backend(container),
+            Self::Fake => fake_backend(),
+        }
+    }
+}
+
+/// One backend per distinct name in `virtualizations`, in order.
 pub fn build_backends(
     virtualizations: &[String],
     container: &ContainerSettings,
 ) -> Result<Vec<Arc<dyn VmBackend>>, ServeError> {
-    let mut names: Vec<&str> = Vec::new();
+    let mut kinds: Vec<BackendKind> = Vec::new();
     for name in virtualizations.iter().map(|v| v.trim()) {
-        if !name.is_empty() && !names.contains(&name) {
-            names.push(name);
+        if name.is_empty() {
+            continue;
+        }
+        let kind = BackendKind::parse(name)?;
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
         }
     }
-    names
+    kinds
         .into_iter()
-        .map(|name| build_backend(name, container))
+        .map(|kind| kind.build(container))
         .collect()
 }
 
-fn build_backend(
-    name: &str,
-    container: &ContainerSettings,
-) -> Result<Arc<dyn VmBackend>, ServeError> {
-    match name {
-        FAKE_VIRTUALIZATION => {
-            tracing::warn!(
-                virtualization = name,
-                "the fake backend is enabled: it is an in-memory TEST DOUBLE; exec, run-code and \
-                 files are simulated and nothing runs in a real sandbox"
-            );
-            Ok(Arc::new(FakeBackend::new()))
-        }
-        CONTAINER_VIRTUALIZATION => container_backend(container),
-        other => Err(ServeError::UnknownVirtualization(other.to_string())),
-    }
+/// The in-memory test double; enabling it logs a loud warning, because nothing a user runs in
+/// it is real.
+#[cfg(feature = "fake")]
+fn fake_backend() -> Result<Arc<dyn VmBackend>, ServeError> {
+    tracing::warn!(
+        virtualization = FAKE_VIRTUALIZATION,
+        "the fake backend is enabled: it is an in-memory TEST DOUBLE; exec, run-code and \
+         files are scripted and nothing runs in a real sandbox"
+    );
+    Ok(Arc::new(traforato_core::backend::fake::FakeBackend::new()))
+}
+
+#[cfg(not(feature = "fake"))]
+fn fake_backend() -> Result<Arc<dyn VmBackend>, ServeError> {
+    Err(ServeError::BackendNotBuilt {
+        name: FAKE_VIRTUALIZATION.to_string(),
+        feature: "fake",
+    })
 }
 
 /// The Linux container backend: the backend's defaults (state under `/run/traforato`, the
 /// `host` image, the worker binary itself as sandbox init: the binary's `main` must call
 /// `init_main_if_requested` first) with the YAML `container` settings on top.
 /// [`ServeError::BackendUnavailable`] says what the host lacks.
-#[cfg(target_os = "linux")]
+#[cfg(all(feature = "container", target_os = "linux"))]
 fn container_backend(settings: &ContainerSettings) -> Result<Arc<dyn VmBackend>, ServeError> {
     use traforato_core::backend::container::{ContainerBackend, ContainerConfig};
     let mut config = ContainerConfig::default();
@@ -83,7 +141,7 @@ fn container_backend(settings: &ContainerSettings) -> Result<Arc<dyn VmBackend>,
     }
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(all(feature = "container", not(target_os = "linux")))]
 fn container_backend(_settings: &ContainerSettings) -> Result<Arc<dyn VmBackend>, ServeError> {
     Err(ServeError::BackendUnavailable {
         virtualization: CONTAINER_VIRTUALIZATION.to_string(),
@@ -91,10 +149,40 @@ fn container_backend(_settings: &ContainerSettings) -> Result<Arc<dyn VmBackend>
     })
 }
 
+#[cfg(not(feature = "container"))]
+fn container_backend(_settings: &ContainerSettings) -> Result<Arc<dyn VmBackend>, ServeError> {
+    Err(ServeError::BackendNotBuilt {
+        name: CONTAINER_VIRTUALIZATION.to_string(),
+        feature: "container",
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    #[test]
+    fn names_parse_into_kinds() {
+        assert_eq!(
+            BackendKind::parse(" container ").unwrap().name(),
+            "container"
+        );
+        let err = BackendKind::parse("qemu").err().unwrap();
+        assert!(matches!(err, ServeError::UnknownVirtualization(ref v) if v == "qemu"));
+        assert_eq!(err.to_string(), "unknown virtualization \"qemu\"");
+        let fake = BackendKind::parse("fake");
+        if cfg!(feature = "fake") {
+            assert_eq!(fake.unwrap(), BackendKind::Fake);
+        } else {
+            assert_eq!(
+                fake.err().unwrap().to_string(),
+                "virtualization \"fake\" is not built into this binary (build it with \
+                 `--features fake`)"
+            );
+        }
+    }
+
+    #[cfg(feature = "fake")]
     #[test]
     fn fake_is_built_once() {
         let backends = build_backends(
@@ -104,14 +192,5 @@ mod tests {
         .unwrap();
         assert_eq!(backends.len(), 1);
         assert_eq!(backends[0].virtualization(), "fake");
-    }
-
-    #[test]
-    fn unknown_virtualization_is_an_error() {
-        let err = build_backends(&["qemu".to_string()], &ContainerSettings::default())
-            .err()
-            .unwrap();
-        assert!(matches!(err, ServeError::UnknownVirtualization(ref v) if v == "qemu"));
-        assert_eq!(err.to_string(), "unknown virtualization \"qemu\"");
     }
 }

@@ -29,12 +29,14 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 use traforato_core::api::{
-    parse_query_bool, ExecRequest, ExecResizeRequest, ExecSignalRequest, ExecWsUrlResponse,
-    FrameKind, TerminalFrame, WsFrame, EXEC_ID_HEADER,
+    ExecRequest, ExecWsUrlResponse, FrameKind, TerminalFrame, WsFrame, EXEC_ID_HEADER,
 };
 use traforato_core::auth::Principal;
+use traforato_core::backend::{ExecSignal, TerminalSize};
+use traforato_core::id::{ExecId, SandboxId};
 use traforato_core::worker::{FrameStream, OutputFrame, Worker, WorkerError};
 
+use crate::decode::query_bool;
 use crate::http::{
     error_response, header_has_token, header_str, json_response, status_only, HttpResponse, Query,
 };
@@ -217,7 +219,7 @@ fn bool_param(query: &Query, name: &'static str) -> Result<Option<bool>, ExecWsQ
     if raw.trim().is_empty() {
         return Ok(Some(true));
     }
-    parse_query_bool(Some(raw))
+    query_bool(Some(raw))
         .map(Some)
         .ok_or(ExecWsQueryError::InvalidBool(name))
 }
@@ -244,7 +246,7 @@ pub enum ClientFrame {
     /// Input for the command; empty is EOF.
     Stdin(bytes::Bytes),
     /// A new terminal size.
-    Resize(ExecResizeRequest),
+    Resize(TerminalSize),
     /// Sessions: replay the output after this watermark.
     History(u64),
     /// Sessions: the client has the output up to this watermark.
@@ -307,7 +309,7 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, ClientFrameError> 
             .map_err(|_| ClientFrameError::InvalidData),
         "resize" => match frame.terminal {
             Some(TerminalFrame { rows, cols }) if rows > 0 && cols > 0 => {
-                Ok(ClientFrame::Resize(ExecResizeRequest { rows, cols }))
+                Ok(ClientFrame::Resize(TerminalSize { rows, cols }))
             }
             _ => Err(ClientFrameError::InvalidResize),
         },
@@ -325,7 +327,7 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, ClientFrameError> 
 pub(crate) async fn open(
     worker: &Arc<Worker>,
     principal: &Principal,
-    id: &str,
+    id: &SandboxId,
     mut req: Request<RequestBody>,
     query: &Query,
     conn: &ConnInfo,
@@ -343,7 +345,7 @@ pub(crate) async fn open(
     };
     let (exec_id, session, start) = match open {
         WsOpen::Plain(request) => match worker.start_exec(principal, id, request).await {
-            Ok(accepted) => (accepted.exec_id, None, 0),
+            Ok(exec_id) => (exec_id, None, 0),
             Err(err) => return worker_error(&err),
         },
         WsOpen::Session { name, request } => {
@@ -366,7 +368,7 @@ pub(crate) async fn open(
     let exec = ExecHandle {
         worker: worker.clone(),
         principal: principal.clone(),
-        sandbox_id: id.to_string(),
+        sandbox_id: id.clone(),
         exec_id,
         session,
     };
@@ -379,7 +381,7 @@ pub(crate) async fn open(
     };
     let upgrade = hyper::upgrade::on(&mut req);
     let shutdown = conn.shutdown.clone();
-    let exec_id = HeaderValue::from_str(&exec.exec_id).ok();
+    let exec_id = HeaderValue::from_str(&exec.exec_id.to_string()).ok();
     tokio::spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
@@ -418,7 +420,12 @@ pub(crate) async fn open(
 /// WebSocket URL of that exec, for a caller that can neither follow a redirect nor set
 /// `Authorization` (a browser). In prod mode the URL carries a single-use `access_token`,
 /// bound to this sandbox and these options, good for [`traforato_core::auth::TICKET_LIFETIME`].
-pub(crate) fn url(worker: &Worker, principal: &Principal, id: &str, query: &Query) -> HttpResponse {
+pub(crate) fn url(
+    worker: &Worker,
+    principal: &Principal,
+    id: &SandboxId,
+    query: &Query,
+) -> HttpResponse {
     if let Err(err) = worker.get_sandbox(principal, id) {
         return worker_error(&err);
     }
@@ -487,8 +494,8 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 struct ExecHandle {
     worker: Arc<Worker>,
     principal: Principal,
-    sandbox_id: String,
-    exec_id: String,
+    sandbox_id: SandboxId,
+    exec_id: ExecId,
     /// The session's name, when it is reconnectable.
     session: Option<String>,
 }
@@ -496,12 +503,14 @@ struct ExecHandle {
 impl ExecHandle {
     /// Kills the exec's process group; an exec that already exited is left alone.
     async fn kill(&self) {
-        let signal = ExecSignalRequest {
-            signal: "KILL".to_string(),
-        };
         let result = self
             .worker
-            .signal_exec(&self.principal, &self.sandbox_id, &self.exec_id, signal)
+            .signal_exec(
+                &self.principal,
+                &self.sandbox_id,
+                &self.exec_id,
+                ExecSignal::Kill,
+            )
             .await;
         if let Err(err) = result {
             tracing::debug!(exec_id = %self.exec_id, error = %err, "exec websocket kill");
@@ -535,9 +544,7 @@ impl ExecHandle {
                     .write_exec_stdin(p, id, exec_id, data.clone())
                     .await
             }
-            ClientFrame::Resize(size) => {
-                self.worker.resize_exec(p, id, exec_id, size.clone()).await
-            }
+            ClientFrame::Resize(size) => self.worker.resize_exec(p, id, exec_id, *size).await,
             ClientFrame::Ack(watermark) => self.worker.ack_exec_frames(p, id, exec_id, *watermark),
             ClientFrame::Close => {
                 let name = self.session.as_deref().unwrap_or_default();
@@ -936,7 +943,7 @@ mod tests {
         );
         assert_eq!(
             decode_client_frame(r#"{"type":"resize","terminal":{"rows":40,"cols":120}}"#),
-            Ok(ClientFrame::Resize(ExecResizeRequest {
+            Ok(ClientFrame::Resize(TerminalSize {
                 rows: 40,
                 cols: 120
             }))

@@ -36,6 +36,7 @@
 pub mod backends;
 pub mod broker;
 pub mod config;
+pub mod decode;
 pub mod events;
 pub mod exec_ws;
 pub mod http;
@@ -91,6 +92,14 @@ pub enum ServeError {
     /// No backend exists for this virtualization.
     #[error("unknown virtualization {0:?}")]
     UnknownVirtualization(String),
+    /// The backend exists but this binary was built without it.
+    #[error("virtualization {name:?} is not built into this binary (build it with `--features {feature}`)")]
+    BackendNotBuilt {
+        /// The virtualization.
+        name: String,
+        /// The cargo feature that adds it.
+        feature: &'static str,
+    },
     /// The backend exists but cannot run here.
     #[error("virtualization {virtualization:?} is unavailable: {reason}")]
     BackendUnavailable {

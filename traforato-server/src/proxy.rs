@@ -11,7 +11,10 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use traforato_core::auth::Principal;
+use traforato_core::id::SandboxId;
 use traforato_core::worker::{Worker, WorkerError};
+
+use crate::decode;
 
 use crate::http::{error_response, first_header_element, header_str, status_only, HttpResponse};
 use crate::linger::RequestBody;
@@ -41,17 +44,22 @@ const HOP_BY_HOP: &[&str] = &[
 pub(crate) async fn forward(
     worker: &Worker,
     principal: &Principal,
-    id: &str,
+    sandbox_id: &SandboxId,
     port: &str,
     mut req: Request<RequestBody>,
     conn: &ConnInfo,
 ) -> HttpResponse {
-    let (sandbox_id, stream) = match worker.connect_port(principal, id, port).await {
-        Ok(connected) => connected,
-        Err(err) => return worker_error(&err),
+    // The sandbox and its owner first, then the port (the contract's order).
+    if let Err(err) = worker.get_sandbox(principal, sandbox_id) {
+        return worker_error(&err);
+    }
+    let port = match decode::port(port) {
+        Ok(port) => port,
+        Err(err) => return error_response(StatusCode::BAD_REQUEST, &err.to_string()),
     };
-    let Ok(port) = port.trim().parse::<u16>() else {
-        return worker_error(&WorkerError::InvalidPort);
+    let stream = match worker.connect_port(principal, sandbox_id, port).await {
+        Ok(stream) => stream,
+        Err(err) => return worker_error(&err),
     };
     let upgrade = requested_upgrade(req.headers());
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));

@@ -15,22 +15,20 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tracing::Instrument;
 use traforato_core::api::{
-    CreateSandboxRequest, ExecRequest, ExecResizeRequest, ExecSignalRequest, ExecStdinJson,
-    HealthResponse, MkdirRequest, RunCodeRequest, WriteFileJson,
+    CreateSandboxRequest, ExecAccepted, ExecRequest, ExecResizeRequest, ExecSignalRequest,
+    ExecStdinJson, HealthResponse, MkdirRequest, PortUrlResponse, RunCodeAccepted, RunCodeRequest,
+    WriteFileJson,
 };
 use traforato_core::auth::{
     AuthConfig, AuthError, AuthMode, ClientAuthenticator, Principal, TicketError,
 };
-use traforato_core::backend::BoxedReader;
+use traforato_core::backend::{BoxedReader, TerminalSize, WriteMode};
 use traforato_core::clock::SystemClock;
-use traforato_core::id::SandboxId;
-use traforato_core::path::SandboxPath;
+use traforato_core::id::{ExecId, SandboxId};
 use traforato_core::telemetry::AuthFailureLabels;
-use traforato_core::worker::{
-    decode_exec_input, decode_write_json, CreateOutcome, CreateQuery, ListQuery, RunCodeOutcome,
-    Worker, WorkerError,
-};
+use traforato_core::worker::{CreateOutcome, RunCodeOutcome, Worker, WorkerError};
 
+use crate::decode::{self, RequestError};
 use crate::events::{frame_events, resume_cursor, wants_event_stream};
 use crate::http::{
     decode_json, error_for, error_response, first_header_element, header_str, json_response,
@@ -96,13 +94,10 @@ pub fn log_auth_warnings(mode: AuthMode) {
 /// The status code of each worker error.
 pub fn status_for(err: &WorkerError) -> StatusCode {
     match err {
-        WorkerError::MalformedSandboxId => StatusCode::BAD_REQUEST,
         WorkerError::SandboxNotFound => StatusCode::NOT_FOUND,
         WorkerError::OwnershipMismatch => StatusCode::FORBIDDEN,
         WorkerError::ImageRequired => StatusCode::BAD_REQUEST,
         WorkerError::UnsupportedVirtualization(_) => StatusCode::BAD_REQUEST,
-        WorkerError::InvalidPlacementRetry => StatusCode::BAD_REQUEST,
-        WorkerError::InvalidLocalVmId => StatusCode::BAD_REQUEST,
         WorkerError::NoCapacity(_) => StatusCode::SERVICE_UNAVAILABLE,
         WorkerError::UnableToRetryPlacement => StatusCode::SERVICE_UNAVAILABLE,
         WorkerError::ImageNotFound(_) => StatusCode::NOT_FOUND,
@@ -121,14 +116,11 @@ pub fn status_for(err: &WorkerError) -> StatusCode {
         WorkerError::StdinClosed => StatusCode::CONFLICT,
         WorkerError::NotATerminal => StatusCode::CONFLICT,
         WorkerError::ExecNotControllable => StatusCode::CONFLICT,
-        WorkerError::InvalidSignal => StatusCode::BAD_REQUEST,
         WorkerError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
         WorkerError::InvalidRuntime => StatusCode::BAD_REQUEST,
         WorkerError::CodeRequired => StatusCode::BAD_REQUEST,
         WorkerError::CodeTooLarge => StatusCode::BAD_REQUEST,
         WorkerError::InvalidPath(_) => StatusCode::BAD_REQUEST,
-        WorkerError::InvalidEncoding => StatusCode::BAD_REQUEST,
-        WorkerError::InvalidBase64 => StatusCode::BAD_REQUEST,
         WorkerError::FileNotFound => StatusCode::NOT_FOUND,
         WorkerError::DirectoryNotFound => StatusCode::NOT_FOUND,
         WorkerError::PathNotFound => StatusCode::NOT_FOUND,
@@ -137,15 +129,11 @@ pub fn status_for(err: &WorkerError) -> StatusCode {
         WorkerError::PathIsFile => StatusCode::BAD_REQUEST,
         WorkerError::DirectoryNotEmpty => StatusCode::CONFLICT,
         WorkerError::CannotRemoveRoot => StatusCode::BAD_REQUEST,
-        WorkerError::InvalidRecursive => StatusCode::BAD_REQUEST,
-        WorkerError::InvalidForce => StatusCode::BAD_REQUEST,
         WorkerError::InvalidLimit => StatusCode::BAD_REQUEST,
-        WorkerError::InvalidCursor => StatusCode::BAD_REQUEST,
         WorkerError::FileTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         WorkerError::ListingTooLarge => StatusCode::BAD_REQUEST,
         WorkerError::PermissionDenied => StatusCode::FORBIDDEN,
-        WorkerError::InvalidPort => StatusCode::BAD_REQUEST,
-        WorkerError::InvalidProtocol => StatusCode::BAD_REQUEST,
+        WorkerError::Encoding(_) => StatusCode::BAD_REQUEST,
         WorkerError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
         WorkerError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         WorkerError::Backend(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -209,7 +197,7 @@ pub enum SandboxOp<'a> {
 }
 
 /// What a request asks of the worker: the route table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkerRoute<'a> {
     /// `GET /healthz`.
     Health,
@@ -220,7 +208,7 @@ pub enum WorkerRoute<'a> {
     /// Segment 2 is not a sandbox id: 400.
     MalformedSandboxId(&'a str),
     /// An operation on a sandbox (segment 2, parsed).
-    Sandbox(&'a str, SandboxOp<'a>),
+    Sandbox(SandboxId, SandboxOp<'a>),
     /// Anything else: 404.
     NotFound,
 }
@@ -242,10 +230,9 @@ impl<'a> WorkerRoute<'a> {
         if segs.len() < 2 || segs[0] != "sandboxes" {
             return Self::NotFound;
         }
-        let id = segs[1];
-        if SandboxId::parse(id).is_err() {
-            return Self::MalformedSandboxId(id);
-        }
+        let Ok(id) = SandboxId::parse(segs[1]) else {
+            return Self::MalformedSandboxId(segs[1]);
+        };
         let op = match (method, &segs[2..]) {
             (&Method::GET, []) => SandboxOp::Get,
             (&Method::DELETE, []) => SandboxOp::Delete,
@@ -351,7 +338,7 @@ async fn dispatch(
     let query = Query::parse(req.uri().query());
     // Authentication comes before acting on the route: in prod an unknown route without a
     // token is 401. An exec WebSocket may carry an access ticket instead of a token.
-    let ticket = match route {
+    let ticket = match &route {
         // Only a real upgrade spends a ticket (not a link preview's plain GET).
         WorkerRoute::Sandbox(id, SandboxOp::ExecWebSocket)
             if crate::exec_ws::is_upgrade(req.headers()) =>
@@ -376,7 +363,6 @@ async fn dispatch(
             Err(err) => return error_response(StatusCode::UNAUTHORIZED, &err.to_string()),
         }
     };
-    let p = &principal;
     match route {
         WorkerRoute::Health => json_response(
             StatusCode::OK,
@@ -392,123 +378,226 @@ async fn dispatch(
         WorkerRoute::NotFound => error_response(StatusCode::NOT_FOUND, "route not found"),
         WorkerRoute::MalformedSandboxId(id) => {
             tracing::warn!(sandbox_id = id, "malformed sandbox id");
-            worker_error(&WorkerError::MalformedSandboxId)
+            Refusal::from(RequestError::MalformedSandboxId).response()
         }
-        WorkerRoute::Create => create(worker, p, req, &query).await,
-        WorkerRoute::Sandbox(id, op) => match op {
-            SandboxOp::Get => reply(StatusCode::OK, worker.get_sandbox(p, id)),
-            SandboxOp::Delete => done(worker.delete_sandbox(p, id).await),
-            SandboxOp::RenewLease => reply(
-                StatusCode::OK,
-                worker.renew_lease(p, id, query.get("ttl_seconds")),
-            ),
-            SandboxOp::WriteFile => write_file(worker, p, id, req, &query).await,
-            SandboxOp::ReadFile => reply(
-                StatusCode::OK,
-                worker
-                    .read_file(p, id, query.get("path"), query.get("encoding"))
-                    .await,
-            ),
-            SandboxOp::RemoveFile => {
-                let result = worker
-                    .remove_file(
-                        p,
-                        id,
-                        query.get("path"),
-                        query.get("recursive"),
-                        query.get("force"),
-                    )
-                    .await;
-                done(result)
-            }
-            SandboxOp::ReadFileRaw => match worker.open_file(p, id, query.get("path")).await {
-                Ok(file) => raw_download(file.size, file.body),
-                Err(err) => worker_error(&err),
-            },
-            SandboxOp::Stat => reply(
-                StatusCode::OK,
-                worker.stat_file(p, id, query.get("path")).await,
-            ),
-            SandboxOp::List => {
-                let list = ListQuery {
-                    path: query.get("path"),
-                    recursive: query.get("recursive"),
-                    limit: query.get("limit"),
-                    cursor: query.get("cursor"),
-                };
-                reply(StatusCode::OK, worker.list_files(p, id, list).await)
-            }
-            SandboxOp::Mkdir => match body_json::<MkdirRequest>(req, MKDIR_BODY_MAX, false).await {
-                Ok(request) => reply(StatusCode::OK, worker.mkdir(p, id, request).await),
-                Err(resp) => resp,
-            },
-            SandboxOp::Exec => match body_json::<ExecRequest>(req, EXEC_BODY_MAX, true).await {
-                Ok(request) => reply(
-                    StatusCode::ACCEPTED,
-                    worker.start_exec(p, id, request).await,
-                ),
-                Err(resp) => resp,
-            },
-            SandboxOp::RunCode => run_code(worker, p, id, req).await,
-            // The sandbox and its owner are checked first, like every sandbox route.
-            SandboxOp::ExecWebSocket => {
-                crate::exec_ws::open(worker, p, id, req, &query, conn).await
-            }
-            SandboxOp::ExecWebSocketUrl => crate::exec_ws::url(worker, p, id, &query),
-            SandboxOp::ListExecs => {
-                reply(StatusCode::OK, worker.list_execs(p, id, query.get("limit")))
-            }
-            SandboxOp::GetExec(exec_id) => reply(StatusCode::OK, worker.get_exec(p, id, exec_id)),
-            SandboxOp::Frames(exec_id) if wants_event_stream(req.headers()) => {
-                let cursor = resume_cursor(query.get("cursor"), req.headers());
-                match worker.exec_frame_stream(p, id, exec_id, cursor) {
-                    Ok(frames) => frame_events(frames),
-                    Err(err) => worker_error(&err),
-                }
-            }
-            SandboxOp::Frames(exec_id) => reply(
-                StatusCode::OK,
-                worker
-                    .exec_frames(p, id, exec_id, query.get("cursor"), query.get("wait"))
-                    .await,
-            ),
-            SandboxOp::ExecStdin(exec_id) => exec_stdin(worker, p, id, exec_id, req).await,
-            SandboxOp::SignalExec(exec_id) => {
-                match body_json::<ExecSignalRequest>(req, EXEC_BODY_MAX, true).await {
-                    Ok(request) => done(worker.signal_exec(p, id, exec_id, request).await),
-                    Err(resp) => resp,
-                }
-            }
-            SandboxOp::ResizeExec(exec_id) => {
-                match body_json::<ExecResizeRequest>(req, EXEC_BODY_MAX, true).await {
-                    Ok(request) => done(worker.resize_exec(p, id, exec_id, request).await),
-                    Err(resp) => resp,
-                }
-            }
-            SandboxOp::Proxy(port) => crate::proxy::forward(worker, p, id, port, req, conn).await,
-            SandboxOp::PortUrl(port) => {
-                let host = request_host(req.headers(), req.uri());
-                reply(
-                    StatusCode::OK,
-                    worker.port_url(p, id, port, query.get("protocol"), &host),
-                )
-            }
-        },
+        WorkerRoute::Create => create(worker, &principal, req, &query)
+            .await
+            .unwrap_or_else(|refusal| refusal.response()),
+        WorkerRoute::Sandbox(id, op) => sandbox_op(worker, &principal, &id, op, req, &query, conn)
+            .await
+            .unwrap_or_else(|refusal| refusal.response()),
     }
 }
 
-/// `204` on success.
-fn done(result: Result<(), WorkerError>) -> HttpResponse {
-    match result {
-        Ok(()) => status_only(StatusCode::NO_CONTENT),
-        Err(err) => worker_error(&err),
+/// Why the shell refused a request: the core's reason, or a request it could not decode.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The core refused.
+    Worker(WorkerError),
+    /// The request did not decode (400).
+    Request(RequestError),
+    /// A response already made (a body that could not be read).
+    Response(Box<HttpResponse>),
+}
+
+impl From<WorkerError> for Refusal {
+    fn from(err: WorkerError) -> Self {
+        Self::Worker(err)
     }
 }
 
-fn reply<T: serde::Serialize>(status: StatusCode, result: Result<T, WorkerError>) -> HttpResponse {
-    match result {
-        Ok(value) => json_response(status, &value),
-        Err(err) => worker_error(&err),
+impl From<RequestError> for Refusal {
+    fn from(err: RequestError) -> Self {
+        Self::Request(err)
+    }
+}
+
+impl Refusal {
+    /// The error response.
+    pub fn response(self) -> HttpResponse {
+        match self {
+            Self::Worker(err) => worker_error(&err),
+            Self::Request(err) => error_response(StatusCode::BAD_REQUEST, &err.to_string()),
+            Self::Response(resp) => *resp,
+        }
+    }
+}
+
+/// The exec a route segment names. One that cannot name an exec is not found, once the
+/// sandbox passed its checks (the contract's order: 404 or 403 for the sandbox first).
+fn exec_of(
+    worker: &Worker,
+    principal: &Principal,
+    id: &SandboxId,
+    raw: &str,
+) -> Result<ExecId, WorkerError> {
+    match decode::exec_id(raw) {
+        Some(exec_id) => Ok(exec_id),
+        None => {
+            worker.get_sandbox(principal, id)?;
+            Err(WorkerError::ExecNotFound)
+        }
+    }
+}
+
+/// Serves an operation on sandbox `id`: decodes it, calls one core method, encodes.
+async fn sandbox_op(
+    worker: &Arc<Worker>,
+    p: &Principal,
+    id: &SandboxId,
+    op: SandboxOp<'_>,
+    req: Request<RequestBody>,
+    query: &Query,
+    conn: &ConnInfo,
+) -> Result<HttpResponse, Refusal> {
+    let ok = StatusCode::OK;
+    Ok(match op {
+        SandboxOp::Get => json_response(ok, &worker.get_sandbox(p, id)?),
+        SandboxOp::Delete => {
+            worker.delete_sandbox(p, id).await?;
+            status_only(StatusCode::NO_CONTENT)
+        }
+        SandboxOp::RenewLease => {
+            json_response(ok, &worker.renew_lease(p, id, decode::lease_ttl(query))?)
+        }
+        SandboxOp::WriteFile => write_file(worker, p, id, req, query).await?,
+        SandboxOp::ReadFile => {
+            let path = decode::path(query.get("path"))?;
+            let encoding = decode::read_encoding(query)?;
+            json_response(ok, &worker.read_file(p, id, &path, encoding).await?)
+        }
+        SandboxOp::RemoveFile => {
+            let path = decode::path(query.get("path"))?;
+            // The contract refuses `/` before it reads the flags.
+            if path.is_root() {
+                return Err(WorkerError::CannotRemoveRoot.into());
+            }
+            let options = decode::remove_options(query)?;
+            worker.remove_file(p, id, &path, options).await?;
+            status_only(StatusCode::NO_CONTENT)
+        }
+        SandboxOp::ReadFileRaw => {
+            let path = decode::path(query.get("path"))?;
+            let file = worker.open_file(p, id, &path).await?;
+            raw_download(file.size, file.body)
+        }
+        SandboxOp::Stat => {
+            let path = decode::path(query.get("path"))?;
+            json_response(ok, &worker.stat_file(p, id, &path).await?)
+        }
+        SandboxOp::List => {
+            let path = decode::path(query.get("path"))?;
+            let options = decode::list_options(query)?;
+            json_response(ok, &worker.list_files(p, id, &path, options).await?)
+        }
+        SandboxOp::Mkdir => {
+            let request: MkdirRequest = body_json(req, MKDIR_BODY_MAX, false).await?;
+            let path = decode::path(Some(&request.path))?;
+            json_response(ok, &worker.mkdir(p, id, &path, request.recursive).await?)
+        }
+        SandboxOp::Exec => {
+            let request: ExecRequest = body_json(req, EXEC_BODY_MAX, true).await?;
+            let exec_id = worker.start_exec(p, id, request).await?;
+            json_response(StatusCode::ACCEPTED, &exec_accepted(id, &exec_id))
+        }
+        SandboxOp::RunCode => run_code(worker, p, id, req).await?,
+        // The sandbox and its owner are checked first, like every sandbox route.
+        SandboxOp::ExecWebSocket => crate::exec_ws::open(worker, p, id, req, query, conn).await,
+        SandboxOp::ExecWebSocketUrl => crate::exec_ws::url(worker, p, id, query),
+        SandboxOp::ListExecs => {
+            let limit = decode::exec_list_limit(query)?;
+            json_response(ok, &worker.list_execs(p, id, limit)?)
+        }
+        SandboxOp::GetExec(raw) => {
+            let exec_id = exec_of(worker, p, id, raw)?;
+            json_response(ok, &worker.get_exec(p, id, &exec_id)?)
+        }
+        SandboxOp::Frames(raw) if wants_event_stream(req.headers()) => {
+            let exec_id = exec_of(worker, p, id, raw)?;
+            let cursor = resume_cursor(query.get("cursor"), req.headers());
+            let cursor = decode::frames_cursor(cursor);
+            frame_events(worker.exec_frame_stream(p, id, &exec_id, cursor)?)
+        }
+        SandboxOp::Frames(raw) => {
+            let exec_id = exec_of(worker, p, id, raw)?;
+            let cursor = decode::frames_cursor(query.get("cursor"));
+            let wait = decode::frames_wait(query.get("wait"));
+            let frames = worker.exec_frames(p, id, &exec_id, cursor, wait).await?;
+            json_response(ok, &frames)
+        }
+        SandboxOp::ExecStdin(raw) => {
+            let exec_id = exec_of(worker, p, id, raw)?;
+            let (parts, body) = req.into_parts();
+            let bytes = read_body(body, EXEC_BODY_MAX)
+                .await
+                .map_err(|err| bad_request(&err.to_string()))?;
+            let data = decode_stdin(&parts.headers, bytes)?;
+            worker.write_exec_stdin(p, id, &exec_id, data).await?;
+            status_only(StatusCode::NO_CONTENT)
+        }
+        SandboxOp::SignalExec(raw) => {
+            let exec_id = exec_of(worker, p, id, raw)?;
+            let request: ExecSignalRequest = body_json(req, EXEC_BODY_MAX, true).await?;
+            let signal = decode::signal(&request)?;
+            worker.signal_exec(p, id, &exec_id, signal).await?;
+            status_only(StatusCode::NO_CONTENT)
+        }
+        SandboxOp::ResizeExec(raw) => {
+            let exec_id = exec_of(worker, p, id, raw)?;
+            let request: ExecResizeRequest = body_json(req, EXEC_BODY_MAX, true).await?;
+            let size = TerminalSize {
+                rows: request.rows,
+                cols: request.cols,
+            };
+            worker.resize_exec(p, id, &exec_id, size).await?;
+            status_only(StatusCode::NO_CONTENT)
+        }
+        SandboxOp::Proxy(port) => crate::proxy::forward(worker, p, id, port, req, conn).await,
+        SandboxOp::PortUrl(port) => {
+            // The sandbox and its owner first, then the port and the protocol.
+            worker.get_sandbox(p, id)?;
+            let port = decode::port(port)?;
+            let protocol = decode::protocol(query)?;
+            let host = request_host(req.headers(), req.uri());
+            json_response(ok, &port_url(id, port, protocol, &host))
+        }
+    })
+}
+
+/// `400` with `message`.
+fn bad_request(message: &str) -> Refusal {
+    Refusal::Response(Box::new(error_response(StatusCode::BAD_REQUEST, message)))
+}
+
+/// The relative URL of an exec's record.
+fn exec_url(sandbox_id: &SandboxId, exec_id: &ExecId) -> String {
+    format!("/sandboxes/{sandbox_id}/exec/{exec_id}")
+}
+
+/// The `202` body of a started exec.
+fn exec_accepted(sandbox_id: &SandboxId, exec_id: &ExecId) -> ExecAccepted {
+    let poll_url = exec_url(sandbox_id, exec_id);
+    ExecAccepted {
+        exec_id: exec_id.to_string(),
+        sandbox_id: sandbox_id.to_string(),
+        status: "running".to_string(),
+        frames_url: format!("{poll_url}/frames"),
+        poll_url,
+    }
+}
+
+/// `GET /sandboxes/{id}/ports/{port}/url`: the proxy URL of a port as the client reaches it
+/// (`host` is `localhost` when blank).
+fn port_url(id: &SandboxId, port: u16, protocol: &str, host: &str) -> PortUrlResponse {
+    let host = match host.trim() {
+        "" => "localhost",
+        host => host,
+    };
+    PortUrlResponse {
+        sandbox_id: id.to_string(),
+        port,
+        url: format!("{protocol}://{host}/sandboxes/{id}/proxy/{port}"),
+        protocol: protocol.to_string(),
     }
 }
 
@@ -533,17 +622,15 @@ async fn body_json<T: serde::de::DeserializeOwned>(
     req: Request<RequestBody>,
     max: usize,
     distinct_too_large: bool,
-) -> Result<T, HttpResponse> {
-    let invalid = || error_response(StatusCode::BAD_REQUEST, "invalid request body");
+) -> Result<T, Refusal> {
+    let invalid = || bad_request("invalid request body");
     let bytes = match read_body(req.into_body(), max).await {
         Ok(bytes) => bytes,
         Err(err @ BodyError::TooLarge) if distinct_too_large => {
-            return Err(error_response(StatusCode::BAD_REQUEST, &err.to_string()))
+            return Err(bad_request(&err.to_string()))
         }
         Err(BodyError::TooLarge) => return Err(invalid()),
-        Err(err @ BodyError::Read(_)) => {
-            return Err(error_response(StatusCode::BAD_REQUEST, &err.to_string()))
-        }
+        Err(err @ BodyError::Read(_)) => return Err(bad_request(&err.to_string())),
     };
     decode_json(&bytes).map_err(|_| invalid())
 }
@@ -553,81 +640,62 @@ async fn create(
     principal: &Principal,
     req: Request<RequestBody>,
     query: &Query,
-) -> HttpResponse {
-    let request: CreateSandboxRequest = match body_json(req, CREATE_BODY_MAX, true).await {
-        Ok(request) => request,
-        Err(resp) => return resp,
+) -> Result<HttpResponse, Refusal> {
+    let request: CreateSandboxRequest = body_json(req, CREATE_BODY_MAX, true).await?;
+    let placement = match decode::placement(query) {
+        Ok(placement) => placement,
+        Err(err) => {
+            // The contract checks the image before the query.
+            worker.create_tuple(&request)?;
+            return Err(err.into());
+        }
     };
-    let create_query = CreateQuery {
-        local_vm_id: query.get("local_vm_id"),
-        placement_retry: query.get("placement_retry"),
-    };
-    let result = worker
-        .create_sandbox(principal, request, create_query)
+    let outcome = worker
+        .create_sandbox(principal, request, placement)
         .instrument(tracing::info_span!("worker.sandbox.create"))
-        .await;
-    match result {
-        Ok(CreateOutcome::Created(created)) => json_response(StatusCode::CREATED, &created),
-        Ok(CreateOutcome::RetryPlacement { location }) => {
+        .await?;
+    Ok(match outcome {
+        CreateOutcome::Created(created) => json_response(StatusCode::CREATED, &created),
+        CreateOutcome::RetryPlacement { retry } => {
+            // The core answers this only when the worker knows the broker's URL.
+            let broker = worker.config().broker_public_url().unwrap_or_default();
+            let location = format!("{broker}/sandboxes?placement_retry={retry}");
             tracing::info!(location = %location, "hinted vm not claimable, sending create back to the broker");
             redirect(&location)
         }
-        Err(err) => worker_error(&err),
-    }
+    })
 }
 
-/// Why an upload body was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum UploadError {
-    /// Read or size failure.
-    #[error(transparent)]
-    Body(#[from] BodyError),
-    /// The JSON form did not decode.
-    #[error("invalid request body")]
-    InvalidJson,
-    /// The JSON form's content did not decode.
-    #[error(transparent)]
-    Content(#[from] WorkerError),
-}
-
-/// The content and append flag of a file upload: with a JSON `Content-Type`, the
+/// The content and write mode of a file upload: with a JSON `Content-Type`, the
 /// `{content, encoding, append}` form (encoding `base64` by default, or `utf8`/`utf-8`);
 /// otherwise the raw body, replacing the file.
-pub fn decode_upload(headers: &HeaderMap, body: &[u8]) -> Result<(Vec<u8>, bool), UploadError> {
+pub fn decode_upload(headers: &HeaderMap, body: &[u8]) -> Result<(Vec<u8>, WriteMode), Refusal> {
     if !has_json_body(headers) {
-        return Ok((body.to_vec(), false));
+        return Ok((body.to_vec(), WriteMode::Replace));
     }
-    let form: WriteFileJson = decode_json(body).map_err(|_| UploadError::InvalidJson)?;
-    Ok(decode_write_json(&form)?)
+    let form: WriteFileJson = decode_json(body).map_err(|_| bad_request("invalid request body"))?;
+    Ok(decode::write_json(&form)?)
 }
 
 async fn write_file(
     worker: &Worker,
     principal: &Principal,
-    id: &str,
+    id: &SandboxId,
     req: Request<RequestBody>,
     query: &Query,
-) -> HttpResponse {
-    let path = query.get("path");
+) -> Result<HttpResponse, Refusal> {
     // The path is checked before the body is read, as in the contract.
-    if let Err(err) = SandboxPath::parse(path.unwrap_or("")) {
-        return worker_error(&WorkerError::InvalidPath(err));
-    }
+    let path = decode::path(query.get("path"))?;
     let (parts, body) = req.into_parts();
-    let upload = match read_body(body, FILE_BODY_MAX).await {
-        Ok(bytes) => decode_upload(&parts.headers, &bytes),
-        Err(err) => Err(UploadError::Body(err)),
-    };
-    let (content, append) = match upload {
-        Ok(upload) => upload,
-        Err(UploadError::Content(err)) => return worker_error(&err),
-        Err(err) => return error_response(StatusCode::BAD_REQUEST, &err.to_string()),
-    };
+    let bytes = read_body(body, FILE_BODY_MAX)
+        .await
+        .map_err(|err| bad_request(&err.to_string()))?;
+    let (content, mode) = decode_upload(&parts.headers, &bytes)?;
     let reader: BoxedReader = Box::new(std::io::Cursor::new(content));
-    reply(
-        StatusCode::OK,
-        worker.write_file(principal, id, path, reader, append).await,
-    )
+    let written = worker
+        .write_file(principal, id, &path, reader, mode)
+        .await?;
+    Ok(json_response(StatusCode::OK, &written))
 }
 
 /// Whether the body is declared JSON (`Content-Type` mentions `application/json`).
@@ -639,31 +707,13 @@ fn has_json_body(headers: &HeaderMap) -> bool {
 /// The input of `POST …/exec/{exec_id}/stdin`: with a JSON `Content-Type`, the
 /// `{data, encoding}` form (encoding `utf8` by default, or `base64`); otherwise the raw body.
 /// Empty input means EOF.
-pub fn decode_stdin(headers: &HeaderMap, body: bytes::Bytes) -> Result<bytes::Bytes, UploadError> {
+pub fn decode_stdin(headers: &HeaderMap, body: bytes::Bytes) -> Result<bytes::Bytes, Refusal> {
     if !has_json_body(headers) {
         return Ok(body);
     }
-    let form: ExecStdinJson = decode_json(&body).map_err(|_| UploadError::InvalidJson)?;
-    Ok(decode_exec_input(&form.data, &form.encoding)?)
-}
-
-async fn exec_stdin(
-    worker: &Worker,
-    principal: &Principal,
-    id: &str,
-    exec_id: &str,
-    req: Request<RequestBody>,
-) -> HttpResponse {
-    let (parts, body) = req.into_parts();
-    let input = match read_body(body, EXEC_BODY_MAX).await {
-        Ok(bytes) => decode_stdin(&parts.headers, bytes),
-        Err(err) => Err(UploadError::Body(err)),
-    };
-    match input {
-        Ok(data) => done(worker.write_exec_stdin(principal, id, exec_id, data).await),
-        Err(UploadError::Content(err)) => worker_error(&err),
-        Err(err) => error_response(StatusCode::BAD_REQUEST, &err.to_string()),
-    }
+    let form: ExecStdinJson =
+        decode_json(&body).map_err(|_| bad_request("invalid request body"))?;
+    Ok(decode::exec_input(&form.data, &form.encoding)?)
 }
 
 fn raw_download(size: u64, body: BoxedReader) -> HttpResponse {
@@ -680,30 +730,33 @@ fn raw_download(size: u64, body: BoxedReader) -> HttpResponse {
 async fn run_code(
     worker: &Worker,
     principal: &Principal,
-    id: &str,
+    id: &SandboxId,
     req: Request<RequestBody>,
-) -> HttpResponse {
+) -> Result<HttpResponse, Refusal> {
     // Ownership is checked before the body is read, as in the contract.
-    if let Err(err) = worker.get_sandbox(principal, id) {
-        return worker_error(&err);
-    }
-    let request: RunCodeRequest = match body_json(req, RUN_CODE_BODY_MAX, false).await {
-        Ok(request) => request,
-        Err(resp) => return resp,
-    };
-    match worker.run_code(principal, id, request).await {
-        Ok(RunCodeOutcome::Finished(done)) => json_response(StatusCode::OK, &done),
-        Ok(RunCodeOutcome::Accepted(accepted)) => json_response(StatusCode::ACCEPTED, &accepted),
-        Ok(RunCodeOutcome::SyntaxError(body)) => {
-            json_response(StatusCode::UNPROCESSABLE_ENTITY, &body)
+    worker.get_sandbox(principal, id)?;
+    let request: RunCodeRequest = body_json(req, RUN_CODE_BODY_MAX, false).await?;
+    Ok(match worker.run_code(principal, id, request).await? {
+        RunCodeOutcome::Finished(done) => json_response(StatusCode::OK, &done),
+        RunCodeOutcome::Accepted(exec_id) => {
+            let accepted = exec_accepted(id, &exec_id);
+            let accepted = RunCodeAccepted {
+                exec_id: accepted.exec_id,
+                sandbox_id: accepted.sandbox_id,
+                status: accepted.status,
+                poll_url: accepted.poll_url,
+                frames_url: accepted.frames_url,
+            };
+            json_response(StatusCode::ACCEPTED, &accepted)
         }
-        Err(err) => worker_error(&err),
-    }
+        RunCodeOutcome::SyntaxError(body) => json_response(StatusCode::UNPROCESSABLE_ENTITY, &body),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use traforato_core::api::EncodingError;
     use traforato_core::backend::BackendError;
     use traforato_core::path::PathError;
 
@@ -717,7 +770,7 @@ mod tests {
         let path: &'static str = Box::leak(format!("/sandboxes/{ID}{rest}").into_boxed_str());
         match WorkerRoute::parse(&method, path) {
             WorkerRoute::Sandbox(id, op) => {
-                assert_eq!(id, ID);
+                assert_eq!(id.to_string(), ID);
                 Some(op)
             }
             WorkerRoute::NotFound => None,
@@ -801,7 +854,7 @@ mod tests {
         let mut h = HeaderMap::new();
         assert_eq!(
             decode_upload(&h, b"raw bytes").unwrap(),
-            (b"raw bytes".to_vec(), false)
+            (b"raw bytes".to_vec(), WriteMode::Replace)
         );
         h.insert(
             "content-type",
@@ -809,20 +862,51 @@ mod tests {
         );
         assert_eq!(
             decode_upload(&h, br#"{"content":"Hello","encoding":"utf8"}"#).unwrap(),
-            (b"Hello".to_vec(), false)
+            (b"Hello".to_vec(), WriteMode::Replace)
         );
         assert_eq!(
             decode_upload(&h, br#"{"content":"IQ==","append":true}"#).unwrap(),
-            (b"!".to_vec(), true)
+            (b"!".to_vec(), WriteMode::Append)
         );
         assert!(matches!(
             decode_upload(&h, b"{"),
-            Err(UploadError::InvalidJson)
+            Err(Refusal::Response(resp)) if resp.status() == StatusCode::BAD_REQUEST
         ));
-        let err = decode_upload(&h, br#"{"content":"!!!","encoding":"base64"}"#).unwrap_err();
-        assert_eq!(err.to_string(), "invalid base64 content");
-        let err = decode_upload(&h, br#"{"content":"x","encoding":"latin1"}"#).unwrap_err();
-        assert_eq!(err.to_string(), "encoding must be utf8 or base64");
+        assert!(matches!(
+            decode_upload(&h, br#"{"content":"!!!","encoding":"base64"}"#),
+            Err(Refusal::Request(RequestError::Encoding(
+                EncodingError::InvalidBase64
+            )))
+        ));
+        assert!(matches!(
+            decode_upload(&h, br#"{"content":"x","encoding":"latin1"}"#),
+            Err(Refusal::Request(RequestError::Encoding(
+                EncodingError::Unknown
+            )))
+        ));
+    }
+
+    #[test]
+    fn urls_of_ports_and_execs() {
+        let id = SandboxId::parse(ID).unwrap();
+        let url = port_url(&id, 3000, "https", "broker.example.com");
+        assert_eq!(
+            url.url,
+            format!("https://broker.example.com/sandboxes/{ID}/proxy/3000")
+        );
+        assert_eq!((url.port, url.protocol.as_str()), (3000, "https"));
+        assert_eq!(
+            port_url(&id, 80, "http", " ").url,
+            format!("http://localhost/sandboxes/{ID}/proxy/80")
+        );
+        let exec_id = ExecId::new();
+        let accepted = exec_accepted(&id, &exec_id);
+        assert_eq!(accepted.poll_url, format!("/sandboxes/{ID}/exec/{exec_id}"));
+        assert_eq!(
+            accepted.frames_url,
+            format!("/sandboxes/{ID}/exec/{exec_id}/frames")
+        );
+        assert_eq!(accepted.status, "running");
     }
 
     #[test]
@@ -842,7 +926,6 @@ mod tests {
     #[test]
     fn error_statuses() {
         let cases: Vec<(WorkerError, u16)> = vec![
-            (WorkerError::MalformedSandboxId, 400),
             (WorkerError::SandboxNotFound, 404),
             (WorkerError::OwnershipMismatch, 403),
             (WorkerError::ImageRequired, 400),
@@ -854,7 +937,7 @@ mod tests {
             (WorkerError::ImageNotFound("ubuntu:24.04".into()), 404),
             (WorkerError::InvalidCreate("cpu 64 exceeds 8".into()), 400),
             (
-                WorkerError::ProvisionFailed(BackendError::Other("boom".into())),
+                WorkerError::ProvisionFailed(BackendError::Setup("boom".into())),
                 503,
             ),
             (WorkerError::InvalidTtl, 400),
@@ -863,7 +946,7 @@ mod tests {
             (WorkerError::ExecExited, 409),
             (WorkerError::StdinClosed, 409),
             (WorkerError::NotATerminal, 409),
-            (WorkerError::InvalidSignal, 400),
+            (WorkerError::Encoding(EncodingError::InvalidBase64), 400),
             (WorkerError::Unsupported("x"), 501),
             (WorkerError::InvalidPath(PathError::NotAbsolute), 400),
             (WorkerError::FileNotFound, 404),
@@ -883,7 +966,7 @@ mod tests {
     #[tokio::test]
     async fn server_errors_have_generic_bodies() {
         use http_body_util::BodyExt;
-        let err = WorkerError::Backend(BackendError::Other("secret detail".into()));
+        let err = WorkerError::Backend(BackendError::Transport("secret detail".into()));
         let resp = worker_error(&err);
         assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
         let body = resp.into_body().collect().await.unwrap().to_bytes();

@@ -1,5 +1,7 @@
 //! Sandbox lifecycle bodies: create, get, lease, port URL.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -89,4 +91,59 @@ pub struct PortUrlResponse {
     pub protocol: String,
     /// `<protocol>://<host>/sandboxes/<id>/proxy/<port>`.
     pub url: String,
+}
+
+/// What to create. Every field is optional: empty or zero means the deployment's default.
+///
+/// ```
+/// use std::time::Duration;
+/// use traforato_core::api::CreateSandbox;
+///
+/// let spec = CreateSandbox {
+///     cpu: 2,
+///     ttl: Some(Duration::from_secs(600)),
+///     ..CreateSandbox::new("ubuntu:24.04")
+/// };
+/// assert_eq!(spec.image, "ubuntu:24.04");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CreateSandbox {
+    /// Image reference, e.g. `ubuntu:24.04`. Required except for `tart`.
+    pub image: String,
+    /// CPUs; 0 means 1.
+    pub cpu: u32,
+    /// Backend (`vetu`, `tart`, `container`, `fake`, ...); empty means the default.
+    pub virtualization: String,
+    /// Only place on workers with exactly this hardware SKU.
+    pub hardware_sku: String,
+    /// Lifetime before the sandbox is reclaimed unless its lease is renewed; `None` means the
+    /// worker's default. Rounded up to whole seconds.
+    pub ttl: Option<Duration>,
+}
+
+impl CreateSandbox {
+    /// A sandbox of `image` with every other setting at its default.
+    pub fn new(image: impl Into<String>) -> Self {
+        CreateSandbox {
+            image: image.into(),
+            ..Default::default()
+        }
+    }
+
+    /// The request body.
+    pub fn into_request(self) -> CreateSandboxRequest {
+        CreateSandboxRequest {
+            image: self.image.trim().to_string(),
+            cpu: i64::from(self.cpu),
+            virtualization: self.virtualization.trim().to_string(),
+            hardware_sku: self.hardware_sku.trim().to_string(),
+            ttl_seconds: self.ttl.map(ceil_seconds).unwrap_or(0),
+        }
+    }
+}
+
+/// Whole seconds of `d`, rounded up (a `ttl_seconds`).
+pub fn ceil_seconds(d: Duration) -> i64 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    i64::try_from(secs).unwrap_or(i64::MAX)
 }

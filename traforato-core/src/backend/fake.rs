@@ -301,7 +301,7 @@ impl VmBackend for FakeBackend {
         }
         if state.vms.contains_key(&spec.vm_id) {
             state.counters.failed_provisions += 1;
-            return Err(BackendError::Other(format!(
+            return Err(BackendError::Setup(format!(
                 "fake: vm {} already exists",
                 spec.vm_id
             )));
@@ -1891,7 +1891,7 @@ mod tests {
         };
         assert!(matches!(
             backend.provision(duplicate).await,
-            Err(BackendError::Other(_))
+            Err(BackendError::Setup(_))
         ));
         a.destroy().await.unwrap();
         drop(b);

@@ -3,7 +3,13 @@
 //! A [`VmBackend`] boots sandboxes for a tuple; each boot yields a [`Vm`], the handle through
 //! which the worker runs commands and code, touches files, connects to ports and finally
 //! destroys it. Backends: `fake` (test double, `test-util` feature), `container` (Linux
-//! namespaces), `vetu` (VMs over SSH). Everything here is HTTP-free.
+//! namespaces, `container` feature). Everything here is HTTP-free.
+//!
+//! A new backend implements [`VmBackend::provision`] and the primitives of [`Vm`]: `vm_id`,
+//! `exec` (with stdin, stdout and stderr), `connect` and `destroy`. Run-code
+//! ([`bootstrap`]) and the files API ([`exec_files`]) have default implementations over
+//! `exec`, which a backend with a faster path overrides. [`conformance`] (`test-util`) is the
+//! suite every backend must pass.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -20,8 +26,12 @@ use crate::id::{ExecId, LocalVmId};
 use crate::path::SandboxPath;
 use crate::tuple::SandboxTuple;
 
-#[cfg(all(feature = "runtime", target_os = "linux"))]
+pub mod bootstrap;
+#[cfg(feature = "test-util")]
+pub mod conformance;
+#[cfg(all(feature = "container", target_os = "linux"))]
 pub mod container;
+pub mod exec_files;
 #[cfg(feature = "test-util")]
 pub mod fake;
 
@@ -112,9 +122,31 @@ pub enum BackendError {
     /// The backend cannot do this at all (e.g. control a running exec).
     #[error("not supported by this backend: {0}")]
     Unsupported(&'static str),
-    /// Any other failure, described.
-    #[error("{0}")]
-    Other(String),
+    /// The backend has no room for another sandbox (a host's VM limit, say); the create may
+    /// succeed on another worker.
+    #[error("no capacity: {0}")]
+    Capacity(String),
+    /// The sandbox did not come up: its init or boot failed or timed out.
+    #[error("sandbox setup failed: {0}")]
+    Setup(String),
+    /// The line to a running sandbox broke mid-operation (its agent, an SSH connection, an
+    /// interpreter it runs code through).
+    #[error("transport to the sandbox failed: {0}")]
+    Transport(String),
+    /// A destroyed sandbox could not be removed completely (what is left is named).
+    #[error("sandbox teardown failed: {0}")]
+    Teardown(String),
+    /// What a previous run left behind could not all be removed.
+    #[error("cleanup of leftover sandboxes failed: {0}")]
+    Cleanup(String),
+    /// A task of the backend or the worker ended abnormally (it panicked, or was cancelled).
+    #[error("{task} task failed: {reason}")]
+    Task {
+        /// Which task.
+        task: &'static str,
+        /// How it ended.
+        reason: String,
+    },
 }
 
 impl BackendError {
@@ -122,6 +154,14 @@ impl BackendError {
     /// caller may show it; every other variant is a fault of the host or the sandbox.
     pub fn is_request_fault(&self) -> bool {
         matches!(self, Self::ImageNotFound { .. } | Self::InvalidRequest(_))
+    }
+
+    /// A task that ended abnormally.
+    pub fn task(task: &'static str, reason: impl std::fmt::Display) -> Self {
+        Self::Task {
+            task,
+            reason: reason.to_string(),
+        }
     }
 
     /// Wraps an I/O error with what was being done.
@@ -329,33 +369,7 @@ pub struct ExecExit {
 /// The exit code reported for a command killed by its timeout.
 pub const TIMEOUT_EXIT_CODE: i32 = 124;
 
-/// A code interpreter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Runtime {
-    /// CPython 3.
-    Python,
-    /// Node.js.
-    Node,
-}
-
-impl Runtime {
-    /// Parses `python` / `node` (trimmed, case-insensitive).
-    pub fn parse(raw: &str) -> Option<Self> {
-        match raw.trim().to_ascii_lowercase().as_str() {
-            "python" => Some(Self::Python),
-            "node" => Some(Self::Node),
-            _ => None,
-        }
-    }
-
-    /// `python` or `node`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Runtime::Python => "python",
-            Runtime::Node => "node",
-        }
-    }
-}
+pub use crate::api::Runtime;
 
 /// Code to run.
 #[derive(Debug, Clone)]
@@ -464,14 +478,24 @@ pub trait Vm: Send + Sync + 'static {
     }
 
     /// Checks the code's syntax without running it; on success runs it like [`Vm::exec`].
+    /// The default runs the shared bootstraps through [`Vm::exec`]
+    /// ([`bootstrap::run_code_over_exec`]): `python3` or `node` must be on the sandbox's
+    /// `PATH`.
     async fn run_code(
         &self,
         spec: CodeSpec,
         output: mpsc::Sender<OutputChunk>,
-    ) -> Result<CodeOutcome, BackendError>;
+    ) -> Result<CodeOutcome, BackendError> {
+        bootstrap::run_code_over_exec(self, spec, output).await
+    }
 
-    /// Opens a file for reading. Directories give [`FilesError::IsDirectory`].
-    async fn read_file(&self, path: &SandboxPath) -> Result<FileReader, FilesError>;
+    /// Opens a file for reading. Directories give [`FilesError::IsDirectory`]. This and the
+    /// other file methods default to shell scripts run through [`Vm::exec`]
+    /// ([`exec_files`]), which need a POSIX shell with GNU coreutils and findutils; a
+    /// backend with a faster path overrides them.
+    async fn read_file(&self, path: &SandboxPath) -> Result<FileReader, FilesError> {
+        exec_files::read_file(self, path).await
+    }
 
     /// Writes a file, creating missing ancestor directories. Returns the bytes written.
     /// A directory at `path` gives [`FilesError::IsDirectory`]; a file among the ancestors
@@ -481,10 +505,14 @@ pub trait Vm: Send + Sync + 'static {
         path: &SandboxPath,
         content: BoxedReader,
         mode: WriteMode,
-    ) -> Result<u64, FilesError>;
+    ) -> Result<u64, FilesError> {
+        exec_files::write_file(self, path, content, mode).await
+    }
 
     /// Metadata of a path, or `None` when nothing is there.
-    async fn stat(&self, path: &SandboxPath) -> Result<Option<FileStat>, FilesError>;
+    async fn stat(&self, path: &SandboxPath) -> Result<Option<FileStat>, FilesError> {
+        exec_files::stat(self, path).await
+    }
 
     /// Entries below a directory: immediate children, or every descendant when `recursive`.
     /// A missing path gives [`FilesError::NotFound`], a file [`FilesError::NotDirectory`].
@@ -493,16 +521,22 @@ pub trait Vm: Send + Sync + 'static {
         &self,
         path: &SandboxPath,
         recursive: bool,
-    ) -> Result<Vec<FileEntry>, FilesError>;
+    ) -> Result<Vec<FileEntry>, FilesError> {
+        exec_files::list_dir(self, path, recursive).await
+    }
 
     /// Creates a directory; returns false when it already existed. Not recursive: a missing
     /// parent gives [`FilesError::ParentNotFound`]. A file at the path or among the ancestors
     /// gives [`FilesError::NotDirectory`].
-    async fn mkdir(&self, path: &SandboxPath, recursive: bool) -> Result<bool, FilesError>;
+    async fn mkdir(&self, path: &SandboxPath, recursive: bool) -> Result<bool, FilesError> {
+        exec_files::mkdir(self, path, recursive).await
+    }
 
     /// Removes a file or directory. A missing path gives [`FilesError::NotFound`]; a
     /// non-empty directory without `recursive` gives [`FilesError::NotEmpty`].
-    async fn remove(&self, path: &SandboxPath, recursive: bool) -> Result<(), FilesError>;
+    async fn remove(&self, path: &SandboxPath, recursive: bool) -> Result<(), FilesError> {
+        exec_files::remove(self, path, recursive).await
+    }
 
     /// Opens a TCP connection to `port` inside the sandbox's network namespace.
     async fn connect(&self, port: u16) -> Result<BoxedStream, BackendError>;

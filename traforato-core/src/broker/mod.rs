@@ -22,6 +22,7 @@
 //!   when they deregister.
 
 mod availability;
+mod builder;
 mod placement;
 mod ready;
 mod redirect;
@@ -36,6 +37,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use url::Url;
+
+pub use self::builder::BrokerBuilder;
 
 use self::availability::Availability;
 use self::ready::{ReadyIndex, Verdict};

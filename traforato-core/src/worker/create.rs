@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use super::exec::{OutputBudget, MAX_OUTPUT_BYTES_PER_SANDBOX};
 use super::sandbox::{destroy_vm, expiry};
 use super::state::{SandboxEntry, StartType, State, Usage};
-use super::{CreateOutcome, CreateQuery, Worker, WorkerError};
+use super::{CreateOutcome, Placement, Worker, WorkerError};
 use crate::api::{CreateSandboxRequest, CreateSandboxResponse, VmEventKind};
 use crate::auth::Principal;
 use crate::backend::{BackendError, ProvisionSpec, Vm, VmBackend};
@@ -46,27 +46,6 @@ impl CreateSpec {
 struct Committed {
     id: SandboxId,
     expires_at: DateTime<Utc>,
-}
-
-fn parse_placement_retry(raw: Option<&str>) -> Result<u64, WorkerError> {
-    let raw = raw.unwrap_or("").trim();
-    if raw.is_empty() {
-        return Ok(0);
-    }
-    match raw.parse::<i64>() {
-        Ok(n) if n >= 0 => Ok(n as u64),
-        _ => Err(WorkerError::InvalidPlacementRetry),
-    }
-}
-
-fn parse_hint(raw: Option<&str>) -> Result<Option<LocalVmId>, WorkerError> {
-    let raw = raw.unwrap_or("").trim();
-    if raw.is_empty() {
-        return Ok(None);
-    }
-    LocalVmId::parse(raw)
-        .map(Some)
-        .map_err(|_| WorkerError::InvalidLocalVmId)
 }
 
 /// The error of a create that races shutdown.
@@ -116,15 +95,13 @@ impl ProvisionTask {
 
     async fn wait(&mut self) -> ProvisionResult {
         let Some(handle) = self.handle.as_mut() else {
-            return Err(BackendError::Other("provision already awaited".to_string()));
+            return Err(BackendError::task("provision", "already awaited"));
         };
         let result = handle.await;
         self.handle = None;
         match result {
             Ok(result) => result,
-            Err(error) => Err(BackendError::Other(format!(
-                "provision task failed: {error}"
-            ))),
+            Err(error) => Err(BackendError::task("provision", error)),
         }
     }
 }
@@ -146,24 +123,15 @@ impl Drop for ProvisionTask {
 }
 
 impl Worker {
-    pub(super) async fn create(
+    pub(super) async fn create_one(
         &self,
         principal: &Principal,
         request: CreateSandboxRequest,
-        query: CreateQuery<'_>,
+        placement: Placement,
     ) -> Result<CreateOutcome, WorkerError> {
         let started = tokio::time::Instant::now();
-        let tuple = SandboxTuple::normalize(
-            &request.virtualization,
-            &request.image,
-            request.cpu,
-            &self.config.default_virtualization,
-        );
-        if tuple.image.is_empty() {
-            return Err(WorkerError::ImageRequired);
-        }
-        let retry = parse_placement_retry(query.placement_retry)?;
-        let hint = parse_hint(query.local_vm_id)?;
+        let tuple = self.create_tuple(&request)?;
+        let Placement { claim: hint, retry } = placement;
         let backend = self
             .backends
             .get(&tuple.virtualization)
@@ -422,21 +390,14 @@ impl Worker {
         self.retry_placement(retry)
     }
 
-    /// `RetryPlacement` to the broker with the next retry count.
+    /// `RetryPlacement` to the broker with the next retry count, when there is a broker to
+    /// go back to.
     fn retry_placement(&self, retry: u64) -> Result<CreateOutcome, WorkerError> {
-        let base = self
-            .config
-            .broker_public_url
-            .as_deref()
-            .map(str::trim)
-            .filter(|url| !url.is_empty())
-            .ok_or(WorkerError::UnableToRetryPlacement)?;
+        if self.config.broker_public_url().is_none() {
+            return Err(WorkerError::UnableToRetryPlacement);
+        }
         Ok(CreateOutcome::RetryPlacement {
-            location: format!(
-                "{}/sandboxes?placement_retry={}",
-                base.trim_end_matches('/'),
-                retry.saturating_add(1)
-            ),
+            retry: retry.saturating_add(1),
         })
     }
 
@@ -541,35 +502,5 @@ impl Worker {
                 Err(shutting_down())
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod unit {
-    use super::*;
-
-    #[test]
-    fn placement_retry_parsing() {
-        assert_eq!(parse_placement_retry(None).unwrap(), 0);
-        assert_eq!(parse_placement_retry(Some(" 2 ")).unwrap(), 2);
-        assert!(matches!(
-            parse_placement_retry(Some("-1")),
-            Err(WorkerError::InvalidPlacementRetry)
-        ));
-        assert!(matches!(
-            parse_placement_retry(Some("x")),
-            Err(WorkerError::InvalidPlacementRetry)
-        ));
-    }
-
-    #[test]
-    fn hint_parsing() {
-        assert!(parse_hint(Some("  ")).unwrap().is_none());
-        let id = "550e8400-e29b-41d4-a716-446655440000";
-        assert_eq!(parse_hint(Some(id)).unwrap().unwrap().to_string(), id);
-        assert!(matches!(
-            parse_hint(Some("550E8400-E29B-41D4-A716-446655440000")),
-            Err(WorkerError::InvalidLocalVmId)
-        ));
     }
 }

@@ -27,8 +27,8 @@ use super::{RunCodeOutcome, Worker, WorkerError};
 use bytes::Bytes;
 
 use crate::api::{
-    parse_query_bool, ExecAccepted, ExecList, ExecRecord, ExecRequest, Frame, FrameKind,
-    FramesResponse, RunCodeAccepted, RunCodeRequest, RunCodeResponse, SyntaxErrorBody,
+    decode_encoded, Encoding, ExecList, ExecRecord, ExecRequest, Frame, FrameKind, FramesResponse,
+    RunCodeRequest, RunCodeResponse, SyntaxErrorBody,
 };
 use crate::auth::Principal;
 use crate::backend::{
@@ -36,7 +36,6 @@ use crate::backend::{
     OutputStream, Program, Runtime, TerminalSize, Vm,
 };
 use crate::clock::Clock;
-use crate::duration::{parse_duration, DurationError};
 use crate::id::{ExecId, SandboxId};
 use crate::telemetry::{Metrics, WorkerCpuLabels};
 
@@ -66,10 +65,10 @@ pub(super) const DEFAULT_CODE_TIMEOUT: Duration = Duration::from_secs(30);
 pub(super) const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 /// Largest run-code source.
 pub(super) const MAX_CODE_BYTES: usize = 1_048_576;
-/// Long-poll of a frames call whose `wait` is not a duration.
-pub(super) const DEFAULT_WAIT: Duration = Duration::from_secs(30);
-/// Longest long-poll.
-pub(super) const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Long-poll of a frames call that asks to wait without saying how long.
+pub const DEFAULT_FRAMES_WAIT: Duration = Duration::from_secs(30);
+/// Longest long-poll of a frames call.
+pub const MAX_FRAMES_WAIT: Duration = Duration::from_secs(60);
 /// Exit code recorded when the backend could not run the command at all.
 pub(super) const BACKEND_ERROR_EXIT_CODE: i32 = 127;
 /// Output chunks buffered between the backend and the frame log.
@@ -622,44 +621,8 @@ fn check_cwd_env(cwd: &str, env: &BTreeMap<String, String>) -> Result<Option<Str
     Ok((!cwd.is_empty()).then(|| cwd.to_string()))
 }
 
-/// `cursor`: an integer, untrimmed; anything else or a negative value is 0.
-fn parse_cursor(raw: Option<&str>) -> u64 {
-    raw.and_then(|raw| raw.parse::<i64>().ok())
-        .filter(|c| *c > 0)
-        .map(|c| c as u64)
-        .unwrap_or(0)
-}
-
-/// How long a frames call waits for a non-empty `wait` value: boolean-like values (`1`,
-/// `true`, ...) mean the default and `0`/`false` no wait; an integer is milliseconds; a Go
-/// duration (`30s`, `500ms`, `1m30s`) is itself; anything else is the default. At most
-/// [`MAX_WAIT`].
-pub(super) fn parse_wait(raw: &str) -> Duration {
-    let raw = raw.trim();
-    let wait = match parse_query_bool(Some(raw)) {
-        Some(true) => DEFAULT_WAIT,
-        Some(false) => Duration::ZERO,
-        None => match raw.parse::<u64>() {
-            Ok(ms) => Duration::from_millis(ms),
-            // A negative duration waits not at all; anything unparsable, the default.
-            Err(_) => match parse_duration(raw) {
-                Ok(wait) => wait,
-                Err(DurationError::Negative(_)) => Duration::ZERO,
-                Err(_) => DEFAULT_WAIT,
-            },
-        },
-    };
-    wait.min(MAX_WAIT)
-}
-
-/// Decodes input for an exec's stdin: `utf8` (default; `utf-8` too) takes `data` as is,
-/// `base64` decodes it (standard alphabet with padding; CR and LF are ignored).
-pub fn decode_exec_input(data: &str, encoding: &str) -> Result<Bytes, WorkerError> {
-    super::files::decode_encoded(data, encoding, "utf8").map(Bytes::from)
-}
-
 /// Execs a listing returns when it names no limit.
-const DEFAULT_EXEC_LIST_LIMIT: usize = 100;
+pub const DEFAULT_EXEC_LIST_LIMIT: usize = 100;
 
 /// A frame of an exec's output with what the frames API does not show: its exact bytes and
 /// its position.
@@ -749,12 +712,6 @@ impl FrameStream {
     }
 }
 
-fn exec_urls(sandbox_id: &str, exec_id: &str) -> (String, String) {
-    let poll = format!("/sandboxes/{sandbox_id}/exec/{exec_id}");
-    let frames = format!("{poll}/frames");
-    (poll, frames)
-}
-
 impl Worker {
     /// Registers an exec on the sandbox and spawns `job` for it.
     #[allow(clippy::too_many_arguments)]
@@ -831,12 +788,11 @@ impl Worker {
     pub(super) fn exec_command(
         &self,
         principal: &Principal,
-        raw_id: &str,
+        id: &SandboxId,
         request: ExecRequest,
-    ) -> Result<ExecAccepted, WorkerError> {
+    ) -> Result<ExecId, WorkerError> {
         let received = Instant::now();
-        let id = self.parse_id(raw_id)?;
-        self.sandbox(principal, &id)?;
+        self.sandbox(principal, id)?;
         let (program, command) = match request.args {
             Some(args) if !args.is_empty() => {
                 if args[0].is_empty() {
@@ -864,7 +820,11 @@ impl Worker {
         };
         let cwd = check_cwd_env(&request.cwd, &request.env)?;
         let stdin = match request.stdin.as_deref() {
-            Some(data) => Some(decode_exec_input(data, &request.stdin_encoding)?),
+            Some(data) => Some(Bytes::from(decode_encoded(
+                data,
+                &request.stdin_encoding,
+                Encoding::Utf8,
+            )?)),
             None => None,
         };
         let tty = match (request.tty, request.rows, request.cols) {
@@ -899,35 +859,25 @@ impl Worker {
         };
         let (exec, _task) = self.launch(
             principal,
-            &id,
+            id,
             exec_id,
             None,
             (command, tty.is_some()),
             received,
             |vm, tx| async move { vm.exec(spec, tx).await.map(Ended::Exit) },
         )?;
-        let sandbox_id = id.to_string();
-        let exec_id = exec.id.to_string();
-        let (poll_url, frames_url) = exec_urls(&sandbox_id, &exec_id);
-        tracing::debug!(sandbox_id = %sandbox_id, exec_id = %exec_id, "exec started");
-        Ok(ExecAccepted {
-            exec_id,
-            sandbox_id,
-            status: "running".to_string(),
-            poll_url,
-            frames_url,
-        })
+        tracing::debug!(sandbox_id = %id, exec_id = %exec.id, "exec started");
+        Ok(exec.id)
     }
 
     pub(super) async fn exec_code(
         &self,
         principal: &Principal,
-        raw_id: &str,
+        id: &SandboxId,
         request: RunCodeRequest,
     ) -> Result<RunCodeOutcome, WorkerError> {
         let received = Instant::now();
-        let id = self.parse_id(raw_id)?;
-        self.sandbox(principal, &id)?;
+        self.sandbox(principal, id)?;
         let runtime = Runtime::parse(&request.runtime).ok_or(WorkerError::InvalidRuntime)?;
         if request.code.is_empty() {
             return Err(WorkerError::CodeRequired);
@@ -945,7 +895,7 @@ impl Worker {
         };
         let (exec, task) = self.launch(
             principal,
-            &id,
+            id,
             ExecId::new(),
             Some(runtime),
             (String::new(), false),
@@ -959,30 +909,21 @@ impl Worker {
                 })
             },
         )?;
+        if request.wait == Some(false) {
+            return Ok(RunCodeOutcome::Accepted(exec.id));
+        }
         let sandbox_id = id.to_string();
         let exec_id = exec.id.to_string();
-        if request.wait == Some(false) {
-            let (poll_url, frames_url) = exec_urls(&sandbox_id, &exec_id);
-            return Ok(RunCodeOutcome::Accepted(RunCodeAccepted {
-                exec_id,
-                sandbox_id,
-                status: "running".to_string(),
-                poll_url,
-                frames_url,
-            }));
-        }
         // Awaiting the handle does not tie the task to this call: if the client hangs up,
         // the code still runs to completion and its record stays readable.
         if let Err(error) = task.await {
             if error.is_cancelled() {
                 return Err(WorkerError::SandboxNotFound);
             }
-            return Err(WorkerError::Backend(BackendError::Other(format!(
-                "run-code task failed: {error}"
-            ))));
+            return Err(WorkerError::Backend(BackendError::task("run-code", error)));
         }
         let summary = exec.summary().ok_or_else(|| {
-            WorkerError::Backend(BackendError::Other("run-code ended without exit".into()))
+            WorkerError::Backend(BackendError::task("run-code", "ended without exit"))
         })?;
         if summary.syntax_error {
             return Ok(RunCodeOutcome::SyntaxError(SyntaxErrorBody {
@@ -1011,44 +952,37 @@ impl Worker {
         }))
     }
 
-    /// The exec `raw_exec` of a sandbox the principal may use.
+    /// The exec `exec_id` of a sandbox the principal may use.
     pub(super) fn find_exec(
         &self,
         principal: &Principal,
         id: &SandboxId,
-        raw_exec: &str,
+        exec_id: &ExecId,
     ) -> Result<Arc<Exec>, WorkerError> {
-        let exec_id = ExecId::parse(raw_exec).ok();
-        self.with_sandbox(principal, id, |entry| {
-            exec_id.and_then(|x| entry.execs.get(&x).cloned())
-        })?
-        .ok_or(WorkerError::ExecNotFound)
+        self.with_sandbox(principal, id, |entry| entry.execs.get(exec_id).cloned())?
+            .ok_or(WorkerError::ExecNotFound)
     }
 
     pub(super) fn exec_record(
         &self,
         principal: &Principal,
-        raw_id: &str,
-        raw_exec: &str,
+        id: &SandboxId,
+        exec_id: &ExecId,
     ) -> Result<ExecRecord, WorkerError> {
-        let id = self.parse_id(raw_id)?;
-        Ok(self.find_exec(principal, &id, raw_exec)?.record())
+        Ok(self.find_exec(principal, id, exec_id)?.record())
     }
 
     pub(super) async fn frames(
         &self,
         principal: &Principal,
-        raw_id: &str,
-        raw_exec: &str,
-        cursor: Option<&str>,
-        wait: Option<&str>,
+        id: &SandboxId,
+        exec_id: &ExecId,
+        cursor: u64,
+        wait: Option<Duration>,
     ) -> Result<FramesResponse, WorkerError> {
-        let id = self.parse_id(raw_id)?;
-        let exec = self.find_exec(principal, &id, raw_exec)?;
-        let cursor = parse_cursor(cursor);
-        let wait = wait.filter(|w| !w.is_empty());
+        let exec = self.find_exec(principal, id, exec_id)?;
         if let Some(wait) = wait {
-            let limit = parse_wait(wait);
+            let limit = wait.min(MAX_FRAMES_WAIT);
             let mut progress = exec.progress.subscribe();
             let from = cursor.min(progress.borrow().total);
             // Not holding any lock: the watch channel wakes this call on every new frame.
@@ -1071,15 +1005,13 @@ impl Worker {
     pub(super) async fn control(
         &self,
         principal: &Principal,
-        raw_id: &str,
-        raw_exec: &str,
+        id: &SandboxId,
+        exec_id: &ExecId,
         control: ExecControl,
     ) -> Result<(), WorkerError> {
-        let id = self.parse_id(raw_id)?;
         // One look at the state for both the exec and the VM (a stdin frame per keystroke).
-        let exec_id = ExecId::parse(raw_exec).ok();
-        let (exec, vm) = self.with_sandbox(principal, &id, |entry| {
-            let exec = exec_id.and_then(|x| entry.execs.get(&x).cloned());
+        let (exec, vm) = self.with_sandbox(principal, id, |entry| {
+            let exec = entry.execs.get(exec_id).cloned();
             (exec, entry.vm.clone())
         })?;
         let exec = exec.ok_or(WorkerError::ExecNotFound)?;
@@ -1124,19 +1056,16 @@ impl Worker {
     pub(super) fn exec_list(
         &self,
         principal: &Principal,
-        raw_id: &str,
-        limit: Option<&str>,
+        id: &SandboxId,
+        limit: Option<usize>,
     ) -> Result<ExecList, WorkerError> {
-        let id = self.parse_id(raw_id)?;
-        let limit = match limit.map(str::trim).filter(|l| !l.is_empty()) {
+        let limit = match limit {
             None => DEFAULT_EXEC_LIST_LIMIT,
-            Some(raw) => match raw.parse::<usize>() {
-                Ok(n) if n > 0 => n.min(MAX_EXECS_PER_SANDBOX),
-                _ => return Err(WorkerError::InvalidLimit),
-            },
+            Some(0) => return Err(WorkerError::InvalidLimit),
+            Some(n) => n.min(MAX_EXECS_PER_SANDBOX),
         };
         // Exec ids are ULIDs: reverse map order is newest first (to the millisecond).
-        let execs: Vec<Arc<Exec>> = self.with_sandbox(principal, &id, |entry| {
+        let execs: Vec<Arc<Exec>> = self.with_sandbox(principal, id, |entry| {
             entry.execs.values().rev().cloned().collect()
         })?;
         let mut records: Vec<ExecRecord> = execs.iter().map(|e| e.record()).collect();
@@ -1154,17 +1083,16 @@ impl Worker {
     pub(super) fn frame_stream(
         &self,
         principal: &Principal,
-        raw_id: &str,
-        raw_exec: &str,
-        cursor: Option<&str>,
+        id: &SandboxId,
+        exec_id: &ExecId,
+        cursor: u64,
     ) -> Result<FrameStream, WorkerError> {
-        let id = self.parse_id(raw_id)?;
-        let exec = self.find_exec(principal, &id, raw_exec)?;
+        let exec = self.find_exec(principal, id, exec_id)?;
         let progress = exec.progress.subscribe();
         Ok(FrameStream {
             exec,
             progress,
-            cursor: parse_cursor(cursor),
+            cursor,
             ready: VecDeque::new(),
             done: false,
         })
@@ -1435,31 +1363,6 @@ mod unit {
             )
         );
         assert!(carry.is_empty());
-    }
-
-    #[test]
-    fn wait_values() {
-        assert_eq!(parse_wait("30s"), Duration::from_secs(30));
-        assert_eq!(parse_wait("500ms"), Duration::from_millis(500));
-        assert_eq!(parse_wait("1m30s"), MAX_WAIT);
-        assert_eq!(parse_wait("1.5s"), Duration::from_millis(1500));
-        assert_eq!(parse_wait("250"), Duration::from_millis(250));
-        assert_eq!(parse_wait("true"), DEFAULT_WAIT);
-        assert_eq!(parse_wait("1"), DEFAULT_WAIT);
-        assert_eq!(parse_wait("0"), Duration::ZERO);
-        assert_eq!(parse_wait("-3s"), Duration::ZERO);
-        assert_eq!(parse_wait("soon"), DEFAULT_WAIT);
-        assert_eq!(parse_wait("5x"), DEFAULT_WAIT);
-        assert_eq!(parse_wait("10m"), MAX_WAIT);
-    }
-
-    #[test]
-    fn cursors() {
-        assert_eq!(parse_cursor(None), 0);
-        assert_eq!(parse_cursor(Some("3")), 3);
-        assert_eq!(parse_cursor(Some(" 3")), 0);
-        assert_eq!(parse_cursor(Some("-2")), 0);
-        assert_eq!(parse_cursor(Some("abc")), 0);
     }
 
     #[test]

@@ -5,9 +5,12 @@
 //! State sits behind short `std::sync::Mutex` sections, never held across an `.await`; slow
 //! work (provisioning, destroying, exec) happens outside them.
 
+mod builder;
 mod create;
+pub mod defaults;
 mod exec;
 mod files;
+mod handle;
 mod lifecycle;
 mod link;
 mod pool;
@@ -20,8 +23,12 @@ mod state;
 #[cfg(all(test, feature = "test-util"))]
 mod tests;
 
-pub use exec::{decode_exec_input, FrameStream, OutputFrame};
-pub use files::decode_write_json;
+pub use builder::{BuildError, WorkerBuilder};
+pub use exec::{
+    FrameStream, OutputFrame, DEFAULT_EXEC_LIST_LIMIT, DEFAULT_FRAMES_WAIT, MAX_FRAMES_WAIT,
+};
+pub use files::{DEFAULT_LIST_LIMIT, MAX_JSON_READ_BYTES};
+pub use handle::{Execution, Files, Sandbox};
 pub use link::{BrokerLink, InProcessBrokerLink, LinkError};
 pub use sessions::{SessionOpened, MAX_SESSION_NAME, SESSION_IDLE_TIMEOUT};
 
@@ -34,20 +41,19 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 
 use crate::api::{
-    CreateSandboxRequest, CreateSandboxResponse, ExecAccepted, ExecList, ExecRecord, ExecRequest,
-    ExecResizeRequest, ExecSignalRequest, FramesResponse, LeaseResponse, ListResponse,
-    MkdirRequest, MkdirResponse, PortUrlResponse, ReadFileResponse, RunCodeAccepted,
+    CreateSandboxRequest, CreateSandboxResponse, Encoding, EncodingError, ExecList, ExecRecord,
+    ExecRequest, FramesResponse, LeaseResponse, ListResponse, MkdirResponse, ReadFileResponse,
     RunCodeRequest, RunCodeResponse, SandboxResponse, StatResponse, SyntaxErrorBody,
     VmEventRequest, WriteFileResponse,
 };
 use crate::auth::{AuthMode, Principal, TicketBook, TicketError};
 use crate::backend::{
     BackendError, BoxedReader, BoxedStream, ExecControl, ExecSignal, FileReader, TerminalSize,
-    VmBackend,
+    VmBackend, WriteMode,
 };
 use crate::clock::Clock;
-use crate::id::{ComponentId, SandboxId};
-use crate::path::PathError;
+use crate::id::{ComponentId, ExecId, LocalVmId, SandboxId};
+use crate::path::{PathError, SandboxPath};
 use crate::telemetry::{Metrics, WorkerLabels};
 use crate::tuple::SandboxTuple;
 
@@ -139,6 +145,16 @@ impl Default for CapacityConfig {
     }
 }
 
+impl WorkerConfig {
+    /// Where clients reach the broker, without a trailing `/`; `None` when unset or blank.
+    pub fn broker_public_url(&self) -> Option<&str> {
+        self.broker_public_url
+            .as_deref()
+            .map(|url| url.trim().trim_end_matches('/'))
+            .filter(|url| !url.is_empty())
+    }
+}
+
 #[cfg(any(test, feature = "test-util"))]
 impl WorkerConfig {
     /// A small dev-mode worker for tests, examples and benches, meant to be changed with
@@ -172,9 +188,6 @@ impl WorkerConfig {
 /// Why the worker refused a request. Each variant has one status code (see the server).
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    /// 400.
-    #[error("malformed sandbox_id")]
-    MalformedSandboxId,
     /// 404: unknown sandbox, or an id that names another broker or worker.
     #[error("sandbox not found")]
     SandboxNotFound,
@@ -187,12 +200,6 @@ pub enum WorkerError {
     /// 400: no backend serves this virtualization here.
     #[error("unsupported virtualization: {0}")]
     UnsupportedVirtualization(String),
-    /// 400.
-    #[error("invalid placement_retry")]
-    InvalidPlacementRetry,
-    /// 400.
-    #[error("invalid local_vm_id")]
-    InvalidLocalVmId,
     /// 503 with the exact message, e.g. `no capacity: max sandbox count reached`.
     #[error("{0}")]
     NoCapacity(&'static str),
@@ -231,9 +238,6 @@ pub enum WorkerError {
     /// 409: run-code execs take no input, signals or resizes.
     #[error("run-code execs take no input, signals or resizes")]
     ExecNotControllable,
-    /// 400.
-    #[error("signal must be one of: TERM, KILL, INT, HUP")]
-    InvalidSignal,
     /// 501: the sandbox's backend cannot do it.
     #[error("not supported by this backend: {0}")]
     Unsupported(&'static str),
@@ -264,12 +268,6 @@ pub enum WorkerError {
     /// 400.
     #[error("{0}")]
     InvalidPath(PathError),
-    /// 400.
-    #[error("encoding must be utf8 or base64")]
-    InvalidEncoding,
-    /// 400.
-    #[error("invalid base64 content")]
-    InvalidBase64,
     /// 404.
     #[error("file not found")]
     FileNotFound,
@@ -295,17 +293,8 @@ pub enum WorkerError {
     #[error("cannot remove root directory")]
     CannotRemoveRoot,
     /// 400.
-    #[error("recursive must be true or false")]
-    InvalidRecursive,
-    /// 400.
-    #[error("force must be true or false")]
-    InvalidForce,
-    /// 400.
     #[error("limit must be a positive integer")]
     InvalidLimit,
-    /// 400.
-    #[error("cursor must be a non-negative integer")]
-    InvalidCursor,
     /// 413: the file is larger than a JSON read may return.
     #[error("file too large")]
     FileTooLarge,
@@ -315,18 +304,15 @@ pub enum WorkerError {
     /// 403: the sandbox's filesystem refuses (read-only image path).
     #[error("permission denied")]
     PermissionDenied,
-    /// 400.
-    #[error("invalid port")]
-    InvalidPort,
-    /// 400.
-    #[error("protocol must be one of: http, https, ws, wss")]
-    InvalidProtocol,
     /// 502.
     #[error("upstream not reachable")]
     UpstreamUnreachable,
     /// 504.
     #[error("upstream timeout")]
     UpstreamTimeout,
+    /// 400: content or input in an unknown encoding, or not decodable.
+    #[error(transparent)]
+    Encoding(#[from] EncodingError),
     /// 500: anything else the backend reported (details logged, body generic).
     #[error("backend failure")]
     Backend(#[source] BackendError),
@@ -337,10 +323,11 @@ pub enum WorkerError {
 pub enum CreateOutcome {
     /// 201.
     Created(CreateSandboxResponse),
-    /// 307 back to the broker: the hinted VM could not be claimed here.
+    /// 307 back to the broker (the worker's `broker_public_url`): the hinted VM could not
+    /// be claimed here.
     RetryPlacement {
-        /// `<broker>/sandboxes?placement_retry=<n+1>`.
-        location: String,
+        /// The retry count the broker gets (the create's plus one).
+        retry: u64,
     },
 }
 
@@ -349,32 +336,51 @@ pub enum CreateOutcome {
 pub enum RunCodeOutcome {
     /// 200 (`wait: true`).
     Finished(RunCodeResponse),
-    /// 202 (`wait: false`).
-    Accepted(RunCodeAccepted),
+    /// 202 (`wait: false`): the code runs as this exec.
+    Accepted(ExecId),
     /// 422.
     SyntaxError(SyntaxErrorBody),
 }
 
-/// Query values of a create, raw as received.
-#[derive(Debug, Clone, Default)]
-pub struct CreateQuery<'a> {
-    /// `local_vm_id`: the broker's warm hint.
-    pub local_vm_id: Option<&'a str>,
-    /// `placement_retry`.
-    pub placement_retry: Option<&'a str>,
+/// Where a create came from: the broker's warm hint and how often placement was retried.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// The warm sandbox the broker chose for this create (`local_vm_id`); the create fails
+    /// over to the broker when it cannot be claimed.
+    pub claim: Option<LocalVmId>,
+    /// How many times the broker placed this create already (`placement_retry`).
+    pub retry: u64,
 }
 
-/// Query values of a list, raw as received.
-#[derive(Debug, Clone, Default)]
-pub struct ListQuery<'a> {
-    /// `path`.
-    pub path: Option<&'a str>,
-    /// `recursive`.
-    pub recursive: Option<&'a str>,
-    /// `limit`.
-    pub limit: Option<&'a str>,
-    /// `cursor`.
-    pub cursor: Option<&'a str>,
+/// A page of a directory listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListOptions {
+    /// Every entry below the path, not only its children.
+    pub recursive: bool,
+    /// Most entries in the page (at least 1).
+    pub limit: usize,
+    /// Entries skipped (the previous page's `next_cursor`).
+    pub cursor: usize,
+}
+
+impl Default for ListOptions {
+    /// The children, first page of [`DEFAULT_LIST_LIMIT`] entries.
+    fn default() -> Self {
+        Self {
+            recursive: false,
+            limit: DEFAULT_LIST_LIMIT,
+            cursor: 0,
+        }
+    }
+}
+
+/// How a removal treats directories and missing paths.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RemoveOptions {
+    /// A directory goes with its contents (else only when empty).
+    pub recursive: bool,
+    /// A missing path is not an error.
+    pub force: bool,
 }
 
 /// The worker. Build with [`Worker::new`], serve with [`Worker::run`] once listening.
@@ -491,14 +497,15 @@ impl Worker {
         self.run_until(shutdown).await
     }
 
-    /// `POST /sandboxes`.
+    /// `POST /sandboxes`: claims a warm sandbox or boots one. `placement` carries the
+    /// broker's warm hint and the retry count of this create.
     pub async fn create_sandbox(
         &self,
         principal: &Principal,
         request: CreateSandboxRequest,
-        query: CreateQuery<'_>,
+        placement: Placement,
     ) -> Result<CreateOutcome, WorkerError> {
-        let outcome = self.create(principal, request, query).await;
+        let outcome = self.create_one(principal, request, placement).await;
         if let Err(WorkerError::NoCapacity(_)) = &outcome {
             // The broker sent a create this worker cannot take: correct its view now.
             self.heartbeat_wake.notify_one();
@@ -506,37 +513,61 @@ impl Worker {
         outcome
     }
 
+    /// The tuple a create asks for, with the worker's defaults applied; `ImageRequired` when
+    /// no image results. [`Worker::create_sandbox`] checks the same first; a shell calls this
+    /// to report errors in the contract's order.
+    pub fn create_tuple(
+        &self,
+        request: &CreateSandboxRequest,
+    ) -> Result<SandboxTuple, WorkerError> {
+        let tuple = SandboxTuple::normalize(
+            &request.virtualization,
+            &request.image,
+            request.cpu,
+            &self.config.default_virtualization,
+        );
+        if tuple.image.is_empty() {
+            return Err(WorkerError::ImageRequired);
+        }
+        Ok(tuple)
+    }
+
     /// `GET /sandboxes/{id}`.
     pub fn get_sandbox(
         &self,
         principal: &Principal,
-        id: &str,
+        id: &SandboxId,
     ) -> Result<SandboxResponse, WorkerError> {
         self.describe_sandbox(principal, id)
     }
 
     /// `DELETE /sandboxes/{id}`: destroys it.
-    pub async fn delete_sandbox(&self, principal: &Principal, id: &str) -> Result<(), WorkerError> {
+    pub async fn delete_sandbox(
+        &self,
+        principal: &Principal,
+        id: &SandboxId,
+    ) -> Result<(), WorkerError> {
         self.delete(principal, id).await
     }
 
-    /// `PATCH /sandboxes/{id}/lease?ttl_seconds=N`.
+    /// `PATCH /sandboxes/{id}/lease`: the sandbox now expires `ttl` from now (at most the
+    /// worker's `max_ttl`). A zero `ttl` is `InvalidTtl`, checked before the sandbox.
     pub fn renew_lease(
         &self,
         principal: &Principal,
-        id: &str,
-        ttl_seconds: Option<&str>,
+        id: &SandboxId,
+        ttl: Duration,
     ) -> Result<LeaseResponse, WorkerError> {
-        self.lease(principal, id, ttl_seconds)
+        self.lease(principal, id, ttl)
     }
 
-    /// `POST /sandboxes/{id}/exec`: starts the command, answers at once.
+    /// `POST /sandboxes/{id}/exec`: starts the command and answers at once with its id.
     pub async fn start_exec(
         &self,
         principal: &Principal,
-        id: &str,
+        id: &SandboxId,
         request: ExecRequest,
-    ) -> Result<ExecAccepted, WorkerError> {
+    ) -> Result<ExecId, WorkerError> {
         self.exec_command(principal, id, request)
     }
 
@@ -544,7 +575,7 @@ impl Worker {
     pub async fn run_code(
         &self,
         principal: &Principal,
-        id: &str,
+        id: &SandboxId,
         request: RunCodeRequest,
     ) -> Result<RunCodeOutcome, WorkerError> {
         self.exec_code(principal, id, request).await
@@ -554,33 +585,33 @@ impl Worker {
     pub fn get_exec(
         &self,
         principal: &Principal,
-        id: &str,
-        exec_id: &str,
+        id: &SandboxId,
+        exec_id: &ExecId,
     ) -> Result<ExecRecord, WorkerError> {
         self.exec_record(principal, id, exec_id)
     }
 
-    /// `GET /sandboxes/{id}/exec/{exec_id}/frames?cursor=N&wait=...`: with a non-empty `wait`
-    /// (a duration like `30s` or milliseconds; anything else means the default), waits until
-    /// a frame past the cursor exists or the wait ends.
+    /// `GET /sandboxes/{id}/exec/{exec_id}/frames`: the frames from `cursor` on. With a
+    /// `wait` (at most [`MAX_FRAMES_WAIT`]), first waits until a frame past the cursor exists
+    /// or the wait ends.
     pub async fn exec_frames(
         &self,
         principal: &Principal,
-        id: &str,
-        exec_id: &str,
-        cursor: Option<&str>,
-        wait: Option<&str>,
+        id: &SandboxId,
+        exec_id: &ExecId,
+        cursor: u64,
+        wait: Option<Duration>,
     ) -> Result<FramesResponse, WorkerError> {
         self.frames(principal, id, exec_id, cursor, wait).await
     }
 
-    /// `GET /sandboxes/{id}/exec?limit=N`: the sandbox's execs, running first, then newest
-    /// first (at most `limit`, default 100).
+    /// `GET /sandboxes/{id}/exec`: the sandbox's execs, running first, then newest first (at
+    /// most `limit`, by default [`DEFAULT_EXEC_LIST_LIMIT`]; a zero limit is `InvalidLimit`).
     pub fn list_execs(
         &self,
         principal: &Principal,
-        id: &str,
-        limit: Option<&str>,
+        id: &SandboxId,
+        limit: Option<usize>,
     ) -> Result<ExecList, WorkerError> {
         self.exec_list(principal, id, limit)
     }
@@ -590,20 +621,21 @@ impl Worker {
     pub fn exec_frame_stream(
         &self,
         principal: &Principal,
-        id: &str,
-        exec_id: &str,
-        cursor: Option<&str>,
+        id: &SandboxId,
+        exec_id: &ExecId,
+        cursor: u64,
     ) -> Result<FrameStream, WorkerError> {
         self.frame_stream(principal, id, exec_id, cursor)
     }
 
     /// `POST /sandboxes/{id}/exec/{exec_id}/stdin`: hands `data` to the running exec's stdin;
-    /// empty `data` closes it (EOF). 409 once the exec has exited or its stdin was closed.
+    /// empty `data` closes it (EOF). `ExecExited` once the exec has exited, `StdinClosed` once
+    /// its stdin was closed.
     pub async fn write_exec_stdin(
         &self,
         principal: &Principal,
-        id: &str,
-        exec_id: &str,
+        id: &SandboxId,
+        exec_id: &ExecId,
         data: bytes::Bytes,
     ) -> Result<(), WorkerError> {
         let control = if data.is_empty() {
@@ -618,132 +650,117 @@ impl Worker {
     pub async fn signal_exec(
         &self,
         principal: &Principal,
-        id: &str,
-        exec_id: &str,
-        request: ExecSignalRequest,
+        id: &SandboxId,
+        exec_id: &ExecId,
+        signal: ExecSignal,
     ) -> Result<(), WorkerError> {
-        let signal = ExecSignal::parse(&request.signal).ok_or(WorkerError::InvalidSignal)?;
         self.control(principal, id, exec_id, ExecControl::Signal(signal))
             .await
     }
 
-    /// `POST /sandboxes/{id}/exec/{exec_id}/resize`: sets the size of the exec's terminal.
+    /// `POST /sandboxes/{id}/exec/{exec_id}/resize`: sets the size of the exec's terminal
+    /// (rows and cols > 0, else `InvalidExec`).
     pub async fn resize_exec(
         &self,
         principal: &Principal,
-        id: &str,
-        exec_id: &str,
-        request: ExecResizeRequest,
+        id: &SandboxId,
+        exec_id: &ExecId,
+        size: TerminalSize,
     ) -> Result<(), WorkerError> {
-        if request.rows == 0 || request.cols == 0 {
+        if size.rows == 0 || size.cols == 0 {
             return Err(WorkerError::InvalidExec("rows and cols must be > 0"));
         }
-        let size = TerminalSize {
-            rows: request.rows,
-            cols: request.cols,
-        };
         self.control(principal, id, exec_id, ExecControl::Resize(size))
             .await
     }
 
-    /// `PUT /sandboxes/{id}/files?path=P`: `content` is the decoded payload.
+    /// `PUT /sandboxes/{id}/files`: writes `content` to `path` (creating its parents),
+    /// replacing the file or appending to it.
     pub async fn write_file(
         &self,
         principal: &Principal,
-        id: &str,
-        path: Option<&str>,
+        id: &SandboxId,
+        path: &SandboxPath,
         content: BoxedReader,
-        append: bool,
+        mode: WriteMode,
     ) -> Result<WriteFileResponse, WorkerError> {
-        self.files_write(principal, id, path, content, append).await
+        self.files_write(principal, id, path, content, mode).await
     }
 
-    /// `GET /sandboxes/{id}/files?path=P&encoding=E` (`utf8`, `utf-8` or `base64`).
+    /// `GET /sandboxes/{id}/files`: the whole file (at most 10 MiB) in `encoding`.
     pub async fn read_file(
         &self,
         principal: &Principal,
-        id: &str,
-        path: Option<&str>,
-        encoding: Option<&str>,
+        id: &SandboxId,
+        path: &SandboxPath,
+        encoding: Encoding,
     ) -> Result<ReadFileResponse, WorkerError> {
         self.files_read(principal, id, path, encoding).await
     }
 
-    /// Opens a file for a streamed raw download (extension).
+    /// Opens a file for a streamed read of any size (`GET /sandboxes/{id}/files/raw`).
     pub async fn open_file(
         &self,
         principal: &Principal,
-        id: &str,
-        path: Option<&str>,
+        id: &SandboxId,
+        path: &SandboxPath,
     ) -> Result<FileReader, WorkerError> {
         self.files_open(principal, id, path).await
     }
 
-    /// `GET /sandboxes/{id}/files/stat?path=P`.
+    /// `GET /sandboxes/{id}/files/stat`.
     pub async fn stat_file(
         &self,
         principal: &Principal,
-        id: &str,
-        path: Option<&str>,
+        id: &SandboxId,
+        path: &SandboxPath,
     ) -> Result<StatResponse, WorkerError> {
         self.files_stat(principal, id, path).await
     }
 
-    /// `GET /sandboxes/{id}/files/list`.
+    /// `GET /sandboxes/{id}/files/list`: one page of the entries below `path`.
     pub async fn list_files(
         &self,
         principal: &Principal,
-        id: &str,
-        query: ListQuery<'_>,
+        id: &SandboxId,
+        path: &SandboxPath,
+        options: ListOptions,
     ) -> Result<ListResponse, WorkerError> {
-        self.files_list(principal, id, query).await
+        self.files_list(principal, id, path, options).await
     }
 
-    /// `POST /sandboxes/{id}/files/mkdir`.
+    /// `POST /sandboxes/{id}/files/mkdir`: `created` is false when the directory existed.
     pub async fn mkdir(
         &self,
         principal: &Principal,
-        id: &str,
-        request: MkdirRequest,
+        id: &SandboxId,
+        path: &SandboxPath,
+        recursive: bool,
     ) -> Result<MkdirResponse, WorkerError> {
-        self.files_mkdir(principal, id, request).await
+        self.files_mkdir(principal, id, path, recursive).await
     }
 
-    /// `DELETE /sandboxes/{id}/files?path=P&recursive=&force=`.
+    /// `DELETE /sandboxes/{id}/files`: removes a file, or a directory (its contents with
+    /// `recursive`); with `force` a missing path is not an error. `/` is `CannotRemoveRoot`,
+    /// checked before the sandbox.
     pub async fn remove_file(
         &self,
         principal: &Principal,
-        id: &str,
-        path: Option<&str>,
-        recursive: Option<&str>,
-        force: Option<&str>,
+        id: &SandboxId,
+        path: &SandboxPath,
+        options: RemoveOptions,
     ) -> Result<(), WorkerError> {
-        self.files_remove(principal, id, path, recursive, force)
-            .await
+        self.files_remove(principal, id, path, options).await
     }
 
-    /// Opens a byte stream to `port` in the sandbox for the proxy route. Returns the parsed
-    /// sandbox id (for `X-Traforato-Sandbox-Id`) and the stream.
+    /// Opens a byte stream to `port` in the sandbox (the proxy route).
     pub async fn connect_port(
         &self,
         principal: &Principal,
-        id: &str,
-        port: &str,
-    ) -> Result<(SandboxId, BoxedStream), WorkerError> {
+        id: &SandboxId,
+        port: u16,
+    ) -> Result<BoxedStream, WorkerError> {
         self.port_connect(principal, id, port).await
-    }
-
-    /// `GET /sandboxes/{id}/ports/{port}/url?protocol=P`; `host` is the first
-    /// `X-Forwarded-Host` element, else the request's Host, else `localhost`.
-    pub fn port_url(
-        &self,
-        principal: &Principal,
-        id: &str,
-        port: &str,
-        protocol: Option<&str>,
-        host: &str,
-    ) -> Result<PortUrlResponse, WorkerError> {
-        self.port_url_for(principal, id, port, protocol, host)
     }
 
     /// Live sandbox count.

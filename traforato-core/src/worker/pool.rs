@@ -358,9 +358,7 @@ impl Worker {
         // In its own task: shutdown waits for a provision rather than cutting it half-way.
         let provisioned = match tokio::spawn(async move { backend.provision(spec).await }).await {
             Ok(result) => result,
-            Err(error) => Err(BackendError::Other(format!(
-                "provision task failed: {error}"
-            ))),
+            Err(error) => Err(BackendError::task("provision", error)),
         };
         let vm = match provisioned {
             Ok(vm) => vm,

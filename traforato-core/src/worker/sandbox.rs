@@ -11,6 +11,7 @@ use super::{Worker, WorkerError};
 use crate::api::{LeaseResponse, SandboxResponse};
 use crate::auth::Principal;
 use crate::backend::Vm;
+use crate::id::SandboxId;
 
 /// How many sandboxes are destroyed at once (expiry sweeps, shutdown).
 pub(super) const DESTROY_CONCURRENCY: usize = 8;
@@ -43,10 +44,9 @@ impl Worker {
     pub(super) fn describe_sandbox(
         &self,
         principal: &Principal,
-        raw_id: &str,
+        id: &SandboxId,
     ) -> Result<SandboxResponse, WorkerError> {
-        let id = self.parse_id(raw_id)?;
-        self.with_sandbox(principal, &id, |e| SandboxResponse {
+        self.with_sandbox(principal, id, |e| SandboxResponse {
             sandbox_id: e.id.to_string(),
             image: e.tuple.image.clone(),
             cpu: e.tuple.cpu,
@@ -60,20 +60,15 @@ impl Worker {
     pub(super) fn lease(
         &self,
         principal: &Principal,
-        raw_id: &str,
-        ttl_seconds: Option<&str>,
+        id: &SandboxId,
+        ttl: Duration,
     ) -> Result<LeaseResponse, WorkerError> {
-        let id = self.parse_id(raw_id)?;
-        // As the contract: no trimming, a parse failure counts as 0, checked before lookup.
-        let ttl = ttl_seconds
-            .and_then(|raw| raw.parse::<i64>().ok())
-            .unwrap_or(0);
-        if ttl <= 0 {
+        // As the contract: checked before the lookup.
+        if ttl.is_zero() {
             return Err(WorkerError::InvalidTtl);
         }
-        let ttl = Duration::from_secs(ttl as u64).min(self.config.max_ttl);
-        let expires_at = expiry(self.clock.now(), ttl);
-        self.with_sandbox(principal, &id, |e| {
+        let expires_at = expiry(self.clock.now(), ttl.min(self.config.max_ttl));
+        self.with_sandbox(principal, id, |e| {
             e.expires_at = expires_at;
             LeaseResponse {
                 sandbox_id: e.id.to_string(),
@@ -85,13 +80,12 @@ impl Worker {
     pub(super) async fn delete(
         &self,
         principal: &Principal,
-        raw_id: &str,
+        id: &SandboxId,
     ) -> Result<(), WorkerError> {
-        let id = self.parse_id(raw_id)?;
         // Ownership first, then removal in the same section so that two deletes cannot both
         // succeed.
         let entry = {
-            if !self.is_own(&id) {
+            if !self.is_own(id) {
                 return Err(WorkerError::SandboxNotFound);
             }
             let now = self.clock.now();

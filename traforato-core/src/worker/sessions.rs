@@ -17,10 +17,10 @@ use chrono::{DateTime, Utc};
 
 use super::exec::{FrameStream, OutputFrame};
 use super::{Worker, WorkerError};
-use crate::api::{ExecAccepted, ExecRequest};
+use crate::api::ExecRequest;
 use crate::auth::{Principal, Ticket, TicketError};
 use crate::backend::{BackendError, ExecControl, ExecSignal, Vm};
-use crate::id::ExecId;
+use crate::id::{ExecId, SandboxId};
 
 /// The longest session name.
 pub const MAX_SESSION_NAME: usize = 64;
@@ -43,7 +43,7 @@ pub(super) struct Session {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionOpened {
     /// The session's exec.
-    pub exec_id: String,
+    pub exec_id: ExecId,
     /// This open started the exec (else it attached to a running or finished one).
     pub created: bool,
 }
@@ -85,16 +85,15 @@ impl Worker {
     pub fn open_exec_session(
         &self,
         principal: &Principal,
-        id: &str,
+        id: &SandboxId,
         name: &str,
         request: Option<ExecRequest>,
     ) -> Result<SessionOpened, WorkerError> {
         check_name(name)?;
-        let sid = self.parse_id(id)?;
         // One open at a time decides whether a name exists, so a name never starts two
         // processes. Nothing below waits: the start only hands the command to a task.
         let _one_at_a_time = self.session_opens.lock().unwrap_or_else(|e| e.into_inner());
-        let attached = self.with_sandbox(principal, &sid, |entry| {
+        let attached = self.with_sandbox(principal, id, |entry| {
             let execs = &entry.execs;
             entry.sessions.retain(|_, s| execs.contains_key(&s.exec_id));
             let session = entry.sessions.get_mut(name)?;
@@ -107,9 +106,8 @@ impl Worker {
             return Err(WorkerError::SessionNotFound(name.to_string()));
         };
         let spec = request.clone();
-        let accepted: ExecAccepted = self.exec_command(principal, id, request)?;
-        let exec_id = ExecId::parse(&accepted.exec_id).map_err(|_| WorkerError::ExecNotFound)?;
-        self.with_sandbox(principal, &sid, |entry| {
+        let exec_id = self.exec_command(principal, id, request)?;
+        self.with_sandbox(principal, id, |entry| {
             entry.sessions.insert(
                 name.to_string(),
                 Session {
@@ -121,7 +119,7 @@ impl Worker {
             );
         })?;
         Ok(SessionOpened {
-            exec_id: accepted.exec_id,
+            exec_id,
             created: true,
         })
     }
@@ -131,12 +129,11 @@ impl Worker {
     pub fn leave_exec_session(
         &self,
         principal: &Principal,
-        id: &str,
+        id: &SandboxId,
         name: &str,
     ) -> Result<(), WorkerError> {
-        let sid = self.parse_id(id)?;
         let now = self.clock.now();
-        self.with_sandbox(principal, &sid, |entry| {
+        self.with_sandbox(principal, id, |entry| {
             if let Some(session) = entry.sessions.get_mut(name) {
                 session.attached = session.attached.saturating_sub(1);
                 if session.attached == 0 {
@@ -185,17 +182,13 @@ impl Worker {
     pub async fn close_exec_session(
         &self,
         principal: &Principal,
-        id: &str,
+        id: &SandboxId,
         name: &str,
     ) -> Result<(), WorkerError> {
-        let sid = self.parse_id(id)?;
-        let removed = self.with_sandbox(principal, &sid, |entry| entry.sessions.remove(name))?;
+        let removed = self.with_sandbox(principal, id, |entry| entry.sessions.remove(name))?;
         if let Some(session) = removed {
             let kill = ExecControl::Signal(ExecSignal::Kill);
-            match self
-                .control(principal, id, &session.exec_id.to_string(), kill)
-                .await
-            {
+            match self.control(principal, id, &session.exec_id, kill).await {
                 Ok(()) | Err(WorkerError::ExecExited | WorkerError::ExecNotFound) => {}
                 Err(err) => return Err(err),
             }
@@ -207,11 +200,11 @@ impl Worker {
     pub fn exec_frames_from(
         &self,
         principal: &Principal,
-        id: &str,
-        exec_id: &str,
+        id: &SandboxId,
+        exec_id: &ExecId,
         cursor: u64,
     ) -> Result<FrameStream, WorkerError> {
-        let mut stream = self.frame_stream(principal, id, exec_id, None)?;
+        let mut stream = self.frame_stream(principal, id, exec_id, 0)?;
         stream.seek(cursor);
         Ok(stream)
     }
@@ -222,13 +215,12 @@ impl Worker {
     pub fn exec_history(
         &self,
         principal: &Principal,
-        id: &str,
-        exec_id: &str,
+        id: &SandboxId,
+        exec_id: &ExecId,
         from: u64,
         to: u64,
     ) -> Result<Vec<OutputFrame>, WorkerError> {
-        let sid = self.parse_id(id)?;
-        let exec = self.find_exec(principal, &sid, exec_id)?;
+        let exec = self.find_exec(principal, id, exec_id)?;
         let (frames, _, _) = exec.output_from(from);
         Ok(frames
             .into_iter()
@@ -240,11 +232,10 @@ impl Worker {
     pub fn exec_frame_count(
         &self,
         principal: &Principal,
-        id: &str,
-        exec_id: &str,
+        id: &SandboxId,
+        exec_id: &ExecId,
     ) -> Result<u64, WorkerError> {
-        let sid = self.parse_id(id)?;
-        Ok(self.find_exec(principal, &sid, exec_id)?.frame_count())
+        Ok(self.find_exec(principal, id, exec_id)?.frame_count())
     }
 
     /// Lets the worker forget an exec's frames before the absolute `cursor` (a session's
@@ -253,12 +244,11 @@ impl Worker {
     pub fn ack_exec_frames(
         &self,
         principal: &Principal,
-        id: &str,
-        exec_id: &str,
+        id: &SandboxId,
+        exec_id: &ExecId,
         cursor: u64,
     ) -> Result<(), WorkerError> {
-        let sid = self.parse_id(id)?;
-        self.find_exec(principal, &sid, exec_id)?
+        self.find_exec(principal, id, exec_id)?
             .discard_before(cursor);
         Ok(())
     }
@@ -270,16 +260,15 @@ impl Worker {
     pub fn issue_exec_ticket(
         &self,
         principal: &Principal,
-        id: &str,
+        id: &SandboxId,
         binding: &str,
     ) -> Result<Option<Ticket>, WorkerError> {
-        let sid = self.parse_id(id)?;
-        self.sandbox(principal, &sid)?;
+        self.sandbox(principal, id)?;
         if !self.config.auth_mode.is_prod() {
             return Ok(None);
         }
         self.tickets
-            .issue(principal, &sid.to_string(), binding)
+            .issue(principal, &id.to_string(), binding)
             .map(Some)
             .map_err(WorkerError::Ticket)
     }
@@ -290,13 +279,13 @@ impl Worker {
     pub fn redeem_exec_ticket(
         &self,
         token: &str,
-        id: &str,
+        id: &SandboxId,
         binding: &str,
     ) -> Result<Principal, TicketError> {
         if !self.config.auth_mode.is_prod() {
             return Ok(Principal::dev());
         }
-        self.tickets.redeem(token, id, binding)
+        self.tickets.redeem(token, &id.to_string(), binding)
     }
 }
 
@@ -312,7 +301,7 @@ fn attach(
     session.attached += 1;
     session.idle_since = None;
     Ok(SessionOpened {
-        exec_id: session.exec_id.to_string(),
+        exec_id: session.exec_id,
         created: false,
     })
 }

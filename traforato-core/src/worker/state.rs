@@ -168,10 +168,6 @@ impl Worker {
     }
 
     /// Parses a sandbox id strictly (400 when malformed).
-    pub(super) fn parse_id(&self, raw: &str) -> Result<SandboxId, WorkerError> {
-        SandboxId::parse(raw).map_err(|_| WorkerError::MalformedSandboxId)
-    }
-
     /// True when the id names this broker and worker.
     pub(super) fn is_own(&self, id: &SandboxId) -> bool {
         id.broker_id() == &self.config.broker_id && id.worker_id() == &self.config.worker_id

@@ -23,7 +23,7 @@ use traforato_server::{serve_worker_with_auth, ServeError};
 fn main() -> ExitCode {
     // With the container backend, this binary is also each sandbox's init: that must happen
     // before any thread (the async runtime) exists.
-    #[cfg(target_os = "linux")]
+    #[cfg(all(feature = "container", target_os = "linux"))]
     traforato_core::backend::container::init_main_if_requested();
     let args: WorkerArgs = parse_or_exit("worker");
     run_to_exit("worker", run(args))

@@ -47,21 +47,10 @@ pub const DEFAULT_WARMUP_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default log rotation size, in MiB.
 pub const DEFAULT_ROTATE_SIZE_MIB: u64 = 100;
 
-/// How often the worker's TTL reaper runs.
-pub const REAP_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Default cpu quota handed out per core to container sandboxes (see README, capacity).
-pub const DEFAULT_CPU_OVERCOMMIT: u32 = 32;
-
-/// Default memory limits handed out per MiB of `total-memory-mib` to container sandboxes.
-pub const DEFAULT_MEMORY_OVERCOMMIT: u32 = 32;
-
-/// Default high watermark of the memory container sandboxes actually use, in percent of the
-/// host's memory.
-pub const DEFAULT_MEMORY_HIGH_WATERMARK_PERCENT: f64 = 90.0;
-
-/// Default ceiling of idle warm sandboxes per tuple.
-pub const DEFAULT_MAX_WARM_PER_TUPLE: u32 = 8;
+pub use traforato_core::worker::defaults::{
+    DEFAULT_CPU_OVERCOMMIT, DEFAULT_MAX_WARM_PER_TUPLE, DEFAULT_MEMORY_HIGH_WATERMARK_PERCENT,
+    DEFAULT_MEMORY_OVERCOMMIT, REAP_INTERVAL,
+};
 
 /// The broker's heartbeat hint to workers (fixed, as in the prototype).
 pub const HEARTBEAT_HINT: Duration = Duration::from_secs(30);

@@ -196,18 +196,8 @@ impl From<CapacityLayer> for CapacitySettings {
     }
 }
 
-/// The host's memory in MiB (`MemTotal` of `/proc/meminfo`), if it can be read.
-pub fn host_memory_mib() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kib: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some(kib >> 10)
-}
+pub use traforato_core::worker::defaults::host_memory_mib;
+use traforato_core::worker::defaults::{host_cores, DEFAULT_MIB_PER_CORE};
 
 fn log_settings(layer: LogLayer) -> Result<LogSettings, ConfigError> {
     let file = non_empty(layer.file).map(PathBuf::from);
@@ -418,14 +408,10 @@ impl WorkerSettings {
     /// The library configuration. `bound_port` is the port actually bound (it replaces a
     /// configured port 0 in the derived advertise URL).
     pub fn worker_config(&self, bound_port: Option<u16>) -> WorkerConfig {
-        let total_cores = self.total_cores.or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
-                .unwrap_or(1)
-        });
+        let total_cores = self.total_cores.or_else(host_cores);
         let total_memory_mib = self
             .total_memory_mib
-            .or_else(|| u64::from(total_cores) * 1024);
+            .or_else(|| u64::from(total_cores) * DEFAULT_MIB_PER_CORE);
         // Containers overcommit cpu and memory (a quota and a limit, not a reservation);
         // a worker that serves them holds as many sandboxes as its overcommitted cores.
         let serves_containers = self.virtualizations().iter().any(|v| v == "container");

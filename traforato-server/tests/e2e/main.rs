@@ -6,6 +6,8 @@
 mod harness;
 
 mod auth;
+// The binaries serve the `fake` virtualization only when built with it (CI: --all-features).
+#[cfg(feature = "fake")]
 mod binaries;
 mod bodies;
 mod broker;
@@ -19,3 +21,12 @@ mod internal;
 mod proxy;
 mod sandboxes;
 mod warm;
+
+#[cfg(not(feature = "fake"))]
+#[test]
+fn binaries_need_the_fake_feature() {
+    eprintln!(
+        "skipped: the server binaries' tests run them with `--default-virtualization fake`, \
+         which needs `cargo test --features fake` (CI runs --all-features)"
+    );
+}

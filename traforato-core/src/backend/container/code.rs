@@ -2,10 +2,10 @@
 //! `python3 -I -S -c <bootstrap>` / `node -e <bootstrap>`) or forked by the sandbox's warm
 //! Python zygote (`zygote.rs`).
 //!
-//! The bootstrap (`python_run.py`, `node_run.js`) reads the code from stdin and compiles it
-//! before anything of it runs. Its fd 3 is a status pipe: on a syntax error it writes `S`
-//! there and the interpreter's own message to stderr; on success it closes fd 3 and runs the
-//! code. The worker forwards no output until the status is known, so a syntax error's
+//! The bootstrap (`backend/bootstrap/`, shared with other backends) reads the code from stdin
+//! and compiles it before anything of it runs. Here its fd 3 is a status pipe: on a syntax
+//! error it writes `S` there and the interpreter's own message to stderr; on success it closes
+//! fd 3 and runs the code. The worker forwards no output until the status is known, so a syntax error's
 //! message never leaks into the output stream and user code never sees fd 3.
 //!
 //! Python runs with `-I -S`: the standard library is importable at once; `site` (Debian's
@@ -38,11 +38,18 @@ use crate::backend::{
     BackendError, CodeOutcome, ExecExit, OutputChunk, Runtime, TIMEOUT_EXIT_CODE,
 };
 
-/// One-shot Python: the bootstrap, then the call that runs it.
-const PYTHON_ONE_SHOT: &str = concat!(include_str!("python_run.py"), "_run()\n");
+/// One-shot Python: the bootstrap with its status on fd 3, then the call that runs it.
+const PYTHON_ONE_SHOT: &str = concat!(
+    include_str!("../bootstrap/python_run.py"),
+    include_str!("../bootstrap/python_status_fd3.py"),
+    "_run()\n"
+);
 
-/// One-shot Node.js bootstrap.
-const NODE_ONE_SHOT: &str = include_str!("node_run.js");
+/// One-shot Node.js bootstrap, its status on fd 3.
+const NODE_ONE_SHOT: &str = concat!(
+    include_str!("../bootstrap/node_run.js"),
+    include_str!("../bootstrap/node_status_fd3.js")
+);
 
 /// What a syntax-error run may print before the worker stops collecting it.
 const SYNTAX_MESSAGE_LIMIT: u64 = 64 * 1024;
@@ -400,7 +407,7 @@ async fn timed_out(
 /// The error for a run whose exit was never reported.
 fn gone(agent: &AgentConn) -> BackendError {
     if agent.is_alive() {
-        BackendError::Other("the python zygote exited before the run ended".to_string())
+        BackendError::Transport("the python zygote exited before the run ended".to_string())
     } else {
         BackendError::Gone
     }

@@ -241,7 +241,8 @@ fn check_searchable(state_dir: &Path) -> Result<(), BackendError> {
         }
         if mode & 0o001 == 0 {
             return Err(unavailable(format!(
-                "{} must be searchable by others for the sandboxes to reach their roots                  (chmod o+x it, or pick another state_dir)",
+                "{} must be searchable by others for the sandboxes to reach their roots \
+                 (chmod o+x it, or pick another state_dir)",
                 dir.display()
             )));
         }
@@ -361,7 +362,7 @@ impl ContainerBackend {
             })
         })
         .await
-        .map_err(|e| BackendError::Other(format!("host setup task failed: {e}")))?
+        .map_err(|e| BackendError::task("host setup", e))?
         .map_err(|e| BackendError::io("prepare sandbox", e))?;
 
         let (worker_end, init_end) = socketpair(
@@ -397,12 +398,12 @@ impl ContainerBackend {
         drop(command);
         let pid = child
             .id()
-            .ok_or_else(|| BackendError::Other("init exited at once".to_string()))?;
+            .ok_or_else(|| BackendError::Setup("init exited at once".to_string()))?;
         guard.child = Some(child);
         // Before the init unshares its cgroup namespace, whose root is the cgroup it is in.
         let cgroup = tokio::task::spawn_blocking(move || cgroup.attach(pid).map(|()| cgroup))
             .await
-            .map_err(|e| BackendError::Other(format!("cgroup task failed: {e}")))?
+            .map_err(|e| BackendError::task("cgroup", e))?
             .map_err(|e| BackendError::io("attach init to cgroup", e))?;
 
         let sock = agent::register(worker_end)
@@ -414,15 +415,11 @@ impl ContainerBackend {
         let handshake = handshake(&sock, setup, pid, self.config.uid_base);
         match tokio::time::timeout(self.config.setup_timeout, handshake).await {
             Ok(Ok(())) => {}
-            Ok(Err(HandshakeError::Failed(message))) => {
-                return Err(BackendError::Other(format!(
-                    "sandbox setup failed: {message}"
-                )))
-            }
+            Ok(Err(HandshakeError::Failed(message))) => return Err(BackendError::Setup(message)),
             Ok(Err(HandshakeError::Closed)) => {
                 let stderr = guard.child_stderr().await;
-                return Err(BackendError::Other(format!(
-                    "sandbox init exited during setup{}",
+                return Err(BackendError::Setup(format!(
+                    "init exited{}",
                     if stderr.is_empty() {
                         String::new()
                     } else {
@@ -432,8 +429,8 @@ impl ContainerBackend {
             }
             Ok(Err(HandshakeError::Io(e))) => return Err(BackendError::io("sandbox setup", e)),
             Err(_) => {
-                return Err(BackendError::Other(format!(
-                    "sandbox setup timed out after {:?}",
+                return Err(BackendError::Setup(format!(
+                    "timed out after {:?}",
                     self.config.setup_timeout
                 )))
             }
@@ -821,14 +818,11 @@ impl VmBackend for ContainerBackend {
                 }
                 Ok(names.len())
             } else {
-                Err(BackendError::Other(format!(
-                    "cleanup of leftover sandboxes failed: {}",
-                    failures.join("; ")
-                )))
+                Err(BackendError::Cleanup(failures.join("; ")))
             }
         })
         .await
-        .map_err(|e| BackendError::Other(format!("cleanup task failed: {e}")))?
+        .map_err(|e| BackendError::task("cleanup", e))?
     }
 
     async fn shutdown(&self) {

@@ -30,7 +30,7 @@ pub(crate) async fn connect(
         .map_err(|e| BackendError::io("spawn connect thread", e))?;
     let stream = rx
         .await
-        .map_err(|_| BackendError::Other("connect thread ended without a result".to_string()))?
+        .map_err(|_| BackendError::task("connect", "ended without a result"))?
         .map_err(|e| match e.kind() {
             io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
                 BackendError::ConnectTimeout { port }

@@ -179,7 +179,7 @@ impl Vm for ContainerVm {
                     super::pty::open_terminal(agent_pid, uid, size)
                 })
                 .await
-                .map_err(|e| BackendError::Other(format!("terminal task failed: {e}")))?
+                .map_err(|e| BackendError::task("terminal", e))?
                 .map_err(|e| BackendError::io("open a terminal", e))?,
             ),
         };
@@ -309,8 +309,8 @@ impl Vm for ContainerVm {
         let _ = child.wait().await;
         tokio::task::spawn_blocking(move || teardown_host(&dir, Some(cgroup)))
             .await
-            .map_err(|e| BackendError::Other(format!("teardown task failed: {e}")))?
-            .map_err(BackendError::Other)
+            .map_err(|e| BackendError::task("teardown", e))?
+            .map_err(BackendError::Teardown)
     }
 }
 

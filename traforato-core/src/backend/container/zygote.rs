@@ -58,7 +58,8 @@ use super::protocol::Request;
 
 /// The zygote program: the shared run bootstrap plus the serve loop.
 pub(crate) const ZYGOTE_SCRIPT: &str = concat!(
-    include_str!("python_run.py"),
+    include_str!("../bootstrap/python_run.py"),
+    include_str!("../bootstrap/python_status_fd3.py"),
     include_str!("python_zygote.py")
 );
 

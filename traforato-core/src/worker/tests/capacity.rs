@@ -40,7 +40,7 @@ async fn try_create(
     worker: &Worker,
     virtualization: &str,
     cpu: i64,
-) -> Result<String, WorkerError> {
+) -> Result<SandboxId, WorkerError> {
     let request = CreateSandboxRequest {
         image: "img".into(),
         cpu,
@@ -48,10 +48,10 @@ async fn try_create(
         ..Default::default()
     };
     match worker
-        .create_sandbox(&dev(), request, CreateQuery::default())
+        .create_sandbox(&dev(), request, Placement::default())
         .await?
     {
-        CreateOutcome::Created(created) => Ok(created.sandbox_id),
+        CreateOutcome::Created(created) => Ok(sid(&created.sandbox_id)),
         other => panic!("create: {other:?}"),
     }
 }

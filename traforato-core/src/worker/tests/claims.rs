@@ -18,9 +18,9 @@ async fn hinted_create_claims_the_ready_vm() {
                 cpu: 0,
                 ..Default::default()
             },
-            CreateQuery {
-                local_vm_id: Some(&hint),
-                placement_retry: Some("1"),
+            Placement {
+                claim: Some(vm),
+                retry: 1,
             },
         )
         .await
@@ -28,7 +28,7 @@ async fn hinted_create_claims_the_ready_vm() {
     let CreateOutcome::Created(created) = outcome else {
         panic!("{outcome:?}")
     };
-    assert_eq!(vm_of(&created.sandbox_id), vm);
+    assert_eq!(vm_of(&sid(&created.sandbox_id)), vm);
     assert_eq!(created.start_type, "warm");
     assert!(h.worker.ready_counts().is_empty());
     assert_eq!(h.vetu.counters().provisions, 1);
@@ -53,7 +53,7 @@ async fn unhinted_create_claims_the_oldest_ready_vm() {
     h.queued_events();
     let created = h.create(&dev(), req("img", 1)).await;
     assert_eq!(created.start_type, "warm");
-    assert_eq!(vm_of(&created.sandbox_id), first);
+    assert_eq!(vm_of(&sid(&created.sandbox_id)), first);
     assert_eq!(h.worker.ready_counts().values().sum::<usize>(), 1);
     assert_eq!(h.worker.lock().ready.snapshot()[0].0, second);
     let events = h.queued_events();
@@ -66,24 +66,22 @@ async fn unhinted_create_claims_the_oldest_ready_vm() {
 
 #[tokio::test]
 async fn unknown_hint_bounces_with_next_retry() {
+    let unknown = LocalVmId::parse("550e8400-e29b-41d4-a716-446655440000").unwrap();
     let h = Harness::new();
     let outcome = h
         .worker
         .create_sandbox(
             &dev(),
             req("ubuntu:24.04", 1),
-            CreateQuery {
-                local_vm_id: Some("550e8400-e29b-41d4-a716-446655440000"),
-                placement_retry: Some("1"),
+            Placement {
+                claim: Some(unknown),
+                retry: 1,
             },
         )
         .await
         .unwrap();
     match outcome {
-        CreateOutcome::RetryPlacement { location } => assert_eq!(
-            location,
-            "http://broker.example.com/sandboxes?placement_retry=2"
-        ),
+        CreateOutcome::RetryPlacement { retry } => assert_eq!(retry, 2),
         other => panic!("{other:?}"),
     }
     assert!(h.queued_events().is_empty());
@@ -95,9 +93,9 @@ async fn unknown_hint_bounces_with_next_retry() {
         .create_sandbox(
             &dev(),
             req("img", 1),
-            CreateQuery {
-                local_vm_id: Some("550e8400-e29b-41d4-a716-446655440000"),
-                placement_retry: None,
+            Placement {
+                claim: Some(unknown),
+                retry: 0,
             },
         )
         .await
@@ -116,20 +114,22 @@ async fn hinted_tuple_mismatch_bounces_and_reannounces() {
         .create_sandbox(
             &dev(),
             req("img-b", 1),
-            CreateQuery {
-                local_vm_id: Some(&hint),
-                placement_retry: None,
+            Placement {
+                claim: Some(vm),
+                retry: 0,
             },
         )
         .await
         .unwrap();
     match outcome {
-        CreateOutcome::RetryPlacement { location } => assert_eq!(
-            location,
-            "http://broker.example.com/sandboxes?placement_retry=1"
-        ),
+        CreateOutcome::RetryPlacement { retry } => assert_eq!(retry, 1),
         other => panic!("{other:?}"),
     }
+    // The shell joins the broker URL and the retry: the trailing `/` is dropped.
+    assert_eq!(
+        h.worker.config().broker_public_url(),
+        Some("http://broker.example.com")
+    );
     let events = h.queued_events();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].event, "ready");
@@ -152,18 +152,15 @@ async fn hinted_create_without_capacity_bounces_and_keeps_the_vm() {
         .create_sandbox(
             &dev(),
             req("img", 2),
-            CreateQuery {
-                local_vm_id: Some(&hint),
-                placement_retry: Some("2"),
+            Placement {
+                claim: Some(vm),
+                retry: 2,
             },
         )
         .await
         .unwrap();
     match outcome {
-        CreateOutcome::RetryPlacement { location } => assert_eq!(
-            location,
-            "http://broker.example.com/sandboxes?placement_retry=3"
-        ),
+        CreateOutcome::RetryPlacement { retry } => assert_eq!(retry, 3),
         other => panic!("{other:?}"),
     }
     let events = h.queued_events();

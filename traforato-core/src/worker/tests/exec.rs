@@ -21,14 +21,12 @@ async fn exec_runs_and_records() {
         .await;
     // The fake shell has no redirections: it fails with exit 2, which is still an exec.
     let accepted = accepted.unwrap();
-    assert_eq!(accepted.status, "running");
-    assert_eq!(
-        accepted.poll_url,
-        format!("/sandboxes/{sid}/exec/{}", accepted.exec_id)
-    );
-    assert_eq!(accepted.frames_url, format!("{}/frames", accepted.poll_url));
-    all_frames(&h, &dev(), &sid, &accepted.exec_id).await;
-    let record = h.worker.get_exec(&dev(), &sid, &accepted.exec_id).unwrap();
+    let record = h.worker.get_exec(&dev(), &sid, &accepted).unwrap();
+    assert_eq!(record.status, "running");
+    assert_eq!(record.exec_id, accepted.to_string());
+    assert_eq!(record.sandbox_id, sid.to_string());
+    all_frames(&h, &dev(), &sid, &accepted).await;
+    let record = h.worker.get_exec(&dev(), &sid, &accepted).unwrap();
     assert_eq!(record.status, "exited");
     assert_eq!(record.exit_code, Some(2));
 
@@ -57,8 +55,8 @@ async fn exec_runs_and_records() {
         )
         .await
         .unwrap();
-    all_frames(&h, &dev(), &sid, &accepted.exec_id).await;
-    let record = h.worker.get_exec(&dev(), &sid, &accepted.exec_id).unwrap();
+    all_frames(&h, &dev(), &sid, &accepted).await;
+    let record = h.worker.get_exec(&dev(), &sid, &accepted).unwrap();
     assert_eq!(record.stdout, "a  b\n");
 
     assert!(matches!(
@@ -88,12 +86,12 @@ async fn exec_runs_and_records() {
         Err(WorkerError::InvalidExec(_))
     ));
     assert!(matches!(
-        h.worker.get_exec(&dev(), &sid, "exec_nope"),
+        h.worker.get_exec(&dev(), &sid, &ExecId::new()),
         Err(WorkerError::ExecNotFound)
     ));
     let other = h.sandbox().await;
     assert!(matches!(
-        h.worker.get_exec(&dev(), &other, &accepted.exec_id),
+        h.worker.get_exec(&dev(), &other, &accepted),
         Err(WorkerError::ExecNotFound)
     ));
 }
@@ -131,8 +129,8 @@ async fn exec_timeout_and_backend_errors() {
         )
         .await
         .unwrap();
-    all_frames(&h, &dev(), &sid, &accepted.exec_id).await;
-    let record = h.worker.get_exec(&dev(), &sid, &accepted.exec_id).unwrap();
+    all_frames(&h, &dev(), &sid, &accepted).await;
+    let record = h.worker.get_exec(&dev(), &sid, &accepted).unwrap();
     assert_eq!(record.exit_code, Some(crate::backend::TIMEOUT_EXIT_CODE));
     assert!(record.timed_out);
 
@@ -149,7 +147,7 @@ async fn exec_timeout_and_backend_errors() {
         )
         .await
         .unwrap();
-    let frames = all_frames(&h, &dev(), &sid, &accepted.exec_id).await;
+    let frames = all_frames(&h, &dev(), &sid, &accepted).await;
     assert_eq!(frames.len(), 2);
     assert_eq!(frames[0].kind, FrameKind::Stderr);
     assert!(frames[0].data.contains("working directory"));
@@ -169,17 +167,16 @@ async fn frames_long_poll_returns_when_output_arrives() {
         )
     }));
     let sid = h.sandbox().await;
-    let accepted = h
+    let eid = h
         .worker
         .start_exec(&dev(), &sid, ExecRequest::default())
         .await
         .unwrap();
-    let eid = accepted.exec_id;
 
     // Without wait: at once, empty, not null.
     let page = h
         .worker
-        .exec_frames(&dev(), &sid, &eid, None, None)
+        .exec_frames(&dev(), &sid, &eid, 0, None)
         .await
         .unwrap();
     assert!(page.frames.is_empty());
@@ -191,7 +188,7 @@ async fn frames_long_poll_returns_when_output_arrives() {
     let started = tokio::time::Instant::now();
     let page = h
         .worker
-        .exec_frames(&dev(), &sid, &eid, Some("0"), Some("30s"))
+        .exec_frames(&dev(), &sid, &eid, 0, Some(Duration::from_secs(30)))
         .await
         .unwrap();
     let waited = started.elapsed();
@@ -209,7 +206,7 @@ async fn frames_long_poll_returns_when_output_arrives() {
     let started = tokio::time::Instant::now();
     let page = h
         .worker
-        .exec_frames(&dev(), &sid, &eid, Some("1"), Some("2000"))
+        .exec_frames(&dev(), &sid, &eid, 1, Some(Duration::from_secs(2)))
         .await
         .unwrap();
     assert_eq!(started.elapsed(), Duration::from_secs(2));
@@ -223,10 +220,10 @@ async fn has_more_until_exit_frame_is_delivered() {
     let h = Harness::new();
     let sid = h.sandbox().await;
     let record = exec(&h, &sid, "echo one; echo two").await;
-    let eid = record.exec_id;
+    let eid = ExecId::parse(&record.exec_id).unwrap();
     let page = h
         .worker
-        .exec_frames(&dev(), &sid, &eid, None, None)
+        .exec_frames(&dev(), &sid, &eid, 0, None)
         .await
         .unwrap();
     assert_eq!(
@@ -236,10 +233,10 @@ async fn has_more_until_exit_frame_is_delivered() {
     assert_eq!(page.frames[2].data, "0");
     assert_eq!(page.next_cursor, 3);
     assert!(!page.has_more);
-    for (cursor, expect) in [("1", 2), ("2", 1), ("3", 0), ("99", 0), ("-4", 3), ("x", 3)] {
+    for (cursor, expect) in [(0, 3), (1, 2), (2, 1), (3, 0), (99, 0)] {
         let page = h
             .worker
-            .exec_frames(&dev(), &sid, &eid, Some(cursor), Some("1m"))
+            .exec_frames(&dev(), &sid, &eid, cursor, Some(Duration::from_secs(60)))
             .await
             .unwrap();
         assert_eq!(page.frames.len(), expect, "cursor {cursor}");
@@ -267,8 +264,8 @@ async fn utf8_split_across_chunks_is_not_mangled() {
         .start_exec(&dev(), &sid, ExecRequest::default())
         .await
         .unwrap();
-    let frames = all_frames(&h, &dev(), &sid, &accepted.exec_id).await;
-    let record = h.worker.get_exec(&dev(), &sid, &accepted.exec_id).unwrap();
+    let frames = all_frames(&h, &dev(), &sid, &accepted).await;
+    let record = h.worker.get_exec(&dev(), &sid, &accepted).unwrap();
     assert_eq!(record.stdout, "price: €\n");
     assert_eq!(record.stderr, "😀 \u{fffd}");
     let stdout: String = frames
@@ -294,7 +291,7 @@ async fn concurrent_execs_per_sandbox_are_capped() {
             .start_exec(&dev(), &sid, ExecRequest::default())
             .await
             .unwrap();
-        ids.push(accepted.exec_id);
+        ids.push(accepted);
     }
     let err = h
         .worker
@@ -314,7 +311,7 @@ async fn concurrent_execs_per_sandbox_are_capped() {
         .await
         .is_ok());
     tokio::time::sleep(Duration::from_secs(61)).await;
-    let last = ids.last().unwrap().clone();
+    let last = *ids.last().unwrap();
     let record = h.worker.get_exec(&dev(), &sid, &last).unwrap();
     assert_eq!(record.status, "exited");
     assert!(h

@@ -3,7 +3,8 @@
 use tokio::io::AsyncReadExt;
 
 use super::*;
-use crate::api::WriteFileJson;
+use crate::api::Encoding;
+use crate::backend::WriteMode;
 
 #[tokio::test]
 async fn files_write_read_stat_list_mkdir_remove() {
@@ -12,14 +13,15 @@ async fn files_write_read_stat_list_mkdir_remove() {
     let w = &h.worker;
     let p = dev();
 
-    let (bytes, append) = decode_write_json(&WriteFileJson {
-        content: "Hello".into(),
-        encoding: "utf8".into(),
-        append: false,
-    })
-    .unwrap();
+    let bytes = Encoding::Utf8.decode("Hello").unwrap();
     let written = w
-        .write_file(&p, &sid, Some("/workspace/a.txt"), reader(&bytes), append)
+        .write_file(
+            &p,
+            &sid,
+            &path("/workspace/a.txt"),
+            reader(&bytes),
+            WriteMode::Replace,
+        )
         .await
         .unwrap();
     assert_eq!((written.bytes_written, written.bytes), (5, 5));
@@ -29,32 +31,32 @@ async fn files_write_read_stat_list_mkdir_remove() {
         w.write_file(
             &p,
             &sid,
-            Some("/workspace/a.txt/child.txt"),
+            &path("/workspace/a.txt/child.txt"),
             reader(b"x"),
-            false
+            WriteMode::Replace
         )
         .await,
         Err(WorkerError::PathIsFile)
     ));
     assert!(matches!(
-        w.write_file(&p, &sid, Some("/workspace"), reader(b"x"), false)
-            .await,
+        w.write_file(
+            &p,
+            &sid,
+            &path("/workspace"),
+            reader(b"x"),
+            WriteMode::Replace
+        )
+        .await,
         Err(WorkerError::PathIsDirectory)
     ));
     assert!(matches!(
-        w.write_file(&p, &sid, Some("/"), reader(b"x"), false).await,
-        Err(WorkerError::PathIsDirectory)
-    ));
-    assert!(matches!(
-        w.write_file(&p, &sid, Some("relative"), reader(b"x"), false)
+        w.write_file(&p, &sid, &path("/"), reader(b"x"), WriteMode::Replace)
             .await,
-        Err(WorkerError::InvalidPath(
-            crate::path::PathError::NotAbsolute
-        ))
+        Err(WorkerError::PathIsDirectory)
     ));
 
     let read = w
-        .read_file(&p, &sid, Some("/workspace/a.txt"), None)
+        .read_file(&p, &sid, &path("/workspace/a.txt"), Encoding::Utf8)
         .await
         .unwrap();
     assert_eq!(
@@ -66,60 +68,54 @@ async fn files_write_read_stat_list_mkdir_remove() {
         ),
         ("Hello", "file", "utf8", 5)
     );
-    assert_eq!(
-        w.read_file(&p, &sid, Some("/workspace/a.txt"), Some("utf-8"))
-            .await
-            .unwrap()
-            .content,
-        "Hello"
-    );
 
-    let (bytes, append) = decode_write_json(&WriteFileJson {
-        content: "IQ==".into(),
-        encoding: "base64".into(),
-        append: true,
-    })
-    .unwrap();
+    let bytes = Encoding::Base64.decode("IQ==").unwrap();
     let written = w
-        .write_file(&p, &sid, Some("/workspace/a.txt"), reader(&bytes), append)
+        .write_file(
+            &p,
+            &sid,
+            &path("/workspace/a.txt"),
+            reader(&bytes),
+            WriteMode::Append,
+        )
         .await
         .unwrap();
     assert_eq!(written.bytes_written, 1);
     let read = w
-        .read_file(&p, &sid, Some("/workspace/a.txt"), Some("base64"))
+        .read_file(&p, &sid, &path("/workspace/a.txt"), Encoding::Base64)
         .await
         .unwrap();
-    assert_eq!((read.content.as_str(), read.bytes), ("SGVsbG8h", 6));
+    assert_eq!(
+        (read.content.as_str(), read.encoding.as_str(), read.bytes),
+        ("SGVsbG8h", "base64", 6)
+    );
     assert!(matches!(
-        w.read_file(&p, &sid, Some("/workspace/a.txt"), Some("hex"))
+        w.read_file(&p, &sid, &path("/workspace"), Encoding::Utf8)
             .await,
-        Err(WorkerError::InvalidEncoding)
-    ));
-    assert!(matches!(
-        w.read_file(&p, &sid, Some("/workspace"), None).await,
         Err(WorkerError::FileNotFound)
     ));
     assert!(matches!(
-        w.read_file(&p, &sid, Some("/missing"), None).await,
+        w.read_file(&p, &sid, &path("/missing"), Encoding::Utf8)
+            .await,
         Err(WorkerError::FileNotFound)
     ));
     let mut opened = w
-        .open_file(&p, &sid, Some("/workspace/a.txt"))
+        .open_file(&p, &sid, &path("/workspace/a.txt"))
         .await
         .unwrap();
     let mut raw = Vec::new();
     opened.body.read_to_end(&mut raw).await.unwrap();
     assert_eq!((raw.as_slice(), opened.size), (&b"Hello!"[..], 6));
 
-    let stat = w.stat_file(&p, &sid, Some("/nope")).await.unwrap();
+    let stat = w.stat_file(&p, &sid, &path("/nope")).await.unwrap();
     assert!(!stat.exists && stat.kind.is_none());
     let stat = w
-        .stat_file(&p, &sid, Some("/workspace/a.txt/x"))
+        .stat_file(&p, &sid, &path("/workspace/a.txt/x"))
         .await
         .unwrap();
     assert!(!stat.exists);
     let stat = w
-        .stat_file(&p, &sid, Some("/workspace/a.txt"))
+        .stat_file(&p, &sid, &path("/workspace/a.txt"))
         .await
         .unwrap();
     assert_eq!(
@@ -131,83 +127,42 @@ async fn files_write_read_stat_list_mkdir_remove() {
         ),
         (true, Some("file"), Some(6), Some(t0()))
     );
-    let stat = w.stat_file(&p, &sid, Some("/workspace/")).await.unwrap();
+    let stat = w.stat_file(&p, &sid, &path("/workspace/")).await.unwrap();
     assert_eq!(
         (stat.kind.as_deref(), stat.size),
         (Some("directory"), Some(0))
     );
 
     let made = w
-        .mkdir(
-            &p,
-            &sid,
-            MkdirRequest {
-                path: "/workspace/src".into(),
-                recursive: true,
-            },
-        )
+        .mkdir(&p, &sid, &path("/workspace/src"), true)
         .await
         .unwrap();
     assert!(made.created);
     let again = w
-        .mkdir(
-            &p,
-            &sid,
-            MkdirRequest {
-                path: "/workspace/src".into(),
-                recursive: false,
-            },
-        )
+        .mkdir(&p, &sid, &path("/workspace/src"), false)
         .await
         .unwrap();
     assert!(!again.created);
     assert!(matches!(
-        w.mkdir(
-            &p,
-            &sid,
-            MkdirRequest {
-                path: "/a/b/c".into(),
-                recursive: false
-            }
-        )
-        .await,
+        w.mkdir(&p, &sid, &path("/a/b/c"), false).await,
         Err(WorkerError::ParentNotFound)
     ));
     assert!(matches!(
-        w.mkdir(
-            &p,
-            &sid,
-            MkdirRequest {
-                path: "/workspace/a.txt".into(),
-                recursive: false
-            }
-        )
-        .await,
+        w.mkdir(&p, &sid, &path("/workspace/a.txt"), false).await,
         Err(WorkerError::PathIsFile)
-    ));
-    assert!(matches!(
-        w.mkdir(&p, &sid, MkdirRequest::default()).await,
-        Err(WorkerError::InvalidPath(crate::path::PathError::Required))
     ));
     w.write_file(
         &p,
         &sid,
-        Some("/workspace/src/main.txt"),
+        &path("/workspace/src/main.txt"),
         reader(b"m"),
-        false,
+        WriteMode::Replace,
     )
     .await
     .unwrap();
 
     let list = w
-        .list_files(
-            &p,
-            &sid,
-            ListQuery {
-                path: Some("/workspace"),
-                ..Default::default()
-            },
-        )
+        .list_files(&p, &sid, &path("/workspace"), ListOptions::default())
         .await
         .unwrap();
     let entries: Vec<_> = list
@@ -224,38 +179,39 @@ async fn files_write_read_stat_list_mkdir_remove() {
     );
     assert_eq!(list.next_cursor, None);
 
+    let recursive = RemoveOptions {
+        recursive: true,
+        force: false,
+    };
+    let force = RemoveOptions {
+        recursive: false,
+        force: true,
+    };
     assert!(matches!(
-        w.remove_file(&p, &sid, Some("/workspace/src"), Some("false"), None)
+        w.remove_file(&p, &sid, &path("/workspace/src"), RemoveOptions::default())
             .await,
         Err(WorkerError::DirectoryNotEmpty)
     ));
-    w.remove_file(&p, &sid, Some("/workspace/src"), Some("true"), None)
+    w.remove_file(&p, &sid, &path("/workspace/src"), recursive)
         .await
         .unwrap();
     let stat = w
-        .stat_file(&p, &sid, Some("/workspace/src/main.txt"))
+        .stat_file(&p, &sid, &path("/workspace/src/main.txt"))
         .await
         .unwrap();
     assert!(!stat.exists);
     assert!(matches!(
-        w.remove_file(&p, &sid, Some("/gone"), None, None).await,
+        w.remove_file(&p, &sid, &path("/gone"), RemoveOptions::default())
+            .await,
         Err(WorkerError::PathNotFound)
     ));
-    w.remove_file(&p, &sid, Some("/gone"), None, Some("1"))
+    w.remove_file(&p, &sid, &path("/gone"), force)
         .await
         .unwrap();
     assert!(matches!(
-        w.remove_file(&p, &sid, Some("/.."), None, None).await,
-        Err(WorkerError::CannotRemoveRoot)
-    ));
-    assert!(matches!(
-        w.remove_file(&p, &sid, Some("/x"), Some("yes"), None).await,
-        Err(WorkerError::InvalidRecursive)
-    ));
-    assert!(matches!(
-        w.remove_file(&p, &sid, Some("/x"), None, Some("maybe"))
+        w.remove_file(&p, &sid, &path("/.."), RemoveOptions::default())
             .await,
-        Err(WorkerError::InvalidForce)
+        Err(WorkerError::CannotRemoveRoot)
     ));
 }
 
@@ -263,62 +219,50 @@ async fn files_write_read_stat_list_mkdir_remove() {
 async fn list_paging_and_validation() {
     let h = Harness::new();
     let sid = h.sandbox().await;
-    let w = &h.worker;
-    let p = dev();
+    let (w, p, sid) = (&h.worker, &dev(), &sid);
     for name in ["c", "a", "b", "d/e"] {
         w.write_file(
-            &p,
-            &sid,
-            Some(&format!("/data/{name}")),
+            p,
+            sid,
+            &path(&format!("/data/{name}")),
             reader(b"1"),
-            false,
+            WriteMode::Replace,
         )
         .await
         .unwrap();
     }
-    let list = |path, recursive, limit, cursor| {
-        w.list_files(
-            &p,
-            &sid,
-            ListQuery {
-                path,
-                recursive,
-                limit,
-                cursor,
-            },
-        )
+    let list = |raw: &str, recursive, limit, cursor| {
+        let at = path(raw);
+        async move {
+            w.list_files(
+                p,
+                sid,
+                &at,
+                ListOptions {
+                    recursive,
+                    limit,
+                    cursor,
+                },
+            )
+            .await
+        }
     };
-    let page = list(Some("/data"), Some("true"), Some("2"), None)
-        .await
-        .unwrap();
+    let page = list("/data", true, 2, 0).await.unwrap();
     let paths: Vec<_> = page.entries.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(paths, vec!["/data/a", "/data/b"]);
     assert_eq!(page.next_cursor.as_deref(), Some("2"));
-    let page = list(Some("/data"), Some("true"), Some("2"), Some("2"))
-        .await
-        .unwrap();
+    let page = list("/data", true, 2, 2).await.unwrap();
     let paths: Vec<_> = page.entries.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(paths, vec!["/data/c", "/data/d"]);
     assert_eq!(page.next_cursor.as_deref(), Some("4"));
-    let page = list(Some("/data"), Some("true"), Some("2"), Some("4"))
-        .await
-        .unwrap();
+    let page = list("/data", true, 2, 4).await.unwrap();
     assert_eq!(page.entries.len(), 1);
     assert_eq!(page.next_cursor, None);
     // Overflow-safe: huge cursor and limit.
-    let page = list(
-        Some("/data"),
-        None,
-        Some("9223372036854775807"),
-        Some("9223372036854775807"),
-    )
-    .await
-    .unwrap();
+    let page = list("/data", false, usize::MAX, usize::MAX).await.unwrap();
     assert!(page.entries.is_empty());
     assert_eq!(page.next_cursor, None);
-    let page = list(Some("/data"), None, Some("9223372036854775807"), Some("1"))
-        .await
-        .unwrap();
+    let page = list("/data", false, usize::MAX, 1).await.unwrap();
     assert_eq!(page.entries.len(), 3);
     assert_eq!(
         serde_json::to_value(&page).unwrap()["next_cursor"],
@@ -326,28 +270,16 @@ async fn list_paging_and_validation() {
     );
 
     assert!(matches!(
-        list(Some("/data"), Some("nah"), None, None).await,
-        Err(WorkerError::InvalidRecursive)
-    ));
-    assert!(matches!(
-        list(Some("/data"), None, Some("0"), None).await,
+        list("/data", false, 0, 0).await,
         Err(WorkerError::InvalidLimit)
     ));
     assert!(matches!(
-        list(Some("/data"), None, None, Some("-1")).await,
-        Err(WorkerError::InvalidCursor)
-    ));
-    assert!(matches!(
-        list(Some("/data/a"), None, None, None).await,
+        list("/data/a", false, DEFAULT_LIST_LIMIT, 0).await,
         Err(WorkerError::DirectoryNotFound)
     ));
     assert!(matches!(
-        list(Some("/missing"), None, None, None).await,
+        list("/missing", false, DEFAULT_LIST_LIMIT, 0).await,
         Err(WorkerError::DirectoryNotFound)
-    ));
-    assert!(matches!(
-        list(None, None, None, None).await,
-        Err(WorkerError::InvalidPath(_))
     ));
 }
 
@@ -360,31 +292,22 @@ async fn dev_mode_files_and_code_without_tokens() {
         panic!("run code")
     };
     assert!(r.stdout.contains("dev"));
-    let (bytes, _) = decode_write_json(&WriteFileJson {
-        content: "RGV2".into(),
-        ..Default::default()
-    })
-    .unwrap();
+    let bytes = Encoding::Base64.decode("RGV2").unwrap();
     h.worker
         .write_file(
             &dev(),
             &sid,
-            Some("/workspace/dev.txt"),
+            &path("/workspace/dev.txt"),
             reader(&bytes),
-            false,
+            WriteMode::Replace,
         )
         .await
         .unwrap();
     assert!(
         h.worker
-            .stat_file(&dev(), &sid, Some("/workspace/dev.txt"))
+            .stat_file(&dev(), &sid, &path("/workspace/dev.txt"))
             .await
             .unwrap()
             .exists
     );
-    let url = h
-        .worker
-        .port_url(&dev(), &sid, "3000", Some("http"), "broker.example.com")
-        .unwrap();
-    assert_eq!(url.protocol, "http");
 }

@@ -2,7 +2,7 @@
 //! streams, over the fake backend (which records controls rather than acting on them).
 
 use super::*;
-use crate::api::{ExecResizeRequest, ExecSignalRequest, FrameKind};
+use crate::api::{EncodingError, FrameKind};
 use crate::backend::fake::FakeExec;
 use crate::backend::{ExecControl, ExecSignal, TerminalSize};
 
@@ -17,20 +17,17 @@ fn long_running(h: &Harness) {
     }));
 }
 
-fn controls_of(h: &Harness, sid: &str) -> Vec<(String, ExecControl)> {
-    let vm = h.fake.vm(&vm_of(sid)).unwrap();
-    vm.exec_controls()
-        .into_iter()
-        .map(|(id, c)| (id.to_string(), c))
-        .collect()
+fn controls_of(h: &Harness, sid: &SandboxId) -> Vec<(ExecId, ExecControl)> {
+    h.fake.vm(&vm_of(sid)).unwrap().exec_controls()
 }
 
-async fn start(h: &Harness, sid: &str, request: ExecRequest) -> String {
-    h.worker
-        .start_exec(&dev(), sid, request)
-        .await
-        .unwrap()
-        .exec_id
+async fn start(h: &Harness, sid: &SandboxId, request: ExecRequest) -> ExecId {
+    h.worker.start_exec(&dev(), sid, request).await.unwrap()
+}
+
+/// The id of an exec record.
+fn id_of(record: &ExecRecord) -> ExecId {
+    ExecId::parse(&record.exec_id).expect("an exec id")
 }
 
 fn long(interactive: bool) -> ExecRequest {
@@ -62,8 +59,8 @@ async fn stdin_reaches_an_interactive_exec_until_eof() {
     assert_eq!(
         controls_of(&h, &sid),
         vec![
-            (eid.clone(), ExecControl::Stdin("hello\n".into())),
-            (eid.clone(), ExecControl::CloseStdin),
+            (eid, ExecControl::Stdin("hello\n".into())),
+            (eid, ExecControl::CloseStdin),
         ]
     );
 }
@@ -80,22 +77,15 @@ async fn stdin_of_a_plain_exec_is_closed_and_of_an_exited_one_conflicts() {
         .await;
     assert!(matches!(r, Err(WorkerError::StdinClosed)), "{r:?}");
 
-    let record = exec(&h, &sid, "echo done").await;
+    let done = id_of(&exec(&h, &sid, "echo done").await);
     let r = h
         .worker
-        .write_exec_stdin(&dev(), &sid, &record.exec_id, "x".into())
+        .write_exec_stdin(&dev(), &sid, &done, "x".into())
         .await;
     assert!(matches!(r, Err(WorkerError::ExecExited)), "{r:?}");
     let r = h
         .worker
-        .signal_exec(
-            &dev(),
-            &sid,
-            &record.exec_id,
-            ExecSignalRequest {
-                signal: "KILL".into(),
-            },
-        )
+        .signal_exec(&dev(), &sid, &done, ExecSignal::Kill)
         .await;
     assert!(matches!(r, Err(WorkerError::ExecExited)), "{r:?}");
 }
@@ -121,7 +111,10 @@ async fn one_shot_stdin_is_decoded_and_handed_to_the_backend() {
         let record = h.worker.get_exec(&dev(), &sid, &eid).unwrap();
         assert_eq!(record.stdout, "hi\n", "{encoding}");
     }
-    for (encoding, want) in [("latin1", "encoding"), ("base64", "base64")] {
+    for (encoding, want, kind) in [
+        ("latin1", "encoding", EncodingError::Unknown),
+        ("base64", "base64", EncodingError::InvalidBase64),
+    ] {
         let r = h
             .worker
             .start_exec(
@@ -136,10 +129,7 @@ async fn one_shot_stdin_is_decoded_and_handed_to_the_backend() {
             .await;
         let err = r.unwrap_err();
         assert!(
-            matches!(
-                err,
-                WorkerError::InvalidEncoding | WorkerError::InvalidBase64
-            ),
+            matches!(err, WorkerError::Encoding(e) if e == kind),
             "{err:?}"
         );
         assert!(err.to_string().contains(want), "{err}");
@@ -147,29 +137,22 @@ async fn one_shot_stdin_is_decoded_and_handed_to_the_backend() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn signals_are_parsed_and_delivered() {
+async fn signals_are_delivered() {
     let h = Harness::new();
     long_running(&h);
     let sid = h.sandbox().await;
     let eid = start(&h, &sid, long(false)).await;
-    for raw in ["TERM", "sigint", " HUP ", "KILL"] {
+    for signal in [
+        ExecSignal::Term,
+        ExecSignal::Int,
+        ExecSignal::Hup,
+        ExecSignal::Kill,
+    ] {
         h.worker
-            .signal_exec(&dev(), &sid, &eid, ExecSignalRequest { signal: raw.into() })
+            .signal_exec(&dev(), &sid, &eid, signal)
             .await
             .unwrap();
     }
-    let r = h
-        .worker
-        .signal_exec(
-            &dev(),
-            &sid,
-            &eid,
-            ExecSignalRequest {
-                signal: "USR1".into(),
-            },
-        )
-        .await;
-    assert!(matches!(r, Err(WorkerError::InvalidSignal)), "{r:?}");
     let signals: Vec<ExecControl> = controls_of(&h, &sid).into_iter().map(|(_, c)| c).collect();
     assert_eq!(
         signals,
@@ -214,7 +197,7 @@ async fn terminals_take_a_size_and_resizes() {
         ))
     );
     assert!(h.worker.get_exec(&dev(), &sid, &eid).unwrap().tty);
-    let size = ExecResizeRequest { rows: 10, cols: 20 };
+    let size = TerminalSize { rows: 10, cols: 20 };
     h.worker
         .resize_exec(&dev(), &sid, &eid, size)
         .await
@@ -227,9 +210,16 @@ async fn terminals_take_a_size_and_resizes() {
         )]
     );
 
-    // A resize needs a terminal; sizes need tty and must be positive.
+    // A resize must be positive and needs a terminal; sizes need tty and must be positive.
+    for size in [
+        TerminalSize { rows: 0, cols: 20 },
+        TerminalSize { rows: 10, cols: 0 },
+    ] {
+        let r = h.worker.resize_exec(&dev(), &sid, &eid, size).await;
+        assert!(matches!(r, Err(WorkerError::InvalidExec(_))), "{r:?}");
+    }
     let plain = start(&h, &sid, ExecRequest::default()).await;
-    let size = ExecResizeRequest { rows: 10, cols: 20 };
+    let size = TerminalSize { rows: 10, cols: 20 };
     let r = h.worker.resize_exec(&dev(), &sid, &plain, size).await;
     assert!(matches!(r, Err(WorkerError::NotATerminal)), "{r:?}");
     for request in [
@@ -261,7 +251,7 @@ async fn run_code_execs_take_no_controls() {
     };
     let r = h
         .worker
-        .write_exec_stdin(&dev(), &sid, &accepted.exec_id, "x".into())
+        .write_exec_stdin(&dev(), &sid, &accepted, "x".into())
         .await;
     assert!(matches!(r, Err(WorkerError::ExecNotControllable)), "{r:?}");
 }
@@ -278,14 +268,19 @@ async fn listing_puts_running_execs_first_then_newest() {
     let second = exec(&h, &sid, "echo 2").await.exec_id;
     let list = h.worker.list_execs(&dev(), &sid, None).unwrap();
     let ids: Vec<&str> = list.execs.iter().map(|r| r.exec_id.as_str()).collect();
-    assert_eq!(ids, [running.as_str(), second.as_str(), first.as_str()]);
+    assert_eq!(
+        ids,
+        [
+            running.to_string().as_str(),
+            second.as_str(),
+            first.as_str()
+        ]
+    );
     assert_eq!(list.execs[0].status, "running");
-    let list = h.worker.list_execs(&dev(), &sid, Some("2")).unwrap();
+    let list = h.worker.list_execs(&dev(), &sid, Some(2)).unwrap();
     assert_eq!(list.execs.len(), 2);
-    for bad in ["0", "x", "-1"] {
-        let r = h.worker.list_execs(&dev(), &sid, Some(bad));
-        assert!(matches!(r, Err(WorkerError::InvalidLimit)), "{bad}");
-    }
+    let r = h.worker.list_execs(&dev(), &sid, Some(0));
+    assert!(matches!(r, Err(WorkerError::InvalidLimit)), "{r:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -302,10 +297,7 @@ async fn frame_stream_follows_output_until_exit_from_a_cursor() {
     }));
     let sid = h.sandbox().await;
     let eid = start(&h, &sid, ExecRequest::default()).await;
-    let mut stream = h
-        .worker
-        .exec_frame_stream(&dev(), &sid, &eid, None)
-        .unwrap();
+    let mut stream = h.worker.exec_frame_stream(&dev(), &sid, &eid, 0).unwrap();
     let mut seen = Vec::new();
     while let Some((frame, cursor)) = stream.next().await {
         seen.push((frame.kind, frame.data, cursor));
@@ -318,10 +310,7 @@ async fn frame_stream_follows_output_until_exit_from_a_cursor() {
             (FrameKind::Exit, "3".to_string(), 3),
         ]
     );
-    let mut stream = h
-        .worker
-        .exec_frame_stream(&dev(), &sid, &eid, Some("2"))
-        .unwrap();
+    let mut stream = h.worker.exec_frame_stream(&dev(), &sid, &eid, 2).unwrap();
     assert_eq!(stream.next().await.unwrap().1, 3);
     assert!(stream.next().await.is_none());
 }
@@ -332,10 +321,7 @@ async fn frame_stream_ends_when_the_sandbox_goes() {
     long_running(&h);
     let sid = h.sandbox().await;
     let eid = start(&h, &sid, long(false)).await;
-    let mut stream = h
-        .worker
-        .exec_frame_stream(&dev(), &sid, &eid, None)
-        .unwrap();
+    let mut stream = h.worker.exec_frame_stream(&dev(), &sid, &eid, 0).unwrap();
     let drained = tokio::spawn(async move {
         let mut frames = 0;
         while stream.next().await.is_some() {
@@ -363,17 +349,15 @@ async fn sessions_attach_by_name_and_idle_ones_are_reaped() {
     let sid = h.sandbox().await;
     let w = &h.worker;
     // Lives through the idle timeouts below.
-    w.renew_lease(&dev(), &sid, Some("86400")).unwrap();
+    w.renew_lease(&dev(), &sid, Duration::from_secs(86_400))
+        .unwrap();
     let first = w
         .open_exec_session(&dev(), &sid, "s1", Some(long(true)))
         .unwrap();
     assert!(first.created);
     // By name alone, or with the same process: the same exec; other options conflict.
     let again = w.open_exec_session(&dev(), &sid, "s1", None).unwrap();
-    assert_eq!(
-        (again.exec_id.as_str(), again.created),
-        (first.exec_id.as_str(), false)
-    );
+    assert_eq!((again.exec_id, again.created), (first.exec_id, false));
     let same = w
         .open_exec_session(&dev(), &sid, "s1", Some(long(true)))
         .unwrap();
@@ -410,7 +394,7 @@ async fn sessions_attach_by_name_and_idle_ones_are_reaped() {
     w.reap_expired().await;
     assert_eq!(
         controls_of(&h, &sid),
-        vec![(first.exec_id.clone(), ExecControl::Signal(ExecSignal::Kill))]
+        vec![(first.exec_id, ExecControl::Signal(ExecSignal::Kill))]
     );
     assert!(matches!(
         w.open_exec_session(&dev(), &sid, "s1", None),

@@ -17,7 +17,7 @@ async fn create_then_get() {
     assert_eq!(id.broker_id().as_str(), "broker_local");
     assert_eq!(id.worker_id().as_str(), "worker_a");
 
-    let got = h.worker.get_sandbox(&dev(), &created.sandbox_id).unwrap();
+    let got = h.worker.get_sandbox(&dev(), &id).unwrap();
     assert_eq!(got.image, "ubuntu:24.04");
     assert_eq!(got.created_at, t0());
     assert_eq!(h.worker.live_sandboxes(), 1);
@@ -62,7 +62,10 @@ async fn tart_gets_default_image_and_vetu_requires_one() {
         )
         .await;
     assert_eq!(created.virtualization, "tart");
-    let got = h.worker.get_sandbox(&dev(), &created.sandbox_id).unwrap();
+    let got = h
+        .worker
+        .get_sandbox(&dev(), &sid(&created.sandbox_id))
+        .unwrap();
     assert_eq!(got.image, crate::tuple::TART_DEFAULT_IMAGE);
     assert_eq!(h.tart.live_count(), 1);
 
@@ -75,7 +78,7 @@ async fn tart_gets_default_image_and_vetu_requires_one() {
                 cpu: 1,
                 ..Default::default()
             },
-            CreateQuery::default(),
+            Placement::default(),
         )
         .await
         .unwrap_err();
@@ -91,38 +94,12 @@ async fn tart_gets_default_image_and_vetu_requires_one() {
                 image: "img".into(),
                 ..Default::default()
             },
-            CreateQuery::default(),
+            Placement::default(),
         )
         .await
         .unwrap_err();
     assert!(matches!(err, WorkerError::UnsupportedVirtualization(v) if v == "container"));
     assert_eq!(h.live_vms(), 1);
-}
-
-#[tokio::test]
-async fn create_query_validation() {
-    let h = Harness::new();
-    let bad_retry = CreateQuery {
-        placement_retry: Some("x"),
-        ..Default::default()
-    };
-    assert!(matches!(
-        h.worker
-            .create_sandbox(&dev(), req("img", 1), bad_retry)
-            .await,
-        Err(WorkerError::InvalidPlacementRetry)
-    ));
-    let bad_hint = CreateQuery {
-        local_vm_id: Some("not-a-uuid"),
-        ..Default::default()
-    };
-    assert!(matches!(
-        h.worker
-            .create_sandbox(&dev(), req("img", 1), bad_hint)
-            .await,
-        Err(WorkerError::InvalidLocalVmId)
-    ));
-    assert_eq!(h.live_vms(), 0);
 }
 
 #[tokio::test]
@@ -152,7 +129,7 @@ async fn capacity_limits_have_exact_messages() {
     h.sandbox().await;
     let err = h
         .worker
-        .create_sandbox(&dev(), req("img", 1), CreateQuery::default())
+        .create_sandbox(&dev(), req("img", 1), Placement::default())
         .await
         .unwrap_err();
     assert_eq!(err.to_string(), "no capacity: max sandbox count reached");
@@ -160,7 +137,7 @@ async fn capacity_limits_have_exact_messages() {
     let h = Harness::with(|c| c.total_cores = 2);
     let err = h
         .worker
-        .create_sandbox(&dev(), req("img", 3), CreateQuery::default())
+        .create_sandbox(&dev(), req("img", 3), Placement::default())
         .await
         .unwrap_err();
     assert_eq!(err.to_string(), "no capacity: cpu limit reached");
@@ -172,7 +149,7 @@ async fn capacity_limits_have_exact_messages() {
     });
     let err = h
         .worker
-        .create_sandbox(&dev(), req("img", 1), CreateQuery::default())
+        .create_sandbox(&dev(), req("img", 1), Placement::default())
         .await
         .unwrap_err();
     assert_eq!(err.to_string(), "no capacity: memory limit reached");
@@ -185,7 +162,7 @@ async fn failed_provision_leaks_nothing() {
     h.fake.fail_next_provisions(1);
     let err = h
         .worker
-        .create_sandbox(&dev(), req("img", 2), CreateQuery::default())
+        .create_sandbox(&dev(), req("img", 2), Placement::default())
         .await
         .unwrap_err();
     assert!(matches!(err, WorkerError::ProvisionFailed(_)));
@@ -207,7 +184,7 @@ async fn failed_provision_leaks_nothing() {
     h2.fake.fail_next_provisions(1);
     assert!(h2
         .worker
-        .create_sandbox(&dev(), req("img", 1), CreateQuery::default())
+        .create_sandbox(&dev(), req("img", 1), Placement::default())
         .await
         .is_err());
     h2.sandbox().await;
@@ -220,7 +197,7 @@ async fn abandoned_create_releases_capacity_and_destroys_its_vm() {
     let principal = dev();
     let create = h
         .worker
-        .create_sandbox(&principal, req("img", 2), CreateQuery::default());
+        .create_sandbox(&principal, req("img", 2), Placement::default());
     assert!(tokio::time::timeout(Duration::from_secs(1), create)
         .await
         .is_err());
@@ -237,7 +214,7 @@ async fn abandoned_create_releases_capacity_and_destroys_its_vm() {
 #[tokio::test]
 async fn delete_destroys_and_releases() {
     let h = Harness::new();
-    let sid = h.create(&dev(), req("img", 2)).await.sandbox_id;
+    let sid = sid(&h.create(&dev(), req("img", 2)).await.sandbox_id);
     assert_eq!(h.fake.live_count(), 1);
     h.worker.delete_sandbox(&dev(), &sid).await.unwrap();
     assert_eq!(h.fake.live_count(), 0);
@@ -264,7 +241,7 @@ async fn delete_destroys_and_releases() {
 async fn delete_stops_running_execs() {
     let h = Harness::new();
     let sid = h.sandbox().await;
-    let accepted = h
+    let exec_id = h
         .worker
         .start_exec(
             &dev(),
@@ -279,7 +256,7 @@ async fn delete_stops_running_execs() {
     h.worker.delete_sandbox(&dev(), &sid).await.unwrap();
     assert_eq!(h.fake.live_count(), 0);
     assert!(matches!(
-        h.worker.get_exec(&dev(), &sid, &accepted.exec_id),
+        h.worker.get_exec(&dev(), &sid, &exec_id),
         Err(WorkerError::SandboxNotFound)
     ));
 }
@@ -289,7 +266,7 @@ async fn ttl_expiry_destroys() {
     let h = Harness::new();
     let mut r = req("img", 1);
     r.ttl_seconds = 60;
-    let short = h.create(&dev(), r).await.sandbox_id;
+    let short = sid(&h.create(&dev(), r).await.sandbox_id);
     let long = h.sandbox().await;
     assert_eq!(h.worker.reap_expired().await, 0);
     h.clock.advance(Duration::from_secs(61));
@@ -315,31 +292,32 @@ async fn lease_extends_and_validates() {
     let h = Harness::with(|c| c.max_ttl = Duration::from_secs(7200));
     let mut r = req("img", 1);
     r.ttl_seconds = 60;
-    let sid = h.create(&dev(), r).await.sandbox_id;
-    for bad in [None, Some(""), Some("0"), Some("-1"), Some(" 5"), Some("x")] {
-        assert!(matches!(
-            h.worker.renew_lease(&dev(), &sid, bad),
-            Err(WorkerError::InvalidTtl)
-        ));
-    }
+    let sid = sid(&h.create(&dev(), r).await.sandbox_id);
+    assert!(matches!(
+        h.worker.renew_lease(&dev(), &sid, Duration::ZERO),
+        Err(WorkerError::InvalidTtl)
+    ));
     // The ttl is checked before the lookup.
     let unknown = SandboxId::new(
         ComponentId::parse("broker_local").unwrap(),
         ComponentId::parse("worker_a").unwrap(),
         LocalVmId::new_random(),
-    )
-    .to_string();
+    );
     assert!(matches!(
-        h.worker.renew_lease(&dev(), &unknown, Some("0")),
+        h.worker.renew_lease(&dev(), &unknown, Duration::ZERO),
         Err(WorkerError::InvalidTtl)
     ));
     assert!(matches!(
-        h.worker.renew_lease(&dev(), &unknown, Some("10")),
+        h.worker
+            .renew_lease(&dev(), &unknown, Duration::from_secs(10)),
         Err(WorkerError::SandboxNotFound)
     ));
 
     h.clock.advance(Duration::from_secs(30));
-    let lease = h.worker.renew_lease(&dev(), &sid, Some("600")).unwrap();
+    let lease = h
+        .worker
+        .renew_lease(&dev(), &sid, Duration::from_secs(600))
+        .unwrap();
     assert_eq!(lease.expires_at, t0() + chrono::Duration::seconds(630));
     h.clock.advance(Duration::from_secs(120));
     assert_eq!(h.worker.reap_expired().await, 0);
@@ -347,7 +325,10 @@ async fn lease_extends_and_validates() {
         h.worker.get_sandbox(&dev(), &sid).unwrap().expires_at,
         lease.expires_at
     );
-    let capped = h.worker.renew_lease(&dev(), &sid, Some("999999")).unwrap();
+    let capped = h
+        .worker
+        .renew_lease(&dev(), &sid, Duration::from_secs(999_999))
+        .unwrap();
     assert_eq!(
         capped.expires_at,
         t0() + chrono::Duration::seconds(150) + chrono::Duration::hours(2)
@@ -359,26 +340,16 @@ async fn ids_are_strict_and_foreign_ids_not_found() {
     let h = Harness::new();
     let sid = h.sandbox().await;
     let vm = vm_of(&sid);
-    assert!(matches!(
-        h.worker.get_sandbox(&dev(), "not-an-id"),
-        Err(WorkerError::MalformedSandboxId)
-    ));
-    assert!(matches!(
-        h.worker.get_sandbox(&dev(), &format!(" {sid}")),
-        Err(WorkerError::MalformedSandboxId)
-    ));
     let other_broker = SandboxId::new(
         ComponentId::parse("broker_b").unwrap(),
         ComponentId::parse("worker_a").unwrap(),
         vm,
-    )
-    .to_string();
+    );
     let other_worker = SandboxId::new(
         ComponentId::parse("broker_local").unwrap(),
         ComponentId::parse("worker_b").unwrap(),
         vm,
-    )
-    .to_string();
+    );
     for foreign in [&other_broker, &other_worker] {
         assert!(matches!(
             h.worker.get_sandbox(&dev(), foreign),
@@ -389,7 +360,9 @@ async fn ids_are_strict_and_foreign_ids_not_found() {
             Err(WorkerError::SandboxNotFound)
         ));
         assert!(matches!(
-            h.worker.stat_file(&dev(), foreign, Some("/")).await,
+            h.worker
+                .stat_file(&dev(), foreign, &SandboxPath::root())
+                .await,
             Err(WorkerError::SandboxNotFound)
         ));
     }
@@ -401,14 +374,14 @@ async fn prod_ownership_is_enforced_everywhere() {
     let h = Harness::with(|c| c.auth_mode = AuthMode::Prod);
     let a = client("client-a");
     let b = client("client-b");
-    let sid = h.create(&a, req("ubuntu:24.04", 1)).await.sandbox_id;
+    let sid = sid(&h.create(&a, req("ubuntu:24.04", 1)).await.sandbox_id);
     assert!(h.worker.get_sandbox(&a, &sid).is_ok());
-    let accepted = h
+    let eid = h
         .worker
         .start_exec(&a, &sid, ExecRequest::default())
         .await
         .unwrap();
-    let eid = accepted.exec_id.as_str();
+    let eid = &eid;
 
     let denied = |r: Result<(), WorkerError>, what: &str| {
         assert!(
@@ -418,7 +391,10 @@ async fn prod_ownership_is_enforced_everywhere() {
     };
     let w = &h.worker;
     denied(w.get_sandbox(&b, &sid).map(drop), "get");
-    denied(w.renew_lease(&b, &sid, Some("60")).map(drop), "lease");
+    denied(
+        w.renew_lease(&b, &sid, Duration::from_secs(60)).map(drop),
+        "lease",
+    );
     denied(
         w.start_exec(&b, &sid, ExecRequest::default())
             .await
@@ -433,77 +409,72 @@ async fn prod_ownership_is_enforced_everywhere() {
     denied(w.run_code(&b, &sid, code).await.map(drop), "run code");
     denied(w.get_exec(&b, &sid, eid).map(drop), "get exec");
     denied(
-        w.exec_frames(&b, &sid, eid, None, None).await.map(drop),
+        w.exec_frames(&b, &sid, eid, 0, None).await.map(drop),
         "frames",
     );
     denied(w.list_execs(&b, &sid, None).map(drop), "list execs");
     denied(
-        w.exec_frame_stream(&b, &sid, eid, None).map(drop),
+        w.exec_frame_stream(&b, &sid, eid, 0).map(drop),
         "frame stream",
     );
-    denied(w.write_exec_stdin(&b, &sid, eid, "x".into()).await, "stdin");
-    let term = || crate::api::ExecSignalRequest {
-        signal: "TERM".into(),
-    };
-    denied(w.signal_exec(&b, &sid, eid, term()).await, "signal");
-    let size = crate::api::ExecResizeRequest { rows: 5, cols: 5 };
+    denied(
+        w.write_exec_stdin(&b, &sid, eid, bytes::Bytes::from_static(b"x"))
+            .await,
+        "stdin",
+    );
+    denied(
+        w.signal_exec(&b, &sid, eid, ExecSignal::Term).await,
+        "signal",
+    );
+    let size = TerminalSize { rows: 5, cols: 5 };
     denied(w.resize_exec(&b, &sid, eid, size).await, "resize");
     denied(
-        w.write_file(&b, &sid, Some("/workspace/x"), reader(b"x"), false)
-            .await
-            .map(drop),
+        w.write_file(
+            &b,
+            &sid,
+            &path("/workspace/x"),
+            reader(b"x"),
+            WriteMode::Replace,
+        )
+        .await
+        .map(drop),
         "write",
     );
     denied(
-        w.read_file(&b, &sid, Some("/workspace/x"), None)
+        w.read_file(&b, &sid, &path("/workspace/x"), Encoding::Utf8)
             .await
             .map(drop),
         "read",
     );
-    denied(w.open_file(&b, &sid, Some("/x")).await.map(drop), "open");
-    denied(w.stat_file(&b, &sid, Some("/")).await.map(drop), "stat");
+    denied(w.open_file(&b, &sid, &path("/x")).await.map(drop), "open");
     denied(
-        w.list_files(
-            &b,
-            &sid,
-            ListQuery {
-                path: Some("/"),
-                ..Default::default()
-            },
-        )
-        .await
-        .map(drop),
+        w.stat_file(&b, &sid, &SandboxPath::root()).await.map(drop),
+        "stat",
+    );
+    denied(
+        w.list_files(&b, &sid, &SandboxPath::root(), ListOptions::default())
+            .await
+            .map(drop),
         "list",
     );
     denied(
-        w.mkdir(
-            &b,
-            &sid,
-            MkdirRequest {
-                path: "/".into(),
-                recursive: false,
-            },
-        )
-        .await
-        .map(drop),
+        w.mkdir(&b, &sid, &SandboxPath::root(), false)
+            .await
+            .map(drop),
         "mkdir /",
     );
     denied(
-        w.remove_file(&b, &sid, Some("/workspace"), None, None)
+        w.remove_file(&b, &sid, &path("/workspace"), RemoveOptions::default())
             .await,
         "remove",
     );
-    denied(
-        w.port_url(&b, &sid, "3000", None, "h").map(drop),
-        "port url",
-    );
-    denied(w.connect_port(&b, &sid, "3000").await.map(drop), "proxy");
+    denied(w.connect_port(&b, &sid, 3000).await.map(drop), "proxy");
     denied(w.delete_sandbox(&b, &sid).await, "delete");
     assert_eq!(h.worker.live_sandboxes(), 1);
 
     // Dev mode skips the check.
     let d = Harness::new();
-    let sid = d.create(&a, req("img", 1)).await.sandbox_id;
+    let sid = super::sid(&d.create(&a, req("img", 1)).await.sandbox_id);
     assert!(d.worker.get_sandbox(&b, &sid).is_ok());
 }
 
@@ -514,17 +485,13 @@ async fn mkdir_root_checks_the_sandbox() {
         ComponentId::parse("broker_local").unwrap(),
         ComponentId::parse("worker_a").unwrap(),
         LocalVmId::new_random(),
-    )
-    .to_string();
-    let root = || MkdirRequest {
-        path: "/".into(),
-        recursive: false,
-    };
+    );
+    let root = SandboxPath::root();
     assert!(matches!(
-        h.worker.mkdir(&dev(), &unknown, root()).await,
+        h.worker.mkdir(&dev(), &unknown, &root, false).await,
         Err(WorkerError::SandboxNotFound)
     ));
     let sid = h.sandbox().await;
-    let r = h.worker.mkdir(&dev(), &sid, root()).await.unwrap();
+    let r = h.worker.mkdir(&dev(), &sid, &root, false).await.unwrap();
     assert_eq!((r.path.as_str(), r.created), ("/", false));
 }

@@ -183,7 +183,7 @@ impl Harness {
     async fn create(&self, p: &Principal, request: CreateSandboxRequest) -> CreateSandboxResponse {
         match self
             .worker
-            .create_sandbox(p, request, CreateQuery::default())
+            .create_sandbox(p, request, Placement::default())
             .await
         {
             Ok(CreateOutcome::Created(r)) => r,
@@ -191,8 +191,8 @@ impl Harness {
         }
     }
 
-    async fn sandbox(&self) -> String {
-        self.create(&dev(), req("img", 1)).await.sandbox_id
+    async fn sandbox(&self) -> SandboxId {
+        sid(&self.create(&dev(), req("img", 1)).await.sandbox_id)
     }
 
     /// Provisions one warm VM of the tuple through the filler path; returns its id.
@@ -256,8 +256,18 @@ fn reader(bytes: &[u8]) -> BoxedReader {
     Box::new(std::io::Cursor::new(bytes.to_vec()))
 }
 
-fn vm_of(sandbox_id: &str) -> LocalVmId {
-    SandboxId::parse(sandbox_id).unwrap().local_vm_id()
+fn vm_of(sandbox_id: &SandboxId) -> LocalVmId {
+    sandbox_id.local_vm_id()
+}
+
+/// A sandbox id from its text.
+fn sid(raw: &str) -> SandboxId {
+    SandboxId::parse(raw).expect("a sandbox id")
+}
+
+/// A path from its text.
+fn path(raw: &str) -> SandboxPath {
+    SandboxPath::parse(raw).expect("a sandbox path")
 }
 
 /// Waits (in tokio time) until `cond` holds.
@@ -272,13 +282,18 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// Reads frames until the exec has exited; returns all frames.
-async fn all_frames(h: &Harness, p: &Principal, sid: &str, eid: &str) -> Vec<crate::api::Frame> {
+async fn all_frames(
+    h: &Harness,
+    p: &Principal,
+    sid: &SandboxId,
+    eid: &ExecId,
+) -> Vec<crate::api::Frame> {
     let mut frames = Vec::new();
     let mut cursor = 0u64;
     loop {
         let page = h
             .worker
-            .exec_frames(p, sid, eid, Some(&cursor.to_string()), Some("60s"))
+            .exec_frames(p, sid, eid, cursor, Some(Duration::from_secs(60)))
             .await
             .unwrap();
         frames.extend(page.frames);
@@ -292,7 +307,7 @@ async fn all_frames(h: &Harness, p: &Principal, sid: &str, eid: &str) -> Vec<cra
 /// Runs `source` in `runtime` as dev.
 async fn code(
     h: &Harness,
-    sid: &str,
+    sid: &SandboxId,
     runtime: &str,
     source: &str,
     wait: Option<bool>,
@@ -311,8 +326,8 @@ async fn code(
         .await
 }
 
-async fn exec(h: &Harness, sid: &str, command: &str) -> ExecRecord {
-    let accepted = h
+async fn exec(h: &Harness, sid: &SandboxId, command: &str) -> ExecRecord {
+    let exec_id = h
         .worker
         .start_exec(
             &dev(),
@@ -324,6 +339,6 @@ async fn exec(h: &Harness, sid: &str, command: &str) -> ExecRecord {
         )
         .await
         .unwrap();
-    all_frames(h, &dev(), sid, &accepted.exec_id).await;
-    h.worker.get_exec(&dev(), sid, &accepted.exec_id).unwrap()
+    all_frames(h, &dev(), sid, &exec_id).await;
+    h.worker.get_exec(&dev(), sid, &exec_id).unwrap()
 }

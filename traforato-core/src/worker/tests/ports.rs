@@ -1,35 +1,13 @@
-//! Worker tests: port URLs and connections to a port.
+//! Worker tests: connections to a port.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
 
 #[tokio::test]
-async fn port_url_and_connect() {
+async fn connect_to_a_port() {
     let h = Harness::new();
     let sid = h.sandbox().await;
-    let url = h
-        .worker
-        .port_url(&dev(), &sid, "3000", Some("https"), "broker.example.com")
-        .unwrap();
-    assert_eq!(
-        url.url,
-        format!("https://broker.example.com/sandboxes/{sid}/proxy/3000")
-    );
-    assert_eq!((url.port, url.protocol.as_str()), (3000, "https"));
-    let url = h.worker.port_url(&dev(), &sid, "80", None, "").unwrap();
-    assert_eq!(
-        url.url,
-        format!("https://localhost/sandboxes/{sid}/proxy/80")
-    );
-    assert!(matches!(
-        h.worker.port_url(&dev(), &sid, "0", None, "h"),
-        Err(WorkerError::InvalidPort)
-    ));
-    assert!(matches!(
-        h.worker.port_url(&dev(), &sid, "80", Some("gopher"), "h"),
-        Err(WorkerError::InvalidProtocol)
-    ));
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -40,12 +18,7 @@ async fn port_url_and_connect() {
         socket.write_all(b"pong").await.unwrap();
         buf
     });
-    let (id, mut stream) = h
-        .worker
-        .connect_port(&dev(), &sid, &format!(" {port} "))
-        .await
-        .unwrap();
-    assert_eq!(id.to_string(), sid);
+    let mut stream = h.worker.connect_port(&dev(), &sid, port).await.unwrap();
     stream.write_all(b"ping").await.unwrap();
     let mut answer = [0u8; 4];
     stream.read_exact(&mut answer).await.unwrap();
@@ -58,16 +31,9 @@ async fn port_url_and_connect() {
     };
     assert!(matches!(
         h.worker
-            .connect_port(&dev(), &sid, &closed.to_string())
+            .connect_port(&dev(), &sid, closed)
             .await
-            .map(|(id, _)| id),
+            .map(|_| ()),
         Err(WorkerError::UpstreamUnreachable)
-    ));
-    assert!(matches!(
-        h.worker
-            .connect_port(&dev(), &sid, "70000")
-            .await
-            .map(|(id, _)| id),
-        Err(WorkerError::InvalidPort)
     ));
 }

@@ -20,7 +20,7 @@ async fn provision_failure_by_tuple() {
         None,
     );
     let err = worker
-        .create_sandbox(&dev(), req("broken", 1), CreateQuery::default())
+        .create_sandbox(&dev(), req("broken", 1), Placement::default())
         .await
         .unwrap_err();
     assert!(matches!(
@@ -29,7 +29,7 @@ async fn provision_failure_by_tuple() {
     ));
     assert_eq!(worker.allocated(), (0, 0));
     assert!(worker
-        .create_sandbox(&dev(), req("fine", 1), CreateQuery::default())
+        .create_sandbox(&dev(), req("fine", 1), Placement::default())
         .await
         .is_ok());
     assert_eq!(fake.live_count(), 1);
@@ -55,7 +55,7 @@ async fn request_faults_of_the_backend_are_client_errors() {
         None,
     );
     let err = worker
-        .create_sandbox(&dev(), req("ubuntu:24.04", 1), CreateQuery::default())
+        .create_sandbox(&dev(), req("ubuntu:24.04", 1), Placement::default())
         .await
         .unwrap_err();
     match &err {
@@ -64,7 +64,7 @@ async fn request_faults_of_the_backend_are_client_errors() {
     }
     assert_eq!(err.to_string(), "image not found: ubuntu:24.04");
     let err = worker
-        .create_sandbox(&dev(), req("huge", 1), CreateQuery::default())
+        .create_sandbox(&dev(), req("huge", 1), Placement::default())
         .await
         .unwrap_err();
     assert!(matches!(&err, WorkerError::InvalidCreate(cause) if cause == "cpu 64 exceeds 8"));

@@ -172,9 +172,9 @@ async fn claimed_event_reaches_the_broker_and_reaper_runs() {
         .create_sandbox(
             &dev(),
             r,
-            CreateQuery {
-                local_vm_id: Some(&hint),
-                placement_retry: None,
+            Placement {
+                claim: Some(LocalVmId::parse(&hint).unwrap()),
+                retry: 0,
             },
         )
         .await
@@ -232,9 +232,9 @@ async fn events_carry_the_load() {
         accepting_sandboxes: true,
     };
     assert_eq!(ready.capacity, Some(idle));
-    let query = CreateQuery {
-        local_vm_id: Some(&ready.local_vm_id),
-        placement_retry: None,
+    let query = Placement {
+        claim: Some(LocalVmId::parse(&ready.local_vm_id).unwrap()),
+        retry: 0,
     };
     let outcome = h.worker.create_sandbox(&dev(), req("img", 1), query).await;
     assert!(matches!(outcome, Ok(CreateOutcome::Created(_))));
@@ -271,7 +271,7 @@ async fn a_full_worker_renews_its_registration_at_once() {
     // A create the worker has no room for: the broker's view was wrong; correct it.
     let refused = h
         .worker
-        .create_sandbox(&dev(), req("img", 1), CreateQuery::default())
+        .create_sandbox(&dev(), req("img", 1), Placement::default())
         .await;
     assert!(matches!(refused, Err(WorkerError::NoCapacity(_))));
     eventually("a renewal after the refusal", || {

@@ -40,7 +40,8 @@ async fn run_code_waits_for_the_result() {
     assert_ne!(r.exit_code, 0);
     assert!(!r.stderr.is_empty());
     // The exec record matches.
-    let record = h.worker.get_exec(&dev(), &sid, &r.exec_id).unwrap();
+    let exec_id = ExecId::parse(&r.exec_id).unwrap();
+    let record = h.worker.get_exec(&dev(), &sid, &exec_id).unwrap();
     assert_eq!(record.runtime, "node");
     assert_eq!(record.exit_code, Some(r.exit_code));
 }
@@ -58,7 +59,8 @@ async fn run_code_syntax_error_is_reported() {
     assert_eq!(body.stderr, FAKE_SYNTAX_ERROR);
     assert_eq!(body.status, "exited");
     assert_ne!(body.exit_code, 0);
-    let frames = all_frames(&h, &dev(), &sid, &body.exec_id).await;
+    let exec_id = ExecId::parse(&body.exec_id).unwrap();
+    let frames = all_frames(&h, &dev(), &sid, &exec_id).await;
     assert_eq!(
         frames.iter().map(|f| f.kind).collect::<Vec<_>>(),
         vec![FrameKind::Stderr, FrameKind::Exit]
@@ -69,7 +71,7 @@ async fn run_code_syntax_error_is_reported() {
     else {
         panic!("accepted expected")
     };
-    let frames = all_frames(&h, &dev(), &sid, &a.exec_id).await;
+    let frames = all_frames(&h, &dev(), &sid, &a).await;
     assert_eq!(frames.last().unwrap().data, "1");
 }
 
@@ -88,18 +90,15 @@ async fn run_code_in_background() {
     else {
         panic!("accepted expected")
     };
-    assert_eq!(a.status, "running");
-    assert!(!a.exec_id.is_empty() && !a.poll_url.is_empty() && !a.frames_url.is_empty());
-    assert_eq!(
-        h.worker.get_exec(&dev(), &sid, &a.exec_id).unwrap().status,
-        "running"
-    );
+    let record = h.worker.get_exec(&dev(), &sid, &a).unwrap();
+    assert_eq!(record.exec_id, a.to_string());
+    assert_eq!(record.status, "running");
     eventually("exited", || {
-        h.worker.get_exec(&dev(), &sid, &a.exec_id).unwrap().status == "exited"
+        h.worker.get_exec(&dev(), &sid, &a).unwrap().status == "exited"
     })
     .await;
     assert_eq!(
-        h.worker.get_exec(&dev(), &sid, &a.exec_id).unwrap().stdout,
+        h.worker.get_exec(&dev(), &sid, &a).unwrap().stdout,
         "later\n"
     );
 }

@@ -1,6 +1,7 @@
 // Run-code bootstrap for Node.js, passed with `node -e`: reads the code from stdin, compiles it
-// as a CommonJS module body (nothing runs before that), reports a syntax error by writing `S`
-// to fd 3 and Node's own message to stderr, else closes fd 3 and runs the code like `node -`.
+// as a CommonJS module body (nothing runs before that), reports a syntax error with
+// `_status(false)` and Node's own message on stderr, else calls `_status(true)` and runs the
+// code like `node -`. `_status` comes from a status file appended to this one.
 const fs = require('fs');
 const path = require('path');
 const vm = require('vm');
@@ -11,11 +12,11 @@ let compiled;
 try {
   compiled = vm.compileFunction(source, params, { filename: '[stdin]' });
 } catch (e) {
-  fs.writeSync(3, 'S');
+  _status(false);
   fs.writeSync(2, String((e && e.stack) || e) + '\n');
   process.exit(1);
 }
-fs.closeSync(3);
+_status(true);
 const filename = path.join(process.cwd(), '[stdin]');
 const main = new Module(filename, null);
 main.filename = filename;

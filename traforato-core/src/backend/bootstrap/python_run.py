@@ -1,7 +1,9 @@
 # Run-code bootstrap for CPython, passed with `python3 -I -S -c`: `_run()` reads the code from
-# stdin, compiles it (nothing runs before that), reports a syntax error by writing `S` to fd 3
-# and the interpreter's own message to stderr, else closes fd 3 and runs the code as
-# `__main__`. Used alone for one-shot runs, and by the zygote in each forked child.
+# stdin, compiles it (nothing runs before that), reports a syntax error with `_status(False)`
+# and the interpreter's own message on stderr, else calls `_status(True)` and runs the code as
+# `__main__`. `_status` comes from a status file appended to this one (fd 3 for the container
+# backend, the first byte of stdout for backends with stdio only). Used alone for one-shot
+# runs, and by the container's zygote in each forked child.
 # `atexit` is imported here so that `_finish` finds it loaded (the zygote's children inherit it).
 import sys, posix, atexit
 _boot = sys.modules['__main__']
@@ -35,11 +37,11 @@ def _run():
     try:
         code = compile(b''.join(chunks), '<stdin>', 'exec', dont_inherit=True)
     except (SyntaxError, ValueError) as e:
-        posix.write(3, b'S')
+        _status(False)
         e.__traceback__ = None
         sys.excepthook(type(e), e, None)
         _finish(1)
-    posix.close(3)
+    _status(True)
     extra = posix.environ.get(b'PYTHONPATH', b'').decode('utf-8', 'surrogateescape')
     sys.path[0:0] = [''] + [p for p in extra.split(':') if p]
     sys.argv = ['-']

@@ -1,0 +1,235 @@
+//! Run-code for every backend: the Python and Node.js bootstraps (`bootstrap/`) and the
+//! default [`Vm::run_code`], which runs them through [`Vm::exec`] with nothing but stdio.
+//!
+//! The bootstrap reads the code from stdin and compiles it before any of it runs; it then
+//! reports through `_status`, which a status file appended to it defines. Over stdio the
+//! status is the first byte of stdout: ACK (`0x06`) when the code runs, NAK (`0x15`) for a
+//! syntax error (the interpreter's message is then on stderr). Until that byte arrives,
+//! stderr (interpreter start-up noise) is held back; after it, output flows as it comes.
+//! The container backend uses the same bootstraps with the status on a pipe of its own (fd 3).
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::{
+    BackendError, CodeOutcome, CodeSpec, ExecExit, ExecSpec, OutputChunk, OutputStream, Program,
+    Runtime, Vm,
+};
+
+/// The Python bootstrap, its status on stdout, and the call that runs it.
+pub const PYTHON_STDIO: &str = concat!(
+    include_str!("bootstrap/python_run.py"),
+    include_str!("bootstrap/python_status_stdout.py"),
+    "_run()\n"
+);
+
+/// The Node.js bootstrap, its status on stdout.
+pub const NODE_STDIO: &str = concat!(
+    include_str!("bootstrap/node_run.js"),
+    include_str!("bootstrap/node_status_stdout.js")
+);
+
+/// The status byte of code that runs.
+const ACK: u8 = 0x06;
+/// The status byte of a syntax error.
+const NAK: u8 = 0x15;
+/// The most of a syntax error's message (and of stderr held before the status) kept.
+const HELD_LIMIT: usize = 64 * 1024;
+/// Output chunks buffered between the exec and the relay.
+const RELAY_CHANNEL: usize = 64;
+
+/// The argv that runs code of `runtime` with its status on stdout.
+pub fn stdio_argv(runtime: Runtime) -> Vec<String> {
+    let argv: &[&str] = match runtime {
+        Runtime::Python => &["python3", "-I", "-S", "-c", PYTHON_STDIO],
+        Runtime::Node => &["node", "-e", NODE_STDIO],
+    };
+    argv.iter().map(|a| a.to_string()).collect()
+}
+
+/// What the status byte said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Pending,
+    Runs,
+    SyntaxError,
+}
+
+/// Runs `spec` through `vm.exec`: the default of [`Vm::run_code`] for backends that can run
+/// a command with stdin, stdout and stderr. An interpreter that is missing or dies before
+/// the status byte ends the run with its exit code and whatever it printed.
+pub async fn run_code_over_exec<V: Vm + ?Sized>(
+    vm: &V,
+    spec: CodeSpec,
+    output: mpsc::Sender<OutputChunk>,
+) -> Result<CodeOutcome, BackendError> {
+    let exec = ExecSpec {
+        program: Program::Argv(stdio_argv(spec.runtime)),
+        cwd: spec.cwd,
+        env: spec.env,
+        stdin: Some(Bytes::from(spec.code.into_bytes())),
+        timeout: spec.timeout,
+        exec_id: None,
+        interactive: false,
+        tty: None,
+    };
+    let (tx, rx) = mpsc::channel(RELAY_CHANNEL);
+    let (exit, (status, held)) = tokio::join!(vm.exec(exec, tx), relay(rx, output));
+    let exit = exit?;
+    match status {
+        Status::SyntaxError => Ok(CodeOutcome::SyntaxError {
+            message: String::from_utf8_lossy(&held).into_owned(),
+            exit_code: exit.exit_code,
+        }),
+        Status::Runs | Status::Pending => Ok(CodeOutcome::Finished(ExecExit {
+            exit_code: exit.exit_code,
+            timed_out: exit.timed_out,
+        })),
+    }
+}
+
+/// Forwards the exec's output to `output` once the status byte said the code runs; returns
+/// the status and, for a syntax error, the message.
+async fn relay(
+    mut rx: mpsc::Receiver<OutputChunk>,
+    output: mpsc::Sender<OutputChunk>,
+) -> (Status, Vec<u8>) {
+    let mut status = Status::Pending;
+    let mut held: Vec<u8> = Vec::new();
+    let mut receiver_gone = false;
+    while let Some(chunk) = rx.recv().await {
+        let mut forward = None;
+        match (status, chunk.stream) {
+            (Status::Pending, OutputStream::Stdout) => {
+                let data = chunk.data;
+                status = match data.first() {
+                    Some(&ACK) => Status::Runs,
+                    Some(&NAK) => Status::SyntaxError,
+                    // Not the bootstrap speaking (the interpreter failed): pass it on.
+                    _ => Status::Runs,
+                };
+                let rest = match data.first() {
+                    Some(&ACK) | Some(&NAK) => data.slice(1..),
+                    _ => data,
+                };
+                if status == Status::Runs {
+                    // What the interpreter said on stderr before the code ran comes first.
+                    if !held.is_empty() {
+                        let before = OutputChunk {
+                            stream: OutputStream::Stderr,
+                            data: Bytes::from(std::mem::take(&mut held)),
+                        };
+                        receiver_gone |= output.send(before).await.is_err();
+                    }
+                    if !rest.is_empty() {
+                        forward = Some(OutputChunk {
+                            stream: OutputStream::Stdout,
+                            data: rest,
+                        });
+                    }
+                }
+            }
+            (Status::Pending | Status::SyntaxError, OutputStream::Stderr) => {
+                let room = HELD_LIMIT.saturating_sub(held.len());
+                held.extend_from_slice(&chunk.data[..chunk.data.len().min(room)]);
+            }
+            (Status::SyntaxError, OutputStream::Stdout) => {}
+            (Status::Runs, _) => forward = Some(chunk),
+        }
+        if let Some(chunk) = forward {
+            if !receiver_gone {
+                receiver_gone = output.send(chunk).await.is_err();
+            }
+        }
+    }
+    if status == Status::Pending && !held.is_empty() && !receiver_gone {
+        // It never started the code (no interpreter, say): its stderr is the output.
+        let _ = output
+            .send(OutputChunk {
+                stream: OutputStream::Stderr,
+                data: Bytes::from(std::mem::take(&mut held)),
+            })
+            .await;
+    }
+    (status, held)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(stream: OutputStream, data: &'static [u8]) -> OutputChunk {
+        OutputChunk {
+            stream,
+            data: Bytes::from_static(data),
+        }
+    }
+
+    async fn relayed(chunks: Vec<OutputChunk>) -> (Status, Vec<u8>, Vec<OutputChunk>) {
+        let (tx, rx) = mpsc::channel(16);
+        let (out_tx, mut out_rx) = mpsc::channel(16);
+        for c in chunks {
+            tx.send(c).await.unwrap();
+        }
+        drop(tx);
+        let (status, held) = relay(rx, out_tx).await;
+        let mut out = Vec::new();
+        while let Ok(c) = out_rx.try_recv() {
+            out.push(c);
+        }
+        (status, held, out)
+    }
+
+    #[tokio::test]
+    async fn output_flows_after_the_ack_with_earlier_stderr_first() {
+        let (status, _, out) = relayed(vec![
+            chunk(OutputStream::Stderr, b"warning\n"),
+            chunk(OutputStream::Stdout, b"\x06hello\n"),
+            chunk(OutputStream::Stdout, b"more\n"),
+        ])
+        .await;
+        assert_eq!(status, Status::Runs);
+        assert_eq!(
+            out,
+            vec![
+                chunk(OutputStream::Stderr, b"warning\n"),
+                chunk(OutputStream::Stdout, b"hello\n"),
+                chunk(OutputStream::Stdout, b"more\n"),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_syntax_error_keeps_its_message_out_of_the_output() {
+        let (status, held, out) = relayed(vec![
+            chunk(OutputStream::Stdout, b"\x15"),
+            chunk(OutputStream::Stderr, b"SyntaxError: invalid syntax\n"),
+        ])
+        .await;
+        assert_eq!(status, Status::SyntaxError);
+        assert_eq!(held, b"SyntaxError: invalid syntax\n");
+        assert!(out.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_interpreter_that_never_starts_the_code_shows_its_stderr() {
+        let (status, _, out) = relayed(vec![chunk(
+            OutputStream::Stderr,
+            b"sh: python3: not found\n",
+        )])
+        .await;
+        assert_eq!(status, Status::Pending);
+        assert_eq!(
+            out,
+            vec![chunk(OutputStream::Stderr, b"sh: python3: not found\n")]
+        );
+    }
+
+    #[test]
+    fn bootstraps_define_their_status() {
+        assert!(PYTHON_STDIO.contains("def _status(ok):"));
+        assert!(PYTHON_STDIO.ends_with("_run()\n"));
+        assert!(NODE_STDIO.contains("function _status(ok)"));
+        assert_eq!(stdio_argv(Runtime::Node)[..2], ["node", "-e"]);
+    }
+}
