@@ -13,8 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use traforato_core::backend::container::{ContainerBackend, ContainerConfig};
 use traforato_core::backend::{
-    BackendError, CodeOutcome, CodeSpec, ExecExit, ExecSpec, FileKind, FilesError, OutputChunk,
-    OutputStream, Program, ProvisionSpec, Runtime, Vm, VmBackend, WriteMode,
+    run_collected, BackendError, CodeOutcome, CodeSpec, ExecExit, ExecSpec, FileKind, FilesError,
+    OutputChunk, OutputStream, Program, ProvisionSpec, Runtime, Vm, VmBackend, WriteMode,
 };
 use traforato_core::id::LocalVmId;
 use traforato_core::path::SandboxPath;
@@ -120,36 +120,15 @@ struct Ran {
 }
 
 fn shell(line: &str) -> ExecSpec {
-    ExecSpec {
-        program: Program::Shell(line.to_string()),
-        cwd: None,
-        env: BTreeMap::new(),
-        stdin: None,
-        timeout: Duration::from_secs(30),
-        exec_id: None,
-        interactive: false,
-        tty: None,
-    }
+    ExecSpec::shell(line)
 }
 
 async fn run_spec(vm: &Arc<dyn Vm>, spec: ExecSpec) -> Result<Ran, BackendError> {
-    let (tx, mut rx) = mpsc::channel::<OutputChunk>(64);
-    let collect = tokio::spawn(async move {
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        while let Some(chunk) = rx.recv().await {
-            match chunk.stream {
-                OutputStream::Stdout => out.extend_from_slice(&chunk.data),
-                OutputStream::Stderr => err.extend_from_slice(&chunk.data),
-            }
-        }
-        (out, err)
-    });
-    let exit = vm.exec(spec, tx).await;
-    let (out, err) = collect.await.unwrap();
-    exit.map(|exit| Ran {
-        exit,
-        stdout: String::from_utf8_lossy(&out).into_owned(),
-        stderr: String::from_utf8_lossy(&err).into_owned(),
+    let ran = run_collected(vm.as_ref(), spec).await?;
+    Ok(Ran {
+        exit: ran.exit,
+        stdout: String::from_utf8_lossy(&ran.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&ran.stderr).into_owned(),
     })
 }
 

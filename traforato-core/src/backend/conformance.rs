@@ -31,8 +31,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::{
-    BackendError, CodeOutcome, CodeSpec, ExecExit, ExecSpec, FileKind, FilesError, OutputChunk,
-    OutputStream, Program, ProvisionSpec, Runtime, Vm, VmBackend, WriteMode,
+    run_collected, BackendError, CodeOutcome, CodeSpec, Collected, ExecExit, ExecSpec, FileKind,
+    FilesError, OutputChunk, OutputStream, Program, ProvisionSpec, Runtime, Vm, VmBackend,
+    WriteMode,
 };
 use crate::id::LocalVmId;
 use crate::path::SandboxPath;
@@ -112,51 +113,19 @@ fn ensure(cond: bool, message: impl FnOnce() -> String) -> Check {
     }
 }
 
-/// What a command printed and how it ended.
-struct Ran {
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    exit: ExecExit,
-}
-
-impl Ran {
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.stdout).into_owned()
-    }
+/// The text of what a command printed on stdout.
+fn stdout(ran: &Collected) -> String {
+    String::from_utf8_lossy(&ran.stdout).into_owned()
 }
 
 fn shell(line: &str) -> ExecSpec {
-    ExecSpec {
-        program: Program::Shell(line.to_string()),
-        cwd: None,
-        env: BTreeMap::new(),
-        stdin: None,
-        timeout: Duration::from_secs(30),
-        exec_id: None,
-        interactive: false,
-        tty: None,
-    }
+    ExecSpec::shell(line)
 }
 
-async fn run(vm: &dyn Vm, spec: ExecSpec) -> Result<Ran, String> {
-    let (tx, mut rx) = mpsc::channel::<OutputChunk>(64);
-    let collect = async {
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        while let Some(chunk) = rx.recv().await {
-            match chunk.stream {
-                OutputStream::Stdout => stdout.extend_from_slice(&chunk.data),
-                OutputStream::Stderr => stderr.extend_from_slice(&chunk.data),
-            }
-        }
-        (stdout, stderr)
-    };
-    let (exit, (stdout, stderr)) = tokio::join!(vm.exec(spec, tx), collect);
-    let exit = exit.map_err(|e| format!("exec failed: {e}"))?;
-    Ok(Ran {
-        stdout,
-        stderr,
-        exit,
-    })
+async fn run(vm: &dyn Vm, spec: ExecSpec) -> Result<Collected, String> {
+    run_collected(vm, spec)
+        .await
+        .map_err(|e| format!("exec failed: {e}"))
 }
 
 async fn code(vm: &dyn Vm, source: &str) -> Result<(CodeOutcome, String), String> {
@@ -309,8 +278,8 @@ impl Suite {
 async fn exec_basics(vm: &dyn Vm) -> Check {
     let ran = run(vm, shell("echo conformance")).await?;
     ensure(
-        ran.stdout() == "conformance\n" && ran.exit.exit_code == 0 && !ran.exit.timed_out,
-        || format!("echo printed {:?}, exit {:?}", ran.stdout(), ran.exit),
+        stdout(&ran) == "conformance\n" && ran.exit.exit_code == 0 && !ran.exit.timed_out,
+        || format!("echo printed {:?}, exit {:?}", stdout(&ran), ran.exit),
     )?;
     let ran = run(vm, shell("exit 3")).await?;
     ensure(ran.exit.exit_code == 3, || {
@@ -325,7 +294,7 @@ async fn exec_streams(vm: &dyn Vm) -> Check {
         || {
             format!(
                 "stdout {:?}, stderr {:?}, exit {}",
-                ran.stdout(),
+                stdout(&ran),
                 String::from_utf8_lossy(&ran.stderr),
                 ran.exit.exit_code
             )
@@ -345,8 +314,8 @@ async fn exec_argv_env_cwd(vm: &dyn Vm) -> Check {
     spec.env.insert("CONFORMANCE".into(), "yes".into());
     spec.cwd = Some("/tmp".into());
     let ran = run(vm, spec).await?;
-    ensure(ran.stdout() == "a b; $(true)|yes|/tmp", || {
-        format!("argv/env/cwd printed {:?}", ran.stdout())
+    ensure(stdout(&ran) == "a b; $(true)|yes|/tmp", || {
+        format!("argv/env/cwd printed {:?}", stdout(&ran))
     })
 }
 
@@ -354,8 +323,8 @@ async fn exec_stdin(vm: &dyn Vm) -> Check {
     let mut spec = shell("cat");
     spec.stdin = Some(Bytes::from_static(b"from stdin\n"));
     let ran = run(vm, spec).await?;
-    ensure(ran.stdout() == "from stdin\n", || {
-        format!("cat of stdin printed {:?}", ran.stdout())
+    ensure(stdout(&ran) == "from stdin\n", || {
+        format!("cat of stdin printed {:?}", stdout(&ran))
     })
 }
 
@@ -575,8 +544,8 @@ async fn files_shared(vm: &dyn Vm) -> Check {
         shell("cat /workspace/shared.txt; echo from exec > /tmp/e.txt"),
     )
     .await?;
-    ensure(ran.stdout() == "from files", || {
-        format!("exec read {:?}", ran.stdout())
+    ensure(stdout(&ran) == "from files", || {
+        format!("exec read {:?}", stdout(&ran))
     })?;
     let content = read(vm, "/tmp/e.txt").await?;
     ensure(content == b"from exec\n", || {
@@ -608,8 +577,8 @@ async fn paths_stay_inside(vm: &dyn Vm) -> Check {
         )
     })?;
     let ran = run(vm, shell(&format!("cat /tmp/{marker}"))).await?;
-    ensure(ran.stdout() == "inside", || {
-        format!("the file is not inside the sandbox: {:?}", ran.stdout())
+    ensure(stdout(&ran) == "inside", || {
+        format!("the file is not inside the sandbox: {:?}", stdout(&ran))
     })
 }
 

@@ -13,11 +13,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, TimeZone, Utc};
 use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
 
 use super::{
-    BackendError, BoxedReader, ExecSpec, FileEntry, FileKind, FileReader, FileStat, FilesError,
-    OutputChunk, OutputStream, Program, Vm, WriteMode,
+    run_collected, BackendError, BoxedReader, Collected, ExecSpec, FileEntry, FileKind, FileReader,
+    FileStat, FilesError, Program, Vm, WriteMode,
 };
 use crate::path::SandboxPath;
 
@@ -100,13 +99,6 @@ fi
 exec rm -rf -- "$p"
 "#;
 
-/// What a script printed and how it ended.
-struct Ran {
-    exit_code: i32,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-}
-
 /// Runs `script` with the path and `mode` as `$1` and `$2`, `stdin` fed to it.
 async fn run<V: Vm + ?Sized>(
     vm: &V,
@@ -115,7 +107,7 @@ async fn run<V: Vm + ?Sized>(
     path: &SandboxPath,
     mode: &str,
     stdin: Option<Bytes>,
-) -> Result<Ran, FilesError> {
+) -> Result<Collected, FilesError> {
     let argv = vec![
         "/bin/sh".to_string(),
         "-c".to_string(),
@@ -124,45 +116,22 @@ async fn run<V: Vm + ?Sized>(
         path.to_string(),
         mode.to_string(),
     ];
-    let spec = ExecSpec {
-        program: Program::Argv(argv),
-        cwd: Some("/".to_string()),
-        env: Default::default(),
-        stdin,
-        timeout: FILE_OP_TIMEOUT,
-        exec_id: None,
-        interactive: false,
-        tty: None,
-    };
-    let (tx, mut rx) = mpsc::channel::<OutputChunk>(64);
-    let collect = async {
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        while let Some(chunk) = rx.recv().await {
-            match chunk.stream {
-                OutputStream::Stdout => stdout.extend_from_slice(&chunk.data),
-                OutputStream::Stderr => stderr.extend_from_slice(&chunk.data),
-            }
-        }
-        (stdout, stderr)
-    };
-    let (exit, (stdout, stderr)) = tokio::join!(vm.exec(spec, tx), collect);
-    let exit = exit.map_err(|error| match error {
+    let mut spec = ExecSpec::program(Program::Argv(argv));
+    spec.cwd = Some("/".to_string());
+    spec.stdin = stdin;
+    spec.timeout = FILE_OP_TIMEOUT;
+    run_collected(vm, spec).await.map_err(|error| match error {
         BackendError::Gone => FilesError::Gone,
         other => FilesError::Io {
             op: op.to_string(),
             source: std::io::Error::other(other.to_string()),
         },
-    })?;
-    Ok(Ran {
-        exit_code: exit.exit_code,
-        stdout,
-        stderr,
     })
 }
 
 /// The error of a script that failed, by its exit code.
-fn failure(op: &'static str, ran: &Ran) -> FilesError {
-    match ran.exit_code {
+fn failure(op: &'static str, ran: &Collected) -> FilesError {
+    match ran.exit.exit_code {
         NOT_FOUND => FilesError::NotFound,
         NOT_DIRECTORY => FilesError::NotDirectory,
         IS_DIRECTORY => FilesError::IsDirectory,
@@ -177,7 +146,7 @@ fn failure(op: &'static str, ran: &Ran) -> FilesError {
                     op: op.to_string(),
                     source: std::io::Error::other(format!(
                         "exit {}: {}",
-                        ran.exit_code,
+                        ran.exit.exit_code,
                         stderr.trim()
                     )),
                 }
@@ -216,7 +185,7 @@ pub async fn read_file<V: Vm + ?Sized>(
     path: &SandboxPath,
 ) -> Result<FileReader, FilesError> {
     let ran = run(vm, "read file", READ, path, "", None).await?;
-    if ran.exit_code != 0 {
+    if ran.exit.exit_code != 0 {
         return Err(failure("read file", &ran));
     }
     let size = ran.stdout.len() as u64;
@@ -247,7 +216,7 @@ pub async fn write_file<V: Vm + ?Sized>(
         WriteMode::Append => "append",
     };
     let ran = run(vm, "write file", WRITE, path, mode, Some(bytes.into())).await?;
-    if ran.exit_code != 0 {
+    if ran.exit.exit_code != 0 {
         return Err(failure("write file", &ran));
     }
     Ok(written)
@@ -259,7 +228,7 @@ pub async fn stat<V: Vm + ?Sized>(
     path: &SandboxPath,
 ) -> Result<Option<FileStat>, FilesError> {
     let ran = run(vm, "stat", STAT, path, "", None).await?;
-    match ran.exit_code {
+    match ran.exit.exit_code {
         0 => {}
         NOT_FOUND => return Ok(None),
         _ => return Err(failure("stat", &ran)),
@@ -286,7 +255,7 @@ pub async fn list_dir<V: Vm + ?Sized>(
 ) -> Result<Vec<FileEntry>, FilesError> {
     let mode = if recursive { "recursive" } else { "" };
     let ran = run(vm, "list directory", LIST, path, mode, None).await?;
-    if ran.exit_code != 0 {
+    if ran.exit.exit_code != 0 {
         return Err(failure("list directory", &ran));
     }
     let mut entries = Vec::new();
@@ -310,7 +279,7 @@ pub async fn mkdir<V: Vm + ?Sized>(
 ) -> Result<bool, FilesError> {
     let mode = if recursive { "recursive" } else { "" };
     let ran = run(vm, "mkdir", MKDIR, path, mode, None).await?;
-    match ran.exit_code {
+    match ran.exit.exit_code {
         0 => Ok(true),
         EXISTS => Ok(false),
         _ => Err(failure("mkdir", &ran)),
@@ -325,7 +294,7 @@ pub async fn remove<V: Vm + ?Sized>(
 ) -> Result<(), FilesError> {
     let mode = if recursive { "recursive" } else { "" };
     let ran = run(vm, "remove", REMOVE, path, mode, None).await?;
-    if ran.exit_code != 0 {
+    if ran.exit.exit_code != 0 {
         return Err(failure("remove", &ran));
     }
     Ok(())
@@ -334,6 +303,7 @@ pub async fn remove<V: Vm + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::ExecExit;
 
     #[test]
     fn records_parse() {
@@ -355,20 +325,22 @@ mod tests {
             assert!(script.contains("\"$p\""));
             assert!(!script.contains("{}"));
         }
-        let ran = Ran {
-            exit_code: 1,
+        let ran = |exit_code: i32, stderr: &[u8]| Collected {
+            exit: ExecExit {
+                exit_code,
+                timed_out: false,
+            },
             stdout: Vec::new(),
-            stderr: b"cat: /etc/x: Permission denied\n".to_vec(),
+            stderr: stderr.to_vec(),
         };
+        let denied = ran(1, b"cat: /etc/x: Permission denied\n");
         assert!(matches!(
-            failure("read file", &ran),
+            failure("read file", &denied),
             FilesError::PermissionDenied
         ));
-        let ran = Ran {
-            exit_code: NOT_EMPTY,
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-        };
-        assert!(matches!(failure("remove", &ran), FilesError::NotEmpty));
+        assert!(matches!(
+            failure("remove", &ran(NOT_EMPTY, b"")),
+            FilesError::NotEmpty
+        ));
     }
 }

@@ -1372,16 +1372,7 @@ mod tests {
     }
 
     fn shell(line: &str) -> ExecSpec {
-        ExecSpec {
-            program: Program::Shell(line.into()),
-            cwd: None,
-            env: BTreeMap::new(),
-            stdin: None,
-            timeout: Duration::from_secs(30),
-            exec_id: None,
-            interactive: false,
-            tty: None,
-        }
+        ExecSpec::shell(line)
     }
 
     fn code(runtime: Runtime, src: &str) -> CodeSpec {

@@ -306,6 +306,63 @@ pub struct ExecSpec {
     pub tty: Option<TerminalSize>,
 }
 
+impl ExecSpec {
+    /// `line` through `/bin/sh -c`, with a 30 s timeout and nothing else set.
+    pub fn shell(line: impl Into<String>) -> Self {
+        Self::program(Program::Shell(line.into()))
+    }
+
+    /// `program` with a 30 s timeout and nothing else set.
+    pub fn program(program: Program) -> Self {
+        Self {
+            program,
+            cwd: None,
+            env: BTreeMap::new(),
+            stdin: None,
+            timeout: Duration::from_secs(30),
+            exec_id: None,
+            interactive: false,
+            tty: None,
+        }
+    }
+}
+
+/// What a command printed and how it ended ([`run_collected`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Collected {
+    /// How it ended.
+    pub exit: ExecExit,
+    /// Everything on stdout.
+    pub stdout: Vec<u8>,
+    /// Everything on stderr.
+    pub stderr: Vec<u8>,
+}
+
+/// Runs `spec` on `vm` to its end and collects its output in memory (for commands whose
+/// output is small: scripts, checks).
+pub async fn run_collected<V: Vm + ?Sized>(
+    vm: &V,
+    spec: ExecSpec,
+) -> Result<Collected, BackendError> {
+    let (tx, mut rx) = mpsc::channel::<OutputChunk>(64);
+    let collect = async {
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        while let Some(chunk) = rx.recv().await {
+            match chunk.stream {
+                OutputStream::Stdout => stdout.extend_from_slice(&chunk.data),
+                OutputStream::Stderr => stderr.extend_from_slice(&chunk.data),
+            }
+        }
+        (stdout, stderr)
+    };
+    let (exit, (stdout, stderr)) = tokio::join!(vm.exec(spec, tx), collect);
+    Ok(Collected {
+        exit: exit?,
+        stdout,
+        stderr,
+    })
+}
+
 /// The size of a pseudo-terminal, in characters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TerminalSize {
