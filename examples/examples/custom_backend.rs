@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 use traforato_core::api::{CreateSandbox, Runtime};
-use traforato_core::backend::fake::FakeBackend;
+use traforato_core::backend::fake::{FakeBackend, FakeCode, FakeExec};
 use traforato_core::backend::{
     BackendError, BoxedReader, BoxedStream, CodeOutcome, CodeSpec, ExecExit, ExecSpec, FileEntry,
     FileReader, FileStat, FilesError, OutputChunk, ProvisionSpec, Vm, VmBackend, WriteMode,
@@ -251,7 +251,11 @@ impl Vm for AuditVm {
 #[tokio::main]
 pub async fn main() -> Result<(), BoxError> {
     let log = AuditLog::default();
-    let fake = FakeBackend::new();
+    // The fake runs no interpreter: it answers the code below as Python would.
+    let fake = FakeBackend::new().script_code(
+        "print(6 * 7)",
+        FakeCode::Runs(FakeExec::new().stdout("42\n")),
+    );
     let backend = AuditBackend {
         inner: Arc::new(fake.clone()),
         log: log.clone(),
@@ -267,7 +271,10 @@ pub async fn main() -> Result<(), BoxError> {
     println!("created {} through the audit backend", sandbox.id());
 
     let out = sandbox.run_code(Runtime::Python, "print(6 * 7)").await?;
-    println!("run-code exit code {}", out.exit_code);
+    println!(
+        "run-code printed {:?}, exit code {}",
+        out.stdout, out.exit_code
+    );
 
     sandbox
         .files()

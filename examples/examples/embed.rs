@@ -7,18 +7,33 @@
 //! ```
 //!
 //! The `container` backend runs each sandbox's init by re-executing this program, so `main`
-//! first calls `init_main_if_requested`. `--fake` swaps in the in-memory test double (its
-//! shell and interpreters are simulations) for machines without root.
+//! first calls `init_main_if_requested`. `--fake` swaps in the in-memory test double for
+//! machines without root: it runs nothing, so it is scripted (see [`fake_backend`]) to answer
+//! this program's command and code as a real sandbox would.
 
 use std::error::Error;
 use std::time::{Duration, Instant};
 
 use traforato_core::api::{CreateSandbox, Runtime};
 use traforato_core::backend::container::{init_main_if_requested, ContainerConfig};
-use traforato_core::backend::fake::FakeBackend;
+use traforato_core::backend::fake::{FakeBackend, FakeCode, FakeExec};
 use traforato_core::worker::Worker;
 
 type BoxError = Box<dyn Error + Send + Sync>;
+
+/// The command this program runs in its sandbox.
+const COMMAND: &str = "echo hello from $(hostname)";
+
+/// The Python this program runs in its sandbox: it multiplies the numbers it wrote to a file.
+const CODE: &str = "a, b = open('/workspace/numbers.txt').read().split()\nprint(int(a) * int(b))";
+
+/// The fake backend for `--fake`, scripted with the answers a real sandbox gives to
+/// [`COMMAND`] and [`CODE`]: the fake runs no shell and no interpreter.
+fn fake_backend() -> FakeBackend {
+    FakeBackend::new()
+        .script(COMMAND, FakeExec::new().stdout("hello from fake-sandbox\n"))
+        .script_code(CODE, FakeCode::Runs(FakeExec::new().stdout("42\n")))
+}
 
 pub fn main() -> Result<(), BoxError> {
     // When this process is a sandbox's init, this runs it and never returns.
@@ -29,7 +44,7 @@ pub fn main() -> Result<(), BoxError> {
 
 async fn run(fake: bool) -> Result<(), BoxError> {
     let (builder, image) = if fake {
-        (Worker::builder().backend(FakeBackend::new()), "demo")
+        (Worker::builder().backend(fake_backend()), "demo")
     } else {
         // A state dir and cgroup of its own, beside any traforato-worker on this host.
         let config = ContainerConfig {
@@ -64,21 +79,16 @@ async fn run(fake: bool) -> Result<(), BoxError> {
         started.elapsed()
     );
 
-    let out = sandbox.exec("echo hello from $(hostname)").await?;
+    let out = sandbox.exec(COMMAND).await?;
     print!("exec: {}", out.stdout);
 
     sandbox
         .files()
         .write("/workspace/numbers.txt", "6 7\n")
         .await?;
-    let out = sandbox
-        .run_code(
-            Runtime::Python,
-            "a, b = open('/workspace/numbers.txt').read().split()\nprint(int(a) * int(b))",
-        )
-        .await?;
+    let out = sandbox.run_code(Runtime::Python, CODE).await?;
     print!("python: {}", out.stdout);
-    if !fake && out.stdout != "42\n" {
+    if out.stdout != "42\n" {
         return Err(format!("python printed {:?}", out.stdout).into());
     }
 

@@ -51,6 +51,10 @@ fn embed_example_runs_on_the_fake_backend() {
         out.contains("(warm)"),
         "the create claims the warm sandbox:\n{out}"
     );
+    // What the fake was scripted to answer, relayed by the worker.
+    assert!(out.contains("exec: hello from fake-sandbox\n"), "{out}");
+    assert!(out.contains("python: 42\n"), "{out}");
+    assert!(out.contains("\"numbers.txt\""), "{out}");
     assert!(out.contains("deleted; live sandboxes: 0"), "{out}");
 }
 

@@ -1,6 +1,10 @@
 //! End-to-end tests of the `traforato-cli` binary against a real broker and worker
 //! (traforato-server shells, fake backend) on `127.0.0.1:0`: every command, exit codes, and
 //! `--json` output parsed back.
+//!
+//! The fake backend runs nothing: a test that looks at what an exec or run-code printed
+//! scripts that answer on the `FakeBackend` it starts its stack with (see
+//! [`Stack::scripted`]); unscripted commands and code exit 0 with no output.
 
 use std::process::{Output, Stdio};
 use std::sync::Arc;
@@ -9,7 +13,8 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use traforato_core::auth::{AuthConfig, ClientAuthenticator};
-use traforato_core::backend::fake::FakeBackend;
+use traforato_core::backend::fake::{FakeBackend, FakeCode, FakeExec, DEFAULT_CWD};
+use traforato_core::backend::Program;
 use traforato_core::clock::SystemClock;
 use traforato_server::testing::LocalStack;
 
@@ -20,18 +25,23 @@ struct Stack {
 }
 
 impl Stack {
-    /// A development-mode stack (no tokens).
+    /// A development-mode stack (no tokens) over a fake backend with no scripts.
     async fn start() -> Self {
-        Self::start_with(&AuthConfig::default()).await
+        Self::scripted(FakeBackend::new()).await
     }
 
-    /// A prod stack with secret [`SECRET`].
-    async fn start_prod() -> Self {
-        Self::start_with(&AuthConfig::with_secret(SECRET)).await
+    /// A development-mode stack over `fake`, with the scripts the test gave it.
+    async fn scripted(fake: FakeBackend) -> Self {
+        Self::start_with(&AuthConfig::default(), fake).await
     }
 
-    async fn start_with(auth: &AuthConfig) -> Self {
-        let inner = LocalStack::start(auth, "fake", vec![Arc::new(FakeBackend::new())])
+    /// A prod stack with secret [`SECRET`] over `fake`.
+    async fn start_prod(fake: FakeBackend) -> Self {
+        Self::start_with(&AuthConfig::with_secret(SECRET), fake).await
+    }
+
+    async fn start_with(auth: &AuthConfig, fake: FakeBackend) -> Self {
+        let inner = LocalStack::start(auth, "fake", vec![Arc::new(fake)])
             .await
             .unwrap();
         Stack {
@@ -227,7 +237,44 @@ async fn sandbox_commands() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_streams_and_exits_with_the_command_code() {
-    let stack = Stack::start().await;
+    let fake = FakeBackend::new()
+        // Stand-ins for what a shell would do, each fed only by what reached the backend: an
+        // argv `echo` prints its arguments as they arrived (not re-split), and
+        // `pwd; printenv GREETING` prints the exec's cwd and environment.
+        .with_exec_handler(|spec, _fs| match &spec.program {
+            Program::Argv(argv) if argv.first().is_some_and(|p| p == "echo") => {
+                Some(FakeExec::new().stdout(format!("{}\n", argv[1..].join(" "))))
+            }
+            Program::Shell(line) if line == "pwd; printenv GREETING" => {
+                let cwd = spec.cwd.as_deref().unwrap_or(DEFAULT_CWD);
+                let run = FakeExec::new().stdout(format!("{cwd}\n"));
+                Some(match spec.env.get("GREETING") {
+                    Some(greeting) => run.stdout(format!("{greeting}\n")),
+                    None => run.exit_code(1),
+                })
+            }
+            _ => None,
+        })
+        .script(
+            "echo hi; exit 3",
+            FakeExec::new().stdout("hi\n").exit_code(3),
+        )
+        .script(
+            "no-such-command",
+            FakeExec::new()
+                .stderr("sh: 1: no-such-command: not found\n")
+                .exit_code(127),
+        )
+        .script("sleep 30", FakeExec::new().sleep(Duration::from_secs(30)))
+        .script(
+            "echo one; sleep 0.2; echo two; exit 4",
+            FakeExec::new()
+                .stdout("one\n")
+                .sleep(Duration::from_millis(200))
+                .stdout("two\n")
+                .exit_code(4),
+        );
+    let stack = Stack::scripted(fake).await;
     let id = stack.create().await;
 
     let run = stack.cli(&["exec", &id, "--", "echo hi; exit 3"]).await;
@@ -294,7 +341,26 @@ async fn exec_streams_and_exits_with_the_command_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_executes_code_from_every_source() {
-    let stack = Stack::start().await;
+    let prints = |stdout: &str| FakeCode::Runs(FakeExec::new().stdout(stdout.to_string()));
+    // Scripts match the code exactly, so the file's and stdin's trailing newline must arrive.
+    let fake = FakeBackend::new()
+        .script_code("print('hello')", prints("hello\n"))
+        .script_code("console.log('from-file')\n", prints("from-file\n"))
+        .script_code("print('from-stdin')\n", prints("from-stdin\n"))
+        .script_code(
+            "throw new Error('boom')",
+            FakeCode::Runs(
+                FakeExec::new()
+                    .stderr("Uncaught Error: boom\n")
+                    .exit_code(1),
+            ),
+        )
+        .script_code(
+            "print('oops'",
+            FakeCode::SyntaxError("SyntaxError: '(' was never closed".into()),
+        )
+        .script_code("print(42)", prints("42\n"));
+    let stack = Stack::scripted(fake).await;
     let id = stack.create().await;
 
     let run = stack
@@ -753,7 +819,8 @@ async fn token_mint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prod_mode_commands() {
-    let stack = Stack::start_prod().await;
+    let fake = FakeBackend::new().script("echo hello", FakeExec::new().stdout("hello\n"));
+    let stack = Stack::start_prod(fake).await;
     let url = stack.url.as_str();
     // Operator mode: a fresh token per request, so any number of commands work.
     let run = operator(

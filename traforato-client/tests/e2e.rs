@@ -1,6 +1,10 @@
 //! End-to-end: a real broker and worker (traforato-server shells, fake backend) on
 //! `127.0.0.1:0`, driven only through `traforato-client`: every client method, redirects and
 //! placement retries, streaming frames, and errors.
+//!
+//! The fake backend runs nothing: a test that looks at what an exec or run-code printed
+//! scripts that answer on the `FakeBackend` it starts its stack with (see
+//! [`Stack::scripted`]); unscripted commands and code exit 0 with no output.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,7 +19,8 @@ use traforato_client::{
     ProxyRequest, RemoveOptions, RunCode, Runtime,
 };
 use traforato_core::auth::{mint_client_token, AuthConfig};
-use traforato_core::backend::fake::FakeBackend;
+use traforato_core::backend::fake::{FakeBackend, FakeCode, FakeExec, DEFAULT_CWD};
+use traforato_core::backend::Program;
 use traforato_core::broker::Broker;
 use traforato_core::clock::{Clock, SystemClock};
 use traforato_core::id::LocalVmId;
@@ -29,18 +34,24 @@ struct Stack {
 }
 
 impl Stack {
-    /// A development-mode stack (no tokens).
+    /// A development-mode stack (no tokens) over a fake backend with no scripts.
     async fn start() -> Self {
-        Self::start_with(&AuthConfig::default()).await
+        Self::scripted(FakeBackend::new()).await
     }
 
-    /// A prod stack with secret [`SECRET`]: client tokens, ownership, internal tokens.
-    async fn start_prod() -> Self {
-        Self::start_with(&AuthConfig::with_secret(SECRET)).await
+    /// A development-mode stack over `fake`, with the scripts the test gave it.
+    async fn scripted(fake: FakeBackend) -> Self {
+        Self::start_with(&AuthConfig::default(), fake).await
     }
 
-    async fn start_with(auth: &AuthConfig) -> Self {
-        let inner = LocalStack::start(auth, "fake", vec![Arc::new(FakeBackend::new())])
+    /// A prod stack with secret [`SECRET`] over `fake`: client tokens, ownership, internal
+    /// tokens.
+    async fn start_prod(fake: FakeBackend) -> Self {
+        Self::start_with(&AuthConfig::with_secret(SECRET), fake).await
+    }
+
+    async fn start_with(auth: &AuthConfig, fake: FakeBackend) -> Self {
+        let inner = LocalStack::start(auth, "fake", vec![Arc::new(fake)])
             .await
             .unwrap();
         Stack {
@@ -119,7 +130,45 @@ async fn sandbox_lifecycle() {
 
 #[tokio::test]
 async fn exec_waits_streams_and_reports_exit_codes() {
-    let stack = Stack::start().await;
+    let fake = FakeBackend::new()
+        // Stand-ins for what a shell would do, each fed only by what reached the backend: an
+        // argv `echo` prints its arguments as they arrived (not re-split), and
+        // `pwd; printenv GREETING` prints the exec's cwd and environment.
+        .with_exec_handler(|spec, _fs| match &spec.program {
+            Program::Argv(argv) if argv.first().is_some_and(|p| p == "echo") => {
+                Some(FakeExec::new().stdout(format!("{}\n", argv[1..].join(" "))))
+            }
+            Program::Shell(line) if line == "pwd; printenv GREETING" => {
+                let cwd = spec.cwd.as_deref().unwrap_or(DEFAULT_CWD);
+                let run = FakeExec::new().stdout(format!("{cwd}\n"));
+                Some(match spec.env.get("GREETING") {
+                    Some(greeting) => run.stdout(format!("{greeting}\n")),
+                    None => run.exit_code(1),
+                })
+            }
+            _ => None,
+        })
+        .script(
+            "echo hello; exit 3",
+            FakeExec::new().stdout("hello\n").exit_code(3),
+        )
+        .script(
+            "no-such-command",
+            FakeExec::new()
+                .stderr("sh: 1: no-such-command: not found\n")
+                .exit_code(127),
+        )
+        .script(
+            "echo one; sleep 0.3; echo two; sleep 0.2; echo three",
+            FakeExec::new()
+                .stdout("one\n")
+                .sleep(Duration::from_millis(300))
+                .stdout("two\n")
+                .sleep(Duration::from_millis(200))
+                .stdout("three\n"),
+        )
+        .script("sleep 30", FakeExec::new().sleep(Duration::from_secs(30)));
+    let stack = Stack::scripted(fake).await;
     let sandbox = stack.client().create_sandbox(fake_sandbox()).await.unwrap();
 
     let out = sandbox.exec("echo hello; exit 3").await.unwrap();
@@ -186,7 +235,33 @@ async fn exec_waits_streams_and_reports_exit_codes() {
 
 #[tokio::test]
 async fn run_code_waiting_and_in_the_background() {
-    let stack = Stack::start().await;
+    let prints = |stdout: &str| FakeCode::Runs(FakeExec::new().stdout(stdout.to_string()));
+    let fake = FakeBackend::new()
+        .script_code("print('hello-python')", prints("hello-python\n"))
+        .script_code("console.log('hello-node')", prints("hello-node\n"))
+        .script_code(
+            "throw new Error('boom')",
+            FakeCode::Runs(
+                FakeExec::new()
+                    .stderr("Uncaught Error: boom\n")
+                    .exit_code(1),
+            ),
+        )
+        .script_code(
+            "print('oops'",
+            FakeCode::SyntaxError("SyntaxError: '(' was never closed".into()),
+        )
+        .script_code("print(1)", prints("1\n"))
+        .script_code(
+            "print('a')\nimport time\ntime.sleep(0.2)\nprint('b')",
+            FakeCode::Runs(
+                FakeExec::new()
+                    .stdout("a\n")
+                    .sleep(Duration::from_millis(200))
+                    .stdout("b\n"),
+            ),
+        );
+    let stack = Stack::scripted(fake).await;
     let sandbox = stack.client().create_sandbox(fake_sandbox()).await.unwrap();
 
     let out = sandbox
@@ -588,7 +663,8 @@ fn minting_client(url: &str, client_id: &'static str, minted: Arc<AtomicUsize>) 
 
 #[tokio::test]
 async fn prod_mode_with_a_fresh_token_per_request() {
-    let stack = Stack::start_prod().await;
+    let fake = FakeBackend::new().script("echo hello", FakeExec::new().stdout("hello\n"));
+    let stack = Stack::start_prod(fake).await;
     let minted = Arc::new(AtomicUsize::new(0));
     let alice = minting_client(&stack.broker_url, "alice", minted.clone());
 

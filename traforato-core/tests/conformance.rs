@@ -5,12 +5,13 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 use traforato_core::backend::conformance::{Capabilities, Outcome, Suite};
 use traforato_core::backend::container::{ContainerBackend, ContainerConfig};
-use traforato_core::backend::fake::FakeBackend;
+use traforato_core::backend::fake::{FakeBackend, FakeCode, FakeExec};
 use traforato_core::backend::{
     BackendError, BoxedStream, ExecControl, ExecExit, ExecSpec, OutputChunk, ProvisionSpec, Vm,
     VmBackend,
@@ -27,12 +28,30 @@ fn passed(outcomes: &[Outcome]) -> Vec<&'static str> {
         .collect()
 }
 
+/// A fake scripted with what the suite runs and expects (the fake interprets nothing).
+fn scripted_fake() -> FakeBackend {
+    FakeBackend::new()
+        .script("echo conformance", FakeExec::new().stdout("conformance\n"))
+        .script("exit 3", FakeExec::new().exit_code(3))
+        .script("cat", FakeExec::new().echo_stdin())
+        .script("sleep 30", FakeExec::new().sleep(Duration::from_secs(30)))
+        .script("echo still here", FakeExec::new().stdout("still here\n"))
+        .script_code(
+            "print(\"conformance\")",
+            FakeCode::Runs(FakeExec::new().stdout("conformance\n")),
+        )
+        .script_code(
+            "print(\"never\"",
+            FakeCode::SyntaxError("SyntaxError: '(' was never closed".into()),
+        )
+}
+
 #[tokio::test]
 async fn the_fake_backend_conforms_within_its_declared_limits() {
-    let fake = FakeBackend::new();
+    let fake = scripted_fake();
     let live = fake.clone();
     let capabilities = Capabilities {
-        // Its exec is scripted, its run-code a simulation and its files in memory.
+        // Its exec and run-code are scripted, its files in memory.
         shell: false,
         interpreters: false,
         shared_files: false,

@@ -525,26 +525,27 @@ async fn sandbox_op(
             let frames = worker.exec_frames(p, id, &exec_id, cursor, wait).await?;
             json_response(ok, &frames)
         }
+        // The body is decoded first, as it always was for these three.
         SandboxOp::ExecStdin(raw) => {
-            let exec_id = exec_of(worker, p, id, raw)?;
             let (parts, body) = req.into_parts();
             let bytes = read_body(body, EXEC_BODY_MAX)
                 .await
                 .map_err(|err| bad_request(&err.to_string()))?;
             let data = decode_stdin(&parts.headers, bytes)?;
+            let exec_id = exec_of(worker, p, id, raw)?;
             worker.write_exec_stdin(p, id, &exec_id, data).await?;
             status_only(StatusCode::NO_CONTENT)
         }
         SandboxOp::SignalExec(raw) => {
-            let exec_id = exec_of(worker, p, id, raw)?;
             let request: ExecSignalRequest = body_json(req, EXEC_BODY_MAX, true).await?;
             let signal = decode::signal(&request)?;
+            let exec_id = exec_of(worker, p, id, raw)?;
             worker.signal_exec(p, id, &exec_id, signal).await?;
             status_only(StatusCode::NO_CONTENT)
         }
         SandboxOp::ResizeExec(raw) => {
-            let exec_id = exec_of(worker, p, id, raw)?;
             let request: ExecResizeRequest = body_json(req, EXEC_BODY_MAX, true).await?;
+            let exec_id = exec_of(worker, p, id, raw)?;
             let size = TerminalSize {
                 rows: request.rows,
                 cols: request.cols,

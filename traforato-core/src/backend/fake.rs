@@ -4,10 +4,11 @@
 //! What is real and what is not:
 //! - **Files** live in an in-memory tree per VM ([`FakeFs`]) with the semantics documented on
 //!   the [`Vm`] trait; exec cannot see real files and real files cannot see it.
-//! - **Exec** is answered by a scriptable handler ([`FakeBackend::with_exec_handler`]) or by a
-//!   tiny fake shell ([`fake_shell`]) that knows a handful of commands. It is *not* `/bin/sh`.
-//! - **Run-code** never starts Python or Node: [`fake_code`] recognises `print(...)` /
-//!   `console.log(...)` lines, `raise` / `throw`, and unbalanced brackets as a syntax error.
+//! - **Exec** is scripted: a handler ([`FakeBackend::with_exec_handler`]), else the run
+//!   scripted for that exact command ([`FakeBackend::script`]), else it exits 0 with no
+//!   output. Nothing interprets the command.
+//! - **Run-code** is scripted too ([`FakeBackend::script_code`]): the output or the syntax
+//!   error given for that exact code, else exit 0 with no output.
 //! - **Connect** is a real TCP connection to `127.0.0.1:<port>` on the host (or to a host or
 //!   address configured per backend or per VM), so proxy tests can stand a listener in for a
 //!   sandbox's server.
@@ -34,7 +35,7 @@ use tokio::sync::{mpsc, watch};
 use super::{
     BackendError, BoxedReader, BoxedStream, CodeOutcome, CodeSpec, ExecControl, ExecExit, ExecSpec,
     FileEntry, FileKind, FileReader, FileStat, FilesError, OutputChunk, OutputStream, Program,
-    ProvisionSpec, Runtime, Vm, VmBackend, WriteMode, TIMEOUT_EXIT_CODE,
+    ProvisionSpec, Vm, VmBackend, WriteMode, TIMEOUT_EXIT_CODE,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::id::{ExecId, LocalVmId};
@@ -46,11 +47,8 @@ pub const FAKE_VIRTUALIZATION: &str = "fake";
 /// The working directory of commands that name none (when it exists; `/` otherwise).
 pub const DEFAULT_CWD: &str = "/workspace";
 
-/// The message of a syntax error reported by [`fake_code`].
-pub const FAKE_SYNTAX_ERROR: &str = "SyntaxError: fake backend: unbalanced brackets";
-
-/// A scripted answer to an exec: `None` falls through to [`fake_shell`]. It runs under the
-/// VM's lock, so it must be quick and must not block.
+/// A scripted answer to an exec: `None` falls through to the command scripts. It runs under
+/// the VM's lock, so it must be quick and must not block.
 pub type ExecHandler = Arc<dyn Fn(&ExecSpec, &mut FakeFs) -> Option<FakeExec> + Send + Sync>;
 
 /// Decides whether a provision fails, and with what error.
@@ -78,6 +76,10 @@ struct BackendState {
     fail_when: Option<ProvisionFailure>,
     provision_delay: Duration,
     exec_handler: Option<ExecHandler>,
+    /// Runs by exact command line.
+    scripts: BTreeMap<String, FakeExec>,
+    /// Answers by exact code.
+    code_scripts: BTreeMap<String, FakeCode>,
     clock: Arc<dyn Clock>,
     connect_host: IpAddr,
     leftovers: usize,
@@ -136,6 +138,8 @@ impl FakeBackend {
                     fail_when: None,
                     provision_delay: Duration::ZERO,
                     exec_handler: None,
+                    scripts: BTreeMap::new(),
+                    code_scripts: BTreeMap::new(),
                     clock: Arc::new(SystemClock),
                     connect_host: IpAddr::V4(Ipv4Addr::LOCALHOST),
                     leftovers: 0,
@@ -184,8 +188,9 @@ impl FakeBackend {
         self
     }
 
-    /// Answers execs with `handler` first; when it returns `None` the [`fake_shell`] runs.
-    /// Applies to every VM, including those already provisioned.
+    /// Answers execs with `handler` first; when it returns `None` the command's script (or the
+    /// default: exit 0, no output) runs. Applies to every VM, including those already
+    /// provisioned.
     pub fn with_exec_handler<F>(self, handler: F) -> Self
     where
         F: Fn(&ExecSpec, &mut FakeFs) -> Option<FakeExec> + Send + Sync + 'static,
@@ -197,6 +202,57 @@ impl FakeBackend {
     /// Replaces the exec handler; see [`FakeBackend::with_exec_handler`].
     pub fn set_exec_handler(&self, handler: ExecHandler) {
         self.state().exec_handler = Some(handler);
+    }
+
+    /// Answers every exec of exactly `command` with `run`: a shell line as given, an argv
+    /// joined by single spaces. Applies to every VM, including those already provisioned.
+    pub fn script(self, command: impl Into<String>, run: FakeExec) -> Self {
+        self.set_script(command, run);
+        self
+    }
+
+    /// Adds or replaces a script; see [`FakeBackend::script`].
+    pub fn set_script(&self, command: impl Into<String>, run: FakeExec) {
+        self.state().scripts.insert(command.into(), run);
+    }
+
+    /// Answers run-code of exactly `code` (in either runtime) with `answer`.
+    pub fn script_code(self, code: impl Into<String>, answer: FakeCode) -> Self {
+        self.set_script_code(code, answer);
+        self
+    }
+
+    /// Adds or replaces a run-code script; see [`FakeBackend::script_code`].
+    pub fn set_script_code(&self, code: impl Into<String>, answer: FakeCode) {
+        self.state().code_scripts.insert(code.into(), answer);
+    }
+
+    /// The scripted run of `spec`: its handler's, else its command's, else exit 0.
+    fn scripted(&self, spec: &ExecSpec, fs: &mut FakeFs) -> FakeExec {
+        let (handler, script) = {
+            let state = self.state();
+            let command = match &spec.program {
+                Program::Shell(line) => line.clone(),
+                Program::Argv(argv) => argv.join(" "),
+            };
+            (
+                state.exec_handler.clone(),
+                state.scripts.get(&command).cloned(),
+            )
+        };
+        handler
+            .and_then(|h| h(spec, fs))
+            .or(script)
+            .unwrap_or_default()
+    }
+
+    /// The scripted answer to `code`, else a run that exits 0.
+    fn scripted_code(&self, code: &str) -> FakeCode {
+        self.state()
+            .code_scripts
+            .get(code)
+            .cloned()
+            .unwrap_or(FakeCode::Runs(FakeExec::new()))
     }
 
     /// Makes `connect(port)` of VMs provisioned from now on reach `host:port` instead of
@@ -245,10 +301,6 @@ impl FakeBackend {
     /// The live VM with this id, if its handle is still held somewhere.
     pub fn vm(&self, id: &LocalVmId) -> Option<Arc<FakeVm>> {
         self.state().vms.get(id).and_then(Weak::upgrade)
-    }
-
-    fn exec_handler(&self) -> Option<ExecHandler> {
-        self.state().exec_handler.clone()
     }
 
     fn forget(&self, id: &LocalVmId) -> bool {
@@ -429,42 +481,31 @@ impl FakeVm {
         }
     }
 
-    /// Resolves the working directory and lets `plan` build the run under the lock.
+    /// Checks the working directory and lets `plan` build the run under the lock.
     fn plan<R>(
         &self,
         cwd: Option<&str>,
-        plan: impl FnOnce(&str, &mut FakeFs) -> R,
+        plan: impl FnOnce(&mut FakeFs) -> R,
     ) -> Result<R, BackendError> {
         let mut guard = self.fs.lock().expect("fake vm lock");
         let fs = guard.as_mut().ok_or(BackendError::Gone)?;
-        let cwd = match cwd {
-            Some(raw) => {
-                let path = SandboxPath::parse(raw).map_err(|e| {
-                    BackendError::ExecFailed(format!("working directory {raw:?}: {e}"))
-                })?;
-                if !fs.is_dir(&path) {
-                    return Err(BackendError::ExecFailed(format!(
-                        "working directory {path} does not exist"
-                    )));
-                }
-                path
+        if let Some(raw) = cwd {
+            let path = SandboxPath::parse(raw)
+                .map_err(|e| BackendError::ExecFailed(format!("working directory {raw:?}: {e}")))?;
+            if !fs.is_dir(&path) {
+                return Err(BackendError::ExecFailed(format!(
+                    "working directory {path} does not exist"
+                )));
             }
-            None => {
-                let default = SandboxPath::parse(DEFAULT_CWD).expect("default cwd is valid");
-                if fs.is_dir(&default) {
-                    default
-                } else {
-                    SandboxPath::root()
-                }
-            }
-        };
-        Ok(plan(cwd.as_str(), fs))
+        }
+        Ok(plan(fs))
     }
 
     /// Plays a plan: sends its output, sleeps its sleeps, honours the timeout and a destroy.
     async fn play(
         &self,
         run: FakeExec,
+        stdin: Option<Bytes>,
         timeout: Duration,
         output: mpsc::Sender<OutputChunk>,
     ) -> Result<ExecExit, BackendError> {
@@ -479,6 +520,12 @@ impl FakeVm {
                     // A receiver that went away only loses the output, as with a real pipe
                     // nobody reads.
                     let _ = output.send(OutputChunk { stream, data }).await;
+                }
+                Step::Stdin => {
+                    if let Some(data) = stdin.clone().filter(|d| !d.is_empty()) {
+                        let stream = OutputStream::Stdout;
+                        let _ = output.send(OutputChunk { stream, data }).await;
+                    }
                 }
                 Step::Sleep(d) => {
                     let wake = tokio::time::Instant::now()
@@ -518,12 +565,7 @@ impl Vm for FakeVm {
         spec: ExecSpec,
         output: mpsc::Sender<OutputChunk>,
     ) -> Result<ExecExit, BackendError> {
-        let handler = self.backend.exec_handler();
-        let run = self.plan(spec.cwd.as_deref(), |cwd, fs| {
-            handler
-                .and_then(|h| h(&spec, fs))
-                .unwrap_or_else(|| fake_shell(&spec, cwd, fs))
-        })?;
+        let run = self.plan(spec.cwd.as_deref(), |fs| self.backend.scripted(&spec, fs))?;
         if let Some(id) = spec.exec_id {
             let open = spec.interactive || spec.tty.is_some();
             self.running.lock().expect("fake vm lock").insert(id, open);
@@ -532,7 +574,7 @@ impl Vm for FakeVm {
             running: &self.running,
             id: spec.exec_id,
         };
-        self.play(run, spec.timeout, output).await
+        self.play(run, spec.stdin, spec.timeout, output).await
     }
 
     async fn control_exec(
@@ -562,13 +604,15 @@ impl Vm for FakeVm {
         spec: CodeSpec,
         output: mpsc::Sender<OutputChunk>,
     ) -> Result<CodeOutcome, BackendError> {
-        match self.plan(spec.cwd.as_deref(), |_, _| fake_code(&spec))? {
-            Err(message) => Ok(CodeOutcome::SyntaxError {
+        match self.plan(spec.cwd.as_deref(), |_| {
+            self.backend.scripted_code(&spec.code)
+        })? {
+            FakeCode::SyntaxError(message) => Ok(CodeOutcome::SyntaxError {
                 message,
                 exit_code: 1,
             }),
-            Ok(run) => self
-                .play(run, spec.timeout, output)
+            FakeCode::Runs(run) => self
+                .play(run, None, spec.timeout, output)
                 .await
                 .map(CodeOutcome::Finished),
         }
@@ -649,6 +693,15 @@ impl Vm for FakeVm {
 // ---------------------------------------------------------------------------------------------
 // Scripted runs
 
+/// A scripted answer to run-code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FakeCode {
+    /// The code runs as this run.
+    Runs(FakeExec),
+    /// The code does not compile: this message, exit code 1.
+    SyntaxError(String),
+}
+
 /// The scripted run of one exec: output chunks and sleeps played in order, then an exit code.
 /// Sleeps are cut by the exec's timeout (exit 124) and by a destroy (`Gone`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -660,6 +713,8 @@ pub struct FakeExec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Step {
     Output(OutputStream, Bytes),
+    /// The exec's `stdin` bytes, to stdout (a `cat`).
+    Stdin,
     Sleep(Duration),
 }
 
@@ -678,6 +733,12 @@ impl FakeExec {
     /// Appends a stderr chunk.
     pub fn stderr(mut self, data: impl Into<Bytes>) -> Self {
         self.push_output(OutputStream::Stderr, data.into());
+        self
+    }
+
+    /// Appends the exec's initial `stdin` to stdout, as `cat` would.
+    pub fn echo_stdin(mut self) -> Self {
+        self.steps.push(Step::Stdin);
         self
     }
 
@@ -716,365 +777,6 @@ impl FakeExec {
             self.steps.push(Step::Output(stream, data));
         }
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The fake shell
-
-/// The default exec interpreter: a **tiny fake shell, not a real one**. It is evaluated
-/// against the filesystem when the exec starts.
-///
-/// Syntax: words separated by blanks, `'single'` and `"double"` quotes, `\` escapes, and lists
-/// joined by `;`, newlines, `&&` and `||`. Pipes, redirections, `$` expansion, globs, `(`/`)`
-/// and background `&` are rejected with exit code 2.
-///
-/// Commands: `echo [-n] ARGS`, `cat [PATHS]` (no path: stdin), `exit [N]`, `sleep SECS`
-/// (fractions allowed), `true`, `false`, `pwd`, `printenv NAME`, and `sh -c LINE` /
-/// `bash -c LINE`. A leading directory in the command (`/bin/echo`) is ignored. Anything else
-/// writes `fake: command not found: X` to stderr and exits 127. [`Program::Argv`] runs its
-/// `argv` as one such command.
-pub fn fake_shell(spec: &ExecSpec, cwd: &str, fs: &FakeFs) -> FakeExec {
-    let mut shell = FakeShell {
-        spec,
-        cwd,
-        fs,
-        run: FakeExec::new(),
-        status: 0,
-    };
-    let flow = match &spec.program {
-        Program::Shell(line) => shell.line(line, 0),
-        Program::Argv(argv) if argv.is_empty() => {
-            shell.fail("fake: empty argv\n", 127);
-            Flow::Continue
-        }
-        Program::Argv(argv) => shell.command(argv, 0),
-    };
-    let status = match flow {
-        Flow::Continue => shell.status,
-        Flow::Exit(code) => code,
-    };
-    shell.run.exit_code(status)
-}
-
-struct FakeShell<'a> {
-    spec: &'a ExecSpec,
-    cwd: &'a str,
-    fs: &'a FakeFs,
-    run: FakeExec,
-    status: i32,
-}
-
-enum Flow {
-    Continue,
-    Exit(i32),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Joiner {
-    Always,
-    And,
-    Or,
-}
-
-/// How deep `sh -c` may nest.
-const MAX_NESTING: usize = 8;
-
-impl FakeShell<'_> {
-    fn fail(&mut self, message: &str, code: i32) {
-        self.run
-            .push_output(OutputStream::Stderr, Bytes::from(message.to_string()));
-        self.status = code;
-    }
-
-    fn line(&mut self, line: &str, depth: usize) -> Flow {
-        let list = match parse_list(line) {
-            Ok(list) => list,
-            Err(message) => {
-                self.fail(&format!("fake: {message}\n"), 2);
-                return Flow::Continue;
-            }
-        };
-        for (joiner, argv) in list {
-            let skip = match joiner {
-                Joiner::Always => false,
-                Joiner::And => self.status != 0,
-                Joiner::Or => self.status == 0,
-            };
-            if skip || argv.is_empty() {
-                continue;
-            }
-            if let Flow::Exit(code) = self.command(&argv, depth) {
-                return Flow::Exit(code);
-            }
-        }
-        Flow::Continue
-    }
-
-    fn command(&mut self, argv: &[String], depth: usize) -> Flow {
-        let name = argv[0].rsplit('/').next().unwrap_or_default();
-        let args = &argv[1..];
-        self.status = 0;
-        match name {
-            "echo" => {
-                let (newline, words) = match args.first().map(String::as_str) {
-                    Some("-n") => (false, &args[1..]),
-                    _ => (true, args),
-                };
-                let mut text = words.join(" ");
-                if newline {
-                    text.push('\n');
-                }
-                self.run
-                    .push_output(OutputStream::Stdout, Bytes::from(text));
-            }
-            "cat" => self.cat(args),
-            "true" => {}
-            "false" => self.status = 1,
-            "pwd" => {
-                let text = format!("{}\n", self.cwd);
-                self.run
-                    .push_output(OutputStream::Stdout, Bytes::from(text));
-            }
-            "printenv" => match args.first().and_then(|n| self.spec.env.get(n)) {
-                Some(value) => {
-                    let text = format!("{value}\n");
-                    self.run
-                        .push_output(OutputStream::Stdout, Bytes::from(text));
-                }
-                None => self.status = 1,
-            },
-            "sleep" => match args.first().and_then(|s| parse_seconds(s)) {
-                Some(d) if args.len() == 1 => self.run.steps.push(Step::Sleep(d)),
-                _ => {
-                    let arg = args.first().map(String::as_str).unwrap_or_default();
-                    self.fail(&format!("sleep: invalid time interval '{arg}'\n"), 1);
-                }
-            },
-            "exit" => {
-                let code = match args.first() {
-                    None => self.status,
-                    Some(raw) => match raw.parse::<i64>() {
-                        Ok(n) => n.rem_euclid(256) as i32,
-                        Err(_) => {
-                            self.fail(
-                                &format!("fake: exit: {raw}: numeric argument required\n"),
-                                2,
-                            );
-                            2
-                        }
-                    },
-                };
-                return Flow::Exit(code);
-            }
-            "sh" | "bash" if args.len() >= 2 && args[0] == "-c" => {
-                if depth >= MAX_NESTING {
-                    self.fail("fake: sh -c nested too deeply\n", 2);
-                } else {
-                    // `exit` inside `sh -c` ends only that shell.
-                    if let Flow::Exit(code) = self.line(&args[1], depth + 1) {
-                        self.status = code;
-                    }
-                }
-            }
-            other => self.fail(&format!("fake: command not found: {other}\n"), 127),
-        }
-        Flow::Continue
-    }
-
-    fn cat(&mut self, args: &[String]) {
-        if args.is_empty() {
-            let stdin = self.spec.stdin.clone().unwrap_or_default();
-            self.run.push_output(OutputStream::Stdout, stdin);
-            return;
-        }
-        let mut failed = false;
-        for arg in args {
-            let raw = if arg.starts_with('/') {
-                arg.clone()
-            } else {
-                format!("{}/{arg}", self.cwd)
-            };
-            let read = SandboxPath::parse(&raw)
-                .map_err(|_| FilesError::NotFound)
-                .and_then(|p| self.fs.read(&p).map(<[u8]>::to_vec));
-            match read {
-                Ok(data) => self
-                    .run
-                    .push_output(OutputStream::Stdout, Bytes::from(data)),
-                Err(err) => {
-                    let why = match err {
-                        FilesError::IsDirectory => "Is a directory",
-                        _ => "No such file or directory",
-                    };
-                    let text = format!("cat: {arg}: {why}\n");
-                    self.run
-                        .push_output(OutputStream::Stderr, Bytes::from(text));
-                    failed = true;
-                }
-            }
-        }
-        self.status = i32::from(failed);
-    }
-}
-
-fn parse_seconds(raw: &str) -> Option<Duration> {
-    let secs: f64 = raw.parse().ok()?;
-    if !secs.is_finite() || secs < 0.0 {
-        return None;
-    }
-    Duration::try_from_secs_f64(secs).ok()
-}
-
-/// Splits a command line into commands, each with how it joins the previous one.
-fn parse_list(line: &str) -> Result<Vec<(Joiner, Vec<String>)>, String> {
-    let mut list = Vec::new();
-    let mut joiner = Joiner::Always;
-    let mut argv: Vec<String> = Vec::new();
-    let mut word: Option<String> = None;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            ' ' | '\t' => {
-                if let Some(w) = word.take() {
-                    argv.push(w);
-                }
-            }
-            ';' | '\n' | '&' | '|' => {
-                let next = match c {
-                    ';' | '\n' => Joiner::Always,
-                    _ if chars.peek() == Some(&c) => {
-                        chars.next();
-                        if c == '&' {
-                            Joiner::And
-                        } else {
-                            Joiner::Or
-                        }
-                    }
-                    _ => return Err(format!("unsupported shell syntax: {c}")),
-                };
-                if let Some(w) = word.take() {
-                    argv.push(w);
-                }
-                if next != Joiner::Always && argv.is_empty() {
-                    return Err(format!("syntax error near {c}{c}"));
-                }
-                list.push((joiner, std::mem::take(&mut argv)));
-                joiner = next;
-            }
-            '\'' => {
-                let w = word.get_or_insert_with(String::new);
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(ch) => w.push(ch),
-                        None => return Err("unterminated quote".into()),
-                    }
-                }
-            }
-            '"' => {
-                let w = word.get_or_insert_with(String::new);
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') if matches!(chars.peek(), Some('"' | '\\')) => {
-                            w.push(chars.next().expect("peeked"));
-                        }
-                        Some('$' | '`') => return Err("unsupported shell syntax: expansion".into()),
-                        Some(ch) => w.push(ch),
-                        None => return Err("unterminated quote".into()),
-                    }
-                }
-            }
-            '\\' => match chars.next() {
-                Some('\n') | None => {}
-                Some(ch) => word.get_or_insert_with(String::new).push(ch),
-            },
-            '>' | '<' | '$' | '`' | '(' | ')' | '*' | '?' => {
-                return Err(format!("unsupported shell syntax: {c}"))
-            }
-            ch => word.get_or_insert_with(String::new).push(ch),
-        }
-    }
-    if let Some(w) = word.take() {
-        argv.push(w);
-    }
-    if joiner != Joiner::Always && argv.is_empty() {
-        return Err("syntax error: unexpected end of line".into());
-    }
-    list.push((joiner, argv));
-    Ok(list)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Fake run-code
-
-/// The fake run-code: **no interpreter runs**. It exists so control-plane tests can exercise
-/// output frames and the syntax-error path.
-///
-/// - Unbalanced or mis-nested `()[]{}` anywhere (strings and comments included) is a syntax
-///   error: `Err` with [`FAKE_SYNTAX_ERROR`].
-/// - Otherwise lines run in order. Python `print(X)` / Node `console.log(X)` writes `X` with
-///   surrounding quotes stripped, plus `\n`. Python `time.sleep(S)` pauses S seconds. A line
-///   starting with `raise` (Python) or `throw` (Node) writes
-///   `fake backend: uncaught exception: <rest>` to stderr and exits 1. Every other line is
-///   ignored.
-pub fn fake_code(spec: &CodeSpec) -> Result<FakeExec, String> {
-    if !brackets_balanced(&spec.code) {
-        return Err(FAKE_SYNTAX_ERROR.to_string());
-    }
-    let (print, fail) = match spec.runtime {
-        Runtime::Python => ("print(", "raise"),
-        Runtime::Node => ("console.log(", "throw"),
-    };
-    let mut run = FakeExec::new();
-    for line in spec.code.lines().map(str::trim) {
-        if let Some(arg) = call_argument(line, print) {
-            let text = format!("{}\n", strip_quotes(arg));
-            run.push_output(OutputStream::Stdout, Bytes::from(text));
-        } else if spec.runtime == Runtime::Python && line.starts_with("time.sleep(") {
-            if let Some(d) = call_argument(line, "time.sleep(").and_then(parse_seconds) {
-                run.steps.push(Step::Sleep(d));
-            }
-        } else if line == fail || line.starts_with(&format!("{fail} ")) {
-            let what = line[fail.len()..].trim();
-            let text = format!("fake backend: uncaught exception: {what}\n");
-            run.push_output(OutputStream::Stderr, Bytes::from(text));
-            return Ok(run.exit_code(1));
-        }
-    }
-    Ok(run)
-}
-
-/// The text between `call` (which ends in `(`) at the start of the line and the last `)`.
-fn call_argument<'a>(line: &'a str, call: &str) -> Option<&'a str> {
-    let rest = line.strip_prefix(call)?;
-    let end = rest.rfind(')')?;
-    Some(rest[..end].trim())
-}
-
-fn strip_quotes(arg: &str) -> &str {
-    arg.trim_matches(|c| matches!(c, '"' | '\'' | '`'))
-}
-
-fn brackets_balanced(code: &str) -> bool {
-    let mut stack = Vec::new();
-    for c in code.chars() {
-        match c {
-            '(' | '[' | '{' => stack.push(c),
-            ')' | ']' | '}' => {
-                let open = match c {
-                    ')' => '(',
-                    ']' => '[',
-                    _ => '{',
-                };
-                if stack.pop() != Some(open) {
-                    return false;
-                }
-            }
-            _ => {}
-        }
-    }
-    stack.is_empty()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1349,6 +1051,7 @@ fn ancestors(path: &SandboxPath) -> Vec<SandboxPath> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Runtime;
     use crate::clock::ManualClock;
     use crate::tuple::SandboxTuple;
     use tokio::io::AsyncWriteExt;
@@ -1622,17 +1325,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn shell_basics() {
-        let vm = boot(&FakeBackend::new()).await;
-        vm.write_file(
-            &p("/workspace/hi.txt"),
-            reader(b"file\n"),
-            WriteMode::Replace,
-        )
-        .await
-        .unwrap();
-        let r = run(&vm, shell("echo hello  'big world'; cat hi.txt && pwd")).await;
-        assert_eq!(r.stdout, "hello big world\nfile\n/workspace\n");
+    async fn execs_play_their_scripts_and_nothing_else() {
+        let backend = FakeBackend::new()
+            .script(
+                "make all",
+                FakeExec::new()
+                    .stdout("built\n")
+                    .stderr("warn\n")
+                    .exit_code(3),
+            )
+            .script("cat", FakeExec::new().echo_stdin());
+        let vm = boot(&backend).await;
+        let r = run(&vm, shell("make all")).await;
+        assert_eq!(
+            (r.stdout.as_str(), r.stderr.as_str()),
+            ("built\n", "warn\n")
+        );
+        assert_eq!(r.exit.exit_code, 3);
+
+        // An argv is its words joined by spaces.
+        let mut spec = shell("");
+        spec.program = Program::Argv(vec!["make".into(), "all".into()]);
+        assert_eq!(run(&vm, spec).await.stdout, "built\n");
+
+        let mut spec = shell("cat");
+        spec.stdin = Some(Bytes::from_static(b"in\n"));
+        assert_eq!(run(&vm, spec).await.stdout, "in\n");
+
+        // Unscripted: nothing is interpreted, the exec exits 0 with no output.
+        let r = run(&vm, shell("echo hello")).await;
+        assert_eq!((r.stdout.as_str(), r.stderr.as_str()), ("", ""));
         assert_eq!(
             r.exit,
             ExecExit {
@@ -1641,50 +1363,11 @@ mod tests {
             }
         );
 
-        let r = run(
-            &vm,
-            shell("false && echo no || echo yes; exit 3; echo never"),
-        )
-        .await;
-        assert_eq!(r.stdout, "yes\n");
-        assert_eq!(r.exit.exit_code, 3);
+        // Scripts apply to VMs booted before them.
+        backend.set_script("echo hello", FakeExec::new().stdout("hello\n"));
+        assert_eq!(run(&vm, shell("echo hello")).await.stdout, "hello\n");
 
-        let r = run(&vm, shell("frobnicate --now")).await;
-        assert_eq!(r.stderr, "fake: command not found: frobnicate\n");
-        assert_eq!(r.exit.exit_code, 127);
-
-        let r = run(&vm, shell("cat /missing")).await;
-        assert_eq!(r.stderr, "cat: /missing: No such file or directory\n");
-        assert_eq!(r.exit.exit_code, 1);
-
-        let r = run(&vm, shell("echo a | wc")).await;
-        assert_eq!(r.exit.exit_code, 2);
-        assert!(r.stderr.contains("unsupported"));
-    }
-
-    #[tokio::test]
-    async fn argv_env_stdin_and_cwd() {
-        let vm = boot(&FakeBackend::new()).await;
-        let mut spec = shell("");
-        spec.program = Program::Argv(vec!["/bin/echo".into(), "a b".into()]);
-        assert_eq!(run(&vm, spec.clone()).await.stdout, "a b\n");
-
-        spec.program = Program::Argv(vec!["sh".into(), "-c".into(), "exit 4".into()]);
-        assert_eq!(run(&vm, spec.clone()).await.exit.exit_code, 4);
-
-        spec.program = Program::Argv(vec!["nope".into()]);
-        let r = run(&vm, spec.clone()).await;
-        assert_eq!(
-            (r.exit.exit_code, r.stderr.as_str()),
-            (127, "fake: command not found: nope\n")
-        );
-
-        spec.program = Program::Shell("printenv GREETING; cat; pwd".into());
-        spec.env.insert("GREETING".into(), "hi".into());
-        spec.stdin = Some(Bytes::from_static(b"in\n"));
-        spec.cwd = Some("/".into());
-        assert_eq!(run(&vm, spec.clone()).await.stdout, "hi\nin\n/\n");
-
+        let mut spec = shell("make all");
         spec.cwd = Some("/missing".into());
         let (tx, _rx) = mpsc::channel(4);
         assert!(matches!(
@@ -1694,9 +1377,23 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn sleep_honours_timeout() {
-        let vm = boot(&FakeBackend::new()).await;
-        let mut spec = shell("echo before; sleep 10; echo after");
+    async fn sleeps_honour_the_timeout() {
+        let backend = FakeBackend::new()
+            .script(
+                "slow",
+                FakeExec::new()
+                    .stdout("before\n")
+                    .sleep(Duration::from_secs(10))
+                    .stdout("after\n"),
+            )
+            .script(
+                "quick",
+                FakeExec::new()
+                    .sleep(Duration::from_millis(500))
+                    .stdout("done\n"),
+            );
+        let vm = boot(&backend).await;
+        let mut spec = shell("slow");
         spec.timeout = Duration::from_secs(2);
         let start = tokio::time::Instant::now();
         let r = run(&vm, spec).await;
@@ -1710,92 +1407,67 @@ mod tests {
         assert_eq!(r.stdout, "before\n");
         assert_eq!(tokio::time::Instant::now() - start, Duration::from_secs(2));
 
-        let r = run(&vm, shell("sleep 0.5 && echo done")).await;
+        let r = run(&vm, shell("quick")).await;
         assert_eq!(r.stdout, "done\n");
-        assert_eq!(
-            r.exit,
-            ExecExit {
-                exit_code: 0,
-                timed_out: false
-            }
-        );
+        assert!(!r.exit.timed_out);
     }
 
     #[tokio::test]
-    async fn exec_handler_scripts_and_falls_through() {
-        let backend = FakeBackend::new().with_exec_handler(|spec, fs| match &spec.program {
-            Program::Shell(line) if line == "make" => {
-                fs.write(&p("/workspace/out"), b"built", WriteMode::Replace)
-                    .unwrap();
-                Some(FakeExec::new().stdout("ok\n").stderr("warn\n").exit_code(5))
-            }
-            _ => None,
-        });
+    async fn an_exec_handler_comes_first_and_may_touch_files() {
+        let backend = FakeBackend::new()
+            .script("make", FakeExec::new().exit_code(9))
+            .with_exec_handler(|spec, fs| match &spec.program {
+                Program::Shell(line) if line == "make" => {
+                    fs.write(&p("/workspace/out"), b"built", WriteMode::Replace)
+                        .unwrap();
+                    Some(FakeExec::new().stdout("ok\n").exit_code(5))
+                }
+                _ => None,
+            });
         let vm = boot(&backend).await;
         let r = run(&vm, shell("make")).await;
-        assert_eq!((r.stdout.as_str(), r.stderr.as_str()), ("ok\n", "warn\n"));
-        assert_eq!(r.exit.exit_code, 5);
+        assert_eq!((r.stdout.as_str(), r.exit.exit_code), ("ok\n", 5));
         assert_eq!(read_all(&vm, "/workspace/out").await, b"built");
-        assert_eq!(run(&vm, shell("cat /workspace/out")).await.stdout, "built");
     }
 
-    #[tokio::test]
-    async fn run_code_fakes() {
-        let vm = boot(&FakeBackend::new()).await;
+    #[tokio::test(start_paused = true)]
+    async fn run_code_plays_its_script() {
+        let backend = FakeBackend::new()
+            .script_code("print(42)", FakeCode::Runs(FakeExec::new().stdout("42\n")))
+            .script_code(
+                "print(",
+                FakeCode::SyntaxError("SyntaxError: '(' was never closed".into()),
+            )
+            .script_code(
+                "while True: pass",
+                FakeCode::Runs(FakeExec::new().sleep(Duration::from_secs(60))),
+            );
+        let vm = boot(&backend).await;
         let (tx, mut rx) = mpsc::channel(64);
         let out = vm
-            .run_code(code(Runtime::Python, "print('hi')\nx = 1\nprint(42)\n"), tx)
+            .run_code(code(Runtime::Python, "print(42)"), tx)
             .await
             .unwrap();
         let CodeOutcome::Finished(exit) = out else {
             panic!("expected a run: {out:?}")
         };
         let r = collect(exit, &mut rx);
-        assert_eq!((r.stdout.as_str(), r.exit.exit_code), ("hi\n42\n", 0));
+        assert_eq!((r.stdout.as_str(), r.exit.exit_code), ("42\n", 0));
 
         let (tx, _rx) = mpsc::channel(64);
         let out = vm
-            .run_code(code(Runtime::Python, "print('x'"), tx)
+            .run_code(code(Runtime::Node, "print("), tx)
             .await
             .unwrap();
         assert_eq!(
             out,
             CodeOutcome::SyntaxError {
-                message: FAKE_SYNTAX_ERROR.into(),
+                message: "SyntaxError: '(' was never closed".into(),
                 exit_code: 1
             }
         );
 
-        let (tx, mut rx) = mpsc::channel(64);
-        let out = vm
-            .run_code(
-                code(
-                    Runtime::Node,
-                    "console.log(\"a\")\nthrow new Error('boom')\nconsole.log(1)",
-                ),
-                tx,
-            )
-            .await
-            .unwrap();
-        let CodeOutcome::Finished(exit) = out else {
-            panic!("expected a run: {out:?}")
-        };
-        let r = collect(exit, &mut rx);
-        assert_eq!(r.stdout, "a\n");
-        assert_eq!(r.exit.exit_code, 1);
-        assert_eq!(
-            r.stderr,
-            "fake backend: uncaught exception: new Error('boom')\n"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn run_code_sleep_times_out() {
-        let vm = boot(&FakeBackend::new()).await;
-        let mut spec = code(
-            Runtime::Python,
-            "import time\ntime.sleep(60)\nprint('late')",
-        );
+        let mut spec = code(Runtime::Python, "while True: pass");
         spec.timeout = Duration::from_secs(1);
         let (tx, _rx) = mpsc::channel(64);
         assert_eq!(
@@ -1805,6 +1477,21 @@ mod tests {
                 timed_out: true
             })
         );
+
+        // Unscripted code runs as nothing at all.
+        let (tx, mut rx) = mpsc::channel(64);
+        let out = vm
+            .run_code(code(Runtime::Python, "print('hi')"), tx)
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            CodeOutcome::Finished(ExecExit {
+                exit_code: 0,
+                timed_out: false
+            })
+        );
+        assert!(rx.try_recv().is_err());
     }
 
     #[tokio::test]
@@ -1852,7 +1539,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn destroy_during_exec_gives_gone() {
-        let backend = FakeBackend::new();
+        let backend =
+            FakeBackend::new().script("sleep 100", FakeExec::new().sleep(Duration::from_secs(100)));
         let vm = boot(&backend).await;
         let (tx, _rx) = mpsc::channel(4);
         let running = tokio::spawn({

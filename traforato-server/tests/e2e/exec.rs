@@ -1,13 +1,19 @@
 //! Exec with long-polled frames, and run-code statuses.
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
+use traforato_core::backend::fake::{FakeBackend, FakeCode, FakeExec};
 
 use crate::harness::*;
 
 #[tokio::test]
 async fn exec_and_frames() {
-    let stack = Stack::dev().await;
+    let fake = FakeBackend::new();
+    let stack = Stack::dev_on(fake.clone()).await;
     let id = stack.create_id().await;
+    fake.set_script("echo hi", FakeExec::new().stdout("hi\n"));
+    fake.set_script("echo again", FakeExec::new().stdout("again\n"));
     let mut exec_ids = Vec::new();
     for command in ["echo hi", "echo again"] {
         let resp = follow()
@@ -101,7 +107,37 @@ async fn exec_and_frames() {
 
 #[tokio::test]
 async fn run_code_statuses() {
-    let stack = Stack::dev().await;
+    // The fake interprets nothing: each code's run (the same in either runtime) is scripted.
+    let fake = FakeBackend::new()
+        .script_code(
+            "print('hello-python')",
+            FakeCode::Runs(FakeExec::new().stdout("hello-python\n")),
+        )
+        .script_code(
+            "console.log('hello-node')",
+            FakeCode::Runs(FakeExec::new().stdout("hello-node\n")),
+        )
+        .script_code(
+            "throw new Error('boom')",
+            FakeCode::Runs(FakeExec::new().stderr("Error: boom\n").exit_code(1)),
+        )
+        .script_code(
+            "print('oops'",
+            FakeCode::SyntaxError("SyntaxError: '(' was never closed\n".into()),
+        )
+        .script_code(
+            "print('dev')",
+            FakeCode::Runs(FakeExec::new().stdout("dev\n")),
+        )
+        .script_code(
+            "print('later')",
+            FakeCode::Runs(
+                FakeExec::new()
+                    .sleep(Duration::from_millis(200))
+                    .stdout("later\n"),
+            ),
+        );
+    let stack = Stack::dev_on(fake).await;
     let id = stack.create_id().await;
     let run = |body: Value| {
         follow()
@@ -144,6 +180,7 @@ async fn run_code_statuses() {
     assert_eq!(failed["error"], "syntax_error");
     assert!(failed["exec_id"].as_str().unwrap().starts_with("exec_"));
     assert_ne!(failed["exit_code"], 0);
+    assert_eq!(failed["stderr"], "SyntaxError: '(' was never closed\n");
 
     let resp = run(json!({"runtime": "python", "code": "print('dev')"}))
         .await

@@ -12,6 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
+use traforato_core::backend::fake::{FakeBackend, FakeExec};
 use traforato_core::backend::VmBackend;
 use traforato_core::broker::BrokerConfig;
 
@@ -487,8 +488,10 @@ print("independent client ok")
 /// no URL for the sandbox.
 #[tokio::test]
 async fn browser_url_in_prod() {
-    let stack = Stack::prod().await;
+    let fake = FakeBackend::new();
+    let stack = Stack::prod_on(fake.clone()).await;
     let id = stack.create_as("client-a").await;
+    fake.set_script("echo hi", FakeExec::new().stdout("hi\n"));
     let url_of = |query: &str| {
         stack
             .worker

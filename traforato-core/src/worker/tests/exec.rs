@@ -3,10 +3,24 @@
 use super::*;
 use crate::api::FrameKind;
 use crate::backend::fake::FakeExec;
+use crate::backend::Program;
 
 #[tokio::test(start_paused = true)]
 async fn exec_runs_and_records() {
     let h = Harness::new();
+    // A command that fails is still an exec: accepted, recorded, exited with its code.
+    h.fake.set_script(
+        "echo hi; echo oops >&2; exit 2",
+        FakeExec::new().stdout("hi\n").stderr("oops\n").exit_code(2),
+    );
+    h.fake
+        .set_script("echo hello", FakeExec::new().stdout("hello\n"));
+    // An argv reaches the backend as is, with its env (a shell would squeeze `a  b`).
+    h.fake.set_exec_handler(Arc::new(|spec, _| {
+        let argv = Program::Argv(vec!["echo".into(), "a  b".into()]);
+        (spec.program == argv && spec.env.get("K").map(String::as_str) == Some("V"))
+            .then(|| FakeExec::new().stdout("a  b\n"))
+    }));
     let sid = h.sandbox().await;
     let accepted = h
         .worker
@@ -14,12 +28,11 @@ async fn exec_runs_and_records() {
             &dev(),
             &sid,
             ExecRequest {
-                command: "echo hi; echo oops >&2".into(),
+                command: "echo hi; echo oops >&2; exit 2".into(),
                 ..Default::default()
             },
         )
         .await;
-    // The fake shell has no redirections: it fails with exit 2, which is still an exec.
     let accepted = accepted.unwrap();
     let record = h.worker.get_exec(&dev(), &sid, &accepted).unwrap();
     assert_eq!(record.status, "running");
@@ -29,6 +42,10 @@ async fn exec_runs_and_records() {
     let record = h.worker.get_exec(&dev(), &sid, &accepted).unwrap();
     assert_eq!(record.status, "exited");
     assert_eq!(record.exit_code, Some(2));
+    assert_eq!(
+        (record.stdout.as_str(), record.stderr.as_str()),
+        ("hi\n", "oops\n")
+    );
 
     let record = exec(&h, &sid, "echo hello").await;
     assert_eq!(record.stdout, "hello\n");
@@ -58,6 +75,7 @@ async fn exec_runs_and_records() {
     all_frames(&h, &dev(), &sid, &accepted).await;
     let record = h.worker.get_exec(&dev(), &sid, &accepted).unwrap();
     assert_eq!(record.stdout, "a  b\n");
+    assert_eq!(record.command, "echo a  b");
 
     assert!(matches!(
         h.worker
@@ -115,6 +133,8 @@ async fn first_exec_tti_is_observed_once() {
 #[tokio::test(start_paused = true)]
 async fn exec_timeout_and_backend_errors() {
     let h = Harness::new();
+    h.fake
+        .set_script("sleep 100", FakeExec::new().sleep(Duration::from_secs(100)));
     let sid = h.sandbox().await;
     let accepted = h
         .worker
@@ -133,6 +153,7 @@ async fn exec_timeout_and_backend_errors() {
     let record = h.worker.get_exec(&dev(), &sid, &accepted).unwrap();
     assert_eq!(record.exit_code, Some(crate::backend::TIMEOUT_EXIT_CODE));
     assert!(record.timed_out);
+    assert_eq!(record.duration_ms, 1500);
 
     let accepted = h
         .worker
@@ -218,6 +239,10 @@ async fn frames_long_poll_returns_when_output_arrives() {
 #[tokio::test(start_paused = true)]
 async fn has_more_until_exit_frame_is_delivered() {
     let h = Harness::new();
+    h.fake.set_script(
+        "echo one; echo two",
+        FakeExec::new().stdout("one\n").stdout("two\n"),
+    );
     let sid = h.sandbox().await;
     let record = exec(&h, &sid, "echo one; echo two").await;
     let eid = ExecId::parse(&record.exec_id).unwrap();

@@ -4,6 +4,7 @@ use tokio::io::AsyncReadExt;
 
 use super::*;
 use crate::api::Encoding;
+use crate::backend::fake::{FakeCode, FakeExec};
 use crate::backend::WriteMode;
 
 #[tokio::test]
@@ -286,12 +287,16 @@ async fn list_paging_and_validation() {
 #[tokio::test]
 async fn dev_mode_files_and_code_without_tokens() {
     let h = Harness::new();
+    h.script_code(
+        "print('dev')",
+        FakeCode::Runs(FakeExec::new().stdout("dev\n")),
+    );
     let sid = h.sandbox().await;
     let Ok(RunCodeOutcome::Finished(r)) = code(&h, &sid, "python", "print('dev')", None).await
     else {
         panic!("run code")
     };
-    assert!(r.stdout.contains("dev"));
+    assert_eq!(r.stdout, "dev\n");
     let bytes = Encoding::Base64.decode("RGV2").unwrap();
     h.worker
         .write_file(

@@ -18,6 +18,8 @@ async fn pre_pull_floor_fills_with_warmup() {
             warmup_timeout: Duration::from_secs(5),
         }]
     });
+    h.fake
+        .set_script("echo warming", FakeExec::new().stdout("warming\n"));
     let (_tx, mut stop) = watch::channel(false);
     while let Some(job) = h.worker.next_warm_job() {
         h.worker.fill_one(job, &mut stop).await;
@@ -54,9 +56,10 @@ async fn failing_warmup_destroys_the_vm_and_backs_off() {
             warmup_timeout: Duration::from_secs(5),
         }]
     });
-    h.fake.set_exec_handler(Arc::new(|_, _| {
-        Some(FakeExec::new().stderr("nope\n").exit_code(3))
-    }));
+    h.fake.set_script(
+        "echo nope >&2; exit 3",
+        FakeExec::new().stderr("nope\n").exit_code(3),
+    );
     let (_tx, mut stop) = watch::channel(false);
     let job = h.worker.next_warm_job().unwrap();
     h.worker.fill_one(job, &mut stop).await;

@@ -93,8 +93,9 @@ async fn stdin_of_a_plain_exec_is_closed_and_of_an_exited_one_conflicts() {
 #[tokio::test(start_paused = true)]
 async fn one_shot_stdin_is_decoded_and_handed_to_the_backend() {
     let h = Harness::new();
+    // `cat` echoes the stdin the backend was handed.
+    h.fake.set_script("cat", FakeExec::new().echo_stdin());
     let sid = h.sandbox().await;
-    // The fake shell's `cat` echoes its stdin.
     for (data, encoding) in [("hi\n", ""), ("hi\n", "UTF-8"), ("aGkK", "base64")] {
         let eid = start(
             &h,

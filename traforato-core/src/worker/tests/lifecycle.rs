@@ -1,6 +1,7 @@
 //! Worker tests: create, get, delete, lease and TTL; ids and ownership.
 
 use super::*;
+use crate::backend::fake::FakeExec;
 
 #[tokio::test]
 async fn create_then_get() {
@@ -240,6 +241,10 @@ async fn delete_destroys_and_releases() {
 #[tokio::test(start_paused = true)]
 async fn delete_stops_running_execs() {
     let h = Harness::new();
+    h.fake.set_script(
+        "sleep 1000",
+        FakeExec::new().sleep(Duration::from_secs(1000)),
+    );
     let sid = h.sandbox().await;
     let exec_id = h
         .worker
@@ -253,6 +258,11 @@ async fn delete_stops_running_execs() {
         )
         .await
         .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        h.worker.get_exec(&dev(), &sid, &exec_id).unwrap().status,
+        "running"
+    );
     h.worker.delete_sandbox(&dev(), &sid).await.unwrap();
     assert_eq!(h.fake.live_count(), 0);
     assert!(matches!(

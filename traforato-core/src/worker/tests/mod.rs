@@ -1,5 +1,10 @@
 //! Worker tests over the fake backend, a manual clock and a recording broker link: the shared
 //! harness and request helpers here, the tests in one module per area.
+//!
+//! The fake backend runs nothing: an exec exits 0 with no output and run-code finishes with
+//! exit 0 and no output unless scripted. Each test scripts what it relies on where it uses it
+//! (`h.fake.set_script(command, FakeExec)`, `h.script_code(code, FakeCode)`, or an exec
+//! handler); the harness shares no scripts.
 
 mod capacity;
 mod claims;
@@ -24,7 +29,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::*;
 use crate::api::{RegistrationRequest, RegistrationResponse, VmEventRequest, VmStartResponse};
-use crate::backend::fake::FakeBackend;
+use crate::backend::fake::{FakeBackend, FakeCode};
 use crate::clock::ManualClock;
 use crate::id::LocalVmId;
 use crate::telemetry::{SandboxReadyLabels, WarmupFailureLabels, WorkerCpuLabels};
@@ -174,6 +179,12 @@ impl Harness {
             clock,
             link,
         }
+    }
+
+    /// Scripts run-code of exactly `code` (either runtime) on the `fake` backend, for this
+    /// harness's sandboxes. (The fake has only the builder form; its clones share scripts.)
+    fn script_code(&self, code: &str, answer: FakeCode) {
+        self.fake.set_script_code(code, answer);
     }
 
     fn live_vms(&self) -> usize {

@@ -2,11 +2,27 @@
 
 use super::*;
 use crate::api::FrameKind;
-use crate::backend::fake::FAKE_SYNTAX_ERROR;
+use crate::backend::fake::{FakeCode, FakeExec};
 
 #[tokio::test(start_paused = true)]
 async fn run_code_waits_for_the_result() {
     let h = Harness::new();
+    h.script_code(
+        "console.log('hello-node')",
+        FakeCode::Runs(FakeExec::new().stdout("hello-node\n")),
+    );
+    h.script_code(
+        "print('hello-python')",
+        FakeCode::Runs(FakeExec::new().stdout("hello-python\n")),
+    );
+    h.script_code(
+        "throw new Error('boom')",
+        FakeCode::Runs(
+            FakeExec::new()
+                .stderr("Error: boom\n    at [eval]:1:7\n")
+                .exit_code(1),
+        ),
+    );
     let sid = h.sandbox().await;
     let Ok(RunCodeOutcome::Finished(r)) =
         code(&h, &sid, "node", "console.log('hello-node')", None).await
@@ -37,8 +53,9 @@ async fn run_code_waits_for_the_result() {
     else {
         panic!("node throw")
     };
-    assert_ne!(r.exit_code, 0);
-    assert!(!r.stderr.is_empty());
+    assert_eq!(r.exit_code, 1);
+    assert_eq!(r.stderr, "Error: boom\n    at [eval]:1:7\n");
+    assert_eq!(r.stdout, "");
     // The exec record matches.
     let exec_id = ExecId::parse(&r.exec_id).unwrap();
     let record = h.worker.get_exec(&dev(), &sid, &exec_id).unwrap();
@@ -48,7 +65,10 @@ async fn run_code_waits_for_the_result() {
 
 #[tokio::test(start_paused = true)]
 async fn run_code_syntax_error_is_reported() {
+    const UNCLOSED: &str = "SyntaxError: '(' was never closed";
     let h = Harness::new();
+    h.script_code("print('oops'", FakeCode::SyntaxError(UNCLOSED.into()));
+    h.script_code("print(", FakeCode::SyntaxError(UNCLOSED.into()));
     let sid = h.sandbox().await;
     let Ok(RunCodeOutcome::SyntaxError(body)) =
         code(&h, &sid, "python", "print('oops'", None).await
@@ -56,9 +76,9 @@ async fn run_code_syntax_error_is_reported() {
         panic!("syntax error expected")
     };
     assert_eq!(body.error, "syntax_error");
-    assert_eq!(body.stderr, FAKE_SYNTAX_ERROR);
+    assert_eq!(body.stderr, UNCLOSED);
     assert_eq!(body.status, "exited");
-    assert_ne!(body.exit_code, 0);
+    assert_eq!(body.exit_code, 1);
     let exec_id = ExecId::parse(&body.exec_id).unwrap();
     let frames = all_frames(&h, &dev(), &sid, &exec_id).await;
     assert_eq!(
@@ -78,15 +98,17 @@ async fn run_code_syntax_error_is_reported() {
 #[tokio::test(start_paused = true)]
 async fn run_code_in_background() {
     let h = Harness::new();
+    let source = "import time\ntime.sleep(0.05)\nprint('later')";
+    h.script_code(
+        source,
+        FakeCode::Runs(
+            FakeExec::new()
+                .sleep(Duration::from_millis(50))
+                .stdout("later\n"),
+        ),
+    );
     let sid = h.sandbox().await;
-    let Ok(RunCodeOutcome::Accepted(a)) = code(
-        &h,
-        &sid,
-        "python",
-        "import time\ntime.sleep(0.05)\nprint('later')",
-        Some(false),
-    )
-    .await
+    let Ok(RunCodeOutcome::Accepted(a)) = code(&h, &sid, "python", source, Some(false)).await
     else {
         panic!("accepted expected")
     };

@@ -43,6 +43,12 @@ pub trait StackExt: Sized {
     /// [`StackExt::dev`] with the worker configuration changed by `tweak`.
     async fn dev_with(tweak: impl FnOnce(&mut WorkerConfig)) -> Self;
 
+    /// [`StackExt::dev`] over `fake`. The fake runs nothing: a test that looks at what an exec
+    /// or a run-code prints scripts it on a clone it keeps (clones share their scripts), execs
+    /// with [`FakeBackend::set_script`] at any time, run-code with [`FakeBackend::script_code`]
+    /// before the stack starts.
+    async fn dev_on(fake: FakeBackend) -> Self;
+
     /// A prod stack (secret [`SECRET`]): the worker registers with internal tokens over HTTP.
     async fn prod() -> Self {
         Self::prod_with(|_| {}).await
@@ -50,6 +56,9 @@ pub trait StackExt: Sized {
 
     /// [`StackExt::prod`] with the worker configuration changed by `tweak`.
     async fn prod_with(tweak: impl FnOnce(&mut WorkerConfig)) -> Self;
+
+    /// [`StackExt::prod`] over `fake` (scripted as for [`StackExt::dev_on`]).
+    async fn prod_on(fake: FakeBackend) -> Self;
 
     /// Creates a sandbox through the broker, following its redirect; returns the 201 body.
     async fn create(&self, body: Value) -> Value;
@@ -72,8 +81,25 @@ impl StackExt for LocalStack {
             .expect("a dev stack")
     }
 
+    async fn dev_on(fake: FakeBackend) -> Self {
+        LocalStack::start_with(
+            broker_config(),
+            &AuthConfig::default(),
+            vec![Arc::new(fake)],
+            |_| {},
+        )
+        .await
+        .expect("a dev stack")
+    }
+
     async fn prod_with(tweak: impl FnOnce(&mut WorkerConfig)) -> Self {
         LocalStack::start_with(broker_config(), &prod_auth(), fake(), tweak)
+            .await
+            .expect("a prod stack")
+    }
+
+    async fn prod_on(fake: FakeBackend) -> Self {
+        LocalStack::start_with(broker_config(), &prod_auth(), vec![Arc::new(fake)], |_| {})
             .await
             .expect("a prod stack")
     }
@@ -305,7 +331,8 @@ pub fn broker_config() -> BrokerConfig {
     }
 }
 
-/// The backends of most tests: one fake.
+/// The backends of most tests: one fake, unscripted (every exec and run-code exits 0 with no
+/// output), for tests that do not look at what runs print.
 pub fn fake() -> Vec<Arc<dyn VmBackend>> {
     vec![Arc::new(FakeBackend::new())]
 }
