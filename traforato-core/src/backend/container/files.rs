@@ -381,7 +381,11 @@ impl SandboxRoot {
 }
 
 /// Removes the directory `name` below `parent` and everything in it, never following links.
-fn remove_tree(parent: BorrowedFd<'_>, name: &CStr, depth: usize) -> Result<(), FilesError> {
+pub(crate) fn remove_tree(
+    parent: BorrowedFd<'_>,
+    name: &CStr,
+    depth: usize,
+) -> Result<(), FilesError> {
     if depth > MAX_DEPTH {
         return Err(FilesError::Io {
             op: "remove".to_string(),

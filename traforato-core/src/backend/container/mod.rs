@@ -83,6 +83,7 @@ mod image;
 mod init;
 mod mounts;
 mod netns;
+pub mod oci;
 mod protocol;
 mod pty;
 mod seccomp;
