@@ -132,6 +132,15 @@ fn container_backend(settings: &ContainerSettings) -> Result<Arc<dyn VmBackend>,
     if let Some(zygote) = settings.python_zygote {
         config.python_zygote = zygote;
     }
+    let oci = &settings.oci;
+    if let Some(dir) = &oci.dir {
+        config.oci_dir = dir.clone();
+    }
+    config.registries.insecure = oci.insecure_registries.clone();
+    config.registries.mirrors = oci.mirrors.clone();
+    if let Some(timeout) = oci.pull_timeout {
+        config.registries.timeout = timeout;
+    }
     match ContainerBackend::new(config) {
         Ok(backend) => Ok(Arc::new(backend)),
         Err(err) => Err(ServeError::BackendUnavailable {

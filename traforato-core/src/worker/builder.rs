@@ -58,7 +58,7 @@ type Adjustment = Box<dyn FnOnce(&mut WorkerConfig) + Send>;
 enum PendingBackend {
     Ready(Arc<dyn VmBackend>),
     #[cfg(all(feature = "container", target_os = "linux"))]
-    Container(crate::backend::container::ContainerConfig),
+    Container(Box<crate::backend::container::ContainerConfig>),
 }
 
 /// Builds a [`Worker`]. Start with [`Worker::builder`]; every setting not given has a default:
@@ -182,7 +182,8 @@ impl WorkerBuilder {
     /// [`init_main_if_requested`](crate::backend::container::init_main_if_requested) first.
     #[cfg(all(feature = "container", target_os = "linux"))]
     pub fn container(mut self, config: crate::backend::container::ContainerConfig) -> Self {
-        self.backends.push(PendingBackend::Container(config));
+        self.backends
+            .push(PendingBackend::Container(Box::new(config)));
         self
     }
 
@@ -363,7 +364,7 @@ fn build_backend(pending: PendingBackend) -> Result<Arc<dyn VmBackend>, BuildErr
         PendingBackend::Ready(backend) => Ok(backend),
         #[cfg(all(feature = "container", target_os = "linux"))]
         PendingBackend::Container(config) => {
-            crate::backend::container::ContainerBackend::new(config)
+            crate::backend::container::ContainerBackend::new(*config)
                 .map(|backend| Arc::new(backend) as Arc<dyn VmBackend>)
                 .map_err(|source| BuildError::BackendUnavailable {
                     virtualization: "container",

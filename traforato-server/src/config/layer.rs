@@ -127,6 +127,23 @@ layer! {
         /// `capacity:`.
         #[serde(deserialize_with = "section")]
         pub capacity: CapacityLayer,
+        /// `images:`.
+        #[serde(deserialize_with = "section")]
+        pub images: ImagesLayer,
+    }
+}
+
+layer! {
+    /// The `images` section: OCI images of the `container` backend.
+    pub struct ImagesLayer {
+        /// `dir`: where images are pulled and unpacked (`none`: OCI references are refused).
+        pub dir: Option<String>,
+        /// `insecure-registries`: registries reached over plain HTTP (loopback always is).
+        pub insecure_registries: Option<Vec<String>>,
+        /// `mirrors`: registry -> mirror URLs, tried in order before the registry.
+        pub mirrors: Option<BTreeMap<String, Vec<String>>>,
+        /// `pull-timeout`: longest wait for a registry to answer.
+        pub pull_timeout: Option<GoDuration>,
     }
 }
 

@@ -27,7 +27,7 @@ pub use args::{
 };
 pub use settings::{
     parse_worker_yaml, read_worker_file, BrokerSettings, ContainerSettings, DevSettings,
-    PrePullSettings, WorkerSettings,
+    OciSettings, PrePullSettings, WorkerSettings,
 };
 pub use traforato_core::duration::{parse_duration, DurationError};
 pub use values::{parse_log_level, parse_size, ByteSize, MemoryShare, ValueError};

@@ -15,7 +15,9 @@ use traforato_core::worker::{CapacityConfig, PrePullTarget, WorkerConfig};
 
 use super::address::{advertise_url, bind_address, check_exposure, listen_or_default};
 use super::args::{BrokerArgs, DevArgs, WorkerArgs, WorkerFlags};
-use super::layer::{CapacityLayer, ContainerLayer, Layer, LogLayer, PrePullLayer, WorkerLayer};
+use super::layer::{
+    CapacityLayer, ContainerLayer, ImagesLayer, Layer, LogLayer, PrePullLayer, WorkerLayer,
+};
 use super::values::{AutoCount, AutoMib, ByteSize, LogLevel, MemoryShare};
 use super::{
     ConfigError, DEFAULT_BROKER_PORT, DEFAULT_CPU_OVERCOMMIT, DEFAULT_MAX_WARM_PER_TUPLE,
@@ -109,6 +111,43 @@ pub struct ContainerSettings {
     pub scratch_size_mib: Option<u64>,
     /// `python-zygote`: keep a pre-warmed Python in each sandbox (default true).
     pub python_zygote: Option<bool>,
+    /// The `images:` section: OCI images.
+    pub oci: OciSettings,
+}
+
+/// The YAML `images` section: where OCI images are kept and how registries are reached.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OciSettings {
+    /// `dir` (default `/var/lib/traforato/images`); `Some(None)` for `none`: no OCI images.
+    pub dir: Option<Option<PathBuf>>,
+    /// `insecure-registries`: `host[:port]` reached over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// `mirrors`: registry -> mirror URLs (`http://127.0.0.1:5000`), tried in order.
+    pub mirrors: BTreeMap<String, Vec<String>>,
+    /// `pull-timeout`: longest wait for a registry to answer (default 30 s).
+    pub pull_timeout: Option<Duration>,
+}
+
+impl From<ImagesLayer> for OciSettings {
+    fn from(layer: ImagesLayer) -> Self {
+        let trimmed = |list: Vec<String>| -> Vec<String> {
+            list.into_iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        Self {
+            dir: non_empty(layer.dir).map(|dir| (dir != "none").then(|| PathBuf::from(dir))),
+            insecure_registries: trimmed(layer.insecure_registries.unwrap_or_default()),
+            mirrors: layer
+                .mirrors
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(registry, urls)| (registry.trim().to_string(), trimmed(urls)))
+                .collect(),
+            pull_timeout: layer.pull_timeout.map(|d| d.0),
+        }
+    }
 }
 
 impl From<ContainerLayer> for ContainerSettings {
@@ -125,6 +164,7 @@ impl From<ContainerLayer> for ContainerSettings {
             pids_limit: layer.pids_limit,
             scratch_size_mib: layer.scratch_size_mib,
             python_zygote: layer.python_zygote,
+            oci: OciSettings::default(),
         }
     }
 }
@@ -362,7 +402,10 @@ impl WorkerSettings {
                 .clamp(0, 95) as u8,
             log: log_settings(layer.log)?,
             pre_pull: layer.pre_pull.into(),
-            container: layer.container.into(),
+            container: ContainerSettings {
+                oci: layer.images.into(),
+                ..layer.container.into()
+            },
             capacity: layer.capacity.into(),
             auth_mode,
             insecure_dev_mode_on_network,

@@ -280,6 +280,30 @@ fn yaml_container_section() {
 }
 
 #[test]
+fn yaml_images_section() {
+    let _guard = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let values = worker(
+        &[],
+        "images:\n  dir: /srv/images\n  insecure-registries: [\" registry.lan:5000 \", \"\"]\n  \
+         mirrors:\n    docker.io: [\"http://127.0.0.1:5000\", \"https://mirror.example\"]\n  \
+         pull-timeout: 10s\n",
+    )
+    .unwrap();
+    let oci = &values.container.oci;
+    assert_eq!(oci.dir, Some(Some(PathBuf::from("/srv/images"))));
+    assert_eq!(oci.insecure_registries, ["registry.lan:5000"]);
+    assert_eq!(
+        oci.mirrors.get("docker.io").unwrap(),
+        &["http://127.0.0.1:5000", "https://mirror.example"]
+    );
+    assert_eq!(oci.pull_timeout, Some(Duration::from_secs(10)));
+    let values = worker(&[], "images:\n  dir: none\n").unwrap();
+    assert_eq!(values.container.oci.dir, Some(None), "none: no OCI images");
+    let err = parse_worker_yaml("images:\n  registry: x\n").unwrap_err();
+    assert!(chain(&err).contains("registry"), "{}", chain(&err));
+}
+
+#[test]
 fn yaml_documents_and_types() {
     for empty in ["", "# only a comment\n", "---\n"] {
         assert_eq!(

@@ -25,6 +25,9 @@ pub(crate) fn container_backend(tag: &str) -> Option<(Arc<ContainerBackend>, std
         state_dir: state_dir.clone(),
         cgroup_parent: format!("traforato-e2e-{}", &id[..12]),
         init_program: std::path::PathBuf::from(env!("CARGO_BIN_EXE_traforato-worker")),
+        // Hermetic: an image the worker does not have is not pulled from the internet here
+        // (traforato-core/tests/oci.rs pulls from a registry on loopback).
+        oci_dir: None,
         ..ContainerConfig::default()
     };
     match ContainerBackend::new(config) {

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::oci::RegistrySettings;
+
 /// The first argument that makes a binary act as the sandbox init (see
 /// [`super::init_main_if_requested`]).
 pub const INIT_ARG: &str = "__traforato-sandbox-init";
@@ -61,6 +63,13 @@ pub struct ContainerConfig {
     /// sandbox's memory limit). Without `python3` in the image, or if the zygote dies, runs
     /// start a fresh interpreter. Default true.
     pub python_zygote: bool,
+    /// Where images named by OCI reference (`alpine:3.20`, `ghcr.io/org/img:tag`) are pulled
+    /// and unpacked (`blobs/`, `layers/`), created on the first pull. `None`: only `host` and
+    /// the directory images. Default `/var/lib/traforato/images` (on disk, unlike the state
+    /// dir).
+    pub oci_dir: Option<PathBuf>,
+    /// How registries are reached: mirrors, plain-HTTP registries, credentials, timeouts.
+    pub registries: RegistrySettings,
 }
 
 impl Default for ContainerConfig {
@@ -77,6 +86,8 @@ impl Default for ContainerConfig {
             hostname: "sandbox".to_string(),
             setup_timeout: Duration::from_secs(10),
             python_zygote: true,
+            oci_dir: Some(PathBuf::from("/var/lib/traforato/images")),
+            registries: RegistrySettings::default(),
         }
     }
 }

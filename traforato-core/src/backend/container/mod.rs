@@ -289,7 +289,15 @@ impl ContainerBackend {
             })?;
         let host = image::host_image(&images_dir, config.uid_base, &config.hostname)
             .map_err(|e| unavailable(format!("cannot build the host image: {e}")))?;
-        let images = ImageStore::new(host, config.images.clone(), config.default_image.clone());
+        let mut images = ImageStore::new(host, config.images.clone(), config.default_image.clone());
+        if let Some(dir) = &config.oci_dir {
+            let mapping = oci::Mapping {
+                uid_base: config.uid_base,
+                count: UID_COUNT,
+            };
+            let cache = oci::OciImages::new(dir.clone(), config.registries.clone(), mapping);
+            images.add_source(Arc::new(cache));
+        }
         tracing::info!(
             state_dir = %config.state_dir.display(),
             cgroup = ?cgroups.version(),

@@ -103,12 +103,106 @@ impl BlobStore {
         stored.map(|()| self.path(digest))
     }
 
+    /// A writer of the blob `digest` (at most `limit` bytes) that keeps it only if
+    /// [`BlobWriter::commit`] finds the digest right; dropped uncommitted, it leaves nothing.
+    pub fn writer(&self, digest: &Digest, limit: u64) -> Result<BlobWriter, BlobError> {
+        let temp = self.dir.join(format!(
+            "{TEMP_PREFIX}{}-{:016x}",
+            digest.hex(),
+            rand::random::<u64>()
+        ));
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .map_err(io_error("create blob"))?;
+        Ok(BlobWriter {
+            file: Some(file),
+            temp,
+            target: self.path(digest),
+            digest: digest.clone(),
+            hasher: Some(Hasher::new()),
+            written: 0,
+            limit,
+        })
+    }
+
     /// Removes the blob `digest` (garbage collection); a missing blob is fine.
     pub fn remove(&self, digest: &Digest) -> Result<(), BlobError> {
         match fs::remove_file(self.path(digest)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error("remove blob")(e)),
             _ => Ok(()),
         }
+    }
+}
+
+/// A blob being written: hashed as it is written, renamed into place by
+/// [`BlobWriter::commit`] when its digest is right.
+#[derive(Debug)]
+pub struct BlobWriter {
+    file: Option<File>,
+    temp: PathBuf,
+    target: PathBuf,
+    digest: Digest,
+    hasher: Option<Hasher>,
+    written: u64,
+    limit: u64,
+}
+
+impl BlobWriter {
+    /// Appends `buf`; an error once past the limit.
+    pub fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.written += buf.len() as u64;
+        if self.written > self.limit {
+            return Err(io::Error::other(format!(
+                "blob {} is larger than {} bytes",
+                self.digest, self.limit
+            )));
+        }
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("blob closed"))?;
+        file.write_all(buf)?;
+        if let Some(hasher) = self.hasher.as_mut() {
+            hasher.update(buf);
+        }
+        Ok(buf.len())
+    }
+
+    /// Keeps the blob if its digest is right (else removes it); returns its path.
+    pub fn commit(mut self) -> Result<PathBuf, BlobError> {
+        if self.written > self.limit {
+            return Err(BlobError::TooLarge {
+                digest: self.digest.clone(),
+                limit: self.limit,
+            });
+        }
+        let actual = self.hasher.take().map(Hasher::finish);
+        if actual.as_ref() != Some(&self.digest) {
+            return Err(BlobError::DigestMismatch {
+                expected: self.digest.clone(),
+                actual: actual.unwrap_or_else(|| Digest::of(b"")),
+            });
+        }
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| io_error("commit blob")(io::Error::other("closed")))?;
+        file.sync_all().map_err(io_error("sync blob"))?;
+        fs::rename(&self.temp, &self.target).map_err(io_error("store blob"))?;
+        Ok(self.target.clone())
+    }
+
+    /// Drops what was written.
+    pub fn abort(self) {}
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        // Uncommitted, or the commit failed: nothing is kept (after a commit the temporary
+        // file is already the blob, under its own name).
+        let _ = fs::remove_file(&self.temp);
     }
 }
 

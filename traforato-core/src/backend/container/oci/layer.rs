@@ -218,8 +218,9 @@ impl Unpacker {
             )
             .map_err(|e| fail(e.into()));
         }
-        let uid = self.mapping.host(header.uid().map_err(fail)?);
-        let gid = self.mapping.host(header.gid().map_err(fail)?);
+        // Blank owner fields (some tar writers leave them empty) mean root.
+        let uid = self.mapping.host(header.uid().unwrap_or(0));
+        let gid = self.mapping.host(header.gid().unwrap_or(0));
         let mode = Mode::from_raw_mode(header.mode().map_err(fail)? & MODE_BITS);
         match kind {
             tar::EntryType::Directory => {

@@ -1,12 +1,16 @@
-//! OCI images for the `container` backend: references, the content-addressed blob store, and
-//! the safe unpacking of layers into directories that serve as shared overlay lower layers.
-//! (Pulling from registries and the image cache that plugs into
-//! [`ImageSource`](super::image::ImageSource) build on these.)
+//! OCI images for the `container` backend: references, registry pulls into a verified
+//! content-addressed blob store, the safe unpacking of layers into directories that serve as
+//! shared overlay lower layers, and the cache ([`OciImages`]) that plugs all of it into the
+//! backend as an [`ImageSource`](super::image::ImageSource).
 
 pub mod blobs;
+pub mod cache;
 pub mod layer;
+pub mod pull;
 pub mod reference;
 
-pub use blobs::{BlobError, BlobStore};
+pub use blobs::{BlobError, BlobStore, BlobWriter};
+pub use cache::OciImages;
 pub use layer::{unpack, Compression, Mapping, UnpackError, Unpacked};
+pub use pull::{PullError, PulledImage, Puller, RegistrySettings, RunConfig};
 pub use reference::{Digest, Hasher, Reference, ReferenceError};

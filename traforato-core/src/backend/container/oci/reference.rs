@@ -72,6 +72,12 @@ impl fmt::Display for Digest {
 /// Computes a [`Digest`] of bytes fed in pieces.
 pub struct Hasher(ring::digest::Context);
 
+impl fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Hasher(sha256)")
+    }
+}
+
 impl Default for Hasher {
     fn default() -> Self {
         Self::new()

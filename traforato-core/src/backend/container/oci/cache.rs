@@ -1,0 +1,251 @@
+//! The OCI image cache of the `container` backend: an [`ImageSource`] that pulls an image the
+//! first time it is asked for, unpacks each layer once per uid mapping into
+//! `<dir>/layers/<hex>-u<uid_base>`, and answers the layer directories as overlay lower layers
+//! (topmost first), shared read-only by every sandbox of every image that has them.
+//!
+//! Concurrent creates of one image pull it once and unpack each layer once (single flight).
+//! A layer is unpacked into a temporary directory and renamed into place when complete, so a
+//! crash mid-unpack leaves only a temporary directory, which opening the cache removes; the
+//! blob store keeps only verified blobs. A pulled tag is resolved once per process.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use tokio::sync::OnceCell;
+
+use super::blobs::BlobStore;
+use super::layer::{self, Mapping};
+use super::pull::{PullError, PulledImage, Puller, RegistrySettings};
+use super::reference::{Digest, Reference};
+use crate::backend::container::image::{ImageLayout, ImageSource};
+use crate::backend::BackendError;
+
+/// Prefix of layer directories being unpacked.
+const TEMP_PREFIX: &str = ".tmp-";
+
+/// A pull shared by the creates that wait for it.
+type PullCell = Arc<OnceCell<Result<PulledImage, Arc<PullError>>>>;
+
+/// An unpack shared by the creates that wait for it.
+type UnpackCell = Arc<OnceCell<Result<PathBuf, Arc<BackendError>>>>;
+
+/// Pulled images and unpacked layers under one directory.
+pub struct OciImages {
+    dir: PathBuf,
+    settings: RegistrySettings,
+    mapping: Mapping,
+    /// Opened on first use, so that a worker that never pulls touches no disk.
+    opened: OnceCell<Result<Opened, String>>,
+    pulls: Mutex<HashMap<Reference, PullCell>>,
+    unpacks: Mutex<HashMap<Digest, UnpackCell>>,
+}
+
+struct Opened {
+    puller: Puller,
+    layers: PathBuf,
+}
+
+impl std::fmt::Debug for OciImages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OciImages")
+            .field("dir", &self.dir)
+            .field("mapping", &self.mapping)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OciImages {
+    /// A cache under `dir` (`blobs/`, `layers/`) for sandboxes whose ids are shifted by
+    /// `mapping`, pulling with `settings`.
+    pub fn new(dir: impl Into<PathBuf>, settings: RegistrySettings, mapping: Mapping) -> Self {
+        Self {
+            dir: dir.into(),
+            settings,
+            mapping,
+            opened: OnceCell::new(),
+            pulls: Mutex::new(HashMap::new()),
+            unpacks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn opened(&self) -> Result<&Opened, BackendError> {
+        let opened = self
+            .opened
+            .get_or_init(|| async {
+                let dir = self.dir.clone();
+                let settings = self.settings.clone();
+                tokio::task::spawn_blocking(move || open(&dir, settings))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("open image cache: {e}")))
+            })
+            .await;
+        opened
+            .as_ref()
+            .map_err(|reason| BackendError::ImageUnavailable {
+                image: "(image cache)".to_string(),
+                reason: reason.clone(),
+            })
+    }
+
+    /// The image `reference`, pulled on first use (once, however many ask at the same time).
+    pub async fn image(&self, reference: &Reference) -> Result<PulledImage, BackendError> {
+        let opened = self.opened().await?;
+        let cell = {
+            let mut pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
+            pulls.entry(reference.clone()).or_default().clone()
+        };
+        let result = cell
+            .get_or_init(|| async {
+                tracing::info!(image = %reference, "pulling image");
+                let started = std::time::Instant::now();
+                let pulled = opened.puller.pull(reference).await.map_err(Arc::new);
+                match &pulled {
+                    Ok(image) => tracing::info!(
+                        image = %reference,
+                        manifest = %image.manifest,
+                        layers = image.layers.len(),
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "image pulled"
+                    ),
+                    Err(error) => tracing::warn!(image = %reference, %error, "image pull failed"),
+                }
+                pulled
+            })
+            .await
+            .clone();
+        if result.is_err() {
+            // A failed pull is not remembered: the next create tries again.
+            let mut pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
+            if pulls.get(reference).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                pulls.remove(reference);
+            }
+        }
+        result.map_err(|error| pull_error(reference, &error))
+    }
+
+    /// The unpacked directory of layer `digest` (unpacked on first use, once).
+    pub async fn layer_dir(&self, digest: &Digest) -> Result<PathBuf, BackendError> {
+        let opened = self.opened().await?;
+        let cell = {
+            let mut unpacks = self.unpacks.lock().unwrap_or_else(|e| e.into_inner());
+            unpacks.entry(digest.clone()).or_default().clone()
+        };
+        let result = cell
+            .get_or_init(|| async {
+                let blob = opened.puller.blobs().path(digest);
+                let target =
+                    opened
+                        .layers
+                        .join(format!("{}-u{}", digest.hex(), self.mapping.uid_base));
+                let mapping = self.mapping;
+                let digest = digest.clone();
+                tokio::task::spawn_blocking(move || unpack_once(&blob, &target, &digest, mapping))
+                    .await
+                    .unwrap_or_else(|e| Err(BackendError::task("unpack layer", e)))
+                    .map_err(Arc::new)
+            })
+            .await
+            .clone();
+        if result.is_err() {
+            let mut unpacks = self.unpacks.lock().unwrap_or_else(|e| e.into_inner());
+            if unpacks.get(digest).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                unpacks.remove(digest);
+            }
+        }
+        result.map_err(|error| BackendError::ImageUnavailable {
+            image: digest.to_string(),
+            reason: error.to_string(),
+        })
+    }
+}
+
+/// Creates the cache's directories and removes layer directories a crash left half-made.
+fn open(dir: &Path, settings: RegistrySettings) -> Result<Opened, String> {
+    let blobs = BlobStore::open(dir.join("blobs")).map_err(|e| e.to_string())?;
+    let layers = dir.join("layers");
+    std::fs::create_dir_all(&layers).map_err(|e| format!("{}: {e}", layers.display()))?;
+    let entries = std::fs::read_dir(&layers).map_err(|e| format!("{}: {e}", layers.display()))?;
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    Ok(Opened {
+        puller: Puller::new(blobs, settings),
+        layers,
+    })
+}
+
+/// Unpacks the blob into `target` through a temporary directory, unless `target` exists.
+fn unpack_once(
+    blob: &Path,
+    target: &Path,
+    digest: &Digest,
+    mapping: Mapping,
+) -> Result<PathBuf, BackendError> {
+    if target.is_dir() {
+        return Ok(target.to_path_buf());
+    }
+    let parent = target.parent().unwrap_or(Path::new("."));
+    let temp = parent.join(format!(
+        "{TEMP_PREFIX}{}-{:016x}",
+        digest.hex(),
+        rand::random::<u64>()
+    ));
+    let result = std::fs::create_dir(&temp)
+        .map_err(|e| BackendError::io("create layer directory", e))
+        .and_then(|()| {
+            layer::unpack(blob, &temp, mapping).map_err(|e| BackendError::ImageUnavailable {
+                image: digest.to_string(),
+                reason: e.to_string(),
+            })
+        })
+        .and_then(|done| {
+            tracing::debug!(layer = %digest, entries = done.entries, whiteouts = done.whiteouts, skipped = done.skipped, "layer unpacked");
+            std::fs::rename(&temp, target).map_err(|e| BackendError::io("store layer", e))
+        });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&temp);
+    }
+    result.map(|()| target.to_path_buf())
+}
+
+/// What a failed pull means for a create.
+fn pull_error(reference: &Reference, error: &PullError) -> BackendError {
+    match error {
+        PullError::NotFound { .. } => BackendError::ImageNotFound {
+            image: reference.to_string(),
+        },
+        PullError::Unauthorized { .. } => BackendError::InvalidRequest(error.to_string()),
+        PullError::Unreachable { .. } => BackendError::Unavailable(error.to_string()),
+        PullError::Blob(_) | PullError::Registry { .. } => BackendError::ImageUnavailable {
+            image: reference.to_string(),
+            reason: error.to_string(),
+        },
+    }
+}
+
+#[async_trait]
+impl ImageSource for OciImages {
+    async fn layout(&self, image: &str) -> Result<Option<ImageLayout>, BackendError> {
+        let reference =
+            Reference::parse(image).map_err(|e| BackendError::InvalidRequest(e.to_string()))?;
+        let pulled = self.image(&reference).await?;
+        let mut lower_dirs = Vec::with_capacity(pulled.layers.len());
+        for digest in pulled.layers.iter().rev() {
+            lower_dirs.push(self.layer_dir(digest).await?);
+        }
+        if lower_dirs.is_empty() {
+            return Err(BackendError::ImageUnavailable {
+                image: reference.to_string(),
+                reason: "the image has no layers".to_string(),
+            });
+        }
+        Ok(Some(ImageLayout {
+            lower_dirs,
+            read_only_binds: Vec::new(),
+        }))
+    }
+}

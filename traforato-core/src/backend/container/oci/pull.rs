@@ -1,0 +1,509 @@
+//! Pulls OCI images from registries with `oci-client`: the manifest (an index resolved to the
+//! host's platform), the config and the layers, each blob verified against its digest into
+//! the [`BlobStore`]. Registry mirrors are tried in order before the registry itself (as
+//! Docker's `registry-mirrors` and containerd's `hosts.toml` do); loopback registries and those
+//! listed as insecure are reached over plain HTTP; anonymous token auth, or the credentials
+//! configured for a registry.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::manifest::{OciDescriptor, OciImageManifest};
+use oci_client::secrets::RegistryAuth;
+use serde::Deserialize;
+use tokio::io::AsyncWrite;
+
+use super::blobs::{BlobError, BlobStore, BlobWriter};
+use super::reference::{Digest, Reference};
+
+/// Where images come from and how to reach them. `Debug` shows no password.
+#[derive(Clone)]
+pub struct RegistrySettings {
+    /// Registries (`host[:port]`) reached over plain HTTP besides loopback ones.
+    pub insecure: Vec<String>,
+    /// Mirrors by registry (`docker.io` → [`http://127.0.0.1:5000`]), tried in order before
+    /// the registry itself. A mirror given with `http://` is reached over plain HTTP.
+    pub mirrors: BTreeMap<String, Vec<String>>,
+    /// User and password (or token) by registry.
+    pub credentials: BTreeMap<String, (String, String)>,
+    /// Longest wait for a registry to answer (connect and each read).
+    pub timeout: Duration,
+    /// Largest blob accepted.
+    pub max_blob_bytes: u64,
+}
+
+impl std::fmt::Debug for RegistrySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let logins: BTreeMap<&String, &String> = self
+            .credentials
+            .iter()
+            .map(|(registry, (user, _))| (registry, user))
+            .collect();
+        f.debug_struct("RegistrySettings")
+            .field("insecure", &self.insecure)
+            .field("mirrors", &self.mirrors)
+            .field("logins", &logins)
+            .field("timeout", &self.timeout)
+            .field("max_blob_bytes", &self.max_blob_bytes)
+            .finish()
+    }
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        Self {
+            insecure: Vec::new(),
+            mirrors: BTreeMap::new(),
+            credentials: BTreeMap::new(),
+            timeout: Duration::from_secs(30),
+            max_blob_bytes: 8 << 30,
+        }
+    }
+}
+
+/// What an image's config says about running it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct RunConfig {
+    /// `KEY=value` pairs.
+    #[serde(rename = "Env", default)]
+    pub env: Option<Vec<String>>,
+    /// The working directory of commands.
+    #[serde(rename = "WorkingDir", default)]
+    pub working_dir: Option<String>,
+    /// `user[:group]`, names or ids.
+    #[serde(rename = "User", default)]
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ImageConfigBlob {
+    #[serde(default)]
+    config: Option<RunConfig>,
+}
+
+/// A pulled image: its manifest digest, its layers (bottom first, all in the blob store) and
+/// its run configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PulledImage {
+    /// The reference pulled.
+    pub reference: Reference,
+    /// The digest of the (platform) manifest.
+    pub manifest: Digest,
+    /// Layer blobs, bottom first.
+    pub layers: Vec<Digest>,
+    /// `Env`, `WorkingDir`, `User`.
+    pub config: RunConfig,
+}
+
+/// Why a pull failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// The registry has no such repository, tag or digest.
+    #[error("image not found: {reference}")]
+    NotFound {
+        /// The normalised reference.
+        reference: String,
+    },
+    /// The registry refused the credentials (or wants some).
+    #[error("registry {registry} refused access to {reference}")]
+    Unauthorized {
+        /// The registry.
+        registry: String,
+        /// The reference.
+        reference: String,
+    },
+    /// No mirror and not the registry could be reached in time.
+    #[error("registry {registry} is unreachable: {reason}")]
+    Unreachable {
+        /// The registry.
+        registry: String,
+        /// The last transport error.
+        reason: String,
+    },
+    /// A blob was not what its digest says, or too large.
+    #[error("{0}")]
+    Blob(#[from] BlobError),
+    /// The registry answered something else that is wrong.
+    #[error("registry {registry}: {reason}")]
+    Registry {
+        /// The registry.
+        registry: String,
+        /// What it answered.
+        reason: String,
+    },
+}
+
+/// How a failed request is to be taken.
+enum Failure {
+    /// Try the next source (a mirror down or without the image).
+    Transport(String),
+    /// Not there.
+    NotFound,
+    /// Access refused.
+    Unauthorized,
+    /// Anything else.
+    Other(String),
+}
+
+fn classify(error: &OciDistributionError) -> Failure {
+    match error {
+        OciDistributionError::RequestError(e) => Failure::Transport(e.to_string()),
+        OciDistributionError::ImageManifestNotFoundError(_) => Failure::NotFound,
+        OciDistributionError::ServerError { code: 404, .. } => Failure::NotFound,
+        OciDistributionError::UnauthorizedError { .. }
+        | OciDistributionError::AuthenticationFailure(_)
+        | OciDistributionError::ServerError {
+            code: 401 | 403, ..
+        } => Failure::Unauthorized,
+        OciDistributionError::RegistryError { envelope, .. } => {
+            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
+            if codes.iter().any(|c| {
+                matches!(
+                    c,
+                    OciErrorCode::ManifestUnknown
+                        | OciErrorCode::NameUnknown
+                        | OciErrorCode::BlobUnknown
+                )
+            }) {
+                Failure::NotFound
+            } else if codes
+                .iter()
+                .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
+            {
+                Failure::Unauthorized
+            } else {
+                Failure::Other(error.to_string())
+            }
+        }
+        OciDistributionError::ServerError { code, .. } if *code >= 500 => {
+            Failure::Transport(error.to_string())
+        }
+        other => Failure::Other(other.to_string()),
+    }
+}
+
+/// The host of a mirror URL or registry (`http://127.0.0.1:5000/` → `127.0.0.1:5000`) and
+/// whether it is reached over plain HTTP.
+fn host_of(source: &str) -> (String, bool) {
+    let (rest, http) = match source.strip_prefix("http://") {
+        Some(rest) => (rest, true),
+        None => (source.strip_prefix("https://").unwrap_or(source), false),
+    };
+    (rest.trim_end_matches('/').to_string(), http)
+}
+
+/// Whether `host` (`host[:port]`) is loopback.
+fn is_loopback(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Pulls images into a [`BlobStore`].
+pub struct Puller {
+    client: oci_client::Client,
+    /// For loopback registries, always over plain HTTP.
+    loopback: oci_client::Client,
+    blobs: BlobStore,
+    settings: RegistrySettings,
+}
+
+impl std::fmt::Debug for Puller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Puller")
+            .field("settings", &self.settings.insecure)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Puller {
+    /// A puller over `blobs` with `settings`.
+    pub fn new(blobs: BlobStore, settings: RegistrySettings) -> Self {
+        let mut plain: Vec<String> = settings.insecure.clone();
+        for mirrors in settings.mirrors.values() {
+            for mirror in mirrors {
+                let (host, http) = host_of(mirror);
+                if http {
+                    plain.push(host);
+                }
+            }
+        }
+        let client = |protocol| {
+            oci_client::Client::new(ClientConfig {
+                protocol,
+                connect_timeout: Some(settings.timeout),
+                read_timeout: Some(settings.timeout),
+                ..ClientConfig::default()
+            })
+        };
+        Self {
+            client: client(ClientProtocol::HttpsExcept(plain)),
+            loopback: client(ClientProtocol::Http),
+            blobs,
+            settings,
+        }
+    }
+
+    /// The client for `registry`: plain HTTP for loopback registries (and their mirrors).
+    fn client_for(&self, registry: &str) -> &oci_client::Client {
+        if is_loopback(registry) {
+            &self.loopback
+        } else {
+            &self.client
+        }
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    fn auth(&self, registry: &str) -> RegistryAuth {
+        match self.settings.credentials.get(registry) {
+            Some((user, password)) => RegistryAuth::Basic(user.clone(), password.clone()),
+            None => RegistryAuth::Anonymous,
+        }
+    }
+
+    /// Where to ask for `reference`: its mirrors in order (with the mirror's host), then its
+    /// registry.
+    fn sources(&self, reference: &Reference) -> Vec<(oci_client::Reference, Option<String>)> {
+        let base = match (&reference.tag, &reference.digest) {
+            (_, Some(digest)) => oci_client::Reference::with_digest(
+                reference.registry.clone(),
+                reference.repository.clone(),
+                digest.to_string(),
+            ),
+            (Some(tag), None) => oci_client::Reference::with_tag(
+                reference.registry.clone(),
+                reference.repository.clone(),
+                tag.clone(),
+            ),
+            (None, None) => oci_client::Reference::with_tag(
+                reference.registry.clone(),
+                reference.repository.clone(),
+                super::reference::DEFAULT_TAG.to_string(),
+            ),
+        };
+        let mut sources = Vec::new();
+        for mirror in self
+            .settings
+            .mirrors
+            .get(&reference.registry)
+            .into_iter()
+            .flatten()
+        {
+            let host = host_of(mirror).0;
+            let mut via = base.clone();
+            via.set_mirror_registry(host.clone());
+            sources.push((via, Some(host)));
+        }
+        sources.push((base, None));
+        sources
+    }
+
+    /// Pulls `reference`: manifest, config and every layer not yet in the store.
+    pub async fn pull(&self, reference: &Reference) -> Result<PulledImage, PullError> {
+        let registry = reference.registry.clone();
+        let shown = reference.to_string();
+        let auth = self.auth(&registry);
+        let mut last_transport = None;
+        let mut found = None;
+        for (source, mirror) in self.sources(reference) {
+            match self
+                .client_for(&registry)
+                .pull_image_manifest(&source, &auth)
+                .await
+            {
+                Ok((manifest, digest)) => {
+                    found = Some((source, manifest, digest));
+                    break;
+                }
+                Err(error) => match classify(&error) {
+                    Failure::Transport(reason) => last_transport = Some(reason),
+                    // A mirror (a pull-through cache) may lack what the registry has.
+                    Failure::NotFound if mirror.is_some() => {}
+                    Failure::NotFound => {
+                        return Err(PullError::NotFound { reference: shown });
+                    }
+                    Failure::Unauthorized => {
+                        return Err(PullError::Unauthorized {
+                            registry,
+                            reference: shown,
+                        })
+                    }
+                    Failure::Other(reason) => return Err(PullError::Registry { registry, reason }),
+                },
+            }
+        }
+        let Some((source, manifest, digest)) = found else {
+            return Err(PullError::Unreachable {
+                registry,
+                reason: last_transport.unwrap_or_else(|| "no source answered".to_string()),
+            });
+        };
+        let manifest_digest = Digest::parse(&digest).map_err(|e| PullError::Registry {
+            registry: registry.clone(),
+            reason: e.to_string(),
+        })?;
+        let config = self.fetch_config(&source, &manifest, &registry).await?;
+        let mut layers = Vec::new();
+        for layer in &manifest.layers {
+            layers.push(self.fetch_blob(&source, layer, &registry).await?);
+        }
+        Ok(PulledImage {
+            reference: reference.clone(),
+            manifest: manifest_digest,
+            layers,
+            config,
+        })
+    }
+
+    async fn fetch_config(
+        &self,
+        source: &oci_client::Reference,
+        manifest: &OciImageManifest,
+        registry: &str,
+    ) -> Result<RunConfig, PullError> {
+        let digest = self.fetch_blob(source, &manifest.config, registry).await?;
+        let bytes = std::fs::read(self.blobs.path(&digest)).map_err(|source| BlobError::Io {
+            op: "read image config",
+            source,
+        })?;
+        let parsed: ImageConfigBlob =
+            serde_json::from_slice(&bytes).map_err(|e| PullError::Registry {
+                registry: registry.to_string(),
+                reason: format!("image config {digest}: {e}"),
+            })?;
+        Ok(parsed.config.unwrap_or_default())
+    }
+
+    /// Fetches the blob `descriptor` into the store (unless there), verified.
+    async fn fetch_blob(
+        &self,
+        source: &oci_client::Reference,
+        descriptor: &OciDescriptor,
+        registry: &str,
+    ) -> Result<Digest, PullError> {
+        let digest = Digest::parse(&descriptor.digest).map_err(|e| PullError::Registry {
+            registry: registry.to_string(),
+            reason: e.to_string(),
+        })?;
+        if self.blobs.get(&digest).is_some() {
+            return Ok(digest);
+        }
+        let limit = self.settings.max_blob_bytes;
+        if u64::try_from(descriptor.size).unwrap_or(u64::MAX) > limit {
+            return Err(BlobError::TooLarge { digest, limit }.into());
+        }
+        let mut writer = self.blobs.writer(&digest, limit)?;
+        let pulled = self
+            .client_for(registry)
+            .pull_blob(source, descriptor, BlobSink(&mut writer))
+            .await;
+        match pulled {
+            Ok(()) => writer.commit().map_err(PullError::from).map(|_| digest),
+            Err(error) => {
+                writer.abort();
+                Err(match classify(&error) {
+                    Failure::Transport(reason) => PullError::Unreachable {
+                        registry: registry.to_string(),
+                        reason,
+                    },
+                    Failure::NotFound => PullError::NotFound {
+                        reference: format!("{}@{digest}", source.repository()),
+                    },
+                    Failure::Unauthorized => PullError::Unauthorized {
+                        registry: registry.to_string(),
+                        reference: digest.to_string(),
+                    },
+                    Failure::Other(reason) => PullError::Registry {
+                        registry: registry.to_string(),
+                        reason,
+                    },
+                })
+            }
+        }
+    }
+}
+
+/// The `AsyncWrite` a blob is downloaded through, into the store's writer (which hashes it).
+struct BlobSink<'a>(&'a mut BlobWriter);
+
+impl AsyncWrite for BlobSink<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        // A local file write of one downloaded chunk: short enough to do in place.
+        Poll::Ready(self.get_mut().0.write(buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_and_loopback() {
+        assert_eq!(
+            host_of("http://127.0.0.1:5000/"),
+            ("127.0.0.1:5000".into(), true)
+        );
+        assert_eq!(
+            host_of("https://mirror.example"),
+            ("mirror.example".into(), false)
+        );
+        assert_eq!(
+            host_of("mirror.example:443"),
+            ("mirror.example:443".into(), false)
+        );
+        assert!(is_loopback("127.0.0.1:5000"));
+        assert!(is_loopback("localhost"));
+        assert!(is_loopback("[::1]:5000"));
+        assert!(!is_loopback("ghcr.io"));
+        assert!(!is_loopback("10.0.0.1:5000"));
+    }
+
+    #[test]
+    fn mirrors_come_before_the_registry() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = RegistrySettings {
+            mirrors: BTreeMap::from([(
+                "docker.io".to_string(),
+                vec![
+                    "http://127.0.0.1:5000".to_string(),
+                    "https://m2.example".to_string(),
+                ],
+            )]),
+            ..RegistrySettings::default()
+        };
+        let puller = Puller::new(BlobStore::open(dir.path()).unwrap(), settings);
+        let reference = Reference::parse("alpine:3.20").unwrap();
+        let sources = puller.sources(&reference);
+        let mirrors: Vec<Option<&str>> = sources.iter().map(|(_, m)| m.as_deref()).collect();
+        assert_eq!(mirrors, [Some("127.0.0.1:5000"), Some("m2.example"), None]);
+        assert!(sources
+            .iter()
+            .all(|(s, _)| s.repository() == "library/alpine"));
+    }
+}

@@ -1,0 +1,369 @@
+//! OCI images in the `container` backend, for real: a registry on loopback (Debian's
+//! `docker-registry`, started by each test on a port of its own), images the tests build from
+//! the host's static busybox and push, pulled and unpacked by the backend, run as sandboxes.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+use oci_client::secrets::RegistryAuth;
+use traforato_core::backend::container::oci::RegistrySettings;
+use traforato_core::backend::container::{ContainerBackend, ContainerConfig};
+use traforato_core::backend::{
+    run_collected, BackendError, ExecSpec, ProvisionSpec, Vm, VmBackend,
+};
+use traforato_core::id::LocalVmId;
+use traforato_core::tuple::SandboxTuple;
+
+/// A `docker-registry` serving from a temporary directory on `127.0.0.1:<port>`.
+struct Registry {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// `None` (after saying why) where the test cannot run.
+    fn start() -> Option<Self> {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipping: the container backend needs root (runs in CI as root)");
+            return None;
+        }
+        if !Path::new("/bin/busybox").is_file()
+            || Command::new("docker-registry")
+                .arg("--version")
+                .output()
+                .is_err()
+        {
+            eprintln!(
+                "skipping: needs docker-registry and busybox-static (scripts/test installs them)"
+            );
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let registry = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !registry.answers() {
+            assert!(Instant::now() < deadline, "the registry did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(registry)
+    }
+
+    fn answers(&self) -> bool {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = stream.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).is_ok() && head.ends_with(b"200")
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Pushes an image of `layers` (tar bytes, compressed or not) as `repository:tag`.
+    async fn push(&self, repository: &str, tag: &str, layers: &[Vec<u8>], env: &[&str]) {
+        let client = oci_client::Client::new(ClientConfig {
+            protocol: ClientProtocol::Http,
+            ..ClientConfig::default()
+        });
+        let reference = oci_client::Reference::with_tag(self.host(), repository.into(), tag.into());
+        let layers: Vec<ImageLayer> = layers
+            .iter()
+            .map(|data| {
+                ImageLayer::new(
+                    data.clone(),
+                    "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+                    None,
+                )
+            })
+            .collect();
+        let config = serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Env": env, "WorkingDir": "/"},
+            "rootfs": {"type": "layers", "diff_ids": []},
+        });
+        let config = Config::new(
+            serde_json::to_vec(&config).unwrap(),
+            "application/vnd.oci.image.config.v1+json".into(),
+            None,
+        );
+        client
+            .push(&reference, &layers, config, &RegistryAuth::Anonymous, None)
+            .await
+            .expect("push");
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A tar of `files` (path, bytes, mode), `links` (path, target) and whiteouts.
+fn tar_of(files: &[(&str, Vec<u8>, u32)], links: &[(&str, &str)], whiteouts: &[&str]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, data, mode) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(*mode);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder.append_data(&mut header, path, &data[..]).unwrap();
+    }
+    for (path, target) in links {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        header.set_mode(0o777);
+        builder.append_link(&mut header, path, target).unwrap();
+    }
+    for path in whiteouts {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(0);
+        header.set_mode(0o644);
+        builder.append_data(&mut header, path, &[][..]).unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
+}
+
+fn zstd(data: &[u8]) -> Vec<u8> {
+    ruzstd::encoding::compress_to_vec(data, ruzstd::encoding::CompressionLevel::Fastest)
+}
+
+/// busybox with the applets the tests use, `/etc/motd` = `base`, `/etc/gone`.
+fn base_layer() -> Vec<u8> {
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let applets = ["sh", "echo", "cat", "test", "ls", "id", "pwd", "env"];
+    let links: Vec<(String, &str)> = applets
+        .iter()
+        .map(|a| (format!("bin/{a}"), "busybox"))
+        .collect();
+    let links: Vec<(&str, &str)> = links.iter().map(|(p, t)| (p.as_str(), *t)).collect();
+    gzip(&tar_of(
+        &[
+            ("bin/busybox", busybox, 0o755),
+            ("etc/motd", b"base\n".to_vec(), 0o644),
+            ("etc/gone", b"x".to_vec(), 0o644),
+        ],
+        &links,
+        &[],
+    ))
+}
+
+/// `/etc/motd` = `top`, `/etc/gone` whited out; zstd.
+fn top_layer() -> Vec<u8> {
+    zstd(&tar_of(
+        &[("etc/motd", b"top\n".to_vec(), 0o644)],
+        &[],
+        &["etc/.wh.gone"],
+    ))
+}
+
+struct Backend {
+    backend: Arc<ContainerBackend>,
+    state_dir: PathBuf,
+    oci_dir: tempfile::TempDir,
+}
+
+impl Backend {
+    fn new(registries: RegistrySettings) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let oci_dir = tempfile::tempdir().unwrap();
+        let config = ContainerConfig {
+            state_dir: std::env::temp_dir().join(format!("traforato-oci-{}", &id[..8])),
+            cgroup_parent: format!("traforato-oci-{}", &id[..12]),
+            init_program: PathBuf::from(env!("CARGO_BIN_EXE_traforato-sandbox-init")),
+            pids_limit: 64,
+            oci_dir: Some(oci_dir.path().to_path_buf()),
+            registries,
+            ..ContainerConfig::default()
+        };
+        let state_dir = config.state_dir.clone();
+        let backend = Arc::new(ContainerBackend::new(config).expect("container backend"));
+        Self {
+            backend,
+            state_dir,
+            oci_dir,
+        }
+    }
+
+    async fn provision(&self, image: &str) -> Result<Arc<dyn Vm>, BackendError> {
+        self.backend
+            .provision(ProvisionSpec {
+                vm_id: LocalVmId::new_random(),
+                tuple: SandboxTuple::normalize("container", image, 1, "container"),
+                memory_mib: 256,
+            })
+            .await
+    }
+
+    fn layer_dirs(&self) -> usize {
+        std::fs::read_dir(self.oci_dir.path().join("layers"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    async fn teardown(self) {
+        let _ = self.backend.cleanup_leftovers().await;
+        let _ = self.backend.remove_cgroup_parents();
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+async fn sh(vm: &Arc<dyn Vm>, line: &str) -> String {
+    let ran = run_collected(vm.as_ref(), ExecSpec::shell(line))
+        .await
+        .expect("exec");
+    String::from_utf8_lossy(&ran.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn images_from_a_registry_run_and_share_their_layers() {
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    let base = base_layer();
+    registry
+        .push(
+            "test/busybox",
+            "1",
+            &[base.clone(), top_layer()],
+            &["PATH=/bin"],
+        )
+        .await;
+    let other_top = gzip(&tar_of(
+        &[("etc/other", b"other\n".to_vec(), 0o644)],
+        &[],
+        &[],
+    ));
+    registry
+        .push("test/other", "1", &[base, other_top], &["PATH=/bin"])
+        .await;
+    let backend = Backend::new(RegistrySettings::default());
+
+    let image = format!("{}/test/busybox:1", registry.host());
+    let vm = backend
+        .provision(&image)
+        .await
+        .expect("provision from the registry");
+    assert_eq!(
+        sh(&vm, "cat /etc/motd").await,
+        "top\n",
+        "the top layer wins"
+    );
+    assert_eq!(
+        sh(&vm, "test -e /etc/gone; echo $?").await,
+        "1\n",
+        "whited out"
+    );
+    assert_eq!(sh(&vm, "echo hi from busybox").await, "hi from busybox\n");
+    assert_eq!(
+        sh(&vm, "id -u").await,
+        "0\n",
+        "the image's root is the sandbox's root"
+    );
+    assert_eq!(backend.layer_dirs(), 2);
+
+    let other = format!("{}/test/other:1", registry.host());
+    let vm2 = backend.provision(&other).await.expect("second image");
+    assert_eq!(sh(&vm2, "cat /etc/other /etc/motd").await, "other\nbase\n");
+    assert_eq!(backend.layer_dirs(), 3, "the base layer is unpacked once");
+
+    // Writes go to the sandbox's own layer, never to the shared ones.
+    sh(&vm, "echo changed > /etc/motd").await;
+    assert_eq!(sh(&vm, "cat /etc/motd").await, "changed\n");
+    let vm3 = backend.provision(&image).await.expect("third sandbox");
+    assert_eq!(sh(&vm3, "cat /etc/motd").await, "top\n");
+
+    let missing = format!("{}/test/busybox:nope", registry.host());
+    assert!(matches!(
+        backend.provision(&missing).await,
+        Err(BackendError::ImageNotFound { .. })
+    ));
+    for vm in [vm, vm2, vm3] {
+        vm.destroy().await.unwrap();
+    }
+    backend.teardown().await;
+}
+
+#[tokio::test]
+async fn docker_hub_names_pull_through_a_mirror_and_failures_are_clear() {
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    registry
+        .push("library/busybox", "1.36", &[base_layer()], &["PATH=/bin"])
+        .await;
+    let settings = RegistrySettings {
+        mirrors: [(
+            "docker.io".to_string(),
+            vec![format!("http://{}", registry.host())],
+        )]
+        .into(),
+        timeout: Duration::from_secs(3),
+        ..RegistrySettings::default()
+    };
+    let backend = Backend::new(settings);
+    let vm = backend
+        .provision("busybox:1.36")
+        .await
+        .expect("docker.io/library/busybox:1.36 through the mirror");
+    assert_eq!(sh(&vm, "cat /etc/motd").await, "base\n");
+    vm.destroy().await.unwrap();
+
+    // A registry nobody listens on: a clear error, fast.
+    let started = Instant::now();
+    let result = backend.provision("127.0.0.1:1/nobody/home:1").await;
+    assert!(
+        matches!(result, Err(BackendError::Unavailable(ref why)) if why.contains("127.0.0.1:1")),
+        "{:?}",
+        result.err()
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // Not a reference at all.
+    assert!(matches!(
+        backend.provision("Not An Image").await,
+        Err(BackendError::InvalidRequest(_))
+    ));
+    backend.teardown().await;
+}
