@@ -92,6 +92,7 @@ fn container(tag: &str) -> Option<(Arc<ContainerBackend>, PathBuf)> {
         cgroup_parent: format!("traforato-conf-{}", &id[..12]),
         init_program: PathBuf::from(env!("CARGO_BIN_EXE_traforato-sandbox-init")),
         pids_limit: 64,
+        oci_dir: None,
         ..ContainerConfig::default()
     };
     let state_dir = config.state_dir.clone();

@@ -34,6 +34,9 @@ impl Harness {
             cgroup_parent: format!("traforato-test-{}", &id[..12]),
             init_program: PathBuf::from(env!("CARGO_BIN_EXE_traforato-sandbox-init")),
             pids_limit: 64,
+            // Hermetic: unknown images are not pulled from the internet (tests/oci.rs pulls
+            // from a registry on loopback).
+            oci_dir: None,
             ..ContainerConfig::default()
         }
     }

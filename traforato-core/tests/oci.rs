@@ -94,6 +94,18 @@ impl Registry {
 
     /// Pushes an image of `layers` (tar bytes, compressed or not) as `repository:tag`.
     async fn push(&self, repository: &str, tag: &str, layers: &[Vec<u8>], env: &[&str]) {
+        self.push_with(repository, tag, layers, env, "").await
+    }
+
+    /// [`Registry::push`] with a `WorkingDir`.
+    async fn push_with(
+        &self,
+        repository: &str,
+        tag: &str,
+        layers: &[Vec<u8>],
+        env: &[&str],
+        working_dir: &str,
+    ) {
         let client = oci_client::Client::new(ClientConfig {
             protocol: ClientProtocol::Http,
             ..ClientConfig::default()
@@ -112,7 +124,7 @@ impl Registry {
         let config = serde_json::json!({
             "architecture": "amd64",
             "os": "linux",
-            "config": {"Env": env, "WorkingDir": "/"},
+            "config": {"Env": env, "WorkingDir": working_dir},
             "rootfs": {"type": "layers", "diff_ids": []},
         });
         let config = Config::new(
@@ -314,6 +326,36 @@ async fn images_from_a_registry_run_and_share_their_layers() {
     assert_eq!(sh(&vm, "cat /etc/motd").await, "changed\n");
     let vm3 = backend.provision(&image).await.expect("third sandbox");
     assert_eq!(sh(&vm3, "cat /etc/motd").await, "top\n");
+
+    // The image config's Env and WorkingDir apply, under what a request sets.
+    registry
+        .push_with(
+            "test/configured",
+            "1",
+            &[base_layer()],
+            &["PATH=/bin", "GREETING=from the image", "BROKEN"],
+            "/etc",
+        )
+        .await;
+    let configured = format!("{}/test/configured:1", registry.host());
+    let vm4 = backend
+        .provision(&configured)
+        .await
+        .expect("configured image");
+    assert_eq!(
+        sh(&vm4, "pwd; echo $GREETING; echo $PATH").await,
+        "/etc\nfrom the image\n/bin\n"
+    );
+    let mut spec = ExecSpec::shell("pwd; echo $GREETING");
+    spec.cwd = Some("/tmp".into());
+    spec.env
+        .insert("GREETING".into(), "from the request".into());
+    let ran = run_collected(vm4.as_ref(), spec).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&ran.stdout),
+        "/tmp\nfrom the request\n"
+    );
+    vm4.destroy().await.unwrap();
 
     let missing = format!("{}/test/busybox:nope", registry.host());
     assert!(matches!(

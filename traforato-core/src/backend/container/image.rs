@@ -27,12 +27,24 @@ pub struct ReadOnlyBind {
 }
 
 /// How a sandbox root is assembled from an image.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImageLayout {
     /// Overlay lower directories, topmost first. Never written to.
     pub lower_dirs: Vec<PathBuf>,
     /// Host directories bind-mounted read-only on top of the overlay.
     pub read_only_binds: Vec<ReadOnlyBind>,
+    /// What the image says about running commands in it.
+    pub defaults: RunDefaults,
+}
+
+/// What an image says about running commands in it (an OCI image config's `Env` and
+/// `WorkingDir`): under what a request sets, over the sandbox's base environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunDefaults {
+    /// Environment of every command and run (`PATH` among them, usually).
+    pub env: BTreeMap<String, String>,
+    /// The working directory of commands that name none (else `/workspace`).
+    pub working_dir: Option<String>,
 }
 
 /// A provider of images beyond the built-in ones (e.g. an OCI registry client that unpacks
@@ -96,7 +108,7 @@ impl ImageStore {
             }
             return Ok(ImageLayout {
                 lower_dirs: vec![dir.clone()],
-                read_only_binds: Vec::new(),
+                ..ImageLayout::default()
             });
         }
         for source in &self.sources {
@@ -197,6 +209,7 @@ pub(crate) fn host_image(images_dir: &Path, uid: u32, hostname: &str) -> io::Res
     Ok(ImageLayout {
         lower_dirs: vec![dir],
         read_only_binds: binds,
+        defaults: RunDefaults::default(),
     })
 }
 
@@ -292,7 +305,7 @@ mod tests {
     async fn resolves_builtin_and_directory_images() {
         let host = ImageLayout {
             lower_dirs: vec![PathBuf::from("/skel")],
-            read_only_binds: vec![],
+            ..ImageLayout::default()
         };
         let dir = tempfile::tempdir().unwrap();
         let mut dirs = BTreeMap::new();
@@ -322,7 +335,7 @@ mod tests {
         async fn layout(&self, image: &str) -> Result<Option<ImageLayout>, BackendError> {
             Ok((image == "oci:x").then(|| ImageLayout {
                 lower_dirs: vec![PathBuf::from("/cache/x")],
-                read_only_binds: vec![],
+                ..ImageLayout::default()
             }))
         }
     }
@@ -331,7 +344,7 @@ mod tests {
     async fn added_sources_are_asked_after_builtins() {
         let host = ImageLayout {
             lower_dirs: vec![PathBuf::from("/skel")],
-            read_only_binds: vec![],
+            ..ImageLayout::default()
         };
         let mut store = ImageStore::new(host, BTreeMap::new(), "host".into());
         store.add_source(Arc::new(OneImage));

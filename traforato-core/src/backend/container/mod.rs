@@ -109,7 +109,7 @@ use tokio::io::AsyncReadExt;
 use tokio::process::Child;
 
 pub use config::{ContainerConfig, DEFAULT_UID_BASE, INIT_ARG, UID_COUNT};
-pub use image::{ImageLayout, ImageSource, ReadOnlyBind, HOST_IMAGE};
+pub use image::{ImageLayout, ImageSource, ReadOnlyBind, RunDefaults, HOST_IMAGE};
 pub use init::{init_main, init_main_if_requested};
 pub use vm::ContainerVm;
 
@@ -352,6 +352,7 @@ impl ContainerBackend {
         guard: &mut ProvisionGuard,
     ) -> Result<Arc<dyn Vm>, BackendError> {
         let layout = self.images.resolve(&spec.tuple.image).await?;
+        let defaults = layout.defaults.clone();
         let dir = guard.dir.clone();
         let uid = self.config.uid_base;
         let limits = Limits {
@@ -461,7 +462,8 @@ impl ContainerBackend {
         drop(child.stderr.take());
         let agent = Arc::new(AgentConn::start(sock));
         let zygote = if self.config.python_zygote {
-            match zygote::Zygote::start(&agent, vm::environment(&Default::default())).await {
+            let env = vm::environment(&defaults.env, &Default::default());
+            match zygote::Zygote::start(&agent, env).await {
                 Ok(zygote) => Some(zygote),
                 Err(e) => {
                     tracing::debug!(error = %e, "python zygote not started");
@@ -479,7 +481,8 @@ impl ContainerBackend {
             netns,
             Teardown { child, cgroup, dir },
             pty::agent_pid(pid).map(|agent_pid| (agent_pid, uid)),
-        );
+        )
+        .with_defaults(defaults);
         Ok(Arc::new(vm))
     }
 }

@@ -16,6 +16,7 @@ use super::cgroup::{MemoryGauge, SandboxCgroup};
 use super::code::{self, CodeRun};
 use super::exec::{self, Command, RunningExecs};
 use super::files::SandboxRoot;
+use super::image::RunDefaults;
 use super::init::DEFAULT_PATH;
 use super::netns;
 use super::teardown_host;
@@ -60,6 +61,8 @@ pub struct ContainerVm {
     teardown: tokio::sync::Mutex<Option<Teardown>>,
     /// Running execs the worker may act on (stdin, signals).
     running: RunningExecs,
+    /// The image's environment and working directory.
+    defaults: RunDefaults,
 }
 
 impl ContainerVm {
@@ -85,7 +88,14 @@ impl ContainerVm {
             })),
             teardown: tokio::sync::Mutex::new(Some(teardown)),
             running: RunningExecs::default(),
+            defaults: RunDefaults::default(),
         }
+    }
+
+    /// Runs commands with the image's environment and working directory.
+    pub(crate) fn with_defaults(mut self, defaults: RunDefaults) -> Self {
+        self.defaults = defaults;
+        self
     }
 
     fn live(&self) -> Option<Live> {
@@ -138,7 +148,10 @@ impl Drop for ContainerVm {
 
 /// The base environment plus the request's (which wins). Nothing of the worker's own
 /// environment reaches a sandbox.
-pub(crate) fn environment(extra: &BTreeMap<String, String>) -> Vec<(String, String)> {
+pub(crate) fn environment(
+    image: &BTreeMap<String, String>,
+    extra: &BTreeMap<String, String>,
+) -> Vec<(String, String)> {
     let mut env: BTreeMap<String, String> = [
         ("PATH", DEFAULT_PATH),
         ("HOME", "/root"),
@@ -147,14 +160,16 @@ pub(crate) fn environment(extra: &BTreeMap<String, String>) -> Vec<(String, Stri
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
+    env.extend(image.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.into_iter().collect()
 }
 
-fn cwd_or_default(cwd: &Option<String>) -> String {
+/// The working directory a command asked for, else the image's, else `/workspace`.
+fn cwd_or_default(cwd: &Option<String>, image: Option<&str>) -> String {
     match cwd.as_deref().map(str::trim) {
         Some(c) if !c.is_empty() => c.to_string(),
-        _ => DEFAULT_CWD.to_string(),
+        _ => image.unwrap_or(DEFAULT_CWD).to_string(),
     }
 }
 
@@ -189,8 +204,8 @@ impl Vm for ContainerVm {
         };
         let command = Command {
             argv,
-            env: environment(&spec.env),
-            cwd: cwd_or_default(&spec.cwd),
+            env: environment(&self.defaults.env, &spec.env),
+            cwd: cwd_or_default(&spec.cwd, self.defaults.working_dir.as_deref()),
             stdin: spec.stdin,
             timeout: spec.timeout,
             exec_id: spec.exec_id,
@@ -225,8 +240,8 @@ impl Vm for ContainerVm {
         let run = CodeRun {
             runtime: spec.runtime,
             code: Bytes::from(spec.code.into_bytes()),
-            cwd: cwd_or_default(&spec.cwd),
-            env: environment(&spec.env),
+            cwd: cwd_or_default(&spec.cwd, self.defaults.working_dir.as_deref()),
+            env: environment(&self.defaults.env, &spec.env),
             timeout: spec.timeout,
         };
         code::run(&live.agent, live.zygote.as_deref(), run, output).await
@@ -323,7 +338,7 @@ mod tests {
         let mut extra = BTreeMap::new();
         extra.insert("HOME".to_string(), "/workspace".to_string());
         extra.insert("A".to_string(), "1".to_string());
-        let env = environment(&extra);
+        let env = environment(&BTreeMap::new(), &extra);
         assert!(env.contains(&("HOME".to_string(), "/workspace".to_string())));
         assert!(env.contains(&("A".to_string(), "1".to_string())));
         assert!(env.contains(&("LANG".to_string(), "C.UTF-8".to_string())));
@@ -332,8 +347,9 @@ mod tests {
 
     #[test]
     fn cwd_defaults_to_workspace() {
-        assert_eq!(cwd_or_default(&None), "/workspace");
-        assert_eq!(cwd_or_default(&Some(" ".into())), "/workspace");
-        assert_eq!(cwd_or_default(&Some("/tmp".into())), "/tmp");
+        assert_eq!(cwd_or_default(&None, None), "/workspace");
+        assert_eq!(cwd_or_default(&Some(" ".into()), None), "/workspace");
+        assert_eq!(cwd_or_default(&Some("/tmp".into()), Some("/app")), "/tmp");
+        assert_eq!(cwd_or_default(&None, Some("/app")), "/app");
     }
 }

@@ -17,9 +17,9 @@ use tokio::sync::OnceCell;
 
 use super::blobs::BlobStore;
 use super::layer::{self, Mapping};
-use super::pull::{PullError, PulledImage, Puller, RegistrySettings};
+use super::pull::{PullError, PulledImage, Puller, RegistrySettings, RunConfig};
 use super::reference::{Digest, Reference};
-use crate::backend::container::image::{ImageLayout, ImageSource};
+use crate::backend::container::image::{ImageLayout, ImageSource, RunDefaults};
 use crate::backend::BackendError;
 
 /// Prefix of layer directories being unpacked.
@@ -227,6 +227,25 @@ fn pull_error(reference: &Reference, error: &PullError) -> BackendError {
     }
 }
 
+/// The image config's `Env` (`KEY=value`; entries without `=` ignored) and `WorkingDir`.
+fn run_defaults(config: &RunConfig) -> RunDefaults {
+    let env = config
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(key, _)| !key.is_empty() && !key.contains('\0'))
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect();
+    let working_dir = config
+        .working_dir
+        .as_deref()
+        .map(str::trim)
+        .filter(|dir| dir.starts_with('/'))
+        .map(str::to_string);
+    RunDefaults { env, working_dir }
+}
+
 #[async_trait]
 impl ImageSource for OciImages {
     async fn layout(&self, image: &str) -> Result<Option<ImageLayout>, BackendError> {
@@ -246,6 +265,7 @@ impl ImageSource for OciImages {
         Ok(Some(ImageLayout {
             lower_dirs,
             read_only_binds: Vec::new(),
+            defaults: run_defaults(&pulled.config),
         }))
     }
 }
