@@ -14,7 +14,7 @@ use oci_client::secrets::RegistryAuth;
 use traforato_core::backend::container::oci::RegistrySettings;
 use traforato_core::backend::container::{ContainerBackend, ContainerConfig};
 use traforato_core::backend::{
-    run_collected, BackendError, ExecSpec, ProvisionSpec, Vm, VmBackend,
+    run_collected, BackendError, CodeSpec, ExecSpec, ProvisionSpec, Runtime, Vm, VmBackend,
 };
 use traforato_core::id::LocalVmId;
 use traforato_core::tuple::SandboxTuple;
@@ -356,6 +356,21 @@ async fn images_from_a_registry_run_and_share_their_layers() {
         "/tmp\nfrom the request\n"
     );
     vm4.destroy().await.unwrap();
+
+    // Code for an interpreter the image does not have: refused, naming it (the warm Python
+    // could not start either, so nothing loops on it).
+    let (tx, _rx) = tokio::sync::mpsc::channel(8);
+    let spec = CodeSpec {
+        runtime: Runtime::Python,
+        code: "print(1)".into(),
+        cwd: None,
+        env: Default::default(),
+        timeout: Duration::from_secs(10),
+    };
+    match vm3.run_code(spec, tx).await {
+        Err(BackendError::RuntimeMissing { program, .. }) => assert_eq!(program, "python3"),
+        other => panic!("expected RuntimeMissing, got {other:?}"),
+    }
 
     let missing = format!("{}/test/busybox:nope", registry.host());
     assert!(matches!(

@@ -134,6 +134,7 @@ pub fn status_for(err: &WorkerError) -> StatusCode {
         WorkerError::ListingTooLarge => StatusCode::BAD_REQUEST,
         WorkerError::PermissionDenied => StatusCode::FORBIDDEN,
         WorkerError::Encoding(_) => StatusCode::BAD_REQUEST,
+        WorkerError::RunRefused(_) => StatusCode::BAD_REQUEST,
         WorkerError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
         WorkerError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         WorkerError::Backend(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -148,6 +148,14 @@ pub enum Runtime {
 }
 
 impl Runtime {
+    /// The program that runs it: `python3` or `node`.
+    pub fn program(self) -> &'static str {
+        match self {
+            Runtime::Python => "python3",
+            Runtime::Node => "node",
+        }
+    }
+
     /// The name the API uses.
     pub fn as_str(self) -> &'static str {
         match self {

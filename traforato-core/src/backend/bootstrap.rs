@@ -63,6 +63,7 @@ pub async fn run_code_over_exec<V: Vm + ?Sized>(
     spec: CodeSpec,
     output: mpsc::Sender<OutputChunk>,
 ) -> Result<CodeOutcome, BackendError> {
+    let runtime = spec.runtime;
     let exec = ExecSpec {
         program: Program::Argv(stdio_argv(spec.runtime)),
         cwd: spec.cwd,
@@ -76,6 +77,13 @@ pub async fn run_code_over_exec<V: Vm + ?Sized>(
     let (tx, rx) = mpsc::channel(RELAY_CHANNEL);
     let (exit, (status, held)) = tokio::join!(vm.exec(exec, tx), relay(rx, output));
     let exit = exit?;
+    // The shell's "command not found" before the bootstrap said anything.
+    if status == Status::Pending && exit.exit_code == 127 {
+        return Err(BackendError::RuntimeMissing {
+            runtime,
+            program: runtime.program(),
+        });
+    }
     match status {
         Status::SyntaxError => Ok(CodeOutcome::SyntaxError {
             message: String::from_utf8_lossy(&held).into_owned(),

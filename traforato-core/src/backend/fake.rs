@@ -611,6 +611,10 @@ impl Vm for FakeVm {
                 message,
                 exit_code: 1,
             }),
+            FakeCode::RuntimeMissing => Err(BackendError::RuntimeMissing {
+                runtime: spec.runtime,
+                program: spec.runtime.program(),
+            }),
             FakeCode::Runs(run) => self
                 .play(run, None, spec.timeout, output)
                 .await
@@ -700,6 +704,8 @@ pub enum FakeCode {
     Runs(FakeExec),
     /// The code does not compile: this message, exit code 1.
     SyntaxError(String),
+    /// The image has no interpreter for the runtime ([`BackendError::RuntimeMissing`]).
+    RuntimeMissing,
 }
 
 /// The scripted run of one exec: output chunks and sleeps played in order, then an exit code.

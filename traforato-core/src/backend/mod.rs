@@ -119,6 +119,15 @@ pub enum BackendError {
     /// interactive).
     #[error("exec stdin is closed")]
     StdinClosed,
+    /// The sandbox's image has no interpreter for this run-code runtime: a fault of the
+    /// request (an image without Python asked to run Python).
+    #[error("{runtime} is not available in this sandbox's image (no {program} on its PATH)")]
+    RuntimeMissing {
+        /// The runtime asked for.
+        runtime: Runtime,
+        /// The interpreter that is missing.
+        program: &'static str,
+    },
     /// The backend cannot do this at all (e.g. control a running exec).
     #[error("not supported by this backend: {0}")]
     Unsupported(&'static str),
@@ -153,7 +162,10 @@ impl BackendError {
     /// True when the request caused this error (unknown image, impossible request), so the
     /// caller may show it; every other variant is a fault of the host or the sandbox.
     pub fn is_request_fault(&self) -> bool {
-        matches!(self, Self::ImageNotFound { .. } | Self::InvalidRequest(_))
+        matches!(
+            self,
+            Self::ImageNotFound { .. } | Self::InvalidRequest(_) | Self::RuntimeMissing { .. }
+        )
     }
 
     /// A task that ended abnormally.

@@ -153,6 +153,8 @@ struct ExecData {
     /// Incomplete UTF-8 sequences at the end of the last stdout / stderr chunk.
     carry: [Vec<u8>; 2],
     syntax_error: bool,
+    /// The backend refused the run for a reason of the request (a missing interpreter).
+    request_fault: Option<String>,
     /// Runs on a pseudo-terminal.
     tty: bool,
     /// The sandbox's output budget, and what this exec holds of it.
@@ -335,6 +337,7 @@ impl Exec {
                 frame_bytes: 0,
                 carry: [Vec::new(), Vec::new()],
                 syntax_error: false,
+                request_fault: None,
                 tty,
                 budget,
                 charged: 0,
@@ -571,6 +574,9 @@ async fn run_exec(
             (exit_code, false)
         }
         Err(error) => {
+            if error.is_request_fault() {
+                exec.data().request_fault = Some(error.to_string());
+            }
             tracing::warn!(
                 worker_id = %labels.worker_id,
                 sandbox_id = %exec.sandbox_id,
@@ -925,6 +931,9 @@ impl Worker {
         let summary = exec.summary().ok_or_else(|| {
             WorkerError::Backend(BackendError::task("run-code", "ended without exit"))
         })?;
+        if let Some(message) = exec.data().request_fault.clone() {
+            return Err(WorkerError::RunRefused(message));
+        }
         if summary.syntax_error {
             return Ok(RunCodeOutcome::SyntaxError(SyntaxErrorBody {
                 error: "syntax_error".to_string(),

@@ -310,6 +310,10 @@ pub enum WorkerError {
     /// 504.
     #[error("upstream timeout")]
     UpstreamTimeout,
+    /// 400: the sandbox cannot run this code as asked (its image has no such interpreter);
+    /// the message names what is missing.
+    #[error("{0}")]
+    RunRefused(String),
     /// 400: content or input in an unknown encoding, or not decodable.
     #[error(transparent)]
     Encoding(#[from] EncodingError),

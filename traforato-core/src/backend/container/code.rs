@@ -32,6 +32,7 @@ use tokio::time::Instant;
 
 use super::agent::{AgentConn, ExecEvent};
 use super::exec::{cloexec_pipe, feed, io_error, pump, Sink, DRAIN_GRACE};
+use super::init::PROGRAM_NOT_FOUND;
 use super::protocol::Request;
 use super::zygote::{RunEvent, StartError, Zygote, ZygoteState};
 use crate::backend::{
@@ -253,6 +254,12 @@ async fn launch_one_shot(
     }
     match events.recv().await {
         Some(ExecEvent::Started) => Ok((Target::Exec(id), Exits::Agent(events))),
+        Some(ExecEvent::Failed(message)) if message.starts_with(PROGRAM_NOT_FOUND) => {
+            Err(BackendError::RuntimeMissing {
+                runtime: run.runtime,
+                program: run.runtime.program(),
+            })
+        }
         Some(ExecEvent::Failed(message)) => Err(BackendError::ExecFailed(message)),
         Some(ExecEvent::Exited(_)) | None => Err(BackendError::Gone),
     }

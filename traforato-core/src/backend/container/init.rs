@@ -69,6 +69,10 @@ const KEPT_CAPABILITIES: CapabilitySet = CapabilitySet::CHOWN
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
 /// Where the exec child failed, reported through the error pipe.
+/// How the message of a program that does not exist starts (the worker recognises a missing
+/// interpreter by it).
+pub(crate) const PROGRAM_NOT_FOUND: &str = "program not found: ";
+
 const STAGE_CWD: u8 = 1;
 const STAGE_EXEC: u8 = 2;
 const STAGE_SETUP: u8 = 3;
@@ -758,7 +762,7 @@ fn spawn(
     let err = io::Error::from_raw_os_error(code);
     Err(match report[4] {
         STAGE_CWD => format!("working directory {cwd}: {err}"),
-        STAGE_EXEC if code == libc::ENOENT => format!("program not found: {argv0}"),
+        STAGE_EXEC if code == libc::ENOENT => format!("{PROGRAM_NOT_FOUND}{argv0}"),
         STAGE_EXEC if code == libc::EACCES => format!("permission denied: {argv0}"),
         STAGE_EXEC => format!("cannot execute {argv0}: {err}"),
         _ => format!("cannot set up {argv0}: {err}"),

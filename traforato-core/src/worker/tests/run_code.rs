@@ -143,3 +143,33 @@ async fn run_code_validation() {
         Err(WorkerError::CodeTooLarge)
     ));
 }
+
+#[tokio::test]
+async fn code_for_a_missing_interpreter_is_refused_naming_it() {
+    let h = Harness::new();
+    let sid = h.sandbox().await;
+    h.script_code("print('hi')", FakeCode::RuntimeMissing);
+    match code(&h, &sid, "python", "print('hi')", None).await {
+        Err(WorkerError::RunRefused(message)) => {
+            assert_eq!(
+                message,
+                "python is not available in this sandbox's image (no python3 on its PATH)"
+            )
+        }
+        other => panic!("expected RunRefused, got {other:?}"),
+    }
+    // In the background, the record says it.
+    let Ok(RunCodeOutcome::Accepted(exec_id)) =
+        code(&h, &sid, "node", "print('hi')", Some(false)).await
+    else {
+        panic!("a background run is accepted");
+    };
+    all_frames(&h, &dev(), &sid, &exec_id).await;
+    let record = h.worker.get_exec(&dev(), &sid, &exec_id).unwrap();
+    assert_eq!(record.exit_code, Some(127));
+    assert!(
+        record.stderr.contains("no node on its PATH"),
+        "{}",
+        record.stderr
+    );
+}
