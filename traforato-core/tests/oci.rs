@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,7 @@ use traforato_core::tuple::SandboxTuple;
 struct Registry {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Registry {
@@ -54,23 +54,20 @@ impl Registry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
                 dir.path().join("data").display()
             ),
         )
         .unwrap();
+        let log = std::fs::File::create(dir.path().join("requests.log")).unwrap();
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
             .spawn()
             .unwrap();
-        let registry = Self {
-            child,
-            port,
-            _dir: dir,
-        };
+        let registry = Self { child, port, dir };
         let deadline = Instant::now() + Duration::from_secs(15);
         while !registry.answers() {
             assert!(Instant::now() < deadline, "the registry did not start");
@@ -92,6 +89,72 @@ impl Registry {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// How many requests the registry served whose line contains `needle`.
+    fn requests(&self, needle: &str) -> usize {
+        std::fs::read_to_string(self.dir.path().join("requests.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.contains(needle) && line.contains("\" 200 "))
+            .count()
+    }
+
+    /// The stored bytes of blob `digest` (`sha256:<hex>`), to tamper with.
+    fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
+    fn client() -> oci_client::Client {
+        oci_client::Client::new(ClientConfig {
+            protocol: ClientProtocol::Http,
+            ..ClientConfig::default()
+        })
+    }
+
+    /// The raw manifest of `repository:tag` and its digest.
+    async fn manifest(&self, repository: &str, tag: &str) -> (Vec<u8>, String) {
+        let reference = oci_client::Reference::with_tag(self.host(), repository.into(), tag.into());
+        Self::client()
+            .pull_manifest_raw(
+                &reference,
+                &RegistryAuth::Anonymous,
+                &["application/vnd.oci.image.manifest.v1+json"],
+            )
+            .await
+            .expect("manifest")
+    }
+
+    /// Pushes an index `repository:tag` of the manifests `entries` (tag, architecture).
+    async fn push_index(&self, repository: &str, tag: &str, entries: &[(&str, &str)]) {
+        let mut manifests = Vec::new();
+        for (entry_tag, arch) in entries {
+            let (bytes, digest) = self.manifest(repository, entry_tag).await;
+            manifests.push(serde_json::json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": digest,
+                "size": bytes.len(),
+                "platform": {"architecture": arch, "os": "linux"},
+            }));
+        }
+        let index: oci_client::manifest::OciImageIndex =
+            serde_json::from_value(serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": manifests,
+            }))
+            .unwrap();
+        let reference = oci_client::Reference::with_tag(self.host(), repository.into(), tag.into());
+        Self::client()
+            .push_manifest_list(&reference, &RegistryAuth::Anonymous, index)
+            .await
+            .expect("push index");
+    }
+
     /// Pushes an image of `layers` (tar bytes, compressed or not) as `repository:tag`.
     async fn push(&self, repository: &str, tag: &str, layers: &[Vec<u8>], env: &[&str]) {
         self.push_with(repository, tag, layers, env, "").await
@@ -106,10 +169,7 @@ impl Registry {
         env: &[&str],
         working_dir: &str,
     ) {
-        let client = oci_client::Client::new(ClientConfig {
-            protocol: ClientProtocol::Http,
-            ..ClientConfig::default()
-        });
+        let client = Self::client();
         let reference = oci_client::Reference::with_tag(self.host(), repository.into(), tag.into());
         let layers: Vec<ImageLayer> = layers
             .iter()
@@ -422,5 +482,130 @@ async fn docker_hub_names_pull_through_a_mirror_and_failures_are_clear() {
         backend.provision("Not An Image").await,
         Err(BackendError::InvalidRequest(_))
     ));
+    backend.teardown().await;
+}
+
+/// The architecture name of this host in OCI terms.
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+#[tokio::test]
+async fn an_index_resolves_to_this_platform_and_concurrent_creates_pull_once() {
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    let native = zstd(&tar_of(
+        &[("etc/arch", b"native\n".to_vec(), 0o644)],
+        &[],
+        &[],
+    ));
+    let foreign = gzip(&tar_of(
+        &[("etc/arch", b"foreign\n".to_vec(), 0o644)],
+        &[],
+        &[],
+    ));
+    registry
+        .push(
+            "test/multi",
+            "native",
+            &[base_layer(), native],
+            &["PATH=/bin"],
+        )
+        .await;
+    registry
+        .push(
+            "test/multi",
+            "foreign",
+            &[base_layer(), foreign],
+            &["PATH=/bin"],
+        )
+        .await;
+    let other_arch = if host_arch() == "arm64" {
+        "amd64"
+    } else {
+        "arm64"
+    };
+    registry
+        .push_index(
+            "test/multi",
+            "1",
+            &[("foreign", other_arch), ("native", host_arch())],
+        )
+        .await;
+    let backend = Backend::new(RegistrySettings::default());
+    let image = format!("{}/test/multi:1", registry.host());
+    let creates = (0..4).map(|_| backend.provision(&image));
+    let vms: Vec<Arc<dyn Vm>> = futures::future::join_all(creates)
+        .await
+        .into_iter()
+        .map(|r| r.expect("concurrent create"))
+        .collect();
+    for vm in &vms {
+        assert_eq!(sh(vm, "cat /etc/arch").await, "native\n");
+    }
+    assert_eq!(
+        registry.requests("GET /v2/test/multi/manifests/1"),
+        1,
+        "four concurrent creates asked for the manifest once"
+    );
+    assert_eq!(
+        registry.requests("GET /v2/test/multi/blobs/"),
+        3,
+        "config and two layers, once"
+    );
+    assert_eq!(backend.layer_dirs(), 2);
+    for vm in vms {
+        vm.destroy().await.unwrap();
+    }
+    backend.teardown().await;
+}
+
+#[tokio::test]
+async fn a_blob_that_does_not_match_its_digest_is_never_kept() {
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    let layer = base_layer();
+    let digest = format!(
+        "sha256:{}",
+        traforato_core::backend::container::oci::Digest::of(&layer).hex()
+    );
+    registry
+        .push("test/tampered", "1", &[layer], &["PATH=/bin"])
+        .await;
+    // The registry's stored copy changes under it (a bit flip on disk, a hostile mirror).
+    let file = registry.blob_file(&digest);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&file, bytes).unwrap();
+
+    let backend = Backend::new(RegistrySettings::default());
+    let image = format!("{}/test/tampered:1", registry.host());
+    let result = backend.provision(&image).await;
+    assert!(
+        matches!(&result, Err(BackendError::ImageUnavailable { reason, .. }) if reason.contains("digest")),
+        "{:?}",
+        result.err()
+    );
+    let blobs = backend.oci_dir.path().join("blobs/sha256");
+    let kept: Vec<String> = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !kept.iter().any(|name| digest.ends_with(name.as_str())),
+        "the tampered layer was kept: {kept:?}"
+    );
+    assert!(
+        kept.iter().all(|name| !name.starts_with('.')),
+        "temporary files left: {kept:?}"
+    );
+    assert_eq!(backend.layer_dirs(), 0);
     backend.teardown().await;
 }
