@@ -29,6 +29,15 @@ struct Registry {
 impl Registry {
     /// `None` (after saying why) where the test cannot run.
     fn start() -> Option<Self> {
+        Self::start_with(None)
+    }
+
+    /// A registry that wants `user` and `password` (htpasswd with bcrypt).
+    fn start_with_login(user: &str, password: &str) -> Option<Self> {
+        Self::start_with(Some((user, password)))
+    }
+
+    fn start_with(login: Option<(&str, &str)>) -> Option<Self> {
         if !rustix::process::geteuid().is_root() {
             eprintln!("skipping: the container backend needs root (runs in CI as root)");
             return None;
@@ -51,14 +60,28 @@ impl Registry {
             .unwrap()
             .port();
         let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
+        let mut yaml = format!(
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        );
+        if let Some((user, password)) = login {
+            let hash = Command::new("/usr/bin/python3")
+                .args([
+                    "-c",
+                    "import crypt, sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))",
+                    password,
+                ])
+                .output()
+                .expect("python3 for a bcrypt hash");
+            let hash = String::from_utf8(hash.stdout).unwrap();
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(&htpasswd, format!("{user}:{}\n", hash.trim())).unwrap();
+            yaml.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                htpasswd.display()
+            ));
+        }
+        std::fs::write(&config, yaml).unwrap();
         let log = std::fs::File::create(dir.path().join("requests.log")).unwrap();
         let child = Command::new("docker-registry")
             .arg("serve")
@@ -82,7 +105,8 @@ impl Registry {
         };
         let _ = stream.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
         let mut head = [0u8; 12];
-        stream.read_exact(&mut head).is_ok() && head.ends_with(b"200")
+        // 401 is a registry that wants a login: it is up.
+        stream.read_exact(&mut head).is_ok() && (head.ends_with(b"200") || head.ends_with(b"401"))
     }
 
     fn host(&self) -> String {
@@ -160,6 +184,13 @@ impl Registry {
         self.push_with(repository, tag, layers, env, "").await
     }
 
+    /// [`Registry::push`] as `user`.
+    async fn push_as(&self, user: &str, password: &str, repository: &str, layers: &[Vec<u8>]) {
+        let auth = RegistryAuth::Basic(user.into(), password.into());
+        self.push_full(repository, "1", layers, &["PATH=/bin"], "", &auth)
+            .await
+    }
+
     /// [`Registry::push`] with a `WorkingDir`.
     async fn push_with(
         &self,
@@ -168,6 +199,26 @@ impl Registry {
         layers: &[Vec<u8>],
         env: &[&str],
         working_dir: &str,
+    ) {
+        self.push_full(
+            repository,
+            tag,
+            layers,
+            env,
+            working_dir,
+            &RegistryAuth::Anonymous,
+        )
+        .await
+    }
+
+    async fn push_full(
+        &self,
+        repository: &str,
+        tag: &str,
+        layers: &[Vec<u8>],
+        env: &[&str],
+        working_dir: &str,
+        auth: &RegistryAuth,
     ) {
         let client = Self::client();
         let reference = oci_client::Reference::with_tag(self.host(), repository.into(), tag.into());
@@ -193,7 +244,7 @@ impl Registry {
             None,
         );
         client
-            .push(&reference, &layers, config, &RegistryAuth::Anonymous, None)
+            .push(&reference, &layers, config, auth, None)
             .await
             .expect("push");
     }
@@ -608,4 +659,37 @@ async fn a_blob_that_does_not_match_its_digest_is_never_kept() {
     );
     assert_eq!(backend.layer_dirs(), 0);
     backend.teardown().await;
+}
+
+#[tokio::test]
+async fn a_registry_that_wants_a_login_gets_the_configured_one() {
+    let Some(registry) = Registry::start_with_login("ci", "s3cret") else {
+        return;
+    };
+    registry
+        .push_as("ci", "s3cret", "team/private", &[base_layer()])
+        .await;
+    let image = format!("{}/team/private:1", registry.host());
+
+    let anonymous = Backend::new(RegistrySettings::default());
+    let result = anonymous.provision(&image).await;
+    assert!(
+        matches!(&result, Err(BackendError::InvalidRequest(why)) if why.contains("refused access")),
+        "{:?}",
+        result.err()
+    );
+    anonymous.teardown().await;
+
+    let settings = RegistrySettings {
+        credentials: [(registry.host(), ("ci".to_string(), "s3cret".to_string()))].into(),
+        ..RegistrySettings::default()
+    };
+    let logged_in = Backend::new(settings);
+    let vm = logged_in
+        .provision(&image)
+        .await
+        .expect("pull with the login");
+    assert_eq!(sh(&vm, "cat /etc/motd").await, "base\n");
+    vm.destroy().await.unwrap();
+    logged_in.teardown().await;
 }

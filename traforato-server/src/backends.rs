@@ -136,6 +136,11 @@ fn container_backend(settings: &ContainerSettings) -> Result<Arc<dyn VmBackend>,
     if let Some(dir) = &oci.dir {
         config.oci_dir = dir.clone();
     }
+    config.registries.credentials =
+        registry_logins(oci).map_err(|reason| ServeError::BackendUnavailable {
+            virtualization: CONTAINER_VIRTUALIZATION.to_string(),
+            reason,
+        })?;
     config.registries.insecure = oci.insecure_registries.clone();
     config.registries.mirrors = oci.mirrors.clone();
     if let Some(timeout) = oci.pull_timeout {
@@ -148,6 +153,48 @@ fn container_backend(settings: &ContainerSettings) -> Result<Arc<dyn VmBackend>,
             reason: crate::http::error_chain(&err),
         }),
     }
+}
+
+/// The registry logins: a Docker `config.json` (the configured one, else
+/// `$DOCKER_CONFIG/config.json` or `~/.docker/config.json` when present), then the YAML's
+/// `images.credentials` over it (password files read now).
+#[cfg(all(feature = "container", target_os = "linux"))]
+fn registry_logins(
+    oci: &crate::config::OciSettings,
+) -> Result<std::collections::BTreeMap<String, (String, String)>, String> {
+    use traforato_core::backend::container::oci::docker_credentials;
+    let default_file = || {
+        let dir = std::env::var_os("DOCKER_CONFIG")
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".docker"))
+            })?;
+        Some(dir.join("config.json")).filter(|f| f.is_file())
+    };
+    let mut logins = match oci.docker_config.clone().or_else(default_file) {
+        Some(file) => {
+            let json = std::fs::read(&file)
+                .map_err(|e| format!("docker config {}: {e}", file.display()))?;
+            docker_credentials(&json)
+                .map_err(|e| format!("docker config {}: {e}", file.display()))?
+        }
+        None => Default::default(),
+    };
+    for (registry, login) in &oci.credentials {
+        let password = match (&login.password, &login.password_file) {
+            (_, Some(file)) => std::fs::read_to_string(file)
+                .map(|p| p.trim().to_string())
+                .map_err(|e| format!("password-file of {registry} ({}): {e}", file.display()))?,
+            (Some(password), None) => password.clone(),
+            (None, None) => {
+                return Err(format!(
+                    "images.credentials.{registry}: a password or a password-file is needed"
+                ))
+            }
+        };
+        logins.insert(registry.clone(), (login.username.clone(), password));
+    }
+    Ok(logins)
 }
 
 #[cfg(all(feature = "container", not(target_os = "linux")))]
@@ -201,5 +248,51 @@ mod tests {
         .unwrap();
         assert_eq!(backends.len(), 1);
         assert_eq!(backends[0].virtualization(), "fake");
+    }
+
+    #[cfg(all(feature = "container", target_os = "linux"))]
+    #[test]
+    fn registry_logins_come_from_docker_config_then_the_yaml() {
+        use crate::config::{Login, OciSettings};
+        let dir = tempfile::tempdir().unwrap();
+        let docker = dir.path().join("config.json");
+        // "hub:old" and "lan:docker"
+        std::fs::write(
+            &docker,
+            r#"{"auths": {"https://index.docker.io/v1/": {"auth": "aHViOm9sZA=="},
+                          "registry.lan": {"auth": "bGFuOmRvY2tlcg=="}}}"#,
+        )
+        .unwrap();
+        let password = dir.path().join("pw");
+        std::fs::write(&password, "from-file\n").unwrap();
+        let oci = OciSettings {
+            docker_config: Some(docker),
+            credentials: [(
+                "registry.lan".to_string(),
+                Login {
+                    username: "ci".into(),
+                    password: None,
+                    password_file: Some(password),
+                },
+            )]
+            .into(),
+            ..OciSettings::default()
+        };
+        let logins = registry_logins(&oci).unwrap();
+        assert_eq!(logins["docker.io"], ("hub".into(), "old".into()));
+        assert_eq!(logins["registry.lan"], ("ci".into(), "from-file".into()));
+        let missing = OciSettings {
+            docker_config: Some(dir.path().join("nope.json")),
+            ..OciSettings::default()
+        };
+        assert!(registry_logins(&missing).unwrap_err().contains("nope.json"));
+        let no_password = OciSettings {
+            credentials: [("x.io".to_string(), Login::default())].into(),
+            docker_config: Some(dir.path().join("config.json")),
+            ..OciSettings::default()
+        };
+        assert!(registry_logins(&no_password)
+            .unwrap_err()
+            .contains("a password or a password-file is needed"));
     }
 }

@@ -144,7 +144,23 @@ layer! {
         pub mirrors: Option<BTreeMap<String, Vec<String>>>,
         /// `pull-timeout`: longest wait for a registry to answer.
         pub pull_timeout: Option<GoDuration>,
+        /// `credentials`: registry (or mirror) `host[:port]` -> login.
+        pub credentials: Option<BTreeMap<String, LoginLayer>>,
+        /// `docker-config`: a Docker `config.json` whose `auths` are used.
+        pub docker_config: Option<String>,
     }
+}
+
+/// A registry login of the `images.credentials` section.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LoginLayer {
+    /// `username`.
+    pub username: String,
+    /// `password` (or a token).
+    pub password: Option<String>,
+    /// `password-file`: a file whose content (trimmed) is the password.
+    pub password_file: Option<String>,
 }
 
 layer! {

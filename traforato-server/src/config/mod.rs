@@ -26,7 +26,7 @@ pub use args::{
     WorkerFlags,
 };
 pub use settings::{
-    parse_worker_yaml, read_worker_file, BrokerSettings, ContainerSettings, DevSettings,
+    parse_worker_yaml, read_worker_file, BrokerSettings, ContainerSettings, DevSettings, Login,
     OciSettings, PrePullSettings, WorkerSettings,
 };
 pub use traforato_core::duration::{parse_duration, DurationError};

@@ -116,7 +116,8 @@ pub struct ContainerSettings {
 }
 
 /// The YAML `images` section: where OCI images are kept and how registries are reached.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// `Debug` shows no password.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct OciSettings {
     /// `dir` (default `/var/lib/traforato/images`); `Some(None)` for `none`: no OCI images.
     pub dir: Option<Option<PathBuf>>,
@@ -126,6 +127,40 @@ pub struct OciSettings {
     pub mirrors: BTreeMap<String, Vec<String>>,
     /// `pull-timeout`: longest wait for a registry to answer (default 30 s).
     pub pull_timeout: Option<Duration>,
+    /// `credentials`: registry -> login.
+    pub credentials: BTreeMap<String, Login>,
+    /// `docker-config`: a Docker `config.json` to take logins from (else
+    /// `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, when present).
+    pub docker_config: Option<PathBuf>,
+}
+
+/// A registry login: a password given inline or read from a file when the worker starts.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Login {
+    /// The user.
+    pub username: String,
+    /// The password or token.
+    pub password: Option<String>,
+    /// A file holding it.
+    pub password_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for OciSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let users: BTreeMap<&String, &String> = self
+            .credentials
+            .iter()
+            .map(|(registry, login)| (registry, &login.username))
+            .collect();
+        f.debug_struct("OciSettings")
+            .field("dir", &self.dir)
+            .field("insecure_registries", &self.insecure_registries)
+            .field("mirrors", &self.mirrors)
+            .field("pull_timeout", &self.pull_timeout)
+            .field("logins", &users)
+            .field("docker_config", &self.docker_config)
+            .finish()
+    }
 }
 
 impl From<ImagesLayer> for OciSettings {
@@ -146,6 +181,20 @@ impl From<ImagesLayer> for OciSettings {
                 .map(|(registry, urls)| (registry.trim().to_string(), trimmed(urls)))
                 .collect(),
             pull_timeout: layer.pull_timeout.map(|d| d.0),
+            credentials: layer
+                .credentials
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(registry, login)| {
+                    let login = Login {
+                        username: login.username.trim().to_string(),
+                        password: login.password,
+                        password_file: non_empty(login.password_file).map(PathBuf::from),
+                    };
+                    (registry.trim().to_string(), login)
+                })
+                .collect(),
+            docker_config: non_empty(layer.docker_config).map(PathBuf::from),
         }
     }
 }

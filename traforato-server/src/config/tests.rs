@@ -297,6 +297,24 @@ fn yaml_images_section() {
         &["http://127.0.0.1:5000", "https://mirror.example"]
     );
     assert_eq!(oci.pull_timeout, Some(Duration::from_secs(10)));
+    let values = worker(
+        &[],
+        "images:\n  credentials:\n    registry.lan:5000:\n      username: ci\n      \
+         password: s3cret\n    ghcr.io:\n      username: bot\n      password-file: /run/pw\n  \
+         docker-config: /etc/docker.json\n",
+    )
+    .unwrap();
+    let oci = &values.container.oci;
+    assert_eq!(
+        oci.credentials["registry.lan:5000"].password.as_deref(),
+        Some("s3cret")
+    );
+    assert_eq!(
+        oci.credentials["ghcr.io"].password_file,
+        Some(PathBuf::from("/run/pw"))
+    );
+    assert_eq!(oci.docker_config, Some(PathBuf::from("/etc/docker.json")));
+    assert!(!format!("{oci:?}").contains("s3cret"), "{oci:?}");
     let values = worker(&[], "images:\n  dir: none\n").unwrap();
     assert_eq!(values.container.oci.dir, Some(None), "none: no OCI images");
     let err = parse_worker_yaml("images:\n  registry: x\n").unwrap_err();

@@ -12,5 +12,5 @@ pub mod reference;
 pub use blobs::{BlobError, BlobStore, BlobWriter};
 pub use cache::OciImages;
 pub use layer::{unpack, Compression, Mapping, UnpackError, Unpacked};
-pub use pull::{PullError, PulledImage, Puller, RegistrySettings, RunConfig};
+pub use pull::{docker_credentials, PullError, PulledImage, Puller, RegistrySettings, RunConfig};
 pub use reference::{Digest, Hasher, Reference, ReferenceError};

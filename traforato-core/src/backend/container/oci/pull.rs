@@ -28,7 +28,8 @@ pub struct RegistrySettings {
     /// Mirrors by registry (`docker.io` → [`http://127.0.0.1:5000`]), tried in order before
     /// the registry itself. A mirror given with `http://` is reached over plain HTTP.
     pub mirrors: BTreeMap<String, Vec<String>>,
-    /// User and password (or token) by registry.
+    /// User and password (or token) by registry (or mirror) `host[:port]`; see
+    /// [`docker_credentials`] for Docker's `config.json`.
     pub credentials: BTreeMap<String, (String, String)>,
     /// Longest wait for a registry to answer (connect and each read).
     pub timeout: Duration,
@@ -196,6 +197,63 @@ fn host_of(source: &str) -> (String, bool) {
     (rest.trim_end_matches('/').to_string(), http)
 }
 
+/// The credentials of a Docker `config.json` (`auths`: `auth` as base64 `user:password`, or
+/// `username` and `password`), by registry host; Docker Hub's keys
+/// (`https://index.docker.io/v1/`) become `docker.io`. Credential helpers (`credsStore`,
+/// `credHelpers`) are not run.
+pub fn docker_credentials(json: &[u8]) -> Result<BTreeMap<String, (String, String)>, String> {
+    use base64::Engine as _;
+    #[derive(Deserialize)]
+    struct File {
+        #[serde(default)]
+        auths: BTreeMap<String, Entry>,
+    }
+    #[derive(Deserialize)]
+    struct Entry {
+        #[serde(default)]
+        auth: Option<String>,
+        #[serde(default)]
+        username: Option<String>,
+        #[serde(default)]
+        password: Option<String>,
+    }
+    let file: File = serde_json::from_slice(json).map_err(|e| format!("invalid JSON: {e}"))?;
+    let mut out = BTreeMap::new();
+    for (key, entry) in file.auths {
+        let host = key
+            .trim()
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let host = match host.as_str() {
+            "index.docker.io" | "registry-1.docker.io" => "docker.io".to_string(),
+            _ => host,
+        };
+        let login = match (entry.auth, entry.username, entry.password) {
+            (Some(auth), _, _) if !auth.is_empty() => {
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(auth.trim())
+                    .map_err(|_| format!("auths.{key}.auth is not base64"))?;
+                let text = String::from_utf8(decoded)
+                    .map_err(|_| format!("auths.{key}.auth is not text"))?;
+                let (user, password) = text
+                    .split_once(':')
+                    .ok_or_else(|| format!("auths.{key}.auth is not user:password"))?;
+                (user.to_string(), password.to_string())
+            }
+            (_, Some(user), Some(password)) => (user, password),
+            _ => continue,
+        };
+        if !host.is_empty() {
+            out.insert(host, login);
+        }
+    }
+    Ok(out)
+}
+
 /// Whether `host` (`host[:port]`) is loopback.
 fn is_loopback(host: &str) -> bool {
     let name = match host.rsplit_once(':') {
@@ -316,10 +374,11 @@ impl Puller {
     pub async fn pull(&self, reference: &Reference) -> Result<PulledImage, PullError> {
         let registry = reference.registry.clone();
         let shown = reference.to_string();
-        let auth = self.auth(&registry);
         let mut last_transport = None;
         let mut found = None;
         for (source, mirror) in self.sources(reference) {
+            // A mirror is asked with its own credentials, if any.
+            let auth = self.auth(mirror.as_deref().unwrap_or(&registry));
             match self
                 .client_for(&registry)
                 .pull_image_manifest(&source, &auth)
@@ -482,6 +541,34 @@ mod tests {
         assert!(is_loopback("[::1]:5000"));
         assert!(!is_loopback("ghcr.io"));
         assert!(!is_loopback("10.0.0.1:5000"));
+    }
+
+    #[test]
+    fn docker_config_credentials() {
+        let json = br#"{"auths": {
+            "https://index.docker.io/v1/": {"auth": "dXNlcjpwYTpzcw=="},
+            "registry.lan:5000": {"username": "ci", "password": "secret"},
+            "ghcr.io": {},
+            "http://127.0.0.1:5000/v2/": {"auth": "YTpi"}
+        }, "credsStore": "desktop"}"#;
+        let creds = docker_credentials(json).unwrap();
+        assert_eq!(creds["docker.io"], ("user".into(), "pa:ss".into()));
+        assert_eq!(creds["registry.lan:5000"], ("ci".into(), "secret".into()));
+        assert_eq!(creds["127.0.0.1:5000"], ("a".into(), "b".into()));
+        assert!(!creds.contains_key("ghcr.io"));
+        assert!(docker_credentials(b"{").is_err());
+        assert!(docker_credentials(br#"{"auths": {"x": {"auth": "!!"}}}"#).is_err());
+        let debug = format!(
+            "{:?}",
+            RegistrySettings {
+                credentials: creds,
+                ..RegistrySettings::default()
+            }
+        );
+        assert!(
+            !debug.contains("secret") && !debug.contains("pa:ss"),
+            "{debug}"
+        );
     }
 
     #[test]
