@@ -133,10 +133,16 @@ pub fn remove_options(query: &Query) -> Result<RemoveOptions, RequestError> {
     })
 }
 
-/// The `limit` of an exec listing: trimmed, a positive integer; blank is the default.
+/// The `limit` of an exec listing: trimmed, a positive integer (any size: it is clamped);
+/// blank is the default.
 pub fn exec_list_limit(query: &Query) -> Result<Option<usize>, RequestError> {
-    let limit = query_int(query.get("limit"), 1).map_err(|()| RequestError::InvalidLimit)?;
-    Ok(limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX)))
+    match query.get("limit").map(str::trim).filter(|l| !l.is_empty()) {
+        None => Ok(None),
+        Some(raw) => match raw.parse::<u64>() {
+            Ok(n) if n > 0 => Ok(Some(usize::try_from(n).unwrap_or(usize::MAX))),
+            _ => Err(RequestError::InvalidLimit),
+        },
+    }
 }
 
 /// The `cursor` of a frames call: an integer, not trimmed; anything else or a negative
@@ -342,6 +348,7 @@ mod tests {
         );
         assert_eq!(exec_list_limit(&query("")).unwrap(), None);
         assert_eq!(exec_list_limit(&query("limit=%202")).unwrap(), Some(2));
+        assert!(exec_list_limit(&query("limit=18446744073709551615")).is_ok());
         for bad in ["limit=0", "limit=-1", "limit=x"] {
             assert_eq!(
                 exec_list_limit(&query(bad)),

@@ -75,8 +75,13 @@ pub fn init(service: &'static str, settings: &LogSettings) -> Result<(), Logging
             BoxMakeWriter::new(Mutex::new(file))
         }
     };
+    // The registry client logs token responses at debug: never more than info of it.
+    let mut directives = settings.level.to_string();
+    if settings.level > LevelFilter::INFO {
+        directives.push_str(",oci_client=info");
+    }
     let subscriber = tracing_subscriber::fmt()
-        .with_max_level(settings.level)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(directives))
         .fmt_fields(JsonFields::new())
         .event_format(JsonLines { service })
         .with_writer(writer)

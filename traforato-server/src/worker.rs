@@ -546,6 +546,10 @@ async fn sandbox_op(
         }
         SandboxOp::ResizeExec(raw) => {
             let request: ExecResizeRequest = body_json(req, EXEC_BODY_MAX, true).await?;
+            // As before the typed API: the size is checked before anything is looked up.
+            if request.rows == 0 || request.cols == 0 {
+                return Err(WorkerError::InvalidExec("rows and cols must be > 0").into());
+            }
             let exec_id = exec_of(worker, p, id, raw)?;
             let size = TerminalSize {
                 rows: request.rows,

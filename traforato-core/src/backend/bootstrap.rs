@@ -33,8 +33,10 @@ pub const NODE_STDIO: &str = concat!(
 const ACK: u8 = 0x06;
 /// The status byte of a syntax error.
 const NAK: u8 = 0x15;
-/// The most of a syntax error's message (and of stderr held before the status) kept.
-const HELD_LIMIT: usize = 64 * 1024;
+/// The most of a syntax error's message kept.
+const MESSAGE_LIMIT: usize = 64 * 1024;
+/// The most output held before the status byte is known.
+const PENDING_LIMIT: usize = 1 << 20;
 /// Output chunks buffered between the exec and the relay.
 const RELAY_CHANNEL: usize = 64;
 
@@ -97,69 +99,86 @@ pub async fn run_code_over_exec<V: Vm + ?Sized>(
 }
 
 /// Forwards the exec's output to `output` once the status byte said the code runs; returns
-/// the status and, for a syntax error, the message.
+/// the status and, for a syntax error, the message. Before the status byte, stdout that is
+/// not the bootstrap's (a login banner of a backend's shell) is dropped and stderr is held.
 async fn relay(
     mut rx: mpsc::Receiver<OutputChunk>,
     output: mpsc::Sender<OutputChunk>,
 ) -> (Status, Vec<u8>) {
     let mut status = Status::Pending;
-    let mut held: Vec<u8> = Vec::new();
+    let mut held_err: Vec<u8> = Vec::new();
+    let mut held_out: Vec<u8> = Vec::new();
+    let mut message: Vec<u8> = Vec::new();
     let mut receiver_gone = false;
     while let Some(chunk) = rx.recv().await {
-        let mut forward = None;
+        if chunk.data.is_empty() {
+            continue;
+        }
+        let mut forward = Vec::new();
         match (status, chunk.stream) {
             (Status::Pending, OutputStream::Stdout) => {
                 let data = chunk.data;
-                status = match data.first() {
-                    Some(&ACK) => Status::Runs,
-                    Some(&NAK) => Status::SyntaxError,
-                    // Not the bootstrap speaking (the interpreter failed): pass it on.
-                    _ => Status::Runs,
-                };
-                let rest = match data.first() {
-                    Some(&ACK) | Some(&NAK) => data.slice(1..),
-                    _ => data,
-                };
-                if status == Status::Runs {
-                    // What the interpreter said on stderr before the code ran comes first.
-                    if !held.is_empty() {
-                        let before = OutputChunk {
-                            stream: OutputStream::Stderr,
-                            data: Bytes::from(std::mem::take(&mut held)),
-                        };
-                        receiver_gone |= output.send(before).await.is_err();
-                    }
-                    if !rest.is_empty() {
-                        forward = Some(OutputChunk {
-                            stream: OutputStream::Stdout,
-                            data: rest,
-                        });
+                match data.iter().position(|b| *b == ACK || *b == NAK) {
+                    None => push_capped(&mut held_out, &data, PENDING_LIMIT),
+                    Some(at) => {
+                        held_out.clear();
+                        if data[at] == ACK {
+                            status = Status::Runs;
+                            if !held_err.is_empty() {
+                                forward.push(OutputChunk {
+                                    stream: OutputStream::Stderr,
+                                    data: Bytes::from(std::mem::take(&mut held_err)),
+                                });
+                            }
+                            let rest = data.slice(at + 1..);
+                            if !rest.is_empty() {
+                                forward.push(OutputChunk {
+                                    stream: OutputStream::Stdout,
+                                    data: rest,
+                                });
+                            }
+                        } else {
+                            status = Status::SyntaxError;
+                            message = std::mem::take(&mut held_err);
+                            message.truncate(MESSAGE_LIMIT);
+                        }
                     }
                 }
             }
-            (Status::Pending | Status::SyntaxError, OutputStream::Stderr) => {
-                let room = HELD_LIMIT.saturating_sub(held.len());
-                held.extend_from_slice(&chunk.data[..chunk.data.len().min(room)]);
+            (Status::Pending, OutputStream::Stderr) => {
+                push_capped(&mut held_err, &chunk.data, PENDING_LIMIT)
+            }
+            (Status::SyntaxError, OutputStream::Stderr) => {
+                push_capped(&mut message, &chunk.data, MESSAGE_LIMIT)
             }
             (Status::SyntaxError, OutputStream::Stdout) => {}
-            (Status::Runs, _) => forward = Some(chunk),
+            (Status::Runs, _) => forward.push(chunk),
         }
-        if let Some(chunk) = forward {
+        for chunk in forward {
             if !receiver_gone {
                 receiver_gone = output.send(chunk).await.is_err();
             }
         }
     }
-    if status == Status::Pending && !held.is_empty() && !receiver_gone {
-        // It never started the code (no interpreter, say): its stderr is the output.
-        let _ = output
-            .send(OutputChunk {
-                stream: OutputStream::Stderr,
-                data: Bytes::from(std::mem::take(&mut held)),
-            })
-            .await;
+    if status == Status::Pending && !receiver_gone {
+        // It never started the code (no interpreter, say): what it printed is the output.
+        for (stream, data) in [
+            (OutputStream::Stdout, held_out),
+            (OutputStream::Stderr, std::mem::take(&mut held_err)),
+        ] {
+            if !data.is_empty() {
+                let data = Bytes::from(data);
+                let _ = output.send(OutputChunk { stream, data }).await;
+            }
+        }
     }
-    (status, held)
+    (status, message)
+}
+
+/// Appends what fits of `data` below `limit` bytes.
+fn push_capped(buffer: &mut Vec<u8>, data: &[u8], limit: usize) {
+    let room = limit.saturating_sub(buffer.len());
+    buffer.extend_from_slice(&data[..data.len().min(room)]);
 }
 
 #[cfg(test)]
@@ -216,6 +235,29 @@ mod tests {
         .await;
         assert_eq!(status, Status::SyntaxError);
         assert_eq!(held, b"SyntaxError: invalid syntax\n");
+        assert!(out.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_banner_before_the_status_and_empty_chunks_are_not_output() {
+        let (status, _, out) = relayed(vec![
+            chunk(OutputStream::Stdout, b""),
+            chunk(OutputStream::Stdout, b"Welcome to the VM\n"),
+            chunk(OutputStream::Stdout, b"motd\x06hi\n"),
+        ])
+        .await;
+        assert_eq!(status, Status::Runs);
+        assert_eq!(out, vec![chunk(OutputStream::Stdout, b"hi\n")]);
+        let (status, held, out) = relayed(vec![
+            chunk(OutputStream::Stdout, b"banner\n"),
+            chunk(OutputStream::Stderr, b"SyntaxError\n"),
+            chunk(OutputStream::Stdout, b"\x15"),
+        ])
+        .await;
+        assert_eq!(
+            (status, held.as_slice()),
+            (Status::SyntaxError, &b"SyntaxError\n"[..])
+        );
         assert!(out.is_empty());
     }
 

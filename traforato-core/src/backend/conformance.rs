@@ -4,7 +4,8 @@
 //! The checks: exec streams stdout and stderr apart and reports exit codes; a timeout kills
 //! the command (124); stdin reaches it; run-code prints and reports syntax errors; the files
 //! API keeps its contract (parents created, kinds, sizes, listing, the error of each misuse);
-//! files and exec see the same filesystem; paths and symlinks stay inside the sandbox; a port
+//! files and exec see the same filesystem; paths and symlinks stay inside the sandbox;
+//! symlinks are followed as a read follows them and odd names survive a listing; a port
 //! nobody listens on refuses; destroy is idempotent and leaves nothing. A backend declares
 //! what it cannot do in [`Capabilities`] (the `fake` test double runs no real shell, say), and
 //! how to see what a destroyed sandbox left on its host ([`Capabilities::leftovers`]: mounts
@@ -250,6 +251,8 @@ impl Suite {
             self.wrap("files_shared_with_exec", real, files_shared(vm))
                 .await?,
             self.wrap("paths_stay_inside", real, paths_stay_inside(vm))
+                .await?,
+            self.wrap("links_and_odd_names", real, links_and_odd_names(vm))
                 .await?,
             self.wrap("closed_port_refuses", true, closed_port(vm))
                 .await?,
@@ -579,6 +582,43 @@ async fn paths_stay_inside(vm: &dyn Vm) -> Check {
     let ran = run(vm, shell(&format!("cat /tmp/{marker}"))).await?;
     ensure(stdout(&ran) == "inside", || {
         format!("the file is not inside the sandbox: {:?}", stdout(&ran))
+    })
+}
+
+async fn links_and_odd_names(vm: &dyn Vm) -> Check {
+    let ran = run(
+        vm,
+        shell(
+            "mkdir -p /workspace/odd/real && printf 12345 > '/workspace/odd/real/a b ' && \
+             ln -s real /workspace/odd/link && ln -s 'real/a b ' /workspace/odd/filelink",
+        ),
+    )
+    .await?;
+    ensure(ran.exit.exit_code == 0, || {
+        format!("setup failed: {}", String::from_utf8_lossy(&ran.stderr))
+    })?;
+    let through = vm
+        .list_dir(&path("/workspace/odd/link"), false)
+        .await
+        .map_err(|e| format!("list through a symlink: {e}"))?;
+    let names: Vec<String> = through.iter().map(|e| e.path.to_string()).collect();
+    ensure(names == ["/workspace/odd/link/a b "], || {
+        format!("a symlinked directory lists {names:?}")
+    })?;
+    let stat = vm
+        .stat(&path("/workspace/odd/filelink"))
+        .await
+        .map_err(|e| format!("stat of a link: {e}"))?;
+    ensure(
+        matches!(&stat, Some(s) if s.kind == FileKind::File && s.size == 5),
+        || format!("a link to a 5-byte file stats as {stat:?}"),
+    )?;
+    let content = read(vm, "/workspace/odd/filelink").await?;
+    ensure(content == b"12345", || {
+        format!(
+            "read through a link gave {:?}",
+            String::from_utf8_lossy(&content)
+        )
     })
 }
 

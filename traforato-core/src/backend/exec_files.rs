@@ -5,8 +5,11 @@
 //!
 //! Each operation is one `/bin/sh -c` script with the path as `$1`; the script checks what
 //! the contract distinguishes (missing, a directory where a file was needed, a file among the
-//! ancestors...) and answers with an exit code of its own, so no message is parsed. The path
-//! is an argument, never part of the script, so no name can inject shell code.
+//! ancestors...) and answers with an exit code of its own. Only a refusal by the filesystem
+//! itself (`EACCES`, `EPERM`, a read-only mount) is recognised by its message, in the C
+//! locale. The path is an argument, never part of the script, so no name can inject shell
+//! code. Symlinks are followed as a read would (`stat -L`, `find -H`); a read is bounded
+//! (whole files over exec are held in memory).
 
 use std::time::Duration;
 
@@ -26,6 +29,9 @@ const FILE_OP_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most entries a listing returns (the container backend's bound too).
 pub const MAX_LIST_ENTRIES: usize = 100_000;
 
+/// The largest file a read over exec returns.
+pub const MAX_READ_BYTES: u64 = 256 << 20;
+
 /// Exit codes of the scripts (beside 0).
 const NOT_FOUND: i32 = 72;
 const NOT_DIRECTORY: i32 = 73;
@@ -33,6 +39,7 @@ const IS_DIRECTORY: i32 = 74;
 const PARENT_NOT_FOUND: i32 = 75;
 const NOT_EMPTY: i32 = 76;
 const EXISTS: i32 = 77;
+const TOO_LARGE: i32 = 78;
 
 /// Shell functions every script starts with: `ancestors_ok` fails with NOT_DIRECTORY when a
 /// file sits among the ancestors of `$1`, with NOT_FOUND when one is missing.
@@ -48,7 +55,8 @@ ancestors_ok() {
 const READ: &str = r#"
 if [ -d "$p" ]; then exit 74; fi
 if [ ! -e "$p" ]; then ancestors_ok "$p"; exit 72; fi
-exec cat -- "$p"
+if [ "$(stat -L -c %s -- "$p")" -gt "$2" ]; then exit 78; fi
+exec head -c "$2" -- "$p"
 "#;
 
 const WRITE: &str = r#"
@@ -59,19 +67,20 @@ if [ "$2" = append ]; then exec cat >> "$p"; else exec cat > "$p"; fi
 "#;
 
 const STAT: &str = r#"
+if [ -L "$p" ] && [ ! -e "$p" ]; then printf 'f 0 '; exec stat -c %Y -- "$p"; fi
 if [ ! -e "$p" ]; then exit 72; fi
-if [ -d "$p" ]; then printf 'd 0 '; else printf 'f %s ' "$(stat -c %s -- "$p")"; fi
-stat -c %Y -- "$p"
+if [ -d "$p" ]; then printf 'd 0 '; else printf 'f %s ' "$(stat -L -c %s -- "$p")"; fi
+exec stat -L -c %Y -- "$p"
 "#;
 
 const LIST: &str = r#"
 if [ ! -e "$p" ]; then exit 72; fi
 if [ ! -d "$p" ]; then exit 73; fi
-if [ "$2" = recursive ]; then
-  exec find "$p" -mindepth 1 -printf '%y %s %p\0'
-else
-  exec find "$p" -mindepth 1 -maxdepth 1 -printf '%y %s %p\0'
-fi
+if [ ! -r "$p" ] || [ ! -x "$p" ]; then echo "$p: Permission denied" >&2; exit 1; fi
+depth=-maxdepth; [ "$2" = recursive ] && depth=-mindepth
+# Unreadable subdirectories are skipped, as the container backend does.
+find -H "$p" -mindepth 1 $depth 1 -printf '%Y %s %P\0' 2>/dev/null | head -z -n 100001
+exit 0
 "#;
 
 const MKDIR: &str = r#"
@@ -118,6 +127,8 @@ async fn run<V: Vm + ?Sized>(
     ];
     let mut spec = ExecSpec::program(Program::Argv(argv));
     spec.cwd = Some("/".to_string());
+    // Messages in the C locale: the only ones recognised are the filesystem's refusals.
+    spec.env.insert("LC_ALL".to_string(), "C".to_string());
     spec.stdin = stdin;
     spec.timeout = FILE_OP_TIMEOUT;
     run_collected(vm, spec).await.map_err(|error| match error {
@@ -137,9 +148,15 @@ fn failure(op: &'static str, ran: &Collected) -> FilesError {
         IS_DIRECTORY => FilesError::IsDirectory,
         PARENT_NOT_FOUND => FilesError::ParentNotFound,
         NOT_EMPTY => FilesError::NotEmpty,
+        TOO_LARGE => FilesError::TooLarge,
         _ => {
             let stderr = String::from_utf8_lossy(&ran.stderr);
-            if stderr.contains("ermission denied") || stderr.contains("ead-only file system") {
+            let refused = [
+                "Permission denied",
+                "Operation not permitted",
+                "Read-only file system",
+            ];
+            if refused.iter().any(|m| stderr.contains(m)) {
                 FilesError::PermissionDenied
             } else {
                 FilesError::Io {
@@ -184,7 +201,8 @@ pub async fn read_file<V: Vm + ?Sized>(
     vm: &V,
     path: &SandboxPath,
 ) -> Result<FileReader, FilesError> {
-    let ran = run(vm, "read file", READ, path, "", None).await?;
+    let limit = MAX_READ_BYTES.to_string();
+    let ran = run(vm, "read file", READ, path, &limit, None).await?;
     if ran.exit.exit_code != 0 {
         return Err(failure("read file", &ran));
     }
@@ -264,9 +282,20 @@ pub async fn list_dir<V: Vm + ?Sized>(
             return Err(FilesError::TooManyEntries);
         }
         let record = String::from_utf8_lossy(record);
-        let (kind, size, name) = kind_size(&record).ok_or_else(|| garbled("list directory"))?;
-        let path = SandboxPath::parse(name).map_err(|_| garbled("list directory"))?;
-        entries.push(FileEntry { path, kind, size });
+        let (kind, size, relative) = kind_size(&record).ok_or_else(|| garbled("list directory"))?;
+        // Joined component by component: names keep their spaces and newlines.
+        let mut entry_path = path.clone();
+        for component in relative.split('/') {
+            if component.is_empty() || component == "." || component == ".." {
+                return Err(garbled("list directory"));
+            }
+            entry_path = entry_path.join(component);
+        }
+        entries.push(FileEntry {
+            path: entry_path,
+            kind,
+            size,
+        });
     }
     Ok(entries)
 }

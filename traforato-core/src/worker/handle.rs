@@ -129,9 +129,20 @@ impl Sandbox {
     }
 
     /// Runs a command to completion: a string runs through `/bin/sh -c`, a [`Command`] as it
-    /// says. A non-zero exit is an output, not an error.
+    /// says (its stdin is closed after what it gives, even when interactive). A non-zero exit
+    /// is an output, not an error. What the sandbox keeps of an exec's output is bounded
+    /// (the latest 8 MiB): for more, read [`Execution::frames`] as they come.
     pub async fn exec(&self, command: impl Into<Command>) -> Result<ExecOutput, WorkerError> {
-        self.spawn(command).await?.wait().await
+        let command = command.into();
+        let interactive = command.as_request().interactive;
+        let execution = self.spawn(command).await?;
+        if interactive {
+            match execution.close_stdin().await {
+                Ok(()) | Err(WorkerError::ExecExited | WorkerError::StdinClosed) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        execution.wait().await
     }
 
     /// Starts a command and returns at once; follow it with the [`Execution`].
@@ -355,22 +366,17 @@ impl Files<'_> {
     async fn list_all(&self, path: &str, recursive: bool) -> Result<Vec<ListEntry>, WorkerError> {
         let s = self.sandbox;
         let path = sandbox_path(path)?;
-        let mut entries = Vec::new();
-        let mut options = ListOptions {
+        // One walk (the backend bounds it), not one per page.
+        let options = ListOptions {
             recursive,
-            ..ListOptions::default()
+            limit: usize::MAX,
+            cursor: 0,
         };
-        loop {
-            let page = s
-                .worker
-                .list_files(&s.principal, &s.id, &path, options)
-                .await?;
-            entries.extend(page.entries);
-            match page.next_cursor.and_then(|c| c.parse().ok()) {
-                Some(cursor) => options.cursor = cursor,
-                None => return Ok(entries),
-            }
-        }
+        let page = s
+            .worker
+            .list_files(&s.principal, &s.id, &path, options)
+            .await?;
+        Ok(page.entries)
     }
 
     /// Creates the directory `path` and its missing parents; false when it existed.

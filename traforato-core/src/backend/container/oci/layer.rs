@@ -203,11 +203,21 @@ impl Unpacker {
         let kind = header.entry_type();
         let parent = self.directory(parents).map_err(fail)?;
         if let Some(hidden) = name.strip_prefix(".wh.") {
-            self.done.whiteouts += 1;
             if hidden == ".wh..opq" {
+                self.done.whiteouts += 1;
                 return fsetxattr(&parent, "trusted.overlay.opaque", b"y", XattrFlags::empty())
                     .map_err(|e| fail(e.into()));
             }
+            // `.wh...` would whiteout `..`: the parent's parent, outside the layer.
+            if hidden.is_empty() || hidden == "." || hidden == ".." {
+                return Err(UnpackError::Escape { path: shown });
+            }
+            // Other `.wh..wh.` names are aufs bookkeeping (`.wh..wh.plnk`): not content.
+            if hidden.starts_with(".wh.") {
+                self.done.skipped += 1;
+                return Ok(());
+            }
+            self.done.whiteouts += 1;
             self.clear(&parent, hidden, false).map_err(fail)?;
             return mknodat(
                 &parent,
@@ -381,6 +391,9 @@ impl Unpacker {
     /// Removes what `name` is in `parent`, unless it is a directory and `keep_dir` (a later
     /// directory entry only updates its attributes).
     fn clear(&self, parent: &OwnedFd, name: &str, keep_dir: bool) -> io::Result<()> {
+        if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+            return Err(io::Error::other(format!("refusing to clear {name:?}")));
+        }
         let st = match statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::NOENT) => return Ok(()),
@@ -689,6 +702,30 @@ mod tests {
             matches!(result, Err(UnpackError::Entry { .. })),
             "{result:?}"
         );
+
+        // A whiteout of `..` or `.`: refused, and nothing beside the layer is touched.
+        for hostile in [".wh...", "a/.wh..", "a/b/.wh..."] {
+            let mut tar = Vec::new();
+            raw_entry(&mut tar, "a/b/keep", T::Regular, "", b"k", 0o644, 0);
+            raw_entry(&mut tar, hostile, T::Regular, "", b"", 0o644, 0);
+            let (dir, result) = unpack_bytes(&finish(tar));
+            assert!(
+                matches!(result, Err(UnpackError::Escape { .. })),
+                "{hostile}: {result:?}"
+            );
+            assert!(
+                dir.path().join("blob").exists(),
+                "{hostile} removed the layer's siblings"
+            );
+            assert!(dir.path().join("layer/a/b/keep").exists(), "{hostile}");
+        }
+        // aufs bookkeeping is not content.
+        let mut tar = Vec::new();
+        raw_entry(&mut tar, ".wh..wh.plnk/1.2", T::Regular, "", b"", 0o644, 0);
+        raw_entry(&mut tar, ".wh..wh.aufs", T::Regular, "", b"", 0o644, 0);
+        let (dir, result) = unpack_bytes(&finish(tar));
+        assert_eq!(result.unwrap().whiteouts, 0);
+        assert!(!dir.path().join("layer/.wh..wh.aufs").exists());
 
         // Not a tar at all.
         let (_dir, result) = unpack_bytes(b"\x1f\x8b garbage");
