@@ -671,14 +671,27 @@ async fn a_registry_that_wants_a_login_gets_the_configured_one() {
         .await;
     let image = format!("{}/team/private:1", registry.host());
 
+    // Without a login the refusal reads as not found (Docker Hub answers a missing
+    // repository that way); with a wrong one it is a refusal.
     let anonymous = Backend::new(RegistrySettings::default());
     let result = anonymous.provision(&image).await;
+    assert!(
+        matches!(&result, Err(BackendError::ImageNotFound { .. })),
+        "{:?}",
+        result.err()
+    );
+    anonymous.teardown().await;
+    let wrong = Backend::new(RegistrySettings {
+        credentials: [(registry.host(), ("ci".to_string(), "nope".to_string()))].into(),
+        ..RegistrySettings::default()
+    });
+    let result = wrong.provision(&image).await;
     assert!(
         matches!(&result, Err(BackendError::InvalidRequest(why)) if why.contains("refused access")),
         "{:?}",
         result.err()
     );
-    anonymous.teardown().await;
+    wrong.teardown().await;
 
     let settings = RegistrySettings {
         credentials: [(registry.host(), ("ci".to_string(), "s3cret".to_string()))].into(),

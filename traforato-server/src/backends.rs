@@ -155,23 +155,16 @@ fn container_backend(settings: &ContainerSettings) -> Result<Arc<dyn VmBackend>,
     }
 }
 
-/// The registry logins: a Docker `config.json` (the configured one, else
-/// `$DOCKER_CONFIG/config.json` or `~/.docker/config.json` when present), then the YAML's
-/// `images.credentials` over it (password files read now).
+/// The registry logins: the `auths` of the Docker `config.json` named by
+/// `images.docker-config` (only when named: an operator's own login must not serve every
+/// tenant by default), then the YAML's `images.credentials` over them (password files read
+/// now).
 #[cfg(all(feature = "container", target_os = "linux"))]
 fn registry_logins(
     oci: &crate::config::OciSettings,
 ) -> Result<std::collections::BTreeMap<String, (String, String)>, String> {
     use traforato_core::backend::container::oci::docker_credentials;
-    let default_file = || {
-        let dir = std::env::var_os("DOCKER_CONFIG")
-            .map(std::path::PathBuf::from)
-            .or_else(|| {
-                std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".docker"))
-            })?;
-        Some(dir.join("config.json")).filter(|f| f.is_file())
-    };
-    let mut logins = match oci.docker_config.clone().or_else(default_file) {
+    let mut logins = match oci.docker_config.clone() {
         Some(file) => {
             let json = std::fs::read(&file)
                 .map_err(|e| format!("docker config {}: {e}", file.display()))?;

@@ -129,8 +129,7 @@ pub struct OciSettings {
     pub pull_timeout: Option<Duration>,
     /// `credentials`: registry -> login.
     pub credentials: BTreeMap<String, Login>,
-    /// `docker-config`: a Docker `config.json` to take logins from (else
-    /// `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, when present).
+    /// `docker-config`: a Docker `config.json` to take logins from (none by default).
     pub docker_config: Option<PathBuf>,
 }
 

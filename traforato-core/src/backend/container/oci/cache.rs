@@ -9,6 +9,7 @@
 //! blob store keeps only verified blobs. A pulled tag is resolved once per process.
 
 use std::collections::HashMap;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -36,8 +37,9 @@ pub struct OciImages {
     dir: PathBuf,
     settings: RegistrySettings,
     mapping: Mapping,
-    /// Opened on first use, so that a worker that never pulls touches no disk.
-    opened: OnceCell<Result<Opened, String>>,
+    /// Opened on first use, so that a worker that never pulls touches no disk (a failure is
+    /// tried again by the next create).
+    opened: OnceCell<Opened>,
     pulls: Mutex<HashMap<Reference, PullCell>>,
     unpacks: Mutex<HashMap<Digest, UnpackCell>>,
 }
@@ -71,21 +73,18 @@ impl OciImages {
     }
 
     async fn opened(&self) -> Result<&Opened, BackendError> {
-        let opened = self
-            .opened
-            .get_or_init(|| async {
+        self.opened
+            .get_or_try_init(|| async {
                 let dir = self.dir.clone();
                 let settings = self.settings.clone();
                 tokio::task::spawn_blocking(move || open(&dir, settings))
                     .await
                     .unwrap_or_else(|e| Err(format!("open image cache: {e}")))
             })
-            .await;
-        opened
-            .as_ref()
+            .await
             .map_err(|reason| BackendError::ImageUnavailable {
                 image: "(image cache)".to_string(),
-                reason: reason.clone(),
+                reason,
             })
     }
 
@@ -100,7 +99,16 @@ impl OciImages {
             .get_or_init(|| async {
                 tracing::info!(image = %reference, "pulling image");
                 let started = std::time::Instant::now();
-                let pulled = opened.puller.pull(reference).await.map_err(Arc::new);
+                let deadline = opened.puller.deadline();
+                let pulled =
+                    match tokio::time::timeout(deadline, opened.puller.pull(reference)).await {
+                        Ok(pulled) => pulled,
+                        Err(_) => Err(PullError::Unreachable {
+                            registry: reference.registry.clone(),
+                            reason: format!("the pull did not finish within {deadline:?}"),
+                        }),
+                    }
+                    .map_err(Arc::new);
                 match &pulled {
                     Ok(image) => tracing::info!(
                         image = %reference,
@@ -163,6 +171,12 @@ impl OciImages {
 
 /// Creates the cache's directories and removes layer directories a crash left half-made.
 fn open(dir: &Path, settings: RegistrySettings) -> Result<Opened, String> {
+    // Private images' blobs are nobody else's to read: 0700 (the overlay is mounted by root).
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
     let blobs = BlobStore::open(dir.join("blobs")).map_err(|e| e.to_string())?;
     let layers = dir.join("layers");
     std::fs::create_dir_all(&layers).map_err(|e| format!("{}: {e}", layers.display()))?;
@@ -197,14 +211,24 @@ fn unpack_once(
     let result = std::fs::create_dir(&temp)
         .map_err(|e| BackendError::io("create layer directory", e))
         .and_then(|()| {
-            layer::unpack(blob, &temp, mapping).map_err(|e| BackendError::ImageUnavailable {
+            let size = std::fs::metadata(blob).map(|m| m.len()).unwrap_or(0);
+            let budget = layer::Budget::for_blob(size);
+            layer::unpack(blob, &temp, mapping, budget).map_err(|e| BackendError::ImageUnavailable {
                 image: digest.to_string(),
                 reason: e.to_string(),
             })
         })
         .and_then(|done| {
             tracing::debug!(layer = %digest, entries = done.entries, whiteouts = done.whiteouts, skipped = done.skipped, "layer unpacked");
-            std::fs::rename(&temp, target).map_err(|e| BackendError::io("store layer", e))
+            match std::fs::rename(&temp, target) {
+                Ok(()) => Ok(()),
+                // Another unpack of the same layer won: use it.
+                Err(_) if target.is_dir() => {
+                    let _ = std::fs::remove_dir_all(&temp);
+                    Ok(())
+                }
+                Err(e) => Err(BackendError::io("store layer", e)),
+            }
         });
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&temp);

@@ -123,8 +123,52 @@ impl Compression {
     }
 }
 
-/// Unpacks the layer blob at `blob` into `dest`, an existing empty directory.
-pub fn unpack(blob: &Path, dest: &Path, mapping: Mapping) -> Result<Unpacked, UnpackError> {
+/// The most a layer may expand to, and hold: a decompression bomb fails the layer instead of
+/// filling the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Bytes of the uncompressed tar.
+    pub max_bytes: u64,
+    /// Entries.
+    pub max_entries: u64,
+}
+
+impl Budget {
+    /// The budget of a blob of `blob_bytes`: 32 times its size, between 256 MiB and 32 GiB,
+    /// and a million entries.
+    pub fn for_blob(blob_bytes: u64) -> Self {
+        Self {
+            max_bytes: blob_bytes.saturating_mul(32).clamp(256 << 20, 32 << 30),
+            max_entries: 1_000_000,
+        }
+    }
+}
+
+/// A reader that fails once more than `left` bytes went through it.
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+    limit: u64,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.left = self.left.checked_sub(n as u64).ok_or_else(|| {
+            io::Error::other(format!("the layer expands past {} bytes", self.limit))
+        })?;
+        Ok(n)
+    }
+}
+
+/// Unpacks the layer blob at `blob` into `dest`, an existing empty directory, within
+/// `budget`.
+pub fn unpack(
+    blob: &Path,
+    dest: &Path,
+    mapping: Mapping,
+    budget: Budget,
+) -> Result<Unpacked, UnpackError> {
     let mut file = File::open(blob).map_err(archive("open blob"))?;
     let mut head = [0u8; 4];
     let read = file.read(&mut head).map_err(archive("read blob"))?;
@@ -152,8 +196,19 @@ pub fn unpack(blob: &Path, dest: &Path, mapping: Mapping) -> Result<Unpacked, Un
         mapping,
         done: Unpacked::default(),
     };
+    let reader = Bounded {
+        inner: reader,
+        left: budget.max_bytes,
+        limit: budget.max_bytes,
+    };
     let mut tar = tar::Archive::new(reader);
-    for entry in tar.entries().map_err(archive("read tar"))? {
+    for (count, entry) in tar.entries().map_err(archive("read tar"))?.enumerate() {
+        if count as u64 >= budget.max_entries {
+            return Err(archive("read tar")(io::Error::other(format!(
+                "the layer has more than {} entries",
+                budget.max_entries
+            ))));
+        }
         let entry = entry.map_err(archive("read tar"))?;
         unpacker.entry(entry)?;
     }
@@ -466,7 +521,7 @@ mod tests {
         std::fs::write(&blob, bytes).unwrap();
         let dest = dir.path().join("layer");
         std::fs::create_dir(&dest).unwrap();
-        let result = unpack(&blob, &dest, MAPPING);
+        let result = unpack(&blob, &dest, MAPPING, Budget::for_blob(bytes.len() as u64));
         (dir, result)
     }
 
@@ -753,6 +808,41 @@ mod tests {
         let layer = dir.path().join("layer");
         assert_eq!(std::fs::read(layer.join("a")).unwrap(), b"file now");
         assert_eq!(std::fs::read(layer.join("b")).unwrap(), b"two");
+    }
+
+    #[test]
+    fn a_decompression_bomb_fails_within_its_budget() {
+        use tar::EntryType as T;
+        let mut tar = Vec::new();
+        raw_entry(
+            &mut tar,
+            "zeros",
+            T::Regular,
+            "",
+            &vec![0u8; 4 << 20],
+            0o644,
+            0,
+        );
+        let tar = finish(tar);
+        let dir = tempfile::tempdir().unwrap();
+        let blob = dir.path().join("blob");
+        std::fs::write(&blob, &tar).unwrap();
+        let dest = dir.path().join("layer");
+        std::fs::create_dir(&dest).unwrap();
+        let tight = Budget {
+            max_bytes: 1 << 20,
+            max_entries: 10,
+        };
+        let result = unpack(&blob, &dest, MAPPING, tight);
+        assert!(
+            matches!(
+                &result,
+                Err(UnpackError::Entry { .. } | UnpackError::Archive { .. })
+            ),
+            "{result:?}"
+        );
+        assert_eq!(Budget::for_blob(1).max_bytes, 256 << 20);
+        assert_eq!(Budget::for_blob(1 << 30).max_bytes, 32 << 30);
     }
 
     #[test]

@@ -11,6 +11,6 @@ pub mod reference;
 
 pub use blobs::{BlobError, BlobStore, BlobWriter};
 pub use cache::OciImages;
-pub use layer::{unpack, Compression, Mapping, UnpackError, Unpacked};
+pub use layer::{unpack, Budget, Compression, Mapping, UnpackError, Unpacked};
 pub use pull::{docker_credentials, PullError, PulledImage, Puller, RegistrySettings, RunConfig};
 pub use reference::{Digest, Hasher, Reference, ReferenceError};

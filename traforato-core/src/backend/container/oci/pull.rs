@@ -35,7 +35,12 @@ pub struct RegistrySettings {
     pub timeout: Duration,
     /// Largest blob accepted.
     pub max_blob_bytes: u64,
+    /// Longest a whole pull may take (a registry that trickles bytes is cut off).
+    pub pull_deadline: Duration,
 }
+
+/// Largest image config accepted (registries cap manifests at 4 MiB).
+const MAX_CONFIG_BYTES: u64 = 8 << 20;
 
 impl std::fmt::Debug for RegistrySettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -50,6 +55,7 @@ impl std::fmt::Debug for RegistrySettings {
             .field("logins", &logins)
             .field("timeout", &self.timeout)
             .field("max_blob_bytes", &self.max_blob_bytes)
+            .field("pull_deadline", &self.pull_deadline)
             .finish()
     }
 }
@@ -62,6 +68,7 @@ impl Default for RegistrySettings {
             credentials: BTreeMap::new(),
             timeout: Duration::from_secs(30),
             max_blob_bytes: 8 << 30,
+            pull_deadline: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -326,6 +333,11 @@ impl Puller {
         &self.blobs
     }
 
+    /// How long a whole pull may take.
+    pub fn deadline(&self) -> Duration {
+        self.settings.pull_deadline
+    }
+
     fn auth(&self, registry: &str) -> RegistryAuth {
         match self.settings.credentials.get(registry) {
             Some((user, password)) => RegistryAuth::Basic(user.clone(), password.clone()),
@@ -378,14 +390,15 @@ impl Puller {
         let mut found = None;
         for (source, mirror) in self.sources(reference) {
             // A mirror is asked with its own credentials, if any.
-            let auth = self.auth(mirror.as_deref().unwrap_or(&registry));
+            let host = mirror.clone().unwrap_or_else(|| registry.clone());
+            let auth = self.auth(&host);
             match self
-                .client_for(&registry)
+                .client_for(&host)
                 .pull_image_manifest(&source, &auth)
                 .await
             {
                 Ok((manifest, digest)) => {
-                    found = Some((source, manifest, digest));
+                    found = Some((source, host, manifest, digest));
                     break;
                 }
                 Err(error) => match classify(&error) {
@@ -393,6 +406,11 @@ impl Puller {
                     // A mirror (a pull-through cache) may lack what the registry has.
                     Failure::NotFound if mirror.is_some() => {}
                     Failure::NotFound => {
+                        return Err(PullError::NotFound { reference: shown });
+                    }
+                    // Anonymous, Docker Hub and GHCR answer 401 for a repository that does not
+                    // exist: it is not found (or needs a login), not a refused login.
+                    Failure::Unauthorized if matches!(auth, RegistryAuth::Anonymous) => {
                         return Err(PullError::NotFound { reference: shown });
                     }
                     Failure::Unauthorized => {
@@ -405,7 +423,7 @@ impl Puller {
                 },
             }
         }
-        let Some((source, manifest, digest)) = found else {
+        let Some((source, host, manifest, digest)) = found else {
             return Err(PullError::Unreachable {
                 registry,
                 reason: last_transport.unwrap_or_else(|| "no source answered".to_string()),
@@ -415,10 +433,11 @@ impl Puller {
             registry: registry.clone(),
             reason: e.to_string(),
         })?;
-        let config = self.fetch_config(&source, &manifest, &registry).await?;
+        let config = self.fetch_config(&source, &host, &manifest).await?;
         let mut layers = Vec::new();
         for layer in &manifest.layers {
-            layers.push(self.fetch_blob(&source, layer, &registry).await?);
+            let limit = self.settings.max_blob_bytes;
+            layers.push(self.fetch_blob(&source, &host, layer, limit).await?);
         }
         Ok(PulledImage {
             reference: reference.clone(),
@@ -431,14 +450,23 @@ impl Puller {
     async fn fetch_config(
         &self,
         source: &oci_client::Reference,
-        manifest: &OciImageManifest,
         registry: &str,
+        manifest: &OciImageManifest,
     ) -> Result<RunConfig, PullError> {
-        let digest = self.fetch_blob(source, &manifest.config, registry).await?;
-        let bytes = std::fs::read(self.blobs.path(&digest)).map_err(|source| BlobError::Io {
-            op: "read image config",
-            source,
-        })?;
+        let digest = self
+            .fetch_blob(source, registry, &manifest.config, MAX_CONFIG_BYTES)
+            .await?;
+        let path = self.blobs.path(&digest);
+        let bytes = tokio::task::spawn_blocking(move || std::fs::read(path))
+            .await
+            .map_err(|e| BlobError::Io {
+                op: "read image config",
+                source: std::io::Error::other(e),
+            })?
+            .map_err(|source| BlobError::Io {
+                op: "read image config",
+                source,
+            })?;
         let parsed: ImageConfigBlob =
             serde_json::from_slice(&bytes).map_err(|e| PullError::Registry {
                 registry: registry.to_string(),
@@ -447,12 +475,14 @@ impl Puller {
         Ok(parsed.config.unwrap_or_default())
     }
 
-    /// Fetches the blob `descriptor` into the store (unless there), verified.
+    /// Fetches the blob `descriptor` from `registry` (the host asked) into the store (unless
+    /// there), verified, at most its declared size and `limit`.
     async fn fetch_blob(
         &self,
         source: &oci_client::Reference,
-        descriptor: &OciDescriptor,
         registry: &str,
+        descriptor: &OciDescriptor,
+        limit: u64,
     ) -> Result<Digest, PullError> {
         let digest = Digest::parse(&descriptor.digest).map_err(|e| PullError::Registry {
             registry: registry.to_string(),
@@ -461,17 +491,26 @@ impl Puller {
         if self.blobs.get(&digest).is_some() {
             return Ok(digest);
         }
-        let limit = self.settings.max_blob_bytes;
-        if u64::try_from(descriptor.size).unwrap_or(u64::MAX) > limit {
+        let declared = u64::try_from(descriptor.size).unwrap_or(u64::MAX);
+        if declared > limit {
             return Err(BlobError::TooLarge { digest, limit }.into());
         }
+        // A registry cannot stream more than the manifest declared.
+        let limit = declared;
         let mut writer = self.blobs.writer(&digest, limit)?;
         let pulled = self
             .client_for(registry)
             .pull_blob(source, descriptor, BlobSink(&mut writer))
             .await;
         match pulled {
-            Ok(()) => writer.commit().map_err(PullError::from).map(|_| digest),
+            Ok(()) => tokio::task::spawn_blocking(move || writer.commit())
+                .await
+                .map_err(|e| BlobError::Io {
+                    op: "commit blob",
+                    source: std::io::Error::other(e),
+                })?
+                .map_err(PullError::from)
+                .map(|_| digest),
             Err(error) => {
                 writer.abort();
                 Err(match classify(&error) {
