@@ -610,6 +610,17 @@ async fn an_index_resolves_to_this_platform_and_concurrent_creates_pull_once() {
         "config and two layers, once"
     );
     assert_eq!(backend.layer_dirs(), 2);
+    // An index without this host's platform: a clear refusal, not "not found".
+    registry
+        .push_index("test/multi", "elsewhere", &[("foreign", other_arch)])
+        .await;
+    let elsewhere = format!("{}/test/multi:elsewhere", registry.host());
+    let result = backend.provision(&elsewhere).await;
+    assert!(
+        matches!(&result, Err(BackendError::InvalidRequest(why)) if why.contains("has no variant for linux/")),
+        "{:?}",
+        result.err()
+    );
     for vm in vms {
         vm.destroy().await.unwrap();
     }

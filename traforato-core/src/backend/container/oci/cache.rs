@@ -219,6 +219,10 @@ fn unpack_once(
             })
         })
         .and_then(|done| {
+            // On disk before it is trusted: a renamed layer is never re-checked.
+            if let Ok(dir) = std::fs::File::open(&temp) {
+                let _ = rustix::fs::syncfs(&dir);
+            }
             tracing::debug!(layer = %digest, entries = done.entries, whiteouts = done.whiteouts, skipped = done.skipped, "layer unpacked");
             match std::fs::rename(&temp, target) {
                 Ok(()) => Ok(()),
@@ -242,7 +246,9 @@ fn pull_error(reference: &Reference, error: &PullError) -> BackendError {
         PullError::NotFound { .. } => BackendError::ImageNotFound {
             image: reference.to_string(),
         },
-        PullError::Unauthorized { .. } => BackendError::InvalidRequest(error.to_string()),
+        PullError::Unauthorized { .. } | PullError::NoPlatform { .. } => {
+            BackendError::InvalidRequest(error.to_string())
+        }
         PullError::Unreachable { .. } => BackendError::Unavailable(error.to_string()),
         PullError::Blob(_) | PullError::Registry { .. } => BackendError::ImageUnavailable {
             image: reference.to_string(),

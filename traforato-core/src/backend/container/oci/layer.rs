@@ -144,6 +144,60 @@ impl Budget {
     }
 }
 
+/// Decodes every zstd frame of a stream in turn (a layer may be several frames, as
+/// zstd:chunked layers are), skipping skippable frames.
+struct ZstdFrames<R> {
+    source: R,
+    decoder: ruzstd::decoding::FrameDecoder,
+    in_frame: bool,
+}
+
+impl<R: io::BufRead> Read for ZstdFrames<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use ruzstd::decoding::errors::{FrameDecoderError, ReadFrameHeaderError};
+        use ruzstd::decoding::BlockDecodingStrategy;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if !self.in_frame {
+                if self.source.fill_buf()?.is_empty() {
+                    return Ok(0);
+                }
+                match self.decoder.init(&mut self.source) {
+                    Ok(()) => self.in_frame = true,
+                    Err(FrameDecoderError::ReadFrameHeaderError(
+                        ReadFrameHeaderError::SkipFrame { length, .. },
+                    )) => {
+                        let skipped = io::copy(
+                            &mut (&mut self.source).take(u64::from(length)),
+                            &mut io::sink(),
+                        )?;
+                        if skipped != u64::from(length) {
+                            return Err(io::Error::other("truncated skippable zstd frame"));
+                        }
+                        continue;
+                    }
+                    Err(e) => return Err(io::Error::other(e.to_string())),
+                }
+            }
+            while self.decoder.can_collect() < buf.len() && !self.decoder.is_finished() {
+                let needed = buf.len() - self.decoder.can_collect();
+                self.decoder
+                    .decode_blocks(&mut self.source, BlockDecodingStrategy::UptoBytes(needed))
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+            }
+            let n = self.decoder.read(buf)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            if self.decoder.is_finished() {
+                self.in_frame = false;
+            }
+        }
+    }
+}
+
 /// A reader that fails once more than `left` bytes went through it.
 struct Bounded<R> {
     inner: R,
@@ -177,10 +231,11 @@ pub fn unpack(
     let reader: Box<dyn Read> = match Compression::detect(&head[..read]) {
         Compression::None => Box::new(file),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
-        Compression::Zstd => Box::new(
-            ruzstd::decoding::StreamingDecoder::new(file)
-                .map_err(|e| archive("decompress zstd")(io::Error::other(e.to_string())))?,
-        ),
+        Compression::Zstd => Box::new(ZstdFrames {
+            source: file,
+            decoder: ruzstd::decoding::FrameDecoder::new(),
+            in_frame: false,
+        }),
     };
     let root = openat(
         rustix::fs::CWD,
@@ -808,6 +863,32 @@ mod tests {
         let layer = dir.path().join("layer");
         assert_eq!(std::fs::read(layer.join("a")).unwrap(), b"file now");
         assert_eq!(std::fs::read(layer.join("b")).unwrap(), b"two");
+    }
+
+    #[test]
+    fn zstd_layers_of_several_frames_and_skippable_frames_unpack_whole() {
+        if !is_root() {
+            eprintln!("skipped: unpacking layers needs root (runs in CI as root)");
+            return;
+        }
+        use tar::EntryType as T;
+        let mut first = Vec::new();
+        raw_entry(&mut first, "a", T::Regular, "", b"first", 0o644, 0);
+        let mut second = Vec::new();
+        raw_entry(&mut second, "b", T::Regular, "", b"second", 0o644, 0);
+        let second = finish(second);
+        let level = ruzstd::encoding::CompressionLevel::Fastest;
+        let mut blob = ruzstd::encoding::compress_to_vec(&first[..], level);
+        // A skippable frame (magic 0x184D2A50, 4-byte length) between the two.
+        blob.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
+        blob.extend_from_slice(&3u32.to_le_bytes());
+        blob.extend_from_slice(b"xyz");
+        blob.extend(ruzstd::encoding::compress_to_vec(&second[..], level));
+        let (dir, result) = unpack_bytes(&blob);
+        assert_eq!(result.unwrap().entries, 2);
+        let layer = dir.path().join("layer");
+        assert_eq!(std::fs::read(layer.join("a")).unwrap(), b"first");
+        assert_eq!(std::fs::read(layer.join("b")).unwrap(), b"second");
     }
 
     #[test]

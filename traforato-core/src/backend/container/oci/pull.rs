@@ -116,6 +116,14 @@ pub enum PullError {
         /// The normalised reference.
         reference: String,
     },
+    /// The image is an index without a variant for this host.
+    #[error("image {reference} has no variant for {platform}")]
+    NoPlatform {
+        /// The normalised reference.
+        reference: String,
+        /// `os/architecture` of this host.
+        platform: String,
+    },
     /// The registry refused the credentials (or wants some).
     #[error("registry {registry} refused access to {reference}")]
     Unauthorized {
@@ -403,6 +411,19 @@ impl Puller {
                 }
                 Err(error) => match classify(&error) {
                     Failure::Transport(reason) => last_transport = Some(reason),
+                    // oci-client says so only in its message.
+                    _ if matches!(&error, OciDistributionError::ImageManifestNotFoundError(m)
+                        if m.contains("platform")) =>
+                    {
+                        return Err(PullError::NoPlatform {
+                            reference: shown,
+                            platform: format!(
+                                "{}/{}",
+                                std::env::consts::OS,
+                                std::env::consts::ARCH
+                            ),
+                        });
+                    }
                     // A mirror (a pull-through cache) may lack what the registry has.
                     Failure::NotFound if mirror.is_some() => {}
                     Failure::NotFound => {
