@@ -519,6 +519,39 @@ async fn docker_hub_names_pull_through_a_mirror_and_failures_are_clear() {
     assert_eq!(sh(&vm, "cat /etc/motd").await, "base\n");
     vm.destroy().await.unwrap();
 
+    // Mirrors that are down or lack the image are passed over for the registry itself.
+    let Some(empty) = Registry::start() else {
+        return;
+    };
+    let origin = format!("{}/library/busybox:1.36", registry.host());
+    let settings = RegistrySettings {
+        mirrors: [(
+            registry.host(),
+            vec![
+                "http://127.0.0.1:1".to_string(),
+                format!("http://{}", empty.host()),
+            ],
+        )]
+        .into(),
+        timeout: Duration::from_secs(3),
+        ..RegistrySettings::default()
+    };
+    let fallback = Backend::new(settings);
+    let vm = fallback
+        .provision(&origin)
+        .await
+        .expect("the registry after its mirrors");
+    assert_eq!(sh(&vm, "cat /etc/motd").await, "base\n");
+    let asked = std::fs::read_to_string(empty.dir.path().join("requests.log")).unwrap();
+    assert!(
+        asked
+            .lines()
+            .any(|l| l.contains("/v2/library/busybox/manifests/1.36") && l.contains("\" 404 ")),
+        "the empty mirror was asked first:\n{asked}"
+    );
+    vm.destroy().await.unwrap();
+    fallback.teardown().await;
+
     // A registry nobody listens on: a clear error, fast.
     let started = Instant::now();
     let result = backend.provision("127.0.0.1:1/nobody/home:1").await;

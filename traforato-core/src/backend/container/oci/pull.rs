@@ -424,8 +424,16 @@ impl Puller {
                             ),
                         });
                     }
-                    // A mirror (a pull-through cache) may lack what the registry has.
-                    Failure::NotFound if mirror.is_some() => {}
+                    // A mirror that lacks the image (a pull-through cache), refuses or fails
+                    // is passed over: the next source is asked, as Docker and containerd do.
+                    failure if mirror.is_some() => {
+                        let why = match failure {
+                            Failure::Transport(reason) | Failure::Other(reason) => reason,
+                            Failure::NotFound => "not found".to_string(),
+                            Failure::Unauthorized => "access refused".to_string(),
+                        };
+                        tracing::debug!(mirror = %host, image = %shown, %why, "mirror passed over");
+                    }
                     Failure::NotFound => {
                         return Err(PullError::NotFound { reference: shown });
                     }
