@@ -198,6 +198,60 @@ impl<R: io::BufRead> Read for ZstdFrames<R> {
     }
 }
 
+/// The largest long name, long link or PAX header a layer may carry (the tar reader holds
+/// them in memory).
+const MAX_METADATA: u64 = 1 << 20;
+
+/// Watches the tar framing as the bytes pass: a long-name, long-link or PAX entry larger than
+/// [`MAX_METADATA`] fails the read before the tar reader would buffer it.
+struct MetadataGuard<R> {
+    inner: R,
+    /// Bytes until the next header block.
+    until_header: u64,
+    /// The header block being assembled.
+    header: Vec<u8>,
+}
+
+impl<R: Read> Read for MetadataGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut data = &buf[..n];
+        while !data.is_empty() {
+            if self.until_header > 0 {
+                let skip = (self.until_header.min(data.len() as u64)) as usize;
+                self.until_header -= skip as u64;
+                data = &data[skip..];
+                continue;
+            }
+            let take = (512 - self.header.len()).min(data.len());
+            self.header.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.header.len() < 512 {
+                continue;
+            }
+            let block: [u8; 512] = self.header[..].try_into().expect("512 bytes");
+            self.header.clear();
+            let header = tar::Header::from_byte_slice(&block);
+            let size = header.entry_size().unwrap_or(0);
+            let metadata = matches!(
+                header.entry_type(),
+                tar::EntryType::GNULongName
+                    | tar::EntryType::GNULongLink
+                    | tar::EntryType::XHeader
+                    | tar::EntryType::XGlobalHeader
+            );
+            if metadata && size > MAX_METADATA {
+                return Err(io::Error::other(format!(
+                    "a layer entry's name or attributes take {size} bytes (at most {MAX_METADATA})"
+                )));
+            }
+            // Zero blocks (the end) have size 0: the next block is looked at again.
+            self.until_header = size.div_ceil(512) * 512;
+        }
+        Ok(n)
+    }
+}
+
 /// A reader that fails once more than `left` bytes went through it.
 struct Bounded<R> {
     inner: R,
@@ -251,10 +305,14 @@ pub fn unpack(
         mapping,
         done: Unpacked::default(),
     };
-    let reader = Bounded {
-        inner: reader,
-        left: budget.max_bytes,
-        limit: budget.max_bytes,
+    let reader = MetadataGuard {
+        inner: Bounded {
+            inner: reader,
+            left: budget.max_bytes,
+            limit: budget.max_bytes,
+        },
+        until_header: 0,
+        header: Vec::with_capacity(512),
     };
     let mut tar = tar::Archive::new(reader);
     for (count, entry) in tar.entries().map_err(archive("read tar"))?.enumerate() {
@@ -924,6 +982,43 @@ mod tests {
         );
         assert_eq!(Budget::for_blob(1).max_bytes, 256 << 20);
         assert_eq!(Budget::for_blob(1 << 30).max_bytes, 32 << 30);
+    }
+
+    #[test]
+    fn long_names_pass_and_huge_metadata_is_refused() {
+        if !is_root() {
+            eprintln!("skipped: unpacking layers needs root (runs in CI as root)");
+            return;
+        }
+        // A 300-character path: a GNU long-name entry, as tar writers make it.
+        let long = format!("deep/{}file", format!("{}/", "d".repeat(60)).repeat(5));
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(2);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        builder.append_data(&mut header, &long, &b"ok"[..]).unwrap();
+        let (dir, result) = unpack_bytes(&builder.into_inner().unwrap());
+        result.unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("layer").join(&long)).unwrap(),
+            b"ok"
+        );
+
+        // A long-name entry that claims 2 MiB: refused before it is read.
+        let mut tar = Vec::new();
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::GNULongName);
+        header.set_size(2 << 20);
+        header.set_cksum();
+        tar.extend_from_slice(header.as_bytes());
+        tar.extend(std::iter::repeat_n(b'a', 2 << 20));
+        let (_dir, result) = unpack_bytes(&finish(tar));
+        assert!(
+            matches!(&result, Err(UnpackError::Archive { source, .. }) if source.to_string().contains("at most")),
+            "{result:?}"
+        );
     }
 
     #[test]
