@@ -643,6 +643,27 @@ async fn an_index_resolves_to_this_platform_and_concurrent_creates_pull_once() {
         "config and two layers, once"
     );
     assert_eq!(backend.layer_dirs(), 2);
+    // An image of many layers mounts (its lower dirs go by short names).
+    let mut layers = vec![base_layer()];
+    for i in 0..60 {
+        let name = format!("etc/layer{i}");
+        layers.push(gzip(&tar_of(
+            &[(name.as_str(), format!("{i}\n").into_bytes(), 0o644)],
+            &[],
+            &[],
+        )));
+    }
+    registry
+        .push("test/tall", "1", &layers, &["PATH=/bin"])
+        .await;
+    let tall = format!("{}/test/tall:1", registry.host());
+    let vm = backend
+        .provision(&tall)
+        .await
+        .expect("an image of 61 layers");
+    assert_eq!(sh(&vm, "cat /etc/layer0 /etc/layer59").await, "0\n59\n");
+    vm.destroy().await.unwrap();
+
     // An index without this host's platform: a clear refusal, not "not found".
     registry
         .push_index("test/multi", "elsewhere", &[("foreign", other_arch)])

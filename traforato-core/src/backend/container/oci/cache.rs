@@ -47,6 +47,10 @@ pub struct OciImages {
 struct Opened {
     puller: Puller,
     layers: PathBuf,
+    /// Short names of the layer directories (`l/<id>` symlinks), since the overlay's mount
+    /// options hold every lower directory in one page: long paths would cap an image at ~36
+    /// layers (as Docker's overlay2 does).
+    links: PathBuf,
 }
 
 impl std::fmt::Debug for OciImages {
@@ -147,12 +151,20 @@ impl OciImages {
                     opened
                         .layers
                         .join(format!("{}-u{}", digest.hex(), self.mapping.uid_base));
+                let link = opened.links.join(format!(
+                    "{}{:x}",
+                    &digest.hex()[..12],
+                    self.mapping.uid_base
+                ));
                 let mapping = self.mapping;
                 let digest = digest.clone();
-                tokio::task::spawn_blocking(move || unpack_once(&blob, &target, &digest, mapping))
-                    .await
-                    .unwrap_or_else(|e| Err(BackendError::task("unpack layer", e)))
-                    .map_err(Arc::new)
+                tokio::task::spawn_blocking(move || {
+                    let dir = unpack_once(&blob, &target, &digest, mapping)?;
+                    short_link(&dir, &link)
+                })
+                .await
+                .unwrap_or_else(|e| Err(BackendError::task("unpack layer", e)))
+                .map_err(Arc::new)
             })
             .await
             .clone();
@@ -180,16 +192,43 @@ fn open(dir: &Path, settings: RegistrySettings) -> Result<Opened, String> {
     let blobs = BlobStore::open(dir.join("blobs")).map_err(|e| e.to_string())?;
     let layers = dir.join("layers");
     std::fs::create_dir_all(&layers).map_err(|e| format!("{}: {e}", layers.display()))?;
-    let entries = std::fs::read_dir(&layers).map_err(|e| format!("{}: {e}", layers.display()))?;
-    for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
-            let _ = std::fs::remove_dir_all(entry.path());
+    let links = dir.join("l");
+    std::fs::create_dir_all(&links).map_err(|e| format!("{}: {e}", links.display()))?;
+    for dir in [&layers, &links] {
+        let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                let path = entry.path();
+                let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+            }
         }
     }
     Ok(Opened {
         puller: Puller::new(blobs, settings),
         layers,
+        links,
     })
+}
+
+/// The short name `link` of the layer directory `dir` (made, or replaced, atomically).
+fn short_link(dir: &Path, link: &Path) -> Result<PathBuf, BackendError> {
+    if std::fs::read_link(link).is_ok_and(|to| to == dir) {
+        return Ok(link.to_path_buf());
+    }
+    let temp = link.with_file_name(format!(
+        "{TEMP_PREFIX}{}-{:016x}",
+        link.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        rand::random::<u64>()
+    ));
+    std::os::unix::fs::symlink(dir, &temp)
+        .and_then(|()| std::fs::rename(&temp, link))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&temp);
+            BackendError::io("link layer", e)
+        })?;
+    Ok(link.to_path_buf())
 }
 
 /// Unpacks the blob into `target` through a temporary directory, unless `target` exists.
