@@ -464,9 +464,33 @@ impl Puller {
         })?;
         let config = self.fetch_config(&source, &host, &manifest).await?;
         let mut layers = Vec::new();
-        for layer in &manifest.layers {
+        let total: u64 = manifest
+            .layers
+            .iter()
+            .map(|l| u64::try_from(l.size).unwrap_or(0))
+            .sum();
+        let mut done = 0u64;
+        for (index, layer) in manifest.layers.iter().enumerate() {
             let limit = self.settings.max_blob_bytes;
+            let size = u64::try_from(layer.size).unwrap_or(0);
+            let cached = Digest::parse(&layer.digest)
+                .ok()
+                .is_some_and(|d| self.blobs.get(&d).is_some());
+            let started = std::time::Instant::now();
             layers.push(self.fetch_blob(&source, &host, layer, limit).await?);
+            done += size;
+            // Progress of long pulls, one line per layer.
+            tracing::info!(
+                image = %shown,
+                layer = index + 1,
+                of = manifest.layers.len(),
+                bytes = size,
+                cached,
+                took_ms = started.elapsed().as_millis() as u64,
+                done_bytes = done,
+                total_bytes = total,
+                "image layer fetched"
+            );
         }
         Ok(PulledImage {
             reference: reference.clone(),
