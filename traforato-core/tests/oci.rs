@@ -556,7 +556,7 @@ async fn docker_hub_names_pull_through_a_mirror_and_failures_are_clear() {
     let started = Instant::now();
     let result = backend.provision("127.0.0.1:1/nobody/home:1").await;
     assert!(
-        matches!(result, Err(BackendError::Unavailable(ref why)) if why.contains("127.0.0.1:1")),
+        matches!(result, Err(BackendError::RegistryUnreachable { ref registry, .. }) if registry == "127.0.0.1:1"),
         "{:?}",
         result.err()
     );

@@ -131,6 +131,15 @@ pub enum BackendError {
     /// The backend cannot do this at all (e.g. control a running exec).
     #[error("not supported by this backend: {0}")]
     Unsupported(&'static str),
+    /// The registry of the sandbox's image (and its mirrors) could not be reached in time;
+    /// the worker answers 502 naming the registry (the reason goes to its log).
+    #[error("registry {registry} is unreachable: {reason}")]
+    RegistryUnreachable {
+        /// The registry host.
+        registry: String,
+        /// The last transport error.
+        reason: String,
+    },
     /// The backend has no room for another sandbox (a host's VM limit, say); the create may
     /// succeed on another worker.
     #[error("no capacity: {0}")]

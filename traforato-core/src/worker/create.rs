@@ -482,7 +482,12 @@ impl Worker {
                     error = %error,
                     "sandbox provisioning failed"
                 );
-                return Err(WorkerError::ProvisionFailed(error));
+                return Err(match error {
+                    BackendError::RegistryUnreachable { registry, .. } => {
+                        WorkerError::RegistryUnreachable(registry)
+                    }
+                    other => WorkerError::ProvisionFailed(other),
+                });
             }
         };
         let committed = {

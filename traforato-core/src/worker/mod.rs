@@ -213,6 +213,9 @@ pub enum WorkerError {
     /// 400: the backend refused the create as impossible, with a cause safe to show.
     #[error("{0}")]
     InvalidCreate(String),
+    /// 502: the image's registry could not be reached (the cause is logged).
+    #[error("registry {0} is unreachable")]
+    RegistryUnreachable(String),
     /// 503: the backend could not boot the sandbox (details logged).
     #[error("sandbox provisioning failed")]
     ProvisionFailed(#[source] BackendError),

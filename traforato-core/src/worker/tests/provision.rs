@@ -44,6 +44,10 @@ async fn request_faults_of_the_backend_are_client_errors() {
                 image: "ubuntu:24.04".into(),
             }),
             "huge" => Some(BackendError::InvalidRequest("cpu 64 exceeds 8".into())),
+            "ghcr.io/o/far:1" => Some(BackendError::RegistryUnreachable {
+                registry: "ghcr.io".into(),
+                reason: "connect timed out (10.0.0.7:443)".into(),
+            }),
             _ => None,
         }
     });
@@ -68,6 +72,13 @@ async fn request_faults_of_the_backend_are_client_errors() {
         .await
         .unwrap_err();
     assert!(matches!(&err, WorkerError::InvalidCreate(cause) if cause == "cpu 64 exceeds 8"));
+    // An unreachable registry is named, its transport details are not.
+    let err = worker
+        .create_sandbox(&dev(), req("ghcr.io/o/far:1", 1), Placement::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, WorkerError::RegistryUnreachable(r) if r == "ghcr.io"));
+    assert_eq!(err.to_string(), "registry ghcr.io is unreachable");
     // Nothing is held by the refused creates.
     assert_eq!(worker.allocated(), (0, 0));
     assert_eq!(fake.live_count(), 0);

@@ -288,7 +288,10 @@ fn pull_error(reference: &Reference, error: &PullError) -> BackendError {
         PullError::Unauthorized { .. } | PullError::NoPlatform { .. } => {
             BackendError::InvalidRequest(error.to_string())
         }
-        PullError::Unreachable { .. } => BackendError::Unavailable(error.to_string()),
+        PullError::Unreachable { registry, reason } => BackendError::RegistryUnreachable {
+            registry: registry.clone(),
+            reason: reason.clone(),
+        },
         PullError::Blob(_) | PullError::Registry { .. } => BackendError::ImageUnavailable {
             image: reference.to_string(),
             reason: error.to_string(),
