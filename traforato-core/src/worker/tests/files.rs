@@ -287,7 +287,7 @@ async fn list_paging_and_validation() {
 #[tokio::test]
 async fn dev_mode_files_and_code_without_tokens() {
     let h = Harness::new();
-    h.script_code(
+    h.fake.set_script_code(
         "print('dev')",
         FakeCode::Runs(FakeExec::new().stdout("dev\n")),
     );

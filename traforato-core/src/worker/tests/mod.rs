@@ -3,7 +3,7 @@
 //!
 //! The fake backend runs nothing: an exec exits 0 with no output and run-code finishes with
 //! exit 0 and no output unless scripted. Each test scripts what it relies on where it uses it
-//! (`h.fake.set_script(command, FakeExec)`, `h.script_code(code, FakeCode)`, or an exec
+//! (`h.fake.set_script(command, FakeExec)`, `h.fake.set_script_code(code, FakeCode)`, or an exec
 //! handler); the harness shares no scripts.
 
 mod capacity;
@@ -29,7 +29,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::*;
 use crate::api::{RegistrationRequest, RegistrationResponse, VmEventRequest, VmStartResponse};
-use crate::backend::fake::{FakeBackend, FakeCode};
+use crate::backend::fake::FakeBackend;
 use crate::clock::ManualClock;
 use crate::id::LocalVmId;
 use crate::telemetry::{SandboxReadyLabels, WarmupFailureLabels, WorkerCpuLabels};
@@ -179,12 +179,6 @@ impl Harness {
             clock,
             link,
         }
-    }
-
-    /// Scripts run-code of exactly `code` (either runtime) on the `fake` backend, for this
-    /// harness's sandboxes. (The fake has only the builder form; its clones share scripts.)
-    fn script_code(&self, code: &str, answer: FakeCode) {
-        self.fake.set_script_code(code, answer);
     }
 
     fn live_vms(&self) -> usize {

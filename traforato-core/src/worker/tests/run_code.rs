@@ -7,15 +7,15 @@ use crate::backend::fake::{FakeCode, FakeExec};
 #[tokio::test(start_paused = true)]
 async fn run_code_waits_for_the_result() {
     let h = Harness::new();
-    h.script_code(
+    h.fake.set_script_code(
         "console.log('hello-node')",
         FakeCode::Runs(FakeExec::new().stdout("hello-node\n")),
     );
-    h.script_code(
+    h.fake.set_script_code(
         "print('hello-python')",
         FakeCode::Runs(FakeExec::new().stdout("hello-python\n")),
     );
-    h.script_code(
+    h.fake.set_script_code(
         "throw new Error('boom')",
         FakeCode::Runs(
             FakeExec::new()
@@ -67,8 +67,10 @@ async fn run_code_waits_for_the_result() {
 async fn run_code_syntax_error_is_reported() {
     const UNCLOSED: &str = "SyntaxError: '(' was never closed";
     let h = Harness::new();
-    h.script_code("print('oops'", FakeCode::SyntaxError(UNCLOSED.into()));
-    h.script_code("print(", FakeCode::SyntaxError(UNCLOSED.into()));
+    h.fake
+        .set_script_code("print('oops'", FakeCode::SyntaxError(UNCLOSED.into()));
+    h.fake
+        .set_script_code("print(", FakeCode::SyntaxError(UNCLOSED.into()));
     let sid = h.sandbox().await;
     let Ok(RunCodeOutcome::SyntaxError(body)) =
         code(&h, &sid, "python", "print('oops'", None).await
@@ -99,7 +101,7 @@ async fn run_code_syntax_error_is_reported() {
 async fn run_code_in_background() {
     let h = Harness::new();
     let source = "import time\ntime.sleep(0.05)\nprint('later')";
-    h.script_code(
+    h.fake.set_script_code(
         source,
         FakeCode::Runs(
             FakeExec::new()
@@ -148,7 +150,8 @@ async fn run_code_validation() {
 async fn code_for_a_missing_interpreter_is_refused_naming_it() {
     let h = Harness::new();
     let sid = h.sandbox().await;
-    h.script_code("print('hi')", FakeCode::RuntimeMissing);
+    h.fake
+        .set_script_code("print('hi')", FakeCode::RuntimeMissing);
     match code(&h, &sid, "python", "print('hi')", None).await {
         Err(WorkerError::RunRefused(message)) => {
             assert_eq!(

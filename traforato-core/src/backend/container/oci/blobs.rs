@@ -5,7 +5,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::reference::{Digest, Hasher};
 
@@ -89,18 +89,25 @@ impl BlobStore {
         if let Some(path) = self.get(digest) {
             return Ok(path);
         }
-        let temp = self.dir.join(format!(
-            "{TEMP_PREFIX}{}-{:016x}",
-            digest.hex(),
-            rand::random::<u64>()
-        ));
-        let result = write_verified(&temp, digest, content, limit);
-        let stored = result
-            .and_then(|()| fs::rename(&temp, self.path(digest)).map_err(io_error("store blob")));
-        if stored.is_err() {
-            let _ = fs::remove_file(&temp);
+        let mut writer = self.writer(digest, limit)?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = content.read(&mut buf).map_err(io_error("read blob"))?;
+            if n == 0 {
+                break;
+            }
+            if let Err(source) = writer.write(&buf[..n]) {
+                return Err(if writer.written > writer.limit {
+                    BlobError::TooLarge {
+                        digest: digest.clone(),
+                        limit,
+                    }
+                } else {
+                    io_error("write blob")(source)
+                });
+            }
         }
-        stored.map(|()| self.path(digest))
+        writer.commit()
     }
 
     /// A writer of the blob `digest` (at most `limit` bytes) that keeps it only if
@@ -204,46 +211,6 @@ impl Drop for BlobWriter {
         // file is already the blob, under its own name).
         let _ = fs::remove_file(&self.temp);
     }
-}
-
-/// Copies `content` into `temp` (created new), hashing it, and checks digest and size.
-fn write_verified(
-    temp: &Path,
-    digest: &Digest,
-    content: &mut dyn Read,
-    limit: u64,
-) -> Result<(), BlobError> {
-    let mut file = File::options()
-        .write(true)
-        .create_new(true)
-        .open(temp)
-        .map_err(io_error("create blob"))?;
-    let mut hasher = Hasher::new();
-    let mut written = 0u64;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = content.read(&mut buf).map_err(io_error("read blob"))?;
-        if n == 0 {
-            break;
-        }
-        written += n as u64;
-        if written > limit {
-            return Err(BlobError::TooLarge {
-                digest: digest.clone(),
-                limit,
-            });
-        }
-        hasher.update(&buf[..n]);
-        file.write_all(&buf[..n]).map_err(io_error("write blob"))?;
-    }
-    let actual = hasher.finish();
-    if &actual != digest {
-        return Err(BlobError::DigestMismatch {
-            expected: digest.clone(),
-            actual,
-        });
-    }
-    file.sync_all().map_err(io_error("sync blob"))
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@
 //! blob store keeps only verified blobs. A pulled tag is resolved once per process.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -26,11 +28,44 @@ use crate::backend::BackendError;
 /// Prefix of layer directories being unpacked.
 const TEMP_PREFIX: &str = ".tmp-";
 
-/// A pull shared by the creates that wait for it.
-type PullCell = Arc<OnceCell<Result<PulledImage, Arc<PullError>>>>;
+/// One computation per key at a time, shared by every caller that waits for it: a success
+/// is kept, a failure forgotten (the next caller tries again).
+struct SingleFlight<K, V, E> {
+    cells: Mutex<HashMap<K, Flight<V, E>>>,
+}
 
-/// An unpack shared by the creates that wait for it.
-type UnpackCell = Arc<OnceCell<Result<PathBuf, Arc<BackendError>>>>;
+/// One shared computation and, once done, its outcome.
+type Flight<V, E> = Arc<OnceCell<Result<V, Arc<E>>>>;
+
+impl<K: Eq + Hash + Clone, V: Clone, E> SingleFlight<K, V, E> {
+    fn new() -> Self {
+        Self {
+            cells: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn run<F: Future<Output = Result<V, E>>>(
+        &self,
+        key: &K,
+        compute: impl FnOnce() -> F,
+    ) -> Result<V, Arc<E>> {
+        let cell = {
+            let mut cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
+            cells.entry(key.clone()).or_default().clone()
+        };
+        let result = cell
+            .get_or_init(|| async { compute().await.map_err(Arc::new) })
+            .await
+            .clone();
+        if result.is_err() {
+            let mut cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
+            if cells.get(key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                cells.remove(key);
+            }
+        }
+        result
+    }
+}
 
 /// Pulled images and unpacked layers under one directory.
 pub struct OciImages {
@@ -40,8 +75,8 @@ pub struct OciImages {
     /// Opened on first use, so that a worker that never pulls touches no disk (a failure is
     /// tried again by the next create).
     opened: OnceCell<Opened>,
-    pulls: Mutex<HashMap<Reference, PullCell>>,
-    unpacks: Mutex<HashMap<Digest, UnpackCell>>,
+    pulls: SingleFlight<Reference, PulledImage, PullError>,
+    unpacks: SingleFlight<Digest, PathBuf, BackendError>,
 }
 
 struct Opened {
@@ -71,8 +106,8 @@ impl OciImages {
             settings,
             mapping,
             opened: OnceCell::new(),
-            pulls: Mutex::new(HashMap::new()),
-            unpacks: Mutex::new(HashMap::new()),
+            pulls: SingleFlight::new(),
+            unpacks: SingleFlight::new(),
         }
     }
 
@@ -95,12 +130,9 @@ impl OciImages {
     /// The image `reference`, pulled on first use (once, however many ask at the same time).
     pub async fn image(&self, reference: &Reference) -> Result<PulledImage, BackendError> {
         let opened = self.opened().await?;
-        let cell = {
-            let mut pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
-            pulls.entry(reference.clone()).or_default().clone()
-        };
-        let result = cell
-            .get_or_init(|| async {
+        let result = self
+            .pulls
+            .run(reference, || async {
                 tracing::info!(image = %reference, "pulling image");
                 let started = std::time::Instant::now();
                 let deadline = opened.puller.deadline();
@@ -111,8 +143,7 @@ impl OciImages {
                             registry: reference.registry.clone(),
                             reason: format!("the pull did not finish within {deadline:?}"),
                         }),
-                    }
-                    .map_err(Arc::new);
+                    };
                 match &pulled {
                     Ok(image) => tracing::info!(
                         image = %reference,
@@ -125,27 +156,16 @@ impl OciImages {
                 }
                 pulled
             })
-            .await
-            .clone();
-        if result.is_err() {
-            // A failed pull is not remembered: the next create tries again.
-            let mut pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
-            if pulls.get(reference).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-                pulls.remove(reference);
-            }
-        }
+            .await;
         result.map_err(|error| pull_error(reference, &error))
     }
 
     /// The unpacked directory of layer `digest` (unpacked on first use, once).
     pub async fn layer_dir(&self, digest: &Digest) -> Result<PathBuf, BackendError> {
         let opened = self.opened().await?;
-        let cell = {
-            let mut unpacks = self.unpacks.lock().unwrap_or_else(|e| e.into_inner());
-            unpacks.entry(digest.clone()).or_default().clone()
-        };
-        let result = cell
-            .get_or_init(|| async {
+        let result = self
+            .unpacks
+            .run(digest, || async {
                 let blob = opened.puller.blobs().path(digest);
                 let target =
                     opened
@@ -164,16 +184,8 @@ impl OciImages {
                 })
                 .await
                 .unwrap_or_else(|e| Err(BackendError::task("unpack layer", e)))
-                .map_err(Arc::new)
             })
-            .await
-            .clone();
-        if result.is_err() {
-            let mut unpacks = self.unpacks.lock().unwrap_or_else(|e| e.into_inner());
-            if unpacks.get(digest).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-                unpacks.remove(digest);
-            }
-        }
+            .await;
         result.map_err(|error| BackendError::ImageUnavailable {
             image: digest.to_string(),
             reason: error.to_string(),

@@ -589,8 +589,14 @@ mod tests {
         count: 65_536,
     };
 
-    fn is_root() -> bool {
-        rustix::process::geteuid().is_root()
+    /// False (after saying why) when not root: unpacking chowns, makes whiteout devices and
+    /// sets trusted xattrs.
+    fn as_root() -> bool {
+        let root = rustix::process::geteuid().is_root();
+        if !root {
+            eprintln!("skipped: unpacking layers needs root (runs in CI as root)");
+        }
+        root
     }
 
     /// A tar entry written by hand, so that hostile paths survive (the builder refuses them).
@@ -687,8 +693,7 @@ mod tests {
 
     #[test]
     fn layers_unpack_with_shifted_owners_and_safe_modes() {
-        if !is_root() {
-            eprintln!("skipped: unpacking layers needs root (runs in CI as root)");
+        if !as_root() {
             return;
         }
         for compression in [Compression::None, Compression::Gzip, Compression::Zstd] {
@@ -745,8 +750,7 @@ mod tests {
 
     #[test]
     fn whiteouts_become_overlay_whiteouts() {
-        if !is_root() {
-            eprintln!("skipped: whiteouts need root (runs in CI as root)");
+        if !as_root() {
             return;
         }
         use tar::EntryType as T;
@@ -779,8 +783,7 @@ mod tests {
 
     #[test]
     fn hostile_layers_stay_inside() {
-        if !is_root() {
-            eprintln!("skipped: unpacking layers needs root (runs in CI as root)");
+        if !as_root() {
             return;
         }
         use tar::EntryType as T;
@@ -905,8 +908,7 @@ mod tests {
 
     #[test]
     fn later_entries_replace_earlier_ones() {
-        if !is_root() {
-            eprintln!("skipped: unpacking layers needs root (runs in CI as root)");
+        if !as_root() {
             return;
         }
         use tar::EntryType as T;
@@ -925,8 +927,7 @@ mod tests {
 
     #[test]
     fn zstd_layers_of_several_frames_and_skippable_frames_unpack_whole() {
-        if !is_root() {
-            eprintln!("skipped: unpacking layers needs root (runs in CI as root)");
+        if !as_root() {
             return;
         }
         use tar::EntryType as T;
@@ -986,8 +987,7 @@ mod tests {
 
     #[test]
     fn long_names_pass_and_huge_metadata_is_refused() {
-        if !is_root() {
-            eprintln!("skipped: unpacking layers needs root (runs in CI as root)");
+        if !as_root() {
             return;
         }
         // A 300-character path: a GNU long-name entry, as tar writers make it.

@@ -473,11 +473,9 @@ impl Puller {
         for (index, layer) in manifest.layers.iter().enumerate() {
             let limit = self.settings.max_blob_bytes;
             let size = u64::try_from(layer.size).unwrap_or(0);
-            let cached = Digest::parse(&layer.digest)
-                .ok()
-                .is_some_and(|d| self.blobs.get(&d).is_some());
             let started = std::time::Instant::now();
-            layers.push(self.fetch_blob(&source, &host, layer, limit).await?);
+            let (digest, fetched) = self.fetch_blob(&source, &host, layer, limit).await?;
+            layers.push(digest);
             done += size;
             // Progress of long pulls, one line per layer.
             tracing::info!(
@@ -485,7 +483,7 @@ impl Puller {
                 layer = index + 1,
                 of = manifest.layers.len(),
                 bytes = size,
-                cached,
+                cached = !fetched,
                 took_ms = started.elapsed().as_millis() as u64,
                 done_bytes = done,
                 total_bytes = total,
@@ -506,7 +504,7 @@ impl Puller {
         registry: &str,
         manifest: &OciImageManifest,
     ) -> Result<RunConfig, PullError> {
-        let digest = self
+        let (digest, _) = self
             .fetch_blob(source, registry, &manifest.config, MAX_CONFIG_BYTES)
             .await?;
         let path = self.blobs.path(&digest);
@@ -529,20 +527,20 @@ impl Puller {
     }
 
     /// Fetches the blob `descriptor` from `registry` (the host asked) into the store (unless
-    /// there), verified, at most its declared size and `limit`.
+    /// there), verified, at most its declared size and `limit`; says whether it was fetched.
     async fn fetch_blob(
         &self,
         source: &oci_client::Reference,
         registry: &str,
         descriptor: &OciDescriptor,
         limit: u64,
-    ) -> Result<Digest, PullError> {
+    ) -> Result<(Digest, bool), PullError> {
         let digest = Digest::parse(&descriptor.digest).map_err(|e| PullError::Registry {
             registry: registry.to_string(),
             reason: e.to_string(),
         })?;
         if self.blobs.get(&digest).is_some() {
-            return Ok(digest);
+            return Ok((digest, false));
         }
         let declared = u64::try_from(descriptor.size).unwrap_or(u64::MAX);
         if declared > limit {
@@ -563,7 +561,7 @@ impl Puller {
                     source: std::io::Error::other(e),
                 })?
                 .map_err(PullError::from)
-                .map(|_| digest),
+                .map(|_| (digest, true)),
             Err(error) => {
                 writer.abort();
                 Err(match classify(&error) {
