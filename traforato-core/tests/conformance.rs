@@ -137,28 +137,30 @@ fn container_leftovers(
     }
 }
 
-async fn teardown(backend: Arc<ContainerBackend>, state_dir: PathBuf) {
-    let _ = backend.cleanup_leftovers().await;
-    let _ = backend.remove_cgroup_parents();
-    let _ = std::fs::remove_dir_all(state_dir);
-}
-
-#[tokio::test]
-async fn the_container_backend_conforms() {
-    let Some((backend, state_dir)) = container("full") else {
+/// Runs every check on `under_test` (built over the container backend `tag`), all of which
+/// must pass, then removes what the backend made.
+async fn conforms(tag: &str, under_test: impl FnOnce(Arc<ContainerBackend>) -> Arc<dyn VmBackend>) {
+    let Some((backend, state_dir)) = container(tag) else {
         return;
     };
     let capabilities = Capabilities::real()
         .with_leftovers(container_leftovers(backend.clone(), state_dir.clone()));
-    let result = Suite::new(backend.clone(), "host", capabilities)
+    let result = Suite::new(under_test(backend.clone()), "host", capabilities)
         .run()
         .await;
-    teardown(backend, state_dir).await;
+    let _ = backend.cleanup_leftovers().await;
+    let _ = backend.remove_cgroup_parents();
+    let _ = std::fs::remove_dir_all(state_dir);
     let outcomes = result.unwrap_or_else(|failure| panic!("{failure}"));
     assert!(
         outcomes.iter().all(|o| matches!(o, Outcome::Passed(_))),
         "{outcomes:?}"
     );
+}
+
+#[tokio::test]
+async fn the_container_backend_conforms() {
+    conforms("full", |backend| backend).await;
 }
 
 /// A backend that offers only the primitives of its inner backend's sandboxes.
@@ -213,17 +215,5 @@ impl Vm for PrimitiveVm {
 
 #[tokio::test]
 async fn a_backend_of_primitives_conforms_through_the_defaults() {
-    let Some((backend, state_dir)) = container("primitives") else {
-        return;
-    };
-    let capabilities = Capabilities::real()
-        .with_leftovers(container_leftovers(backend.clone(), state_dir.clone()));
-    let primitives = Arc::new(PrimitivesOnly(backend.clone()));
-    let result = Suite::new(primitives, "host", capabilities).run().await;
-    teardown(backend, state_dir).await;
-    let outcomes = result.unwrap_or_else(|failure| panic!("{failure}"));
-    assert!(
-        outcomes.iter().all(|o| matches!(o, Outcome::Passed(_))),
-        "{outcomes:?}"
-    );
+    conforms("primitives", |backend| Arc::new(PrimitivesOnly(backend))).await;
 }

@@ -16,8 +16,7 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 use traforato_core::api::{
     CreateSandboxRequest, ExecAccepted, ExecRequest, ExecResizeRequest, ExecSignalRequest,
-    ExecStdinJson, HealthResponse, MkdirRequest, PortUrlResponse, RunCodeAccepted, RunCodeRequest,
-    WriteFileJson,
+    ExecStdinJson, HealthResponse, MkdirRequest, PortUrlResponse, RunCodeRequest, WriteFileJson,
 };
 use traforato_core::auth::{
     AuthConfig, AuthError, AuthMode, ClientAuthenticator, Principal, TicketError,
@@ -745,16 +744,9 @@ async fn run_code(
     let request: RunCodeRequest = body_json(req, RUN_CODE_BODY_MAX, false).await?;
     Ok(match worker.run_code(principal, id, request).await? {
         RunCodeOutcome::Finished(done) => json_response(StatusCode::OK, &done),
+        // The same body as an exec's 202 (`RunCodeAccepted`'s fields, all set).
         RunCodeOutcome::Accepted(exec_id) => {
-            let accepted = exec_accepted(id, &exec_id);
-            let accepted = RunCodeAccepted {
-                exec_id: accepted.exec_id,
-                sandbox_id: accepted.sandbox_id,
-                status: accepted.status,
-                poll_url: accepted.poll_url,
-                frames_url: accepted.frames_url,
-            };
-            json_response(StatusCode::ACCEPTED, &accepted)
+            json_response(StatusCode::ACCEPTED, &exec_accepted(id, &exec_id))
         }
         RunCodeOutcome::SyntaxError(body) => json_response(StatusCode::UNPROCESSABLE_ENTITY, &body),
     })
