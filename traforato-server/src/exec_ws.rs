@@ -333,7 +333,7 @@ pub(crate) async fn open(
     conn: &ConnInfo,
 ) -> HttpResponse {
     // The sandbox and its owner are checked first, like every sandbox route.
-    if let Err(err) = worker.get_sandbox(principal, id) {
+    if let Err(err) = worker.check_sandbox(principal, id) {
         return worker_error(&err);
     }
     let open = match parse_query(query) {
@@ -426,7 +426,7 @@ pub(crate) fn url(
     id: &SandboxId,
     query: &Query,
 ) -> HttpResponse {
-    if let Err(err) = worker.get_sandbox(principal, id) {
+    if let Err(err) = worker.check_sandbox(principal, id) {
         return worker_error(&err);
     }
     if let Err(err) = parse_query(query) {

@@ -49,13 +49,16 @@ pub(crate) async fn forward(
     mut req: Request<RequestBody>,
     conn: &ConnInfo,
 ) -> HttpResponse {
-    // The sandbox and its owner first, then the port (the contract's order).
-    if let Err(err) = worker.get_sandbox(principal, sandbox_id) {
-        return worker_error(&err);
-    }
+    // The sandbox and its owner are reported before a bad port (the contract's order); a
+    // good port's connect checks them itself.
     let port = match decode::port(port) {
         Ok(port) => port,
-        Err(err) => return error_response(StatusCode::BAD_REQUEST, &err.to_string()),
+        Err(err) => {
+            if let Err(err) = worker.check_sandbox(principal, sandbox_id) {
+                return worker_error(&err);
+            }
+            return error_response(StatusCode::BAD_REQUEST, &err.to_string());
+        }
     };
     let stream = match worker.connect_port(principal, sandbox_id, port).await {
         Ok(stream) => stream,

@@ -435,7 +435,7 @@ fn exec_of(
     match decode::exec_id(raw) {
         Some(exec_id) => Ok(exec_id),
         None => {
-            worker.get_sandbox(principal, id)?;
+            worker.check_sandbox(principal, id)?;
             Err(WorkerError::ExecNotFound)
         }
     }
@@ -561,7 +561,7 @@ async fn sandbox_op(
         SandboxOp::Proxy(port) => crate::proxy::forward(worker, p, id, port, req, conn).await,
         SandboxOp::PortUrl(port) => {
             // The sandbox and its owner first, then the port and the protocol.
-            worker.get_sandbox(p, id)?;
+            worker.check_sandbox(p, id)?;
             let port = decode::port(port)?;
             let protocol = decode::protocol(query)?;
             let host = request_host(req.headers(), req.uri());
@@ -740,7 +740,7 @@ async fn run_code(
     req: Request<RequestBody>,
 ) -> Result<HttpResponse, Refusal> {
     // Ownership is checked before the body is read, as in the contract.
-    worker.get_sandbox(principal, id)?;
+    worker.check_sandbox(principal, id)?;
     let request: RunCodeRequest = body_json(req, RUN_CODE_BODY_MAX, false).await?;
     Ok(match worker.run_code(principal, id, request).await? {
         RunCodeOutcome::Finished(done) => json_response(StatusCode::OK, &done),

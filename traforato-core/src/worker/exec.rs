@@ -798,7 +798,7 @@ impl Worker {
         request: ExecRequest,
     ) -> Result<ExecId, WorkerError> {
         let received = Instant::now();
-        self.sandbox(principal, id)?;
+        self.check_sandbox(principal, id)?;
         let (program, command) = match request.args {
             Some(args) if !args.is_empty() => {
                 if args[0].is_empty() {
@@ -883,7 +883,7 @@ impl Worker {
         request: RunCodeRequest,
     ) -> Result<RunCodeOutcome, WorkerError> {
         let received = Instant::now();
-        self.sandbox(principal, id)?;
+        self.check_sandbox(principal, id)?;
         let runtime = Runtime::parse(&request.runtime).ok_or(WorkerError::InvalidRuntime)?;
         if request.code.is_empty() {
             return Err(WorkerError::CodeRequired);

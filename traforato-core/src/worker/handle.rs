@@ -97,7 +97,7 @@ impl Worker {
         principal: Principal,
         id: SandboxId,
     ) -> Result<Sandbox, WorkerError> {
-        self.get_sandbox(&principal, &id)?;
+        self.check_sandbox(&principal, &id)?;
         Ok(Sandbox {
             worker: self.clone(),
             principal,

@@ -548,6 +548,12 @@ impl Worker {
         self.describe_sandbox(principal, id)
     }
 
+    /// Whether `principal` may use sandbox `id` (`SandboxNotFound`, `OwnershipMismatch`), for
+    /// a shell that must say so before it decodes the rest of a request.
+    pub fn check_sandbox(&self, principal: &Principal, id: &SandboxId) -> Result<(), WorkerError> {
+        self.with_sandbox(principal, id, |_| ())
+    }
+
     /// `DELETE /sandboxes/{id}`: destroys it.
     pub async fn delete_sandbox(
         &self,

@@ -263,7 +263,7 @@ impl Worker {
         id: &SandboxId,
         binding: &str,
     ) -> Result<Option<Ticket>, WorkerError> {
-        self.sandbox(principal, id)?;
+        self.check_sandbox(principal, id)?;
         if !self.config.auth_mode.is_prod() {
             return Ok(None);
         }
