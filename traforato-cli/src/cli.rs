@@ -120,6 +120,10 @@ traforato-cli itself failed.")]
     #[command(after_help = "Example:\n  traforato-cli port-url sbx-... 8000 --protocol http")]
     PortUrl(PortUrlArgs),
 
+    /// List, pull and remove the images a worker holds (operators).
+    #[command(subcommand, after_help = IMAGES_HELP)]
+    Images(ImagesCommand),
+
     /// Mint client tokens for a prod-mode deployment (reads TRAFORATO_JWT_SECRET).
     #[command(
         subcommand,
@@ -136,6 +140,47 @@ Examples:
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+const IMAGES_HELP: &str = "\
+Examples:
+  traforato-cli images ls --worker http://worker-a:8081
+  traforato-cli images pull python:3.12-slim --worker http://worker-a:8081
+  traforato-cli images rm python:3.12-slim --worker http://worker-a:8081
+
+Images live on each worker, so these commands talk to a worker (--worker, else --url), not to
+the broker. In prod mode the client id (--client-id with TRAFORATO_JWT_SECRET, or the token's)
+must be listed in the worker's images.operators. A held image is used without asking its
+registry again; `pull` fetches a moved tag. `rm` refuses (409) while a sandbox, warm ones
+included, uses the image.";
+
+/// `images ...`.
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// List the images a worker holds: reference, size, last use, sandboxes using it.
+    Ls(WorkerArg),
+    /// Pull an image on a worker (again, if held), waiting until it is ready.
+    Pull {
+        /// The image reference (alpine:3.20, ghcr.io/org/img:tag, repo@sha256:...).
+        image: String,
+        #[command(flatten)]
+        worker: WorkerArg,
+    },
+    /// Remove an image from a worker (refused while a sandbox uses it).
+    Rm {
+        /// The image reference.
+        image: String,
+        #[command(flatten)]
+        worker: WorkerArg,
+    },
+}
+
+/// The worker an `images` command talks to.
+#[derive(Debug, Args)]
+pub struct WorkerArg {
+    /// The worker's URL (default: --url).
+    #[arg(long, env = "TRAFORATO_WORKER_URL", value_name = "URL")]
+    pub worker: Option<String>,
 }
 
 /// `token ...`.

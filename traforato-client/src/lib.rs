@@ -42,6 +42,8 @@
 //!   ([`Sandbox::exec_interactive`]): stdin, terminal resizes and a stream of
 //!   [`OutputEvent`]s.
 //! - [`Files`]: read, write, append, stat, list (a paging stream), mkdir, remove, download.
+//! - [`Client::images`], [`Client::pull_image`], [`Client::remove_image`]: a worker's
+//!   images, for operators (with a worker's URL as the base URL).
 //! - [`ClientError`]: every failure, matchable; API errors carry the HTTP status and the
 //!   server's message, and timeouts and connection failures are their own variants.
 //!
@@ -52,6 +54,7 @@ mod client;
 mod error;
 mod exec;
 mod files;
+mod images;
 mod interactive;
 mod sandbox;
 #[cfg(test)]

@@ -205,6 +205,24 @@ impl LabelSet for AuthFailureLabels<'_> {
     }
 }
 
+/// Labels of [`WorkerMetrics::image_pulls`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImagePullLabels<'a> {
+    /// The worker.
+    pub worker_id: &'a str,
+    /// How it ended: `ok`, `not_found`, `unreachable`, `refused` or `error`.
+    pub result: &'a str,
+}
+
+impl LabelSet for ImagePullLabels<'_> {
+    fn labels(&self) -> Vec<(LabelKey, String)> {
+        vec![
+            (LabelKey::WorkerId, self.worker_id.to_string()),
+            (LabelKey::Result, self.result.to_string()),
+        ]
+    }
+}
+
 /// Labels of [`BrokerMetrics::placement_duration`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PlacementLabels<'a> {
@@ -530,6 +548,9 @@ pub struct WorkerMetrics {
     pub warm_miss: Counter<WorkerCpuLabels<'static>>,
     /// `worker.auth.failures.total`: requests refused by authentication.
     pub auth_failures: Counter<AuthFailureLabels<'static>>,
+    /// `worker.image.pulls.total`: image pulls from a registry (for a create or an
+    /// operator), by result.
+    pub image_pulls: Counter<ImagePullLabels<'static>>,
 }
 
 /// Metrics of a broker.
@@ -609,6 +630,10 @@ impl Metrics {
                     "worker.auth.failures.total",
                     "requests refused by authentication",
                 ),
+                image_pulls: Counter::new(
+                    "worker.image.pulls.total",
+                    "image pulls from a registry, by result",
+                ),
             },
             broker: BrokerMetrics {
                 placement_duration: Histogram::new(
@@ -630,7 +655,7 @@ impl Metrics {
     }
 
     /// Every metric, in the order `/metrics` lists them.
-    fn families(&self) -> [&Family; 20] {
+    fn families(&self) -> [&Family; 21] {
         // Destructured without `..`: a metric added to a struct but not here does not compile.
         let Self {
             service: ServiceMetrics { auth_mode },
@@ -652,6 +677,7 @@ impl Metrics {
                     warm_hit,
                     warm_miss,
                     auth_failures,
+                    image_pulls,
                 },
             broker:
                 BrokerMetrics {
@@ -681,6 +707,7 @@ impl Metrics {
             &warm_hit.family,
             &warm_miss.family,
             &auth_failures.family,
+            &image_pulls.family,
         ]
     }
 

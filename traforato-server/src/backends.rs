@@ -146,6 +146,7 @@ fn container_backend(settings: &ContainerSettings) -> Result<Arc<dyn VmBackend>,
     if let Some(timeout) = oci.pull_timeout {
         config.registries.timeout = timeout;
     }
+    config.oci_max_disk = oci.max_disk;
     match ContainerBackend::new(config) {
         Ok(backend) => Ok(Arc::new(backend)),
         Err(err) => Err(ServeError::BackendUnavailable {

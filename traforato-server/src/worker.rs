@@ -16,7 +16,8 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 use traforato_core::api::{
     CreateSandboxRequest, ExecAccepted, ExecRequest, ExecResizeRequest, ExecSignalRequest,
-    ExecStdinJson, HealthResponse, MkdirRequest, PortUrlResponse, RunCodeRequest, WriteFileJson,
+    ExecStdinJson, HealthResponse, MkdirRequest, PortUrlResponse, PullImage, RunCodeRequest,
+    WriteFileJson,
 };
 use traforato_core::auth::{
     AuthConfig, AuthError, AuthMode, ClientAuthenticator, Principal, TicketError,
@@ -100,6 +101,10 @@ pub fn status_for(err: &WorkerError) -> StatusCode {
         WorkerError::NoCapacity(_) => StatusCode::SERVICE_UNAVAILABLE,
         WorkerError::UnableToRetryPlacement => StatusCode::SERVICE_UNAVAILABLE,
         WorkerError::ImageNotFound(_) => StatusCode::NOT_FOUND,
+        WorkerError::NotAnOperator => StatusCode::FORBIDDEN,
+        WorkerError::ImageInUse(_) => StatusCode::CONFLICT,
+        WorkerError::InvalidImage(_) => StatusCode::BAD_REQUEST,
+        WorkerError::ImagesUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         WorkerError::InvalidCreate(_) => StatusCode::BAD_REQUEST,
         WorkerError::ProvisionFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
         WorkerError::RegistryUnreachable(_) => StatusCode::BAD_GATEWAY,
@@ -206,6 +211,12 @@ pub enum WorkerRoute<'a> {
     Metrics,
     /// `POST /sandboxes` (or `/sandboxes/`).
     Create,
+    /// `GET /images`: the images held (operators).
+    Images,
+    /// `POST /images`: pull an image (operators).
+    PullImage,
+    /// `DELETE /images?ref=`: remove an image (operators).
+    RemoveImage,
     /// Segment 2 is not a sandbox id: 400.
     MalformedSandboxId(&'a str),
     /// An operation on a sandbox (segment 2, parsed).
@@ -227,6 +238,14 @@ impl<'a> WorkerRoute<'a> {
         let segs = segments(path);
         if segs.as_slice() == ["sandboxes"] && method == Method::POST {
             return Self::Create;
+        }
+        if segs.as_slice() == ["images"] {
+            return match *method {
+                Method::GET => Self::Images,
+                Method::POST => Self::PullImage,
+                Method::DELETE => Self::RemoveImage,
+                _ => Self::NotFound,
+            };
         }
         if segs.len() < 2 || segs[0] != "sandboxes" {
             return Self::NotFound;
@@ -384,6 +403,11 @@ async fn dispatch(
         WorkerRoute::Create => create(worker, &principal, req, &query)
             .await
             .unwrap_or_else(|refusal| refusal.response()),
+        WorkerRoute::Images | WorkerRoute::PullImage | WorkerRoute::RemoveImage => {
+            images(worker, &principal, route, req, &query)
+                .await
+                .unwrap_or_else(|refusal| refusal.response())
+        }
         WorkerRoute::Sandbox(id, op) => sandbox_op(worker, &principal, &id, op, req, &query, conn)
             .await
             .unwrap_or_else(|refusal| refusal.response()),
@@ -669,6 +693,40 @@ async fn create(
             tracing::info!(location = %location, "hinted vm not claimable, sending create back to the broker");
             redirect(&location)
         }
+    })
+}
+
+/// The operator's image routes: `GET /images`, `POST /images` (`{"image": ...}`: pull, or
+/// pull again) and `DELETE /images?ref=`; each takes `?virtualization=` (default: the
+/// worker's).
+async fn images(
+    worker: &Worker,
+    principal: &Principal,
+    route: WorkerRoute<'_>,
+    req: Request<RequestBody>,
+    query: &Query,
+) -> Result<HttpResponse, Refusal> {
+    let virtualization = query.get("virtualization");
+    Ok(match route {
+        WorkerRoute::PullImage => {
+            let request: PullImage = body_json(req, CREATE_BODY_MAX, true).await?;
+            let pulled = worker
+                .pull_image(principal, virtualization, &request.image)
+                .instrument(tracing::info_span!("worker.image.pull"))
+                .await?;
+            json_response(StatusCode::OK, &pulled)
+        }
+        WorkerRoute::RemoveImage => {
+            let image = query.get("ref").unwrap_or_default();
+            let removed = worker
+                .remove_image(principal, virtualization, image)
+                .await?;
+            json_response(StatusCode::OK, &removed)
+        }
+        _ => json_response(
+            StatusCode::OK,
+            &worker.images(principal, virtualization).await?,
+        ),
     })
 }
 

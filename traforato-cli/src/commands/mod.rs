@@ -3,6 +3,7 @@
 
 mod exec;
 mod files;
+mod images;
 mod port;
 mod sandbox;
 mod shell;
@@ -55,7 +56,12 @@ pub async fn run(cli: Cli) -> u8 {
         // Like clap's own usage errors.
         return 2;
     }
-    let builder = Client::builder(cli.url.clone())
+    // Images live on workers: their commands may name one instead of the broker.
+    let url = match &cli.command {
+        Command::Images(cmd) => images::worker_url(cmd).unwrap_or(&cli.url).to_string(),
+        _ => cli.url.clone(),
+    };
+    let builder = Client::builder(url)
         .user_agent(concat!("traforato-cli/", env!("CARGO_PKG_VERSION")));
     let built = token::with_credentials(builder, cli.token.as_deref(), cli.client_id.as_deref())
         .and_then(|builder| builder.build().map_err(CliError::Client));
@@ -79,6 +85,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Run(args) => exec::run_code(&ctx, args).await,
         Command::Files(cmd) => files::run(&ctx, cmd).await,
         Command::PortUrl(args) => port::run(&ctx, args).await,
+        Command::Images(cmd) => images::run(&ctx, cmd).await,
         Command::Completions { .. } | Command::Token(_) => Ok(0),
     };
     match result {

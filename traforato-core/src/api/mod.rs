@@ -6,6 +6,7 @@
 mod command;
 mod exec;
 mod files;
+mod images;
 mod internal;
 mod sandbox;
 pub mod timestamp;
@@ -13,6 +14,7 @@ pub mod timestamp;
 pub use command::*;
 pub use exec::*;
 pub use files::*;
+pub use images::*;
 pub use internal::*;
 pub use sandbox::*;
 

@@ -22,6 +22,7 @@ use chrono::{DateTime, Utc};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
+use crate::api::{ImageInfo, ImageList, RemovedImage};
 use crate::id::{ExecId, LocalVmId};
 use crate::path::SandboxPath;
 use crate::tuple::SandboxTuple;
@@ -131,6 +132,12 @@ pub enum BackendError {
     /// The backend cannot do this at all (e.g. control a running exec).
     #[error("not supported by this backend: {0}")]
     Unsupported(&'static str),
+    /// The image is used by live sandboxes (warm ones included), so it cannot be removed.
+    #[error("image {image} is in use by a sandbox")]
+    ImageInUse {
+        /// The image reference.
+        image: String,
+    },
     /// The registry of the sandbox's image (and its mirrors) could not be reached in time;
     /// the worker answers 502 naming the registry (the reason goes to its log).
     #[error("registry {registry} is unreachable: {reason}")]
@@ -503,6 +510,11 @@ pub trait VmBackend: Send + Sync + 'static {
     /// Boots a sandbox for `spec` and returns once it can run commands.
     async fn provision(&self, spec: ProvisionSpec) -> Result<Arc<dyn Vm>, BackendError>;
 
+    /// The images this backend keeps on disk, for operators; `None` when it keeps none.
+    fn images(&self) -> Option<&dyn ImageCatalog> {
+        None
+    }
+
     /// Removes what a previous, crashed run of this backend left behind. Called once at
     /// worker start, before any provision. Returns how many sandboxes were cleaned up.
     async fn cleanup_leftovers(&self) -> Result<usize, BackendError> {
@@ -516,6 +528,21 @@ pub trait VmBackend: Send + Sync + 'static {
     async fn shutdown(&self) {}
 }
 
+/// Images a backend keeps on disk (the `container` backend's OCI cache): the operator's
+/// view.
+#[async_trait]
+pub trait ImageCatalog: Send + Sync {
+    /// Every image held, most recently used first, and the bytes held.
+    async fn list(&self) -> Result<ImageList, BackendError>;
+
+    /// Pulls `image` (again: a tag may have moved) and makes it ready for sandboxes.
+    async fn pull(&self, image: &str) -> Result<ImageInfo, BackendError>;
+
+    /// Removes `image` and what no other image needs of it; refused with
+    /// [`BackendError::ImageInUse`] while a sandbox uses it.
+    async fn remove(&self, image: &str) -> Result<RemovedImage, BackendError>;
+}
+
 /// One live sandbox.
 ///
 /// Contract for every method: an error leaves the sandbox usable (or reports
@@ -525,6 +552,12 @@ pub trait VmBackend: Send + Sync + 'static {
 pub trait Vm: Send + Sync + 'static {
     /// The VM's id.
     fn vm_id(&self) -> LocalVmId;
+
+    /// True when provisioning this sandbox waited for its image to be pulled from a registry
+    /// (the worker says so in the create's log line and counts it). The default is false.
+    fn image_pulled(&self) -> bool {
+        false
+    }
 
     /// Waits (bounded by the backend) until what provisioning left starting in the
     /// background, such as a pre-warmed interpreter, is ready, so that the sandbox is fully

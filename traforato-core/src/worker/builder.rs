@@ -145,6 +145,7 @@ impl WorkerBuilder {
                 pre_pull: Vec::new(),
                 auth_mode: AuthMode::Dev,
                 capacity: CapacityConfig::default(),
+                operators: Vec::new(),
             },
             worker_id: "worker_local".to_string(),
             broker_id: None,

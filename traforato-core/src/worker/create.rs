@@ -298,8 +298,15 @@ impl Worker {
         Committed { id, expires_at }
     }
 
-    /// Metrics, gauges, log and response of a committed create.
-    fn created(&self, spec: &CreateSpec, done: Committed, start: StartType) -> CreateOutcome {
+    /// Metrics, gauges, log and response of a committed create (`pulled`: it waited for its
+    /// image's pull).
+    fn created(
+        &self,
+        spec: &CreateSpec,
+        done: Committed,
+        start: StartType,
+        pulled: bool,
+    ) -> CreateOutcome {
         let worker_id = self.config.worker_id.as_str();
         let cpu = spec.tuple.cpu.to_string();
         let metrics = &self.metrics.worker;
@@ -326,8 +333,10 @@ impl Worker {
             worker_id = %self.config.worker_id,
             sandbox_id = %done.id,
             virtualization = %spec.tuple.virtualization,
+            image = %spec.tuple.image,
             cpu = spec.tuple.cpu,
             start_type = start.as_str(),
+            image_pulled = pulled,
             "sandbox created"
         );
         CreateOutcome::Created(CreateSandboxResponse {
@@ -368,7 +377,7 @@ impl Worker {
                         let done = self.commit(&mut state, &spec, vm_id, vm);
                         self.send_vm_event(&state, VmEventKind::Claimed, vm_id, &spec.tuple);
                         drop(state);
-                        return Ok(self.created(&spec, done, StartType::Warm));
+                        return Ok(self.created(&spec, done, StartType::Warm, false));
                     }
                     None if pooled.is_some() => "hinted vm has another tuple",
                     None => "hinted vm is not ready",
@@ -423,7 +432,7 @@ impl Worker {
                 let done = self.commit(&mut state, &spec, vm_id, vm);
                 self.send_vm_event(&state, VmEventKind::Claimed, vm_id, &spec.tuple);
                 drop(state);
-                return Ok(self.created(&spec, done, StartType::Warm));
+                return Ok(self.created(&spec, done, StartType::Warm, false));
             }
             // Ready VMs of other tuples take the slots this boot needs: give one up.
             if state.slots_in_use() > self.config.max_live_sandboxes as usize {
@@ -457,7 +466,9 @@ impl Worker {
                 memory_mib: spec.memory_mib,
             },
         );
-        let vm = match task.wait().await {
+        let provisioned = task.wait().await;
+        let pulled = self.note_provision(&provisioned);
+        let vm = match provisioned {
             Ok(vm) => vm,
             Err(error) if error.is_request_fault() => {
                 reservation.release();
@@ -500,7 +511,7 @@ impl Worker {
             }
         };
         match committed {
-            Some(done) => Ok(self.created(&spec, done, StartType::Cold)),
+            Some(done) => Ok(self.created(&spec, done, StartType::Cold, pulled)),
             None => {
                 reservation.release();
                 destroy_vm(vm, "create during shutdown").await;

@@ -11,6 +11,7 @@ pub mod defaults;
 mod exec;
 mod files;
 mod handle;
+mod images;
 mod lifecycle;
 mod link;
 mod pool;
@@ -111,6 +112,9 @@ pub struct WorkerConfig {
     /// How sandboxes are counted against the cores and memory (overcommit, watermark, warm
     /// ceiling).
     pub capacity: CapacityConfig,
+    /// Client ids that may manage the worker's images in prod mode (in dev mode every
+    /// caller may).
+    pub operators: Vec<String>,
 }
 
 /// How sandboxes are counted against a worker's cores and memory.
@@ -181,6 +185,7 @@ impl WorkerConfig {
             pre_pull: Vec::new(),
             auth_mode: AuthMode::Dev,
             capacity: CapacityConfig::default(),
+            operators: Vec::new(),
         }
     }
 }
@@ -210,6 +215,18 @@ pub enum WorkerError {
     /// the worker's other images are not listed).
     #[error("image not found: {0}")]
     ImageNotFound(String),
+    /// 403: only the worker's operators (`images.operators`) may manage its images.
+    #[error("managing images is for this worker's operators (images.operators)")]
+    NotAnOperator,
+    /// 409: the image is used by live sandboxes (warm ones included), so it stays.
+    #[error("image {0} is in use by a sandbox")]
+    ImageInUse(String),
+    /// 400: an image operation named something that is not an image reference (the cause).
+    #[error("{0}")]
+    InvalidImage(String),
+    /// 503: the image directory cannot be changed now (another worker shares it); the cause.
+    #[error("{0}")]
+    ImagesUnavailable(String),
     /// 400: the backend refused the create as impossible, with a cause safe to show.
     #[error("{0}")]
     InvalidCreate(String),

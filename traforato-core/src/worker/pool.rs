@@ -360,6 +360,7 @@ impl Worker {
             Ok(result) => result,
             Err(error) => Err(BackendError::task("provision", error)),
         };
+        self.note_provision(&provisioned);
         let vm = match provisioned {
             Ok(vm) => vm,
             Err(error) => {

@@ -148,6 +148,11 @@ layer! {
         pub credentials: Option<BTreeMap<String, LoginLayer>>,
         /// `docker-config`: a Docker `config.json` whose `auths` are used.
         pub docker_config: Option<String>,
+        /// `max-disk`: most bytes the directory keeps; unused images go past it.
+        #[serde(deserialize_with = "optional_size")]
+        pub max_disk: Option<ByteSize>,
+        /// `operators`: client ids that may list, pull and remove images in prod mode.
+        pub operators: Option<Vec<String>>,
     }
 }
 

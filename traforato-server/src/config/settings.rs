@@ -131,6 +131,11 @@ pub struct OciSettings {
     pub credentials: BTreeMap<String, Login>,
     /// `docker-config`: a Docker `config.json` to take logins from (none by default).
     pub docker_config: Option<PathBuf>,
+    /// `max-disk`: most bytes the directory keeps (none by default: no limit).
+    pub max_disk: Option<u64>,
+    /// `operators`: client ids allowed on the `/images` routes in prod mode (none by default;
+    /// in dev mode everyone is).
+    pub operators: Vec<String>,
 }
 
 /// A registry login: a password given inline or read from a file when the worker starts.
@@ -158,6 +163,8 @@ impl std::fmt::Debug for OciSettings {
             .field("pull_timeout", &self.pull_timeout)
             .field("logins", &users)
             .field("docker_config", &self.docker_config)
+            .field("max_disk", &self.max_disk)
+            .field("operators", &self.operators)
             .finish()
     }
 }
@@ -194,6 +201,8 @@ impl From<ImagesLayer> for OciSettings {
                 })
                 .collect(),
             docker_config: non_empty(layer.docker_config).map(PathBuf::from),
+            max_disk: layer.max_disk.map(|size| size.0),
+            operators: trimmed(layer.operators.unwrap_or_default()),
         }
     }
 }
@@ -553,6 +562,7 @@ impl WorkerSettings {
             pre_pull: self.pre_pull_targets(),
             auth_mode: self.auth_mode,
             capacity,
+            operators: self.container.oci.operators.clone(),
         }
     }
 }

@@ -70,6 +70,10 @@ pub struct ContainerConfig {
     pub oci_dir: Option<PathBuf>,
     /// How registries are reached: mirrors, plain-HTTP registries, credentials, timeouts.
     pub registries: RegistrySettings,
+    /// Most bytes [`ContainerConfig::oci_dir`] may hold: past it, images no sandbox uses are
+    /// removed, least recently used first (after each pull, and when a sandbox ends while
+    /// the directory is over). `None` (the default): no limit.
+    pub oci_max_disk: Option<u64>,
 }
 
 impl Default for ContainerConfig {
@@ -88,6 +92,7 @@ impl Default for ContainerConfig {
             python_zygote: true,
             oci_dir: Some(PathBuf::from("/var/lib/traforato/images")),
             registries: RegistrySettings::default(),
+            oci_max_disk: None,
         }
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use rustix::fs::{chownat, AtFlags, Gid, Uid, CWD};
 
-use crate::backend::BackendError;
+use crate::backend::{BackendError, ImageCatalog};
 
 /// A host directory mounted read-only inside the sandbox root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +35,43 @@ pub struct ImageLayout {
     pub read_only_binds: Vec<ReadOnlyBind>,
     /// What the image says about running commands in it.
     pub defaults: RunDefaults,
+    /// Kept by the sandbox until its root is gone, so that its source does not remove the
+    /// lower directories while they are mounted.
+    pub hold: ImageHold,
+    /// This create waited for the image to be pulled.
+    pub pulled: bool,
 }
+
+/// What a sandbox keeps of its image source while it lives (see [`ImageLayout::hold`]): an
+/// opaque guard whose drop tells the source the layout is no longer used. Clones share the
+/// guard; all layouts compare equal whatever they hold.
+#[derive(Clone, Default)]
+pub struct ImageHold(Option<Arc<dyn std::any::Any + Send + Sync>>);
+
+impl ImageHold {
+    /// A hold that drops `guard` once the last clone is dropped.
+    pub fn new(guard: impl std::any::Any + Send + Sync) -> Self {
+        Self(Some(Arc::new(guard)))
+    }
+}
+
+impl std::fmt::Debug for ImageHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "ImageHold(held)"
+        } else {
+            "ImageHold(none)"
+        })
+    }
+}
+
+impl PartialEq for ImageHold {
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for ImageHold {}
 
 /// What an image says about running commands in it (an OCI image config's `Env` and
 /// `WorkingDir`): under what a request sets, over the sandbox's base environment.
@@ -54,6 +90,11 @@ pub trait ImageSource: Send + Sync + 'static {
     /// The layout of `image`, fetching it first if needed; `None` when this source does not
     /// know the reference.
     async fn layout(&self, image: &str) -> Result<Option<ImageLayout>, BackendError>;
+
+    /// The operator's view of what this source keeps, if it keeps images on disk.
+    fn catalog(&self) -> Option<&dyn ImageCatalog> {
+        None
+    }
 }
 
 /// The name of the built-in host image.
@@ -87,6 +128,11 @@ impl ImageStore {
 
     pub(crate) fn add_source(&mut self, source: Arc<dyn ImageSource>) {
         self.sources.push(source);
+    }
+
+    /// The first source's catalog, if one keeps images on disk.
+    pub(crate) fn catalog(&self) -> Option<&dyn ImageCatalog> {
+        self.sources.iter().find_map(|s| s.catalog())
     }
 
     /// The layout for `image` (empty means the default image).
@@ -209,7 +255,7 @@ pub(crate) fn host_image(images_dir: &Path, uid: u32, hostname: &str) -> io::Res
     Ok(ImageLayout {
         lower_dirs: vec![dir],
         read_only_binds: binds,
-        defaults: RunDefaults::default(),
+        ..ImageLayout::default()
     })
 }
 

@@ -109,7 +109,7 @@ use tokio::io::AsyncReadExt;
 use tokio::process::Child;
 
 pub use config::{ContainerConfig, DEFAULT_UID_BASE, INIT_ARG, UID_COUNT};
-pub use image::{ImageLayout, ImageSource, ReadOnlyBind, RunDefaults, HOST_IMAGE};
+pub use image::{ImageHold, ImageLayout, ImageSource, ReadOnlyBind, RunDefaults, HOST_IMAGE};
 pub use init::{init_main, init_main_if_requested};
 pub use vm::ContainerVm;
 
@@ -119,7 +119,7 @@ use self::files::SandboxRoot;
 use self::image::ImageStore;
 use self::protocol::{Event, Request, Setup, MAX_MESSAGE};
 use self::vm::Teardown;
-use crate::backend::{BackendError, ProvisionSpec, Vm, VmBackend};
+use crate::backend::{BackendError, ImageCatalog, ProvisionSpec, Vm, VmBackend};
 use crate::id::LocalVmId;
 
 /// Directories prepared in every sandbox's writable layer: mount points and the usual
@@ -295,7 +295,12 @@ impl ContainerBackend {
                 uid_base: config.uid_base,
                 count: UID_COUNT,
             };
-            let cache = oci::OciImages::new(dir.clone(), config.registries.clone(), mapping);
+            let cache = oci::OciImages::new(
+                dir.clone(),
+                config.registries.clone(),
+                mapping,
+                config.oci_max_disk,
+            );
             images.add_source(Arc::new(cache));
         }
         tracing::info!(
@@ -351,7 +356,11 @@ impl ContainerBackend {
         spec: &ProvisionSpec,
         guard: &mut ProvisionGuard,
     ) -> Result<Arc<dyn Vm>, BackendError> {
-        let layout = self.images.resolve(&spec.tuple.image).await?;
+        let mut layout = self.images.resolve(&spec.tuple.image).await?;
+        // Kept until the root is gone: by the rollback of a failed provision, else by the
+        // sandbox's teardown.
+        guard.hold = std::mem::take(&mut layout.hold);
+        let pulled = layout.pulled;
         let defaults = layout.defaults.clone();
         let dir = guard.dir.clone();
         let uid = self.config.uid_base;
@@ -365,7 +374,10 @@ impl ContainerBackend {
         let name = guard.name.clone();
         let scratch_mib = self.config.scratch_size_mib;
         let host_dir = dir.clone();
+        // Also held by the host step, which may outlive a cancelled provision.
+        let setup_hold = guard.hold.clone();
         let cgroup = tokio::task::spawn_blocking(move || {
+            let _hold = setup_hold;
             setup.run(&host_dir, uid, &cgroups, &name, || {
                 prepare_root(&host_dir, &layout, uid, scratch_mib)?;
                 cgroups.create(&name, limits)
@@ -479,10 +491,15 @@ impl ContainerBackend {
             zygote,
             SandboxRoot::new(root, uid),
             netns,
-            Teardown { child, cgroup, dir },
+            Teardown {
+                child,
+                cgroup,
+                dir,
+                hold: std::mem::take(&mut guard.hold),
+            },
             pty::agent_pid(pid).map(|agent_pid| (agent_pid, uid)),
         )
-        .with_defaults(defaults);
+        .with_defaults(defaults, pulled);
         Ok(Arc::new(vm))
     }
 }
@@ -687,6 +704,8 @@ struct ProvisionGuard {
     child: Option<Child>,
     cgroups: CgroupDriver,
     armed: bool,
+    /// The image's hold, until the sandbox (or the rollback) has it.
+    hold: ImageHold,
 }
 
 impl ProvisionGuard {
@@ -719,6 +738,7 @@ impl ProvisionGuard {
         Some(Rollback {
             host: ours.then(|| (self.dir.clone(), self.cgroups.clone(), self.name.clone())),
             child: self.child.take(),
+            hold: std::mem::take(&mut self.hold),
         })
     }
 }
@@ -739,6 +759,8 @@ struct Rollback {
     /// Sandbox dir, cgroup driver and name, when this provision made them.
     host: Option<(PathBuf, CgroupDriver, String)>,
     child: Option<Child>,
+    /// Released once the root is gone.
+    hold: ImageHold,
 }
 
 impl Rollback {
@@ -747,17 +769,24 @@ impl Rollback {
             let _ = child.start_kill();
             let _ = child.wait().await;
         }
-        let Some((dir, cgroups, name)) = self.host else {
-            return;
-        };
-        let result =
-            tokio::task::spawn_blocking(move || teardown_host(&dir, Some(cgroups.existing(&name))))
-                .await;
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "failed provision left resources behind"),
-            Err(e) => tracing::warn!(error = %e, "provision rollback task failed"),
+        if let Some((dir, cgroups, name)) = self.host.take() {
+            let result = tokio::task::spawn_blocking(move || {
+                teardown_host(&dir, Some(cgroups.existing(&name)))
+            })
+            .await;
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "failed provision left resources behind");
+                    // Its root may still be mounted: its image's layers stay.
+                    std::mem::forget(self.hold);
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "provision rollback task failed"),
+            }
         }
+        // The root is gone: its image may be collected.
+        drop(self.hold);
     }
 }
 
@@ -777,6 +806,10 @@ impl VmBackend for ContainerBackend {
         self.cgroups.parent_memory_in_use()
     }
 
+    fn images(&self) -> Option<&dyn ImageCatalog> {
+        self.images.catalog()
+    }
+
     async fn provision(&self, spec: ProvisionSpec) -> Result<Arc<dyn Vm>, BackendError> {
         let name = spec.vm_id.to_string();
         let mut guard = ProvisionGuard {
@@ -786,6 +819,7 @@ impl VmBackend for ContainerBackend {
             child: None,
             cgroups: self.cgroups.clone(),
             armed: true,
+            hold: ImageHold::default(),
         };
         match self.boot(&spec, &mut guard).await {
             Ok(vm) => Ok(vm),

@@ -16,7 +16,7 @@ use super::cgroup::{MemoryGauge, SandboxCgroup};
 use super::code::{self, CodeRun};
 use super::exec::{self, Command, RunningExecs};
 use super::files::SandboxRoot;
-use super::image::RunDefaults;
+use super::image::{ImageHold, RunDefaults};
 use super::init::DEFAULT_PATH;
 use super::netns;
 use super::teardown_host;
@@ -51,6 +51,8 @@ pub(crate) struct Teardown {
     pub cgroup: SandboxCgroup,
     /// `<state_dir>/<vm_id>`.
     pub dir: PathBuf,
+    /// The image's hold, released once the root is unmounted.
+    pub hold: ImageHold,
 }
 
 /// A sandbox of the `container` backend.
@@ -63,6 +65,8 @@ pub struct ContainerVm {
     running: RunningExecs,
     /// The image's environment and working directory.
     defaults: RunDefaults,
+    /// Provisioning waited for the image's pull.
+    image_pulled: bool,
 }
 
 impl ContainerVm {
@@ -89,12 +93,15 @@ impl ContainerVm {
             teardown: tokio::sync::Mutex::new(Some(teardown)),
             running: RunningExecs::default(),
             defaults: RunDefaults::default(),
+            image_pulled: false,
         }
     }
 
     /// Runs commands with the image's environment and working directory.
-    pub(crate) fn with_defaults(mut self, defaults: RunDefaults) -> Self {
+    /// The image's run defaults, and whether provisioning waited for its pull.
+    pub(crate) fn with_defaults(mut self, defaults: RunDefaults, pulled: bool) -> Self {
         self.defaults = defaults;
+        self.image_pulled = pulled;
         self
     }
 
@@ -177,6 +184,10 @@ fn cwd_or_default(cwd: &Option<String>, image: Option<&str>) -> String {
 impl Vm for ContainerVm {
     fn vm_id(&self) -> LocalVmId {
         self.vm_id
+    }
+
+    fn image_pulled(&self) -> bool {
+        self.image_pulled
     }
 
     async fn exec(
@@ -314,6 +325,7 @@ impl Vm for ContainerVm {
             mut child,
             cgroup,
             dir,
+            hold,
         }) = teardown.take()
         else {
             return Ok(());
@@ -322,10 +334,15 @@ impl Vm for ContainerVm {
         // namespace with it; the cgroup sweep below catches anything in between.
         let _ = child.start_kill();
         let _ = child.wait().await;
-        tokio::task::spawn_blocking(move || teardown_host(&dir, Some(cgroup)))
+        let result = tokio::task::spawn_blocking(move || teardown_host(&dir, Some(cgroup)))
             .await
             .map_err(|e| BackendError::task("teardown", e))?
-            .map_err(BackendError::Teardown)
+            .map_err(BackendError::Teardown);
+        // A root that could not be unmounted keeps its image's layers.
+        if result.is_err() {
+            std::mem::forget(hold);
+        }
+        result
     }
 }
 

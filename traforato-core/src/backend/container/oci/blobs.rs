@@ -53,18 +53,39 @@ pub struct BlobStore {
 }
 
 impl BlobStore {
-    /// Opens (creating) the store under `dir` and removes the temporary files of writes a
-    /// crash interrupted.
+    /// Opens (creating) the store under `dir`.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, BlobError> {
         let dir = dir.into().join("sha256");
         fs::create_dir_all(&dir).map_err(io_error("create blob store"))?;
-        for entry in fs::read_dir(&dir).map_err(io_error("list blob store"))? {
+        Ok(Self { dir })
+    }
+
+    /// Removes the temporary files of writes a crash interrupted. Only for a store nobody
+    /// else writes to now (another worker sharing the directory may be writing).
+    pub fn remove_temporaries(&self) -> Result<(), BlobError> {
+        for entry in fs::read_dir(&self.dir).map_err(io_error("list blob store"))? {
             let entry = entry.map_err(io_error("list blob store"))?;
             if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
                 let _ = fs::remove_file(entry.path());
             }
         }
-        Ok(Self { dir })
+        Ok(())
+    }
+
+    /// The digests of every stored blob.
+    pub fn digests(&self) -> Result<Vec<Digest>, BlobError> {
+        let mut all = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(io_error("list blob store"))? {
+            let entry = entry.map_err(io_error("list blob store"))?;
+            if let Some(digest) = entry
+                .file_name()
+                .to_str()
+                .and_then(|hex| Digest::parse(&format!("sha256:{hex}")).ok())
+            {
+                all.push(digest);
+            }
+        }
+        Ok(all)
     }
 
     /// Where the blob `digest` lives once stored.
@@ -261,6 +282,8 @@ mod tests {
         fs::write(dir.join(format!("{TEMP_PREFIX}{}-1", digest.hex())), b"x").unwrap();
         let store = BlobStore::open(root.path()).unwrap();
         assert!(store.get(&digest).is_none());
+        assert!(store.digests().unwrap().is_empty());
+        store.remove_temporaries().unwrap();
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
     }
 }

@@ -5,8 +5,10 @@
 
 pub mod blobs;
 pub mod cache;
+mod gc;
 pub mod layer;
 pub mod pull;
+mod records;
 pub mod reference;
 
 pub use blobs::{BlobError, BlobStore, BlobWriter};

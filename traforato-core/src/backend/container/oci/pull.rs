@@ -14,7 +14,7 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWrite;
 
 use super::blobs::{BlobError, BlobStore, BlobWriter};
@@ -74,7 +74,7 @@ impl Default for RegistrySettings {
 }
 
 /// What an image's config says about running it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunConfig {
     /// `KEY=value` pairs.
     #[serde(rename = "Env", default)]
