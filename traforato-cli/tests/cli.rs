@@ -16,7 +16,7 @@ use traforato_core::auth::{AuthConfig, ClientAuthenticator};
 use traforato_core::backend::fake::{FakeBackend, FakeCode, FakeExec, DEFAULT_CWD};
 use traforato_core::backend::Program;
 use traforato_core::clock::SystemClock;
-use traforato_server::testing::LocalStack;
+use traforato_server::testing::{LocalStack, TestWorker};
 
 /// A broker and a worker (fake backend) registered with it over HTTP.
 struct Stack {
@@ -941,4 +941,73 @@ async fn prod_mode_commands() {
         .await
         .success();
     stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_commands_talk_to_a_worker_for_its_operators() {
+    let auth = AuthConfig::with_secret(SECRET);
+    let worker = TestWorker::start(
+        None,
+        &auth,
+        vec![Arc::new(FakeBackend::new().with_images())],
+        |config| config.operators = vec!["ops".to_string()],
+    )
+    .await
+    .unwrap();
+    // --url names nothing that answers: the images commands use --worker.
+    let images = |client_id: &'static str, args: &[&str]| {
+        let mut full: Vec<String> = std::iter::once("images")
+            .chain(args.iter().copied())
+            .map(String::from)
+            .collect();
+        full.extend(["--worker".to_string(), worker.url.clone()]);
+        async move {
+            let args: Vec<&str> = full.iter().map(String::as_str).collect();
+            operator("http://127.0.0.1:9", client_id, &args).await
+        }
+    };
+
+    let run = images("ops", &["pull", "python:3.12-slim"]).await;
+    run.success();
+    assert!(
+        run.stdout.starts_with("python:3.12-slim sha256:"),
+        "{}",
+        run.stdout
+    );
+    let run = images("ops", &["ls"]).await;
+    run.success();
+    assert!(run.stdout.starts_with("REFERENCE"), "{}", run.stdout);
+    assert!(run.stdout.contains("python:3.12-slim"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("1 image(s), 1.0 MiB on disk"),
+        "{}",
+        run.stdout
+    );
+    let run = images("ops", &["--json", "ls"]).await;
+    run.success();
+    assert_eq!(run.json()["images"][0]["reference"], "python:3.12-slim");
+    assert_eq!(run.json()["images"][0]["in_use"], 0);
+
+    // Not an operator: refused, whatever the command.
+    let run = images("alice", &["--json", "ls"]).await;
+    assert_eq!(run.code, 1);
+    assert_eq!(run.stderr_json()["status"], 403);
+    assert_eq!(
+        run.stderr_json()["error"],
+        "managing images is for this worker's operators (images.operators)"
+    );
+    let run = images("ops", &["pull", "missing"]).await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("image not found: missing"),
+        "{}",
+        run.stderr
+    );
+
+    let run = images("ops", &["rm", "python:3.12-slim"]).await;
+    run.success();
+    assert_eq!(run.stdout, "removed python:3.12-slim (1.0 MiB freed)\n");
+    let run = images("ops", &["rm", "python:3.12-slim"]).await;
+    assert_eq!(run.code, 1);
+    worker.stop().await.unwrap();
 }

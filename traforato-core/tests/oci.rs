@@ -14,7 +14,8 @@ use oci_client::secrets::RegistryAuth;
 use traforato_core::backend::container::oci::RegistrySettings;
 use traforato_core::backend::container::{ContainerBackend, ContainerConfig};
 use traforato_core::backend::{
-    run_collected, BackendError, CodeSpec, ExecSpec, ProvisionSpec, Runtime, Vm, VmBackend,
+    run_collected, BackendError, CodeSpec, ExecSpec, ImageCatalog, ProvisionSpec, Runtime, Vm,
+    VmBackend,
 };
 use traforato_core::id::LocalVmId;
 use traforato_core::tuple::SandboxTuple;
@@ -181,45 +182,25 @@ impl Registry {
 
     /// Pushes an image of `layers` (tar bytes, compressed or not) as `repository:tag`.
     async fn push(&self, repository: &str, tag: &str, layers: &[Vec<u8>], env: &[&str]) {
-        self.push_with(repository, tag, layers, env, "").await
-    }
-
-    /// [`Registry::push`] as `user`.
-    async fn push_as(&self, user: &str, password: &str, repository: &str, layers: &[Vec<u8>]) {
-        let auth = RegistryAuth::Basic(user.into(), password.into());
-        self.push_full(repository, "1", layers, &["PATH=/bin"], "", &auth)
-            .await
-    }
-
-    /// [`Registry::push`] with a `WorkingDir`.
-    async fn push_with(
-        &self,
-        repository: &str,
-        tag: &str,
-        layers: &[Vec<u8>],
-        env: &[&str],
-        working_dir: &str,
-    ) {
-        self.push_full(
-            repository,
-            tag,
-            layers,
+        let pushed = Pushed {
             env,
-            working_dir,
-            &RegistryAuth::Anonymous,
-        )
-        .await
+            ..Pushed::default()
+        };
+        self.push_image(repository, tag, layers, pushed).await
     }
 
-    async fn push_full(
+    /// [`Registry::push`] with more of the image config, or a login.
+    async fn push_image(
         &self,
         repository: &str,
         tag: &str,
         layers: &[Vec<u8>],
-        env: &[&str],
-        working_dir: &str,
-        auth: &RegistryAuth,
+        pushed: Pushed<'_>,
     ) {
+        let auth = match pushed.login {
+            Some((user, password)) => RegistryAuth::Basic(user.into(), password.into()),
+            None => RegistryAuth::Anonymous,
+        };
         let client = Self::client();
         let reference = oci_client::Reference::with_tag(self.host(), repository.into(), tag.into());
         let layers: Vec<ImageLayer> = layers
@@ -235,7 +216,7 @@ impl Registry {
         let config = serde_json::json!({
             "architecture": "amd64",
             "os": "linux",
-            "config": {"Env": env, "WorkingDir": working_dir},
+            "config": {"Env": pushed.env, "WorkingDir": pushed.working_dir, "User": pushed.user},
             "rootfs": {"type": "layers", "diff_ids": []},
         });
         let config = Config::new(
@@ -244,9 +225,29 @@ impl Registry {
             None,
         );
         client
-            .push(&reference, &layers, config, auth, None)
+            .push(&reference, &layers, config, &auth, None)
             .await
             .expect("push");
+    }
+}
+
+/// The config of an image the tests push, and the login to push it with.
+#[derive(Clone, Copy)]
+struct Pushed<'a> {
+    env: &'a [&'a str],
+    working_dir: &'a str,
+    user: &'a str,
+    login: Option<(&'a str, &'a str)>,
+}
+
+impl Default for Pushed<'_> {
+    fn default() -> Self {
+        Self {
+            env: &["PATH=/bin"],
+            working_dir: "",
+            user: "",
+            login: None,
+        }
     }
 }
 
@@ -296,7 +297,9 @@ fn zstd(data: &[u8]) -> Vec<u8> {
 /// busybox with the applets the tests use, `/etc/motd` = `base`, `/etc/gone`.
 fn base_layer() -> Vec<u8> {
     let busybox = std::fs::read("/bin/busybox").unwrap();
-    let applets = ["sh", "echo", "cat", "test", "ls", "id", "pwd", "env"];
+    let applets = [
+        "sh", "echo", "cat", "test", "ls", "id", "pwd", "env", "touch",
+    ];
     let links: Vec<(String, &str)> = applets
         .iter()
         .map(|a| (format!("bin/{a}"), "busybox"))
@@ -330,8 +333,16 @@ struct Backend {
 
 impl Backend {
     fn new(registries: RegistrySettings) -> Self {
+        Self::open(registries, tempfile::tempdir().unwrap(), None)
+    }
+
+    /// A backend over the image directory `oci_dir`, keeping at most `max_disk` bytes.
+    fn open(
+        registries: RegistrySettings,
+        oci_dir: tempfile::TempDir,
+        max_disk: Option<u64>,
+    ) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let oci_dir = tempfile::tempdir().unwrap();
         let config = ContainerConfig {
             state_dir: std::env::temp_dir().join(format!("traforato-oci-{}", &id[..8])),
             cgroup_parent: format!("traforato-oci-{}", &id[..12]),
@@ -339,6 +350,7 @@ impl Backend {
             pids_limit: 64,
             oci_dir: Some(oci_dir.path().to_path_buf()),
             registries,
+            oci_max_disk: max_disk,
             ..ContainerConfig::default()
         };
         let state_dir = config.state_dir.clone();
@@ -348,6 +360,24 @@ impl Backend {
             state_dir,
             oci_dir,
         }
+    }
+
+    /// This backend stopped (its sandboxes must be gone) and another one started on its image
+    /// directory, as a restarted worker would be.
+    async fn restart(self, registries: RegistrySettings, max_disk: Option<u64>) -> Self {
+        let _ = self.backend.cleanup_leftovers().await;
+        let _ = self.backend.remove_cgroup_parents();
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+        assert_eq!(
+            Arc::strong_count(&self.backend),
+            1,
+            "the old backend is dropped"
+        );
+        Self::open(registries, self.oci_dir, max_disk)
+    }
+
+    fn images(&self) -> &dyn ImageCatalog {
+        self.backend.images().expect("an image catalog")
     }
 
     async fn provision(&self, image: &str) -> Result<Arc<dyn Vm>, BackendError> {
@@ -439,14 +469,13 @@ async fn images_from_a_registry_run_and_share_their_layers() {
     assert_eq!(sh(&vm3, "cat /etc/motd").await, "top\n");
 
     // The image config's Env and WorkingDir apply, under what a request sets.
+    let pushed = Pushed {
+        env: &["PATH=/bin", "GREETING=from the image", "BROKEN"],
+        working_dir: "/etc",
+        ..Pushed::default()
+    };
     registry
-        .push_with(
-            "test/configured",
-            "1",
-            &[base_layer()],
-            &["PATH=/bin", "GREETING=from the image", "BROKEN"],
-            "/etc",
-        )
+        .push_image("test/configured", "1", &[base_layer()], pushed)
         .await;
     let configured = format!("{}/test/configured:1", registry.host());
     let vm4 = backend
@@ -732,7 +761,15 @@ async fn a_registry_that_wants_a_login_gets_the_configured_one() {
         return;
     };
     registry
-        .push_as("ci", "s3cret", "team/private", &[base_layer()])
+        .push_image(
+            "team/private",
+            "1",
+            &[base_layer()],
+            Pushed {
+                login: Some(("ci", "s3cret")),
+                ..Pushed::default()
+            },
+        )
         .await;
     let image = format!("{}/team/private:1", registry.host());
 
@@ -770,4 +807,243 @@ async fn a_registry_that_wants_a_login_gets_the_configured_one() {
     assert_eq!(sh(&vm, "cat /etc/motd").await, "base\n");
     vm.destroy().await.unwrap();
     logged_in.teardown().await;
+}
+
+/// busybox with an `/etc/passwd` and `/etc/group` that name `app` (1000:1000, home
+/// `/home/app`) and the group `staff` (50).
+fn users_layer() -> Vec<u8> {
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let applets = ["sh", "echo", "id", "pwd", "touch"];
+    let links: Vec<(String, &str)> = applets
+        .iter()
+        .map(|a| (format!("bin/{a}"), "busybox"))
+        .collect();
+    let links: Vec<(&str, &str)> = links.iter().map(|(p, t)| (p.as_str(), *t)).collect();
+    gzip(&tar_of(
+        &[
+            ("bin/busybox", busybox, 0o755),
+            (
+                "etc/passwd",
+                b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:App:/home/app:/bin/sh\n".to_vec(),
+                0o644,
+            ),
+            (
+                "etc/group",
+                b"root:x:0:\nstaff:x:50:\napp:x:1000:\n".to_vec(),
+                0o644,
+            ),
+            ("home/app/.profile", b"".to_vec(), 0o644),
+        ],
+        &links,
+        &[],
+    ))
+}
+
+#[tokio::test]
+async fn the_image_user_runs_commands_and_owns_its_workspace() {
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    for (repository, user) in [
+        ("test/app", "app"),
+        ("test/numeric", "4242:staff"),
+        ("test/ghost", "ghost"),
+    ] {
+        let pushed = Pushed {
+            user,
+            ..Pushed::default()
+        };
+        registry
+            .push_image(repository, "1", &[users_layer()], pushed)
+            .await;
+    }
+    let backend = Backend::new(RegistrySettings::default());
+
+    let vm = backend
+        .provision(&format!("{}/test/app:1", registry.host()))
+        .await
+        .expect("an image with a user");
+    assert_eq!(
+        sh(&vm, "id -u; id -g; id -G; echo $HOME; pwd").await,
+        "1000\n1000\n1000\n/home/app\n/workspace\n",
+        "commands run as the image's user, in its own workspace"
+    );
+    assert_eq!(
+        sh(
+            &vm,
+            "touch /workspace/mine && echo mine; touch /etc/theirs 2>/dev/null || echo refused"
+        )
+        .await,
+        "mine\nrefused\n",
+        "the user writes its workspace, not the image's root-owned files"
+    );
+    // A request's own HOME still wins over the user's.
+    let mut spec = ExecSpec::shell("echo $HOME");
+    spec.env.insert("HOME".into(), "/tmp".into());
+    let ran = run_collected(vm.as_ref(), spec).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&ran.stdout), "/tmp\n");
+
+    let numeric = backend
+        .provision(&format!("{}/test/numeric:1", registry.host()))
+        .await
+        .expect("a numeric user with a named group");
+    assert_eq!(sh(&numeric, "id -u; id -g").await, "4242\n50\n");
+
+    match backend
+        .provision(&format!("{}/test/ghost:1", registry.host()))
+        .await
+    {
+        Err(BackendError::InvalidRequest(why)) => {
+            assert!(
+                why.contains("\"ghost\" is not in the image's /etc/passwd"),
+                "{why}"
+            )
+        }
+        other => panic!(
+            "expected InvalidRequest, got {:?}",
+            other.map(|vm| vm.vm_id())
+        ),
+    }
+    for vm in [vm, numeric] {
+        vm.destroy().await.unwrap();
+    }
+    backend.teardown().await;
+}
+
+/// A layer of one incompressible file of `bytes` bytes at `name`.
+fn noise_layer(name: &str, bytes: usize) -> Vec<u8> {
+    let data: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
+    gzip(&tar_of(&[(name, data, 0o644)], &[], &[]))
+}
+
+async fn provision_and_check(backend: &Backend, image: &str, pulled: bool) -> Arc<dyn Vm> {
+    let vm = backend.provision(image).await.expect("provision");
+    assert_eq!(vm.image_pulled(), pulled, "{image} pulled?");
+    vm
+}
+
+/// Waits until the images held are `expected` (a collection runs in the background).
+async fn wait_for_images(backend: &Backend, expected: &[&str]) -> traforato_core::api::ImageList {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let list = backend.images().list().await.expect("list images");
+        let mut held: Vec<&str> = list.images.iter().map(|i| i.reference.as_str()).collect();
+        held.sort();
+        if held == expected {
+            return list;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "images held: {held:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn images_are_kept_listed_collected_by_size_and_removed_but_never_while_used() {
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    const UNIQUE: usize = 256 << 10;
+    for name in ["a", "b", "c"] {
+        let layers = [base_layer(), noise_layer(&format!("{name}.bin"), UNIQUE)];
+        registry
+            .push(&format!("test/{name}"), "1", &layers, &["PATH=/bin"])
+            .await;
+    }
+    let image = |name: &str| format!("{}/test/{name}:1", registry.host());
+    let reference = |name: &str| format!("127.0.0.1:{}/test/{name}:1", registry.port);
+
+    // Unlimited: a and b pulled, listed with their sizes; the second create of a is no pull.
+    let backend = Backend::new(RegistrySettings::default());
+    for name in ["a", "b"] {
+        let vm = provision_and_check(&backend, &image(name), true).await;
+        vm.destroy().await.unwrap();
+    }
+    let vm = provision_and_check(&backend, &image("a"), false).await;
+    let list = backend.images().list().await.unwrap();
+    assert_eq!(list.images.len(), 2);
+    assert_eq!(
+        list.images[0].reference,
+        reference("a"),
+        "most recently used first"
+    );
+    assert_eq!(list.images[0].in_use, 1);
+    assert_eq!(list.images[1].in_use, 0);
+    assert!(list
+        .images
+        .iter()
+        .all(|i| i.layers == 2 && i.size_bytes > 2 * UNIQUE as u64));
+    assert_eq!(list.max_disk_bytes, None);
+    vm.destroy().await.unwrap();
+    let two = list.disk_bytes;
+
+    // Restarted with the registry's manifests counted: a held image is used without asking
+    // the registry again.
+    let manifests = registry.requests("/manifests/");
+    let limit = two + UNIQUE as u64;
+    let backend = backend
+        .restart(RegistrySettings::default(), Some(limit))
+        .await;
+    let a = provision_and_check(&backend, &image("a"), false).await;
+    assert_eq!(
+        registry.requests("/manifests/"),
+        manifests,
+        "no registry round trip"
+    );
+
+    // Pulling c goes over the limit: b, the least recently used image nobody uses, goes; a
+    // (older than c, but in use) and c stay, and so does the base layer they share.
+    let c = provision_and_check(&backend, &image("c"), true).await;
+    let list = wait_for_images(&backend, &[&reference("a"), &reference("c")]).await;
+    assert!(list.disk_bytes <= limit, "{} > {limit}", list.disk_bytes);
+    assert_eq!(list.max_disk_bytes, Some(limit));
+    assert_eq!(backend.layer_dirs(), 3, "base, a and c");
+
+    // An image in use is not removed; once its sandbox is gone, it is (and only its own
+    // layer with it).
+    match backend.images().remove(&image("a")).await {
+        Err(BackendError::ImageInUse { image }) => assert_eq!(image, reference("a")),
+        other => panic!("expected ImageInUse, got {other:?}"),
+    }
+    a.destroy().await.unwrap();
+    let removed = backend
+        .images()
+        .remove(&image("a"))
+        .await
+        .expect("remove a");
+    assert!(removed.freed_bytes >= 2 * UNIQUE as u64, "{removed:?}");
+    assert_eq!(backend.layer_dirs(), 2, "base and c");
+    assert!(matches!(
+        backend.images().remove(&image("a")).await,
+        Err(BackendError::ImageNotFound { .. })
+    ));
+    assert!(matches!(
+        backend.images().remove("Not A Reference").await,
+        Err(BackendError::InvalidRequest(_))
+    ));
+    // Removed, it is pulled again by the next create.
+    let again = provision_and_check(&backend, &image("a"), true).await;
+
+    // An operator's pull asks the registry even for a held image.
+    let manifests = registry.requests("/manifests/");
+    let pulled = backend.images().pull(&image("c")).await.expect("pull c");
+    assert_eq!(pulled.reference, reference("c"));
+    assert_eq!(pulled.in_use, 1);
+    assert!(registry.requests("/manifests/") > manifests);
+
+    // With the registry gone, held images still start sandboxes.
+    drop(registry);
+    for vm in [again, c] {
+        vm.destroy().await.unwrap();
+    }
+    let backend = backend.restart(RegistrySettings::default(), None).await;
+    let vm = backend
+        .provision(&pulled.reference)
+        .await
+        .expect("from the cache");
+    assert_eq!(sh(&vm, "echo hi").await, "hi\n");
+    vm.destroy().await.unwrap();
+    backend.teardown().await;
 }

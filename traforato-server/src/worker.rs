@@ -1,6 +1,7 @@
 //! The worker shell: the route table of the contract (§4.3) mapped onto [`Worker`] methods,
-//! plus `/healthz`, `/metrics` and the raw file download extension
-//! `GET /sandboxes/{id}/files/raw?path=`.
+//! plus `/healthz`, `/metrics`, the raw file download extension
+//! `GET /sandboxes/{id}/files/raw?path=` and the operator's image routes (`GET /images`,
+//! `POST /images`, `DELETE /images?ref=`).
 //!
 //! Authentication: every request but `GET /healthz` and `GET /metrics` is authenticated
 //! **before** routing (so in prod an unknown route without a token is 401, not 404), and the
@@ -842,6 +843,11 @@ mod tests {
         assert_eq!(route(Method::POST, "/sandboxes"), WorkerRoute::Create);
         assert_eq!(route(Method::POST, "/sandboxes/"), WorkerRoute::Create);
         assert_eq!(route(Method::GET, "/sandboxes"), WorkerRoute::NotFound);
+        assert_eq!(route(Method::GET, "/images"), WorkerRoute::Images);
+        assert_eq!(route(Method::POST, "/images/"), WorkerRoute::PullImage);
+        assert_eq!(route(Method::DELETE, "/images"), WorkerRoute::RemoveImage);
+        assert_eq!(route(Method::PUT, "/images"), WorkerRoute::NotFound);
+        assert_eq!(route(Method::GET, "/images/x"), WorkerRoute::NotFound);
         assert_eq!(route(Method::GET, "/"), WorkerRoute::NotFound);
         assert_eq!(route(Method::GET, "/other/x"), WorkerRoute::NotFound);
         assert_eq!(

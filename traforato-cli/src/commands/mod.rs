@@ -61,8 +61,8 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Images(cmd) => images::worker_url(cmd).unwrap_or(&cli.url).to_string(),
         _ => cli.url.clone(),
     };
-    let builder = Client::builder(url)
-        .user_agent(concat!("traforato-cli/", env!("CARGO_PKG_VERSION")));
+    let builder =
+        Client::builder(url).user_agent(concat!("traforato-cli/", env!("CARGO_PKG_VERSION")));
     let built = token::with_credentials(builder, cli.token.as_deref(), cli.client_id.as_deref())
         .and_then(|builder| builder.build().map_err(CliError::Client));
     let client = match built {

@@ -34,9 +34,10 @@ use tokio::sync::{mpsc, watch};
 
 use super::{
     BackendError, BoxedReader, BoxedStream, CodeOutcome, CodeSpec, ExecControl, ExecExit, ExecSpec,
-    FileEntry, FileKind, FileReader, FileStat, FilesError, OutputChunk, OutputStream, Program,
-    ProvisionSpec, Vm, VmBackend, WriteMode, TIMEOUT_EXIT_CODE,
+    FileEntry, FileKind, FileReader, FileStat, FilesError, ImageCatalog, OutputChunk, OutputStream,
+    Program, ProvisionSpec, Vm, VmBackend, WriteMode, TIMEOUT_EXIT_CODE,
 };
+use crate::api::{ImageInfo, ImageList, RemovedImage};
 use crate::clock::{Clock, SystemClock};
 use crate::id::{ExecId, LocalVmId};
 use crate::path::SandboxPath;
@@ -69,6 +70,8 @@ pub struct FakeBackend {
 struct Shared {
     virtualization: String,
     state: Mutex<BackendState>,
+    /// The image catalog, when [`FakeBackend::with_images`] turned it on.
+    images: Option<FakeImages>,
 }
 
 struct BackendState {
@@ -148,8 +151,29 @@ impl FakeBackend {
                     counters: FakeCounters::default(),
                     vms: BTreeMap::new(),
                 }),
+                images: None,
             }),
         }
+    }
+
+    /// Gives the fake an image catalog (see [`VmBackend::images`]): a pull records the
+    /// reference as given (trimmed; `missing` or an empty one is not found), a remove forgets
+    /// it, and an image is in use while a live VM of the fake was provisioned from it. Call
+    /// it right after [`FakeBackend::new`].
+    pub fn with_images(mut self) -> Self {
+        let shared = Arc::get_mut(&mut self.shared).expect("with_images before any clone");
+        shared.images = Some(FakeImages::default());
+        self
+    }
+
+    /// How many live VMs were provisioned from `image`.
+    fn vms_of(&self, image: &str) -> usize {
+        self.state()
+            .vms
+            .values()
+            .filter_map(Weak::upgrade)
+            .filter(|vm| vm.spec.tuple.image == image)
+            .count()
     }
 
     fn state(&self) -> MutexGuard<'_, BackendState> {
@@ -317,6 +341,13 @@ impl FakeBackend {
 impl VmBackend for FakeBackend {
     fn virtualization(&self) -> &str {
         &self.shared.virtualization
+    }
+
+    fn images(&self) -> Option<&dyn ImageCatalog> {
+        self.shared
+            .images
+            .as_ref()
+            .map(|_| self as &dyn ImageCatalog)
     }
 
     fn overcommits(&self) -> bool {
@@ -691,6 +722,90 @@ impl Vm for FakeVm {
         self.destroyed.send_replace(true);
         self.backend.forget(&self.id);
         Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Images
+
+/// The images a fake with [`FakeBackend::with_images`] holds.
+#[derive(Default)]
+struct FakeImages {
+    held: Mutex<BTreeMap<String, ImageInfo>>,
+}
+
+#[async_trait]
+impl ImageCatalog for FakeBackend {
+    async fn list(&self) -> Result<ImageList, BackendError> {
+        let images = self
+            .shared
+            .images
+            .as_ref()
+            .ok_or(BackendError::Unsupported("images"))?;
+        let mut list: Vec<ImageInfo> = images
+            .held
+            .lock()
+            .expect("fake images")
+            .values()
+            .cloned()
+            .collect();
+        for image in &mut list {
+            image.in_use = self.vms_of(&image.reference);
+        }
+        let disk_bytes = list.iter().map(|i| i.size_bytes).sum();
+        Ok(ImageList {
+            images: list,
+            disk_bytes,
+            max_disk_bytes: None,
+        })
+    }
+
+    async fn pull(&self, image: &str) -> Result<ImageInfo, BackendError> {
+        let images = self
+            .shared
+            .images
+            .as_ref()
+            .ok_or(BackendError::Unsupported("images"))?;
+        let reference = image.trim().to_string();
+        if reference.is_empty() || reference == "missing" {
+            return Err(BackendError::ImageNotFound { image: reference });
+        }
+        let now = Utc::now();
+        let info = ImageInfo {
+            digest: format!("sha256:{:064x}", reference.len()),
+            size_bytes: 1 << 20,
+            layers: 1,
+            pulled_at: now,
+            last_used: now,
+            in_use: self.vms_of(&reference),
+            reference: reference.clone(),
+        };
+        images
+            .held
+            .lock()
+            .expect("fake images")
+            .insert(reference, info.clone());
+        Ok(info)
+    }
+
+    async fn remove(&self, image: &str) -> Result<RemovedImage, BackendError> {
+        let images = self
+            .shared
+            .images
+            .as_ref()
+            .ok_or(BackendError::Unsupported("images"))?;
+        let reference = image.trim().to_string();
+        if self.vms_of(&reference) > 0 {
+            return Err(BackendError::ImageInUse { image: reference });
+        }
+        let removed = images.held.lock().expect("fake images").remove(&reference);
+        match removed {
+            Some(info) => Ok(RemovedImage {
+                reference,
+                freed_bytes: info.size_bytes,
+            }),
+            None => Err(BackendError::ImageNotFound { image: reference }),
+        }
     }
 }
 

@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use super::agent::{AgentConn, ExecEvent};
 use super::exec::{cloexec_pipe, feed, io_error, pump, Sink, DRAIN_GRACE};
 use super::init::PROGRAM_NOT_FOUND;
-use super::protocol::Request;
+use super::protocol::{ExecUser, Request};
 use super::zygote::{RunEvent, StartError, Zygote, ZygoteState};
 use crate::backend::{
     BackendError, CodeOutcome, ExecExit, OutputChunk, Runtime, TIMEOUT_EXIT_CODE,
@@ -86,6 +86,8 @@ pub(crate) struct CodeRun {
     pub env: Vec<(String, String)>,
     /// Kill after this long (exit code 124).
     pub timeout: Duration,
+    /// Run as this user (the image's), not the sandbox's root.
+    pub user: Option<ExecUser>,
 }
 
 /// How the run's process group is killed.
@@ -243,6 +245,7 @@ async fn launch_one_shot(
         cwd: run.cwd.clone(),
         out_of_reach: false,
         tty: false,
+        user: run.user,
     };
     if let Err(e) = agent.send(&request, &fds).await {
         agent.unregister(id);

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, Mutex};
 use tokio::time::Instant;
 
 use super::agent::{AgentConn, ExecEvent};
-use super::protocol::Request;
+use super::protocol::{ExecUser, Request};
 use super::pty::{self, Terminal};
 use crate::backend::{
     BackendError, BoxedReader, ExecControl, ExecExit, FilesError, OutputChunk, OutputStream,
@@ -52,6 +52,8 @@ pub(crate) struct Command {
     pub interactive: bool,
     /// Run on this terminal (its slave as stdin, stdout and stderr) instead of pipes.
     pub terminal: Option<Terminal>,
+    /// Run as this user (the image's), not the sandbox's root.
+    pub user: Option<ExecUser>,
 }
 
 /// The write end of a running exec's stdin; `None` once closed.
@@ -225,6 +227,7 @@ pub(crate) async fn run(
         cwd: command.cwd,
         out_of_reach: false,
         tty,
+        user: command.user,
     };
     let sent = agent
         .send(&request, &theirs.each_ref().map(AsFd::as_fd))

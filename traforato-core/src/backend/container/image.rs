@@ -73,14 +73,17 @@ impl PartialEq for ImageHold {
 
 impl Eq for ImageHold {}
 
-/// What an image says about running commands in it (an OCI image config's `Env` and
-/// `WorkingDir`): under what a request sets, over the sandbox's base environment.
+/// What an image says about running commands in it (an OCI image config's `Env`,
+/// `WorkingDir` and `User`): under what a request sets, over the sandbox's base environment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunDefaults {
     /// Environment of every command and run (`PATH` among them, usually).
     pub env: BTreeMap<String, String>,
     /// The working directory of commands that name none (else `/workspace`).
     pub working_dir: Option<String>,
+    /// The user commands run as (`name`, `uid`, `name:group`, `uid:gid`), resolved against
+    /// the image's own `/etc/passwd` and `/etc/group`; `None`: the sandbox's root.
+    pub user: Option<String>,
 }
 
 /// A provider of images beyond the built-in ones (e.g. an OCI registry client that unpacks

@@ -39,7 +39,7 @@ use rustix::thread::{
 };
 
 use super::config::INIT_ARG;
-use super::protocol::{self, Event, Request, Setup, MAX_MESSAGE};
+use super::protocol::{self, Event, ExecUser, Request, Setup, MAX_MESSAGE};
 use super::seccomp;
 use crate::backend::ExecSignal;
 
@@ -76,6 +76,7 @@ pub(crate) const PROGRAM_NOT_FOUND: &str = "program not found: ";
 const STAGE_CWD: u8 = 1;
 const STAGE_EXEC: u8 = 2;
 const STAGE_SETUP: u8 = 3;
+const STAGE_USER: u8 = 4;
 
 /// Runs the sandbox init when this process was started as one (first argument
 /// [`INIT_ARG`]); returns otherwise. Server binaries call this first thing in `main`, before
@@ -571,10 +572,16 @@ fn serve(control: OwnedFd, sigfd: OwnedFd) -> i32 {
                     cwd,
                     out_of_reach,
                     tty,
+                    user,
                 },
                 fds,
             ))) => {
-                let event = match spawn(&argv, &env, &cwd, fds, out_of_reach, tty) {
+                let options = ChildOptions {
+                    out_of_reach,
+                    tty,
+                    user,
+                };
+                let event = match spawn(&argv, &env, &cwd, fds, options) {
                     Ok(pid) => {
                         pid_to_id.insert(pid, id);
                         id_to_pid.insert(id, pid);
@@ -686,8 +693,7 @@ fn spawn(
     env: &[(String, String)],
     cwd: &str,
     fds: Vec<OwnedFd>,
-    out_of_reach: bool,
-    tty: bool,
+    options: ChildOptions,
 ) -> Result<i32, String> {
     if fds.len() != 3 && fds.len() != 4 {
         return Err("exec request without its 3 stdio descriptors".to_string());
@@ -733,13 +739,7 @@ fn spawn(
     }
     if pid == 0 {
         exec_child(
-            &fds,
-            &dir,
-            &files,
-            &arg_ptrs,
-            &env_ptrs,
-            &err_write,
-            ChildOptions { out_of_reach, tty },
+            &fds, &dir, &files, &arg_ptrs, &env_ptrs, &err_write, options,
         );
     }
     drop(err_write);
@@ -762,6 +762,13 @@ fn spawn(
     let err = io::Error::from_raw_os_error(code);
     Err(match report[4] {
         STAGE_CWD => format!("working directory {cwd}: {err}"),
+        STAGE_USER => format!(
+            "cannot run {argv0} as the image's user {}: {err}",
+            options
+                .user
+                .map(|u| format!("{}:{}", u.uid, u.gid))
+                .unwrap_or_default()
+        ),
         STAGE_EXEC if code == libc::ENOENT => format!("{PROGRAM_NOT_FOUND}{argv0}"),
         STAGE_EXEC if code == libc::EACCES => format!("permission denied: {argv0}"),
         STAGE_EXEC => format!("cannot execute {argv0}: {err}"),
@@ -827,6 +834,8 @@ struct ChildOptions {
     out_of_reach: bool,
     /// Its stdin is a terminal to make its controlling terminal.
     tty: bool,
+    /// Drop to this user (the image's) before the working directory and the program.
+    user: Option<ExecUser>,
 }
 
 /// In the forked child: reset signals, new session, stdio, cwd, exec. Never returns.
@@ -839,7 +848,11 @@ fn exec_child(
     err_write: &OwnedFd,
     options: ChildOptions,
 ) -> ! {
-    let ChildOptions { out_of_reach, tty } = options;
+    let ChildOptions {
+        out_of_reach,
+        tty,
+        user,
+    } = options;
     // SAFETY: plain syscalls on live descriptors and on NUL-terminated strings and
     // null-terminated pointer arrays built before the fork; the child never returns into the
     // agent's code (every path ends in execve or _exit).
@@ -867,6 +880,18 @@ fn exec_child(
         // A terminal on stdin becomes the new session's controlling terminal.
         if tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
             child_fail(err_write, STAGE_SETUP);
+        }
+        // The image's user: its gid as its only group, then its uid (all three of each), which
+        // leaves it no capabilities. Before the working directory, which it must be able to
+        // reach itself.
+        if let Some(ExecUser { uid, gid }) = user.filter(|_| !out_of_reach) {
+            let groups = [gid as libc::gid_t];
+            if libc::setgroups(1, groups.as_ptr()) < 0
+                || libc::setresgid(gid, gid, gid) < 0
+                || libc::setresuid(uid, uid, uid) < 0
+            {
+                child_fail(err_write, STAGE_USER);
+            }
         }
         if libc::chdir(dir.as_ptr()) < 0 {
             child_fail(err_write, STAGE_CWD);

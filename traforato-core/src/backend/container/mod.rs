@@ -87,6 +87,7 @@ pub mod oci;
 mod protocol;
 mod pty;
 mod seccomp;
+mod user;
 mod vm;
 mod zygote;
 
@@ -119,6 +120,7 @@ use self::files::SandboxRoot;
 use self::image::ImageStore;
 use self::protocol::{Event, Request, Setup, MAX_MESSAGE};
 use self::vm::Teardown;
+use self::vm::DEFAULT_CWD;
 use crate::backend::{BackendError, ImageCatalog, ProvisionSpec, Vm, VmBackend};
 use crate::id::LocalVmId;
 
@@ -468,12 +470,38 @@ impl ContainerBackend {
             Mode::empty(),
         )
         .map_err(|e| BackendError::io("open sandbox root", e.into()))?;
+        let root = SandboxRoot::new(root, uid);
+        let mut defaults = defaults;
+        let user = match defaults.user.as_deref() {
+            Some(spec) => {
+                let user = image_user(&root, spec)?;
+                if let Some(home) = &user.home {
+                    defaults
+                        .env
+                        .entry("HOME".to_string())
+                        .or_insert_with(|| home.clone());
+                }
+                // Its working directory is its own, as a root user's is.
+                let workspace = dir.join("rootfs").join(DEFAULT_CWD.trim_start_matches('/'));
+                let _ = rustix::fs::chownat(
+                    CWD,
+                    &workspace,
+                    Some(rustix::fs::Uid::from_raw(uid + user.ids.uid)),
+                    Some(rustix::fs::Gid::from_raw(uid + user.ids.gid)),
+                    rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                );
+                Some(user.ids)
+            }
+            None => None,
+        };
         guard.disarm();
         let mut child = guard.child.take().expect("child recorded above");
         // The init's stderr is only read on failed setups.
         drop(child.stderr.take());
         let agent = Arc::new(AgentConn::start(sock));
-        let zygote = if self.config.python_zygote {
+        // The zygote forks runs as the sandbox's root; an image user's runs start a fresh
+        // interpreter as that user instead.
+        let zygote = if self.config.python_zygote && user.is_none_or(|u| u.uid == 0) {
             let env = vm::environment(&defaults.env, &Default::default());
             match zygote::Zygote::start(&agent, env).await {
                 Ok(zygote) => Some(zygote),
@@ -489,7 +517,7 @@ impl ContainerBackend {
             spec.vm_id,
             agent,
             zygote,
-            SandboxRoot::new(root, uid),
+            root,
             netns,
             Teardown {
                 child,
@@ -499,9 +527,29 @@ impl ContainerBackend {
             },
             pty::agent_pid(pid).map(|agent_pid| (agent_pid, uid)),
         )
-        .with_defaults(defaults, pulled);
+        .with_defaults(defaults, pulled)
+        .with_user(user);
         Ok(Arc::new(vm))
     }
+}
+
+/// The image's `User` resolved against the sandbox's own `/etc/passwd` and `/etc/group`;
+/// `None` for an empty one. A user the image does not define is a fault of the create.
+fn image_user(root: &SandboxRoot, spec: &str) -> Result<user::ImageUser, BackendError> {
+    let read = |path: &str| -> String {
+        let Ok(path) = crate::path::SandboxPath::parse(path) else {
+            return String::new();
+        };
+        let Ok((file, _)) = root.open_read(&path) else {
+            return String::new();
+        };
+        let mut text = String::new();
+        // An /etc/passwd is small; a huge one is read in part.
+        let _ = io::Read::read_to_string(&mut io::Read::take(file, 1 << 20), &mut text);
+        text
+    };
+    user::resolve(spec, &read("/etc/passwd"), &read("/etc/group"))
+        .map_err(|reason| BackendError::InvalidRequest(format!("the image's user: {reason}")))
 }
 
 /// Why the setup handshake failed.

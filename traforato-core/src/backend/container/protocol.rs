@@ -31,6 +31,16 @@ pub(crate) struct Setup {
     pub hostname: String,
 }
 
+/// The user a command runs as, in the sandbox's own ids (below
+/// [`UID_COUNT`](super::UID_COUNT)): its uid, and its gid as its only group.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct ExecUser {
+    /// The user id.
+    pub uid: u32,
+    /// The group id.
+    pub gid: u32,
+}
+
 /// Worker → init.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -59,6 +69,9 @@ pub(crate) enum Request {
         /// The stdio descriptors are a terminal: make it the command's controlling terminal.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         tty: bool,
+        /// Run as this user (the image's `User`) instead of the sandbox's root.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<ExecUser>,
     },
     /// Copy everything from the first fd (a pipe) into the second (a file the worker opened
     /// in the sandbox root), in a process of the sandbox: the pages it writes are charged to
@@ -234,6 +247,10 @@ mod tests {
             cwd: "/".into(),
             out_of_reach: false,
             tty: false,
+            user: Some(ExecUser {
+                uid: 1000,
+                gid: 100,
+            }),
         };
         send(a.as_fd(), &req, &[r.as_fd(), w.as_fd(), w.as_fd()], false).unwrap();
         drop(w);

@@ -19,6 +19,7 @@ use super::files::SandboxRoot;
 use super::image::{ImageHold, RunDefaults};
 use super::init::DEFAULT_PATH;
 use super::netns;
+use super::protocol::ExecUser;
 use super::teardown_host;
 use super::zygote::Zygote;
 use crate::backend::{
@@ -67,6 +68,8 @@ pub struct ContainerVm {
     defaults: RunDefaults,
     /// Provisioning waited for the image's pull.
     image_pulled: bool,
+    /// The image's user, whom commands and runs use (not the zygote, not file operations).
+    user: Option<ExecUser>,
 }
 
 impl ContainerVm {
@@ -94,6 +97,7 @@ impl ContainerVm {
             running: RunningExecs::default(),
             defaults: RunDefaults::default(),
             image_pulled: false,
+            user: None,
         }
     }
 
@@ -102,6 +106,12 @@ impl ContainerVm {
     pub(crate) fn with_defaults(mut self, defaults: RunDefaults, pulled: bool) -> Self {
         self.defaults = defaults;
         self.image_pulled = pulled;
+        self
+    }
+
+    /// The user commands and code runs use (the image's), `None` for the sandbox's root.
+    pub(crate) fn with_user(mut self, user: Option<ExecUser>) -> Self {
+        self.user = user;
         self
     }
 
@@ -222,6 +232,7 @@ impl Vm for ContainerVm {
             exec_id: spec.exec_id,
             interactive: spec.interactive || terminal.is_some(),
             terminal,
+            user: self.user,
         };
         exec::run(&agent, &self.running, command, output).await
     }
@@ -254,6 +265,7 @@ impl Vm for ContainerVm {
             cwd: cwd_or_default(&spec.cwd, self.defaults.working_dir.as_deref()),
             env: environment(&self.defaults.env, &spec.env),
             timeout: spec.timeout,
+            user: self.user,
         };
         code::run(&live.agent, live.zygote.as_deref(), run, output).await
     }

@@ -149,6 +149,7 @@ impl Zygote {
             env,
             cwd: "/".to_string(),
             out_of_reach: true,
+            user: None,
             tty: false,
         };
         let sent = agent

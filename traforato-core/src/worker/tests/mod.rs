@@ -11,6 +11,7 @@ mod claims;
 mod exec;
 mod files;
 mod filler;
+mod images;
 mod interactive;
 mod lifecycle;
 mod ports;

@@ -529,9 +529,9 @@ impl Inner {
                 }
             })
             .collect();
-        images.sort_by(|a, b| b.last_used.cmp(&a.last_used));
-        let disk_bytes =
-            gc::disk_bytes(&opened.paths, &mut sizes).map_err(|e| BackendError::io("list images", e))?;
+        images.sort_by_key(|image| std::cmp::Reverse(image.last_used));
+        let disk_bytes = gc::disk_bytes(&opened.paths, &mut sizes)
+            .map_err(|e| BackendError::io("list images", e))?;
         Ok(ImageList {
             images,
             disk_bytes,
@@ -572,7 +572,7 @@ fn usable_record(paths: &Paths, reference: &str, mapping: Mapping) -> Option<Loa
     let present = image.layers.iter().all(|digest| {
         paths.blobs.get(digest).is_some() || paths.layers.join(layer_name(digest, mapping)).is_dir()
     });
-    present.then(|| Loaded {
+    present.then_some(Loaded {
         image,
         record: stored.path,
         pulled_at: None,
@@ -808,7 +808,8 @@ fn pull_error(reference: &Reference, error: &PullError) -> BackendError {
     }
 }
 
-/// The image config's `Env` (`KEY=value`; entries without `=` ignored) and `WorkingDir`.
+/// The image config's `Env` (`KEY=value`; entries without `=` ignored), `WorkingDir` and
+/// `User`.
 fn run_defaults(config: &RunConfig) -> RunDefaults {
     let env = config
         .env
@@ -824,7 +825,18 @@ fn run_defaults(config: &RunConfig) -> RunDefaults {
         .map(str::trim)
         .filter(|dir| dir.starts_with('/'))
         .map(str::to_string);
-    RunDefaults { env, working_dir }
+    // `root`, `0` and `0:0` are what a sandbox runs as anyway.
+    let user = config
+        .user
+        .as_deref()
+        .map(str::trim)
+        .filter(|user| !user.is_empty() && !matches!(*user, "root" | "0" | "0:0"))
+        .map(str::to_string);
+    RunDefaults {
+        env,
+        working_dir,
+        user,
+    }
 }
 
 #[async_trait]

@@ -94,7 +94,7 @@ pub(crate) fn sweep(
     let mut total = inventory.size(paths, sizes);
     if let Goal::Limit(Some(limit)) = goal {
         // Least recently used last, so that pop() takes it.
-        images.sort_by(|a, b| b.last_used.cmp(&a.last_used));
+        images.sort_by_key(|image| std::cmp::Reverse(image.last_used));
         while total > limit {
             let Some(victim) = pop_unused(&mut images, held) else {
                 swept.over_limit = true;
@@ -352,7 +352,13 @@ mod tests {
 
         // Room for three layers: `older` is the oldest but in use, so `old` goes, and with
         // it only its own layer (the base is shared).
-        let swept = sweep(&cache.paths, &held, Goal::Limit(Some(3 * LAYER)), &mut sizes).unwrap();
+        let swept = sweep(
+            &cache.paths,
+            &held,
+            Goal::Limit(Some(3 * LAYER)),
+            &mut sizes,
+        )
+        .unwrap();
         assert_eq!(swept.images, vec!["old".to_string()]);
         assert_eq!(swept.layers, vec![a.clone()]);
         assert_eq!(swept.freed, LAYER);
@@ -360,7 +366,11 @@ mod tests {
         assert!(!swept.over_limit);
         assert_eq!(cache.references(), vec!["new", "older"]);
         assert!(!cache.has_layer(&a) && cache.has_layer(&base) && cache.has_layer(&b));
-        assert_eq!(fs::read_dir(&cache.paths.links).unwrap().count(), 3, "dangling link gone");
+        assert_eq!(
+            fs::read_dir(&cache.paths.links).unwrap().count(),
+            3,
+            "dangling link gone"
+        );
 
         // Room for one layer: `new` goes; `older` stays in use, over the limit.
         let swept = sweep(&cache.paths, &held, Goal::Limit(Some(LAYER)), &mut sizes).unwrap();
