@@ -2,15 +2,13 @@
 //! `docker-registry`, started by each test on a port of its own), images the tests build from
 //! the host's static busybox and push, pulled and unpacked by the backend, run as sandboxes.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
-use oci_client::secrets::RegistryAuth;
+use traforato_core::backend::container::oci::testing::{
+    busybox_layer, gzip, tar_of, zstd, LocalRegistry, Pushed,
+};
 use traforato_core::backend::container::oci::RegistrySettings;
 use traforato_core::backend::container::{ContainerBackend, ContainerConfig};
 use traforato_core::backend::{
@@ -20,300 +18,23 @@ use traforato_core::backend::{
 use traforato_core::id::LocalVmId;
 use traforato_core::tuple::SandboxTuple;
 
-/// A `docker-registry` serving from a temporary directory on `127.0.0.1:<port>`.
-struct Registry {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Registry {
-    /// `None` (after saying why) where the test cannot run.
-    fn start() -> Option<Self> {
-        Self::start_with(None)
-    }
-
-    /// A registry that wants `user` and `password` (htpasswd with bcrypt).
-    fn start_with_login(user: &str, password: &str) -> Option<Self> {
-        Self::start_with(Some((user, password)))
-    }
-
-    fn start_with(login: Option<(&str, &str)>) -> Option<Self> {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("skipping: the container backend needs root (runs in CI as root)");
-            return None;
-        }
-        if !Path::new("/bin/busybox").is_file()
-            || Command::new("docker-registry")
-                .arg("--version")
-                .output()
-                .is_err()
-        {
-            eprintln!(
-                "skipping: needs docker-registry and busybox-static (scripts/test installs them)"
-            );
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = dir.path().join("config.yml");
-        let mut yaml = format!(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            dir.path().join("data").display()
-        );
-        if let Some((user, password)) = login {
-            let hash = Command::new("/usr/bin/python3")
-                .args([
-                    "-c",
-                    "import crypt, sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))",
-                    password,
-                ])
-                .output()
-                .expect("python3 for a bcrypt hash");
-            let hash = String::from_utf8(hash.stdout).unwrap();
-            let htpasswd = dir.path().join("htpasswd");
-            std::fs::write(&htpasswd, format!("{user}:{}\n", hash.trim())).unwrap();
-            yaml.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
-                htpasswd.display()
-            ));
-        }
-        std::fs::write(&config, yaml).unwrap();
-        let log = std::fs::File::create(dir.path().join("requests.log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let registry = Self { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !registry.answers() {
-            assert!(Instant::now() < deadline, "the registry did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(registry)
-    }
-
-    fn answers(&self) -> bool {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = stream.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
-        let mut head = [0u8; 12];
-        // 401 is a registry that wants a login: it is up.
-        stream.read_exact(&mut head).is_ok() && (head.ends_with(b"200") || head.ends_with(b"401"))
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// How many requests the registry served whose line contains `needle`.
-    fn requests(&self, needle: &str) -> usize {
-        std::fs::read_to_string(self.dir.path().join("requests.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter(|line| line.contains(needle) && line.contains("\" 200 "))
-            .count()
-    }
-
-    /// The stored bytes of blob `digest` (`sha256:<hex>`), to tamper with.
-    fn blob_file(&self, digest: &str) -> PathBuf {
-        let hex = digest.trim_start_matches("sha256:");
-        self.dir
-            .path()
-            .join("data/docker/registry/v2/blobs/sha256")
-            .join(&hex[..2])
-            .join(hex)
-            .join("data")
-    }
-
-    fn client() -> oci_client::Client {
-        oci_client::Client::new(ClientConfig {
-            protocol: ClientProtocol::Http,
-            ..ClientConfig::default()
-        })
-    }
-
-    /// The raw manifest of `repository:tag` and its digest.
-    async fn manifest(&self, repository: &str, tag: &str) -> (Vec<u8>, String) {
-        let reference = oci_client::Reference::with_tag(self.host(), repository.into(), tag.into());
-        Self::client()
-            .pull_manifest_raw(
-                &reference,
-                &RegistryAuth::Anonymous,
-                &["application/vnd.oci.image.manifest.v1+json"],
-            )
-            .await
-            .expect("manifest")
-    }
-
-    /// Pushes an index `repository:tag` of the manifests `entries` (tag, architecture).
-    async fn push_index(&self, repository: &str, tag: &str, entries: &[(&str, &str)]) {
-        let mut manifests = Vec::new();
-        for (entry_tag, arch) in entries {
-            let (bytes, digest) = self.manifest(repository, entry_tag).await;
-            manifests.push(serde_json::json!({
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "digest": digest,
-                "size": bytes.len(),
-                "platform": {"architecture": arch, "os": "linux"},
-            }));
-        }
-        let index: oci_client::manifest::OciImageIndex =
-            serde_json::from_value(serde_json::json!({
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.index.v1+json",
-                "manifests": manifests,
-            }))
-            .unwrap();
-        let reference = oci_client::Reference::with_tag(self.host(), repository.into(), tag.into());
-        Self::client()
-            .push_manifest_list(&reference, &RegistryAuth::Anonymous, index)
-            .await
-            .expect("push index");
-    }
-
-    /// Pushes an image of `layers` (tar bytes, compressed or not) as `repository:tag`.
-    async fn push(&self, repository: &str, tag: &str, layers: &[Vec<u8>], env: &[&str]) {
-        let pushed = Pushed {
-            env,
-            ..Pushed::default()
-        };
-        self.push_image(repository, tag, layers, pushed).await
-    }
-
-    /// [`Registry::push`] with more of the image config, or a login.
-    async fn push_image(
-        &self,
-        repository: &str,
-        tag: &str,
-        layers: &[Vec<u8>],
-        pushed: Pushed<'_>,
-    ) {
-        let auth = match pushed.login {
-            Some((user, password)) => RegistryAuth::Basic(user.into(), password.into()),
-            None => RegistryAuth::Anonymous,
-        };
-        let client = Self::client();
-        let reference = oci_client::Reference::with_tag(self.host(), repository.into(), tag.into());
-        let layers: Vec<ImageLayer> = layers
-            .iter()
-            .map(|data| {
-                ImageLayer::new(
-                    data.clone(),
-                    "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-                    None,
-                )
-            })
-            .collect();
-        let config = serde_json::json!({
-            "architecture": "amd64",
-            "os": "linux",
-            "config": {"Env": pushed.env, "WorkingDir": pushed.working_dir, "User": pushed.user},
-            "rootfs": {"type": "layers", "diff_ids": []},
-        });
-        let config = Config::new(
-            serde_json::to_vec(&config).unwrap(),
-            "application/vnd.oci.image.config.v1+json".into(),
-            None,
-        );
-        client
-            .push(&reference, &layers, config, &auth, None)
-            .await
-            .expect("push");
-    }
-}
-
-/// The config of an image the tests push, and the login to push it with.
-#[derive(Clone, Copy)]
-struct Pushed<'a> {
-    env: &'a [&'a str],
-    working_dir: &'a str,
-    user: &'a str,
-    login: Option<(&'a str, &'a str)>,
-}
-
-impl Default for Pushed<'_> {
-    fn default() -> Self {
-        Self {
-            env: &["PATH=/bin"],
-            working_dir: "",
-            user: "",
-            login: None,
-        }
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A tar of `files` (path, bytes, mode), `links` (path, target) and whiteouts.
-fn tar_of(files: &[(&str, Vec<u8>, u32)], links: &[(&str, &str)], whiteouts: &[&str]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(Vec::new());
-    for (path, data, mode) in files {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(data.len() as u64);
-        header.set_mode(*mode);
-        header.set_entry_type(tar::EntryType::Regular);
-        builder.append_data(&mut header, path, &data[..]).unwrap();
-    }
-    for (path, target) in links {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Symlink);
-        header.set_size(0);
-        header.set_mode(0o777);
-        builder.append_link(&mut header, path, target).unwrap();
-    }
-    for path in whiteouts {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(0);
-        header.set_mode(0o644);
-        builder.append_data(&mut header, path, &[][..]).unwrap();
-    }
-    builder.into_inner().unwrap()
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    enc.write_all(data).unwrap();
-    enc.finish().unwrap()
-}
-
-fn zstd(data: &[u8]) -> Vec<u8> {
-    ruzstd::encoding::compress_to_vec(data, ruzstd::encoding::CompressionLevel::Fastest)
+/// A registry for the test, or `None` after saying why this machine cannot run one.
+fn local_registry() -> Option<LocalRegistry> {
+    LocalRegistry::start()
+        .inspect_err(|why| eprintln!("skipping: {why}"))
+        .ok()
 }
 
 /// busybox with the applets the tests use, `/etc/motd` = `base`, `/etc/gone`.
 fn base_layer() -> Vec<u8> {
-    let busybox = std::fs::read("/bin/busybox").unwrap();
     let applets = [
         "sh", "echo", "cat", "test", "ls", "id", "pwd", "env", "touch",
     ];
-    let links: Vec<(String, &str)> = applets
-        .iter()
-        .map(|a| (format!("bin/{a}"), "busybox"))
-        .collect();
-    let links: Vec<(&str, &str)> = links.iter().map(|(p, t)| (p.as_str(), *t)).collect();
-    gzip(&tar_of(
-        &[
-            ("bin/busybox", busybox, 0o755),
-            ("etc/motd", b"base\n".to_vec(), 0o644),
-            ("etc/gone", b"x".to_vec(), 0o644),
-        ],
-        &links,
-        &[],
-    ))
+    let files = [
+        ("etc/motd", b"base\n".to_vec(), 0o644),
+        ("etc/gone", b"x".to_vec(), 0o644),
+    ];
+    busybox_layer(&applets, &files)
 }
 
 /// `/etc/motd` = `top`, `/etc/gone` whited out; zstd.
@@ -412,7 +133,7 @@ async fn sh(vm: &Arc<dyn Vm>, line: &str) -> String {
 
 #[tokio::test]
 async fn images_from_a_registry_run_and_share_their_layers() {
-    let Some(registry) = Registry::start() else {
+    let Some(registry) = local_registry() else {
         return;
     };
     let base = base_layer();
@@ -525,7 +246,7 @@ async fn images_from_a_registry_run_and_share_their_layers() {
 
 #[tokio::test]
 async fn docker_hub_names_pull_through_a_mirror_and_failures_are_clear() {
-    let Some(registry) = Registry::start() else {
+    let Some(registry) = local_registry() else {
         return;
     };
     registry
@@ -540,6 +261,11 @@ async fn docker_hub_names_pull_through_a_mirror_and_failures_are_clear() {
         timeout: Duration::from_secs(3),
         ..RegistrySettings::default()
     };
+    // Only Docker Hub: its mirror is the operator's and is reached all the same.
+    let restricted = Backend::new(RegistrySettings {
+        allowed: vec!["docker.io".to_string()],
+        ..settings.clone()
+    });
     let backend = Backend::new(settings);
     let vm = backend
         .provision("busybox:1.36")
@@ -547,9 +273,30 @@ async fn docker_hub_names_pull_through_a_mirror_and_failures_are_clear() {
         .expect("docker.io/library/busybox:1.36 through the mirror");
     assert_eq!(sh(&vm, "cat /etc/motd").await, "base\n");
     vm.destroy().await.unwrap();
+    let vm = restricted
+        .provision("busybox:1.36")
+        .await
+        .expect("an allowed registry through its mirror");
+    vm.destroy().await.unwrap();
+    // The same image named by the mirror's own address is from a registry not allowed.
+    let direct = format!("{}/library/busybox:1.36", registry.host());
+    match restricted.provision(&direct).await {
+        Err(BackendError::InvalidRequest(why)) => assert_eq!(
+            why,
+            format!(
+                "images from {} are not allowed on this worker",
+                registry.host()
+            )
+        ),
+        other => panic!(
+            "expected InvalidRequest, got {:?}",
+            other.map(|vm| vm.vm_id())
+        ),
+    }
+    restricted.teardown().await;
 
     // Mirrors that are down or lack the image are passed over for the registry itself.
-    let Some(empty) = Registry::start() else {
+    let Some(empty) = local_registry() else {
         return;
     };
     let origin = format!("{}/library/busybox:1.36", registry.host());
@@ -571,7 +318,7 @@ async fn docker_hub_names_pull_through_a_mirror_and_failures_are_clear() {
         .await
         .expect("the registry after its mirrors");
     assert_eq!(sh(&vm, "cat /etc/motd").await, "base\n");
-    let asked = std::fs::read_to_string(empty.dir.path().join("requests.log")).unwrap();
+    let asked = empty.request_log();
     assert!(
         asked
             .lines()
@@ -609,7 +356,7 @@ fn host_arch() -> &'static str {
 
 #[tokio::test]
 async fn an_index_resolves_to_this_platform_and_concurrent_creates_pull_once() {
-    let Some(registry) = Registry::start() else {
+    let Some(registry) = local_registry() else {
         return;
     };
     let native = zstd(&tar_of(
@@ -712,7 +459,7 @@ async fn an_index_resolves_to_this_platform_and_concurrent_creates_pull_once() {
 
 #[tokio::test]
 async fn a_blob_that_does_not_match_its_digest_is_never_kept() {
-    let Some(registry) = Registry::start() else {
+    let Some(registry) = local_registry() else {
         return;
     };
     let layer = base_layer();
@@ -757,7 +504,10 @@ async fn a_blob_that_does_not_match_its_digest_is_never_kept() {
 
 #[tokio::test]
 async fn a_registry_that_wants_a_login_gets_the_configured_one() {
-    let Some(registry) = Registry::start_with_login("ci", "s3cret") else {
+    let Some(registry) = LocalRegistry::start_with_login("ci", "s3cret")
+        .inspect_err(|why| eprintln!("skipping: {why}"))
+        .ok()
+    else {
         return;
     };
     registry
@@ -812,36 +562,25 @@ async fn a_registry_that_wants_a_login_gets_the_configured_one() {
 /// busybox with an `/etc/passwd` and `/etc/group` that name `app` (1000:1000, home
 /// `/home/app`) and the group `staff` (50).
 fn users_layer() -> Vec<u8> {
-    let busybox = std::fs::read("/bin/busybox").unwrap();
-    let applets = ["sh", "echo", "id", "pwd", "touch"];
-    let links: Vec<(String, &str)> = applets
-        .iter()
-        .map(|a| (format!("bin/{a}"), "busybox"))
-        .collect();
-    let links: Vec<(&str, &str)> = links.iter().map(|(p, t)| (p.as_str(), *t)).collect();
-    gzip(&tar_of(
-        &[
-            ("bin/busybox", busybox, 0o755),
-            (
-                "etc/passwd",
-                b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:App:/home/app:/bin/sh\n".to_vec(),
-                0o644,
-            ),
-            (
-                "etc/group",
-                b"root:x:0:\nstaff:x:50:\napp:x:1000:\n".to_vec(),
-                0o644,
-            ),
-            ("home/app/.profile", b"".to_vec(), 0o644),
-        ],
-        &links,
-        &[],
-    ))
+    let files = [
+        (
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:App:/home/app:/bin/sh\n".to_vec(),
+            0o644,
+        ),
+        (
+            "etc/group",
+            b"root:x:0:\nstaff:x:50:\napp:x:1000:\n".to_vec(),
+            0o644,
+        ),
+        ("home/app/.profile", Vec::new(), 0o644),
+    ];
+    busybox_layer(&["sh", "echo", "id", "pwd", "touch"], &files)
 }
 
 #[tokio::test]
 async fn the_image_user_runs_commands_and_owns_its_workspace() {
-    let Some(registry) = Registry::start() else {
+    let Some(registry) = local_registry() else {
         return;
     };
     for (repository, user) in [
@@ -942,7 +681,7 @@ async fn wait_for_images(backend: &Backend, expected: &[&str]) -> traforato_core
 
 #[tokio::test]
 async fn images_are_kept_listed_collected_by_size_and_removed_but_never_while_used() {
-    let Some(registry) = Registry::start() else {
+    let Some(registry) = local_registry() else {
         return;
     };
     const UNIQUE: usize = 256 << 10;
@@ -953,7 +692,7 @@ async fn images_are_kept_listed_collected_by_size_and_removed_but_never_while_us
             .await;
     }
     let image = |name: &str| format!("{}/test/{name}:1", registry.host());
-    let reference = |name: &str| format!("127.0.0.1:{}/test/{name}:1", registry.port);
+    let reference = |name: &str| format!("127.0.0.1:{}/test/{name}:1", registry.port());
 
     // Unlimited: a and b pulled, listed with their sizes; the second create of a is no pull.
     let backend = Backend::new(RegistrySettings::default());

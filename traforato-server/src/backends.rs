@@ -147,6 +147,7 @@ fn container_backend(settings: &ContainerSettings) -> Result<Arc<dyn VmBackend>,
         config.registries.timeout = timeout;
     }
     config.oci_max_disk = oci.max_disk;
+    config.registries.allowed = oci.allowed_registries.clone();
     match ContainerBackend::new(config) {
         Ok(backend) => Ok(Arc::new(backend)),
         Err(err) => Err(ServeError::BackendUnavailable {

@@ -153,6 +153,8 @@ layer! {
         pub max_disk: Option<ByteSize>,
         /// `operators`: client ids that may list, pull and remove images in prod mode.
         pub operators: Option<Vec<String>>,
+        /// `allowed-registries`: the registries images may come from (empty: any).
+        pub allowed_registries: Option<Vec<String>>,
     }
 }
 

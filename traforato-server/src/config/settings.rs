@@ -136,6 +136,9 @@ pub struct OciSettings {
     /// `operators`: client ids allowed on the `/images` routes in prod mode (none by default;
     /// in dev mode everyone is).
     pub operators: Vec<String>,
+    /// `allowed-registries`: the registries images may come from (empty, the default: any
+    /// but link-local addresses).
+    pub allowed_registries: Vec<String>,
 }
 
 /// A registry login: a password given inline or read from a file when the worker starts.
@@ -165,6 +168,7 @@ impl std::fmt::Debug for OciSettings {
             .field("docker_config", &self.docker_config)
             .field("max_disk", &self.max_disk)
             .field("operators", &self.operators)
+            .field("allowed_registries", &self.allowed_registries)
             .finish()
     }
 }
@@ -203,6 +207,7 @@ impl From<ImagesLayer> for OciSettings {
             docker_config: non_empty(layer.docker_config).map(PathBuf::from),
             max_disk: layer.max_disk.map(|size| size.0),
             operators: trimmed(layer.operators.unwrap_or_default()),
+            allowed_registries: trimmed(layer.allowed_registries.unwrap_or_default()),
         }
     }
 }

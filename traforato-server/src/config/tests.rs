@@ -286,11 +286,16 @@ fn yaml_images_section() {
         &[],
         "images:\n  dir: /srv/images\n  insecure-registries: [\" registry.lan:5000 \", \"\"]\n  \
          mirrors:\n    docker.io: [\"http://127.0.0.1:5000\", \"https://mirror.example\"]\n  \
-         pull-timeout: 10s\n",
+         pull-timeout: 10s\n  max-disk: 20GiB\n  operators: [\" ops \", \"\"]\n  \
+         allowed-registries: [docker.io, \"registry.lan:5000\"]\n",
     )
     .unwrap();
     let oci = &values.container.oci;
     assert_eq!(oci.dir, Some(Some(PathBuf::from("/srv/images"))));
+    assert_eq!(oci.max_disk, Some(20 << 30));
+    assert_eq!(oci.operators, ["ops"]);
+    assert_eq!(oci.allowed_registries, ["docker.io", "registry.lan:5000"]);
+    assert_eq!(values.worker_config(None).operators, ["ops"]);
     assert_eq!(oci.insecure_registries, ["registry.lan:5000"]);
     assert_eq!(
         oci.mirrors.get("docker.io").unwrap(),

@@ -314,6 +314,13 @@ impl Inner {
     /// The image `reference`: its record if one is stored (and `force` is off), else pulled
     /// (once, however many ask at the same time) and recorded.
     async fn image(&self, reference: &Reference, force: bool) -> Result<Loaded, BackendError> {
+        // Held images too: the allow-list says where sandboxes' images may come from.
+        if !self.settings.allows(&reference.registry) {
+            let refused = PullError::NotAllowed {
+                registry: reference.registry.clone(),
+            };
+            return Err(pull_error(reference, &refused));
+        }
         let opened = self.opened().await?;
         if force {
             self.pulls.forget(reference);
@@ -794,9 +801,9 @@ fn pull_error(reference: &Reference, error: &PullError) -> BackendError {
         PullError::NotFound { .. } => BackendError::ImageNotFound {
             image: reference.to_string(),
         },
-        PullError::Unauthorized { .. } | PullError::NoPlatform { .. } => {
-            BackendError::InvalidRequest(error.to_string())
-        }
+        PullError::Unauthorized { .. }
+        | PullError::NoPlatform { .. }
+        | PullError::NotAllowed { .. } => BackendError::InvalidRequest(error.to_string()),
         PullError::Unreachable { registry, reason } => BackendError::RegistryUnreachable {
             registry: registry.clone(),
             reason: reason.clone(),

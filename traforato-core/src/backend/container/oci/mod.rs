@@ -10,6 +10,8 @@ pub mod layer;
 pub mod pull;
 mod records;
 pub mod reference;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 pub use blobs::{BlobError, BlobStore, BlobWriter};
 pub use cache::OciImages;

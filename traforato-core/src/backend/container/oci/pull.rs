@@ -37,6 +37,22 @@ pub struct RegistrySettings {
     pub max_blob_bytes: u64,
     /// Longest a whole pull may take (a registry that trickles bytes is cut off).
     pub pull_deadline: Duration,
+    /// The registries (`host[:port]`) images may come from; empty: any, but for link-local
+    /// addresses (cloud metadata services), which must be listed to be used. Mirrors are the
+    /// operator's own and always reached.
+    pub allowed: Vec<String>,
+}
+
+impl RegistrySettings {
+    /// Whether images may come from `registry` (`host[:port]`).
+    pub fn allows(&self, registry: &str) -> bool {
+        if self.allowed.is_empty() {
+            return !is_link_local(registry);
+        }
+        self.allowed
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(registry))
+    }
 }
 
 /// Largest image config accepted (registries cap manifests at 4 MiB).
@@ -56,6 +72,7 @@ impl std::fmt::Debug for RegistrySettings {
             .field("timeout", &self.timeout)
             .field("max_blob_bytes", &self.max_blob_bytes)
             .field("pull_deadline", &self.pull_deadline)
+            .field("allowed", &self.allowed)
             .finish()
     }
 }
@@ -69,6 +86,7 @@ impl Default for RegistrySettings {
             timeout: Duration::from_secs(30),
             max_blob_bytes: 8 << 30,
             pull_deadline: Duration::from_secs(30 * 60),
+            allowed: Vec::new(),
         }
     }
 }
@@ -139,6 +157,12 @@ pub enum PullError {
         registry: String,
         /// The last transport error.
         reason: String,
+    },
+    /// The worker does not take images from this registry (`images.allowed-registries`).
+    #[error("images from {registry} are not allowed on this worker")]
+    NotAllowed {
+        /// The registry.
+        registry: String,
     },
     /// A blob was not what its digest says, or too large.
     #[error("{0}")]
@@ -269,17 +293,32 @@ pub fn docker_credentials(json: &[u8]) -> Result<BTreeMap<String, (String, Strin
     Ok(out)
 }
 
-/// Whether `host` (`host[:port]`) is loopback.
-fn is_loopback(host: &str) -> bool {
+/// The host name of `host[:port]` (an IPv6 address without its brackets).
+fn name_of(host: &str) -> &str {
     let name = match host.rsplit_once(':') {
         Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
         _ => host,
     };
-    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// Whether `host` (`host[:port]`) is loopback.
+fn is_loopback(host: &str) -> bool {
+    let name = name_of(host);
     name == "localhost"
         || name
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether `host` (`host[:port]`) is a link-local address (`169.254.0.0/16`, `fe80::/10`),
+/// where cloud metadata services answer.
+fn is_link_local(host: &str) -> bool {
+    match name_of(host).parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => ip.is_link_local(),
+        Ok(std::net::IpAddr::V6(ip)) => (ip.segments()[0] & 0xffc0) == 0xfe80,
+        Err(_) => false,
+    }
 }
 
 /// Pulls images into a [`BlobStore`].
@@ -393,6 +432,9 @@ impl Puller {
     /// Pulls `reference`: manifest, config and every layer not yet in the store.
     pub async fn pull(&self, reference: &Reference) -> Result<PulledImage, PullError> {
         let registry = reference.registry.clone();
+        if !self.settings.allows(&registry) {
+            return Err(PullError::NotAllowed { registry });
+        }
         let shown = reference.to_string();
         let mut last_transport = None;
         let mut found = None;
@@ -549,9 +591,15 @@ impl Puller {
         // A registry cannot stream more than the manifest declared.
         let limit = declared;
         let mut writer = self.blobs.writer(&digest, limit)?;
+        // Blobs come from the registry only: a manifest's `urls` (foreign layers) would make
+        // the worker fetch whatever address a hostile image names.
+        let descriptor = OciDescriptor {
+            urls: None,
+            ..descriptor.clone()
+        };
         let pulled = self
             .client_for(registry)
-            .pull_blob(source, descriptor, BlobSink(&mut writer))
+            .pull_blob(source, &descriptor, BlobSink(&mut writer))
             .await;
         match pulled {
             Ok(()) => tokio::task::spawn_blocking(move || writer.commit())
@@ -611,6 +659,23 @@ impl AsyncWrite for BlobSink<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allowed_registries() {
+        let any = RegistrySettings::default();
+        assert!(any.allows("docker.io") && any.allows("127.0.0.1:5000"));
+        assert!(
+            !any.allows("169.254.169.254"),
+            "metadata services need listing"
+        );
+        assert!(!any.allows("[fe80::1]:5000"));
+        let listed = RegistrySettings {
+            allowed: vec!["registry.lan:5000".into(), "169.254.169.254".into()],
+            ..RegistrySettings::default()
+        };
+        assert!(listed.allows("REGISTRY.lan:5000") && listed.allows("169.254.169.254"));
+        assert!(!listed.allows("docker.io") && !listed.allows("registry.lan"));
+    }
 
     #[test]
     fn hosts_and_loopback() {
