@@ -284,3 +284,159 @@ async fn default_capacity_holds_fifty_idle_sandboxes_and_a_bigger_one() {
     backend.remove_cgroup_parents().unwrap();
     std::fs::remove_dir_all(&state_dir).unwrap();
 }
+
+/// Issue "OCI images": the prototype's quick start, `{"image":"alpine:3.20","cpu":1}`, through
+/// a Docker Hub mirror on loopback (a stand-in `library/alpine:3.20` built from busybox, since
+/// no public image can be pulled here): pre-pulled and kept warm at start-up, claimed by the
+/// create, its run-code step a clear refusal (no Python in it); the operator's image route
+/// lists it in use and the pull metric counts it.
+#[tokio::test]
+async fn the_prototype_quick_start_runs_alpine_through_a_mirror() {
+    use traforato_core::backend::container::oci::testing::{busybox_layer, LocalRegistry};
+    use traforato_core::backend::container::oci::RegistrySettings;
+
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipping: needs root (runs in CI as root)");
+        return;
+    }
+    let registry = match LocalRegistry::start() {
+        Ok(registry) => registry,
+        Err(why) => {
+            eprintln!("skipping: {why}");
+            return;
+        }
+    };
+    let motd = ("etc/motd", b"a stand-in alpine\n".to_vec(), 0o644);
+    registry
+        .push(
+            "library/alpine",
+            "3.20",
+            &[busybox_layer(&["sh", "cat", "echo"], &[motd])],
+            &["PATH=/bin"],
+        )
+        .await;
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let state_dir = std::env::temp_dir().join(format!("traforato-e2e-alpine-{}", &id[..8]));
+    let images = tempfile::tempdir().unwrap();
+    let config = ContainerConfig {
+        state_dir: state_dir.clone(),
+        cgroup_parent: format!("traforato-e2e-{}", &id[..12]),
+        init_program: std::path::PathBuf::from(env!("CARGO_BIN_EXE_traforato-worker")),
+        oci_dir: Some(images.path().to_path_buf()),
+        registries: RegistrySettings {
+            mirrors: [(
+                "docker.io".to_string(),
+                vec![format!("http://{}", registry.host())],
+            )]
+            .into(),
+            ..RegistrySettings::default()
+        },
+        ..ContainerConfig::default()
+    };
+    let backend = Arc::new(ContainerBackend::new(config).expect("container backend as root"));
+    let broker = TestBroker::dev(BrokerConfig {
+        default_virtualization: "container".to_string(),
+        ..BrokerConfig::default()
+    })
+    .await;
+    let backends: Vec<Arc<dyn VmBackend>> = vec![backend.clone()];
+    let worker = dev_worker(Some(&broker.url), backends, |c| {
+        c.default_virtualization = "container".to_string();
+        c.max_live_sandboxes = 4;
+        c.pre_pull = vec![PrePullTarget {
+            tuple: SandboxTuple::normalize("container", "alpine:3.20", 1, "container"),
+            target_count: 1,
+            warmup_script: String::new(),
+            warmup_timeout: Duration::from_secs(30),
+        }];
+    })
+    .await;
+    let stack = Stack::registered(broker, worker).await.unwrap();
+    let b = stack.broker.broker.clone();
+    wait_until("a warm alpine sandbox", || {
+        let text = b.availability_text();
+        async move { text.contains("container\talpine:3.20\t1\t1") }
+    })
+    .await;
+
+    let created = stack
+        .create(json!({"image": "alpine:3.20", "cpu": 1}))
+        .await;
+    assert_eq!(created["start_type"], "warm");
+    let id = created["sandbox_id"].as_str().unwrap().to_string();
+    let started = body_json(
+        follow()
+            .post(stack.sandbox(&id, "/exec"))
+            .json(&json!({"command": "cat /etc/motd"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let exec_url = stack.sandbox(
+        &id,
+        &format!("/exec/{}", started["exec_id"].as_str().unwrap()),
+    );
+    let record = || async { body_json(follow().get(&exec_url).send().await.unwrap()).await };
+    wait_until("the exec", || async {
+        record().await["status"] == "exited"
+    })
+    .await;
+    let ran = record().await;
+    assert_eq!(ran["stdout"], "a stand-in alpine\n", "{ran}");
+    follow()
+        .post(stack.sandbox(&id, "/exec/code"))
+        .json(&json!({"runtime": "python", "code": "print(1)"}))
+        .expect_error(
+            400,
+            "python is not available in this sandbox's image (no python3 on its PATH)",
+        )
+        .await;
+
+    // The operator's view: the image, normalised, in use by the claimed sandbox and the
+    // warm one that replaced it.
+    let worker_url = stack.worker.url.clone();
+    let listed = body_json(
+        follow()
+            .get(format!("{worker_url}/images"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        listed["images"][0]["reference"],
+        "docker.io/library/alpine:3.20"
+    );
+    assert!(
+        listed["images"][0]["in_use"].as_u64().unwrap() >= 1,
+        "{listed}"
+    );
+    follow()
+        .delete(format!("{worker_url}/images?ref=alpine:3.20"))
+        .expect_error(
+            409,
+            "image docker.io/library/alpine:3.20 is in use by a sandbox",
+        )
+        .await;
+    let metrics = follow()
+        .get(format!("{worker_url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("traforato_worker_image_pulls_total{result=\"ok\""),
+        "{metrics}"
+    );
+
+    follow()
+        .delete(stack.sandbox(&id, ""))
+        .expect_status(204)
+        .await;
+    stack.stop().await.unwrap();
+    backend.remove_cgroup_parents().unwrap();
+    let _ = std::fs::remove_dir_all(&state_dir);
+}
