@@ -499,6 +499,17 @@ async fn a_blob_that_does_not_match_its_digest_is_never_kept() {
         "temporary files left: {kept:?}"
     );
     assert_eq!(backend.layer_dirs(), 0);
+
+    // A blob the manifest names that the registry lost is the registry's fault, not an
+    // unknown image.
+    std::fs::remove_file(&file).unwrap();
+    let result = backend.provision(&image).await;
+    assert!(
+        matches!(&result, Err(BackendError::ImageUnavailable { reason, .. })
+            if reason.contains("which the registry does not have")),
+        "{:?}",
+        result.err()
+    );
     backend.teardown().await;
 }
 

@@ -191,7 +191,13 @@ enum Failure {
 
 fn classify(error: &OciDistributionError) -> Failure {
     match error {
-        OciDistributionError::RequestError(e) => Failure::Transport(e.to_string()),
+        // A blob's answer is checked with `error_for_status`: its status says what it was.
+        OciDistributionError::RequestError(e) => match e.status().map(|s| s.as_u16()) {
+            Some(404) => Failure::NotFound,
+            Some(401 | 403) => Failure::Unauthorized,
+            Some(code) if code < 500 => Failure::Other(e.to_string()),
+            _ => Failure::Transport(e.to_string()),
+        },
         OciDistributionError::ImageManifestNotFoundError(_) => Failure::NotFound,
         OciDistributionError::ServerError { code: 404, .. } => Failure::NotFound,
         OciDistributionError::UnauthorizedError { .. }
@@ -617,8 +623,14 @@ impl Puller {
                         registry: registry.to_string(),
                         reason,
                     },
-                    Failure::NotFound => PullError::NotFound {
-                        reference: format!("{}@{digest}", source.repository()),
+                    // The manifest was found: a blob it names that is missing is the
+                    // registry's fault, not an unknown image.
+                    Failure::NotFound => PullError::Registry {
+                        registry: registry.to_string(),
+                        reason: format!(
+                            "{} names blob {digest}, which the registry does not have",
+                            source.repository()
+                        ),
                     },
                     Failure::Unauthorized => PullError::Unauthorized {
                         registry: registry.to_string(),
