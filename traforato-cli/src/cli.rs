@@ -158,8 +158,12 @@ included, uses the image.";
 #[derive(Debug, Subcommand)]
 pub enum ImagesCommand {
     /// List the images a worker holds: reference, size, last use, sandboxes using it.
+    #[command(after_help = "Example:\n  traforato-cli images ls --worker http://worker-a:8081")]
     Ls(WorkerArg),
     /// Pull an image on a worker (again, if held), waiting until it is ready.
+    #[command(
+        after_help = "Example:\n  traforato-cli images pull alpine:3.20 --worker http://worker-a:8081"
+    )]
     Pull {
         /// The image reference (alpine:3.20, ghcr.io/org/img:tag, repo@sha256:...).
         image: String,
@@ -167,6 +171,9 @@ pub enum ImagesCommand {
         worker: WorkerArg,
     },
     /// Remove an image from a worker (refused while a sandbox uses it).
+    #[command(
+        after_help = "Example:\n  traforato-cli images rm alpine:3.20 --worker http://worker-a:8081"
+    )]
     Rm {
         /// The image reference.
         image: String,

@@ -12,8 +12,8 @@ use traforato_core::backend::container::oci::testing::{
 use traforato_core::backend::container::oci::RegistrySettings;
 use traforato_core::backend::container::{ContainerBackend, ContainerConfig};
 use traforato_core::backend::{
-    run_collected, BackendError, CodeSpec, ExecSpec, ImageCatalog, ProvisionSpec, Runtime, Vm,
-    VmBackend,
+    run_collected, BackendError, CodeSpec, ExecSpec, ImageCatalog, ProvisionSpec, Runtime,
+    TerminalSize, Vm, VmBackend,
 };
 use traforato_core::id::LocalVmId;
 use traforato_core::tuple::SandboxTuple;
@@ -586,7 +586,7 @@ fn users_layer() -> Vec<u8> {
         ),
         ("home/app/.profile", Vec::new(), 0o644),
     ];
-    busybox_layer(&["sh", "echo", "id", "pwd", "touch"], &files)
+    busybox_layer(&["sh", "echo", "id", "pwd", "touch", "tty", "stat"], &files)
 }
 
 #[tokio::test]
@@ -627,6 +627,11 @@ async fn the_image_user_runs_commands_and_owns_its_workspace() {
         "mine\nrefused\n",
         "the user writes its workspace, not the image's root-owned files"
     );
+    // Its terminal is its own.
+    let mut spec = ExecSpec::shell("stat -c %u:%g $(tty)");
+    spec.tty = Some(TerminalSize::default());
+    let ran = run_collected(vm.as_ref(), spec).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&ran.stdout).trim(), "1000:1000");
     // A request's own HOME still wins over the user's.
     let mut spec = ExecSpec::shell("echo $HOME");
     spec.env.insert("HOME".into(), "/tmp".into());

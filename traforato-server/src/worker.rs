@@ -106,6 +106,7 @@ pub fn status_for(err: &WorkerError) -> StatusCode {
         WorkerError::ImageInUse(_) => StatusCode::CONFLICT,
         WorkerError::InvalidImage(_) => StatusCode::BAD_REQUEST,
         WorkerError::ImagesUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        WorkerError::ImagePullFailed(_) => StatusCode::BAD_GATEWAY,
         WorkerError::InvalidCreate(_) => StatusCode::BAD_REQUEST,
         WorkerError::ProvisionFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
         WorkerError::RegistryUnreachable(_) => StatusCode::BAD_GATEWAY,

@@ -135,6 +135,10 @@ fn image_error(error: BackendError) -> WorkerError {
             WorkerError::RegistryUnreachable(registry)
         }
         BackendError::Unavailable(reason) => WorkerError::ImagesUnavailable(reason),
+        // Operators see why (a registry that lost a blob, a tampered layer, a full disk).
+        BackendError::ImageUnavailable { image, reason } => {
+            WorkerError::ImagePullFailed(format!("image {image} is not available: {reason}"))
+        }
         other => WorkerError::Backend(other),
     }
 }

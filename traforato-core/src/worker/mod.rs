@@ -224,6 +224,9 @@ pub enum WorkerError {
     /// 400: an image operation named something that is not an image reference (the cause).
     #[error("{0}")]
     InvalidImage(String),
+    /// 502: an operator's pull failed at the registry or on the worker's disk; the cause.
+    #[error("{0}")]
+    ImagePullFailed(String),
     /// 503: the image directory cannot be changed now (another worker shares it); the cause.
     #[error("{0}")]
     ImagesUnavailable(String),

@@ -884,9 +884,11 @@ fn exec_child(
         // The image's user: its gid as its only group, then its uid (all three of each), which
         // leaves it no capabilities. Before the working directory, which it must be able to
         // reach itself.
-        if let Some(ExecUser { uid, gid }) = user.filter(|_| !out_of_reach) {
+        if let Some(ExecUser { uid, gid }) = user {
             let groups = [gid as libc::gid_t];
-            if libc::setgroups(1, groups.as_ptr()) < 0
+            // The worker's own helpers never run as a user: refuse rather than guess.
+            if out_of_reach
+                || libc::setgroups(1, groups.as_ptr()) < 0
                 || libc::setresgid(gid, gid, gid) < 0
                 || libc::setresuid(uid, uid, uid) < 0
             {

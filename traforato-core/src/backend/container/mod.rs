@@ -483,13 +483,15 @@ impl ContainerBackend {
                 }
                 // Its working directory is its own, as a root user's is.
                 let workspace = dir.join("rootfs").join(DEFAULT_CWD.trim_start_matches('/'));
-                let _ = rustix::fs::chownat(
+                if let Err(error) = rustix::fs::chownat(
                     CWD,
                     &workspace,
                     Some(rustix::fs::Uid::from_raw(uid + user.ids.uid)),
                     Some(rustix::fs::Gid::from_raw(uid + user.ids.gid)),
                     rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-                );
+                ) {
+                    tracing::warn!(%error, "could not give /workspace to the image's user");
+                }
                 Some(user.ids)
             }
             None => None,
@@ -817,24 +819,24 @@ impl Rollback {
             let _ = child.start_kill();
             let _ = child.wait().await;
         }
-        if let Some((dir, cgroups, name)) = self.host.take() {
-            let result = tokio::task::spawn_blocking(move || {
-                teardown_host(&dir, Some(cgroups.existing(&name)))
-            })
-            .await;
-            match result {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "failed provision left resources behind");
-                    // Its root may still be mounted: its image's layers stay.
-                    std::mem::forget(self.hold);
-                    return;
-                }
-                Err(e) => tracing::warn!(error = %e, "provision rollback task failed"),
-            }
+        let hold = std::mem::take(&mut self.hold);
+        let Some((dir, cgroups, name)) = self.host.take() else {
+            // Nothing of the root was made here (or the host step cleans up after itself,
+            // holding the image itself meanwhile).
+            return;
+        };
+        // The hold goes with the teardown, which finishes even if this rollback is dropped.
+        let result = tokio::task::spawn_blocking(move || {
+            let result = teardown_host(&dir, Some(cgroups.existing(&name)));
+            vm::release_after(hold, &result);
+            result
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "failed provision left resources behind"),
+            Err(e) => tracing::warn!(error = %e, "provision rollback task failed"),
         }
-        // The root is gone: its image may be collected.
-        drop(self.hold);
     }
 }
 

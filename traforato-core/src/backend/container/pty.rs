@@ -22,8 +22,14 @@ pub(crate) struct Terminal {
 }
 
 /// Opens a terminal of `size` in the devpts of the sandbox whose agent is host pid
-/// `agent_pid`, as the sandbox's `uid`. Blocks briefly; call it off the async threads.
-pub(crate) fn open_terminal(agent_pid: u32, uid: u32, size: TerminalSize) -> io::Result<Terminal> {
+/// `agent_pid`, as the sandbox's `uid`; its slave is given to `owner` (host uid and gid) when
+/// set. Blocks briefly; call it off the async threads.
+pub(crate) fn open_terminal(
+    agent_pid: u32,
+    uid: u32,
+    owner: Option<(u32, u32)>,
+    size: TerminalSize,
+) -> io::Result<Terminal> {
     let ptmx = format!("/proc/{agent_pid}/root/dev/pts/ptmx");
     let master = {
         let _creds = SandboxFsCreds::enter(uid, uid)?;
@@ -40,6 +46,13 @@ pub(crate) fn open_terminal(agent_pid: u32, uid: u32, size: TerminalSize) -> io:
         &master,
         OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC,
     )?;
+    if let Some((owner_uid, owner_gid)) = owner {
+        rustix::fs::fchown(
+            &slave,
+            Some(rustix::fs::Uid::from_raw(owner_uid)),
+            Some(rustix::fs::Gid::from_raw(owner_gid)),
+        )?;
+    }
     Ok(Terminal { master, slave })
 }
 

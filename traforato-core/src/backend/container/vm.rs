@@ -150,15 +150,12 @@ impl ContainerVm {
 
 impl Drop for ContainerVm {
     fn drop(&mut self) {
-        let undestroyed = self
-            .teardown
-            .try_lock()
-            .map(|t| t.is_some())
-            .unwrap_or(false);
-        if undestroyed {
+        let undestroyed = self.teardown.try_lock().ok().and_then(|mut t| t.take());
+        if let Some(teardown) = undestroyed {
             // Closing the control socket ends the sandbox's processes; mounts and cgroups
-            // stay until `cleanup_leftovers`.
+            // stay until `cleanup_leftovers`, and so do the image's layers.
             tracing::warn!(vm_id = %self.vm_id, "container sandbox dropped without destroy");
+            std::mem::forget(teardown.hold);
         }
     }
 }
@@ -211,8 +208,11 @@ impl Vm for ContainerVm {
             (None, _) => None,
             (Some(_), None) => return Err(BackendError::Unsupported("terminals")),
             (Some(size), Some((agent_pid, uid))) => Some(
-                tokio::task::spawn_blocking(move || {
-                    super::pty::open_terminal(agent_pid, uid, size)
+                // The image's user owns its terminal (as login does), so that programs that
+                // reopen it (`sudo`, password prompts) can.
+                tokio::task::spawn_blocking({
+                    let owner = self.user.map(|u| (uid + u.uid, uid + u.gid));
+                    move || super::pty::open_terminal(agent_pid, uid, owner, size)
                 })
                 .await
                 .map_err(|e| BackendError::task("terminal", e))?
@@ -346,15 +346,25 @@ impl Vm for ContainerVm {
         // namespace with it; the cgroup sweep below catches anything in between.
         let _ = child.start_kill();
         let _ = child.wait().await;
-        let result = tokio::task::spawn_blocking(move || teardown_host(&dir, Some(cgroup)))
-            .await
-            .map_err(|e| BackendError::task("teardown", e))?
-            .map_err(BackendError::Teardown);
-        // A root that could not be unmounted keeps its image's layers.
-        if result.is_err() {
-            std::mem::forget(hold);
-        }
-        result
+        // The hold goes with the teardown, which finishes even if this destroy is abandoned.
+        tokio::task::spawn_blocking(move || {
+            let result = teardown_host(&dir, Some(cgroup));
+            release_after(hold, &result);
+            result
+        })
+        .await
+        .map_err(|e| BackendError::task("teardown", e))?
+        .map_err(BackendError::Teardown)
+    }
+}
+
+/// Releases an image hold once a root's teardown is over; a root that could not be removed
+/// (it may still be mounted) keeps its image's layers from collection until the worker
+/// restarts.
+pub(crate) fn release_after<T, E: std::fmt::Display>(hold: ImageHold, teardown: &Result<T, E>) {
+    if let Err(error) = teardown {
+        tracing::warn!(%error, "a sandbox root was not removed: its image's layers stay in use");
+        std::mem::forget(hold);
     }
 }
 

@@ -85,6 +85,11 @@ impl<K: Eq + Hash + Clone, V: Clone, E> SingleFlight<K, V, E> {
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
     }
+
+    /// Forgets every outcome kept.
+    fn clear(&self) {
+        self.cells.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
 }
 
 /// Pulled images and unpacked layers under one directory.
@@ -183,26 +188,33 @@ impl OciImages {
     }
 
     /// Pulls `image` again from its registry (a tag may have moved), unpacks its layers and
-    /// says what is held now.
+    /// says what is held now. The pull runs in a task of its own: a caller that goes away
+    /// does not cut it short.
     pub async fn pull(&self, image: &str) -> Result<ImageInfo, BackendError> {
         let reference = parse(image)?;
-        let loaded = {
-            let _active = self.inner.enter().await;
-            let loaded = self.inner.image(&reference, true).await?;
+        let inner = Arc::clone(&self.inner);
+        let loaded = tokio::spawn(async move {
+            let active = inner.enter().await;
+            let loaded = inner.image(&reference, true).await?;
             for digest in &loaded.image.layers {
-                self.inner.layer_dir(digest).await?;
+                inner.layer_dir(digest, &active).await?;
             }
-            loaded
-        };
-        self.inner.collect_soon();
-        let reference = reference.to_string();
+            drop(active);
+            inner.collect_soon();
+            Ok::<_, BackendError>(loaded)
+        })
+        .await
+        .unwrap_or_else(|e| Err(BackendError::task("pull image", e)))?;
+        let reference = loaded.image.reference.to_string();
         let list = self.list().await?;
         list.images
             .into_iter()
             .find(|i| i.reference == reference)
-            .ok_or_else(|| BackendError::ImageUnavailable {
-                image: reference,
-                reason: format!("pulled as {}, then collected", loaded.image.manifest),
+            .ok_or_else(|| {
+                BackendError::InvalidRequest(format!(
+                    "{reference} was pulled, then collected at once: it is larger than \
+                     images.max-disk allows beside the images in use"
+                ))
             })
     }
 
@@ -221,7 +233,7 @@ impl OciImages {
     /// Removes `image` unless a sandbox uses it, and what no other image needs of it.
     pub async fn remove(&self, image: &str) -> Result<RemovedImage, BackendError> {
         let reference = parse(image)?.to_string();
-        let swept = self.inner.sweep(Goal::Remove(&reference)).await?;
+        let swept = self.inner.sweep(Goal::Remove(reference.clone())).await?;
         Ok(RemovedImage {
             reference,
             freed_bytes: swept.freed,
@@ -279,7 +291,9 @@ impl Inner {
             free
         })
         .await;
-        Active(Arc::clone(self))
+        Active {
+            _entered: Arc::new(Entered(Arc::clone(self))),
+        }
     }
 
     /// Marks a collection in progress, once no create and no other collection runs.
@@ -364,22 +378,28 @@ impl Inner {
         result.map_err(|error| pull_error(reference, &error))
     }
 
-    /// The unpacked directory of layer `digest` (unpacked on first use, once).
-    async fn layer_dir(&self, digest: &Digest) -> Result<PathBuf, BackendError> {
+    /// The unpacked directory of layer `digest` (unpacked on first use, once). The unpack
+    /// keeps `active` until it is done, even if its caller goes away: a collection must not
+    /// run while it writes.
+    async fn layer_dir(&self, digest: &Digest, active: &Active) -> Result<PathBuf, BackendError> {
         let opened = self.opened().await?;
         let result = self
             .unpacks
             .run(digest, || async {
                 let blob = opened.puller.blobs().path(digest);
                 let target = opened.paths.layers.join(layer_name(digest, self.mapping));
+                // 64 bits of the digest: finding another layer with the same name is out
+                // of reach, and a link is never repointed anyway.
                 let link = opened.paths.links.join(format!(
                     "{}{:x}",
-                    &digest.hex()[..12],
+                    &digest.hex()[..16],
                     self.mapping.uid_base
                 ));
                 let mapping = self.mapping;
                 let digest = digest.clone();
+                let active = active.clone();
                 blocking("unpack layer", move || {
+                    let _active = active;
                     let dir = unpack_once(&blob, &target, &digest, mapping)?;
                     short_link(&dir, &link)
                 })
@@ -420,17 +440,27 @@ impl Inner {
         };
         let inner = Arc::clone(self);
         runtime.spawn(async move {
-            if let Err(error) = inner.sweep(Goal::Limit(inner.max_disk)).await {
+            if let Err(error) = inner.sweep_now(Goal::Limit(inner.max_disk)).await {
                 tracing::warn!(%error, "image collection failed");
             }
         });
     }
 
+    /// [`Inner::sweep_now`] in a task of its own: a caller that goes away does not cut it
+    /// short (the removal would go on without the caches forgetting what it removed).
+    async fn sweep(self: &Arc<Self>, goal: Goal) -> Result<Swept, BackendError> {
+        let inner = Arc::clone(self);
+        tokio::spawn(async move { inner.sweep_now(goal).await })
+            .await
+            .unwrap_or_else(|e| Err(BackendError::task("collect images", e)))
+    }
+
     /// Sweeps the directory towards `goal` with creates held off and every other worker
-    /// sharing the directory locked out; forgets what it removed.
-    async fn sweep(self: &Arc<Self>, goal: Goal<'_>) -> Result<Swept, BackendError> {
+    /// sharing the directory locked out; forgets what it removed (everything, when the sweep
+    /// failed part-way), and deletes the layers it moved aside once creates run again.
+    async fn sweep_now(self: &Arc<Self>, goal: Goal) -> Result<Swept, BackendError> {
         self.opened().await?;
-        let _exclusive = self.exclusive().await;
+        let exclusive = self.exclusive().await;
         let held = {
             let usage = self.usage();
             Held {
@@ -438,24 +468,17 @@ impl Inner {
                 layers: usage.layers.keys().cloned().collect(),
             }
         };
-        let owned_goal = match goal {
-            Goal::Remove(reference) => OwnedGoal::Remove(reference.to_string()),
-            Goal::Limit(limit) => OwnedGoal::Limit(limit),
-        };
         let inner = Arc::clone(self);
+        let limit = matches!(goal, Goal::Limit(_));
         let swept = blocking("collect images", move || {
             let opened = inner.opened.get().expect("opened above");
-            let goal = match &owned_goal {
-                OwnedGoal::Remove(reference) => Goal::Remove(reference),
-                OwnedGoal::Limit(limit) => Goal::Limit(*limit),
-            };
             let mut sizes = inner.sizes.lock().unwrap_or_else(|e| e.into_inner());
             let outcome = opened
                 .lock
                 .exclusively(|| {
                     let _ = opened.paths.blobs.remove_temporaries();
                     remove_temporaries(&[&opened.paths.layers, &opened.paths.links]);
-                    gc::sweep(&opened.paths, &held, goal, &mut sizes)
+                    gc::sweep(&opened.paths, &held, &goal, &mut sizes)
                 })
                 .map_err(|e| BackendError::io("lock the image directory", e))?;
             match outcome {
@@ -469,13 +492,25 @@ impl Inner {
         })
         .await;
         let swept = match swept {
-            Err(BackendError::Unavailable(reason)) if matches!(goal, Goal::Limit(_)) => {
+            Ok(swept) => swept,
+            Err(BackendError::Unavailable(reason)) if limit => {
                 if !self.shared_warned.swap(true, Ordering::Relaxed) {
                     tracing::warn!(%reason, "images.max-disk is not enforced");
                 }
                 return Ok(Swept::default());
             }
-            other => other?,
+            // Nothing removed: the caches are right.
+            Err(
+                error @ (BackendError::ImageNotFound { .. }
+                | BackendError::ImageInUse { .. }
+                | BackendError::Unavailable(_)),
+            ) => return Err(error),
+            // Part of it may have been removed: nothing cached is trusted any more.
+            Err(error) => {
+                self.pulls.clear();
+                self.unpacks.clear();
+                return Err(error);
+            }
         };
         for image in &swept.images {
             if let Ok(reference) = Reference::parse(image) {
@@ -486,6 +521,7 @@ impl Inner {
             self.unpacks.forget(digest);
         }
         self.usage().over_limit = swept.over_limit;
+        drop(exclusive);
         if !swept.images.is_empty() || swept.freed > 0 {
             tracing::info!(
                 images = swept.images.len(),
@@ -495,6 +531,14 @@ impl Inner {
                 "image directory collected"
             );
         }
+        let trash = swept.trash.clone();
+        let _ = blocking("delete collected layers", move || {
+            for dir in trash {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            Ok(())
+        })
+        .await;
         Ok(swept)
     }
 
@@ -547,16 +591,10 @@ impl Inner {
     }
 }
 
-/// [`Goal`] owned, to cross into the blocking pool.
-enum OwnedGoal {
-    Remove(String),
-    Limit(Option<u64>),
-}
-
 /// What a failed sweep means for the caller.
-fn sweep_error(goal: &Goal<'_>, error: SweepError) -> BackendError {
+fn sweep_error(goal: &Goal, error: SweepError) -> BackendError {
     let image = match goal {
-        Goal::Remove(reference) => reference.to_string(),
+        Goal::Remove(reference) => reference.clone(),
         Goal::Limit(_) => "(image cache)".to_string(),
     };
     match error {
@@ -611,10 +649,15 @@ async fn pull_logged(puller: &Puller, reference: &Reference) -> Result<PulledIma
     pulled
 }
 
-/// A create or pull in progress.
-struct Active(Arc<Inner>);
+/// A create or pull in progress (clones share it; the last one ends it).
+#[derive(Clone)]
+struct Active {
+    _entered: Arc<Entered>,
+}
 
-impl Drop for Active {
+struct Entered(Arc<Inner>);
+
+impl Drop for Entered {
     fn drop(&mut self) {
         self.0.usage().active -= 1;
         self.0.changed.notify_waiters();
@@ -726,25 +769,39 @@ fn remove_temporaries(dirs: &[&Path]) {
     }
 }
 
-/// The short name `link` of the layer directory `dir` (made, or replaced, atomically).
+/// The short name `link` of the layer directory `dir`. A link that points
+/// elsewhere is never replaced: it would swap another image's layer for every later create.
 fn short_link(dir: &Path, link: &Path) -> Result<PathBuf, BackendError> {
-    if std::fs::read_link(link).is_ok_and(|to| to == dir) {
-        return Ok(link.to_path_buf());
+    match std::fs::read_link(link) {
+        Ok(to) if to == dir => return Ok(link.to_path_buf()),
+        Ok(to) => {
+            return Err(BackendError::ImageUnavailable {
+                image: dir.display().to_string(),
+                reason: format!(
+                    "its short name {} already names {}",
+                    link.display(),
+                    to.display()
+                ),
+            })
+        }
+        Err(_) => {}
     }
-    let temp = link.with_file_name(format!(
-        "{TEMP_PREFIX}{}-{:016x}",
-        link.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        rand::random::<u64>()
-    ));
-    std::os::unix::fs::symlink(dir, &temp)
-        .and_then(|()| std::fs::rename(&temp, link))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&temp);
-            BackendError::io("link layer", e)
-        })?;
-    Ok(link.to_path_buf())
+    // Creating a symlink fails when the name exists: two unpacks racing for one name both
+    // end up with the first one's link.
+    match std::os::unix::fs::symlink(dir, link) {
+        Ok(()) => Ok(link.to_path_buf()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            if std::fs::read_link(link).is_ok_and(|to| to == dir) {
+                Ok(link.to_path_buf())
+            } else {
+                Err(BackendError::ImageUnavailable {
+                    image: dir.display().to_string(),
+                    reason: format!("its short name {} is taken", link.display()),
+                })
+            }
+        }
+        Err(e) => Err(BackendError::io("link layer", e)),
+    }
 }
 
 /// Unpacks the blob into `target` through a temporary directory, unless `target` exists.
@@ -853,11 +910,11 @@ impl ImageSource for OciImages {
         let reference =
             Reference::parse(image).map_err(|e| BackendError::InvalidRequest(e.to_string()))?;
         let (loaded, lower_dirs, hold) = {
-            let _active = self.inner.enter().await;
+            let active = self.inner.enter().await;
             let loaded = self.inner.image(&reference, false).await?;
             let mut lower_dirs = Vec::with_capacity(loaded.image.layers.len());
             for digest in loaded.image.layers.iter().rev() {
-                lower_dirs.push(self.inner.layer_dir(digest).await?);
+                lower_dirs.push(self.inner.layer_dir(digest, &active).await?);
             }
             // Held before creates are let go, so that no collection finds it unused.
             let hold = self.inner.hold(&loaded);

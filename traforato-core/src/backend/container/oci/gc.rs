@@ -32,10 +32,10 @@ pub(crate) struct Held {
 }
 
 /// What a sweep asks for besides removing what nothing needs.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Goal<'a> {
+#[derive(Debug, Clone)]
+pub(crate) enum Goal {
     /// Remove the image with this normalised reference.
-    Remove(&'a str),
+    Remove(String),
     /// Remove unused images, least recently used first, until the directory holds at most
     /// this many bytes (`None`: only what nothing needs).
     Limit(Option<u64>),
@@ -68,13 +68,16 @@ pub(crate) struct Swept {
     pub total: u64,
     /// Still above the limit: everything left over is in use.
     pub over_limit: bool,
+    /// Layer directories moved aside (`.tmp-` names) for the caller to delete once creates
+    /// may run again (a big layer takes a while to delete).
+    pub trash: Vec<PathBuf>,
 }
 
 /// Sweeps the cache at `paths` towards `goal`, keeping `held`.
 pub(crate) fn sweep(
     paths: &Paths,
     held: &Held,
-    goal: Goal<'_>,
+    goal: &Goal,
     sizes: &mut Sizes,
 ) -> Result<Swept, SweepError> {
     let mut swept = Swept::default();
@@ -82,7 +85,7 @@ pub(crate) fn sweep(
     if let Goal::Remove(reference) = goal {
         let index = images
             .iter()
-            .position(|s| s.record.reference == reference)
+            .position(|s| &s.record.reference == reference)
             .ok_or(SweepError::NotFound)?;
         if held.images.contains(reference) {
             return Err(SweepError::InUse);
@@ -92,7 +95,7 @@ pub(crate) fn sweep(
     let mut inventory = Inventory::read(paths)?;
     swept.freed += inventory.remove_unneeded(paths, &images, held, sizes)?;
     let mut total = inventory.size(paths, sizes);
-    if let Goal::Limit(Some(limit)) = goal {
+    if let Goal::Limit(Some(limit)) = *goal {
         // Least recently used last, so that pop() takes it.
         images.sort_by_key(|image| std::cmp::Reverse(image.last_used));
         while total > limit {
@@ -107,6 +110,7 @@ pub(crate) fn sweep(
         }
     }
     swept.layers = inventory.removed;
+    swept.trash = inventory.trash;
     swept.total = total;
     remove_dangling_links(&paths.links);
     Ok(swept)
@@ -141,6 +145,8 @@ struct Inventory {
     /// Layer directories (any uid mapping) with their digest.
     layers: Vec<(Digest, PathBuf)>,
     removed: Vec<Digest>,
+    /// Layer directories moved aside.
+    trash: Vec<PathBuf>,
 }
 
 impl Inventory {
@@ -156,6 +162,9 @@ impl Inventory {
             let entry = entry?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
+            if name.starts_with(super::cache::TEMP_PREFIX) {
+                continue;
+            }
             let Some((hex, _mapping)) = name.split_once("-u") else {
                 continue;
             };
@@ -167,6 +176,7 @@ impl Inventory {
             blobs,
             layers,
             removed: Vec::new(),
+            trash: Vec::new(),
         })
     }
 
@@ -217,7 +227,7 @@ impl Inventory {
                 continue;
             }
             freed += sizes.of(&dir);
-            remove_tree(&dir)?;
+            self.trash.push(move_aside(&dir)?);
             sizes.forget(&dir);
             if !self.removed.contains(&digest) {
                 self.removed.push(digest);
@@ -228,12 +238,16 @@ impl Inventory {
     }
 }
 
-/// Removes a layer directory, whose unpacked modes may deny even its owner (`0500` dirs).
-fn remove_tree(dir: &Path) -> io::Result<()> {
-    match fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
+/// Renames a layer directory to a temporary name beside it, for deleting later: gone from
+/// every create's view at once.
+fn move_aside(dir: &Path) -> io::Result<PathBuf> {
+    let trash = dir.with_file_name(format!(
+        "{}gc-{:016x}",
+        super::cache::TEMP_PREFIX,
+        rand::random::<u64>()
+    ));
+    fs::rename(dir, &trash)?;
+    Ok(trash)
 }
 
 /// Removes the short links whose layer directory is gone.
@@ -346,7 +360,7 @@ mod tests {
         held.layers.extend([base.clone(), b.clone()]);
 
         // No limit: only what nothing needs goes (here, nothing).
-        let swept = sweep(&cache.paths, &held, Goal::Limit(None), &mut sizes).unwrap();
+        let swept = sweep(&cache.paths, &held, &Goal::Limit(None), &mut sizes).unwrap();
         assert_eq!(swept.total, 4 * LAYER);
         assert!(swept.images.is_empty() && swept.freed == 0);
 
@@ -355,7 +369,7 @@ mod tests {
         let swept = sweep(
             &cache.paths,
             &held,
-            Goal::Limit(Some(3 * LAYER)),
+            &Goal::Limit(Some(3 * LAYER)),
             &mut sizes,
         )
         .unwrap();
@@ -373,7 +387,7 @@ mod tests {
         );
 
         // Room for one layer: `new` goes; `older` stays in use, over the limit.
-        let swept = sweep(&cache.paths, &held, Goal::Limit(Some(LAYER)), &mut sizes).unwrap();
+        let swept = sweep(&cache.paths, &held, &Goal::Limit(Some(LAYER)), &mut sizes).unwrap();
         assert_eq!(swept.images, vec!["new".to_string()]);
         assert!(swept.over_limit);
         assert_eq!(cache.references(), vec!["older"]);
@@ -382,7 +396,7 @@ mod tests {
         let swept = sweep(
             &cache.paths,
             &Held::default(),
-            Goal::Remove("older"),
+            &Goal::Remove("older".into()),
             &mut sizes,
         )
         .unwrap();
@@ -402,22 +416,27 @@ mod tests {
         let mut sizes = Sizes::default();
         let mut held = Held::default();
         assert!(matches!(
-            sweep(&cache.paths, &held, Goal::Remove("three"), &mut sizes),
+            sweep(
+                &cache.paths,
+                &held,
+                &Goal::Remove("three".into()),
+                &mut sizes
+            ),
             Err(SweepError::NotFound)
         ));
         held.images.insert("one".into());
         assert!(matches!(
-            sweep(&cache.paths, &held, Goal::Remove("one"), &mut sizes),
+            sweep(&cache.paths, &held, &Goal::Remove("one".into()), &mut sizes),
             Err(SweepError::InUse)
         ));
         held.images.clear();
-        let swept = sweep(&cache.paths, &held, Goal::Remove("one"), &mut sizes).unwrap();
+        let swept = sweep(&cache.paths, &held, &Goal::Remove("one".into()), &mut sizes).unwrap();
         assert_eq!(swept.layers, vec![top.clone()]);
         assert!(cache.has_layer(&base) && !cache.has_layer(&top));
         // An orphan blob (a config, a crash between fetch and record) goes on any sweep.
         let orphan = Digest::of(b"config");
         fs::write(cache.paths.blobs.path(&orphan), b"{}").unwrap();
-        let swept = sweep(&cache.paths, &held, Goal::Limit(None), &mut sizes).unwrap();
+        let swept = sweep(&cache.paths, &held, &Goal::Limit(None), &mut sizes).unwrap();
         assert_eq!(swept.layers, vec![orphan]);
     }
 }

@@ -317,12 +317,43 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Whether `host` (`host[:port]`) is a link-local address (`169.254.0.0/16`, `fe80::/10`),
-/// where cloud metadata services answer.
+/// Whether `host` (`host[:port]`) is a link-local address (`169.254.0.0/16`, `fe80::/10`,
+/// IPv4-mapped ones too), where cloud metadata services answer; read as a URL's host is
+/// (`2852039166` is `169.254.169.254`).
 fn is_link_local(host: &str) -> bool {
-    match name_of(host).parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(ip)) => ip.is_link_local(),
-        Ok(std::net::IpAddr::V6(ip)) => (ip.segments()[0] & 0xffc0) == 0xfe80,
+    match url::Url::parse(&format!("http://{host}/"))
+        .ok()
+        .and_then(|u| u.host().map(|h| h.to_owned()))
+    {
+        Some(url::Host::Ipv4(ip)) => link_local(ip.into()),
+        Some(url::Host::Ipv6(ip)) => link_local(ip.into()),
+        _ => false,
+    }
+}
+
+/// Whether `ip` is link-local (IPv4-mapped IPv6 addresses as their IPv4 address).
+fn link_local(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(ip) => ip.is_link_local(),
+        std::net::IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
+            Some(v4) => v4.is_link_local(),
+            None => (ip.segments()[0] & 0xffc0) == 0xfe80,
+        },
+    }
+}
+
+/// Whether the registry's name resolves to a link-local address (checked before a pull when
+/// no allow-list is set; a name that does not resolve is left to fail the pull).
+async fn resolves_link_local(registry: &str) -> bool {
+    let Ok(url) = url::Url::parse(&format!("https://{registry}/")) else {
+        return false;
+    };
+    let Some(url::Host::Domain(name)) = url.host() else {
+        return false;
+    };
+    let target = format!("{name}:{}", url.port_or_known_default().unwrap_or(443));
+    match tokio::net::lookup_host(target).await {
+        Ok(addrs) => addrs.map(|a| a.ip()).any(link_local),
         Err(_) => false,
     }
 }
@@ -438,7 +469,9 @@ impl Puller {
     /// Pulls `reference`: manifest, config and every layer not yet in the store.
     pub async fn pull(&self, reference: &Reference) -> Result<PulledImage, PullError> {
         let registry = reference.registry.clone();
-        if !self.settings.allows(&registry) {
+        if !self.settings.allows(&registry)
+            || (self.settings.allowed.is_empty() && resolves_link_local(&registry).await)
+        {
             return Err(PullError::NotAllowed { registry });
         }
         let shown = reference.to_string();
@@ -681,12 +714,24 @@ mod tests {
             "metadata services need listing"
         );
         assert!(!any.allows("[fe80::1]:5000"));
+        assert!(!any.allows("2852039166"), "169.254.169.254 in decimal");
+        assert!(!any.allows("[::ffff:169.254.169.254]"), "IPv4-mapped");
         let listed = RegistrySettings {
             allowed: vec!["registry.lan:5000".into(), "169.254.169.254".into()],
             ..RegistrySettings::default()
         };
         assert!(listed.allows("REGISTRY.lan:5000") && listed.allows("169.254.169.254"));
         assert!(!listed.allows("docker.io") && !listed.allows("registry.lan"));
+    }
+
+    #[tokio::test]
+    async fn names_that_resolve_to_link_local_addresses_are_refused() {
+        assert!(!resolves_link_local("localhost:5000").await);
+        assert!(!resolves_link_local("unresolvable.invalid").await);
+        assert!(
+            !resolves_link_local("127.0.0.1:5000").await,
+            "literals are checked apart"
+        );
     }
 
     #[test]

@@ -179,36 +179,52 @@ fn tree_size(path: &Path) -> u64 {
 }
 
 /// A shared `flock` on `<dir>/lock` held by every worker using the directory; collection
-/// needs it exclusively, so that nothing another worker uses is removed.
+/// needs it exclusively, so that nothing another worker uses is removed. Converting a shared
+/// `flock` to an exclusive one drops the shared lock first, even when the conversion fails, so
+/// a would-be collector first takes `<dir>/gc.lock` exclusively: while it converts, every
+/// other worker still holds its shared lock (none of them is converting).
 #[derive(Debug)]
 pub(crate) struct DirLock {
     file: File,
+    gc: PathBuf,
 }
 
 impl DirLock {
     /// Takes the shared lock (waiting while another worker collects).
     pub(crate) fn shared(dir: &Path) -> io::Result<Self> {
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join("lock"))?;
+        let file = lock_file(&dir.join("lock"))?;
         flock(&file, FlockOperation::LockShared)?;
-        Ok(Self { file })
+        Ok(Self {
+            file,
+            gc: dir.join("gc.lock"),
+        })
     }
 
     /// Runs `work` with the lock held exclusively, if no other worker holds it; `None` when
     /// one does. The shared lock is held again afterwards either way.
     pub(crate) fn exclusively<T>(&self, work: impl FnOnce() -> T) -> io::Result<Option<T>> {
-        // A conversion drops the shared lock first, even when it fails.
+        // Collectors take turns (released when `gc` closes).
+        let gc = lock_file(&self.gc)?;
+        flock(&gc, FlockOperation::LockExclusive)?;
         let result = match flock(&self.file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => Some(work()),
             Err(rustix::io::Errno::WOULDBLOCK) => None,
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                flock(&self.file, FlockOperation::LockShared)?;
+                return Err(e.into());
+            }
         };
         flock(&self.file, FlockOperation::LockShared)?;
         Ok(result)
     }
+}
+
+fn lock_file(path: &Path) -> io::Result<File> {
+    File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
 }
 
 #[cfg(test)]
