@@ -257,7 +257,8 @@ pub enum SandboxCommand {
     #[command(after_help = "\
 Examples:
   traforato-cli sandbox create --image ubuntu:24.04
-  SBX=$(traforato-cli sandbox create --image ubuntu:24.04 --cpu 2 --ttl 600)")]
+  SBX=$(traforato-cli sandbox create --image ubuntu:24.04 --cpu 2 --ttl 600)
+  traforato-cli sandbox create --image python:3.12-slim --allow pypi.org --allow files.pythonhosted.org")]
     Create(CreateArgs),
 
     /// Show a sandbox.
@@ -274,6 +275,19 @@ Examples:
     Delete {
         /// Sandbox id.
         id: String,
+    },
+
+    /// Change a sandbox's network egress while it runs.
+    #[command(after_help = "\
+Examples:
+  traforato-cli sandbox network sbx-... --egress all
+  traforato-cli sandbox network sbx-... --allow pypi.org --allow files.pythonhosted.org
+  traforato-cli sandbox network sbx-... --egress none")]
+    Network {
+        /// Sandbox id.
+        id: String,
+        #[command(flatten)]
+        network: NetworkArgs,
     },
 
     /// Renew a sandbox's lease: it now expires TTL seconds from now.
@@ -305,6 +319,37 @@ pub struct CreateArgs {
     /// Only place on workers with this hardware SKU.
     #[arg(long)]
     pub hardware_sku: Option<String>,
+    #[command(flatten)]
+    pub network: NetworkArgs,
+}
+
+/// Network egress flags.
+#[derive(Debug, Args)]
+pub struct NetworkArgs {
+    /// Network egress: none (loopback only), all, or allow (only what --allow names);
+    /// default: the worker's (none unless configured).
+    #[arg(long, value_parser = ["none", "all", "allow"])]
+    pub egress: Option<String>,
+    /// With --egress allow: a domain (*.example.com for its subdomains), address or CIDR
+    /// range, with an optional :port (repeatable).
+    #[arg(long = "allow", value_name = "RULE")]
+    pub allow: Vec<String>,
+}
+
+impl NetworkArgs {
+    /// The create's network field: `None` when no flag was given (`--allow` alone means
+    /// `--egress allow`).
+    pub fn policy(&self) -> Option<traforato_client::api::NetworkPolicy> {
+        let egress = match (&self.egress, self.allow.is_empty()) {
+            (Some(egress), _) => egress.clone(),
+            (None, false) => "allow".to_string(),
+            (None, true) => return None,
+        };
+        Some(traforato_client::api::NetworkPolicy {
+            egress,
+            allow: self.allow.clone(),
+        })
+    }
 }
 
 /// `exec` arguments.

@@ -1011,3 +1011,67 @@ async fn images_commands_talk_to_a_worker_for_its_operators() {
     assert_eq!(run.code, 1);
     worker.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_network_flags() {
+    let stack = Stack::start().await;
+    let run = stack
+        .cli(&[
+            "sandbox",
+            "create",
+            "--image",
+            "ubuntu:24.04",
+            "--virtualization",
+            "fake",
+            "--egress",
+            "all",
+        ])
+        .await;
+    run.success();
+    let id = run.stdout.trim().to_string();
+    let run = stack.cli(&["sandbox", "get", &id]).await;
+    run.success();
+    assert!(
+        run.stdout.contains("network         all\n"),
+        "{}",
+        run.stdout
+    );
+    let run = stack
+        .cli(&[
+            "sandbox",
+            "network",
+            &id,
+            "--allow",
+            "PyPI.org",
+            "--allow",
+            "10.0.0.0/8",
+        ])
+        .await;
+    run.success();
+    assert_eq!(
+        run.stdout,
+        format!("{id} network allow pypi.org, 10.0.0.0/8\n")
+    );
+    let run = stack.cli(&["--json", "sandbox", "get", &id]).await;
+    assert_eq!(run.json()["network"]["egress"], "allow");
+    let run = stack.cli(&["sandbox", "network", &id]).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("give --egress, or --allow rules"),
+        "{}",
+        run.stderr
+    );
+    let run = stack
+        .cli(&[
+            "sandbox", "network", &id, "--egress", "none", "--allow", "x.org",
+        ])
+        .await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr
+            .contains("network.allow is only used with egress allow"),
+        "{}",
+        run.stderr
+    );
+    stack.stop().await;
+}

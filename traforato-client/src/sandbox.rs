@@ -10,7 +10,8 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
 pub use traforato_core::api::CreateSandbox;
 use traforato_core::api::{
-    ceil_seconds, CreateSandboxResponse, LeaseResponse, PortUrlResponse, SandboxResponse,
+    ceil_seconds, CreateSandboxResponse, LeaseResponse, NetworkPolicy, NetworkResponse,
+    PortUrlResponse, SandboxResponse,
 };
 
 use crate::client::{Client, Follow, Req};
@@ -220,6 +221,16 @@ impl Sandbox {
             Method::PATCH,
             self.url(&["lease"], &[("ttl_seconds", &secs)]),
         );
+        self.client.send_json(req).await
+    }
+
+    /// Replaces the sandbox's network egress (`PATCH /sandboxes/{id}/network`); answers the
+    /// policy now in force.
+    pub async fn set_network(
+        &self,
+        policy: &NetworkPolicy,
+    ) -> Result<NetworkResponse, ClientError> {
+        let req = Req::new(Method::PATCH, self.url(&["network"], &[])).json(policy);
         self.client.send_json(req).await
     }
 

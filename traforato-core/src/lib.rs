@@ -2,7 +2,7 @@
 //!
 //! A tour:
 //! - [`id`], [`tuple`], [`path`] and [`api`]: identifiers, the warm-pool key, sandbox paths and
-//!   the wire types shared with clients; [`duration`]: Go-style durations. These build without
+//!   the wire types shared with clients; [`network`]: egress policies; [`duration`]: Go-style durations. These build without
 //!   the `runtime` feature.
 //! - [`broker`]: the control plane: worker registry and leases, ready-VM hints, placement
 //!   through a [`scheduler::Scheduler`], sandbox-scoped redirects.
@@ -14,6 +14,7 @@
 pub mod api;
 pub mod duration;
 pub mod id;
+pub mod network;
 pub mod path;
 pub mod tuple;
 

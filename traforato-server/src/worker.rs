@@ -17,8 +17,8 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 use traforato_core::api::{
     CreateSandboxRequest, ExecAccepted, ExecRequest, ExecResizeRequest, ExecSignalRequest,
-    ExecStdinJson, HealthResponse, MkdirRequest, PortUrlResponse, PullImage, RunCodeRequest,
-    WriteFileJson,
+    ExecStdinJson, HealthResponse, MkdirRequest, NetworkPolicy, PortUrlResponse, PullImage,
+    RunCodeRequest, WriteFileJson,
 };
 use traforato_core::auth::{
     AuthConfig, AuthError, AuthMode, ClientAuthenticator, Principal, TicketError,
@@ -103,6 +103,8 @@ pub fn status_for(err: &WorkerError) -> StatusCode {
         WorkerError::UnableToRetryPlacement => StatusCode::SERVICE_UNAVAILABLE,
         WorkerError::ImageNotFound(_) => StatusCode::NOT_FOUND,
         WorkerError::NotAnOperator => StatusCode::FORBIDDEN,
+        WorkerError::InvalidNetwork(_) => StatusCode::BAD_REQUEST,
+        WorkerError::EgressNotAllowed { .. } => StatusCode::FORBIDDEN,
         WorkerError::ImageInUse(_) => StatusCode::CONFLICT,
         WorkerError::InvalidImage(_) => StatusCode::BAD_REQUEST,
         WorkerError::ImagesUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -163,6 +165,8 @@ pub enum SandboxOp<'a> {
     Delete,
     /// `PATCH /sandboxes/{id}/lease`.
     RenewLease,
+    /// `PATCH /sandboxes/{id}/network`.
+    SetNetwork,
     /// `PUT /sandboxes/{id}/files`.
     WriteFile,
     /// `GET /sandboxes/{id}/files`.
@@ -259,6 +263,7 @@ impl<'a> WorkerRoute<'a> {
             (&Method::GET, []) => SandboxOp::Get,
             (&Method::DELETE, []) => SandboxOp::Delete,
             (&Method::PATCH, ["lease"]) => SandboxOp::RenewLease,
+            (&Method::PATCH, ["network"]) => SandboxOp::SetNetwork,
             (&Method::PUT, ["files"]) => SandboxOp::WriteFile,
             (&Method::GET, ["files"]) => SandboxOp::ReadFile,
             (&Method::DELETE, ["files"]) => SandboxOp::RemoveFile,
@@ -486,6 +491,11 @@ async fn sandbox_op(
         }
         SandboxOp::RenewLease => {
             json_response(ok, &worker.renew_lease(p, id, decode::lease_ttl(query))?)
+        }
+        SandboxOp::SetNetwork => {
+            worker.check_sandbox(p, id)?;
+            let policy: NetworkPolicy = body_json(req, CREATE_BODY_MAX, true).await?;
+            json_response(ok, &worker.set_network(p, id, &policy).await?)
         }
         SandboxOp::WriteFile => write_file(worker, p, id, req, query).await?,
         SandboxOp::ReadFile => {
@@ -863,6 +873,7 @@ mod tests {
         assert_eq!(op(Method::DELETE, ""), Some(SandboxOp::Delete));
         assert_eq!(op(Method::POST, ""), None);
         assert_eq!(op(Method::PATCH, "/lease"), Some(SandboxOp::RenewLease));
+        assert_eq!(op(Method::PATCH, "/network"), Some(SandboxOp::SetNetwork));
         assert_eq!(op(Method::PUT, "/files"), Some(SandboxOp::WriteFile));
         assert_eq!(op(Method::GET, "/files"), Some(SandboxOp::ReadFile));
         assert_eq!(op(Method::DELETE, "/files"), Some(SandboxOp::RemoveFile));

@@ -1,4 +1,4 @@
-//! `sandbox create|get|delete|lease`.
+//! `sandbox create|get|delete|network|lease`.
 
 use std::time::Duration;
 
@@ -33,6 +33,24 @@ pub async fn run(ctx: &Ctx, cmd: SandboxCommand) -> Result<u8, CliError> {
                     "expires_at      {}",
                     timestamp::format(&info.expires_at)
                 ));
+                ctx.out
+                    .line(format!("network         {}", describe(&info.network)));
+            }
+            Ok(0)
+        }
+        SandboxCommand::Network { id, network } => {
+            let Some(policy) = network.policy() else {
+                return Err(CliError::Usage("give --egress, or --allow rules"));
+            };
+            let set = ctx.client.sandbox(id).set_network(&policy).await?;
+            if ctx.out.json {
+                ctx.out.json(&set);
+            } else {
+                ctx.out.line(format!(
+                    "{} network {}",
+                    set.sandbox_id,
+                    describe(&set.network)
+                ));
             }
             Ok(0)
         }
@@ -64,6 +82,16 @@ pub async fn run(ctx: &Ctx, cmd: SandboxCommand) -> Result<u8, CliError> {
     }
 }
 
+/// `none`, `all`, or `allow pypi.org, 10.0.0.0/8`.
+fn describe(policy: &traforato_client::api::NetworkPolicy) -> String {
+    match policy.egress.as_str() {
+        "" => "none".to_string(),
+        "allow" if policy.allow.is_empty() => "allow (nothing)".to_string(),
+        "allow" => format!("allow {}", policy.allow.join(", ")),
+        other => other.to_string(),
+    }
+}
+
 async fn create(ctx: &Ctx, args: CreateArgs) -> Result<u8, CliError> {
     let spec = CreateSandbox {
         image: args.image.unwrap_or_default(),
@@ -71,6 +99,7 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<u8, CliError> {
         virtualization: args.virtualization.unwrap_or_default(),
         hardware_sku: args.hardware_sku.unwrap_or_default(),
         ttl: args.ttl.map(Duration::from_secs),
+        network: args.network.policy(),
     };
     let mut spinner = Spinner::start(ctx.spin, "creating sandbox");
     let result = ctx.client.create_sandbox(spec).await;

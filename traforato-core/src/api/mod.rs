@@ -8,6 +8,7 @@ mod exec;
 mod files;
 mod images;
 mod internal;
+mod network;
 mod sandbox;
 pub mod timestamp;
 
@@ -16,6 +17,7 @@ pub use exec::*;
 pub use files::*;
 pub use images::*;
 pub use internal::*;
+pub use network::*;
 pub use sandbox::*;
 
 use serde::{Deserialize, Serialize};

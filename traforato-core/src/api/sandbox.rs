@@ -24,6 +24,10 @@ pub struct CreateSandboxRequest {
     /// Lifetime; ≤ 0 means the worker's default TTL.
     #[serde(skip_serializing_if = "is_zero")]
     pub ttl_seconds: i64,
+    /// Network egress (additive); absent means the worker's default (`none` unless
+    /// configured).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<super::NetworkPolicy>,
 }
 
 fn is_zero(v: &i64) -> bool {
@@ -68,6 +72,9 @@ pub struct SandboxResponse {
     /// Expiry time.
     #[serde(with = "super::timestamp")]
     pub expires_at: DateTime<Utc>,
+    /// The network egress in force (additive; normalised).
+    #[serde(default)]
+    pub network: super::NetworkPolicy,
 }
 
 /// `PATCH /sandboxes/{id}/lease?ttl_seconds=N`.
@@ -119,6 +126,8 @@ pub struct CreateSandbox {
     /// Lifetime before the sandbox is reclaimed unless its lease is renewed; `None` means the
     /// worker's default. Rounded up to whole seconds.
     pub ttl: Option<Duration>,
+    /// Network egress; `None` means the worker's default (`none` unless configured).
+    pub network: Option<super::NetworkPolicy>,
 }
 
 impl CreateSandbox {
@@ -138,6 +147,7 @@ impl CreateSandbox {
             virtualization: self.virtualization.trim().to_string(),
             hardware_sku: self.hardware_sku.trim().to_string(),
             ttl_seconds: self.ttl.map(ceil_seconds).unwrap_or(0),
+            network: self.network,
         }
     }
 }

@@ -40,6 +40,7 @@ use super::{
 use crate::api::{ImageInfo, ImageList, RemovedImage};
 use crate::clock::{Clock, SystemClock};
 use crate::id::{ExecId, LocalVmId};
+use crate::network::{Egress, Policy};
 use crate::path::SandboxPath;
 
 /// The virtualization name of [`FakeBackend::new`].
@@ -88,6 +89,8 @@ struct BackendState {
     leftovers: usize,
     overcommits: bool,
     memory_per_vm: Option<u64>,
+    /// `set_network` refuses modes other than `none`, as a backend without egress does.
+    network_refused: bool,
     counters: FakeCounters,
     vms: BTreeMap<LocalVmId, Weak<FakeVm>>,
 }
@@ -148,6 +151,7 @@ impl FakeBackend {
                     leftovers: 0,
                     overcommits: false,
                     memory_per_vm: None,
+                    network_refused: false,
                     counters: FakeCounters::default(),
                     vms: BTreeMap::new(),
                 }),
@@ -163,6 +167,13 @@ impl FakeBackend {
     pub fn with_images(mut self) -> Self {
         let shared = Arc::get_mut(&mut self.shared).expect("with_images before any clone");
         shared.images = Some(FakeImages::default());
+        self
+    }
+
+    /// Makes `set_network` refuse every mode but `none` with [`BackendError::Unsupported`], as
+    /// a backend that gives sandboxes no network does.
+    pub fn with_network_refused(self) -> Self {
+        self.state().network_refused = true;
         self
     }
 
@@ -402,6 +413,7 @@ impl VmBackend for FakeBackend {
             destroyed,
             running: Mutex::default(),
             controls: Mutex::default(),
+            network: Mutex::default(),
         });
         state.vms.insert(vm.id, Arc::downgrade(&vm));
         state.counters.provisions += 1;
@@ -435,6 +447,8 @@ pub struct FakeVm {
     running: Mutex<BTreeMap<ExecId, bool>>,
     /// Every control accepted, in order.
     controls: Mutex<Vec<(ExecId, ExecControl)>>,
+    /// The network policy last set (every mode is accepted and only recorded).
+    network: Mutex<Policy>,
 }
 
 /// Forgets a running exec when its play ends, however it ends.
@@ -475,6 +489,11 @@ impl FakeVm {
     /// True once destroyed.
     pub fn is_destroyed(&self) -> bool {
         *self.destroyed.borrow()
+    }
+
+    /// The network policy last set on it (`none` until one is).
+    pub fn network(&self) -> Policy {
+        self.network.lock().expect("fake vm lock").clone()
     }
 
     /// Runs `f` on the VM's filesystem (e.g. to seed or inspect files in a test); `None` once
@@ -715,6 +734,17 @@ impl Vm for FakeVm {
             .await
             .map_err(|source| BackendError::ConnectFailed { port, source })?;
         Ok(Box::new(stream))
+    }
+
+    async fn set_network(&self, policy: &Policy) -> Result<(), BackendError> {
+        if self.fs.lock().expect("fake vm lock").is_none() {
+            return Err(BackendError::Gone);
+        }
+        if self.backend.state().network_refused && policy.egress() != Egress::None {
+            return Err(BackendError::Unsupported("network egress"));
+        }
+        *self.network.lock().expect("fake vm lock") = policy.clone();
+        Ok(())
     }
 
     async fn destroy(&self) -> Result<(), BackendError> {

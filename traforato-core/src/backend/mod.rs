@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::api::{ImageInfo, ImageList, RemovedImage};
 use crate::id::{ExecId, LocalVmId};
+use crate::network::{Egress, Policy};
 use crate::path::SandboxPath;
 use crate::tuple::SandboxTuple;
 
@@ -650,6 +651,17 @@ pub trait Vm: Send + Sync + 'static {
     }
 
     /// Opens a TCP connection to `port` inside the sandbox's network namespace.
+    /// Gives the sandbox the network egress of `policy` (replacing what it had): called when
+    /// a sandbox is created or claimed with a mode other than `none`, and when its policy
+    /// changes. The default serves `none` only: any other mode is
+    /// [`BackendError::Unsupported`].
+    async fn set_network(&self, policy: &Policy) -> Result<(), BackendError> {
+        match policy.egress() {
+            Egress::None => Ok(()),
+            _ => Err(BackendError::Unsupported("network egress")),
+        }
+    }
+
     async fn connect(&self, port: u16) -> Result<BoxedStream, BackendError>;
 
     /// Destroys the sandbox: every process, mount, cgroup and directory it had. Idempotent.

@@ -89,6 +89,7 @@ fn create(virtualization: &str, image: &str, cpu: i64, sku: &str) -> CreateSandb
         virtualization: virtualization.into(),
         hardware_sku: sku.into(),
         ttl_seconds: 0,
+        network: None,
     }
 }
 

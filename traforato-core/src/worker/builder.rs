@@ -146,6 +146,7 @@ impl WorkerBuilder {
                 auth_mode: AuthMode::Dev,
                 capacity: CapacityConfig::default(),
                 operators: Vec::new(),
+                network: super::NetworkConfig::default(),
             },
             worker_id: "worker_local".to_string(),
             broker_id: None,

@@ -19,6 +19,7 @@ use crate::api::{CreateSandboxRequest, CreateSandboxResponse, VmEventKind};
 use crate::auth::Principal;
 use crate::backend::{BackendError, ProvisionSpec, Vm, VmBackend};
 use crate::id::{LocalVmId, SandboxId};
+use crate::network::{Egress, Policy};
 use crate::telemetry::{SandboxReadyLabels, WorkerCpuLabels};
 use crate::tuple::SandboxTuple;
 
@@ -131,6 +132,7 @@ impl Worker {
     ) -> Result<CreateOutcome, WorkerError> {
         let started = tokio::time::Instant::now();
         let tuple = self.create_tuple(&request)?;
+        let network = self.create_policy(request.network.as_ref())?;
         let Placement { claim: hint, retry } = placement;
         let backend = self
             .backends
@@ -151,10 +153,29 @@ impl Worker {
             owner: principal.client_id.clone(),
             started,
         };
-        match hint {
+        let outcome = match hint {
             Some(vm_id) => self.create_hinted(spec, vm_id, retry).await,
             None => self.create_unhinted(spec, backend).await,
+        }?;
+        if let (CreateOutcome::Created(created), Egress::All | Egress::Allow) =
+            (&outcome, network.egress())
+        {
+            // Network is attached at claim time, so a warm sandbox serves any mode; a
+            // sandbox that cannot get its network is no sandbox.
+            let id =
+                SandboxId::parse(&created.sandbox_id).map_err(|_| WorkerError::SandboxNotFound)?;
+            if let Err(error) = self.attach_network(principal, &id, network).await {
+                tracing::warn!(
+                    worker_id = %self.config.worker_id,
+                    sandbox_id = %id,
+                    %error,
+                    "sandbox network could not be set; sandbox removed"
+                );
+                let _ = self.delete(principal, &id).await;
+                return Err(error);
+            }
         }
+        Ok(outcome)
     }
 
     /// `cpu × (total_memory / total_cores)`, with 512 MiB per cpu when that is 0.
@@ -292,6 +313,8 @@ impl Worker {
                 execs: Default::default(),
                 sessions: Default::default(),
                 output: Arc::new(OutputBudget::new(MAX_OUTPUT_BYTES_PER_SANDBOX)),
+                // A new or claimed VM has no network yet: `create_one` gives it one.
+                network: Policy::none(),
             },
         );
         state.demand.record(spec.tuple.clone(), now);

@@ -14,6 +14,7 @@ mod handle;
 mod images;
 mod lifecycle;
 mod link;
+mod network;
 mod pool;
 mod ports;
 mod registration;
@@ -54,6 +55,7 @@ use crate::backend::{
 };
 use crate::clock::Clock;
 use crate::id::{ComponentId, ExecId, LocalVmId, SandboxId};
+use crate::network::{Egress, PolicyError};
 use crate::path::{PathError, SandboxPath};
 use crate::telemetry::{Metrics, WorkerLabels};
 use crate::tuple::SandboxTuple;
@@ -115,6 +117,26 @@ pub struct WorkerConfig {
     /// Client ids that may manage the worker's images in prod mode (in dev mode every
     /// caller may).
     pub operators: Vec<String>,
+    /// Network egress: the default of creates and what clients may ask for.
+    pub network: NetworkConfig,
+}
+
+/// The worker's network egress settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkConfig {
+    /// The egress of a create that names none. Default `none`.
+    pub default_egress: Egress,
+    /// The modes clients may ask for (the default is always allowed). Default: all three.
+    pub allowed_modes: Vec<Egress>,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            default_egress: Egress::None,
+            allowed_modes: Egress::ALL.to_vec(),
+        }
+    }
 }
 
 /// How sandboxes are counted against a worker's cores and memory.
@@ -186,6 +208,7 @@ impl WorkerConfig {
             auth_mode: AuthMode::Dev,
             capacity: CapacityConfig::default(),
             operators: Vec::new(),
+            network: NetworkConfig::default(),
         }
     }
 }
@@ -215,6 +238,17 @@ pub enum WorkerError {
     /// the worker's other images are not listed).
     #[error("image not found: {0}")]
     ImageNotFound(String),
+    /// 400: a network policy that does not parse (what is wrong).
+    #[error("{0}")]
+    InvalidNetwork(#[from] PolicyError),
+    /// 403: the worker does not let clients ask for this egress (`network.allowed-modes`).
+    #[error("network egress {mode} is not allowed on this worker (allowed: {allowed})")]
+    EgressNotAllowed {
+        /// The mode asked for.
+        mode: Egress,
+        /// The modes allowed, comma-separated.
+        allowed: String,
+    },
     /// 403: only the worker's operators (`images.operators`) may manage its images.
     #[error("managing images is for this worker's operators (images.operators)")]
     NotAnOperator,

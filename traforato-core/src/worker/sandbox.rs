@@ -54,6 +54,7 @@ impl Worker {
             virtualization: e.tuple.virtualization.clone(),
             created_at: e.created_at,
             expires_at: e.expires_at,
+            network: e.network.to_wire(),
         })
     }
 

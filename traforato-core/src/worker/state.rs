@@ -12,6 +12,7 @@ use super::{Worker, WorkerError};
 use crate::auth::Principal;
 use crate::backend::Vm;
 use crate::id::{ExecId, LocalVmId, SandboxId};
+use crate::network::Policy;
 use crate::telemetry::WorkerLabels;
 use crate::tuple::SandboxTuple;
 use crate::warm::{DemandTracker, ReadyPool};
@@ -77,6 +78,8 @@ pub(super) struct SandboxEntry {
     pub sessions: BTreeMap<String, super::sessions::Session>,
     /// The bytes of output all its execs, running or exited, may keep.
     pub output: Arc<OutputBudget>,
+    /// The network egress its VM has.
+    pub network: Policy,
 }
 
 impl SandboxEntry {

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer};
 use traforato_core::id::ComponentId;
 
-use super::values::{AutoCount, AutoMib, ByteSize, GoDuration, LogLevel, MemoryShare};
+use super::values::{AutoCount, AutoMib, ByteSize, EgressValue, GoDuration, LogLevel, MemoryShare};
 
 /// Merging of two layers of the same settings.
 pub trait Layer {
@@ -130,6 +130,19 @@ layer! {
         /// `images:`.
         #[serde(deserialize_with = "section")]
         pub images: ImagesLayer,
+        /// `network:`.
+        #[serde(deserialize_with = "section")]
+        pub network: NetworkLayer,
+    }
+}
+
+layer! {
+    /// The `network` section: sandboxes' network egress.
+    pub struct NetworkLayer {
+        /// `default-egress`: the egress of creates that name none.
+        pub default_egress: Option<EgressValue>,
+        /// `allowed-modes`: the modes clients may ask for.
+        pub allowed_modes: Option<Vec<EgressValue>>,
     }
 }
 

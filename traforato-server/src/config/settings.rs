@@ -10,8 +10,9 @@ use tracing_subscriber::filter::LevelFilter;
 use traforato_core::auth::{AuthConfig, AuthMode};
 use traforato_core::broker::BrokerConfig;
 use traforato_core::id::ComponentId;
+use traforato_core::network::Egress;
 use traforato_core::tuple::SandboxTuple;
-use traforato_core::worker::{CapacityConfig, PrePullTarget, WorkerConfig};
+use traforato_core::worker::{CapacityConfig, NetworkConfig, PrePullTarget, WorkerConfig};
 
 use super::address::{advertise_url, bind_address, check_exposure, listen_or_default};
 use super::args::{BrokerArgs, DevArgs, WorkerArgs, WorkerFlags};
@@ -363,6 +364,8 @@ pub struct WorkerSettings {
     pub container: ContainerSettings,
     /// The `capacity` section.
     pub capacity: CapacitySettings,
+    /// The `network:` section.
+    pub network: NetworkConfig,
     /// Dev or prod, from the JWT secret (not a YAML key).
     pub auth_mode: AuthMode,
     /// `--insecure-dev-mode-on-network`: a dev-mode worker may listen beyond loopback.
@@ -469,6 +472,16 @@ impl WorkerSettings {
                 ..layer.container.into()
             },
             capacity: layer.capacity.into(),
+            network: NetworkConfig {
+                default_egress: layer
+                    .network
+                    .default_egress
+                    .map_or(Egress::None, |mode| mode.0),
+                allowed_modes: layer.network.allowed_modes.map_or_else(
+                    || Egress::ALL.to_vec(),
+                    |modes| modes.into_iter().map(|mode| mode.0).collect(),
+                ),
+            },
             auth_mode,
             insecure_dev_mode_on_network,
         };
@@ -568,6 +581,7 @@ impl WorkerSettings {
             auth_mode: self.auth_mode,
             capacity,
             operators: self.container.oci.operators.clone(),
+            network: self.network.clone(),
         }
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use clap::{CommandFactory, Parser};
 use tracing_subscriber::filter::LevelFilter;
 use traforato_core::auth::AuthMode;
+use traforato_core::network::Egress;
 
 /// Serialises the tests that parse command lines, since clap reads the environment.
 static ENV_LOCK: Mutex<()> = Mutex::new(());
@@ -277,6 +278,28 @@ fn yaml_container_section() {
     // An empty section is no section.
     let values = worker(&[], "container:\nlog:\n").unwrap();
     assert_eq!(values.container, ContainerSettings::default());
+}
+
+#[test]
+fn yaml_network_section() {
+    let _guard = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let values = worker(&[], "").unwrap();
+    assert_eq!(values.network.default_egress, Egress::None);
+    assert_eq!(values.network.allowed_modes, Egress::ALL.to_vec());
+    let values = worker(
+        &[],
+        "network:\n  default-egress: all\n  allowed-modes: [none, ALL]\n",
+    )
+    .unwrap();
+    assert_eq!(values.network.default_egress, Egress::All);
+    assert_eq!(values.network.allowed_modes, [Egress::None, Egress::All]);
+    assert_eq!(values.worker_config(None).network, values.network);
+    let err = parse_worker_yaml("network:\n  default-egress: open\n").unwrap_err();
+    assert!(
+        chain(&err).contains("network.egress must be none, all or allow"),
+        "{}",
+        chain(&err)
+    );
 }
 
 #[test]

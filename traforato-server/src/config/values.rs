@@ -222,3 +222,16 @@ impl<'de> Deserialize<'de> for LogLevel {
             .map_err(serde::de::Error::custom)
     }
 }
+
+/// A network egress mode in the YAML: `none`, `all` or `allow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EgressValue(pub traforato_core::network::Egress);
+
+impl<'de> Deserialize<'de> for EgressValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        raw.parse()
+            .map(EgressValue)
+            .map_err(serde::de::Error::custom)
+    }
+}

@@ -148,3 +148,61 @@ async fn tart_gets_its_default_image() {
     worker.stop().await.unwrap();
     broker.stop().await.unwrap();
 }
+
+/// Network egress over HTTP: the create field through the broker, `GET` showing the policy in
+/// force, `PATCH /network` changing it, and the refusals' statuses and messages.
+#[tokio::test]
+async fn network_policies_over_http() {
+    let stack = Stack::dev().await;
+    let created = stack
+        .create(json!({
+            "image": "ubuntu:24.04",
+            "virtualization": "fake",
+            "network": {"egress": "allow", "allow": ["PyPI.org", "10.0.0.1"]}
+        }))
+        .await;
+    let id = created["sandbox_id"].as_str().unwrap().to_string();
+    let got = body_json(
+        follow()
+            .get(stack.sandbox(&id, ""))
+            .expect_status(200)
+            .await,
+    )
+    .await;
+    assert_eq!(
+        got["network"],
+        json!({"egress": "allow", "allow": ["pypi.org", "10.0.0.1"]})
+    );
+
+    let changed = body_json(
+        follow()
+            .patch(stack.sandbox(&id, "/network"))
+            .json(&json!({"egress": "all"}))
+            .expect_status(200)
+            .await,
+    )
+    .await;
+    assert_eq!(
+        changed,
+        json!({"sandbox_id": id, "network": {"egress": "all"}})
+    );
+    follow()
+        .patch(stack.sandbox(&id, "/network"))
+        .json(&json!({"allow": ["pypi.org"]}))
+        .expect_error(400, "network.egress is required (none, all or allow)")
+        .await;
+    follow()
+        .patch(stack.sandbox(&id, "/network"))
+        .json(&json!({"egress": "allow", "allow": ["bad name"]}))
+        .expect_error(400, "network.allow rule \"bad name\": not a domain name")
+        .await;
+    follow()
+        .post(stack.broker.at("/sandboxes"))
+        .json(&json!({"image": "x", "virtualization": "fake", "network": {"egress": "open"}}))
+        .expect_error(
+            400,
+            "network.egress must be none, all or allow, not \"open\"",
+        )
+        .await;
+    stack.stop().await.unwrap();
+}

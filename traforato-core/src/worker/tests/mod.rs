@@ -14,6 +14,7 @@ mod filler;
 mod images;
 mod interactive;
 mod lifecycle;
+mod network;
 mod ports;
 mod provision;
 mod registration;
