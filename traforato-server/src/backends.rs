@@ -147,6 +147,13 @@ fn container_backend(settings: &ContainerSettings) -> Result<Arc<dyn VmBackend>,
         config.registries.timeout = timeout;
     }
     config.oci_max_disk = oci.max_disk;
+    if let Some(range) = &settings.network.range {
+        config.network.range = range.clone();
+    }
+    if let Some(blocked) = &settings.network.blocked_cidrs {
+        config.network.blocked = blocked.clone();
+    }
+    config.network.dns_upstream = settings.network.dns_upstream;
     config.registries.allowed = oci.allowed_registries.clone();
     match ContainerBackend::new(config) {
         Ok(backend) => Ok(Arc::new(backend)),

@@ -94,6 +94,12 @@ fn network_error(error: BackendError) -> WorkerError {
     match error {
         BackendError::Gone => WorkerError::SandboxNotFound,
         BackendError::Unsupported(what) => WorkerError::Unsupported(what),
+        // The host cannot plumb it now (a missing program, no address left): the cause is
+        // logged, the client gets a 503.
+        other @ (BackendError::Unavailable(_)
+        | BackendError::Capacity(_)
+        | BackendError::Setup(_)
+        | BackendError::Io { .. }) => WorkerError::ProvisionFailed(other),
         other => WorkerError::Backend(other),
     }
 }

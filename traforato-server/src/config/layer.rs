@@ -143,6 +143,12 @@ layer! {
         pub default_egress: Option<EgressValue>,
         /// `allowed-modes`: the modes clients may ask for.
         pub allowed_modes: Option<Vec<EgressValue>>,
+        /// `range`: the IPv4 range sandbox addresses come from.
+        pub range: Option<String>,
+        /// `blocked-cidrs`: ranges sandboxes never reach.
+        pub blocked_cidrs: Option<Vec<String>>,
+        /// `dns-upstream`: the resolver the sandboxes' DNS forwarder asks (`ip[:port]`).
+        pub dns_upstream: Option<String>,
     }
 }
 

@@ -80,6 +80,14 @@ pub enum ConfigError {
     /// The worker YAML file held more than one document.
     #[error("multiple YAML documents are not supported")]
     MultipleDocuments,
+    /// A value that does not mean anything at `key`.
+    #[error("invalid {key}: {reason}")]
+    InvalidValue {
+        /// The dotted key.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
     /// `log.rotate-size` is zero.
     #[error("invalid log.rotate-size: {0}")]
     InvalidRotateSize(String),

@@ -114,6 +114,20 @@ pub struct ContainerSettings {
     pub python_zygote: Option<bool>,
     /// The `images:` section: OCI images.
     pub oci: OciSettings,
+    /// The `network:` section's plumbing keys.
+    pub network: EgressPlumbing,
+}
+
+/// How sandboxes get egress (the YAML `network` section's `range`, `blocked-cidrs` and
+/// `dns-upstream`); `None` keeps the backend's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EgressPlumbing {
+    /// `range`: where sandbox addresses come from.
+    pub range: Option<String>,
+    /// `blocked-cidrs`: ranges sandboxes never reach (replaces the default list).
+    pub blocked_cidrs: Option<Vec<String>>,
+    /// `dns-upstream`: the resolver the sandboxes' DNS forwarder asks.
+    pub dns_upstream: Option<std::net::SocketAddr>,
 }
 
 /// The YAML `images` section: where OCI images are kept and how registries are reached.
@@ -228,6 +242,7 @@ impl From<ContainerLayer> for ContainerSettings {
             scratch_size_mib: layer.scratch_size_mib,
             python_zygote: layer.python_zygote,
             oci: OciSettings::default(),
+            network: EgressPlumbing::default(),
         }
     }
 }
@@ -469,6 +484,19 @@ impl WorkerSettings {
             pre_pull: layer.pre_pull.into(),
             container: ContainerSettings {
                 oci: layer.images.into(),
+                network: EgressPlumbing {
+                    range: non_empty(layer.network.range.clone()),
+                    blocked_cidrs: layer.network.blocked_cidrs.clone().map(|cidrs| {
+                        cidrs
+                            .into_iter()
+                            .map(|c| c.trim().to_string())
+                            .filter(|c| !c.is_empty())
+                            .collect()
+                    }),
+                    dns_upstream: non_empty(layer.network.dns_upstream.clone())
+                        .map(|raw| parse_resolver(&raw))
+                        .transpose()?,
+                },
                 ..layer.container.into()
             },
             capacity: layer.capacity.into(),
@@ -584,6 +612,22 @@ impl WorkerSettings {
             network: self.network.clone(),
         }
     }
+}
+
+/// `ip` or `ip:port` (port 53 by default) of `network.dns-upstream`.
+fn parse_resolver(raw: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    let raw = raw.trim();
+    raw.parse::<std::net::SocketAddr>()
+        .or_else(|_| {
+            raw.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .map(|ip| std::net::SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| ConfigError::InvalidValue {
+            key: "network.dns-upstream",
+            reason: format!("{raw:?} is not an address (ip or ip:port)"),
+        })
 }
 
 /// Everything `traforato-dev` needs: the broker part and the worker settings.

@@ -294,6 +294,24 @@ fn yaml_network_section() {
     assert_eq!(values.network.default_egress, Egress::All);
     assert_eq!(values.network.allowed_modes, [Egress::None, Egress::All]);
     assert_eq!(values.worker_config(None).network, values.network);
+    let values = worker(
+        &[],
+        "network:\n  range: 10.99.0.0/16\n  blocked-cidrs: [\"10.0.0.0/8\", \" \"]\n  \
+         dns-upstream: 192.0.2.53\n",
+    )
+    .unwrap();
+    let plumbing = &values.container.network;
+    assert_eq!(plumbing.range.as_deref(), Some("10.99.0.0/16"));
+    assert_eq!(plumbing.blocked_cidrs, Some(vec!["10.0.0.0/8".to_string()]));
+    assert_eq!(
+        plumbing.dns_upstream,
+        Some("192.0.2.53:53".parse().unwrap())
+    );
+    let err = worker(&[], "network:\n  dns-upstream: resolver\n").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid network.dns-upstream: \"resolver\" is not an address (ip or ip:port)"
+    );
     let err = parse_worker_yaml("network:\n  default-egress: open\n").unwrap_err();
     assert!(
         chain(&err).contains("network.egress must be none, all or allow"),

@@ -74,6 +74,9 @@ pub struct ContainerConfig {
     /// removed, least recently used first (after each pull, and when a sandbox ends while
     /// the directory is over). `None` (the default): no limit.
     pub oci_max_disk: Option<u64>,
+    /// Network egress: the sandboxes' address range, the ranges they never reach, their DNS
+    /// upstream.
+    pub network: super::net::NetworkSettings,
 }
 
 impl Default for ContainerConfig {
@@ -93,6 +96,7 @@ impl Default for ContainerConfig {
             oci_dir: Some(PathBuf::from("/var/lib/traforato/images")),
             registries: RegistrySettings::default(),
             oci_max_disk: None,
+            network: super::net::NetworkSettings::default(),
         }
     }
 }

@@ -82,6 +82,7 @@ mod fscreds;
 mod image;
 mod init;
 mod mounts;
+mod net;
 mod netns;
 pub mod oci;
 mod protocol;
@@ -112,6 +113,7 @@ use tokio::process::Child;
 pub use config::{ContainerConfig, DEFAULT_UID_BASE, INIT_ARG, UID_COUNT};
 pub use image::{ImageHold, ImageLayout, ImageSource, ReadOnlyBind, RunDefaults, HOST_IMAGE};
 pub use init::{init_main, init_main_if_requested};
+pub use net::{NetworkSettings, DEFAULT_BLOCKED, DEFAULT_RANGE};
 pub use vm::ContainerVm;
 
 use self::agent::AgentConn;
@@ -145,6 +147,8 @@ pub struct ContainerBackend {
     config: ContainerConfig,
     cgroups: CgroupDriver,
     images: ImageStore,
+    /// Egress plumbing, shared by the sandboxes.
+    networking: Arc<net::Networking>,
 }
 
 impl std::fmt::Debug for ContainerBackend {
@@ -267,6 +271,9 @@ impl ContainerBackend {
     /// [`BackendError::Unavailable`] says what is missing.
     pub fn new(config: ContainerConfig) -> Result<Self, BackendError> {
         config.validate().map_err(unavailable)?;
+        let networking = Arc::new(
+            net::Networking::new(&config.network, &config.cgroup_parent).map_err(unavailable)?,
+        );
         check_prerequisites(&config)?;
         // Before anything is created, so that a refusal leaves nothing behind.
         check_searchable(&config.state_dir)?;
@@ -314,6 +321,7 @@ impl ContainerBackend {
             config,
             cgroups,
             images,
+            networking,
         })
     }
 
@@ -530,7 +538,8 @@ impl ContainerBackend {
             pty::agent_pid(pid).map(|agent_pid| (agent_pid, uid)),
         )
         .with_defaults(defaults, pulled)
-        .with_user(user);
+        .with_user(user)
+        .with_networking(Arc::clone(&self.networking));
         Ok(Arc::new(vm))
     }
 }
@@ -883,6 +892,7 @@ impl VmBackend for ContainerBackend {
     }
 
     async fn cleanup_leftovers(&self) -> Result<usize, BackendError> {
+        self.networking.remove_stale_table().await;
         let state_dir = self.config.state_dir.clone();
         let cgroups = self.cgroups.clone();
         tokio::task::spawn_blocking(move || {
@@ -922,6 +932,7 @@ impl VmBackend for ContainerBackend {
     }
 
     async fn shutdown(&self) {
+        self.networking.shutdown().await;
         if let Err(error) = self.remove_cgroup_parents() {
             tracing::warn!(error = %error, "cgroup parent not removed");
         }

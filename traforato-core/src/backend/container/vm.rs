@@ -2,7 +2,7 @@
 //! root (files), its network namespace (connect), and its teardown.
 
 use std::collections::BTreeMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -18,6 +18,7 @@ use super::exec::{self, Command, RunningExecs};
 use super::files::SandboxRoot;
 use super::image::{ImageHold, RunDefaults};
 use super::init::DEFAULT_PATH;
+use super::net::{Attachment, Networking};
 use super::netns;
 use super::protocol::ExecUser;
 use super::teardown_host;
@@ -27,6 +28,7 @@ use crate::backend::{
     FileEntry, FileReader, FileStat, FilesError, OutputChunk, Program, Vm, WriteMode,
 };
 use crate::id::{ExecId, LocalVmId};
+use crate::network::{Egress, Policy};
 use crate::path::SandboxPath;
 
 /// Working directory when a request names none.
@@ -70,6 +72,9 @@ pub struct ContainerVm {
     image_pulled: bool,
     /// The image's user, whom commands and runs use (not the zygote, not file operations).
     user: Option<ExecUser>,
+    /// Egress plumbing, and this sandbox's part of it once it had egress.
+    networking: Option<Arc<Networking>>,
+    network: tokio::sync::Mutex<Option<Attachment>>,
 }
 
 impl ContainerVm {
@@ -98,6 +103,8 @@ impl ContainerVm {
             defaults: RunDefaults::default(),
             image_pulled: false,
             user: None,
+            networking: None,
+            network: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -112,6 +119,12 @@ impl ContainerVm {
     /// The user commands and code runs use (the image's), `None` for the sandbox's root.
     pub(crate) fn with_user(mut self, user: Option<ExecUser>) -> Self {
         self.user = user;
+        self
+    }
+
+    /// The plumbing that gives it egress.
+    pub(crate) fn with_networking(mut self, networking: Arc<Networking>) -> Self {
+        self.networking = Some(networking);
         self
     }
 
@@ -329,7 +342,52 @@ impl Vm for ContainerVm {
         Ok(Box::new(stream))
     }
 
+    async fn set_network(&self, policy: &Policy) -> Result<(), BackendError> {
+        let mut attached = self.network.lock().await;
+        match policy.egress() {
+            Egress::None => match attached.as_mut() {
+                Some(attachment) => attachment.set_enabled(false).await,
+                None => Ok(()),
+            },
+            Egress::All => {
+                if attached.is_none() {
+                    let networking = self
+                        .networking
+                        .clone()
+                        .ok_or(BackendError::Unsupported("network egress"))?;
+                    let live = self.live().ok_or(BackendError::Gone)?;
+                    // The namespace through the worker's own descriptor: no pid to reuse.
+                    let netns =
+                        format!("/proc/{}/fd/{}", std::process::id(), live.netns.as_raw_fd());
+                    let short_id: String = self
+                        .vm_id
+                        .to_string()
+                        .chars()
+                        .filter(char::is_ascii_hexdigit)
+                        .take(12)
+                        .collect();
+                    let (attachment, resolv) = networking.attach(&netns, &short_id).await?;
+                    let path = SandboxPath::parse("/etc/resolv.conf")
+                        .map_err(|e| BackendError::Setup(e.to_string()))?;
+                    let content: BoxedReader = Box::new(std::io::Cursor::new(resolv.into_bytes()));
+                    self.write_file(&path, content, WriteMode::Replace)
+                        .await
+                        .map_err(|e| BackendError::Setup(format!("write /etc/resolv.conf: {e}")))?;
+                    *attached = Some(attachment);
+                }
+                attached
+                    .as_mut()
+                    .expect("attached above")
+                    .set_enabled(true)
+                    .await
+            }
+            Egress::Allow => Err(BackendError::Unsupported("network egress allow")),
+        }
+    }
+
     async fn destroy(&self) -> Result<(), BackendError> {
+        // Its address and DNS forwarder are freed; the veth pair goes with its namespace.
+        drop(self.network.lock().await.take());
         let mut teardown = self.teardown.lock().await;
         // New operations see Gone from here on; in-flight ones end as the processes die.
         self.live.lock().expect("live lock").take();

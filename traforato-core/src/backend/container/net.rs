@@ -1,0 +1,536 @@
+//! Network egress of container sandboxes (`egress: all`): a veth pair per sandbox (`eth0`
+//! inside, `tf<id>` on the host) with addresses from a private range, one `/30` each; NAT to
+//! the host's routes; one nftables table owned by this backend (`inet traforato_<tag>`) that
+//! forwards only sandboxes whose egress is on and never to the blocked ranges (private,
+//! loopback, link-local with the metadata address, the host's own addresses, other
+//! sandboxes), and keeps sandboxes away from the host's own services but their DNS forwarder;
+//! and a DNS forwarder per sandbox on its host-side address, so that the sandbox resolves
+//! through the host's resolver.
+//!
+//! The programs `ip`, `nsenter` (util-linux) and `nft` (nftables) do the work; a host without
+//! them refuses egress with what to install. `net.ipv4.ip_forward` is turned on when needed
+//! and turned back off at shutdown only if this backend turned it on.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::UdpSocket;
+use tokio::process::Command;
+use tokio::sync::OnceCell;
+use tokio::task::JoinHandle;
+
+use crate::backend::BackendError;
+use crate::network::Cidr;
+
+/// The default range sandboxes get their addresses from: one `/30` each.
+pub const DEFAULT_RANGE: &str = "10.213.0.0/16";
+
+/// Ranges a sandbox never reaches with `egress: all` (besides the host's own addresses).
+pub const DEFAULT_BLOCKED: [&str; 8] = [
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "224.0.0.0/3",
+];
+
+/// How long one `ip` or `nft` call may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The network settings of a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSettings {
+    /// Where sandbox addresses come from (IPv4, at most a `/29`... a `/8`).
+    pub range: String,
+    /// Ranges never reachable (IPv4 CIDRs). Default [`DEFAULT_BLOCKED`].
+    pub blocked: Vec<String>,
+    /// The resolver the sandboxes' DNS forwarder asks; `None`: the first `nameserver` of
+    /// the host's `/etc/resolv.conf`.
+    pub dns_upstream: Option<SocketAddr>,
+}
+
+impl Default for NetworkSettings {
+    fn default() -> Self {
+        Self {
+            range: DEFAULT_RANGE.to_string(),
+            blocked: DEFAULT_BLOCKED.iter().map(|s| s.to_string()).collect(),
+            dns_upstream: None,
+        }
+    }
+}
+
+/// The egress plumbing of one backend.
+pub(crate) struct Networking {
+    table: String,
+    range: (Ipv4Addr, u8),
+    blocked: Vec<Cidr>,
+    dns_upstream: Option<SocketAddr>,
+    slots: Mutex<BTreeSet<u32>>,
+    ready: OnceCell<()>,
+    /// This backend turned `ip_forward` on.
+    forwarding_ours: AtomicBool,
+}
+
+impl std::fmt::Debug for Networking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Networking")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A sandbox's side of the plumbing: released (its address, its set element, its DNS
+/// forwarder) when dropped; the veth pair goes with the sandbox's network namespace.
+pub(crate) struct Attachment {
+    networking: Arc<Networking>,
+    slot: u32,
+    host_if: String,
+    enabled: bool,
+    dns: JoinHandle<()>,
+}
+
+impl Networking {
+    /// The plumbing for a backend whose cgroup parent is `tag` (the table's name).
+    pub(crate) fn new(settings: &NetworkSettings, tag: &str) -> Result<Self, String> {
+        let range: Cidr = settings
+            .range
+            .parse()
+            .map_err(|e| format!("network range {:?}: {e}", settings.range))?;
+        let IpAddr::V4(base) = range.addr() else {
+            return Err(format!("network range {:?} must be IPv4", settings.range));
+        };
+        if !(8..=29).contains(&range.prefix()) {
+            return Err(format!(
+                "network range {:?} must be a /8 to a /29",
+                settings.range
+            ));
+        }
+        let mut blocked = Vec::new();
+        for raw in &settings.blocked {
+            let cidr: Cidr = raw
+                .parse()
+                .map_err(|e| format!("blocked range {raw:?}: {e}"))?;
+            if !cidr.addr().is_ipv4() {
+                return Err(format!("blocked range {raw:?} must be IPv4"));
+            }
+            blocked.push(cidr);
+        }
+        let table: String = tag
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        Ok(Self {
+            table: format!("traforato_{table}"),
+            range: (base, range.prefix()),
+            blocked,
+            dns_upstream: settings.dns_upstream,
+            slots: Mutex::new(BTreeSet::new()),
+            ready: OnceCell::new(),
+            forwarding_ours: AtomicBool::new(false),
+        })
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, BTreeSet<u32>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The host-side and sandbox-side addresses of slot `slot`.
+    fn addresses(&self, slot: u32) -> (Ipv4Addr, Ipv4Addr) {
+        let base = u32::from(self.range.0) + slot * 4;
+        (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2))
+    }
+
+    /// Sets up the table and forwarding, once.
+    async fn ready(&self) -> Result<(), BackendError> {
+        self.ready
+            .get_or_try_init(|| async {
+                let script = self.table_script().await;
+                run("nft", &["-f", "-"], Some(&script)).await?;
+                let forwarding = tokio::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+                    .await
+                    .map_err(|e| BackendError::io("read net.ipv4.ip_forward", e))?;
+                if forwarding.trim() == "0" {
+                    tokio::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+                        .await
+                        .map_err(|e| BackendError::io("turn on net.ipv4.ip_forward", e))?;
+                    self.forwarding_ours.store(true, Ordering::SeqCst);
+                    tracing::info!("net.ipv4.ip_forward turned on for sandbox egress");
+                }
+                Ok(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// The table: rebuilt whole (an old one of a crashed run is replaced).
+    async fn table_script(&self) -> String {
+        let t = &self.table;
+        let range = format!("{}/{}", self.range.0, self.range.1);
+        let mut blocked: Vec<String> = self.blocked.iter().map(|c| c.to_string()).collect();
+        blocked.extend(
+            host_addresses()
+                .await
+                .into_iter()
+                .map(|a| format!("{a}/32")),
+        );
+        format!(
+            "table inet {t}\n\
+             delete table inet {t}\n\
+             table inet {t} {{\n\
+               set egress {{ type ifname; }}\n\
+               set blocked {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {blocked} }} }}\n\
+               chain forward {{\n\
+                 type filter hook forward priority filter - 10; policy accept;\n\
+                 oifname \"tf*\" ct state established,related accept\n\
+                 oifname \"tf*\" drop\n\
+                 iifname @egress ip daddr @blocked drop\n\
+                 iifname @egress accept\n\
+                 iifname \"tf*\" drop\n\
+               }}\n\
+               chain input {{\n\
+                 type filter hook input priority filter - 10; policy accept;\n\
+                 iifname \"tf*\" ct state established,related accept\n\
+                 iifname \"tf*\" udp dport 53 accept\n\
+                 iifname \"tf*\" drop\n\
+               }}\n\
+               chain postrouting {{\n\
+                 type nat hook postrouting priority srcnat; policy accept;\n\
+                 ip saddr {range} oifname != \"tf*\" masquerade\n\
+               }}\n\
+             }}\n",
+            blocked = blocked.join(", ")
+        )
+    }
+
+    /// Plumbs the sandbox whose network namespace is `netns` (a path, e.g.
+    /// `/proc/<pid>/ns/net`) and whose id starts with `short_id` (12 characters: its host
+    /// interface is `tf<short_id>`); egress stays off until [`Attachment::set_enabled`].
+    /// Returns the attachment and the sandbox's `resolv.conf`.
+    pub(crate) async fn attach(
+        self: &Arc<Self>,
+        netns: &str,
+        short_id: &str,
+    ) -> Result<(Attachment, String), BackendError> {
+        self.ready().await?;
+        let slot = {
+            let mut slots = self.slots();
+            let capacity = 1u32 << (30 - u32::from(self.range.1).min(30));
+            let slot = (0..capacity)
+                .find(|s| !slots.contains(s))
+                .ok_or_else(|| BackendError::Capacity("no sandbox network address left".into()))?;
+            slots.insert(slot);
+            slot
+        };
+        let host_if = format!("tf{short_id}");
+        let (host, sandbox) = self.addresses(slot);
+        let plumbed = self.plumb(netns, &host_if, host, sandbox).await;
+        let dns = match plumbed {
+            Ok(()) => self.dns_forwarder(host).await,
+            Err(e) => Err(e),
+        };
+        match dns {
+            Ok(dns) => Ok((
+                Attachment {
+                    networking: Arc::clone(self),
+                    slot,
+                    host_if,
+                    enabled: false,
+                    dns,
+                },
+                format!("nameserver {host}\n"),
+            )),
+            Err(error) => {
+                // The sandbox side goes with the namespace; the host side now.
+                let _ = run("ip", &["link", "delete", &host_if], None).await;
+                self.slots().remove(&slot);
+                Err(error)
+            }
+        }
+    }
+
+    async fn plumb(
+        &self,
+        netns: &str,
+        host_if: &str,
+        host: Ipv4Addr,
+        sandbox: Ipv4Addr,
+    ) -> Result<(), BackendError> {
+        let worker_pid = std::process::id().to_string();
+        let inside = format!(
+            "link add eth0 type veth peer name {host_if} netns {worker_pid}\n\
+             addr add {sandbox}/30 dev eth0\n\
+             link set eth0 up\n\
+             route add default via {host}\n"
+        );
+        run(
+            "nsenter",
+            &[&format!("--net={netns}"), "ip", "-batch", "-"],
+            Some(&inside),
+        )
+        .await?;
+        let outside = format!("addr add {host}/30 dev {host_if}\nlink set {host_if} up\n");
+        run("ip", &["-batch", "-"], Some(&outside)).await
+    }
+
+    /// A forwarder of DNS over UDP on `host`:53 to the upstream resolver.
+    async fn dns_forwarder(&self, host: Ipv4Addr) -> Result<JoinHandle<()>, BackendError> {
+        let upstream = match self.dns_upstream {
+            Some(upstream) => upstream,
+            None => host_resolver().await?,
+        };
+        let socket = UdpSocket::bind((host, 53))
+            .await
+            .map_err(|e| BackendError::io(format!("listen for DNS on {host}:53"), e))?;
+        Ok(tokio::spawn(forward_dns(Arc::new(socket), upstream)))
+    }
+
+    /// Removes the table a crashed run of this backend left (its sandboxes are gone, so its
+    /// rules match nothing, but nothing of ours should stay); quiet when there is none or no
+    /// `nft`.
+    pub(crate) async fn remove_stale_table(&self) {
+        if self.ready.get().is_some() {
+            return;
+        }
+        let _ = run("nft", &["delete", "table", "inet", &self.table], None).await;
+    }
+
+    /// Undoes what the backend changed on the host: its table, and `ip_forward` if it turned
+    /// it on.
+    pub(crate) async fn shutdown(&self) {
+        if self.ready.get().is_none() {
+            return;
+        }
+        if let Err(error) = run("nft", &["delete", "table", "inet", &self.table], None).await {
+            tracing::warn!(%error, table = %self.table, "nftables table not removed");
+        }
+        if self.forwarding_ours.swap(false, Ordering::SeqCst) {
+            if let Err(error) = tokio::fs::write("/proc/sys/net/ipv4/ip_forward", "0").await {
+                tracing::warn!(%error, "net.ipv4.ip_forward not turned back off");
+            }
+        }
+    }
+}
+
+impl Attachment {
+    /// Lets the sandbox's traffic out (`egress: all`) or not.
+    pub(crate) async fn set_enabled(&mut self, enabled: bool) -> Result<(), BackendError> {
+        if enabled == self.enabled {
+            return Ok(());
+        }
+        let verb = if enabled { "add" } else { "delete" };
+        let t = &self.networking.table;
+        run(
+            "nft",
+            &[
+                verb,
+                "element",
+                "inet",
+                t,
+                "egress",
+                &format!("{{ \"{}\" }}", self.host_if),
+            ],
+            None,
+        )
+        .await?;
+        self.enabled = enabled;
+        Ok(())
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        self.dns.abort();
+        self.networking.slots().remove(&self.slot);
+        if self.enabled {
+            // The interface goes with the sandbox; its set element is removed here.
+            let table = self.networking.table.clone();
+            let element = format!("{{ \"{}\" }}", self.host_if);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = run(
+                        "nft",
+                        &["delete", "element", "inet", &table, "egress", &element],
+                        None,
+                    )
+                    .await;
+                });
+            }
+        }
+    }
+}
+
+/// Relays each query from a sandbox to `upstream` and the answer back (one task per query,
+/// each on a socket of its own).
+async fn forward_dns(socket: Arc<UdpSocket>, upstream: SocketAddr) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            return;
+        };
+        let query = buf[..n].to_vec();
+        let socket = Arc::clone(&socket);
+        tokio::spawn(async move {
+            let Ok(relay) = UdpSocket::bind(if upstream.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            })
+            .await
+            else {
+                return;
+            };
+            if relay.send_to(&query, upstream).await.is_err() {
+                return;
+            }
+            let mut answer = vec![0u8; 4096];
+            let received =
+                tokio::time::timeout(Duration::from_secs(5), relay.recv_from(&mut answer)).await;
+            if let Ok(Ok((n, source))) = received {
+                if source == upstream {
+                    let _ = socket.send_to(&answer[..n], from).await;
+                }
+            }
+        });
+    }
+}
+
+/// The first `nameserver` of the host's `/etc/resolv.conf`, on port 53.
+async fn host_resolver() -> Result<SocketAddr, BackendError> {
+    let text = tokio::fs::read_to_string("/etc/resolv.conf")
+        .await
+        .map_err(|e| BackendError::io("read /etc/resolv.conf", e))?;
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .filter_map(|addr| addr.trim().parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .next()
+        .ok_or_else(|| {
+            BackendError::Unavailable(
+                "no nameserver in /etc/resolv.conf for the sandboxes' DNS (set network.dns-upstream)"
+                    .to_string(),
+            )
+        })
+}
+
+/// The host's own IPv4 addresses (`ip -4 -o addr`), blocked for sandboxes.
+async fn host_addresses() -> Vec<Ipv4Addr> {
+    let Ok(output) = Command::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output()
+        .await
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            words.find(|w| *w == "inet")?;
+            words.next()?.split('/').next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// Runs `program args`, feeding it `stdin`; an error names the command, its status and
+/// the end of its stderr.
+async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), BackendError> {
+    let shown = format!("{program} {}", args.join(" "));
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            BackendError::Unavailable(format!(
+                "sandbox egress needs {program} (apt-get install iproute2 util-linux nftables)"
+            ))
+        } else {
+            BackendError::io(format!("run {shown}"), e)
+        }
+    })?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes())
+            .await
+            .map_err(|e| BackendError::io(format!("feed {shown}"), e))?;
+    }
+    let output = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
+        .await
+        .map_err(|_| BackendError::Setup(format!("{shown} did not finish in {COMMAND_TIMEOUT:?}")))?
+        .map_err(|e| BackendError::io(format!("run {shown}"), e))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let tail: String = stderr
+        .trim()
+        .chars()
+        .rev()
+        .take(400)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    Err(BackendError::Setup(format!(
+        "{shown}: {}: {tail}",
+        output.status
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_thirty_twos_of_the_range() {
+        let net = Networking::new(&NetworkSettings::default(), "trafo/rato-1").unwrap();
+        assert_eq!(net.table, "traforato_trafo_rato_1");
+        assert_eq!(
+            net.addresses(0),
+            ("10.213.0.1".parse().unwrap(), "10.213.0.2".parse().unwrap())
+        );
+        assert_eq!(
+            net.addresses(70),
+            (
+                "10.213.1.25".parse().unwrap(),
+                "10.213.1.26".parse().unwrap()
+            )
+        );
+        for (range, says) in [
+            ("fd00::/64", "must be IPv4"),
+            ("10.0.0.0/30", "a /8 to a /29"),
+            ("nonsense", "not an IP address"),
+        ] {
+            let settings = NetworkSettings {
+                range: range.into(),
+                ..NetworkSettings::default()
+            };
+            let err = Networking::new(&settings, "t").unwrap_err();
+            assert!(err.contains(says), "{range}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_table_blocks_the_defaults_and_the_host() {
+        let net = Networking::new(&NetworkSettings::default(), "x").unwrap();
+        let script = net.table_script().await;
+        assert!(script.contains("table inet traforato_x {"), "{script}");
+        assert!(script.contains("169.254.0.0/16"));
+        assert!(script.contains("ip saddr 10.213.0.0/16 oifname != \"tf*\" masquerade"));
+    }
+}

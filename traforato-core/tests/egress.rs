@@ -1,0 +1,302 @@
+//! Network egress of `container` sandboxes, for real: the test builds its own "internet" (a
+//! network namespace on `198.18.0.0/15`, with an HTTP server and a DNS server answering for
+//! `inet.test`) routed from the host, and checks what a sandbox reaches with `egress: none`
+//! and `egress: all`, what it never reaches, and that nothing is left afterwards. Needs root,
+//! `ip`, `nsenter` and `nft` (CI installs nftables); skips with a message otherwise.
+#![cfg(all(target_os = "linux", feature = "container"))]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use traforato_core::backend::container::{ContainerBackend, ContainerConfig, NetworkSettings};
+use traforato_core::backend::{run_collected, ExecSpec, ProvisionSpec, Vm, VmBackend};
+use traforato_core::id::LocalVmId;
+use traforato_core::network::Policy;
+use traforato_core::tuple::SandboxTuple;
+
+/// A DNS server for the test internet: `inet.test` is `ADDR`, anything else NXDOMAIN.
+const DNS_SERVER: &str = r#"
+import socket, sys
+addr = sys.argv[1]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((addr, 53))
+while True:
+    q, peer = s.recvfrom(512)
+    i, name = 12, []
+    while q[i]:
+        name.append(q[i + 1:i + 1 + q[i]].decode()); i += 1 + q[i]
+    question = q[12:i + 5]
+    known = ".".join(name).lower() == "inet.test" and q[i + 1:i + 3] == b"\x00\x01"
+    flags = b"\x81\x80" if known else b"\x81\x83"
+    answer = (b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + socket.inet_aton(addr)) if known else b""
+    s.sendto(q[:2] + flags + b"\x00\x01" + (b"\x00\x01" if known else b"\x00\x00") + b"\x00\x00\x00\x00" + question + answer, peer)
+"#;
+
+/// The test internet: a namespace with `198.18.<k>.2`, reached from the host over a veth
+/// whose host end is `198.18.<k>.1`.
+struct Internet {
+    name: String,
+    host_if: String,
+    addr: String,
+    servers: Vec<Child>,
+}
+
+impl Internet {
+    fn start() -> Option<Self> {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipping: needs root (runs in CI as root)");
+            return None;
+        }
+        for program in ["ip", "nsenter", "nft", "python3"] {
+            if Command::new("sh")
+                .args(["-c", &format!("command -v {program}")])
+                .output()
+                .map_or(true, |o| !o.status.success())
+            {
+                eprintln!("skipping: needs {program} (scripts/test installs nftables)");
+                return None;
+            }
+        }
+        let k = 1 + rand::random::<u8>() % 250;
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        let name = format!("tfinet-{}", &tag[..8]);
+        let host_if = format!("ti{}", &tag[..8]);
+        let addr = format!("198.18.{k}.2");
+        let sh = |script: &str| {
+            let ok = Command::new("sh")
+                .args(["-ec", script])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "{script}");
+        };
+        sh(&format!(
+            "ip netns add {name}\n\
+             ip link add {host_if} type veth peer name inet0 netns {name}\n\
+             ip addr add 198.18.{k}.1/30 dev {host_if}\n\
+             ip link set {host_if} up\n\
+             ip -n {name} addr add {addr}/30 dev inet0\n\
+             ip -n {name} link set inet0 up\n\
+             ip -n {name} link set lo up\n"
+        ));
+        let site = tempfile::tempdir().unwrap().keep();
+        std::fs::write(site.join("index.html"), "hello from the test internet\n").unwrap();
+        let http = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &name,
+                "python3",
+                "-m",
+                "http.server",
+                "--bind",
+                &addr,
+                "8080",
+            ])
+            .arg("--directory")
+            .arg(&site)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let dns = Command::new("ip")
+            .args(["netns", "exec", &name, "python3", "-c", DNS_SERVER, &addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let internet = Self {
+            name,
+            host_if,
+            addr,
+            servers: vec![http, dns],
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect((internet.addr.as_str(), 8080)).is_err() {
+            assert!(Instant::now() < deadline, "the test internet's HTTP server");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(internet)
+    }
+}
+
+impl Drop for Internet {
+    fn drop(&mut self) {
+        for server in &mut self.servers {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "delete", &self.host_if])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+/// Runs Python in the sandbox and returns its stdout, trimmed.
+async fn python(vm: &Arc<dyn Vm>, code: &str) -> String {
+    let spec = ExecSpec {
+        timeout: Duration::from_secs(20),
+        ..ExecSpec::program(traforato_core::backend::Program::Argv(vec![
+            "python3".into(),
+            "-c".into(),
+            code.into(),
+        ]))
+    };
+    let ran = run_collected(vm.as_ref(), spec).await.expect("exec");
+    String::from_utf8_lossy(&ran.stdout).trim().to_string()
+}
+
+/// Fetches `url` from the sandbox: its body, or `failed: <why>`.
+fn fetch(url: &str) -> String {
+    format!(
+        "import urllib.request\n\
+         try:\n    print(urllib.request.urlopen({url:?}, timeout=3).read().decode().strip())\n\
+         except Exception as e:\n    print('failed:', type(e).__name__)"
+    )
+}
+
+/// Connects to `host:port` from the sandbox: `connected` or `failed: <why>`.
+fn connect(host: &str, port: u16) -> String {
+    format!(
+        "import socket\n\
+         try:\n    socket.create_connection(({host:?}, {port}), timeout=1); print('connected')\n\
+         except Exception as e:\n    print('failed:', type(e).__name__)"
+    )
+}
+
+#[tokio::test]
+async fn egress_none_reaches_nothing_and_all_reaches_the_internet_but_never_the_host() {
+    let Some(internet) = Internet::start() else {
+        return;
+    };
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let tag = format!("traforato-egress-{}", &id[..8]);
+    let state_dir = std::env::temp_dir().join(&tag);
+    let config = ContainerConfig {
+        state_dir: state_dir.clone(),
+        cgroup_parent: tag.clone(),
+        init_program: PathBuf::from(env!("CARGO_BIN_EXE_traforato-sandbox-init")),
+        oci_dir: None,
+        python_zygote: false,
+        network: NetworkSettings {
+            dns_upstream: Some(format!("{}:53", internet.addr).parse().unwrap()),
+            ..NetworkSettings::default()
+        },
+        ..ContainerConfig::default()
+    };
+    let forwarding_before = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+    let backend = Arc::new(ContainerBackend::new(config).expect("container backend as root"));
+    let provision = || {
+        backend.provision(ProvisionSpec {
+            vm_id: LocalVmId::new_random(),
+            tuple: SandboxTuple::normalize("container", "host", 1, "container"),
+            memory_mib: 256,
+        })
+    };
+    let page = format!("http://{}:8080/", internet.addr);
+    // A service of the host's own, which no sandbox may reach.
+    let host_service = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let host_port = host_service.local_addr().unwrap().port();
+
+    let vm = provision().await.expect("a sandbox");
+    assert!(
+        python(&vm, &fetch(&page)).await.starts_with("failed"),
+        "egress none: nothing but loopback"
+    );
+
+    vm.set_network(&Policy::all()).await.expect("egress all");
+    assert_eq!(
+        python(&vm, &fetch(&page)).await,
+        "hello from the test internet"
+    );
+    assert_eq!(
+        python(&vm, &fetch("http://inet.test:8080/")).await,
+        "hello from the test internet",
+        "names resolve through the worker's DNS forwarder"
+    );
+    assert!(python(&vm, &fetch("http://nowhere.test:8080/"))
+        .await
+        .starts_with("failed"));
+    let gateway = python(
+        &vm,
+        "print(open('/proc/net/route').read().split('\\n')[1].split()[2])",
+    )
+    .await;
+    let gateway =
+        u32::from_str_radix(&gateway, 16).map(|g| std::net::Ipv4Addr::from(g.swap_bytes()));
+    let gateway = gateway.expect("a default route").to_string();
+    for (what, host, port) in [
+        ("the host through its veth", gateway.as_str(), host_port),
+        ("the host's loopback", "127.0.0.1", host_port),
+        ("the metadata address", "169.254.169.254", 80),
+        ("a private range", "10.0.0.1", 80),
+    ] {
+        assert!(
+            python(&vm, &connect(host, port))
+                .await
+                .starts_with("failed"),
+            "{what} must stay unreachable"
+        );
+    }
+    // Another sandbox with egress is not reachable either.
+    let other = provision().await.expect("a second sandbox");
+    other.set_network(&Policy::all()).await.unwrap();
+    let other_addr = python(
+        &other,
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+         s.connect(('198.18.0.1', 9)); print(s.getsockname()[0])",
+    )
+    .await;
+    assert!(other_addr.starts_with("10.213."), "{other_addr}");
+    assert!(python(&vm, &connect(&other_addr, 22))
+        .await
+        .starts_with("failed"));
+
+    // Changed live: off again.
+    vm.set_network(&Policy::none()).await.unwrap();
+    assert!(python(&vm, &fetch(&page)).await.starts_with("failed"));
+    vm.set_network(&Policy::all()).await.unwrap();
+    assert_eq!(
+        python(&vm, &fetch(&page)).await,
+        "hello from the test internet"
+    );
+
+    // Nothing is left: interfaces go with the sandboxes, the table and ip_forward with the
+    // backend.
+    let links = || {
+        String::from_utf8(
+            Command::new("ip")
+                .args(["-o", "link"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+    };
+    assert!(links().contains(": tf"), "{}", links());
+    for vm in [vm, other] {
+        vm.destroy().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!links().contains(": tf"), "veths left: {}", links());
+    backend.shutdown().await;
+    let table = format!("traforato_{}", tag.replace('-', "_"));
+    let listed = Command::new("nft")
+        .args(["list", "table", "inet", &table])
+        .output()
+        .unwrap();
+    assert!(!listed.status.success(), "the table {table} is left");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
+        forwarding_before,
+        "ip_forward is as it was"
+    );
+    let _ = backend.cleanup_leftovers().await;
+    let _ = std::fs::remove_dir_all(&state_dir);
+    drop(internet);
+}
