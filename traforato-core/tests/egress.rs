@@ -10,7 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use traforato_core::backend::container::{ContainerBackend, ContainerConfig, NetworkSettings};
+use traforato_core::backend::container::{
+    ContainerBackend, ContainerConfig, NetworkSettings, DEFAULT_BLOCKED,
+};
 use traforato_core::backend::{run_collected, ExecSpec, ProvisionSpec, Vm, VmBackend};
 use traforato_core::id::LocalVmId;
 use traforato_core::network::Policy;
@@ -155,7 +157,7 @@ async fn python(vm: &Arc<dyn Vm>, code: &str) -> String {
 fn fetch(url: &str) -> String {
     format!(
         "import urllib.request\n\
-         try:\n    print(urllib.request.urlopen({url:?}, timeout=3).read().decode().strip())\n\
+         try:\n    print(urllib.request.urlopen({url:?}, timeout=2).read().decode().strip())\n\
          except Exception as e:\n    print('failed:', type(e).__name__)"
     )
 }
@@ -185,6 +187,12 @@ async fn egress_none_reaches_nothing_and_all_reaches_the_internet_but_never_the_
         python_zygote: false,
         network: NetworkSettings {
             dns_upstream: Some(format!("{}:53", internet.addr).parse().unwrap()),
+            // The test internet lives in the benchmarking range, blocked by default.
+            blocked: DEFAULT_BLOCKED
+                .iter()
+                .filter(|range| **range != "198.18.0.0/15")
+                .map(|range| range.to_string())
+                .collect(),
             ..NetworkSettings::default()
         },
         ..ContainerConfig::default()
@@ -257,9 +265,31 @@ async fn egress_none_reaches_nothing_and_all_reaches_the_internet_but_never_the_
         .await
         .starts_with("failed"));
 
-    // Changed live: off again.
+    // Changed live: off again, DNS included (no channel out through the resolver).
     vm.set_network(&Policy::none()).await.unwrap();
     assert!(python(&vm, &fetch(&page)).await.starts_with("failed"));
+    assert!(
+        python(&vm, &fetch("http://inet.test:8080/"))
+            .await
+            .starts_with("failed"),
+        "no DNS without egress"
+    );
+    // Another sandbox's DNS forwarder is not ours to use.
+    let other_gateway = python(&other, "print(open('/etc/resolv.conf').read().split()[1])").await;
+    vm.set_network(&Policy::all()).await.unwrap();
+    let dig = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)\n\
+         q = b'\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x04inet\\x04test\\x00\\x00\\x01\\x00\\x01'\n\
+         s.sendto(q, ({other_gateway:?}, 53))\n\
+         try:\n    s.recv(512); print('answered')\n\
+         except Exception as e:\n    print('failed:', type(e).__name__)"
+    );
+    assert!(
+        python(&vm, &dig).await.starts_with("failed"),
+        "{other_gateway}"
+    );
+    vm.set_network(&Policy::none()).await.unwrap();
     vm.set_network(&Policy::all()).await.unwrap();
     assert_eq!(
         python(&vm, &fetch(&page)).await,

@@ -91,6 +91,8 @@ struct BackendState {
     memory_per_vm: Option<u64>,
     /// `set_network` refuses modes other than `none`, as a backend without egress does.
     network_refused: bool,
+    /// The egress modes `supports_egress` admits; `None`: every mode.
+    egress_modes: Option<Vec<Egress>>,
     counters: FakeCounters,
     vms: BTreeMap<LocalVmId, Weak<FakeVm>>,
 }
@@ -152,6 +154,7 @@ impl FakeBackend {
                     overcommits: false,
                     memory_per_vm: None,
                     network_refused: false,
+                    egress_modes: None,
                     counters: FakeCounters::default(),
                     vms: BTreeMap::new(),
                 }),
@@ -174,6 +177,12 @@ impl FakeBackend {
     /// a backend that gives sandboxes no network does.
     pub fn with_network_refused(self) -> Self {
         self.state().network_refused = true;
+        self
+    }
+
+    /// Says (through `supports_egress`) that its sandboxes can have only `modes`.
+    pub fn with_egress_modes(self, modes: &[Egress]) -> Self {
+        self.state().egress_modes = Some(modes.to_vec());
         self
     }
 
@@ -359,6 +368,13 @@ impl VmBackend for FakeBackend {
             .images
             .as_ref()
             .map(|_| self as &dyn ImageCatalog)
+    }
+
+    fn supports_egress(&self, mode: Egress) -> bool {
+        self.state()
+            .egress_modes
+            .as_ref()
+            .is_none_or(|modes| modes.contains(&mode))
     }
 
     fn overcommits(&self) -> bool {

@@ -511,6 +511,13 @@ pub trait VmBackend: Send + Sync + 'static {
     /// Boots a sandbox for `spec` and returns once it can run commands.
     async fn provision(&self, spec: ProvisionSpec) -> Result<Arc<dyn Vm>, BackendError>;
 
+    /// Whether its sandboxes can have the egress `mode` ([`Vm::set_network`]); asked before a
+    /// sandbox is placed, so that a mode the backend lacks costs no sandbox. The default:
+    /// `none` only.
+    fn supports_egress(&self, mode: Egress) -> bool {
+        mode == Egress::None
+    }
+
     /// The images this backend keeps on disk, for operators; `None` when it keeps none.
     fn images(&self) -> Option<&dyn ImageCatalog> {
         None
@@ -650,11 +657,10 @@ pub trait Vm: Send + Sync + 'static {
         exec_files::remove(self, path, recursive).await
     }
 
-    /// Opens a TCP connection to `port` inside the sandbox's network namespace.
     /// Gives the sandbox the network egress of `policy` (replacing what it had): called when
     /// a sandbox is created or claimed with a mode other than `none`, and when its policy
     /// changes. The default serves `none` only: any other mode is
-    /// [`BackendError::Unsupported`].
+    /// [`BackendError::Unsupported`]; see [`VmBackend::supports_egress`].
     async fn set_network(&self, policy: &Policy) -> Result<(), BackendError> {
         match policy.egress() {
             Egress::None => Ok(()),
@@ -662,6 +668,7 @@ pub trait Vm: Send + Sync + 'static {
         }
     }
 
+    /// Opens a TCP connection to `port` inside the sandbox's network namespace.
     async fn connect(&self, port: u16) -> Result<BoxedStream, BackendError>;
 
     /// Destroys the sandbox: every process, mount, cgroup and directory it had. Idempotent.

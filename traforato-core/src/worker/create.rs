@@ -139,6 +139,14 @@ impl Worker {
             .get(&tuple.virtualization)
             .cloned()
             .ok_or_else(|| WorkerError::UnsupportedVirtualization(tuple.virtualization.clone()))?;
+        // A mode the backend lacks costs no sandbox.
+        if !backend.supports_egress(network.egress()) {
+            return Err(WorkerError::Unsupported(match network.egress() {
+                Egress::None => "network egress none",
+                Egress::All => "network egress all",
+                Egress::Allow => "network egress allow",
+            }));
+        }
         let ttl = if request.ttl_seconds > 0 {
             Duration::from_secs(request.ttl_seconds as u64).min(self.config.max_ttl)
         } else {
@@ -315,6 +323,7 @@ impl Worker {
                 output: Arc::new(OutputBudget::new(MAX_OUTPUT_BYTES_PER_SANDBOX)),
                 // A new or claimed VM has no network yet: `create_one` gives it one.
                 network: Policy::none(),
+                network_change: Arc::default(),
             },
         );
         state.demand.record(spec.tuple.clone(), now);

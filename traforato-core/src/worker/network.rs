@@ -2,6 +2,8 @@
 //! against what the worker allows, and given to the sandbox's VM (at create or claim time, so
 //! that a warm sandbox serves any mode).
 
+use std::sync::Arc;
+
 use super::{Worker, WorkerError};
 use crate::api::{NetworkPolicy, NetworkResponse};
 use crate::auth::Principal;
@@ -53,12 +55,12 @@ impl Worker {
         id: &SandboxId,
         policy: Policy,
     ) -> Result<(), WorkerError> {
-        let handle = self.sandbox(principal, id)?;
-        handle
-            .vm
-            .set_network(&policy)
-            .await
-            .map_err(network_error)?;
+        let (vm, change) = self.with_sandbox(principal, id, |e| {
+            (e.vm.clone(), Arc::clone(&e.network_change))
+        })?;
+        // Two changes at once take turns: what the VM has is what is recorded.
+        let _turn = change.lock().await;
+        vm.set_network(&policy).await.map_err(network_error)?;
         tracing::info!(
             worker_id = %self.config.worker_id,
             sandbox_id = %id,

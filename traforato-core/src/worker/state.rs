@@ -80,6 +80,8 @@ pub(super) struct SandboxEntry {
     pub output: Arc<OutputBudget>,
     /// The network egress its VM has.
     pub network: Policy,
+    /// Held across a change of policy: the VM's and the record's change together.
+    pub network_change: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SandboxEntry {

@@ -125,6 +125,7 @@ use self::vm::Teardown;
 use self::vm::DEFAULT_CWD;
 use crate::backend::{BackendError, ImageCatalog, ProvisionSpec, Vm, VmBackend};
 use crate::id::LocalVmId;
+use crate::network::Egress;
 
 /// Directories prepared in every sandbox's writable layer: mount points and the usual
 /// writable places, owned by the sandbox's root.
@@ -867,6 +868,10 @@ impl VmBackend for ContainerBackend {
 
     fn images(&self) -> Option<&dyn ImageCatalog> {
         self.images.catalog()
+    }
+
+    fn supports_egress(&self, mode: Egress) -> bool {
+        matches!(mode, Egress::None | Egress::All)
     }
 
     async fn provision(&self, spec: ProvisionSpec) -> Result<Arc<dyn Vm>, BackendError> {

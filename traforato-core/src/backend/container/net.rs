@@ -31,17 +31,24 @@ use crate::network::Cidr;
 /// The default range sandboxes get their addresses from: one `/30` each.
 pub const DEFAULT_RANGE: &str = "10.213.0.0/16";
 
-/// Ranges a sandbox never reaches with `egress: all` (besides the host's own addresses).
-pub const DEFAULT_BLOCKED: [&str; 8] = [
+/// Ranges a sandbox never reaches with `egress: all` (besides the host's own addresses and
+/// [`ALWAYS_BLOCKED`]).
+pub const DEFAULT_BLOCKED: [&str; 10] = [
     "0.0.0.0/8",
     "10.0.0.0/8",
     "100.64.0.0/10",
     "127.0.0.0/8",
     "169.254.0.0/16",
     "172.16.0.0/12",
+    "192.0.0.0/24",
     "192.168.0.0/16",
+    "198.18.0.0/15",
     "224.0.0.0/3",
 ];
+
+/// Blocked whatever the configuration says: link-local, where cloud metadata services
+/// answer (`169.254.169.254`).
+pub const ALWAYS_BLOCKED: &str = "169.254.0.0/16";
 
 /// How long one `ip` or `nft` call may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,7 +58,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct NetworkSettings {
     /// Where sandbox addresses come from (IPv4, at most a `/29`... a `/8`).
     pub range: String,
-    /// Ranges never reachable (IPv4 CIDRs). Default [`DEFAULT_BLOCKED`].
+    /// Ranges never reachable (IPv4 CIDRs). Default [`DEFAULT_BLOCKED`]; [`ALWAYS_BLOCKED`]
+    /// is added to any list.
     pub blocked: Vec<String>,
     /// The resolver the sandboxes' DNS forwarder asks; `None`: the first `nameserver` of
     /// the host's `/etc/resolv.conf`.
@@ -74,7 +82,7 @@ pub(crate) struct Networking {
     range: (Ipv4Addr, u8),
     blocked: Vec<Cidr>,
     dns_upstream: Option<SocketAddr>,
-    slots: Mutex<BTreeSet<u32>>,
+    slots: Mutex<Slots>,
     ready: OnceCell<()>,
     /// This backend turned `ip_forward` on.
     forwarding_ours: AtomicBool,
@@ -88,13 +96,21 @@ impl std::fmt::Debug for Networking {
     }
 }
 
-/// A sandbox's side of the plumbing: released (its address, its set element, its DNS
-/// forwarder) when dropped; the veth pair goes with the sandbox's network namespace.
+/// The `/30`s in use, handed out round-robin so that a freed one is reused last.
+#[derive(Debug, Default)]
+struct Slots {
+    used: BTreeSet<u32>,
+    next: u32,
+}
+
+/// A sandbox's side of the plumbing. Dropped, it deletes the veth pair and its set elements
+/// and only then frees its `/30`: a new sandbox never shares an address with an interface
+/// that still exists.
 pub(crate) struct Attachment {
     networking: Arc<Networking>,
     slot: u32,
     host_if: String,
-    enabled: bool,
+    gateway: Ipv4Addr,
     dns: JoinHandle<()>,
 }
 
@@ -115,7 +131,12 @@ impl Networking {
             ));
         }
         let mut blocked = Vec::new();
-        for raw in &settings.blocked {
+        for raw in settings
+            .blocked
+            .iter()
+            .map(String::as_str)
+            .chain([ALWAYS_BLOCKED])
+        {
             let cidr: Cidr = raw
                 .parse()
                 .map_err(|e| format!("blocked range {raw:?}: {e}"))?;
@@ -133,13 +154,13 @@ impl Networking {
             range: (base, range.prefix()),
             blocked,
             dns_upstream: settings.dns_upstream,
-            slots: Mutex::new(BTreeSet::new()),
+            slots: Mutex::new(Slots::default()),
             ready: OnceCell::new(),
             forwarding_ours: AtomicBool::new(false),
         })
     }
 
-    fn slots(&self) -> std::sync::MutexGuard<'_, BTreeSet<u32>> {
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -186,25 +207,26 @@ impl Networking {
             "table inet {t}\n\
              delete table inet {t}\n\
              table inet {t} {{\n\
+               set ours {{ type ifname; }}\n\
                set egress {{ type ifname; }}\n\
+               set dns {{ type ifname . ipv4_addr; }}\n\
                set blocked {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {blocked} }} }}\n\
                chain forward {{\n\
                  type filter hook forward priority filter - 10; policy accept;\n\
-                 oifname \"tf*\" ct state established,related accept\n\
-                 oifname \"tf*\" drop\n\
-                 iifname @egress ip daddr @blocked drop\n\
-                 iifname @egress accept\n\
-                 iifname \"tf*\" drop\n\
+                 oifname @ours ct state established,related accept\n\
+                 oifname @ours drop\n\
+                 iifname @egress meta nfproto ipv4 ip daddr != @blocked accept\n\
+                 iifname @ours drop\n\
                }}\n\
                chain input {{\n\
                  type filter hook input priority filter - 10; policy accept;\n\
-                 iifname \"tf*\" ct state established,related accept\n\
-                 iifname \"tf*\" udp dport 53 accept\n\
-                 iifname \"tf*\" drop\n\
+                 iifname @ours meta nfproto ipv4 iifname . ip daddr @dns udp dport 53 accept\n\
+                 iifname @ours drop\n\
+                 ip daddr {range} drop\n\
                }}\n\
                chain postrouting {{\n\
                  type nat hook postrouting priority srcnat; policy accept;\n\
-                 ip saddr {range} oifname != \"tf*\" masquerade\n\
+                 ip saddr {range} oifname != @ours masquerade\n\
                }}\n\
              }}\n",
             blocked = blocked.join(", ")
@@ -224,37 +246,29 @@ impl Networking {
         let slot = {
             let mut slots = self.slots();
             let capacity = 1u32 << (30 - u32::from(self.range.1).min(30));
+            let start = slots.next % capacity;
             let slot = (0..capacity)
-                .find(|s| !slots.contains(s))
+                .map(|i| (start + i) % capacity)
+                .find(|s| !slots.used.contains(s))
                 .ok_or_else(|| BackendError::Capacity("no sandbox network address left".into()))?;
-            slots.insert(slot);
+            slots.used.insert(slot);
+            slots.next = slot + 1;
             slot
         };
         let host_if = format!("tf{short_id}");
-        let (host, sandbox) = self.addresses(slot);
-        let plumbed = self.plumb(netns, &host_if, host, sandbox).await;
-        let dns = match plumbed {
-            Ok(()) => self.dns_forwarder(host).await,
-            Err(e) => Err(e),
+        let (gateway, sandbox) = self.addresses(slot);
+        // From here on, dropping the attachment undoes everything (the veth pair included).
+        let mut attachment = Attachment {
+            networking: Arc::clone(self),
+            slot,
+            host_if,
+            gateway,
+            dns: tokio::spawn(async {}),
         };
-        match dns {
-            Ok(dns) => Ok((
-                Attachment {
-                    networking: Arc::clone(self),
-                    slot,
-                    host_if,
-                    enabled: false,
-                    dns,
-                },
-                format!("nameserver {host}\n"),
-            )),
-            Err(error) => {
-                // The sandbox side goes with the namespace; the host side now.
-                let _ = run("ip", &["link", "delete", &host_if], None).await;
-                self.slots().remove(&slot);
-                Err(error)
-            }
-        }
+        self.plumb(netns, &attachment.host_if, gateway, sandbox)
+            .await?;
+        attachment.dns = self.dns_forwarder(gateway, sandbox).await?;
+        Ok((attachment, format!("nameserver {gateway}\n")))
     }
 
     async fn plumb(
@@ -278,19 +292,42 @@ impl Networking {
         )
         .await?;
         let outside = format!("addr add {host}/30 dev {host_if}\nlink set {host_if} up\n");
-        run("ip", &["-batch", "-"], Some(&outside)).await
+        run("ip", &["-batch", "-"], Some(&outside)).await?;
+        let t = &self.table;
+        run(
+            "nft",
+            &[
+                "add",
+                "element",
+                "inet",
+                t,
+                "ours",
+                &format!("{{ \"{host_if}\" }}"),
+            ],
+            None,
+        )
+        .await
     }
 
-    /// A forwarder of DNS over UDP on `host`:53 to the upstream resolver.
-    async fn dns_forwarder(&self, host: Ipv4Addr) -> Result<JoinHandle<()>, BackendError> {
+    /// A forwarder of DNS over UDP on `gateway`:53 to the upstream resolver, for the sandbox
+    /// at `sandbox` only.
+    async fn dns_forwarder(
+        &self,
+        gateway: Ipv4Addr,
+        sandbox: Ipv4Addr,
+    ) -> Result<JoinHandle<()>, BackendError> {
         let upstream = match self.dns_upstream {
             Some(upstream) => upstream,
             None => host_resolver().await?,
         };
-        let socket = UdpSocket::bind((host, 53))
+        let socket = UdpSocket::bind((gateway, 53))
             .await
-            .map_err(|e| BackendError::io(format!("listen for DNS on {host}:53"), e))?;
-        Ok(tokio::spawn(forward_dns(Arc::new(socket), upstream)))
+            .map_err(|e| BackendError::io(format!("listen for DNS on {gateway}:53"), e))?;
+        Ok(tokio::spawn(forward_dns(
+            Arc::new(socket),
+            IpAddr::V4(sandbox),
+            upstream,
+        )))
     }
 
     /// Removes the table a crashed run of this backend left (its sandboxes are gone, so its
@@ -313,7 +350,17 @@ impl Networking {
             tracing::warn!(%error, table = %self.table, "nftables table not removed");
         }
         if self.forwarding_ours.swap(false, Ordering::SeqCst) {
-            if let Err(error) = tokio::fs::write("/proc/sys/net/ipv4/ip_forward", "0").await {
+            // Another worker of this host may still need it.
+            let others = Command::new("nft")
+                .args(["list", "tables"])
+                .output()
+                .await
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("inet traforato_"))
+                .unwrap_or(false);
+            if others {
+                tracing::info!("net.ipv4.ip_forward left on: another worker's sandboxes use it");
+            } else if let Err(error) = tokio::fs::write("/proc/sys/net/ipv4/ip_forward", "0").await
+            {
                 tracing::warn!(%error, "net.ipv4.ip_forward not turned back off");
             }
         }
@@ -321,77 +368,94 @@ impl Networking {
 }
 
 impl Attachment {
-    /// Lets the sandbox's traffic out (`egress: all`) or not.
+    /// Lets the sandbox's traffic and DNS out (`egress: all`) or not. Idempotent whatever
+    /// happened before (each call states the whole membership).
     pub(crate) async fn set_enabled(&mut self, enabled: bool) -> Result<(), BackendError> {
-        if enabled == self.enabled {
-            return Ok(());
+        let script = membership(&self.networking.table, &self.host_if, self.gateway, enabled);
+        let result = run("nft", &["-f", "-"], Some(&script)).await;
+        if result.is_err() && enabled {
+            // Half-done is off.
+            let off = membership(&self.networking.table, &self.host_if, self.gateway, false);
+            let _ = run("nft", &["-f", "-"], Some(&off)).await;
         }
-        let verb = if enabled { "add" } else { "delete" };
-        let t = &self.networking.table;
-        run(
-            "nft",
-            &[
-                verb,
-                "element",
-                "inet",
-                t,
-                "egress",
-                &format!("{{ \"{}\" }}", self.host_if),
-            ],
-            None,
-        )
-        .await?;
-        self.enabled = enabled;
-        Ok(())
+        result
     }
+}
+
+/// An nft script that puts `host_if` in (or takes it out of) the `egress` and `dns` sets.
+/// Adding first makes the deletes succeed whatever the sets held.
+fn membership(table: &str, host_if: &str, gateway: Ipv4Addr, enabled: bool) -> String {
+    let mut script = format!(
+        "add element inet {table} egress {{ \"{host_if}\" }}\n\
+         add element inet {table} dns {{ \"{host_if}\" . {gateway} }}\n"
+    );
+    if !enabled {
+        script.push_str(&format!(
+            "delete element inet {table} egress {{ \"{host_if}\" }}\n\
+             delete element inet {table} dns {{ \"{host_if}\" . {gateway} }}\n"
+        ));
+    }
+    script
 }
 
 impl Drop for Attachment {
     fn drop(&mut self) {
         self.dns.abort();
-        self.networking.slots().remove(&self.slot);
-        if self.enabled {
-            // The interface goes with the sandbox; its set element is removed here.
-            let table = self.networking.table.clone();
-            let element = format!("{{ \"{}\" }}", self.host_if);
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    let _ = run(
-                        "nft",
-                        &["delete", "element", "inet", &table, "egress", &element],
-                        None,
-                    )
-                    .await;
-                });
-            }
+        let networking = Arc::clone(&self.networking);
+        let (slot, host_if, gateway) = (self.slot, self.host_if.clone(), self.gateway);
+        let undo = async move {
+            // Deleting one end deletes the pair (it may be gone with its namespace already).
+            let _ = run("ip", &["link", "delete", &host_if], None).await;
+            let table = &networking.table;
+            let mut script = membership(table, &host_if, gateway, false);
+            script.push_str(&format!(
+                "add element inet {table} ours {{ \"{host_if}\" }}\n\
+                 delete element inet {table} ours {{ \"{host_if}\" }}\n"
+            ));
+            let _ = run("nft", &["-f", "-"], Some(&script)).await;
+            networking.slots().used.remove(&slot);
+        };
+        // Without a runtime the slot stays taken: nothing may reuse an address whose
+        // interface might still exist.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(undo);
         }
     }
 }
 
-/// Relays each query from a sandbox to `upstream` and the answer back (one task per query,
-/// each on a socket of its own).
-async fn forward_dns(socket: Arc<UdpSocket>, upstream: SocketAddr) {
+/// Most queries of one sandbox in flight at once; more are dropped (a resolver's clients
+/// retry).
+const MAX_QUERIES_IN_FLIGHT: usize = 32;
+
+/// Relays each query from `sandbox` to `upstream` and the answer back, each on a socket of
+/// its own, at most [`MAX_QUERIES_IN_FLIGHT`] at once; queries from elsewhere are ignored.
+/// The relays end with this task.
+async fn forward_dns(socket: Arc<UdpSocket>, sandbox: IpAddr, upstream: SocketAddr) {
+    let mut relays = tokio::task::JoinSet::new();
     let mut buf = vec![0u8; 4096];
     loop {
         let Ok((n, from)) = socket.recv_from(&mut buf).await else {
             return;
         };
+        while relays.try_join_next().is_some() {}
+        if from.ip() != sandbox || relays.len() >= MAX_QUERIES_IN_FLIGHT {
+            continue;
+        }
         let query = buf[..n].to_vec();
         let socket = Arc::clone(&socket);
-        tokio::spawn(async move {
-            let Ok(relay) = UdpSocket::bind(if upstream.is_ipv4() {
+        relays.spawn(async move {
+            let bind = if upstream.is_ipv4() {
                 "0.0.0.0:0"
             } else {
                 "[::]:0"
-            })
-            .await
-            else {
+            };
+            let Ok(relay) = UdpSocket::bind(bind).await else {
                 return;
             };
             if relay.send_to(&query, upstream).await.is_err() {
                 return;
             }
-            let mut answer = vec![0u8; 4096];
+            let mut answer = vec![0u8; 65_535];
             let received =
                 tokio::time::timeout(Duration::from_secs(5), relay.recv_from(&mut answer)).await;
             if let Ok(Ok((n, source))) = received {

@@ -386,11 +386,15 @@ impl Vm for ContainerVm {
     }
 
     async fn destroy(&self) -> Result<(), BackendError> {
-        // Its address and DNS forwarder are freed; the veth pair goes with its namespace.
-        drop(self.network.lock().await.take());
+        // Gone for new operations first (under the network lock, so that no change of policy
+        // attaches it again), then its network is undone.
+        let attachment = {
+            let mut network = self.network.lock().await;
+            self.live.lock().expect("live lock").take();
+            network.take()
+        };
+        drop(attachment);
         let mut teardown = self.teardown.lock().await;
-        // New operations see Gone from here on; in-flight ones end as the processes die.
-        self.live.lock().expect("live lock").take();
         let Some(Teardown {
             mut child,
             cgroup,

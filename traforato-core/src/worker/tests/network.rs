@@ -196,3 +196,29 @@ async fn a_backend_without_egress_refuses_it_and_keeps_nothing() {
         .await
         .is_ok());
 }
+
+#[tokio::test]
+async fn a_mode_the_backend_lacks_is_refused_before_any_sandbox_is_made() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let fake = FakeBackend::new().with_egress_modes(&[Egress::None, Egress::All]);
+    let worker = Worker::new(
+        config(),
+        vec![Arc::new(fake.clone())],
+        clock,
+        Arc::new(Metrics::new(false)),
+        None,
+    );
+    let err = worker
+        .create_sandbox(
+            &dev(),
+            with_network(NetworkPolicy::allow(["pypi.org"])),
+            Placement::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "not supported by this backend: network egress allow"
+    );
+    assert_eq!(fake.counters().provision_attempts, 0);
+}
