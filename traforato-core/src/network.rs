@@ -193,17 +193,19 @@ pub enum AllowRule {
 impl AllowRule {
     /// Whether the rule lets a sandbox reach `name` (a domain, any case) on `port`.
     pub fn matches_name(&self, name: &str, port: u16) -> bool {
+        self.names(name) && self.port().is_none_or(|p| p == port)
+    }
+
+    /// Whether the rule is a domain rule for `name` (any case), whatever its port.
+    pub fn names(&self, name: &str) -> bool {
         let AllowRule::Domain {
             name: rule,
             wildcard,
-            port: rule_port,
+            ..
         } = self
         else {
             return false;
         };
-        if rule_port.is_some_and(|p| p != port) {
-            return false;
-        }
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         if *wildcard {
             name.len() > rule.len() + 1
@@ -211,6 +213,13 @@ impl AllowRule {
                 && name.as_bytes()[name.len() - rule.len() - 1] == b'.'
         } else {
             name == *rule
+        }
+    }
+
+    /// The only port the rule allows, if it names one.
+    pub fn port(&self) -> Option<u16> {
+        match self {
+            AllowRule::Domain { port, .. } | AllowRule::Network { port, .. } => *port,
         }
     }
 

@@ -18,7 +18,7 @@ use traforato_core::id::LocalVmId;
 use traforato_core::network::Policy;
 use traforato_core::tuple::SandboxTuple;
 
-/// A DNS server for the test internet: `inet.test` is `ADDR`, anything else NXDOMAIN.
+/// A DNS server for the test internet: every `*.test` name is `ADDR`, anything else NXDOMAIN.
 const DNS_SERVER: &str = r#"
 import socket, sys
 addr = sys.argv[1]
@@ -30,7 +30,7 @@ while True:
     while q[i]:
         name.append(q[i + 1:i + 1 + q[i]].decode()); i += 1 + q[i]
     question = q[12:i + 5]
-    known = ".".join(name).lower() == "inet.test" and q[i + 1:i + 3] == b"\x00\x01"
+    known = ".".join(name).lower().endswith(".test") and q[i + 1:i + 3] == b"\x00\x01"
     flags = b"\x81\x80" if known else b"\x81\x83"
     answer = (b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + socket.inet_aton(addr)) if known else b""
     s.sendto(q[:2] + flags + b"\x00\x01" + (b"\x00\x01" if known else b"\x00\x00") + b"\x00\x00\x00\x00" + question + answer, peer)
@@ -227,7 +227,7 @@ async fn egress_none_reaches_nothing_and_all_reaches_the_internet_but_never_the_
         "hello from the test internet",
         "names resolve through the worker's DNS forwarder"
     );
-    assert!(python(&vm, &fetch("http://nowhere.test:8080/"))
+    assert!(python(&vm, &fetch("http://nowhere.invalid:8080/"))
         .await
         .starts_with("failed"));
     let gateway = python(
@@ -295,6 +295,70 @@ async fn egress_none_reaches_nothing_and_all_reaches_the_internet_but_never_the_
         python(&vm, &fetch(&page)).await,
         "hello from the test internet"
     );
+
+    // An allow-list: only what it names, by name (and then the addresses its names resolved
+    // to, for their TTL) or by range.
+    let allow = |rules: &[&str]| {
+        Policy::parse(
+            &traforato_core::api::NetworkPolicy::allow(rules.iter().copied()),
+            None,
+        )
+        .unwrap()
+    };
+    vm.set_network(&allow(&["inet.test:8080"])).await.unwrap();
+    assert!(
+        python(&vm, &fetch(&page)).await.starts_with("failed"),
+        "an address nobody resolved is not allowed"
+    );
+    assert_eq!(
+        python(&vm, &fetch("http://other.test:8080/")).await,
+        "failed: URLError",
+        "a name the list does not allow does not resolve"
+    );
+    assert_eq!(
+        python(&vm, &fetch("http://inet.test:8080/")).await,
+        "hello from the test internet"
+    );
+    assert_eq!(
+        python(&vm, &fetch(&page)).await,
+        "hello from the test internet",
+        "the allowed name's address, for its TTL"
+    );
+    assert!(
+        python(&vm, &connect(&internet.addr, 22))
+            .await
+            .starts_with("failed"),
+        "on the rule's port only"
+    );
+    vm.set_network(&allow(&["inet.test:9999"])).await.unwrap();
+    assert!(
+        python(&vm, &fetch("http://inet.test:8080/"))
+            .await
+            .starts_with("failed"),
+        "a change forgets what the old list resolved"
+    );
+    vm.set_network(&allow(&[&format!("{}/32", internet.addr)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        python(&vm, &fetch(&page)).await,
+        "hello from the test internet",
+        "a listed range"
+    );
+    assert!(python(&vm, &fetch("http://inet.test:8080/"))
+        .await
+        .starts_with("failed"));
+    for (what, host, port) in [
+        ("the host", gateway.as_str(), host_port),
+        ("the metadata address", "169.254.169.254", 80),
+    ] {
+        assert!(
+            python(&vm, &connect(host, port))
+                .await
+                .starts_with("failed"),
+            "{what} must stay unreachable under an allow-list"
+        );
+    }
 
     // Nothing is left: interfaces go with the sandboxes, the table and ip_forward with the
     // backend.

@@ -1,11 +1,14 @@
-//! Network egress of container sandboxes (`egress: all`): a veth pair per sandbox (`eth0`
+//! Network egress of container sandboxes (`egress: all` and `allow`): a veth pair per sandbox (`eth0`
 //! inside, `tf<id>` on the host) with addresses from a private range, one `/30` each; NAT to
 //! the host's routes; one nftables table owned by this backend (`inet traforato_<tag>`) that
 //! forwards only sandboxes whose egress is on and never to the blocked ranges (private,
 //! loopback, link-local with the metadata address, the host's own addresses, other
 //! sandboxes), and keeps sandboxes away from the host's own services but their DNS forwarder;
 //! and a DNS forwarder per sandbox on its host-side address, so that the sandbox resolves
-//! through the host's resolver.
+//! through the host's resolver. Under an allow-list a sandbox's traffic goes through a chain of
+//! its own (`a_<interface>`): the ranges it lists (even blocked ones: listed explicitly), then,
+//! never in the blocked ranges, the addresses its forwarder resolved for allowed names, for
+//! their TTL (sets `d_<interface>`, and `p_<interface>` with ports).
 //!
 //! The programs `ip`, `nsenter` (util-linux) and `nft` (nftables) do the work; a host without
 //! them refuses egress with what to install. `net.ipv4.ip_forward` is turned on when needed
@@ -16,7 +19,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -25,8 +28,9 @@ use tokio::process::Command;
 use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 
+use super::dns::{self, AllowAddresses};
 use crate::backend::BackendError;
-use crate::network::Cidr;
+use crate::network::{AllowRule, Cidr, Egress, Policy};
 
 /// The default range sandboxes get their addresses from: one `/30` each.
 pub const DEFAULT_RANGE: &str = "10.213.0.0/16";
@@ -111,7 +115,45 @@ pub(crate) struct Attachment {
     slot: u32,
     host_if: String,
     gateway: Ipv4Addr,
+    /// What the DNS forwarder enforces.
+    policy: Arc<RwLock<Policy>>,
     dns: JoinHandle<()>,
+}
+
+/// A sandbox's allow-list sets, which its DNS forwarder fills.
+struct SandboxFirewall {
+    table: String,
+    host_if: String,
+}
+
+impl AllowAddresses for SandboxFirewall {
+    async fn allow(&self, addrs: Vec<Ipv4Addr>, port: Option<u16>, ttl: Duration) {
+        let (set, elements): (String, Vec<String>) = match port {
+            Some(port) => (
+                format!("p_{}", self.host_if),
+                addrs.iter().map(|a| format!("{a} . {port}")).collect(),
+            ),
+            None => (
+                format!("d_{}", self.host_if),
+                addrs.iter().map(|a| a.to_string()).collect(),
+            ),
+        };
+        let t = &self.table;
+        let mut script = String::new();
+        for element in elements {
+            // Add, delete, add: the element is there afterwards with this timeout, whatever
+            // it had.
+            script.push_str(&format!(
+                "add element inet {t} {set} {{ {element} }}\n\
+                 delete element inet {t} {set} {{ {element} }}\n\
+                 add element inet {t} {set} {{ {element} timeout {}s }}\n",
+                ttl.as_secs()
+            ));
+        }
+        if let Err(error) = run("nft", &["-f", "-"], Some(&script)).await {
+            tracing::warn!(%error, interface = %self.host_if, "resolved addresses not allowed");
+        }
+    }
 }
 
 impl Networking {
@@ -210,12 +252,14 @@ impl Networking {
                set ours {{ type ifname; }}\n\
                set egress {{ type ifname; }}\n\
                set dns {{ type ifname . ipv4_addr; }}\n\
+               map allowing {{ type ifname : verdict; }}\n\
                set blocked {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {blocked} }} }}\n\
                chain forward {{\n\
                  type filter hook forward priority filter - 10; policy accept;\n\
                  oifname @ours ct state established,related accept\n\
                  oifname @ours drop\n\
                  iifname @egress meta nfproto ipv4 ip daddr != @blocked accept\n\
+                 meta nfproto ipv4 iifname vmap @allowing\n\
                  iifname @ours drop\n\
                }}\n\
                chain input {{\n\
@@ -263,11 +307,18 @@ impl Networking {
             slot,
             host_if,
             gateway,
+            policy: Arc::new(RwLock::new(Policy::none())),
             dns: tokio::spawn(async {}),
         };
         self.plumb(netns, &attachment.host_if, gateway, sandbox)
             .await?;
-        attachment.dns = self.dns_forwarder(gateway, sandbox).await?;
+        let firewall = Arc::new(SandboxFirewall {
+            table: self.table.clone(),
+            host_if: attachment.host_if.clone(),
+        });
+        attachment.dns = self
+            .dns_forwarder(gateway, sandbox, Arc::clone(&attachment.policy), firewall)
+            .await?;
         Ok((attachment, format!("nameserver {gateway}\n")))
     }
 
@@ -310,11 +361,13 @@ impl Networking {
     }
 
     /// A forwarder of DNS over UDP on `gateway`:53 to the upstream resolver, for the sandbox
-    /// at `sandbox` only.
+    /// at `sandbox` only, enforcing `policy`.
     async fn dns_forwarder(
         &self,
         gateway: Ipv4Addr,
         sandbox: Ipv4Addr,
+        policy: Arc<RwLock<Policy>>,
+        firewall: Arc<SandboxFirewall>,
     ) -> Result<JoinHandle<()>, BackendError> {
         let upstream = match self.dns_upstream {
             Some(upstream) => upstream,
@@ -323,10 +376,12 @@ impl Networking {
         let socket = UdpSocket::bind((gateway, 53))
             .await
             .map_err(|e| BackendError::io(format!("listen for DNS on {gateway}:53"), e))?;
-        Ok(tokio::spawn(forward_dns(
+        Ok(tokio::spawn(dns::forward(
             Arc::new(socket),
             IpAddr::V4(sandbox),
             upstream,
+            policy,
+            firewall,
         )))
     }
 
@@ -368,33 +423,91 @@ impl Networking {
 }
 
 impl Attachment {
-    /// Lets the sandbox's traffic and DNS out (`egress: all`) or not. Idempotent whatever
-    /// happened before (each call states the whole membership).
-    pub(crate) async fn set_enabled(&mut self, enabled: bool) -> Result<(), BackendError> {
-        let script = membership(&self.networking.table, &self.host_if, self.gateway, enabled);
+    /// Gives the sandbox the egress of `policy`: each call states everything (memberships,
+    /// its allow chain, its resolved sets, emptied), so it is right whatever happened before.
+    pub(crate) async fn set_policy(&mut self, policy: &Policy) -> Result<(), BackendError> {
+        let script = policy_script(&self.networking.table, &self.host_if, self.gateway, policy);
         let result = run("nft", &["-f", "-"], Some(&script)).await;
-        if result.is_err() && enabled {
+        let in_force = if result.is_ok() {
+            policy.clone()
+        } else {
             // Half-done is off.
-            let off = membership(&self.networking.table, &self.host_if, self.gateway, false);
+            let off = policy_script(
+                &self.networking.table,
+                &self.host_if,
+                self.gateway,
+                &Policy::none(),
+            );
             let _ = run("nft", &["-f", "-"], Some(&off)).await;
-        }
+            Policy::none()
+        };
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = in_force;
         result
     }
 }
 
-/// An nft script that puts `host_if` in (or takes it out of) the `egress` and `dns` sets.
-/// Adding first makes the deletes succeed whatever the sets held.
-fn membership(table: &str, host_if: &str, gateway: Ipv4Addr, enabled: bool) -> String {
+/// The nft script that gives `host_if` the egress of `policy`.
+fn policy_script(table: &str, host_if: &str, gateway: Ipv4Addr, policy: &Policy) -> String {
+    let t = table;
+    let chain = format!("a_{host_if}");
+    let names = format!("d_{host_if}");
+    let ports = format!("p_{host_if}");
+    let egress = format!("{{ \"{host_if}\" }}");
+    let dns = format!("{{ \"{host_if}\" . {gateway} }}");
+    // Everything made (so that the deletes below succeed), then emptied.
     let mut script = format!(
-        "add element inet {table} egress {{ \"{host_if}\" }}\n\
-         add element inet {table} dns {{ \"{host_if}\" . {gateway} }}\n"
+        "add chain inet {t} {chain}\n\
+         flush chain inet {t} {chain}\n\
+         add set inet {t} {names} {{ type ipv4_addr; flags timeout; }}\n\
+         add set inet {t} {ports} {{ type ipv4_addr . inet_service; flags timeout; }}\n\
+         flush set inet {t} {names}\n\
+         flush set inet {t} {ports}\n\
+         add element inet {t} egress {egress}\n\
+         add element inet {t} dns {dns}\n\
+         add element inet {t} allowing {{ \"{host_if}\" : jump {chain} }}\n\
+         delete element inet {t} egress {egress}\n\
+         delete element inet {t} allowing {{ \"{host_if}\" }}\n"
     );
-    if !enabled {
-        script.push_str(&format!(
-            "delete element inet {table} egress {{ \"{host_if}\" }}\n\
-             delete element inet {table} dns {{ \"{host_if}\" . {gateway} }}\n"
-        ));
+    match policy.egress() {
+        Egress::None => script.push_str(&format!("delete element inet {t} dns {dns}\n")),
+        Egress::All => script.push_str(&format!("add element inet {t} egress {egress}\n")),
+        Egress::Allow => {
+            for rule in policy.rules() {
+                if let AllowRule::Network { cidr, port } = rule {
+                    match port {
+                        None => script.push_str(&format!(
+                            "add rule inet {t} {chain} ip daddr {cidr} accept\n"
+                        )),
+                        Some(port) => script.push_str(&format!(
+                            "add rule inet {t} {chain} ip daddr {cidr} tcp dport {port} accept\n\
+                             add rule inet {t} {chain} ip daddr {cidr} udp dport {port} accept\n"
+                        )),
+                    }
+                }
+            }
+            script.push_str(&format!(
+                "add rule inet {t} {chain} ip daddr @blocked return\n\
+                 add rule inet {t} {chain} ip daddr @{names} accept\n\
+                 add rule inet {t} {chain} ip daddr . tcp dport @{ports} accept\n\
+                 add rule inet {t} {chain} ip daddr . udp dport @{ports} accept\n\
+                 add element inet {t} allowing {{ \"{host_if}\" : jump {chain} }}\n"
+            ));
+        }
     }
+    script
+}
+
+/// The nft script that removes everything of `host_if` (its memberships, chain and sets).
+fn detach_script(table: &str, host_if: &str, gateway: Ipv4Addr) -> String {
+    let t = table;
+    let mut script = policy_script(table, host_if, gateway, &Policy::none());
+    script.push_str(&format!(
+        "delete chain inet {t} a_{host_if}\n\
+         delete set inet {t} d_{host_if}\n\
+         delete set inet {t} p_{host_if}\n\
+         add element inet {t} ours {{ \"{host_if}\" }}\n\
+         delete element inet {t} ours {{ \"{host_if}\" }}\n"
+    ));
     script
 }
 
@@ -406,12 +519,7 @@ impl Drop for Attachment {
         let undo = async move {
             // Deleting one end deletes the pair (it may be gone with its namespace already).
             let _ = run("ip", &["link", "delete", &host_if], None).await;
-            let table = &networking.table;
-            let mut script = membership(table, &host_if, gateway, false);
-            script.push_str(&format!(
-                "add element inet {table} ours {{ \"{host_if}\" }}\n\
-                 delete element inet {table} ours {{ \"{host_if}\" }}\n"
-            ));
+            let script = detach_script(&networking.table, &host_if, gateway);
             let _ = run("nft", &["-f", "-"], Some(&script)).await;
             networking.slots().used.remove(&slot);
         };
@@ -420,50 +528,6 @@ impl Drop for Attachment {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(undo);
         }
-    }
-}
-
-/// Most queries of one sandbox in flight at once; more are dropped (a resolver's clients
-/// retry).
-const MAX_QUERIES_IN_FLIGHT: usize = 32;
-
-/// Relays each query from `sandbox` to `upstream` and the answer back, each on a socket of
-/// its own, at most [`MAX_QUERIES_IN_FLIGHT`] at once; queries from elsewhere are ignored.
-/// The relays end with this task.
-async fn forward_dns(socket: Arc<UdpSocket>, sandbox: IpAddr, upstream: SocketAddr) {
-    let mut relays = tokio::task::JoinSet::new();
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
-            return;
-        };
-        while relays.try_join_next().is_some() {}
-        if from.ip() != sandbox || relays.len() >= MAX_QUERIES_IN_FLIGHT {
-            continue;
-        }
-        let query = buf[..n].to_vec();
-        let socket = Arc::clone(&socket);
-        relays.spawn(async move {
-            let bind = if upstream.is_ipv4() {
-                "0.0.0.0:0"
-            } else {
-                "[::]:0"
-            };
-            let Ok(relay) = UdpSocket::bind(bind).await else {
-                return;
-            };
-            if relay.send_to(&query, upstream).await.is_err() {
-                return;
-            }
-            let mut answer = vec![0u8; 65_535];
-            let received =
-                tokio::time::timeout(Duration::from_secs(5), relay.recv_from(&mut answer)).await;
-            if let Ok(Ok((n, source))) = received {
-                if source == upstream {
-                    let _ = socket.send_to(&answer[..n], from).await;
-                }
-            }
-        });
     }
 }
 

@@ -344,45 +344,38 @@ impl Vm for ContainerVm {
 
     async fn set_network(&self, policy: &Policy) -> Result<(), BackendError> {
         let mut attached = self.network.lock().await;
-        match policy.egress() {
-            Egress::None => match attached.as_mut() {
-                Some(attachment) => attachment.set_enabled(false).await,
-                None => Ok(()),
-            },
-            Egress::All => {
-                if attached.is_none() {
-                    let networking = self
-                        .networking
-                        .clone()
-                        .ok_or(BackendError::Unsupported("network egress"))?;
-                    let live = self.live().ok_or(BackendError::Gone)?;
-                    // The namespace through the worker's own descriptor: no pid to reuse.
-                    let netns =
-                        format!("/proc/{}/fd/{}", std::process::id(), live.netns.as_raw_fd());
-                    let short_id: String = self
-                        .vm_id
-                        .to_string()
-                        .chars()
-                        .filter(char::is_ascii_hexdigit)
-                        .take(12)
-                        .collect();
-                    let (attachment, resolv) = networking.attach(&netns, &short_id).await?;
-                    let path = SandboxPath::parse("/etc/resolv.conf")
-                        .map_err(|e| BackendError::Setup(e.to_string()))?;
-                    let content: BoxedReader = Box::new(std::io::Cursor::new(resolv.into_bytes()));
-                    self.write_file(&path, content, WriteMode::Replace)
-                        .await
-                        .map_err(|e| BackendError::Setup(format!("write /etc/resolv.conf: {e}")))?;
-                    *attached = Some(attachment);
-                }
-                attached
-                    .as_mut()
-                    .expect("attached above")
-                    .set_enabled(true)
-                    .await
+        if attached.is_none() {
+            if policy.egress() == Egress::None {
+                return Ok(());
             }
-            Egress::Allow => Err(BackendError::Unsupported("network egress allow")),
+            let networking = self
+                .networking
+                .clone()
+                .ok_or(BackendError::Unsupported("network egress"))?;
+            let live = self.live().ok_or(BackendError::Gone)?;
+            // The namespace through the worker's own descriptor: no pid to reuse.
+            let netns = format!("/proc/{}/fd/{}", std::process::id(), live.netns.as_raw_fd());
+            let short_id: String = self
+                .vm_id
+                .to_string()
+                .chars()
+                .filter(char::is_ascii_hexdigit)
+                .take(12)
+                .collect();
+            let (attachment, resolv) = networking.attach(&netns, &short_id).await?;
+            let path = SandboxPath::parse("/etc/resolv.conf")
+                .map_err(|e| BackendError::Setup(e.to_string()))?;
+            let content: BoxedReader = Box::new(std::io::Cursor::new(resolv.into_bytes()));
+            self.write_file(&path, content, WriteMode::Replace)
+                .await
+                .map_err(|e| BackendError::Setup(format!("write /etc/resolv.conf: {e}")))?;
+            *attached = Some(attachment);
         }
+        attached
+            .as_mut()
+            .expect("attached above")
+            .set_policy(policy)
+            .await
     }
 
     async fn destroy(&self) -> Result<(), BackendError> {
