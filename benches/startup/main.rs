@@ -30,6 +30,7 @@ mod capacity;
 mod floors;
 mod images;
 mod memory;
+mod network;
 mod redirects;
 mod shells;
 
@@ -392,7 +393,7 @@ async fn phases(
     cgroup_parent: &str,
 ) -> Result<Vec<Row>, BenchError> {
     let mut rows = Vec::new();
-    println!("\n[1/7] warm: create through the broker + first print, vs a pre-warmed zygote");
+    println!("\n[1/8] warm: create through the broker + first print, vs a pre-warmed zygote");
     let warm = warm_series(args, broker, backend, client, scratch).await?;
     rows.push(warm.row(
         "warm create + first print (HTTP via broker)",
@@ -401,7 +402,7 @@ async fn phases(
         "<= 3x floor",
     ));
 
-    println!("\n[2/7] cold: create through the broker with no pool + first print, vs bare python");
+    println!("\n[2/8] cold: create through the broker with no pool + first print, vs bare python");
     let cold = cold_series(args, broker, backend, client).await?;
     rows.push(cold.row(
         "cold create + first print (HTTP via broker)",
@@ -410,20 +411,23 @@ async fn phases(
         "<= 1.5x floor",
     ));
 
-    println!("\n[3/7] memory of idle warm sandboxes");
+    println!("\n[3/8] memory of idle warm sandboxes");
     rows.push(memory_row(args, broker, backend, cgroup_parent).await?);
 
-    println!("\n[4/7] broker redirects per second vs nginx answering 307");
+    println!("\n[4/8] broker redirects per second vs nginx answering 307");
     rows.push(redirect_row(args, broker, scratch)?);
 
-    println!("\n[5/7] create -> run -> delete throughput under the capacity model");
+    println!("\n[5/8] create -> run -> delete throughput under the capacity model");
     rows.extend(capacity::throughput_rows(broker, backend, client).await?);
 
-    println!("\n[6/7] warm-claim latency as live sandboxes grow; worker cost per sandbox");
+    println!("\n[6/8] warm-claim latency as live sandboxes grow; worker cost per sandbox");
     rows.extend(capacity::claim_rows(broker, client).await?);
 
-    println!("\n[7/7] cold create from a cached OCI image vs from host (backend, no zygote)");
+    println!("\n[7/8] cold create from a cached OCI image vs from host (backend, no zygote)");
     rows.push(images::cached_image_row(args, scratch).await?);
+
+    println!("\n[8/8] cold create with egress all vs none (backend, no zygote)");
+    rows.push(network::egress_row(args, scratch).await?);
     Ok(rows)
 }
 

@@ -659,6 +659,43 @@ mod tests {
         let script = net.table_script().await;
         assert!(script.contains("table inet traforato_x {"), "{script}");
         assert!(script.contains("169.254.0.0/16"));
-        assert!(script.contains("ip saddr 10.213.0.0/16 oifname != \"tf*\" masquerade"));
+        assert!(script.contains("ip saddr 10.213.0.0/16 oifname != @ours masquerade"));
+        // Link-local stays blocked when the operator's list leaves it out.
+        let settings = NetworkSettings {
+            blocked: vec!["10.0.0.0/8".into()],
+            ..NetworkSettings::default()
+        };
+        let net = Networking::new(&settings, "x").unwrap();
+        let script = net.table_script().await;
+        assert!(script.contains("169.254.0.0/16"), "{script}");
+        assert!(!script.contains("192.168.0.0/16"), "{script}");
+    }
+
+    #[test]
+    fn policy_scripts_state_everything() {
+        let gateway: Ipv4Addr = "10.213.0.1".parse().unwrap();
+        let none = policy_script("t", "tfa", gateway, &Policy::none());
+        assert!(none.contains("delete element inet t dns { \"tfa\" . 10.213.0.1 }"));
+        assert!(!none.contains("add rule"));
+        let all = policy_script("t", "tfa", gateway, &Policy::all());
+        assert!(
+            all.ends_with("add element inet t egress { \"tfa\" }\n"),
+            "{all}"
+        );
+        let wire = crate::api::NetworkPolicy::allow(["pypi.org", "10.1.0.0/16", "10.2.0.1:5432"]);
+        let allow = policy_script("t", "tfa", gateway, &Policy::parse(&wire, None).unwrap());
+        for line in [
+            "add rule inet t a_tfa ip daddr 10.1.0.0/16 accept",
+            "add rule inet t a_tfa ip daddr 10.2.0.1/32 tcp dport 5432 accept",
+            "add rule inet t a_tfa ip daddr 10.2.0.1/32 udp dport 5432 accept",
+            "add rule inet t a_tfa ip daddr @blocked return",
+            "add rule inet t a_tfa ip daddr @d_tfa accept",
+            "add element inet t allowing { \"tfa\" : jump a_tfa }",
+        ] {
+            assert!(allow.contains(line), "{line}\n{allow}");
+        }
+        let detach = detach_script("t", "tfa", gateway);
+        assert!(detach.contains("delete chain inet t a_tfa"));
+        assert!(detach.contains("delete element inet t ours { \"tfa\" }"));
     }
 }
