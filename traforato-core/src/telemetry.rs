@@ -68,11 +68,13 @@ pub enum LabelKey {
     Reason,
     /// `image_family`
     ImageFamily,
+    /// `direction` (`sent`, `received`)
+    Direction,
 }
 
 impl LabelKey {
     /// Every allowed key.
-    pub const ALL: [LabelKey; 8] = [
+    pub const ALL: [LabelKey; 9] = [
         LabelKey::WorkerId,
         LabelKey::Virtualization,
         LabelKey::Cpu,
@@ -81,6 +83,7 @@ impl LabelKey {
         LabelKey::StatusCode,
         LabelKey::Reason,
         LabelKey::ImageFamily,
+        LabelKey::Direction,
     ];
 
     /// The key as rendered.
@@ -94,6 +97,7 @@ impl LabelKey {
             LabelKey::StatusCode => "status_code",
             LabelKey::Reason => "reason",
             LabelKey::ImageFamily => "image_family",
+            LabelKey::Direction => "direction",
         }
     }
 }
@@ -219,6 +223,24 @@ impl LabelSet for ImagePullLabels<'_> {
         vec![
             (LabelKey::WorkerId, self.worker_id.to_string()),
             (LabelKey::Result, self.result.to_string()),
+        ]
+    }
+}
+
+/// Labels of [`WorkerMetrics::sandbox_network_bytes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetworkBytesLabels<'a> {
+    /// The worker.
+    pub worker_id: &'a str,
+    /// `sent` or `received` (by the sandboxes).
+    pub direction: &'a str,
+}
+
+impl LabelSet for NetworkBytesLabels<'_> {
+    fn labels(&self) -> Vec<(LabelKey, String)> {
+        vec![
+            (LabelKey::WorkerId, self.worker_id.to_string()),
+            (LabelKey::Direction, self.direction.to_string()),
         ]
     }
 }
@@ -412,9 +434,17 @@ impl<L: LabelSet> Counter<L> {
 
     /// Adds 1.
     pub fn inc(&self, labels: &L) {
+        self.add(labels, 1.0);
+    }
+
+    /// Adds `amount` (a counter only grows: a negative amount is ignored).
+    pub fn add(&self, labels: &L, amount: f64) {
+        if amount < 0.0 {
+            return;
+        }
         self.family.record(labels, |s| {
             if let Series::Value(v) = s {
-                *v += 1.0;
+                *v += amount;
             }
         });
     }
@@ -551,6 +581,9 @@ pub struct WorkerMetrics {
     /// `worker.image.pulls.total`: image pulls from a registry (for a create or an
     /// operator), by result.
     pub image_pulls: Counter<ImagePullLabels<'static>>,
+    /// `worker.sandbox.network.bytes.total`: what sandboxes' networks carried, counted when
+    /// each sandbox ends, by direction.
+    pub sandbox_network_bytes: Counter<NetworkBytesLabels<'static>>,
 }
 
 /// Metrics of a broker.
@@ -634,6 +667,10 @@ impl Metrics {
                     "worker.image.pulls.total",
                     "image pulls from a registry, by result",
                 ),
+                sandbox_network_bytes: Counter::new(
+                    "worker.sandbox.network.bytes.total",
+                    "bytes sandboxes' networks carried, counted when each ends",
+                ),
             },
             broker: BrokerMetrics {
                 placement_duration: Histogram::new(
@@ -655,7 +692,7 @@ impl Metrics {
     }
 
     /// Every metric, in the order `/metrics` lists them.
-    fn families(&self) -> [&Family; 21] {
+    fn families(&self) -> [&Family; 22] {
         // Destructured without `..`: a metric added to a struct but not here does not compile.
         let Self {
             service: ServiceMetrics { auth_mode },
@@ -678,6 +715,7 @@ impl Metrics {
                     warm_miss,
                     auth_failures,
                     image_pulls,
+                    sandbox_network_bytes,
                 },
             broker:
                 BrokerMetrics {
@@ -708,6 +746,7 @@ impl Metrics {
             &warm_miss.family,
             &auth_failures.family,
             &image_pulls.family,
+            &sandbox_network_bytes.family,
         ]
     }
 
@@ -876,7 +915,8 @@ mod tests {
                 "result",
                 "status_code",
                 "reason",
-                "image_family"
+                "image_family",
+                "direction"
             ]
         );
         let m = Metrics::new(false);

@@ -360,6 +360,12 @@ async fn egress_none_reaches_nothing_and_all_reaches_the_internet_but_never_the_
         );
     }
 
+    // What its network carried: the page went in, the requests out.
+    let bytes = vm
+        .network_bytes()
+        .expect("byte counts once it has a network");
+    assert!(bytes.received > 29 && bytes.sent > 0, "{bytes:?}");
+
     // Nothing is left: interfaces go with the sandboxes, the table and ip_forward with the
     // backend.
     let links = || {

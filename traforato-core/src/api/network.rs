@@ -44,3 +44,13 @@ pub struct NetworkResponse {
     /// The policy in force now (normalised).
     pub network: NetworkPolicy,
 }
+
+/// What a sandbox's network carried since it got one (`GET /sandboxes/{id}`): bytes it sent
+/// and received, DNS included.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkBytes {
+    /// Bytes the sandbox sent.
+    pub sent: u64,
+    /// Bytes the sandbox received.
+    pub received: u64,
+}

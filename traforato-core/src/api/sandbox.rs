@@ -75,6 +75,9 @@ pub struct SandboxResponse {
     /// The network egress in force (additive; normalised).
     #[serde(default)]
     pub network: super::NetworkPolicy,
+    /// What its network carried, once it had egress (additive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_bytes: Option<super::NetworkBytes>,
 }
 
 /// `PATCH /sandboxes/{id}/lease?ttl_seconds=N`.

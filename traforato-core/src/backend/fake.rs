@@ -37,7 +37,7 @@ use super::{
     FileEntry, FileKind, FileReader, FileStat, FilesError, ImageCatalog, OutputChunk, OutputStream,
     Program, ProvisionSpec, Vm, VmBackend, WriteMode, TIMEOUT_EXIT_CODE,
 };
-use crate::api::{ImageInfo, ImageList, RemovedImage};
+use crate::api::{ImageInfo, ImageList, NetworkBytes, RemovedImage};
 use crate::clock::{Clock, SystemClock};
 use crate::id::{ExecId, LocalVmId};
 use crate::network::{Egress, Policy};
@@ -430,6 +430,7 @@ impl VmBackend for FakeBackend {
             running: Mutex::default(),
             controls: Mutex::default(),
             network: Mutex::default(),
+            network_bytes: Mutex::default(),
         });
         state.vms.insert(vm.id, Arc::downgrade(&vm));
         state.counters.provisions += 1;
@@ -465,6 +466,8 @@ pub struct FakeVm {
     controls: Mutex<Vec<(ExecId, ExecControl)>>,
     /// The network policy last set (every mode is accepted and only recorded).
     network: Mutex<Policy>,
+    /// What `network_bytes` answers (set by tests).
+    network_bytes: Mutex<Option<NetworkBytes>>,
 }
 
 /// Forgets a running exec when its play ends, however it ends.
@@ -510,6 +513,11 @@ impl FakeVm {
     /// The network policy last set on it (`none` until one is).
     pub fn network(&self) -> Policy {
         self.network.lock().expect("fake vm lock").clone()
+    }
+
+    /// Makes `network_bytes` answer `bytes`.
+    pub fn set_network_bytes(&self, bytes: NetworkBytes) {
+        *self.network_bytes.lock().expect("fake vm lock") = Some(bytes);
     }
 
     /// Runs `f` on the VM's filesystem (e.g. to seed or inspect files in a test); `None` once
@@ -750,6 +758,10 @@ impl Vm for FakeVm {
             .await
             .map_err(|source| BackendError::ConnectFailed { port, source })?;
         Ok(Box::new(stream))
+    }
+
+    fn network_bytes(&self) -> Option<NetworkBytes> {
+        *self.network_bytes.lock().expect("fake vm lock")
     }
 
     async fn set_network(&self, policy: &Policy) -> Result<(), BackendError> {

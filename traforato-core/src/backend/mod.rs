@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
-use crate::api::{ImageInfo, ImageList, RemovedImage};
+use crate::api::{ImageInfo, ImageList, NetworkBytes, RemovedImage};
 use crate::id::{ExecId, LocalVmId};
 use crate::network::{Egress, Policy};
 use crate::path::SandboxPath;
@@ -666,6 +666,12 @@ pub trait Vm: Send + Sync + 'static {
             Egress::None => Ok(()),
             _ => Err(BackendError::Unsupported("network egress")),
         }
+    }
+
+    /// What the sandbox's network carried since it got egress; `None` when it never had
+    /// any (or the backend cannot tell). Cheap: called on every `GET` of the sandbox.
+    fn network_bytes(&self) -> Option<NetworkBytes> {
+        None
     }
 
     /// Opens a TCP connection to `port` inside the sandbox's network namespace.

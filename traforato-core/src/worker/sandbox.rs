@@ -12,6 +12,7 @@ use crate::api::{LeaseResponse, SandboxResponse};
 use crate::auth::Principal;
 use crate::backend::Vm;
 use crate::id::SandboxId;
+use crate::telemetry::NetworkBytesLabels;
 
 /// How many sandboxes are destroyed at once (expiry sweeps, shutdown).
 pub(super) const DESTROY_CONCURRENCY: usize = 8;
@@ -46,16 +47,23 @@ impl Worker {
         principal: &Principal,
         id: &SandboxId,
     ) -> Result<SandboxResponse, WorkerError> {
-        self.with_sandbox(principal, id, |e| SandboxResponse {
-            sandbox_id: e.id.to_string(),
-            image: e.tuple.image.clone(),
-            cpu: e.tuple.cpu,
-            memory_mib: e.memory_mib,
-            virtualization: e.tuple.virtualization.clone(),
-            created_at: e.created_at,
-            expires_at: e.expires_at,
-            network: e.network.to_wire(),
-        })
+        let (mut response, vm) = self.with_sandbox(principal, id, |e| {
+            let response = SandboxResponse {
+                sandbox_id: e.id.to_string(),
+                image: e.tuple.image.clone(),
+                cpu: e.tuple.cpu,
+                memory_mib: e.memory_mib,
+                virtualization: e.tuple.virtualization.clone(),
+                created_at: e.created_at,
+                expires_at: e.expires_at,
+                network: e.network.to_wire(),
+                network_bytes: None,
+            };
+            (response, e.vm.clone())
+        })?;
+        // Read outside the state lock.
+        response.network_bytes = vm.network_bytes();
+        Ok(response)
     }
 
     pub(super) fn lease(
@@ -124,6 +132,20 @@ impl Worker {
     pub(super) async fn teardown(&self, entry: SandboxEntry) {
         let usage = entry.usage();
         let SandboxEntry { vm, execs, .. } = entry;
+        // What its network carried counts once it is over.
+        if let Some(bytes) = vm.network_bytes() {
+            let metric = &self.metrics.worker.sandbox_network_bytes;
+            let worker_id = self.config.worker_id.as_str();
+            for (direction, count) in [("sent", bytes.sent), ("received", bytes.received)] {
+                metric.add(
+                    &NetworkBytesLabels {
+                        worker_id,
+                        direction,
+                    },
+                    count as f64,
+                );
+            }
+        }
         destroy_vm(vm, "sandbox").await;
         for exec in execs.values() {
             exec.abort();

@@ -423,6 +423,11 @@ impl Networking {
 }
 
 impl Attachment {
+    /// The host side of the sandbox's veth pair.
+    pub(crate) fn host_if(&self) -> &str {
+        &self.host_if
+    }
+
     /// Gives the sandbox the egress of `policy`: each call states everything (memberships,
     /// its allow chain, its resolved sets, emptied), so it is right whatever happened before.
     pub(crate) async fn set_policy(&mut self, policy: &Policy) -> Result<(), BackendError> {

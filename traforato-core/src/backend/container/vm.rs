@@ -23,6 +23,7 @@ use super::netns;
 use super::protocol::ExecUser;
 use super::teardown_host;
 use super::zygote::Zygote;
+use crate::api::NetworkBytes;
 use crate::backend::{
     BackendError, BoxedReader, BoxedStream, CodeOutcome, CodeSpec, ExecControl, ExecExit, ExecSpec,
     FileEntry, FileReader, FileStat, FilesError, OutputChunk, Program, Vm, WriteMode,
@@ -75,6 +76,8 @@ pub struct ContainerVm {
     /// Egress plumbing, and this sandbox's part of it once it had egress.
     networking: Option<Arc<Networking>>,
     network: tokio::sync::Mutex<Option<Attachment>>,
+    /// The host side of its veth pair, once it has one (read for its byte counts).
+    host_if: Mutex<Option<String>>,
 }
 
 impl ContainerVm {
@@ -105,6 +108,7 @@ impl ContainerVm {
             user: None,
             networking: None,
             network: tokio::sync::Mutex::new(None),
+            host_if: Mutex::new(None),
         }
     }
 
@@ -342,6 +346,22 @@ impl Vm for ContainerVm {
         Ok(Box::new(stream))
     }
 
+    fn network_bytes(&self) -> Option<NetworkBytes> {
+        let host_if = self.host_if.lock().expect("host_if lock").clone()?;
+        let read = |counter: &str| -> Option<u64> {
+            std::fs::read_to_string(format!("/sys/class/net/{host_if}/statistics/{counter}"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        // The host end receives what the sandbox sends.
+        Some(NetworkBytes {
+            sent: read("rx_bytes")?,
+            received: read("tx_bytes")?,
+        })
+    }
+
     async fn set_network(&self, policy: &Policy) -> Result<(), BackendError> {
         let mut attached = self.network.lock().await;
         if attached.is_none() {
@@ -369,6 +389,7 @@ impl Vm for ContainerVm {
             self.write_file(&path, content, WriteMode::Replace)
                 .await
                 .map_err(|e| BackendError::Setup(format!("write /etc/resolv.conf: {e}")))?;
+            *self.host_if.lock().expect("host_if lock") = Some(attachment.host_if().to_string());
             *attached = Some(attachment);
         }
         attached

@@ -222,3 +222,39 @@ async fn a_mode_the_backend_lacks_is_refused_before_any_sandbox_is_made() {
     );
     assert_eq!(fake.counters().provision_attempts, 0);
 }
+
+#[tokio::test]
+async fn what_a_sandbox_network_carried_is_shown_and_counted_when_it_ends() {
+    let h = Harness::new();
+    let created = h
+        .create(&dev(), with_network(NetworkPolicy::egress("all")))
+        .await;
+    let id = sid(&created.sandbox_id);
+    assert_eq!(
+        h.worker.get_sandbox(&dev(), &id).unwrap().network_bytes,
+        None
+    );
+    let bytes = crate::api::NetworkBytes {
+        sent: 1200,
+        received: 34_000,
+    };
+    h.fake
+        .vm(&id.local_vm_id())
+        .unwrap()
+        .set_network_bytes(bytes);
+    assert_eq!(
+        h.worker.get_sandbox(&dev(), &id).unwrap().network_bytes,
+        Some(bytes)
+    );
+    h.worker.delete_sandbox(&dev(), &id).await.unwrap();
+    let counted = |direction| {
+        h.worker.metrics().worker.sandbox_network_bytes.value(
+            &crate::telemetry::NetworkBytesLabels {
+                worker_id: "worker_a",
+                direction,
+            },
+        )
+    };
+    assert_eq!(counted("sent"), Some(1200.0));
+    assert_eq!(counted("received"), Some(34_000.0));
+}
