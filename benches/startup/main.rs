@@ -31,6 +31,7 @@ mod floors;
 mod images;
 mod memory;
 mod network;
+mod paired;
 mod redirects;
 mod shells;
 
@@ -467,17 +468,7 @@ struct Series {
 
 impl Series {
     fn print_breakdown(&self, floor_label: &str) {
-        let show = |label: &str, samples: &[Duration]| {
-            if let Some(s) = Summary::of(samples) {
-                println!(
-                    "  {label:<38} median {:>8} ms  p90 {:>8} ms  min {:>8} ms  max {:>8} ms",
-                    ms(s.median),
-                    ms(s.p90),
-                    ms(s.min),
-                    ms(s.max)
-                );
-            }
-        };
+        let show = paired::print_summary;
         show("create (POST broker -> 307 -> worker)", &self.create);
         show("first print (run-code via broker)", &self.print);
         show("create + first print", &self.total);

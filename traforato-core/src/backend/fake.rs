@@ -792,14 +792,20 @@ struct FakeImages {
     held: Mutex<BTreeMap<String, ImageInfo>>,
 }
 
+impl FakeBackend {
+    /// The image catalog, when [`FakeBackend::with_images`] turned it on.
+    fn fake_images(&self) -> Result<&FakeImages, BackendError> {
+        self.shared
+            .images
+            .as_ref()
+            .ok_or(BackendError::Unsupported("images"))
+    }
+}
+
 #[async_trait]
 impl ImageCatalog for FakeBackend {
     async fn list(&self) -> Result<ImageList, BackendError> {
-        let images = self
-            .shared
-            .images
-            .as_ref()
-            .ok_or(BackendError::Unsupported("images"))?;
+        let images = self.fake_images()?;
         let mut list: Vec<ImageInfo> = images
             .held
             .lock()
@@ -819,11 +825,7 @@ impl ImageCatalog for FakeBackend {
     }
 
     async fn pull(&self, image: &str) -> Result<ImageInfo, BackendError> {
-        let images = self
-            .shared
-            .images
-            .as_ref()
-            .ok_or(BackendError::Unsupported("images"))?;
+        let images = self.fake_images()?;
         let reference = image.trim().to_string();
         if reference.is_empty() || reference == "missing" {
             return Err(BackendError::ImageNotFound { image: reference });
@@ -847,11 +849,7 @@ impl ImageCatalog for FakeBackend {
     }
 
     async fn remove(&self, image: &str) -> Result<RemovedImage, BackendError> {
-        let images = self
-            .shared
-            .images
-            .as_ref()
-            .ok_or(BackendError::Unsupported("images"))?;
+        let images = self.fake_images()?;
         let reference = image.trim().to_string();
         if self.vms_of(&reference) > 0 {
             return Err(BackendError::ImageInUse { image: reference });

@@ -15,13 +15,21 @@ use crate::harness::*;
 /// A container backend with its own state dir and cgroup parent; the worker binary is the
 /// sandbox init (it calls `init_main_if_requested` first thing).
 pub(crate) fn container_backend(tag: &str) -> Option<(Arc<ContainerBackend>, std::path::PathBuf)> {
+    container_backend_with(tag, |_| {})
+}
+
+/// [`container_backend`] with `tweak` applied to its configuration.
+pub(crate) fn container_backend_with(
+    tag: &str,
+    tweak: impl FnOnce(&mut ContainerConfig),
+) -> Option<(Arc<ContainerBackend>, std::path::PathBuf)> {
     if !rustix::process::geteuid().is_root() {
         eprintln!("skipping: needs root (runs in CI as root)");
         return None;
     }
     let id = uuid::Uuid::new_v4().simple().to_string();
     let state_dir = std::env::temp_dir().join(format!("traforato-e2e-{tag}-{}", &id[..8]));
-    let config = ContainerConfig {
+    let mut config = ContainerConfig {
         state_dir: state_dir.clone(),
         cgroup_parent: format!("traforato-e2e-{}", &id[..12]),
         init_program: std::path::PathBuf::from(env!("CARGO_BIN_EXE_traforato-worker")),
@@ -30,17 +38,16 @@ pub(crate) fn container_backend(tag: &str) -> Option<(Arc<ContainerBackend>, std
         oci_dir: None,
         ..ContainerConfig::default()
     };
+    tweak(&mut config);
     match ContainerBackend::new(config) {
         Ok(backend) => Some((Arc::new(backend), state_dir)),
         Err(e) => panic!("container backend unavailable as root: {e}"),
     }
 }
 
-#[tokio::test]
-async fn container_sandboxes_through_the_broker() {
-    let Some((backend, state_dir)) = container_backend("flow") else {
-        return;
-    };
+/// A dev broker and a registered worker over `backend` (4 slots, `container` by default)
+/// whose pre-pull floor keeps one sandbox of `image` warm (after `warmup`), once it is.
+async fn warm_stack(backend: &Arc<ContainerBackend>, image: &str, warmup: &str) -> Stack {
     let broker = TestBroker::dev(BrokerConfig {
         default_virtualization: "container".to_string(),
         ..BrokerConfig::default()
@@ -51,22 +58,32 @@ async fn container_sandboxes_through_the_broker() {
         c.default_virtualization = "container".to_string();
         c.max_live_sandboxes = 4;
         c.pre_pull = vec![PrePullTarget {
-            tuple: SandboxTuple::normalize("container", "host", 1, "container"),
+            tuple: SandboxTuple::normalize("container", image, 1, "container"),
             target_count: 1,
-            warmup_script: "python3 -I -c 'import json'".to_string(),
+            warmup_script: warmup.to_string(),
             warmup_timeout: Duration::from_secs(30),
         }];
     })
     .await;
     let stack = Stack::registered(broker, worker).await.unwrap();
-
-    // The pre-pull floor gives one ready sandbox; the create claims it.
     let b = stack.broker.broker.clone();
+    let ready = format!("container\t{image}\t1\t1");
     wait_until("a warm container sandbox", || {
         let text = b.availability_text();
-        async move { text.contains("container\thost\t1\t1") }
+        let ready = ready.clone();
+        async move { text.contains(&ready) }
     })
     .await;
+    stack
+}
+
+#[tokio::test]
+async fn container_sandboxes_through_the_broker() {
+    let Some((backend, state_dir)) = container_backend("flow") else {
+        return;
+    };
+    // The pre-pull floor gives one ready sandbox; the create claims it.
+    let stack = warm_stack(&backend, "host", "python3 -I -c 'import json'").await;
     let created = stack.create(json!({"image": "host"})).await;
     assert_eq!(created["virtualization"], "container");
     assert_eq!(created["start_type"], "warm");
@@ -295,10 +312,6 @@ async fn the_prototype_quick_start_runs_alpine_through_a_mirror() {
     use traforato_core::backend::container::oci::testing::{busybox_layer, LocalRegistry};
     use traforato_core::backend::container::oci::RegistrySettings;
 
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipping: needs root (runs in CI as root)");
-        return;
-    }
     let registry = match LocalRegistry::start() {
         Ok(registry) => registry,
         Err(why) => {
@@ -315,49 +328,21 @@ async fn the_prototype_quick_start_runs_alpine_through_a_mirror() {
             &["PATH=/bin"],
         )
         .await;
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let state_dir = std::env::temp_dir().join(format!("traforato-e2e-alpine-{}", &id[..8]));
     let images = tempfile::tempdir().unwrap();
-    let config = ContainerConfig {
-        state_dir: state_dir.clone(),
-        cgroup_parent: format!("traforato-e2e-{}", &id[..12]),
-        init_program: std::path::PathBuf::from(env!("CARGO_BIN_EXE_traforato-worker")),
-        oci_dir: Some(images.path().to_path_buf()),
-        registries: RegistrySettings {
+    let Some((backend, state_dir)) = container_backend_with("alpine", |config| {
+        config.oci_dir = Some(images.path().to_path_buf());
+        config.registries = RegistrySettings {
             mirrors: [(
                 "docker.io".to_string(),
                 vec![format!("http://{}", registry.host())],
             )]
             .into(),
             ..RegistrySettings::default()
-        },
-        ..ContainerConfig::default()
+        };
+    }) else {
+        return;
     };
-    let backend = Arc::new(ContainerBackend::new(config).expect("container backend as root"));
-    let broker = TestBroker::dev(BrokerConfig {
-        default_virtualization: "container".to_string(),
-        ..BrokerConfig::default()
-    })
-    .await;
-    let backends: Vec<Arc<dyn VmBackend>> = vec![backend.clone()];
-    let worker = dev_worker(Some(&broker.url), backends, |c| {
-        c.default_virtualization = "container".to_string();
-        c.max_live_sandboxes = 4;
-        c.pre_pull = vec![PrePullTarget {
-            tuple: SandboxTuple::normalize("container", "alpine:3.20", 1, "container"),
-            target_count: 1,
-            warmup_script: String::new(),
-            warmup_timeout: Duration::from_secs(30),
-        }];
-    })
-    .await;
-    let stack = Stack::registered(broker, worker).await.unwrap();
-    let b = stack.broker.broker.clone();
-    wait_until("a warm alpine sandbox", || {
-        let text = b.availability_text();
-        async move { text.contains("container\talpine:3.20\t1\t1") }
-    })
-    .await;
+    let stack = warm_stack(&backend, "alpine:3.20", "").await;
 
     let created = stack
         .create(json!({"image": "alpine:3.20", "cpu": 1}))

@@ -5,21 +5,6 @@ use super::*;
 use crate::backend::{BackendError, ProvisionSpec};
 use crate::telemetry::ImagePullLabels;
 
-fn worker_with(fake: FakeBackend, adjust: impl FnOnce(&mut WorkerConfig)) -> Arc<Worker> {
-    let mut config = config();
-    adjust(&mut config);
-    Worker::new(
-        config,
-        vec![
-            Arc::new(fake),
-            Arc::new(FakeBackend::with_virtualization("vetu")),
-        ],
-        Arc::new(ManualClock::new(t0())),
-        Arc::new(Metrics::new(false)),
-        None,
-    )
-}
-
 fn pulls(worker: &Worker, result: &str) -> f64 {
     worker
         .metrics()

@@ -140,6 +140,23 @@ fn config() -> WorkerConfig {
     }
 }
 
+/// A worker of [`config`] (as `adjust` changes it) over `fake` and a `vetu` fake, without a
+/// broker.
+fn worker_with(fake: FakeBackend, adjust: impl FnOnce(&mut WorkerConfig)) -> Arc<Worker> {
+    let mut config = config();
+    adjust(&mut config);
+    Worker::new(
+        config,
+        vec![
+            Arc::new(fake),
+            Arc::new(FakeBackend::with_virtualization("vetu")),
+        ],
+        Arc::new(ManualClock::new(t0())),
+        Arc::new(Metrics::new(false)),
+        None,
+    )
+}
+
 struct Harness {
     worker: Arc<Worker>,
     fake: FakeBackend,

@@ -159,15 +159,8 @@ async fn a_claimed_warm_sandbox_gets_its_network_and_policies_change_live() {
 
 #[tokio::test]
 async fn a_backend_without_egress_refuses_it_and_keeps_nothing() {
-    let clock = Arc::new(ManualClock::new(t0()));
     let fake = FakeBackend::new().with_network_refused();
-    let worker = Worker::new(
-        config(),
-        vec![Arc::new(fake.clone())],
-        clock,
-        Arc::new(Metrics::new(false)),
-        None,
-    );
+    let worker = worker_with(fake.clone(), |_| {});
     let err = worker
         .create_sandbox(
             &dev(),
@@ -199,15 +192,8 @@ async fn a_backend_without_egress_refuses_it_and_keeps_nothing() {
 
 #[tokio::test]
 async fn a_mode_the_backend_lacks_is_refused_before_any_sandbox_is_made() {
-    let clock = Arc::new(ManualClock::new(t0()));
     let fake = FakeBackend::new().with_egress_modes(&[Egress::None, Egress::All]);
-    let worker = Worker::new(
-        config(),
-        vec![Arc::new(fake.clone())],
-        clock,
-        Arc::new(Metrics::new(false)),
-        None,
-    );
+    let worker = worker_with(fake.clone(), |_| {});
     let err = worker
         .create_sandbox(
             &dev(),

@@ -1,0 +1,146 @@
+//! Rows that compare two kinds of cold create at the backend, alternated on a container
+//! backend of their own without the Python zygote (the image and the egress rows): that
+//! backend's start and clean-up, one timed create, and the printed breakdown and row.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use traforato_benches::stats::{ms, Summary};
+use traforato_core::backend::container::{ContainerBackend, ContainerConfig};
+use traforato_core::backend::{ProvisionSpec, VmBackend};
+use traforato_core::id::LocalVmId;
+use traforato_core::network::Policy;
+use traforato_core::tuple::SandboxTuple;
+
+use crate::shells::wait_for;
+use crate::{sandbox_dirs, BenchError, Row, Verdict};
+
+/// Prints one latency series: median, p90, min and max.
+pub fn print_summary(label: &str, samples: &[Duration]) {
+    if let Some(s) = Summary::of(samples) {
+        println!(
+            "  {label:<38} median {:>8} ms  p90 {:>8} ms  min {:>8} ms  max {:>8} ms",
+            ms(s.median),
+            ms(s.p90),
+            ms(s.min),
+            ms(s.max)
+        );
+    }
+}
+
+/// A container backend with a state dir and cgroup parent of its own.
+pub struct OwnBackend {
+    pub backend: Arc<ContainerBackend>,
+    state_dir: PathBuf,
+}
+
+impl OwnBackend {
+    /// Starts it; `tweak` sets what the row needs (its image directory, say).
+    pub fn start(
+        state_dir: &str,
+        cgroup_parent: &str,
+        tweak: impl FnOnce(&mut ContainerConfig),
+    ) -> Result<Self, BenchError> {
+        let mut config = ContainerConfig {
+            state_dir: PathBuf::from(state_dir),
+            cgroup_parent: cgroup_parent.to_string(),
+            python_zygote: false,
+            ..ContainerConfig::default()
+        };
+        tweak(&mut config);
+        let backend = ContainerBackend::new(config)
+            .map_err(|e| BenchError::Check(format!("the container backend cannot run: {e}")))?;
+        Ok(Self {
+            backend: Arc::new(backend),
+            state_dir: PathBuf::from(state_dir),
+        })
+    }
+
+    /// One timed create of `image` (with the network of `policy`, when given); the sandbox
+    /// is destroyed afterwards, untimed.
+    pub async fn create(
+        &self,
+        image: &str,
+        policy: Option<&Policy>,
+    ) -> Result<Duration, BenchError> {
+        let spec = ProvisionSpec {
+            vm_id: LocalVmId::new_random(),
+            tuple: SandboxTuple::normalize("container", image, 1, "container"),
+            memory_mib: 256,
+        };
+        let started = Instant::now();
+        let vm = self
+            .backend
+            .provision(spec)
+            .await
+            .map_err(|e| BenchError::Check(format!("create from {image}: {e}")))?;
+        if let Some(policy) = policy {
+            vm.set_network(policy)
+                .await
+                .map_err(|e| BenchError::Check(format!("network of a sandbox: {e}")))?;
+        }
+        let took = started.elapsed();
+        vm.destroy()
+            .await
+            .map_err(|e| BenchError::Check(format!("destroy a sandbox of {image}: {e}")))?;
+        Ok(took)
+    }
+
+    /// Undoes what it made on the host.
+    pub async fn stop(self) {
+        self.backend.shutdown().await;
+        let state_dir = self.state_dir.clone();
+        let _ = wait_for(Duration::from_secs(10), || sandbox_dirs(&state_dir) == 0).await;
+        let _ = self.backend.remove_cgroup_parents();
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+/// What a comparison row says: the measure, its floor's name and the target ratio.
+pub struct Comparison {
+    pub measure: &'static str,
+    pub floor: &'static str,
+    pub target: &'static str,
+    pub max_ratio: f64,
+}
+
+impl Comparison {
+    /// The row of a comparison that could not run here.
+    pub fn not_measured(&self) -> Row {
+        Row {
+            measure: self.measure.to_string(),
+            system: "-".to_string(),
+            floor: self.floor.to_string(),
+            ratio: "-".to_string(),
+            target: self.target,
+            verdict: Verdict::NotMeasured,
+        }
+    }
+
+    /// Prints both series (labelled) and makes the row: medians (p90), their ratio.
+    pub fn row(
+        &self,
+        (floor_label, floor): (&str, &[Duration]),
+        (system_label, system): (&str, &[Duration]),
+    ) -> Result<Row, BenchError> {
+        print_summary(floor_label, floor);
+        print_summary(system_label, system);
+        let (Some(floor), Some(system)) = (Summary::of(floor), Summary::of(system)) else {
+            return Err(BenchError::Check("no samples".to_string()));
+        };
+        let ratio = system.median.as_secs_f64() / floor.median.as_secs_f64();
+        Ok(Row {
+            measure: self.measure.to_string(),
+            system: format!("{} ms ({})", ms(system.median), ms(system.p90)),
+            floor: format!("{} ms ({}) {}", ms(floor.median), ms(floor.p90), self.floor),
+            ratio: format!("{ratio:.2}x"),
+            target: self.target,
+            verdict: if ratio <= self.max_ratio {
+                Verdict::Met
+            } else {
+                Verdict::NotMet
+            },
+        })
+    }
+}
