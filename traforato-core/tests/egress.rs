@@ -193,6 +193,8 @@ async fn egress_none_reaches_nothing_and_all_reaches_the_internet_but_never_the_
                 .filter(|range| **range != "198.18.0.0/15")
                 .map(|range| range.to_string())
                 .collect(),
+            // The test internet is reached through its veth, not the default route.
+            uplink: Some(internet.host_if.clone()),
             ..NetworkSettings::default()
         },
         ..ContainerConfig::default()

@@ -154,6 +154,7 @@ fn container_backend(settings: &ContainerSettings) -> Result<Arc<dyn VmBackend>,
         config.network.blocked = blocked.clone();
     }
     config.network.dns_upstream = settings.network.dns_upstream;
+    config.network.uplink = settings.network.uplink.clone();
     config.registries.allowed = oci.allowed_registries.clone();
     match ContainerBackend::new(config) {
         Ok(backend) => Ok(Arc::new(backend)),

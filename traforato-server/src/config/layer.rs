@@ -149,6 +149,8 @@ layer! {
         pub blocked_cidrs: Option<Vec<String>>,
         /// `dns-upstream`: the resolver the sandboxes' DNS forwarder asks (`ip[:port]`).
         pub dns_upstream: Option<String>,
+        /// `uplink`: the interface sandbox traffic leaves by.
+        pub uplink: Option<String>,
     }
 }
 

@@ -128,6 +128,8 @@ pub struct EgressPlumbing {
     pub blocked_cidrs: Option<Vec<String>>,
     /// `dns-upstream`: the resolver the sandboxes' DNS forwarder asks.
     pub dns_upstream: Option<std::net::SocketAddr>,
+    /// `uplink`: the interface sandbox traffic leaves by.
+    pub uplink: Option<String>,
 }
 
 /// The YAML `images` section: where OCI images are kept and how registries are reached.
@@ -496,6 +498,7 @@ impl WorkerSettings {
                     dns_upstream: non_empty(layer.network.dns_upstream.clone())
                         .map(|raw| parse_resolver(&raw))
                         .transpose()?,
+                    uplink: non_empty(layer.network.uplink.clone()),
                 },
                 ..layer.container.into()
             },

@@ -297,7 +297,7 @@ fn yaml_network_section() {
     let values = worker(
         &[],
         "network:\n  range: 10.99.0.0/16\n  blocked-cidrs: [\"10.0.0.0/8\", \" \"]\n  \
-         dns-upstream: 192.0.2.53\n",
+         dns-upstream: 192.0.2.53\n  uplink: eth1\n",
     )
     .unwrap();
     let plumbing = &values.container.network;

@@ -68,6 +68,9 @@ pub struct NetworkSettings {
     /// The resolver the sandboxes' DNS forwarder asks; `None`: the first `nameserver` of
     /// the host's `/etc/resolv.conf`.
     pub dns_upstream: Option<SocketAddr>,
+    /// The interface sandbox traffic leaves by; `None`: the interface of the host's default
+    /// route (any interface when there is none).
+    pub uplink: Option<String>,
 }
 
 impl Default for NetworkSettings {
@@ -76,6 +79,7 @@ impl Default for NetworkSettings {
             range: DEFAULT_RANGE.to_string(),
             blocked: DEFAULT_BLOCKED.iter().map(|s| s.to_string()).collect(),
             dns_upstream: None,
+            uplink: None,
         }
     }
 }
@@ -86,6 +90,7 @@ pub(crate) struct Networking {
     range: (Ipv4Addr, u8),
     blocked: Vec<Cidr>,
     dns_upstream: Option<SocketAddr>,
+    uplink: Option<String>,
     slots: Mutex<Slots>,
     ready: OnceCell<()>,
     /// This backend turned `ip_forward` on.
@@ -187,6 +192,11 @@ impl Networking {
             }
             blocked.push(cidr);
         }
+        if let Some(uplink) = &settings.uplink {
+            if !valid_ifname(uplink) {
+                return Err(format!("uplink {uplink:?} is not an interface name"));
+            }
+        }
         let table: String = tag
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
@@ -196,6 +206,7 @@ impl Networking {
             range: (base, range.prefix()),
             blocked,
             dns_upstream: settings.dns_upstream,
+            uplink: settings.uplink.clone(),
             slots: Mutex::new(Slots::default()),
             ready: OnceCell::new(),
             forwarding_ours: AtomicBool::new(false),
@@ -245,6 +256,18 @@ impl Networking {
                 .into_iter()
                 .map(|a| format!("{a}/32")),
         );
+        let uplink = match &self.uplink {
+            Some(uplink) => Some(uplink.clone()),
+            None => default_route_interface().await,
+        };
+        // Sandbox traffic leaves by the uplink only (NAT there).
+        let (leave, nat) = match &uplink {
+            Some(uplink) => (
+                format!("iifname @ours oifname != \"{uplink}\" drop\n"),
+                format!("oifname \"{uplink}\""),
+            ),
+            None => (String::new(), "oifname != @ours".to_string()),
+        };
         format!(
             "table inet {t}\n\
              delete table inet {t}\n\
@@ -258,6 +281,7 @@ impl Networking {
                  type filter hook forward priority filter - 10; policy accept;\n\
                  oifname @ours ct state established,related accept\n\
                  oifname @ours drop\n\
+                 {leave}\
                  iifname @egress meta nfproto ipv4 ip daddr != @blocked accept\n\
                  meta nfproto ipv4 iifname vmap @allowing\n\
                  iifname @ours drop\n\
@@ -270,7 +294,7 @@ impl Networking {
                }}\n\
                chain postrouting {{\n\
                  type nat hook postrouting priority srcnat; policy accept;\n\
-                 ip saddr {range} oifname != @ours masquerade\n\
+                 ip saddr {range} {nat} masquerade\n\
                }}\n\
              }}\n",
             blocked = blocked.join(", ")
@@ -279,7 +303,7 @@ impl Networking {
 
     /// Plumbs the sandbox whose network namespace is `netns` (a path, e.g.
     /// `/proc/<pid>/ns/net`) and whose id starts with `short_id` (12 characters: its host
-    /// interface is `tf<short_id>`); egress stays off until [`Attachment::set_enabled`].
+    /// interface is `tf<short_id>`); egress stays off until [`Attachment::set_policy`].
     /// Returns the attachment and the sandbox's `resolv.conf`.
     pub(crate) async fn attach(
         self: &Arc<Self>,
@@ -554,6 +578,27 @@ async fn host_resolver() -> Result<SocketAddr, BackendError> {
         })
 }
 
+/// Whether `name` can be an interface name (1 to 15 of `A-Z a-z 0-9 . _ -`).
+fn valid_ifname(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The interface of the host's default IPv4 route (`ip route show default`), if any.
+async fn default_route_interface() -> Option<String> {
+    let output = Command::new("ip")
+        .args(["-4", "route", "show", "default"])
+        .output()
+        .await
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut words = text.split_whitespace();
+    words.find(|w| *w == "dev")?;
+    words.next().map(str::to_string).filter(|d| valid_ifname(d))
+}
+
 /// The host's own IPv4 addresses (`ip -4 -o addr`), blocked for sandboxes.
 async fn host_addresses() -> Vec<Ipv4Addr> {
     let Ok(output) = Command::new("ip")
@@ -664,7 +709,25 @@ mod tests {
         let script = net.table_script().await;
         assert!(script.contains("table inet traforato_x {"), "{script}");
         assert!(script.contains("169.254.0.0/16"));
-        assert!(script.contains("ip saddr 10.213.0.0/16 oifname != @ours masquerade"));
+        assert!(script.contains(" masquerade"), "{script}");
+        let settings = NetworkSettings {
+            uplink: Some("ti0".into()),
+            ..NetworkSettings::default()
+        };
+        let net = Networking::new(&settings, "x").unwrap();
+        let script = net.table_script().await;
+        assert!(
+            script.contains("iifname @ours oifname != \"ti0\" drop"),
+            "{script}"
+        );
+        assert!(script.contains("ip saddr 10.213.0.0/16 oifname \"ti0\" masquerade"));
+        let bad = NetworkSettings {
+            uplink: Some("eth0\" accept".into()),
+            ..NetworkSettings::default()
+        };
+        assert!(Networking::new(&bad, "x")
+            .unwrap_err()
+            .contains("not an interface name"));
         // Link-local stays blocked when the operator's list leaves it out.
         let settings = NetworkSettings {
             blocked: vec!["10.0.0.0/8".into()],
