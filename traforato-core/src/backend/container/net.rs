@@ -303,12 +303,13 @@ impl Networking {
 
     /// Plumbs the sandbox whose network namespace is `netns` (a path, e.g.
     /// `/proc/<pid>/ns/net`) and whose id starts with `short_id` (12 characters: its host
-    /// interface is `tf<short_id>`); egress stays off until [`Attachment::set_policy`].
+    /// interface is `tf<short_id>`), with the egress of `policy` from its first packet on.
     /// Returns the attachment and the sandbox's `resolv.conf`.
     pub(crate) async fn attach(
         self: &Arc<Self>,
         netns: &str,
         short_id: &str,
+        policy: &Policy,
     ) -> Result<(Attachment, String), BackendError> {
         self.ready().await?;
         let slot = {
@@ -331,9 +332,22 @@ impl Networking {
             slot,
             host_if,
             gateway,
-            policy: Arc::new(RwLock::new(Policy::none())),
+            policy: Arc::new(RwLock::new(policy.clone())),
             dns: tokio::spawn(async {}),
         };
+        // The rules first, in one call: the interface is ours, with its policy, before it
+        // exists, so no packet of it ever passes unfiltered.
+        let mut script = format!(
+            "add element inet {} ours {{ \"{}\" }}\n",
+            self.table, attachment.host_if
+        );
+        script.push_str(&policy_script(
+            &self.table,
+            &attachment.host_if,
+            gateway,
+            policy,
+        ));
+        run("nft", &["-f", "-"], Some(&script)).await?;
         self.plumb(netns, &attachment.host_if, gateway, sandbox)
             .await?;
         let firewall = Arc::new(SandboxFirewall {
@@ -367,21 +381,7 @@ impl Networking {
         )
         .await?;
         let outside = format!("addr add {host}/30 dev {host_if}\nlink set {host_if} up\n");
-        run("ip", &["-batch", "-"], Some(&outside)).await?;
-        let t = &self.table;
-        run(
-            "nft",
-            &[
-                "add",
-                "element",
-                "inet",
-                t,
-                "ours",
-                &format!("{{ \"{host_if}\" }}"),
-            ],
-            None,
-        )
-        .await
+        run("ip", &["-batch", "-"], Some(&outside)).await
     }
 
     /// A forwarder of DNS over UDP on `gateway`:53 to the upstream resolver, for the sandbox

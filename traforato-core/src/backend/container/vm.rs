@@ -382,7 +382,7 @@ impl Vm for ContainerVm {
                 .filter(char::is_ascii_hexdigit)
                 .take(12)
                 .collect();
-            let (attachment, resolv) = networking.attach(&netns, &short_id).await?;
+            let (attachment, resolv) = networking.attach(&netns, &short_id, policy).await?;
             let path = SandboxPath::parse("/etc/resolv.conf")
                 .map_err(|e| BackendError::Setup(e.to_string()))?;
             let content: BoxedReader = Box::new(std::io::Cursor::new(resolv.into_bytes()));
@@ -391,6 +391,8 @@ impl Vm for ContainerVm {
                 .map_err(|e| BackendError::Setup(format!("write /etc/resolv.conf: {e}")))?;
             *self.host_if.lock().expect("host_if lock") = Some(attachment.host_if().to_string());
             *attached = Some(attachment);
+            // Attached with its policy already.
+            return Ok(());
         }
         attached
             .as_mut()
