@@ -13,8 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use traforato_core::auth::{AuthConfig, ClientAuthenticator};
-use traforato_core::backend::fake::{FakeBackend, FakeCode, FakeExec, DEFAULT_CWD};
-use traforato_core::backend::Program;
+use traforato_core::backend::fake::{FakeBackend, FakeCode, FakeExec};
 use traforato_core::clock::SystemClock;
 use traforato_server::testing::{LocalStack, TestWorker};
 
@@ -238,23 +237,7 @@ async fn sandbox_commands() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_streams_and_exits_with_the_command_code() {
     let fake = FakeBackend::new()
-        // Stand-ins for what a shell would do, each fed only by what reached the backend: an
-        // argv `echo` prints its arguments as they arrived (not re-split), and
-        // `pwd; printenv GREETING` prints the exec's cwd and environment.
-        .with_exec_handler(|spec, _fs| match &spec.program {
-            Program::Argv(argv) if argv.first().is_some_and(|p| p == "echo") => {
-                Some(FakeExec::new().stdout(format!("{}\n", argv[1..].join(" "))))
-            }
-            Program::Shell(line) if line == "pwd; printenv GREETING" => {
-                let cwd = spec.cwd.as_deref().unwrap_or(DEFAULT_CWD);
-                let run = FakeExec::new().stdout(format!("{cwd}\n"));
-                Some(match spec.env.get("GREETING") {
-                    Some(greeting) => run.stdout(format!("{greeting}\n")),
-                    None => run.exit_code(1),
-                })
-            }
-            _ => None,
-        })
+        .with_shell_stand_ins()
         .script(
             "echo hi; exit 3",
             FakeExec::new().stdout("hi\n").exit_code(3),

@@ -19,8 +19,7 @@ use traforato_client::{
     ProxyRequest, RemoveOptions, RunCode, Runtime,
 };
 use traforato_core::auth::{mint_client_token, AuthConfig};
-use traforato_core::backend::fake::{FakeBackend, FakeCode, FakeExec, DEFAULT_CWD};
-use traforato_core::backend::Program;
+use traforato_core::backend::fake::{FakeBackend, FakeCode, FakeExec};
 use traforato_core::broker::Broker;
 use traforato_core::clock::{Clock, SystemClock};
 use traforato_core::id::LocalVmId;
@@ -131,23 +130,7 @@ async fn sandbox_lifecycle() {
 #[tokio::test]
 async fn exec_waits_streams_and_reports_exit_codes() {
     let fake = FakeBackend::new()
-        // Stand-ins for what a shell would do, each fed only by what reached the backend: an
-        // argv `echo` prints its arguments as they arrived (not re-split), and
-        // `pwd; printenv GREETING` prints the exec's cwd and environment.
-        .with_exec_handler(|spec, _fs| match &spec.program {
-            Program::Argv(argv) if argv.first().is_some_and(|p| p == "echo") => {
-                Some(FakeExec::new().stdout(format!("{}\n", argv[1..].join(" "))))
-            }
-            Program::Shell(line) if line == "pwd; printenv GREETING" => {
-                let cwd = spec.cwd.as_deref().unwrap_or(DEFAULT_CWD);
-                let run = FakeExec::new().stdout(format!("{cwd}\n"));
-                Some(match spec.env.get("GREETING") {
-                    Some(greeting) => run.stdout(format!("{greeting}\n")),
-                    None => run.exit_code(1),
-                })
-            }
-            _ => None,
-        })
+        .with_shell_stand_ins()
         .script(
             "echo hello; exit 3",
             FakeExec::new().stdout("hello\n").exit_code(3),

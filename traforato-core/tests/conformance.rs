@@ -86,15 +86,10 @@ fn container(tag: &str) -> Option<(Arc<ContainerBackend>, PathBuf)> {
         eprintln!("skipping: the container backend needs root (runs in CI as root)");
         return None;
     }
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let config = ContainerConfig {
-        state_dir: std::env::temp_dir().join(format!("traforato-conf-{tag}-{}", &id[..8])),
-        cgroup_parent: format!("traforato-conf-{}", &id[..12]),
-        init_program: PathBuf::from(env!("CARGO_BIN_EXE_traforato-sandbox-init")),
-        pids_limit: 64,
-        oci_dir: None,
-        ..ContainerConfig::default()
-    };
+    let config = ContainerConfig::for_tests(
+        &format!("conf-{tag}"),
+        env!("CARGO_BIN_EXE_traforato-sandbox-init"),
+    );
     let state_dir = config.state_dir.clone();
     match ContainerBackend::new(config) {
         Ok(backend) => Some((Arc::new(backend), state_dir)),

@@ -28,17 +28,12 @@ struct Harness {
 
 impl Harness {
     fn config(tag: &str) -> ContainerConfig {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        ContainerConfig {
-            state_dir: std::env::temp_dir().join(format!("traforato-test-{tag}-{}", &id[..8])),
-            cgroup_parent: format!("traforato-test-{}", &id[..12]),
-            init_program: PathBuf::from(env!("CARGO_BIN_EXE_traforato-sandbox-init")),
-            pids_limit: 64,
-            // Hermetic: unknown images are not pulled from the internet (tests/oci.rs pulls
-            // from a registry on loopback).
-            oci_dir: None,
-            ..ContainerConfig::default()
-        }
+        // Hermetic: unknown images are not pulled from the internet (tests/oci.rs pulls from
+        // a registry on loopback).
+        ContainerConfig::for_tests(
+            &format!("test-{tag}"),
+            env!("CARGO_BIN_EXE_traforato-sandbox-init"),
+        )
     }
 
     /// `None` (after saying why) when the host cannot run the backend.

@@ -5,7 +5,6 @@
 //! `ip`, `nsenter` and `nft` (CI installs nftables); skips with a message otherwise.
 #![cfg(all(target_os = "linux", feature = "container"))]
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -176,14 +175,7 @@ async fn egress_none_reaches_nothing_and_all_reaches_the_internet_but_never_the_
     let Some(internet) = Internet::start() else {
         return;
     };
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let tag = format!("traforato-egress-{}", &id[..8]);
-    let state_dir = std::env::temp_dir().join(&tag);
     let config = ContainerConfig {
-        state_dir: state_dir.clone(),
-        cgroup_parent: tag.clone(),
-        init_program: PathBuf::from(env!("CARGO_BIN_EXE_traforato-sandbox-init")),
-        oci_dir: None,
         python_zygote: false,
         network: NetworkSettings {
             dns_upstream: Some(format!("{}:53", internet.addr).parse().unwrap()),
@@ -197,8 +189,10 @@ async fn egress_none_reaches_nothing_and_all_reaches_the_internet_but_never_the_
             uplink: Some(internet.host_if.clone()),
             ..NetworkSettings::default()
         },
-        ..ContainerConfig::default()
+        ..ContainerConfig::for_tests("egress", env!("CARGO_BIN_EXE_traforato-sandbox-init"))
     };
+    let state_dir = config.state_dir.clone();
+    let tag = config.cgroup_parent.clone();
     let forwarding_before = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
     let backend = Arc::new(ContainerBackend::new(config).expect("container backend as root"));
     let provision = || {

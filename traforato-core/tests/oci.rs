@@ -63,16 +63,11 @@ impl Backend {
         oci_dir: tempfile::TempDir,
         max_disk: Option<u64>,
     ) -> Self {
-        let id = uuid::Uuid::new_v4().simple().to_string();
         let config = ContainerConfig {
-            state_dir: std::env::temp_dir().join(format!("traforato-oci-{}", &id[..8])),
-            cgroup_parent: format!("traforato-oci-{}", &id[..12]),
-            init_program: PathBuf::from(env!("CARGO_BIN_EXE_traforato-sandbox-init")),
-            pids_limit: 64,
             oci_dir: Some(oci_dir.path().to_path_buf()),
             registries,
             oci_max_disk: max_disk,
-            ..ContainerConfig::default()
+            ..ContainerConfig::for_tests("oci", env!("CARGO_BIN_EXE_traforato-sandbox-init"))
         };
         let state_dir = config.state_dir.clone();
         let backend = Arc::new(ContainerBackend::new(config).expect("container backend"));

@@ -173,6 +173,28 @@ impl FakeBackend {
         self
     }
 
+    /// Answers two commands as a shell would, from nothing but what reached the backend (so
+    /// a client's quoting and its cwd and env are what a test sees): an argv `echo` prints its
+    /// arguments as they arrived (not re-split), and `pwd; printenv GREETING` prints the
+    /// exec's cwd (default [`DEFAULT_CWD`]) and its `GREETING` (exit 1 without one). Replaces
+    /// any exec handler; scripts still answer other commands.
+    pub fn with_shell_stand_ins(self) -> Self {
+        self.with_exec_handler(|spec, _fs| match &spec.program {
+            Program::Argv(argv) if argv.first().is_some_and(|p| p == "echo") => {
+                Some(FakeExec::new().stdout(format!("{}\n", argv[1..].join(" "))))
+            }
+            Program::Shell(line) if line == "pwd; printenv GREETING" => {
+                let cwd = spec.cwd.as_deref().unwrap_or(DEFAULT_CWD);
+                let run = FakeExec::new().stdout(format!("{cwd}\n"));
+                Some(match spec.env.get("GREETING") {
+                    Some(greeting) => run.stdout(format!("{greeting}\n")),
+                    None => run.exit_code(1),
+                })
+            }
+            _ => None,
+        })
+    }
+
     /// Makes `set_network` refuse every mode but `none` with [`BackendError::Unsupported`], as
     /// a backend that gives sandboxes no network does.
     pub fn with_network_refused(self) -> Self {

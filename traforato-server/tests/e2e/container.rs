@@ -27,18 +27,18 @@ pub(crate) fn container_backend_with(
         eprintln!("skipping: needs root (runs in CI as root)");
         return None;
     }
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let state_dir = std::env::temp_dir().join(format!("traforato-e2e-{tag}-{}", &id[..8]));
+    // Hermetic: an image the worker does not have is not pulled from the internet here
+    // (traforato-core/tests/oci.rs pulls from a registry on loopback); no task limit but
+    // the default's.
     let mut config = ContainerConfig {
-        state_dir: state_dir.clone(),
-        cgroup_parent: format!("traforato-e2e-{}", &id[..12]),
-        init_program: std::path::PathBuf::from(env!("CARGO_BIN_EXE_traforato-worker")),
-        // Hermetic: an image the worker does not have is not pulled from the internet here
-        // (traforato-core/tests/oci.rs pulls from a registry on loopback).
-        oci_dir: None,
-        ..ContainerConfig::default()
+        pids_limit: ContainerConfig::default().pids_limit,
+        ..ContainerConfig::for_tests(
+            &format!("e2e-{tag}"),
+            env!("CARGO_BIN_EXE_traforato-worker"),
+        )
     };
     tweak(&mut config);
+    let state_dir = config.state_dir.clone();
     match ContainerBackend::new(config) {
         Ok(backend) => Some((Arc::new(backend), state_dir)),
         Err(e) => panic!("container backend unavailable as root: {e}"),

@@ -101,6 +101,25 @@ impl Default for ContainerConfig {
     }
 }
 
+#[cfg(feature = "test-util")]
+impl ContainerConfig {
+    /// A configuration for tests, meant to be changed with struct-update syntax: a state dir
+    /// of its own in the temp dir and a cgroup parent of its own (both named after `tag` and
+    /// a random id), `init_program` as every sandbox's init, at most 64 tasks per sandbox, and
+    /// no OCI image directory (hermetic: an unknown image is never pulled from the internet).
+    pub fn for_tests(tag: &str, init_program: impl Into<PathBuf>) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        Self {
+            state_dir: std::env::temp_dir().join(format!("traforato-{tag}-{}", &id[..8])),
+            cgroup_parent: format!("traforato-{tag}-{}", &id[..12]),
+            init_program: init_program.into(),
+            pids_limit: 64,
+            oci_dir: None,
+            ..Self::default()
+        }
+    }
+}
+
 impl ContainerConfig {
     /// Checks values that would otherwise fail late; returns what is wrong.
     pub(crate) fn validate(&self) -> Result<(), String> {

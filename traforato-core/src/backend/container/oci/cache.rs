@@ -180,13 +180,6 @@ impl OciImages {
         }
     }
 
-    /// The image `reference`: from the cache if it was pulled before, else pulled now
-    /// (once, however many ask at the same time).
-    pub async fn image(&self, reference: &Reference) -> Result<PulledImage, BackendError> {
-        let _active = self.inner.enter().await;
-        Ok(self.inner.image(reference, false).await?.image)
-    }
-
     /// Pulls `image` again from its registry (a tag may have moved), unpacks its layers and
     /// says what is held now. The pull runs in a task of its own: a caller that goes away
     /// does not cut it short.
@@ -238,13 +231,6 @@ impl OciImages {
             reference,
             freed_bytes: swept.freed,
         })
-    }
-
-    /// Collects unused images while the directory holds more than its limit, and whatever
-    /// no image needs; says what it did.
-    pub async fn collect(&self) -> Result<ImageList, BackendError> {
-        self.inner.sweep(Goal::Limit(self.inner.max_disk)).await?;
-        self.list().await
     }
 }
 
