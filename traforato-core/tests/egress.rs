@@ -1,7 +1,8 @@
 //! Network egress of `container` sandboxes, for real: the test builds its own "internet" (a
 //! network namespace on `198.18.0.0/15`, with an HTTP server and a DNS server answering for
-//! `inet.test`) routed from the host, and checks what a sandbox reaches with `egress: none`
-//! and `egress: all`, what it never reaches, and that nothing is left afterwards. Needs root,
+//! `inet.test`) routed from the host, and checks what a sandbox reaches with `egress: none`,
+//! `all` and `allow` (TLS server names and HTTP hosts inspected), what it never reaches, and
+//! that nothing is left afterwards. Needs root,
 //! `ip`, `nsenter` and `nft` (CI installs nftables); skips with a message otherwise.
 #![cfg(all(target_os = "linux", feature = "container"))]
 
@@ -33,6 +34,18 @@ while True:
     flags = b"\x81\x80" if known else b"\x81\x83"
     answer = (b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + socket.inet_aton(addr)) if known else b""
     s.sendto(q[:2] + flags + b"\x00\x01" + (b"\x00\x01" if known else b"\x00\x00") + b"\x00\x00\x00\x00" + question + answer, peer)
+"#;
+
+/// A stand-in for a TLS server of the test internet on port 443: it answers whatever it is
+/// sent (a ClientHello) with one line.
+const TLS_STAND_IN: &str = r#"
+import socketserver, sys
+class Answer(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.request.recv(4096)
+        self.request.sendall(b"reached 443\n")
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer((sys.argv[1], 443), Answer).serve_forever()
 "#;
 
 /// The test internet: a namespace with `198.18.<k>.2`, reached from the host over a veth
@@ -84,40 +97,34 @@ impl Internet {
         ));
         let site = tempfile::tempdir().unwrap().keep();
         std::fs::write(site.join("index.html"), "hello from the test internet\n").unwrap();
-        let http = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &name,
-                "python3",
-                "-m",
-                "http.server",
-                "--bind",
-                &addr,
-                "8080",
-            ])
-            .arg("--directory")
-            .arg(&site)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let dns = Command::new("ip")
-            .args(["netns", "exec", &name, "python3", "-c", DNS_SERVER, &addr])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let python = |args: &[&str]| {
+            Command::new("ip")
+                .args(["netns", "exec", &name, "python3"])
+                .args(args)
+                .current_dir(&site)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let servers = vec![
+            python(&["-m", "http.server", "--bind", &addr, "8080"]),
+            python(&["-m", "http.server", "--bind", &addr, "80"]),
+            python(&["-c", TLS_STAND_IN, &addr]),
+            python(&["-c", DNS_SERVER, &addr]),
+        ];
         let internet = Self {
             name,
             host_if,
             addr,
-            servers: vec![http, dns],
+            servers,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect((internet.addr.as_str(), 8080)).is_err() {
-            assert!(Instant::now() < deadline, "the test internet's HTTP server");
-            std::thread::sleep(Duration::from_millis(50));
+        for port in [8080, 80, 443] {
+            while std::net::TcpStream::connect((internet.addr.as_str(), port)).is_err() {
+                assert!(Instant::now() < deadline, "the test internet's port {port}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         Some(internet)
     }
@@ -166,6 +173,24 @@ fn connect(host: &str, port: u16) -> String {
     format!(
         "import socket\n\
          try:\n    socket.create_connection(({host:?}, {port}), timeout=1); print('connected')\n\
+         except Exception as e:\n    print('failed:', type(e).__name__)"
+    )
+}
+
+/// Sends `data` (a Python bytes expression; `hello(name)` is a TLS ClientHello whose server
+/// name is `name`, or none for `None`) to `host:port` from the sandbox: the first line of the
+/// answer, or `failed: <why>` (a refused connection is reset, or closed unanswered).
+fn send(host: &str, port: u16, data: &str) -> String {
+    format!(
+        "import socket, ssl\n\
+         def hello(name):\n    \
+             c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); c.check_hostname = False; c.verify_mode = ssl.CERT_NONE\n    \
+             i, o = ssl.MemoryBIO(), ssl.MemoryBIO(); t = c.wrap_bio(i, o, server_hostname=name)\n    \
+             try:\n        t.do_handshake()\n    \
+             except ssl.SSLWantReadError:\n        pass\n    \
+             return o.read()\n\
+         try:\n    s = socket.create_connection(({host:?}, {port}), timeout=2); s.sendall({data})\n    \
+             print(s.recv(200).decode().split('\\n')[0].strip() or 'failed: closed')\n\
          except Exception as e:\n    print('failed:', type(e).__name__)"
     )
 }
@@ -333,6 +358,61 @@ async fn egress_none_reaches_nothing_and_all_reaches_the_internet_but_never_the_
             .starts_with("failed"),
         "a change forgets what the old list resolved"
     );
+    // Web traffic to an allowed name's address must be for an allowed name: its TLS server
+    // name or HTTP Host is checked (a shared CDN address carries other names too).
+    vm.set_network(&allow(&["inet.test"])).await.unwrap();
+    assert_eq!(
+        python(&vm, &fetch("http://inet.test/")).await,
+        "hello from the test internet",
+        "port 80 of an allowed name, inspected"
+    );
+    let ip = internet.addr.as_str();
+    let get = |host: &str| format!("b'GET / HTTP/1.1\\r\\nHost: {host}\\r\\n\\r\\n'");
+    for (what, port, data, reached) in [
+        (
+            "an allowed Host",
+            80,
+            get("inet.test:80"),
+            "HTTP/1.0 200 OK",
+        ),
+        ("another Host", 80, get("other.test"), ""),
+        ("the address as Host", 80, get(ip), ""),
+        ("no Host", 80, "b'GET / HTTP/1.0\\r\\n\\r\\n'".into(), ""),
+        (
+            "an allowed server name",
+            443,
+            "hello('inet.test')".into(),
+            "reached 443",
+        ),
+        ("another server name", 443, "hello('other.test')".into(), ""),
+        ("no server name", 443, "hello(None)".into(), ""),
+        ("not TLS", 443, "b'SSH-2.0-x\\r\\n'".into(), ""),
+    ] {
+        let answer = python(&vm, &send(ip, port, &data)).await;
+        if reached.is_empty() {
+            assert!(answer.starts_with("failed"), "{what}: {answer}");
+        } else {
+            assert_eq!(answer, reached, "{what}");
+        }
+    }
+    assert_eq!(
+        python(&vm, &fetch(&page)).await,
+        "hello from the test internet",
+        "other ports are not inspected"
+    );
+    // A name allowed on 443 only: the same checks through its port-bound set.
+    vm.set_network(&allow(&["inet.test:443"])).await.unwrap();
+    let _ = python(&vm, &connect("inet.test", 443)).await;
+    assert_eq!(
+        python(&vm, &send(ip, 443, "hello('inet.test')")).await,
+        "reached 443"
+    );
+    assert!(python(&vm, &send(ip, 443, "hello('other.test')"))
+        .await
+        .starts_with("failed"));
+    assert!(python(&vm, &send(ip, 80, &get("inet.test")))
+        .await
+        .starts_with("failed"));
     vm.set_network(&allow(&[&format!("{}/32", internet.addr)]))
         .await
         .unwrap();

@@ -82,6 +82,7 @@ mod files;
 mod fscreds;
 mod image;
 mod init;
+mod inspect;
 mod mounts;
 mod net;
 mod netns;

@@ -8,7 +8,10 @@
 //! through the host's resolver. Under an allow-list a sandbox's traffic goes through a chain of
 //! its own (`a_<interface>`): the ranges it lists (even blocked ones: listed explicitly), then,
 //! never in the blocked ranges, the addresses its forwarder resolved for allowed names, for
-//! their TTL (sets `d_<interface>`, and `p_<interface>` with ports).
+//! their TTL (sets `d_<interface>`, and `p_<interface>` with ports). Its TCP connections to
+//! ports 80 and 443 of those addresses are redirected (chain `i_<interface>`) to an inspecting
+//! proxy of its own on its host-side address, which lets through only those whose TLS server
+//! name or HTTP `Host` the list allows (QUIC to them is dropped: clients fall back to TCP).
 //!
 //! The programs `ip`, `nsenter` (util-linux) and `nft` (nftables) do the work; a host without
 //! them refuses egress with what to install. `net.ipv4.ip_forward` is turned on when needed
@@ -29,6 +32,7 @@ use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 
 use super::dns::{self, AllowAddresses};
+use super::inspect;
 use crate::backend::BackendError;
 use crate::network::{AllowRule, Cidr, Egress, Policy};
 
@@ -89,6 +93,8 @@ pub(crate) struct Networking {
     table: String,
     range: (Ipv4Addr, u8),
     blocked: Vec<Cidr>,
+    /// Where inspected connections never go: the blocked ranges and the sandboxes' own.
+    never: Arc<Vec<Cidr>>,
     dns_upstream: Option<SocketAddr>,
     uplink: Option<String>,
     slots: Mutex<Slots>,
@@ -118,32 +124,43 @@ struct Slots {
 pub(crate) struct Attachment {
     networking: Arc<Networking>,
     slot: u32,
-    host_if: String,
-    gateway: Ipv4Addr,
-    /// What the DNS forwarder enforces.
+    rules: Rules,
+    /// What the DNS forwarder and the inspecting proxy enforce.
     policy: Arc<RwLock<Policy>>,
     dns: JoinHandle<()>,
+    proxy: JoinHandle<()>,
+}
+
+/// What a sandbox's rules are written with.
+#[derive(Debug, Clone)]
+struct Rules {
+    table: String,
+    /// The host side of its veth pair.
+    host_if: String,
+    /// The host side's address.
+    gateway: Ipv4Addr,
+    /// The port of its inspecting proxy on `gateway`.
+    proxy_port: u16,
 }
 
 /// A sandbox's allow-list sets, which its DNS forwarder fills.
 struct SandboxFirewall {
-    table: String,
-    host_if: String,
+    rules: Rules,
 }
 
 impl AllowAddresses for SandboxFirewall {
     async fn allow(&self, addrs: Vec<Ipv4Addr>, port: Option<u16>, ttl: Duration) {
         let (set, elements): (String, Vec<String>) = match port {
             Some(port) => (
-                format!("p_{}", self.host_if),
+                format!("p_{}", self.rules.host_if),
                 addrs.iter().map(|a| format!("{a} . {port}")).collect(),
             ),
             None => (
-                format!("d_{}", self.host_if),
+                format!("d_{}", self.rules.host_if),
                 addrs.iter().map(|a| a.to_string()).collect(),
             ),
         };
-        let t = &self.table;
+        let t = &self.rules.table;
         let mut script = String::new();
         for element in elements {
             // Add, delete, add: the element is there afterwards with this timeout, whatever
@@ -156,7 +173,7 @@ impl AllowAddresses for SandboxFirewall {
             ));
         }
         if let Err(error) = run("nft", &["-f", "-"], Some(&script)).await {
-            tracing::warn!(%error, interface = %self.host_if, "resolved addresses not allowed");
+            tracing::warn!(%error, interface = %self.rules.host_if, "resolved addresses not allowed");
         }
     }
 }
@@ -201,10 +218,13 @@ impl Networking {
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
             .collect();
+        let mut never = blocked.clone();
+        never.push(range);
         Ok(Self {
             table: format!("traforato_{table}"),
             range: (base, range.prefix()),
             blocked,
+            never: Arc::new(never),
             dns_upstream: settings.dns_upstream,
             uplink: settings.uplink.clone(),
             slots: Mutex::new(Slots::default()),
@@ -276,6 +296,8 @@ impl Networking {
                set egress {{ type ifname; }}\n\
                set dns {{ type ifname . ipv4_addr; }}\n\
                map allowing {{ type ifname : verdict; }}\n\
+               map inspecting {{ type ifname : verdict; }}\n\
+               set proxy {{ type ifname . ipv4_addr . inet_service; }}\n\
                set blocked {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {blocked} }} }}\n\
                chain forward {{\n\
                  type filter hook forward priority filter - 10; policy accept;\n\
@@ -289,8 +311,13 @@ impl Networking {
                chain input {{\n\
                  type filter hook input priority filter - 10; policy accept;\n\
                  iifname @ours meta nfproto ipv4 iifname . ip daddr @dns udp dport 53 accept\n\
+                 iifname @ours meta nfproto ipv4 iifname . ip daddr . tcp dport @proxy accept\n\
                  iifname @ours drop\n\
                  ip daddr {range} drop\n\
+               }}\n\
+               chain prerouting {{\n\
+                 type nat hook prerouting priority dstnat; policy accept;\n\
+                 meta nfproto ipv4 iifname vmap @inspecting\n\
                }}\n\
                chain postrouting {{\n\
                  type nat hook postrouting priority srcnat; policy accept;\n\
@@ -324,38 +351,52 @@ impl Networking {
             slots.next = slot + 1;
             slot
         };
-        let host_if = format!("tf{short_id}");
         let (gateway, sandbox) = self.addresses(slot);
+        let policy = Arc::new(RwLock::new(policy.clone()));
+        // The proxy's address is on the interface once it exists.
+        let proxy = inspect::listen(gateway);
         // From here on, dropping the attachment undoes everything (the veth pair included).
         let mut attachment = Attachment {
             networking: Arc::clone(self),
             slot,
-            host_if,
-            gateway,
-            policy: Arc::new(RwLock::new(policy.clone())),
+            rules: Rules {
+                table: self.table.clone(),
+                host_if: format!("tf{short_id}"),
+                gateway,
+                proxy_port: proxy.as_ref().map_or(0, |(_, port)| *port),
+            },
+            policy: Arc::clone(&policy),
             dns: tokio::spawn(async {}),
+            proxy: tokio::spawn(async {}),
         };
+        let (listener, _) = proxy.map_err(|e| {
+            BackendError::io(format!("listen for inspected connections on {gateway}"), e)
+        })?;
+        attachment.proxy = tokio::spawn(inspect::serve(
+            listener,
+            sandbox,
+            Arc::clone(&policy),
+            Arc::clone(&self.never),
+        ));
         // The rules first, in one call: the interface is ours, with its policy, before it
         // exists, so no packet of it ever passes unfiltered.
-        let mut script = format!(
-            "add element inet {} ours {{ \"{}\" }}\n",
-            self.table, attachment.host_if
+        let rules = &attachment.rules;
+        let current = policy.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let script = format!(
+            "add element inet {t} ours {{ \"{i}\" }}\n\
+             add element inet {t} proxy {{ \"{i}\" . {gateway} . {port} }}\n{policy}",
+            t = rules.table,
+            i = rules.host_if,
+            port = rules.proxy_port,
+            policy = rules.policy_script(&current),
         );
-        script.push_str(&policy_script(
-            &self.table,
-            &attachment.host_if,
-            gateway,
-            policy,
-        ));
         run("nft", &["-f", "-"], Some(&script)).await?;
-        self.plumb(netns, &attachment.host_if, gateway, sandbox)
-            .await?;
+        self.plumb(netns, &rules.host_if, gateway, sandbox).await?;
         let firewall = Arc::new(SandboxFirewall {
-            table: self.table.clone(),
-            host_if: attachment.host_if.clone(),
+            rules: rules.clone(),
         });
         attachment.dns = self
-            .dns_forwarder(gateway, sandbox, Arc::clone(&attachment.policy), firewall)
+            .dns_forwarder(gateway, sandbox, policy, firewall)
             .await?;
         Ok((attachment, format!("nameserver {gateway}\n")))
     }
@@ -449,24 +490,19 @@ impl Networking {
 impl Attachment {
     /// The host side of the sandbox's veth pair.
     pub(crate) fn host_if(&self) -> &str {
-        &self.host_if
+        &self.rules.host_if
     }
 
     /// Gives the sandbox the egress of `policy`: each call states everything (memberships,
     /// its allow chain, its resolved sets, emptied), so it is right whatever happened before.
     pub(crate) async fn set_policy(&mut self, policy: &Policy) -> Result<(), BackendError> {
-        let script = policy_script(&self.networking.table, &self.host_if, self.gateway, policy);
+        let script = self.rules.policy_script(policy);
         let result = run("nft", &["-f", "-"], Some(&script)).await;
         let in_force = if result.is_ok() {
             policy.clone()
         } else {
             // Half-done is off.
-            let off = policy_script(
-                &self.networking.table,
-                &self.host_if,
-                self.gateway,
-                &Policy::none(),
-            );
+            let off = self.rules.policy_script(&Policy::none());
             let _ = run("nft", &["-f", "-"], Some(&off)).await;
             Policy::none()
         };
@@ -475,80 +511,117 @@ impl Attachment {
     }
 }
 
-/// The nft script that gives `host_if` the egress of `policy`.
-fn policy_script(table: &str, host_if: &str, gateway: Ipv4Addr, policy: &Policy) -> String {
-    let t = table;
-    let chain = format!("a_{host_if}");
-    let names = format!("d_{host_if}");
-    let ports = format!("p_{host_if}");
-    let egress = format!("{{ \"{host_if}\" }}");
-    let dns = format!("{{ \"{host_if}\" . {gateway} }}");
-    // Everything made (so that the deletes below succeed), then emptied.
-    let mut script = format!(
-        "add chain inet {t} {chain}\n\
-         flush chain inet {t} {chain}\n\
-         add set inet {t} {names} {{ type ipv4_addr; flags timeout; }}\n\
-         add set inet {t} {ports} {{ type ipv4_addr . inet_service; flags timeout; }}\n\
-         flush set inet {t} {names}\n\
-         flush set inet {t} {ports}\n\
-         add element inet {t} egress {egress}\n\
-         add element inet {t} dns {dns}\n\
-         add element inet {t} allowing {{ \"{host_if}\" : jump {chain} }}\n\
-         delete element inet {t} egress {egress}\n\
-         delete element inet {t} allowing {{ \"{host_if}\" }}\n"
-    );
-    match policy.egress() {
-        Egress::None => script.push_str(&format!("delete element inet {t} dns {dns}\n")),
-        Egress::All => script.push_str(&format!("add element inet {t} egress {egress}\n")),
-        Egress::Allow => {
-            for rule in policy.rules() {
-                if let AllowRule::Network { cidr, port } = rule {
-                    match port {
-                        None => script.push_str(&format!(
-                            "add rule inet {t} {chain} ip daddr {cidr} accept\n"
-                        )),
-                        Some(port) => script.push_str(&format!(
-                            "add rule inet {t} {chain} ip daddr {cidr} tcp dport {port} accept\n\
-                             add rule inet {t} {chain} ip daddr {cidr} udp dport {port} accept\n"
-                        )),
+impl Rules {
+    /// The nft script that gives the sandbox the egress of `policy`.
+    fn policy_script(&self, policy: &Policy) -> String {
+        let Rules {
+            table: t,
+            host_if,
+            gateway,
+            proxy_port,
+        } = self;
+        let chain = format!("a_{host_if}");
+        let inspect = format!("i_{host_if}");
+        let names = format!("d_{host_if}");
+        let ports = format!("p_{host_if}");
+        let egress = format!("{{ \"{host_if}\" }}");
+        let dns = format!("{{ \"{host_if}\" . {gateway} }}");
+        // Everything made (so that the deletes below succeed), then emptied.
+        let mut script = format!(
+            "add chain inet {t} {chain}\n\
+             flush chain inet {t} {chain}\n\
+             add chain inet {t} {inspect}\n\
+             flush chain inet {t} {inspect}\n\
+             add set inet {t} {names} {{ type ipv4_addr; flags timeout; }}\n\
+             add set inet {t} {ports} {{ type ipv4_addr . inet_service; flags timeout; }}\n\
+             flush set inet {t} {names}\n\
+             flush set inet {t} {ports}\n\
+             add element inet {t} egress {egress}\n\
+             add element inet {t} dns {dns}\n\
+             add element inet {t} allowing {{ \"{host_if}\" : jump {chain} }}\n\
+             add element inet {t} inspecting {{ \"{host_if}\" : jump {inspect} }}\n\
+             delete element inet {t} egress {egress}\n\
+             delete element inet {t} allowing {{ \"{host_if}\" }}\n\
+             delete element inet {t} inspecting {{ \"{host_if}\" }}\n"
+        );
+        match policy.egress() {
+            Egress::None => script.push_str(&format!("delete element inet {t} dns {dns}\n")),
+            Egress::All => script.push_str(&format!("add element inet {t} egress {egress}\n")),
+            Egress::Allow => {
+                // Listed ranges are reached as they are, and are not inspected.
+                for rule in policy.rules() {
+                    if let AllowRule::Network { cidr, port } = rule {
+                        let (tcp, udp) = match port {
+                            None => (String::new(), None),
+                            Some(port) => (
+                                format!(" tcp dport {port}"),
+                                Some(format!(" udp dport {port}")),
+                            ),
+                        };
+                        script.push_str(&format!(
+                            "add rule inet {t} {chain} ip daddr {cidr}{tcp} accept\n\
+                             add rule inet {t} {inspect} ip daddr {cidr}{tcp} return\n"
+                        ));
+                        if let Some(udp) = udp {
+                            script.push_str(&format!(
+                                "add rule inet {t} {chain} ip daddr {cidr}{udp} accept\n"
+                            ));
+                        }
                     }
                 }
+                let inspected = inspect::INSPECTED_PORTS.map(|p| p.to_string()).join(", ");
+                script.push_str(&format!(
+                    "add rule inet {t} {chain} ip daddr @blocked return\n\
+                     add rule inet {t} {chain} udp dport 443 return\n\
+                     add rule inet {t} {chain} ip daddr @{names} accept\n\
+                     add rule inet {t} {chain} ip daddr . tcp dport @{ports} accept\n\
+                     add rule inet {t} {chain} ip daddr . udp dport @{ports} accept\n\
+                     add element inet {t} allowing {{ \"{host_if}\" : jump {chain} }}\n\
+                     add rule inet {t} {inspect} ip daddr @blocked return\n\
+                     add rule inet {t} {inspect} tcp dport {{ {inspected} }} ip daddr @{names} redirect to :{proxy_port}\n\
+                     add rule inet {t} {inspect} tcp dport {{ {inspected} }} ip daddr . tcp dport @{ports} redirect to :{proxy_port}\n\
+                     add element inet {t} inspecting {{ \"{host_if}\" : jump {inspect} }}\n"
+                ));
             }
-            script.push_str(&format!(
-                "add rule inet {t} {chain} ip daddr @blocked return\n\
-                 add rule inet {t} {chain} ip daddr @{names} accept\n\
-                 add rule inet {t} {chain} ip daddr . tcp dport @{ports} accept\n\
-                 add rule inet {t} {chain} ip daddr . udp dport @{ports} accept\n\
-                 add element inet {t} allowing {{ \"{host_if}\" : jump {chain} }}\n"
-            ));
         }
+        script
     }
-    script
-}
 
-/// The nft script that removes everything of `host_if` (its memberships, chain and sets).
-fn detach_script(table: &str, host_if: &str, gateway: Ipv4Addr) -> String {
-    let t = table;
-    let mut script = policy_script(table, host_if, gateway, &Policy::none());
-    script.push_str(&format!(
-        "delete chain inet {t} a_{host_if}\n\
-         delete set inet {t} d_{host_if}\n\
-         delete set inet {t} p_{host_if}\n\
-         add element inet {t} ours {{ \"{host_if}\" }}\n\
-         delete element inet {t} ours {{ \"{host_if}\" }}\n"
-    ));
-    script
+    /// The nft script that removes everything of the sandbox (its memberships, chains and
+    /// sets).
+    fn detach_script(&self) -> String {
+        let Rules {
+            table: t,
+            host_if,
+            gateway,
+            proxy_port,
+        } = self;
+        let mut script = self.policy_script(&Policy::none());
+        let proxy = format!("{{ \"{host_if}\" . {gateway} . {proxy_port} }}");
+        script.push_str(&format!(
+            "delete chain inet {t} a_{host_if}\n\
+             delete chain inet {t} i_{host_if}\n\
+             delete set inet {t} d_{host_if}\n\
+             delete set inet {t} p_{host_if}\n\
+             add element inet {t} proxy {proxy}\n\
+             delete element inet {t} proxy {proxy}\n\
+             add element inet {t} ours {{ \"{host_if}\" }}\n\
+             delete element inet {t} ours {{ \"{host_if}\" }}\n"
+        ));
+        script
+    }
 }
 
 impl Drop for Attachment {
     fn drop(&mut self) {
         self.dns.abort();
+        self.proxy.abort();
         let networking = Arc::clone(&self.networking);
-        let (slot, host_if, gateway) = (self.slot, self.host_if.clone(), self.gateway);
+        let (slot, rules) = (self.slot, self.rules.clone());
         let undo = async move {
             // Deleting one end deletes the pair (it may be gone with its namespace already).
-            let _ = run("ip", &["link", "delete", &host_if], None).await;
-            let script = detach_script(&networking.table, &host_if, gateway);
+            let _ = run("ip", &["link", "delete", &rules.host_if], None).await;
+            let script = rules.detach_script();
             let _ = run("nft", &["-f", "-"], Some(&script)).await;
             networking.slots().used.remove(&slot);
         };
@@ -741,29 +814,42 @@ mod tests {
 
     #[test]
     fn policy_scripts_state_everything() {
-        let gateway: Ipv4Addr = "10.213.0.1".parse().unwrap();
-        let none = policy_script("t", "tfa", gateway, &Policy::none());
+        let rules = Rules {
+            table: "t".into(),
+            host_if: "tfa".into(),
+            gateway: "10.213.0.1".parse().unwrap(),
+            proxy_port: 4321,
+        };
+        let none = rules.policy_script(&Policy::none());
         assert!(none.contains("delete element inet t dns { \"tfa\" . 10.213.0.1 }"));
+        assert!(none.contains("delete element inet t inspecting { \"tfa\" }"));
         assert!(!none.contains("add rule"));
-        let all = policy_script("t", "tfa", gateway, &Policy::all());
+        let all = rules.policy_script(&Policy::all());
         assert!(
             all.ends_with("add element inet t egress { \"tfa\" }\n"),
             "{all}"
         );
+        assert!(!all.contains("redirect"), "{all}");
         let wire = crate::api::NetworkPolicy::allow(["pypi.org", "10.1.0.0/16", "10.2.0.1:5432"]);
-        let allow = policy_script("t", "tfa", gateway, &Policy::parse(&wire, None).unwrap());
+        let allow = rules.policy_script(&Policy::parse(&wire, None).unwrap());
         for line in [
             "add rule inet t a_tfa ip daddr 10.1.0.0/16 accept",
+            "add rule inet t i_tfa ip daddr 10.1.0.0/16 return",
             "add rule inet t a_tfa ip daddr 10.2.0.1/32 tcp dport 5432 accept",
             "add rule inet t a_tfa ip daddr 10.2.0.1/32 udp dport 5432 accept",
             "add rule inet t a_tfa ip daddr @blocked return",
             "add rule inet t a_tfa ip daddr @d_tfa accept",
+            "add rule inet t a_tfa udp dport 443 return",
             "add element inet t allowing { \"tfa\" : jump a_tfa }",
+            "add rule inet t i_tfa tcp dport { 80, 443 } ip daddr @d_tfa redirect to :4321",
+            "add element inet t inspecting { \"tfa\" : jump i_tfa }",
         ] {
             assert!(allow.contains(line), "{line}\n{allow}");
         }
-        let detach = detach_script("t", "tfa", gateway);
+        let detach = rules.detach_script();
         assert!(detach.contains("delete chain inet t a_tfa"));
+        assert!(detach.contains("delete chain inet t i_tfa"));
+        assert!(detach.contains("delete element inet t proxy { \"tfa\" . 10.213.0.1 . 4321 }"));
         assert!(detach.contains("delete element inet t ours { \"tfa\" }"));
     }
 }
