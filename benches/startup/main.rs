@@ -24,7 +24,7 @@
 //! at a time: sandboxes live in `/run/traforato-startup` and the cgroup `traforato_startup`;
 //! a run that is interrupted leaves its sandboxes there and the next run removes them. The
 //! shells log as deployed (JSON at info, here to a file in a scratch dir); `--no-logs` turns
-//! that off.
+//! that off. `--only 2,8` runs those phases alone.
 
 mod capacity;
 mod floors;
@@ -55,7 +55,10 @@ use crate::floors::Zygote;
 use crate::shells::{wait_for, BrokerShell, WorkerShell, WorkerSpec, VIRTUALIZATION};
 
 const USAGE: &str = "usage: startup [--iterations N] [--memory-sandboxes N] \
-                     [--redirect-seconds S] [--connections N] [--no-logs]";
+                     [--redirect-seconds S] [--connections N] [--no-logs] [--only PHASE,...]";
+
+/// The number of phases.
+const PHASES: usize = 8;
 
 /// The image of every sandbox: the host's system directories, read-only.
 const IMAGE: &str = "host";
@@ -110,6 +113,14 @@ struct Args {
     connections: usize,
     /// Write the shells' JSON logs (to a file in the scratch dir), as a deployment does.
     logs: bool,
+    /// The phases to run (1 to [`PHASES`]); empty: all.
+    only: Vec<usize>,
+}
+
+impl Args {
+    fn runs(&self, phase: usize) -> bool {
+        self.only.is_empty() || self.only.contains(&phase)
+    }
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -119,6 +130,7 @@ fn parse_args() -> Result<Args, String> {
         redirect_window: Duration::from_secs(5),
         connections: 32,
         logs: true,
+        only: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -140,6 +152,17 @@ fn parse_args() -> Result<Args, String> {
             }
             "--connections" => args.connections = value("--connections")? as usize,
             "--no-logs" => args.logs = false,
+            "--only" => {
+                let list = it.next().ok_or("--only needs phase numbers")?;
+                for phase in list.split(',') {
+                    match phase.trim().parse::<usize>() {
+                        Ok(n) if (1..=PHASES).contains(&n) => args.only.push(n),
+                        _ => {
+                            return Err(format!("--only: {phase:?} is not a phase (1 to {PHASES})"))
+                        }
+                    }
+                }
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -394,41 +417,67 @@ async fn phases(
     cgroup_parent: &str,
 ) -> Result<Vec<Row>, BenchError> {
     let mut rows = Vec::new();
-    println!("\n[1/8] warm: create through the broker + first print, vs a pre-warmed zygote");
-    let warm = warm_series(args, broker, backend, client, scratch).await?;
-    rows.push(warm.row(
-        "warm create + first print (HTTP via broker)",
-        "zygote",
-        3.0,
-        "<= 3x floor",
-    ));
-
-    println!("\n[2/8] cold: create through the broker with no pool + first print, vs bare python");
-    let cold = cold_series(args, broker, backend, client).await?;
-    rows.push(cold.row(
-        "cold create + first print (HTTP via broker)",
-        "bare python",
-        1.5,
-        "<= 1.5x floor",
-    ));
-
-    println!("\n[3/8] memory of idle warm sandboxes");
-    rows.push(memory_row(args, broker, backend, cgroup_parent).await?);
-
-    println!("\n[4/8] broker redirects per second vs nginx answering 307");
-    rows.push(redirect_row(args, broker, scratch)?);
-
-    println!("\n[5/8] create -> run -> delete throughput under the capacity model");
-    rows.extend(capacity::throughput_rows(broker, backend, client).await?);
-
-    println!("\n[6/8] warm-claim latency as live sandboxes grow; worker cost per sandbox");
-    rows.extend(capacity::claim_rows(broker, client).await?);
-
-    println!("\n[7/8] cold create from a cached OCI image vs from host (backend, no zygote)");
-    rows.push(images::cached_image_row(args, scratch).await?);
-
-    println!("\n[8/8] cold create with egress all vs none (backend, no zygote)");
-    rows.push(network::egress_row(args, scratch).await?);
+    let announce = |phase: usize, what: &str| {
+        let runs = args.runs(phase);
+        if runs {
+            println!("\n[{phase}/{PHASES}] {what}");
+        }
+        runs
+    };
+    if announce(
+        1,
+        "warm: create through the broker + first print, vs a pre-warmed zygote",
+    ) {
+        let warm = warm_series(args, broker, backend, client, scratch).await?;
+        rows.push(warm.row(
+            "warm create + first print (HTTP via broker)",
+            "zygote",
+            3.0,
+            "<= 3x floor",
+        ));
+    }
+    if announce(
+        2,
+        "cold: create through the broker with no pool + first print, vs bare python",
+    ) {
+        let cold = cold_series(args, broker, backend, client).await?;
+        rows.push(cold.row(
+            "cold create + first print (HTTP via broker)",
+            "bare python",
+            1.5,
+            "<= 1.5x floor",
+        ));
+    }
+    if announce(3, "memory of idle warm sandboxes") {
+        rows.push(memory_row(args, broker, backend, cgroup_parent).await?);
+    }
+    if announce(4, "broker redirects per second vs nginx answering 307") {
+        rows.push(redirect_row(args, broker, scratch)?);
+    }
+    if announce(
+        5,
+        "create -> run -> delete throughput under the capacity model",
+    ) {
+        rows.extend(capacity::throughput_rows(broker, backend, client).await?);
+    }
+    if announce(
+        6,
+        "warm-claim latency as live sandboxes grow; worker cost per sandbox",
+    ) {
+        rows.extend(capacity::claim_rows(broker, client).await?);
+    }
+    if announce(
+        7,
+        "cold create from a cached OCI image vs from host (backend, no zygote)",
+    ) {
+        rows.push(images::cached_image_row(args, scratch).await?);
+    }
+    if announce(
+        8,
+        "cold create with egress all vs none (backend, no zygote)",
+    ) {
+        rows.push(network::egress_row(args, scratch).await?);
+    }
     Ok(rows)
 }
 

@@ -85,6 +85,7 @@ mod init;
 mod inspect;
 mod mounts;
 mod net;
+mod netlink;
 mod netns;
 pub mod oci;
 mod protocol;

@@ -13,13 +13,15 @@
 //! proxy of its own on its host-side address, which lets through only those whose TLS server
 //! name or HTTP `Host` the list allows (QUIC to them is dropped: clients fall back to TCP).
 //!
-//! The programs `ip`, `nsenter` (util-linux) and `nft` (nftables) do the work; a host without
-//! them refuses egress with what to install. `net.ipv4.ip_forward` is turned on when needed
+//! The veth pairs are made through netlink (`netlink.rs`); the program `nft` (nftables) writes
+//! the rules, and `ip` deletes pairs and lists the host's addresses; a host without them
+//! refuses egress with what to install. `net.ipv4.ip_forward` is turned on when needed
 //! and turned back off at shutdown only if this backend turned it on.
 
 use std::collections::BTreeSet;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::OwnedFd;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -32,7 +34,7 @@ use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 
 use super::dns::{self, AllowAddresses};
-use super::inspect;
+use super::{inspect, netlink};
 use crate::backend::BackendError;
 use crate::network::{AllowRule, Cidr, Egress, Policy};
 
@@ -328,13 +330,12 @@ impl Networking {
         )
     }
 
-    /// Plumbs the sandbox whose network namespace is `netns` (a path, e.g.
-    /// `/proc/<pid>/ns/net`) and whose id starts with `short_id` (12 characters: its host
+    /// Plumbs the sandbox whose network namespace is `netns` and whose id starts with `short_id` (12 characters: its host
     /// interface is `tf<short_id>`), with the egress of `policy` from its first packet on.
     /// Returns the attachment and the sandbox's `resolv.conf`.
     pub(crate) async fn attach(
         self: &Arc<Self>,
-        netns: &str,
+        netns: Arc<OwnedFd>,
         short_id: &str,
         policy: &Policy,
     ) -> Result<(Attachment, String), BackendError> {
@@ -388,10 +389,10 @@ impl Networking {
             t = rules.table,
             i = rules.host_if,
             port = rules.proxy_port,
-            policy = rules.policy_script(&current),
+            policy = rules.first_policy_script(&current),
         );
         run("nft", &["-f", "-"], Some(&script)).await?;
-        self.plumb(netns, &rules.host_if, gateway, sandbox).await?;
+        netlink::plumb(netns, &rules.host_if, gateway, sandbox).await?;
         let firewall = Arc::new(SandboxFirewall {
             rules: rules.clone(),
         });
@@ -399,30 +400,6 @@ impl Networking {
             .dns_forwarder(gateway, sandbox, policy, firewall)
             .await?;
         Ok((attachment, format!("nameserver {gateway}\n")))
-    }
-
-    async fn plumb(
-        &self,
-        netns: &str,
-        host_if: &str,
-        host: Ipv4Addr,
-        sandbox: Ipv4Addr,
-    ) -> Result<(), BackendError> {
-        let worker_pid = std::process::id().to_string();
-        let inside = format!(
-            "link add eth0 type veth peer name {host_if} netns {worker_pid}\n\
-             addr add {sandbox}/30 dev eth0\n\
-             link set eth0 up\n\
-             route add default via {host}\n"
-        );
-        run(
-            "nsenter",
-            &[&format!("--net={netns}"), "ip", "-batch", "-"],
-            Some(&inside),
-        )
-        .await?;
-        let outside = format!("addr add {host}/30 dev {host_if}\nlink set {host_if} up\n");
-        run("ip", &["-batch", "-"], Some(&outside)).await
     }
 
     /// A forwarder of DNS over UDP on `gateway`:53 to the upstream resolver, for the sandbox
@@ -513,7 +490,19 @@ impl Attachment {
 
 impl Rules {
     /// The nft script that gives the sandbox the egress of `policy`.
+    /// States everything, whatever was there before (its deletes and flushes make the
+    /// kernel wait a grace period: about 15 ms here).
     fn policy_script(&self, policy: &Policy) -> String {
+        self.script(policy, true)
+    }
+
+    /// For a sandbox that has no rules yet: only additions (a few hundred microseconds of
+    /// the kernel's).
+    fn first_policy_script(&self, policy: &Policy) -> String {
+        self.script(policy, false)
+    }
+
+    fn script(&self, policy: &Policy, reset: bool) -> String {
         let Rules {
             table: t,
             host_if,
@@ -526,28 +515,37 @@ impl Rules {
         let ports = format!("p_{host_if}");
         let egress = format!("{{ \"{host_if}\" }}");
         let dns = format!("{{ \"{host_if}\" . {gateway} }}");
-        // Everything made (so that the deletes below succeed), then emptied.
         let mut script = format!(
             "add chain inet {t} {chain}\n\
-             flush chain inet {t} {chain}\n\
              add chain inet {t} {inspect}\n\
-             flush chain inet {t} {inspect}\n\
              add set inet {t} {names} {{ type ipv4_addr; flags timeout; }}\n\
-             add set inet {t} {ports} {{ type ipv4_addr . inet_service; flags timeout; }}\n\
-             flush set inet {t} {names}\n\
-             flush set inet {t} {ports}\n\
-             add element inet {t} egress {egress}\n\
-             add element inet {t} dns {dns}\n\
-             add element inet {t} allowing {{ \"{host_if}\" : jump {chain} }}\n\
-             add element inet {t} inspecting {{ \"{host_if}\" : jump {inspect} }}\n\
-             delete element inet {t} egress {egress}\n\
-             delete element inet {t} allowing {{ \"{host_if}\" }}\n\
-             delete element inet {t} inspecting {{ \"{host_if}\" }}\n"
+             add set inet {t} {ports} {{ type ipv4_addr . inet_service; flags timeout; }}\n"
         );
+        if reset {
+            // Everything made (so that the deletes succeed), then emptied.
+            script.push_str(&format!(
+                "flush chain inet {t} {chain}\n\
+                 flush chain inet {t} {inspect}\n\
+                 flush set inet {t} {names}\n\
+                 flush set inet {t} {ports}\n\
+                 add element inet {t} egress {egress}\n\
+                 add element inet {t} dns {dns}\n\
+                 add element inet {t} allowing {{ \"{host_if}\" : jump {chain} }}\n\
+                 add element inet {t} inspecting {{ \"{host_if}\" : jump {inspect} }}\n\
+                 delete element inet {t} egress {egress}\n\
+                 delete element inet {t} dns {dns}\n\
+                 delete element inet {t} allowing {{ \"{host_if}\" }}\n\
+                 delete element inet {t} inspecting {{ \"{host_if}\" }}\n"
+            ));
+        }
         match policy.egress() {
-            Egress::None => script.push_str(&format!("delete element inet {t} dns {dns}\n")),
-            Egress::All => script.push_str(&format!("add element inet {t} egress {egress}\n")),
+            Egress::None => {}
+            Egress::All => script.push_str(&format!(
+                "add element inet {t} egress {egress}\n\
+                 add element inet {t} dns {dns}\n"
+            )),
             Egress::Allow => {
+                script.push_str(&format!("add element inet {t} dns {dns}\n"));
                 // Listed ranges are reached as they are, and are not inspected.
                 for rule in policy.rules() {
                     if let AllowRule::Network { cidr, port } = rule {
@@ -826,10 +824,16 @@ mod tests {
         assert!(!none.contains("add rule"));
         let all = rules.policy_script(&Policy::all());
         assert!(
-            all.ends_with("add element inet t egress { \"tfa\" }\n"),
+            all.ends_with(
+                "add element inet t egress { \"tfa\" }\n\
+                 add element inet t dns { \"tfa\" . 10.213.0.1 }\n"
+            ),
             "{all}"
         );
         assert!(!all.contains("redirect"), "{all}");
+        // A first attachment only adds: no grace period of the kernel's to wait for.
+        let first = rules.first_policy_script(&Policy::all());
+        assert!(first.lines().all(|l| l.starts_with("add ")), "{first}");
         let wire = crate::api::NetworkPolicy::allow(["pypi.org", "10.1.0.0/16", "10.2.0.1:5432"]);
         let allow = rules.policy_script(&Policy::parse(&wire, None).unwrap());
         for line in [

@@ -2,7 +2,7 @@
 //! root (files), its network namespace (connect), and its teardown.
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -373,8 +373,6 @@ impl Vm for ContainerVm {
                 .clone()
                 .ok_or(BackendError::Unsupported("network egress"))?;
             let live = self.live().ok_or(BackendError::Gone)?;
-            // The namespace through the worker's own descriptor: no pid to reuse.
-            let netns = format!("/proc/{}/fd/{}", std::process::id(), live.netns.as_raw_fd());
             let short_id: String = self
                 .vm_id
                 .to_string()
@@ -382,7 +380,7 @@ impl Vm for ContainerVm {
                 .filter(char::is_ascii_hexdigit)
                 .take(12)
                 .collect();
-            let (attachment, resolv) = networking.attach(&netns, &short_id, policy).await?;
+            let (attachment, resolv) = networking.attach(live.netns, &short_id, policy).await?;
             let path = SandboxPath::parse("/etc/resolv.conf")
                 .map_err(|e| BackendError::Setup(e.to_string()))?;
             let content: BoxedReader = Box::new(std::io::Cursor::new(resolv.into_bytes()));
