@@ -16,7 +16,9 @@
 //! The veth pairs are made through netlink (`netlink.rs`); the program `nft` (nftables) writes
 //! the rules, and `ip` deletes pairs and lists the host's addresses; a host without them
 //! refuses egress with what to install. `net.ipv4.ip_forward` is turned on when needed
-//! and turned back off at shutdown only if this backend turned it on.
+//! and turned back off at shutdown only if this backend turned it on. On a host running
+//! Docker (whose `FORWARD` policy is `DROP`), two `iptables` rules in its `DOCKER-USER` chain
+//! let the sandboxes' traffic through; they go at shutdown.
 
 use std::collections::BTreeSet;
 use std::io;
@@ -59,6 +61,10 @@ pub const DEFAULT_BLOCKED: [&str; 10] = [
 /// Blocked whatever the configuration says: link-local, where cloud metadata services
 /// answer (`169.254.169.254`).
 pub const ALWAYS_BLOCKED: &str = "169.254.0.0/16";
+
+/// Docker's `iptables` chain for other programs' rules: on a host running Docker, whose
+/// `FORWARD` policy is `DROP`, sandbox traffic passes only if accepted there.
+const DOCKER_CHAIN: &str = "DOCKER-USER";
 
 /// How long one `ip` or `nft` call may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -103,6 +109,8 @@ pub(crate) struct Networking {
     ready: OnceCell<()>,
     /// This backend turned `ip_forward` on.
     forwarding_ours: AtomicBool,
+    /// This backend's sandboxes are let past Docker's `FORWARD` policy.
+    docker_passed: AtomicBool,
 }
 
 impl std::fmt::Debug for Networking {
@@ -232,6 +240,7 @@ impl Networking {
             slots: Mutex::new(Slots::default()),
             ready: OnceCell::new(),
             forwarding_ours: AtomicBool::new(false),
+            docker_passed: AtomicBool::new(false),
         })
     }
 
@@ -261,10 +270,71 @@ impl Networking {
                     self.forwarding_ours.store(true, Ordering::SeqCst);
                     tracing::info!("net.ipv4.ip_forward turned on for sandbox egress");
                 }
+                self.pass_docker().await;
                 Ok(())
             })
             .await
             .map(|_| ())
+    }
+
+    /// The `iptables` rules of [`DOCKER_CHAIN`] that let this backend's sandbox traffic past
+    /// Docker's `FORWARD` policy: what leaves its sandboxes, and what answers them (this
+    /// backend's own table, which comes first, has already dropped what it does not allow).
+    /// Tagged with the table's name, so that each backend removes its own.
+    fn docker_rules(&self) -> [Vec<String>; 2] {
+        let range = format!("{}/{}", self.range.0, self.range.1);
+        let tag = ["-m", "comment", "--comment", &self.table, "-j", "ACCEPT"];
+        let rule = |head: &[&str]| -> Vec<String> {
+            head.iter().chain(&tag).map(|s| s.to_string()).collect()
+        };
+        [
+            rule(&["-i", "tf+", "-s", &range]),
+            rule(&[
+                "-o",
+                "tf+",
+                "-d",
+                &range,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "RELATED,ESTABLISHED",
+            ]),
+        ]
+    }
+
+    /// On a host running Docker (its [`DOCKER_CHAIN`] exists), lets sandbox traffic past its
+    /// `FORWARD` policy; quiet without Docker or `iptables`.
+    async fn pass_docker(&self) {
+        if self.docker_passed.load(Ordering::SeqCst)
+            || run("iptables", &["-w", "-n", "-L", DOCKER_CHAIN], None)
+                .await
+                .is_err()
+        {
+            return;
+        }
+        for rule in self.docker_rules() {
+            let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
+            let command = |op: &'static str| [&["-w", op, DOCKER_CHAIN][..], &rule].concat();
+            if run("iptables", &command("-C"), None).await.is_ok() {
+                continue;
+            }
+            if let Err(error) = run("iptables", &command("-I"), None).await {
+                tracing::warn!(%error, "sandbox egress not let past Docker's FORWARD policy");
+                return;
+            }
+        }
+        self.docker_passed.store(true, Ordering::SeqCst);
+        tracing::info!("sandbox egress let past Docker's FORWARD policy (iptables {DOCKER_CHAIN})");
+    }
+
+    /// Removes what [`Self::pass_docker`] added, by this or a crashed run.
+    async fn unpass_docker(&self) {
+        for rule in self.docker_rules() {
+            let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
+            let delete = [&["-w", "-D", DOCKER_CHAIN][..], &rule].concat();
+            while run("iptables", &delete, None).await.is_ok() {}
+        }
+        self.docker_passed.store(false, Ordering::SeqCst);
     }
 
     /// The table: rebuilt whole (an old one of a crashed run is replaced).
@@ -340,6 +410,12 @@ impl Networking {
         policy: &Policy,
     ) -> Result<(Attachment, String), BackendError> {
         self.ready().await?;
+        // Docker started after the first sandbox had egress.
+        if !self.docker_passed.load(Ordering::SeqCst)
+            && std::path::Path::new("/sys/class/net/docker0").exists()
+        {
+            self.pass_docker().await;
+        }
         let slot = {
             let mut slots = self.slots();
             let capacity = 1u32 << (30 - u32::from(self.range.1).min(30));
@@ -434,17 +510,24 @@ impl Networking {
         if self.ready.get().is_some() {
             return;
         }
-        let _ = run("nft", &["delete", "table", "inet", &self.table], None).await;
+        let removed = run("nft", &["delete", "table", "inet", &self.table], None).await;
+        // A run that made its table may have let its sandboxes past Docker too.
+        if removed.is_ok() {
+            self.unpass_docker().await;
+        }
     }
 
-    /// Undoes what the backend changed on the host: its table, and `ip_forward` if it turned
-    /// it on.
+    /// Undoes what the backend changed on the host: its table, its rules in Docker's chain,
+    /// and `ip_forward` if it turned it on.
     pub(crate) async fn shutdown(&self) {
         if self.ready.get().is_none() {
             return;
         }
         if let Err(error) = run("nft", &["delete", "table", "inet", &self.table], None).await {
             tracing::warn!(%error, table = %self.table, "nftables table not removed");
+        }
+        if self.docker_passed.load(Ordering::SeqCst) {
+            self.unpass_docker().await;
         }
         if self.forwarding_ours.swap(false, Ordering::SeqCst) {
             // Another worker of this host may still need it.
