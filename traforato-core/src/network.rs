@@ -83,6 +83,67 @@ pub enum PolicyError {
     },
 }
 
+/// A rate each way of a sandbox's network: bits per second, written `20mbit`, `500kbit`,
+/// `1gbit` (decimal units, any case), at least 64 kbit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Bandwidth(u64);
+
+/// Why a bandwidth was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{raw:?} is not a bandwidth: {reason} (e.g. 20mbit, 500kbit, 1gbit)")]
+pub struct BandwidthError {
+    raw: String,
+    reason: &'static str,
+}
+
+impl Bandwidth {
+    /// The slowest rate: 64 kbit/s.
+    pub const MIN: Bandwidth = Bandwidth(64_000);
+
+    /// Bits per second.
+    pub fn bits_per_second(self) -> u64 {
+        self.0
+    }
+}
+
+impl FromStr for Bandwidth {
+    type Err = BandwidthError;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let refuse = |reason| BandwidthError {
+            raw: raw.to_string(),
+            reason,
+        };
+        let lower = raw.trim().to_ascii_lowercase();
+        let (number, scale) = [
+            ("gbit", 1_000_000_000u64),
+            ("mbit", 1_000_000),
+            ("kbit", 1_000),
+        ]
+        .into_iter()
+        .find_map(|(unit, scale)| lower.strip_suffix(unit).map(|n| (n, scale)))
+        .ok_or_else(|| refuse("no unit (kbit, mbit or gbit)"))?;
+        let number: u64 = number
+            .trim()
+            .parse()
+            .map_err(|_| refuse("not a whole number of its unit"))?;
+        let bits = number
+            .checked_mul(scale)
+            .filter(|b| *b <= 100_000_000_000)
+            .ok_or_else(|| refuse("more than 100gbit"))?;
+        if bits < Self::MIN.0 {
+            return Err(refuse("less than 64kbit"));
+        }
+        Ok(Bandwidth(bits))
+    }
+}
+
+impl fmt::Display for Bandwidth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}bit", self.0)
+    }
+}
+
 /// An address range: `addr/prefix`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Cidr {
@@ -429,6 +490,37 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bandwidths() {
+        for (raw, bits) in [
+            ("20mbit", 20_000_000),
+            (" 500KBit", 500_000),
+            ("1gbit", 1_000_000_000),
+            ("64kbit", 64_000),
+        ] {
+            assert_eq!(
+                raw.parse::<Bandwidth>().unwrap().bits_per_second(),
+                bits,
+                "{raw}"
+            );
+        }
+        for (raw, says) in [
+            ("20", "no unit"),
+            ("20mb", "no unit"),
+            ("1.5mbit", "whole number"),
+            ("-1mbit", "whole number"),
+            ("10kbit", "less than 64kbit"),
+            ("200gbit", "more than 100gbit"),
+        ] {
+            let err = raw.parse::<Bandwidth>().unwrap_err().to_string();
+            assert!(err.contains(says), "{raw}: {err}");
+        }
+        assert_eq!(
+            "2mbit".parse::<Bandwidth>().unwrap().to_string(),
+            "2000000bit"
+        );
+    }
 
     fn rule(raw: &str) -> AllowRule {
         raw.parse().unwrap_or_else(|e| panic!("{raw}: {e}"))

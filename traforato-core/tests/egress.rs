@@ -49,6 +49,23 @@ socketserver.ThreadingTCPServer.allow_reuse_address = True
 socketserver.ThreadingTCPServer((sys.argv[1], 443), Answer).serve_forever()
 "#;
 
+/// A sink of the test internet on port 9000: reads a connection to its end, answers how many
+/// bytes came.
+const SINK: &str = r#"
+import socketserver, sys
+class Count(socketserver.BaseRequestHandler):
+    def handle(self):
+        n = 0
+        while True:
+            b = self.request.recv(65536)
+            if not b:
+                break
+            n += len(b)
+        self.request.sendall(str(n).encode())
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer((sys.argv[1], 9000), Count).serve_forever()
+"#;
+
 /// The test internet: a namespace with `198.18.<k>.2`, reached from the host over a veth
 /// whose host end is `198.18.<k>.1`.
 struct Internet {
@@ -98,6 +115,7 @@ impl Internet {
         ));
         let site = tempfile::tempdir().unwrap().keep();
         std::fs::write(site.join("index.html"), "hello from the test internet\n").unwrap();
+        std::fs::write(site.join("big"), vec![b'x'; 512 * 1024]).unwrap();
         let python = |args: &[&str]| {
             Command::new("ip")
                 .args(["netns", "exec", &name, "python3"])
@@ -112,6 +130,7 @@ impl Internet {
             python(&["-m", "http.server", "--bind", &addr, "8080"]),
             python(&["-m", "http.server", "--bind", &addr, "80"]),
             python(&["-c", TLS_STAND_IN, &addr]),
+            python(&["-c", SINK, &addr]),
             python(&["-c", DNS_SERVER, &addr]),
         ];
         let internet = Self {
@@ -121,7 +140,7 @@ impl Internet {
             servers,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        for port in [8080, 80, 443] {
+        for port in [8080, 80, 443, 9000] {
             while std::net::TcpStream::connect((internet.addr.as_str(), port)).is_err() {
                 assert!(Instant::now() < deadline, "the test internet's port {port}");
                 std::thread::sleep(Duration::from_millis(50));
@@ -201,20 +220,21 @@ async fn egress_none_reaches_nothing_and_all_reaches_the_internet_but_never_the_
     let Some(internet) = Internet::start() else {
         return;
     };
+    let settings = NetworkSettings {
+        dns_upstream: Some(format!("{}:53", internet.addr).parse().unwrap()),
+        // The test internet lives in the benchmarking range, blocked by default.
+        blocked: DEFAULT_BLOCKED
+            .iter()
+            .filter(|range| **range != "198.18.0.0/15")
+            .map(|range| range.to_string())
+            .collect(),
+        // The test internet is reached through its veth, not the default route.
+        uplink: Some(internet.host_if.clone()),
+        ..NetworkSettings::default()
+    };
     let config = ContainerConfig {
         python_zygote: false,
-        network: NetworkSettings {
-            dns_upstream: Some(format!("{}:53", internet.addr).parse().unwrap()),
-            // The test internet lives in the benchmarking range, blocked by default.
-            blocked: DEFAULT_BLOCKED
-                .iter()
-                .filter(|range| **range != "198.18.0.0/15")
-                .map(|range| range.to_string())
-                .collect(),
-            // The test internet is reached through its veth, not the default route.
-            uplink: Some(internet.host_if.clone()),
-            ..NetworkSettings::default()
-        },
+        network: settings.clone(),
         ..ContainerConfig::for_tests("egress", env!("CARGO_BIN_EXE_traforato-sandbox-init"))
     };
     let state_dir = config.state_dir.clone();
@@ -491,6 +511,58 @@ async fn egress_none_reaches_nothing_and_all_reaches_the_internet_but_never_the_
         forwarding_before,
         "ip_forward is as it was"
     );
+    let _ = backend.cleanup_leftovers().await;
+    let _ = std::fs::remove_dir_all(&state_dir);
+
+    // A bandwidth cap, each way: 4 Mbit/s moves 512 KiB in about a second (uncapped, in
+    // milliseconds).
+    let config = ContainerConfig {
+        python_zygote: false,
+        network: NetworkSettings {
+            bandwidth: Some("4mbit".parse().unwrap()),
+            ..settings
+        },
+        ..ContainerConfig::for_tests("egress-cap", env!("CARGO_BIN_EXE_traforato-sandbox-init"))
+    };
+    let state_dir = config.state_dir.clone();
+    let backend = Arc::new(ContainerBackend::new(config).expect("container backend as root"));
+    let vm = backend
+        .provision(ProvisionSpec {
+            vm_id: LocalVmId::new_random(),
+            tuple: SandboxTuple::normalize("container", "host", 1, "container"),
+            memory_mib: 256,
+        })
+        .await
+        .expect("a sandbox");
+    vm.set_network(&Policy::all()).await.expect("capped egress");
+    let timed = |transfer: &str| {
+        format!(
+            "import socket, time, urllib.request\n\
+             t = time.monotonic()\n\
+             n = {transfer}\n\
+             print(n, round(time.monotonic() - t, 2))"
+        )
+    };
+    let ip = internet.addr.as_str();
+    let download = timed(&format!(
+        "len(urllib.request.urlopen('http://{ip}:8080/big', timeout=20).read())"
+    ));
+    let upload = timed(&format!(
+        "(lambda s: (s.sendall(b'x' * 524288), s.shutdown(socket.SHUT_WR), \
+         int(s.recv(64)))[2])(socket.create_connection(('{ip}', 9000), timeout=20))"
+    ));
+    for (way, code) in [("download", download), ("upload", upload)] {
+        let answer = python(&vm, &code).await;
+        let (bytes, seconds) = answer.split_once(' ').expect(&answer);
+        assert_eq!(bytes, "524288", "{way}: {answer}");
+        let seconds: f64 = seconds.parse().unwrap();
+        assert!(
+            seconds >= 0.7,
+            "{way} of 512 KiB at 4 Mbit/s took {seconds} s"
+        );
+    }
+    vm.destroy().await.unwrap();
+    backend.shutdown().await;
     let _ = backend.cleanup_leftovers().await;
     let _ = std::fs::remove_dir_all(&state_dir);
     drop(internet);

@@ -155,6 +155,7 @@ fn container_backend(settings: &ContainerSettings) -> Result<Arc<dyn VmBackend>,
     }
     config.network.dns_upstream = settings.network.dns_upstream;
     config.network.uplink = settings.network.uplink.clone();
+    config.network.bandwidth = settings.network.bandwidth;
     config.registries.allowed = oci.allowed_registries.clone();
     match ContainerBackend::new(config) {
         Ok(backend) => Ok(Arc::new(backend)),

@@ -151,6 +151,8 @@ layer! {
         pub dns_upstream: Option<String>,
         /// `uplink`: the interface sandbox traffic leaves by.
         pub uplink: Option<String>,
+        /// `bandwidth`: each sandbox's rate each way (`20mbit`).
+        pub bandwidth: Option<String>,
     }
 }
 

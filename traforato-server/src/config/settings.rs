@@ -130,6 +130,8 @@ pub struct EgressPlumbing {
     pub dns_upstream: Option<std::net::SocketAddr>,
     /// `uplink`: the interface sandbox traffic leaves by.
     pub uplink: Option<String>,
+    /// `bandwidth`: each sandbox's rate each way.
+    pub bandwidth: Option<traforato_core::network::Bandwidth>,
 }
 
 /// The YAML `images` section: where OCI images are kept and how registries are reached.
@@ -499,6 +501,17 @@ impl WorkerSettings {
                         .map(|raw| parse_resolver(&raw))
                         .transpose()?,
                     uplink: non_empty(layer.network.uplink.clone()),
+                    bandwidth: non_empty(layer.network.bandwidth.clone())
+                        .map(|raw| {
+                            raw.parse()
+                                .map_err(|e: traforato_core::network::BandwidthError| {
+                                    ConfigError::InvalidValue {
+                                        key: "network.bandwidth",
+                                        reason: e.to_string(),
+                                    }
+                                })
+                        })
+                        .transpose()?,
                 },
                 ..layer.container.into()
             },

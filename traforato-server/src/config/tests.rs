@@ -297,10 +297,20 @@ fn yaml_network_section() {
     let values = worker(
         &[],
         "network:\n  range: 10.99.0.0/16\n  blocked-cidrs: [\"10.0.0.0/8\", \" \"]\n  \
-         dns-upstream: 192.0.2.53\n  uplink: eth1\n",
+         dns-upstream: 192.0.2.53\n  uplink: eth1\n  bandwidth: 20Mbit\n",
     )
     .unwrap();
     let plumbing = &values.container.network;
+    assert_eq!(
+        plumbing.bandwidth.map(|b| b.bits_per_second()),
+        Some(20_000_000)
+    );
+    let err = worker(&[], "network:\n  bandwidth: fast\n").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid network.bandwidth: \"fast\" is not a bandwidth: no unit (kbit, mbit or gbit) \
+         (e.g. 20mbit, 500kbit, 1gbit)"
+    );
     assert_eq!(plumbing.range.as_deref(), Some("10.99.0.0/16"));
     assert_eq!(plumbing.blocked_cidrs, Some(vec!["10.0.0.0/8".to_string()]));
     assert_eq!(

@@ -23,7 +23,7 @@
 use std::collections::BTreeSet;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -38,7 +38,7 @@ use tokio::task::JoinHandle;
 use super::dns::{self, AllowAddresses};
 use super::{inspect, netlink};
 use crate::backend::BackendError;
-use crate::network::{AllowRule, Cidr, Egress, Policy};
+use crate::network::{AllowRule, Bandwidth, Cidr, Egress, Policy};
 
 /// The default range sandboxes get their addresses from: one `/30` each.
 pub const DEFAULT_RANGE: &str = "10.213.0.0/16";
@@ -83,6 +83,9 @@ pub struct NetworkSettings {
     /// The interface sandbox traffic leaves by; `None`: the interface of the host's default
     /// route (any interface when there is none).
     pub uplink: Option<String>,
+    /// Each sandbox's rate each way (a token bucket on both ends of its veth pair); `None`:
+    /// unlimited.
+    pub bandwidth: Option<Bandwidth>,
 }
 
 impl Default for NetworkSettings {
@@ -92,6 +95,7 @@ impl Default for NetworkSettings {
             blocked: DEFAULT_BLOCKED.iter().map(|s| s.to_string()).collect(),
             dns_upstream: None,
             uplink: None,
+            bandwidth: None,
         }
     }
 }
@@ -105,6 +109,7 @@ pub(crate) struct Networking {
     never: Arc<Vec<Cidr>>,
     dns_upstream: Option<SocketAddr>,
     uplink: Option<String>,
+    bandwidth: Option<Bandwidth>,
     slots: Mutex<Slots>,
     ready: OnceCell<()>,
     /// This backend turned `ip_forward` on.
@@ -237,6 +242,7 @@ impl Networking {
             never: Arc::new(never),
             dns_upstream: settings.dns_upstream,
             uplink: settings.uplink.clone(),
+            bandwidth: settings.bandwidth,
             slots: Mutex::new(Slots::default()),
             ready: OnceCell::new(),
             forwarding_ours: AtomicBool::new(false),
@@ -468,7 +474,10 @@ impl Networking {
             policy = rules.first_policy_script(&current),
         );
         run("nft", &["-f", "-"], Some(&script)).await?;
-        netlink::plumb(netns, &rules.host_if, gateway, sandbox).await?;
+        netlink::plumb(Arc::clone(&netns), &rules.host_if, gateway, sandbox).await?;
+        if let Some(rate) = self.bandwidth {
+            shape(&netns, &rules.host_if, rate).await?;
+        }
         let firewall = Arc::new(SandboxFirewall {
             rules: rules.clone(),
         });
@@ -712,6 +721,30 @@ impl Drop for Attachment {
             runtime.spawn(undo);
         }
     }
+}
+
+/// Caps both directions of a sandbox's traffic at `rate`: a token bucket (`tbf`) as the root
+/// queue of the host side (what the sandbox receives) and of `eth0` (what it sends; sandbox
+/// root has no `CAP_NET_ADMIN` to remove it). Bursts of 20 ms of traffic, at least 16 KiB.
+async fn shape(netns: &OwnedFd, host_if: &str, rate: Bandwidth) -> Result<(), BackendError> {
+    let bits = rate.bits_per_second();
+    let burst = (bits / 8 / 50).max(16 * 1024);
+    let qdisc = |dev: &str| {
+        format!("qdisc add dev {dev} root tbf rate {bits}bit burst {burst} latency 50ms\n")
+    };
+    run("tc", &["-batch", "-"], Some(&qdisc(host_if))).await?;
+    // The namespace through the worker's own descriptor: no pid to reuse.
+    let inside = format!(
+        "--net=/proc/{}/fd/{}",
+        std::process::id(),
+        netns.as_raw_fd()
+    );
+    run(
+        "nsenter",
+        &[&inside, "tc", "-batch", "-"],
+        Some(&qdisc("eth0")),
+    )
+    .await
 }
 
 /// The first `nameserver` of the host's `/etc/resolv.conf`, on port 53.
