@@ -242,14 +242,14 @@ async fn binaries_report_configuration_errors() {
 }
 
 /// A running binary whose stdout (JSON log lines) is collected as it comes.
-struct Bin {
+pub(crate) struct Bin {
     child: tokio::process::Child,
     lines: Arc<std::sync::Mutex<Vec<String>>>,
     reader: JoinHandle<()>,
 }
 
 impl Bin {
-    fn spawn(path: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+    pub(crate) fn spawn(path: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         use tokio::io::AsyncBufReadExt;
         let mut child = tokio::process::Command::new(path)
             .args(args)
@@ -276,7 +276,7 @@ impl Bin {
     }
 
     /// The first log record with `msg` (waiting for it).
-    async fn record(&self, msg: &str) -> Value {
+    pub(crate) async fn record(&self, msg: &str) -> Value {
         let find = || {
             self.lines
                 .lock()
@@ -299,8 +299,14 @@ impl Bin {
         format!("http://{}", record["addr"].as_str().unwrap())
     }
 
+    /// SIGKILL, as a crash: nothing of its shutdown runs.
+    pub(crate) async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+        self.reader.abort();
+    }
+
     /// SIGTERM, wait for a clean exit, and return every log line.
-    async fn stop(mut self) -> Vec<String> {
+    pub(crate) async fn stop(mut self) -> Vec<String> {
         let pid = self.child.id().unwrap().to_string();
         let killed = tokio::process::Command::new("kill")
             .args(["-TERM", &pid])

@@ -425,3 +425,168 @@ async fn the_prototype_quick_start_runs_alpine_through_a_mirror() {
     backend.remove_cgroup_parents().unwrap();
     let _ = std::fs::remove_dir_all(&state_dir);
 }
+
+/// A worker killed (`SIGKILL`) while its sandbox has egress leaves its sandbox, cgroups and
+/// nftables table behind; started again, it removes them before it serves, and nothing of
+/// the sandbox's network (its veth pair, its rules in Docker's chain) survives; the crashed
+/// run's cgroup parents go when it stops.
+#[tokio::test]
+async fn a_crashed_worker_removes_its_leftovers_when_it_starts_again() {
+    use crate::binaries::Bin;
+    use std::process::Command;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipping: needs root (runs in CI as root)");
+        return;
+    }
+    if Command::new("nft").arg("--version").output().is_err() {
+        eprintln!("skipping: needs nft (scripts/test installs nftables)");
+        return;
+    }
+    let tag = format!(
+        "e2e-crash-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let table = format!("traforato_{}", tag.replace('-', "_"));
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let yaml = dir.path().join("worker.yaml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "container:\n  state-dir: {}\n  cgroup-parent: {tag}\n  python-zygote: false\n\
+             network:\n  range: 10.215.0.0/16\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    let path = std::env::var("PATH").unwrap_or_default();
+    let start = || {
+        Bin::spawn(
+            env!("CARGO_BIN_EXE_traforato-dev"),
+            &[
+                "--broker-listen",
+                "127.0.0.1:0",
+                "--worker-listen",
+                "127.0.0.1:0",
+                "--default-virtualization",
+                "container",
+                "--file",
+                yaml.to_str().unwrap(),
+            ],
+            &[("PATH", &path)],
+        )
+    };
+    let output = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let cgroups = || {
+        output("find", &["/sys/fs/cgroup", "-maxdepth", "3", "-name", &tag])
+            .lines()
+            .filter(|dir| {
+                std::fs::read_dir(dir).is_ok_and(|entries| {
+                    entries
+                        .flatten()
+                        .any(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                })
+            })
+            .count()
+    };
+
+    let veths = || -> std::collections::BTreeSet<String> {
+        output("ip", &["-o", "link"])
+            .lines()
+            .filter_map(|line| line.split(": ").nth(1))
+            .filter(|name| name.starts_with("tf"))
+            .map(|name| name.split('@').next().unwrap_or(name).to_string())
+            .collect()
+    };
+    let sandboxes = || {
+        std::fs::read_dir(&state).map_or(0, |entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().is_dir() && e.file_name() != "images")
+                .count()
+        })
+    };
+    let before = veths();
+
+    let dev = start();
+    let configured = dev.record("dev environment configured").await;
+    let broker_url = configured["broker_url"].as_str().unwrap().to_string();
+    let created = wait_for_create(&broker_url).await;
+    let id = created["sandbox_id"].as_str().unwrap();
+    let resp = follow()
+        .get(format!("{broker_url}/sandboxes/{id}"))
+        .expect_status(200)
+        .await;
+    let shown = body_json(resp).await;
+    assert_eq!(shown["network"]["egress"], "all", "{shown}");
+    let ours: std::collections::BTreeSet<String> = veths().difference(&before).cloned().collect();
+    assert_eq!(ours.len(), 1, "the sandbox's veth: {ours:?}");
+    assert!(cgroups() > 0, "the sandbox's cgroup");
+    let left = sandboxes();
+    assert!(left > 0, "the sandbox's directory");
+
+    let docker_rules = || {
+        output("iptables", &["-w", "-S", "DOCKER-USER"])
+            .matches(&table)
+            .count()
+    };
+    let docker = Command::new("iptables")
+        .args(["-w", "-S", "DOCKER-USER"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if docker {
+        assert_eq!(docker_rules(), 2, "the worker's rules in Docker's chain");
+    }
+    dev.kill().await;
+    assert!(
+        output("nft", &["list", "tables"]).contains(&table),
+        "a crash leaves the table"
+    );
+    let dev = start();
+    let _ = dev.record("dev environment configured").await;
+    wait_until("the leftovers to go", || {
+        let gone = !output("nft", &["list", "tables"]).contains(&table)
+            && veths().is_disjoint(&ours)
+            && cgroups() == 0
+            && sandboxes() < left;
+        async move { gone }
+    })
+    .await;
+    assert_eq!(
+        docker_rules(),
+        0,
+        "no rule of the crashed run in Docker's chain"
+    );
+    dev.stop().await;
+    assert_eq!(
+        output("find", &["/sys/fs/cgroup", "-maxdepth", "3", "-name", &tag]),
+        "",
+        "the crashed run's cgroup parents go at the next clean stop"
+    );
+    assert!(!output("nft", &["list", "tables"]).contains(&table));
+}
+
+/// Creates a sandbox with egress through the broker at `broker_url` once its worker has
+/// registered.
+async fn wait_for_create(broker_url: &str) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let resp = follow()
+            .post(format!("{broker_url}/sandboxes"))
+            .json(&json!({"image": "host", "network": {"egress": "all"}}))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() != 503 || tokio::time::Instant::now() > deadline {
+            assert_eq!(resp.status(), 201);
+            return body_json(resp).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -55,6 +55,8 @@ pub(crate) struct CgroupDriver {
     /// The parent directories [`CgroupDriver::prepare`] created (not those that existed),
     /// outermost first: what [`CgroupDriver::remove_parents`] may remove. Shared by clones.
     created: std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>>,
+    /// A file that lists `created`, so that a run after a crash removes them too.
+    ledger: Option<PathBuf>,
 }
 
 /// Picks v1 when cpu, memory and pids all have v1 hierarchies, else v2 when one cgroup2 mount
@@ -131,7 +133,69 @@ impl CgroupDriver {
             hierarchies,
             parent: parent.to_string(),
             created: Default::default(),
+            ledger: None,
         })
+    }
+
+    /// Keeps the list of the parents it creates in `path` too (in the state dir): see
+    /// [`CgroupDriver::adopt_ledger`].
+    pub(crate) fn with_ledger(mut self, path: PathBuf) -> Self {
+        self.ledger = Some(path);
+        self
+    }
+
+    /// Takes on the parents a previous run (one that crashed) listed as its own in the
+    /// ledger, so that [`CgroupDriver::remove_parents`] removes them too. Only directories of
+    /// this driver's hierarchies ending in its parent's path are taken.
+    pub(crate) fn adopt_ledger(&self) {
+        let Some(text) = self
+            .ledger
+            .as_ref()
+            .and_then(|l| fs::read_to_string(l).ok())
+        else {
+            return;
+        };
+        let mut record = self.created.lock().unwrap_or_else(|e| e.into_inner());
+        for line in text.lines() {
+            let dir = PathBuf::from(line);
+            let ours = self.hierarchies.iter().any(|h| {
+                dir.strip_prefix(&h.root).is_ok_and(|rel| {
+                    !rel.as_os_str().is_empty()
+                        && Path::new(self.parent.trim_matches('/')).starts_with(rel)
+                })
+            });
+            if ours && dir.is_dir() && !record.contains(&dir) {
+                record.push(dir);
+            }
+        }
+    }
+
+    /// Writes the ledger with what was created so far.
+    pub(crate) fn save_ledger(&self) {
+        let record = self.created.lock().unwrap_or_else(|e| e.into_inner());
+        self.write_ledger(&record);
+    }
+
+    /// Writes the ledger (removed when nothing is listed).
+    fn write_ledger(&self, record: &[PathBuf]) {
+        let Some(ledger) = &self.ledger else {
+            return;
+        };
+        let result = if record.is_empty() {
+            match fs::remove_file(ledger) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            }
+        } else {
+            let text: String = record
+                .iter()
+                .map(|d| format!("{}\n", d.display()))
+                .collect();
+            fs::write(ledger, text)
+        };
+        if let Err(error) = result {
+            tracing::warn!(%error, ledger = %ledger.display(), "cgroup parents not recorded");
+        }
     }
 
     /// v1 or v2.
@@ -189,10 +253,14 @@ impl CgroupDriver {
             }
         }
         let mut record = self.created.lock().unwrap_or_else(|e| e.into_inner());
+        let new = !created.is_empty();
         for dir in created {
             if !record.contains(&dir) {
                 record.push(dir);
             }
+        }
+        if new {
+            self.write_ledger(&record);
         }
         Ok(())
     }
@@ -289,6 +357,7 @@ impl CgroupDriver {
         }
         // Outermost first again.
         record.extend(kept.iter().rev().cloned());
+        self.write_ledger(&record);
         Ok(kept)
     }
 }
@@ -623,6 +692,7 @@ mod tests {
             }],
             parent: parent.to_string(),
             created: Default::default(),
+            ledger: None,
         }
     }
 
@@ -657,6 +727,55 @@ mod tests {
     }
 
     #[test]
+    fn a_crashed_runs_parents_are_adopted_from_the_ledger() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("pids");
+        fs::create_dir(&root).unwrap();
+        let ledger = tmp.path().join("cgroup-parents");
+        let driver = || CgroupDriver {
+            version: CgroupVersion::V1,
+            hierarchies: vec![Hierarchy {
+                root: root.clone(),
+                controllers: vec![],
+            }],
+            parent: "a/b".to_string(),
+            created: Default::default(),
+            ledger: Some(ledger.clone()),
+        };
+        let crashed = driver();
+        crashed.prepare().unwrap();
+        assert_eq!(
+            fs::read_to_string(&ledger).unwrap(),
+            format!(
+                "{}\n{}\n",
+                root.join("a").display(),
+                root.join("a/b").display()
+            )
+        );
+        // The crashed run never removes them; the next one, finding them, created nothing
+        // itself, but adopts what the ledger lists (and nothing outside its parent's path).
+        fs::create_dir(root.join("elsewhere")).unwrap();
+        fs::write(
+            &ledger,
+            format!(
+                "{}\n{}\n{}\n/etc\n",
+                root.join("a").display(),
+                root.join("a/b").display(),
+                root.join("elsewhere").display()
+            ),
+        )
+        .unwrap();
+        let next = driver();
+        next.prepare().unwrap();
+        next.adopt_ledger();
+        next.save_ledger();
+        assert_eq!(next.remove_parents().unwrap(), Vec::<PathBuf>::new());
+        assert!(!root.join("a").exists());
+        assert!(root.join("elsewhere").exists());
+        assert!(!ledger.exists(), "nothing left to list");
+    }
+
+    #[test]
     fn parents_made_again_after_vanishing_are_removed_too() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("pids");
@@ -670,6 +789,7 @@ mod tests {
             }],
             parent: "a/b".to_string(),
             created: Default::default(),
+            ledger: None,
         };
         driver.prepare().unwrap();
         // Another worker sharing the parent removed it at its shutdown.
@@ -713,6 +833,7 @@ mod tests {
             ],
             parent: "tf".to_string(),
             created: Default::default(),
+            ledger: None,
         };
         fs::create_dir_all(tmp.path().join("pids/tf")).unwrap();
         let limits = Limits {

@@ -130,6 +130,9 @@ use crate::backend::{BackendError, ImageCatalog, ProvisionSpec, Vm, VmBackend};
 use crate::id::LocalVmId;
 use crate::network::Egress;
 
+/// The file of the state dir that lists the cgroup parents this backend created.
+const CGROUP_LEDGER: &str = "cgroup-parents";
+
 /// Directories prepared in every sandbox's writable layer: mount points and the usual
 /// writable places, owned by the sandbox's root.
 const UPPER_DIRS: [(&str, u32); 5] = [
@@ -281,7 +284,9 @@ impl ContainerBackend {
         check_prerequisites(&config)?;
         // Before anything is created, so that a refusal leaves nothing behind.
         check_searchable(&config.state_dir)?;
-        let cgroups = CgroupDriver::detect(&config.cgroup_parent).map_err(unavailable)?;
+        let cgroups = CgroupDriver::detect(&config.cgroup_parent)
+            .map_err(unavailable)?
+            .with_ledger(config.state_dir.join(CGROUP_LEDGER));
         cgroups.prepare().map_err(|e| {
             unavailable(format!(
                 "cannot set up the cgroup parent {:?}: {e} (the worker needs write access to \
@@ -300,6 +305,10 @@ impl ContainerBackend {
                     config.state_dir.display()
                 ))
             })?;
+        // The parents made above, now that the state dir exists, with those a crashed run
+        // made (this backend's to remove at shutdown).
+        cgroups.adopt_ledger();
+        cgroups.save_ledger();
         let host = image::host_image(&images_dir, config.uid_base, &config.hostname)
             .map_err(|e| unavailable(format!("cannot build the host image: {e}")))?;
         let mut images = ImageStore::new(host, config.images.clone(), config.default_image.clone());
