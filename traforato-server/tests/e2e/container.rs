@@ -426,7 +426,8 @@ async fn the_prototype_quick_start_runs_alpine_through_a_mirror() {
     let _ = std::fs::remove_dir_all(&state_dir);
 }
 
-/// A worker killed (`SIGKILL`) while its sandbox has egress leaves its sandbox, cgroups and
+/// A sandbox with egress whose TTL runs out takes its veth pair with it. A worker killed
+/// (`SIGKILL`) while its sandbox has egress leaves its sandbox, cgroups and
 /// nftables table behind; started again, it removes them before it serves, and nothing of
 /// the sandbox's network (its veth pair, its rules in Docker's chain) survives; the crashed
 /// run's cgroup parents go when it stops.
@@ -517,7 +518,11 @@ async fn a_crashed_worker_removes_its_leftovers_when_it_starts_again() {
     let dev = start();
     let configured = dev.record("dev environment configured").await;
     let broker_url = configured["broker_url"].as_str().unwrap().to_string();
-    let created = wait_for_create(&broker_url).await;
+    let created = wait_for_create(
+        &broker_url,
+        json!({"image": "host", "network": {"egress": "all"}}),
+    )
+    .await;
     let id = created["sandbox_id"].as_str().unwrap();
     let resp = follow()
         .get(format!("{broker_url}/sandboxes/{id}"))
@@ -530,6 +535,24 @@ async fn a_crashed_worker_removes_its_leftovers_when_it_starts_again() {
     assert!(cgroups() > 0, "the sandbox's cgroup");
     let left = sandboxes();
     assert!(left > 0, "the sandbox's directory");
+    // A sandbox whose TTL runs out takes its network with it.
+    wait_for_create(
+        &broker_url,
+        json!({"image": "host", "ttl_seconds": 1, "network": {"egress": "all"}}),
+    )
+    .await;
+    assert_eq!(
+        veths().difference(&before).count(),
+        2,
+        "two sandboxes' veths"
+    );
+    wait_until("the expired sandbox's veth to go", || {
+        let now: std::collections::BTreeSet<String> =
+            veths().difference(&before).cloned().collect();
+        let done = now == ours;
+        async move { done }
+    })
+    .await;
 
     let docker_rules = || {
         output("iptables", &["-w", "-S", "DOCKER-USER"])
@@ -572,14 +595,14 @@ async fn a_crashed_worker_removes_its_leftovers_when_it_starts_again() {
     assert!(!output("nft", &["list", "tables"]).contains(&table));
 }
 
-/// Creates a sandbox with egress through the broker at `broker_url` once its worker has
+/// Creates a sandbox (`body`) through the broker at `broker_url` once its worker has
 /// registered.
-async fn wait_for_create(broker_url: &str) -> serde_json::Value {
+async fn wait_for_create(broker_url: &str, body: serde_json::Value) -> serde_json::Value {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let resp = follow()
             .post(format!("{broker_url}/sandboxes"))
-            .json(&json!({"image": "host", "network": {"egress": "all"}}))
+            .json(&body)
             .send()
             .await
             .unwrap();
