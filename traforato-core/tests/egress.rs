@@ -188,6 +188,17 @@ fn fetch(url: &str) -> String {
     )
 }
 
+/// Pings `host` once from the sandbox: `pong` or `failed: <why>`.
+fn ping(host: &str) -> String {
+    format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP); s.settimeout(2)\n\
+         s.sendto(bytes([8, 0, 0, 0, 0, 0, 0, 1]) + b'ping', ({host:?}, 0))\n\
+         try:\n    print('pong' if s.recvfrom(100)[0][0] == 0 else 'not an echo reply')\n\
+         except Exception as e:\n    print('failed:', type(e).__name__)"
+    )
+}
+
 /// Connects to `host:port` from the sandbox: `connected` or `failed: <why>`.
 fn connect(host: &str, port: u16) -> String {
     format!(
@@ -284,6 +295,10 @@ async fn egress_none_reaches_nothing_and_all_reaches_the_internet_but_never_the_
         "hello from the test internet",
         "names resolve through the worker's DNS forwarder"
     );
+    // Sandbox root pings (ICMP echo sockets, no raw sockets), in its namespace and out.
+    for host in ["127.0.0.1", internet.addr.as_str()] {
+        assert_eq!(python(&vm, &ping(host)).await, "pong", "ping {host}");
+    }
     assert!(python(&vm, &fetch("http://nowhere.invalid:8080/"))
         .await
         .starts_with("failed"));

@@ -303,6 +303,13 @@ fn build_sandbox(setup: &Setup) -> Result<OwnedFd, String> {
         ),
     )?;
     build_dev()?;
+    // ICMP echo sockets for the sandbox's own ids (`ping` without raw sockets or their
+    // capability), in its own network namespace; before `/proc/sys` is made read-only. A
+    // kernel that refuses leaves the sandbox without ping, not without a sandbox.
+    let _ = std::fs::write(
+        "proc/sys/net/ipv4/ping_group_range",
+        format!("0 {}", super::config::UID_COUNT - 1),
+    );
     mask_proc()?;
     errno(
         "set hostname",

@@ -465,15 +465,32 @@ impl Networking {
         // exists, so no packet of it ever passes unfiltered.
         let rules = &attachment.rules;
         let current = policy.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let script = format!(
-            "add element inet {t} ours {{ \"{i}\" }}\n\
-             add element inet {t} proxy {{ \"{i}\" . {gateway} . {port} }}\n{policy}",
-            t = rules.table,
-            i = rules.host_if,
-            port = rules.proxy_port,
-            policy = rules.first_policy_script(&current),
-        );
-        run("nft", &["-f", "-"], Some(&script)).await?;
+        if current.egress() == Egress::All {
+            // The common case, through netlink: no program spawned on the create's path.
+            let key = || netlink::SetKey::default().ifname(&rules.host_if);
+            let elements = [
+                ("ours", key()),
+                ("proxy", key().ipv4(gateway).port(rules.proxy_port)),
+                ("egress", key()),
+                ("dns", key().ipv4(gateway)),
+            ];
+            netlink::add_set_elements(&rules.table, &elements).map_err(|e| {
+                BackendError::io(
+                    format!("add {} to the table {}", rules.host_if, rules.table),
+                    e,
+                )
+            })?;
+        } else {
+            let script = format!(
+                "add element inet {t} ours {{ \"{i}\" }}\n\
+                 add element inet {t} proxy {{ \"{i}\" . {gateway} . {port} }}\n{policy}",
+                t = rules.table,
+                i = rules.host_if,
+                port = rules.proxy_port,
+                policy = rules.first_policy_script(&current),
+            );
+            run("nft", &["-f", "-"], Some(&script)).await?;
+        }
         netlink::plumb(Arc::clone(&netns), &rules.host_if, gateway, sandbox).await?;
         if let Some(rate) = self.bandwidth {
             shape(&netns, &rules.host_if, rate).await?;

@@ -1,8 +1,9 @@
-//! A sandbox's veth pair made through rtnetlink from the worker itself, with no program
-//! spawned: the pair is created with its peer (`eth0`) already in the sandbox's network
-//! namespace, the host side addressed and up, then a short-lived thread joins the namespace
-//! to address `eth0`, bring it up and route through the host side. Just the few messages this
-//! needs, each acknowledged.
+//! Netlink from the worker itself, with no program spawned, for what sits on a create's path.
+//! rtnetlink: a sandbox's veth pair is created with its peer (`eth0`) already in the
+//! sandbox's network namespace, the host side addressed and up, then a short-lived thread
+//! joins the namespace to address `eth0`, bring it up and route through the host side.
+//! nfnetlink: elements added to sets of an nftables table in one batch (all or none). Just
+//! the few messages this needs, each acknowledged.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -37,6 +38,20 @@ const AF_INET: u8 = 2;
 const RT_TABLE_MAIN: u8 = 254;
 const RTPROT_BOOT: u8 = 3;
 const RTN_UNICAST: u8 = 1;
+const NLA_F_NESTED: u16 = 0x8000;
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 16;
+const NFNL_MSG_BATCH_END: u16 = 17;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFPROTO_INET: u8 = 1;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_DATA_VALUE: u16 = 1;
+/// The length of an interface name in a set key (`IFNAMSIZ`).
+const IFNAMSIZ: usize = 16;
 
 /// The prefix of every sandbox's `/30`.
 const PREFIX: u8 = 30;
@@ -49,13 +64,25 @@ struct Message {
 
 impl Message {
     fn new(kind: u16, flags: u16) -> Self {
+        Self::numbered(kind, NLM_F_ACK | flags, 1)
+    }
+
+    /// A message with sequence number `seq`; `flags` besides `NLM_F_REQUEST`.
+    fn numbered(kind: u16, flags: u16, seq: u32) -> Self {
         let mut bytes = Vec::with_capacity(256);
         bytes.extend_from_slice(&0u32.to_ne_bytes()); // length, set by `finish`
         bytes.extend_from_slice(&kind.to_ne_bytes());
-        bytes.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK | flags).to_ne_bytes());
-        bytes.extend_from_slice(&1u32.to_ne_bytes()); // sequence
+        bytes.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
+        bytes.extend_from_slice(&seq.to_ne_bytes());
         bytes.extend_from_slice(&0u32.to_ne_bytes()); // port: the kernel's
         Self { bytes }
+    }
+
+    /// An nfnetlink message's `nfgenmsg`: family, version 0, resource id (big-endian).
+    fn nfgen(&mut self, family: u8, resource: u16) -> &mut Self {
+        self.bytes.extend_from_slice(&[family, 0]);
+        self.bytes.extend_from_slice(&resource.to_be_bytes());
+        self
     }
 
     /// An `ifinfomsg` (also the head of a veth peer).
@@ -91,6 +118,11 @@ impl Message {
         at
     }
 
+    /// Opens a nested attribute flagged as such (nfnetlink wants the flag).
+    fn open_nested(&mut self, kind: u16) -> usize {
+        self.open(kind | NLA_F_NESTED)
+    }
+
     fn close(&mut self, at: usize) -> &mut Self {
         let len = (self.bytes.len() - at) as u16;
         self.bytes[at..at + 2].copy_from_slice(&len.to_ne_bytes());
@@ -110,34 +142,44 @@ impl Message {
     }
 }
 
-/// A route netlink socket of the calling thread's network namespace.
+/// A netlink socket (route, or netfilter) of the calling thread's network namespace.
 struct Netlink {
     socket: OwnedFd,
 }
 
 impl Netlink {
     fn open() -> io::Result<Self> {
+        Self::open_protocol(None)
+    }
+
+    fn open_protocol(protocol: Option<rustix::net::Protocol>) -> io::Result<Self> {
         let socket = rustix::net::socket_with(
             AddressFamily::NETLINK,
             SocketType::RAW,
             SocketFlags::CLOEXEC,
-            None,
+            protocol,
         )?;
         Ok(Self { socket })
     }
 
     /// Sends `message` and waits for its acknowledgement; a refusal is its errno.
     fn request(&self, message: &mut Message) -> io::Result<()> {
+        self.send(message.finish(), 1)
+    }
+
+    /// Sends `bytes` (one or more messages) and waits for `acks` acknowledgements; the first
+    /// refusal is its errno.
+    fn send(&self, bytes: &[u8], mut acks: usize) -> io::Result<()> {
         rustix::net::sendto(
             &self.socket,
-            message.finish(),
+            bytes,
             SendFlags::empty(),
             &SocketAddrNetlink::new(0, 0),
         )?;
-        let mut buf = [0u8; 4096];
-        loop {
+        let mut buf = [0u8; 8192];
+        while acks > 0 {
             let (received, _) = rustix::net::recv(&self.socket, &mut buf, RecvFlags::empty())?;
-            let reply = &buf[..received];
+            let reply = &buf[..received.min(buf.len())];
             let mut at = 0;
             while at + 16 <= reply.len() {
                 let len = u32::from_ne_bytes(reply[at..at + 4].try_into().expect("4 bytes"));
@@ -147,10 +189,10 @@ impl Netlink {
                         .get(at + 16..at + 20)
                         .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
                         .ok_or_else(|| io::Error::other("short netlink error message"))?;
-                    return match code {
-                        0 => Ok(()),
-                        errno => Err(io::Error::from_raw_os_error(-errno)),
-                    };
+                    if code != 0 {
+                        return Err(io::Error::from_raw_os_error(-code));
+                    }
+                    acks = acks.saturating_sub(1);
                 }
                 if len < 16 {
                     break;
@@ -158,6 +200,7 @@ impl Netlink {
                 at += (len as usize).next_multiple_of(4);
             }
         }
+        Ok(())
     }
 
     fn index(&self, name: &str) -> io::Result<u32> {
@@ -180,6 +223,66 @@ impl Netlink {
         message.link_info(index, IFF_UP, IFF_UP);
         self.request(&mut message)
     }
+}
+
+/// One key of an nftables set: its fields, each padded to four bytes, as the kernel
+/// concatenates them (`ifname . ipv4_addr . inet_service`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct SetKey(Vec<u8>);
+
+impl SetKey {
+    /// An interface name field (16 bytes, zero-padded).
+    pub(crate) fn ifname(mut self, name: &str) -> Self {
+        let mut field = [0u8; IFNAMSIZ];
+        let bytes = name.as_bytes();
+        field[..bytes.len().min(IFNAMSIZ - 1)]
+            .copy_from_slice(&bytes[..bytes.len().min(IFNAMSIZ - 1)]);
+        self.0.extend_from_slice(&field);
+        self
+    }
+
+    /// An IPv4 address field.
+    pub(crate) fn ipv4(mut self, addr: Ipv4Addr) -> Self {
+        self.0.extend_from_slice(&addr.octets());
+        self
+    }
+
+    /// A port field (big-endian, padded).
+    pub(crate) fn port(mut self, port: u16) -> Self {
+        self.0.extend_from_slice(&port.to_be_bytes());
+        self.0.extend_from_slice(&[0, 0]);
+        self
+    }
+}
+
+/// Adds `elements` (set name, key) to sets of the `inet` table `table`, in one batch: all of
+/// them or, on a refusal, none.
+pub(crate) fn add_set_elements(table: &str, elements: &[(&str, SetKey)]) -> io::Result<()> {
+    let socket = Netlink::open_protocol(Some(rustix::net::netlink::NETFILTER))?;
+    let mut batch = Vec::new();
+    let mut begin = Message::numbered(NFNL_MSG_BATCH_BEGIN, 0, 1);
+    begin.nfgen(0, NFNL_SUBSYS_NFTABLES);
+    batch.extend_from_slice(begin.finish());
+    for (i, (set, key)) in elements.iter().enumerate() {
+        let mut m = Message::numbered(
+            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM,
+            NLM_F_CREATE | NLM_F_ACK,
+            2 + i as u32,
+        );
+        m.nfgen(NFPROTO_INET, 0)
+            .name(NFTA_SET_ELEM_LIST_TABLE, table)
+            .name(NFTA_SET_ELEM_LIST_SET, set);
+        let list = m.open_nested(NFTA_SET_ELEM_LIST_ELEMENTS);
+        let element = m.open_nested(NFTA_LIST_ELEM);
+        let field = m.open_nested(NFTA_SET_ELEM_KEY);
+        m.attr(NFTA_DATA_VALUE, &key.0);
+        m.close(field).close(element).close(list);
+        batch.extend_from_slice(m.finish());
+    }
+    let mut end = Message::numbered(NFNL_MSG_BATCH_END, 0, 2 + elements.len() as u32);
+    end.nfgen(0, NFNL_SUBSYS_NFTABLES);
+    batch.extend_from_slice(end.finish());
+    socket.send(&batch, elements.len())
 }
 
 /// Makes the veth pair of a sandbox: `host_if` with `gateway` on the worker's side, `eth0`
@@ -256,6 +359,18 @@ fn plumb_blocking(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_keys_are_fields_padded_to_four_bytes() {
+        let key = SetKey::default()
+            .ifname("tf0123456789ab")
+            .ipv4(Ipv4Addr::new(10, 213, 0, 1))
+            .port(443);
+        assert_eq!(key.0.len(), 16 + 4 + 4);
+        assert_eq!(&key.0[..15], b"tf0123456789ab\0");
+        assert_eq!(&key.0[16..20], &[10, 213, 0, 1]);
+        assert_eq!(&key.0[20..], &[1, 187, 0, 0]);
+    }
 
     #[test]
     fn nested_attributes_are_measured_and_padded() {
