@@ -57,8 +57,8 @@ impl OwnBackend {
         })
     }
 
-    /// One timed create of `image` (with the network of `policy`, when given); the sandbox
-    /// is destroyed afterwards, untimed.
+    /// One timed create of `image` (with the network of `policy`, when given, as a cold
+    /// create through the worker has it); the sandbox is destroyed afterwards, untimed.
     pub async fn create(
         &self,
         image: &str,
@@ -70,16 +70,12 @@ impl OwnBackend {
             memory_mib: 256,
         };
         let started = Instant::now();
-        let vm = self
-            .backend
-            .provision(spec)
-            .await
-            .map_err(|e| BenchError::Check(format!("create from {image}: {e}")))?;
-        if let Some(policy) = policy {
-            vm.set_network(policy)
-                .await
-                .map_err(|e| BenchError::Check(format!("network of a sandbox: {e}")))?;
+        // As the worker's cold create does: the network, if any, attached while it boots.
+        let vm = match policy {
+            Some(policy) => self.backend.provision_with_network(spec, policy).await,
+            None => self.backend.provision(spec).await,
         }
+        .map_err(|e| BenchError::Check(format!("create from {image}: {e}")))?;
         let took = started.elapsed();
         vm.destroy()
             .await

@@ -324,8 +324,22 @@ async fn egress_none_reaches_nothing_and_all_reaches_the_internet_but_never_the_
         );
     }
     // Another sandbox with egress is not reachable either.
-    let other = provision().await.expect("a second sandbox");
-    other.set_network(&Policy::all()).await.unwrap();
+    // This one is made with its network, attached while it boots (as a cold create is).
+    let other = backend
+        .provision_with_network(
+            ProvisionSpec {
+                vm_id: LocalVmId::new_random(),
+                tuple: SandboxTuple::normalize("container", "host", 1, "container"),
+                memory_mib: 256,
+            },
+            &Policy::all(),
+        )
+        .await
+        .expect("a second sandbox, with its network");
+    assert_eq!(
+        python(&other, &fetch("http://inet.test:8080/")).await,
+        "hello from the test internet"
+    );
     let other_addr = python(
         &other,
         "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \

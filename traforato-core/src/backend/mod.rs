@@ -511,6 +511,26 @@ pub trait VmBackend: Send + Sync + 'static {
     /// Boots a sandbox for `spec` and returns once it can run commands.
     async fn provision(&self, spec: ProvisionSpec) -> Result<Arc<dyn Vm>, BackendError>;
 
+    /// Boots a sandbox for `spec` with the egress of `policy` from the start (a cold create
+    /// that asks for a network). The default provisions, then gives the VM its network (and
+    /// destroys it when that fails); a backend may do both at once.
+    async fn provision_with_network(
+        &self,
+        spec: ProvisionSpec,
+        policy: &Policy,
+    ) -> Result<Arc<dyn Vm>, BackendError> {
+        let vm = self.provision(spec).await?;
+        if policy.egress() != Egress::None {
+            if let Err(error) = vm.set_network(policy).await {
+                if let Err(undone) = vm.destroy().await {
+                    tracing::warn!(error = %undone, "sandbox without its network not destroyed");
+                }
+                return Err(error);
+            }
+        }
+        Ok(vm)
+    }
+
     /// Whether its sandboxes can have the egress `mode` ([`Vm::set_network`]); asked before a
     /// sandbox is placed, so that a mode the backend lacks costs no sandbox. The default:
     /// `none` only.

@@ -35,6 +35,8 @@ struct CreateSpec {
     charge: Usage,
     owner: String,
     started: tokio::time::Instant,
+    /// Its egress: given at once to a cold sandbox, at claim time to a warm one.
+    network: Policy,
 }
 
 impl CreateSpec {
@@ -88,9 +90,11 @@ struct ProvisionTask {
 }
 
 impl ProvisionTask {
-    fn spawn(backend: Arc<dyn VmBackend>, spec: ProvisionSpec) -> Self {
+    fn spawn(backend: Arc<dyn VmBackend>, spec: ProvisionSpec, network: Policy) -> Self {
         Self {
-            handle: Some(tokio::spawn(async move { backend.provision(spec).await })),
+            handle: Some(tokio::spawn(async move {
+                backend.provision_with_network(spec, &network).await
+            })),
         }
     }
 
@@ -160,16 +164,19 @@ impl Worker {
             ttl,
             owner: principal.client_id.clone(),
             started,
+            network: network.clone(),
         };
         let outcome = match hint {
             Some(vm_id) => self.create_hinted(spec, vm_id, retry).await,
             None => self.create_unhinted(spec, backend).await,
         }?;
-        if let (CreateOutcome::Created(created), Egress::All | Egress::Allow) =
-            (&outcome, network.egress())
+        let attached = matches!(&outcome, CreateOutcome::Created(c) if c.start_type == StartType::Cold.as_str());
+        if let (CreateOutcome::Created(created), Egress::All | Egress::Allow, false) =
+            (&outcome, network.egress(), attached)
         {
-            // Network is attached at claim time, so a warm sandbox serves any mode; a
-            // sandbox that cannot get its network is no sandbox.
+            // Network is attached at claim time, so a warm sandbox serves any mode (a cold
+            // one was provisioned with it); a sandbox that cannot get its network is no
+            // sandbox.
             let id =
                 SandboxId::parse(&created.sandbox_id).map_err(|_| WorkerError::SandboxNotFound)?;
             if let Err(error) = self.attach_network(principal, &id, network).await {
@@ -292,12 +299,15 @@ impl Worker {
     }
 
     /// Records the sandbox (its capacity is already reserved) and the demand.
+    /// Records the sandbox of `vm`, whose network is `network` (none for a claimed VM:
+    /// `create_one` gives it one).
     fn commit(
         &self,
         state: &mut State,
         spec: &CreateSpec,
         vm_id: LocalVmId,
         vm: Arc<dyn Vm>,
+        network: Policy,
     ) -> Committed {
         let now = self.clock.now();
         let id = SandboxId::new(
@@ -321,8 +331,7 @@ impl Worker {
                 execs: Default::default(),
                 sessions: Default::default(),
                 output: Arc::new(OutputBudget::new(MAX_OUTPUT_BYTES_PER_SANDBOX)),
-                // A new or claimed VM has no network yet: `create_one` gives it one.
-                network: Policy::none(),
+                network,
                 network_change: Arc::default(),
             },
         );
@@ -406,7 +415,7 @@ impl Worker {
                 Ok(()) => match state.ready.claim(&vm_id, &spec.tuple) {
                     Some(vm) => {
                         state.reserved.add(spec.usage());
-                        let done = self.commit(&mut state, &spec, vm_id, vm);
+                        let done = self.commit(&mut state, &spec, vm_id, vm, Policy::none());
                         self.send_vm_event(&state, VmEventKind::Claimed, vm_id, &spec.tuple);
                         drop(state);
                         return Ok(self.created(&spec, done, StartType::Warm, false));
@@ -461,7 +470,7 @@ impl Worker {
             self.check_capacity(&state, spec.usage())?;
             state.reserved.add(spec.usage());
             if let Some((vm_id, vm)) = state.ready.claim_oldest(&spec.tuple) {
-                let done = self.commit(&mut state, &spec, vm_id, vm);
+                let done = self.commit(&mut state, &spec, vm_id, vm, Policy::none());
                 self.send_vm_event(&state, VmEventKind::Claimed, vm_id, &spec.tuple);
                 drop(state);
                 return Ok(self.created(&spec, done, StartType::Warm, false));
@@ -497,6 +506,7 @@ impl Worker {
                 tuple: spec.tuple.clone(),
                 memory_mib: spec.memory_mib,
             },
+            spec.network.clone(),
         );
         let provisioned = task.wait().await;
         let pulled = self.note_provision(&provisioned);
@@ -529,6 +539,8 @@ impl Worker {
                     BackendError::RegistryUnreachable { registry, .. } => {
                         WorkerError::RegistryUnreachable(registry)
                     }
+                    // Its network, asked for with it, is what the backend lacks.
+                    BackendError::Unsupported(what) => WorkerError::Unsupported(what),
                     other => WorkerError::ProvisionFailed(other),
                 });
             }
@@ -539,7 +551,7 @@ impl Worker {
                 None
             } else {
                 reservation.armed = false;
-                Some(self.commit(&mut state, &spec, vm_id, vm.clone()))
+                Some(self.commit(&mut state, &spec, vm_id, vm.clone(), spec.network.clone()))
             }
         };
         match committed {

@@ -128,7 +128,7 @@ use self::vm::Teardown;
 use self::vm::DEFAULT_CWD;
 use crate::backend::{BackendError, ImageCatalog, ProvisionSpec, Vm, VmBackend};
 use crate::id::LocalVmId;
-use crate::network::Egress;
+use crate::network::{Egress, Policy};
 
 /// The file of the state dir that lists the cgroup parents this backend created.
 const CGROUP_LEDGER: &str = "cgroup-parents";
@@ -373,11 +373,40 @@ impl ContainerBackend {
         Ok(())
     }
 
-    /// Provision steps; resources are recorded in `guard` as they are made.
+    /// A provision, with `network` attached while it boots; undone whole when it fails.
+    async fn provision_attached(
+        &self,
+        spec: ProvisionSpec,
+        network: Option<&Policy>,
+    ) -> Result<Arc<dyn Vm>, BackendError> {
+        let name = spec.vm_id.to_string();
+        let mut guard = ProvisionGuard {
+            dir: self.config.state_dir.join(&name),
+            name,
+            setup: Arc::default(),
+            child: None,
+            cgroups: self.cgroups.clone(),
+            armed: true,
+            hold: ImageHold::default(),
+        };
+        match self.boot(&spec, &mut guard, network).await {
+            Ok(vm) => Ok(vm),
+            Err(e) => {
+                if let Some(rollback) = guard.take() {
+                    rollback.run().await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Provision steps; resources are recorded in `guard` as they are made. With `network`,
+    /// the sandbox gets it too, attached while its init sets up.
     async fn boot(
         &self,
         spec: &ProvisionSpec,
         guard: &mut ProvisionGuard,
+        network: Option<&Policy>,
     ) -> Result<Arc<dyn Vm>, BackendError> {
         let mut layout = self.images.resolve(&spec.tuple.image).await?;
         // Kept until the root is gone: by the rollback of a failed provision, else by the
@@ -451,13 +480,31 @@ impl ContainerBackend {
             .map_err(|e| BackendError::task("cgroup", e))?
             .map_err(|e| BackendError::io("attach init to cgroup", e))?;
 
+        // The network is attached as soon as the init has its own namespaces, while it sets
+        // up the rest; in a task of its own: dropped with a failed provision, it undoes
+        // itself when it ends (the attachment it returns is dropped).
+        let (namespaces_made, namespaces) = tokio::sync::oneshot::channel();
+        let attaching = network.map(|policy| {
+            let networking = Arc::clone(&self.networking);
+            let (id, policy) = (vm::interface_id(&spec.vm_id), policy.clone());
+            tokio::spawn(async move {
+                namespaces.await.map_err(|_| {
+                    BackendError::Setup("the sandbox ended before its namespaces".to_string())
+                })?;
+                // The init is our unreaped child: its pid is not reused.
+                let netns = fs::File::open(format!("/proc/{pid}/ns/net"))
+                    .map(OwnedFd::from)
+                    .map_err(|e| BackendError::io("open sandbox network namespace", e))?;
+                networking.attach(Arc::new(netns), &id, &policy).await
+            })
+        });
         let sock = agent::register(worker_end)
             .map_err(|e| BackendError::io("register control socket", e))?;
         let setup = Setup {
             rootfs: dir.join("rootfs").to_string_lossy().into_owned(),
             hostname: self.config.hostname.clone(),
         };
-        let handshake = handshake(&sock, setup, pid, self.config.uid_base);
+        let handshake = handshake(&sock, setup, pid, self.config.uid_base, namespaces_made);
         match tokio::time::timeout(self.config.setup_timeout, handshake).await {
             Ok(Ok(())) => {}
             Ok(Err(HandshakeError::Failed(message))) => return Err(BackendError::Setup(message)),
@@ -553,7 +600,21 @@ impl ContainerBackend {
         .with_defaults(defaults, pulled)
         .with_user(user)
         .with_networking(Arc::clone(&self.networking));
-        Ok(Arc::new(vm))
+        let vm = Arc::new(vm);
+        if let Some(attaching) = attaching {
+            let attached = match attaching.await {
+                Ok(Ok((attachment, resolv))) => vm.adopt_network(attachment, resolv).await,
+                Ok(Err(error)) => Err(error),
+                Err(error) => Err(BackendError::task("network attach", error)),
+            };
+            if let Err(error) = attached {
+                if let Err(undone) = vm.destroy().await {
+                    tracing::warn!(error = %undone, "sandbox without its network not destroyed");
+                }
+                return Err(error);
+            }
+        }
+        Ok(vm)
     }
 }
 
@@ -595,12 +656,15 @@ fn closed_or_io(e: io::Error) -> HandshakeError {
 }
 
 /// Setup → (init unshares) → worker writes uid/gid maps → init builds the sandbox → ready.
+/// `namespaces_made` fires once the init has its namespaces.
 async fn handshake(
     sock: &AsyncFd<OwnedFd>,
     setup: Setup,
     pid: u32,
     uid_base: u32,
+    namespaces_made: tokio::sync::oneshot::Sender<()>,
 ) -> Result<(), HandshakeError> {
+    let mut namespaces_made = Some(namespaces_made);
     agent::send(sock, &Request::Setup(setup), &[])
         .await
         .map_err(closed_or_io)?;
@@ -608,6 +672,10 @@ async fn handshake(
     loop {
         match agent::recv(sock).await {
             Ok(Some(Event::UsernsCreated)) if !maps_written => {
+                // Its namespaces exist (the init unshared them all at once).
+                if let Some(made) = namespaces_made.take() {
+                    let _ = made.send(());
+                }
                 let map = format!("0 {uid_base} {UID_COUNT}\n");
                 tokio::task::spawn_blocking(move || {
                     fs::write(format!("/proc/{pid}/uid_map"), &map)?;
@@ -887,25 +955,18 @@ impl VmBackend for ContainerBackend {
     }
 
     async fn provision(&self, spec: ProvisionSpec) -> Result<Arc<dyn Vm>, BackendError> {
-        let name = spec.vm_id.to_string();
-        let mut guard = ProvisionGuard {
-            dir: self.config.state_dir.join(&name),
-            name,
-            setup: Arc::default(),
-            child: None,
-            cgroups: self.cgroups.clone(),
-            armed: true,
-            hold: ImageHold::default(),
-        };
-        match self.boot(&spec, &mut guard).await {
-            Ok(vm) => Ok(vm),
-            Err(e) => {
-                if let Some(rollback) = guard.take() {
-                    rollback.run().await;
-                }
-                Err(e)
-            }
-        }
+        self.provision_attached(spec, None).await
+    }
+
+    /// The network is attached while the sandbox's init sets itself up (the namespace exists
+    /// from its start): it costs the create next to nothing.
+    async fn provision_with_network(
+        &self,
+        spec: ProvisionSpec,
+        policy: &Policy,
+    ) -> Result<Arc<dyn Vm>, BackendError> {
+        let network = (policy.egress() != Egress::None).then_some(policy);
+        self.provision_attached(spec, network).await
     }
 
     async fn cleanup_leftovers(&self) -> Result<usize, BackendError> {

@@ -579,6 +579,14 @@ impl Attachment {
         &self.rules.host_if
     }
 
+    /// The policy in force.
+    pub(crate) fn policy(&self) -> Policy {
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Gives the sandbox the egress of `policy`: each call states everything (memberships,
     /// its allow chain, its resolved sets, emptied), so it is right whatever happened before.
     pub(crate) async fn set_policy(&mut self, policy: &Policy) -> Result<(), BackendError> {

@@ -150,6 +150,38 @@ impl ContainerVm {
         self.with_live(|l| l.root.clone()).ok_or(FilesError::Gone)
     }
 
+    /// Takes on the network [`Networking::attach`] made for it while it booted.
+    pub(crate) async fn adopt_network(
+        &self,
+        attachment: Attachment,
+        resolv: String,
+    ) -> Result<(), BackendError> {
+        let mut attached = self.network.lock().await;
+        self.write_resolv_conf(resolv).await?;
+        *self.host_if.lock().expect("host_if lock") = Some(attachment.host_if().to_string());
+        *attached = Some(attachment);
+        Ok(())
+    }
+
+    /// Points the sandbox's resolver at its DNS forwarder.
+    async fn write_resolv_conf(&self, resolv: String) -> Result<(), BackendError> {
+        let path = SandboxPath::parse("/etc/resolv.conf")
+            .map_err(|e| BackendError::Setup(e.to_string()))?;
+        // A line, written by the worker itself (one page, not worth the agent's round trip
+        // that charges a bigger write to the sandbox).
+        self.with_root(move |root| {
+            let mut file = root.open_write(&path, WriteMode::Replace)?;
+            std::io::Write::write_all(&mut file, resolv.as_bytes()).map_err(|source| {
+                FilesError::Io {
+                    op: "write".to_string(),
+                    source,
+                }
+            })
+        })
+        .await
+        .map_err(|e| BackendError::Setup(format!("write /etc/resolv.conf: {e}")))
+    }
+
     /// Runs a blocking file operation on the sandbox root.
     async fn with_root<T: Send + 'static>(
         &self,
@@ -163,6 +195,16 @@ impl ContainerVm {
                 source: std::io::Error::other(e.to_string()),
             })?
     }
+}
+
+/// The part of a sandbox's id its host-side interface is named by (`tf<12 hex digits>`).
+pub(crate) fn interface_id(vm_id: &LocalVmId) -> String {
+    vm_id
+        .to_string()
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(12)
+        .collect()
 }
 
 impl Drop for ContainerVm {
@@ -373,39 +415,20 @@ impl Vm for ContainerVm {
                 .clone()
                 .ok_or(BackendError::Unsupported("network egress"))?;
             let live = self.live().ok_or(BackendError::Gone)?;
-            let short_id: String = self
-                .vm_id
-                .to_string()
-                .chars()
-                .filter(char::is_ascii_hexdigit)
-                .take(12)
-                .collect();
-            let (attachment, resolv) = networking.attach(live.netns, &short_id, policy).await?;
-            let path = SandboxPath::parse("/etc/resolv.conf")
-                .map_err(|e| BackendError::Setup(e.to_string()))?;
-            // A line, written by the worker itself (one page, not worth the agent's round
-            // trip that charges a bigger write to the sandbox).
-            self.with_root(move |root| {
-                let mut file = root.open_write(&path, WriteMode::Replace)?;
-                std::io::Write::write_all(&mut file, resolv.as_bytes()).map_err(|source| {
-                    FilesError::Io {
-                        op: "write".to_string(),
-                        source,
-                    }
-                })
-            })
-            .await
-            .map_err(|e| BackendError::Setup(format!("write /etc/resolv.conf: {e}")))?;
+            let (attachment, resolv) = networking
+                .attach(live.netns, &interface_id(&self.vm_id), policy)
+                .await?;
+            self.write_resolv_conf(resolv).await?;
             *self.host_if.lock().expect("host_if lock") = Some(attachment.host_if().to_string());
             *attached = Some(attachment);
             // Attached with its policy already.
             return Ok(());
         }
-        attached
-            .as_mut()
-            .expect("attached above")
-            .set_policy(policy)
-            .await
+        let attachment = attached.as_mut().expect("attached above");
+        if attachment.policy() == *policy {
+            return Ok(());
+        }
+        attachment.set_policy(policy).await
     }
 
     async fn destroy(&self) -> Result<(), BackendError> {
