@@ -594,5 +594,58 @@ async fn egress_none_reaches_nothing_and_all_reaches_the_internet_but_never_the_
     backend.shutdown().await;
     let _ = backend.cleanup_leftovers().await;
     let _ = std::fs::remove_dir_all(&state_dir);
+
+    // A range the host already uses (another worker's sandboxes have addresses in it) is
+    // refused, not shared.
+    let dummy = format!("ti{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let sh = |script: &str| {
+        Command::new("sh")
+            .args(["-ec", script])
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(sh(&format!(
+        "ip link add {dummy} type veth peer name {dummy}p\nip addr add 10.216.0.1/32 dev {dummy}"
+    )));
+    let config = ContainerConfig {
+        python_zygote: false,
+        network: NetworkSettings {
+            range: "10.216.0.0/16".into(),
+            ..NetworkSettings::default()
+        },
+        ..ContainerConfig::for_tests(
+            "egress-overlap",
+            env!("CARGO_BIN_EXE_traforato-sandbox-init"),
+        )
+    };
+    let state_dir = config.state_dir.clone();
+    let backend = Arc::new(ContainerBackend::new(config).expect("container backend as root"));
+    let refused = backend
+        .provision_with_network(
+            ProvisionSpec {
+                vm_id: LocalVmId::new_random(),
+                tuple: SandboxTuple::normalize("container", "host", 1, "container"),
+                memory_mib: 256,
+            },
+            &Policy::all(),
+        )
+        .await;
+    let _ = sh(&format!("ip link delete {dummy}"));
+    let error = refused
+        .err()
+        .expect("a range in use is refused")
+        .to_string();
+    assert!(error.contains("is in use on this host"), "{error}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !links().contains(": tf"),
+        "the refused sandbox left {}",
+        links()
+    );
+    backend.shutdown().await;
+    let _ = backend.cleanup_leftovers().await;
+    let _ = backend.remove_cgroup_parents();
+    let _ = std::fs::remove_dir_all(&state_dir);
     drop(internet);
 }

@@ -264,7 +264,18 @@ impl Networking {
     async fn ready(&self) -> Result<(), BackendError> {
         self.ready
             .get_or_try_init(|| async {
-                let script = self.table_script().await;
+                let host = host_addresses().await;
+                // Another worker with the same range would hand out the same addresses.
+                let range =
+                    Cidr::new(IpAddr::V4(self.range.0), self.range.1).expect("checked when made");
+                if let Some(taken) = host.iter().find(|a| range.contains(IpAddr::V4(**a))) {
+                    return Err(BackendError::Unavailable(format!(
+                        "network.range {range} is in use on this host ({taken} is one of its \
+                         addresses: another worker's sandboxes, or an interface); give each \
+                         worker its own range"
+                    )));
+                }
+                let script = self.table_script(&host).await;
                 run("nft", &["-f", "-"], Some(&script)).await?;
                 let forwarding = tokio::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
                     .await
@@ -344,16 +355,11 @@ impl Networking {
     }
 
     /// The table: rebuilt whole (an old one of a crashed run is replaced).
-    async fn table_script(&self) -> String {
+    async fn table_script(&self, host: &[Ipv4Addr]) -> String {
         let t = &self.table;
         let range = format!("{}/{}", self.range.0, self.range.1);
         let mut blocked: Vec<String> = self.blocked.iter().map(|c| c.to_string()).collect();
-        blocked.extend(
-            host_addresses()
-                .await
-                .into_iter()
-                .map(|a| format!("{a}/32")),
-        );
+        blocked.extend(host.iter().map(|a| format!("{a}/32")));
         let uplink = match &self.uplink {
             Some(uplink) => Some(uplink.clone()),
             None => default_route_interface().await,
@@ -918,8 +924,12 @@ mod tests {
     #[tokio::test]
     async fn the_table_blocks_the_defaults_and_the_host() {
         let net = Networking::new(&NetworkSettings::default(), "x").unwrap();
-        let script = net.table_script().await;
+        let script = net.table_script(&["192.0.2.9".parse().unwrap()]).await;
         assert!(script.contains("table inet traforato_x {"), "{script}");
+        assert!(
+            script.contains("192.0.2.9/32"),
+            "the host's own addresses: {script}"
+        );
         assert!(script.contains("169.254.0.0/16"));
         assert!(script.contains(" masquerade"), "{script}");
         let settings = NetworkSettings {
@@ -927,7 +937,7 @@ mod tests {
             ..NetworkSettings::default()
         };
         let net = Networking::new(&settings, "x").unwrap();
-        let script = net.table_script().await;
+        let script = net.table_script(&[]).await;
         assert!(
             script.contains("iifname @ours oifname != \"ti0\" drop"),
             "{script}"
@@ -946,7 +956,7 @@ mod tests {
             ..NetworkSettings::default()
         };
         let net = Networking::new(&settings, "x").unwrap();
-        let script = net.table_script().await;
+        let script = net.table_script(&[]).await;
         assert!(script.contains("169.254.0.0/16"), "{script}");
         assert!(!script.contains("192.168.0.0/16"), "{script}");
     }
