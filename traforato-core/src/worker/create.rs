@@ -540,7 +540,9 @@ impl Worker {
                         WorkerError::RegistryUnreachable(registry)
                     }
                     // Its network, asked for with it, is what the backend lacks.
-                    BackendError::Unsupported(what) => WorkerError::Unsupported(what),
+                    BackendError::Unsupported(what) if spec.network.egress() != Egress::None => {
+                        WorkerError::Unsupported(what)
+                    }
                     other => WorkerError::ProvisionFailed(other),
                 });
             }

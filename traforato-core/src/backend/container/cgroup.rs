@@ -191,7 +191,11 @@ impl CgroupDriver {
                 .iter()
                 .map(|d| format!("{}\n", d.display()))
                 .collect();
-            fs::write(ledger, text)
+            match fs::write(ledger, text) {
+                // The state dir is not made yet: the backend saves the ledger once it is.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            }
         };
         if let Err(error) = result {
             tracing::warn!(%error, ledger = %ledger.display(), "cgroup parents not recorded");

@@ -32,6 +32,21 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most connections of one sandbox relayed at once; more are refused.
 const MAX_CONNECTIONS: usize = 256;
 
+/// Most connections relayed at once for all the sandboxes of a worker (each holds two
+/// descriptors); more are refused.
+pub(crate) const MAX_RELAYS: usize = 1024;
+
+/// Where relayed connections may go, and how.
+#[derive(Debug)]
+pub(crate) struct Reach {
+    /// Never: the blocked ranges, loopback, `0.0.0.0/8`, the sandboxes' own range.
+    pub never: Vec<Cidr>,
+    /// The interface they leave by (as forwarded traffic does), when there is one.
+    pub uplink: Option<String>,
+    /// The worker's budget of relays ([`MAX_RELAYS`]).
+    pub relays: Arc<tokio::sync::Semaphore>,
+}
+
 /// What the first bytes of a connection say about the name it is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Head {
@@ -104,28 +119,41 @@ fn client_hello_name(body: &[u8]) -> Option<String> {
     at += 1 + be(body, at, 1)?;
     let extensions_end = at + 2 + be(body, at, 2)?;
     at += 2;
+    let mut server_name = None;
     while at + 4 <= extensions_end {
         let kind = be(body, at, 2)?;
         let len = be(body, at + 2, 2)?;
         let data = body.get(at + 4..at + 4 + len)?;
-        if kind == 0 {
-            let mut entry = 2;
-            while entry + 3 <= data.len() {
-                let name_len = be(data, entry + 1, 2)?;
-                let name = data.get(entry + 3..entry + 3 + name_len)?;
-                if data[entry] == 0 {
-                    return hostname(name);
+        match kind {
+            0 if server_name.is_none() => {
+                let mut entry = 2;
+                while entry + 3 <= data.len() {
+                    let name_len = be(data, entry + 1, 2)?;
+                    let name = data.get(entry + 3..entry + 3 + name_len)?;
+                    if data[entry] == 0 {
+                        server_name = Some(hostname(name)?);
+                        break;
+                    }
+                    entry += 3 + name_len;
                 }
-                entry += 3 + name_len;
             }
-            return None;
+            // A second server name; or Encrypted Client Hello, whose inner name (the one a
+            // CDN routes by) cannot be read.
+            0 | ECH => return None,
+            _ => {}
         }
         at += 4 + len;
     }
-    None
+    server_name
 }
 
-/// The `Host` of an HTTP request's head, without its port.
+/// The TLS extension of Encrypted Client Hello.
+const ECH: usize = 0xfe0d;
+
+/// The host an HTTP request's head is for: its `Host` without the port, which must agree with
+/// the host of an absolute-form target. Anything a server might read otherwise is refused:
+/// bare LF line ends, folded or padded header names, more than one `Host`, a proxy's
+/// `CONNECT`.
 fn http_host(head: &[u8]) -> Head {
     // A request starts with a method, capitals and a space: anything else is not HTTP.
     let method = head.iter().take_while(|b| b.is_ascii_uppercase()).count();
@@ -144,20 +172,59 @@ fn http_host(head: &[u8]) -> Head {
     let Ok(text) = std::str::from_utf8(&head[..end]) else {
         return Head::Nameless;
     };
-    let value = text.split("\r\n").skip(1).find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        key.trim()
-            .eq_ignore_ascii_case("host")
-            .then(|| value.trim())
-    });
-    let Some(value) = value else {
+    if text
+        .split("\r\n")
+        .any(|line| line.contains('\n') || line.contains('\r'))
+    {
+        return Head::Nameless;
+    }
+    let mut lines = text.split("\r\n");
+    let request = lines.next().unwrap_or_default();
+    let mut hosts = Vec::new();
+    for line in lines {
+        let Some((key, value)) = line.split_once(':') else {
+            return Head::Nameless;
+        };
+        if key.is_empty() || key.trim() != key || line.starts_with([' ', '\t']) {
+            return Head::Nameless;
+        }
+        if key.eq_ignore_ascii_case("host") {
+            hosts.push(value.trim());
+        }
+    }
+    let [host] = hosts[..] else {
         return Head::Nameless;
     };
-    let name = match value.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => value,
+    let Some(name) = host_of(host) else {
+        return Head::Nameless;
     };
-    hostname(name.as_bytes()).map_or(Head::Nameless, Head::Name)
+    let mut words = request.split(' ');
+    let method = words.next().unwrap_or_default();
+    let target = words.next().unwrap_or_default();
+    if method == "CONNECT" {
+        return Head::Nameless;
+    }
+    let lower = target.to_ascii_lowercase();
+    if let Some(rest) = lower
+        .strip_prefix("http://")
+        .or_else(|| lower.strip_prefix("https://"))
+    {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        if host_of(authority).as_deref() != Some(name.as_str()) {
+            return Head::Nameless;
+        }
+    }
+    Head::Name(name)
+}
+
+/// The host name of an authority (`host[:port]`), lowercase; `None` for anything else
+/// (user info, an IPv6 literal, a bad name).
+fn host_of(authority: &str) -> Option<String> {
+    let name = match authority.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => authority,
+    };
+    hostname(name.as_bytes())
 }
 
 /// `raw` as a host name (letters, digits, `-`, `_`, `.`), lowercase, without a final dot.
@@ -191,13 +258,15 @@ pub(crate) fn listen(addr: Ipv4Addr) -> io::Result<(TcpListener, u16)> {
 }
 
 /// Relays the connections of `sandbox` that arrive at `listener` whose name `policy` allows
-/// on their port, to their original destination, unless it is in `never`; others are reset.
-/// Connections from elsewhere are reset too. The relays end with this task.
+/// on their port, to their original destination as `reach` permits; others are reset.
+/// Connections from elsewhere are reset too. A relay ends when a change of the policy
+/// (`changes`) no longer allows its name. The relays end with this task.
 pub(crate) async fn serve(
     listener: TcpListener,
     sandbox: Ipv4Addr,
     policy: Arc<RwLock<Policy>>,
-    never: Arc<Vec<Cidr>>,
+    changes: tokio::sync::watch::Receiver<u64>,
+    reach: Arc<Reach>,
 ) {
     let mut relays = tokio::task::JoinSet::new();
     loop {
@@ -211,11 +280,20 @@ pub(crate) async fn serve(
             }
         };
         while relays.try_join_next().is_some() {}
+        let permit = Arc::clone(&reach.relays).try_acquire_owned();
+        let Ok(permit) = permit else {
+            reset(stream);
+            continue;
+        };
         if from.ip() != IpAddr::V4(sandbox) || relays.len() >= MAX_CONNECTIONS {
             reset(stream);
             continue;
         }
-        relays.spawn(relay(stream, Arc::clone(&policy), Arc::clone(&never)));
+        let (policy, changes, reach) = (Arc::clone(&policy), changes.clone(), Arc::clone(&reach));
+        relays.spawn(async move {
+            relay(stream, policy, changes, reach).await;
+            drop(permit);
+        });
     }
 }
 
@@ -225,8 +303,14 @@ fn reset(stream: TcpStream) {
     drop(stream);
 }
 
-/// One connection: its name read, checked, and the bytes relayed both ways.
-async fn relay(mut inbound: TcpStream, policy: Arc<RwLock<Policy>>, never: Arc<Vec<Cidr>>) {
+/// One connection: its name read, checked, and the bytes relayed both ways while the policy
+/// allows it.
+async fn relay(
+    mut inbound: TcpStream,
+    policy: Arc<RwLock<Policy>>,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+    reach: Arc<Reach>,
+) {
     let Ok(destination) = sockopt::ip_original_dst(&inbound) else {
         reset(inbound);
         return;
@@ -254,19 +338,26 @@ async fn relay(mut inbound: TcpStream, policy: Arc<RwLock<Policy>>, never: Arc<V
             return;
         }
     };
-    let reachable = !never
+    let reachable = !reach
+        .never
         .iter()
         .any(|c| c.contains(IpAddr::V4(*destination.ip())));
-    let allowed = policy
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .allows_name(&name, destination.port());
-    if !(allowed && reachable) {
+    let allowed = || {
+        policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .allows_name(&name, destination.port())
+    };
+    if !(allowed() && reachable) {
         tracing::debug!(%destination, %name, "connection for a name not allowed refused");
         reset(inbound);
         return;
     }
-    let outbound = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(destination)).await;
+    let outbound = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        connect(destination, reach.uplink.as_deref()),
+    )
+    .await;
     let Ok(Ok(mut outbound)) = outbound else {
         reset(inbound);
         return;
@@ -277,7 +368,29 @@ async fn relay(mut inbound: TcpStream, policy: Arc<RwLock<Policy>>, never: Arc<V
         reset(inbound);
         return;
     }
-    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+    changes.mark_unchanged();
+    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+    tokio::pin!(copy);
+    loop {
+        tokio::select! {
+            _ = &mut copy => return,
+            changed = changes.changed() => {
+                // The sandbox's network is gone, or its new policy does not allow the name.
+                if changed.is_err() || !allowed() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Connects to `destination`, leaving by `uplink` when given.
+async fn connect(destination: SocketAddrV4, uplink: Option<&str>) -> io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    if let Some(uplink) = uplink {
+        socket.bind_device(Some(uplink.as_bytes()))?;
+    }
+    socket.connect(SocketAddr::V4(destination)).await
 }
 
 #[cfg(test)]
@@ -336,6 +449,12 @@ mod tests {
             Head::Nameless,
             "not a host name"
         );
+        // With Encrypted Client Hello the name a CDN routes by is not the one seen.
+        let mut ech = client_hello("inet.test", 1);
+        let at = ech.windows(2).position(|w| w == [0x00, 0x0b]).unwrap();
+        ech[at] = 0xfe;
+        ech[at + 1] = 0x0d;
+        assert_eq!(server_name(&ech), Head::Nameless);
     }
 
     #[test]
@@ -357,6 +476,37 @@ mod tests {
         assert_eq!(
             get("GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n"),
             Head::Nameless
+        );
+        // What a server could read differently from the proxy is refused.
+        for (what, head) in [
+            (
+                "bare LF",
+                "GET / HTTP/1.1\nHost: evil.test\n\r\nHost: inet.test\r\n\r\n",
+            ),
+            (
+                "two hosts",
+                "GET / HTTP/1.1\r\nHost: inet.test\r\nHost: evil.test\r\n\r\n",
+            ),
+            ("padded name", "GET / HTTP/1.1\r\nHost : inet.test\r\n\r\n"),
+            (
+                "folded",
+                "GET / HTTP/1.1\r\nX: a\r\n Host: inet.test\r\n\r\n",
+            ),
+            (
+                "absolute target elsewhere",
+                "GET http://evil.test/ HTTP/1.1\r\nHost: inet.test\r\n\r\n",
+            ),
+            (
+                "connect",
+                "CONNECT evil.test:443 HTTP/1.1\r\nHost: inet.test\r\n\r\n",
+            ),
+        ] {
+            assert_eq!(get(head), Head::Nameless, "{what}");
+        }
+        assert_eq!(
+            get("GET HTTP://Inet.test:80/x?y HTTP/1.1\r\nHost: inet.test\r\n\r\n"),
+            Head::Name("inet.test".into()),
+            "an absolute target that agrees"
         );
         let endless = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD));
         assert_eq!(get(&endless), Head::Nameless);

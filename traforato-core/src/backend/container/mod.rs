@@ -287,6 +287,9 @@ impl ContainerBackend {
         let cgroups = CgroupDriver::detect(&config.cgroup_parent)
             .map_err(unavailable)?
             .with_ledger(config.state_dir.join(CGROUP_LEDGER));
+        // The parents a crashed run made are this backend's to remove at shutdown: taken on
+        // before anything rewrites the list.
+        cgroups.adopt_ledger();
         cgroups.prepare().map_err(|e| {
             unavailable(format!(
                 "cannot set up the cgroup parent {:?}: {e} (the worker needs write access to \
@@ -305,9 +308,7 @@ impl ContainerBackend {
                     config.state_dir.display()
                 ))
             })?;
-        // The parents made above, now that the state dir exists, with those a crashed run
-        // made (this backend's to remove at shutdown).
-        cgroups.adopt_ledger();
+        // The parents made above (and a crashed run's), now that the state dir exists.
         cgroups.save_ledger();
         let host = image::host_image(&images_dir, config.uid_base, &config.hostname)
             .map_err(|e| unavailable(format!("cannot build the host image: {e}")))?;
@@ -483,17 +484,16 @@ impl ContainerBackend {
         // The network is attached as soon as the init has its own namespaces, while it sets
         // up the rest; in a task of its own: dropped with a failed provision, it undoes
         // itself when it ends (the attachment it returns is dropped).
-        let (namespaces_made, namespaces) = tokio::sync::oneshot::channel();
+        let (namespaces_made, namespaces) = tokio::sync::oneshot::channel::<io::Result<OwnedFd>>();
         let attaching = network.map(|policy| {
             let networking = Arc::clone(&self.networking);
             let (id, policy) = (vm::interface_id(&spec.vm_id), policy.clone());
             tokio::spawn(async move {
-                namespaces.await.map_err(|_| {
-                    BackendError::Setup("the sandbox ended before its namespaces".to_string())
-                })?;
-                // The init is our unreaped child: its pid is not reused.
-                let netns = fs::File::open(format!("/proc/{pid}/ns/net"))
-                    .map(OwnedFd::from)
+                let netns = namespaces
+                    .await
+                    .map_err(|_| {
+                        BackendError::Setup("the sandbox ended before its namespaces".to_string())
+                    })?
                     .map_err(|e| BackendError::io("open sandbox network namespace", e))?;
                 networking.attach(Arc::new(netns), &id, &policy).await
             })
@@ -602,10 +602,14 @@ impl ContainerBackend {
         .with_networking(Arc::clone(&self.networking));
         let vm = Arc::new(vm);
         if let Some(attaching) = attaching {
-            let attached = match attaching.await {
-                Ok(Ok((attachment, resolv))) => vm.adopt_network(attachment, resolv).await,
-                Ok(Err(error)) => Err(error),
-                Err(error) => Err(BackendError::task("network attach", error)),
+            let attached = match tokio::time::timeout(self.config.setup_timeout, attaching).await {
+                Ok(Ok(Ok((attachment, resolv)))) => vm.adopt_network(attachment, resolv).await,
+                Ok(Ok(Err(error))) => Err(error),
+                Ok(Err(error)) => Err(BackendError::task("network attach", error)),
+                Err(_) => Err(BackendError::Setup(format!(
+                    "network not attached after {:?}",
+                    self.config.setup_timeout
+                ))),
             };
             if let Err(error) = attached {
                 if let Err(undone) = vm.destroy().await {
@@ -656,13 +660,13 @@ fn closed_or_io(e: io::Error) -> HandshakeError {
 }
 
 /// Setup → (init unshares) → worker writes uid/gid maps → init builds the sandbox → ready.
-/// `namespaces_made` fires once the init has its namespaces.
+/// `namespaces_made` gets the init's network namespace once it has its own.
 async fn handshake(
     sock: &AsyncFd<OwnedFd>,
     setup: Setup,
     pid: u32,
     uid_base: u32,
-    namespaces_made: tokio::sync::oneshot::Sender<()>,
+    namespaces_made: tokio::sync::oneshot::Sender<io::Result<OwnedFd>>,
 ) -> Result<(), HandshakeError> {
     let mut namespaces_made = Some(namespaces_made);
     agent::send(sock, &Request::Setup(setup), &[])
@@ -672,9 +676,12 @@ async fn handshake(
     loop {
         match agent::recv(sock).await {
             Ok(Some(Event::UsernsCreated)) if !maps_written => {
-                // Its namespaces exist (the init unshared them all at once).
+                // Its namespaces exist (the init unshared them all at once); its network
+                // namespace is opened here, while the init is alive and waits for us (its
+                // pid cannot be another process's).
                 if let Some(made) = namespaces_made.take() {
-                    let _ = made.send(());
+                    let netns = fs::File::open(format!("/proc/{pid}/ns/net")).map(OwnedFd::from);
+                    let _ = made.send(netns);
                 }
                 let map = format!("0 {uid_base} {UID_COUNT}\n");
                 tokio::task::spawn_blocking(move || {

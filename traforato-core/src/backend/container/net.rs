@@ -105,10 +105,16 @@ pub(crate) struct Networking {
     table: String,
     range: (Ipv4Addr, u8),
     blocked: Vec<Cidr>,
-    /// Where inspected connections never go: the blocked ranges and the sandboxes' own.
-    never: Arc<Vec<Cidr>>,
+    /// Where inspected connections never go: the blocked ranges, loopback, `0.0.0.0/8` and
+    /// the sandboxes' own range.
+    never: Vec<Cidr>,
+    /// The budget of inspected connections of all the sandboxes.
+    relays: Arc<tokio::sync::Semaphore>,
     dns_upstream: Option<SocketAddr>,
     uplink: Option<String>,
+    /// The uplink the table was made with (the default route's when none is configured):
+    /// inspected connections leave by it too.
+    uplink_in_use: std::sync::OnceLock<Option<String>>,
     bandwidth: Option<Bandwidth>,
     slots: Mutex<Slots>,
     ready: OnceCell<()>,
@@ -144,6 +150,8 @@ pub(crate) struct Attachment {
     policy: Arc<RwLock<Policy>>,
     dns: JoinHandle<()>,
     proxy: JoinHandle<()>,
+    /// Counts the changes of policy (the proxy's relays check their names again).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// What a sandbox's rules are written with.
@@ -235,13 +243,17 @@ impl Networking {
             .collect();
         let mut never = blocked.clone();
         never.push(range);
+        // Whatever the list says: the proxy connects from the host, where these are its own.
+        never.extend(["0.0.0.0/8", "127.0.0.0/8"].map(|c| c.parse::<Cidr>().expect("a range")));
         Ok(Self {
             table: format!("traforato_{table}"),
             range: (base, range.prefix()),
             blocked,
-            never: Arc::new(never),
+            never,
+            relays: Arc::new(tokio::sync::Semaphore::new(inspect::MAX_RELAYS)),
             dns_upstream: settings.dns_upstream,
             uplink: settings.uplink.clone(),
+            uplink_in_use: std::sync::OnceLock::new(),
             bandwidth: settings.bandwidth,
             slots: Mutex::new(Slots::default()),
             ready: OnceCell::new(),
@@ -264,7 +276,11 @@ impl Networking {
     async fn ready(&self) -> Result<(), BackendError> {
         self.ready
             .get_or_try_init(|| async {
-                let host = host_addresses().await;
+                let host = host_addresses().await?;
+                let uplink = match &self.uplink {
+                    Some(uplink) => Some(uplink.clone()),
+                    None => default_route_interface().await?,
+                };
                 // Another worker with the same range would hand out the same addresses.
                 let range =
                     Cidr::new(IpAddr::V4(self.range.0), self.range.1).expect("checked when made");
@@ -275,7 +291,8 @@ impl Networking {
                          worker its own range"
                     )));
                 }
-                let script = self.table_script(&host).await;
+                let script = self.table_script(&host, uplink.as_deref());
+                let _ = self.uplink_in_use.set(uplink);
                 run("nft", &["-f", "-"], Some(&script)).await?;
                 let forwarding = tokio::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
                     .await
@@ -287,7 +304,7 @@ impl Networking {
                     self.forwarding_ours.store(true, Ordering::SeqCst);
                     tracing::info!("net.ipv4.ip_forward turned on for sandbox egress");
                 }
-                self.pass_docker().await;
+                self.pass_docker().await?;
                 Ok(())
             })
             .await
@@ -320,14 +337,22 @@ impl Networking {
     }
 
     /// On a host running Docker (its [`DOCKER_CHAIN`] exists), lets sandbox traffic past its
-    /// `FORWARD` policy; quiet without Docker or `iptables`.
-    async fn pass_docker(&self) {
-        if self.docker_passed.load(Ordering::SeqCst)
-            || run("iptables", &["-w", "-n", "-L", DOCKER_CHAIN], None)
-                .await
-                .is_err()
-        {
-            return;
+    /// `FORWARD` policy. Quiet without Docker; an error when Docker runs (its `docker0` is
+    /// there) but the rules cannot be put in place: its policy would drop every packet.
+    async fn pass_docker(&self) -> Result<(), BackendError> {
+        if self.docker_passed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let docker = std::path::Path::new("/sys/class/net/docker0").exists();
+        if let Err(error) = run("iptables", &["-w", "-n", "-L", DOCKER_CHAIN], None).await {
+            return if docker {
+                Err(BackendError::Unavailable(format!(
+                    "Docker runs here and its FORWARD policy drops sandbox traffic unless \
+                     accepted in {DOCKER_CHAIN}, which cannot be read: {error}"
+                )))
+            } else {
+                Ok(())
+            };
         }
         for rule in self.docker_rules() {
             let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
@@ -335,13 +360,19 @@ impl Networking {
             if run("iptables", &command("-C"), None).await.is_ok() {
                 continue;
             }
-            if let Err(error) = run("iptables", &command("-I"), None).await {
-                tracing::warn!(%error, "sandbox egress not let past Docker's FORWARD policy");
-                return;
-            }
+            // From the first rule on, shutdown has something to remove.
+            self.docker_passed.store(true, Ordering::SeqCst);
+            run("iptables", &command("-I"), None)
+                .await
+                .map_err(|error| {
+                    BackendError::Unavailable(format!(
+                        "sandbox egress not let past Docker's FORWARD policy: {error}"
+                    ))
+                })?;
         }
         self.docker_passed.store(true, Ordering::SeqCst);
         tracing::info!("sandbox egress let past Docker's FORWARD policy (iptables {DOCKER_CHAIN})");
+        Ok(())
     }
 
     /// Removes what [`Self::pass_docker`] added, by this or a crashed run.
@@ -355,17 +386,13 @@ impl Networking {
     }
 
     /// The table: rebuilt whole (an old one of a crashed run is replaced).
-    async fn table_script(&self, host: &[Ipv4Addr]) -> String {
+    fn table_script(&self, host: &[Ipv4Addr], uplink: Option<&str>) -> String {
         let t = &self.table;
         let range = format!("{}/{}", self.range.0, self.range.1);
         let mut blocked: Vec<String> = self.blocked.iter().map(|c| c.to_string()).collect();
         blocked.extend(host.iter().map(|a| format!("{a}/32")));
-        let uplink = match &self.uplink {
-            Some(uplink) => Some(uplink.clone()),
-            None => default_route_interface().await,
-        };
         // Sandbox traffic leaves by the uplink only (NAT there).
-        let (leave, nat) = match &uplink {
+        let (leave, nat) = match uplink {
             Some(uplink) => (
                 format!("iifname @ours oifname != \"{uplink}\" drop\n"),
                 format!("oifname \"{uplink}\""),
@@ -426,7 +453,7 @@ impl Networking {
         if !self.docker_passed.load(Ordering::SeqCst)
             && std::path::Path::new("/sys/class/net/docker0").exists()
         {
-            self.pass_docker().await;
+            self.pass_docker().await?;
         }
         let slot = {
             let mut slots = self.slots();
@@ -457,15 +484,22 @@ impl Networking {
             policy: Arc::clone(&policy),
             dns: tokio::spawn(async {}),
             proxy: tokio::spawn(async {}),
+            changes: tokio::sync::watch::Sender::new(0),
         };
         let (listener, _) = proxy.map_err(|e| {
             BackendError::io(format!("listen for inspected connections on {gateway}"), e)
         })?;
+        let reach = inspect::Reach {
+            never: self.never.clone(),
+            uplink: self.uplink_in_use.get().cloned().flatten(),
+            relays: Arc::clone(&self.relays),
+        };
         attachment.proxy = tokio::spawn(inspect::serve(
             listener,
             sandbox,
             Arc::clone(&policy),
-            Arc::clone(&self.never),
+            attachment.changes.subscribe(),
+            Arc::new(reach),
         ));
         // The rules first, in one call: the interface is ours, with its policy, before it
         // exists, so no packet of it ever passes unfiltered.
@@ -476,23 +510,25 @@ impl Networking {
             let key = || netlink::SetKey::default().ifname(&rules.host_if);
             let elements = [
                 ("ours", key()),
-                ("proxy", key().ipv4(gateway).port(rules.proxy_port)),
                 ("egress", key()),
                 ("dns", key().ipv4(gateway)),
             ];
-            netlink::add_set_elements(&rules.table, &elements).map_err(|e| {
-                BackendError::io(
-                    format!("add {} to the table {}", rules.host_if, rules.table),
-                    e,
-                )
-            })?;
+            let table = rules.table.clone();
+            // Blocking calls (the kernel may wait for another writer of the tables).
+            tokio::task::spawn_blocking(move || netlink::add_set_elements(&table, &elements))
+                .await
+                .map_err(|e| BackendError::task("nftables elements", e))?
+                .map_err(|e| {
+                    BackendError::io(
+                        format!("add {} to the table {}", rules.host_if, rules.table),
+                        e,
+                    )
+                })?;
         } else {
             let script = format!(
-                "add element inet {t} ours {{ \"{i}\" }}\n\
-                 add element inet {t} proxy {{ \"{i}\" . {gateway} . {port} }}\n{policy}",
+                "add element inet {t} ours {{ \"{i}\" }}\n{policy}",
                 t = rules.table,
                 i = rules.host_if,
-                port = rules.proxy_port,
                 policy = rules.first_policy_script(&current),
             );
             run("nft", &["-f", "-"], Some(&script)).await?;
@@ -542,11 +578,9 @@ impl Networking {
         if self.ready.get().is_some() {
             return;
         }
-        let removed = run("nft", &["delete", "table", "inet", &self.table], None).await;
-        // A run that made its table may have let its sandboxes past Docker too.
-        if removed.is_ok() {
-            self.unpass_docker().await;
-        }
+        let _ = run("nft", &["delete", "table", "inet", &self.table], None).await;
+        // A crashed run may have let its sandboxes past Docker (tagged rules: only ours go).
+        self.unpass_docker().await;
     }
 
     /// Undoes what the backend changed on the host: its table, its rules in Docker's chain,
@@ -558,9 +592,7 @@ impl Networking {
         if let Err(error) = run("nft", &["delete", "table", "inet", &self.table], None).await {
             tracing::warn!(%error, table = %self.table, "nftables table not removed");
         }
-        if self.docker_passed.load(Ordering::SeqCst) {
-            self.unpass_docker().await;
-        }
+        self.unpass_docker().await;
         if self.forwarding_ours.swap(false, Ordering::SeqCst) {
             // Another worker of this host may still need it.
             let others = Command::new("nft")
@@ -585,19 +617,11 @@ impl Attachment {
         &self.rules.host_if
     }
 
-    /// The policy in force.
-    pub(crate) fn policy(&self) -> Policy {
-        self.policy
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
     /// Gives the sandbox the egress of `policy`: each call states everything (memberships,
     /// its allow chain, its resolved sets, emptied), so it is right whatever happened before.
     pub(crate) async fn set_policy(&mut self, policy: &Policy) -> Result<(), BackendError> {
         let script = self.rules.policy_script(policy);
-        let result = run("nft", &["-f", "-"], Some(&script)).await;
+        let result = run("nft", &["-f", "-"], Some(&script)).await.map(|_| ());
         let in_force = if result.is_ok() {
             policy.clone()
         } else {
@@ -607,6 +631,7 @@ impl Attachment {
             Policy::none()
         };
         *self.policy.write().unwrap_or_else(|e| e.into_inner()) = in_force;
+        self.changes.send_modify(|n| *n += 1);
         result
     }
 }
@@ -638,6 +663,7 @@ impl Rules {
         let ports = format!("p_{host_if}");
         let egress = format!("{{ \"{host_if}\" }}");
         let dns = format!("{{ \"{host_if}\" . {gateway} }}");
+        let proxy = format!("{{ \"{host_if}\" . {gateway} . {proxy_port} }}");
         let mut script = format!(
             "add chain inet {t} {chain}\n\
              add chain inet {t} {inspect}\n\
@@ -655,8 +681,10 @@ impl Rules {
                  add element inet {t} dns {dns}\n\
                  add element inet {t} allowing {{ \"{host_if}\" : jump {chain} }}\n\
                  add element inet {t} inspecting {{ \"{host_if}\" : jump {inspect} }}\n\
+                 add element inet {t} proxy {proxy}\n\
                  delete element inet {t} egress {egress}\n\
                  delete element inet {t} dns {dns}\n\
+                 delete element inet {t} proxy {proxy}\n\
                  delete element inet {t} allowing {{ \"{host_if}\" }}\n\
                  delete element inet {t} inspecting {{ \"{host_if}\" }}\n"
             ));
@@ -668,7 +696,12 @@ impl Rules {
                  add element inet {t} dns {dns}\n"
             )),
             Egress::Allow => {
-                script.push_str(&format!("add element inet {t} dns {dns}\n"));
+                // The proxy's port on the gateway is open to the sandbox under an allow-list
+                // only.
+                script.push_str(&format!(
+                    "add element inet {t} dns {dns}\n\
+                     add element inet {t} proxy {proxy}\n"
+                ));
                 // Listed ranges are reached as they are, and are not inspected.
                 for rule in policy.rules() {
                     if let AllowRule::Network { cidr, port } = rule {
@@ -699,6 +732,7 @@ impl Rules {
                      add rule inet {t} {chain} ip daddr . udp dport @{ports} accept\n\
                      add element inet {t} allowing {{ \"{host_if}\" : jump {chain} }}\n\
                      add rule inet {t} {inspect} ip daddr @blocked return\n\
+                     add rule inet {t} {inspect} fib daddr type != unicast return\n\
                      add rule inet {t} {inspect} tcp dport {{ {inspected} }} ip daddr @{names} redirect to :{proxy_port}\n\
                      add rule inet {t} {inspect} tcp dport {{ {inspected} }} ip daddr . tcp dport @{ports} redirect to :{proxy_port}\n\
                      add element inet {t} inspecting {{ \"{host_if}\" : jump {inspect} }}\n"
@@ -712,20 +746,14 @@ impl Rules {
     /// sets).
     fn detach_script(&self) -> String {
         let Rules {
-            table: t,
-            host_if,
-            gateway,
-            proxy_port,
+            table: t, host_if, ..
         } = self;
         let mut script = self.policy_script(&Policy::none());
-        let proxy = format!("{{ \"{host_if}\" . {gateway} . {proxy_port} }}");
         script.push_str(&format!(
             "delete chain inet {t} a_{host_if}\n\
              delete chain inet {t} i_{host_if}\n\
              delete set inet {t} d_{host_if}\n\
              delete set inet {t} p_{host_if}\n\
-             add element inet {t} proxy {proxy}\n\
-             delete element inet {t} proxy {proxy}\n\
              add element inet {t} ours {{ \"{host_if}\" }}\n\
              delete element inet {t} ours {{ \"{host_if}\" }}\n"
         ));
@@ -776,6 +804,7 @@ async fn shape(netns: &OwnedFd, host_if: &str, rate: Bandwidth) -> Result<(), Ba
         Some(&qdisc("eth0")),
     )
     .await
+    .map(|_| ())
 }
 
 /// The first `nameserver` of the host's `/etc/resolv.conf`, on port 53.
@@ -804,41 +833,34 @@ fn valid_ifname(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// The interface of the host's default IPv4 route (`ip route show default`), if any.
-async fn default_route_interface() -> Option<String> {
-    let output = Command::new("ip")
-        .args(["-4", "route", "show", "default"])
-        .output()
-        .await
-        .ok()?;
-    let text = String::from_utf8_lossy(&output.stdout);
+/// The interface of the host's default IPv4 route (`ip route show default`), if it has one;
+/// an error when `ip` cannot say.
+async fn default_route_interface() -> Result<Option<String>, BackendError> {
+    let text = run("ip", &["-4", "route", "show", "default"], None).await?;
     let mut words = text.split_whitespace();
-    words.find(|w| *w == "dev")?;
-    words.next().map(str::to_string).filter(|d| valid_ifname(d))
+    if words.find(|w| *w == "dev").is_none() {
+        return Ok(None);
+    }
+    Ok(words.next().map(str::to_string).filter(|d| valid_ifname(d)))
 }
 
-/// The host's own IPv4 addresses (`ip -4 -o addr`), blocked for sandboxes.
-async fn host_addresses() -> Vec<Ipv4Addr> {
-    let Ok(output) = Command::new("ip")
-        .args(["-4", "-o", "addr", "show"])
-        .output()
-        .await
-    else {
-        return Vec::new();
-    };
-    String::from_utf8_lossy(&output.stdout)
+/// The host's own IPv4 addresses (`ip -4 -o addr`), blocked for sandboxes; an error when
+/// `ip` cannot say (a table without them would not keep sandboxes off the host).
+async fn host_addresses() -> Result<Vec<Ipv4Addr>, BackendError> {
+    let text = run("ip", &["-4", "-o", "addr", "show"], None).await?;
+    Ok(text
         .lines()
         .filter_map(|line| {
             let mut words = line.split_whitespace();
             words.find(|w| *w == "inet")?;
             words.next()?.split('/').next()?.parse().ok()
         })
-        .collect()
+        .collect())
 }
 
-/// Runs `program args`, feeding it `stdin`; an error names the command, its status and
-/// the end of its stderr.
-async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), BackendError> {
+/// Runs `program args`, feeding it `stdin`; returns its stdout. An error names the command,
+/// its status and the end of its stderr.
+async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, BackendError> {
     let shown = format!("{program} {}", args.join(" "));
     let mut command = Command::new(program);
     command
@@ -848,7 +870,7 @@ async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), Ba
         } else {
             Stdio::null()
         })
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     let mut child = command.spawn().map_err(|e| {
@@ -870,7 +892,7 @@ async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), Ba
         .map_err(|_| BackendError::Setup(format!("{shown} did not finish in {COMMAND_TIMEOUT:?}")))?
         .map_err(|e| BackendError::io(format!("run {shown}"), e))?;
     if output.status.success() {
-        return Ok(());
+        return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
     let tail: String = stderr
@@ -924,7 +946,7 @@ mod tests {
     #[tokio::test]
     async fn the_table_blocks_the_defaults_and_the_host() {
         let net = Networking::new(&NetworkSettings::default(), "x").unwrap();
-        let script = net.table_script(&["192.0.2.9".parse().unwrap()]).await;
+        let script = net.table_script(&["192.0.2.9".parse().unwrap()], None);
         assert!(script.contains("table inet traforato_x {"), "{script}");
         assert!(
             script.contains("192.0.2.9/32"),
@@ -937,7 +959,7 @@ mod tests {
             ..NetworkSettings::default()
         };
         let net = Networking::new(&settings, "x").unwrap();
-        let script = net.table_script(&[]).await;
+        let script = net.table_script(&[], Some("ti0"));
         assert!(
             script.contains("iifname @ours oifname != \"ti0\" drop"),
             "{script}"
@@ -956,7 +978,7 @@ mod tests {
             ..NetworkSettings::default()
         };
         let net = Networking::new(&settings, "x").unwrap();
-        let script = net.table_script(&[]).await;
+        let script = net.table_script(&[], None);
         assert!(script.contains("169.254.0.0/16"), "{script}");
         assert!(!script.contains("192.168.0.0/16"), "{script}");
     }
@@ -982,6 +1004,10 @@ mod tests {
             "{all}"
         );
         assert!(!all.contains("redirect"), "{all}");
+        assert!(
+            all.rfind("delete element inet t proxy") > all.rfind("add element inet t proxy"),
+            "the proxy is reachable under an allow-list only: {all}"
+        );
         // A first attachment only adds: no grace period of the kernel's to wait for.
         let first = rules.first_policy_script(&Policy::all());
         assert!(first.lines().all(|l| l.starts_with("add ")), "{first}");
@@ -998,6 +1024,8 @@ mod tests {
             "add element inet t allowing { \"tfa\" : jump a_tfa }",
             "add rule inet t i_tfa tcp dport { 80, 443 } ip daddr @d_tfa redirect to :4321",
             "add element inet t inspecting { \"tfa\" : jump i_tfa }",
+            "add element inet t proxy { \"tfa\" . 10.213.0.1 . 4321 }",
+            "add rule inet t i_tfa fib daddr type != unicast return",
         ] {
             assert!(allow.contains(line), "{line}\n{allow}");
         }

@@ -159,6 +159,12 @@ impl Netlink {
             SocketFlags::CLOEXEC,
             protocol,
         )?;
+        // An answer that never comes is an error, not a hang.
+        rustix::net::sockopt::set_socket_timeout(
+            &socket,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(std::time::Duration::from_secs(10)),
+        )?;
         Ok(Self { socket })
     }
 
@@ -226,7 +232,7 @@ impl Netlink {
 }
 
 /// One key of an nftables set: its fields, each padded to four bytes, as the kernel
-/// concatenates them (`ifname . ipv4_addr . inet_service`).
+/// concatenates them (`ifname . ipv4_addr`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct SetKey(Vec<u8>);
 
@@ -246,18 +252,11 @@ impl SetKey {
         self.0.extend_from_slice(&addr.octets());
         self
     }
-
-    /// A port field (big-endian, padded).
-    pub(crate) fn port(mut self, port: u16) -> Self {
-        self.0.extend_from_slice(&port.to_be_bytes());
-        self.0.extend_from_slice(&[0, 0]);
-        self
-    }
 }
 
 /// Adds `elements` (set name, key) to sets of the `inet` table `table`, in one batch: all of
 /// them or, on a refusal, none.
-pub(crate) fn add_set_elements(table: &str, elements: &[(&str, SetKey)]) -> io::Result<()> {
+pub(crate) fn add_set_elements(table: &str, elements: &[(&'static str, SetKey)]) -> io::Result<()> {
     let socket = Netlink::open_protocol(Some(rustix::net::netlink::NETFILTER))?;
     let mut batch = Vec::new();
     let mut begin = Message::numbered(NFNL_MSG_BATCH_BEGIN, 0, 1);
@@ -364,12 +363,10 @@ mod tests {
     fn set_keys_are_fields_padded_to_four_bytes() {
         let key = SetKey::default()
             .ifname("tf0123456789ab")
-            .ipv4(Ipv4Addr::new(10, 213, 0, 1))
-            .port(443);
-        assert_eq!(key.0.len(), 16 + 4 + 4);
+            .ipv4(Ipv4Addr::new(10, 213, 0, 1));
+        assert_eq!(key.0.len(), 16 + 4);
         assert_eq!(&key.0[..15], b"tf0123456789ab\0");
-        assert_eq!(&key.0[16..20], &[10, 213, 0, 1]);
-        assert_eq!(&key.0[20..], &[1, 187, 0, 0]);
+        assert_eq!(&key.0[16..], &[10, 213, 0, 1]);
     }
 
     #[test]

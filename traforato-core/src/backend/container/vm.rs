@@ -424,11 +424,11 @@ impl Vm for ContainerVm {
             // Attached with its policy already.
             return Ok(());
         }
-        let attachment = attached.as_mut().expect("attached above");
-        if attachment.policy() == *policy {
-            return Ok(());
-        }
-        attachment.set_policy(policy).await
+        attached
+            .as_mut()
+            .expect("attached above")
+            .set_policy(policy)
+            .await
     }
 
     async fn destroy(&self) -> Result<(), BackendError> {
