@@ -1311,7 +1311,7 @@ async fn failed_provisions_leave_nothing() {
             .unwrap()
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n != "images")
+            .filter(|n| n != "images" && n != "cgroup-parents")
             .collect();
         assert!(left.is_empty(), "left in state dir: {left:?}");
         assert!(mounts_below(&harness.state_dir).is_empty());
@@ -1379,7 +1379,7 @@ async fn cancelled_provisions_leave_nothing() {
             .unwrap()
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n != "images")
+            .filter(|n| n != "images" && n != "cgroup-parents")
             .collect();
         if entries.is_empty() && mounts_below(&h.state_dir).is_empty() {
             clean = true;

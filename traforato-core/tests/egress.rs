@@ -38,13 +38,18 @@ while True:
 "#;
 
 /// A stand-in for a TLS server of the test internet on port 443: it answers whatever it is
-/// sent (a ClientHello) with one line.
+/// sent first (a ClientHello) with one line, then echoes what follows.
 const TLS_STAND_IN: &str = r#"
 import socketserver, sys
 class Answer(socketserver.BaseRequestHandler):
     def handle(self):
         self.request.recv(4096)
         self.request.sendall(b"reached 443\n")
+        while True:
+            b = self.request.recv(4096)
+            if not b:
+                break
+            self.request.sendall(b)
 socketserver.ThreadingTCPServer.allow_reuse_address = True
 socketserver.ThreadingTCPServer((sys.argv[1], 443), Answer).serve_forever()
 "#;
@@ -165,6 +170,15 @@ impl Drop for Internet {
     }
 }
 
+/// A sandbox of the `host` image, 1 cpu, 256 MiB.
+fn host_sandbox() -> ProvisionSpec {
+    ProvisionSpec {
+        vm_id: LocalVmId::new_random(),
+        tuple: SandboxTuple::normalize("container", "host", 1, "container"),
+        memory_mib: 256,
+    }
+}
+
 /// Runs Python in the sandbox and returns its stdout, trimmed.
 async fn python(vm: &Arc<dyn Vm>, code: &str) -> String {
     let spec = ExecSpec {
@@ -208,18 +222,21 @@ fn connect(host: &str, port: u16) -> String {
     )
 }
 
+/// Python: `hello(name)`, the bytes of a TLS ClientHello for `name` (none for `None`).
+const HELLO: &str = "import socket, ssl, time\n\
+    def hello(name):\n    \
+        c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); c.check_hostname = False; c.verify_mode = ssl.CERT_NONE\n    \
+        i, o = ssl.MemoryBIO(), ssl.MemoryBIO(); t = c.wrap_bio(i, o, server_hostname=name)\n    \
+        try:\n        t.do_handshake()\n    \
+        except ssl.SSLWantReadError:\n        pass\n    \
+        return o.read()\n";
+
 /// Sends `data` (a Python bytes expression; `hello(name)` is a TLS ClientHello whose server
 /// name is `name`, or none for `None`) to `host:port` from the sandbox: the first line of the
 /// answer, or `failed: <why>` (a refused connection is reset, or closed unanswered).
 fn send(host: &str, port: u16, data: &str) -> String {
     format!(
-        "import socket, ssl\n\
-         def hello(name):\n    \
-             c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); c.check_hostname = False; c.verify_mode = ssl.CERT_NONE\n    \
-             i, o = ssl.MemoryBIO(), ssl.MemoryBIO(); t = c.wrap_bio(i, o, server_hostname=name)\n    \
-             try:\n        t.do_handshake()\n    \
-             except ssl.SSLWantReadError:\n        pass\n    \
-             return o.read()\n\
+        "{HELLO}\
          try:\n    s = socket.create_connection(({host:?}, {port}), timeout=2); s.sendall({data})\n    \
              print(s.recv(200).decode().split('\\n')[0].strip() or 'failed: closed')\n\
          except Exception as e:\n    print('failed:', type(e).__name__)"
@@ -252,13 +269,7 @@ async fn egress_none_reaches_nothing_and_all_reaches_the_internet_but_never_the_
     let tag = config.cgroup_parent.clone();
     let forwarding_before = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
     let backend = Arc::new(ContainerBackend::new(config).expect("container backend as root"));
-    let provision = || {
-        backend.provision(ProvisionSpec {
-            vm_id: LocalVmId::new_random(),
-            tuple: SandboxTuple::normalize("container", "host", 1, "container"),
-            memory_mib: 256,
-        })
-    };
+    let provision = || backend.provision(host_sandbox());
     let page = format!("http://{}:8080/", internet.addr);
     // A service of the host's own, which no sandbox may reach.
     let host_service = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
@@ -326,14 +337,7 @@ async fn egress_none_reaches_nothing_and_all_reaches_the_internet_but_never_the_
     // Another sandbox with egress is not reachable either.
     // This one is made with its network, attached while it boots (as a cold create is).
     let other = backend
-        .provision_with_network(
-            ProvisionSpec {
-                vm_id: LocalVmId::new_random(),
-                tuple: SandboxTuple::normalize("container", "host", 1, "container"),
-                memory_mib: 256,
-            },
-            &Policy::all(),
-        )
+        .provision_with_network(host_sandbox(), &Policy::all())
         .await
         .expect("a second sandbox, with its network");
     assert_eq!(
@@ -465,6 +469,33 @@ async fn egress_none_reaches_nothing_and_all_reaches_the_internet_but_never_the_
         "hello from the test internet",
         "other ports are not inspected"
     );
+    // A change of policy ends the relayed connections whose name it no longer allows: a
+    // connection echoing every 100 ms is cut by a change made a second in.
+    let held = format!(
+        "{HELLO}\
+         s = socket.create_connection(({ip:?}, 443), timeout=2); s.sendall(hello('inet.test'))\n\
+         s.recv(100); n = 0; end = time.monotonic() + 8\n\
+         try:\n    \
+             while time.monotonic() < end:\n        \
+                 s.sendall(b'x')\n        \
+                 if not s.recv(10):\n            break\n        \
+                 n += 1; time.sleep(0.1)\n\
+         except Exception:\n    pass\n\
+         print('open' if time.monotonic() >= end else 'cut', n)"
+    );
+    let change = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        vm.set_network(&allow(&["other.test"])).await.unwrap();
+    };
+    let (held, ()) = tokio::join!(python(&vm, &held), change);
+    let (how, echoes) = held.split_once(' ').expect(&held);
+    assert_eq!(how, "cut", "{held}");
+    assert!(
+        echoes.parse::<u32>().unwrap() > 2,
+        "it was relayed before: {held}"
+    );
+    vm.set_network(&allow(&["inet.test"])).await.unwrap();
+    let _ = python(&vm, &connect("inet.test", 80)).await;
     // A name allowed on 443 only: the same checks through its port-bound set.
     vm.set_network(&allow(&["inet.test:443"])).await.unwrap();
     let _ = python(&vm, &connect("inet.test", 443)).await;
@@ -555,14 +586,7 @@ async fn egress_none_reaches_nothing_and_all_reaches_the_internet_but_never_the_
     };
     let state_dir = config.state_dir.clone();
     let backend = Arc::new(ContainerBackend::new(config).expect("container backend as root"));
-    let vm = backend
-        .provision(ProvisionSpec {
-            vm_id: LocalVmId::new_random(),
-            tuple: SandboxTuple::normalize("container", "host", 1, "container"),
-            memory_mib: 256,
-        })
-        .await
-        .expect("a sandbox");
+    let vm = backend.provision(host_sandbox()).await.expect("a sandbox");
     vm.set_network(&Policy::all()).await.expect("capped egress");
     let timed = |transfer: &str| {
         format!(
@@ -622,14 +646,7 @@ async fn egress_none_reaches_nothing_and_all_reaches_the_internet_but_never_the_
     let state_dir = config.state_dir.clone();
     let backend = Arc::new(ContainerBackend::new(config).expect("container backend as root"));
     let refused = backend
-        .provision_with_network(
-            ProvisionSpec {
-                vm_id: LocalVmId::new_random(),
-                tuple: SandboxTuple::normalize("container", "host", 1, "container"),
-                memory_mib: 256,
-            },
-            &Policy::all(),
-        )
+        .provision_with_network(host_sandbox(), &Policy::all())
         .await;
     let _ = sh(&format!("ip link delete {dummy}"));
     let error = refused
