@@ -20,17 +20,40 @@ use traforato_server::config::{
 use crate::shells::{cores, wait_for, BrokerShell, WorkerShell, WorkerSpec, VIRTUALIZATION};
 use crate::{client_error, io_error, memory, tuple, BenchError, Row, Verdict, IMAGE};
 
-/// Concurrencies of the throughput rows.
-const CONCURRENCY: [usize; 4] = [1, 4, 16, 64];
+/// How big the capacity rows are.
+#[derive(Debug, Clone)]
+pub struct Scale {
+    /// Concurrencies of the throughput rows.
+    pub concurrency: Vec<usize>,
+    /// How long each throughput row runs.
+    pub window: Duration,
+    /// Live sandboxes the claim-latency rows are taken at (ascending).
+    pub live: Vec<usize>,
+    /// Claims timed at each live count.
+    pub claims: usize,
+}
 
-/// How long each throughput row runs.
-const WINDOW: Duration = Duration::from_secs(5);
+impl Scale {
+    /// A full run's.
+    pub fn full() -> Self {
+        Self {
+            concurrency: vec![1, 4, 16, 64],
+            window: Duration::from_secs(5),
+            live: vec![10, 100, 1000],
+            claims: 30,
+        }
+    }
 
-/// Live sandboxes the claim-latency rows are taken at.
-const LIVE: [usize; 3] = [10, 100, 1000];
-
-/// Claims timed at each live count.
-const CLAIMS: usize = 30;
+    /// The smoke mode's: every row taken, in seconds.
+    pub fn smoke() -> Self {
+        Self {
+            concurrency: vec![1, 2],
+            window: Duration::from_secs(1),
+            live: vec![2, 4],
+            claims: 3,
+        }
+    }
+}
 
 /// The deployed defaults of the capacity model (see README), with `max_warm` idle warm
 /// sandboxes per tuple.
@@ -64,9 +87,10 @@ async fn cycle(client: &Client) -> Result<bool, BenchError> {
     Ok(true)
 }
 
-/// Create → run → delete loops at each of [`CONCURRENCY`] for [`WINDOW`]: throughput, p99,
+/// Create → run → delete loops at each of the scale's concurrencies for its window: throughput, p99,
 /// and how many creates were refused for capacity (the target: none).
 pub async fn throughput_rows(
+    scale: &Scale,
     broker: &BrokerShell,
     backend: &Arc<dyn VmBackend>,
     client: &Client,
@@ -85,8 +109,8 @@ pub async fn throughput_rows(
     .map_err(io_error("start the throughput worker"))?;
     let result = async {
         let mut rows = Vec::new();
-        for concurrency in CONCURRENCY {
-            let deadline = Instant::now() + WINDOW;
+        for &concurrency in &scale.concurrency {
+            let deadline = Instant::now() + scale.window;
             let tasks: Vec<_> = (0..concurrency)
                 .map(|_| {
                     let client = client.clone();
@@ -114,7 +138,7 @@ pub async fn throughput_rows(
                 samples.extend(s);
                 refused += r;
             }
-            let per_second = samples.len() as f64 / WINDOW.as_secs_f64();
+            let per_second = samples.len() as f64 / scale.window.as_secs_f64();
             let summary = Summary::of(&samples);
             println!(
                 "  concurrency {concurrency:>2}: {per_second:>7.1} cycles/s, p50 {} ms, p99 {} ms, \
@@ -158,10 +182,14 @@ fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
 
-/// Claim latency (a warm create through the broker) with [`LIVE`] sandboxes live, and the
+/// Claim latency (a warm create through the broker) with the scale's live counts sandboxes live, and the
 /// worker's memory and descriptors per live sandbox. Uses a backend of its own without the
 /// Python zygote, so that 1000 sandboxes fit in memory.
-pub async fn claim_rows(broker: &BrokerShell, client: &Client) -> Result<Vec<Row>, BenchError> {
+pub async fn claim_rows(
+    scale: &Scale,
+    broker: &BrokerShell,
+    client: &Client,
+) -> Result<Vec<Row>, BenchError> {
     const POOL: u32 = 2;
     let config = ContainerConfig {
         state_dir: PathBuf::from("/run/traforato-startup-claims"),
@@ -174,7 +202,8 @@ pub async fn claim_rows(broker: &BrokerShell, client: &Client) -> Result<Vec<Row
             .map_err(|e| BenchError::Check(format!("the container backend cannot run: {e}")))?,
     );
     let backend: Arc<dyn VmBackend> = container.clone();
-    let max_live = (LIVE[LIVE.len() - 1] as u32 + POOL + 16).max(cores() * 32);
+    let most = scale.live.last().copied().unwrap_or(0);
+    let max_live = (most as u32 + POOL + 16).max(cores() * 32);
     let worker = WorkerShell::start(
         broker,
         backend,
@@ -203,7 +232,7 @@ pub async fn claim_rows(broker: &BrokerShell, client: &Client) -> Result<Vec<Row
         let mut medians = Vec::new();
         let mut rows = Vec::new();
         let mut baseline: Option<(u64, usize)> = None;
-        for target in LIVE {
+        for &target in &scale.live {
             // Live sandboxes of another tuple (cpu 2), so that claims of `tuple` stay warm.
             while live.len() < target {
                 let spec = CreateSandbox {
@@ -219,7 +248,7 @@ pub async fn claim_rows(broker: &BrokerShell, client: &Client) -> Result<Vec<Row
                 live.push(sandbox);
             }
             let mut samples = Vec::new();
-            for _ in 0..CLAIMS {
+            for _ in 0..scale.claims {
                 wait_for(Duration::from_secs(60), || {
                     worker.ready(&tuple) == POOL as usize && broker.hints(&tuple) == POOL as usize
                 })
@@ -257,7 +286,7 @@ pub async fn claim_rows(broker: &BrokerShell, client: &Client) -> Result<Vec<Row
             rows.push(Row {
                 measure: format!("warm claim via broker, {target} live"),
                 system: format!("{} ms ({})", ms(summary.median), ms(summary.p90)),
-                floor: format!("{} ms at {} live", ms(medians[0]), LIVE[0]),
+                floor: format!("{} ms at {} live", ms(medians[0]), scale.live[0]),
                 ratio: format!("{ratio:.2}x"),
                 target: "flat (<= 2x)",
                 verdict: if ratio <= 2.0 {
@@ -269,7 +298,7 @@ pub async fn claim_rows(broker: &BrokerShell, client: &Client) -> Result<Vec<Row
         }
         if let Some((rss0, fds0)) = baseline {
             let rss = memory::self_rss().map_err(io_error("read /proc/self/status"))?;
-            let added = (LIVE[LIVE.len() - 1] - LIVE[0]) as f64;
+            let added = (most - scale.live[0]) as f64;
             let rss_per = rss.saturating_sub(rss0) as f64 / added / 1024.0;
             let fds_per = open_fds().saturating_sub(fds0) as f64 / added;
             println!(

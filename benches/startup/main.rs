@@ -24,7 +24,8 @@
 //! at a time: sandboxes live in `/run/traforato-startup` and the cgroup `traforato_startup`;
 //! a run that is interrupted leaves its sandboxes there and the next run removes them. The
 //! shells log as deployed (JSON at info, here to a file in a scratch dir); `--no-logs` turns
-//! that off. `--only 2,8` runs those phases alone.
+//! that off. `--only 2,8` runs those phases alone. `--smoke` runs every phase at a tiny size
+//! (seconds; no target judged): CI runs it (`benches/tests/smoke.rs`) so that it cannot rot.
 
 mod capacity;
 mod floors;
@@ -55,7 +56,8 @@ use crate::floors::Zygote;
 use crate::shells::{wait_for, BrokerShell, WorkerShell, WorkerSpec, VIRTUALIZATION};
 
 const USAGE: &str = "usage: startup [--iterations N] [--memory-sandboxes N] \
-                     [--redirect-seconds S] [--connections N] [--no-logs] [--only PHASE,...]";
+                     [--redirect-seconds S] [--connections N] [--no-logs] [--only PHASE,...] \
+                     [--smoke]";
 
 /// The number of phases.
 const PHASES: usize = 8;
@@ -115,6 +117,11 @@ struct Args {
     logs: bool,
     /// The phases to run (1 to [`PHASES`]); empty: all.
     only: Vec<usize>,
+    /// How big the capacity rows are.
+    scale: capacity::Scale,
+    /// Every phase at a tiny size, to show that each still runs: its figures are not
+    /// measurements and no target is judged.
+    smoke: bool,
 }
 
 impl Args {
@@ -131,6 +138,8 @@ fn parse_args() -> Result<Args, String> {
         connections: 32,
         logs: true,
         only: Vec::new(),
+        scale: capacity::Scale::full(),
+        smoke: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -152,6 +161,14 @@ fn parse_args() -> Result<Args, String> {
             }
             "--connections" => args.connections = value("--connections")? as usize,
             "--no-logs" => args.logs = false,
+            "--smoke" => {
+                args.smoke = true;
+                args.iterations = 3;
+                args.memory_sandboxes = 2;
+                args.redirect_window = Duration::from_secs(1);
+                args.connections = 4;
+                args.scale = capacity::Scale::smoke();
+            }
             "--only" => {
                 let list = it.next().ok_or("--only needs phase numbers")?;
                 for phase in list.split(',') {
@@ -366,6 +383,9 @@ async fn run(args: Args) -> Result<(), BenchError> {
     stopped?;
 
     println!("\nload average at end: {}", load_average());
+    if args.smoke {
+        println!("\nsmoke run: every phase ran; its figures are not measurements");
+    }
     println!("\nsummary (medians, p90 in parentheses)");
     let line = |cells: [&str; 6]| {
         println!(
@@ -386,7 +406,11 @@ async fn run(args: Args) -> Result<(), BenchError> {
         "", "", "", "", "", ""
     );
     for row in &rows {
-        let verdict = row.verdict.to_string();
+        let verdict = if args.smoke {
+            "smoke".to_string()
+        } else {
+            row.verdict.to_string()
+        };
         line([
             &row.measure,
             &row.system,
@@ -458,13 +482,13 @@ async fn phases(
         5,
         "create -> run -> delete throughput under the capacity model",
     ) {
-        rows.extend(capacity::throughput_rows(broker, backend, client).await?);
+        rows.extend(capacity::throughput_rows(&args.scale, broker, backend, client).await?);
     }
     if announce(
         6,
         "warm-claim latency as live sandboxes grow; worker cost per sandbox",
     ) {
-        rows.extend(capacity::claim_rows(broker, client).await?);
+        rows.extend(capacity::claim_rows(&args.scale, broker, client).await?);
     }
     if announce(
         7,
