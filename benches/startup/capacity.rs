@@ -140,7 +140,7 @@ pub async fn throughput_rows(
             }
             let per_second = samples.len() as f64 / scale.window.as_secs_f64();
             let summary = Summary::of(&samples);
-            println!(
+            say!(
                 "  concurrency {concurrency:>2}: {per_second:>7.1} cycles/s, p50 {} ms, p99 {} ms, \
                  {refused} refused for capacity",
                 summary.map_or("-".into(), |s| ms(s.median)),
@@ -158,6 +158,11 @@ pub async fn throughput_rows(
                 floor: format!("{refused} refused"),
                 ratio: "-".to_string(),
                 target: "no capacity error",
+                figures: [
+                    summary.map_or(Vec::new(), |s| crate::latency_figures("", &s)),
+                    vec![("per_second", per_second), ("refused", refused as f64)],
+                ]
+                .concat(),
                 verdict: if summary.is_none() {
                     Verdict::NotMeasured
                 } else if refused == 0 {
@@ -275,7 +280,7 @@ pub async fn claim_rows(
                 baseline = Some((rss, fds));
             }
             let summary = Summary::of(&samples).expect("samples were taken");
-            println!(
+            say!(
                 "  {target:>4} live: claim p50 {} ms, p90 {} ms; process RSS {} MiB, {fds} fds",
                 ms(summary.median),
                 ms(summary.p90),
@@ -289,6 +294,15 @@ pub async fn claim_rows(
                 floor: format!("{} ms at {} live", ms(medians[0]), scale.live[0]),
                 ratio: format!("{ratio:.2}x"),
                 target: "flat (<= 2x)",
+                figures: [
+                    crate::latency_figures("", &summary),
+                    vec![
+                        ("floor_p50_ms", medians[0].as_secs_f64() * 1000.0),
+                        ("ratio", ratio),
+                        ("live", target as f64),
+                    ],
+                ]
+                .concat(),
                 verdict: if ratio <= 2.0 {
                     Verdict::Met
                 } else {
@@ -301,7 +315,7 @@ pub async fn claim_rows(
             let added = (most - scale.live[0]) as f64;
             let rss_per = rss.saturating_sub(rss0) as f64 / added / 1024.0;
             let fds_per = open_fds().saturating_sub(fds0) as f64 / added;
-            println!(
+            say!(
                 "  worker process per live sandbox: {rss_per:.0} KiB RSS, {fds_per:.1} descriptors"
             );
             rows.push(Row {
@@ -311,6 +325,7 @@ pub async fn claim_rows(
                 ratio: "-".to_string(),
                 target: "reported",
                 verdict: Verdict::Met,
+                figures: vec![("rss_kib", rss_per), ("fds", fds_per)],
             });
         }
         for sandbox in live {

@@ -25,7 +25,7 @@ pub async fn cached_image_row(args: &Args, scratch: &Path) -> Result<Row, BenchE
     let registry = match LocalRegistry::start() {
         Ok(registry) => registry,
         Err(why) => {
-            println!("  skipped: {why}");
+            say!("  skipped: {why}");
             return Ok(ROW.not_measured());
         }
     };
@@ -60,7 +60,7 @@ pub async fn cached_image_row(args: &Args, scratch: &Path) -> Result<Row, BenchE
     .await;
     own.stop().await;
     let (pull, host, cached) = measured?;
-    println!("  first create (pull + unpack)          {:>8} ms", ms(pull));
+    say!("  first create (pull + unpack)          {:>8} ms", ms(pull));
     ROW.row(
         ("create from host", &host),
         ("create from the cached image", &cached),

@@ -26,6 +26,25 @@
 //! shells log as deployed (JSON at info, here to a file in a scratch dir); `--no-logs` turns
 //! that off. `--only 2,8` runs those phases alone. `--smoke` runs every phase at a tiny size
 //! (seconds; no target judged): CI runs it (`benches/tests/smoke.rs`) so that it cannot rot.
+//! `--json` prints one JSON object on stdout (the report goes to stderr): `cpus`, `cgroups`,
+//! `smoke`, and `rows`, each with `measure`, `target`, `verdict` (`met`, `not_met`,
+//! `not_measured`, `smoke`) and its numbers under stable names: `p50_ms`, `p90_ms`, `p99_ms`
+//! and `floor_*` for latencies, `per_second`, `floor_per_second`, `ratio`, `refused`, `mib`,
+//! `rss_kib`, `fds`, `live`.
+
+/// `--json`: the human report goes to stderr, stdout gets the one JSON object.
+static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Prints a line of the human report (to stderr under `--json`).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if crate::JSON.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!($($arg)*)
+        } else {
+            println!($($arg)*)
+        }
+    };
+}
 
 mod capacity;
 mod floors;
@@ -57,7 +76,7 @@ use crate::shells::{wait_for, BrokerShell, WorkerShell, WorkerSpec, VIRTUALIZATI
 
 const USAGE: &str = "usage: startup [--iterations N] [--memory-sandboxes N] \
                      [--redirect-seconds S] [--connections N] [--no-logs] [--only PHASE,...] \
-                     [--smoke]";
+                     [--smoke] [--json]";
 
 /// The number of phases.
 const PHASES: usize = 8;
@@ -161,6 +180,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--connections" => args.connections = value("--connections")? as usize,
             "--no-logs" => args.logs = false,
+            "--json" => JSON.store(true, std::sync::atomic::Ordering::Relaxed),
             "--smoke" => {
                 args.smoke = true;
                 args.iterations = 3;
@@ -194,7 +214,7 @@ fn main() -> ExitCode {
         Ok(args) => args,
         // An empty message is a request for help.
         Err(message) if message.is_empty() => {
-            println!("{USAGE}");
+            say!("{USAGE}");
             return ExitCode::SUCCESS;
         }
         Err(message) => {
@@ -203,7 +223,7 @@ fn main() -> ExitCode {
         }
     };
     if !rustix::process::geteuid().is_root() {
-        println!(
+        say!(
             "startup: skipped: the container backend needs root (namespaces, cgroups, mounts); \
              run it as root to measure"
         );
@@ -294,6 +314,52 @@ struct Row {
     ratio: String,
     target: &'static str,
     verdict: Verdict,
+    /// Its numbers under stable names, for `--json` (`p50_ms`, `floor_p50_ms`,
+    /// `per_second`, `ratio`...).
+    figures: Vec<(&'static str, f64)>,
+}
+
+/// The percentiles of `summary` in milliseconds, named with `prefix` (`""` or `"floor_"`).
+fn latency_figures(prefix: &'static str, summary: &Summary) -> Vec<(&'static str, f64)> {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let names: [&'static str; 3] = match prefix {
+        "" => ["p50_ms", "p90_ms", "p99_ms"],
+        _ => ["floor_p50_ms", "floor_p90_ms", "floor_p99_ms"],
+    };
+    vec![
+        (names[0], ms(summary.median)),
+        (names[1], ms(summary.p90)),
+        (names[2], ms(summary.p99)),
+    ]
+}
+
+/// The one JSON object of `--json`: the machine, whether it was a smoke run, every row.
+fn json_report(rows: &[Row], smoke: bool, cgroups: &str) -> serde_json::Value {
+    let rows: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|row| {
+            let mut object = serde_json::Map::new();
+            object.insert("measure".into(), row.measure.clone().into());
+            object.insert("target".into(), row.target.into());
+            let verdict = match (smoke, row.verdict) {
+                (true, _) => "smoke",
+                (false, Verdict::Met) => "met",
+                (false, Verdict::NotMet) => "not_met",
+                (false, Verdict::NotMeasured) => "not_measured",
+            };
+            object.insert("verdict".into(), verdict.into());
+            for (name, value) in &row.figures {
+                object.insert((*name).into(), (*value).into());
+            }
+            serde_json::Value::Object(object)
+        })
+        .collect();
+    serde_json::json!({
+        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "cgroups": cgroups,
+        "smoke": smoke,
+        "rows": rows,
+    })
 }
 
 fn tuple() -> SandboxTuple {
@@ -331,7 +397,7 @@ async fn run(args: Args) -> Result<(), BenchError> {
         .build()
         .map_err(client_error("build the client"))?;
 
-    println!(
+    say!(
         "traforato start-up benchmark: {} samples per latency series (after {WARMUP} thrown \
          away), {} CPUs, container backend ({} cgroups), image {IMAGE:?}",
         args.iterations,
@@ -342,7 +408,7 @@ async fn run(args: Args) -> Result<(), BenchError> {
             "v1"
         },
     );
-    println!(
+    say!(
         "shells' JSON logs at info level: {}",
         if args.logs {
             "on, to a file (as deployed)"
@@ -350,7 +416,7 @@ async fn run(args: Args) -> Result<(), BenchError> {
             "off (--no-logs)"
         }
     );
-    println!("load average at start: {}", load_average());
+    say!("load average at start: {}", load_average());
 
     let backend: Arc<dyn VmBackend> = container.clone();
     let rows = phases(
@@ -382,15 +448,28 @@ async fn run(args: Args) -> Result<(), BenchError> {
     let rows = rows?;
     stopped?;
 
-    println!("\nload average at end: {}", load_average());
+    say!("\nload average at end: {}", load_average());
     if args.smoke {
-        println!("\nsmoke run: every phase ran; its figures are not measurements");
+        say!("\nsmoke run: every phase ran; its figures are not measurements");
     }
-    println!("\nsummary (medians, p90 in parentheses)");
+    if JSON.load(std::sync::atomic::Ordering::Relaxed) {
+        let cgroups = if container.uses_cgroup_v2() {
+            "v2"
+        } else {
+            "v1"
+        };
+        println!("{}", json_report(&rows, args.smoke, cgroups));
+    }
+    say!("\nsummary (medians, p90 in parentheses)");
     let line = |cells: [&str; 6]| {
-        println!(
+        say!(
             "| {:<44} | {:<22} | {:<32} | {:<6} | {:<17} | {:<12} |",
-            cells[0], cells[1], cells[2], cells[3], cells[4], cells[5]
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            cells[4],
+            cells[5]
         )
     };
     line([
@@ -401,9 +480,14 @@ async fn run(args: Args) -> Result<(), BenchError> {
         "target",
         "verdict",
     ]);
-    println!(
+    say!(
         "|{:-<46}|{:-<24}|{:-<34}|{:-<8}|{:-<19}|{:-<14}|",
-        "", "", "", "", "", ""
+        "",
+        "",
+        "",
+        "",
+        "",
+        ""
     );
     for row in &rows {
         let verdict = if args.smoke {
@@ -420,7 +504,7 @@ async fn run(args: Args) -> Result<(), BenchError> {
             &verdict,
         ]);
     }
-    println!(
+    say!(
         "\nfloors: zygote = a pre-warmed /usr/bin/python3 -I -S forking per request over a unix \
          socket (startup-limits 7a), sampled with idle gaps like the system (7a: 0.83 ms back to \
          back, ~1.2 ms after a gap); bare python = /usr/bin/python3 -I -S -c 'print(1)' spawned \
@@ -444,7 +528,7 @@ async fn phases(
     let announce = |phase: usize, what: &str| {
         let runs = args.runs(phase);
         if runs {
-            println!("\n[{phase}/{PHASES}] {what}");
+            say!("\n[{phase}/{PHASES}] {what}");
         }
         runs
     };
@@ -547,7 +631,7 @@ impl Series {
         show("create + first print", &self.total);
         show(floor_label, &self.floor);
         if !self.wrong_start.is_empty() {
-            println!(
+            say!(
                 "  note: {} creates had an unexpected start type: {:?}",
                 self.wrong_start.len(),
                 self.wrong_start
@@ -571,6 +655,7 @@ impl Series {
                 ratio: "-".to_string(),
                 target,
                 verdict: Verdict::NotMeasured,
+                figures: Vec::new(),
             };
         };
         let ratio = total.median.as_secs_f64() / floor.median.as_secs_f64();
@@ -586,6 +671,12 @@ impl Series {
             ratio: format!("{ratio:.2}x"),
             target,
             verdict,
+            figures: [
+                latency_figures("", &total),
+                latency_figures("floor_", &floor),
+                vec![("ratio", ratio)],
+            ]
+            .concat(),
         }
     }
 }
@@ -835,15 +926,15 @@ async fn memory_row(
         )));
     }
     let per = |bytes: f64| bytes / f64::from(n);
-    println!(
+    say!(
         "  {n} idle warm sandboxes; {:.1} processes each; cgroup {}",
         usage.processes as f64 / f64::from(n),
         hierarchy.version()
     );
     let line = |name: &str, bytes: f64| {
-        println!("    {name:<42} {:>7} MiB", memory::mib(per(bytes)));
+        say!("    {name:<42} {:>7} MiB", memory::mib(per(bytes)));
     };
-    println!("  per sandbox, attributed:");
+    say!("  per sandbox, attributed:");
     line("cgroup charge", usage.charged as f64);
     line("  of which anonymous (processes)", usage.parts.anon as f64);
     line(
@@ -858,7 +949,7 @@ async fn memory_row(
         usage.other as f64,
     );
     line("worker RSS growth (this process)", rss_delta as f64);
-    println!(
+    say!(
         "  cross-check, host-wide growth per sandbox (/proc/meminfo, medians of 5 reads; \
          includes every other process on the machine):"
     );
@@ -883,6 +974,10 @@ async fn memory_row(
         } else {
             Verdict::NotMet
         },
+        figures: vec![
+            ("mib", excluded / (1024.0 * 1024.0)),
+            ("host_wide_mib", per(growth[0].1 as f64) / (1024.0 * 1024.0)),
+        ],
     })
 }
 
@@ -922,9 +1017,13 @@ fn redirect_row(args: &Args, broker: &BrokerShell, scratch: &Path) -> Result<Row
     .map_err(io_error("load the broker"));
     broker.broker.set_worker_available("redirect_target", false);
     let ours = ours?;
-    println!(
+    say!(
         "  broker: {:.0} redirects/s ({} in {:?}, {} errors, {} connections)",
-        ours.per_second, ours.redirects, args.redirect_window, ours.errors, args.connections
+        ours.per_second,
+        ours.redirects,
+        args.redirect_window,
+        ours.errors,
+        args.connections
     );
     if ours.errors > 0 {
         return Err(BenchError::Check(format!(
@@ -933,7 +1032,7 @@ fn redirect_row(args: &Args, broker: &BrokerShell, scratch: &Path) -> Result<Row
         )));
     }
     let Some(binary) = redirects::nginx_binary() else {
-        println!("  nginx is not installed (apt-get install nginx-light): no yardstick");
+        say!("  nginx is not installed (apt-get install nginx-light): no yardstick");
         return Ok(Row {
             measure: "broker redirects per second".to_string(),
             system: format!("{:.0}/s", ours.per_second),
@@ -941,6 +1040,7 @@ fn redirect_row(args: &Args, broker: &BrokerShell, scratch: &Path) -> Result<Row
             ratio: "-".to_string(),
             target: ">= 0.5x nginx",
             verdict: Verdict::NotMeasured,
+            figures: vec![("per_second", ours.per_second)],
         });
     };
     let dir = scratch.join("nginx");
@@ -957,9 +1057,12 @@ fn redirect_row(args: &Args, broker: &BrokerShell, scratch: &Path) -> Result<Row
     .map_err(io_error("load nginx"));
     drop(nginx);
     let theirs = theirs?;
-    println!(
+    say!(
         "  nginx:  {:.0} redirects/s ({} in {:?}, {} errors; 2 worker processes)",
-        theirs.per_second, theirs.redirects, args.redirect_window, theirs.errors
+        theirs.per_second,
+        theirs.redirects,
+        args.redirect_window,
+        theirs.errors
     );
     let ratio = ours.per_second / theirs.per_second;
     Ok(Row {
@@ -973,5 +1076,10 @@ fn redirect_row(args: &Args, broker: &BrokerShell, scratch: &Path) -> Result<Row
         } else {
             Verdict::NotMet
         },
+        figures: vec![
+            ("per_second", ours.per_second),
+            ("floor_per_second", theirs.per_second),
+            ("ratio", ratio),
+        ],
     })
 }

@@ -24,7 +24,7 @@ pub async fn egress_row(args: &Args, scratch: &Path) -> Result<Row, BenchError> 
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_nft {
-        println!("  skipped: needs nft (apt-get install nftables)");
+        say!("  skipped: needs nft (apt-get install nftables)");
         return Ok(ROW.not_measured());
     }
     let own = OwnBackend::start(

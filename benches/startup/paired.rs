@@ -19,7 +19,7 @@ use crate::{sandbox_dirs, BenchError, Row, Verdict};
 /// Prints one latency series: median, p90, min and max.
 pub fn print_summary(label: &str, samples: &[Duration]) {
     if let Some(s) = Summary::of(samples) {
-        println!(
+        say!(
             "  {label:<38} median {:>8} ms  p90 {:>8} ms  min {:>8} ms  max {:>8} ms",
             ms(s.median),
             ms(s.p90),
@@ -111,6 +111,7 @@ impl Comparison {
             ratio: "-".to_string(),
             target: self.target,
             verdict: Verdict::NotMeasured,
+            figures: Vec::new(),
         }
     }
 
@@ -137,6 +138,12 @@ impl Comparison {
             } else {
                 Verdict::NotMet
             },
+            figures: [
+                crate::latency_figures("", &system),
+                crate::latency_figures("floor_", &floor),
+                vec![("ratio", ratio)],
+            ]
+            .concat(),
         })
     }
 }

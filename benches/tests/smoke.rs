@@ -11,21 +11,31 @@ fn every_phase_of_the_startup_benchmark_runs() {
         return;
     }
     let out = Command::new(env!("CARGO_BIN_EXE_startup"))
-        .args(["--smoke", "--no-logs"])
+        .args(["--smoke", "--no-logs", "--json"])
         .output()
         .expect("run the benchmark");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    // Under --json the human report is on stderr.
+    let report = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{report}");
     for phase in 1..=8 {
         assert!(
-            stdout.contains(&format!("[{phase}/8]")),
-            "phase {phase} did not run:\n{stdout}"
+            report.contains(&format!("[{phase}/8]")),
+            "phase {phase} did not run:\n{report}"
         );
     }
-    assert!(stdout.contains("smoke run: every phase ran"), "{stdout}");
-    assert!(
-        !stdout.contains("| NOT"),
-        "a smoke run judges no target:\n{stdout}"
-    );
+    assert!(report.contains("smoke run: every phase ran"), "{report}");
+    // stdout is the one JSON object, with a row per measure and its numbers.
+    let json: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(json["smoke"], true);
+    let rows = json["rows"].as_array().expect("rows");
+    assert!(rows.len() >= 8, "{json}");
+    assert!(rows.iter().all(|r| r["verdict"] == "smoke"), "{json}");
+    let warm = rows
+        .iter()
+        .find(|r| r["measure"] == "warm create + first print (HTTP via broker)")
+        .expect("the warm row");
+    for key in ["p50_ms", "p90_ms", "p99_ms", "floor_p50_ms", "ratio"] {
+        assert!(warm[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {warm}");
+    }
 }
