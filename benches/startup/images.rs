@@ -48,6 +48,7 @@ pub async fn cached_image_row(args: &Args, scratch: &Path) -> Result<Row, BenchE
         let pull = own.create(&image, None).await?;
         let (mut host, mut cached) = (Vec::new(), Vec::new());
         for i in 0..WARMUP + args.iterations {
+            crate::progress("image", i, WARMUP + args.iterations);
             let from_host = own.create("host", None).await?;
             let from_cache = own.create(&image, None).await?;
             if i >= WARMUP {

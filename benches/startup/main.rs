@@ -245,6 +245,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// On a terminal, shows which sample of `total` a series is at (`\r`-overwritten on
+/// stderr, cleared after the last); nothing elsewhere.
+fn progress(series: &str, sample: usize, total: usize) {
+    use std::io::{IsTerminal, Write};
+    let mut stderr = std::io::stderr();
+    if !stderr.is_terminal() {
+        return;
+    }
+    let _ = if sample + 1 < total {
+        write!(stderr, "\r  {series}: sample {}/{total} ", sample + 1)
+    } else {
+        write!(stderr, "\r{:60}\r", "")
+    };
+    let _ = stderr.flush();
+}
+
 /// A private scratch directory, removed on drop.
 struct Scratch(PathBuf);
 
@@ -757,6 +773,7 @@ async fn warm_series(
             .map_err(io_error("start the python zygote"))?;
         let mut series = Series::default();
         for i in 0..WARMUP + args.iterations {
+            progress("warm", i, WARMUP + args.iterations);
             wait_for(Duration::from_secs(60), || {
                 worker.ready(&tuple) == POOL as usize && broker.hints(&tuple) == POOL as usize
             })
@@ -800,6 +817,7 @@ async fn cold_series(
 ) -> Result<Series, BenchError> {
     let mut series = Series::default();
     for i in 0..WARMUP + args.iterations {
+        progress("cold", i, WARMUP + args.iterations);
         // A fresh worker has no pool and no demand; with one slot it cannot start warming
         // another sandbox while the sample runs.
         let id = format!("cold{i}");

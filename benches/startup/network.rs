@@ -36,6 +36,7 @@ pub async fn egress_row(args: &Args, scratch: &Path) -> Result<Row, BenchError> 
     let measured = async {
         let (mut none, mut with_all) = (Vec::new(), Vec::new());
         for i in 0..WARMUP + args.iterations {
+            crate::progress("egress", i, WARMUP + args.iterations);
             let without = own.create("host", None).await?;
             let with = own.create("host", Some(&all)).await?;
             if i >= WARMUP {
