@@ -52,6 +52,7 @@ mod images;
 mod memory;
 mod network;
 mod paired;
+mod peer;
 mod redirects;
 mod shells;
 
@@ -79,7 +80,7 @@ const USAGE: &str = "usage: startup [--iterations N] [--memory-sandboxes N] \
                      [--smoke] [--json]";
 
 /// The number of phases.
-const PHASES: usize = 8;
+const PHASES: usize = 9;
 
 /// The image of every sandbox: the host's system directories, read-only.
 const IMAGE: &str = "host";
@@ -601,6 +602,9 @@ async fn phases(
         "cold create with egress all vs none (backend, no zygote)",
     ) {
         rows.push(network::egress_row(args, scratch).await?);
+    }
+    if announce(9, "peer: docker run + first print vs bare python") {
+        rows.push(peer::docker_row(args, scratch).await?);
     }
     Ok(rows)
 }

@@ -18,9 +18,9 @@ fn every_phase_of_the_startup_benchmark_runs() {
     // Under --json the human report is on stderr.
     let report = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{report}");
-    for phase in 1..=8 {
+    for phase in 1..=9 {
         assert!(
-            report.contains(&format!("[{phase}/8]")),
+            report.contains(&format!("[{phase}/9]")),
             "phase {phase} did not run:\n{report}"
         );
     }
@@ -29,7 +29,7 @@ fn every_phase_of_the_startup_benchmark_runs() {
     let json: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
     assert_eq!(json["smoke"], true);
     let rows = json["rows"].as_array().expect("rows");
-    assert!(rows.len() >= 8, "{json}");
+    assert!(rows.len() >= 9, "{json}");
     assert!(rows.iter().all(|r| r["verdict"] == "smoke"), "{json}");
     let warm = rows
         .iter()

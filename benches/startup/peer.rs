@@ -1,0 +1,194 @@
+//! The peer row of the start-up benchmark: what the same first print costs through Docker,
+//! `docker run --rm --network none <image> python3 -I -S -c 'print(1)'`, against bare python
+//! on the host. No registry is reachable here, so the image is the host's own interpreter:
+//! `python3`, the libraries it links and its standard library, copied into a directory and
+//! `docker import`ed once (`traforato-bench-python:host`, kept for the next runs).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::floors;
+use crate::{blocking, Args, BenchError, Row, Verdict, COLD_FLOOR_FLAGS, WARMUP};
+
+/// The image the peer runs.
+const IMAGE: &str = "traforato-bench-python:host";
+
+/// The interpreter, in the image at the same path.
+const PYTHON: &str = "/usr/bin/python3";
+
+const MEASURE: &str = "docker run + first print (peer)";
+const TARGET: &str = "reported";
+
+/// The peer row; not measured where Docker does not run.
+pub async fn docker_row(args: &Args, scratch: &Path) -> Result<Row, BenchError> {
+    let docker_runs = Command::new("docker")
+        .arg("info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !docker_runs {
+        say!(
+            "  Docker is not running here (apt-get install docker.io; start dockerd): no peer row"
+        );
+        return Ok(Row {
+            measure: MEASURE.to_string(),
+            system: "-".to_string(),
+            floor: "Docker not running".to_string(),
+            ratio: "-".to_string(),
+            target: TARGET,
+            verdict: Verdict::NotMeasured,
+            figures: Vec::new(),
+        });
+    }
+    let staging = scratch.join("peer-image");
+    blocking(move || ensure_image(&staging))
+        .await?
+        .map_err(|e| BenchError::Check(format!("build the peer image {IMAGE}: {e}")))?;
+    let mut docker = Vec::new();
+    let mut floor = Vec::new();
+    for i in 0..WARMUP + args.iterations {
+        crate::progress("docker", i, WARMUP + args.iterations);
+        let run = blocking(docker_print).await?.map_err(|e| {
+            BenchError::Check(format!("docker run {IMAGE} python3 -c 'print(1)': {e}"))
+        })?;
+        let bare = blocking(|| floors::bare_python(COLD_FLOOR_FLAGS))
+            .await?
+            .map_err(|e| BenchError::Check(format!("bare python: {e}")))?;
+        if i >= WARMUP {
+            docker.push(run);
+            floor.push(bare);
+        }
+    }
+    crate::paired::Comparison {
+        measure: MEASURE,
+        floor: "bare python",
+        target: TARGET,
+        // Reported, not judged: any ratio is what the peer costs.
+        max_ratio: f64::INFINITY,
+    }
+    .row(
+        ("bare python", &floor),
+        ("docker run, network none", &docker),
+    )
+}
+
+/// One timed `docker run` of the first print, until it printed and the container is gone.
+fn docker_print() -> std::io::Result<Duration> {
+    let started = Instant::now();
+    let output = Command::new("docker")
+        .args(["run", "--rm", "--network", "none", IMAGE, PYTHON])
+        .args(COLD_FLOOR_FLAGS)
+        .args(["-c", "print(1)"])
+        .stdin(Stdio::null())
+        .output()?;
+    let took = started.elapsed();
+    if output.stdout != b"1\n" || !output.status.success() {
+        return Err(std::io::Error::other(format!(
+            "{}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(took)
+}
+
+/// Imports the image unless Docker has it: the host's interpreter, the libraries it links
+/// (as `ldd` lists them) and its standard library, under their own paths.
+fn ensure_image(staging: &Path) -> std::io::Result<()> {
+    let present = Command::new("docker")
+        .args(["image", "inspect", IMAGE])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?
+        .success();
+    if present {
+        return Ok(());
+    }
+    say!("  building the peer image {IMAGE} from the host's python3 (once)");
+    let python = std::fs::canonicalize(PYTHON)?;
+    let version = python
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("python3")
+        .to_string();
+    let mut files = vec![python.clone()];
+    files.extend(linked_libraries(&python)?);
+    for file in &files {
+        copy_into(staging, file, file)?;
+    }
+    // The interpreter under the path the peer runs, and the merged-/usr links.
+    std::os::unix::fs::symlink(&version, staging.join("usr/bin/python3"))?;
+    for (link, target) in [
+        ("bin", "usr/bin"),
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+    ] {
+        if !staging.join(link).exists() {
+            std::os::unix::fs::symlink(target, staging.join(link))?;
+        }
+    }
+    copy_tree(
+        &PathBuf::from("/usr/lib").join(&version),
+        &staging.join("usr/lib").join(&version),
+    )?;
+    let mut tar = Command::new("tar")
+        .args(["-C"])
+        .arg(staging)
+        .args(["-c", "."])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let tar_out = tar.stdout.take().expect("piped");
+    let imported = Command::new("docker")
+        .args(["import", "-", IMAGE])
+        .stdin(tar_out)
+        .stdout(Stdio::null())
+        .status()?;
+    let packed = tar.wait()?;
+    let _ = std::fs::remove_dir_all(staging);
+    if !(packed.success() && imported.success()) {
+        return Err(std::io::Error::other(format!(
+            "tar {packed}, docker import {imported}"
+        )));
+    }
+    Ok(())
+}
+
+/// The libraries `binary` links, resolved (`ldd`).
+fn linked_libraries(binary: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let output = Command::new("ldd").arg(binary).output()?;
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            line.split_whitespace()
+                .find(|word| word.starts_with('/'))
+                .map(PathBuf::from)
+        })
+        .collect())
+}
+
+/// Copies `source` (symlinks followed) to `staging` + `at`.
+fn copy_into(staging: &Path, source: &Path, at: &Path) -> std::io::Result<()> {
+    let target = staging.join(at.strip_prefix("/").unwrap_or(at));
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::copy(source, target).map(|_| ())
+}
+
+/// Copies the directory `from` to `to`, files and directories only, without the test suite.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let kind = entry.file_type()?;
+        if kind.is_dir() && name != "test" && name != "site-packages" {
+            copy_tree(&entry.path(), &to.join(&name))?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), to.join(&name))?;
+        }
+    }
+    Ok(())
+}
