@@ -1053,7 +1053,17 @@ fn redirect_row(args: &Args, broker: &BrokerShell, scratch: &Path) -> Result<Row
             ours.errors
         )));
     }
-    let Some(binary) = redirects::nginx_binary() else {
+    let Some(binary) = redirects::nginx_binary().or_else(|| {
+        // The yardstick is part of the run: installed when missing, where apt can.
+        say!("  nginx is not installed: apt-get install nginx-light");
+        let installed = std::process::Command::new("apt-get")
+            .args(["install", "-y", "-qq", "nginx-light"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        installed.then(redirects::nginx_binary).flatten()
+    }) else {
         say!("  nginx is not installed (apt-get install nginx-light): no yardstick");
         return Ok(Row {
             measure: "broker redirects per second".to_string(),
