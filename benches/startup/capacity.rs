@@ -163,6 +163,10 @@ pub async fn throughput_rows(
                     vec![("per_second", per_second), ("refused", refused as f64)],
                 ]
                 .concat(),
+                series: vec![crate::plotted(
+                    format!("create->run->delete, {concurrency} clients"),
+                    &samples,
+                )],
                 verdict: if summary.is_none() {
                     Verdict::NotMeasured
                 } else if refused == 0 {
@@ -303,6 +307,10 @@ pub async fn claim_rows(
                     ],
                 ]
                 .concat(),
+                series: vec![crate::plotted(
+                    format!("warm claim, {target} live"),
+                    &samples,
+                )],
                 verdict: if ratio <= 2.0 {
                     Verdict::Met
                 } else {
@@ -326,6 +334,7 @@ pub async fn claim_rows(
                 target: "reported",
                 verdict: Verdict::Met,
                 figures: vec![("rss_kib", rss_per), ("fds", fds_per)],
+                series: Vec::new(),
             });
         }
         for sandbox in live {

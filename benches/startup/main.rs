@@ -30,7 +30,7 @@
 //! `smoke`, and `rows`, each with `measure`, `target`, `verdict` (`met`, `not_met`,
 //! `not_measured`, `smoke`) and its numbers under stable names: `p50_ms`, `p90_ms`, `p99_ms`
 //! and `floor_*` for latencies, `per_second`, `floor_per_second`, `ratio`, `refused`, `mib`,
-//! `rss_kib`, `fds`, `live`.
+//! `rss_kib`, `fds`, `live`. `--plot FILE.svg` draws every latency series' distribution.
 
 /// `--json`: the human report goes to stderr, stdout gets the one JSON object.
 static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -53,6 +53,7 @@ mod memory;
 mod network;
 mod paired;
 mod peer;
+mod plot;
 mod redirects;
 mod shells;
 
@@ -77,7 +78,7 @@ use crate::shells::{wait_for, BrokerShell, WorkerShell, WorkerSpec, VIRTUALIZATI
 
 const USAGE: &str = "usage: startup [--iterations N] [--memory-sandboxes N] \
                      [--redirect-seconds S] [--connections N] [--no-logs] [--only PHASE,...] \
-                     [--smoke] [--json]";
+                     [--smoke] [--json] [--plot FILE.svg]";
 
 /// The number of phases.
 const PHASES: usize = 9;
@@ -139,6 +140,8 @@ struct Args {
     only: Vec<usize>,
     /// How big the capacity rows are.
     scale: capacity::Scale,
+    /// Where `--plot` draws the latency distributions.
+    plot: Option<PathBuf>,
     /// Every phase at a tiny size, to show that each still runs: its figures are not
     /// measurements and no target is judged.
     smoke: bool,
@@ -159,6 +162,7 @@ fn parse_args() -> Result<Args, String> {
         logs: true,
         only: Vec::new(),
         scale: capacity::Scale::full(),
+        plot: None,
         smoke: false,
     };
     let mut it = std::env::args().skip(1);
@@ -182,6 +186,10 @@ fn parse_args() -> Result<Args, String> {
             "--connections" => args.connections = value("--connections")? as usize,
             "--no-logs" => args.logs = false,
             "--json" => JSON.store(true, std::sync::atomic::Ordering::Relaxed),
+            "--plot" => {
+                let file = it.next().ok_or("--plot needs a file (FILE.svg)")?;
+                args.plot = Some(PathBuf::from(file));
+            }
             "--smoke" => {
                 args.smoke = true;
                 args.iterations = 3;
@@ -334,6 +342,14 @@ struct Row {
     /// Its numbers under stable names, for `--json` (`p50_ms`, `floor_p50_ms`,
     /// `per_second`, `ratio`...).
     figures: Vec<(&'static str, f64)>,
+    /// Its latency series (label, samples in ms), for `--plot`.
+    series: Vec<(String, Vec<f64>)>,
+}
+
+/// A latency series for `--plot`: `label` and its samples in milliseconds.
+fn plotted(label: impl Into<String>, samples: &[Duration]) -> (String, Vec<f64>) {
+    let ms = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    (label.into(), ms)
 }
 
 /// The percentiles of `summary` in milliseconds, named with `prefix` (`""` or `"floor_"`).
@@ -468,6 +484,14 @@ async fn run(args: Args) -> Result<(), BenchError> {
     say!("\nload average at end: {}", load_average());
     if args.smoke {
         say!("\nsmoke run: every phase ran; its figures are not measurements");
+    }
+    if let Some(path) = &args.plot {
+        let series: Vec<(String, Vec<f64>)> =
+            rows.iter().flat_map(|row| row.series.clone()).collect();
+        match plot::write(path, &series) {
+            Ok(()) => say!("latency distributions drawn to {}", path.display()),
+            Err(error) => eprintln!("startup: {error}"),
+        }
     }
     if JSON.load(std::sync::atomic::Ordering::Relaxed) {
         let cgroups = if container.uses_cgroup_v2() {
@@ -676,6 +700,7 @@ impl Series {
                 target,
                 verdict: Verdict::NotMeasured,
                 figures: Vec::new(),
+                series: Vec::new(),
             };
         };
         let ratio = total.median.as_secs_f64() / floor.median.as_secs_f64();
@@ -697,6 +722,10 @@ impl Series {
                 vec![("ratio", ratio)],
             ]
             .concat(),
+            series: vec![
+                plotted(measure, &self.total),
+                plotted(floor_label, &self.floor),
+            ],
         }
     }
 }
@@ -996,6 +1025,7 @@ async fn memory_row(
         } else {
             Verdict::NotMet
         },
+        series: Vec::new(),
         figures: vec![
             ("mib", excluded / (1024.0 * 1024.0)),
             ("host_wide_mib", per(growth[0].1 as f64) / (1024.0 * 1024.0)),
@@ -1073,6 +1103,7 @@ fn redirect_row(args: &Args, broker: &BrokerShell, scratch: &Path) -> Result<Row
             target: ">= 0.5x nginx",
             verdict: Verdict::NotMeasured,
             figures: vec![("per_second", ours.per_second)],
+            series: Vec::new(),
         });
     };
     let dir = scratch.join("nginx");
@@ -1108,6 +1139,7 @@ fn redirect_row(args: &Args, broker: &BrokerShell, scratch: &Path) -> Result<Row
         } else {
             Verdict::NotMet
         },
+        series: Vec::new(),
         figures: vec![
             ("per_second", ours.per_second),
             ("floor_per_second", theirs.per_second),

@@ -112,6 +112,7 @@ impl Comparison {
             target: self.target,
             verdict: Verdict::NotMeasured,
             figures: Vec::new(),
+            series: Vec::new(),
         }
     }
 
@@ -123,6 +124,10 @@ impl Comparison {
     ) -> Result<Row, BenchError> {
         print_summary(floor_label, floor);
         print_summary(system_label, system);
+        let series = vec![
+            crate::plotted(system_label, system),
+            crate::plotted(floor_label, floor),
+        ];
         let (Some(floor), Some(system)) = (Summary::of(floor), Summary::of(system)) else {
             return Err(BenchError::Check("no samples".to_string()));
         };
@@ -144,6 +149,7 @@ impl Comparison {
                 vec![("ratio", ratio)],
             ]
             .concat(),
+            series,
         })
     }
 }

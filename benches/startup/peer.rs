@@ -40,6 +40,7 @@ pub async fn docker_row(args: &Args, scratch: &Path) -> Result<Row, BenchError> 
             target: TARGET,
             verdict: Verdict::NotMeasured,
             figures: Vec::new(),
+            series: Vec::new(),
         });
     }
     let staging = scratch.join("peer-image");

@@ -10,8 +10,10 @@ fn every_phase_of_the_startup_benchmark_runs() {
         eprintln!("skipping: the benchmark's container backend needs root (runs in CI as root)");
         return;
     }
+    let plot = std::env::temp_dir().join(format!("startup-smoke-{}.svg", std::process::id()));
     let out = Command::new(env!("CARGO_BIN_EXE_startup"))
-        .args(["--smoke", "--no-logs", "--json"])
+        .args(["--smoke", "--no-logs", "--json", "--plot"])
+        .arg(&plot)
         .output()
         .expect("run the benchmark");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -38,4 +40,12 @@ fn every_phase_of_the_startup_benchmark_runs() {
     for key in ["p50_ms", "p90_ms", "p99_ms", "floor_p50_ms", "ratio"] {
         assert!(warm[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {warm}");
     }
+    // The latency distributions, a line per series with its label.
+    let svg = std::fs::read_to_string(&plot).expect("the plot");
+    let _ = std::fs::remove_file(&plot);
+    assert!(svg.starts_with("<svg"), "{svg:.200}");
+    assert!(
+        svg.contains("create, egress all"),
+        "a series' label in the legend"
+    );
 }
