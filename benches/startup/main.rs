@@ -1086,12 +1086,15 @@ fn redirect_row(args: &Args, broker: &BrokerShell, scratch: &Path) -> Result<Row
     let Some(binary) = redirects::nginx_binary().or_else(|| {
         // The yardstick is part of the run: installed when missing, where apt can.
         say!("  nginx is not installed: apt-get install nginx-light");
-        let installed = std::process::Command::new("apt-get")
-            .args(["install", "-y", "-qq", "nginx-light"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
+        let apt = |args: &[&str]| {
+            std::process::Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdout(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let installed = apt(&["update", "-qq"]) && apt(&["install", "-y", "-qq", "nginx-light"]);
         installed.then(redirects::nginx_binary).flatten()
     }) else {
         say!("  nginx is not installed (apt-get install nginx-light): no yardstick");

@@ -2,7 +2,8 @@
 //! `docker run --rm --network none <image> python3 -I -S -c 'print(1)'`, against bare python
 //! on the host. No registry is reachable here, so the image is the host's own interpreter:
 //! `python3`, the libraries it links and its standard library, copied into a directory and
-//! `docker import`ed once (`traforato-bench-python:host`, kept for the next runs).
+//! `docker import`ed once per interpreter version (`traforato-bench-python:<version>`, kept
+//! for the next runs). Where the peer cannot run, its row says why, unmeasured.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -11,8 +12,8 @@ use std::time::{Duration, Instant};
 use crate::floors;
 use crate::{blocking, Args, BenchError, Row, Verdict, COLD_FLOOR_FLAGS, WARMUP};
 
-/// The image the peer runs.
-const IMAGE: &str = "traforato-bench-python:host";
+/// The repository of the image the peer runs (tagged with the interpreter's version).
+const REPOSITORY: &str = "traforato-bench-python";
 
 /// The interpreter, in the image at the same path.
 const PYTHON: &str = "/usr/bin/python3";
@@ -20,7 +21,22 @@ const PYTHON: &str = "/usr/bin/python3";
 const MEASURE: &str = "docker run + first print (peer)";
 const TARGET: &str = "reported";
 
-/// The peer row; not measured where Docker does not run.
+/// The row of a peer that could not run here, saying why.
+fn not_measured(why: String) -> Row {
+    say!("  {why}: no peer row");
+    Row {
+        measure: MEASURE.to_string(),
+        system: "-".to_string(),
+        floor: why,
+        ratio: "-".to_string(),
+        target: TARGET,
+        verdict: Verdict::NotMeasured,
+        figures: Vec::new(),
+        series: Vec::new(),
+    }
+}
+
+/// The peer row; not measured where Docker does not run or the image cannot be made.
 pub async fn docker_row(args: &Args, scratch: &Path) -> Result<Row, BenchError> {
     let docker_runs = Command::new("docker")
         .arg("info")
@@ -29,31 +45,24 @@ pub async fn docker_row(args: &Args, scratch: &Path) -> Result<Row, BenchError> 
         .status()
         .is_ok_and(|s| s.success());
     if !docker_runs {
-        say!(
-            "  Docker is not running here (apt-get install docker.io; start dockerd): no peer row"
-        );
-        return Ok(Row {
-            measure: MEASURE.to_string(),
-            system: "-".to_string(),
-            floor: "Docker not running".to_string(),
-            ratio: "-".to_string(),
-            target: TARGET,
-            verdict: Verdict::NotMeasured,
-            figures: Vec::new(),
-            series: Vec::new(),
-        });
+        return Ok(not_measured(
+            "Docker not running (apt-get install docker.io; start dockerd)".to_string(),
+        ));
     }
     let staging = scratch.join("peer-image");
-    blocking(move || ensure_image(&staging))
-        .await?
-        .map_err(|e| BenchError::Check(format!("build the peer image {IMAGE}: {e}")))?;
+    let image = match blocking(move || ensure_image(&staging)).await? {
+        Ok(image) => image,
+        Err(e) => return Ok(not_measured(format!("no peer image: {e}"))),
+    };
     let mut docker = Vec::new();
     let mut floor = Vec::new();
     for i in 0..WARMUP + args.iterations {
         crate::progress("docker", i, WARMUP + args.iterations);
-        let run = blocking(docker_print).await?.map_err(|e| {
-            BenchError::Check(format!("docker run {IMAGE} python3 -c 'print(1)': {e}"))
-        })?;
+        let name = image.clone();
+        let run = match blocking(move || docker_print(&name)).await? {
+            Ok(run) => run,
+            Err(e) => return Ok(not_measured(format!("docker run {image} failed: {e}"))),
+        };
         let bare = blocking(|| floors::bare_python(COLD_FLOOR_FLAGS))
             .await?
             .map_err(|e| BenchError::Check(format!("bare python: {e}")))?;
@@ -76,10 +85,10 @@ pub async fn docker_row(args: &Args, scratch: &Path) -> Result<Row, BenchError> 
 }
 
 /// One timed `docker run` of the first print, until it printed and the container is gone.
-fn docker_print() -> std::io::Result<Duration> {
+fn docker_print(image: &str) -> std::io::Result<Duration> {
     let started = Instant::now();
     let output = Command::new("docker")
-        .args(["run", "--rm", "--network", "none", IMAGE, PYTHON])
+        .args(["run", "--rm", "--network", "none", image, PYTHON])
         .args(COLD_FLOOR_FLAGS)
         .args(["-c", "print(1)"])
         .stdin(Stdio::null())
@@ -95,32 +104,43 @@ fn docker_print() -> std::io::Result<Duration> {
     Ok(took)
 }
 
-/// Imports the image unless Docker has it: the host's interpreter, the libraries it links
-/// (as `ldd` lists them) and its standard library, under their own paths.
-fn ensure_image(staging: &Path) -> std::io::Result<()> {
+/// Imports the image unless Docker has it, and returns its name: the host's interpreter,
+/// the libraries it links (as `ldd` lists them) and its standard library, under their own
+/// paths, tagged with the interpreter's version (a new interpreter, a new image).
+fn ensure_image(staging: &Path) -> std::io::Result<String> {
+    let asked = |code: &str| -> std::io::Result<String> {
+        let out = Command::new(PYTHON).args(["-c", code]).output()?;
+        if !out.status.success() {
+            return Err(std::io::Error::other(format!(
+                "{PYTHON} -c {code:?}: {}",
+                out.status
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let version = asked("import platform; print(platform.python_version())")?;
+    let image = format!("{REPOSITORY}:{version}");
     let present = Command::new("docker")
-        .args(["image", "inspect", IMAGE])
+        .args(["image", "inspect", &image])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()?
         .success();
     if present {
-        return Ok(());
+        return Ok(image);
     }
-    say!("  building the peer image {IMAGE} from the host's python3 (once)");
+    say!("  building the peer image {image} from the host's python3 (once)");
     let python = std::fs::canonicalize(PYTHON)?;
-    let version = python
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("python3")
-        .to_string();
     let mut files = vec![python.clone()];
     files.extend(linked_libraries(&python)?);
     for file in &files {
         copy_into(staging, file, file)?;
     }
     // The interpreter under the path the peer runs, and the merged-/usr links.
-    std::os::unix::fs::symlink(&version, staging.join("usr/bin/python3"))?;
+    let run_path = staging.join(PYTHON.trim_start_matches('/'));
+    if !run_path.exists() {
+        std::os::unix::fs::symlink(&python, &run_path)?;
+    }
     for (link, target) in [
         ("bin", "usr/bin"),
         ("lib", "usr/lib"),
@@ -130,9 +150,12 @@ fn ensure_image(staging: &Path) -> std::io::Result<()> {
             std::os::unix::fs::symlink(target, staging.join(link))?;
         }
     }
+    let stdlib = PathBuf::from(asked(
+        "import sysconfig; print(sysconfig.get_path('stdlib'))",
+    )?);
     copy_tree(
-        &PathBuf::from("/usr/lib").join(&version),
-        &staging.join("usr/lib").join(&version),
+        &stdlib,
+        &staging.join(stdlib.strip_prefix("/").unwrap_or(&stdlib)),
     )?;
     let mut tar = Command::new("tar")
         .args(["-C"])
@@ -142,7 +165,7 @@ fn ensure_image(staging: &Path) -> std::io::Result<()> {
         .spawn()?;
     let tar_out = tar.stdout.take().expect("piped");
     let imported = Command::new("docker")
-        .args(["import", "-", IMAGE])
+        .args(["import", "-", &image])
         .stdin(tar_out)
         .stdout(Stdio::null())
         .status()?;
@@ -153,7 +176,7 @@ fn ensure_image(staging: &Path) -> std::io::Result<()> {
             "tar {packed}, docker import {imported}"
         )));
     }
-    Ok(())
+    Ok(image)
 }
 
 /// The libraries `binary` links, resolved (`ldd`).

@@ -1,7 +1,8 @@
 //! The DNS forwarder of a sandbox with egress: relays its queries to the upstream resolver
 //! and, under an allow-list, answers names the list does not allow with NXDOMAIN itself and
 //! lets the addresses of allowed answers through the firewall (for their TTL) before the
-//! sandbox sees them. Just enough of the DNS wire format for that: the question, and the A
+//! sandbox sees them; SVCB/HTTPS records (which carry Encrypted Client Hello configurations)
+//! are answered with none. Just enough of the DNS wire format for that: the question, and the A
 //! records of an answer.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -15,6 +16,10 @@ use crate::network::{Egress, Policy};
 /// Most queries of one sandbox in flight at once; more are dropped (a resolver's clients
 /// retry).
 const MAX_QUERIES_IN_FLIGHT: usize = 32;
+
+/// The record types that carry Encrypted Client Hello configurations.
+const QTYPE_SVCB: u16 = 64;
+const QTYPE_HTTPS: u16 = 65;
 
 /// Shortest and longest time an answer's addresses stay allowed.
 const MIN_ALLOW: Duration = Duration::from_secs(60);
@@ -108,13 +113,19 @@ pub(crate) fn a_records(msg: &[u8]) -> Vec<(Ipv4Addr, u32)> {
 
 /// The NXDOMAIN answer to `query` (its id, question and recursion flag kept).
 pub(crate) fn nxdomain(query: &[u8]) -> Option<Vec<u8>> {
+    empty_answer(query, 3)
+}
+
+/// An answer to `query` without records, with response code `rcode` (0: the name exists
+/// but has none of that type; 3: NXDOMAIN).
+fn empty_answer(query: &[u8], rcode: u8) -> Option<Vec<u8>> {
     let (_, end) = read_name(query, 12)?;
     let question = query.get(12..end + 4)?;
     let mut answer = Vec::with_capacity(12 + question.len());
     answer.extend_from_slice(&query[..2]);
-    // QR, the query's opcode and RD; RA; rcode 3.
+    // QR, the query's opcode and RD; RA; the response code.
     answer.push(0x80 | (query[2] & 0x79));
-    answer.push(0x80 | 0x03);
+    answer.push(0x80 | rcode);
     answer.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
     answer.extend_from_slice(question);
     Some(answer)
@@ -170,6 +181,14 @@ pub(crate) async fn forward<F: AllowAddresses>(
                 if ports.is_empty() {
                     if let Some(refusal) = nxdomain(&query) {
                         let _ = socket.send_to(&refusal, from).await;
+                    }
+                    continue;
+                }
+                // No SVCB/HTTPS records: they carry Encrypted Client Hello configurations,
+                // and a connection's name must stay readable for the inspecting proxy.
+                if matches!(q.qtype, QTYPE_SVCB | QTYPE_HTTPS) {
+                    if let Some(nothing) = empty_answer(&query, 0) {
+                        let _ = socket.send_to(&nothing, from).await;
                     }
                     continue;
                 }
@@ -247,6 +266,9 @@ mod tests {
         assert_eq!(refused[2] & 0x80, 0x80, "a response");
         assert_eq!(refused[3] & 0x0f, 3, "NXDOMAIN");
         assert_eq!(&refused[12..], &q[12..], "the question echoed");
+        let nothing = empty_answer(&q, 0).unwrap();
+        assert_eq!(nothing[3] & 0x0f, 0, "NOERROR, no records");
+        assert_eq!(&nothing[6..8], &[0, 0]);
         assert_eq!(question(&[0u8; 5]), None);
         assert_eq!(question(&q[..14]), None);
     }

@@ -602,14 +602,19 @@ impl ContainerBackend {
         .with_networking(Arc::clone(&self.networking));
         let vm = Arc::new(vm);
         if let Some(attaching) = attaching {
+            // A late attach is stopped (what it made is undone as it is dropped).
+            let stop = attaching.abort_handle();
             let attached = match tokio::time::timeout(self.config.setup_timeout, attaching).await {
                 Ok(Ok(Ok((attachment, resolv)))) => vm.adopt_network(attachment, resolv).await,
                 Ok(Ok(Err(error))) => Err(error),
                 Ok(Err(error)) => Err(BackendError::task("network attach", error)),
-                Err(_) => Err(BackendError::Setup(format!(
-                    "network not attached after {:?}",
-                    self.config.setup_timeout
-                ))),
+                Err(_) => {
+                    stop.abort();
+                    Err(BackendError::Setup(format!(
+                        "network not attached after {:?}",
+                        self.config.setup_timeout
+                    )))
+                }
             };
             if let Err(error) = attached {
                 if let Err(undone) = vm.destroy().await {

@@ -122,6 +122,8 @@ pub(crate) struct Networking {
     forwarding_ours: AtomicBool,
     /// This backend's sandboxes are let past Docker's `FORWARD` policy.
     docker_passed: AtomicBool,
+    /// Its table exists (it may have failed to become ready after).
+    table_made: AtomicBool,
 }
 
 impl std::fmt::Debug for Networking {
@@ -152,6 +154,8 @@ pub(crate) struct Attachment {
     proxy: JoinHandle<()>,
     /// Counts the changes of policy (the proxy's relays check their names again).
     changes: tokio::sync::watch::Sender<u64>,
+    /// `policy` is what the kernel holds (false after a change and its undoing both failed).
+    certain: bool,
 }
 
 /// What a sandbox's rules are written with.
@@ -259,6 +263,7 @@ impl Networking {
             ready: OnceCell::new(),
             forwarding_ours: AtomicBool::new(false),
             docker_passed: AtomicBool::new(false),
+            table_made: AtomicBool::new(false),
         })
     }
 
@@ -292,8 +297,9 @@ impl Networking {
                     )));
                 }
                 let script = self.table_script(&host, uplink.as_deref());
-                let _ = self.uplink_in_use.set(uplink);
                 run("nft", &["-f", "-"], Some(&script)).await?;
+                // From here on, shutdown has a table to remove (whatever fails next).
+                self.table_made.store(true, Ordering::SeqCst);
                 let forwarding = tokio::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
                     .await
                     .map_err(|e| BackendError::io("read net.ipv4.ip_forward", e))?;
@@ -305,6 +311,7 @@ impl Networking {
                     tracing::info!("net.ipv4.ip_forward turned on for sandbox egress");
                 }
                 self.pass_docker().await?;
+                let _ = self.uplink_in_use.set(uplink);
                 Ok(())
             })
             .await
@@ -343,12 +350,16 @@ impl Networking {
         if self.docker_passed.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let docker = std::path::Path::new("/sys/class/net/docker0").exists();
         if let Err(error) = run("iptables", &["-w", "-n", "-L", DOCKER_CHAIN], None).await {
-            return if docker {
+            // No Docker chain: a problem only where forwarded traffic is dropped by default
+            // (Docker's doing, with its chain missing or unreadable).
+            let dropping = run("iptables", &["-w", "-S", "FORWARD"], None)
+                .await
+                .is_ok_and(|rules| rules.contains("-P FORWARD DROP"));
+            return if dropping {
                 Err(BackendError::Unavailable(format!(
-                    "Docker runs here and its FORWARD policy drops sandbox traffic unless \
-                     accepted in {DOCKER_CHAIN}, which cannot be read: {error}"
+                    "the FORWARD policy drops sandbox traffic (Docker's?) and {DOCKER_CHAIN}, \
+                     where it could be accepted, cannot be used: {error}"
                 )))
             } else {
                 Ok(())
@@ -360,8 +371,6 @@ impl Networking {
             if run("iptables", &command("-C"), None).await.is_ok() {
                 continue;
             }
-            // From the first rule on, shutdown has something to remove.
-            self.docker_passed.store(true, Ordering::SeqCst);
             run("iptables", &command("-I"), None)
                 .await
                 .map_err(|error| {
@@ -485,6 +494,7 @@ impl Networking {
             dns: tokio::spawn(async {}),
             proxy: tokio::spawn(async {}),
             changes: tokio::sync::watch::Sender::new(0),
+            certain: true,
         };
         let (listener, _) = proxy.map_err(|e| {
             BackendError::io(format!("listen for inspected connections on {gateway}"), e)
@@ -575,7 +585,7 @@ impl Networking {
     /// rules match nothing, but nothing of ours should stay); quiet when there is none or no
     /// `nft`.
     pub(crate) async fn remove_stale_table(&self) {
-        if self.ready.get().is_some() {
+        if self.table_made.load(Ordering::SeqCst) {
             return;
         }
         let _ = run("nft", &["delete", "table", "inet", &self.table], None).await;
@@ -586,7 +596,7 @@ impl Networking {
     /// Undoes what the backend changed on the host: its table, its rules in Docker's chain,
     /// and `ip_forward` if it turned it on.
     pub(crate) async fn shutdown(&self) {
-        if self.ready.get().is_none() {
+        if !self.table_made.swap(false, Ordering::SeqCst) {
             return;
         }
         if let Err(error) = run("nft", &["delete", "table", "inet", &self.table], None).await {
@@ -620,14 +630,26 @@ impl Attachment {
     /// Gives the sandbox the egress of `policy`: each call states everything (memberships,
     /// its allow chain, its resolved sets, emptied), so it is right whatever happened before.
     pub(crate) async fn set_policy(&mut self, policy: &Policy) -> Result<(), BackendError> {
+        // The same policy again changes nothing: its resolved addresses and the connections
+        // through them stay (a rewrite would empty them), unless what is in force is unsure.
+        let current = self
+            .policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if self.certain && current == *policy {
+            return Ok(());
+        }
         let script = self.rules.policy_script(policy);
         let result = run("nft", &["-f", "-"], Some(&script)).await.map(|_| ());
         let in_force = if result.is_ok() {
+            self.certain = true;
             policy.clone()
         } else {
-            // Half-done is off.
+            // Half-done is off; if even that fails, what the kernel holds is unknown and the
+            // next change rewrites everything.
             let off = self.rules.policy_script(&Policy::none());
-            let _ = run("nft", &["-f", "-"], Some(&off)).await;
+            self.certain = run("nft", &["-f", "-"], Some(&off)).await.is_ok();
             Policy::none()
         };
         *self.policy.write().unwrap_or_else(|e| e.into_inner()) = in_force;
