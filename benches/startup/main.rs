@@ -30,7 +30,8 @@
 //! `smoke`, and `rows`, each with `measure`, `target`, `verdict` (`met`, `not_met`,
 //! `not_measured`, `smoke`) and its numbers under stable names: `p50_ms`, `p90_ms`, `p99_ms`
 //! and `floor_*` for latencies, `per_second`, `floor_per_second`, `ratio`, `refused`, `mib`,
-//! `rss_kib`, `fds`, `live`. `--plot FILE.svg` draws every latency series' distribution.
+//! `with_zygote_mib`, `host_wide_mib`, `rss_kib`, `fds`, `live`. `--plot FILE.svg` draws
+//! every latency series' distribution.
 
 /// `--json`: the human report goes to stderr, stdout gets the one JSON object.
 static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
