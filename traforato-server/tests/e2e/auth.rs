@@ -23,14 +23,7 @@ async fn prod_broker_checks_client_tokens_on_create_only() {
         let resp = follow().get(broker.at(path)).send().await.unwrap();
         assert_eq!(resp.status(), 200, "{path}");
     }
-    let metrics = follow()
-        .get(broker.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(broker.at("/metrics")).await;
     assert!(
         metrics.contains("\ntraforato_service_auth_mode 1\n"),
         "{metrics}"
@@ -244,14 +237,7 @@ async fn prod_worker_authenticates_every_route_before_routing() {
     // §11.57: health and metrics need no token.
     let resp = follow().get(w.at("/healthz")).expect_status(200).await;
     assert_eq!(body_json(resp).await["status"], "ok");
-    let metrics = follow()
-        .get(w.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(w.at("/metrics")).await;
     assert!(
         metrics.contains("\ntraforato_service_auth_mode 1\n"),
         "{metrics}"
@@ -468,14 +454,7 @@ async fn dev_mode_needs_no_tokens() {
         .json(&ready_event(VALID_UUID))
         .expect_status(204)
         .await;
-    let metrics = follow()
-        .get(broker.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(broker.at("/metrics")).await;
     assert!(
         metrics.contains("\ntraforato_service_auth_mode 0\n"),
         "{metrics}"

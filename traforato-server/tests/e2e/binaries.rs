@@ -275,6 +275,21 @@ impl Bin {
         }
     }
 
+    /// `traforato-dev` on loopback ports chosen by the system, `virtualization` by default,
+    /// with `more` arguments and `env` as its whole environment.
+    pub(crate) fn dev(virtualization: &str, more: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut args = vec![
+            "--broker-listen",
+            "127.0.0.1:0",
+            "--worker-listen",
+            "127.0.0.1:0",
+            "--default-virtualization",
+            virtualization,
+        ];
+        args.extend_from_slice(more);
+        Self::spawn(env!("CARGO_BIN_EXE_traforato-dev"), &args, env)
+    }
+
     /// The first log record with `msg` (waiting for it).
     pub(crate) async fn record(&self, msg: &str) -> Value {
         let find = || {
@@ -495,18 +510,7 @@ async fn prod_broker_and_worker_binaries_cooperate_and_log_no_secrets() {
 
 #[tokio::test]
 async fn prod_dev_binary_refuses_anonymous_and_foreign_requests() {
-    let dev = Bin::spawn(
-        env!("CARGO_BIN_EXE_traforato-dev"),
-        &[
-            "--broker-listen",
-            "127.0.0.1:0",
-            "--worker-listen",
-            "127.0.0.1:0",
-            "--default-virtualization",
-            "fake",
-        ],
-        &[("TRAFORATO_JWT_SECRET", BIN_SECRET)],
-    );
+    let dev = Bin::dev("fake", &[], &[("TRAFORATO_JWT_SECRET", BIN_SECRET)]);
     let configured = dev.record("dev environment configured").await;
     assert_eq!(configured["auth_mode"], "prod");
     let broker_url = configured["broker_url"].as_str().unwrap().to_string();

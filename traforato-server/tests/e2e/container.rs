@@ -404,14 +404,7 @@ async fn the_prototype_quick_start_runs_alpine_through_a_mirror() {
             "image docker.io/library/alpine:3.20 is in use by a sandbox",
         )
         .await;
-    let metrics = follow()
-        .get(format!("{worker_url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(format!("{worker_url}/metrics")).await;
     assert!(
         metrics.contains("traforato_worker_image_pulls_total{result=\"ok\""),
         "{metrics}"
@@ -462,18 +455,9 @@ async fn a_crashed_worker_removes_its_leftovers_when_it_starts_again() {
     .unwrap();
     let path = std::env::var("PATH").unwrap_or_default();
     let start = || {
-        Bin::spawn(
-            env!("CARGO_BIN_EXE_traforato-dev"),
-            &[
-                "--broker-listen",
-                "127.0.0.1:0",
-                "--worker-listen",
-                "127.0.0.1:0",
-                "--default-virtualization",
-                "container",
-                "--file",
-                yaml.to_str().unwrap(),
-            ],
+        Bin::dev(
+            "container",
+            &["--file", yaml.to_str().unwrap()],
             &[("PATH", &path)],
         )
     };

@@ -36,14 +36,7 @@ async fn exec_and_frames() {
             .total_count(),
         1
     );
-    let metrics = follow()
-        .get(stack.worker.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(stack.worker.at("/metrics")).await;
     assert!(
         metrics.lines().any(|l| l
             .starts_with("traforato_worker_sandbox_first_exec_tti_seconds_count")

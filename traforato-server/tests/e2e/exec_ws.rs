@@ -567,14 +567,7 @@ async fn browser_url_in_prod() {
         .await;
 
     // The refusals were counted as auth failures of the access-token kind.
-    let metrics = follow()
-        .get(stack.worker.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(stack.worker.at("/metrics")).await;
     assert!(metrics.contains(r#"reason="access_token""#), "{metrics}");
     stack.stop().await.unwrap();
 }

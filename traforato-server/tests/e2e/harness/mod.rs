@@ -278,6 +278,18 @@ pub fn follow() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// The text of a `/metrics` page (`url` is the page itself).
+pub async fn metrics_text(url: impl reqwest::IntoUrl) -> String {
+    follow()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// A client that shows redirects instead of following them.
 pub fn no_follow() -> reqwest::Client {
     reqwest::Client::builder()
