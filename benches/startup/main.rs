@@ -431,17 +431,30 @@ async fn run(args: Args) -> Result<(), BenchError> {
         .build()
         .map_err(client_error("build the client"))?;
 
+    let cgroups = if container.uses_cgroup_v2() {
+        "v2"
+    } else {
+        "v1"
+    };
     say!(
         "traforato start-up benchmark: {} samples per latency series (after {WARMUP} thrown \
-         away), {} CPUs, container backend ({} cgroups), image {IMAGE:?}",
+         away), {} CPUs, container backend ({cgroups} cgroups), image {IMAGE:?}",
         args.iterations,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        if container.uses_cgroup_v2() {
-            "v2"
-        } else {
-            "v1"
-        },
     );
+    if args.runs(4) && redirects::nginx_binary().is_none() {
+        // The redirect yardstick is part of the run: installed when missing, where apt can.
+        say!("nginx is not installed: apt-get install nginx-light");
+        let apt = |args: &[&str]| {
+            std::process::Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdout(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let _ = apt(&["update", "-qq"]) && apt(&["install", "-y", "-qq", "nginx-light"]);
+    }
     say!(
         "shells' JSON logs at info level: {}",
         if args.logs {
@@ -495,11 +508,6 @@ async fn run(args: Args) -> Result<(), BenchError> {
         }
     }
     if JSON.load(std::sync::atomic::Ordering::Relaxed) {
-        let cgroups = if container.uses_cgroup_v2() {
-            "v2"
-        } else {
-            "v1"
-        };
         println!("{}", json_report(&rows, args.smoke, cgroups));
     }
     say!("\nsummary (medians, p90 in parentheses)");
@@ -1091,20 +1099,7 @@ fn redirect_row(args: &Args, broker: &BrokerShell, scratch: &Path) -> Result<Row
             ours.errors
         )));
     }
-    let Some(binary) = redirects::nginx_binary().or_else(|| {
-        // The yardstick is part of the run: installed when missing, where apt can.
-        say!("  nginx is not installed: apt-get install nginx-light");
-        let apt = |args: &[&str]| {
-            std::process::Command::new("apt-get")
-                .args(args)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdout(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        let installed = apt(&["update", "-qq"]) && apt(&["install", "-y", "-qq", "nginx-light"]);
-        installed.then(redirects::nginx_binary).flatten()
-    }) else {
+    let Some(binary) = redirects::nginx_binary() else {
         say!("  nginx is not installed (apt-get install nginx-light): no yardstick");
         return Ok(Row {
             measure: "broker redirects per second".to_string(),

@@ -86,10 +86,12 @@ impl OwnBackend {
     /// Undoes what it made on the host.
     pub async fn stop(self) {
         self.backend.shutdown().await;
-        let state_dir = self.state_dir.clone();
-        let _ = wait_for(Duration::from_secs(10), || sandbox_dirs(&state_dir) == 0).await;
+        let _ = wait_for(Duration::from_secs(10), || {
+            sandbox_dirs(&self.state_dir) == 0
+        })
+        .await;
         let _ = self.backend.remove_cgroup_parents();
-        let _ = std::fs::remove_dir_all(&self.state_dir);
+        crate::remove_unless_mounted(&self.state_dir);
     }
 }
 

@@ -134,7 +134,7 @@ fn ensure_image(staging: &Path) -> std::io::Result<String> {
     let mut files = vec![python.clone()];
     files.extend(linked_libraries(&python)?);
     for file in &files {
-        copy_into(staging, file, file)?;
+        copy_into(staging, file)?;
     }
     // The interpreter under the path the peer runs, and the merged-/usr links.
     let run_path = staging.join(PYTHON.trim_start_matches('/'));
@@ -192,9 +192,9 @@ fn linked_libraries(binary: &Path) -> std::io::Result<Vec<PathBuf>> {
         .collect())
 }
 
-/// Copies `source` (symlinks followed) to `staging` + `at`.
-fn copy_into(staging: &Path, source: &Path, at: &Path) -> std::io::Result<()> {
-    let target = staging.join(at.strip_prefix("/").unwrap_or(at));
+/// Copies `source` (symlinks followed) under `staging`, at its own path.
+fn copy_into(staging: &Path, source: &Path) -> std::io::Result<()> {
+    let target = staging.join(source.strip_prefix("/").unwrap_or(source));
     if let Some(parent) = target.parent() {
         std::fs::create_dir_all(parent)?;
     }

@@ -326,8 +326,8 @@ pub struct CreateArgs {
 /// Network egress flags.
 #[derive(Debug, Args)]
 pub struct NetworkArgs {
-    /// Network egress: none (loopback only), all, or allow (only what --allow names);
-    /// default: the worker's (none unless configured).
+    /// Network egress: none (loopback only), all, or allow (only what --allow names). A
+    /// create without it gets the worker's default (none unless configured).
     #[arg(long, value_parser = ["none", "all", "allow"])]
     pub egress: Option<String>,
     /// With --egress allow: a domain (*.example.com for its subdomains), address or CIDR

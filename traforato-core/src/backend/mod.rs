@@ -58,6 +58,14 @@ pub struct ProvisionSpec {
     pub memory_mib: u64,
 }
 
+/// Destroys a sandbox that could not get the network it was made for (a create's failure:
+/// a failed destroy is only logged).
+pub(crate) async fn destroy_without_network(vm: &dyn Vm) {
+    if let Err(undone) = vm.destroy().await {
+        tracing::warn!(error = %undone, "sandbox without its network not destroyed");
+    }
+}
+
 /// Why a backend operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -522,9 +530,7 @@ pub trait VmBackend: Send + Sync + 'static {
         let vm = self.provision(spec).await?;
         if policy.egress() != Egress::None {
             if let Err(error) = vm.set_network(policy).await {
-                if let Err(undone) = vm.destroy().await {
-                    tracing::warn!(error = %undone, "sandbox without its network not destroyed");
-                }
+                destroy_without_network(vm.as_ref()).await;
                 return Err(error);
             }
         }

@@ -426,7 +426,6 @@ async fn the_prototype_quick_start_runs_alpine_through_a_mirror() {
 /// run's cgroup parents go when it stops.
 #[tokio::test]
 async fn a_crashed_worker_removes_its_leftovers_when_it_starts_again() {
-    use crate::binaries::Bin;
     use std::process::Command;
     if !rustix::process::geteuid().is_root() {
         eprintln!("skipping: needs root (runs in CI as root)");

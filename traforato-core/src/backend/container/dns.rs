@@ -133,11 +133,12 @@ fn empty_answer(query: &[u8], rcode: u8) -> Option<Vec<u8>> {
 
 /// What the forwarder needs of the firewall: letting addresses of an allowed name through.
 pub(crate) trait AllowAddresses: Send + Sync + 'static {
-    /// Lets the sandbox reach `addrs` (on `port` only, when given) for `ttl`.
+    /// Lets the sandbox reach `addrs` for `ttl`, on each of `ports` (`None`: any port), in
+    /// one change of the firewall.
     fn allow(
         &self,
         addrs: Vec<Ipv4Addr>,
-        port: Option<u16>,
+        ports: Vec<Option<u16>>,
         ttl: Duration,
     ) -> impl std::future::Future<Output = ()> + Send;
 }
@@ -226,9 +227,7 @@ pub(crate) async fn forward<F: AllowAddresses>(
                     let ttl = records.iter().map(|(_, ttl)| *ttl).min().unwrap_or(0);
                     let ttl = Duration::from_secs(u64::from(ttl)).clamp(MIN_ALLOW, MAX_ALLOW);
                     let addrs: Vec<Ipv4Addr> = records.into_iter().map(|(a, _)| a).collect();
-                    for port in ports {
-                        firewall.allow(addrs.clone(), port, ttl).await;
-                    }
+                    firewall.allow(addrs, ports, ttl).await;
                 }
             }
             let _ = socket.send_to(answer, from).await;

@@ -484,8 +484,10 @@ impl ContainerBackend {
         // The network is attached as soon as the init has its own namespaces, while it sets
         // up the rest; in a task of its own: dropped with a failed provision, it undoes
         // itself when it ends (the attachment it returns is dropped).
-        let (namespaces_made, namespaces) = tokio::sync::oneshot::channel::<io::Result<OwnedFd>>();
+        let mut namespaces_made = None;
         let attaching = network.map(|policy| {
+            let (made, namespaces) = tokio::sync::oneshot::channel::<io::Result<OwnedFd>>();
+            namespaces_made = Some(made);
             let networking = Arc::clone(&self.networking);
             let (id, policy) = (vm::interface_id(&spec.vm_id), policy.clone());
             tokio::spawn(async move {
@@ -617,9 +619,7 @@ impl ContainerBackend {
                 }
             };
             if let Err(error) = attached {
-                if let Err(undone) = vm.destroy().await {
-                    tracing::warn!(error = %undone, "sandbox without its network not destroyed");
-                }
+                crate::backend::destroy_without_network(vm.as_ref()).await;
                 return Err(error);
             }
         }
@@ -665,15 +665,14 @@ fn closed_or_io(e: io::Error) -> HandshakeError {
 }
 
 /// Setup → (init unshares) → worker writes uid/gid maps → init builds the sandbox → ready.
-/// `namespaces_made` gets the init's network namespace once it has its own.
+/// `namespaces_made`, when given, gets the init's network namespace once it has its own.
 async fn handshake(
     sock: &AsyncFd<OwnedFd>,
     setup: Setup,
     pid: u32,
     uid_base: u32,
-    namespaces_made: tokio::sync::oneshot::Sender<io::Result<OwnedFd>>,
+    mut namespaces_made: Option<tokio::sync::oneshot::Sender<io::Result<OwnedFd>>>,
 ) -> Result<(), HandshakeError> {
-    let mut namespaces_made = Some(namespaces_made);
     agent::send(sock, &Request::Setup(setup), &[])
         .await
         .map_err(closed_or_io)?;

@@ -176,28 +176,30 @@ struct SandboxFirewall {
 }
 
 impl AllowAddresses for SandboxFirewall {
-    async fn allow(&self, addrs: Vec<Ipv4Addr>, port: Option<u16>, ttl: Duration) {
-        let (set, elements): (String, Vec<String>) = match port {
-            Some(port) => (
-                format!("p_{}", self.rules.host_if),
-                addrs.iter().map(|a| format!("{a} . {port}")).collect(),
-            ),
-            None => (
-                format!("d_{}", self.rules.host_if),
-                addrs.iter().map(|a| a.to_string()).collect(),
-            ),
-        };
+    async fn allow(&self, addrs: Vec<Ipv4Addr>, ports: Vec<Option<u16>>, ttl: Duration) {
         let t = &self.rules.table;
         let mut script = String::new();
-        for element in elements {
-            // Add, delete, add: the element is there afterwards with this timeout, whatever
-            // it had.
-            script.push_str(&format!(
-                "add element inet {t} {set} {{ {element} }}\n\
-                 delete element inet {t} {set} {{ {element} }}\n\
-                 add element inet {t} {set} {{ {element} timeout {}s }}\n",
-                ttl.as_secs()
-            ));
+        for port in ports {
+            let (set, elements): (String, Vec<String>) = match port {
+                Some(port) => (
+                    format!("p_{}", self.rules.host_if),
+                    addrs.iter().map(|a| format!("{a} . {port}")).collect(),
+                ),
+                None => (
+                    format!("d_{}", self.rules.host_if),
+                    addrs.iter().map(|a| a.to_string()).collect(),
+                ),
+            };
+            for element in elements {
+                // Add, delete, add: the element is there afterwards with this timeout,
+                // whatever it had.
+                script.push_str(&format!(
+                    "add element inet {t} {set} {{ {element} }}\n\
+                     delete element inet {t} {set} {{ {element} }}\n\
+                     add element inet {t} {set} {{ {element} timeout {}s }}\n",
+                    ttl.as_secs()
+                ));
+            }
         }
         if let Err(error) = run("nft", &["-f", "-"], Some(&script)).await {
             tracing::warn!(%error, interface = %self.rules.host_if, "resolved addresses not allowed");
@@ -605,12 +607,9 @@ impl Networking {
         self.unpass_docker().await;
         if self.forwarding_ours.swap(false, Ordering::SeqCst) {
             // Another worker of this host may still need it.
-            let others = Command::new("nft")
-                .args(["list", "tables"])
-                .output()
+            let others = run("nft", &["list", "tables"], None)
                 .await
-                .map(|o| String::from_utf8_lossy(&o.stdout).contains("inet traforato_"))
-                .unwrap_or(false);
+                .is_ok_and(|tables| tables.contains("inet traforato_"));
             if others {
                 tracing::info!("net.ipv4.ip_forward left on: another worker's sandboxes use it");
             } else if let Err(error) = tokio::fs::write("/proc/sys/net/ipv4/ip_forward", "0").await

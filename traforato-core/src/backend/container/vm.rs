@@ -157,9 +157,20 @@ impl ContainerVm {
         resolv: String,
     ) -> Result<(), BackendError> {
         let mut attached = self.network.lock().await;
+        self.install(&mut attached, attachment, resolv).await
+    }
+
+    /// Makes `attachment` the sandbox's network (`slot`: its network, locked): its resolver
+    /// pointed at its forwarder, its interface known for the byte counts.
+    async fn install(
+        &self,
+        slot: &mut Option<Attachment>,
+        attachment: Attachment,
+        resolv: String,
+    ) -> Result<(), BackendError> {
         self.write_resolv_conf(resolv).await?;
         *self.host_if.lock().expect("host_if lock") = Some(attachment.host_if().to_string());
-        *attached = Some(attachment);
+        *slot = Some(attachment);
         Ok(())
     }
 
@@ -418,11 +429,8 @@ impl Vm for ContainerVm {
             let (attachment, resolv) = networking
                 .attach(live.netns, &interface_id(&self.vm_id), policy)
                 .await?;
-            self.write_resolv_conf(resolv).await?;
-            *self.host_if.lock().expect("host_if lock") = Some(attachment.host_if().to_string());
-            *attached = Some(attachment);
             // Attached with its policy already.
-            return Ok(());
+            return self.install(&mut attached, attachment, resolv).await;
         }
         attached
             .as_mut()

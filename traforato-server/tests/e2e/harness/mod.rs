@@ -2,9 +2,11 @@
 //! stack with constructors that fail the test instead of returning errors, request helpers,
 //! and the fixtures several modules share.
 
+mod process;
 mod tokens;
 mod upstream;
 
+pub use process::*;
 pub use tokens::*;
 pub use upstream::*;
 
