@@ -90,6 +90,14 @@ fn non_empty_or(value: &str, default: &str) -> String {
     }
 }
 
+/// The entries of a list, trimmed, empty ones dropped.
+fn trimmed(list: Vec<String>) -> Vec<String> {
+    list.into_iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
 fn non_empty(value: Option<String>) -> Option<String> {
     value
         .map(|v| v.trim().to_string())
@@ -194,12 +202,6 @@ impl std::fmt::Debug for OciSettings {
 
 impl From<ImagesLayer> for OciSettings {
     fn from(layer: ImagesLayer) -> Self {
-        let trimmed = |list: Vec<String>| -> Vec<String> {
-            list.into_iter()
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect()
-        };
         Self {
             dir: non_empty(layer.dir).map(|dir| (dir != "none").then(|| PathBuf::from(dir))),
             insecure_registries: trimmed(layer.insecure_registries.unwrap_or_default()),
@@ -490,13 +492,7 @@ impl WorkerSettings {
                 oci: layer.images.into(),
                 network: EgressPlumbing {
                     range: non_empty(layer.network.range.clone()),
-                    blocked_cidrs: layer.network.blocked_cidrs.clone().map(|cidrs| {
-                        cidrs
-                            .into_iter()
-                            .map(|c| c.trim().to_string())
-                            .filter(|c| !c.is_empty())
-                            .collect()
-                    }),
+                    blocked_cidrs: layer.network.blocked_cidrs.clone().map(trimmed),
                     dns_upstream: non_empty(layer.network.dns_upstream.clone())
                         .map(|raw| parse_resolver(&raw))
                         .transpose()?,
