@@ -9,7 +9,8 @@
 //! `container` backend with the `host` image) and drives them with `traforato-client`:
 //! - **warm**: create through the broker (claiming a ready sandbox) + first Python `print`,
 //!   against a pre-warmed Python zygote answering over a unix socket (target: within 3×);
-//! - **cold**: the same with no pool (a fresh worker per sample), against starting the same
+//! - **cold**: the same with no pool (a fresh worker per sample, once the backend's spare
+//!   inits are up, as on a worker that has been running), against starting the same
 //!   interpreter bare (target: within 1.5×);
 //! - **redirects/s**: `GET /sandboxes/<id>` → `307` with a load generator on loopback,
 //!   against nginx answering `307` (target: at least half);
@@ -468,6 +469,7 @@ async fn run(args: Args) -> Result<(), BenchError> {
     let backend: Arc<dyn VmBackend> = container.clone();
     let rows = phases(
         &args,
+        &container,
         &broker,
         &backend,
         &client,
@@ -568,6 +570,7 @@ async fn run(args: Args) -> Result<(), BenchError> {
 /// The measures, in order.
 async fn phases(
     args: &Args,
+    container: &Arc<ContainerBackend>,
     broker: &BrokerShell,
     backend: &Arc<dyn VmBackend>,
     client: &Client,
@@ -598,7 +601,7 @@ async fn phases(
         2,
         "cold: create through the broker with no pool + first print, vs bare python",
     ) {
-        let cold = cold_series(args, broker, backend, client).await?;
+        let cold = cold_series(args, container, broker, backend, client).await?;
         rows.push(cold.row(
             "cold create + first print (HTTP via broker)",
             "bare python",
@@ -853,6 +856,7 @@ async fn warm_series(
 
 async fn cold_series(
     args: &Args,
+    container: &ContainerBackend,
     broker: &BrokerShell,
     backend: &Arc<dyn VmBackend>,
     client: &Client,
@@ -875,6 +879,16 @@ async fn cold_series(
         )
         .await
         .map_err(io_error("start a cold worker"))?;
+        // As on a worker that has been up a while: its spare inits started (cgroup v1; the
+        // previous worker's stop removed them).
+        if !container.uses_cgroup_v2() {
+            let want = ContainerConfig::default().spare_inits;
+            wait_for(Duration::from_secs(5), || {
+                container.spare_inits_ready() >= want
+            })
+            .await
+            .map_err(io_error("wait for the spare inits"))?;
+        }
         let sample = async {
             let floor = blocking(|| floors::bare_python(COLD_FLOOR_FLAGS))
                 .await?
@@ -947,9 +961,17 @@ async fn memory_row(
             .await?
             .map_err(io_error("read /proc/meminfo"))?;
         let rss_after = memory::self_rss().map_err(io_error("read /proc/self/status"))?;
-        let cgroups = hierarchy
+        // A sandbox has a directory in the state dir; the backend's spare inits (cgroups of
+        // their own, named alike) have none and are no sandbox.
+        let cgroups: Vec<PathBuf> = hierarchy
             .children(cgroup_parent)
-            .map_err(io_error("list the sandbox cgroups"))?;
+            .map_err(io_error("list the sandbox cgroups"))?
+            .into_iter()
+            .filter(|dir| {
+                dir.file_name()
+                    .is_some_and(|name| Path::new(STATE_DIR).join(name).is_dir())
+            })
+            .collect();
         let mut usage = CgroupUsage::default();
         for dir in &cgroups {
             let what = format!("read the memory usage of {}", dir.display());

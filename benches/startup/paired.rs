@@ -58,16 +58,26 @@ impl OwnBackend {
     }
 
     /// One timed create of `image` (with the network of `policy`, when given, as a cold
-    /// create through the worker has it); the sandbox is destroyed afterwards, untimed.
+    /// create through the worker has it); the sandbox is destroyed afterwards, untimed. It
+    /// starts once the backend's spare inits are up (cgroup v1), as on a running worker.
     pub async fn create(
         &self,
         image: &str,
         policy: Option<&Policy>,
     ) -> Result<Duration, BenchError> {
+        if !self.backend.uses_cgroup_v2() {
+            let want = self.backend.config().spare_inits;
+            wait_for(Duration::from_secs(5), || {
+                self.backend.spare_inits_ready() >= want
+            })
+            .await
+            .map_err(|e| BenchError::Check(format!("spare inits not up: {e}")))?;
+        }
         let spec = ProvisionSpec {
             vm_id: LocalVmId::new_random(),
             tuple: SandboxTuple::normalize("container", image, 1, "container"),
             memory_mib: 256,
+            warm: false,
         };
         let started = Instant::now();
         // As the worker's cold create does: the network, if any, attached while it boots.

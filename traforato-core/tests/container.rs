@@ -65,26 +65,45 @@ impl Harness {
         self.backend.as_ref().expect("backend")
     }
 
-    /// A provisioned sandbox, settled as the warm pool settles it (its Python zygote warm).
+    /// A sandbox provisioned and settled as the warm pool does it (its Python zygote warm).
     async fn provision(&self, memory_mib: u64) -> Arc<dyn Vm> {
         let vm = self
-            .provision_image("host", memory_mib)
+            .provision_spec("host", memory_mib, true)
             .await
             .expect("provision");
         vm.settle().await;
         vm
     }
 
+    /// A sandbox provisioned as for a waiting create (a spare init if one is ready; its
+    /// Python zygote started after its first Python run).
+    async fn provision_cold(&self, memory_mib: u64) -> Arc<dyn Vm> {
+        self.provision_spec("host", memory_mib, false)
+            .await
+            .expect("provision")
+    }
+
+    /// A cold create of `image`.
     async fn provision_image(
         &self,
         image: &str,
         memory_mib: u64,
+    ) -> Result<Arc<dyn Vm>, BackendError> {
+        self.provision_spec(image, memory_mib, false).await
+    }
+
+    async fn provision_spec(
+        &self,
+        image: &str,
+        memory_mib: u64,
+        warm: bool,
     ) -> Result<Arc<dyn Vm>, BackendError> {
         self.backend()
             .provision(ProvisionSpec {
                 vm_id: LocalVmId::new_random(),
                 tuple: SandboxTuple::normalize("container", image, 1, "container"),
                 memory_mib,
+                warm,
             })
             .await
     }
@@ -1249,8 +1268,10 @@ async fn crashed_run_is_cleaned_up_by_the_next_backend() {
     assert_eq!(second.backend().cleanup_leftovers().await.unwrap(), 1);
     assert_no_leftovers(&second, &id);
     assert_eq!(second.backend().cleanup_leftovers().await.unwrap(), 0);
-    // The second backend found the cgroup parent, so its shutdown keeps it; the crashed
-    // creator cannot remove it any more. Remove this test's (empty) parent by hand.
+    // The second backend found the cgroup parent, so its shutdown keeps it (its spare inits
+    // go); the crashed creator cannot remove it any more. Remove this test's (empty) parent
+    // by hand.
+    second.backend().shutdown().await;
     let parents: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
         .unwrap()
         .flatten()
@@ -1362,6 +1383,7 @@ async fn cancelled_provisions_leave_nothing() {
                 vm_id: LocalVmId::new_random(),
                 tuple: SandboxTuple::normalize("container", "host", 1, "container"),
                 memory_mib: 128,
+                warm: false,
             })
             .await
         });
@@ -1539,6 +1561,43 @@ async fn python_runs_through_the_warm_zygote() {
     let (outcome, out, _) = code(&vm, Runtime::Python, VIA_ZYGOTE).await;
     assert_eq!((outcome, out.as_str()), (finished(0), "zygote\n"));
     vm.destroy().await.unwrap();
+}
+
+/// Issue "cold start": a sandbox made for a waiting create starts its zygote only after its
+/// first Python run, which goes one-shot without sharing the CPU with a starting interpreter;
+/// an exec does not start it; later runs go through it. With `lazy_zygote` the warm pool's
+/// sandboxes do the same.
+#[tokio::test]
+async fn cold_sandboxes_start_their_zygote_after_the_first_python_run() {
+    let config = ContainerConfig {
+        lazy_zygote: true,
+        ..Harness::config("lazyzygote")
+    };
+    let Some(h) = Harness::with_config(config) else {
+        return;
+    };
+    for vm in [h.provision_cold(256).await, h.provision(256).await] {
+        // Nothing to settle: no zygote yet.
+        vm.settle().await;
+        assert_eq!(sh(&vm, "echo ok").await.stdout, "ok\n");
+        let (outcome, out, err) = code(&vm, Runtime::Python, VIA_ZYGOTE).await;
+        assert_eq!(
+            (outcome, out.as_str()),
+            (finished(0), "one-shot\n"),
+            "{err}"
+        );
+        let mut via = String::new();
+        for _ in 0..100 {
+            vm.settle().await;
+            via = code(&vm, Runtime::Python, VIA_ZYGOTE).await.1;
+            if via == "zygote\n" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(via, "zygote\n", "the zygote started after the first run");
+        vm.destroy().await.unwrap();
+    }
 }
 
 #[tokio::test]
@@ -1729,14 +1788,17 @@ if attached == 0:
 "#;
 
 /// The zygote is out of reach from its first instruction: code that runs before it is warm
-/// (an exec right after a cold provision, which does not wait for it) cannot take it either.
+/// (an exec right after a provision, which does not wait for it) cannot take it either.
 #[tokio::test]
 async fn a_starting_zygote_is_out_of_reach_too() {
     let Some(h) = Harness::new("early") else {
         return;
     };
-    let vm = h.provision_image("host", 256).await.expect("provision");
-    // No settle: this is the cold path.
+    // A warm-pool provision starts its zygote at once; no settle: it is still starting.
+    let vm = h
+        .provision_spec("host", 256, true)
+        .await
+        .expect("provision");
     let probe = run_spec(
         &vm,
         ExecSpec {
@@ -1880,4 +1942,115 @@ async fn node_runs_in_one_interpreter_like_a_script() {
     }
     assert_eq!((out.as_str(), err.as_str()), ("", ""));
     vm.destroy().await.unwrap();
+}
+
+/// Spare cgroups under the sandbox's cgroup parent (the first hierarchy): every sibling of
+/// `vm`'s cgroup, with the pids in it.
+fn spare_cgroups(h: &Harness, vm: &LocalVmId) -> Vec<(PathBuf, Vec<i32>)> {
+    let own = h.backend().cgroup_dirs(vm).into_iter().next().unwrap();
+    let parent = own.parent().unwrap();
+    std::fs::read_dir(parent)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && *p != own)
+        .map(|p| {
+            let pids = std::fs::read_to_string(p.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.parse().ok())
+                .collect();
+            (p, pids)
+        })
+        .collect()
+}
+
+async fn wait_for_spares(h: &Harness, n: usize) {
+    for _ in 0..200 {
+        if h.backend().spare_inits_ready() == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!(
+        "{} spare inits ready, not {n}",
+        h.backend().spare_inits_ready()
+    );
+}
+
+/// Issue "cold start": on cgroup v1 a cold create takes a spare init that waits in a cgroup of
+/// its own (renamed to the sandbox's, its limits set); a dead spare is skipped; the pool
+/// refills; leftovers cleanup leaves the spares; shutdown removes them.
+#[tokio::test]
+async fn cold_creates_take_spare_inits() {
+    let Some(h) = Harness::new("spares") else {
+        return;
+    };
+    if h.backend().uses_cgroup_v2() {
+        // v2 refuses to rename a cgroup: no spares there.
+        assert_eq!(h.backend().spare_inits_ready(), 0);
+        eprintln!("skipping the rest: spare inits are for cgroup v1 hosts (this one has v2)");
+        return;
+    }
+    wait_for_spares(&h, 2).await;
+    assert_eq!(h.backend().cleanup_leftovers().await.unwrap(), 0);
+    assert_eq!(h.backend().spare_inits_ready(), 2);
+
+    let vm = h.provision_cold(256).await;
+    let id = vm.vm_id();
+    assert_eq!(sh(&vm, "echo ok").await.stdout, "ok\n");
+    let dirs = h.backend().cgroup_dirs(&id);
+    assert!(
+        !dirs.is_empty() && dirs.iter().all(|d| d.is_dir()),
+        "{dirs:?}"
+    );
+    let memory = dirs
+        .iter()
+        .find(|d| d.join("memory.limit_in_bytes").exists())
+        .expect("memory hierarchy");
+    assert_eq!(
+        std::fs::read_to_string(memory.join("memory.limit_in_bytes"))
+            .unwrap()
+            .trim(),
+        (256u64 << 20).to_string()
+    );
+    assert!(h_procs(&h, &id).len() >= 2, "the sandbox's init and agent");
+
+    // Kill every spare: the next create skips the dead ones and starts its own init.
+    wait_for_spares(&h, 2).await;
+    let spares = spare_cgroups(&h, &id);
+    assert_eq!(spares.len(), 2, "{spares:?}");
+    for (_, pids) in &spares {
+        assert_eq!(pids.len(), 1, "one waiting init per spare: {pids:?}");
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pids[0]).unwrap(),
+            rustix::process::Signal::KILL,
+        )
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = h.provision_cold(128).await;
+    assert_eq!(sh(&second, "echo ok").await.stdout, "ok\n");
+    for (dir, _) in &spares {
+        for _ in 0..100 {
+            if !dir.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!dir.exists(), "dead spare's cgroup {} left", dir.display());
+    }
+    wait_for_spares(&h, 2).await;
+
+    let second_id = second.vm_id();
+    vm.destroy().await.unwrap();
+    second.destroy().await.unwrap();
+    assert_no_leftovers(&h, &id);
+    assert_no_leftovers(&h, &second_id);
+    let parents: Vec<PathBuf> = dirs.iter().map(|d| d.parent().unwrap().into()).collect();
+    h.backend().shutdown().await;
+    assert_eq!(h.backend().spare_inits_ready(), 0);
+    for p in &parents {
+        assert!(!p.exists(), "{} is left (spares not removed)", p.display());
+    }
 }

@@ -176,6 +176,7 @@ fn host_sandbox() -> ProvisionSpec {
         vm_id: LocalVmId::new_random(),
         tuple: SandboxTuple::normalize("container", "host", 1, "container"),
         memory_mib: 256,
+        warm: false,
     }
 }
 

@@ -102,6 +102,7 @@ impl Backend {
                 vm_id: LocalVmId::new_random(),
                 tuple: SandboxTuple::normalize("container", image, 1, "container"),
                 memory_mib: 256,
+                warm: false,
             })
             .await
     }

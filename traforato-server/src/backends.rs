@@ -132,6 +132,12 @@ fn container_backend(settings: &ContainerSettings) -> Result<Arc<dyn VmBackend>,
     if let Some(zygote) = settings.python_zygote {
         config.python_zygote = zygote;
     }
+    if let Some(lazy) = settings.lazy_zygote {
+        config.lazy_zygote = lazy;
+    }
+    if let Some(spares) = settings.spare_inits {
+        config.spare_inits = spares;
+    }
     let oci = &settings.oci;
     if let Some(dir) = &oci.dir {
         config.oci_dir = dir.clone();

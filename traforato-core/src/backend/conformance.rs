@@ -190,6 +190,7 @@ impl Suite {
             vm_id: LocalVmId::new_random(),
             tuple: self.tuple.clone(),
             memory_mib: 256,
+            warm: false,
         };
         let vm = self.backend.provision(spec).await.map_err(|e| Failure {
             check: "provision",

@@ -1270,6 +1270,7 @@ mod tests {
             vm_id: LocalVmId::new_random(),
             tuple: SandboxTuple::normalize("fake", "img", 1, "fake"),
             memory_mib: 512,
+            warm: false,
         }
     }
 

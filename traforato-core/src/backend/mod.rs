@@ -56,6 +56,9 @@ pub struct ProvisionSpec {
     pub tuple: SandboxTuple,
     /// Memory limit.
     pub memory_mib: u64,
+    /// For the warm pool: no client waits for it, so a backend keeps its fast paths (the
+    /// `container` backend's spare inits) for cold creates.
+    pub warm: bool,
 }
 
 /// Destroys a sandbox that could not get the network it was made for (a create's failure:

@@ -505,6 +505,7 @@ impl Worker {
                 vm_id,
                 tuple: spec.tuple.clone(),
                 memory_mib: spec.memory_mib,
+                warm: false,
             },
             spec.network.clone(),
         );

@@ -354,6 +354,7 @@ impl Worker {
             vm_id,
             tuple: tuple.clone(),
             memory_mib: self.memory_for(tuple.cpu),
+            warm: true,
         };
         // In its own task: shutdown waits for a provision rather than cutting it half-way.
         let provisioned = match tokio::spawn(async move { backend.provision(spec).await }).await {

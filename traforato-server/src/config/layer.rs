@@ -249,5 +249,9 @@ layer! {
         pub scratch_size_mib: Option<u64>,
         /// `python-zygote`.
         pub python_zygote: Option<bool>,
+        /// `lazy-zygote`.
+        pub lazy_zygote: Option<bool>,
+        /// `spare-inits`.
+        pub spare_inits: Option<usize>,
     }
 }

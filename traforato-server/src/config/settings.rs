@@ -120,6 +120,10 @@ pub struct ContainerSettings {
     pub scratch_size_mib: Option<u64>,
     /// `python-zygote`: keep a pre-warmed Python in each sandbox (default true).
     pub python_zygote: Option<bool>,
+    /// `lazy-zygote`: warm sandboxes too start their zygote at their first Python run.
+    pub lazy_zygote: Option<bool>,
+    /// `spare-inits`: sandbox inits started ahead for cold creates (default 2; cgroup v1).
+    pub spare_inits: Option<usize>,
     /// The `images:` section: OCI images.
     pub oci: OciSettings,
     /// The `network:` section's plumbing keys.
@@ -247,6 +251,8 @@ impl From<ContainerLayer> for ContainerSettings {
             pids_limit: layer.pids_limit,
             scratch_size_mib: layer.scratch_size_mib,
             python_zygote: layer.python_zygote,
+            lazy_zygote: layer.lazy_zygote,
+            spare_inits: layer.spare_inits,
             oci: OciSettings::default(),
             network: EgressPlumbing::default(),
         }

@@ -265,7 +265,7 @@ fn yaml_container_section() {
         &[],
         "container:\n  state-dir: /srv/traforato\n  cgroup-parent: sbx\n  images:\n    \
          py: /srv/images/py\n  pids-limit: 64\n  scratch-size-mib: 256\n  \
-         python-zygote: false\n",
+         python-zygote: false\n  lazy-zygote: true\n  spare-inits: 0\n",
     )
     .unwrap();
     let c = &values.container;
@@ -275,6 +275,8 @@ fn yaml_container_section() {
     assert_eq!(c.pids_limit, Some(64));
     assert_eq!(c.scratch_size_mib, Some(256));
     assert_eq!(c.python_zygote, Some(false));
+    assert_eq!(c.spare_inits, Some(0));
+    assert_eq!(c.lazy_zygote, Some(true));
     // An empty section is no section.
     let values = worker(&[], "container:\nlog:\n").unwrap();
     assert_eq!(values.container, ContainerSettings::default());

@@ -305,6 +305,44 @@ impl CgroupDriver {
         }
     }
 
+    /// Gives a spare's cgroup (made by [`CgroupDriver::create`] under another name) to a
+    /// sandbox: renames it to `name` in every hierarchy and sets `limits`. v1 only (cgroup v2
+    /// refuses renames). On error the dirs renamed so far are renamed back, and the spare's
+    /// cgroup is returned with the error for its owner to remove.
+    pub(crate) fn adopt(
+        &self,
+        mut spare: SandboxCgroup,
+        name: &str,
+        limits: Limits,
+    ) -> Result<SandboxCgroup, (SandboxCgroup, io::Error)> {
+        if self.version != CgroupVersion::V1 || spare.dirs.len() != self.hierarchies.len() {
+            let refused = io::Error::new(
+                io::ErrorKind::Unsupported,
+                "only a complete cgroup v1 spare can be renamed",
+            );
+            return Err((spare, refused));
+        }
+        let old = spare.dirs.clone();
+        for (i, dir) in old.iter().enumerate() {
+            let target = dir.with_file_name(name);
+            if let Err(e) = fs::rename(dir, &target) {
+                for (done, back) in spare.dirs[..i].iter().zip(&old) {
+                    let _ = fs::rename(done, back);
+                }
+                let e = io::Error::new(e.kind(), format!("rename {}: {e}", dir.display()));
+                spare.dirs = old;
+                return Err((spare, e));
+            }
+            spare.dirs[i] = target;
+        }
+        for (h, dir) in self.hierarchies.iter().zip(&spare.dirs) {
+            if let Err(e) = apply_limits(self.version, dir, &h.controllers, limits) {
+                return Err((spare, e));
+            }
+        }
+        Ok(spare)
+    }
+
     /// A handle on an existing sandbox cgroup (for leftovers), with the dirs that exist.
     pub(crate) fn existing(&self, name: &str) -> SandboxCgroup {
         SandboxCgroup {
@@ -510,6 +548,15 @@ fn unreclaimable(version: CgroupVersion, dir: &Path) -> Option<u64> {
 }
 
 impl SandboxCgroup {
+    /// The cgroup's name (its directory's), if it has a directory.
+    pub(crate) fn name(&self) -> Option<String> {
+        self.dirs
+            .first()
+            .and_then(|d| d.file_name())
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+    }
+
     /// The gauge of the memory controller's directory, if the sandbox has one.
     pub(crate) fn memory_gauge(&self) -> Option<MemoryGauge> {
         let marker = match self.version {

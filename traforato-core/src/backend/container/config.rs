@@ -57,12 +57,24 @@ pub struct ContainerConfig {
     pub hostname: String,
     /// How long a sandbox may take to come up before provisioning fails. Default 10 s.
     pub setup_timeout: Duration,
-    /// Keep a pre-warmed Python zygote in every sandbox (started when it is provisioned, it
-    /// forks one child per Python run-code; about 1 ms instead of a fresh interpreter's
+    /// Keep a pre-warmed Python zygote in every sandbox (started when a warm-pool sandbox is
+    /// provisioned, after the first Python run of one made for a waiting create; it forks
+    /// one child per Python run-code; about 1 ms instead of a fresh interpreter's
     /// ~8 ms). It costs one idle interpreter per sandbox (a few MiB, charged to the
     /// sandbox's memory limit). Without `python3` in the image, or if the zygote dies, runs
     /// start a fresh interpreter. Default true.
     pub python_zygote: bool,
+    /// Start the Python zygote of warm-pool sandboxes too only after their first Python run
+    /// (a sandbox made for a waiting create always does): an idle warm sandbox then costs
+    /// about 1 MiB instead of about 4, and the first run of a claimed sandbox starts a fresh
+    /// interpreter. Default false.
+    pub lazy_zygote: bool,
+    /// Sandbox inits kept started ahead, each in a cgroup of its own, for cold creates to
+    /// take (cgroup v1 only; v2 cannot rename a cgroup). Moving a fresh init into its cgroup
+    /// waits for an RCU grace period when the host was idle, most of a cold create's time;
+    /// a spare has paid it already. Each costs one idle process (about 1 MiB). 0 turns them
+    /// off. Default 2.
+    pub spare_inits: usize,
     /// Where images named by OCI reference (`alpine:3.20`, `ghcr.io/org/img:tag`) are pulled
     /// and unpacked (`blobs/`, `layers/`), created on the first pull. `None`: only `host` and
     /// the directory images. Default `/var/lib/traforato/images` (on disk, unlike the state
@@ -93,6 +105,8 @@ impl Default for ContainerConfig {
             hostname: "sandbox".to_string(),
             setup_timeout: Duration::from_secs(10),
             python_zygote: true,
+            lazy_zygote: false,
+            spare_inits: 2,
             oci_dir: Some(PathBuf::from("/var/lib/traforato/images")),
             registries: RegistrySettings::default(),
             oci_max_disk: None,

@@ -12,6 +12,10 @@
 //!    (cpus × period), memory (and memory+swap) limit and `pids.max` (cgroup v1 or v2).
 //! 3. The init program is spawned (`<init_program> __traforato-sandbox-init`, empty
 //!    environment, a `SOCK_SEQPACKET` control socket as stdin) and moved into the cgroups.
+//!    On cgroup v1 a create a client waits for takes a spare init instead (`spare.rs`):
+//!    spawned ahead and already in a cgroup of its own, which is renamed to `<vm_id>` and
+//!    given the limits of step 2 (moving a process into a cgroup waits for an RCU grace
+//!    period on an idle host, 6–10 ms; the spare paid it off the request path).
 //!
 //! Init side (a fresh single-threaded process, see `init.rs`; the worker never forks itself):
 //! it enters the root directory, unshares user, mount, uts, ipc, net, cgroup and pid
@@ -59,11 +63,14 @@
 //! # Run-code and the Python zygote
 //!
 //! Each run is one interpreter that checks the syntax before running anything (`code.rs`).
-//! With [`ContainerConfig::python_zygote`] (default), provisioning also starts a pre-warmed
-//! Python zygote inside the sandbox, as a child of the agent and so under the sandbox's
-//! namespaces, cgroup and seccomp filter; Python runs are forked from it (`zygote.rs`).
-//! Provisioning does not wait for it, and neither do execs and runs: a run that comes before
-//! the zygote is ready starts its own interpreter (`zygote.rs`). Runs without it (no `python3`, zygote dead or unresponsive) start a fresh
+//! With [`ContainerConfig::python_zygote`] (default), a sandbox gets a pre-warmed Python
+//! zygote, as a child of the agent and so under the sandbox's namespaces, cgroup and seccomp
+//! filter; Python runs are forked from it (`zygote.rs`). A warm-pool provision starts it at
+//! once; a sandbox made for a waiting create starts it after its first Python run (which
+//! would go one-shot anyway, and would otherwise share the CPU with the starting zygote);
+//! [`ContainerConfig::lazy_zygote`] makes warm-pool sandboxes wait too. Provisioning does not
+//! wait for it, and neither do execs and runs: a run that comes before the zygote is ready
+//! starts its own interpreter (`zygote.rs`). Runs without it (no `python3`, zygote dead or unresponsive) start a fresh
 //! interpreter. The warm pool waits for it ([`Vm::settle`](crate::backend::Vm::settle))
 //! before offering the sandbox, so a claim never competes with a starting interpreter.
 //!
@@ -91,6 +98,7 @@ pub mod oci;
 mod protocol;
 mod pty;
 mod seccomp;
+mod spare;
 mod user;
 mod vm;
 mod zygote;
@@ -156,6 +164,8 @@ pub struct ContainerBackend {
     images: ImageStore,
     /// Egress plumbing, shared by the sandboxes.
     networking: Arc<net::Networking>,
+    /// Inits started ahead for cold creates (cgroup v1).
+    spares: Arc<spare::Spares>,
 }
 
 impl std::fmt::Debug for ContainerBackend {
@@ -331,12 +341,32 @@ impl ContainerBackend {
             cgroup = ?cgroups.version(),
             "container backend ready"
         );
+        // A v2 cgroup cannot be renamed, so a spare's could not become the sandbox's.
+        let spare_inits = match cgroups.version() {
+            CgroupVersion::V1 => config.spare_inits,
+            CgroupVersion::V2 => 0,
+        };
+        let spares = Arc::new(spare::Spares::new(
+            spare_inits,
+            spare::Starter {
+                init_program: config.init_program.clone(),
+                cgroups: cgroups.clone(),
+                pids_limit: config.pids_limit,
+            },
+        ));
+        spares.fill();
         Ok(Self {
             config,
             cgroups,
             images,
             networking,
+            spares,
         })
+    }
+
+    /// Spare inits ready for cold creates (see [`ContainerConfig::spare_inits`]).
+    pub fn spare_inits_ready(&self) -> usize {
+        self.spares.ready()
     }
 
     /// Adds an image source asked after the built-in images (e.g. an OCI registry client).
@@ -429,57 +459,66 @@ impl ContainerBackend {
         let host_dir = dir.clone();
         // Also held by the host step, which may outlive a cancelled provision.
         let setup_hold = guard.hold.clone();
+        // A spare init (already in a cgroup of its own) saves starting one and moving it into
+        // a cgroup; the guard holds it from here, so a failed provision kills it. Kept for
+        // the creates a client waits for.
+        let spare = (!spec.warm)
+            .then(|| self.spares.take())
+            .flatten()
+            .map(|spare| {
+                guard.child = Some(spare.child);
+                (spare.control, spare.pid, spare.cgroup)
+            });
+        let (spare, spare_cgroup) = match spare {
+            Some((control, pid, cgroup)) => (Some((control, pid)), Some(cgroup)),
+            None => (None, None),
+        };
         let cgroup = tokio::task::spawn_blocking(move || {
             let _hold = setup_hold;
-            setup.run(&host_dir, uid, &cgroups, &name, || {
+            let mut spare_cgroup = spare_cgroup;
+            let made = setup.run(&host_dir, uid, &cgroups, &name, || {
+                let cgroup = match spare_cgroup.take() {
+                    // Renamed first: from here a rollback finds it by the sandbox's name.
+                    Some(spare) => {
+                        cgroups
+                            .adopt(spare, &name, limits)
+                            .map_err(|(mut spare, e)| {
+                                let _ = spare.kill_and_wait_empty(KILL_TIMEOUT);
+                                let _ = spare.remove(CGROUP_REMOVE_TIMEOUT);
+                                e
+                            })?
+                    }
+                    None => cgroups.create(&name, limits)?,
+                };
                 prepare_root(&host_dir, &layout, uid, scratch_mib)?;
-                cgroups.create(&name, limits)
-            })
+                Ok(cgroup)
+            });
+            // The sandbox directory could not be made: the spare's cgroup was never adopted.
+            if let Some(mut spare) = spare_cgroup {
+                let _ = spare.kill_and_wait_empty(KILL_TIMEOUT);
+                let _ = spare.remove(CGROUP_REMOVE_TIMEOUT);
+            }
+            made
         })
         .await
         .map_err(|e| BackendError::task("host setup", e))?
         .map_err(|e| BackendError::io("prepare sandbox", e))?;
 
-        let (worker_end, init_end) = socketpair(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-            None,
-        )
-        .map_err(|e| BackendError::io("create control socket", e.into()))?;
-        // Room for the largest exec request in one packet (unix sockets account packets
-        // against the sender's buffer).
-        let _ =
-            rustix::net::sockopt::set_socket_send_buffer_size_force(&worker_end, 2 * MAX_MESSAGE);
-        // The init's end must block: it is the init's stdin and it reads synchronously.
-        rustix::fs::fcntl_setfl(&init_end, OFlags::RDWR)
-            .map_err(|e| BackendError::io("configure control socket", e.into()))?;
-
-        let mut command = tokio::process::Command::new(&self.config.init_program);
-        command
-            .arg(INIT_ARG)
-            .env_clear()
-            .stdin(Stdio::from(init_end))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(false);
-        let child = command.spawn().map_err(|e| {
-            BackendError::io(
-                format!("start init {}", self.config.init_program.display()),
-                e,
-            )
-        })?;
-        // Our copy of the init's end must close, or its exit would never read as EOF.
-        drop(command);
-        let pid = child
-            .id()
-            .ok_or_else(|| BackendError::Setup("init exited at once".to_string()))?;
-        guard.child = Some(child);
-        // Before the init unshares its cgroup namespace, whose root is the cgroup it is in.
-        let cgroup = tokio::task::spawn_blocking(move || cgroup.attach(pid).map(|()| cgroup))
-            .await
-            .map_err(|e| BackendError::task("cgroup", e))?
-            .map_err(|e| BackendError::io("attach init to cgroup", e))?;
+        let (worker_end, pid, cgroup) = match spare {
+            Some((control, pid)) => (control, pid, cgroup),
+            None => {
+                let (child, control, pid) = start_init(&self.config.init_program)?;
+                guard.child = Some(child);
+                // Before the init unshares its cgroup namespace, whose root is the cgroup it
+                // is in.
+                let cgroup =
+                    tokio::task::spawn_blocking(move || cgroup.attach(pid).map(|()| cgroup))
+                        .await
+                        .map_err(|e| BackendError::task("cgroup", e))?
+                        .map_err(|e| BackendError::io("attach init to cgroup", e))?;
+                (control, pid, cgroup)
+            }
+        };
 
         // The network is attached as soon as the init has its own namespaces, while it sets
         // up the rest; in a task of its own: dropped with a failed provision, it undoes
@@ -572,18 +611,24 @@ impl ContainerBackend {
         drop(child.stderr.take());
         let agent = Arc::new(AgentConn::start(sock));
         // The zygote forks runs as the sandbox's root; an image user's runs start a fresh
-        // interpreter as that user instead.
-        let zygote = if self.config.python_zygote && user.is_none_or(|u| u.uid == 0) {
-            let env = vm::environment(&defaults.env, &Default::default());
-            match zygote::Zygote::start(&agent, env).await {
-                Ok(zygote) => Some(zygote),
-                Err(e) => {
-                    tracing::debug!(error = %e, "python zygote not started");
-                    None
+        // interpreter as that user instead. Started now for the warm pool, so that a claimed
+        // sandbox's first run is warm; a sandbox a client waits for starts it after its first
+        // Python run, which would go one-shot anyway (a zygote takes longer to warm than the
+        // client to ask) and would only have to share the CPU with it.
+        let zygote_env = (self.config.python_zygote && user.is_none_or(|u| u.uid == 0))
+            .then(|| vm::environment(&defaults.env, &Default::default()));
+        let (zygote, lazy_zygote) = match zygote_env {
+            Some(env) if spec.warm && !self.config.lazy_zygote => {
+                match zygote::Zygote::start(&agent, env).await {
+                    Ok(zygote) => (Some(zygote), None),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "python zygote not started");
+                        (None, None)
+                    }
                 }
             }
-        } else {
-            None
+            Some(env) => (None, Some(env)),
+            None => (None, None),
         };
         let vm = ContainerVm::new(
             spec.vm_id,
@@ -602,6 +647,10 @@ impl ContainerBackend {
         .with_defaults(defaults, pulled)
         .with_user(user)
         .with_networking(Arc::clone(&self.networking));
+        let vm = match lazy_zygote {
+            Some(env) => vm.with_lazy_zygote(env),
+            None => vm,
+        };
         let vm = Arc::new(vm);
         if let Some(attaching) = attaching {
             // A late attach is stopped (what it made is undone as it is dropped).
@@ -625,6 +674,43 @@ impl ContainerBackend {
         }
         Ok(vm)
     }
+}
+
+/// Starts a sandbox init (`<init_program> __traforato-sandbox-init`, empty environment, its
+/// control socket as stdin): the child, the worker's end of the socket, the init's pid.
+fn start_init(init_program: &Path) -> Result<(Child, OwnedFd, u32), BackendError> {
+    let (worker_end, init_end) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )
+    .map_err(|e| BackendError::io("create control socket", e.into()))?;
+    // Room for the largest exec request in one packet (unix sockets account packets
+    // against the sender's buffer).
+    let _ = rustix::net::sockopt::set_socket_send_buffer_size_force(&worker_end, 2 * MAX_MESSAGE);
+    // The init's end must block: it is the init's stdin and it reads synchronously.
+    rustix::fs::fcntl_setfl(&init_end, OFlags::RDWR)
+        .map_err(|e| BackendError::io("configure control socket", e.into()))?;
+
+    let mut command = tokio::process::Command::new(init_program);
+    command
+        .arg(INIT_ARG)
+        .env_clear()
+        .stdin(Stdio::from(init_end))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(false);
+    let child = command
+        .spawn()
+        .map_err(|e| BackendError::io(format!("start init {}", init_program.display()), e))?;
+    // Our copy of the init's end must close, or its exit would never read as EOF.
+    drop(command);
+    let pid = child
+        .id()
+        .ok_or_else(|| BackendError::Setup("init exited at once".to_string()))?;
+
+    Ok((child, worker_end, pid))
 }
 
 /// The image's `User` resolved against the sandbox's own `/etc/passwd` and `/etc/group`;
@@ -984,7 +1070,8 @@ impl VmBackend for ContainerBackend {
         self.networking.remove_stale_table().await;
         let state_dir = self.config.state_dir.clone();
         let cgroups = self.cgroups.clone();
-        tokio::task::spawn_blocking(move || {
+        let spares = Arc::clone(&self.spares);
+        let removed = tokio::task::spawn_blocking(move || {
             let mut names = BTreeSet::new();
             if let Ok(entries) = fs::read_dir(&state_dir) {
                 for entry in entries.flatten() {
@@ -996,7 +1083,8 @@ impl VmBackend for ContainerBackend {
                 }
             }
             for name in cgroups.children() {
-                if LocalVmId::parse(&name).is_ok() {
+                // This backend's spare inits are not leftovers.
+                if LocalVmId::parse(&name).is_ok() && !spares.owns(&name) {
                     names.insert(name);
                 }
             }
@@ -1017,10 +1105,13 @@ impl VmBackend for ContainerBackend {
             }
         })
         .await
-        .map_err(|e| BackendError::task("cleanup", e))?
+        .map_err(|e| BackendError::task("cleanup", e))??;
+        self.spares.fill();
+        Ok(removed)
     }
 
     async fn shutdown(&self) {
+        self.spares.close().await;
         self.networking.shutdown().await;
         if let Err(error) = self.remove_cgroup_parents() {
             tracing::warn!(error = %error, "cgroup parent not removed");

@@ -26,7 +26,7 @@ use super::zygote::Zygote;
 use crate::api::NetworkBytes;
 use crate::backend::{
     BackendError, BoxedReader, BoxedStream, CodeOutcome, CodeSpec, ExecControl, ExecExit, ExecSpec,
-    FileEntry, FileReader, FileStat, FilesError, OutputChunk, Program, Vm, WriteMode,
+    FileEntry, FileReader, FileStat, FilesError, OutputChunk, Program, Runtime, Vm, WriteMode,
 };
 use crate::id::{ExecId, LocalVmId};
 use crate::network::{Egress, Policy};
@@ -62,7 +62,10 @@ pub(crate) struct Teardown {
 /// A sandbox of the `container` backend.
 pub struct ContainerVm {
     vm_id: LocalVmId,
-    live: Mutex<Option<Live>>,
+    /// Shared with a zygote started late (see [`ContainerVm::with_lazy_zygote`]).
+    live: Arc<Mutex<Option<Live>>>,
+    /// The environment of a Python zygote to start after the first Python run.
+    lazy_zygote: Mutex<Option<Vec<(String, String)>>>,
     /// Held for the whole destroy, so a concurrent destroy returns only when it is done.
     teardown: tokio::sync::Mutex<Option<Teardown>>,
     /// Running execs the worker may act on (stdin, signals).
@@ -93,14 +96,15 @@ impl ContainerVm {
         let memory = teardown.cgroup.memory_gauge().map(Arc::new);
         Self {
             vm_id,
-            live: Mutex::new(Some(Live {
+            live: Arc::new(Mutex::new(Some(Live {
                 agent,
                 terminals,
                 memory,
                 zygote: zygote.map(Arc::new),
                 root: Arc::new(root),
                 netns: Arc::new(netns),
-            })),
+            }))),
+            lazy_zygote: Mutex::new(None),
             teardown: tokio::sync::Mutex::new(Some(teardown)),
             running: RunningExecs::default(),
             defaults: RunDefaults::default(),
@@ -113,6 +117,32 @@ impl ContainerVm {
     }
 
     /// Runs commands with the image's environment and working directory.
+    /// Starts the Python zygote (with `env`) only after the first Python run has ended, so
+    /// that it does not compete with that run for the CPU.
+    pub(crate) fn with_lazy_zygote(self, env: Vec<(String, String)>) -> Self {
+        *self.lazy_zygote.lock().expect("zygote lock") = Some(env);
+        self
+    }
+
+    /// Starts the lazy zygote, if there is one still to start, in the background.
+    fn start_lazy_zygote(&self, agent: Arc<AgentConn>) {
+        let Some(env) = self.lazy_zygote.lock().expect("zygote lock").take() else {
+            return;
+        };
+        let live = Arc::clone(&self.live);
+        tokio::spawn(async move {
+            match Zygote::start(&agent, env).await {
+                // A sandbox destroyed meanwhile took the zygote with it.
+                Ok(zygote) => {
+                    if let Some(live) = live.lock().expect("live lock").as_mut() {
+                        live.zygote = Some(Arc::new(zygote));
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "python zygote not started"),
+            }
+        });
+    }
+
     /// The image's run defaults, and whether provisioning waited for its pull.
     pub(crate) fn with_defaults(mut self, defaults: RunDefaults, pulled: bool) -> Self {
         self.defaults = defaults;
@@ -337,7 +367,12 @@ impl Vm for ContainerVm {
             timeout: spec.timeout,
             user: self.user,
         };
-        code::run(&live.agent, live.zygote.as_deref(), run, output).await
+        let python = run.runtime == Runtime::Python;
+        let outcome = code::run(&live.agent, live.zygote.as_deref(), run, output).await;
+        if python {
+            self.start_lazy_zygote(live.agent);
+        }
+        outcome
     }
 
     async fn read_file(&self, path: &SandboxPath) -> Result<FileReader, FilesError> {
