@@ -467,17 +467,14 @@ async fn a_crashed_worker_removes_its_leftovers_when_it_starts_again() {
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default()
     };
-    let cgroups = || {
+    // The cgroups below the worker's parents (sandboxes' and spare inits').
+    let cgroups = || -> std::collections::BTreeSet<String> {
         output("find", &["/sys/fs/cgroup", "-maxdepth", "3", "-name", &tag])
             .lines()
-            .filter(|dir| {
-                std::fs::read_dir(dir).is_ok_and(|entries| {
-                    entries
-                        .flatten()
-                        .any(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                })
-            })
-            .count()
+            .flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
     };
 
     let veths = || -> std::collections::BTreeSet<String> {
@@ -515,7 +512,7 @@ async fn a_crashed_worker_removes_its_leftovers_when_it_starts_again() {
     assert_eq!(shown["network"]["egress"], "all", "{shown}");
     let ours: std::collections::BTreeSet<String> = veths().difference(&before).cloned().collect();
     assert_eq!(ours.len(), 1, "the sandbox's veth: {ours:?}");
-    assert!(cgroups() > 0, "the sandbox's cgroup");
+    assert!(!cgroups().is_empty(), "the sandbox's cgroup");
     let left = sandboxes();
     assert!(left > 0, "the sandbox's directory");
     // A sandbox whose TTL runs out takes its network with it.
@@ -549,6 +546,7 @@ async fn a_crashed_worker_removes_its_leftovers_when_it_starts_again() {
     if docker {
         assert_eq!(docker_rules(), 2, "the worker's rules in Docker's chain");
     }
+    let crashed = cgroups();
     dev.kill().await;
     assert!(
         output("nft", &["list", "tables"]).contains(&table),
@@ -559,7 +557,7 @@ async fn a_crashed_worker_removes_its_leftovers_when_it_starts_again() {
     wait_until("the leftovers to go", || {
         let gone = !output("nft", &["list", "tables"]).contains(&table)
             && veths().is_disjoint(&ours)
-            && cgroups() == 0
+            && cgroups().is_disjoint(&crashed)
             && sandboxes() < left;
         async move { gone }
     })
