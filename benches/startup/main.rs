@@ -882,6 +882,7 @@ async fn cold_series(
         // As on a worker that has been up a while: its spare inits started (cgroup v1; the
         // previous worker's stop removed them).
         if !container.uses_cgroup_v2() {
+            container.start_spare_inits();
             let want = ContainerConfig::default().spare_inits;
             wait_for(Duration::from_secs(5), || {
                 container.spare_inits_ready() >= want

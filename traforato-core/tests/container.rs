@@ -120,7 +120,8 @@ impl Drop for Harness {
                     .build()
                     .unwrap();
                 let _ = rt.block_on(backend.cleanup_leftovers());
-                let _ = backend.remove_cgroup_parents();
+                // Removes the spare inits too, then the cgroup parents.
+                rt.block_on(backend.shutdown());
             })
             .join()
             .unwrap();

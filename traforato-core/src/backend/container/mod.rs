@@ -369,6 +369,13 @@ impl ContainerBackend {
         self.spares.ready()
     }
 
+    /// Starts the spare inits in the background: again after a [`VmBackend::shutdown`] (a
+    /// backend starts them when it is made, and a cold create that takes one starts its
+    /// replacement). Needs a tokio runtime.
+    pub fn start_spare_inits(&self) {
+        self.spares.fill();
+    }
+
     /// Adds an image source asked after the built-in images (e.g. an OCI registry client).
     pub fn with_image_source(mut self, source: Arc<dyn ImageSource>) -> Self {
         self.images.add_source(source);
@@ -391,9 +398,11 @@ impl ContainerBackend {
     }
 
     /// Removes the cgroup parents this backend created (not those that existed before), as
-    /// far as they are empty: another worker may share them. [`VmBackend::shutdown`] calls
-    /// it; a later provision makes them again (and they are removed again at shutdown).
+    /// far as they are empty: another worker may share them. The spare inits go first (they
+    /// live in the parents; blocking, bounded). [`VmBackend::shutdown`] calls it; a later
+    /// provision makes them again (and they are removed again at shutdown).
     pub fn remove_cgroup_parents(&self) -> Result<(), BackendError> {
+        self.spares.close_now();
         let kept = self
             .cgroups
             .remove_parents()
@@ -475,16 +484,17 @@ impl ContainerBackend {
         };
         let cgroup = tokio::task::spawn_blocking(move || {
             let _hold = setup_hold;
+            // Dropped unadopted (the sandbox directory could not be made), the spare's cgroup
+            // removes itself with what is in it.
             let mut spare_cgroup = spare_cgroup;
-            let made = setup.run(&host_dir, uid, &cgroups, &name, || {
+            setup.run(&host_dir, uid, &cgroups, &name, || {
                 let cgroup = match spare_cgroup.take() {
                     // Renamed first: from here a rollback finds it by the sandbox's name.
                     Some(spare) => {
                         cgroups
-                            .adopt(spare, &name, limits)
-                            .map_err(|(mut spare, e)| {
-                                let _ = spare.kill_and_wait_empty(KILL_TIMEOUT);
-                                let _ = spare.remove(CGROUP_REMOVE_TIMEOUT);
+                            .adopt(spare.adopt(), &name, limits)
+                            .map_err(|(spare, e)| {
+                                drop(spare::SpareCgroup::from(spare));
                                 e
                             })?
                     }
@@ -492,13 +502,7 @@ impl ContainerBackend {
                 };
                 prepare_root(&host_dir, &layout, uid, scratch_mib)?;
                 Ok(cgroup)
-            });
-            // The sandbox directory could not be made: the spare's cgroup was never adopted.
-            if let Some(mut spare) = spare_cgroup {
-                let _ = spare.kill_and_wait_empty(KILL_TIMEOUT);
-                let _ = spare.remove(CGROUP_REMOVE_TIMEOUT);
-            }
-            made
+            })
         })
         .await
         .map_err(|e| BackendError::task("host setup", e))?
@@ -1071,7 +1075,7 @@ impl VmBackend for ContainerBackend {
         let state_dir = self.config.state_dir.clone();
         let cgroups = self.cgroups.clone();
         let spares = Arc::clone(&self.spares);
-        let removed = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let mut names = BTreeSet::new();
             if let Ok(entries) = fs::read_dir(&state_dir) {
                 for entry in entries.flatten() {
@@ -1105,9 +1109,7 @@ impl VmBackend for ContainerBackend {
             }
         })
         .await
-        .map_err(|e| BackendError::task("cleanup", e))??;
-        self.spares.fill();
-        Ok(removed)
+        .map_err(|e| BackendError::task("cleanup", e))?
     }
 
     async fn shutdown(&self) {

@@ -11,14 +11,15 @@
 //! (there, the `favordynmods` mount option of the cgroup2 hierarchy removes the wait).
 //!
 //! A spare is this backend's while it lives: `cleanup_leftovers` leaves it, shutdown and drop
-//! remove it. A spare whose worker died reads EOF on its control socket and exits; its cgroup
-//! (named like a sandbox's) is then a leftover for the next start to remove.
+//! remove it, and so does a filler cancelled half-way (its runtime shut down): a spare's cgroup
+//! is held by a guard that, dropped, kills what is in it and removes it. A spare whose worker
+//! died reads EOF on its control socket and exits; its cgroup (named like a sandbox's) is then
+//! a leftover for the next start to remove.
 
 use std::collections::BTreeSet;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-
 use std::time::Duration;
 
 use tokio::process::Child;
@@ -32,23 +33,56 @@ use crate::id::LocalVmId;
 /// compete for the CPU with the create (and first run) the spare was taken for.
 const REFILL_DELAY: Duration = Duration::from_millis(100);
 
-/// An init waiting for its `Setup`, in a cgroup of its own (named like a sandbox's).
+/// Longest [`Spares::close`] waits for a spare being started.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// A spare's cgroup until a sandbox adopts it: dropped, it kills what is in it and removes
+/// itself (blocking, bounded).
+pub(crate) struct SpareCgroup(Option<SandboxCgroup>);
+
+impl SpareCgroup {
+    /// The cgroup, no longer guarded (its new owner removes it).
+    pub(crate) fn adopt(mut self) -> SandboxCgroup {
+        self.0.take().expect("a spare's cgroup is adopted once")
+    }
+
+    fn name(&self) -> Option<String> {
+        self.0.as_ref().and_then(SandboxCgroup::name)
+    }
+}
+
+impl From<SandboxCgroup> for SpareCgroup {
+    /// Guards a cgroup that is to be removed when dropped.
+    fn from(cgroup: SandboxCgroup) -> Self {
+        Self(Some(cgroup))
+    }
+}
+
+impl Drop for SpareCgroup {
+    fn drop(&mut self) {
+        if let Some(mut cgroup) = self.0.take() {
+            let _ = cgroup.kill_and_wait_empty(KILL_TIMEOUT);
+            if let Err(error) = cgroup.remove(CGROUP_REMOVE_TIMEOUT) {
+                tracing::warn!(%error, "spare init's cgroup not removed");
+            }
+        }
+    }
+}
+
+/// An init waiting for its `Setup`, in a cgroup of its own (named like a sandbox's). Dropped,
+/// it is killed with its cgroup (blocking: drop it off the runtime's threads).
 pub(crate) struct SpareInit {
     pub(crate) child: Child,
     /// The worker's end of the init's control socket.
     pub(crate) control: OwnedFd,
     pub(crate) pid: u32,
-    pub(crate) cgroup: SandboxCgroup,
+    pub(crate) cgroup: SpareCgroup,
 }
 
-impl SpareInit {
-    /// Kills the init and removes its cgroup (blocking, bounded).
-    fn discard(mut self) {
-        let _ = self.child.start_kill();
-        let _ = self.cgroup.kill_and_wait_empty(KILL_TIMEOUT);
-        if let Err(error) = self.cgroup.remove(CGROUP_REMOVE_TIMEOUT) {
-            tracing::warn!(%error, "spare init's cgroup not removed");
-        }
+/// Drops spares on a thread of their own (their drop waits for their processes to go).
+fn discard(spares: Vec<SpareInit>) {
+    if !spares.is_empty() {
+        std::thread::spawn(move || drop(spares));
     }
 }
 
@@ -69,7 +103,21 @@ struct Pool {
     closed: bool,
 }
 
-/// The spare inits of one backend.
+impl Pool {
+    /// Takes the ready spares out of the pool.
+    fn take_ready(&mut self) -> Vec<SpareInit> {
+        let ready = std::mem::take(&mut self.ready);
+        for spare in &ready {
+            if let Some(name) = spare.cgroup.name() {
+                self.names.remove(&name);
+            }
+        }
+        ready
+    }
+}
+
+/// The spare inits of one backend. Dropped, it drops its spares, which kill their inits and
+/// remove their cgroups.
 pub(crate) struct Spares {
     want: usize,
     starter: Starter,
@@ -122,14 +170,13 @@ impl Spares {
         };
         if !dead.is_empty() {
             tracing::warn!(count = dead.len(), "spare inits had died; removed");
-            std::thread::spawn(move || dead.into_iter().for_each(SpareInit::discard));
+            discard(dead);
         }
         self.refill(REFILL_DELAY);
         taken
     }
 
-    /// Starts spares now (again after a [`Spares::close`]): at the backend's start and after
-    /// its leftovers were removed.
+    /// Starts spares now (again after a [`Spares::close`]).
     pub(crate) fn fill(self: &Arc<Self>) {
         self.lock().closed = false;
         self.refill(Duration::ZERO);
@@ -180,7 +227,14 @@ impl Spares {
                             }
                         };
                         if let Some(spare) = rejected {
-                            let _ = tokio::task::spawn_blocking(move || spare.discard()).await;
+                            // Closed while it started: its removal of the cgroup parents
+                            // found this spare's cgroup there, so try again without it.
+                            let cgroups = spares.starter.cgroups.clone();
+                            let _ = tokio::task::spawn_blocking(move || {
+                                drop(spare);
+                                let _ = cgroups.remove_parents();
+                            })
+                            .await;
                         }
                     }
                     Err(error) => {
@@ -205,11 +259,12 @@ impl Spares {
             memory_bytes: 0,
             pids,
         };
+        // Guarded from its creation: should this task be cancelled, the blocking step's result
+        // is dropped and removes itself.
         let made = tokio::task::spawn_blocking(move || {
-            let mut cgroup = cgroups.create(&name, limits)?;
-            if let Err(e) = cgroup.attach(pid) {
-                let _ = cgroup.remove(CGROUP_REMOVE_TIMEOUT);
-                return Err(e);
+            let cgroup = SpareCgroup(Some(cgroups.create(&name, limits)?));
+            if let Some(made) = &cgroup.0 {
+                made.attach(pid)?;
             }
             Ok(cgroup)
         })
@@ -231,30 +286,30 @@ impl Spares {
         }
     }
 
-    /// Stops refilling and removes every spare (shutdown); the next [`Spares::take`] starts
-    /// them again.
-    pub(crate) async fn close(&self) {
+    /// Stops refilling and removes the ready spares at once (blocking, bounded); one being
+    /// started is removed by its filler when it is up.
+    pub(crate) fn close_now(&self) {
         let spares = {
             let mut pool = self.lock();
             pool.closed = true;
-            pool.names.clear();
-            std::mem::take(&mut pool.ready)
+            pool.take_ready()
         };
+        drop(spares);
+    }
+
+    /// Stops refilling and removes every spare (shutdown), the one being started included
+    /// (waited for, at most [`CLOSE_WAIT`]); the next [`Spares::take`] starts them again.
+    pub(crate) async fn close(&self) {
+        self.lock().closed = true;
+        // A filler that is starting a spare discards it once it sees `closed`.
+        let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
+        while self.lock().filling && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let spares = self.lock().take_ready();
         if spares.is_empty() {
             return;
         }
-        let _ =
-            tokio::task::spawn_blocking(move || spares.into_iter().for_each(SpareInit::discard))
-                .await;
-    }
-}
-
-impl Drop for Spares {
-    fn drop(&mut self) {
-        let pool = self.pool.get_mut().unwrap_or_else(|e| e.into_inner());
-        pool.closed = true;
-        for spare in std::mem::take(&mut pool.ready) {
-            spare.discard();
-        }
+        let _ = tokio::task::spawn_blocking(move || drop(spares)).await;
     }
 }
