@@ -57,13 +57,14 @@ impl Scale {
 
 /// The deployed defaults of the capacity model (see README), with `max_warm` idle warm
 /// sandboxes per tuple.
-fn deployed(max_warm: u32) -> CapacityConfig {
+pub fn deployed(max_warm: u32) -> CapacityConfig {
     CapacityConfig {
         cpu_overcommit: DEFAULT_CPU_OVERCOMMIT,
         memory_overcommit: DEFAULT_MEMORY_OVERCOMMIT,
         memory_high_watermark_mib: host_memory_mib()
             .map(|host| MemoryShare::Percent(DEFAULT_MEMORY_HIGH_WATERMARK_PERCENT).mib(host)),
         max_warm_per_tuple: Some(max_warm),
+        warm_fill_parallelism: traforato_core::worker::defaults::default_warm_fill_parallelism(),
     }
 }
 

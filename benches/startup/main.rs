@@ -18,7 +18,9 @@
 //! - **capacity**: create → run → delete throughput and p99 with 1, 4, 16 and 64 clients
 //!   under the deployed capacity model (target: no capacity error), warm-claim latency with
 //!   10, 100 and 1000 live sandboxes (target: flat), the worker's RSS and descriptors per live
-//!   sandbox.
+//!   sandbox;
+//! - **bursts**: 32 creates back to back (kept alive) against a full warm pool, twice, the pool
+//!   refilling in between (target: the second burst warmer, its pool grown by the first).
 //!
 //! Samples of the system and of its floor alternate, so that a noisy neighbour hits both.
 //! The `container` backend needs root: without it the benchmark says so and exits 0. One run
@@ -31,8 +33,9 @@
 //! `smoke`, and `rows`, each with `measure`, `target`, `verdict` (`met`, `not_met`,
 //! `not_measured`, `smoke`) and its numbers under stable names: `p50_ms`, `p90_ms`, `p99_ms`
 //! and `floor_*` for latencies, `per_second`, `floor_per_second`, `ratio`, `refused`, `mib`,
-//! `with_zygote_mib`, `host_wide_mib`, `rss_kib`, `fds`, `live`. `--plot FILE.svg` draws
-//! every latency series' distribution.
+//! `with_zygote_mib`, `host_wide_mib`, `rss_kib`, `fds`, `live`, and for the burst row
+//! `warm_first`, `warm_second`, `pool_before`, `pool_after`, `refill_s`, `second_p50_ms`.
+//! `--plot FILE.svg` draws every latency series' distribution.
 
 /// `--json`: the human report goes to stderr, stdout gets the one JSON object.
 static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -48,6 +51,7 @@ macro_rules! say {
     };
 }
 
+mod burst;
 mod capacity;
 mod floors;
 mod images;
@@ -83,7 +87,7 @@ const USAGE: &str = "usage: startup [--iterations N] [--memory-sandboxes N] \
                      [--smoke] [--json] [--plot FILE.svg]";
 
 /// The number of phases.
-const PHASES: usize = 9;
+const PHASES: usize = 10;
 
 /// The image of every sandbox: the host's system directories, read-only.
 const IMAGE: &str = "host";
@@ -641,6 +645,13 @@ async fn phases(
     }
     if announce(9, "peer: docker run + first print vs bare python") {
         rows.push(peer::docker_row(args, scratch).await?);
+    }
+    if announce(
+        10,
+        "bursts: a tight create loop against a full warm pool, twice",
+    ) {
+        let size = if args.smoke { 4 } else { 32 };
+        rows.push(burst::burst_row(size, broker, backend, client).await?);
     }
     Ok(rows)
 }

@@ -20,9 +20,9 @@ fn every_phase_of_the_startup_benchmark_runs() {
     // Under --json the human report is on stderr.
     let report = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{report}");
-    for phase in 1..=9 {
+    for phase in 1..=10 {
         assert!(
-            report.contains(&format!("[{phase}/9]")),
+            report.contains(&format!("[{phase}/10]")),
             "phase {phase} did not run:\n{report}"
         );
     }
@@ -31,7 +31,7 @@ fn every_phase_of_the_startup_benchmark_runs() {
     let json: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
     assert_eq!(json["smoke"], true);
     let rows = json["rows"].as_array().expect("rows");
-    assert!(rows.len() >= 9, "{json}");
+    assert!(rows.len() >= 10, "{json}");
     assert!(rows.iter().all(|r| r["verdict"] == "smoke"), "{json}");
     let warm = rows
         .iter()
@@ -39,6 +39,17 @@ fn every_phase_of_the_startup_benchmark_runs() {
         .expect("the warm row");
     for key in ["p50_ms", "p90_ms", "p99_ms", "floor_p50_ms", "ratio"] {
         assert!(warm[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {warm}");
+    }
+    let burst = rows
+        .iter()
+        .find(|r| {
+            r["measure"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("burst of"))
+        })
+        .expect("the burst row");
+    for key in ["warm_first", "warm_second", "pool_before", "pool_after"] {
+        assert!(burst[key].as_f64().is_some(), "{key}: {burst}");
     }
     // The latency distributions, a line per series with its label.
     let svg = std::fs::read_to_string(&plot).expect("the plot");

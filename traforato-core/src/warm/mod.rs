@@ -227,6 +227,79 @@ fn allocate(capacity: u32, weights: BTreeMap<SandboxTuple, f64>) -> BTreeMap<San
         .collect()
 }
 
+/// Creates closer than this to the previous create of their tuple belong to the same burst.
+pub const BURST_GAP: chrono::Duration = chrono::Duration::seconds(1);
+
+/// Bursts of creates per tuple, for the warm ceiling. A burst is a run of creates of a tuple
+/// each less than [`BURST_GAP`] after the one before; when one of them finds no ready sandbox
+/// (the pool did not keep up), the tuple's level becomes at least the burst's size so far.
+/// The level decays like demand: it halves every [`DEMAND_HALF_LIFE_MINUTES`] and is forgotten
+/// past [`DEMAND_WINDOW`]. The worker raises the tuple's warm ceiling to it, so that the pool
+/// the next burst meets is as large as the last one was.
+#[derive(Debug, Default, Clone)]
+pub struct BurstTracker {
+    tuples: BTreeMap<SandboxTuple, Burst>,
+}
+
+/// One tuple's current burst and level.
+#[derive(Debug, Clone, Copy)]
+struct Burst {
+    /// Creates in the current run.
+    run: u32,
+    /// The last create.
+    last: DateTime<Utc>,
+    /// The level when it was last raised, and when.
+    level: f64,
+    level_at: DateTime<Utc>,
+}
+
+impl BurstTracker {
+    /// An empty tracker.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records a create of `tuple` at `at`; `missed`: it found no ready sandbox.
+    pub fn record(&mut self, tuple: &SandboxTuple, at: DateTime<Utc>, missed: bool) {
+        let burst = self.tuples.entry(tuple.clone()).or_insert(Burst {
+            run: 0,
+            last: at,
+            level: 0.0,
+            level_at: at,
+        });
+        burst.run = if at - burst.last < BURST_GAP {
+            burst.run.saturating_add(1)
+        } else {
+            1
+        };
+        burst.last = at;
+        if missed {
+            let now_level = burst.level * event_weight(burst.level_at, at);
+            burst.level = now_level.max(f64::from(burst.run));
+            burst.level_at = at;
+        }
+    }
+
+    /// The tuple's level at `now` (fractional).
+    pub fn level(&self, tuple: &SandboxTuple, now: DateTime<Utc>) -> f64 {
+        self.tuples
+            .get(tuple)
+            .map_or(0.0, |b| b.level * event_weight(b.level_at, now))
+    }
+
+    /// The warm ceiling the tuple's bursts ask for at `now` (the level, rounded).
+    pub fn ceiling(&self, tuple: &SandboxTuple, now: DateTime<Utc>) -> u32 {
+        self.level(tuple, now).round().min(f64::from(u32::MAX)) as u32
+    }
+
+    /// Forgets tuples whose level has decayed below one half and whose run has ended.
+    pub fn prune(&mut self, now: DateTime<Utc>) {
+        self.tuples.retain(|_, b| {
+            b.level * event_weight(b.level_at, now) >= 0.5 || now - b.last < BURST_GAP
+        });
+    }
+}
+
 /// Combines demand targets with pre-pull floors: each tuple gets the larger of the two, and
 /// the total is trimmed to `capacity` by lowering demand-only tuples first (largest first).
 ///
@@ -385,6 +458,44 @@ mod tests {
 
     fn map(entries: &[(&str, u32)]) -> BTreeMap<SandboxTuple, u32> {
         entries.iter().map(|(i, n)| (tuple(i), *n)).collect()
+    }
+
+    #[test]
+    fn bursts_set_a_level_that_decays_like_demand() {
+        let mut bursts = BurstTracker::new();
+        let (hot, calm, old) = (tuple("hot"), tuple("calm"), tuple("old"));
+        let ms = chrono::Duration::milliseconds;
+        // 40 creates 10 ms apart, the pool keeping up with the first 8 only.
+        for i in 0..40 {
+            bursts.record(&hot, ago(40) + ms(10 * i), i >= 8);
+        }
+        // Creates that never miss raise nothing, however many.
+        for i in 0..40 {
+            bursts.record(&calm, ago(40) + ms(10 * i), false);
+        }
+        assert_eq!(bursts.ceiling(&calm, now()), 0);
+        // The burst's size, two half-lives later: a quarter.
+        assert_eq!(bursts.ceiling(&hot, now()), 10);
+        assert!((bursts.level(&hot, now()) - 10.0).abs() < 0.01);
+        // Creates far apart are bursts of one.
+        bursts.record(&hot, now(), true);
+        assert_eq!(
+            bursts.ceiling(&hot, now()),
+            10,
+            "a lone miss keeps the decayed level"
+        );
+        for i in 1..20 {
+            bursts.record(&hot, now() + ms(i), true);
+        }
+        assert_eq!(bursts.ceiling(&hot, now()), 20, "a new burst of 20");
+        // Past the window: forgotten.
+        bursts.record(&old, ago(70), true);
+        assert_eq!(bursts.ceiling(&old, now()), 0);
+        assert_eq!(bursts.ceiling(&tuple("never"), now()), 0);
+        bursts.prune(now());
+        assert_eq!(bursts.tuples.len(), 1, "only the hot tuple is kept");
+        bursts.prune(now() + chrono::Duration::minutes(200));
+        assert!(bursts.tuples.is_empty());
     }
 
     #[test]

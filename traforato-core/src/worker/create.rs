@@ -414,6 +414,9 @@ impl Worker {
                 Err(other) => return Err(other),
                 Ok(()) => match state.ready.claim(&vm_id, &spec.tuple) {
                     Some(vm) => {
+                        // Part of the tuple's current burst, if there is one.
+                        let now = self.clock.now();
+                        state.bursts.record(&spec.tuple, now, false);
                         state.reserved.add(spec.usage());
                         let done = self.commit(&mut state, &spec, vm_id, vm, Policy::none());
                         self.send_vm_event(&state, VmEventKind::Claimed, vm_id, &spec.tuple);
@@ -469,7 +472,11 @@ impl Worker {
             }
             self.check_capacity(&state, spec.usage())?;
             state.reserved.add(spec.usage());
-            if let Some((vm_id, vm)) = state.ready.claim_oldest(&spec.tuple) {
+            let claimed = state.ready.claim_oldest(&spec.tuple);
+            // A create that finds the pool empty raises its ceiling (see warm_targets).
+            let now = self.clock.now();
+            state.bursts.record(&spec.tuple, now, claimed.is_none());
+            if let Some((vm_id, vm)) = claimed {
                 let done = self.commit(&mut state, &spec, vm_id, vm, Policy::none());
                 self.send_vm_event(&state, VmEventKind::Claimed, vm_id, &spec.tuple);
                 drop(state);

@@ -36,6 +36,15 @@ pub const DEFAULT_MEMORY_HIGH_WATERMARK_PERCENT: f64 = 90.0;
 /// Default ceiling of idle warm sandboxes per tuple.
 pub const DEFAULT_MAX_WARM_PER_TUPLE: u32 = 8;
 
+/// Most warm containers provisioned at once by default: one per core, at most this.
+pub const MAX_DEFAULT_WARM_FILL_PARALLELISM: u32 = 4;
+
+/// Warm containers provisioned at once by default on this host: one per core, at most
+/// [`MAX_DEFAULT_WARM_FILL_PARALLELISM`].
+pub fn default_warm_fill_parallelism() -> u32 {
+    host_cores().clamp(1, MAX_DEFAULT_WARM_FILL_PARALLELISM)
+}
+
 /// The host's logical CPUs (1 when unknown).
 pub fn host_cores() -> u32 {
     std::thread::available_parallelism()
@@ -59,7 +68,8 @@ pub fn host_memory_mib() -> Option<u64> {
 impl CapacityConfig {
     /// The defaults of a worker whose backends overcommit (containers): the default
     /// overcommit factors, a memory watermark at 90 % of the host's memory (none when it
-    /// cannot be read), at most 8 idle warm sandboxes per tuple.
+    /// cannot be read), at most 8 idle warm sandboxes per tuple, one warm provision per core
+    /// at once (at most 4).
     pub fn for_containers() -> Self {
         Self {
             cpu_overcommit: DEFAULT_CPU_OVERCOMMIT,
@@ -67,11 +77,12 @@ impl CapacityConfig {
             memory_high_watermark_mib: host_memory_mib()
                 .map(|host| (host as f64 * DEFAULT_MEMORY_HIGH_WATERMARK_PERCENT / 100.0) as u64),
             max_warm_per_tuple: Some(DEFAULT_MAX_WARM_PER_TUPLE),
+            warm_fill_parallelism: default_warm_fill_parallelism(),
         }
     }
 
     /// The defaults of a worker of VMs: each sandbox reserves what it asks for, at most 8 idle
-    /// warm sandboxes per tuple.
+    /// warm sandboxes per tuple, one warm provision at a time.
     pub fn for_vms() -> Self {
         Self {
             max_warm_per_tuple: Some(DEFAULT_MAX_WARM_PER_TUPLE),

@@ -155,8 +155,13 @@ pub struct CapacityConfig {
     /// Cold creates are refused while the memory the backends' sandboxes actually use
     /// exceeds this (idle warm sandboxes are retired first, oldest first).
     pub memory_high_watermark_mib: Option<u64>,
-    /// Most idle warm sandboxes of one tuple, whatever the demand (floors excepted).
+    /// Most idle warm sandboxes of one tuple, whatever the demand (floors excepted). A burst
+    /// of creates that finds no ready sandbox of its tuple raises it, for that tuple, to the
+    /// burst's size, decaying with the demand's half-life (see [`crate::warm::BurstTracker`]).
     pub max_warm_per_tuple: Option<u32>,
+    /// Most warm sandboxes provisioned at once while the pool is short of more than one, at
+    /// least 1.
+    pub warm_fill_parallelism: u32,
 }
 
 impl Default for CapacityConfig {
@@ -167,6 +172,7 @@ impl Default for CapacityConfig {
             memory_overcommit: 1,
             memory_high_watermark_mib: None,
             max_warm_per_tuple: None,
+            warm_fill_parallelism: 1,
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The warm pool: targets from demand and pre-pull floors, the filler that provisions ready
-//! VMs one at a time (running the tuple's warm-up script), VM starts assigned by the broker,
+//! The warm pool: targets from demand, bursts and pre-pull floors, the filler that provisions
+//! ready VMs (several at once while the pool is short; running the tuple's warm-up script), VM starts assigned by the broker,
 //! retirement of idle VMs when a cold boot needs their slot, the warm gauges, and the ordered
 //! queue of VM events to the broker.
 //!
@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -204,13 +205,17 @@ impl Worker {
         self.pool_wake.notify_one();
     }
 
-    /// Warm targets per tuple: demand within `max_live_sandboxes`, raised to the floors.
+    /// Warm targets per tuple: demand within `max_live_sandboxes`, each at most the ceiling
+    /// (raised by the tuple's recent bursts), raised to the floors.
     pub(super) fn warm_targets(&self, state: &mut State) -> BTreeMap<SandboxTuple, u32> {
         let capacity = self.config.max_live_sandboxes;
-        let mut demand = state.demand.targets(capacity, self.clock.now());
+        let now = self.clock.now();
+        let mut demand = state.demand.targets(capacity, now);
         if let Some(ceiling) = self.config.capacity.max_warm_per_tuple {
-            for target in demand.values_mut() {
-                *target = (*target).min(ceiling);
+            state.bursts.prune(now);
+            for (tuple, target) in demand.iter_mut() {
+                let raised = ceiling.max(state.bursts.ceiling(tuple, now));
+                *target = (*target).min(raised);
             }
         }
         effective_targets(&demand, &self.floors, capacity)
@@ -458,29 +463,33 @@ impl Worker {
         );
     }
 
-    /// Runs the filler until stopped: one VM at a time, woken by pool changes or every
-    /// [`FILL_INTERVAL`].
+    /// Runs the filler until stopped: up to `warm_fill_parallelism` VMs at once (more than
+    /// one only while the pool lacks more than one: each job counts as warming), woken by
+    /// pool changes, a finished VM or every [`FILL_INTERVAL`]. At the stop, the VMs being
+    /// provisioned are finished (and destroyed).
     pub(super) async fn run_filler(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let parallel = self.config.capacity.warm_fill_parallelism.max(1) as usize;
+        let mut filling = FuturesUnordered::new();
         loop {
             if *stop.borrow() {
                 break;
             }
             // Above the memory watermark no sandbox is warmed: real creates come first.
-            let job = if self.above_memory_watermark() {
-                None
-            } else {
-                self.next_warm_job()
-            };
-            if let Some(job) = job {
-                self.fill_one(job, &mut stop).await;
-                continue;
+            while filling.len() < parallel && !self.above_memory_watermark() {
+                let Some(job) = self.next_warm_job() else {
+                    break;
+                };
+                let (worker, mut stop) = (Arc::clone(&self), stop.clone());
+                filling.push(async move { worker.fill_one(job, &mut stop).await });
             }
             tokio::select! {
                 _ = stopped(&mut stop) => break,
+                Some(()) = filling.next(), if !filling.is_empty() => {}
                 _ = self.pool_wake.notified() => {}
                 _ = tokio::time::sleep(FILL_INTERVAL) => {}
             }
         }
+        while filling.next().await.is_some() {}
     }
 }
 

@@ -15,7 +15,7 @@ use crate::id::{ExecId, LocalVmId, SandboxId};
 use crate::network::Policy;
 use crate::telemetry::WorkerLabels;
 use crate::tuple::SandboxTuple;
-use crate::warm::{DemandTracker, ReadyPool};
+use crate::warm::{BurstTracker, DemandTracker, ReadyPool};
 
 /// Resources held by live sandboxes and by creates still provisioning.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +109,8 @@ pub(super) struct State {
     pub warming: BTreeMap<SandboxTuple, usize>,
     /// Create history.
     pub demand: DemandTracker,
+    /// Creates that found no ready sandbox, per tuple (raise its warm ceiling).
+    pub bursts: BurstTracker,
     /// VM starts the broker asked for, not yet provisioned.
     pub pending_starts: VecDeque<SandboxTuple>,
     /// Tuples whose warm provisioning failed recently: not retried before the instant.
@@ -127,6 +129,7 @@ impl State {
             ready: ReadyPool::default(),
             warming: BTreeMap::new(),
             demand: DemandTracker::new(),
+            bursts: BurstTracker::new(),
             pending_starts: VecDeque::new(),
             warm_backoff: HashMap::new(),
             gauge_cpus: BTreeSet::new(),

@@ -204,6 +204,8 @@ layer! {
         pub memory_high_watermark: Option<MemoryShare>,
         /// `max-warm-per-tuple`: most idle warm sandboxes of one tuple.
         pub max_warm_per_tuple: Option<u32>,
+        /// `warm-fill-parallelism`: most warm sandboxes provisioned at once.
+        pub warm_fill_parallelism: Option<u32>,
     }
 }
 

@@ -303,6 +303,9 @@ pub struct CapacitySettings {
     pub memory_high_watermark: MemoryShare,
     /// Most idle warm sandboxes of one tuple.
     pub max_warm_per_tuple: u32,
+    /// Most warm sandboxes provisioned at once; `None`: one per core (at most 4) on a worker
+    /// that serves containers, else 1.
+    pub warm_fill_parallelism: Option<u32>,
 }
 
 impl From<CapacityLayer> for CapacitySettings {
@@ -322,12 +325,15 @@ impl From<CapacityLayer> for CapacitySettings {
             max_warm_per_tuple: layer
                 .max_warm_per_tuple
                 .unwrap_or(DEFAULT_MAX_WARM_PER_TUPLE),
+            warm_fill_parallelism: layer.warm_fill_parallelism.filter(|n| *n > 0),
         }
     }
 }
 
 pub use traforato_core::worker::defaults::host_memory_mib;
-use traforato_core::worker::defaults::{host_cores, DEFAULT_MIB_PER_CORE};
+use traforato_core::worker::defaults::{
+    default_warm_fill_parallelism, host_cores, DEFAULT_MIB_PER_CORE,
+};
 
 fn log_settings(layer: LogLayer) -> Result<LogSettings, ConfigError> {
     let file = non_empty(layer.file).map(PathBuf::from);
@@ -602,6 +608,13 @@ impl WorkerSettings {
                 .flatten()
                 .map(|host| self.capacity.memory_high_watermark.mib(host)),
             max_warm_per_tuple: Some(self.capacity.max_warm_per_tuple),
+            warm_fill_parallelism: self.capacity.warm_fill_parallelism.unwrap_or_else(|| {
+                if serves_containers {
+                    default_warm_fill_parallelism()
+                } else {
+                    1
+                }
+            }),
         };
         let advertise_url = self
             .advertise_url

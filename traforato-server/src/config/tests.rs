@@ -900,10 +900,14 @@ fn capacity_defaults_follow_the_backends() {
         config.capacity.max_warm_per_tuple,
         Some(DEFAULT_MAX_WARM_PER_TUPLE)
     );
+    assert_eq!(
+        config.capacity.warm_fill_parallelism,
+        traforato_core::worker::defaults::default_warm_fill_parallelism()
+    );
     // The YAML section sets each key.
     let config = worker(
         &["--total-cores", "2"],
-        "capacity:\n  cpu-overcommit: 4\n  memory-overcommit: 2\n  memory-high-watermark: 1 GiB\n  max-warm-per-tuple: 3\n",
+        "capacity:\n  cpu-overcommit: 4\n  memory-overcommit: 2\n  memory-high-watermark: 1 GiB\n  max-warm-per-tuple: 3\n  warm-fill-parallelism: 3\n",
     )
     .unwrap()
     .worker_config(None);
@@ -911,6 +915,7 @@ fn capacity_defaults_follow_the_backends() {
     assert_eq!(config.capacity.memory_overcommit, 2);
     assert_eq!(config.capacity.memory_high_watermark_mib, Some(1024));
     assert_eq!(config.capacity.max_warm_per_tuple, Some(3));
+    assert_eq!(config.capacity.warm_fill_parallelism, 3);
     assert_eq!(config.max_live_sandboxes, 8);
     assert!(parse_worker_yaml("capacity:\n  memory-high-watermark: 120%\n").is_err());
     assert!(parse_worker_yaml("capacity:\n  cpu-overcomit: 2\n").is_err());

@@ -124,3 +124,45 @@ async fn filler_follows_demand_within_capacity() {
     run.await.unwrap();
     assert_eq!(h.live_vms(), 0);
 }
+
+/// Issue "cold start": while the pool lacks more than one sandbox the filler provisions
+/// `warm_fill_parallelism` of them at once, never more.
+#[tokio::test]
+async fn the_filler_provisions_in_parallel_while_the_pool_is_short() {
+    let tuple = SandboxTuple {
+        virtualization: "fake".into(),
+        image: "alpine:3.20".into(),
+        cpu: 1,
+    };
+    for parallel in [1u32, 2, 3] {
+        let fake = FakeBackend::new().with_provision_delay(Duration::from_millis(30));
+        let worker = worker_with(fake, |c| {
+            c.capacity.warm_fill_parallelism = parallel;
+            c.pre_pull = vec![PrePullTarget {
+                tuple: tuple.clone(),
+                target_count: 5,
+                warmup_script: String::new(),
+                warmup_timeout: Duration::from_secs(5),
+            }];
+        });
+        let (stop_tx, stop) = watch::channel(false);
+        let filler = tokio::spawn(Arc::clone(&worker).run_filler(stop));
+        let mut most = 0;
+        for _ in 0..2000 {
+            let warming: usize = worker.lock().warming.values().sum();
+            most = most.max(warming);
+            if worker.ready_counts().get(&tuple) == Some(&5) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(
+            worker.ready_counts().get(&tuple),
+            Some(&5),
+            "the pool filled"
+        );
+        assert_eq!(most, parallel as usize, "warmed at once");
+        stop_tx.send(true).unwrap();
+        filler.await.unwrap();
+    }
+}
