@@ -691,6 +691,20 @@ async fn wait_for_images(backend: &Backend, expected: &[&str]) -> traforato_core
     }
 }
 
+/// Waits until the image directory holds `n` unpacked layers: a collection in the background
+/// forgets an image's record before it has removed its layers.
+async fn wait_for_layer_dirs(backend: &Backend, n: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while backend.layer_dirs() != n {
+        assert!(
+            Instant::now() < deadline,
+            "{} layer dirs, not {n}: {what}",
+            backend.layer_dirs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn images_are_kept_listed_collected_by_size_and_removed_but_never_while_used() {
     let Some(registry) = local_registry() else {
@@ -750,7 +764,7 @@ async fn images_are_kept_listed_collected_by_size_and_removed_but_never_while_us
     let list = wait_for_images(&backend, &[&reference("a"), &reference("c")]).await;
     assert!(list.disk_bytes <= limit, "{} > {limit}", list.disk_bytes);
     assert_eq!(list.max_disk_bytes, Some(limit));
-    assert_eq!(backend.layer_dirs(), 3, "base, a and c");
+    wait_for_layer_dirs(&backend, 3, "base, a and c").await;
 
     // An image in use is not removed; once its sandbox is gone, it is (and only its own
     // layer with it).

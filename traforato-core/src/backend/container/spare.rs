@@ -11,8 +11,9 @@
 //! (there, the `favordynmods` mount option of the cgroup2 hierarchy removes the wait).
 //!
 //! A spare is this backend's while it lives: `cleanup_leftovers` leaves it, shutdown and drop
-//! remove it, and so does a filler cancelled half-way (its runtime shut down): a spare's cgroup
-//! is held by a guard that, dropped, kills what is in it and removes it. A spare whose worker
+//! remove it (a spare's cgroup is held by a guard that, dropped, kills what is in it and
+//! removes it). Spares are started by a filler thread of their own, which closing waits for,
+//! so that the cgroup parents are empty when the backend removes them. A spare whose worker
 //! died reads EOF on its control socket and exits; its cgroup (named like a sandbox's) is then
 //! a leftover for the next start to remove.
 
@@ -182,8 +183,9 @@ impl Spares {
         self.refill(Duration::ZERO);
     }
 
-    /// Starts spares in the background until there are `want`, after `delay`; one filler at a
-    /// time. Needs a tokio runtime (does nothing outside one).
+    /// Starts spares until there are `want`, after `delay`, on a thread of its own (so that
+    /// closing never waits for a runtime that is blocked or gone); one filler at a time.
+    /// Needs a tokio runtime to register the inits with (does nothing outside one).
     fn refill(self: &Arc<Self>, delay: Duration) {
         {
             let mut pool = self.lock();
@@ -198,79 +200,79 @@ impl Spares {
         };
         // Weak: a backend dropped meanwhile removes its spares at once, and the filler stops.
         let weak = Arc::downgrade(self);
-        runtime.spawn(async move {
-            tokio::time::sleep(delay).await;
-            loop {
-                let Some(spares) = weak.upgrade() else {
-                    return;
-                };
-                let name = {
-                    let mut pool = spares.lock();
-                    if pool.closed || pool.names.len() >= spares.want {
-                        pool.filling = false;
-                        return;
-                    }
-                    let name = LocalVmId::new_random().to_string();
-                    pool.names.insert(name.clone());
-                    name
-                };
-                match spares.start_one(&name).await {
-                    Ok(spare) => {
-                        let rejected = {
-                            let mut pool = spares.lock();
-                            if pool.closed {
-                                pool.names.remove(&name);
-                                Some(spare)
-                            } else {
-                                pool.ready.push(spare);
-                                None
-                            }
-                        };
-                        if let Some(spare) = rejected {
-                            // Closed while it started: its removal of the cgroup parents
-                            // found this spare's cgroup there, so try again without it.
-                            let cgroups = spares.starter.cgroups.clone();
-                            let _ = tokio::task::spawn_blocking(move || {
-                                drop(spare);
-                                let _ = cgroups.remove_parents();
-                            })
-                            .await;
-                        }
-                    }
-                    Err(error) => {
-                        let mut pool = spares.lock();
-                        pool.names.remove(&name);
-                        pool.filling = false;
-                        tracing::warn!(%error, "spare init not started; cold creates start their own");
-                        return;
+        let spawned = std::thread::Builder::new()
+            .name("spare-inits".to_string())
+            .spawn(move || {
+                std::thread::sleep(delay);
+                // The inits' `Child` handles belong to the runtime's process driver.
+                let _entered = runtime.enter();
+                while let Some(spares) = weak.upgrade() {
+                    if !spares.start_next() {
+                        break;
                     }
                 }
-            }
-        });
+            });
+        if spawned.is_err() {
+            self.lock().filling = false;
+        }
     }
 
-    /// Starts one init and moves it into a new cgroup named `name`.
-    async fn start_one(&self, name: &str) -> Result<SpareInit, BackendError> {
+    /// Starts one more spare if the pool wants one; false when the filler is done (the pool
+    /// is full or closed, or a start failed). Clears `filling` when it returns false.
+    fn start_next(&self) -> bool {
+        let name = {
+            let mut pool = self.lock();
+            if pool.closed || pool.names.len() >= self.want {
+                pool.filling = false;
+                return false;
+            }
+            let name = LocalVmId::new_random().to_string();
+            pool.names.insert(name.clone());
+            name
+        };
+        let started = self.start_one(&name);
+        let mut pool = self.lock();
+        let spare = match started {
+            Ok(spare) if !pool.closed => {
+                pool.ready.push(spare);
+                return true;
+            }
+            Ok(spare) => spare,
+            Err(error) => {
+                pool.names.remove(&name);
+                pool.filling = false;
+                tracing::warn!(%error, "spare init not started; cold creates start their own");
+                return false;
+            }
+        };
+        // Closed while it started: removed before the closer, who waits for `filling`, goes
+        // on (and outside the lock: removing it waits for its init to die).
+        pool.names.remove(&name);
+        drop(pool);
+        drop(spare);
+        self.lock().filling = false;
+        false
+    }
+
+    /// Starts one init and moves it into a new cgroup named `name` (blocking).
+    fn start_one(&self, name: &str) -> Result<SpareInit, BackendError> {
         let (mut child, control, pid) = start_init(&self.starter.init_program)?;
-        let cgroups = self.starter.cgroups.clone();
-        let (name, pids) = (name.to_string(), self.starter.pids_limit);
         let limits = Limits {
             cpus: 1,
             memory_bytes: 0,
-            pids,
+            pids: self.starter.pids_limit,
         };
-        // Guarded from its creation: should this task be cancelled, the blocking step's result
-        // is dropped and removes itself.
-        let made = tokio::task::spawn_blocking(move || {
-            let cgroup = SpareCgroup(Some(cgroups.create(&name, limits)?));
-            if let Some(made) = &cgroup.0 {
-                made.attach(pid)?;
-            }
-            Ok(cgroup)
-        })
-        .await
-        .map_err(|e| BackendError::task("spare cgroup", e))
-        .and_then(|made| made.map_err(|e| BackendError::io("spare cgroup", e)));
+        let made = self
+            .starter
+            .cgroups
+            .create(name, limits)
+            .map(|cgroup| SpareCgroup(Some(cgroup)))
+            .and_then(|cgroup| {
+                if let Some(made) = &cgroup.0 {
+                    made.attach(pid)?;
+                }
+                Ok(cgroup)
+            });
         match made {
             Ok(cgroup) => Ok(SpareInit {
                 child,
@@ -279,21 +281,22 @@ impl Spares {
                 cgroup,
             }),
             Err(error) => {
+                // Its control socket closes with `control`; the init exits on the EOF.
                 let _ = child.start_kill();
-                let _ = child.wait().await;
-                Err(error)
+                Err(BackendError::io("spare cgroup", error))
             }
         }
     }
 
-    /// Stops refilling and removes the ready spares at once (blocking, bounded); one being
-    /// started is removed by its filler when it is up.
+    /// Stops refilling and removes every spare, the one being started included (its filler
+    /// is waited for, at most [`CLOSE_WAIT`]). Blocking.
     pub(crate) fn close_now(&self) {
-        let spares = {
-            let mut pool = self.lock();
-            pool.closed = true;
-            pool.take_ready()
-        };
+        self.lock().closed = true;
+        let deadline = std::time::Instant::now() + CLOSE_WAIT;
+        while self.lock().filling && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let spares = self.lock().take_ready();
         drop(spares);
     }
 
