@@ -230,12 +230,17 @@ fn allocate(capacity: u32, weights: BTreeMap<SandboxTuple, f64>) -> BTreeMap<San
 /// Creates closer than this to the previous create of their tuple belong to the same burst.
 pub const BURST_GAP: chrono::Duration = chrono::Duration::seconds(1);
 
+/// A burst raises a tuple's warm ceiling to at most this many times the configured one, so
+/// that one long burst does not leave the worker holding a huge idle pool for an hour.
+pub const MAX_BURST_FACTOR: u32 = 4;
+
 /// Bursts of creates per tuple, for the warm ceiling. A burst is a run of creates of a tuple
 /// each less than [`BURST_GAP`] after the one before; when one of them finds no ready sandbox
 /// (the pool did not keep up), the tuple's level becomes at least the burst's size so far.
 /// The level decays like demand: it halves every [`DEMAND_HALF_LIFE_MINUTES`] and is forgotten
-/// past [`DEMAND_WINDOW`]. The worker raises the tuple's warm ceiling to it, so that the pool
-/// the next burst meets is as large as the last one was.
+/// past [`DEMAND_WINDOW`]. The worker raises the tuple's warm ceiling to it (at most
+/// [`MAX_BURST_FACTOR`] times the configured ceiling), so that the pool the next burst meets
+/// is as large as the last one was.
 #[derive(Debug, Default, Clone)]
 pub struct BurstTracker {
     tuples: BTreeMap<SandboxTuple, Burst>,

@@ -157,7 +157,8 @@ pub struct CapacityConfig {
     pub memory_high_watermark_mib: Option<u64>,
     /// Most idle warm sandboxes of one tuple, whatever the demand (floors excepted). A burst
     /// of creates that finds no ready sandbox of its tuple raises it, for that tuple, to the
-    /// burst's size, decaying with the demand's half-life (see [`crate::warm::BurstTracker`]).
+    /// burst's size (at most 4 times this), decaying with the demand's half-life (see
+    /// [`crate::warm::BurstTracker`]).
     pub max_warm_per_tuple: Option<u32>,
     /// Most warm sandboxes provisioned at once while the pool is short of more than one, at
     /// least 1.

@@ -26,7 +26,7 @@ use crate::backend::{BackendError, ExecSpec, OutputStream, Program, ProvisionSpe
 use crate::id::LocalVmId;
 use crate::telemetry::{WarmupFailureLabels, WorkerCpuLabels};
 use crate::tuple::SandboxTuple;
-use crate::warm::effective_targets;
+use crate::warm::{effective_targets, MAX_BURST_FACTOR};
 
 /// VM events waiting to be sent; beyond this, events are dropped (and logged).
 pub(super) const EVENT_QUEUE_CAPACITY: usize = 1024;
@@ -213,8 +213,9 @@ impl Worker {
         let mut demand = state.demand.targets(capacity, now);
         if let Some(ceiling) = self.config.capacity.max_warm_per_tuple {
             state.bursts.prune(now);
+            let most = ceiling.saturating_mul(MAX_BURST_FACTOR);
             for (tuple, target) in demand.iter_mut() {
-                let raised = ceiling.max(state.bursts.ceiling(tuple, now));
+                let raised = ceiling.max(state.bursts.ceiling(tuple, now).min(most));
                 *target = (*target).min(raised);
             }
         }
