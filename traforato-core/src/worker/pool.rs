@@ -1,7 +1,7 @@
 //! The warm pool: targets from demand, bursts and pre-pull floors, the filler that provisions
-//! ready VMs (several at once while the pool is short; running the tuple's warm-up script), VM starts assigned by the broker,
-//! retirement of idle VMs when a cold boot needs their slot, the warm gauges, and the ordered
-//! queue of VM events to the broker.
+//! ready VMs (several at once while the pool is short; running the tuple's warm-up script),
+//! VM starts assigned by the broker, retirement of idle VMs when a cold boot needs their slot,
+//! the warm gauges, and the ordered queue of VM events to the broker.
 //!
 //! Slots: live sandboxes, creates in flight, ready VMs and VMs being warmed together never
 //! exceed `max_live_sandboxes` because of the filler; a cold create may retire a ready VM to

@@ -70,9 +70,10 @@
 //! would go one-shot anyway, and would otherwise share the CPU with the starting zygote);
 //! [`ContainerConfig::lazy_zygote`] makes warm-pool sandboxes wait too. Provisioning does not
 //! wait for it, and neither do execs and runs: a run that comes before the zygote is ready
-//! starts its own interpreter (`zygote.rs`). Runs without it (no `python3`, zygote dead or unresponsive) start a fresh
-//! interpreter. The warm pool waits for it ([`Vm::settle`](crate::backend::Vm::settle))
-//! before offering the sandbox, so a claim never competes with a starting interpreter.
+//! starts its own interpreter (`zygote.rs`). Runs without it (no `python3`, zygote dead or
+//! unresponsive) start a fresh interpreter. The warm pool waits for it
+//! ([`Vm::settle`]) before offering the sandbox, so a claim never
+//! competes with a starting interpreter.
 //!
 //! # Warm pool
 //!
