@@ -211,8 +211,8 @@ impl Worker {
         let capacity = self.config.max_live_sandboxes;
         let now = self.clock.now();
         let mut demand = state.demand.targets(capacity, now);
+        state.bursts.prune(now);
         if let Some(ceiling) = self.config.capacity.max_warm_per_tuple {
-            state.bursts.prune(now);
             let most = ceiling.saturating_mul(MAX_BURST_FACTOR);
             for (tuple, target) in demand.iter_mut() {
                 let raised = ceiling.max(state.bursts.ceiling(tuple, now).min(most));

@@ -325,7 +325,8 @@ impl From<CapacityLayer> for CapacitySettings {
             max_warm_per_tuple: layer
                 .max_warm_per_tuple
                 .unwrap_or(DEFAULT_MAX_WARM_PER_TUPLE),
-            warm_fill_parallelism: layer.warm_fill_parallelism.filter(|n| *n > 0),
+            // At least one at a time.
+            warm_fill_parallelism: layer.warm_fill_parallelism.map(|n| n.max(1)),
         }
     }
 }

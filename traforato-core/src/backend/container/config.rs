@@ -20,6 +20,9 @@ pub const DEFAULT_UID_BASE: u32 = 0x7000_0000;
 /// How many uids (and gids) each sandbox's user namespace maps.
 pub const UID_COUNT: u32 = 65_536;
 
+/// Most spare inits a backend keeps ([`ContainerConfig::spare_inits`]).
+pub const MAX_SPARE_INITS: usize = 64;
+
 /// Settings of a [`super::ContainerBackend`]. Plain data: the server builds it from its own
 /// configuration; nothing here is read from the environment.
 #[derive(Debug, Clone)]
@@ -73,7 +76,7 @@ pub struct ContainerConfig {
     /// take (cgroup v1 only; v2 cannot rename a cgroup). Moving a fresh init into its cgroup
     /// waits for an RCU grace period when the host was idle, most of a cold create's time;
     /// a spare has paid it already. Each costs one idle process (about 1 MiB). 0 turns them
-    /// off. Default 2.
+    /// off; at most [`MAX_SPARE_INITS`]. Default 2.
     pub spare_inits: usize,
     /// Where images named by OCI reference (`alpine:3.20`, `ghcr.io/org/img:tag`) are pulled
     /// and unpacked (`blobs/`, `layers/`), created on the first pull. `None`: only `host` and
@@ -160,6 +163,9 @@ impl ContainerConfig {
         if self.scratch_size_mib == 0 {
             return Err("scratch_size_mib must be positive".to_string());
         }
+        if self.spare_inits > MAX_SPARE_INITS {
+            return Err(format!("spare_inits must be at most {MAX_SPARE_INITS}"));
+        }
         if self.uid_base == 0 || self.uid_base.checked_add(UID_COUNT).is_none() {
             return Err("uid_base must be positive and leave room for 65536 uids".to_string());
         }
@@ -201,5 +207,6 @@ mod tests {
         assert!(bad(|c| c.pids_limit = 1).contains("pids_limit"));
         assert!(bad(|c| c.uid_base = u32::MAX - 5).contains("uid_base"));
         assert!(bad(|c| c.hostname = "a b".into()).contains("hostname"));
+        assert!(bad(|c| c.spare_inits = 100_000).contains("spare_inits"));
     }
 }

@@ -489,29 +489,39 @@ impl ContainerBackend {
             // removes itself with what is in it.
             let mut spare_cgroup = spare_cgroup;
             setup.run(&host_dir, uid, &cgroups, &name, || {
-                let cgroup = match spare_cgroup.take() {
-                    // Renamed first: from here a rollback finds it by the sandbox's name.
-                    Some(spare) => {
-                        cgroups
-                            .adopt(spare.adopt(), &name, limits)
-                            .map_err(|(spare, e)| {
-                                drop(spare::SpareCgroup::from(spare));
-                                e
-                            })?
+                // Renamed first: from here a rollback finds it by the sandbox's name. A spare
+                // that cannot be adopted is removed (its init with it), and the create goes on
+                // the usual way: a spare only saves time.
+                let adopted = spare_cgroup.take().and_then(|spare| {
+                    match cgroups.adopt(spare.adopt(), &name, limits) {
+                        Ok(cgroup) => Some(cgroup),
+                        Err((spare, error)) => {
+                            tracing::warn!(%error, "spare init not adopted; starting one");
+                            drop(spare::SpareCgroup::from(spare));
+                            None
+                        }
                     }
-                    None => cgroups.create(&name, limits)?,
+                });
+                let (cgroup, adopted) = match adopted {
+                    Some(cgroup) => (cgroup, true),
+                    None => (cgroups.create(&name, limits)?, false),
                 };
                 prepare_root(&host_dir, &layout, uid, scratch_mib)?;
-                Ok(cgroup)
+                Ok((cgroup, adopted))
             })
         })
         .await
         .map_err(|e| BackendError::task("host setup", e))?
         .map_err(|e| BackendError::io("prepare sandbox", e))?;
+        let (cgroup, adopted) = cgroup;
 
         let (worker_end, pid, cgroup) = match spare {
-            Some((control, pid)) => (control, pid, cgroup),
-            None => {
+            Some((control, pid)) if adopted => (control, pid, cgroup),
+            _ => {
+                // The spare's init, if any, died with its cgroup; it is reaped in the background.
+                if let Some(mut dead) = guard.child.take() {
+                    let _ = dead.start_kill();
+                }
                 let (child, control, pid) = start_init(&self.config.init_program)?;
                 guard.child = Some(child);
                 // Before the init unshares its cgroup namespace, whose root is the cgroup it

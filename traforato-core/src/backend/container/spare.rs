@@ -150,12 +150,12 @@ impl Spares {
     }
 
     /// A live spare, if one is ready; dead ones met on the way are removed. Starts the refill
-    /// (again, after a [`Spares::close`]: a backend may be used after its shutdown).
+    /// (not after a [`Spares::close`]: a create that comes after the shutdown must not start
+    /// spares again; [`Spares::fill`] does).
     pub(crate) fn take(self: &Arc<Self>) -> Option<SpareInit> {
         let mut dead = Vec::new();
         let taken = {
             let mut pool = self.lock();
-            pool.closed = false;
             let mut taken = None;
             while let Some(mut spare) = pool.ready.pop() {
                 if let Some(name) = spare.cgroup.name() {
@@ -206,9 +206,17 @@ impl Spares {
                 std::thread::sleep(delay);
                 // The inits' `Child` handles belong to the runtime's process driver.
                 let _entered = runtime.enter();
-                while let Some(spares) = weak.upgrade() {
-                    if !spares.start_next() {
-                        break;
+                let filled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    while let Some(spares) = weak.upgrade() {
+                        if !spares.start_next() {
+                            break;
+                        }
+                    }
+                }));
+                // A panic must not leave the pool waiting for a filler that is gone.
+                if filled.is_err() {
+                    if let Some(spares) = weak.upgrade() {
+                        spares.lock().filling = false;
                     }
                 }
             });

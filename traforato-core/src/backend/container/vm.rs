@@ -116,7 +116,6 @@ impl ContainerVm {
         }
     }
 
-    /// Runs commands with the image's environment and working directory.
     /// Starts the Python zygote (with `env`) only after the first Python run has ended, so
     /// that it does not compete with that run for the CPU.
     pub(crate) fn with_lazy_zygote(self, env: Vec<(String, String)>) -> Self {
