@@ -896,6 +896,56 @@ mod tests {
         assert!(!tmp.path().join("pids/tf/vm").exists());
     }
 
+    /// A spare's cgroup is renamed to a sandbox's in every hierarchy, or, when one rename
+    /// fails, left whole under its old name; v2 refuses.
+    #[test]
+    fn adopting_a_spare_renames_every_hierarchy_or_none() {
+        let tmp = tempfile::tempdir().unwrap();
+        let driver = |version| CgroupDriver {
+            version,
+            // No controllers: no limits to write in plain directories.
+            hierarchies: ["a", "b"]
+                .map(|h| Hierarchy {
+                    root: tmp.path().join(h),
+                    controllers: vec![],
+                })
+                .to_vec(),
+            parent: "tf".to_string(),
+            created: Default::default(),
+            ledger: None,
+        };
+        let v1 = driver(CgroupVersion::V1);
+        for h in ["a", "b"] {
+            fs::create_dir_all(tmp.path().join(h).join("tf")).unwrap();
+        }
+        let limits = Limits {
+            cpus: 1,
+            memory_bytes: 0,
+            pids: 10,
+        };
+        let dir = |h: &str, name: &str| tmp.path().join(h).join("tf").join(name);
+
+        // A name taken (by a non-empty directory) in the second hierarchy only.
+        fs::create_dir_all(dir("b", "taken").join("x")).unwrap();
+        let spare = v1.create("spare", limits).unwrap();
+        let (spare, error) = v1.adopt(spare, "taken", limits).unwrap_err();
+        assert!(error.to_string().contains("rename"), "{error}");
+        assert_eq!(spare.dirs, vec![dir("a", "spare"), dir("b", "spare")]);
+        assert!(dir("a", "spare").is_dir() && dir("b", "spare").is_dir());
+        assert!(!dir("a", "taken").exists(), "the first rename was undone");
+
+        let adopted = v1.adopt(spare, "vm", limits).unwrap();
+        assert_eq!(adopted.dirs, vec![dir("a", "vm"), dir("b", "vm")]);
+        assert_eq!(adopted.name().as_deref(), Some("vm"));
+        assert!(!dir("a", "spare").exists() && !dir("b", "spare").exists());
+
+        let v2 = driver(CgroupVersion::V2);
+        let other = v1.create("other", limits).unwrap();
+        let (other, error) = v2.adopt(other, "vm2", limits).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::Unsupported);
+        assert_eq!(other.dirs, vec![dir("a", "other"), dir("b", "other")]);
+    }
+
     #[test]
     fn limits_per_version() {
         let limits = Limits {
