@@ -62,18 +62,7 @@ async fn dev_binary_serves_and_stops_on_sigterm() {
     assert_eq!(resp.status(), 201);
     assert_eq!(body_json(resp).await["virtualization"], "fake");
 
-    let pid = child.id().unwrap().to_string();
-    let killed = tokio::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
-    let status = tokio::time::timeout(WAIT, child.wait())
-        .await
-        .expect("exit after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "{status:?}");
+    terminate(&mut child).await;
 
     // Development mode is announced loudly, for both services and for internal calls.
     let logs: Vec<Value> = logs

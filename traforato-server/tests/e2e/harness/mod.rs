@@ -217,14 +217,7 @@ impl BrokerExt for TestBroker {
     }
 
     async fn availability(&self) -> String {
-        follow()
-            .get(self.at("/metrics/sandboxes"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        metrics_text(self.at("/metrics/sandboxes")).await
     }
 
     async fn register_remote(&self, worker_id: &str, base_url: &str, sku: &str) -> Value {

@@ -8,6 +8,22 @@ use tokio::task::JoinHandle;
 
 use super::{wait_until, WAIT};
 
+/// Sends SIGTERM to `child` and checks that it exits cleanly within [`WAIT`].
+pub async fn terminate(child: &mut tokio::process::Child) {
+    let pid = child.id().unwrap().to_string();
+    let killed = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("exit after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
 /// A running binary whose stdout (JSON log lines) is collected as it comes.
 pub struct Bin {
     child: tokio::process::Child,
@@ -91,18 +107,7 @@ impl Bin {
 
     /// SIGTERM, wait for a clean exit, and return every log line.
     pub async fn stop(mut self) -> Vec<String> {
-        let pid = self.child.id().unwrap().to_string();
-        let killed = tokio::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .unwrap();
-        assert!(killed.success());
-        let status = tokio::time::timeout(WAIT, self.child.wait())
-            .await
-            .expect("exit after SIGTERM")
-            .unwrap();
-        assert!(status.success(), "{status:?}");
+        terminate(&mut self.child).await;
         self.reader.await.unwrap();
         let lines = self.lines.lock().unwrap().clone();
         for line in &lines {
