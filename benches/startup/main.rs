@@ -80,7 +80,7 @@ use traforato_core::worker::PrePullTarget;
 use traforato_server::logging::{self, LogSettings};
 
 use crate::floors::Zygote;
-use crate::shells::{wait_for, BrokerShell, WorkerShell, WorkerSpec, VIRTUALIZATION};
+use crate::shells::{spares_up, wait_for, BrokerShell, WorkerShell, WorkerSpec, VIRTUALIZATION};
 
 const USAGE: &str = "usage: startup [--iterations N] [--memory-sandboxes N] \
                      [--redirect-seconds S] [--connections N] [--no-logs] [--only PHASE,...] \
@@ -890,17 +890,11 @@ async fn cold_series(
         )
         .await
         .map_err(io_error("start a cold worker"))?;
-        // As on a worker that has been up a while: its spare inits started (cgroup v1; the
-        // previous worker's stop removed them).
-        if !container.uses_cgroup_v2() {
-            container.start_spare_inits();
-            let want = ContainerConfig::default().spare_inits;
-            wait_for(Duration::from_secs(5), || {
-                container.spare_inits_ready() >= want
-            })
+        // As on a worker that has been up a while (the previous worker's stop removed them).
+        container.start_spare_inits();
+        spares_up(container)
             .await
             .map_err(io_error("wait for the spare inits"))?;
-        }
         let sample = async {
             let floor = blocking(|| floors::bare_python(COLD_FLOOR_FLAGS))
                 .await?

@@ -13,7 +13,7 @@ use traforato_core::id::LocalVmId;
 use traforato_core::network::Policy;
 use traforato_core::tuple::SandboxTuple;
 
-use crate::shells::wait_for;
+use crate::shells::{spares_up, wait_for};
 use crate::{sandbox_dirs, BenchError, Row, Verdict};
 
 /// Prints one latency series: median, p90, min and max.
@@ -65,14 +65,9 @@ impl OwnBackend {
         image: &str,
         policy: Option<&Policy>,
     ) -> Result<Duration, BenchError> {
-        if !self.backend.uses_cgroup_v2() {
-            let want = self.backend.config().spare_inits;
-            wait_for(Duration::from_secs(5), || {
-                self.backend.spare_inits_ready() >= want
-            })
+        spares_up(&self.backend)
             .await
             .map_err(|e| BenchError::Check(format!("spare inits not up: {e}")))?;
-        }
         let spec = ProvisionSpec {
             vm_id: LocalVmId::new_random(),
             tuple: SandboxTuple::normalize("container", image, 1, "container"),

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use traforato_core::backend::container::ContainerBackend;
 use traforato_core::backend::VmBackend;
 use traforato_core::broker::{Broker, BrokerConfig};
 use traforato_core::clock::SystemClock;
@@ -183,6 +184,19 @@ impl WorkerShell {
         self.running.await.map_err(io::Error::other)?;
         self.served.await.map_err(io::Error::other)?
     }
+}
+
+/// Waits until `container`'s spare inits are all up (cgroup v1; v2 has none), as on a
+/// worker that has been running: a cold create takes one.
+pub async fn spares_up(container: &ContainerBackend) -> io::Result<()> {
+    if container.uses_cgroup_v2() {
+        return Ok(());
+    }
+    let want = container.config().spare_inits;
+    wait_for(Duration::from_secs(5), || {
+        container.spare_inits_ready() >= want
+    })
+    .await
 }
 
 /// Polls `done` every millisecond until it holds or `timeout` passes.

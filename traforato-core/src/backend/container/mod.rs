@@ -472,22 +472,18 @@ impl ContainerBackend {
         // A spare init (already in a cgroup of its own) saves starting one and moving it into
         // a cgroup; the guard holds it from here, so a failed provision kills it. Kept for
         // the creates a client waits for.
-        let spare = (!spec.warm)
-            .then(|| self.spares.take())
-            .flatten()
-            .map(|spare| {
+        let taken = if spec.warm { None } else { self.spares.take() };
+        let (spare, mut spare_cgroup) = match taken {
+            Some(spare) => {
                 guard.child = Some(spare.child);
-                (spare.control, spare.pid, spare.cgroup)
-            });
-        let (spare, spare_cgroup) = match spare {
-            Some((control, pid, cgroup)) => (Some((control, pid)), Some(cgroup)),
+                (Some((spare.control, spare.pid)), Some(spare.cgroup))
+            }
             None => (None, None),
         };
         let cgroup = tokio::task::spawn_blocking(move || {
             let _hold = setup_hold;
             // Dropped unadopted (the sandbox directory could not be made), the spare's cgroup
             // removes itself with what is in it.
-            let mut spare_cgroup = spare_cgroup;
             setup.run(&host_dir, uid, &cgroups, &name, || {
                 // Renamed first: from here a rollback finds it by the sandbox's name. A spare
                 // that cannot be adopted is removed (its init with it), and the create goes on

@@ -17,7 +17,6 @@
 //! died reads EOF on its control socket and exits; its cgroup (named like a sandbox's) is then
 //! a leftover for the next start to remove.
 
-use std::collections::BTreeSet;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -98,22 +97,16 @@ pub(crate) struct Starter {
 #[derive(Default)]
 struct Pool {
     ready: Vec<SpareInit>,
-    /// Cgroup names of the ready spares and of those being started.
-    names: BTreeSet<String>,
+    /// The cgroup name of the spare the filler is starting.
+    starting: Option<String>,
     filling: bool,
     closed: bool,
 }
 
 impl Pool {
-    /// Takes the ready spares out of the pool.
-    fn take_ready(&mut self) -> Vec<SpareInit> {
-        let ready = std::mem::take(&mut self.ready);
-        for spare in &ready {
-            if let Some(name) = spare.cgroup.name() {
-                self.names.remove(&name);
-            }
-        }
-        ready
+    /// Spares ready or being started.
+    fn count(&self) -> usize {
+        self.ready.len() + usize::from(self.starting.is_some())
     }
 }
 
@@ -146,7 +139,12 @@ impl Spares {
 
     /// True when `name` is the cgroup of a spare of this pool (ready or being started).
     pub(crate) fn owns(&self, name: &str) -> bool {
-        self.lock().names.contains(name)
+        let pool = self.lock();
+        pool.starting.as_deref() == Some(name)
+            || pool
+                .ready
+                .iter()
+                .any(|s| s.cgroup.name().as_deref() == Some(name))
     }
 
     /// A live spare, if one is ready; dead ones met on the way are removed. Starts the refill
@@ -158,9 +156,6 @@ impl Spares {
             let mut pool = self.lock();
             let mut taken = None;
             while let Some(mut spare) = pool.ready.pop() {
-                if let Some(name) = spare.cgroup.name() {
-                    pool.names.remove(&name);
-                }
                 if matches!(spare.child.try_wait(), Ok(None)) {
                     taken = Some(spare);
                     break;
@@ -189,7 +184,7 @@ impl Spares {
     fn refill(self: &Arc<Self>, delay: Duration) {
         {
             let mut pool = self.lock();
-            if pool.filling || pool.closed || pool.names.len() >= self.want {
+            if pool.filling || pool.closed || pool.count() >= self.want {
                 return;
             }
             pool.filling = true;
@@ -230,16 +225,17 @@ impl Spares {
     fn start_next(&self) -> bool {
         let name = {
             let mut pool = self.lock();
-            if pool.closed || pool.names.len() >= self.want {
+            if pool.closed || pool.count() >= self.want {
                 pool.filling = false;
                 return false;
             }
             let name = LocalVmId::new_random().to_string();
-            pool.names.insert(name.clone());
+            pool.starting = Some(name.clone());
             name
         };
         let started = self.start_one(&name);
         let mut pool = self.lock();
+        pool.starting = None;
         let spare = match started {
             Ok(spare) if !pool.closed => {
                 pool.ready.push(spare);
@@ -247,7 +243,6 @@ impl Spares {
             }
             Ok(spare) => spare,
             Err(error) => {
-                pool.names.remove(&name);
                 pool.filling = false;
                 tracing::warn!(%error, "spare init not started; cold creates start their own");
                 return false;
@@ -255,7 +250,6 @@ impl Spares {
         };
         // Closed while it started: removed before the closer, who waits for `filling`, goes
         // on (and outside the lock: removing it waits for its init to die).
-        pool.names.remove(&name);
         drop(pool);
         drop(spare);
         self.lock().filling = false;
@@ -304,7 +298,7 @@ impl Spares {
         while self.lock().filling && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
         }
-        let spares = self.lock().take_ready();
+        let spares = std::mem::take(&mut self.lock().ready);
         drop(spares);
     }
 
@@ -317,7 +311,7 @@ impl Spares {
         while self.lock().filling && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let spares = self.lock().take_ready();
+        let spares = std::mem::take(&mut self.lock().ready);
         if spares.is_empty() {
             return;
         }
