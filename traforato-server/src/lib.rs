@@ -29,6 +29,7 @@
 //! - [`logging`]: JSON logs to stdout or a size-rotated file.
 //! - [`backends`]: the worker's sandbox backends by virtualization name.
 //! - [`testing`]: a broker and a worker on loopback in one process, for client tests.
+//! - [`health`]: the binaries' `healthcheck` subcommand (`GET /healthz` with a deadline).
 //!
 //! [`Broker`]: traforato_core::broker::Broker
 //! [`Worker`]: traforato_core::worker::Worker
@@ -39,6 +40,7 @@ pub mod config;
 pub mod decode;
 pub mod events;
 pub mod exec_ws;
+pub mod health;
 pub mod http;
 pub mod linger;
 pub mod link;

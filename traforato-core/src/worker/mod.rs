@@ -188,9 +188,9 @@ impl WorkerConfig {
     }
 }
 
-#[cfg(any(test, feature = "test-util"))]
 impl WorkerConfig {
-    /// A small dev-mode worker for tests, examples and benches, meant to be changed with
+    /// A small dev-mode worker for tests, examples and benches (and the server's `testing`
+    /// harness, which release builds compile too), meant to be changed with
     /// struct-update syntax: `worker_local` of `broker_local` at `http://127.0.0.1:8081`, no
     /// broker URL, 8 cores, 8 GiB and 8 sandboxes, TTL 30 min (at most 24 h), `fake`
     /// virtualization, a 200 ms heartbeat without jitter, a reaper every second, no pre-pull.

@@ -1,5 +1,6 @@
 //! `traforato-broker`: parses flags and `TRAFORATO_BROKER_*` variables, installs JSON logging,
-//! builds the [`Broker`] and serves it until SIGINT or SIGTERM.
+//! builds the [`Broker`] and serves it until SIGINT or SIGTERM. `traforato-broker healthcheck`
+//! asks a running broker of the same configuration for `/healthz` instead.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,13 +10,20 @@ use traforato_core::clock::SystemClock;
 use traforato_core::scheduler::LeastLoaded;
 use traforato_core::telemetry::Metrics;
 use traforato_server::broker::log_auth_warnings;
-use traforato_server::config::{parse_or_exit, BrokerArgs, BrokerSettings};
+use traforato_server::config::{
+    local_url, parse_or_exit, BrokerArgs, BrokerSettings, ServiceCommand, DEFAULT_BROKER_PORT,
+};
 use traforato_server::logging::{self, LogSettings};
 use traforato_server::server::{bind, log_listen_exposure, run_to_exit, shutdown_on_signal};
 use traforato_server::{serve_broker_with_auth, BrokerAuth, ServeError};
 
 fn main() -> ExitCode {
     let args: BrokerArgs = parse_or_exit("broker");
+    if let Some(ServiceCommand::Healthcheck(check)) = &args.command {
+        let bases = BrokerSettings::from_args(&args)
+            .map(|settings| vec![local_url(&settings.bind, DEFAULT_BROKER_PORT, None)]);
+        return traforato_server::health::run("broker", bases, check);
+    }
     run_to_exit("broker", run(args))
 }
 

@@ -7,6 +7,9 @@
 //!
 //! With a JWT secret both services run in prod mode, each with its own replay cache: a client
 //! token is good for one request at the broker and one at the worker.
+//!
+//! `traforato-dev healthcheck` asks a running one of the same configuration for the broker's
+//! and the worker's `/healthz` instead.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -20,7 +23,8 @@ use traforato_core::worker::{InProcessBrokerLink, Worker};
 use traforato_server::backends::build_backends;
 use traforato_server::broker::wait_for_worker;
 use traforato_server::config::{
-    bind_address, local_url, parse_or_exit, DevArgs, DevSettings, DEFAULT_BROKER_PORT,
+    bind_address, local_url, parse_or_exit, DevArgs, DevSettings, ServiceCommand,
+    DEFAULT_BROKER_PORT, DEFAULT_WORKER_PORT,
 };
 use traforato_server::logging;
 use traforato_server::server::{
@@ -34,6 +38,15 @@ fn main() -> ExitCode {
     #[cfg(all(feature = "container", target_os = "linux"))]
     traforato_core::backend::container::init_main_if_requested();
     let args: DevArgs = parse_or_exit("dev");
+    if let Some(ServiceCommand::Healthcheck(check)) = &args.command {
+        let bases = DevSettings::load(&args).map(|settings| {
+            vec![
+                local_url(&settings.broker_listen, DEFAULT_BROKER_PORT, None),
+                local_url(&settings.worker.listen, DEFAULT_WORKER_PORT, None),
+            ]
+        });
+        return traforato_server::health::run("dev", bases, check);
+    }
     run_to_exit("dev", run(args))
 }
 

@@ -2,6 +2,8 @@
 //! installs logging, builds the backends and the [`Worker`], binds its listener, and only then
 //! starts the worker's background work (registration included) and serves it until SIGINT or
 //! SIGTERM. On shutdown the worker deregisters and destroys its sandboxes.
+//! `traforato-worker healthcheck` asks a running worker of the same configuration for
+//! `/healthz` instead.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,7 +13,10 @@ use traforato_core::clock::SystemClock;
 use traforato_core::telemetry::Metrics;
 use traforato_core::worker::{BrokerLink, Worker};
 use traforato_server::backends::build_backends;
-use traforato_server::config::{bind_address, parse_or_exit, WorkerArgs, WorkerSettings};
+use traforato_server::config::{
+    bind_address, local_url, parse_or_exit, ServiceCommand, WorkerArgs, WorkerSettings,
+    DEFAULT_WORKER_PORT,
+};
 use traforato_server::link::HttpBrokerLink;
 use traforato_server::logging;
 use traforato_server::server::{
@@ -26,6 +31,11 @@ fn main() -> ExitCode {
     #[cfg(all(feature = "container", target_os = "linux"))]
     traforato_core::backend::container::init_main_if_requested();
     let args: WorkerArgs = parse_or_exit("worker");
+    if let Some(ServiceCommand::Healthcheck(check)) = &args.command {
+        let bases = WorkerSettings::load_worker(&args)
+            .map(|values| vec![local_url(&values.listen, DEFAULT_WORKER_PORT, None)]);
+        return traforato_server::health::run("worker", bases, check);
+    }
     run_to_exit("worker", run(args))
 }
 

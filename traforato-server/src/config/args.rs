@@ -6,14 +6,23 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
-use clap::{Args, Parser};
+use clap::{Args, Parser, Subcommand};
 use traforato_core::auth::{AuthConfig, AuthMode};
 use traforato_core::duration::parse_duration;
 use traforato_core::id::ComponentId;
 
 use super::layer::WorkerLayer;
 use super::values::{AutoCount, AutoMib, GoDuration};
-use super::DEFAULT_VIRTUALIZATION;
+use super::{ConfigError, DEFAULT_VIRTUALIZATION};
+
+/// What `--version` prints after the binary's name: the release and the git commit it was
+/// built from (`unknown` when built outside a checkout without `TRAFORATO_GIT_COMMIT`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TRAFORATO_GIT_COMMIT"),
+    ")"
+);
 
 /// Rewrites Go-style single-dash long flags (`-listen :8080`) into clap's `--listen :8080`,
 /// so command lines written for the prototype keep working. Short flags (`-h`), negative
@@ -42,11 +51,25 @@ pub fn go_style_args<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsString>
     out
 }
 
-/// Parses the process's command line into `T`. `--help` and `--version` print and exit 0;
-/// any other error prints `<service>: <error>` to stderr and exits 1.
-pub fn parse_or_exit<T: Parser>(service: &str) -> T {
+/// The command line of one of the three binaries: clap's parser plus the auth settings whose
+/// secret files [`parse_or_exit`] reads.
+pub trait ServiceArgs: Parser {
+    /// The binary's auth settings.
+    fn auth_mut(&mut self) -> &mut AuthArgs;
+}
+
+/// Parses the process's command line into `T` and reads the secret files it names
+/// ([`AuthArgs::read_secret_files`]). `--help` and `--version` print and exit 0; any other
+/// error prints `<service>: <error>` to stderr and exits 1.
+pub fn parse_or_exit<T: ServiceArgs>(service: &str) -> T {
     match T::try_parse_from(go_style_args(std::env::args_os())) {
-        Ok(args) => args,
+        Ok(mut args) => match args.auth_mut().read_secret_files() {
+            Ok(()) => args,
+            Err(err) => {
+                eprintln!("{service}: {}", crate::http::error_chain(&err));
+                std::process::exit(1);
+            }
+        },
         Err(err) => match err.kind() {
             clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
                 err.exit()
@@ -77,6 +100,11 @@ pub struct AuthArgs {
         hide_default_value = true
     )]
     pub jwt_secret: String,
+    /// File holding the JWT secret (a Docker secret, a file only root reads): read once at
+    /// start, surrounding whitespace trimmed. An empty or unreadable file is an error, and so
+    /// is giving --jwt-secret as well.
+    #[arg(long, env = "TRAFORATO_JWT_SECRET_FILE", default_value = "")]
+    pub jwt_secret_file: String,
     /// Required `iss` claim of client JWTs, and the `iss` of internal worker tokens; empty
     /// means any issuer (prod mode).
     #[arg(long, env = "TRAFORATO_JWT_ISSUER", default_value = "traforato")]
@@ -104,9 +132,28 @@ pub struct AuthArgs {
         hide_default_value = true
     )]
     pub internal_secret: String,
+    /// File holding the internal secret, read like --jwt-secret-file.
+    #[arg(long, env = "TRAFORATO_INTERNAL_SECRET_FILE", default_value = "")]
+    pub internal_secret_file: String,
 }
 
 impl AuthArgs {
+    /// Reads `--jwt-secret-file` and `--internal-secret-file` into their secrets. A file
+    /// that is empty after trimming is refused: it would silently mean development mode (no
+    /// authentication) or a derived internal key.
+    pub fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        read_secret_file(
+            "--jwt-secret-file",
+            &self.jwt_secret_file,
+            &mut self.jwt_secret,
+        )?;
+        read_secret_file(
+            "--internal-secret-file",
+            &self.internal_secret_file,
+            &mut self.internal_secret,
+        )
+    }
+
     /// The library's auth settings (secrets, issuer, audience, token lifetime).
     pub fn auth_config(&self) -> AuthConfig {
         AuthConfig {
@@ -124,6 +171,35 @@ impl AuthArgs {
     }
 }
 
+/// Fills `secret` from the file at `path` (when one is named); `flag` names it in errors.
+fn read_secret_file(
+    flag: &'static str,
+    path: &str,
+    secret: &mut String,
+) -> Result<(), ConfigError> {
+    if path.is_empty() {
+        return Ok(());
+    }
+    if !secret.trim().is_empty() {
+        return Err(ConfigError::InvalidValue {
+            key: flag,
+            reason: "the secret is given twice: a file and a value; give one".to_string(),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.into(),
+        source,
+    })?;
+    if text.trim().is_empty() {
+        return Err(ConfigError::InvalidValue {
+            key: flag,
+            reason: format!("{path} is empty"),
+        });
+    }
+    *secret = text.trim().to_string();
+    Ok(())
+}
+
 impl std::fmt::Debug for AuthArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The same redaction as the library's config.
@@ -137,7 +213,7 @@ impl std::fmt::Debug for AuthArgs {
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "traforato-broker",
-    version,
+    version = VERSION,
     about = "traforato broker: places sandbox creates on workers and redirects sandbox requests to the worker that owns them"
 )]
 pub struct BrokerArgs {
@@ -171,6 +247,8 @@ pub struct BrokerArgs {
     pub default_virtualization: String,
     #[command(flatten)]
     pub auth: AuthArgs,
+    #[command(subcommand)]
+    pub command: Option<ServiceCommand>,
 }
 
 /// Declares the worker's command-line settings once and makes two clap structs of them, one
@@ -286,7 +364,7 @@ worker_flags! {
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "traforato-worker",
-    version,
+    version = VERSION,
     about = "traforato worker: runs sandboxes on this host and registers with a broker"
 )]
 pub struct WorkerArgs {
@@ -300,13 +378,15 @@ pub struct WorkerArgs {
     pub worker: WorkerFlags,
     #[command(flatten)]
     pub auth: AuthArgs,
+    #[command(subcommand)]
+    pub command: Option<ServiceCommand>,
 }
 
 /// `traforato-dev` command line: a broker and a worker in one process.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "traforato-dev",
-    version,
+    version = VERSION,
     about = "traforato dev: a broker and a worker in one process, for development"
 )]
 pub struct DevArgs {
@@ -330,4 +410,45 @@ pub struct DevArgs {
     pub worker: DevWorkerFlags,
     #[command(flatten)]
     pub auth: AuthArgs,
+    #[command(subcommand)]
+    pub command: Option<ServiceCommand>,
+}
+
+/// What a binary does instead of serving.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ServiceCommand {
+    /// Asks the service that this configuration describes (the same flags, variables and
+    /// YAML) for `GET /healthz` on its listen port and exits 0 when it answers 200, 1
+    /// otherwise: a container HEALTHCHECK or a probe that needs no curl.
+    Healthcheck(HealthcheckArgs),
+}
+
+/// `healthcheck`'s options.
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckArgs {
+    /// Base URL to ask instead of the one the listen address gives (`traforato-dev`: the
+    /// broker's; its worker is asked at its own listen address).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Longest wait for the answer (Go duration).
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+impl ServiceArgs for BrokerArgs {
+    fn auth_mut(&mut self) -> &mut AuthArgs {
+        &mut self.auth
+    }
+}
+
+impl ServiceArgs for WorkerArgs {
+    fn auth_mut(&mut self) -> &mut AuthArgs {
+        &mut self.auth
+    }
+}
+
+impl ServiceArgs for DevArgs {
+    fn auth_mut(&mut self) -> &mut AuthArgs {
+        &mut self.auth
+    }
 }

@@ -22,8 +22,8 @@ pub use address::{
     advertise_url, bind_address, check_exposure, listen_or_default, local_url, split_host_port,
 };
 pub use args::{
-    go_style_args, parse_or_exit, AuthArgs, BrokerArgs, DevArgs, DevWorkerFlags, WorkerArgs,
-    WorkerFlags,
+    go_style_args, parse_or_exit, AuthArgs, BrokerArgs, DevArgs, DevWorkerFlags, HealthcheckArgs,
+    ServiceArgs, ServiceCommand, WorkerArgs, WorkerFlags, VERSION,
 };
 pub use settings::{
     parse_worker_yaml, read_worker_file, BrokerSettings, ContainerSettings, DevSettings, Login,

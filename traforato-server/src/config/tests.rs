@@ -827,10 +827,12 @@ traforato-broker --broker-id TRAFORATO_BROKER_ID ["broker_local"]
 traforato-broker --default-virtualization TRAFORATO_BROKER_DEFAULT_VIRTUALIZATION ["container"]
 traforato-broker --insecure-dev-mode-on-network TRAFORATO_INSECURE_DEV_MODE_ON_NETWORK []
 traforato-broker --internal-secret TRAFORATO_INTERNAL_SECRET [""]
+traforato-broker --internal-secret-file TRAFORATO_INTERNAL_SECRET_FILE [""]
 traforato-broker --jwt-audience TRAFORATO_JWT_AUDIENCE ["traforato-api"]
 traforato-broker --jwt-issuer TRAFORATO_JWT_ISSUER ["traforato"]
 traforato-broker --jwt-max-lifetime TRAFORATO_JWT_MAX_LIFETIME ["1h"]
 traforato-broker --jwt-secret TRAFORATO_JWT_SECRET [""]
+traforato-broker --jwt-secret-file TRAFORATO_JWT_SECRET_FILE [""]
 traforato-broker --listen TRAFORATO_BROKER_LISTEN_ADDR [""]
 traforato-broker --placement-retry-max TRAFORATO_BROKER_PLACEMENT_RETRY_MAX ["2"]
 traforato-broker --worker-lease-sweep-interval TRAFORATO_BROKER_WORKER_LEASE_SWEEP_INTERVAL ["10s"]
@@ -844,10 +846,12 @@ traforato-worker --file TRAFORATO_WORKER_CONFIG [""]
 traforato-worker --hostname TRAFORATO_WORKER_HOSTNAME ["localhost"]
 traforato-worker --insecure-dev-mode-on-network TRAFORATO_INSECURE_DEV_MODE_ON_NETWORK []
 traforato-worker --internal-secret TRAFORATO_INTERNAL_SECRET [""]
+traforato-worker --internal-secret-file TRAFORATO_INTERNAL_SECRET_FILE [""]
 traforato-worker --jwt-audience TRAFORATO_JWT_AUDIENCE ["traforato-api"]
 traforato-worker --jwt-issuer TRAFORATO_JWT_ISSUER ["traforato"]
 traforato-worker --jwt-max-lifetime TRAFORATO_JWT_MAX_LIFETIME ["1h"]
 traforato-worker --jwt-secret TRAFORATO_JWT_SECRET [""]
+traforato-worker --jwt-secret-file TRAFORATO_JWT_SECRET_FILE [""]
 traforato-worker --listen TRAFORATO_WORKER_LISTEN_ADDR [""]
 traforato-worker --max-live-sandboxes TRAFORATO_WORKER_MAX_LIVE_SANDBOXES ["0"]
 traforato-worker --max-ttl TRAFORATO_WORKER_MAX_TTL ["24h"]
@@ -864,10 +868,12 @@ traforato-dev --default-virtualization TRAFORATO_DEV_DEFAULT_VIRTUALIZATION ["co
 traforato-dev --file TRAFORATO_DEV_WORKER_CONFIG [""]
 traforato-dev --insecure-dev-mode-on-network TRAFORATO_INSECURE_DEV_MODE_ON_NETWORK []
 traforato-dev --internal-secret TRAFORATO_INTERNAL_SECRET [""]
+traforato-dev --internal-secret-file TRAFORATO_INTERNAL_SECRET_FILE [""]
 traforato-dev --jwt-audience TRAFORATO_JWT_AUDIENCE ["traforato-api"]
 traforato-dev --jwt-issuer TRAFORATO_JWT_ISSUER ["traforato"]
 traforato-dev --jwt-max-lifetime TRAFORATO_JWT_MAX_LIFETIME ["1h"]
 traforato-dev --jwt-secret TRAFORATO_JWT_SECRET [""]
+traforato-dev --jwt-secret-file TRAFORATO_JWT_SECRET_FILE [""]
 traforato-dev --max-live-sandboxes TRAFORATO_DEV_WORKER_MAX_LIVE_SANDBOXES ["0"]
 traforato-dev --max-ttl TRAFORATO_DEV_WORKER_MAX_TTL ["24h"]
 traforato-dev --registration-heartbeat TRAFORATO_DEV_WORKER_REGISTRATION_HEARTBEAT ["30s"]
@@ -937,4 +943,121 @@ fn open_file_limit_is_raised_for_the_sandboxes() {
     assert!(limit >= 256 + 64 * 8, "{limit}");
     let now = rustix::process::getrlimit(rustix::process::Resource::Nofile);
     assert!(now.current.unwrap_or(u64::MAX) >= 256 + 64 * 8);
+}
+
+#[test]
+fn secrets_come_from_files() {
+    let _guard = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let jwt = dir.path().join("jwt");
+    let internal = dir.path().join("internal");
+    std::fs::write(&jwt, "  hunter2-from-file\n").unwrap();
+    std::fs::write(&internal, "internal-from-file\n").unwrap();
+    let (jwt, internal) = (jwt.to_str().unwrap(), internal.to_str().unwrap());
+
+    let mut args = BrokerArgs::try_parse_from([
+        "traforato-broker",
+        "--jwt-secret-file",
+        jwt,
+        "--internal-secret-file",
+        internal,
+    ])
+    .unwrap();
+    args.auth.read_secret_files().unwrap();
+    let settings = BrokerSettings::from_args(&args).unwrap();
+    assert_eq!(settings.auth.mode(), AuthMode::Prod);
+    assert_eq!(settings.auth.secret, "hunter2-from-file");
+    assert_eq!(settings.auth.internal_secret, "internal-from-file");
+    // Prod: every interface by default, as with the secret itself.
+    assert_eq!(settings.bind, "0.0.0.0:8080");
+    assert!(!format!("{args:?}").contains("hunter2"));
+
+    // The variable works as the flag does.
+    std::env::set_var("TRAFORATO_JWT_SECRET_FILE", jwt);
+    let parsed = WorkerArgs::try_parse_from(["traforato-worker"]);
+    std::env::remove_var("TRAFORATO_JWT_SECRET_FILE");
+    let mut args = parsed.unwrap();
+    args.auth.read_secret_files().unwrap();
+    assert_eq!(args.auth.mode(), AuthMode::Prod);
+
+    // Refused: both a file and a value, an empty file (it would mean no authentication at
+    // all), a file that cannot be read.
+    let mut both = DevArgs::try_parse_from([
+        "traforato-dev",
+        "--jwt-secret",
+        "x",
+        "--jwt-secret-file",
+        jwt,
+    ])
+    .unwrap();
+    let err = both.auth.read_secret_files().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConfigError::InvalidValue {
+                key: "--jwt-secret-file",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, " \n").unwrap();
+    let mut args = BrokerArgs::try_parse_from([
+        "traforato-broker",
+        "--jwt-secret-file",
+        empty.to_str().unwrap(),
+    ])
+    .unwrap();
+    let err = args.auth.read_secret_files().unwrap_err();
+    assert!(chain(&err).contains("is empty"), "{}", chain(&err));
+    let mut args = BrokerArgs::try_parse_from([
+        "traforato-broker",
+        "--internal-secret-file",
+        "/nonexistent/secret",
+    ])
+    .unwrap();
+    let err = args.auth.read_secret_files().unwrap_err();
+    assert!(matches!(err, ConfigError::ReadFile { .. }), "{err:?}");
+    assert!(
+        chain(&err).contains("/nonexistent/secret"),
+        "{}",
+        chain(&err)
+    );
+}
+
+#[test]
+fn version_names_the_commit() {
+    assert!(VERSION.starts_with(env!("CARGO_PKG_VERSION")), "{VERSION}");
+    assert!(VERSION.contains(" (commit "), "{VERSION}");
+    let shown = BrokerArgs::command().render_version();
+    assert_eq!(shown.trim(), format!("traforato-broker {VERSION}"));
+}
+
+#[test]
+fn healthcheck_is_a_subcommand_with_the_service_flags() {
+    let _guard = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let args = WorkerArgs::try_parse_from([
+        "traforato-worker",
+        "--listen",
+        "127.0.0.1:9999",
+        "healthcheck",
+        "--timeout",
+        "1s",
+    ])
+    .unwrap();
+    let Some(ServiceCommand::Healthcheck(check)) = &args.command else {
+        panic!("{args:?}");
+    };
+    assert_eq!(check.timeout, std::time::Duration::from_secs(1));
+    assert_eq!(check.url, None);
+    let values = WorkerSettings::load_worker(&args).unwrap();
+    assert_eq!(
+        local_url(&values.listen, DEFAULT_WORKER_PORT, None),
+        "http://127.0.0.1:9999"
+    );
+    assert!(BrokerArgs::try_parse_from(["traforato-broker"])
+        .unwrap()
+        .command
+        .is_none());
 }

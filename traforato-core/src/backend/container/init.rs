@@ -178,6 +178,9 @@ fn outer_init() -> Result<i32, String> {
         Err(e) => return Err(format!("read setup request: {e}")),
     };
 
+    if !setup.proc_overmounts.is_empty() {
+        uncover_proc(&setup.proc_overmounts).map_err(|m| fail(control.as_fd(), m))?;
+    }
     // Enter the root while still privileged on the host: the state dir is not searchable
     // from inside the user namespace. unshare(NEWNS) carries the cwd over to the new copy.
     errno(
@@ -239,6 +242,32 @@ fn outer_init() -> Result<i32, String> {
             Err(e) => return Err(format!("wait for agent: {}", io::Error::from(e))),
         }
     }
+}
+
+/// Takes the covers off `/proc` (`overmounts`, deepest first) in a private mount namespace of
+/// the init's own, made while it still has the worker's privileges; the sandbox's namespace
+/// is then copied from this one, and can mount a proc of its own. The worker's view is
+/// untouched, and the sandbox masks its new proc itself ([`mask_proc`]).
+fn uncover_proc(overmounts: &[String]) -> Result<(), String> {
+    // SAFETY: single-threaded (see `outer_init`); no sharing changes but the mount namespace.
+    errno("unshare mount namespace", unsafe {
+        rustix::thread::unshare_unsafe(UnshareFlags::NEWNS)
+    })?;
+    errno(
+        "make mounts private",
+        mount_change(
+            "/",
+            MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+        ),
+    )?;
+    for target in overmounts {
+        match unmount(target.as_str(), UnmountFlags::DETACH) {
+            // Gone already, or under a cover taken off before.
+            Ok(()) | Err(Errno::INVAL) | Err(Errno::NOENT) => {}
+            Err(e) => return Err(format!("uncover {target}: {}", io::Error::from(e))),
+        }
+    }
+    Ok(())
 }
 
 /// The agent (sandbox pid 1). Returns its exit code; exiting ends the whole sandbox.

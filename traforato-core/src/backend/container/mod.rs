@@ -167,6 +167,8 @@ pub struct ContainerBackend {
     networking: Arc<net::Networking>,
     /// Inits started ahead for cold creates (cgroup v1).
     spares: Arc<spare::Spares>,
+    /// What covers parts of `/proc` here ([`proc_overmounts`]), for the inits to take off.
+    proc_overmounts: Vec<String>,
 }
 
 impl std::fmt::Debug for ContainerBackend {
@@ -356,12 +358,23 @@ impl ContainerBackend {
             },
         ));
         spares.fill();
+        let proc_overmounts = mounts::read_mountinfo()
+            .map(|entries| mounts::proc_overmounts(&entries))
+            .unwrap_or_default();
+        if !proc_overmounts.is_empty() {
+            tracing::info!(
+                covered = ?proc_overmounts,
+                "parts of /proc are covered here (a container?): each sandbox's init takes the \
+                 covers off in a mount namespace of its own"
+            );
+        }
         Ok(Self {
             config,
             cgroups,
             images,
             networking,
             spares,
+            proc_overmounts,
         })
     }
 
@@ -555,6 +568,7 @@ impl ContainerBackend {
         let setup = Setup {
             rootfs: dir.join("rootfs").to_string_lossy().into_owned(),
             hostname: self.config.hostname.clone(),
+            proc_overmounts: self.proc_overmounts.clone(),
         };
         let handshake = handshake(&sock, setup, pid, self.config.uid_base, namespaces_made);
         match tokio::time::timeout(self.config.setup_timeout, handshake).await {

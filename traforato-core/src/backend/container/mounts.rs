@@ -79,6 +79,25 @@ pub(crate) fn mounts_under(entries: &[MountEntry], dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The mount points that cover files or directories of `/proc`, deepest first: what Docker
+/// puts over `/proc/kcore`, `/proc/sys` and the like in its containers. While they are there
+/// the kernel refuses a sandbox a proc of its own (the init takes them off in a namespace of
+/// its own). `binfmt_misc` and `autofs`, mounted on empty directories, do not count.
+pub(crate) fn proc_overmounts(entries: &[MountEntry]) -> Vec<String> {
+    let mut found: Vec<String> = entries
+        .iter()
+        .filter(|e| {
+            e.mount_point.starts_with("/proc")
+                && e.mount_point != Path::new("/proc")
+                && !matches!(e.fs_type.as_str(), "binfmt_misc" | "autofs")
+        })
+        .map(|e| e.mount_point.to_string_lossy().into_owned())
+        .collect();
+    found.sort_by_key(|target| std::cmp::Reverse(target.matches('/').count()));
+    found.dedup();
+    found
+}
+
 /// Unmounts everything at or below `dir`, newest first; a busy mount is detached lazily.
 /// Returns an error if anything is still mounted there afterwards.
 pub(crate) fn unmount_all_under(dir: &Path) -> io::Result<()> {
@@ -237,6 +256,34 @@ mod tests {
         assert_eq!(e[2].super_options, vec!["rw", "cpu", "cpuacct"]);
         assert_eq!(e[3].fs_type, "cgroup2");
         assert_eq!(e[4].mount_point, PathBuf::from("/run/tf/a b/rootfs"));
+    }
+
+    #[test]
+    fn docker_covers_of_proc_are_found_deepest_first() {
+        // /proc of a Docker container (abridged), a host's binfmt_misc beside it.
+        let text = "\
+78 60 0:43 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw
+53 78 0:43 /bus /proc/bus ro,nosuid,nodev,noexec,relatime - proc proc rw
+56 78 0:43 /sys /proc/sys ro,nosuid,nodev,noexec,relatime - proc proc rw
+57 78 0:47 /null /proc/kcore rw,nosuid - tmpfs tmpfs rw,size=65536k,mode=755
+58 78 0:48 / /proc/acpi ro,relatime - tmpfs tmpfs ro
+59 56 0:49 / /proc/sys/fs/binfmt_misc rw,relatime - binfmt_misc binfmt_misc rw
+60 56 0:50 / /proc/sys/kernel/x\\040y rw,relatime - tmpfs tmpfs rw
+61 60 0:51 / /procfs rw,relatime - tmpfs tmpfs rw
+";
+        let found = proc_overmounts(&parse_mountinfo(text));
+        assert_eq!(
+            found,
+            [
+                "/proc/sys/kernel/x y",
+                "/proc/bus",
+                "/proc/sys",
+                "/proc/kcore",
+                "/proc/acpi"
+            ]
+        );
+        // A host's /proc: nothing to take off.
+        assert!(proc_overmounts(&parse_mountinfo(SAMPLE)).is_empty());
     }
 
     #[test]

@@ -29,6 +29,12 @@ pub(crate) struct Setup {
     pub rootfs: String,
     /// Host name inside the sandbox.
     pub hostname: String,
+    /// Mounts covering parts of the worker's `/proc` (a worker in a Docker container), which
+    /// the init takes off in a mount namespace of its own before making the sandbox's: the
+    /// kernel refuses a new proc in a user namespace while the existing one is partly
+    /// covered. Empty on a host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proc_overmounts: Vec<String>,
 }
 
 /// The user a command runs as, in the sandbox's own ids (below
