@@ -1,7 +1,8 @@
 //! The compose stack of `deploy/compose.yaml` (a broker and two workers in containers, prod
 //! mode), driven from the host through `traforato-client` as a user would: a sandbox on each
-//! worker (exec, Python and Node, files, the proxy), one worker stopped (creates go on, on
-//! the other), the broker restarted (live sandboxes answer through it again), deletes.
+//! worker (exec, Python and Node, files, the proxy), one worker drained then stopped (creates
+//! go on, on the other), the broker restarted (live sandboxes answer through it again),
+//! deletes.
 //!
 //! `deploy/test` builds the images, starts the stack, runs this test against it and checks
 //! that `down` leaves nothing behind. Run alone, without the stack, it says so and skips:
@@ -231,7 +232,34 @@ async fn the_compose_stack_serves_survives_a_worker_and_a_broker_restart() {
         "{refused:?}"
     );
 
-    // 2. worker-b stops (SIGTERM: it destroys its sandboxes and deregisters): creates go on,
+    // 2. worker-b is drained (SIGUSR1), as before an upgrade: creates go to worker-a, its
+    // live sandbox still answers.
+    stack.compose(&["kill", "-s", "SIGUSR1", "worker-b"]);
+    eventually(
+        "creates avoid the draining worker",
+        Duration::from_secs(20),
+        || async {
+            let sandbox = client
+                .create_sandbox(CreateSandbox::new("host"))
+                .await
+                .map_err(|e| e.to_string())?;
+            let worker = worker_of(&sandbox);
+            sandbox.delete().await.map_err(|e| e.to_string())?;
+            if worker == "worker_a" {
+                Ok(())
+            } else {
+                Err(format!("placed on {worker}"))
+            }
+        },
+    )
+    .await;
+    let out = by_worker["worker_b"]
+        .exec("cat /workspace/www/index.html")
+        .await
+        .expect("the draining worker's sandbox");
+    assert_eq!(out.stdout, "served by worker_b\n");
+
+    // 3. worker-b stops (SIGTERM: it destroys its sandboxes and deregisters): creates go on,
     // on worker-a, and worker-b's sandbox answers with an error at once, not a hang.
     stack.compose(&["stop", "worker-b"]);
     for _ in 0..3 {
@@ -255,7 +283,7 @@ async fn the_compose_stack_serves_survives_a_worker_and_a_broker_restart() {
         started.elapsed()
     );
 
-    // 3. The broker restarts: worker-a's live sandbox answers through it again once worker-a
+    // 4. The broker restarts: worker-a's live sandbox answers through it again once worker-a
     // has re-registered (its next heartbeat), and creates work again.
     stack.compose(&["restart", "broker"]);
     let live = &by_worker["worker_a"];
@@ -276,7 +304,7 @@ async fn the_compose_stack_serves_survives_a_worker_and_a_broker_restart() {
         .expect("create after the broker restart");
     after.delete().await.expect("delete");
 
-    // 4. Deletes: the sandbox is gone for good.
+    // 5. Deletes: the sandbox is gone for good.
     let id = live.id().to_string();
     live.delete().await.expect("delete");
     for sandbox in extra {

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use traforato_core::auth::AuthMode;
+use traforato_core::worker::Worker;
 
 use crate::http::{error_chain, HttpResponse};
 use crate::linger::{self, Drained, Leftover, RequestBody, DRAIN_MAX, DRAIN_TIMEOUT};
@@ -110,6 +111,29 @@ pub fn shutdown_on_signal() -> (Arc<ShutdownTrigger>, Shutdown) {
         on_signal.trigger();
     });
     (trigger, shutdown)
+}
+
+/// Drains `worker` ([`Worker::drain`]) when the process gets SIGUSR1: `kill -USR1`,
+/// `docker kill -s USR1`, `systemctl kill -s USR1 traforato-worker`. It then takes no new
+/// sandbox and serves its live ones until they end; stop it once they have.
+pub fn drain_on_signal(worker: Arc<Worker>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut usr1 = match signal(SignalKind::user_defined1()) {
+            Ok(usr1) => usr1,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGUSR1: no draining by signal");
+                return;
+            }
+        };
+        while usr1.recv().await.is_some() {
+            let live = worker.drain().await;
+            tracing::info!(live_sandboxes = live, "SIGUSR1: worker draining");
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = worker;
 }
 
 /// Logs how far a service's listen address is exposed when it runs without authentication

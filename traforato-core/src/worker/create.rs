@@ -243,6 +243,9 @@ impl Worker {
     }
 
     fn check_capacity(&self, state: &State, usage: Usage) -> Result<(), WorkerError> {
+        if state.draining {
+            return Err(WorkerError::NoCapacity("no capacity: worker draining"));
+        }
         if state.reserved.count >= self.config.max_live_sandboxes {
             return Err(WorkerError::NoCapacity(
                 "no capacity: max sandbox count reached",

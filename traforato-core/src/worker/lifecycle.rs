@@ -1,6 +1,6 @@
 //! The worker's run: leftover cleanup, the background tasks (TTL reaper, warm-pool filler,
-//! VM events, registration loop), and the orderly shutdown that deregisters and destroys
-//! every sandbox and warm VM.
+//! VM events, registration loop), draining, and the orderly shutdown that deregisters and
+//! destroys every sandbox and warm VM.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -99,6 +99,46 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Drains the worker before it is stopped (an upgrade, a host going away): from now on it
+    /// takes no new sandbox (creates answer `503 no capacity: worker draining`, and the broker,
+    /// told at once, places them elsewhere), keeps no warm pool (its idle warm sandboxes are
+    /// destroyed), and serves its live sandboxes until they are deleted or expire. Returns
+    /// how many are live. Calling it again does nothing more; there is no undoing it but a
+    /// restart.
+    pub async fn drain(&self) -> usize {
+        let first = {
+            let mut state = self.lock();
+            !std::mem::replace(&mut state.draining, true)
+        };
+        if first {
+            let mut retired = 0;
+            loop {
+                let retiree = {
+                    let mut state = self.lock();
+                    self.take_retiree(&mut state)
+                };
+                let Some((_, _, vm)) = retiree else { break };
+                destroy_vm(vm, "draining").await;
+                retired += 1;
+            }
+            self.update_warm_gauges();
+            // The broker hears of it now, not at the next heartbeat.
+            self.heartbeat_wake.notify_one();
+            tracing::info!(
+                worker_id = %self.config.worker_id,
+                warm_retired = retired,
+                live_sandboxes = self.lock().sandboxes.len(),
+                "draining: no new sandboxes; live ones run until deleted or expired"
+            );
+        }
+        self.lock().sandboxes.len()
+    }
+
+    /// True once [`Worker::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.lock().draining
     }
 
     /// Destroys every sandbox and ready VM (shutdown).

@@ -62,6 +62,7 @@ impl Worker {
     /// True when the worker takes no new sandbox, or has no slot, core or MiB left.
     fn is_full(&self, state: &State) -> bool {
         state.shutting_down
+            || state.draining
             || self.over_watermark.load(Ordering::Relaxed)
             || state.reserved.count >= self.config.max_live_sandboxes
             || state.reserved.cores >= self.capacity_cores()
@@ -72,7 +73,8 @@ impl Worker {
     /// whether it says the worker is full, so that freeing capacity later renews the
     /// registration at once.
     pub(super) fn capacity_report(&self, state: &State) -> WorkerCapacity {
-        let accepting = !state.shutting_down && !self.over_watermark.load(Ordering::Relaxed);
+        let accepting =
+            !state.shutting_down && !state.draining && !self.over_watermark.load(Ordering::Relaxed);
         self.reported_full
             .store(self.is_full(state), Ordering::Relaxed);
         let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
@@ -291,7 +293,7 @@ impl Worker {
     /// full, or shutting down. Assigned VM starts come first, then the largest deficit.
     pub(super) fn next_warm_job(&self) -> Option<WarmJob> {
         let mut state = self.lock();
-        if state.shutting_down {
+        if state.shutting_down || state.draining {
             return None;
         }
         let slots = self.config.max_live_sandboxes as usize;
@@ -408,7 +410,7 @@ impl Worker {
         let rejected = {
             let mut state = self.lock();
             state.stop_warming(&tuple);
-            if state.shutting_down {
+            if state.shutting_down || state.draining {
                 Some(vm)
             } else {
                 state.ready.push(tuple.clone(), vm_id, vm);

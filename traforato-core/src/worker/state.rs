@@ -119,6 +119,9 @@ pub(super) struct State {
     pub gauge_cpus: BTreeSet<u32>,
     /// Set once shutdown began: nothing new is committed.
     pub shutting_down: bool,
+    /// Set by [`Worker::drain`](super::Worker::drain): no new sandbox, no warm pool; the
+    /// live sandboxes run on.
+    pub draining: bool,
 }
 
 impl State {
@@ -134,6 +137,7 @@ impl State {
             warm_backoff: HashMap::new(),
             gauge_cpus: BTreeSet::new(),
             shutting_down: false,
+            draining: false,
         }
     }
 

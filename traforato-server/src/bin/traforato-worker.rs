@@ -1,7 +1,8 @@
 //! `traforato-worker`: parses flags, `TRAFORATO_WORKER_*` variables and the worker YAML,
 //! installs logging, builds the backends and the [`Worker`], binds its listener, and only then
 //! starts the worker's background work (registration included) and serves it until SIGINT or
-//! SIGTERM. On shutdown the worker deregisters and destroys its sandboxes.
+//! SIGTERM. On shutdown the worker deregisters and destroys its sandboxes; SIGUSR1 drains it
+//! (no new sandboxes, live ones run on).
 //! `traforato-worker healthcheck` asks a running worker of the same configuration for
 //! `/healthz` instead.
 
@@ -20,7 +21,8 @@ use traforato_server::config::{
 use traforato_server::link::HttpBrokerLink;
 use traforato_server::logging;
 use traforato_server::server::{
-    bind, ensure_open_file_limit, log_listen_exposure, run_to_exit, shutdown_on_signal,
+    bind, drain_on_signal, ensure_open_file_limit, log_listen_exposure, run_to_exit,
+    shutdown_on_signal,
 };
 use traforato_server::worker::log_auth_warnings;
 use traforato_server::{serve_worker_with_auth, ServeError};
@@ -102,6 +104,7 @@ async fn run(args: WorkerArgs) -> Result<(), ServeError> {
     let clients = ClientAuthenticator::new(&auth, clock);
 
     let (trigger, shutdown) = shutdown_on_signal();
+    drain_on_signal(worker.clone());
     let background = tokio::spawn(worker.clone().run(shutdown.clone().wait()));
     let served = serve_worker_with_auth(listener, worker, clients, shutdown.wait()).await;
     trigger.trigger();

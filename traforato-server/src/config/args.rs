@@ -186,7 +186,8 @@ fn read_secret_file(
             reason: "the secret is given twice: a file and a value; give one".to_string(),
         });
     }
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadSecretFile {
+        flag,
         path: path.into(),
         source,
     })?;

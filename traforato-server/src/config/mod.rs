@@ -67,6 +67,17 @@ pub enum ConfigError {
         #[source]
         source: io::Error,
     },
+    /// A secret file (`--jwt-secret-file`, `--internal-secret-file`) could not be read.
+    #[error("read {flag} {path}")]
+    ReadSecretFile {
+        /// The flag that named it.
+        flag: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
     /// The worker YAML file did not decode (unknown key, wrong type, bad duration, size or
     /// level).
     #[error("invalid worker config at {key}")]

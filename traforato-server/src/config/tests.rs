@@ -1018,7 +1018,16 @@ fn secrets_come_from_files() {
     ])
     .unwrap();
     let err = args.auth.read_secret_files().unwrap_err();
-    assert!(matches!(err, ConfigError::ReadFile { .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            ConfigError::ReadSecretFile {
+                flag: "--internal-secret-file",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(
         chain(&err).contains("/nonexistent/secret"),
         "{}",

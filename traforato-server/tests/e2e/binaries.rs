@@ -462,3 +462,102 @@ async fn prod_dev_binary_refuses_anonymous_and_foreign_requests() {
     );
     assert_no_secrets(&lines, BIN_SECRET, &used);
 }
+
+/// The deployment's plumbing: `--version` names the commit, `healthcheck` answers for a
+/// running worker of the same configuration (and fails without one), the secret comes from
+/// a file, and SIGUSR1 drains the worker: no new sandboxes, the live one answers.
+#[tokio::test]
+async fn worker_version_healthcheck_secret_file_and_drain() {
+    let worker_bin = env!("CARGO_BIN_EXE_traforato-worker");
+    let out = std::process::Command::new(worker_bin)
+        .arg("--version")
+        .env_clear()
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        version.starts_with(&format!(
+            "traforato-worker {} (commit ",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{version}"
+    );
+
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("jwt_secret");
+    std::fs::write(&secret_file, format!("{}\n", SECRET)).unwrap();
+    let secret_file = secret_file.to_str().unwrap().to_string();
+    let env = [("TRAFORATO_JWT_SECRET_FILE", secret_file.as_str())];
+    let healthcheck = |env: &[(&str, &str)]| {
+        std::process::Command::new(worker_bin)
+            .args(["--listen", &listen, "healthcheck", "--timeout", "2s"])
+            .env_clear()
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let down = healthcheck(&env);
+    assert_eq!(down.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&down.stderr).starts_with("worker: unhealthy: "),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+
+    let worker = Bin::spawn(
+        worker_bin,
+        &[
+            "--listen",
+            &listen,
+            "--default-virtualization",
+            "fake",
+            "--worker-id",
+            "worker_a",
+        ],
+        &env,
+    );
+    let configured = worker.record("worker configured").await;
+    assert_eq!(configured["auth_mode"], "prod");
+    let url = format!("http://{listen}");
+    wait_until("the worker is healthy", || async {
+        healthcheck(&env).status.success()
+    })
+    .await;
+
+    let create = || async {
+        follow()
+            .post(format!("{url}/sandboxes"))
+            .bearer_auth(token("alice"))
+            .json(&sandbox_body())
+            .send()
+            .await
+            .unwrap()
+    };
+    let resp = create().await;
+    assert_eq!(resp.status(), 201);
+    let id = body_json(resp).await["sandbox_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    worker.signal("USR1").await;
+    worker.record("SIGUSR1: worker draining").await;
+    expect_error(create().await, 503, "no capacity: worker draining").await;
+    let resp = follow()
+        .get(format!("{url}/sandboxes/{id}"))
+        .bearer_auth(token("alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // Draining is not unhealthy: the live sandboxes are still served.
+    assert!(healthcheck(&env).status.success());
+
+    worker.stop().await;
+    assert_eq!(healthcheck(&env).status.code(), Some(1));
+}

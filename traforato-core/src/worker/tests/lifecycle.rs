@@ -505,3 +505,57 @@ async fn mkdir_root_checks_the_sandbox() {
     let r = h.worker.mkdir(&dev(), &sid, &root, false).await.unwrap();
     assert_eq!((r.path.as_str(), r.created), ("/", false));
 }
+
+#[tokio::test]
+async fn draining_refuses_new_sandboxes_and_keeps_live_ones() {
+    let h = Harness::new();
+    let live = h.sandbox().await;
+    let warm = h.warm("fake", "img", 1).await;
+    assert_eq!(h.live_vms(), 2);
+    assert!(h.worker.registration_request().accepting_sandboxes.unwrap());
+    h.queued_events();
+
+    assert_eq!(h.worker.drain().await, 1);
+    assert!(h.worker.is_draining());
+    // The idle warm sandbox is gone (and the broker told), the live one is not.
+    assert_eq!(h.live_vms(), 1);
+    let retired = h.queued_events();
+    assert!(
+        retired
+            .iter()
+            .any(|e| e.event == "retired" && e.local_vm_id == warm.to_string()),
+        "{retired:?}"
+    );
+    assert_eq!(
+        h.worker.get_sandbox(&dev(), &live).unwrap().sandbox_id,
+        live.to_string()
+    );
+    // The broker hears that it takes nothing new, and creates, cold or claiming, are refused.
+    assert_eq!(
+        h.worker.registration_request().accepting_sandboxes,
+        Some(false)
+    );
+    let refused = h
+        .worker
+        .create_sandbox(&dev(), req("img", 1), Placement::default())
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(WorkerError::NoCapacity("no capacity: worker draining"))
+        ),
+        "{refused:?}"
+    );
+    // No warm pool while draining, whatever the demand or the broker asks.
+    h.worker.assign_vm_start(VmStartResponse {
+        virtualization: "fake".into(),
+        image: "img".into(),
+        cpu: 1,
+    });
+    assert!(h.worker.next_warm_job().is_none());
+    // Draining again changes nothing; the live sandbox goes when deleted.
+    assert_eq!(h.worker.drain().await, 1);
+    h.worker.delete_sandbox(&dev(), &live).await.unwrap();
+    assert_eq!(h.worker.drain().await, 0);
+    assert_eq!(h.live_vms(), 0);
+}

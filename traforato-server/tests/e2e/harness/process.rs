@@ -99,6 +99,19 @@ impl Bin {
         format!("http://{}", record["addr"].as_str().unwrap())
     }
 
+    /// Sends `signal` (a name `kill` knows: `USR1`, `HUP`...).
+    // Used by the binaries' own tests, which need the `fake` feature.
+    #[cfg_attr(not(feature = "fake"), allow(dead_code))]
+    pub async fn signal(&self, signal: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        let sent = tokio::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(sent.success(), "kill -{signal} {pid}");
+    }
+
     /// SIGKILL, as a crash: nothing of its shutdown runs.
     pub async fn kill(mut self) {
         self.child.kill().await.unwrap();
