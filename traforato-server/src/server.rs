@@ -118,20 +118,23 @@ pub fn shutdown_on_signal() -> (Arc<ShutdownTrigger>, Shutdown) {
 /// sandbox and serves its live ones until they end; stop it once they have.
 pub fn drain_on_signal(worker: Arc<Worker>) {
     #[cfg(unix)]
-    tokio::spawn(async move {
+    {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut usr1 = match signal(SignalKind::user_defined1()) {
-            Ok(usr1) => usr1,
+        // Installed here, not in the task: from this call on SIGUSR1 no longer kills.
+        match signal(SignalKind::user_defined1()) {
+            Ok(mut usr1) => {
+                tokio::spawn(async move {
+                    while usr1.recv().await.is_some() {
+                        let live = worker.drain().await;
+                        tracing::info!(live_sandboxes = live, "SIGUSR1: worker draining");
+                    }
+                });
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "cannot listen for SIGUSR1: no draining by signal");
-                return;
             }
-        };
-        while usr1.recv().await.is_some() {
-            let live = worker.drain().await;
-            tracing::info!(live_sandboxes = live, "SIGUSR1: worker draining");
         }
-    });
+    }
     #[cfg(not(unix))]
     let _ = worker;
 }

@@ -105,35 +105,32 @@ impl Worker {
     /// takes no new sandbox (creates answer `503 no capacity: worker draining`, and the broker,
     /// told at once, places them elsewhere), keeps no warm pool (its idle warm sandboxes are
     /// destroyed), and serves its live sandboxes until they are deleted or expire. Returns
-    /// how many are live. Calling it again does nothing more; there is no undoing it but a
+    /// how many are live (a create already under way when it is called still completes and
+    /// counts from then on). Calling it again does nothing more; there is no undoing it but a
     /// restart.
     pub async fn drain(&self) -> usize {
-        let first = {
+        let retirees = {
             let mut state = self.lock();
-            !std::mem::replace(&mut state.draining, true)
-        };
-        if first {
-            let mut retired = 0;
-            loop {
-                let retiree = {
-                    let mut state = self.lock();
-                    self.take_retiree(&mut state)
-                };
-                let Some((_, _, vm)) = retiree else { break };
-                destroy_vm(vm, "draining").await;
-                retired += 1;
+            if std::mem::replace(&mut state.draining, true) {
+                return state.sandboxes.len();
             }
-            self.update_warm_gauges();
-            // The broker hears of it now, not at the next heartbeat.
-            self.heartbeat_wake.notify_one();
-            tracing::info!(
-                worker_id = %self.config.worker_id,
-                warm_retired = retired,
-                live_sandboxes = self.lock().sandboxes.len(),
-                "draining: no new sandboxes; live ones run until deleted or expired"
-            );
-        }
-        self.lock().sandboxes.len()
+            std::iter::from_fn(|| self.take_retiree(&mut state)).collect::<Vec<_>>()
+        };
+        let retired = retirees.len();
+        futures::stream::iter(retirees)
+            .for_each_concurrent(DESTROY_CONCURRENCY, |(_, _, vm)| destroy_vm(vm, "draining"))
+            .await;
+        self.update_warm_gauges();
+        // The broker hears of it now, not at the next heartbeat.
+        self.heartbeat_wake.notify_one();
+        let live = self.lock().sandboxes.len();
+        tracing::info!(
+            worker_id = %self.config.worker_id,
+            warm_retired = retired,
+            live_sandboxes = live,
+            "draining: no new sandboxes; live ones run until deleted or expired"
+        );
+        live
     }
 
     /// True once [`Worker::drain`] was called.

@@ -410,8 +410,10 @@ impl Worker {
         let rejected = {
             let mut state = self.lock();
             state.stop_warming(&tuple);
-            if state.shutting_down || state.draining {
-                Some(vm)
+            if state.shutting_down {
+                Some((vm, "shutdown"))
+            } else if state.draining {
+                Some((vm, "draining"))
             } else {
                 state.ready.push(tuple.clone(), vm_id, vm);
                 state.warm_backoff.remove(&tuple);
@@ -419,8 +421,8 @@ impl Worker {
                 None
             }
         };
-        if let Some(vm) = rejected {
-            destroy_vm(vm, "shutdown").await;
+        if let Some((vm, reason)) = rejected {
+            destroy_vm(vm, reason).await;
             return;
         }
         tracing::info!(

@@ -8,6 +8,7 @@
 //! With a JWT secret both services run in prod mode, each with its own replay cache: a client
 //! token is good for one request at the broker and one at the worker.
 //!
+//! SIGUSR1 drains its worker (no new sandboxes, live ones run on), as `traforato-worker`'s.
 //! `traforato-dev healthcheck` asks a running one of the same configuration for the broker's
 //! and the worker's `/healthz` instead.
 
@@ -28,7 +29,8 @@ use traforato_server::config::{
 };
 use traforato_server::logging;
 use traforato_server::server::{
-    bind, ensure_open_file_limit, log_listen_exposure, run_to_exit, shutdown_on_signal,
+    bind, drain_on_signal, ensure_open_file_limit, log_listen_exposure, run_to_exit,
+    shutdown_on_signal,
 };
 use traforato_server::{serve_broker_with_auth, serve_worker_with_auth, BrokerAuth, ServeError};
 
@@ -113,6 +115,7 @@ async fn run(args: DevArgs) -> Result<(), ServeError> {
         Some(Arc::new(InProcessBrokerLink::new(broker.clone()))),
     );
     let (trigger, shutdown) = shutdown_on_signal();
+    drain_on_signal(worker.clone());
     let sweeper = tokio::spawn(broker.clone().run_lease_sweeper(shutdown.clone().wait()));
     let background = tokio::spawn(worker.clone().run(shutdown.clone().wait()));
     // Announce once the worker is registered (in-process: at once), so that the first create

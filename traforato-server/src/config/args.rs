@@ -135,6 +135,9 @@ pub struct AuthArgs {
     /// File holding the internal secret, read like --jwt-secret-file.
     #[arg(long, env = "TRAFORATO_INTERNAL_SECRET_FILE", default_value = "")]
     pub internal_secret_file: String,
+    /// Set once the files above were read into the secrets.
+    #[arg(skip)]
+    pub secret_files_read: bool,
 }
 
 impl AuthArgs {
@@ -144,14 +147,32 @@ impl AuthArgs {
     pub fn read_secret_files(&mut self) -> Result<(), ConfigError> {
         read_secret_file(
             "--jwt-secret-file",
+            "--jwt-secret / TRAFORATO_JWT_SECRET",
             &self.jwt_secret_file,
             &mut self.jwt_secret,
         )?;
         read_secret_file(
             "--internal-secret-file",
+            "--internal-secret / TRAFORATO_INTERNAL_SECRET",
             &self.internal_secret_file,
             &mut self.internal_secret,
-        )
+        )?;
+        self.secret_files_read = true;
+        Ok(())
+    }
+
+    /// Refuses settings whose secret files were named but never read (parsed without
+    /// [`parse_or_exit`] and without [`AuthArgs::read_secret_files`]): they would run without
+    /// the secret, in development mode.
+    pub(crate) fn check_secret_files_read(&self) -> Result<(), ConfigError> {
+        let named = !self.jwt_secret_file.is_empty() || !self.internal_secret_file.is_empty();
+        if named && !self.secret_files_read {
+            return Err(ConfigError::InvalidValue {
+                key: "--jwt-secret-file",
+                reason: "the secret files were not read (AuthArgs::read_secret_files)".to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// The library's auth settings (secrets, issuer, audience, token lifetime).
@@ -171,9 +192,11 @@ impl AuthArgs {
     }
 }
 
-/// Fills `secret` from the file at `path` (when one is named); `flag` names it in errors.
+/// Fills `secret` from the file at `path` (when one is named); `flag` names it in errors,
+/// `value` the other ways the secret is given.
 fn read_secret_file(
     flag: &'static str,
+    value: &str,
     path: &str,
     secret: &mut String,
 ) -> Result<(), ConfigError> {
@@ -183,7 +206,7 @@ fn read_secret_file(
     if !secret.trim().is_empty() {
         return Err(ConfigError::InvalidValue {
             key: flag,
-            reason: "the secret is given twice: a file and a value; give one".to_string(),
+            reason: format!("the secret is also given by {value}; give one of them"),
         });
     }
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadSecretFile {

@@ -42,6 +42,7 @@ pub struct BrokerSettings {
 impl BrokerSettings {
     /// Validates the command line.
     pub fn from_args(args: &BrokerArgs) -> Result<Self, ConfigError> {
+        args.auth.check_secret_files_read()?;
         let auth = args.auth.auth_config();
         let mode = auth.mode();
         let listen = listen_or_default(&args.listen, DEFAULT_BROKER_PORT, mode);
@@ -440,6 +441,7 @@ pub fn parse_worker_yaml(text: &str) -> Result<WorkerLayer, ConfigError> {
 impl WorkerSettings {
     /// Loads a `traforato-worker` configuration: command line, then the YAML file over it.
     pub fn load_worker(args: &WorkerArgs) -> Result<Self, ConfigError> {
+        args.auth.check_secret_files_read()?;
         let mut flags = args.worker.layer();
         flags.broker_control_url = Some(args.broker_control_url.clone());
         let file = read_worker_file(&args.file)?;
@@ -676,6 +678,7 @@ pub struct DevSettings {
 impl DevSettings {
     /// Loads a `traforato-dev` configuration: command line, then the YAML file.
     pub fn load(args: &DevArgs) -> Result<Self, ConfigError> {
+        args.auth.check_secret_files_read()?;
         let mode = args.auth.mode();
         let allow_network = args.auth.insecure_dev_mode_on_network;
         let mut flags = WorkerFlags::from(args.worker.clone()).layer();

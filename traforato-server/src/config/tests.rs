@@ -972,13 +972,21 @@ fn secrets_come_from_files() {
     assert_eq!(settings.bind, "0.0.0.0:8080");
     assert!(!format!("{args:?}").contains("hunter2"));
 
-    // The variable works as the flag does.
+    // The variable works as the flag does; settings of files never read are refused (they
+    // would run without the secret).
     std::env::set_var("TRAFORATO_JWT_SECRET_FILE", jwt);
     let parsed = WorkerArgs::try_parse_from(["traforato-worker"]);
     std::env::remove_var("TRAFORATO_JWT_SECRET_FILE");
     let mut args = parsed.unwrap();
+    let unread = WorkerSettings::load_worker(&args).unwrap_err();
+    assert!(
+        chain(&unread).contains("were not read"),
+        "{}",
+        chain(&unread)
+    );
     args.auth.read_secret_files().unwrap();
     assert_eq!(args.auth.mode(), AuthMode::Prod);
+    WorkerSettings::load_worker(&args).unwrap();
 
     // Refused: both a file and a value, an empty file (it would mean no authentication at
     // all), a file that cannot be read.

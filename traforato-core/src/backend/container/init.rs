@@ -369,6 +369,7 @@ const MASKED_PROC: &[&str] = &[
     "proc/interrupts",
     "proc/kcore",
     "proc/keys",
+    "proc/kmsg",
     "proc/latency_stats",
     "proc/timer_list",
     "proc/timer_stats",

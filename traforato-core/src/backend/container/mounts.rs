@@ -93,8 +93,8 @@ pub(crate) fn proc_overmounts(entries: &[MountEntry]) -> Vec<String> {
         })
         .map(|e| e.mount_point.to_string_lossy().into_owned())
         .collect();
+    // Deepest first; a path covered twice appears twice (one unmount each).
     found.sort_by_key(|target| std::cmp::Reverse(target.matches('/').count()));
-    found.dedup();
     found
 }
 

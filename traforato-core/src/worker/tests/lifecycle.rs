@@ -546,6 +546,25 @@ async fn draining_refuses_new_sandboxes_and_keeps_live_ones() {
         ),
         "{refused:?}"
     );
+    // A create the broker placed on the retired warm sandbox before it heard goes back to
+    // the broker for another worker, and nothing is made here.
+    let outcome = h
+        .worker
+        .create_sandbox(
+            &dev(),
+            req("img", 1),
+            Placement {
+                claim: Some(warm),
+                retry: 1,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, CreateOutcome::RetryPlacement { retry: 2 }),
+        "{outcome:?}"
+    );
+    assert_eq!(h.live_vms(), 1);
     // No warm pool while draining, whatever the demand or the broker asks.
     h.worker.assign_vm_start(VmStartResponse {
         virtualization: "fake".into(),
@@ -558,4 +577,21 @@ async fn draining_refuses_new_sandboxes_and_keeps_live_ones() {
     h.worker.delete_sandbox(&dev(), &live).await.unwrap();
     assert_eq!(h.worker.drain().await, 0);
     assert_eq!(h.live_vms(), 0);
+}
+
+#[tokio::test]
+async fn a_warm_sandbox_finished_after_the_drain_is_destroyed() {
+    let h = Harness::new();
+    h.worker.assign_vm_start(VmStartResponse {
+        virtualization: "fake".into(),
+        image: "img".into(),
+        cpu: 1,
+    });
+    let job = h.worker.next_warm_job().expect("a warm job");
+    assert_eq!(h.worker.drain().await, 0);
+    let (_tx, mut stop) = watch::channel(false);
+    h.worker.fill_one(job, &mut stop).await;
+    assert!(h.worker.lock().ready.snapshot().is_empty());
+    assert_eq!(h.live_vms(), 0);
+    assert!(h.queued_events().iter().all(|e| e.event != "ready"));
 }
