@@ -148,6 +148,7 @@ pub fn status_for(err: &BrokerError) -> StatusCode {
         BrokerError::BrokerIdMismatch => StatusCode::NOT_FOUND,
         BrokerError::WorkerUnknown => StatusCode::NOT_FOUND,
         BrokerError::WorkerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        BrokerError::WorkerNotYetRegistered => StatusCode::SERVICE_UNAVAILABLE,
         BrokerError::InvalidPlacementRetry => StatusCode::BAD_REQUEST,
         BrokerError::PlacementRetryExhausted => StatusCode::SERVICE_UNAVAILABLE,
         BrokerError::NoPlacementCapacity => StatusCode::SERVICE_UNAVAILABLE,
@@ -161,7 +162,15 @@ pub fn status_for(err: &BrokerError) -> StatusCode {
 }
 
 fn broker_error(err: &BrokerError) -> HttpResponse {
-    error_for(status_for(err), err)
+    let mut response = error_for(status_for(err), err);
+    if matches!(err, BrokerError::WorkerNotYetRegistered) {
+        // Workers register again within a second when they probe.
+        response.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+    }
+    response
 }
 
 /// The leaf of an internal worker route.
@@ -304,6 +313,7 @@ async fn dispatch(
             StatusCode::OK,
             &HealthResponse {
                 status: "ok".to_string(),
+                instance_id: Some(broker.instance_id().to_string()),
             },
         ),
         BrokerRoute::Metrics => text_response(

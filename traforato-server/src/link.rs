@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use traforato_core::api::{
-    RegistrationRequest, RegistrationResponse, VmEventRequest, VmStartResponse,
+    HealthResponse, RegistrationRequest, RegistrationResponse, VmEventRequest, VmStartResponse,
 };
 use traforato_core::auth::InternalTokenSigner;
 use traforato_core::id::ComponentId;
@@ -212,6 +212,18 @@ impl BrokerLink for HttpBrokerLink {
             StatusCode::OK => decode(resp).await.map(Some),
             _ => Err(unexpected(resp).await),
         }
+    }
+
+    /// `GET /healthz` of the broker (unauthenticated, cheap): its `instance_id`.
+    async fn broker_instance(&self) -> Result<Option<String>, LinkError> {
+        let resp = self
+            .client
+            .get(format!("{}/healthz", self.control_url))
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let health: HealthResponse = decode(expect(resp, StatusCode::OK).await?).await?;
+        Ok(health.instance_id)
     }
 }
 

@@ -395,6 +395,7 @@ async fn dispatch(
             StatusCode::OK,
             &HealthResponse {
                 status: "ok".to_string(),
+                instance_id: None,
             },
         ),
         WorkerRoute::Metrics => text_response(

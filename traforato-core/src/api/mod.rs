@@ -34,6 +34,10 @@ pub struct ErrorBody {
 pub struct HealthResponse {
     /// Always `ok`.
     pub status: String,
+    /// The broker's: its instance id (a ULID chosen at start), by which workers notice a
+    /// restarted broker within a probe and register again. Absent on workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
 }
 
 /// How the API carries bytes in a JSON string (`encoding` of file contents and exec input).

@@ -73,6 +73,11 @@ pub struct BrokerConfig {
     /// Prod mode: unknown or inactive workers get 401 `worker must self-register` on internal
     /// routes (dev: 404 `worker id unknown` for unknown workers).
     pub prod_mode: bool,
+    /// For this long after the broker starts, a sandbox of a worker it does not know (yet)
+    /// answers `503` with `Retry-After` rather than `404`: after a restart the workers
+    /// register again (at once when they probe, else at their next heartbeat), and until
+    /// then their sandboxes are not gone.
+    pub restart_grace: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -86,9 +91,14 @@ impl Default for BrokerConfig {
             default_virtualization: "container".to_string(),
             pending_start_queue_max: 64,
             prod_mode: false,
+            restart_grace: DEFAULT_RESTART_GRACE,
         }
     }
 }
+
+/// The default [`BrokerConfig::restart_grace`]: a heartbeat (30 s) with its largest jitter,
+/// and room to spare.
+pub const DEFAULT_RESTART_GRACE: Duration = Duration::from_secs(40);
 
 /// Why the broker refused a request. Each variant has one status code (see the server).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -105,6 +115,10 @@ pub enum BrokerError {
     /// 503: known worker, but unavailable or its lease lapsed.
     #[error("worker temporarily unavailable")]
     WorkerUnavailable,
+    /// 503 with `Retry-After`: a worker the broker does not know, within its
+    /// [`BrokerConfig::restart_grace`]: it has not registered again since the broker started.
+    #[error("worker not registered yet: the broker restarted, retry shortly")]
+    WorkerNotYetRegistered,
     /// 400.
     #[error("invalid placement_retry")]
     InvalidPlacementRetry,
@@ -183,6 +197,8 @@ pub struct Broker {
     scheduler: Arc<dyn Scheduler>,
     metrics: Arc<Metrics>,
     instance_id: String,
+    /// When this broker was built, by its clock (the restart grace runs from here).
+    started_at: DateTime<Utc>,
     state: Mutex<State>,
 }
 
@@ -216,6 +232,7 @@ impl Broker {
     ) -> Self {
         Self {
             config,
+            started_at: clock.now(),
             clock,
             scheduler,
             metrics,
@@ -237,6 +254,12 @@ impl Broker {
     /// A ULID chosen at construction; workers detect broker restarts by it.
     pub fn instance_id(&self) -> &str {
         &self.instance_id
+    }
+
+    /// True within [`BrokerConfig::restart_grace`] of this broker's start.
+    fn in_restart_grace(&self, now: DateTime<Utc>) -> bool {
+        chrono::Duration::from_std(self.config.restart_grace)
+            .is_ok_and(|grace| now < self.started_at + grace)
     }
 
     // The state is soft and every section leaves it consistent, so a panic elsewhere while
@@ -446,10 +469,13 @@ impl Broker {
         let now = self.clock.now();
         let base_url = {
             let guard = self.lock();
-            let worker = guard
-                .registry
-                .get(id.worker_id())
-                .ok_or(BrokerError::WorkerUnknown)?;
+            let Some(worker) = guard.registry.get(id.worker_id()) else {
+                return Err(if self.in_restart_grace(now) {
+                    BrokerError::WorkerNotYetRegistered
+                } else {
+                    BrokerError::WorkerUnknown
+                });
+            };
             if !worker.is_active(now) {
                 return Err(BrokerError::WorkerUnavailable);
             }

@@ -23,6 +23,8 @@ fn start() -> DateTime<Utc> {
 fn config() -> BrokerConfig {
     BrokerConfig {
         default_virtualization: "vetu".into(),
+        // Unknown workers are unknown at once (the grace has a test of its own).
+        restart_grace: Duration::ZERO,
         ..BrokerConfig::default()
     }
 }
@@ -1381,5 +1383,42 @@ fn cold_creates_go_to_workers_that_serve_the_virtualization() {
         p.location.starts_with("http://prototype.local:8081/"),
         "{}",
         p.location
+    );
+}
+
+/// After a restart the workers register again: until the grace ends, their sandboxes answer
+/// "not registered yet" (503, retry), not "unknown" (404).
+#[test]
+fn unknown_workers_are_not_yet_registered_during_the_restart_grace() {
+    let f = fixture_with(BrokerConfig {
+        restart_grace: Duration::from_secs(40),
+        ..config()
+    });
+    let id = sandbox_id("broker_local", "worker_a");
+    let route = || {
+        f.broker
+            .route_sandbox(&id, &format!("/sandboxes/{id}"), None)
+    };
+    assert_eq!(route(), Err(BrokerError::WorkerNotYetRegistered));
+    f.clock.advance(Duration::from_secs(39));
+    assert_eq!(route(), Err(BrokerError::WorkerNotYetRegistered));
+    add_static(&f.broker, "worker_a", "worker-a.local", "");
+    assert!(route().is_ok());
+    f.clock.advance(Duration::from_secs(2));
+    let other = sandbox_id("broker_local", "worker_b");
+    assert_eq!(
+        f.broker
+            .route_sandbox(&other, &format!("/sandboxes/{other}"), None),
+        Err(BrokerError::WorkerUnknown)
+    );
+    // No grace configured: unknown at once.
+    let f = fixture_with(BrokerConfig {
+        restart_grace: Duration::ZERO,
+        ..config()
+    });
+    assert_eq!(
+        f.broker
+            .route_sandbox(&id, &format!("/sandboxes/{id}"), None),
+        Err(BrokerError::WorkerUnknown)
     );
 }

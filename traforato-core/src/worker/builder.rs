@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::defaults::{
     host_cores, DEFAULT_HEARTBEAT, DEFAULT_JITTER_PERCENT, DEFAULT_MAX_TTL, DEFAULT_MIB_PER_CORE,
-    DEFAULT_TTL, REAP_INTERVAL,
+    DEFAULT_REGISTRATION_PROBE, DEFAULT_TTL, REAP_INTERVAL,
 };
 use super::{BrokerLink, CapacityConfig, InProcessBrokerLink, PrePullTarget, Worker, WorkerConfig};
 use crate::auth::AuthMode;
@@ -141,6 +141,7 @@ impl WorkerBuilder {
                 default_virtualization: String::new(),
                 registration_heartbeat: DEFAULT_HEARTBEAT,
                 registration_jitter_percent: DEFAULT_JITTER_PERCENT,
+                registration_probe: DEFAULT_REGISTRATION_PROBE,
                 reap_interval: REAP_INTERVAL,
                 pre_pull: Vec::new(),
                 auth_mode: AuthMode::Dev,

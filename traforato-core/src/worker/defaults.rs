@@ -20,6 +20,9 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
 /// Heartbeat jitter, in percent.
 pub const DEFAULT_JITTER_PERCENT: u8 = 20;
 
+/// How often a worker asks its broker whether it restarted, between heartbeats.
+pub const DEFAULT_REGISTRATION_PROBE: Duration = Duration::from_secs(1);
+
 /// Memory offered per core when the memory is not set.
 pub const DEFAULT_MIB_PER_CORE: u64 = 1024;
 

@@ -54,6 +54,14 @@ pub trait BrokerLink: Send + Sync + 'static {
     /// Pops one pending VM start for this worker.
     async fn vm_start(&self, worker_id: &ComponentId)
         -> Result<Option<VmStartResponse>, LinkError>;
+
+    /// The broker's instance id, asked cheaply between heartbeats so that a restarted broker
+    /// (a new id, or none reachable) is registered with again within a probe, not a
+    /// heartbeat. `Ok(None)`: this link cannot tell (the default), and the worker relies on
+    /// its heartbeats alone.
+    async fn broker_instance(&self) -> Result<Option<String>, LinkError> {
+        Ok(None)
+    }
 }
 
 /// A link to a broker in the same process.
@@ -101,5 +109,9 @@ impl BrokerLink for InProcessBrokerLink {
         worker_id: &ComponentId,
     ) -> Result<Option<VmStartResponse>, LinkError> {
         Ok(self.broker.next_vm_start(worker_id.as_str())?)
+    }
+
+    async fn broker_instance(&self) -> Result<Option<String>, LinkError> {
+        Ok(Some(self.broker.instance_id().to_string()))
     }
 }

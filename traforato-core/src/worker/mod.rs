@@ -105,6 +105,10 @@ pub struct WorkerConfig {
     pub registration_heartbeat: Duration,
     /// Heartbeat jitter, percent in [0, 95].
     pub registration_jitter_percent: u8,
+    /// How often the broker is asked for its instance id between heartbeats
+    /// ([`BrokerLink::broker_instance`]): a restarted broker is registered with again within
+    /// this, not a heartbeat. Zero: heartbeats alone.
+    pub registration_probe: Duration,
     /// How often the TTL reaper looks for expired sandboxes.
     pub reap_interval: Duration,
     /// Warm-pool floors.
@@ -210,6 +214,7 @@ impl WorkerConfig {
             default_virtualization: "fake".to_string(),
             registration_heartbeat: Duration::from_millis(200),
             registration_jitter_percent: 0,
+            registration_probe: Duration::ZERO,
             reap_interval: Duration::from_secs(1),
             pre_pull: Vec::new(),
             auth_mode: AuthMode::Dev,

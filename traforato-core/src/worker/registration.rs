@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
 
 use super::lifecycle::stopped;
 use super::{BrokerLink, Worker};
@@ -122,12 +123,42 @@ impl Worker {
                     delay
                 }
             };
+            let probing = registered.is_some() && !self.config.registration_probe.is_zero();
             tokio::select! {
                 _ = stopped(&mut stop) => break,
                 _ = tokio::time::sleep(delay) => {}
                 // The broker's view of the load is wrong: renew now. A refused registration
                 // keeps its backoff.
                 _ = self.heartbeat_wake.notified(), if registered.is_some() => {}
+                instance = self.broker_restarted(broker.as_ref(), registered.as_deref()), if probing => {
+                    tracing::info!(
+                        worker_id = %worker_id,
+                        broker_instance_id = %instance,
+                        "broker restarted: registering again"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Completes with the broker's instance id once it differs from `registered`: asks every
+    /// [`WorkerConfig::registration_probe`](super::WorkerConfig::registration_probe), through
+    /// an unreachable spell (a restart) too. Never completes for a link that cannot tell.
+    async fn broker_restarted(&self, broker: &dyn BrokerLink, registered: Option<&str>) -> String {
+        let mut ticker = tokio::time::interval(self.config.registration_probe);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            match broker.broker_instance().await {
+                Ok(Some(instance)) if Some(instance.as_str()) != registered => return instance,
+                Ok(Some(_)) => {}
+                Ok(None) => std::future::pending::<()>().await,
+                Err(error) => tracing::debug!(
+                    worker_id = %self.config.worker_id,
+                    error = %error,
+                    "broker probe failed"
+                ),
             }
         }
     }

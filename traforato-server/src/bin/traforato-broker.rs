@@ -49,6 +49,7 @@ async fn run(args: BrokerArgs) -> Result<(), ServeError> {
         broker_id = %config.broker_id,
         worker_lease_ttl = ?config.worker_lease_ttl,
         worker_lease_sweep_interval = ?config.lease_sweep_interval,
+        restart_grace = ?config.restart_grace,
         placement_retry_max = config.placement_retry_max,
         default_virtualization = %config.default_virtualization,
         "broker configured"

@@ -269,6 +269,11 @@ pub struct BrokerArgs {
     /// Virtualization of creates that name none.
     #[arg(long, env = "TRAFORATO_BROKER_DEFAULT_VIRTUALIZATION", default_value = DEFAULT_VIRTUALIZATION)]
     pub default_virtualization: String,
+    /// For this long after start, requests for sandboxes of workers not registered (yet)
+    /// answer 503 with Retry-After, not 404: after a restart the workers register again
+    /// (Go duration; 0s: 404 at once).
+    #[arg(long, env = "TRAFORATO_BROKER_RESTART_GRACE", default_value = "40s", value_parser = parse_duration)]
+    pub restart_grace: Duration,
     #[command(flatten)]
     pub auth: AuthArgs,
     #[command(subcommand)]
@@ -378,6 +383,12 @@ worker_flags! {
     registration_jitter_percent: i64 = "20",
         worker("registration-jitter-percent", "TRAFORATO_WORKER_REGISTRATION_JITTER_PERCENT"),
         dev("registration-jitter-percent", "TRAFORATO_DEV_WORKER_REGISTRATION_JITTER_PERCENT");
+    /// How often the broker is asked, between heartbeats, whether it restarted (a cheap GET
+    /// /healthz); a restarted broker is registered with again within this (Go duration; 0s:
+    /// heartbeats alone).
+    registration_probe: GoDuration = "1s",
+        worker("registration-probe", "TRAFORATO_WORKER_REGISTRATION_PROBE"),
+        dev("registration-probe", "TRAFORATO_DEV_WORKER_REGISTRATION_PROBE");
     /// Virtualization of creates that name none (also always enabled as a backend).
     default_virtualization: String = "container",
         worker("default-virtualization", "TRAFORATO_WORKER_DEFAULT_VIRTUALIZATION"),

@@ -115,6 +115,8 @@ layer! {
         pub registration_heartbeat: Option<GoDuration>,
         /// `registration-jitter-percent` (clamped to [0, 95]).
         pub registration_jitter_percent: Option<i64>,
+        /// `registration-probe`.
+        pub registration_probe: Option<GoDuration>,
         /// `log:`.
         #[serde(deserialize_with = "section")]
         pub log: LogLayer,

@@ -49,7 +49,7 @@ pub const DEFAULT_ROTATE_SIZE_MIB: u64 = 100;
 
 pub use traforato_core::worker::defaults::{
     DEFAULT_CPU_OVERCOMMIT, DEFAULT_MAX_WARM_PER_TUPLE, DEFAULT_MEMORY_HIGH_WATERMARK_PERCENT,
-    DEFAULT_MEMORY_OVERCOMMIT, REAP_INTERVAL,
+    DEFAULT_MEMORY_OVERCOMMIT, DEFAULT_REGISTRATION_PROBE, REAP_INTERVAL,
 };
 
 /// The broker's heartbeat hint to workers (fixed, as in the prototype).

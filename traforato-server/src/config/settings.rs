@@ -22,9 +22,9 @@ use super::layer::{
 use super::values::{AutoCount, AutoMib, ByteSize, LogLevel, MemoryShare};
 use super::{
     ConfigError, DEFAULT_BROKER_PORT, DEFAULT_CPU_OVERCOMMIT, DEFAULT_MAX_WARM_PER_TUPLE,
-    DEFAULT_MEMORY_HIGH_WATERMARK_PERCENT, DEFAULT_MEMORY_OVERCOMMIT, DEFAULT_ROTATE_SIZE_MIB,
-    DEFAULT_VIRTUALIZATION, DEFAULT_WARMUP_TIMEOUT, DEFAULT_WORKER_PORT, HEARTBEAT_HINT,
-    REAP_INTERVAL,
+    DEFAULT_MEMORY_HIGH_WATERMARK_PERCENT, DEFAULT_MEMORY_OVERCOMMIT, DEFAULT_REGISTRATION_PROBE,
+    DEFAULT_ROTATE_SIZE_MIB, DEFAULT_VIRTUALIZATION, DEFAULT_WARMUP_TIMEOUT, DEFAULT_WORKER_PORT,
+    HEARTBEAT_HINT, REAP_INTERVAL,
 };
 use crate::logging::LogSettings;
 
@@ -49,14 +49,17 @@ impl BrokerSettings {
         check_exposure(&listen, mode, args.auth.insecure_dev_mode_on_network)?;
         Ok(Self {
             bind: bind_address(&listen)?,
-            config: broker_config(
-                args.broker_id.clone(),
-                args.placement_retry_max,
-                args.worker_lease_ttl,
-                args.worker_lease_sweep_interval,
-                &args.default_virtualization,
-                mode,
-            ),
+            config: BrokerConfig {
+                restart_grace: args.restart_grace,
+                ..broker_config(
+                    args.broker_id.clone(),
+                    args.placement_retry_max,
+                    args.worker_lease_ttl,
+                    args.worker_lease_sweep_interval,
+                    &args.default_virtualization,
+                    mode,
+                )
+            },
             auth,
         })
     }
@@ -391,6 +394,8 @@ pub struct WorkerSettings {
     pub registration_heartbeat: Duration,
     /// Heartbeat jitter in percent, in [0, 95].
     pub registration_jitter_percent: u8,
+    /// How often the broker's instance is probed between heartbeats (0: never).
+    pub registration_probe: Duration,
     /// The `log` section.
     pub log: LogSettings,
     /// The `pre-pull` section.
@@ -501,6 +506,9 @@ impl WorkerSettings {
                 .registration_jitter_percent
                 .unwrap_or(20)
                 .clamp(0, 95) as u8,
+            registration_probe: layer
+                .registration_probe
+                .map_or(DEFAULT_REGISTRATION_PROBE, |d| d.0),
             log: log_settings(layer.log)?,
             pre_pull: layer.pre_pull.into(),
             container: ContainerSettings {
@@ -638,6 +646,7 @@ impl WorkerSettings {
             default_virtualization: self.default_virtualization.clone(),
             registration_heartbeat: self.registration_heartbeat,
             registration_jitter_percent: self.registration_jitter_percent,
+            registration_probe: self.registration_probe,
             reap_interval: REAP_INTERVAL,
             pre_pull: self.pre_pull_targets(),
             auth_mode: self.auth_mode,

@@ -835,6 +835,7 @@ traforato-broker --jwt-secret TRAFORATO_JWT_SECRET [""]
 traforato-broker --jwt-secret-file TRAFORATO_JWT_SECRET_FILE [""]
 traforato-broker --listen TRAFORATO_BROKER_LISTEN_ADDR [""]
 traforato-broker --placement-retry-max TRAFORATO_BROKER_PLACEMENT_RETRY_MAX ["2"]
+traforato-broker --restart-grace TRAFORATO_BROKER_RESTART_GRACE ["40s"]
 traforato-broker --worker-lease-sweep-interval TRAFORATO_BROKER_WORKER_LEASE_SWEEP_INTERVAL ["10s"]
 traforato-broker --worker-lease-ttl TRAFORATO_BROKER_WORKER_LEASE_TTL ["120s"]
 traforato-worker --advertise-url TRAFORATO_WORKER_ADVERTISE_URL [""]
@@ -857,6 +858,7 @@ traforato-worker --max-live-sandboxes TRAFORATO_WORKER_MAX_LIVE_SANDBOXES ["0"]
 traforato-worker --max-ttl TRAFORATO_WORKER_MAX_TTL ["24h"]
 traforato-worker --registration-heartbeat TRAFORATO_WORKER_REGISTRATION_HEARTBEAT ["30s"]
 traforato-worker --registration-jitter-percent TRAFORATO_WORKER_REGISTRATION_JITTER_PERCENT ["20"]
+traforato-worker --registration-probe TRAFORATO_WORKER_REGISTRATION_PROBE ["1s"]
 traforato-worker --total-cores TRAFORATO_WORKER_TOTAL_CORES ["0"]
 traforato-worker --total-memory-mib TRAFORATO_WORKER_TOTAL_MEMORY_MIB ["0"]
 traforato-worker --worker-id TRAFORATO_WORKER_ID ["worker_local"]
@@ -878,6 +880,7 @@ traforato-dev --max-live-sandboxes TRAFORATO_DEV_WORKER_MAX_LIVE_SANDBOXES ["0"]
 traforato-dev --max-ttl TRAFORATO_DEV_WORKER_MAX_TTL ["24h"]
 traforato-dev --registration-heartbeat TRAFORATO_DEV_WORKER_REGISTRATION_HEARTBEAT ["30s"]
 traforato-dev --registration-jitter-percent TRAFORATO_DEV_WORKER_REGISTRATION_JITTER_PERCENT ["20"]
+traforato-dev --registration-probe TRAFORATO_DEV_WORKER_REGISTRATION_PROBE ["1s"]
 traforato-dev --total-cores TRAFORATO_DEV_WORKER_TOTAL_CORES ["0"]
 traforato-dev --total-memory-mib TRAFORATO_DEV_WORKER_TOTAL_MEMORY_MIB ["0"]
 traforato-dev --worker-base-url TRAFORATO_DEV_WORKER_BASE_URL [""]
@@ -1077,4 +1080,30 @@ fn healthcheck_is_a_subcommand_with_the_service_flags() {
         .unwrap()
         .command
         .is_none());
+}
+
+#[test]
+fn registration_probe_from_flag_variable_and_yaml() {
+    let _guard = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let probe = |extra: &[&str], yaml: &str| {
+        worker(extra, yaml)
+            .unwrap()
+            .worker_config(None)
+            .registration_probe
+    };
+    assert_eq!(probe(&[], ""), std::time::Duration::from_secs(1));
+    assert_eq!(
+        probe(&["--registration-probe", "250ms"], ""),
+        std::time::Duration::from_millis(250)
+    );
+    assert_eq!(
+        probe(&["--registration-probe", "250ms"], "registration-probe: 0s"),
+        std::time::Duration::ZERO
+    );
+    let err = worker(&[], "registration-probe: soon").unwrap_err();
+    assert!(
+        chain(&err).contains("registration-probe"),
+        "{}",
+        chain(&err)
+    );
 }

@@ -561,3 +561,80 @@ async fn worker_version_healthcheck_secret_file_and_drain() {
     worker.stop().await;
     assert_eq!(healthcheck(&env).status.code(), Some(1));
 }
+
+/// A broker restart, survived: the worker's probe sees the new instance and registers again
+/// within a second or so, and meanwhile the restarted broker answers the worker's sandboxes
+/// with `503` and `Retry-After` (its restart grace), never `404`.
+#[tokio::test]
+async fn a_restarted_broker_serves_live_sandboxes_again_within_seconds() {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let broker_url = format!("http://{listen}");
+    let start_broker = || {
+        Bin::spawn(
+            env!("CARGO_BIN_EXE_traforato-broker"),
+            &["--listen", &listen, "--default-virtualization", "fake"],
+            &[],
+        )
+    };
+    let broker = start_broker();
+    broker.record("listening").await;
+    let worker = Bin::spawn(
+        env!("CARGO_BIN_EXE_traforato-worker"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--broker-control-url",
+            &broker_url,
+            "--default-virtualization",
+            "fake",
+            "--registration-probe",
+            "200ms",
+        ],
+        &[],
+    );
+    worker.record("worker registered").await;
+    let resp = follow()
+        .post(format!("{broker_url}/sandboxes"))
+        .json(&sandbox_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let id = body_json(resp).await["sandbox_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    broker.stop().await;
+    let broker = start_broker();
+    broker.record("listening").await;
+    let restarted = std::time::Instant::now();
+    let mut statuses = Vec::new();
+    loop {
+        let resp = follow()
+            .get(format!("{broker_url}/sandboxes/{id}"))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{statuses:?}");
+        assert_eq!(resp.headers()["retry-after"], "1");
+        statuses.push(status);
+        assert!(
+            restarted.elapsed() < std::time::Duration::from_secs(10),
+            "the worker did not register again: {statuses:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let again = worker.record("broker restarted: registering again").await;
+    assert_eq!(again["level"], "INFO");
+    worker.stop().await;
+    broker.stop().await;
+}

@@ -22,7 +22,17 @@ async fn health_metrics_and_request_ids() {
             .await;
         assert_eq!(resp.headers()["content-type"], "application/json");
         assert_eq!(resp.headers()["x-request-id"], "my-request");
-        assert_eq!(body_json(resp).await, json!({"status": "ok"}));
+        let body = body_json(resp).await;
+        if url == stack.broker.at("/healthz") {
+            // The broker says which instance it is: workers notice its restarts by it.
+            assert_eq!(body["status"], "ok");
+            assert_eq!(
+                body["instance_id"].as_str(),
+                Some(stack.broker.broker.instance_id())
+            );
+        } else {
+            assert_eq!(body, json!({"status": "ok"}));
+        }
     }
     // A fresh ULID on every response without one: errors, redirects, 204s.
     let not_found = follow().get(stack.broker.at("/nope")).send().await.unwrap();
@@ -138,8 +148,28 @@ async fn sandbox_scoped_requests_redirect_to_the_owner() {
         .get(broker.at("/sandboxes/not-an-id"))
         .expect_error(400, "malformed sandbox_id")
         .await;
-    no_follow()
+    // A worker this broker never heard of, just after its start: perhaps the broker
+    // restarted and the worker has not registered again yet. 503 and a retry, not 404.
+    let resp = no_follow()
         .get(broker.at(&format!("/sandboxes/{}", sandbox_id_on("worker_zz"))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["retry-after"], "1");
+    expect_error(
+        resp,
+        503,
+        "worker not registered yet: the broker restarted, retry shortly",
+    )
+    .await;
+    // Past the grace (none configured here), an unknown worker is unknown.
+    let settled = TestBroker::dev(BrokerConfig {
+        restart_grace: std::time::Duration::ZERO,
+        ..broker_config()
+    })
+    .await;
+    no_follow()
+        .get(settled.at(&format!("/sandboxes/{}", sandbox_id_on("worker_zz"))))
         .expect_error(404, "worker id unknown")
         .await;
     no_follow()

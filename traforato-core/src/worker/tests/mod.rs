@@ -46,6 +46,9 @@ struct RecordingLink {
     deregistrations: AtomicUsize,
     instance_id: Mutex<String>,
     fail_register: AtomicBool,
+    /// Probes of the broker's instance fail (a broker down).
+    fail_probe: AtomicBool,
+    probes: AtomicUsize,
     lease_ttl_seconds: Mutex<u64>,
 }
 
@@ -119,6 +122,14 @@ impl BrokerLink for RecordingLink {
     ) -> Result<Option<VmStartResponse>, LinkError> {
         self.vm_start_calls.fetch_add(1, Ordering::SeqCst);
         Ok(self.starts.lock().unwrap().pop_front())
+    }
+
+    async fn broker_instance(&self) -> Result<Option<String>, LinkError> {
+        self.probes.fetch_add(1, Ordering::SeqCst);
+        if self.fail_probe.load(Ordering::SeqCst) {
+            return Err(LinkError::Unreachable("connection refused".into()));
+        }
+        Ok(Some(self.instance_id.lock().unwrap().clone()))
     }
 }
 

@@ -298,3 +298,45 @@ fn registration_lists_the_virtualizations_served() {
     served.sort();
     assert_eq!(served, vec!["fake", "tart", "vetu"]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_broker_is_found_by_the_probe_not_the_next_heartbeat() {
+    let h = Harness::with(|c| {
+        c.registration_heartbeat = Duration::from_secs(60);
+        c.registration_probe = Duration::from_secs(1);
+    });
+    let (run, stop) = h.start();
+    eventually("registered", || h.link.registration_count() == 1).await;
+    // The same broker: probes, no registration until the heartbeat.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(h.link.registration_count(), 1);
+    assert!(h.link.probes.load(Ordering::SeqCst) >= 9);
+
+    // The broker goes away (probes fail: nothing to do yet) and comes back as a new instance:
+    // registered with again within a probe or two, 50 s before the heartbeat would have.
+    h.link.fail_probe.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(h.link.registration_count(), 1);
+    *h.link.instance_id.lock().unwrap() = "instance_two".into();
+    h.link.fail_probe.store(false, Ordering::SeqCst);
+    let back = tokio::time::Instant::now();
+    eventually("registered again", || h.link.registration_count() == 2).await;
+    assert!(
+        back.elapsed() <= Duration::from_secs(2),
+        "{:?}",
+        back.elapsed()
+    );
+    stop.send(()).unwrap();
+    run.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_probes_when_turned_off() {
+    let h = Harness::with(|c| c.registration_probe = Duration::ZERO);
+    let (run, stop) = h.start();
+    eventually("registered", || h.link.registration_count() == 1).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.link.probes.load(Ordering::SeqCst), 0);
+    stop.send(()).unwrap();
+    run.await.unwrap();
+}
