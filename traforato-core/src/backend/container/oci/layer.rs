@@ -245,8 +245,12 @@ impl<R: Read> Read for MetadataGuard<R> {
                     "a layer entry's name or attributes take {size} bytes (at most {MAX_METADATA})"
                 )));
             }
-            // Zero blocks (the end) have size 0: the next block is looked at again.
-            self.until_header = size.div_ceil(512) * 512;
+            // Zero blocks (the end) have size 0: the next block is looked at again. A size
+            // near 2^64 (base-256 encoding allows it) would overflow the rounding: refused.
+            self.until_header = size
+                .div_ceil(512)
+                .checked_mul(512)
+                .ok_or_else(|| io::Error::other(format!("a layer entry claims {size} bytes")))?;
         }
         Ok(n)
     }
@@ -779,6 +783,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(&value[..n], b"y");
+    }
+
+    /// Found by fuzzing (`fuzz/fuzz_targets/oci_layer.rs`): an entry whose size, in base-256,
+    /// is near 2^64 overflowed the framing guard's rounding (a panic in debug builds, a
+    /// wrong frame in release ones). It is an error now.
+    #[test]
+    fn an_entry_size_near_two_to_the_64_is_refused() {
+        let mut header = tar::Header::new_gnu();
+        header.set_path("huge").unwrap();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mode(0o644);
+        header.set_size(u64::MAX - 3);
+        header.set_cksum();
+        let mut tar = header.as_bytes().to_vec();
+        tar.extend_from_slice(&[0u8; 512]);
+        let (dir, result) = unpack_bytes(&finish(tar));
+        assert!(result.is_err(), "{result:?}");
+        assert!(!dir.path().join("layer/huge").exists());
     }
 
     #[test]
