@@ -586,7 +586,15 @@ async fn errors_are_matchable() {
         .exec("true")
         .await
         .unwrap_err();
-    assert_eq!(api_error(&err), (404, "worker id unknown"));
+    // A worker this broker does not know, just after its start (it may have restarted and
+    // the worker not registered again yet): 503, retry.
+    assert_eq!(
+        api_error(&err),
+        (
+            503,
+            "worker not registered yet: the broker restarted, retry shortly"
+        )
+    );
     let err = client
         .create_sandbox(CreateSandbox {
             virtualization: "fake".into(),
