@@ -253,13 +253,7 @@ fn uncover_proc(overmounts: &[String]) -> Result<(), String> {
     errno("unshare mount namespace", unsafe {
         rustix::thread::unshare_unsafe(UnshareFlags::NEWNS)
     })?;
-    errno(
-        "make mounts private",
-        mount_change(
-            "/",
-            MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
-        ),
-    )?;
+    make_mounts_private()?;
     for target in overmounts {
         match unmount(target.as_str(), UnmountFlags::DETACH) {
             // Gone already, or under a cover taken off before.
@@ -268,6 +262,18 @@ fn uncover_proc(overmounts: &[String]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Makes every mount of this process's mount namespace private, so that nothing done here
+/// reaches the namespace it was copied from.
+fn make_mounts_private() -> Result<(), String> {
+    errno(
+        "make mounts private",
+        mount_change(
+            "/",
+            MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+        ),
+    )
 }
 
 /// The agent (sandbox pid 1). Returns its exit code; exiting ends the whole sandbox.
@@ -304,13 +310,7 @@ fn build_sandbox(setup: &Setup) -> Result<OwnedFd, String> {
         set_thread_res_uid(Uid::ROOT, Uid::ROOT, Uid::ROOT),
     )?;
 
-    errno(
-        "make mounts private",
-        mount_change(
-            "/",
-            MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
-        ),
-    )?;
+    make_mounts_private()?;
     // The overlay came from the host's mount namespace, so it is locked here and cannot be
     // the new root; a recursive bind of it onto itself is a mount of our own. The state dirs
     // on the way are searchable for the sandbox: the state dir is 0711, the sandbox's own
