@@ -1,5 +1,6 @@
-//! Build script: records the git commit the binaries are built from, for `--version`
-//! (`TRAFORATO_GIT_COMMIT` at build time wins: builds from a tarball have no `.git`).
+//! Build script: the text `--version` prints after the binary's name, `<release> (commit
+//! <git commit>)`, as `TRAFORATO_VERSION` (`TRAFORATO_GIT_COMMIT` at build time wins over
+//! git: builds from a tarball have no `.git`).
 //! `traforato-cli` includes this same file as its build script.
 
 use std::process::Command;
@@ -12,7 +13,8 @@ pub fn main() {
         .map(|c| c.trim().to_string())
         .or_else(git_commit)
         .unwrap_or_else(|| "unknown".to_string());
-    println!("cargo:rustc-env=TRAFORATO_GIT_COMMIT={commit}");
+    let release = std::env::var("CARGO_PKG_VERSION").unwrap_or_default();
+    println!("cargo:rustc-env=TRAFORATO_VERSION={release} (commit {commit})");
 }
 
 /// The abbreviated commit of `HEAD`; `None` outside a git checkout. Asks cargo to run this

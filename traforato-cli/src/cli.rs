@@ -31,17 +31,9 @@ TRAFORATO_JWT_SECRET and --client-id: every request then carries a freshly minte
   traforato-cli --client-id alice sandbox create --image ubuntu:24.04
   traforato-cli --client-id alice exec sbx-... -- uname -a";
 
-/// What `--version` prints after the name: the release and the git commit it was built from.
-pub const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (commit ",
-    env!("TRAFORATO_GIT_COMMIT"),
-    ")"
-);
-
 /// Command-line client for traforato sandboxes.
 #[derive(Debug, Parser)]
-#[command(name = "traforato-cli", version = VERSION, about, after_help = ROOT_EXAMPLES)]
+#[command(name = "traforato-cli", version = env!("TRAFORATO_VERSION"), about, after_help = ROOT_EXAMPLES)]
 pub struct Cli {
     /// Broker URL.
     #[arg(

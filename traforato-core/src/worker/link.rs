@@ -111,7 +111,6 @@ impl BrokerLink for InProcessBrokerLink {
         Ok(self.broker.next_vm_start(worker_id.as_str())?)
     }
 
-    async fn broker_instance(&self) -> Result<Option<String>, LinkError> {
-        Ok(Some(self.broker.instance_id().to_string()))
-    }
+    // No `broker_instance`: a broker in the same process does not restart on its own, so
+    // there is nothing to probe for.
 }

@@ -59,11 +59,15 @@ pub(super) struct WarmJob {
 }
 
 impl Worker {
+    /// True while the worker takes no new sandbox at all: shutting down, draining, or above
+    /// its memory watermark.
+    fn refuses_new(&self, state: &State) -> bool {
+        state.shutting_down || state.draining || self.over_watermark.load(Ordering::Relaxed)
+    }
+
     /// True when the worker takes no new sandbox, or has no slot, core or MiB left.
     fn is_full(&self, state: &State) -> bool {
-        state.shutting_down
-            || state.draining
-            || self.over_watermark.load(Ordering::Relaxed)
+        self.refuses_new(state)
             || state.reserved.count >= self.config.max_live_sandboxes
             || state.reserved.cores >= self.capacity_cores()
             || state.reserved.memory_mib >= self.capacity_memory_mib()
@@ -73,8 +77,7 @@ impl Worker {
     /// whether it says the worker is full, so that freeing capacity later renews the
     /// registration at once.
     pub(super) fn capacity_report(&self, state: &State) -> WorkerCapacity {
-        let accepting =
-            !state.shutting_down && !state.draining && !self.over_watermark.load(Ordering::Relaxed);
+        let accepting = !self.refuses_new(state);
         self.reported_full
             .store(self.is_full(state), Ordering::Relaxed);
         let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);

@@ -16,13 +16,9 @@ use super::values::{AutoCount, AutoMib, GoDuration};
 use super::{ConfigError, DEFAULT_VIRTUALIZATION};
 
 /// What `--version` prints after the binary's name: the release and the git commit it was
-/// built from (`unknown` when built outside a checkout without `TRAFORATO_GIT_COMMIT`).
-pub const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (commit ",
-    env!("TRAFORATO_GIT_COMMIT"),
-    ")"
-);
+/// built from (`unknown` when built outside a checkout without `TRAFORATO_GIT_COMMIT`), as
+/// the build script (`build.rs`) records it.
+pub const VERSION: &str = env!("TRAFORATO_VERSION");
 
 /// Rewrites Go-style single-dash long flags (`-listen :8080`) into clap's `--listen :8080`,
 /// so command lines written for the prototype keep working. Short flags (`-h`), negative
