@@ -99,7 +99,9 @@ pub fn status_for(err: &WorkerError) -> StatusCode {
         WorkerError::OwnershipMismatch => StatusCode::FORBIDDEN,
         WorkerError::ImageRequired => StatusCode::BAD_REQUEST,
         WorkerError::UnsupportedVirtualization(_) => StatusCode::BAD_REQUEST,
-        WorkerError::NoCapacity(_) => StatusCode::SERVICE_UNAVAILABLE,
+        WorkerError::NoCapacity(_) | WorkerError::BackendNoCapacity(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         WorkerError::UnableToRetryPlacement => StatusCode::SERVICE_UNAVAILABLE,
         WorkerError::ImageNotFound(_) => StatusCode::NOT_FOUND,
         WorkerError::NotAnOperator => StatusCode::FORBIDDEN,

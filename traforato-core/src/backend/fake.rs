@@ -89,6 +89,7 @@ struct BackendState {
     leftovers: usize,
     overcommits: bool,
     memory_per_vm: Option<u64>,
+    memory_ceiling: Option<u64>,
     /// `set_network` refuses modes other than `none`, as a backend without egress does.
     network_refused: bool,
     /// The egress modes `supports_egress` admits; `None`: every mode.
@@ -153,6 +154,7 @@ impl FakeBackend {
                     leftovers: 0,
                     overcommits: false,
                     memory_per_vm: None,
+                    memory_ceiling: None,
                     network_refused: false,
                     egress_modes: None,
                     counters: FakeCounters::default(),
@@ -341,6 +343,12 @@ impl FakeBackend {
         self
     }
 
+    /// Reports a memory ceiling of `bytes` (see [`VmBackend::memory_ceiling`]); `None`
+    /// lifts it.
+    pub fn set_memory_ceiling(&self, bytes: Option<u64>) {
+        self.state().memory_ceiling = bytes;
+    }
+
     /// Pretends a crashed previous run left `n` sandboxes behind: the next
     /// `cleanup_leftovers` reports `n` and resets it.
     pub fn with_leftovers(self, n: usize) -> Self {
@@ -407,6 +415,10 @@ impl VmBackend for FakeBackend {
         let state = self.state();
         let per_vm = state.memory_per_vm?;
         Some(per_vm.saturating_mul(state.vms.len() as u64))
+    }
+
+    fn memory_ceiling(&self) -> Option<u64> {
+        self.state().memory_ceiling
     }
 
     async fn provision(&self, spec: ProvisionSpec) -> Result<Arc<dyn Vm>, BackendError> {

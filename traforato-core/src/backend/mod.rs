@@ -206,10 +206,16 @@ impl BackendError {
 
     /// Wraps an I/O error with what was being done.
     pub fn io(op: impl Into<String>, source: io::Error) -> Self {
-        Self::Io {
-            op: op.into(),
-            source,
+        let op = op.into();
+        // A full disk (or quota) is the host's lack of room, not a fault: creates may go
+        // elsewhere, and the answer says so.
+        if matches!(
+            source.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+        ) {
+            return Self::Capacity(format!("the worker's disk is full ({op}: {source})"));
         }
+        Self::Io { op, source }
     }
 }
 
@@ -516,6 +522,18 @@ pub trait VmBackend: Send + Sync + 'static {
     /// against [`crate::worker::CapacityConfig::memory_high_watermark_mib`] before each new
     /// sandbox; keep it cheap.
     fn memory_in_use(&self) -> Option<u64> {
+        None
+    }
+
+    /// The most memory this backend's sandboxes may use all together when something beside
+    /// the host's memory bounds it (a memory limit on the cgroup they live under, set by
+    /// systemd's `MemoryMax=` or a container runtime), in bytes; `None` when nothing does.
+    /// The worker refuses new sandboxes above [`DEFAULT_MEMORY_HIGH_WATERMARK_PERCENT`] of it,
+    /// as it does above its own watermark, so that the kernel's OOM killer never picks a
+    /// live sandbox. Keep it cheap.
+    ///
+    /// [`DEFAULT_MEMORY_HIGH_WATERMARK_PERCENT`]: crate::worker::defaults::DEFAULT_MEMORY_HIGH_WATERMARK_PERCENT
+    fn memory_ceiling(&self) -> Option<u64> {
         None
     }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
 
+use super::defaults::DEFAULT_MEMORY_HIGH_WATERMARK_PERCENT;
 use super::exec::{OutputBudget, MAX_OUTPUT_BYTES_PER_SANDBOX};
 use super::sandbox::{destroy_vm, expiry};
 use super::state::{SandboxEntry, StartType, State, Usage};
@@ -260,18 +261,26 @@ impl Worker {
         Ok(())
     }
 
-    /// True while the memory the sandboxes actually use is above the high watermark. Asks
-    /// the backends (which may read files): never call it under the state lock.
+    /// True while the memory the sandboxes actually use is above the high watermark, or above
+    /// [`DEFAULT_MEMORY_HIGH_WATERMARK_PERCENT`] of a backend's memory ceiling (a limit on
+    /// the cgroup its sandboxes live under). Asks the backends (which may read files): never
+    /// call it under the state lock.
     pub(super) fn above_memory_watermark(&self) -> bool {
-        let Some(limit_mib) = self.config.capacity.memory_high_watermark_mib else {
-            return false;
-        };
-        let used: u64 = self
-            .backends
-            .values()
-            .filter_map(|b| b.memory_in_use())
-            .sum();
-        let above = used > limit_mib.saturating_mul(1 << 20);
+        let mut used_total: u64 = 0;
+        let mut above = false;
+        for backend in self.backends.values() {
+            let Some(used) = backend.memory_in_use() else {
+                continue;
+            };
+            used_total = used_total.saturating_add(used);
+            if let Some(ceiling) = backend.memory_ceiling() {
+                let high = (ceiling as f64 * DEFAULT_MEMORY_HIGH_WATERMARK_PERCENT / 100.0) as u64;
+                above |= used > high;
+            }
+        }
+        if let Some(limit_mib) = self.config.capacity.memory_high_watermark_mib {
+            above |= used_total > limit_mib.saturating_mul(1 << 20);
+        }
         self.over_watermark.store(above, Ordering::Relaxed);
         above
     }
@@ -415,20 +424,37 @@ impl Worker {
             let reason = match self.check_capacity(&state, spec.usage()) {
                 Err(WorkerError::NoCapacity(reason)) => reason,
                 Err(other) => return Err(other),
-                Ok(()) => match state.ready.claim(&vm_id, &spec.tuple) {
-                    Some(vm) => {
-                        // Part of the tuple's current burst, if there is one.
-                        let now = self.clock.now();
-                        state.bursts.record(&spec.tuple, now, false);
-                        state.reserved.add(spec.usage());
-                        let done = self.commit(&mut state, &spec, vm_id, vm, Policy::none());
-                        self.send_vm_event(&state, VmEventKind::Claimed, vm_id, &spec.tuple);
-                        drop(state);
-                        return Ok(self.created(&spec, done, StartType::Warm, false));
+                Ok(()) => {
+                    // The hinted VM, or, when it was taken here since the broker heard of it
+                    // (an unhinted create claimed it), another ready VM of the tuple: that
+                    // spares a round trip to the broker, which in a burst may find only such
+                    // stale hints and give up.
+                    let claimed = match state.ready.claim(&vm_id, &spec.tuple) {
+                        Some(vm) => Some((vm_id, vm)),
+                        None if pooled.is_none() => state.ready.claim_oldest(&spec.tuple),
+                        None => None,
+                    };
+                    match claimed {
+                        Some((claimed_id, vm)) => {
+                            // Part of the tuple's current burst, if there is one.
+                            let now = self.clock.now();
+                            state.bursts.record(&spec.tuple, now, false);
+                            state.reserved.add(spec.usage());
+                            let done =
+                                self.commit(&mut state, &spec, claimed_id, vm, Policy::none());
+                            self.send_vm_event(
+                                &state,
+                                VmEventKind::Claimed,
+                                claimed_id,
+                                &spec.tuple,
+                            );
+                            drop(state);
+                            return Ok(self.created(&spec, done, StartType::Warm, false));
+                        }
+                        None if pooled.is_some() => "hinted vm has another tuple",
+                        None => "hinted vm is not ready",
                     }
-                    None if pooled.is_some() => "hinted vm has another tuple",
-                    None => "hinted vm is not ready",
-                },
+                }
             };
             // The broker dropped its hint when it redirected; the VM is still ours and idle.
             if let Some(tuple) = &pooled {
@@ -550,6 +576,7 @@ impl Worker {
                     BackendError::RegistryUnreachable { registry, .. } => {
                         WorkerError::RegistryUnreachable(registry)
                     }
+                    BackendError::Capacity(reason) => WorkerError::BackendNoCapacity(reason),
                     // Its network, asked for with it, is what the backend lacks.
                     BackendError::Unsupported(what) if spec.network.egress() != Egress::None => {
                         WorkerError::Unsupported(what)

@@ -3,6 +3,7 @@
 //! destroys every sandbox and warm VM.
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,8 +97,23 @@ impl Worker {
                 _ = stopped(&mut stop) => break,
                 _ = ticker.tick() => {
                     self.reap().await;
+                    self.recheck_memory_watermark();
                 }
             }
+        }
+    }
+
+    /// While new sandboxes are refused for memory, measures again: memory can come back
+    /// without a delete (a limit raised, processes exiting), and then the broker hears at
+    /// once that this worker accepts sandboxes again, and the warm pool refills.
+    fn recheck_memory_watermark(&self) {
+        if self.over_watermark.load(Ordering::Relaxed) && !self.above_memory_watermark() {
+            tracing::info!(
+                worker_id = %self.config.worker_id,
+                "memory back below the high watermark: accepting sandboxes again"
+            );
+            self.heartbeat_wake.notify_one();
+            self.pool_wake.notify_one();
         }
     }
 

@@ -243,6 +243,10 @@ pub enum WorkerError {
     /// 503 with the exact message, e.g. `no capacity: max sandbox count reached`.
     #[error("{0}")]
     NoCapacity(&'static str),
+    /// 503: the backend has no room for the sandbox (`no capacity: <reason>`, e.g. the
+    /// worker's disk is full).
+    #[error("no capacity: {0}")]
+    BackendNoCapacity(String),
     /// 503: a hinted claim failed and there is no broker URL to bounce to.
     #[error("unable to retry placement")]
     UnableToRetryPlacement,
@@ -579,7 +583,7 @@ impl Worker {
         placement: Placement,
     ) -> Result<CreateOutcome, WorkerError> {
         let outcome = self.create_one(principal, request, placement).await;
-        if let Err(WorkerError::NoCapacity(_)) = &outcome {
+        if let Err(WorkerError::NoCapacity(_) | WorkerError::BackendNoCapacity(_)) = &outcome {
             // The broker sent a create this worker cannot take: correct its view now.
             self.heartbeat_wake.notify_one();
         }

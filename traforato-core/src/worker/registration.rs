@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
 use super::lifecycle::stopped;
-use super::{BrokerLink, Worker};
+use super::{BrokerLink, LinkError, Worker};
 use crate::api::RegistrationRequest;
 
 /// VM starts taken per heartbeat at most.
@@ -86,6 +86,8 @@ impl Worker {
                 _ = stopped(&mut stop) => break,
                 result = broker.register(worker_id, &request) => result,
             };
+            // Failed because the broker could not be reached (not a refusal).
+            let unreachable = matches!(result, Err(LinkError::Unreachable(_)));
             let delay = match result {
                 Ok(response) => {
                     backoff = REGISTER_BACKOFF_START;
@@ -123,25 +125,32 @@ impl Worker {
                     delay
                 }
             };
-            let probing = registered.is_some() && !self.config.registration_probe.is_zero();
+            let probing = !self.config.registration_probe.is_zero();
             tokio::select! {
                 _ = stopped(&mut stop) => break,
                 _ = tokio::time::sleep(delay) => {}
                 // The broker's view of the load is wrong: renew now. A refused registration
                 // keeps its backoff.
                 _ = self.heartbeat_wake.notified(), if registered.is_some() => {}
-                instance = self.broker_restarted(broker.as_ref(), registered.as_deref()), if probing => {
+                instance = self.broker_restarted(broker.as_ref(), registered.as_deref()), if probing && registered.is_some() => {
                     tracing::info!(
                         worker_id = %worker_id,
                         broker_instance_id = %instance,
                         "broker restarted: registering again"
                     );
                 }
+                // Unreachable (a partition, a broker down): register as soon as it answers
+                // again, not after a backoff that grew during the outage. A refusal keeps
+                // its backoff.
+                _ = self.broker_restarted(broker.as_ref(), None), if probing && registered.is_none() && unreachable => {
+                    tracing::info!(worker_id = %worker_id, "broker reachable again: registering");
+                }
             }
         }
     }
 
-    /// Completes with the broker's instance id once it differs from `registered`: asks every
+    /// Completes with the broker's instance id once it differs from `registered` (`None`: once
+    /// the broker answers at all): asks every
     /// [`WorkerConfig::registration_probe`](super::WorkerConfig::registration_probe), through
     /// an unreachable spell (a restart) too. Never completes for a link that cannot tell.
     async fn broker_restarted(&self, broker: &dyn BrokerLink, registered: Option<&str>) -> String {
@@ -151,7 +160,7 @@ impl Worker {
         loop {
             ticker.tick().await;
             match broker.broker_instance().await {
-                Ok(Some(instance)) if Some(instance.as_str()) != registered => return instance,
+                Ok(Some(instance)) if registered != Some(instance.as_str()) => return instance,
                 Ok(Some(_)) => {}
                 Ok(None) => std::future::pending::<()>().await,
                 Err(error) => tracing::debug!(

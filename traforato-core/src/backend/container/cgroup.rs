@@ -233,6 +233,32 @@ impl CgroupDriver {
         unreclaimable(self.version, &h.root.join(&self.parent))
     }
 
+    /// The tightest memory limit on the parent or one of its ancestors up to the hierarchy's
+    /// root, in bytes; `None` when none is limited (or without a memory hierarchy).
+    pub(crate) fn parent_memory_limit(&self) -> Option<u64> {
+        let h = self
+            .hierarchies
+            .iter()
+            .find(|h| h.controllers.contains(&"memory"))?;
+        let file = match self.version {
+            CgroupVersion::V2 => "memory.max",
+            CgroupVersion::V1 => "memory.limit_in_bytes",
+        };
+        let mut dir = h.root.join(&self.parent);
+        let mut tightest: Option<u64> = None;
+        loop {
+            let limit = fs::read_to_string(dir.join(file))
+                .ok()
+                .and_then(|text| parse_memory_limit(&text));
+            if let Some(limit) = limit {
+                tightest = Some(tightest.map_or(limit, |t| t.min(limit)));
+            }
+            if dir == h.root || !dir.pop() || !dir.starts_with(&h.root) {
+                return tightest;
+            }
+        }
+    }
+
     /// Creates the parent cgroups and, on v2, delegates the controllers down to them. The
     /// directories it created (not those that existed) are remembered for
     /// [`CgroupDriver::remove_parents`]: also those a sandbox create makes again after the
@@ -525,9 +551,18 @@ impl MemoryGauge {
     }
 }
 
+/// A memory limit file's value: bytes, or `None` for no limit (v2 `max`, v1's page-rounded
+/// `i64::MAX`).
+fn parse_memory_limit(text: &str) -> Option<u64> {
+    let value: u64 = text.trim().parse().ok()?;
+    (value < 1 << 62).then_some(value)
+}
+
 /// Memory of a cgroup and its children that the kernel cannot simply drop: anonymous
-/// memory, tmpfs/shmem (the sandboxes' files) and, on v2, kernel memory; page cache, which
-/// is reclaimable, does not count. From `memory.stat` (hierarchical on v2, `total_*` on v1).
+/// memory, tmpfs/shmem (the sandboxes' files) and kernel memory (page tables, sockets,
+/// namespaces: a few hundred KiB a sandbox); page cache, which is reclaimable, does not
+/// count. From `memory.stat` (hierarchical on v2, `total_*` on v1) and, on v1,
+/// `memory.kmem.usage_in_bytes`.
 fn unreclaimable(version: CgroupVersion, dir: &Path) -> Option<u64> {
     let stat = fs::read_to_string(dir.join("memory.stat")).ok()?;
     let field = |key: &str| {
@@ -543,7 +578,13 @@ fn unreclaimable(version: CgroupVersion, dir: &Path) -> Option<u64> {
     };
     Some(match version {
         CgroupVersion::V2 => field("anon") + field("shmem") + field("kernel"),
-        CgroupVersion::V1 => field("total_rss") + field("total_shmem"),
+        CgroupVersion::V1 => {
+            let kernel = fs::read_to_string(dir.join("memory.kmem.usage_in_bytes"))
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            field("total_rss") + field("total_shmem") + kernel
+        }
     })
 }
 
@@ -863,6 +904,45 @@ mod tests {
         assert!(!root.join("a").exists(), "nothing left behind");
         // Nothing more to remove.
         assert_eq!(driver.remove_parents().unwrap(), Vec::<PathBuf>::new());
+    }
+
+    /// The ceiling is the tightest limit on the parent's path, the root's included; "no
+    /// limit" in either version's spelling is none.
+    #[test]
+    fn the_memory_ceiling_is_the_tightest_limit_above_the_sandboxes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let driver = |version| CgroupDriver {
+            version,
+            hierarchies: vec![Hierarchy {
+                root: tmp.path().join("memory"),
+                controllers: vec!["memory"],
+            }],
+            parent: "outer/tf".to_string(),
+            created: Default::default(),
+            ledger: None,
+        };
+        let root = tmp.path().join("memory");
+        fs::create_dir_all(root.join("outer/tf")).unwrap();
+        let v1 = driver(CgroupVersion::V1);
+        assert_eq!(v1.parent_memory_limit(), None, "no limit files");
+        fs::write(root.join("memory.limit_in_bytes"), "9223372036854771712\n").unwrap();
+        fs::write(
+            root.join("outer/tf/memory.limit_in_bytes"),
+            "9223372036854771712\n",
+        )
+        .unwrap();
+        assert_eq!(v1.parent_memory_limit(), None, "v1's unlimited");
+        fs::write(root.join("outer/memory.limit_in_bytes"), "1073741824\n").unwrap();
+        assert_eq!(v1.parent_memory_limit(), Some(1 << 30), "an ancestor's");
+        fs::write(root.join("outer/tf/memory.limit_in_bytes"), "268435456\n").unwrap();
+        assert_eq!(v1.parent_memory_limit(), Some(256 << 20), "the tightest");
+
+        let v2 = driver(CgroupVersion::V2);
+        fs::write(root.join("outer/tf/memory.max"), "max\n").unwrap();
+        fs::write(root.join("outer/memory.max"), "max\n").unwrap();
+        assert_eq!(v2.parent_memory_limit(), None, "v2's max");
+        fs::write(root.join("outer/memory.max"), "536870912\n").unwrap();
+        assert_eq!(v2.parent_memory_limit(), Some(512 << 20));
     }
 
     #[test]

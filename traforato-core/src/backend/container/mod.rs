@@ -1068,6 +1068,10 @@ impl VmBackend for ContainerBackend {
         self.cgroups.parent_memory_in_use()
     }
 
+    fn memory_ceiling(&self) -> Option<u64> {
+        self.cgroups.parent_memory_limit()
+    }
+
     fn images(&self) -> Option<&dyn ImageCatalog> {
         self.images.catalog()
     }

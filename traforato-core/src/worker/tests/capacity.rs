@@ -159,6 +159,98 @@ async fn above_the_memory_watermark_warm_sandboxes_go_first_then_creates_are_ref
     assert!(worker.above_memory_watermark());
 }
 
+/// A memory limit on the sandboxes' cgroup (the backend's ceiling) counts as well: above 90 %
+/// of it creates are refused, even far below the host's watermark; lifted, they go on.
+#[tokio::test]
+async fn a_memory_ceiling_of_the_backend_refuses_creates_above_ninety_percent() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let containers = FakeBackend::new()
+        .with_clock(clock.clone())
+        .with_overcommit()
+        .with_memory_per_vm(100 << 20);
+    containers.set_memory_ceiling(Some(400 << 20));
+    let worker = Worker::new(
+        WorkerConfig {
+            total_cores: 2,
+            total_memory_mib: 2048,
+            max_live_sandboxes: 64,
+            capacity: CapacityConfig {
+                cpu_overcommit: 32,
+                memory_overcommit: 32,
+                memory_high_watermark_mib: Some(1 << 20),
+                max_warm_per_tuple: None,
+                warm_fill_parallelism: 1,
+            },
+            ..config()
+        },
+        vec![Arc::new(containers.clone())],
+        clock,
+        Arc::new(Metrics::new(false)),
+        None,
+    );
+    // 0, 100, 200, 300 MiB in use: at most 360 MiB (90 % of 400), so four creates.
+    for _ in 0..4 {
+        try_create(&worker, "fake", 1).await.unwrap();
+    }
+    // 400 MiB > 360 MiB.
+    let err = try_create(&worker, "fake", 1).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "no capacity: memory high watermark reached"
+    );
+    assert_eq!(containers.live_count(), 4);
+    containers.set_memory_ceiling(None);
+    try_create(&worker, "fake", 1).await.unwrap();
+    // Without a configured watermark the ceiling still holds.
+    containers.set_memory_ceiling(Some(400 << 20));
+    let unbounded = Worker::new(
+        WorkerConfig {
+            capacity: CapacityConfig {
+                memory_high_watermark_mib: None,
+                ..worker.config().capacity.clone()
+            },
+            ..worker.config().clone()
+        },
+        vec![Arc::new(containers.clone())],
+        Arc::new(ManualClock::new(t0())),
+        Arc::new(Metrics::new(false)),
+        None,
+    );
+    assert!(unbounded.above_memory_watermark());
+}
+
+/// A full disk under the backend is a lack of room, said as such (503 `no capacity: ...`),
+/// not a generic provisioning failure; the next create, with room again, succeeds.
+#[tokio::test]
+async fn a_full_disk_is_no_capacity() {
+    let full = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = full.clone();
+    let fake = FakeBackend::new().with_provision_failure(move |_| {
+        flag.load(std::sync::atomic::Ordering::SeqCst).then(|| {
+            crate::backend::BackendError::io(
+                "prepare sandbox",
+                std::io::Error::from_raw_os_error(28),
+            )
+        })
+    });
+    let worker = Worker::new(
+        config(),
+        vec![Arc::new(fake)],
+        Arc::new(ManualClock::new(t0())),
+        Arc::new(Metrics::new(false)),
+        None,
+    );
+    let err = try_create(&worker, "fake", 1).await.unwrap_err();
+    assert!(matches!(err, WorkerError::BackendNoCapacity(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "no capacity: the worker's disk is full (prepare sandbox: No space left on device (os \
+         error 28))"
+    );
+    full.store(false, std::sync::atomic::Ordering::SeqCst);
+    try_create(&worker, "fake", 1).await.unwrap();
+}
+
 #[tokio::test]
 async fn warm_targets_stop_at_the_ceiling() {
     let (worker, _, _) = overcommitted(|c| c.capacity.max_warm_per_tuple = Some(3));

@@ -103,6 +103,60 @@ async fn unknown_hint_bounces_with_next_retry() {
     assert!(matches!(err, WorkerError::UnableToRetryPlacement));
 }
 
+/// A hint the broker gave while an unhinted create here took that VM: another ready VM of the
+/// tuple serves the create (warm, no bounce), and the broker hears that one was claimed.
+#[tokio::test]
+async fn a_stale_hint_claims_another_ready_vm_of_the_tuple() {
+    let h = Harness::new();
+    let first = h.warm("fake", "img", 1).await;
+    let second = h.warm("fake", "img", 1).await;
+    h.queued_events();
+    // An unhinted create takes the oldest: the broker's hint of it is stale until the event.
+    let unhinted = h.create(&dev(), req("img", 1)).await;
+    assert!(unhinted.sandbox_id.ends_with(&first.to_string()));
+    h.queued_events();
+    let outcome = h
+        .worker
+        .create_sandbox(
+            &dev(),
+            req("img", 1),
+            Placement {
+                claim: Some(first),
+                retry: 0,
+            },
+        )
+        .await
+        .unwrap();
+    let CreateOutcome::Created(created) = outcome else {
+        panic!("{outcome:?}");
+    };
+    assert_eq!(created.start_type, "warm");
+    assert!(created.sandbox_id.ends_with(&second.to_string()));
+    let events = h.queued_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].event.as_str(), events[0].local_vm_id.clone()),
+        ("claimed", second.to_string())
+    );
+    // With the pool empty, a stale hint bounces as before.
+    let outcome = h
+        .worker
+        .create_sandbox(
+            &dev(),
+            req("img", 1),
+            Placement {
+                claim: Some(second),
+                retry: 0,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        outcome,
+        CreateOutcome::RetryPlacement { retry: 1 }
+    ));
+}
+
 #[tokio::test]
 async fn hinted_tuple_mismatch_bounces_and_reannounces() {
     let h = Harness::with(|c| c.broker_public_url = Some("http://broker.example.com/".into()));

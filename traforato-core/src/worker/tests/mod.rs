@@ -46,6 +46,8 @@ struct RecordingLink {
     deregistrations: AtomicUsize,
     instance_id: Mutex<String>,
     fail_register: AtomicBool,
+    /// Registrations fail as unreachable (a partition).
+    unreachable: AtomicBool,
     /// Probes of the broker's instance fail (a broker down).
     fail_probe: AtomicBool,
     probes: AtomicUsize,
@@ -87,6 +89,9 @@ impl BrokerLink for RecordingLink {
             .lock()
             .unwrap()
             .push((tokio::time::Instant::now(), request.clone()));
+        if self.unreachable.load(Ordering::SeqCst) {
+            return Err(LinkError::Unreachable("timed out".into()));
+        }
         if self.fail_register.load(Ordering::SeqCst) {
             return Err(LinkError::Status {
                 status: 503,

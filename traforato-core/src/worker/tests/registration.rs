@@ -330,6 +330,94 @@ async fn a_restarted_broker_is_found_by_the_probe_not_the_next_heartbeat() {
     run.await.unwrap();
 }
 
+/// A partition: registrations and probes time out for a minute (the backoff grows to 30 s);
+/// once the broker answers again the worker registers within a probe, not a backoff.
+#[tokio::test(start_paused = true)]
+async fn an_unreachable_broker_is_registered_with_as_soon_as_it_answers() {
+    let h = Harness::with(|c| {
+        c.registration_heartbeat = Duration::from_secs(1);
+        c.registration_probe = Duration::from_millis(250);
+    });
+    let (run, stop) = h.start();
+    eventually("registered", || h.link.registration_count() == 1).await;
+    h.link.unreachable.store(true, Ordering::SeqCst);
+    h.link.fail_probe.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    // Attempts follow the backoff (1, 2, 4, 8, 16, 30 s), not the probe.
+    let attempts = h.link.registration_count() - 1;
+    assert!((5..=8).contains(&attempts), "{attempts} attempts");
+    h.link.unreachable.store(false, Ordering::SeqCst);
+    h.link.fail_probe.store(false, Ordering::SeqCst);
+    let back = tokio::time::Instant::now();
+    eventually("registered again", || {
+        h.link.registration_count() == attempts + 2
+    })
+    .await;
+    assert!(
+        back.elapsed() <= Duration::from_millis(500),
+        "{:?}",
+        back.elapsed()
+    );
+    stop.send(()).unwrap();
+    run.await.unwrap();
+}
+
+/// Above a memory ceiling the broker is told "not accepting"; when the memory comes back
+/// without a delete (the limit raised), it hears otherwise within a reap interval, not at
+/// the next heartbeat.
+#[tokio::test(start_paused = true)]
+async fn memory_coming_back_is_told_to_the_broker_at_once() {
+    let h = Harness::with(|c| {
+        c.registration_heartbeat = Duration::from_secs(60);
+        c.reap_interval = Duration::from_secs(1);
+    });
+    let _ = h.fake.clone().with_memory_per_vm(100 << 20);
+    h.sandbox().await;
+    h.fake.set_memory_ceiling(Some(10 << 20));
+    let (run, stop) = h.start();
+    eventually("registered", || h.link.registration_count() == 1).await;
+    let accepting = |n: usize| {
+        h.link.registrations.lock().unwrap()[n]
+            .1
+            .accepting_sandboxes
+    };
+    assert_eq!(accepting(0), Some(false));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        h.link.registration_count(),
+        1,
+        "nothing changed: no renewal"
+    );
+    h.fake.set_memory_ceiling(None);
+    let back = tokio::time::Instant::now();
+    eventually("a renewal saying it accepts", || {
+        h.link.registration_count() == 2
+    })
+    .await;
+    assert_eq!(accepting(1), Some(true));
+    assert!(
+        back.elapsed() <= Duration::from_secs(1),
+        "{:?}",
+        back.elapsed()
+    );
+    stop.send(()).unwrap();
+    run.await.unwrap();
+}
+
+/// A refusal (not a partition) keeps its backoff even though the broker answers probes.
+#[tokio::test(start_paused = true)]
+async fn a_refused_registration_keeps_its_backoff() {
+    let h = Harness::with(|c| c.registration_probe = Duration::from_millis(250));
+    h.link.fail_register.store(true, Ordering::SeqCst);
+    let (run, stop) = h.start();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    // 0, 1, 3, 7, 15 s: five attempts, not one per probe.
+    let attempts = h.link.registration_count();
+    assert!((4..=6).contains(&attempts), "{attempts} attempts");
+    stop.send(()).unwrap();
+    run.await.unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn no_probes_when_turned_off() {
     let h = Harness::with(|c| c.registration_probe = Duration::ZERO);
