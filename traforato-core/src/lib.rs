@@ -34,3 +34,7 @@ pub mod telemetry;
 pub mod warm;
 #[cfg(feature = "runtime")]
 pub mod worker;
+
+#[cfg(all(feature = "fuzzing", target_os = "linux"))]
+#[doc(hidden)]
+pub mod fuzzing;

@@ -66,7 +66,8 @@ impl WorkerLoad {
 
     /// Live plus recently placed sandboxes.
     pub fn expected_live(&self) -> u64 {
-        self.live_sandboxes + self.placed_since_heartbeat
+        self.live_sandboxes
+            .saturating_add(self.placed_since_heartbeat)
     }
 
     /// Cores allocated plus those of recent placements (counted at `cpu` each).
@@ -78,12 +79,15 @@ impl WorkerLoad {
     /// Load in parts per million of the tightest reported resource (sandbox slots or cores);
     /// workers that report nothing count as empty.
     pub fn load_ppm(&self, cpu: u32) -> u64 {
-        let slots = (self.expected_live() * 1_000_000)
-            .checked_div(self.max_live_sandboxes)
-            .unwrap_or(0);
-        let cpu_load = (self.expected_cores(cpu) * 1_000_000)
-            .checked_div(self.total_cores)
-            .unwrap_or(0);
+        // In u128: a worker may report counts up to `i64::MAX`, which times a million
+        // overflows u64.
+        let ppm = |used: u64, offered: u64| {
+            (u128::from(used) * 1_000_000)
+                .checked_div(u128::from(offered))
+                .map_or(0, |ppm| u64::try_from(ppm).unwrap_or(u64::MAX))
+        };
+        let slots = ppm(self.expected_live(), self.max_live_sandboxes);
+        let cpu_load = ppm(self.expected_cores(cpu), self.total_cores);
         slots.max(cpu_load)
     }
 
@@ -463,6 +467,31 @@ mod tests {
         assert_eq!(starts(&LeastLoaded, c, 20), [2, 4, 6, 8, 0]);
     }
 
+    /// Found by `properties::least_loaded_survives_huge_reports`: a reported count above
+    /// `u64::MAX / 1_000_000` overflowed when scaled to parts per million (a panic in debug
+    /// builds, a wrong load in release).
+    #[test]
+    fn huge_reports_saturate_the_load() {
+        let huge = WorkerLoad {
+            total_cores: 9_223_372_036_854_775_810,
+            allocated_cores: 18_446_744_073_701,
+            placed_since_heartbeat: 3,
+            ..WorkerLoad::new(ComponentId::parse("a").unwrap(), 0)
+        };
+        assert_eq!(huge.load_ppm(3), 2);
+        assert_eq!(LeastLoaded.place(&tuple(), &[huge]), cold("a"));
+        let busy = WorkerLoad {
+            live_sandboxes: i64::MAX as u64,
+            placed_since_heartbeat: u64::MAX,
+            max_live_sandboxes: 1,
+            ..WorkerLoad::new(ComponentId::parse("b").unwrap(), 1)
+        };
+        assert_eq!(busy.expected_live(), u64::MAX);
+        assert_eq!(busy.load_ppm(1), u64::MAX);
+        let idle = sized("c", 2, 8, 0);
+        assert_eq!(LeastLoaded.place(&tuple(), &[busy, idle]), cold("c"));
+    }
+
     #[test]
     fn first_registered() {
         let c = [w("b", 1, 4, 0), w("a", 0, 4, 4)];
@@ -474,5 +503,233 @@ mod tests {
         // The oldest ready sandbox anywhere, whatever the load.
         let c = [warm(w("a", 0, 4, 4), 1, 5), warm(w("b", 1, 4, 0), 1, 3)];
         assert_eq!(FirstRegistered.place(&tuple(), &c), warm_on("b"));
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    //! Property tests: the policies over random fleets of workers, loaded and not, warm and
+    //! not, some reporting nothing.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A reported number: mostly small, sometimes 0 (not reported), and with `huge` sometimes
+    /// anything a worker could send.
+    fn number(huge: bool) -> BoxedStrategy<u64> {
+        if huge {
+            prop_oneof![
+                1 => Just(0u64),
+                3 => 0u64..12,
+                2 => any::<u64>(),
+                1 => Just(i64::MAX as u64),
+            ]
+            .boxed()
+        } else {
+            prop_oneof![1 => Just(0u64), 3 => 0u64..12].boxed()
+        }
+    }
+
+    /// One worker's numbers: what it reported (cores, slots, live, allocated cores, memory);
+    /// creates placed since; not accepting; its ready sandboxes, the age of the oldest, its
+    /// queued starts.
+    type Numbers = ([u64; 5], u64, bool, (u64, u64, u64));
+
+    fn load(
+        i: usize,
+        (reported, placed, refusing, (ready, oldest, starting)): Numbers,
+    ) -> WorkerLoad {
+        let [cores, max, live, allocated, memory] = reported;
+        WorkerLoad {
+            total_cores: cores,
+            total_memory_mib: memory,
+            max_live_sandboxes: max,
+            live_sandboxes: live,
+            allocated_cores: allocated,
+            allocated_memory_mib: 0,
+            placed_since_heartbeat: placed,
+            accepting: !refusing,
+            ready,
+            oldest_ready: (ready > 0).then_some(oldest * 8 + i as u64),
+            starting,
+            ..WorkerLoad::new(
+                ComponentId::parse(&format!("worker_{i}")).expect("valid id"),
+                i as u64 * 3,
+            )
+        }
+    }
+
+    /// A fleet of up to 8 workers, each at its own registration position, in any order.
+    fn fleet(huge: bool) -> impl Strategy<Value = Vec<WorkerLoad>> {
+        let n = || number(huge);
+        let worker = (
+            [n(), n(), n(), n(), n()],
+            // Counted by the broker, so never huge: creates placed, ready hints, queued starts.
+            0u64..4,
+            prop_oneof![1 => Just(true), 6 => Just(false)],
+            (0u64..4, 0u64..100, 0u64..3),
+        );
+        prop::collection::vec(worker, 0..8)
+            .prop_map(|workers| {
+                let loads = workers.into_iter().enumerate().map(|(i, w)| load(i, w));
+                loads.collect::<Vec<_>>()
+            })
+            .prop_shuffle()
+    }
+
+    fn cpu(huge: bool) -> BoxedStrategy<u32> {
+        if huge {
+            prop_oneof![3 => 1u32..4, 1 => any::<u32>().prop_map(|c| c.max(1))].boxed()
+        } else {
+            (1u32..4).boxed()
+        }
+    }
+
+    fn tuple(cpu: u32) -> SandboxTuple {
+        SandboxTuple {
+            virtualization: "fake".into(),
+            image: "img".into(),
+            cpu,
+        }
+    }
+
+    fn find<'a>(fleet: &'a [WorkerLoad], id: &ComponentId) -> &'a WorkerLoad {
+        fleet
+            .iter()
+            .find(|w| &w.worker_id == id)
+            .expect("a candidate")
+    }
+
+    /// The checks of every fleet: a placement whenever a worker has room, on one with room, a
+    /// warm claim only where a ready sandbox is, whatever the order of the candidates. With
+    /// `ranking`, also who wins: the least loaded worker (the earliest on a tie) unless a warm
+    /// claim within the advantage of it does.
+    fn check_least_loaded(
+        fleet: &[WorkerLoad],
+        cpu: u32,
+        ranking: bool,
+    ) -> Result<(), TestCaseError> {
+        let tuple = tuple(cpu);
+        let choice = LeastLoaded.place(&tuple, fleet);
+        let roomy: Vec<&WorkerLoad> = fleet.iter().filter(|w| w.has_room(cpu)).collect();
+        prop_assert_eq!(choice.is_some(), !roomy.is_empty());
+        let Some(choice) = choice else { return Ok(()) };
+        let chosen = find(fleet, choice.worker_id());
+        prop_assert!(chosen.accepting);
+        if chosen.max_live_sandboxes > 0 {
+            prop_assert!(chosen.live_sandboxes < chosen.max_live_sandboxes);
+        }
+        if chosen.total_cores > 0 {
+            prop_assert!(
+                u128::from(chosen.allocated_cores) + u128::from(cpu)
+                    <= u128::from(chosen.total_cores)
+            );
+        }
+        if let Choice::Warm(_) = choice {
+            prop_assert!(chosen.ready > 0);
+        }
+        let mut reversed = fleet.to_vec();
+        reversed.reverse();
+        prop_assert_eq!(LeastLoaded.place(&tuple, &reversed), Some(choice.clone()));
+        if !ranking {
+            return Ok(());
+        }
+        let least = roomy
+            .iter()
+            .map(|w| w.load_ppm(cpu))
+            .min()
+            .expect("a worker");
+        let advantage = LeastLoaded::WARM_ADVANTAGE_PPM;
+        let warm_best = roomy
+            .iter()
+            .filter(|w| w.ready > 0)
+            .map(|w| w.load_ppm(cpu))
+            .min();
+        match choice {
+            Choice::Warm(_) => {
+                let load = chosen.load_ppm(cpu);
+                prop_assert_eq!(Some(load), warm_best);
+                prop_assert!(load <= least + advantage);
+            }
+            Choice::Cold(_) => {
+                prop_assert_eq!(chosen.load_ppm(cpu), least);
+                if let Some(warm) = warm_best {
+                    prop_assert!(
+                        warm > least + advantage,
+                        "a ready sandbox within the advantage was passed over"
+                    );
+                }
+                let earliest = roomy
+                    .iter()
+                    .filter(|w| w.load_ppm(cpu) == least)
+                    .map(|w| w.order)
+                    .min();
+                prop_assert_eq!(Some(chosen.order), earliest);
+            }
+        }
+        Ok(())
+    }
+
+    /// The warm pool grows on a worker with room whenever one has room, on the one whose
+    /// share of the pool, one more included, is the smallest for its free slots (D'Hondt).
+    fn check_warm_start(fleet: &[WorkerLoad], cpu: u32) -> Result<(), TestCaseError> {
+        let chosen = spread_warm_pool(&tuple(cpu), fleet);
+        prop_assert_eq!(chosen.is_some(), fleet.iter().any(|w| w.has_room(cpu)));
+        if let Some(id) = chosen {
+            let chosen = find(fleet, &id);
+            prop_assert!(chosen.has_room(cpu));
+            for w in fleet.iter().filter(|w| w.has_room(cpu)) {
+                let theirs = u128::from(w.warm() + 1) * u128::from(chosen.free_slots(cpu));
+                let ours = u128::from(chosen.warm() + 1) * u128::from(w.free_slots(cpu));
+                prop_assert!(
+                    ours <= theirs,
+                    "{} holds a smaller share than {}",
+                    w.worker_id,
+                    chosen.worker_id
+                );
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        /// `LeastLoaded` over ordinary fleets: where a create goes and why.
+        #[test]
+        fn least_loaded_places_on_room_by_load(fleet in fleet(false), cpu in cpu(false)) {
+            check_least_loaded(&fleet, cpu, true)?;
+        }
+
+        /// Workers may report numbers up to the limits of the wire types, and clients ask for
+        /// any cpu count.
+        #[test]
+        fn least_loaded_survives_huge_reports(fleet in fleet(true), cpu in cpu(true)) {
+            check_least_loaded(&fleet, cpu, false)?;
+            check_warm_start(&fleet, cpu)?;
+        }
+
+        /// The default warm start over ordinary fleets.
+        #[test]
+        fn warm_starts_go_to_workers_with_room(fleet in fleet(false), cpu in cpu(false)) {
+            check_warm_start(&fleet, cpu)?;
+        }
+
+        /// `FirstRegistered` claims the oldest ready sandbox anywhere, else boots on the
+        /// earliest registered worker, whatever the load.
+        #[test]
+        fn first_registered_takes_the_oldest_or_the_earliest(
+            fleet in fleet(true),
+            cpu in cpu(true),
+        ) {
+            let choice = FirstRegistered.place(&tuple(cpu), &fleet);
+            let oldest = fleet.iter().filter(|w| w.ready > 0).min_by_key(|w| w.oldest_ready);
+            let earliest = fleet.iter().min_by_key(|w| w.order);
+            let expected = match (oldest, earliest) {
+                (Some(w), _) => Some(Choice::Warm(w.worker_id.clone())),
+                (None, Some(w)) => Some(Choice::Cold(w.worker_id.clone())),
+                (None, None) => None,
+            };
+            prop_assert_eq!(choice, expected);
+        }
     }
 }

@@ -642,3 +642,104 @@ mod tests {
         assert!(!shown.contains("hunter2"), "{shown}");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Property tests: minted internal tokens presented in random order, by random workers,
+    //! as the clock moves.
+
+    use std::time::Duration;
+
+    use chrono::{DateTime, Utc};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::clock::ManualClock;
+
+    const WORKERS: [&str; 2] = ["worker_a", "worker_b"];
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Mint(usize),
+        /// Present the n-th minted token (modulo how many there are) on a worker's route.
+        Present(usize, usize),
+        AdvanceMs(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            2 => (0..WORKERS.len()).prop_map(Op::Mint),
+            5 => (0..64usize, 0..WORKERS.len()).prop_map(|(n, w)| Op::Present(n, w)),
+            2 => (0u64..20_000).prop_map(Op::AdvanceMs),
+        ]
+    }
+
+    /// A minted token: its header, its worker, its expiry, and whether the broker took it.
+    struct Minted {
+        header: String,
+        worker: usize,
+        expires_at: DateTime<Utc>,
+        used: bool,
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// A token is accepted once, on its worker's routes, until it expires; a second use is
+        /// a replay; a refusal for another reason does not use it up.
+        #[test]
+        fn internal_tokens_verify_once_within_their_lifetime(
+            ops in prop::collection::vec(op(), 1..50),
+        ) {
+            let start = DateTime::from_timestamp(1_700_000_000, 0).expect("time");
+            let clock = Arc::new(ManualClock::new(start));
+            let config = AuthConfig::with_secret("secret");
+            let signer = InternalTokenSigner::new(&config, clock.clone());
+            let verifier = InternalVerifier::new(&config, clock.clone());
+            let ttl = chrono::Duration::from_std(INTERNAL_TOKEN_TTL).expect("ttl");
+            let mut minted: Vec<Minted> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Mint(worker) => {
+                        let header = signer.authorization_header(WORKERS[worker]).expect("enabled");
+                        // Whole seconds: `iat` is the current second.
+                        let issued = DateTime::from_timestamp(clock.now().timestamp(), 0)
+                            .expect("time");
+                        minted.push(Minted {
+                            header,
+                            worker,
+                            expires_at: issued + ttl,
+                            used: false,
+                        });
+                    }
+                    Op::Present(n, worker) => {
+                        if minted.is_empty() {
+                            continue;
+                        }
+                        let token = {
+                            let len = minted.len();
+                            &mut minted[n % len]
+                        };
+                        let expected = if token.expires_at <= clock.now() {
+                            Err(InternalAuthError::Expired)
+                        } else if token.worker != worker {
+                            Err(InternalAuthError::SubjectMismatch)
+                        } else if token.used {
+                            Err(InternalAuthError::Replay)
+                        } else {
+                            Ok(())
+                        };
+                        let verified = verifier.verify(Some(&token.header), WORKERS[worker]);
+                        prop_assert_eq!(verified, expected);
+                        token.used |= expected.is_ok();
+                    }
+                    Op::AdvanceMs(ms) => clock.advance(Duration::from_millis(ms)),
+                }
+                // Only tokens still within their lifetime are remembered.
+                let live = minted.iter().filter(|m| m.used && m.expires_at > clock.now()).count();
+                prop_assert!(verifier.replay.len() >= live);
+                prop_assert!(verifier.replay.len() <= minted.iter().filter(|m| m.used).count());
+            }
+        }
+    }
+}

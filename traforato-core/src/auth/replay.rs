@@ -153,3 +153,72 @@ mod tests {
         assert!(cache.is_empty());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Property tests: the cache against a plain map of live ids, under random uses, expiries
+    //! and clock steps.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn start() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000, 0).expect("time")
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A token id used, expiring this many seconds from now (0 or less: already expired).
+        Use(u8, i64),
+        Advance(i64),
+        Purge,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (0..8u8, -3i64..30).prop_map(|(jti, ttl)| Op::Use(jti, ttl)),
+            3 => (0i64..12).prop_map(Op::Advance),
+            1 => Just(Op::Purge),
+        ]
+    }
+
+    proptest! {
+        /// Each id is accepted once until its expiry and again after it; an expired token is
+        /// accepted but not kept; the cache holds exactly the ids not yet purged, and its heap
+        /// no more than its map.
+        #[test]
+        fn replay_cache_accepts_each_id_once_per_lifetime(
+            ops in prop::collection::vec(op(), 1..120),
+        ) {
+            let cache = ReplayCache::new();
+            let mut model: HashMap<String, DateTime<Utc>> = HashMap::new();
+            let mut now = start();
+            for op in ops {
+                match op {
+                    Op::Use(jti, ttl) => {
+                        let jti = format!("jti-{jti}");
+                        let expires_at = now + chrono::Duration::seconds(ttl);
+                        model.retain(|_, exp| *exp > now);
+                        let fresh = !model.contains_key(&jti);
+                        prop_assert_eq!(cache.check_and_record(&jti, expires_at, now), fresh);
+                        if fresh && expires_at > now {
+                            model.insert(jti, expires_at);
+                        }
+                    }
+                    Op::Advance(secs) => now += chrono::Duration::seconds(secs),
+                    Op::Purge => {
+                        cache.purge_expired(now);
+                        model.retain(|_, exp| *exp > now);
+                    }
+                }
+                prop_assert_eq!(cache.len(), model.len());
+                let inner = cache.inner.lock().expect("lock");
+                prop_assert_eq!(inner.by_expiry.len(), inner.live.len());
+                prop_assert_eq!(&inner.live, &model);
+            }
+            cache.purge_expired(now + chrono::Duration::seconds(30));
+            prop_assert!(cache.is_empty());
+        }
+    }
+}

@@ -349,6 +349,16 @@ impl FakeBackend {
         self.state().memory_ceiling = bytes;
     }
 
+    /// Makes the VM `id` die by itself (its init killed): [`Vm::is_alive`] turns false and
+    /// its execs fail with [`BackendError::Gone`]. False when there is no such live VM.
+    pub fn crash(&self, id: &LocalVmId) -> bool {
+        let vm = self.state().vms.get(id).and_then(Weak::upgrade);
+        vm.is_some_and(|vm| {
+            vm.crashed.store(true, std::sync::atomic::Ordering::SeqCst);
+            true
+        })
+    }
+
     /// Pretends a crashed previous run left `n` sandboxes behind: the next
     /// `cleanup_leftovers` reports `n` and resets it.
     pub fn with_leftovers(self, n: usize) -> Self {
@@ -463,6 +473,7 @@ impl VmBackend for FakeBackend {
             destroyed,
             running: Mutex::default(),
             controls: Mutex::default(),
+            crashed: Default::default(),
             network: Mutex::default(),
             network_bytes: Mutex::default(),
         });
@@ -498,6 +509,8 @@ pub struct FakeVm {
     running: Mutex<BTreeMap<ExecId, bool>>,
     /// Every control accepted, in order.
     controls: Mutex<Vec<(ExecId, ExecControl)>>,
+    /// Died by itself ([`FakeBackend::crash`]).
+    crashed: std::sync::atomic::AtomicBool,
     /// The network policy last set (every mode is accepted and only recorded).
     network: Mutex<Policy>,
     /// What `network_bytes` answers (set by tests).
@@ -595,6 +608,9 @@ impl FakeVm {
         cwd: Option<&str>,
         plan: impl FnOnce(&mut FakeFs) -> R,
     ) -> Result<R, BackendError> {
+        if self.crashed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(BackendError::Gone);
+        }
         let mut guard = self.fs.lock().expect("fake vm lock");
         let fs = guard.as_mut().ok_or(BackendError::Gone)?;
         if let Some(raw) = cwd {
@@ -666,6 +682,10 @@ impl FakeVm {
 impl Vm for FakeVm {
     fn vm_id(&self) -> LocalVmId {
         self.id
+    }
+
+    fn is_alive(&self) -> bool {
+        !self.crashed.load(std::sync::atomic::Ordering::SeqCst) && !*self.destroyed.borrow()
     }
 
     async fn exec(

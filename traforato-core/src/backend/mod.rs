@@ -614,6 +614,13 @@ pub trait Vm: Send + Sync + 'static {
         false
     }
 
+    /// False once the sandbox is known to be dead (its init or VM died: killed by the OOM
+    /// killer, say). The worker never hands out a dead warm sandbox: it retires it and claims
+    /// another. Cheap; the default is true.
+    fn is_alive(&self) -> bool {
+        true
+    }
+
     /// Waits (bounded by the backend) until what provisioning left starting in the
     /// background, such as a pre-warmed interpreter, is ready, so that the sandbox is fully
     /// warm. The warm pool calls it before offering a sandbox. The default returns at once.

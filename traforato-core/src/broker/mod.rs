@@ -24,6 +24,8 @@
 mod availability;
 mod builder;
 mod placement;
+#[cfg(test)]
+mod properties;
 mod ready;
 mod redirect;
 mod registry;

@@ -261,3 +261,187 @@ mod tests {
         assert!(idx.by_tuple.is_empty() && idx.by_worker.is_empty());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Property tests: the index after random announcements, removals and pops equals a plain
+    //! list of hints in arrival order.
+
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const WORKERS: usize = 4;
+
+    fn worker(i: usize) -> ComponentId {
+        ComponentId::parse(&format!("worker_{i}")).expect("valid id")
+    }
+
+    fn vm(i: u8) -> LocalVmId {
+        LocalVmId::from_entropy([i; 16])
+    }
+
+    fn tuple(i: u32) -> SandboxTuple {
+        SandboxTuple {
+            virtualization: "vetu".into(),
+            image: "img".into(),
+            cpu: i + 1,
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Ready(usize, u8, u32),
+        Gone(usize, u8),
+        RemoveWorker(usize),
+        /// A pop of a tuple, with each worker's verdict.
+        Pop(u32, [Verdict; WORKERS]),
+    }
+
+    fn verdict() -> impl Strategy<Value = Verdict> {
+        prop_oneof![
+            2 => Just(Verdict::Take),
+            1 => Just(Verdict::Skip),
+            1 => Just(Verdict::Drop),
+        ]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            5 => (0..WORKERS, 0..6u8, 0..3u32).prop_map(|(w, v, t)| Op::Ready(w, v, t)),
+            2 => (0..WORKERS, 0..6u8).prop_map(|(w, v)| Op::Gone(w, v)),
+            1 => (0..WORKERS).prop_map(Op::RemoveWorker),
+            4 => (0..3u32, [verdict(), verdict(), verdict(), verdict()])
+                .prop_map(|(t, verdicts)| Op::Pop(t, verdicts)),
+        ]
+    }
+
+    /// One hint of the model: worker index, VM, tuple index; the list is in arrival order.
+    type Entry = (usize, u8, u32);
+
+    fn index_of(id: &ComponentId) -> usize {
+        (0..WORKERS)
+            .find(|i| worker(*i) == *id)
+            .expect("a known worker")
+    }
+
+    /// The three maps agree and keep no empty entry.
+    fn assert_consistent(idx: &ReadyIndex) {
+        let queued: usize = idx.by_tuple.values().map(BTreeMap::len).sum();
+        let owned: usize = idx.by_worker.values().map(HashSet::len).sum();
+        assert_eq!(queued, idx.hints.len());
+        assert_eq!(owned, idx.hints.len());
+        assert!(idx.by_tuple.values().all(|q| !q.is_empty()));
+        assert!(idx.by_worker.values().all(|v| !v.is_empty()));
+        for (tuple, queue) in &idx.by_tuple {
+            for (seq, key) in queue {
+                let hint = &idx.hints[key];
+                assert_eq!((&hint.tuple, hint.seq), (tuple, *seq));
+                assert!(idx.by_worker[&key.0].contains(&key.1));
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// The index equals a list of hints in arrival order: a re-announced hint keeps its
+        /// age, a pop hands out the oldest hint its worker takes (dropping the stale ones
+        /// before it), never a hint twice nor one of a removed worker, and the three maps
+        /// agree and keep no empty entry.
+        #[test]
+        fn ready_index_matches_a_list_in_arrival_order(ops in prop::collection::vec(op(), 1..80)) {
+            let mut idx = ReadyIndex::default();
+            let mut model: Vec<Entry> = Vec::new();
+            // Hints handed out, and workers removed, since they were last announced.
+            let mut handed_out: BTreeSet<(usize, u8)> = BTreeSet::new();
+            let mut removed: BTreeSet<usize> = BTreeSet::new();
+            for op in ops {
+                match op {
+                    Op::Ready(w, v, t) => {
+                        idx.upsert(worker(w), vm(v), tuple(t));
+                        match model.iter().position(|e| (e.0, e.1) == (w, v)) {
+                            // Same tuple: it keeps its age.
+                            Some(i) if model[i].2 == t => {}
+                            Some(i) => {
+                                model.remove(i);
+                                model.push((w, v, t));
+                            }
+                            None => model.push((w, v, t)),
+                        }
+                        handed_out.remove(&(w, v));
+                        removed.remove(&w);
+                    }
+                    Op::Gone(w, v) => {
+                        let had = model.iter().any(|e| (e.0, e.1) == (w, v));
+                        prop_assert_eq!(idx.remove(&worker(w), &vm(v)), had);
+                        model.retain(|e| (e.0, e.1) != (w, v));
+                    }
+                    Op::RemoveWorker(w) => {
+                        let had = model.iter().filter(|e| e.0 == w).count();
+                        prop_assert_eq!(idx.remove_worker(&worker(w)), had);
+                        model.retain(|e| e.0 != w);
+                        removed.insert(w);
+                    }
+                    Op::Pop(t, verdicts) => {
+                        let got = idx.pop_oldest(&tuple(t), |id| verdicts[index_of(id)]);
+                        // The model: the oldest hint of the tuple whose worker takes; hints of
+                        // dropping workers before it go.
+                        let mut expected = None;
+                        let mut dropped = Vec::new();
+                        for e in model.iter().filter(|e| e.2 == t) {
+                            match verdicts[e.0] {
+                                Verdict::Take => {
+                                    expected = Some((e.0, e.1));
+                                    break;
+                                }
+                                Verdict::Skip => {}
+                                Verdict::Drop => dropped.push((e.0, e.1)),
+                            }
+                        }
+                        let got = got.map(|(id, v)| (index_of(&id), v));
+                        prop_assert_eq!(got, expected.map(|(w, v)| (w, vm(v))));
+                        model.retain(|e| {
+                            !dropped.contains(&(e.0, e.1)) && Some((e.0, e.1)) != expected
+                        });
+                        if let Some((w, v)) = expected {
+                            prop_assert_eq!(verdicts[w], Verdict::Take);
+                            prop_assert!(handed_out.insert((w, v)), "a hint handed out twice");
+                            prop_assert!(!removed.contains(&w), "a hint of a removed worker");
+                        }
+                    }
+                }
+                assert_consistent(&idx);
+                prop_assert_eq!(idx.len(), model.len());
+                let mut hints: Vec<(usize, u32)> =
+                    idx.iter().map(|(id, t)| (index_of(id), t.cpu - 1)).collect();
+                let mut expected: Vec<(usize, u32)> = model.iter().map(|e| (e.0, e.2)).collect();
+                hints.sort_unstable();
+                expected.sort_unstable();
+                prop_assert_eq!(hints, expected);
+                // Per worker and tuple: the count, and oldest hints in arrival order.
+                for t in 0..3 {
+                    let counts = idx.per_worker(&tuple(t));
+                    let mut by_age: Vec<(u64, usize)> = Vec::new();
+                    for (id, (count, oldest)) in &counts {
+                        let w = index_of(id);
+                        let in_model = model.iter().filter(|e| e.0 == w && e.2 == t).count() as u64;
+                        prop_assert_eq!(*count, in_model);
+                        by_age.push((*oldest, w));
+                    }
+                    by_age.sort_unstable();
+                    let mut first_seen: Vec<usize> = Vec::new();
+                    for e in model.iter().filter(|e| e.2 == t) {
+                        if !first_seen.contains(&e.0) {
+                            first_seen.push(e.0);
+                        }
+                    }
+                    let by_age: Vec<usize> = by_age.into_iter().map(|(_, w)| w).collect();
+                    prop_assert_eq!(by_age, first_seen);
+                }
+            }
+        }
+    }
+}

@@ -1422,3 +1422,23 @@ fn unknown_workers_are_not_yet_registered_during_the_restart_grace() {
         Err(BrokerError::WorkerUnknown)
     );
 }
+
+/// Found by `properties::creates_land_on_a_fitting_worker_whenever_one_fits`: a worker that
+/// reports `live_sandboxes: i64::MAX` (valid: it is not negative) and no slot limit made the
+/// load computation overflow, panicking placement in debug builds.
+#[test]
+fn a_worker_reporting_huge_counts_still_gets_creates() {
+    let f = dev();
+    let request = RegistrationRequest {
+        live_sandboxes: i64::MAX,
+        allocated_cores: i64::MAX - 1,
+        total_cores: i64::MAX,
+        ..registration("http://worker-a.local:8081")
+    };
+    f.broker.register_worker("worker_a", request).unwrap();
+    let placement = f
+        .broker
+        .place_create(&create("vetu", "img", 1, ""), None)
+        .unwrap();
+    assert_eq!(placement.worker_id.as_str(), "worker_a");
+}

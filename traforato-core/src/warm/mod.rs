@@ -752,3 +752,296 @@ mod tests {
         assert_eq!(pool.claim_oldest(&tuple("b")), None);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Property tests: targets, floors, demand history and bursts against their definitions,
+    //! over random demand.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn tuple(i: usize) -> SandboxTuple {
+        SandboxTuple::normalize("fake", &format!("img{i}"), 1, "fake")
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_750_000_000, 0).expect("time")
+    }
+
+    fn ms(n: i64) -> chrono::Duration {
+        chrono::Duration::milliseconds(n)
+    }
+
+    /// Creates as (tuple index, age in milliseconds; negative: in the future), some exactly
+    /// at the window's edge and some past it.
+    fn aged_events() -> impl Strategy<Value = Vec<(usize, i64)>> {
+        let age = prop_oneof![
+            8 => -300_000i64..5_000_000,
+            1 => Just(DEMAND_WINDOW.num_milliseconds()),
+            1 => Just(0i64),
+        ];
+        prop::collection::vec((0..6usize, age), 0..40)
+    }
+
+    /// Per-tuple maps over a few tuples.
+    fn tuple_counts() -> impl Strategy<Value = BTreeMap<SandboxTuple, u32>> {
+        prop::collection::btree_map((0..6usize).prop_map(tuple), 0u32..20, 0..6)
+    }
+
+    fn assert_tracker_consistent(tracker: &DemandTracker) {
+        let mut counted = 0;
+        for buckets in tracker.events.values() {
+            assert!(!buckets.is_empty(), "an empty tuple is kept");
+            assert!(
+                buckets
+                    .iter()
+                    .zip(buckets.iter().skip(1))
+                    .all(|(a, b)| a.0 <= b.0),
+                "buckets out of time order"
+            );
+            assert!(
+                buckets.iter().all(|(_, count)| *count > 0),
+                "an empty bucket"
+            );
+            counted += buckets.iter().map(|(_, n)| *n as usize).sum::<usize>();
+        }
+        assert_eq!(counted, tracker.len(), "len disagrees with the buckets");
+        assert!(tracker.len() <= tracker.max_events);
+    }
+
+    proptest! {
+        /// Weights: 1 for now and the future, halving every 20 minutes, 0 past the window,
+        /// never rising with age.
+        #[test]
+        fn event_weight_decays_within_the_window(
+            a in -600_000i64..8_000_000,
+            b in -600_000i64..8_000_000,
+        ) {
+            let (young, old) = (a.min(b), a.max(b));
+            let wy = event_weight(now() - ms(young), now());
+            let wo = event_weight(now() - ms(old), now());
+            prop_assert!(wo <= wy);
+            for (age, weight) in [(young, wy), (old, wo)] {
+                if age > DEMAND_WINDOW.num_milliseconds() {
+                    prop_assert_eq!(weight, 0.0);
+                } else if age <= 0 {
+                    prop_assert_eq!(weight, 1.0);
+                } else {
+                    let expected = 0.5_f64.powf(age as f64 / 60_000.0 / DEMAND_HALF_LIFE_MINUTES);
+                    prop_assert!((weight - expected).abs() < 1e-12);
+                    prop_assert!((0.125..=1.0).contains(&weight));
+                }
+            }
+        }
+
+        /// Targets split the whole capacity between the tuples created within the window,
+        /// each within one of its proportional share, a heavier tuple never below a lighter
+        /// one, and the hottest getting a seat.
+        #[test]
+        fn targets_split_capacity_by_largest_remainder(
+            capacity in 0u32..64,
+            events in aged_events(),
+        ) {
+            let now = now();
+            let events: Vec<(SandboxTuple, DateTime<Utc>)> =
+                events.iter().map(|(i, age)| (tuple(*i), now - ms(*age))).collect();
+            let targets = compute_targets(capacity, &events, now);
+
+            let mut weights: BTreeMap<SandboxTuple, f64> = BTreeMap::new();
+            for (tuple, at) in &events {
+                if *at >= now - DEMAND_WINDOW {
+                    *weights.entry(tuple.clone()).or_default() += event_weight(*at, now);
+                }
+            }
+            if capacity == 0 || weights.is_empty() {
+                prop_assert!(targets.is_empty());
+                return Ok(());
+            }
+            prop_assert_eq!(
+                targets.keys().collect::<Vec<_>>(),
+                weights.keys().collect::<Vec<_>>()
+            );
+            let sum: u64 = targets.values().map(|t| u64::from(*t)).sum();
+            prop_assert_eq!(sum, u64::from(capacity));
+            let total: f64 = weights.values().sum();
+            for (tuple, weight) in &weights {
+                let share = weight / total * f64::from(capacity);
+                let target = f64::from(targets[tuple]);
+                prop_assert!(
+                    target > share - 1.0 - 1e-9 && target < share + 1.0 + 1e-9,
+                    "{} got {} for a share of {}", tuple, target, share
+                );
+            }
+            for (a, wa) in &weights {
+                for (b, wb) in &weights {
+                    if *wa > *wb * (1.0 + 1e-9) {
+                        prop_assert!(targets[a] >= targets[b], "{} got less than {}", a, b);
+                    }
+                }
+            }
+            // The hottest: the largest weight, the smaller tuple on a tie.
+            let mut hottest: Option<(&SandboxTuple, f64)> = None;
+            for (tuple, weight) in &weights {
+                if hottest.is_none_or(|(_, best)| *weight > best) {
+                    hottest = Some((tuple, *weight));
+                }
+            }
+            let (hottest, _) = hottest.expect("a tuple");
+            prop_assert!(targets[hottest] >= 1);
+        }
+
+        /// The tracker holds what a plain list of events would after the same records: the
+        /// events within the window of the latest record, the newest `max_events` of them;
+        /// its targets are those of the pure computation over that list. Records come out of
+        /// order.
+        #[test]
+        fn tracker_keeps_the_newest_events_of_the_window(
+            max_events in 1usize..30,
+            capacity in 1u32..20,
+            events in prop::collection::btree_map(0i64..5_400, 0..5usize, 0..60)
+                .prop_map(|m| m.into_iter().map(|(second, t)| (t, second)).collect::<Vec<_>>())
+                .prop_shuffle(),
+        ) {
+            // Whole seconds, all distinct: no two events share a bucket, so the tracker's
+            // weights are exactly those of the list.
+            let start = now() - chrono::Duration::seconds(5_400);
+            let mut tracker = DemandTracker::with_max_events(max_events);
+            let mut model: Vec<(DateTime<Utc>, usize)> = Vec::new();
+            for (t, second) in events {
+                let at = start + chrono::Duration::seconds(second);
+                tracker.record(tuple(t), at);
+                model.push((at, t));
+                model.retain(|(time, _)| *time >= at - DEMAND_WINDOW);
+                model.sort();
+                while model.len() > max_events {
+                    model.remove(0);
+                }
+                prop_assert_eq!(tracker.len(), model.len());
+                assert_tracker_consistent(&tracker);
+            }
+            let expected: Vec<(SandboxTuple, DateTime<Utc>)> =
+                model.iter().map(|(at, t)| (tuple(*t), *at)).collect();
+            let targets = tracker.targets(capacity, now());
+            prop_assert_eq!(&targets, &compute_targets(capacity, &expected, now()));
+            let in_window = model.iter().filter(|(at, _)| *at >= now() - DEMAND_WINDOW).count();
+            prop_assert_eq!(tracker.len(), in_window);
+            assert_tracker_consistent(&tracker);
+        }
+
+        /// Creates of one tuple in the same second share buckets, yet every one counts.
+        #[test]
+        fn bucketed_events_all_count(
+            max_events in 1usize..200,
+            events in prop::collection::vec((0..3usize, 0i64..4_000), 0..120),
+        ) {
+            let mut tracker = DemandTracker::with_max_events(max_events);
+            let mut at = now();
+            for (recorded, (t, gap_ms)) in events.iter().enumerate() {
+                at += ms(*gap_ms / 8);
+                tracker.record(tuple(*t), at);
+                prop_assert_eq!(tracker.len(), (recorded + 1).min(max_events));
+                assert_tracker_consistent(&tracker);
+            }
+        }
+
+        /// Floors combined with demand: the sum is what fits, floors are kept while they fit
+        /// together, nothing exceeds the larger of its demand and floor, and what was cut
+        /// above the floors was cut from the largest parts first.
+        #[test]
+        fn effective_targets_respect_floors_and_capacity(
+            demand in tuple_counts(),
+            floors in tuple_counts(),
+            capacity in 0u32..80,
+        ) {
+            let targets = effective_targets(&demand, &floors, capacity);
+            let keys: std::collections::BTreeSet<&SandboxTuple> =
+                demand.keys().chain(floors.keys()).collect();
+            prop_assert_eq!(targets.keys().collect::<std::collections::BTreeSet<_>>(), keys);
+            let get = |m: &BTreeMap<SandboxTuple, u32>, t: &SandboxTuple| {
+                m.get(t).copied().unwrap_or(0)
+            };
+            let wanted: u64 = targets
+                .keys()
+                .map(|t| u64::from(get(&demand, t).max(get(&floors, t))))
+                .sum();
+            let floor_sum: u64 = floors.values().map(|f| u64::from(*f)).sum();
+            let sum: u64 = targets.values().map(|t| u64::from(*t)).sum();
+            prop_assert_eq!(sum, wanted.min(u64::from(capacity)));
+            for (tuple, target) in &targets {
+                let (want, floor) = (get(&demand, tuple), get(&floors, tuple));
+                prop_assert!(*target <= want.max(floor));
+                if floor_sum <= u64::from(capacity) {
+                    prop_assert!(*target >= floor, "{} below its floor", tuple);
+                } else {
+                    prop_assert!(*target <= floor, "{} above its floor, floors overflow", tuple);
+                }
+            }
+            // A tuple cut above its floor kept at least as much above it as any other, less one.
+            if floor_sum <= u64::from(capacity) {
+                let above = |t: &SandboxTuple| targets[t] - get(&floors, t).min(targets[t]);
+                for tuple in targets.keys() {
+                    if targets[tuple] < get(&demand, tuple).max(get(&floors, tuple)) {
+                        for other in targets.keys() {
+                            prop_assert!(
+                                above(other) <= above(tuple) + 1,
+                                "{} cut before {}", tuple, other
+                            );
+                        }
+                    }
+                }
+            }
+        }
+
+        /// Bursts: a missed create raises its tuple's ceiling to at least the burst so far;
+        /// a level never exceeds the largest missed burst and only decays between misses;
+        /// pruning is never observable; everything is forgotten past the window.
+        #[test]
+        fn bursts_rise_with_misses_and_only_decay_otherwise(
+            records in prop::collection::vec(
+                (0..3usize, prop_oneof![3 => 0i64..1_000, 1 => 0i64..600_000], any::<bool>()),
+                1..80,
+            ),
+        ) {
+            let mut tracker = BurstTracker::new();
+            let mut pruned = BurstTracker::new();
+            let mut runs = [0u32; 3];
+            let mut last: [Option<DateTime<Utc>>; 3] = [None; 3];
+            let mut largest_miss = [0u32; 3];
+            let mut at = now();
+            let mut before = at;
+            for (t, gap, missed) in records {
+                at += ms(gap);
+                let levels: Vec<f64> = (0..3).map(|i| tracker.level(&tuple(i), before)).collect();
+                tracker.record(&tuple(t), at, missed);
+                pruned.record(&tuple(t), at, missed);
+                pruned.prune(at);
+                runs[t] = match last[t] {
+                    Some(previous) if at - previous < BURST_GAP => runs[t] + 1,
+                    _ => 1,
+                };
+                last[t] = Some(at);
+                if missed {
+                    largest_miss[t] = largest_miss[t].max(runs[t]);
+                    prop_assert!(tracker.ceiling(&tuple(t), at) >= runs[t]);
+                }
+                for i in 0..3 {
+                    let level = tracker.level(&tuple(i), at);
+                    prop_assert!(level <= f64::from(largest_miss[i]) + 1e-9);
+                    if !(missed && i == t) {
+                        prop_assert!(level <= levels[i] + 1e-9, "{} rose without a miss", i);
+                    }
+                    prop_assert_eq!(tracker.ceiling(&tuple(i), at), pruned.ceiling(&tuple(i), at));
+                }
+                before = at;
+            }
+            let later = at + DEMAND_WINDOW + chrono::Duration::seconds(1);
+            for i in 0..3 {
+                prop_assert_eq!(tracker.level(&tuple(i), later), 0.0);
+            }
+            tracker.prune(later);
+            prop_assert!(tracker.tuples.is_empty());
+        }
+    }
+}

@@ -415,7 +415,7 @@ impl Worker {
             if state.shutting_down {
                 return Err(shutting_down());
             }
-            let pooled = state
+            let mut pooled = state
                 .ready
                 .snapshot()
                 .into_iter()
@@ -429,9 +429,14 @@ impl Worker {
                     // (an unhinted create claimed it), another ready VM of the tuple: that
                     // spares a round trip to the broker, which in a burst may find only such
                     // stale hints and give up.
-                    let claimed = match state.ready.claim(&vm_id, &spec.tuple) {
+                    let mut hinted = state.ready.claim(&vm_id, &spec.tuple);
+                    if let Some(vm) = hinted.take_if(|vm| !vm.is_alive()) {
+                        self.retire_dead(&state, vm_id, &spec.tuple, vm);
+                        pooled = None;
+                    }
+                    let claimed = match hinted {
                         Some(vm) => Some((vm_id, vm)),
-                        None if pooled.is_none() => state.ready.claim_oldest(&spec.tuple),
+                        None if pooled.is_none() => self.claim_live_oldest(&mut state, &spec.tuple),
                         None => None,
                     };
                     match claimed {
@@ -472,6 +477,37 @@ impl Worker {
         self.retry_placement(retry)
     }
 
+    /// The oldest ready VM of `tuple` that is still alive; dead ones met on the way (an init
+    /// the OOM killer took) are retired, never handed out.
+    fn claim_live_oldest(
+        &self,
+        state: &mut State,
+        tuple: &SandboxTuple,
+    ) -> Option<(LocalVmId, Arc<dyn Vm>)> {
+        loop {
+            let (id, vm) = state.ready.claim_oldest(tuple)?;
+            if vm.is_alive() {
+                return Some((id, vm));
+            }
+            self.retire_dead(state, id, tuple, vm);
+        }
+    }
+
+    /// A ready VM found dead: the broker hears it is retired, and it is destroyed in the
+    /// background (its cgroup, mounts and directory go).
+    fn retire_dead(&self, state: &State, id: LocalVmId, tuple: &SandboxTuple, vm: Arc<dyn Vm>) {
+        tracing::warn!(
+            worker_id = %self.config.worker_id,
+            local_vm_id = %id,
+            tuple = %tuple,
+            "ready vm died idle: retired"
+        );
+        self.send_vm_event(state, VmEventKind::Retired, id, tuple);
+        // Its slot in the pool is free: refill.
+        self.pool_wake.notify_one();
+        tokio::spawn(destroy_vm(vm, "dead ready"));
+    }
+
     /// `RetryPlacement` to the broker with the next retry count, when there is a broker to
     /// go back to.
     fn retry_placement(&self, retry: u64) -> Result<CreateOutcome, WorkerError> {
@@ -501,7 +537,7 @@ impl Worker {
             }
             self.check_capacity(&state, spec.usage())?;
             state.reserved.add(spec.usage());
-            let claimed = state.ready.claim_oldest(&spec.tuple);
+            let claimed = self.claim_live_oldest(&mut state, &spec.tuple);
             // A create that finds the pool empty raises its ceiling (see warm_targets).
             let now = self.clock.now();
             state.bursts.record(&spec.tuple, now, claimed.is_none());

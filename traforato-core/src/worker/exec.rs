@@ -1417,3 +1417,196 @@ mod unit {
         assert!(exec.record().stdout.len() <= MAX_CAPTURE_BYTES);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Property tests: an exec's frames paged with random cursors and page sizes, while output
+    //! arrives, is dropped for the sandbox's budget and is acknowledged.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn new_exec(budget: &Arc<OutputBudget>) -> Arc<Exec> {
+        Exec::new(
+            ExecId::new(),
+            "sbx".into(),
+            None,
+            "cmd".into(),
+            Utc::now(),
+            false,
+            budget.clone(),
+        )
+    }
+
+    /// The `i`-th frame's text: its number, then `len` bytes of filler.
+    fn text(i: usize, len: usize) -> String {
+        let mut text = format!("{i}:");
+        text.extend(std::iter::repeat_n('x', len));
+        text
+    }
+
+    fn output(exec: &Exec, stderr: bool, text: &str) {
+        let stream = if stderr {
+            OutputStream::Stderr
+        } else {
+            OutputStream::Stdout
+        };
+        exec.push_chunk(
+            OutputChunk {
+                stream,
+                data: Bytes::copy_from_slice(text.as_bytes()),
+            },
+            Utc::now(),
+        );
+    }
+
+    fn kind(stderr: bool) -> FrameKind {
+        if stderr {
+            FrameKind::Stderr
+        } else {
+            FrameKind::Stdout
+        }
+    }
+
+    /// The watermark of the oldest frame kept (total + 1 when none is).
+    fn oldest_kept(exec: &Exec) -> u64 {
+        let (frames, next, _) = exec.output_from(0);
+        frames.first().map_or(next + 1, |f| f.watermark)
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Output on stderr (or stdout), this many bytes after the frame's number.
+        Output(bool, usize),
+        /// The reader reads at its cursor and keeps the first n frames of the page.
+        Read(usize),
+        /// The reader acknowledges up to its cursor plus this much (maybe past the end).
+        Ack(u64),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            6 => (any::<bool>(), 0usize..40).prop_map(|(e, n)| Step::Output(e, n)),
+            3 => (0usize..8).prop_map(Step::Read),
+            1 => (0u64..6).prop_map(Step::Ack),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// With nothing dropped, a reader that keeps a random part of each page and goes on
+        /// from there reads every frame exactly once, in order, the exit last; a page is at
+        /// most [`MAX_FRAMES_PER_RESPONSE`] frames; a cursor at or past the end reads nothing.
+        #[test]
+        fn paging_reads_every_frame_once_in_order(
+            count in prop_oneof![3 => 0usize..60, 1 => 900usize..2_600],
+            keep in prop::collection::vec(prop_oneof![1 => 1usize..5, 1 => 1usize..1_200], 1..6),
+            past in 0u64..5,
+        ) {
+            let exec = new_exec(&Arc::new(OutputBudget::new(MAX_OUTPUT_BYTES_PER_SANDBOX)));
+            let mut all: Vec<(FrameKind, String)> = Vec::new();
+            for i in 0..count {
+                let stderr = i % 3 == 0;
+                let text = text(i, i % 7);
+                output(&exec, stderr, &text);
+                all.push((kind(stderr), text));
+                // While it runs, there is always more.
+                if i % 97 == 0 {
+                    prop_assert!(exec.frames_from(0).2);
+                }
+            }
+            exec.finish(3, false, Duration::from_millis(1), Utc::now());
+            all.push((FrameKind::Exit, "3".into()));
+            let total = all.len() as u64;
+
+            let mut read: Vec<(FrameKind, String)> = Vec::new();
+            let mut cursor = 0u64;
+            for round in 0.. {
+                prop_assert!(round < 4 * all.len() + 10, "paging does not end");
+                let (frames, next, has_more) = exec.frames_from(cursor);
+                prop_assert!(frames.len() <= MAX_FRAMES_PER_RESPONSE);
+                prop_assert_eq!(next, cursor + frames.len() as u64);
+                prop_assert_eq!(has_more, next < total);
+                let kept = keep[round % keep.len()].min(frames.len());
+                read.extend(frames.iter().take(kept).map(|f| (f.kind, f.data.clone())));
+                cursor += kept as u64;
+                if !has_more && kept == frames.len() {
+                    break;
+                }
+            }
+            prop_assert_eq!(cursor, total);
+            prop_assert_eq!(read, all);
+            let (frames, next, has_more) = exec.frames_from(total + past);
+            prop_assert!(frames.is_empty());
+            prop_assert_eq!((next, has_more), (total, false));
+        }
+
+        /// With a small budget, acknowledgements and reads between outputs: every frame read
+        /// is the one at its position, positions only grow, a page starts at the reader's
+        /// cursor or at the oldest frame kept, the newest frame is always kept, the budget
+        /// holds, and after the exit the reader reaches the end.
+        #[test]
+        fn paging_survives_drops_and_acks(
+            limit in 16usize..600,
+            steps in prop::collection::vec(step(), 1..120),
+        ) {
+            let budget = Arc::new(OutputBudget::new(limit));
+            let exec = new_exec(&budget);
+            let mut all: Vec<(FrameKind, String)> = Vec::new();
+            let mut cursor = 0u64;
+            let mut last_read = 0u64;
+            let mut finished = false;
+            let steps = steps.into_iter().map(Some).chain([None, Some(Step::Read(usize::MAX))]);
+            for step in steps {
+                match step {
+                    Some(Step::Output(stderr, len)) => {
+                        let text = text(all.len(), len);
+                        output(&exec, stderr, &text);
+                        all.push((kind(stderr), text));
+                    }
+                    Some(Step::Ack(ahead)) => exec.discard_before(cursor + ahead),
+                    Some(Step::Read(keep)) => {
+                        let total = all.len() as u64;
+                        let oldest = oldest_kept(&exec);
+                        let (frames, next, has_more) = exec.output_from(cursor);
+                        prop_assert!(frames.len() <= MAX_FRAMES_PER_RESPONSE);
+                        let start = cursor.min(total).max(oldest - 1);
+                        for (i, frame) in frames.iter().enumerate() {
+                            prop_assert_eq!(frame.watermark, start + 1 + i as u64);
+                            let (kind, data) = &all[(frame.watermark - 1) as usize];
+                            prop_assert_eq!((&frame.frame.kind, &frame.frame.data), (kind, data));
+                        }
+                        prop_assert_eq!(next, start + frames.len() as u64);
+                        prop_assert_eq!(has_more, !(finished && next == total));
+                        let kept = keep.min(frames.len());
+                        if kept > 0 {
+                            prop_assert!(frames[0].watermark > last_read, "a frame read twice");
+                            last_read = frames[kept - 1].watermark;
+                        }
+                        cursor = match frames.get(kept) {
+                            Some(unread) => unread.watermark - 1,
+                            None => next,
+                        };
+                    }
+                    None => {
+                        exec.finish(0, false, Duration::from_millis(1), Utc::now());
+                        all.push((FrameKind::Exit, "0".into()));
+                        finished = true;
+                    }
+                }
+                let total = all.len() as u64;
+                prop_assert_eq!(exec.frame_count(), total);
+                prop_assert_eq!(budget.used(), exec.retained_bytes());
+                if let Some((_, newest)) = all.last() {
+                    let (frames, _, _) = exec.output_from(total - 1);
+                    prop_assert_eq!(frames.len(), 1, "the newest frame is gone");
+                    prop_assert!(budget.used() <= limit + newest.len());
+                }
+            }
+            prop_assert_eq!(cursor, all.len() as u64, "the reader did not reach the end");
+            prop_assert_eq!(last_read, all.len() as u64, "the exit frame was not read");
+        }
+    }
+}

@@ -31,6 +31,26 @@ async fn expect_errors(held: &[&Sandbox]) -> (BTreeMap<String, usize>, u64) {
     (errors, slowest)
 }
 
+/// The start of each fault drill: a standard fleet, and two sandboxes per worker held by
+/// `drill_owner` across the fault.
+async fn fleet_holding_sandboxes(scale: &crate::Scale) -> (fleet::Fleet, Vec<Sandbox>) {
+    let fleet = standard_fleet(scale).await;
+    let held = hold(&fleet.client("drill_owner"), 2 * fleet.workers.len()).await;
+    (fleet, held)
+}
+
+/// The held sandboxes on the first worker (the one the fault hits), and the others.
+fn on_first_worker<'a>(
+    fleet: &fleet::Fleet,
+    held: &'a [Sandbox],
+) -> (Vec<&'a Sandbox>, Vec<&'a Sandbox>) {
+    let first = &fleet.workers[0].id;
+    let (hit, spared): (Vec<&Sandbox>, Vec<&Sandbox>) =
+        held.iter().partition(|s| worker_of(s) == *first);
+    assert!(!hit.is_empty(), "placement spreads the held sandboxes");
+    (hit, spared)
+}
+
 /// A load phase of `length` after recovery; it must not fail once.
 async fn clean_phase(fleet: &fleet::Fleet, length: Duration, what: &str) -> (Stats, Duration) {
     let load = Load::start(clients(fleet, &scale()));
@@ -52,14 +72,9 @@ async fn a_killed_worker_is_dropped_and_removes_its_leftovers_when_it_returns() 
         return;
     };
     let scale = scale();
-    let mut fleet = standard_fleet(&scale).await;
+    let (mut fleet, held) = fleet_holding_sandboxes(&scale).await;
     let n = fleet.workers.len();
-    let owner = fleet.client("drill_owner");
-    let held = hold(&owner, 2 * n).await;
-    let victim = fleet.workers[0].id.clone();
-    let (dead, alive): (Vec<&Sandbox>, Vec<&Sandbox>) =
-        held.iter().partition(|s| worker_of(s) == victim);
-    assert!(!dead.is_empty(), "placement spreads the held sandboxes");
+    let (dead, alive) = on_first_worker(&fleet, &held);
 
     let load = Load::start(clients(&fleet, &scale));
     tokio::time::sleep(scale.seconds / 2).await;
@@ -145,10 +160,8 @@ async fn a_restarted_broker_loses_no_sandbox_under_load() {
         return;
     };
     let scale = scale();
-    let mut fleet = standard_fleet(&scale).await;
+    let (mut fleet, held) = fleet_holding_sandboxes(&scale).await;
     let n = fleet.workers.len();
-    let owner = fleet.client("drill_owner");
-    let held = hold(&owner, 2 * n).await;
 
     let load = Load::start(clients(&fleet, &scale));
     tokio::time::sleep(scale.seconds / 2).await;
@@ -222,13 +235,9 @@ async fn a_partitioned_worker_rejoins_and_nothing_is_served_twice() {
         return;
     };
     let scale = scale();
-    let fleet = standard_fleet(&scale).await;
+    let (fleet, held) = fleet_holding_sandboxes(&scale).await;
     let n = fleet.workers.len();
-    let owner = fleet.client("drill_owner");
-    let held = hold(&owner, 2 * n).await;
-    let cut = fleet.workers[0].id.clone();
-    let cut_off: Vec<&Sandbox> = held.iter().filter(|s| worker_of(s) == cut).collect();
-    assert!(!cut_off.is_empty(), "placement spreads the held sandboxes");
+    let (cut_off, _) = on_first_worker(&fleet, &held);
 
     let load = Load::start(clients(&fleet, &scale));
     tokio::time::sleep(scale.seconds / 2).await;

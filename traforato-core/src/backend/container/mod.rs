@@ -97,6 +97,8 @@ mod netlink;
 mod netns;
 pub mod oci;
 mod protocol;
+#[cfg(feature = "fuzzing")]
+pub(crate) use protocol::fuzz_packet;
 mod pty;
 mod seccomp;
 mod spare;

@@ -225,6 +225,45 @@ pub(crate) fn recv<T: for<'de> Deserialize<'de>>(
     Ok(Some((message, fds)))
 }
 
+/// The fuzz target `agent_protocol` (see [`crate::fuzzing::agent_packet`]): `bytes` as one
+/// packet into [`recv`] of events and of requests, each decoded message sent again by
+/// [`send`] and decoded to itself.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_packet(bytes: &[u8]) {
+    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+    use std::os::fd::AsFd;
+
+    fn once<T>(bytes: &[u8], buf_len: usize)
+    where
+        T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug,
+    {
+        let (a, b) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .expect("a socketpair");
+        // Too large for one packet: the kernel refuses it, as it would the init's.
+        if rustix::net::send(&a, bytes, SendFlags::NOSIGNAL | SendFlags::DONTWAIT).is_err() {
+            return;
+        }
+        let mut buf = vec![0u8; buf_len];
+        let Ok(Some((message, _))) = recv::<T>(b.as_fd(), &mut buf, false, true) else {
+            return;
+        };
+        send(a.as_fd(), &message, &[], true).expect("a decoded message is sent again");
+        // Encoded again, a string may grow (escapes): at most six bytes a character.
+        let mut buf = vec![0u8; (bytes.len() * 6 + 1024).min(MAX_MESSAGE)];
+        let (again, _) = recv::<T>(b.as_fd(), &mut buf, false, true)
+            .expect("a sent message is received")
+            .expect("not the end of the stream");
+        assert_eq!(again, message);
+    }
+    once::<Event>(bytes, MAX_EVENT);
+    once::<Request>(bytes, MAX_MESSAGE.min(bytes.len() + 1024));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +326,24 @@ mod tests {
         drop(a);
         let eof: Option<(Event, Vec<OwnedFd>)> = recv(b.as_fd(), &mut buf, false, false).unwrap();
         assert!(eof.is_none());
+    }
+
+    /// The fuzz target's entry takes real messages, garbage and oversized packets alike.
+    #[cfg(feature = "fuzzing")]
+    #[test]
+    fn the_fuzz_entry_takes_messages_and_garbage() {
+        let exec = serde_json::to_vec(&Request::Kill { id: 3 }).unwrap();
+        let exited = serde_json::to_vec(&Event::Exited { id: 3, code: 137 }).unwrap();
+        for packet in [
+            exec.as_slice(),
+            exited.as_slice(),
+            b"{\"type\":\"setup_failed\",\"message\":\"\\u00e9\\n\"}",
+            b"",
+            b"\xff{",
+            &vec![b' '; MAX_EVENT + 10],
+        ] {
+            fuzz_packet(packet);
+        }
     }
 
     #[test]

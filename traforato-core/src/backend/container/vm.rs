@@ -296,6 +296,11 @@ impl Vm for ContainerVm {
         self.image_pulled
     }
 
+    fn is_alive(&self) -> bool {
+        self.with_live(|live| live.agent.is_alive())
+            .unwrap_or(false)
+    }
+
     async fn exec(
         &self,
         spec: ExecSpec,

@@ -157,6 +157,58 @@ async fn a_stale_hint_claims_another_ready_vm_of_the_tuple() {
     ));
 }
 
+/// A warm sandbox that died idle (its init killed) is never handed out: it is retired (the
+/// broker hears it), destroyed, and the next ready one, or a cold boot, serves the create,
+/// hinted or not.
+#[tokio::test]
+async fn a_dead_warm_sandbox_is_retired_not_handed_out() {
+    let h = Harness::new();
+    let dead = h.warm("fake", "img", 1).await;
+    let alive = h.warm("fake", "img", 1).await;
+    h.queued_events();
+    assert!(h.fake.crash(&dead));
+    let created = h.create(&dev(), req("img", 1)).await;
+    assert_eq!(created.start_type, "warm");
+    assert!(created.sandbox_id.ends_with(&alive.to_string()));
+    let events: Vec<(String, String)> = h
+        .queued_events()
+        .into_iter()
+        .map(|e| (e.event, e.local_vm_id))
+        .collect();
+    assert_eq!(
+        events,
+        vec![
+            ("retired".to_string(), dead.to_string()),
+            ("claimed".to_string(), alive.to_string()),
+        ]
+    );
+    eventually("the dead one destroyed", || h.fake.live_count() == 1).await;
+
+    // Hinted at a dead one, with none alive: a bounce, and no "ready" for the dead one.
+    let dead = h.warm("fake", "img", 1).await;
+    h.queued_events();
+    assert!(h.fake.crash(&dead));
+    let outcome = h
+        .worker
+        .create_sandbox(
+            &dev(),
+            req("img", 1),
+            Placement {
+                claim: Some(dead),
+                retry: 0,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        outcome,
+        CreateOutcome::RetryPlacement { retry: 1 }
+    ));
+    let events: Vec<String> = h.queued_events().into_iter().map(|e| e.event).collect();
+    assert_eq!(events, vec!["retired".to_string()]);
+    assert_eq!(h.worker.ready_counts().values().sum::<usize>(), 0);
+}
+
 #[tokio::test]
 async fn hinted_tuple_mismatch_bounces_and_reannounces() {
     let h = Harness::with(|c| c.broker_public_url = Some("http://broker.example.com/".into()));

@@ -16,6 +16,7 @@ mod interactive;
 mod lifecycle;
 mod network;
 mod ports;
+mod properties;
 mod provision;
 mod registration;
 mod run_code;
