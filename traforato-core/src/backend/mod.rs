@@ -206,18 +206,29 @@ impl BackendError {
 
     /// Wraps an I/O error with what was being done.
     pub fn io(op: impl Into<String>, source: io::Error) -> Self {
-        let op = op.into();
-        // A full disk (or quota) is the host's lack of room, not a fault: creates may go
-        // elsewhere, and the answer says so.
+        Self::Io {
+            op: op.into(),
+            source,
+        }
+    }
+
+    /// [`BackendError::io`] of an operation that writes to the worker's own disk (its state
+    /// dir): a full disk or quota there is a lack of room, [`BackendError::Capacity`] with a
+    /// fixed reason (the details are logged here), not a fault.
+    pub fn host_disk(op: &str, source: io::Error) -> Self {
         if matches!(
             source.kind(),
             io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
         ) {
-            return Self::Capacity(format!("the worker's disk is full ({op}: {source})"));
+            tracing::warn!(op, error = %source, "no space left on the worker's disk");
+            return Self::Capacity(DISK_FULL.to_string());
         }
-        Self::Io { op, source }
+        Self::io(op, source)
     }
 }
+
+/// The reason of [`BackendError::Capacity`] for a full disk under the worker's state dir.
+pub const DISK_FULL: &str = "the worker's disk is full";
 
 /// Why a file operation failed. The worker maps each to the contract's status and message.
 #[derive(Debug, thiserror::Error)]

@@ -410,7 +410,9 @@ impl Worker {
         vm_id: LocalVmId,
         retry: u64,
     ) -> Result<CreateOutcome, WorkerError> {
-        let bounce_reason = {
+        // Ready VMs found dead on the way, destroyed once the lock is released.
+        let mut dead = Vec::new();
+        let outcome: Result<Committed, &'static str> = 'claim: {
             let mut state = self.lock();
             if state.shutting_down {
                 return Err(shutting_down());
@@ -431,12 +433,15 @@ impl Worker {
                     // stale hints and give up.
                     let mut hinted = state.ready.claim(&vm_id, &spec.tuple);
                     if let Some(vm) = hinted.take_if(|vm| !vm.is_alive()) {
-                        self.retire_dead(&state, vm_id, &spec.tuple, vm);
+                        self.retire_dead(&state, vm_id, &spec.tuple);
+                        dead.push(vm);
                         pooled = None;
                     }
                     let claimed = match hinted {
                         Some(vm) => Some((vm_id, vm)),
-                        None if pooled.is_none() => self.claim_live_oldest(&mut state, &spec.tuple),
+                        None if pooled.is_none() => {
+                            self.claim_live_oldest(&mut state, &spec.tuple, &mut dead)
+                        }
                         None => None,
                     };
                     match claimed {
@@ -453,8 +458,7 @@ impl Worker {
                                 claimed_id,
                                 &spec.tuple,
                             );
-                            drop(state);
-                            return Ok(self.created(&spec, done, StartType::Warm, false));
+                            break 'claim Ok(done);
                         }
                         None if pooled.is_some() => "hinted vm has another tuple",
                         None => "hinted vm is not ready",
@@ -465,7 +469,12 @@ impl Worker {
             if let Some(tuple) = &pooled {
                 self.send_vm_event(&state, VmEventKind::Ready, vm_id, tuple);
             }
-            reason
+            Err(reason)
+        };
+        destroy_dead(dead).await;
+        let bounce_reason = match outcome {
+            Ok(done) => return Ok(self.created(&spec, done, StartType::Warm, false)),
+            Err(reason) => reason,
         };
         tracing::info!(
             worker_id = %self.config.worker_id,
@@ -478,24 +487,27 @@ impl Worker {
     }
 
     /// The oldest ready VM of `tuple` that is still alive; dead ones met on the way (an init
-    /// the OOM killer took) are retired, never handed out.
+    /// the OOM killer took) are retired, never handed out, and put in `dead` to be destroyed
+    /// once the lock is released.
     fn claim_live_oldest(
         &self,
         state: &mut State,
         tuple: &SandboxTuple,
+        dead: &mut Vec<Arc<dyn Vm>>,
     ) -> Option<(LocalVmId, Arc<dyn Vm>)> {
         loop {
             let (id, vm) = state.ready.claim_oldest(tuple)?;
             if vm.is_alive() {
                 return Some((id, vm));
             }
-            self.retire_dead(state, id, tuple, vm);
+            self.retire_dead(state, id, tuple);
+            dead.push(vm);
         }
     }
 
-    /// A ready VM found dead: the broker hears it is retired, and it is destroyed in the
-    /// background (its cgroup, mounts and directory go).
-    fn retire_dead(&self, state: &State, id: LocalVmId, tuple: &SandboxTuple, vm: Arc<dyn Vm>) {
+    /// A ready VM found dead (taken out of the pool by the caller): the broker hears it is
+    /// retired, and the pool refills.
+    fn retire_dead(&self, state: &State, id: LocalVmId, tuple: &SandboxTuple) {
         tracing::warn!(
             worker_id = %self.config.worker_id,
             local_vm_id = %id,
@@ -503,9 +515,7 @@ impl Worker {
             "ready vm died idle: retired"
         );
         self.send_vm_event(state, VmEventKind::Retired, id, tuple);
-        // Its slot in the pool is free: refill.
         self.pool_wake.notify_one();
-        tokio::spawn(destroy_vm(vm, "dead ready"));
     }
 
     /// `RetryPlacement` to the broker with the next retry count, when there is a broker to
@@ -530,35 +540,48 @@ impl Worker {
         if !warm_available {
             self.make_room_below_watermark().await?;
         }
-        let retiree = {
+        let mut dead = Vec::new();
+        let claimed = {
             let mut state = self.lock();
             if state.shutting_down {
                 return Err(shutting_down());
             }
             self.check_capacity(&state, spec.usage())?;
             state.reserved.add(spec.usage());
-            let claimed = self.claim_live_oldest(&mut state, &spec.tuple);
+            let claimed = self.claim_live_oldest(&mut state, &spec.tuple, &mut dead);
             // A create that finds the pool empty raises its ceiling (see warm_targets).
             let now = self.clock.now();
             state.bursts.record(&spec.tuple, now, claimed.is_none());
             if let Some((vm_id, vm)) = claimed {
                 let done = self.commit(&mut state, &spec, vm_id, vm, Policy::none());
                 self.send_vm_event(&state, VmEventKind::Claimed, vm_id, &spec.tuple);
-                drop(state);
-                return Ok(self.created(&spec, done, StartType::Warm, false));
-            }
-            // Ready VMs of other tuples take the slots this boot needs: give one up.
-            if state.slots_in_use() > self.config.max_live_sandboxes as usize {
-                self.take_retiree(&mut state)
+                Ok(done)
+            } else if state.slots_in_use() > self.config.max_live_sandboxes as usize {
+                // Ready VMs of other tuples take the slots this boot needs: give one up.
+                Err(self.take_retiree(&mut state))
             } else {
-                None
+                Err(None)
             }
+        };
+        let found_dead = !dead.is_empty();
+        destroy_dead(dead).await;
+        let retiree = match claimed {
+            Ok(done) => return Ok(self.created(&spec, done, StartType::Warm, false)),
+            Err(retiree) => retiree,
         };
         let mut reservation = Reservation {
             worker: self,
             usage: spec.usage(),
             armed: true,
         };
+        // The ready VMs counted above were dead (an OOM kill, likely): the watermark check
+        // skipped for a claim is due for this boot.
+        if found_dead && warm_available {
+            if let Err(refused) = self.make_room_below_watermark().await {
+                reservation.release();
+                return Err(refused);
+            }
+        }
         if let Some((vm_id, tuple, vm)) = retiree {
             tracing::info!(
                 worker_id = %self.config.worker_id,
@@ -612,7 +635,10 @@ impl Worker {
                     BackendError::RegistryUnreachable { registry, .. } => {
                         WorkerError::RegistryUnreachable(registry)
                     }
-                    BackendError::Capacity(reason) => WorkerError::BackendNoCapacity(reason),
+                    BackendError::Capacity(reason) => {
+                        self.note_backend_full(&reason);
+                        WorkerError::BackendNoCapacity(reason)
+                    }
                     // Its network, asked for with it, is what the backend lacks.
                     BackendError::Unsupported(what) if spec.network.egress() != Egress::None => {
                         WorkerError::Unsupported(what)
@@ -638,5 +664,13 @@ impl Worker {
                 Err(shutting_down())
             }
         }
+    }
+}
+
+/// Destroys ready VMs found dead (their cgroups, mounts and directories go), awaited so that
+/// a shutdown right after finds nothing left behind.
+async fn destroy_dead(dead: Vec<Arc<dyn Vm>>) {
+    for vm in dead {
+        destroy_vm(vm, "dead ready").await;
     }
 }

@@ -98,6 +98,7 @@ impl Worker {
                 _ = ticker.tick() => {
                     self.reap().await;
                     self.recheck_memory_watermark();
+                    self.end_backend_full_pause();
                 }
             }
         }

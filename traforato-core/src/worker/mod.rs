@@ -32,6 +32,7 @@ pub use exec::{
 pub use files::{DEFAULT_LIST_LIMIT, MAX_JSON_READ_BYTES};
 pub use handle::{Execution, Files, Sandbox};
 pub use link::{BrokerLink, InProcessBrokerLink, LinkError};
+pub use pool::BACKEND_FULL_PAUSE;
 pub use sessions::{SessionOpened, MAX_SESSION_NAME, SESSION_IDLE_TIMEOUT};
 
 use std::collections::BTreeMap;
@@ -481,6 +482,10 @@ pub struct Worker {
     /// The memory in use was above the high watermark when last measured (measured outside
     /// the state lock; read by the reports sent under it).
     over_watermark: AtomicBool,
+    /// A backend said it had no room (a full disk) until then: no new sandboxes meanwhile,
+    /// and the broker is told so, rather than sending the creates a failing worker attracts
+    /// (its failed creates keep it the least loaded).
+    backend_full_until: Mutex<Option<chrono::DateTime<chrono::Utc>>>,
     /// The last load sent to the broker said the worker was full.
     reported_full: AtomicBool,
     /// Renews the registration at once: the broker's view of the load is wrong (a full
@@ -537,6 +542,7 @@ impl Worker {
             events,
             events_rx: Mutex::new(events_rx),
             over_watermark: AtomicBool::new(false),
+            backend_full_until: Mutex::new(None),
             reported_full: AtomicBool::new(false),
             heartbeat_wake: Notify::new(),
             tickets,

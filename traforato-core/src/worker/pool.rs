@@ -34,6 +34,9 @@ pub(super) const EVENT_QUEUE_CAPACITY: usize = 1024;
 pub(super) const PENDING_STARTS_MAX: usize = 64;
 /// How often the filler looks at the pool when nothing wakes it.
 pub(super) const FILL_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a worker whose backend had no room for a sandbox (a full disk) takes no new ones.
+pub const BACKEND_FULL_PAUSE: Duration = Duration::from_secs(10);
+
 /// First pause before a tuple whose warm provisioning failed is tried again; it doubles.
 pub(super) const WARM_BACKOFF_START: Duration = Duration::from_secs(1);
 /// Longest such pause.
@@ -59,10 +62,55 @@ pub(super) struct WarmJob {
 }
 
 impl Worker {
-    /// True while the worker takes no new sandbox at all: shutting down, draining, or above
-    /// its memory watermark.
+    /// True while the worker takes no new sandbox at all: shutting down, draining, above its
+    /// memory watermark, or shortly after a backend had no room.
     fn refuses_new(&self, state: &State) -> bool {
-        state.shutting_down || state.draining || self.over_watermark.load(Ordering::Relaxed)
+        state.shutting_down
+            || state.draining
+            || self.over_watermark.load(Ordering::Relaxed)
+            || self.backend_full()
+    }
+
+    /// True for [`BACKEND_FULL_PAUSE`] after a backend had no room for a sandbox.
+    pub(super) fn backend_full(&self) -> bool {
+        let until = *self
+            .backend_full_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        until.is_some_and(|until| self.clock.now() < until)
+    }
+
+    /// A backend had no room (a full disk): new sandboxes pause for [`BACKEND_FULL_PAUSE`],
+    /// and the broker hears it at once.
+    pub(super) fn note_backend_full(&self, reason: &str) {
+        let until = self.clock.now() + BACKEND_FULL_PAUSE;
+        *self
+            .backend_full_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(until);
+        tracing::warn!(
+            worker_id = %self.config.worker_id,
+            reason,
+            pause = ?BACKEND_FULL_PAUSE,
+            "no room for new sandboxes: paused"
+        );
+        self.heartbeat_wake.notify_one();
+    }
+
+    /// Once the pause after a backend had no room is over: the broker hears that this worker
+    /// takes sandboxes again, and the warm pool refills (the next create tries again).
+    pub(super) fn end_backend_full_pause(&self) {
+        let mut until = self
+            .backend_full_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if until.is_some_and(|u| self.clock.now() >= u) {
+            *until = None;
+            drop(until);
+            tracing::info!(worker_id = %self.config.worker_id, "pause over: accepting sandboxes again");
+            self.heartbeat_wake.notify_one();
+            self.pool_wake.notify_one();
+        }
     }
 
     /// True when the worker takes no new sandbox, or has no slot, core or MiB left.
@@ -376,6 +424,9 @@ impl Worker {
         let vm = match provisioned {
             Ok(vm) => vm,
             Err(error) => {
+                if let BackendError::Capacity(reason) = &error {
+                    self.note_backend_full(reason);
+                }
                 self.warm_failed(&tuple, "provision", &error.to_string());
                 return;
             }

@@ -140,17 +140,16 @@ impl Worker {
                     );
                 }
                 // Unreachable (a partition, a broker down): register as soon as it answers
-                // again, not after a backoff that grew during the outage. A refusal keeps
-                // its backoff.
-                _ = self.broker_restarted(broker.as_ref(), None), if probing && registered.is_none() && unreachable => {
+                // again, not after a backoff that grew during the outage. A refusal, or a
+                // broker that answers probes but not registrations, keeps the backoff.
+                _ = self.broker_back(broker.as_ref()), if probing && registered.is_none() && unreachable => {
                     tracing::info!(worker_id = %worker_id, "broker reachable again: registering");
                 }
             }
         }
     }
 
-    /// Completes with the broker's instance id once it differs from `registered` (`None`: once
-    /// the broker answers at all): asks every
+    /// Completes with the broker's instance id once it differs from `registered`: asks every
     /// [`WorkerConfig::registration_probe`](super::WorkerConfig::registration_probe), through
     /// an unreachable spell (a restart) too. Never completes for a link that cannot tell.
     async fn broker_restarted(&self, broker: &dyn BrokerLink, registered: Option<&str>) -> String {
@@ -160,7 +159,7 @@ impl Worker {
         loop {
             ticker.tick().await;
             match broker.broker_instance().await {
-                Ok(Some(instance)) if registered != Some(instance.as_str()) => return instance,
+                Ok(Some(instance)) if Some(instance.as_str()) != registered => return instance,
                 Ok(Some(_)) => {}
                 Ok(None) => std::future::pending::<()>().await,
                 Err(error) => tracing::debug!(
@@ -168,6 +167,25 @@ impl Worker {
                     error = %error,
                     "broker probe failed"
                 ),
+            }
+        }
+    }
+
+    /// Completes once the broker answers a probe after at least one probe failed (it was
+    /// out of reach and is back); never for a broker that keeps answering, nor for a link
+    /// that cannot tell.
+    async fn broker_back(&self, broker: &dyn BrokerLink) {
+        let mut ticker = tokio::time::interval(self.config.registration_probe);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ticker.tick().await;
+        let mut was_down = false;
+        loop {
+            ticker.tick().await;
+            match broker.broker_instance().await {
+                Ok(Some(_)) if was_down => return,
+                Ok(Some(_)) => {}
+                Ok(None) => std::future::pending::<()>().await,
+                Err(_) => was_down = true,
             }
         }
     }

@@ -80,6 +80,10 @@ async fn a_killed_worker_is_dropped_and_removes_its_leftovers_when_it_returns() 
     tokio::time::sleep(scale.seconds / 2).await;
     let old_cgroups = fleet.workers[0].cgroups();
     let old_dirs = fleet.workers[0].sandbox_dirs();
+    assert!(
+        !old_cgroups.is_empty() && !old_dirs.is_empty(),
+        "the victim's sandboxes"
+    );
     let killed = Instant::now();
     fleet.kill_worker(0);
     let (dead_errors, slowest) = expect_errors(&dead).await;
@@ -318,5 +322,6 @@ async fn a_partitioned_worker_rejoins_and_nothing_is_served_twice() {
         "{human}"
     );
     assert!(dropped_ms < 3 * LEASE.as_millis() as u64, "{human}");
-    assert!(rejoined_ms < 3 * LEASE.as_millis() as u64, "{human}");
+    // Within a probe (250 ms) and a registration, not a backoff grown during the cut.
+    assert!(rejoined_ms < 2_500, "{human}");
 }

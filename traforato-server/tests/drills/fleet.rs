@@ -17,7 +17,7 @@ use traforato_core::clock::{Clock, SystemClock};
 /// How long the harness waits for something that should happen soon.
 pub const WAIT: Duration = Duration::from_secs(30);
 /// The broker's worker lease in the drills (a worker missing heartbeats this long is dropped).
-pub const LEASE: Duration = Duration::from_secs(3);
+pub const LEASE: Duration = Duration::from_secs(4);
 /// The workers' heartbeat in the drills.
 const HEARTBEAT: &str = "1s";
 /// The drills' clients give up on a request after this long (a cut-off worker's answer).
@@ -569,11 +569,20 @@ impl Fleet {
     /// left of the fleet (it must be nothing), and removes the network.
     pub fn finish(mut self) -> Leaks {
         let clean = self.stop_all();
-        // Cgroups, processes and directories before the teardown (which would remove a
-        // crashed run's cgroups); mounts and the network after it (the fleet's own go then).
+        // Before the teardown, which cleans up after failed drills: cgroups, processes,
+        // directories, and the mounts the workers made (not the fleet's own).
         let mut leaks = self.census();
+        leaks.mounts = self
+            .mounts_left()
+            .into_iter()
+            .filter(|l| {
+                let point = l.split(' ').nth(4).unwrap_or("");
+                !l.contains("/run/netns/") && !self.mounts.iter().any(|m| m.as_os_str() == point)
+            })
+            .collect();
         self.teardown();
-        leaks.mounts = self.mounts_left();
+        // After it: the namespaces' mounts and anything else must be gone too.
+        leaks.mounts.extend(self.mounts_left());
         leaks.links = self.network_left();
         assert!(clean.is_empty(), "did not stop cleanly: {clean:?}");
         leaks
@@ -630,14 +639,14 @@ impl Fleet {
         }
     }
 
-    /// Mount points below the fleet's dir or naming its tag (namespaces included).
+    /// Mounts below the fleet's dir, and its network namespaces' (mountinfo lines).
     fn mounts_left(&self) -> Vec<String> {
         let dir = self.dir.path().to_string_lossy().into_owned();
         let netns = format!("drl{}", self.tag);
         std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap_or_default()
             .lines()
-            .filter(|l| l.contains(&dir) || l.contains(&netns) || l.contains(&self.tag))
+            .filter(|l| l.contains(&dir) || l.contains(&format!("/run/netns/{netns}")))
             .map(str::to_string)
             .collect()
     }
@@ -648,29 +657,46 @@ impl Fleet {
             return;
         }
         self.torn_down = true;
-        for slot in &self.workers {
-            let _ = sh("ip", &["netns", "delete", &slot.netns]);
-            let _ = sh("ip", &["link", "delete", &slot.host_link]);
+        // Every namespace and link of the tag, made into a slot or not (a drill that failed
+        // half-way through making a worker).
+        let needle = format!("drl{}", self.tag);
+        for netns in sh("ip", &["netns", "list"]).unwrap_or_default().lines() {
+            let name = netns.split_whitespace().next().unwrap_or("");
+            if name.starts_with(&needle) {
+                let _ = sh("ip", &["netns", "delete", name]);
+            }
         }
-        let _ = sh("ip", &["link", "delete", &self.bridge]);
-        for mount in self.mounts.drain(..) {
-            let _ = sh("umount", &[mount.to_str().unwrap()]);
+        for line in sh("ip", &["-o", "link"]).unwrap_or_default().lines() {
+            let name = line.split(": ").nth(1).unwrap_or("");
+            let name = name.split('@').next().unwrap_or(name);
+            if name.starts_with(&needle) {
+                let _ = sh("ip", &["link", "delete", name]);
+            }
         }
-        // Cgroup parents a worker could not remove (a crashed run's) and their children.
+        // What a worker killed mid-drill left: its sandboxes' processes, then their mounts
+        // (deepest first), then the cgroups (deepest first). A clean run has none of these.
         let prefix = format!("drill-{}-", self.tag);
+        for pid in processes_in_cgroups(&prefix) {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        let mut mounted: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+            .filter(|m| m.starts_with(&dir))
+            .collect();
+        mounted.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for mount in mounted {
+            let _ = sh("umount", &["-l", &mount]);
+        }
+        self.mounts.clear();
         for root in cgroup_roots() {
             for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
                 if entry.file_name().to_string_lossy().starts_with(&prefix) {
-                    for child in std::fs::read_dir(entry.path())
-                        .into_iter()
-                        .flatten()
-                        .flatten()
-                    {
-                        if child.file_type().is_ok_and(|t| t.is_dir()) {
-                            let _ = std::fs::remove_dir(child.path());
-                        }
-                    }
-                    let _ = std::fs::remove_dir(entry.path());
+                    remove_cgroup_tree(&entry.path());
                 }
             }
         }
@@ -758,6 +784,23 @@ impl Leaks {
 /// Tears the fleet down and returns the leak census.
 pub fn finish(fleet: Fleet) -> Leaks {
     fleet.finish()
+}
+
+/// Removes a cgroup directory and those below it, deepest first (best effort: a cgroup with
+/// a process left stays).
+fn remove_cgroup_tree(dir: &Path) {
+    for child in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if child.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_tree(&child.path());
+        }
+    }
+    for _ in 0..50 {
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        // Killed processes take a moment to leave.
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The roots of the cgroup hierarchies (v1: one per controller mount; v2: the one).

@@ -233,8 +233,11 @@ impl CgroupDriver {
         unreclaimable(self.version, &h.root.join(&self.parent))
     }
 
-    /// The tightest memory limit on the parent or one of its ancestors up to the hierarchy's
-    /// root, in bytes; `None` when none is limited (or without a memory hierarchy).
+    /// How much memory the sandboxes below the parent may use in all before a memory limit
+    /// on the parent or one of its ancestors (up to the hierarchy's root) is reached, in
+    /// bytes: for each limited cgroup, its limit less what the rest of it uses (the worker
+    /// itself, say, when the limit is a systemd unit's or a container's); the tightest.
+    /// `None` when nothing is limited (or without a memory hierarchy).
     pub(crate) fn parent_memory_limit(&self) -> Option<u64> {
         let h = self
             .hierarchies
@@ -244,14 +247,20 @@ impl CgroupDriver {
             CgroupVersion::V2 => "memory.max",
             CgroupVersion::V1 => "memory.limit_in_bytes",
         };
-        let mut dir = h.root.join(&self.parent);
+        let parent = h.root.join(&self.parent);
+        let sandboxes = unreclaimable(self.version, &parent).unwrap_or(0);
+        let mut dir = parent;
         let mut tightest: Option<u64> = None;
         loop {
             let limit = fs::read_to_string(dir.join(file))
                 .ok()
                 .and_then(|text| parse_memory_limit(&text));
             if let Some(limit) = limit {
-                tightest = Some(tightest.map_or(limit, |t| t.min(limit)));
+                let others = unreclaimable(self.version, &dir)
+                    .unwrap_or(0)
+                    .saturating_sub(sandboxes);
+                let room = limit.saturating_sub(others);
+                tightest = Some(tightest.map_or(room, |t| t.min(room)));
             }
             if dir == h.root || !dir.pop() || !dir.starts_with(&h.root) {
                 return tightest;
@@ -936,6 +945,18 @@ mod tests {
         assert_eq!(v1.parent_memory_limit(), Some(1 << 30), "an ancestor's");
         fs::write(root.join("outer/tf/memory.limit_in_bytes"), "268435456\n").unwrap();
         assert_eq!(v1.parent_memory_limit(), Some(256 << 20), "the tightest");
+        // The ancestor also holds 900 MiB of other processes (the worker, say), the
+        // sandboxes 100 MiB: 1 GiB - 900 MiB leaves them 124 MiB, tighter than their own.
+        let stat = |rss: u64| format!("total_rss {rss}\ntotal_shmem 0\n");
+        fs::write(root.join("outer/tf/memory.stat"), stat(100 << 20)).unwrap();
+        fs::write(root.join("outer/memory.stat"), stat(1000 << 20)).unwrap();
+        assert_eq!(
+            v1.parent_memory_limit(),
+            Some(124 << 20),
+            "less what others use"
+        );
+        fs::remove_file(root.join("outer/tf/memory.stat")).unwrap();
+        fs::remove_file(root.join("outer/memory.stat")).unwrap();
 
         let v2 = driver(CgroupVersion::V2);
         fs::write(root.join("outer/tf/memory.max"), "max\n").unwrap();

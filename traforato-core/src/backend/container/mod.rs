@@ -523,7 +523,7 @@ impl ContainerBackend {
         })
         .await
         .map_err(|e| BackendError::task("host setup", e))?
-        .map_err(|e| BackendError::io("prepare sandbox", e))?;
+        .map_err(|e| BackendError::host_disk("prepare sandbox", e))?;
         let (cgroup, adopted) = cgroup;
 
         let (worker_end, pid, cgroup) = match spare {

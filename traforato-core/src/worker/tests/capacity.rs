@@ -219,35 +219,60 @@ async fn a_memory_ceiling_of_the_backend_refuses_creates_above_ninety_percent() 
     assert!(unbounded.above_memory_watermark());
 }
 
-/// A full disk under the backend is a lack of room, said as such (503 `no capacity: ...`),
-/// not a generic provisioning failure; the next create, with room again, succeeds.
+/// A full disk under the backend is a lack of room, said as such (503 `no capacity: the
+/// worker's disk is full`), not a generic provisioning failure; the worker then tells the
+/// broker it takes no new sandboxes for a pause, after which it does again.
 #[tokio::test]
-async fn a_full_disk_is_no_capacity() {
+async fn a_full_disk_is_no_capacity_and_pauses_new_sandboxes() {
     let full = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let flag = full.clone();
     let fake = FakeBackend::new().with_provision_failure(move |_| {
         flag.load(std::sync::atomic::Ordering::SeqCst).then(|| {
-            crate::backend::BackendError::io(
+            crate::backend::BackendError::host_disk(
                 "prepare sandbox",
                 std::io::Error::from_raw_os_error(28),
             )
         })
     });
+    let clock = Arc::new(ManualClock::new(t0()));
     let worker = Worker::new(
         config(),
         vec![Arc::new(fake)],
-        Arc::new(ManualClock::new(t0())),
+        clock.clone(),
         Arc::new(Metrics::new(false)),
         None,
     );
+    assert_eq!(
+        worker.registration_request().accepting_sandboxes,
+        Some(true)
+    );
     let err = try_create(&worker, "fake", 1).await.unwrap_err();
     assert!(matches!(err, WorkerError::BackendNoCapacity(_)), "{err:?}");
+    assert_eq!(err.to_string(), "no capacity: the worker's disk is full");
     assert_eq!(
-        err.to_string(),
-        "no capacity: the worker's disk is full (prepare sandbox: No space left on device (os \
-         error 28))"
+        worker.registration_request().accepting_sandboxes,
+        Some(false)
     );
+    // Other errors of the host's I/O stay what they are.
+    let other = crate::backend::BackendError::host_disk(
+        "prepare sandbox",
+        std::io::Error::from_raw_os_error(13),
+    );
+    assert!(matches!(other, crate::backend::BackendError::Io { .. }));
+
     full.store(false, std::sync::atomic::Ordering::SeqCst);
+    clock.advance(BACKEND_FULL_PAUSE - Duration::from_secs(1));
+    worker.end_backend_full_pause();
+    assert_eq!(
+        worker.registration_request().accepting_sandboxes,
+        Some(false)
+    );
+    clock.advance(Duration::from_secs(1));
+    worker.end_backend_full_pause();
+    assert_eq!(
+        worker.registration_request().accepting_sandboxes,
+        Some(true)
+    );
     try_create(&worker, "fake", 1).await.unwrap();
 }
 

@@ -404,6 +404,20 @@ async fn memory_coming_back_is_told_to_the_broker_at_once() {
     run.await.unwrap();
 }
 
+/// A broker that answers probes but whose registrations time out (overloaded) keeps the
+/// backoff: the probe shortcut is for a broker that was out of reach and came back.
+#[tokio::test(start_paused = true)]
+async fn registrations_timing_out_against_an_answering_broker_keep_the_backoff() {
+    let h = Harness::with(|c| c.registration_probe = Duration::from_millis(250));
+    h.link.unreachable.store(true, Ordering::SeqCst);
+    let (run, stop) = h.start();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let attempts = h.link.registration_count();
+    assert!((4..=6).contains(&attempts), "{attempts} attempts");
+    stop.send(()).unwrap();
+    run.await.unwrap();
+}
+
 /// A refusal (not a partition) keeps its backoff even though the broker answers probes.
 #[tokio::test(start_paused = true)]
 async fn a_refused_registration_keeps_its_backoff() {
