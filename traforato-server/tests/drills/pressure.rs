@@ -120,15 +120,10 @@ async fn a_full_state_dir_fails_creates_clearly_and_spares_live_sandboxes() {
         }),
     );
     leaks.assert_none();
-    // Warm sandboxes and spare inits already made may still be claimed; a create that needs
-    // the disk is refused, and says why.
+    // Refused, clearly: by the worker when a create meets the full disk, by the broker once
+    // the worker (its create or its warm pool having met it) said it takes no new sandboxes
+    // for a pause.
     assert!(!errors.is_empty(), "{human}");
-    // The create that found the disk full says so; the broker then places none here for the
-    // pause.
-    assert!(
-        errors.contains_key("http 503: no capacity: the worker's disk is full"),
-        "{human}"
-    );
     assert!(
         errors
             .keys()
