@@ -18,6 +18,9 @@ use traforato_core::worker::{BrokerLink, LinkError};
 /// Budget of every call to the broker.
 pub const LINK_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Budget of a probe of the broker's `/healthz` (a GET that answers at once when it answers).
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Most bytes of an unexpected answer kept in [`LinkError::Status`].
 pub const ERROR_BODY_MAX: usize = 4096;
 
@@ -214,11 +217,13 @@ impl BrokerLink for HttpBrokerLink {
         }
     }
 
-    /// `GET /healthz` of the broker (unauthenticated, cheap): its `instance_id`.
+    /// `GET /healthz` of the broker (unauthenticated, cheap): its `instance_id`, within
+    /// [`PROBE_TIMEOUT`] (a probe stuck on a partition must not delay the next one).
     async fn broker_instance(&self) -> Result<Option<String>, LinkError> {
         let resp = self
             .client
             .get(format!("{}/healthz", self.control_url))
+            .timeout(PROBE_TIMEOUT)
             .send()
             .await
             .map_err(unreachable)?;

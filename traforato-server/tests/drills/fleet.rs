@@ -504,12 +504,21 @@ impl Fleet {
 
     /// Polls `check` every 50 ms until it holds; fails the drill (with the logs' tails) after
     /// [`WAIT`].
-    pub async fn wait_for<F, Fut>(&self, what: &str, mut check: F)
+    pub async fn wait_for<F, Fut>(&self, what: &str, check: F)
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let deadline = Instant::now() + WAIT;
+        self.wait_within(what, WAIT, check).await;
+    }
+
+    /// [`Fleet::wait_for`] with a limit of its own.
+    pub async fn wait_within<F, Fut>(&self, what: &str, within: Duration, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + within;
         while !check().await {
             if Instant::now() > deadline {
                 panic!("timed out waiting for {what}\n{}", self.log_tails());

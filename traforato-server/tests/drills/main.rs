@@ -112,29 +112,30 @@ async fn check_held(held: &[Sandbox], what: &str) {
     }
 }
 
-/// Every ready hint the broker holds answers: as many creates as it announces ready
-/// sandboxes are all warm claims. Returns how many were checked.
+/// Every ready hint the broker holds answers: with no sandbox live, once events in flight
+/// have arrived, the broker's ready sandboxes are exactly the workers' (the sandbox
+/// directories of their state dirs: a stale hint would make the broker's count larger, an
+/// unannounced sandbox the workers'). Returns how many there are.
 async fn check_hints(fleet: &Fleet) -> usize {
-    let hints = fleet.ready_hints().await;
-    let client = fleet.client("drill_hints");
-    let stats = std::sync::Mutex::new(Stats::default());
-    let mut made = Vec::new();
-    for _ in 0..hints {
-        if let Some(sandbox) = load::create(&client, &stats, Duration::from_secs(60)).await {
-            made.push(sandbox);
-        }
-    }
-    let stats = stats.into_inner().unwrap();
-    for sandbox in &made {
-        sandbox.delete().await.expect("delete a hint's sandbox");
-    }
-    assert_eq!(
-        (stats.warm, stats.failures()),
-        (hints, 0),
-        "every one of the {hints} hints must be a warm claim: {:?}",
-        stats.error_lines()
-    );
-    hints
+    fleet
+        .wait_for(
+            "the broker's hints to match the workers' ready sandboxes",
+            || async {
+                let hints = fleet.ready_hints().await;
+                let mut live = 0.0;
+                for n in 0..fleet.workers.len() {
+                    live += fleet
+                        .worker_metric(n, "traforato_worker_sandboxes_live")
+                        .await
+                        .unwrap_or(f64::NAN);
+                }
+                let ready: usize = fleet.workers.iter().map(|w| w.sandbox_dirs().len()).sum();
+                // Read again: no event arrived in between.
+                live == 0.0 && hints == ready && fleet.ready_hints().await == hints
+            },
+        )
+        .await;
+    fleet.ready_hints().await
 }
 
 /// Time since `start` in ms, rounded.

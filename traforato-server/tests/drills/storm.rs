@@ -110,9 +110,12 @@ async fn a_ttl_storm_reaps_every_sandbox_and_none_early() {
         .iter()
         .map(|s| s.id()[s.id().len() - 36..].to_string())
         .collect();
+    // Teardowns take CPU (unmounts, cgroup removal): allow 50 ms each on top.
+    let teardowns = fleet::WAIT + Duration::from_millis(50) * scale.storm as u32;
     fleet
-        .wait_for(
+        .wait_within(
             "every storm sandbox's directory and cgroup to go",
+            teardowns,
             || async {
                 fleet.workers.iter().all(|w| {
                     w.sandbox_dirs().is_disjoint(&local_ids) && w.cgroups().is_disjoint(&local_ids)
