@@ -107,7 +107,10 @@ impl Worker {
         if until.is_some_and(|u| self.clock.now() >= u) {
             *until = None;
             drop(until);
-            tracing::info!(worker_id = %self.config.worker_id, "pause over: accepting sandboxes again");
+            tracing::info!(
+                worker_id = %self.config.worker_id,
+                "pause over: accepting sandboxes again"
+            );
             self.heartbeat_wake.notify_one();
             self.pool_wake.notify_one();
         }
