@@ -112,30 +112,48 @@ async fn check_held(held: &[Sandbox], what: &str) {
     }
 }
 
-/// Every ready hint the broker holds answers: with no sandbox live, once events in flight
-/// have arrived, the broker's ready sandboxes are exactly the workers' (the sandbox
-/// directories of their state dirs: a stale hint would make the broker's count larger, an
-/// unannounced sandbox the workers'). Returns how many there are.
+/// Every ready hint the broker holds answers: at rest, once events in flight have arrived,
+/// the broker's ready sandboxes are exactly the workers' (the sandbox directories of their
+/// state dirs less their live sandboxes: a stale hint would make the broker's count larger,
+/// an unannounced sandbox the workers'). Returns how many there are.
 async fn check_hints(fleet: &Fleet) -> usize {
-    fleet
-        .wait_for(
-            "the broker's hints to match the workers' ready sandboxes",
-            || async {
-                let hints = fleet.ready_hints().await;
-                let mut live = 0.0;
-                for n in 0..fleet.workers.len() {
-                    live += fleet
-                        .worker_metric(n, "traforato_worker_sandboxes_live")
-                        .await
-                        .unwrap_or(f64::NAN);
-                }
-                let ready: usize = fleet.workers.iter().map(|w| w.sandbox_dirs().len()).sum();
-                // Read again: no event arrived in between.
-                live == 0.0 && hints == ready && fleet.ready_hints().await == hints
-            },
-        )
-        .await;
-    fleet.ready_hints().await
+    let deadline = Instant::now() + fleet::WAIT;
+    loop {
+        let hints = fleet.ready_hints().await;
+        let mut live = Vec::new();
+        for n in 0..fleet.workers.len() {
+            live.push(
+                fleet
+                    .worker_metric(n, "traforato_worker_sandboxes_live")
+                    .await
+                    .unwrap_or(f64::NAN),
+            );
+        }
+        let dirs: Vec<usize> = fleet
+            .workers
+            .iter()
+            .map(|w| w.sandbox_dirs().len())
+            .collect();
+        // Live sandboxes may remain: a create whose answer a fault cut off (its client saw
+        // an error) made one all the same, which lives until its TTL.
+        let ready: f64 = dirs
+            .iter()
+            .zip(&live)
+            .map(|(d, l)| (*d as f64 - l).max(0.0))
+            .sum();
+        // Read again: no event arrived in between.
+        if ready == hints as f64 && fleet.ready_hints().await == hints {
+            return hints;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the broker's hints ({hints}) never matched the workers' ready sandboxes \
+             (directories {dirs:?}, live {live:?})\n{}\n{}",
+            fleet.availability().await,
+            fleet.log_tails()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Time since `start` in ms, rounded.
