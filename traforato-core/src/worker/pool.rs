@@ -72,7 +72,7 @@ impl Worker {
     }
 
     /// True for [`BACKEND_FULL_PAUSE`] after a backend had no room for a sandbox.
-    pub(super) fn backend_full(&self) -> bool {
+    fn backend_full(&self) -> bool {
         let until = *self
             .backend_full_until
             .lock()

@@ -153,39 +153,57 @@ impl Worker {
     /// [`WorkerConfig::registration_probe`](super::WorkerConfig::registration_probe), through
     /// an unreachable spell (a restart) too. Never completes for a link that cannot tell.
     async fn broker_restarted(&self, broker: &dyn BrokerLink, registered: Option<&str>) -> String {
-        let mut ticker = tokio::time::interval(self.config.registration_probe);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        ticker.tick().await;
-        loop {
-            ticker.tick().await;
-            match broker.broker_instance().await {
-                Ok(Some(instance)) if Some(instance.as_str()) != registered => return instance,
-                Ok(Some(_)) => {}
-                Ok(None) => std::future::pending::<()>().await,
-                Err(error) => tracing::debug!(
-                    worker_id = %self.config.worker_id,
-                    error = %error,
-                    "broker probe failed"
-                ),
-            }
-        }
+        self.probe_until(broker, |answer| match answer {
+            Ok(instance) if Some(instance.as_str()) != registered => Some(instance),
+            _ => None,
+        })
+        .await
     }
 
     /// Completes once the broker answers a probe after at least one probe failed (it was
     /// out of reach and is back); never for a broker that keeps answering, nor for a link
     /// that cannot tell.
     async fn broker_back(&self, broker: &dyn BrokerLink) {
+        let mut was_down = false;
+        self.probe_until(broker, |answer| match answer {
+            Ok(_) if was_down => Some(()),
+            Ok(_) => None,
+            Err(()) => {
+                was_down = true;
+                None
+            }
+        })
+        .await
+    }
+
+    /// Asks the broker's instance id every
+    /// [`WorkerConfig::registration_probe`](super::WorkerConfig::registration_probe) (the
+    /// first after one period) until `done` makes something of an answer (`Err`: the probe
+    /// failed, logged here); never completes for a link that cannot tell.
+    async fn probe_until<T>(
+        &self,
+        broker: &dyn BrokerLink,
+        mut done: impl FnMut(Result<String, ()>) -> Option<T>,
+    ) -> T {
         let mut ticker = tokio::time::interval(self.config.registration_probe);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         ticker.tick().await;
-        let mut was_down = false;
         loop {
             ticker.tick().await;
-            match broker.broker_instance().await {
-                Ok(Some(_)) if was_down => return,
-                Ok(Some(_)) => {}
-                Ok(None) => std::future::pending::<()>().await,
-                Err(_) => was_down = true,
+            let answer = match broker.broker_instance().await {
+                Ok(Some(instance)) => Ok(instance),
+                Ok(None) => std::future::pending().await,
+                Err(error) => {
+                    tracing::debug!(
+                        worker_id = %self.config.worker_id,
+                        error = %error,
+                        "broker probe failed"
+                    );
+                    Err(())
+                }
+            };
+            if let Some(value) = done(answer) {
+                return value;
             }
         }
     }

@@ -118,7 +118,7 @@ async fn a_killed_worker_is_dropped_and_removes_its_leftovers_when_it_returns() 
         sandbox.delete().await.expect("delete a held sandbox");
     }
     let hints = check_hints(&fleet).await;
-    let leaks = fleet::finish(fleet);
+    let leaks = fleet.finish();
 
     let human = format!(
         "load before and during the fault:\n{}\
@@ -201,7 +201,7 @@ async fn a_restarted_broker_loses_no_sandbox_under_load() {
         sandbox.delete().await.expect("delete a held sandbox");
     }
     let hints = check_hints(&fleet).await;
-    let leaks = fleet::finish(fleet);
+    let leaks = fleet.finish();
 
     let human = format!(
         "load before, during and after the restart:\n{}\
@@ -284,7 +284,7 @@ async fn a_partitioned_worker_rejoins_and_nothing_is_served_twice() {
         sandbox.delete().await.expect("delete a held sandbox");
     }
     let hints = check_hints(&fleet).await;
-    let leaks = fleet::finish(fleet);
+    let leaks = fleet.finish();
 
     let human = format!(
         "load before, during and after the partition:\n{}\

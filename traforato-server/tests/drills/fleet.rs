@@ -668,19 +668,12 @@ impl Fleet {
         self.torn_down = true;
         // Every namespace and link of the tag, made into a slot or not (a drill that failed
         // half-way through making a worker).
-        let needle = format!("drl{}", self.tag);
-        for netns in sh("ip", &["netns", "list"]).unwrap_or_default().lines() {
-            let name = netns.split_whitespace().next().unwrap_or("");
-            if name.starts_with(&needle) {
-                let _ = sh("ip", &["netns", "delete", name]);
-            }
+        let (namespaces, links) = self.tagged_network();
+        for name in namespaces {
+            let _ = sh("ip", &["netns", "delete", &name]);
         }
-        for line in sh("ip", &["-o", "link"]).unwrap_or_default().lines() {
-            let name = line.split(": ").nth(1).unwrap_or("");
-            let name = name.split('@').next().unwrap_or(name);
-            if name.starts_with(&needle) {
-                let _ = sh("ip", &["link", "delete", name]);
-            }
+        for name in links {
+            let _ = sh("ip", &["link", "delete", &name]);
         }
         // What a worker killed mid-drill left: its sandboxes' processes, then their mounts
         // (deepest first), then the cgroups (deepest first). A clean run has none of these.
@@ -711,22 +704,31 @@ impl Fleet {
         }
     }
 
-    /// What of the network is left after teardown: links and namespaces with the tag.
-    fn network_left(&self) -> Vec<String> {
+    /// The names of the network namespaces and the links that carry the fleet's tag.
+    fn tagged_network(&self) -> (Vec<String>, Vec<String>) {
         let needle = format!("drl{}", self.tag);
-        let mut left: Vec<String> = sh("ip", &["-o", "link"])
+        let namespaces = sh("ip", &["netns", "list"])
             .unwrap_or_default()
             .lines()
-            .filter(|l| l.contains(&needle))
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|name| name.starts_with(&needle))
             .map(str::to_string)
             .collect();
-        left.extend(
-            sh("ip", &["netns", "list"])
-                .unwrap_or_default()
-                .lines()
-                .filter(|l| l.contains(&needle))
-                .map(str::to_string),
-        );
+        let links = sh("ip", &["-o", "link"])
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|name| name.split('@').next().unwrap_or(name))
+            .filter(|name| name.starts_with(&needle))
+            .map(str::to_string)
+            .collect();
+        (namespaces, links)
+    }
+
+    /// What of the network is left after teardown: namespaces and links with the tag.
+    fn network_left(&self) -> Vec<String> {
+        let (mut left, links) = self.tagged_network();
+        left.extend(links);
         left
     }
 }
@@ -788,11 +790,6 @@ impl Leaks {
             self.links.len()
         )
     }
-}
-
-/// Tears the fleet down and returns the leak census.
-pub fn finish(fleet: Fleet) -> Leaks {
-    fleet.finish()
 }
 
 /// Removes a cgroup directory and those below it, deepest first (best effort: a cgroup with

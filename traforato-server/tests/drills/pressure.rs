@@ -95,7 +95,7 @@ async fn a_full_state_dir_fails_creates_clearly_and_spares_live_sandboxes() {
     for sandbox in held.iter().chain(&made).chain(&again) {
         sandbox.delete().await.expect("delete");
     }
-    let leaks = fleet::finish(fleet);
+    let leaks = fleet.finish();
 
     let human = format!(
         "state dir (tmpfs of 8 MiB, 4096 inodes) filled with {:.1} MiB and {files} files: 8 creates → {} \
@@ -192,7 +192,7 @@ async fn a_memory_tight_cgroup_refuses_creates_and_spares_live_sandboxes() {
         for sandbox in &held {
             sandbox.delete().await.expect("delete");
         }
-        fleet::finish(fleet).assert_none();
+        fleet.finish().assert_none();
         return;
     };
     let headroom = 96u64 << 20;
@@ -248,7 +248,7 @@ async fn a_memory_tight_cgroup_refuses_creates_and_spares_live_sandboxes() {
     for sandbox in held.iter().chain(&made).chain(std::iter::once(&again)) {
         sandbox.delete().await.expect("delete");
     }
-    let leaks = fleet::finish(fleet);
+    let leaks = fleet.finish();
 
     let human = format!(
         "cgroup parent limited to its use + {} MiB ({:.0} MiB): {} creates made, then \

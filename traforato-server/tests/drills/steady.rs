@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::fleet::{self, usage, Fleet, FleetSpec, Usage};
+use crate::fleet::{usage, Fleet, FleetSpec, Usage};
 use crate::load::Load;
 use crate::{begin, check_hints, clients, scale};
 
@@ -130,7 +130,7 @@ async fn steady_load_holds_without_errors_or_growth() {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let leaks = fleet::finish(fleet);
+    let leaks = fleet.finish();
 
     let slopes = slopes(&samples);
     let mut human = stats.table(elapsed);

@@ -129,7 +129,7 @@ async fn a_ttl_storm_reaps_every_sandbox_and_none_early() {
         .map(|g| Duration::from_millis(g.unwrap().max(0) as u64))
         .collect();
     lateness.sort();
-    let leaks = fleet::finish(fleet);
+    let leaks = fleet.finish();
     let spread_ms = (last - first).num_milliseconds();
 
     let human = format!(
